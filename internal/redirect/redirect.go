@@ -12,15 +12,18 @@
 //     pod's loopback (127.0.0.1:15001, [::1]:15001); a sockops program records
 //     the original destination keyed by (netns cookie, client address), which
 //     the proxy reads back with OriginalDst.
-//   - inbound: an sk_lookup program on the pod's network namespace hands TCP
-//     SYNs arriving from outside the pod to the proxy's inbound listener
-//     (15006) registered for the pod's IP, and drops them while no proxy
-//     listener is registered (fail closed). Tunnel traffic to 15008 is left
-//     alone.
+//   - inbound: a TCX ingress program on each of the pod's interfaces hands
+//     TCP SYNs arriving from outside the pod to the proxy's inbound listener
+//     on port 15006 inside the pod (bpf_sk_assign), so the accepted
+//     connection carries the original destination and source; while no such
+//     listener exists the SYN is dropped (fail closed). Tunnel traffic to
+//     15008 is left alone.
 //
 // The proxy opens its listeners inside the pod's network namespace (see
-// package netnsx); its sockets belong to the proxy's cgroup, never the pod's,
-// so its own connections are never captured.
+// package netnsx): 127.0.0.1:15001 and [::1]:15001 for outbound, [::]:15006
+// for inbound. Its sockets belong to the proxy's cgroup, never the pod's, and
+// its connections to the pod's applications arrive on loopback, so its own
+// connections are never captured.
 package redirect
 
 import (
@@ -130,9 +133,9 @@ type EnrolledPod struct {
 // Attachment is one program attached on behalf of a pod.
 type Attachment struct {
 	// Hook is the attach point: cgroup/connect4, cgroup/connect6,
-	// sockops, sk_lookup.
+	// sockops, tcx/ingress.
 	Hook string `json:"hook"`
-	// Target is the cgroup path or netns the link is attached to.
+	// Target is the cgroup path, or the pod interface, the link is on.
 	Target    string `json:"target"`
 	LinkID    uint32 `json:"linkID"`
 	ProgramID uint32 `json:"programID"`
@@ -163,10 +166,6 @@ type Capture interface {
 	// Release detaches everything capture attached for the pod and forgets
 	// it. Releasing an unknown pod is not an error.
 	Release(key string) error
-	// RegisterInbound makes ln (a TCP listener the proxy opened inside the
-	// pod's network namespace on port 15006) the target of the pod's inbound
-	// capture for each of the pod's IPs. The registration ends when ln closes.
-	RegisterInbound(key string, ln *net.TCPListener) error
 	// OriginalDst reports where an outbound connection accepted on a pod's
 	// 15001 listener was going, and consumes the record.
 	OriginalDst(conn *net.TCPConn) (Origin, error)

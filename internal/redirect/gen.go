@@ -1,0 +1,3 @@
+package redirect
+
+//go:generate go tool bpf2go -tags linux -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror" -type ambit_addr -type ambit_origin_key -type ambit_origin -type ambit_lpm_key -type ambit_pod -type ambit_port -type ambit_limit capture ../../bpf/capture.c -- -I../../bpf -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu
