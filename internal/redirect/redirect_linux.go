@@ -98,7 +98,7 @@ func New(cfg Config, log *slog.Logger) (Capture, error) {
 		var ve *ebpf.VerifierError
 		switch {
 		case errors.As(err, &ve):
-			return nil, fmt.Errorf("kernel verifier rejected capture programs (kernel too old? Ambit needs Linux 5.17+ with BTF): %+v", ve)
+			return nil, fmt.Errorf("kernel verifier rejected capture programs (kernel too old? Ambit needs Linux 6.6+ with BTF): %+v", ve)
 		case errors.Is(err, ebpf.ErrMapIncompatible):
 			return nil, fmt.Errorf("maps pinned under %s were made by an incompatible Ambit version; uninstall capture (nodeproxy uninstall) and start again: %w", mapsDir(cfg), err)
 		}

@@ -1,0 +1,59 @@
+# Ambit. `make help` lists the targets. Privileged targets (test, demo, bench)
+# run as root: they build network namespaces and load eBPF programs.
+
+GO        ?= go
+BIN       := bin
+STATE     ?= /run/meshlab
+APT_PKGS  := clang llvm libbpf-dev bpftool iproute2 tcpdump git make
+GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install the system packages the build and tests need (Debian/Ubuntu, as root)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+.PHONY: build
+build: ## build nodeproxy, meshlab and the lab tools into bin/
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: generate
+generate: ## regenerate eBPF objects and Go bindings (needs clang, libbpf-dev)
+	$(GO) generate ./...
+
+.PHONY: check-generate
+check-generate: generate ## fail when committed generated files are stale or the C no longer builds
+	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated eBPF files are stale: run 'make generate' and commit them"; exit 1; }
+
+.PHONY: lint
+lint: ## gofmt, go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: test
+test: lint check-generate ## lint, check generated code, run every test (as root: privileged tests run)
+	$(GO) test -count=1 -timeout 20m ./...
+
+.PHONY: test-unit
+test-unit: ## run the tests that need no privileges
+	$(GO) test -count=1 -short ./...
+
+.PHONY: demo
+demo: build ## bring the lab up, show capture at work, tear it down (as root)
+	./scripts/demo.sh
+
+.PHONY: bench
+bench: ## Go benchmarks of the capture path (as root)
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/redirect/
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf $(BIN)

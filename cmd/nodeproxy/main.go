@@ -1,0 +1,103 @@
+// Command nodeproxy is Ambit's per-node proxy, run by the DaemonSet. Today it
+// manages traffic capture on the node; the tunnel, identity and policy data
+// path come with the node proxy issue.
+//
+//	nodeproxy capture list [-o json]   what capture has attached, per pod
+//	nodeproxy capture uninstall        remove every program, link and pin
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/ambit-mesh/ambit/internal/redirect"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: nodeproxy capture list [--pin-path DIR] [-o json]
+       nodeproxy capture uninstall [--pin-path DIR]
+`)
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 2 || args[0] != "capture" {
+		usage(stderr)
+		return 2
+	}
+	fs := flag.NewFlagSet("nodeproxy capture "+args[1], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pinPath := fs.String("pin-path", redirect.DefaultPinPath, "bpffs directory holding Ambit's pinned capture state")
+	output := fs.String("o", "table", "output format: table or json")
+	if err := fs.Parse(args[2:]); err != nil {
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if _, err := os.Stat(*pinPath); os.IsNotExist(err) && args[1] == "uninstall" {
+		fmt.Fprintf(stdout, "nothing to uninstall: %s does not exist\n", *pinPath)
+		return 0
+	}
+	capture, err := redirect.New(redirect.Config{PinPath: *pinPath}, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "nodeproxy: %v\n", err)
+		return 1
+	}
+	switch args[1] {
+	case "list":
+		defer capture.Close()
+		pods, err := capture.Pods()
+		if err != nil {
+			fmt.Fprintf(stderr, "nodeproxy: %v\n", err)
+			return 1
+		}
+		if *output == "json" {
+			if pods == nil {
+				pods = []redirect.EnrolledPod{}
+			}
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			enc.Encode(map[string]any{"pods": pods})
+			return 0
+		}
+		printPods(stdout, pods)
+		return 0
+	case "uninstall":
+		if err := capture.Uninstall(); err != nil {
+			fmt.Fprintf(stderr, "nodeproxy: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "capture uninstalled from %s\n", *pinPath)
+		return 0
+	}
+	capture.Close()
+	usage(stderr)
+	return 2
+}
+
+func printPods(w io.Writer, pods []redirect.EnrolledPod) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "POD\tIPS\tHOOK\tTARGET\tLINK\tPROG")
+	for _, p := range pods {
+		ips := make([]string, len(p.IPs))
+		for i, ip := range p.IPs {
+			ips[i] = ip.String()
+		}
+		for i, a := range p.Attachments {
+			name, addrs := p.Key, strings.Join(ips, ",")
+			if i > 0 {
+				name, addrs = "", ""
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", name, addrs, a.Hook, a.Target, a.LinkID, a.ProgramID)
+		}
+	}
+	tw.Flush()
+}

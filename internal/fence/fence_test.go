@@ -1,0 +1,57 @@
+// Package fence holds the dependency fences: tests that keep each binary's
+// imports to what its job needs.
+package fence
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// deps lists every package pkg links, with `go list -deps`.
+func deps(t *testing.T, pkg string) []string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+	}
+	return strings.Fields(string(out))
+}
+
+// Only the packages that talk to the kernel's eBPF may link cilium/ebpf:
+// the controller and everything else stay portable and small.
+func TestOnlyCaptureLinksEBPF(t *testing.T) {
+	allowed := map[string]bool{
+		"github.com/ambit-mesh/ambit/internal/redirect": true,
+		"github.com/ambit-mesh/ambit/cmd/nodeproxy":     true,
+		"github.com/ambit-mesh/ambit/cmd/meshlab":       true,
+		"github.com/ambit-mesh/ambit/internal/lab":      true,
+	}
+	out, err := exec.Command("go", "list", "github.com/ambit-mesh/ambit/...").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if allowed[pkg] || strings.HasSuffix(pkg, "/labtest") {
+			continue
+		}
+		for _, d := range deps(t, pkg) {
+			if strings.HasPrefix(d, "github.com/cilium/ebpf") {
+				t.Errorf("%s links %s; only capture (internal/redirect) and its callers may", pkg, d)
+				break
+			}
+		}
+	}
+}
+
+// The capture package is a leaf: it must not grow a dependency on the
+// Kubernetes client or on gRPC (the node proxy wires those in).
+func TestCaptureStaysLeaf(t *testing.T) {
+	for _, d := range deps(t, "github.com/ambit-mesh/ambit/internal/redirect") {
+		for _, banned := range []string{"k8s.io/", "google.golang.org/grpc"} {
+			if strings.HasPrefix(d, banned) {
+				t.Errorf("internal/redirect links %s", d)
+			}
+		}
+	}
+}
