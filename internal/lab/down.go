@@ -1,0 +1,213 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/redirect"
+)
+
+const killTimeout = 5 * time.Second
+
+// Down removes everything the lab in stateDir made, and only that: it
+// kills the processes the lab started and everything in the lab's cgroups,
+// uninstalls capture, deletes the lab's links and network namespaces,
+// unmounts its bpffs, removes its cgroups and files, and finally the state
+// file. Things already gone are skipped, so Down also cleans up after an Up
+// that crashed half-way, and running it again is harmless. With no lab in
+// stateDir it logs so and returns nil. If something cannot be removed the
+// state file stays, so Down can be retried.
+func Down(stateDir string, log *slog.Logger) error {
+	if log == nil {
+		log = discardLogger()
+	}
+	dir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return fmt.Errorf("lab down: %w", err)
+	}
+	st, err := readState(dir)
+	if errors.Is(err, ErrNoLab) {
+		log.Info("no lab is up", "stateDir", dir)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if filepath.Clean(st.StateDir) != dir {
+		// The directory was moved or is reached by another path: own files
+		// are judged by where the state actually is.
+		log.Warn("state dir moved", "recorded", st.StateDir, "now", dir)
+		st.StateDir = dir
+		for i, o := range st.Created {
+			if o.Kind == objStateDir {
+				st.Created[i].Name = dir
+			}
+		}
+	}
+	return teardown(st, log.With("lab", st.ID))
+}
+
+// teardown undoes st's journal; see Down.
+func teardown(st *State, log *slog.Logger) error {
+	var errs []error
+	fail := func(err error) {
+		if err != nil {
+			log.Warn("teardown", "err", err)
+			errs = append(errs, err)
+		}
+	}
+	byKind := map[string][]Object{}
+	for _, o := range st.Created {
+		if err := st.checkOwned(o); err != nil {
+			fail(fmt.Errorf("state journal: %w; left alone", err))
+			continue
+		}
+		byKind[o.Kind] = append(byKind[o.Kind], o)
+	}
+	// Newest first within each kind.
+	for _, list := range byKind {
+		slices.Reverse(list)
+	}
+
+	// 1. Processes the lab started, then whatever runs in its cgroups.
+	for _, p := range slices.Backward(st.Processes) {
+		fail(killProcess(p, killTimeout))
+	}
+	var cgroups []string
+	for _, o := range byKind[objCgroup] {
+		cgroups = append(cgroups, filepath.Clean(o.Name))
+	}
+	if len(cgroups) > 0 {
+		fail(killCgroups(st.Cgroup2, cgroups, killTimeout))
+	}
+
+	// 2. Capture, while the bpffs that holds its pins is still mounted.
+	// If that fails, unmounting the lab's bpffs below still drops every
+	// pin, and removing the cgroups and namespaces detaches the programs,
+	// so it is reported but does not keep the lab's state around.
+	for _, o := range byKind[objCapture] {
+		if err := uninstallCapture(o.Name, log); err != nil {
+			log.Warn("capture uninstall failed; unmounting the lab's bpffs releases what it pinned", "err", err)
+		}
+	}
+
+	// 3. Links, then network namespaces.
+	h := newNSHandles()
+	for _, o := range byKind[objLink] {
+		fail(deleteLink(h, o))
+	}
+	h.close()
+	for _, o := range byKind[objNetNS] {
+		fail(deleteNetns(o.Name))
+	}
+
+	// 4. The bpffs mount.
+	for _, o := range byKind[objMount] {
+		if isBPFFS(o.Name) {
+			if err := unix.Unmount(o.Name, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				fail(fmt.Errorf("unmount bpffs %s: %w", o.Name, err))
+			}
+		}
+	}
+
+	// 5. Cgroups, deepest first.
+	for _, dir := range cgroups {
+		fail(removeCgroup(dir))
+	}
+
+	// 6. Files and directories in the state directory.
+	for _, o := range byKind[objFile] {
+		if err := os.Remove(o.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			fail(fmt.Errorf("remove %s: %w", o.Name, err))
+		}
+	}
+	for _, o := range byKind[objDir] {
+		if isBPFFS(o.Name) {
+			fail(fmt.Errorf("remove %s: still a bpffs mount", o.Name))
+			continue
+		}
+		if err := os.Remove(o.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			fail(fmt.Errorf("remove %s: %w", o.Name, err))
+		}
+	}
+
+	if len(errs) > 0 {
+		return fmt.Errorf("lab down: %d things could not be removed, state kept in %s for a retry: %w", len(errs), st.StateDir, errors.Join(errs...))
+	}
+	// 7. The state file, and the state directory if the lab made it.
+	if err := os.Remove(statePath(st.StateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("lab down: remove state: %w", err)
+	}
+	for _, o := range byKind[objStateDir] {
+		if err := os.Remove(o.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("state dir not removed", "dir", o.Name, "err", err)
+		}
+	}
+	log.Info("lab is down")
+	return nil
+}
+
+func deleteLink(h *nsHandles, o Object) error {
+	if _, err := os.Stat(netnsPath(o.NetNS)); errors.Is(err, fs.ErrNotExist) {
+		return nil // the namespace is gone and took the link with it
+	}
+	nl, err := h.get(o.NetNS)
+	if err != nil {
+		// A netns file left without its mount by a crash holds no links.
+		if _, serr := netnsIsMounted(o.NetNS); serr != nil {
+			return nil
+		}
+		return fmt.Errorf("delete link %s: %w", o.Name, err)
+	}
+	link, err := nl.LinkByName(o.Name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil
+		}
+		return fmt.Errorf("delete link %s in %s: %w", o.Name, o.NetNS, err)
+	}
+	if err := nl.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete link %s in %s: %w", o.Name, o.NetNS, err)
+	}
+	return nil
+}
+
+// netnsIsMounted returns an error if /run/netns/<name> is not a namespace.
+func netnsIsMounted(name string) (bool, error) {
+	var s unix.Statfs_t
+	if err := unix.Statfs(netnsPath(name), &s); err != nil {
+		return false, err
+	}
+	if s.Type != unix.NSFS_MAGIC {
+		return false, fmt.Errorf("%s is not mounted", netnsPath(name))
+	}
+	return true, nil
+}
+
+func uninstallCapture(pin string, log *slog.Logger) error {
+	if !isBPFFS(filepath.Dir(pin)) {
+		return nil // never mounted, or already unmounted: nothing pinned
+	}
+	c, err := redirect.New(redirect.Config{PinPath: pin}, log.With("component", "redirect"))
+	if err != nil {
+		return fmt.Errorf("uninstall capture: %w", err)
+	}
+	err = c.Uninstall()
+	if cerr := c.Close(); cerr != nil {
+		log.Debug("close capture after uninstall", "err", cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("uninstall capture: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+// Package labtest owns the test helper that builds a throwaway meshlab lab
+// for a privileged test and removes it when the test ends, passed or failed.
+// Tests use the same lab code as the meshlab CLI.
+package labtest
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/privtest"
+)
+
+// Option changes how New builds the lab.
+type Option func(*lab.Options)
+
+// WithCapture enrolls the pods of opted-in namespaces with eBPF capture
+// (package redirect). Off by default.
+func WithCapture() Option { return func(o *lab.Options) { o.Capture = true } }
+
+// WithLogger sends the lab's log to log instead of the test log.
+func WithLogger(log *slog.Logger) Option { return func(o *lab.Options) { o.Logger = log } }
+
+// New builds topo (nil: lab.DefaultTopology) in a state directory under
+// tb.TempDir and registers a cleanup that runs lab.Down, so the lab is gone
+// when the test ends, whatever its outcome. It skips (or fails, when CI
+// demands privileged tests) without root.
+func New(tb testing.TB, topo *lab.Topology, opts ...Option) *lab.Lab {
+	tb.Helper()
+	privtest.Require(tb)
+	o := lab.Options{
+		StateDir: tb.TempDir(),
+		Topology: topo,
+		Logger:   slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	// Registered before Up so that even a lab whose Up was cut short is
+	// removed.
+	tb.Cleanup(func() {
+		if err := lab.Down(o.StateDir, o.Logger); err != nil {
+			tb.Errorf("labtest: tear down lab in %s: %v", o.StateDir, err)
+		}
+	})
+	l, err := lab.Up(context.Background(), o)
+	if err != nil {
+		tb.Fatalf("labtest: lab up: %v", err)
+	}
+	return l
+}
+
+// tbWriter sends log lines to the test log.
+type tbWriter struct{ tb testing.TB }
+
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Helper()
+	w.tb.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
