@@ -42,7 +42,7 @@ var (
 // fixture is one pod (netns + cgroup) wired by a veth to a peer netns that
 // plays the rest of the network, plus a private bpffs for pins.
 type fixture struct {
-	t        *testing.T
+	t        testing.TB
 	podNS    string // /run/netns path
 	peerNS   string
 	cgroup   string
@@ -51,7 +51,7 @@ type fixture struct {
 	cgroupID uint64
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	privtest.Require(t)
 	b := make([]byte, 3)
@@ -131,7 +131,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func handle(t *testing.T, path string) *netlink.Handle {
+func handle(t testing.TB, path string) *netlink.Handle {
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func handle(t *testing.T, path string) *netlink.Handle {
 	return h
 }
 
-func makeNetns(t *testing.T, name string) {
+func makeNetns(t testing.TB, name string) {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -209,7 +209,7 @@ func (f *fixture) capture(cfg Config) Capture {
 }
 
 // listen opens a TCP listener inside the namespace at path.
-func listen(t *testing.T, path, network, addr string) *net.TCPListener {
+func listen(t testing.TB, path, network, addr string) *net.TCPListener {
 	t.Helper()
 	var ln net.Listener
 	err := netnsx.Do(path, func() (err error) {
@@ -299,6 +299,18 @@ func helperMain(args []string) int {
 	switch args[0] {
 	case "dial": // dial NETWORK ADDR: connect, print the first line received
 		json.NewEncoder(os.Stdout).Encode(dialOnce(args[1], args[2]))
+		return 0
+	case "dialn": // dialn N NETWORK ADDR: N sequential dials, print total ns
+		var n int
+		fmt.Sscan(args[1], &n)
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			if r := dialOnce(args[2], args[3]); r.Err != "" {
+				fmt.Printf("error %s\n", r.Err)
+				return 1
+			}
+		}
+		fmt.Println(time.Since(start).Nanoseconds())
 		return 0
 	case "hold": // hold NETWORK ADDR: connect now; on each stdin line, report
 		// one line read from the held connection, then a fresh dial.
