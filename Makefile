@@ -52,7 +52,7 @@ demo: build ## bring the lab up, show capture at work, tear it down (as root)
 
 .PHONY: bench
 bench: ## Go benchmarks of the capture path (as root)
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/redirect/
+	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./internal/redirect/
 
 .PHONY: clean
 clean: ## remove build output
