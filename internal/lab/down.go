@@ -198,7 +198,7 @@ func uninstallCapture(pin string, log *slog.Logger) error {
 	if !isBPFFS(filepath.Dir(pin)) {
 		return nil // never mounted, or already unmounted: nothing pinned
 	}
-	c, err := redirect.New(redirect.Config{PinPath: pin}, log.With("component", "redirect"))
+	c, err := redirect.New(redirect.Config{PinPath: pin}, log)
 	if err != nil {
 		return fmt.Errorf("uninstall capture: %w", err)
 	}

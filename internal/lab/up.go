@@ -601,7 +601,7 @@ func (b *builder) capture() error {
 	c, err := redirect.New(redirect.Config{
 		PinPath:               pin,
 		ExcludeInboundSources: gatewayPrefixes(b.st.Nodes),
-	}, b.log.With("component", "redirect"))
+	}, b.log)
 	if err != nil {
 		return fmt.Errorf("start capture: %w", err)
 	}
