@@ -2,15 +2,28 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/privtest"
 )
+
+// TestMain lets a test run the CLI as a child process (to kill it):
+// MESHLAB_TEST_ARGS holds its arguments, one per line.
+func TestMain(m *testing.M) {
+	if args := os.Getenv("MESHLAB_TEST_ARGS"); args != "" {
+		os.Exit(run(context.Background(), strings.Split(args, "\n"), os.Stdin, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
 
 // meshlab runs the CLI in-process.
 func meshlab(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
@@ -135,5 +148,65 @@ func TestPrivilegedCLI(t *testing.T) {
 	}
 	if code, out, _ := meshlab(t, "", "down", "--state-dir", dir); code != 0 || strings.TrimSpace(out) != "no lab is up" {
 		t.Errorf("second down: %d %q", code, out)
+	}
+}
+
+// A meshlab up killed with SIGKILL half-way leaves a journal; meshlab down
+// removes everything it made.
+func TestPrivilegedUpKilled(t *testing.T) {
+	privtest.Require(t)
+	cg2, err := lab.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"netns", "link", "cgroup", "mount", "file"} {
+		marker := `"kind": "` + kind + `"`
+		t.Run(kind, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "state")
+			t.Cleanup(func() { _ = lab.Down(dir, nil) })
+			self, err := os.Executable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(self, "-test.run=^$")
+			cmd.Env = append(os.Environ(), "MESHLAB_TEST_ARGS=up\n--capture=false\n--state-dir\n"+dir)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// Kill it as soon as the journal shows the marker.
+			var state []byte
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				state, _ = os.ReadFile(lab.StatePath(dir))
+				if bytes.Contains(state, []byte(marker)) {
+					break
+				}
+				time.Sleep(200 * time.Microsecond)
+			}
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Wait()
+			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+				t.Logf("up finished before the kill; checking down on a complete lab")
+			}
+			var st struct{ ID string }
+			if err := json.Unmarshal(state, &st); err != nil || st.ID == "" {
+				t.Fatalf("no journal to recover from (%v): %s", err, state)
+			}
+			if code, out, errs := meshlab(t, "", "down", "--state-dir", dir); code != 0 {
+				t.Fatalf("down after kill: %d %s %s", code, out, errs)
+			}
+			if left, _ := filepath.Glob("/run/netns/ml-" + st.ID + "-*"); len(left) > 0 {
+				t.Errorf("netns left: %v", left)
+			}
+			if _, err := os.Stat(filepath.Join(cg2, "meshlab-"+st.ID)); err == nil {
+				t.Errorf("cgroup meshlab-%s left", st.ID)
+			}
+			if mi, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(mi, []byte(dir)) {
+				t.Errorf("mount under %s left", dir)
+			}
+			if _, err := os.Stat(dir); err == nil {
+				t.Errorf("state dir %s left", dir)
+			}
+		})
 	}
 }

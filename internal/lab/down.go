@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -90,6 +91,7 @@ func teardown(st *State, log *slog.Logger) error {
 		fail(killCgroups(st.Cgroup2, cgroups, killTimeout))
 	}
 
+	log.Debug("teardown", "phase", "killed processes")
 	// 2. Capture, while the bpffs that holds its pins is still mounted.
 	// If that fails, unmounting the lab's bpffs below still drops every
 	// pin, and removing the cgroups and namespaces detaches the programs,
@@ -100,16 +102,17 @@ func teardown(st *State, log *slog.Logger) error {
 		}
 	}
 
+	log.Debug("teardown", "phase", "capture uninstalled")
 	// 3. Links, then network namespaces.
-	h := newNSHandles()
-	for _, o := range byKind[objLink] {
-		fail(deleteLink(h, o))
+	for _, err := range deleteLinks(byKind[objLink]) {
+		fail(err)
 	}
-	h.close()
+	log.Debug("teardown", "phase", "links deleted")
 	for _, o := range byKind[objNetNS] {
 		fail(deleteNetns(o.Name))
 	}
 
+	log.Debug("teardown", "phase", "netns deleted")
 	// 4. The bpffs mount.
 	for _, o := range byKind[objMount] {
 		if isBPFFS(o.Name) {
@@ -124,6 +127,7 @@ func teardown(st *State, log *slog.Logger) error {
 		fail(removeCgroup(dir))
 	}
 
+	log.Debug("teardown", "phase", "cgroups removed")
 	// 6. Files and directories in the state directory.
 	for _, o := range byKind[objFile] {
 		if err := os.Remove(o.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -154,6 +158,45 @@ func teardown(st *State, log *slog.Logger) error {
 	}
 	log.Info("lab is down")
 	return nil
+}
+
+// deleteLinks deletes links namespace by namespace, several namespaces at a
+// time: each deletion waits for an RCU grace period, so one at a time takes
+// tens of milliseconds per pod.
+func deleteLinks(links []Object) []error {
+	byNS := map[string][]Object{}
+	var order []string
+	for _, o := range links {
+		if _, ok := byNS[o.NetNS]; !ok {
+			order = append(order, o.NetNS)
+		}
+		byNS[o.NetNS] = append(byNS[o.NetNS], o)
+	}
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 32)
+	)
+	for _, ns := range order {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(list []Object) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			h := newNSHandles()
+			defer h.close()
+			for _, o := range list {
+				if err := deleteLink(h, o); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}(byNS[ns])
+	}
+	wg.Wait()
+	return errs
 }
 
 func deleteLink(h *nsHandles, o Object) error {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -227,3 +229,37 @@ func (l *Lab) DoInNode(node string, fn func() error) error {
 	}
 	return netnsx.Do(n.NetNSPath, fn)
 }
+
+// Track records a long-running process the lab started for its nodes (a
+// node proxy, the controller) in the state file, so Down kills it. The
+// record holds the PID's start time: Down leaves the PID alone once it
+// names another process.
+func (l *Lab) Track(role, node string, pid int) error {
+	start, err := processStartTime(pid)
+	if err != nil {
+		return fmt.Errorf("track %s: %w", role, err)
+	}
+	p := Process{PID: pid, StartTime: start, Role: role, Node: node}
+	if n, ok := l.Node(node); ok {
+		p.NetNS = n.NetNSPath
+	}
+	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if rel, ok := strings.CutPrefix(line, "0::"); ok {
+				p.Cgroup = filepath.Join(l.st.Cgroup2, rel)
+			}
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	j := &journal{dir: l.dir, st: l.st}
+	l.st.Processes = append(l.st.Processes, p)
+	if err := j.save(); err != nil {
+		l.st.Processes = l.st.Processes[:len(l.st.Processes)-1]
+		return fmt.Errorf("track %s: %w", role, err)
+	}
+	return nil
+}
+
+// Processes lists the processes recorded with Track.
+func (l *Lab) Processes() []Process { return slices.Clone(l.st.Processes) }

@@ -216,11 +216,13 @@ type snapshot struct {
 	mounts  []string // mount points under the state dir or /run/netns
 	links   []string // interfaces of this process's own (the host) netns
 	files   []string // the state dir's entries
+
+	stateDir string
 }
 
 func takeSnapshot(t *testing.T, stateDir string) snapshot {
 	t.Helper()
-	var s snapshot
+	s := snapshot{stateDir: stateDir}
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
 		s.netns = append(s.netns, e.Name())
@@ -263,7 +265,9 @@ func takeSnapshot(t *testing.T, stateDir string) snapshot {
 // behind; other labs that come and go meanwhile are ignored.
 func leftovers(before, after snapshot, id string) []string {
 	var out []string
-	ours := func(s string) bool { return strings.Contains(s, "ml-"+id+"-") || strings.Contains(s, "meshlab-"+id) }
+	ours := func(s string) bool {
+		return strings.Contains(s, "ml-"+id+"-") || strings.Contains(s, "meshlab-"+id) || strings.HasPrefix(s, before.stateDir)
+	}
 	diff := func(what string, b, a []string, all bool) {
 		for _, x := range a {
 			if !slices.Contains(b, x) && (all || ours(x)) {
@@ -273,7 +277,7 @@ func leftovers(before, after snapshot, id string) []string {
 	}
 	diff("netns", before.netns, after.netns, false)
 	diff("cgroup", before.cgroups, after.cgroups, false)
-	diff("mount", before.mounts, after.mounts, true)
+	diff("mount", before.mounts, after.mounts, false) // under the state dir, or a netns of ours
 	diff("host link", before.links, after.links, true)
 	diff("state file", before.files, after.files, true)
 	return out
@@ -519,5 +523,60 @@ func TestPrivilegedStateDirLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(stateDir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("state dir made by the lab is still there: %v", err)
+	}
+}
+
+// Down kills the processes recorded with Track (node proxies, controller).
+func TestPrivilegedTrackedProcess(t *testing.T) {
+	privtest.Require(t)
+	stateDir := t.TempDir()
+	t.Cleanup(func() { _ = lab.Down(stateDir, nil) })
+	l, err := lab.Up(t.Context(), lab.Options{StateDir: stateDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := exec.Command("sleep", "1000")
+	if err := l.DoInNode("node-1", proxy.Start); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- proxy.Wait() }()
+	t.Cleanup(func() { _ = proxy.Process.Kill() })
+	if err := l.Track("nodeproxy", "node-1", proxy.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	again, err := lab.Load(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := again.Processes(); len(ps) != 1 || ps[0].PID != proxy.Process.Pid || ps[0].Role != "nodeproxy" || ps[0].NetNS == "" {
+		t.Errorf("tracked %+v", ps)
+	}
+	if err := lab.Down(stateDir, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-waited:
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) || exitErr.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Errorf("tracked process ended with %v, want SIGKILL", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("down left the tracked process running")
+	}
+}
+
+// A cancelled up removes what it made.
+func TestPrivilegedUpCancelled(t *testing.T) {
+	privtest.Require(t)
+	stateDir := t.TempDir()
+	t.Cleanup(func() { _ = lab.Down(stateDir, nil) })
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := lab.Up(ctx, lab.Options{StateDir: stateDir}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("up: %v, want context.Canceled", err)
+	}
+	if _, err := os.Stat(lab.StatePath(stateDir)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("state left: %v", err)
 	}
 }

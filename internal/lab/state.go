@@ -189,23 +189,27 @@ func (j *journal) save() error {
 	return j.saveLocked()
 }
 
-// add journals o; call it before creating o.
-func (j *journal) add(o Object) error {
+// add journals objs, with one write of the state file; call it before
+// creating them. Journaling a batch ahead of creating it keeps big labs
+// fast; Down skips whatever of it was never made.
+func (j *journal) add(objs ...Object) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.st.Created = append(j.st.Created, o)
+	j.st.Created = append(j.st.Created, objs...)
 	return j.saveLocked()
 }
 
-// drop removes o from the journal: for an object that turned out to exist
-// already, so it is not ours to remove.
-func (j *journal) drop(o Object) error {
+// drop removes objs from the journal: objects that turned out to exist
+// already, so they are not ours to remove.
+func (j *journal) drop(objs ...Object) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	for i := len(j.st.Created) - 1; i >= 0; i-- {
-		if j.st.Created[i] == o {
-			j.st.Created = append(j.st.Created[:i], j.st.Created[i+1:]...)
-			break
+	for _, o := range objs {
+		for i := len(j.st.Created) - 1; i >= 0; i-- {
+			if j.st.Created[i] == o {
+				j.st.Created = append(j.st.Created[:i], j.st.Created[i+1:]...)
+				break
+			}
 		}
 	}
 	return j.saveLocked()

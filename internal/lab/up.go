@@ -201,19 +201,32 @@ func (b *builder) build() error {
 		return err
 	}
 	underlayNS := netnsName(id, "underlay")
-	if err := b.netns(underlayNS, baseSysctls); err != nil {
-		return err
+	type nsSpec struct {
+		step    string
+		sysctls []sysctl
 	}
+	all := []Object{{Kind: objNetNS, Name: underlayNS}}
+	specs := []nsSpec{{"netns underlay", baseSysctls}}
 	for _, n := range b.st.Nodes {
-		if err := b.netns(n.NetNS, nodeSysctls); err != nil {
-			return err
-		}
+		all = append(all, Object{Kind: objNetNS, Name: n.NetNS})
+		specs = append(specs, nsSpec{"netns " + n.Name, nodeSysctls})
 	}
 	for _, p := range b.st.Pods {
-		if err := b.step("netns " + p.Key()); err != nil {
+		all = append(all, Object{Kind: objNetNS, Name: p.NetNS})
+		specs = append(specs, nsSpec{"netns " + p.Key(), baseSysctls})
+	}
+	if err := b.j.add(all...); err != nil {
+		return err
+	}
+	for i, o := range all {
+		if err := b.step(specs[i].step); err != nil {
 			return err
 		}
-		if err := b.netns(p.NetNS, baseSysctls); err != nil {
+		if err := b.netns(o.Name, specs[i].sysctls); err != nil {
+			if errors.Is(err, errExists) {
+				// Someone else uses our names: none of the rest is ours.
+				return errors.Join(err, b.j.drop(all[i:]...))
+			}
 			return err
 		}
 	}
@@ -225,6 +238,13 @@ func (b *builder) build() error {
 		return err
 	}
 	// Pods.
+	var podLinks []Object
+	for _, p := range b.st.Pods {
+		podLinks = append(podLinks, Object{Kind: objLink, Name: p.NodeVeth, NetNS: b.st.Nodes[p.NodeIndex-1].NetNS})
+	}
+	if err := b.j.add(podLinks...); err != nil {
+		return err
+	}
 	for _, p := range b.st.Pods {
 		if err := b.step("pod " + p.Key()); err != nil {
 			return err
@@ -274,14 +294,8 @@ func (b *builder) build() error {
 }
 
 func (b *builder) netns(name string, sysctls []sysctl) error {
-	o := Object{Kind: objNetNS, Name: name}
-	if err := b.j.add(o); err != nil {
-		return err
-	}
+	// Journaled by build.
 	if err := createNetns(name, sysctls); err != nil {
-		if errors.Is(err, errExists) {
-			return errors.Join(err, b.j.drop(o))
-		}
 		return err
 	}
 	h, err := b.h.get(name)
@@ -300,7 +314,7 @@ func (b *builder) netns(name string, sysctls []sysctl) error {
 
 // vethTo creates a veth pair in netns from, named name there, whose peer is
 // created directly as eth0 in netns to. Neither end ever exists in the host
-// namespace.
+// namespace. The caller journals it.
 func (b *builder) vethTo(from, name, to string) (local, peer netlink.Link, err error) {
 	fh, err := b.h.get(from)
 	if err != nil {
@@ -312,9 +326,6 @@ func (b *builder) vethTo(from, name, to string) (local, peer netlink.Link, err e
 	}
 	th, err := b.h.get(to)
 	if err != nil {
-		return nil, nil, err
-	}
-	if err := b.j.add(Object{Kind: objLink, Name: name, NetNS: from}); err != nil {
 		return nil, nil, err
 	}
 	veth := &netlink.Veth{
@@ -381,7 +392,11 @@ func (b *builder) underlay(ns string) error {
 		return err
 	}
 	name := bridgeName(b.st.ID)
-	if err := b.j.add(Object{Kind: objLink, Name: name, NetNS: ns}); err != nil {
+	links := []Object{{Kind: objLink, Name: name, NetNS: ns}}
+	for _, n := range b.st.Nodes {
+		links = append(links, Object{Kind: objLink, Name: n.UnderlayVeth, NetNS: ns})
+	}
+	if err := b.j.add(links...); err != nil {
 		return err
 	}
 	off := false
@@ -481,11 +496,9 @@ func (b *builder) nodeRoutes() error {
 	return nil
 }
 
+// mkdirCgroup creates a cgroup that cgroups journaled.
 func (b *builder) mkdirCgroup(dir string) error {
 	o := Object{Kind: objCgroup, Name: dir}
-	if err := b.j.add(o); err != nil {
-		return err
-	}
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return errors.Join(fmt.Errorf("create cgroup %s: %w", dir, errExists), b.j.drop(o))
@@ -496,16 +509,27 @@ func (b *builder) mkdirCgroup(dir string) error {
 }
 
 func (b *builder) cgroups() error {
-	if err := b.mkdirCgroup(filepath.Join(b.st.Cgroup2, "meshlab-"+b.st.ID)); err != nil {
+	// The lab's own cgroup first: everything else is created below it, so
+	// once it is made by us, so is the rest.
+	top := Object{Kind: objCgroup, Name: filepath.Join(b.st.Cgroup2, "meshlab-"+b.st.ID)}
+	if err := b.j.add(top); err != nil {
 		return err
 	}
+	if err := b.mkdirCgroup(top.Name); err != nil {
+		return err
+	}
+	var all []Object
 	for _, n := range b.st.Nodes {
-		if err := b.mkdirCgroup(n.CgroupPath); err != nil {
-			return err
-		}
+		all = append(all, Object{Kind: objCgroup, Name: n.CgroupPath})
 	}
 	for _, p := range b.st.Pods {
-		if err := b.mkdirCgroup(p.CgroupPath); err != nil {
+		all = append(all, Object{Kind: objCgroup, Name: p.CgroupPath})
+	}
+	if err := b.j.add(all...); err != nil {
+		return err
+	}
+	for _, o := range all {
+		if err := b.mkdirCgroup(o.Name); err != nil {
 			return err
 		}
 	}
