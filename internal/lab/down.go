@@ -147,9 +147,17 @@ func teardown(st *State, log *slog.Logger) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("lab down: %d things could not be removed, state kept in %s for a retry: %w", len(errs), st.StateDir, errors.Join(errs...))
 	}
-	// 7. The state file, and the state directory if the lab made it.
+	// 7. The state file, temporary journal files an `up` killed mid-write
+	// left behind, and the state directory if the lab made it.
 	if err := os.Remove(statePath(st.StateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("lab down: remove state: %w", err)
+	}
+	if tmps, err := filepath.Glob(filepath.Join(st.StateDir, ".state-*.json")); err == nil {
+		for _, t := range tmps {
+			if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				log.Warn("journal temp file not removed", "file", t, "err", err)
+			}
+		}
 	}
 	for _, o := range byKind[objStateDir] {
 		if err := os.Remove(o.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
