@@ -51,8 +51,9 @@ demo: build ## bring the lab up, show capture at work, tear it down (as root)
 	./scripts/demo.sh
 
 .PHONY: bench
-bench: ## Go benchmarks of the capture path (as root)
+bench: ## Go benchmarks: capture connect cost, tunnel throughput (as root)
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./internal/redirect/
+	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 3 ./internal/tunnel/
 
 .PHONY: clean
 clean: ## remove build output

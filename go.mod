@@ -11,6 +11,9 @@ require (
 	gopkg.in/yaml.v3 v3.0.1
 )
 
-require golang.org/x/net v0.62.0 // indirect
+require (
+	golang.org/x/net v0.62.0
+	golang.org/x/text v0.43.0 // indirect
+)
 
 tool github.com/cilium/ebpf/cmd/bpf2go

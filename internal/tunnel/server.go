@@ -1,0 +1,194 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
+)
+
+// DialFunc connects an accepted stream to its target. It is where the caller
+// checks that the target is a local workload and applies policy; an error
+// wrapping ErrForbidden answers 403, others 503.
+type DialFunc func(ctx context.Context, req Request) (net.Conn, error)
+
+// ErrForbidden marks a refusal by policy.
+var ErrForbidden = errors.New("forbidden")
+
+// ServerConfig configures a tunnel server.
+type ServerConfig struct {
+	// SVID is the identity the server presents.
+	SVID x509svid.Source
+	// Bundle holds the trust anchors for client certificates.
+	Bundle x509bundle.Source
+	// TrustDomain is the only domain whose clients are accepted.
+	TrustDomain spiffeid.TrustDomain
+	Dial        DialFunc
+	Log         *slog.Logger
+}
+
+// Server accepts HBONE tunnels.
+type Server struct {
+	cfg   ServerConfig
+	log   *slog.Logger
+	h2    *http2.Server
+	tls   *tls.Config
+	mu    sync.Mutex
+	conns map[*tls.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// NewServer checks cfg and returns a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.SVID == nil || cfg.Bundle == nil || cfg.Dial == nil || cfg.TrustDomain.IsZero() {
+		return nil, errors.New("tunnel server needs SVID, Bundle, TrustDomain and Dial")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log.With("subsystem", "tunnel"), conns: map[*tls.Conn]struct{}{}}
+	s.tls = tlsBase(tlsconfig.MTLSServerConfig(cfg.SVID, cfg.Bundle, tlsconfig.AuthorizeMemberOf(cfg.TrustDomain)))
+	s.h2 = &http2.Server{
+		MaxConcurrentStreams:         1000,
+		MaxReadFrameSize:             maxFrameSize,
+		MaxUploadBufferPerConnection: connWindow,
+		MaxUploadBufferPerStream:     streamWindow,
+		IdleTimeout:                  10 * time.Minute,
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until it is closed.
+func (s *Server) Serve(ln net.Listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c)
+		}()
+	}
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	tc := tls.Server(c, s.tls)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		s.log.Warn("tunnel handshake refused", "remote", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
+		s.log.Warn("tunnel peer did not negotiate h2", "remote", c.RemoteAddr().String(), "alpn", p)
+		tc.Close()
+		return
+	}
+	peer, err := x509svid.IDFromCert(tc.ConnectionState().PeerCertificates[0])
+	if err != nil {
+		tc.Close()
+		return
+	}
+	s.mu.Lock()
+	s.conns[tc] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, tc)
+		s.mu.Unlock()
+	}()
+	s.h2.ServeConn(tc, &http2.ServeConnOpts{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.handle(w, r, peer, c.RemoteAddr().String())
+	})})
+}
+
+func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID, remote string) {
+	if r.Method != http.MethodConnect {
+		http.Error(w, "HBONE accepts only CONNECT", http.StatusMethodNotAllowed)
+		return
+	}
+	target, err := netip.ParseAddrPort(r.Host)
+	if err != nil {
+		http.Error(w, fmt.Sprintf(":authority %q is not ip:port", r.Host), http.StatusBadRequest)
+		return
+	}
+	req := Request{Peer: peer, Target: target, TraceParent: r.Header.Get("traceparent"), RemoteAddr: remote}
+	if src, ok := parseForwarded(r.Header.Get("Forwarded")); ok {
+		req.Source = src
+	}
+	up, err := s.cfg.Dial(r.Context(), req)
+	if err != nil {
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, ErrForbidden) {
+			code = http.StatusForbidden
+		}
+		s.log.Info("tunnel stream refused", "peer", peer.String(), "target", target.String(), "code", code, "err", err)
+		http.Error(w, err.Error(), code)
+		return
+	}
+	defer up.Close()
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	// Client to target; a half-close from the client half-closes the target.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, copyBuffer)
+		io.CopyBuffer(up, r.Body, buf)
+		if cw, ok := up.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	// Target to client, flushing each read so interactive traffic moves.
+	buf := make([]byte, copyBuffer)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				break
+			}
+			if rc.Flush() != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	<-done
+}
+
+// Close closes every tunnel connection and waits for their handlers.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}

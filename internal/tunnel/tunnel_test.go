@@ -1,0 +1,321 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+var (
+	clientID = spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client")
+	serverID = spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/server")
+)
+
+// issue returns a certificate and key for id signed by ca.
+func issue(t testing.TB, ca *identity.CA, id spiffeid.ID) *x509svid.SVID {
+	t.Helper()
+	m := identity.NewManager(ca, nil, nil)
+	if err := m.Ensure(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	s, err := m.SVID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// echo is a TCP target: it reports the first line it reads back,
+// prefixed, then echoes everything until EOF.
+func echo(t testing.TB) netip.AddrPort {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+type fixture struct {
+	ca       *identity.CA
+	addr     string
+	requests chan Request
+	server   *Server
+	dialer   *Dialer
+}
+
+func newFixture(t testing.TB, dial DialFunc) *fixture {
+	t.Helper()
+	ca, err := identity.GenerateCA(td, 24*time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{ca: ca, requests: make(chan Request, 64)}
+	if dial == nil {
+		dial = func(ctx context.Context, r Request) (net.Conn, error) {
+			select {
+			case f.requests <- r:
+			default:
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", r.Target.String())
+		}
+	}
+	srv, err := NewServer(ServerConfig{SVID: issue(t, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td, Dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	f.server, f.addr = srv, ln.Addr().String()
+	f.dialer = &Dialer{Bundle: ca.Bundle()}
+	t.Cleanup(func() { f.dialer.Close(); ln.Close(); srv.Close() })
+	return f
+}
+
+func roundTrip(t testing.TB, c net.Conn, msg string) string {
+	t.Helper()
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(got)
+}
+
+func TestTunnelCarriesStreamWithIdentityAndSource(t *testing.T) {
+	f := newFixture(t, nil)
+	dst := echo(t)
+	src := netip.MustParseAddrPort("10.244.1.2:40000")
+	c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{
+		Proxy: f.addr, Identity: serverID, Dst: dst, Src: src,
+		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	big := strings.Repeat("ambit ", 200000) // > one window
+	if got := roundTrip(t, c, big); got != big {
+		t.Fatalf("echoed %d bytes, want %d", len(got), len(big))
+	}
+	r := <-f.requests
+	if r.Peer != clientID || r.Target != dst || r.Source != src || !strings.HasPrefix(r.TraceParent, "00-4bf9") {
+		t.Errorf("server saw %+v; want peer %s, target %s, source %s and the traceparent", r, clientID, dst, src)
+	}
+}
+
+// A plain HTTP/2 client holding a mesh certificate is a valid peer: the
+// tunnel is standard CONNECT over TLS 1.3 with ALPN h2 (Istio's HBONE).
+func TestPlainHTTP2ClientInterop(t *testing.T) {
+	f := newFixture(t, nil)
+	dst := echo(t)
+	svid := issue(t, f.ca, clientID)
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(f.ca.Certificate())
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS13,
+		// The server's SPIFFE certificate has no DNS name; check the chain
+		// and the URI by hand, as an Istio peer does.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots}); err != nil {
+				return err
+			}
+			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != serverID.String() {
+				return fmt.Errorf("server is %v", leaf.URIs)
+			}
+			return nil
+		},
+	}}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodConnect, "https://"+f.addr, pr)
+	req.Host = dst.String()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("CONNECT status %d", resp.StatusCode)
+	}
+	go func() { io.WriteString(pw, "hello over hbone\n") }()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "hello over hbone\n" {
+		t.Errorf("read %q, %v", line, err)
+	}
+	pw.Close()
+	resp.Body.Close()
+	tr.CloseIdleConnections()
+}
+
+func TestTunnelRefusals(t *testing.T) {
+	f := newFixture(t, nil)
+	dst := echo(t)
+	other, _ := identity.GenerateCA(td, time.Hour, nil)
+	foreignTD := spiffeid.RequireTrustDomainFromString("evil.example")
+	foreignCA, _ := identity.GenerateCA(foreignTD, time.Hour, nil)
+
+	dialWith := func(svid *x509svid.SVID, want spiffeid.ID) error {
+		d := &Dialer{Bundle: f.ca.Bundle()}
+		defer d.Close()
+		c, err := d.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: want, Dst: dst})
+		if err == nil {
+			// TLS 1.3 reports the server's refusal of a client certificate
+			// on the first read, not in the handshake.
+			_, err = io.ReadAll(c)
+			c.Close()
+		}
+		return err
+	}
+	if err := dialWith(issue(t, other, clientID), serverID); err == nil {
+		t.Error("client certificate from another CA was accepted")
+	}
+	if err := dialWith(issue(t, foreignCA, spiffeid.RequireFromString("spiffe://evil.example/ns/a/sa/b")), serverID); err == nil {
+		t.Error("client from a foreign trust domain was accepted")
+	}
+	if err := dialWith(issue(t, f.ca, clientID), spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/other")); err == nil || !strings.Contains(err.Error(), "expecting") {
+		t.Errorf("server with the wrong identity: %v; want refused by the client", err)
+	}
+
+	// No client certificate.
+	roots := x509.NewCertPool()
+	roots.AddCert(f.ca.Certificate())
+	noCert := func(cfg *tls.Config) error {
+		c, err := tls.Dial("tcp", f.addr, cfg)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		return err
+	}
+	if err := noCert(&tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}); err == nil {
+		t.Error("client without a certificate was accepted")
+	}
+	if err := noCert(&tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}); err == nil {
+		t.Error("TLS 1.2 was accepted")
+	}
+
+	// Plaintext to the tunnel port.
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", dst, dst)
+	c.SetDeadline(time.Now().Add(handshakeTimeout + 2*time.Second))
+	reply, _ := io.ReadAll(c)
+	c.Close()
+	if strings.Contains(string(reply), "200") {
+		t.Errorf("plaintext CONNECT answered %q", reply)
+	}
+	select {
+	case r := <-f.requests:
+		t.Errorf("a refused client reached the target: %+v", r)
+	default:
+	}
+}
+
+func TestTunnelPolicyRefusalIs403(t *testing.T) {
+	f := newFixture(t, func(ctx context.Context, r Request) (net.Conn, error) {
+		return nil, fmt.Errorf("%w: %s may not reach %s", ErrForbidden, r.Peer, r.Target)
+	})
+	_, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: netip.MustParseAddrPort("10.0.0.1:80")})
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 403 || !strings.Contains(se.Message, "may not reach") {
+		t.Errorf("policy refusal: %v; want 403 with the reason", err)
+	}
+}
+
+func TestPoolSharesConnections(t *testing.T) {
+	f := newFixture(t, nil)
+	dst := echo(t)
+	svid := issue(t, f.ca, clientID)
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c, err := f.dialer.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			msg := fmt.Sprintf("stream %d", i)
+			if got := roundTrip(t, c, msg); got != msg {
+				errs <- fmt.Errorf("stream %d got %q", i, got)
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := f.dialer.PoolSize(); n < 1 || n > 2 {
+		t.Errorf("50 streams to one peer used %d connections; want them pooled", n)
+	}
+}
+
+func TestForwardedHeader(t *testing.T) {
+	for _, src := range []string{"10.1.2.3:80", "[fd00::1]:443"} {
+		ap := netip.MustParseAddrPort(src)
+		got, ok := parseForwarded(forwardedFor(ap))
+		if !ok || got != ap {
+			t.Errorf("round trip %s: %v %v", src, got, ok)
+		}
+	}
+	if got, ok := parseForwarded(`for=192.0.2.60;proto=http;by=203.0.113.43, for=10.0.0.1`); !ok || got.Addr() != netip.MustParseAddr("192.0.2.60") {
+		t.Errorf("RFC 7239 example: %v %v", got, ok)
+	}
+}
