@@ -8,27 +8,12 @@ import (
 	"testing"
 )
 
-// sink reads everything, then answers "done".
+// sink is a target that reads everything, then answers "done".
 func sink(b *testing.B) netip.AddrPort {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(io.Discard, c)
-				io.WriteString(c, "done")
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return target(b, func(c net.Conn) {
+		io.Copy(io.Discard, c)
+		io.WriteString(c, "done")
+	})
 }
 
 func pump(b *testing.B, c net.Conn) {

@@ -44,9 +44,8 @@ func issue(t testing.TB, ca *identity.CA, id spiffeid.ID) *x509svid.SVID {
 	return s
 }
 
-// echo is a TCP target: it reports the first line it reads back,
-// prefixed, then echoes everything until EOF.
-func echo(t testing.TB) netip.AddrPort {
+// target serves TCP on loopback, running handle for each connection.
+func target(t testing.TB, handle func(net.Conn)) netip.AddrPort {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,11 +59,16 @@ func echo(t testing.TB) netip.AddrPort {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// echo is a target that echoes everything until EOF.
+func echo(t testing.TB) netip.AddrPort {
+	return target(t, func(c net.Conn) { io.Copy(c, c) })
 }
 
 type fixture struct {
