@@ -1,0 +1,276 @@
+// Package policy owns AccessPolicy evaluation at L4: which source may open a
+// connection to which workload and port. Rules: a DENY that matches wins;
+// when any ALLOW policy applies to the workload, a connection that matches
+// none is denied; otherwise it is allowed. Dry-run policies are evaluated
+// and reported but never change the outcome. A rule that needs L7
+// attributes (method, path, host, headers) cannot be checked at L4 and fails
+// closed: it matches for DENY and does not match for ALLOW.
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+)
+
+// Action is what a matching policy does.
+type Action string
+
+const (
+	Allow Action = "ALLOW"
+	Deny  Action = "DENY"
+)
+
+// Policy is one AccessPolicy as the proxy evaluates it.
+type Policy struct {
+	Namespace, Name string
+	// Selector picks workloads in Namespace by label; empty means every
+	// workload in the namespace.
+	Selector map[string]string
+	Action   Action
+	// DryRun policies only report what they would have done.
+	DryRun bool
+	// Rules: the policy matches a connection that matches any rule. With no
+	// rules it matches nothing (an ALLOW with no rules allows nothing).
+	Rules []Rule
+}
+
+// Rule matches when every non-empty part matches.
+type Rule struct {
+	From []Source // any of them; empty matches every source
+	// Ports the destination port must be one of; empty matches all.
+	Ports []uint16
+	// L7 reports that the rule also names HTTP attributes.
+	L7 bool
+}
+
+// Source matches when every non-empty field matches.
+type Source struct {
+	// Principals are SPIFFE IDs ("spiffe://td/ns/x/sa/y" or "td/ns/x/sa/y"),
+	// with an optional leading or trailing "*".
+	Principals      []string
+	Namespaces      []string
+	ServiceAccounts []string // "namespace/name" or "name" (any namespace)
+	IPBlocks        []netip.Prefix
+}
+
+// Request is a connection to decide on.
+type Request struct {
+	// Source is the client's verified identity; zero for plaintext from
+	// outside the mesh.
+	Source   spiffeid.ID
+	SourceIP netip.Addr
+	// Destination workload.
+	Namespace string
+	Labels    map[string]string
+	Port      uint16
+}
+
+// Decision is the outcome with its reason.
+type Decision struct {
+	Allowed bool
+	// Policy is "namespace/name" of the policy that decided, if any.
+	Policy string
+	Reason string
+	// DryRun lists what dry-run policies would have done, e.g.
+	// "demo/deny-all would DENY".
+	DryRun []string
+}
+
+// Key is "namespace/name".
+func (p Policy) Key() string { return p.Namespace + "/" + p.Name }
+
+// Validate reports what is wrong with p.
+func (p Policy) Validate() error {
+	if p.Namespace == "" || p.Name == "" {
+		return fmt.Errorf("access policy needs a namespace and a name")
+	}
+	if p.Action != Allow && p.Action != Deny {
+		return fmt.Errorf("access policy %s: action %q must be ALLOW or DENY", p.Key(), p.Action)
+	}
+	for i, r := range p.Rules {
+		for _, s := range r.From {
+			for _, pr := range s.Principals {
+				if strings.Count(pr, "*") > 1 || (strings.Contains(pr, "*") && !strings.HasPrefix(pr, "*") && !strings.HasSuffix(pr, "*")) {
+					return fmt.Errorf("access policy %s rule %d: principal %q may use one '*' only at its start or end", p.Key(), i, pr)
+				}
+			}
+		}
+		for _, port := range r.Ports {
+			if port == 0 {
+				return fmt.Errorf("access policy %s rule %d: port 0 is not a port", p.Key(), i)
+			}
+		}
+	}
+	return nil
+}
+
+// Evaluate decides req against policies (all of them; the ones that do not
+// apply to req's workload are skipped).
+func Evaluate(policies []Policy, req Request) Decision {
+	var applicable []Policy
+	for _, p := range policies {
+		if p.Namespace == req.Namespace && selects(p.Selector, req.Labels) {
+			applicable = append(applicable, p)
+		}
+	}
+	sort.Slice(applicable, func(i, j int) bool { return applicable[i].Key() < applicable[j].Key() })
+
+	var d Decision
+	for _, p := range applicable {
+		if p.DryRun {
+			if matchesPolicy(p, req) {
+				d.DryRun = append(d.DryRun, fmt.Sprintf("%s would %s", p.Key(), p.Action))
+			}
+		}
+	}
+	for _, p := range applicable {
+		if !p.DryRun && p.Action == Deny && matchesPolicy(p, req) {
+			d.Policy, d.Reason = p.Key(), "denied by DENY policy "+p.Key()
+			return d
+		}
+	}
+	anyAllow := false
+	for _, p := range applicable {
+		if p.DryRun || p.Action != Allow {
+			continue
+		}
+		anyAllow = true
+		if matchesPolicy(p, req) {
+			d.Allowed, d.Policy, d.Reason = true, p.Key(), "allowed by ALLOW policy "+p.Key()
+			return d
+		}
+	}
+	if anyAllow {
+		d.Reason = "no ALLOW policy matched"
+		return d
+	}
+	d.Allowed, d.Reason = true, "no policy applies"
+	return d
+}
+
+func selects(sel, labels map[string]string) bool {
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func matchesPolicy(p Policy, req Request) bool {
+	for _, r := range p.Rules {
+		if matchesRule(r, req) {
+			// An L7 rule cannot be checked here: it counts as matching for
+			// DENY and as not matching for ALLOW, so both fail closed.
+			if r.L7 && p.Action == Allow {
+				continue
+			}
+			return true
+		}
+	}
+	return false
+}
+
+func matchesRule(r Rule, req Request) bool {
+	if len(r.Ports) > 0 && !contains(r.Ports, req.Port) {
+		return false
+	}
+	if len(r.From) == 0 {
+		return true
+	}
+	for _, s := range r.From {
+		if matchesSource(s, req) {
+			return true
+		}
+	}
+	return false
+}
+
+func matchesSource(s Source, req Request) bool {
+	ns, sa, hasWorkload := workload(req.Source)
+	if len(s.Principals) > 0 {
+		ok := false
+		for _, p := range s.Principals {
+			if !req.Source.IsZero() && principalMatch(p, req.Source) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if len(s.Namespaces) > 0 && (!hasWorkload || !contains(s.Namespaces, ns)) {
+		return false
+	}
+	if len(s.ServiceAccounts) > 0 {
+		ok := false
+		for _, want := range s.ServiceAccounts {
+			wns, wsa, scoped := strings.Cut(want, "/")
+			if !scoped {
+				wns, wsa = "", want
+			}
+			if hasWorkload && wsa == sa && (wns == "" || wns == ns) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if len(s.IPBlocks) > 0 {
+		ok := false
+		for _, b := range s.IPBlocks {
+			if req.SourceIP.IsValid() && b.Contains(req.SourceIP.Unmap()) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func principalMatch(pattern string, id spiffeid.ID) bool {
+	full := id.String()
+	short := strings.TrimPrefix(full, "spiffe://")
+	for _, cand := range []string{full, short} {
+		switch {
+		case pattern == "*":
+			return true
+		case strings.HasPrefix(pattern, "*") && strings.HasSuffix(cand, pattern[1:]):
+			return true
+		case strings.HasSuffix(pattern, "*") && strings.HasPrefix(cand, pattern[:len(pattern)-1]):
+			return true
+		case pattern == cand:
+			return true
+		}
+	}
+	return false
+}
+
+func workload(id spiffeid.ID) (ns, sa string, ok bool) {
+	if id.IsZero() {
+		return "", "", false
+	}
+	ns, sa, err := identity.ParseWorkload(id)
+	return ns, sa, err == nil
+}
+
+func contains[T comparable](list []T, v T) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
