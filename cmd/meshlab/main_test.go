@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/internal/cgroup2"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/privtest"
 )
@@ -155,7 +156,7 @@ func TestPrivilegedCLI(t *testing.T) {
 // removes everything it made.
 func TestPrivilegedUpKilled(t *testing.T) {
 	privtest.Require(t)
-	cg2, err := lab.Cgroup2Mount()
+	cg2, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,7 @@ func TestPrivilegedListAndUninstall(t *testing.T) {
 	pin := filepath.Join(bpffs, "ambit")
 
 	// A pod whose cgroup and netns are this test's own creations.
-	cgroup := filepath.Join(cgroup2(t), fmt.Sprintf("ambit-nodeproxy-test-%d", os.Getpid()))
+	cgroup := filepath.Join(cgroup2Dir(t), fmt.Sprintf("ambit-nodeproxy-test-%d", os.Getpid()))
 	if err := os.Mkdir(cgroup, 0o755); err != nil {
 		t.Fatal(err)
 	}

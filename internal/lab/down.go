@@ -152,7 +152,7 @@ func teardown(st *State, log *slog.Logger) error {
 	if err := os.Remove(statePath(st.StateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("lab down: remove state: %w", err)
 	}
-	if tmps, err := filepath.Glob(filepath.Join(st.StateDir, ".state-*.json")); err == nil {
+	if tmps, err := filepath.Glob(filepath.Join(st.StateDir, journalTempPattern)); err == nil {
 		for _, t := range tmps {
 			if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				log.Warn("journal temp file not removed", "file", t, "err", err)

@@ -29,6 +29,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/ambit-mesh/ambit/internal/cgroup2"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/privtest"
@@ -155,7 +156,7 @@ func TestPrivilegedCommand(t *testing.T) {
 	privtest.Require(t)
 	l := labtest.New(t, nil)
 	pod, _ := l.Pod("demo/client-2")
-	cg2, err := lab.Cgroup2Mount()
+	cg2, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +228,7 @@ func takeSnapshot(t *testing.T, stateDir string) snapshot {
 	for _, e := range entries {
 		s.netns = append(s.netns, e.Name())
 	}
-	cg2, err := lab.Cgroup2Mount()
+	cg2, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

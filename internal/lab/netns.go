@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
 
 // errExists marks an object that existed before the lab tried to create it:
@@ -40,78 +41,25 @@ var nodeSysctls = append(append([]sysctl{}, baseSysctls...),
 	sysctl{"ipv6/conf/default/forwarding", "1"},
 )
 
-// createNetns creates the named network namespace /run/netns/<name> and
-// applies sysctls inside it, on a locked OS thread that unshares into the new
-// namespace and switches back (if switching back fails the thread stays
-// locked and the runtime discards it). It returns an error wrapping
-// errExists if the name is taken.
+// createNetns creates /run/netns/<name> and applies sysctls inside it. It
+// returns an error wrapping errExists if the name is taken.
 func createNetns(name string, sysctls []sysctl) error {
-	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", netnsDir, err)
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
+	err := netnsx.Create(name, func() error {
+		for _, s := range sysctls {
+			if err := os.WriteFile("/proc/sys/net/"+s.key, []byte(s.value), 0o644); err != nil {
+				return fmt.Errorf("netns %s: set %s=%s: %w", name, strings.ReplaceAll(s.key, "/", "."), s.value, err)
+			}
 		}
-		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare netns: %w", err)
-			return
-		}
-		err = inNewNetns(name, sysctls)
-		if serr := netns.Set(orig); serr != nil {
-			errc <- errors.Join(err, fmt.Errorf("return to original netns: %w", serr))
-			return // thread stays locked and ends with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
-
-// inNewNetns runs on the thread that just unshared the namespace.
-func inNewNetns(name string, sysctls []sysctl) error {
-	path := netnsPath(name)
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+		return nil
+	})
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("netns %s: %w", name, errExists)
 	}
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	f.Close()
-	const self = "/proc/thread-self/ns/net"
-	if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind mount netns %s: %w", name, err)
-	}
-	for _, s := range sysctls {
-		// /proc/sys/net resolves to the netns of the writing thread.
-		p := "/proc/sys/net/" + s.key
-		if err := os.WriteFile(p, []byte(s.value), 0o644); err != nil {
-			return fmt.Errorf("netns %s: set %s=%s: %w", name, strings.ReplaceAll(s.key, "/", "."), s.value, err)
-		}
-	}
-	return nil
+	return err
 }
 
-// deleteNetns unmounts and removes /run/netns/<name>; a namespace that is
-// already gone is not an error.
-func deleteNetns(name string) error {
-	path := netnsPath(name)
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount netns %s: %w", name, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove netns %s: %w", name, err)
-	}
-	return nil
-}
+// deleteNetns removes /run/netns/<name>; one already gone is not an error.
+func deleteNetns(name string) error { return netnsx.Delete(name) }
 
 // openNetns opens a lab namespace and makes sure it is a network namespace
 // other than the one this process runs in, so nothing the lab does through

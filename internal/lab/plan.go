@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+
+	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
 
 // NodeInfo is a node of a running lab.
@@ -67,10 +69,10 @@ type podPlan struct {
 	NodeVeth  string `json:"nodeVeth"`
 }
 
-const netnsDir = "/run/netns"
+const netnsDir = netnsx.Dir
 
 func netnsName(id, suffix string) string { return "ml-" + id + "-" + suffix }
-func netnsPath(name string) string       { return filepath.Join(netnsDir, name) }
+func netnsPath(name string) string       { return netnsx.Path(name) }
 func bridgeName(id string) string        { return "m" + id + "br" }
 func underlayVeth(id string, node int) string {
 	return "m" + id + "n" + strconv.Itoa(node)

@@ -145,8 +145,12 @@ func createJournal(dir string, st *State) (*journal, error) {
 	return &journal{dir: dir, st: st}, nil
 }
 
+// journalTempPattern names the temporary files a journal write renames
+// into place; a process killed mid-write leaves one behind for down to remove.
+const journalTempPattern = ".state-*.json"
+
 func writeTemp(dir string, data []byte) (string, error) {
-	f, err := os.CreateTemp(dir, ".state-*.json")
+	f, err := os.CreateTemp(dir, journalTempPattern)
 	if err != nil {
 		return "", fmt.Errorf("write lab state: %w", err)
 	}

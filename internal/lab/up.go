@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/ambit-mesh/ambit/internal/cgroup2"
 	"github.com/ambit-mesh/ambit/internal/redirect"
 )
 
@@ -79,7 +80,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if _, err := os.Stat(statePath(dir)); err == nil {
 		return nil, alreadyUpError(dir)
 	}
-	cg2, err := Cgroup2Mount()
+	cg2, err := cgroup2.Mount()
 	if err != nil {
 		return nil, err
 	}

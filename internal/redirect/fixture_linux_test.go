@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/ambit-mesh/ambit/internal/cgroup2"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/privtest"
 )
@@ -67,7 +66,7 @@ func newFixture(t testing.TB) *fixture {
 	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
 	f.pinPath = filepath.Join(bpffs, "ambit")
 
-	cg2, err := cgroup2Mount()
+	cg2, err := cgroup2.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +85,7 @@ func newFixture(t testing.TB) *fixture {
 	for _, n := range []string{podName, peerName} {
 		makeNetns(t, n)
 	}
-	f.podNS, f.peerNS = "/run/netns/"+podName, "/run/netns/"+peerName
+	f.podNS, f.peerNS = netnsx.Path(podName), netnsx.Path(peerName)
 
 	// veth created inside the peer netns, its other end moved to the pod.
 	peerH := handle(t, f.peerNS)
@@ -147,36 +146,10 @@ func handle(t testing.TB, path string) *netlink.Handle {
 
 func makeNetns(t testing.TB, name string) {
 	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
+	if err := netnsx.Create(name, nil); err != nil {
 		t.Fatal(err)
 	}
-	ns, err := netns.NewNamed(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Close()
-	if err := netns.Set(orig); err != nil {
-		t.Fatal(err) // thread stays locked and is discarded
-	}
-	orig.Close()
-	runtime.UnlockOSThread()
-	t.Cleanup(func() { netns.DeleteNamed(name) })
-}
-
-func cgroup2Mount() (string, error) {
-	data, err := os.ReadFile("/proc/mounts")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) >= 3 && fields[2] == "cgroup2" {
-			return fields[1], nil
-		}
-	}
-	return "", errors.New("no cgroup2 mount in /proc/mounts")
+	t.Cleanup(func() { netnsx.Delete(name) })
 }
 
 // killCgroup ends the processes this test started in its own cgroup.

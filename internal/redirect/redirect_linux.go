@@ -705,12 +705,13 @@ func (c *linuxCapture) Uninstall() error {
 const MaxPodIPs = int(captureAmbitLimitAMBIT_MAX_POD_IPS)
 
 // addrKey stores ip the way the programs do: IPv4 as IPv4-mapped IPv6, in
-// network byte order.
+// network byte order. The programs see four 32-bit words whose bytes are in
+// network order; read as native integers that is the byte sequence unchanged.
 func addrKey(ip netip.Addr) captureAmbitAddr {
 	b := ip.As16()
 	var a captureAmbitAddr
 	for i := range a.A {
-		a.A[i] = nativeFromBE(b[i*4 : i*4+4])
+		a.A[i] = binary.NativeEndian.Uint32(b[i*4:])
 	}
 	return a
 }
@@ -718,7 +719,7 @@ func addrKey(ip netip.Addr) captureAmbitAddr {
 func addrFromKey(a captureAmbitAddr) netip.Addr {
 	var b [16]byte
 	for i, w := range a.A {
-		beFromNative(b[i*4:i*4+4], w)
+		binary.NativeEndian.PutUint32(b[i*4:], w)
 	}
 	return netip.AddrFrom16(b).Unmap()
 }
@@ -731,9 +732,3 @@ func lpmKey(p netip.Prefix) captureAmbitLpmKey {
 	}
 	return captureAmbitLpmKey{Prefixlen: uint32(bits), Addr: addrKey(p.Addr())}
 }
-
-// The maps hold addresses as the kernel lays them out in memory: four
-// 32-bit words whose bytes are in network order. Read as native integers on
-// this (little-endian) machine, that is the byte sequence unchanged.
-func nativeFromBE(b []byte) uint32    { return binary.NativeEndian.Uint32(b) }
-func beFromNative(b []byte, w uint32) { binary.NativeEndian.PutUint32(b, w) }

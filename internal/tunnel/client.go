@@ -132,7 +132,7 @@ func (e *StatusError) Error() string {
 func (d *Dialer) conn(ctx context.Context, k poolKey, svid x509svid.Source) (*http2.ClientConn, error) {
 	for {
 		d.mu.Lock()
-		d.transport()
+		t := d.transport()
 		if cc := d.pick(k); cc != nil {
 			d.mu.Unlock()
 			return cc, nil
@@ -151,7 +151,7 @@ func (d *Dialer) conn(ctx context.Context, k poolKey, svid x509svid.Source) (*ht
 		done := make(chan struct{})
 		d.dialing[k] = done
 		d.mu.Unlock()
-		cc, err := d.open(ctx, k, svid)
+		cc, err := d.open(ctx, t, k, svid)
 		d.mu.Lock()
 		delete(d.dialing, k)
 		close(done)
@@ -180,8 +180,7 @@ func (d *Dialer) pick(k poolKey) *http2.ClientConn {
 }
 
 // open makes a new pooled connection to k and reserves a stream on it.
-func (d *Dialer) open(ctx context.Context, k poolKey, svid x509svid.Source) (*http2.ClientConn, error) {
-	t := d.t
+func (d *Dialer) open(ctx context.Context, t *http2.Transport, k poolKey, svid x509svid.Source) (*http2.ClientConn, error) {
 	cfg := tlsBase(tlsconfig.MTLSClientConfig(svid, d.Bundle, tlsconfig.AuthorizeID(k.dst)))
 	dial := d.NetDialer
 	if dial == nil {
