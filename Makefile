@@ -1,7 +1,9 @@
 # Ambit. `make help` lists the targets. Privileged targets (test, demo, bench)
 # run as root: they build network namespaces and load eBPF programs.
 
-GO        ?= go
+# Go from PATH, else the standard install location: `sudo` resets PATH to a
+# secure_path that usually lacks /usr/local/go/bin.
+GO        ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 BIN       := bin
 STATE     ?= /run/meshlab
 APT_PKGS  := clang llvm libbpf-dev bpftool iproute2 tcpdump git make
@@ -27,7 +29,7 @@ build: ## build nodeproxy, meshlab and the lab tools into bin/
 
 .PHONY: generate
 generate: ## regenerate eBPF objects and Go bindings (needs clang, libbpf-dev)
-	$(GO) generate ./...
+	PATH="$(dir $(GO)):$$PATH" $(GO) generate ./...
 
 .PHONY: check-generate
 check-generate: generate ## fail when committed generated files are stale or the C no longer builds
