@@ -420,14 +420,26 @@ func TestPrivilegedUpTwice(t *testing.T) {
 	privtest.Require(t)
 	l := labtest.New(t, nil)
 	before := takeSnapshot(t, l.StateDir())
+	stateBefore, _ := os.ReadFile(lab.StatePath(l.StateDir()))
 	_, err := lab.Up(t.Context(), lab.Options{StateDir: l.StateDir()})
 	want := fmt.Sprintf("a lab is already up (state in %s); run `meshlab down --state-dir %s` first", l.StateDir(), l.StateDir())
 	if err == nil || err.Error() != want {
 		t.Fatalf("second up: %v\nwant: %s", err, want)
 	}
 	after := takeSnapshot(t, l.StateDir())
-	if !slices.Equal(before.netns, after.netns) || !slices.Equal(before.cgroups, after.cgroups) || !slices.Equal(before.files, after.files) {
-		t.Errorf("second up built something:\nbefore %+v\nafter  %+v", before, after)
+	// Other packages' tests create and remove namespaces meanwhile, so only
+	// the first lab's objects and the state directory are compared: the
+	// refusal comes before a second lab ID exists, so a second lab could
+	// only have built through this state directory.
+	mine := func(xs []string) []string {
+		return slices.DeleteFunc(slices.Clone(xs), func(x string) bool {
+			return !strings.Contains(x, "ml-"+l.ID()+"-") && !strings.Contains(x, "meshlab-"+l.ID())
+		})
+	}
+	stateAfter, _ := os.ReadFile(lab.StatePath(l.StateDir()))
+	if !slices.Equal(mine(before.netns), mine(after.netns)) || !slices.Equal(mine(before.cgroups), mine(after.cgroups)) ||
+		!slices.Equal(before.files, after.files) || string(stateBefore) != string(stateAfter) {
+		t.Errorf("second up changed something:\nbefore %+v\nafter  %+v", before, after)
 	}
 	again, err := lab.Load(l.StateDir())
 	if err != nil || again.ID() != l.ID() {
