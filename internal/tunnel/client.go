@@ -43,7 +43,10 @@ type Dialer struct {
 type poolKey struct {
 	src, dst spiffeid.ID
 	addr     string
+	via      string
 }
+
+type netDialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // Target says where a stream goes.
 type Target struct {
@@ -57,6 +60,12 @@ type Target struct {
 	Src netip.AddrPort
 	// TraceParent, if set, is propagated.
 	TraceParent string
+	// Via names where the connection is made from (the node proxy dials
+	// from inside the source pod's network namespace); connections are
+	// pooled per Via as well. NetDial, if set, is used instead of
+	// Dialer.NetDialer to open a new pooled connection for this Via.
+	Via     string
+	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 func (d *Dialer) transport() *http2.Transport {
@@ -86,7 +95,7 @@ func (d *Dialer) Dial(ctx context.Context, svid x509svid.Source, t Target) (net.
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: no certificate for the source: %w", err)
 	}
-	cc, err := d.conn(ctx, poolKey{src.ID, t.Identity, t.Proxy}, svid)
+	cc, err := d.conn(ctx, poolKey{src.ID, t.Identity, t.Proxy, t.Via}, t.NetDial, svid)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +138,7 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("tunnel peer answered %d: %s", e.Code, e.Message)
 }
 
-func (d *Dialer) conn(ctx context.Context, k poolKey, svid x509svid.Source) (*http2.ClientConn, error) {
+func (d *Dialer) conn(ctx context.Context, k poolKey, dial netDialFunc, svid x509svid.Source) (*http2.ClientConn, error) {
 	for {
 		d.mu.Lock()
 		t := d.transport()
@@ -151,7 +160,7 @@ func (d *Dialer) conn(ctx context.Context, k poolKey, svid x509svid.Source) (*ht
 		done := make(chan struct{})
 		d.dialing[k] = done
 		d.mu.Unlock()
-		cc, err := d.open(ctx, t, k, svid)
+		cc, err := d.open(ctx, t, k, dial, svid)
 		d.mu.Lock()
 		delete(d.dialing, k)
 		close(done)
@@ -180,9 +189,11 @@ func (d *Dialer) pick(k poolKey) *http2.ClientConn {
 }
 
 // open makes a new pooled connection to k and reserves a stream on it.
-func (d *Dialer) open(ctx context.Context, t *http2.Transport, k poolKey, svid x509svid.Source) (*http2.ClientConn, error) {
+func (d *Dialer) open(ctx context.Context, t *http2.Transport, k poolKey, dial netDialFunc, svid x509svid.Source) (*http2.ClientConn, error) {
 	cfg := tlsBase(tlsconfig.MTLSClientConfig(svid, d.Bundle, tlsconfig.AuthorizeID(k.dst)))
-	dial := d.NetDialer
+	if dial == nil {
+		dial = d.NetDialer
+	}
 	if dial == nil {
 		var nd net.Dialer
 		dial = nd.DialContext

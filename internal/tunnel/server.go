@@ -45,6 +45,7 @@ type Server struct {
 	cfg   ServerConfig
 	log   *slog.Logger
 	h2    *http2.Server
+	base  *http.Server // carries graceful shutdown (GOAWAY) to h2 connections
 	tls   *tls.Config
 	mu    sync.Mutex
 	conns map[*tls.Conn]struct{}
@@ -68,6 +69,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		MaxUploadBufferPerConnection: connWindow,
 		MaxUploadBufferPerStream:     streamWindow,
 		IdleTimeout:                  10 * time.Minute,
+	}
+	s.base = &http.Server{}
+	if err := http2.ConfigureServer(s.base, s.h2); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -118,7 +123,7 @@ func (s *Server) serveConn(c net.Conn) {
 		delete(s.conns, tc)
 		s.mu.Unlock()
 	}()
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.h2.ServeConn(tc, &http2.ServeConnOpts{BaseConfig: s.base, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.handle(w, r, peer, c.RemoteAddr().String())
 	})})
 }
@@ -180,6 +185,23 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID
 		}
 	}
 	<-done
+}
+
+// Shutdown drains: every connection is sent GOAWAY, so peers open no new
+// streams on it, and Shutdown waits for the streams in flight until ctx
+// ends; then it closes what is left. Listeners are the caller's to close
+// first.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.base.Shutdown(ctx) // triggers GOAWAY on every h2 connection; returns at once with no listeners
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
 }
 
 // Close closes every tunnel connection and waits for their handlers.
