@@ -37,8 +37,24 @@ type Topology struct {
 	Nodes       []Node      `json:"nodes" yaml:"nodes"`
 	Namespaces  []Namespace `json:"namespaces" yaml:"namespaces"`
 	Pods        []Pod       `json:"pods" yaml:"pods"`
+	// Mesh holds mesh-wide settings handed to the node proxies.
+	Mesh Mesh `json:"mesh,omitzero" yaml:"mesh,omitempty"`
 
 	file string // for error messages; empty when built in Go
+}
+
+// Tunnel protocols for Mesh.Tunnel.
+const (
+	TunnelH2   = "h2"
+	TunnelQUIC = "quic"
+)
+
+// Mesh is the mesh-wide configuration the lab gives its node proxies.
+type Mesh struct {
+	// Tunnel is the protocol node proxies prefer between each other: "h2"
+	// (HTTP/2 over TLS, the default) or "quic" (falling back to h2 when UDP
+	// does not get through).
+	Tunnel string `json:"tunnel,omitempty" yaml:"tunnel,omitempty"`
 }
 
 // Node is a cluster node: one network namespace on the underlay.
@@ -241,8 +257,20 @@ func (p *parser) topology(root *yaml.Node, t *Topology) error {
 	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
 		return p.errf(root, "the topology is empty; list at least one node under nodes:")
 	}
-	return p.fields(root, "topology", []string{"trustDomain", "nodes", "namespaces", "pods"}, func(key string, _, v *yaml.Node) error {
+	return p.fields(root, "topology", []string{"trustDomain", "nodes", "namespaces", "pods", "mesh"}, func(key string, _, v *yaml.Node) error {
 		switch key {
+		case "mesh":
+			return p.fields(v, "mesh", []string{"tunnel"}, func(_ string, _, v *yaml.Node) error {
+				s, err := p.str(v, "mesh: tunnel")
+				if err != nil {
+					return err
+				}
+				if s != TunnelH2 && s != TunnelQUIC {
+					return p.errf(v, "mesh: tunnel %q is not a tunnel protocol; use %q or %q", s, TunnelH2, TunnelQUIC)
+				}
+				t.Mesh.Tunnel = s
+				return nil
+			})
 		case "trustDomain":
 			s, err := p.str(v, "trustDomain")
 			if err != nil {
@@ -332,6 +360,13 @@ func (p *parser) topology(root *yaml.Node, t *Topology) error {
 func (t *Topology) Validate() error {
 	if t.TrustDomain == "" {
 		t.TrustDomain = DefaultTrustDomain
+	}
+	switch t.Mesh.Tunnel {
+	case "":
+		t.Mesh.Tunnel = TunnelH2
+	case TunnelH2, TunnelQUIC:
+	default:
+		return t.errf(0, "mesh: tunnel %q is not a tunnel protocol; use %q or %q", t.Mesh.Tunnel, TunnelH2, TunnelQUIC)
 	}
 	if err := checkTrustDomain(t.TrustDomain); err != nil {
 		return t.errf(0, "%v", err)

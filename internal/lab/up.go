@@ -33,6 +33,12 @@ type Options struct {
 	// Capture enrolls the pods of opted-in namespaces with package
 	// redirect (eBPF capture) once the network is wired.
 	Capture bool
+	// NodeProxy is the nodeproxy binary to run on every node (in the
+	// node's network namespace, like a host-network DaemonSet pod), each
+	// with a configuration file the lab writes from the topology. Empty
+	// means no proxies: enrolled pods are captured but their traffic is
+	// refused (fail closed). Requires Capture.
+	NodeProxy string
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
 
