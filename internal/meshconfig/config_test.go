@@ -1,0 +1,131 @@
+package meshconfig
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+const sample = `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec:
+  trustDomain: example.org
+  tunnel: quic
+  nodes: [{name: node-2, tunnel: h2}]
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+  labels: {ambit.dev/dataplane: ambient}
+  annotations: {ambit.dev/inbound: strict, ambit.dev/outbound: refuse}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: server-1, namespace: demo, labels: {app: server}}
+spec: {serviceAccount: server, node: node-1, addresses: [10.244.1.3, "fd00:a:1::3"], netns: /run/netns/x}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: server-2, namespace: demo, labels: {app: server, ambit.dev/dataplane: none}}
+spec: {serviceAccount: server, node: node-2, addresses: [10.244.2.3]}
+status: {ready: false}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: outside-1, namespace: legacy}
+spec: {node: node-2, addresses: [10.244.2.9]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: server}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+---
+apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: deny-legacy, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: deny
+  rules:
+  - from: [{namespaces: [legacy], ipBlocks: [10.244.2.0/24, 10.1.1.1]}]
+    to: [{ports: [8080]}]
+  - to: [{paths: [/admin]}]
+`
+
+func TestParseSample(t *testing.T) {
+	c, err := Parse("sample.yaml", []byte(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mesh.TrustDomain.String() != "example.org" || c.TunnelFor("node-1") != TunnelQUIC || c.TunnelFor("node-2") != TunnelH2 {
+		t.Errorf("mesh: %+v", c.Mesh)
+	}
+	s1 := c.WorkloadByIP(netip.MustParseAddr("fd00:a:1::3"))
+	if s1 == nil || s1.Key() != "demo/server-1" || !s1.Captured || !s1.Ready || s1.Identity.String() != "spiffe://example.org/ns/demo/sa/server" || s1.NetNS != "/run/netns/x" {
+		t.Fatalf("server-1: %+v", s1)
+	}
+	s2 := c.Workload("demo/server-2")
+	if s2.Captured || s2.Ready {
+		t.Errorf("server-2 opted out and not ready: %+v", s2)
+	}
+	if o := c.Workload("legacy/outside-1"); o.Captured || o.ServiceAccount != "default" {
+		t.Errorf("outside-1: %+v", o)
+	}
+	svc := c.ServiceByAddr(netip.MustParseAddr("::ffff:10.96.0.10"))
+	if svc == nil || len(c.Endpoints(svc)) != 2 {
+		t.Fatalf("service: %+v", svc)
+	}
+	if p, ok := svc.Port(80); !ok || p.TargetPort != 8080 {
+		t.Errorf("port: %+v", p)
+	}
+	ns := c.Namespace("demo")
+	if !ns.Ambient || ns.Inbound != InboundStrict || ns.Outbound != OutboundRefuse {
+		t.Errorf("namespace: %+v", ns)
+	}
+	if d := c.Namespace("nowhere"); d.Ambient || d.Inbound != InboundPermissive || d.Outbound != OutboundPassthrough {
+		t.Errorf("default namespace: %+v", d)
+	}
+	if len(c.Policies) != 1 || c.Policies[0].Action != "DENY" || len(c.Policies[0].Rules) != 2 || !c.Policies[0].Rules[1].L7 || c.Policies[0].Rules[0].L7 {
+		t.Fatalf("policies: %+v", c.Policies)
+	}
+	if got := c.Policies[0].Rules[0].From[0].IPBlocks; len(got) != 2 || got[1].String() != "10.1.1.1/32" {
+		t.Errorf("ipBlocks: %v", got)
+	}
+	if !c.NodeHasIdentity("node-1", s1.Identity) || c.NodeHasIdentity("node-2", c.Workload("legacy/outside-1").Identity) == false {
+		t.Error("node identities")
+	}
+	if c.NodeHasIdentity("node-1", c.Workload("legacy/outside-1").Identity) {
+		t.Error("node-1 has no legacy/default workload")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	base := "apiVersion: ambit.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: demo}\n"
+	for _, tc := range []struct{ name, doc, want string }{
+		{"syntax", "kind: [", "x.yaml:1: "},
+		{"no kind", "apiVersion: v1\nmetadata: {name: a}\n", "x.yaml:1: resource has no kind"},
+		{"unknown kind", "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n", `x.yaml:2: unknown kind "Pod"`},
+		{"wrong version", "apiVersion: v1\nkind: Workload\nmetadata: {name: a}\n", `x.yaml:1: Workload needs apiVersion "ambit.dev/v1alpha1"`},
+		{"typo", base + "spec:\n  node: n\n  adresses: [10.0.0.1]\n", `x.yaml:6: Workload.spec: unknown field "adresses"; known fields are addresses, cgroup`},
+		{"bad ip", base + "spec: {node: n, addresses: [10.0.0.300]}\n", `x.yaml:4: Workload demo/w: address "10.0.0.300" is not an IP address`},
+		{"no node", base + "spec: {addresses: [10.0.0.1]}\n", "spec.node is empty"},
+		{"type", base + "spec: {node: n, addresses: 5}\n", "x.yaml:4: Workload: cannot unmarshal"},
+		{"dup ip", base + "spec: {node: n, addresses: [10.0.0.1]}\n---\n" + strings.Replace(base, "name: w", "name: v", 1) + "spec: {node: n, addresses: [10.0.0.1]}\n", "address 10.0.0.1 is also demo/w's (x.yaml:1)"},
+		{"inbound", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, annotations: {ambit.dev/inbound: loose}}\n", `annotation ambit.dev/inbound="loose"; use "permissive" or "strict"`},
+		{"policy action", "apiVersion: ambit.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p, namespace: a}\nspec: {action: MAYBE}\n", `action "MAYBE" must be ALLOW or DENY`},
+		{"tunnel", "apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec: {tunnel: tcp}\n", `x.yaml:4: MeshConfig: tunnel "tcp"`},
+		{"udp service", "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {ports: [{port: 53, protocol: UDP}]}\n", "Ambit carries TCP only"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("x.yaml", []byte(tc.doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v\nwant %q", err, tc.want)
+			}
+		})
+	}
+}

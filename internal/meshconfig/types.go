@@ -1,0 +1,137 @@
+// Package meshconfig owns the mesh configuration as Ambit's proxies see it:
+// the resources users declare in Kubernetes shape (Namespace, Service,
+// Workload, AccessPolicy and the mesh-wide MeshConfig), their parsing from
+// YAML files with errors that name file, line and fix, their validation,
+// and the indexes the data path looks things up in (workload by IP, service
+// by address, endpoints of a service, policies of a workload). The node
+// proxy's file mode reads it directly; the controller builds the same
+// Config from Kubernetes or from files and pushes it.
+package meshconfig
+
+import (
+	"net/netip"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// API versions and kinds understood in files.
+const (
+	AmbitAPIVersion = "ambit.dev/v1alpha1"
+	CoreAPIVersion  = "v1"
+
+	KindMeshConfig   = "MeshConfig"
+	KindNamespace    = "Namespace"
+	KindService      = "Service"
+	KindWorkload     = "Workload"
+	KindAccessPolicy = "AccessPolicy"
+)
+
+// Labels and annotations Ambit reads (DESIGN.md).
+const (
+	// DataplaneLabel on a namespace opts it in with DataplaneAmbient; on a
+	// workload, DataplaneNone opts it out.
+	DataplaneLabel   = "ambit.dev/dataplane"
+	DataplaneAmbient = "ambient"
+	DataplaneNone    = "none"
+
+	// InboundAnnotation on a namespace chooses what an enrolled workload
+	// does with plaintext from outside the mesh: InboundPermissive (accept,
+	// apply policy, report it) or InboundStrict (refuse).
+	InboundAnnotation = "ambit.dev/inbound"
+	InboundPermissive = "permissive"
+	InboundStrict     = "strict"
+
+	// OutboundAnnotation on a namespace chooses what its enrolled workloads'
+	// connections to destinations outside the mesh do: OutboundPassthrough
+	// (connect directly) or OutboundRefuse.
+	OutboundAnnotation  = "ambit.dev/outbound"
+	OutboundPassthrough = "passthrough"
+	OutboundRefuse      = "refuse"
+
+	// WaypointLabel names the waypoint a namespace or service uses.
+	WaypointLabel = "ambit.dev/use-waypoint"
+)
+
+// Tunnel protocols.
+const (
+	TunnelH2   = "h2"
+	TunnelQUIC = "quic"
+)
+
+// Mesh is the mesh-wide configuration (kind MeshConfig).
+type Mesh struct {
+	TrustDomain spiffeid.TrustDomain
+	// Tunnel is the protocol proxies prefer between each other.
+	Tunnel string
+	// TunnelPerNode overrides Tunnel for tunnels to a node's proxies.
+	TunnelPerNode map[string]string
+}
+
+// Namespace is a Kubernetes namespace with Ambit's settings resolved.
+type Namespace struct {
+	Name        string
+	Labels      map[string]string
+	Annotations map[string]string
+	// Ambient is true when the namespace opted in.
+	Ambient  bool
+	Inbound  string // InboundPermissive or InboundStrict
+	Outbound string // OutboundPassthrough or OutboundRefuse
+}
+
+// Workload is something with an identity and addresses: a pod, or a process
+// declared with the Workload kind.
+type Workload struct {
+	Namespace, Name string
+	Labels          map[string]string
+	ServiceAccount  string
+	Node            string
+	IPs             []netip.Addr
+	// Ready is false for a workload that must not receive new connections
+	// from load balancing (a pod that is not ready).
+	Ready bool
+	// NetNS and Cgroup tell the node proxy on Node where the workload runs,
+	// for capture (the lab and the CNI-less file mode give them; in
+	// Kubernetes the node finds them itself).
+	NetNS  string
+	Cgroup string
+
+	// Captured is derived: the workload is in an ambient namespace and has
+	// not opted out.
+	Captured bool
+	// Identity is derived from the trust domain, namespace and service
+	// account.
+	Identity spiffeid.ID
+	// Waypoint is the waypoint the workload's traffic goes through, if any.
+	Waypoint string
+
+	line int
+	file string
+}
+
+// Key is "namespace/name".
+func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
+
+// Service is a Kubernetes Service: addresses, ports and the workloads its
+// selector picks.
+type Service struct {
+	Namespace, Name string
+	Labels          map[string]string
+	Selector        map[string]string
+	Addresses       []netip.Addr
+	Ports           []ServicePort
+	Waypoint        string
+
+	line int
+	file string
+}
+
+// Key is "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// ServicePort maps a service port to the workloads' target port.
+type ServicePort struct {
+	Name        string
+	Port        uint16
+	TargetPort  uint16
+	AppProtocol string
+}
