@@ -1,0 +1,149 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Default addresses of the operator listeners (see the design brief).
+const (
+	DefaultMetricsAddr = ":15020"
+	DefaultReadyAddr   = ":15021"
+)
+
+// ReadyPath is where readiness is served.
+const ReadyPath = "/healthz/ready"
+
+// ReadyHandler answers 200 "ready" when src is ready, else 503 with the
+// reasons, one per line.
+func ReadyHandler(src Source) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		ready, reasons := src.Ready()
+		if ready {
+			fmt.Fprintln(w, "ready")
+			return
+		}
+		if len(reasons) == 0 {
+			reasons = []string{"not ready"}
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, strings.Join(reasons, "\n"))
+	})
+}
+
+// OpsConfig says where the operator listeners go. An empty address leaves
+// that listener out.
+type OpsConfig struct {
+	// AdminAddr is the admin endpoint: loopback ip:port or unix:/path (see
+	// ListenAdmin). DefaultAdminAddr in production.
+	AdminAddr string
+	// MetricsAddr serves /metrics. DefaultMetricsAddr in production.
+	MetricsAddr string
+	// ReadyAddr serves /healthz/ready. DefaultReadyAddr in production.
+	ReadyAddr string
+	Log       *slog.Logger
+}
+
+// OpsServer serves the admin endpoint, metrics and readiness, each on its own
+// listener. Metrics and readiness are reachable from the network (Prometheus
+// and the kubelet need them); the admin stays local.
+type OpsServer struct {
+	servers []*http.Server
+	addrs   map[string]net.Addr
+	log     *slog.Logger
+}
+
+// NewOpsServer opens the configured listeners and serves them in the
+// background until Shutdown. It fails, having closed what it opened, if any
+// listener cannot be opened.
+func NewOpsServer(cfg OpsConfig, src Source, m *Metrics) (*OpsServer, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &OpsServer{addrs: map[string]net.Addr{}, log: log}
+	type listener struct {
+		name string
+		ln   net.Listener
+		h    http.Handler
+	}
+	var lns []listener
+	fail := func(err error) (*OpsServer, error) {
+		for _, l := range lns {
+			l.ln.Close()
+		}
+		return nil, err
+	}
+	if cfg.AdminAddr != "" {
+		ln, err := ListenAdmin(cfg.AdminAddr)
+		if err != nil {
+			return fail(err)
+		}
+		lns = append(lns, listener{"admin", ln, NewHandler(src)})
+	}
+	if cfg.MetricsAddr != "" {
+		if m == nil {
+			return fail(errors.New("metrics listener configured without metrics"))
+		}
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fail(fmt.Errorf("metrics listener: %w", err))
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", m.Handler())
+		lns = append(lns, listener{"metrics", ln, mux})
+	}
+	if cfg.ReadyAddr != "" {
+		ln, err := net.Listen("tcp", cfg.ReadyAddr)
+		if err != nil {
+			return fail(fmt.Errorf("readiness listener: %w", err))
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET "+ReadyPath, ReadyHandler(src))
+		lns = append(lns, listener{"ready", ln, mux})
+	}
+	for _, l := range lns {
+		srv := &http.Server{
+			Handler:           l.h,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		}
+		s.servers = append(s.servers, srv)
+		s.addrs[l.name] = l.ln.Addr()
+		go func(name string, ln net.Listener) {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("operator listener stopped", "listener", name, "addr", ln.Addr().String(), "err", err)
+			}
+		}(l.name, l.ln)
+		log.Info("serving", "listener", l.name, "addr", l.ln.Addr().String())
+	}
+	return s, nil
+}
+
+// AdminAddr, MetricsAddr and ReadyAddr are the bound addresses (useful with
+// port 0), nil for a listener left out.
+func (s *OpsServer) AdminAddr() net.Addr   { return s.addrs["admin"] }
+func (s *OpsServer) MetricsAddr() net.Addr { return s.addrs["metrics"] }
+func (s *OpsServer) ReadyAddr() net.Addr   { return s.addrs["ready"] }
+
+// Shutdown stops every listener, waiting for requests in flight until ctx
+// ends; then it closes what is left (a CPU profile in progress, say).
+func (s *OpsServer) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, srv := range s.servers {
+		if err := srv.Shutdown(ctx); err != nil {
+			srv.Close()
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
