@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/ambit-mesh/ambit/internal/lab"
@@ -111,12 +112,35 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 }
 
+// defaultNodeProxy is the nodeproxy binary installed next to meshlab.
+func defaultNodeProxy() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(exe), "nodeproxy")
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
+
 func (c *cli) up(ctx context.Context, args []string) int {
 	fs := c.flags("up")
 	file := fs.String("f", "", "topology file (default: 2 nodes, namespace demo with 4 enrolled pods, namespace legacy with 1 pod)")
 	capture := fs.Bool("capture", true, "enroll pods of opted-in namespaces with eBPF capture")
+	nodeProxy := fs.String("nodeproxy", defaultNodeProxy(), "node proxy binary to run on every node (default: nodeproxy next to meshlab); \"none\" runs no proxies, so captured traffic fails closed")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *nodeProxy == "none" {
+		*nodeProxy = ""
+	} else if *nodeProxy == "" {
+		fmt.Fprintln(c.stderr, "meshlab up: no nodeproxy binary next to meshlab; build it (`make build`) or pass --nodeproxy PATH, or --nodeproxy none")
+		return 2
+	}
+	if !*capture {
+		*nodeProxy = ""
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(c.stderr, "meshlab up: unexpected argument %q\n", fs.Arg(0))
@@ -131,7 +155,7 @@ func (c *cli) up(ctx context.Context, args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := lab.Up(ctx, lab.Options{StateDir: c.stateDir, Topology: topo, Capture: *capture, Logger: c.logger()})
+	l, err := lab.Up(ctx, lab.Options{StateDir: c.stateDir, Topology: topo, Capture: *capture, NodeProxy: *nodeProxy, Logger: c.logger()})
 	if err != nil {
 		return c.fail(err)
 	}

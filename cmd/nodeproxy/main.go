@@ -1,7 +1,7 @@
-// Command nodeproxy is Ambit's per-node proxy, run by the DaemonSet. Today it
-// manages traffic capture on the node; the tunnel, identity and policy data
-// path come with the node proxy issue.
+// Command nodeproxy is Ambit's per-node proxy, run by the DaemonSet.
 //
+//	nodeproxy run --node NAME --config PATH ...   serve the node's pods
+//	nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json]
 //	nodeproxy capture list [-o json]   what capture has attached, per pod
 //	nodeproxy capture uninstall        remove every program, link and pin
 package main
@@ -16,6 +16,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/redirect"
 )
 
@@ -24,12 +25,20 @@ func main() {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprint(w, `usage: nodeproxy capture list [--pin-path DIR] [-o json]
+	fmt.Fprint(w, `usage: nodeproxy run --node NAME --config PATH [flags]   (nodeproxy run -h lists them)
+       nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json] [--admin ADDR]
+       nodeproxy capture list [--pin-path DIR] [-o json]
        nodeproxy capture uninstall [--pin-path DIR]
 `)
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) >= 1 && args[0] == "run" {
+		return runProxy(args[1:], stdout, stderr)
+	}
+	if len(args) >= 1 && args[0] == "debug" {
+		return admin.RunDebug(args[1:], stdout, stderr)
+	}
 	if len(args) < 2 || args[0] != "capture" {
 		usage(stderr)
 		return 2

@@ -25,6 +25,9 @@ func TestOnlyCaptureLinksEBPF(t *testing.T) {
 		"github.com/ambit-mesh/ambit/internal/redirect":              true,
 		"github.com/ambit-mesh/ambit/internal/redirect/redirecttest": true,
 		"github.com/ambit-mesh/ambit/cmd/nodeproxy":                  true,
+		"github.com/ambit-mesh/ambit/internal/nodeproxy":             true,
+		"github.com/ambit-mesh/ambit/internal/bench":                 true, // drives the lab
+		"github.com/ambit-mesh/ambit/cmd/ambit-bench":                true,
 		"github.com/ambit-mesh/ambit/cmd/meshlab":                    true,
 		"github.com/ambit-mesh/ambit/internal/lab":                   true,
 	}

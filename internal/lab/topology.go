@@ -67,7 +67,10 @@ type Node struct {
 type Namespace struct {
 	Name   string            `json:"name" yaml:"name"`
 	Labels map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
-	line   int
+	// Annotations carry Ambit's per-namespace settings, such as
+	// ambit.dev/inbound: strict.
+	Annotations map[string]string `json:"annotations,omitempty" yaml:"annotations,omitempty"`
+	line        int
 }
 
 // Pod is a pod: a network namespace and a cgroup on its node.
@@ -305,13 +308,15 @@ func (p *parser) topology(root *yaml.Node, t *Topology) error {
 			for i, it := range items {
 				what := fmt.Sprintf("namespaces[%d]", i)
 				ns := Namespace{line: it.Line}
-				if err := p.fields(it, what, []string{"name", "labels"}, func(key string, _, v *yaml.Node) error {
+				if err := p.fields(it, what, []string{"name", "labels", "annotations"}, func(key string, _, v *yaml.Node) error {
 					var err error
 					switch key {
 					case "name":
 						ns.Name, err = p.str(v, what+": name")
 					case "labels":
 						ns.Labels, err = p.labels(v, what)
+					case "annotations":
+						ns.Annotations, err = p.labels(v, what+" annotations")
 					}
 					return err
 				}); err != nil {

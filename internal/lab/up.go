@@ -297,6 +297,15 @@ func (b *builder) build() error {
 			return err
 		}
 	}
+	// Node proxies.
+	if b.opts.NodeProxy != "" {
+		if err := b.step("nodeproxies"); err != nil {
+			return err
+		}
+		if err := b.proxies(); err != nil {
+			return err
+		}
+	}
 	return b.step("done")
 }
 

@@ -17,6 +17,9 @@ const DefaultTrustDomain = "cluster.local"
 // Config is a validated, indexed mesh configuration. It is immutable once
 // built: a change builds a new Config.
 type Config struct {
+	// Version names this configuration (a content hash in file mode, the
+	// controller's version otherwise).
+	Version    string
 	Mesh       Mesh
 	Namespaces map[string]*Namespace
 	Workloads  []*Workload // sorted by key
@@ -36,6 +39,7 @@ func spiffeidTrustDomain(s string) (spiffeid.TrustDomain, error) {
 // Build checks the resources against each other and indexes them.
 func (b *Builder) Build() (*Config, error) {
 	c := &Config{
+		Version:    fmt.Sprintf("%x", b.sum.Sum(nil))[:16],
 		Namespaces: b.namespaces,
 		Policies:   b.policies,
 		byIP:       map[netip.Addr]*Workload{},

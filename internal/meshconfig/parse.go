@@ -2,8 +2,10 @@ package meshconfig
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"net/netip"
@@ -72,11 +74,11 @@ type serviceDoc struct {
 	header   `yaml:",inline"`
 	Metadata meta `yaml:"metadata"`
 	Spec     struct {
-		Type        string            `yaml:"type"`
-		ClusterIP   string            `yaml:"clusterIP"`
-		ClusterIPs  []string          `yaml:"clusterIPs"`
-		Selector    map[string]string `yaml:"selector"`
-		Ports       []struct {
+		Type       string            `yaml:"type"`
+		ClusterIP  string            `yaml:"clusterIP"`
+		ClusterIPs []string          `yaml:"clusterIPs"`
+		Selector   map[string]string `yaml:"selector"`
+		Ports      []struct {
 			Name        string `yaml:"name"`
 			Port        int    `yaml:"port"`
 			TargetPort  int    `yaml:"targetPort"`
@@ -186,6 +188,7 @@ func Parse(name string, data []byte) (*Config, error) {
 
 // Builder collects resources and builds a validated Config.
 type Builder struct {
+	sum        hash.Hash
 	mesh       *Mesh
 	meshAt     *Error
 	namespaces map[string]*Namespace
@@ -198,13 +201,15 @@ type Builder struct {
 
 // NewBuilder returns an empty Builder.
 func NewBuilder() *Builder {
-	return &Builder{namespaces: map[string]*Namespace{}, nsAt: map[string]*Error{}, policyAt: map[string]*Error{}}
+	return &Builder{sum: sha256.New(), namespaces: map[string]*Namespace{}, nsAt: map[string]*Error{}, policyAt: map[string]*Error{}}
 }
 
 var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 
 // AddYAML adds every document of a YAML stream.
 func (b *Builder) AddYAML(name string, data []byte) error {
+	b.sum.Write([]byte(name))
+	b.sum.Write(data)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node

@@ -6,6 +6,10 @@ package labtest
 import (
 	"context"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -19,6 +23,11 @@ type Option func(*lab.Options)
 // WithCapture enrolls the pods of opted-in namespaces with eBPF capture
 // (package redirect). Off by default.
 func WithCapture() Option { return func(o *lab.Options) { o.Capture = true } }
+
+// WithMesh runs Ambit's node proxy on every node (and capture with it): the
+// test's lab is a working mesh. The proxy is built from this module's
+// cmd/nodeproxy for the test.
+func WithMesh() Option { return func(o *lab.Options) { o.Capture = true; o.NodeProxy = "build" } }
 
 // WithLogger sends the lab's log to log instead of the test log.
 func WithLogger(log *slog.Logger) Option { return func(o *lab.Options) { o.Logger = log } }
@@ -38,6 +47,9 @@ func New(tb testing.TB, topo *lab.Topology, opts ...Option) *lab.Lab {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.NodeProxy == "build" {
+		o.NodeProxy = BuildNodeProxy(tb)
+	}
 	// Registered before Up so that even a lab whose Up was cut short is
 	// removed.
 	tb.Cleanup(func() {
@@ -51,6 +63,34 @@ func New(tb testing.TB, topo *lab.Topology, opts ...Option) *lab.Lab {
 	}
 	return l
 }
+
+// BuildNodeProxy builds cmd/nodeproxy into a temporary directory of tb and
+// returns its path.
+func BuildNodeProxy(tb testing.TB) string {
+	tb.Helper()
+	gomod, err := exec.Command(goTool(), "env", "GOMOD").Output()
+	if err != nil || strings.TrimSpace(string(gomod)) == "" {
+		tb.Fatalf("labtest: find the module root: %v", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	out := filepath.Join(tb.TempDir(), "nodeproxy")
+	cmd := exec.Command(goTool(), "build", "-o", out, "./cmd/nodeproxy")
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("labtest: build nodeproxy: %v\n%s", err, msg)
+	}
+	return out
+}
+
+// goTool is the go command that runs the tests.
+func goTool() string {
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "go"
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // tbWriter sends log lines to the test log.
 type tbWriter struct{ tb testing.TB }

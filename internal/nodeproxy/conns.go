@@ -1,0 +1,259 @@
+package nodeproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+)
+
+// connRecord is one proxied connection, for the admin API, metrics and the
+// access log.
+type connRecord struct {
+	id      uint64
+	info    admin.Connection // fixed fields, set before the record is shared
+	started time.Time
+	up      atomic.Uint64 // from the client (the side that opened it) towards the destination
+	down    atomic.Uint64 // from the destination back to the client
+	stats   *admin.ConnStats
+	closers []io.Closer
+	mu      sync.Mutex
+	closed  bool
+}
+
+// connTable tracks live connections so Shutdown can drain them.
+type connTable struct {
+	mu     sync.Mutex
+	next   uint64
+	m      map[uint64]*connRecord
+	change chan struct{} // closed and replaced when a connection ends
+}
+
+func (t *connTable) init() {
+	t.m = map[uint64]*connRecord{}
+	t.change = make(chan struct{})
+}
+
+func (t *connTable) add(r *connRecord) {
+	t.mu.Lock()
+	t.next++
+	r.id = t.next
+	r.info.ID = r.id
+	t.m[r.id] = r
+	t.mu.Unlock()
+}
+
+func (t *connTable) remove(r *connRecord) {
+	t.mu.Lock()
+	delete(t.m, r.id)
+	close(t.change)
+	t.change = make(chan struct{})
+	t.mu.Unlock()
+}
+
+func (t *connTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}
+
+// wait blocks until no connection is left or ctx ends; it returns how many
+// are left.
+func (t *connTable) wait(ctx context.Context) int {
+	for {
+		t.mu.Lock()
+		n, ch := len(t.m), t.change
+		t.mu.Unlock()
+		if n == 0 {
+			return 0
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return n
+		}
+	}
+}
+
+func (t *connTable) closeAll() {
+	t.mu.Lock()
+	recs := make([]*connRecord, 0, len(t.m))
+	for _, r := range t.m {
+		recs = append(recs, r)
+	}
+	t.mu.Unlock()
+	for _, r := range recs {
+		r.abort()
+	}
+}
+
+func (t *connTable) snapshot() []admin.Connection {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]admin.Connection, 0, len(t.m))
+	for _, r := range t.m {
+		c := r.info
+		c.Started = r.started
+		c.BytesSent = r.up.Load()
+		c.BytesReceived = r.down.Load()
+		out = append(out, c)
+	}
+	return out
+}
+
+// abort closes both sides of the connection.
+func (r *connRecord) abort() {
+	r.mu.Lock()
+	cs := r.closers
+	r.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+func (r *connRecord) track(c io.Closer) {
+	r.mu.Lock()
+	r.closers = append(r.closers, c)
+	r.mu.Unlock()
+}
+
+// labels describes a connection for metrics.
+func labels(direction, transport string, src, dst *meshconfig.Workload) admin.Labels {
+	l := admin.Labels{Direction: direction, Transport: transport}
+	if src != nil {
+		l.SourceWorkload, l.SourceNamespace, l.SourceIdentity = src.Name, src.Namespace, src.Identity.String()
+	}
+	if dst != nil {
+		l.DestinationWorkload, l.DestinationNamespace, l.DestinationIdentity = dst.Name, dst.Namespace, dst.Identity.String()
+	}
+	return l
+}
+
+func workloadKey(w *meshconfig.Workload) string {
+	if w == nil {
+		return ""
+	}
+	return w.Key()
+}
+
+// begin registers a connection that policy allowed.
+func (p *Proxy) begin(info admin.Connection, l admin.Labels) *connRecord {
+	r := &connRecord{info: info, started: p.opts.Clock.Now(), stats: p.metrics.ConnOpened(l)}
+	p.conns.add(r)
+	return r
+}
+
+// end closes the record: metrics, access log line.
+func (p *Proxy) end(r *connRecord, err error) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.closed = true
+	r.mu.Unlock()
+	r.stats.Close()
+	p.conns.remove(r)
+	attrs := []any{
+		"id", r.id, "direction", r.info.Direction, "src", r.info.Src, "dst", r.info.Dst,
+		"src_workload", r.info.SrcWorkload, "dst_workload", r.info.DstWorkload,
+		"src_identity", r.info.SrcIdentity, "dst_identity", r.info.DstIdentity,
+		"transport", r.info.Transport, "policy", r.info.Policy,
+		"bytes_sent", r.up.Load(), "bytes_received", r.down.Load(),
+		"duration", p.opts.Clock.Now().Sub(r.started).Round(time.Microsecond).String(),
+	}
+	if err != nil && !isClosedErr(err) {
+		attrs = append(attrs, "error", err.Error())
+	}
+	p.access.Info("connection", attrs...)
+}
+
+// Reasons for denied connections, the values of the metric's reason label
+// (a small fixed set; the access log carries the details).
+const (
+	reasonPolicy      = "policy"           // an AccessPolicy refused it here
+	reasonPeerPolicy  = "peer_policy"      // the destination's proxy refused it (403)
+	reasonStrict      = "strict"           // plaintext into a strict namespace
+	reasonOutsideMesh = "outbound_refused" // destination outside the mesh, namespace refuses those
+	reasonNoEndpoint  = "no_endpoint"      // service without a ready endpoint or port
+	reasonUpstream    = "upstream_error"   // the tunnel or destination could not be reached
+	reasonDeliver     = "deliver_error"    // the local application could not be reached
+	reasonNotLocal    = "not_local"        // a tunnel stream for an address this pod does not have
+	reasonNoOrigin    = "no_original_dst"  // capture had no record for the connection
+)
+
+// denied records a connection refused before it was proxied: the metric
+// counts it under reason, the access log line gives detail.
+func (p *Proxy) denied(info admin.Connection, l admin.Labels, reason, detail string) {
+	p.metrics.ConnDenied(l, reason)
+	p.access.Info("connection denied", "reason", reason, "detail", detail,
+		"direction", info.Direction, "src", info.Src, "dst", info.Dst,
+		"src_workload", info.SrcWorkload, "dst_workload", info.DstWorkload,
+		"src_identity", info.SrcIdentity, "dst_identity", info.DstIdentity,
+		"transport", info.Transport, "policy", info.Policy)
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// closeWriter is a connection that can half-close.
+type closeWriter interface{ CloseWrite() error }
+
+// pipe copies between the client side and the upstream side until both
+// directions end, half-closing each as its source finishes, and counts
+// bytes into r. It returns the first error that was not a normal close.
+func pipe(r *connRecord, client, upstream net.Conn) error {
+	errc := make(chan error, 2)
+	go func() { errc <- copyCounting(upstream, client, &r.up, r.stats.AddSent) }()
+	go func() { errc <- copyCounting(client, upstream, &r.down, r.stats.AddReceived) }()
+	var first error
+	for range 2 {
+		if err := <-errc; err != nil && first == nil && !isClosedErr(err) {
+			first = err
+			// One side broke: tear down both so the other copy ends.
+			client.Close()
+			upstream.Close()
+		}
+	}
+	return first
+}
+
+func copyCounting(dst, src net.Conn, n *atomic.Uint64, add func(int)) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var err error
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n.Add(uint64(nw))
+			add(nw)
+			if werr != nil {
+				err = werr
+				break
+			}
+		}
+		if rerr != nil {
+			if rerr != io.EOF {
+				err = rerr
+			}
+			break
+		}
+	}
+	if cw, ok := dst.(closeWriter); ok && err == nil {
+		cw.CloseWrite()
+	} else if err != nil {
+		dst.Close()
+	}
+	return err
+}

@@ -1,0 +1,316 @@
+package nodeproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/policy"
+	"github.com/ambit-mesh/ambit/internal/redirect"
+	"github.com/ambit-mesh/ambit/internal/tunnel"
+)
+
+// dialTimeout bounds connection setup (TCP, TLS, CONNECT) for one
+// connection.
+const dialTimeout = 10 * time.Second
+
+type routeKind int
+
+const (
+	routeTunnel routeKind = iota // to a mesh workload through its node proxy
+	routeDirect                  // to a destination outside the mesh
+	routeRefuse
+)
+
+// route is where an outbound connection goes.
+type route struct {
+	kind       routeKind
+	dst        netip.AddrPort       // the endpoint actually dialled
+	w          *meshconfig.Workload // destination workload, if the mesh knows it
+	svc        *meshconfig.Service
+	reason     string // for refusals
+	reasonCode string
+}
+
+// resolve decides where a connection from src to dst goes: a service
+// address is load balanced over its ready endpoints (round robin, same node
+// first), a workload address is used as is; mesh workloads are reached
+// through the tunnel, everything else directly or not at all, as src's
+// namespace says.
+func (p *Proxy) resolve(cfg *meshconfig.Config, src *meshconfig.Workload, dst netip.AddrPort) route {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	rt := route{dst: dst}
+	if svc := cfg.ServiceByAddr(dst.Addr()); svc != nil {
+		rt.svc = svc
+		sp, ok := svc.Port(dst.Port())
+		if !ok {
+			return route{kind: routeRefuse, dst: dst, svc: svc, reasonCode: reasonNoEndpoint, reason: fmt.Sprintf("service %s has no port %d", svc.Key(), dst.Port())}
+		}
+		w, ip := p.pickEndpoint(cfg, svc, src, dst.Addr())
+		if w == nil {
+			return route{kind: routeRefuse, dst: dst, svc: svc, reasonCode: reasonNoEndpoint, reason: fmt.Sprintf("service %s has no ready endpoint", svc.Key())}
+		}
+		rt.w, rt.dst = w, netip.AddrPortFrom(ip, sp.TargetPort)
+	} else {
+		rt.w = cfg.WorkloadByIP(dst.Addr())
+	}
+	if rt.w != nil && rt.w.Captured {
+		rt.kind = routeTunnel
+		return rt
+	}
+	if cfg.Namespace(src.Namespace).Outbound == meshconfig.OutboundRefuse {
+		return route{kind: routeRefuse, dst: rt.dst, w: rt.w, svc: rt.svc, reasonCode: reasonOutsideMesh, reason: fmt.Sprintf("%s is outside the mesh and namespace %s refuses such destinations (%s=%s)", rt.dst, src.Namespace, meshconfig.OutboundAnnotation, meshconfig.OutboundRefuse)}
+	}
+	rt.kind = routeDirect
+	return rt
+}
+
+// pickEndpoint chooses among svc's ready endpoints that have an address in
+// dst's family, preferring those on src's node, round robin.
+func (p *Proxy) pickEndpoint(cfg *meshconfig.Config, svc *meshconfig.Service, src *meshconfig.Workload, dst netip.Addr) (*meshconfig.Workload, netip.Addr) {
+	var local, all []*meshconfig.Workload
+	for _, w := range cfg.Endpoints(svc) {
+		if !w.Ready {
+			continue
+		}
+		if _, ok := sameFamily(w.IPs, dst); !ok {
+			continue
+		}
+		all = append(all, w)
+		if w.Node == src.Node {
+			local = append(local, w)
+		}
+	}
+	pool := all
+	if len(local) > 0 {
+		pool = local
+	}
+	if len(pool) == 0 {
+		return nil, netip.Addr{}
+	}
+	ctr, _ := p.rr.LoadOrStore(svc.Key(), new(atomic.Uint64))
+	w := pool[int(ctr.(*atomic.Uint64).Add(1)-1)%len(pool)]
+	ip, _ := sameFamily(w.IPs, dst)
+	return w, ip
+}
+
+// reset refuses a client connection with a RST, so the application sees
+// "connection refused/reset" at once rather than an orderly close.
+func reset(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// outbound handles a connection captured from the pod's application.
+func (pd *pod) outbound(c *net.TCPConn) {
+	p := pd.p
+	cfg := p.cfg.Load()
+	src := pd.w.Load()
+	origin, err := p.opts.Capture.OriginalDst(c)
+	if err != nil {
+		p.log.Warn("outbound connection without an original destination", "pod", src.Key(), "err", err)
+		p.metrics.ConnDenied(admin.Labels{Direction: admin.DirectionOutbound, SourceWorkload: src.Name, SourceNamespace: src.Namespace, SourceIdentity: src.Identity.String()}, reasonNoOrigin)
+		reset(c)
+		return
+	}
+	dst := netip.AddrPortFrom(origin.Dst.Addr().Unmap(), origin.Dst.Port())
+	srcIP, _ := sameFamily(src.IPs, dst.Addr())
+	clientPort := uint16(0)
+	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		clientPort = uint16(ra.Port)
+	}
+	srcAP := netip.AddrPortFrom(srcIP, clientPort)
+	rt := p.resolve(cfg, src, dst)
+	info := admin.Connection{
+		Direction: admin.DirectionOutbound, Src: srcAP.String(), Dst: dst.String(),
+		SrcWorkload: src.Key(), DstWorkload: workloadKey(rt.w), SrcIdentity: src.Identity.String(),
+	}
+	if rt.w != nil && rt.w.Captured {
+		info.DstIdentity = rt.w.Identity.String()
+	}
+	var dstLabel *meshconfig.Workload
+	if rt.w != nil {
+		dstLabel = rt.w
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+	defer cancel()
+	var up net.Conn
+	switch rt.kind {
+	case routeRefuse:
+		info.Transport = admin.TransportPlaintext
+		p.denied(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel), rt.reasonCode, rt.reason)
+		reset(c)
+		return
+	case routeDirect:
+		info.Transport = admin.TransportPlaintext
+		up, err = pd.dialFrom(ctx, "tcp", rt.dst.String())
+	case routeTunnel:
+		info.Transport = admin.TransportHBONEH2
+		up, err = p.dialer.Dial(ctx, p.certs.Source(src.Identity), tunnel.Target{
+			Proxy:    net.JoinHostPort(rt.dst.Addr().String(), strconv.Itoa(redirect.TunnelPort)),
+			Identity: rt.w.Identity,
+			Dst:      rt.dst,
+			Src:      srcAP,
+			Via:      src.Key(),
+			NetDial:  pd.dialFrom,
+		})
+	}
+	if err != nil {
+		var se *tunnel.StatusError
+		if errors.As(err, &se) && se.Code == 403 {
+			p.denied(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel), reasonPeerPolicy, se.Message)
+		} else {
+			p.denied(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel), reasonUpstream, err.Error())
+		}
+		reset(c)
+		return
+	}
+	r := p.begin(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel))
+	r.track(c)
+	r.track(up)
+	err = pipe(r, c, up)
+	c.Close()
+	up.Close()
+	p.end(r, err)
+}
+
+// inboundTunnel is the tunnel server's callback for a stream to this pod:
+// the target must be this pod, policy must allow the peer, then the
+// connection is delivered with the original client's address as source.
+func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn, error) {
+	p := pd.p
+	cfg := p.cfg.Load()
+	w := pd.w.Load()
+	target := netip.AddrPortFrom(req.Target.Addr().Unmap(), req.Target.Port())
+	if !slices.Contains(w.IPs, target.Addr()) {
+		p.metrics.ConnDenied(admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace, DestinationIdentity: w.Identity.String(), SourceIdentity: req.Peer.String(), Transport: admin.TransportHBONEH2}, reasonNotLocal)
+		return nil, fmt.Errorf("%s is not an address of pod %s, which this tunnel endpoint serves", target.Addr(), w.Key())
+	}
+	srcAddr := req.Source.Addr().Unmap()
+	srcW := cfg.WorkloadByIP(srcAddr)
+	if srcW != nil && srcW.Identity != req.Peer {
+		srcW = nil // the claimed address is not the peer's: label by identity only
+	}
+	d := policy.Evaluate(cfg.Policies, policy.Request{Source: req.Peer, SourceIP: srcAddr, Namespace: w.Namespace, Labels: w.Labels, Port: target.Port()})
+	info := admin.Connection{
+		Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(),
+		SrcWorkload: workloadKey(srcW), DstWorkload: w.Key(), SrcIdentity: req.Peer.String(), DstIdentity: w.Identity.String(),
+		Transport: admin.TransportHBONEH2, Policy: d.Policy,
+	}
+	l := labels(admin.DirectionInbound, info.Transport, srcW, w)
+	l.SourceIdentity = req.Peer.String()
+	for _, dr := range d.DryRun {
+		p.log.Info("dry-run policy", "decision", dr, "src", info.Src, "src_identity", info.SrcIdentity, "dst", info.Dst)
+	}
+	if !d.Allowed {
+		p.denied(info, l, reasonPolicy, d.Reason)
+		return nil, fmt.Errorf("%w: %s", tunnel.ErrForbidden, d.Reason)
+	}
+	var from netip.AddrPort
+	if srcAddr.IsValid() && srcAddr.Is4() == target.Addr().Is4() {
+		from = netip.AddrPortFrom(srcAddr, 0)
+	}
+	up, err := pd.ns.Dial(ctx, from, target)
+	if err != nil {
+		p.denied(info, l, reasonDeliver, err.Error())
+		return nil, fmt.Errorf("deliver to %s: %w", target, err)
+	}
+	r := p.begin(info, l)
+	return &deliveredConn{TCPConn: up, r: r, p: p}, nil
+}
+
+// deliveredConn is the connection to the application for a tunnel stream;
+// the tunnel server copies through it and closes it at the end.
+type deliveredConn struct {
+	*net.TCPConn
+	r    *connRecord
+	p    *Proxy
+	done atomic.Bool
+}
+
+func (c *deliveredConn) Write(b []byte) (int, error) {
+	n, err := c.TCPConn.Write(b)
+	c.r.up.Add(uint64(n))
+	c.r.stats.AddSent(n)
+	return n, err
+}
+
+func (c *deliveredConn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	c.r.down.Add(uint64(n))
+	c.r.stats.AddReceived(n)
+	return n, err
+}
+
+func (c *deliveredConn) Close() error {
+	err := c.TCPConn.Close()
+	if c.done.CompareAndSwap(false, true) {
+		c.p.end(c.r, nil)
+	}
+	return err
+}
+
+// inboundPlaintext handles a connection from outside the mesh, steered to
+// 15006 by capture: strict namespaces refuse it, permissive ones apply
+// policy (no identity) and deliver it.
+func (pd *pod) inboundPlaintext(c *net.TCPConn) {
+	p := pd.p
+	cfg := p.cfg.Load()
+	w := pd.w.Load()
+	dst := addrPort(c.LocalAddr())
+	client := addrPort(c.RemoteAddr())
+	srcW := cfg.WorkloadByIP(client.Addr())
+	info := admin.Connection{
+		Direction: admin.DirectionInboundPlaintext, Src: client.String(), Dst: dst.String(),
+		SrcWorkload: workloadKey(srcW), DstWorkload: w.Key(), DstIdentity: w.Identity.String(),
+		Transport: admin.TransportPlaintext,
+	}
+	l := labels(admin.DirectionInboundPlaintext, info.Transport, srcW, w)
+	l.SourceIdentity = ""
+	if cfg.Namespace(w.Namespace).Inbound == meshconfig.InboundStrict {
+		p.denied(info, l, reasonStrict, fmt.Sprintf("plaintext from outside the mesh, and namespace %s is strict (%s=%s)", w.Namespace, meshconfig.InboundAnnotation, meshconfig.InboundStrict))
+		reset(c)
+		return
+	}
+	d := policy.Evaluate(cfg.Policies, policy.Request{SourceIP: client.Addr(), Namespace: w.Namespace, Labels: w.Labels, Port: dst.Port()})
+	info.Policy = d.Policy
+	for _, dr := range d.DryRun {
+		p.log.Info("dry-run policy", "decision", dr, "src", info.Src, "dst", info.Dst)
+	}
+	if !d.Allowed {
+		p.denied(info, l, reasonPolicy, d.Reason)
+		reset(c)
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+	defer cancel()
+	up, err := pd.ns.Dial(ctx, netip.AddrPortFrom(client.Addr(), 0), dst)
+	if err != nil {
+		p.denied(info, l, reasonDeliver, err.Error())
+		reset(c)
+		return
+	}
+	r := p.begin(info, l)
+	r.track(c)
+	r.track(up)
+	err = pipe(r, c, up)
+	c.Close()
+	up.Close()
+	p.end(r, err)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

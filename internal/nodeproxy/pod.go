@@ -1,0 +1,213 @@
+package nodeproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/redirect"
+	"github.com/ambit-mesh/ambit/internal/transparent"
+	"github.com/ambit-mesh/ambit/internal/tunnel"
+)
+
+// pod is a local enrolled workload the proxy serves: its listeners, opened
+// inside the pod's network namespace, and its tunnel server.
+type pod struct {
+	p        *Proxy
+	w        atomic.Pointer[meshconfig.Workload]
+	ns       *transparent.Namespace
+	enrolled bool // this proxy attached capture (and releases it on removal)
+
+	listeners []net.Listener
+	udp       net.PacketConn
+	srv       *tunnel.Server
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
+}
+
+// openPod attaches capture (idempotent: the CNI step or the lab may have
+// done it), installs source-preserving delivery, and opens the pod's
+// listeners.
+func (p *Proxy) openPod(w *meshconfig.Workload) (pd *pod, err error) {
+	pd = &pod{p: p}
+	pd.w.Store(w)
+	defer func() {
+		if err != nil {
+			pd.close(false)
+		}
+	}()
+	if w.Cgroup != "" {
+		if err := p.opts.Capture.Enroll(redirect.Pod{Namespace: w.Namespace, Name: w.Name, CgroupPath: w.Cgroup, NetNSPath: w.NetNS, IPs: w.IPs}); err != nil {
+			return nil, fmt.Errorf("attach capture: %w", err)
+		}
+		pd.enrolled = true
+	}
+	if err := transparent.Setup(w.NetNS); err != nil {
+		return nil, fmt.Errorf("source-preserving delivery: %w", err)
+	}
+	if pd.ns, err = transparent.Open(w.NetNS); err != nil {
+		return nil, err
+	}
+	srv, err := tunnel.NewServer(tunnel.ServerConfig{
+		SVID:        p.certs.Source(w.Identity),
+		Bundle:      p.opts.Bundle,
+		TrustDomain: w.Identity.TrustDomain(),
+		Dial:        pd.inboundTunnel,
+		Log:         p.log.With("pod", w.Key()),
+	})
+	if err != nil {
+		return nil, err
+	}
+	pd.srv = srv
+	// Outbound: capture rewrites connects to the pod's loopback. IPv6
+	// loopback exists whenever the pod has IPv6 at all.
+	out4, err := pd.listen("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), redirect.OutboundPort), false)
+	if err != nil {
+		return nil, err
+	}
+	pd.serve(out4, pd.outbound)
+	if hasV6(w.IPs) {
+		out6, err := pd.listen("tcp6", netip.AddrPortFrom(netip.IPv6Loopback(), redirect.OutboundPort), false)
+		if err != nil {
+			return nil, err
+		}
+		pd.serve(out6, pd.outbound)
+	}
+	// Inbound plaintext: the TCX program assigns SYNs for the pod's
+	// addresses to this wildcard socket; the accepted connection keeps the
+	// original destination and source.
+	in, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.InboundPlaintextPort), false)
+	if err != nil {
+		return nil, err
+	}
+	pd.serve(in, pd.inboundPlaintext)
+	tun, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort), false)
+	if err != nil {
+		return nil, err
+	}
+	pd.wg.Add(1)
+	go func() { defer pd.wg.Done(); pd.srv.Serve(tun) }()
+	return pd, nil
+}
+
+func hasV6(ips []netip.Addr) bool {
+	for _, ip := range ips {
+		if ip.Is6() {
+			return true
+		}
+	}
+	return false
+}
+
+// listen opens a listener inside the pod's network namespace.
+func (pd *pod) listen(network string, addr netip.AddrPort, transparentSock bool) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if serr == nil && transparentSock {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+				if serr == nil {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	var ln net.Listener
+	err := netnsx.Do(pd.w.Load().NetNS, func() error {
+		var err error
+		ln, err = lc.Listen(context.Background(), network, net.JoinHostPort(addr.Addr().String(), strconv.Itoa(int(addr.Port()))))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s in pod %s: %w", addr, pd.w.Load().Key(), err)
+	}
+	pd.listeners = append(pd.listeners, ln)
+	return ln, nil
+}
+
+// serve accepts on ln until it is closed, handling each connection in its
+// own goroutine.
+func (pd *pod) serve(ln net.Listener, handle func(*net.TCPConn)) {
+	pd.wg.Add(1)
+	go func() {
+		defer pd.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					pd.p.log.Warn("accept failed", "pod", pd.w.Load().Key(), "addr", ln.Addr().String(), "err", err)
+				}
+				return
+			}
+			go handle(c.(*net.TCPConn))
+		}
+	}()
+}
+
+// dialFrom opens a plain TCP connection from inside the pod's namespace:
+// tunnels and passthrough connections leave from the pod's own address.
+func (pd *pod) dialFrom(ctx context.Context, network, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	return pd.ns.Dial(ctx, netip.AddrPort{}, ap)
+}
+
+func (pd *pod) stopAccepting() {
+	pd.stopOnce.Do(func() {
+		for _, ln := range pd.listeners {
+			ln.Close()
+		}
+	})
+}
+
+// drainTunnels sends GOAWAY on the pod's tunnel connections and waits for
+// their streams until ctx ends.
+func (pd *pod) drainTunnels(ctx context.Context) {
+	if pd.srv != nil {
+		pd.srv.Shutdown(ctx)
+	}
+}
+
+// close stops serving the pod. With release, the pod left the mesh: its
+// capture is detached and delivery rules removed.
+func (pd *pod) close(release bool) {
+	pd.stopAccepting()
+	if pd.srv != nil {
+		pd.srv.Close()
+	}
+	if pd.udp != nil {
+		pd.udp.Close()
+	}
+	if pd.ns != nil {
+		pd.ns.Close()
+	}
+	if !release {
+		return
+	}
+	w := pd.w.Load()
+	if pd.enrolled {
+		if err := pd.p.opts.Capture.Release(w.Key()); err != nil {
+			pd.p.log.Warn("release capture", "pod", w.Key(), "err", err)
+		}
+	}
+	if err := transparent.Teardown(w.NetNS); err != nil {
+		pd.p.log.Warn("remove delivery rules", "pod", w.Key(), "err", err)
+	}
+}

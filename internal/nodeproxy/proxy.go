@@ -1,0 +1,334 @@
+// Package nodeproxy owns the node proxy's data path: for every enrolled pod
+// on its node it opens listeners inside the pod's network namespace
+// (outbound 15001, inbound plaintext 15006, tunnel 15008), resolves each
+// captured connection against the mesh configuration, carries mesh traffic
+// through HBONE tunnels with the pod's SPIFFE identity, applies L4 access
+// policy on the receiving side, and delivers connections to applications
+// with the original client's source address. It keeps workload
+// certificates, connection records, metrics and an access log, and drains
+// gracefully on shutdown.
+package nodeproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/clock"
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/redirect"
+	"github.com/ambit-mesh/ambit/internal/tunnel"
+)
+
+// Options configures a Proxy.
+type Options struct {
+	// Node is the name of the node this proxy serves.
+	Node string
+	// Capture is the node's traffic capture (package redirect).
+	Capture redirect.Capture
+	// Signer issues workload certificates (the controller's CA, or a local
+	// CA in file mode wrapped by NodeAuthorizedSigner).
+	Signer identity.Signer
+	// Bundle holds the mesh's trust anchors.
+	Bundle x509bundle.Source
+	// Metrics receives connection metrics; nil makes a private registry.
+	Metrics *admin.Metrics
+	// DrainTimeout bounds how long Shutdown waits for connections.
+	DrainTimeout time.Duration
+	Log          *slog.Logger
+	Clock        clock.Clock
+}
+
+// Proxy is a running node proxy.
+type Proxy struct {
+	opts    Options
+	log     *slog.Logger
+	access  *slog.Logger
+	metrics *admin.Metrics
+	certs   *identity.Manager
+	dialer  *tunnel.Dialer
+
+	cfg atomic.Pointer[meshconfig.Config]
+
+	mu       sync.Mutex
+	pods     map[string]*pod                    // by workload key
+	pending  map[spiffeid.ID]context.CancelFunc // certificate requests in flight
+	closing  bool
+	ctx      context.Context
+	cancel   context.CancelFunc
+	conns    connTable
+	rr       sync.Map // service key -> *atomic.Uint64, round robin
+	lastErrs map[string]string
+}
+
+// New makes a Proxy; it serves nothing until Update gives it a
+// configuration.
+func New(opts Options) (*Proxy, error) {
+	if opts.Node == "" || opts.Capture == nil || opts.Signer == nil || opts.Bundle == nil {
+		return nil, errors.New("node proxy needs a node name, capture, a certificate signer and a trust bundle")
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = admin.NewMetrics(Version)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		opts:     opts,
+		log:      opts.Log.With("node", opts.Node),
+		access:   opts.Log.With("log", "access", "node", opts.Node),
+		metrics:  opts.Metrics,
+		certs:    identity.NewManager(opts.Signer, opts.Clock, opts.Log),
+		pods:     map[string]*pod{},
+		pending:  map[spiffeid.ID]context.CancelFunc{},
+		ctx:      ctx,
+		cancel:   cancel,
+		lastErrs: map[string]string{},
+	}
+	p.dialer = &tunnel.Dialer{Bundle: opts.Bundle, Log: opts.Log}
+	p.conns.init()
+	p.metrics.SetGauges(admin.Gauges{
+		TunnelPool:   p.poolStats,
+		CertExpiry:   p.certExpiry,
+		CapturedPods: p.servedPods,
+	})
+	go p.certs.Run(ctx)
+	return p, nil
+}
+
+// Config is the configuration in force, nil before the first Update.
+func (p *Proxy) Config() *meshconfig.Config { return p.cfg.Load() }
+
+// Update puts cfg in force: pods that appeared on this node are set up,
+// pods that left are torn down, the rest see the new settings at once.
+// Errors for single pods are logged and reported by readiness; Update
+// carries on with the others.
+func (p *Proxy) Update(cfg *meshconfig.Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return
+	}
+	p.cfg.Store(cfg)
+	want := map[string]*meshconfig.Workload{}
+	for _, w := range cfg.LocalWorkloads(p.opts.Node) {
+		if w.Captured && w.NetNS != "" {
+			want[w.Key()] = w
+		}
+	}
+	for key, pd := range p.pods {
+		if _, ok := want[key]; !ok {
+			p.log.Info("pod left the mesh on this node", "pod", key)
+			pd.close(true)
+			delete(p.pods, key)
+		}
+	}
+	ids := map[spiffeid.ID]bool{}
+	for key, w := range want {
+		ids[w.Identity] = true
+		if pd, ok := p.pods[key]; ok {
+			pd.w.Store(w)
+			continue
+		}
+		pd, err := p.openPod(w)
+		if err != nil {
+			p.lastErrs[key] = err.Error()
+			p.log.Error("cannot serve pod", "pod", key, "err", err)
+			continue
+		}
+		delete(p.lastErrs, key)
+		p.pods[key] = pd
+		p.log.Info("serving pod", "pod", key, "ips", fmt.Sprint(w.IPs), "identity", w.Identity.String())
+	}
+	for key := range p.lastErrs {
+		if _, ok := want[key]; !ok {
+			delete(p.lastErrs, key)
+		}
+	}
+	// Certificates: one per identity with a pod here; forget the others.
+	for id := range ids {
+		if _, err := p.certs.SVID(id); err == nil {
+			continue
+		}
+		if _, ok := p.pending[id]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(p.ctx)
+		p.pending[id] = cancel
+		go p.obtain(ctx, id)
+	}
+	for id, cancel := range p.pending {
+		if !ids[id] {
+			cancel()
+			delete(p.pending, id)
+		}
+	}
+	for _, st := range p.certs.Statuses() {
+		id := spiffeid.RequireFromString(st.ID)
+		if !ids[id] {
+			p.certs.Forget(id)
+		}
+	}
+}
+
+// obtain gets the first certificate for id, retrying with backoff.
+func (p *Proxy) obtain(ctx context.Context, id spiffeid.ID) {
+	backoff := 200 * time.Millisecond
+	for {
+		err := p.certs.Ensure(ctx, id)
+		if err == nil {
+			p.log.Info("certificate issued", "identity", id.String())
+			break
+		}
+		p.log.Warn("certificate request failed", "identity", id.String(), "retryIn", backoff, "err", err)
+		p.mu.Lock()
+		p.lastErrs["cert:"+id.String()] = err.Error()
+		p.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.opts.Clock.After(backoff):
+		}
+		backoff = min(backoff*2, time.Minute)
+	}
+	p.mu.Lock()
+	delete(p.lastErrs, "cert:"+id.String())
+	if _, ok := p.pending[id]; ok {
+		delete(p.pending, id)
+	}
+	p.mu.Unlock()
+}
+
+// Ready reports whether every pod of this node that should be served is:
+// listeners open, capture attached, certificate issued.
+func (p *Proxy) Ready() (bool, []string) {
+	cfg := p.cfg.Load()
+	if cfg == nil {
+		return false, []string{"no mesh configuration received yet"}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false, []string{"shutting down"}
+	}
+	var why []string
+	enrolled := map[string]bool{}
+	if pods, err := p.opts.Capture.Pods(); err != nil {
+		why = append(why, "capture: "+err.Error())
+	} else {
+		for _, ep := range pods {
+			enrolled[ep.Key] = true
+		}
+	}
+	for _, w := range cfg.LocalWorkloads(p.opts.Node) {
+		if !w.Captured || w.NetNS == "" {
+			continue
+		}
+		if _, ok := p.pods[w.Key()]; !ok {
+			why = append(why, fmt.Sprintf("pod %s: listeners not open: %s", w.Key(), p.lastErrs[w.Key()]))
+		}
+		if !enrolled[w.Key()] {
+			why = append(why, fmt.Sprintf("pod %s: capture not attached", w.Key()))
+		}
+		if _, err := p.certs.SVID(w.Identity); err != nil {
+			why = append(why, fmt.Sprintf("pod %s: %v", w.Key(), err))
+		}
+	}
+	sort.Strings(why)
+	return len(why) == 0, why
+}
+
+// Shutdown stops accepting, lets connections finish until the drain
+// timeout (or ctx) ends, then closes what is left. Capture stays attached
+// and pinned, so the pods fail closed until the next proxy takes over.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closing = true
+	pods := make([]*pod, 0, len(p.pods))
+	for _, pd := range p.pods {
+		pods = append(pods, pd)
+	}
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, p.opts.DrainTimeout)
+	defer cancel()
+	p.log.Info("draining", "pods", len(pods), "connections", p.conns.len(), "deadline", p.opts.DrainTimeout)
+	for _, pd := range pods {
+		pd.stopAccepting()
+	}
+	var wg sync.WaitGroup
+	for _, pd := range pods {
+		wg.Add(1)
+		go func() { defer wg.Done(); pd.drainTunnels(ctx) }()
+	}
+	wg.Wait()
+	left := p.conns.wait(ctx)
+	if left > 0 {
+		p.log.Warn("drain deadline passed; closing connections", "connections", left)
+		p.conns.closeAll()
+	}
+	for _, pd := range pods {
+		pd.close(false)
+	}
+	p.dialer.Close()
+	p.cancel()
+	p.log.Info("node proxy stopped")
+	return nil
+}
+
+// Version is reported in metrics and the config dump; the build sets it.
+var Version = "dev"
+
+func (p *Proxy) certExpiry() map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, st := range p.certs.Statuses() {
+		out[st.ID] = st.NotAfter
+	}
+	return out
+}
+
+func (p *Proxy) servedPods() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pods)
+}
+
+func (p *Proxy) poolStats() map[string]int {
+	return map[string]int{"h2": p.dialer.PoolSize()}
+}
+
+// sameFamily picks the address of ips in dst's family.
+func sameFamily(ips []netip.Addr, dst netip.Addr) (netip.Addr, bool) {
+	for _, ip := range ips {
+		if ip.Is4() == dst.Unmap().Is4() {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func spiffeIDOf(s string) spiffeid.ID {
+	id, _ := spiffeid.FromString(s)
+	return id
+}
