@@ -263,3 +263,9 @@ func (l *Lab) Track(role, node string, pid int) error {
 
 // Processes lists the processes recorded with Track.
 func (l *Lab) Processes() []Process { return slices.Clone(l.st.Processes) }
+
+// Underlay names the network namespace and the bridge that connect the
+// lab's nodes: where a capture sees every packet between nodes.
+func (l *Lab) Underlay() (netns, bridge string) {
+	return netnsPath(netnsName(l.st.ID, "underlay")), bridgeName(l.st.ID)
+}

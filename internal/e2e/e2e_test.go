@@ -1,0 +1,476 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
+
+	"github.com/ambit-mesh/ambit/internal/clock"
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/netnsx"
+)
+
+// TestMain doubles as the client that tests run inside pods (in the pod's
+// cgroup, where capture applies): E2E_DIAL=ip:port sends E2E_SEND and a
+// newline, and prints the server's one-line answer.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("E2E_DIAL"); addr != "" {
+		os.Exit(helperDial(addr, os.Getenv("E2E_SEND")))
+	}
+	os.Exit(m.Run())
+}
+
+func helperDial(addr, send string) int {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		fmt.Println("dial error:", err)
+		return 1
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(c, send)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		fmt.Println("read error:", err)
+		return 1
+	}
+	fmt.Print(line)
+	return 0
+}
+
+// topology: the default lab plus a strict namespace with its own server.
+func topology() *lab.Topology {
+	t := lab.DefaultTopology()
+	t.Namespaces = append(t.Namespaces, lab.Namespace{
+		Name:        "vault",
+		Labels:      map[string]string{lab.DataplaneLabel: lab.DataplaneAmbient},
+		Annotations: map[string]string{"ambit.dev/inbound": "strict"},
+	})
+	t.Pods = append(t.Pods, lab.Pod{Name: "safe-2", Namespace: "vault", Node: "node-2", ServiceAccount: "safe", Labels: map[string]string{"app": "safe"}})
+	return t
+}
+
+// serve runs an echo server inside pod on port: each connection gets
+// "<pod> remote=<client ip> got=<line>".
+func serve(t *testing.T, l *lab.Lab, pod string, port int) {
+	t.Helper()
+	var lns []net.Listener
+	err := l.DoInPod(pod, func() error {
+		ln, err := net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
+		lns = append(lns, ln)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ln := range lns {
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					line, _ := bufio.NewReader(c).ReadString('\n')
+					ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+					fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
+				}()
+			}
+		}()
+	}
+}
+
+// dial runs the client helper as a process of pod.
+func dial(t *testing.T, l *lab.Lab, pod string, dst string, send string) (string, bool) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), "E2E_DIAL="+dst, "E2E_SEND="+send)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = l.Run(cmd)
+	return strings.TrimSpace(out.String()), err == nil
+}
+
+func ip4(t *testing.T, l *lab.Lab, pod string) netip.Addr {
+	p, ok := l.Pod(pod)
+	if !ok {
+		t.Fatalf("no pod %s", pod)
+	}
+	return p.IPv4
+}
+
+func TestPrivilegedMesh(t *testing.T) {
+	l := labtest.New(t, topology(), labtest.WithMesh())
+	for _, p := range []string{"server-1", "server-2", "safe-2"} {
+		serve(t, l, p, 8080)
+	}
+	client1 := ip4(t, l, "client-1")
+	server2 := ip4(t, l, "server-2")
+
+	t.Run("cross-node keeps the client's address", func(t *testing.T) {
+		for _, dst := range []string{net.JoinHostPort(server2.String(), "8080"), "[fd00:a:2::3]:8080"} {
+			out, ok := dial(t, l, "client-1", dst, "hello")
+			want := fmt.Sprintf("server-2 remote=%s got=hello", client1)
+			if strings.Contains(dst, "fd00") {
+				want = "server-2 remote=fd00:a:1::2 got=hello"
+			}
+			if !ok || out != want {
+				t.Errorf("client-1 -> %s: %q, want %q", dst, out, want)
+			}
+		}
+	})
+
+	t.Run("same node goes through the tunnel too", func(t *testing.T) {
+		out, ok := dial(t, l, "client-1", net.JoinHostPort(ip4(t, l, "server-1").String(), "8080"), "near")
+		if want := fmt.Sprintf("server-1 remote=%s got=near", client1); !ok || out != want {
+			t.Errorf("client-1 -> server-1: %q, want %q", out, want)
+		}
+		log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1"))
+		if !bytes.Contains(log, []byte("direction=inbound src="+client1.String())) || !bytes.Contains(log, []byte("transport=hbone-h2")) {
+			t.Errorf("node-1's access log shows no tunnelled inbound connection from client-1:\n%s", log)
+		}
+	})
+
+	t.Run("underlay carries only TLS", func(t *testing.T) {
+		secret := "s3cr3t-payload-" + fmt.Sprint(time.Now().UnixNano())
+		pcap := sniff(t, l, func() {
+			if out, ok := dial(t, l, "client-1", net.JoinHostPort(server2.String(), "8080"), secret); !ok || !strings.Contains(out, secret) {
+				t.Errorf("dial through the mesh: %q", out)
+			}
+		})
+		if bytes.Contains(pcap, []byte(secret)) {
+			t.Error("the payload crossed the underlay in clear text")
+		}
+		// Every TCP packet on the wire is tunnel traffic, and it carries
+		// TLS application data records (type 23, legacy version 3.3).
+		file := filepath.Join(t.TempDir(), "u.pcap")
+		os.WriteFile(file, pcap, 0o600)
+		all, _ := exec.Command("tcpdump", "-Z", "root", "-r", file, "-nn", "tcp").Output()
+		tun, _ := exec.Command("tcpdump", "-Z", "root", "-r", file, "-nn", "tcp port 15008").Output()
+		if len(all) == 0 || !bytes.Equal(all, tun) {
+			t.Errorf("TCP on the underlay that is not the tunnel:\n%s", all)
+		}
+		if !bytes.Contains(pcap, []byte{0x17, 0x03, 0x03}) {
+			t.Error("no TLS application data records in the capture")
+		}
+	})
+
+	t.Run("outside the mesh: permissive accepts, strict refuses", func(t *testing.T) {
+		outside := ip4(t, l, "outside-1")
+		out, ok := dial(t, l, "outside-1", net.JoinHostPort(server2.String(), "8080"), "plain")
+		if want := fmt.Sprintf("server-2 remote=%s got=plain", outside); !ok || out != want {
+			t.Errorf("outside-1 -> server-2 (permissive): %q, want %q", out, want)
+		}
+		out, ok = dial(t, l, "outside-1", net.JoinHostPort(ip4(t, l, "safe-2").String(), "8080"), "plain")
+		if ok {
+			t.Errorf("outside-1 -> safe-2 (strict) got through: %q", out)
+		}
+		// A mesh client still reaches the strict namespace.
+		out, ok = dial(t, l, "client-1", net.JoinHostPort(ip4(t, l, "safe-2").String(), "8080"), "mtls")
+		if !ok || !strings.HasPrefix(out, "safe-2 remote="+client1.String()) {
+			t.Errorf("client-1 -> safe-2 (strict, through the mesh): %q", out)
+		}
+	})
+
+	t.Run("a DENY policy refuses", func(t *testing.T) {
+		err := l.ApplyConfig(t.Context(), "deny", []byte(`apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: no-clients, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules:
+  - from: [{serviceAccounts: [demo/client]}]
+    to: [{ports: [8080]}]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, ok := dial(t, l, "client-1", net.JoinHostPort(server2.String(), "8080"), "denied?")
+		if ok {
+			t.Errorf("client-1 -> server-2 allowed despite DENY: %q", out)
+		}
+		metrics := get(t, l, "node-2", "http://"+nodeIP(t, l, "node-2")+":15020/metrics")
+		if !strings.Contains(metrics, `ambit_tcp_connections_denied_total{`) || !strings.Contains(metrics, `reason="policy"`) {
+			t.Errorf("node-2 metrics show no policy denial:\n%s", grep(metrics, "denied"))
+		}
+		// Lifting the policy lets traffic through again.
+		if err := l.ApplyConfig(t.Context(), "deny", []byte("# no policy\n")); err != nil {
+			t.Fatal(err)
+		}
+		if out, ok := dial(t, l, "client-1", net.JoinHostPort(server2.String(), "8080"), "again"); !ok {
+			t.Errorf("after removing the DENY: %q", out)
+		}
+	})
+
+	t.Run("service address is balanced, same node first", func(t *testing.T) {
+		err := l.ApplyConfig(t.Context(), "svc", []byte(`apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: server}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct{ client, server string }{{"client-1", "server-1"}, {"client-2", "server-2"}} {
+			for range 2 {
+				out, ok := dial(t, l, c.client, "10.96.0.10:80", "svc")
+				if !ok || !strings.HasPrefix(out, c.server+" ") {
+					t.Errorf("%s -> service: %q, want an answer from %s", c.client, out, c.server)
+				}
+			}
+		}
+	})
+
+	t.Run("tunnel port refuses strangers, serves plain HTTP/2 with a mesh certificate", func(t *testing.T) {
+		td := spiffeid.RequireTrustDomainFromString(l.TrustDomain())
+		labCA, err := identity.LoadCA(td, l.CACertPath(), l.CAKeyPath(), clock.Real{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		otherCA, err := identity.GenerateCA(td, time.Hour, clock.Real{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clientID := spiffeid.RequireFromString("spiffe://" + l.TrustDomain() + "/ns/demo/sa/client")
+		serverID := spiffeid.RequireFromString("spiffe://" + l.TrustDomain() + "/ns/demo/sa/server")
+		tunnelAddr := net.JoinHostPort(server2.String(), "15008")
+		good := svid(t, labCA, clientID)
+		// A certificate from another CA, no certificate, and plaintext are
+		// refused; the outside pod is where a stranger would dial from.
+		for name, cfg := range map[string]*tls.Config{
+			"other CA":       tlsconfig.MTLSClientConfig(svid(t, otherCA, clientID), labCA.Bundle(), tlsconfig.AuthorizeAny()),
+			"no certificate": tlsconfig.TLSClientConfig(labCA.Bundle(), tlsconfig.AuthorizeAny()),
+		} {
+			cfg.NextProtos = []string{"h2"}
+			if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2, "x"); err == nil {
+				t.Errorf("%s: CONNECT accepted", name)
+			}
+		}
+		if reply := plaintext(t, l, "outside-1", tunnelAddr); strings.Contains(reply, "server-2") {
+			t.Errorf("plaintext to 15008 reached the pod: %q", reply)
+		}
+		cfg := tlsconfig.MTLSClientConfig(good, labCA.Bundle(), tlsconfig.AuthorizeID(serverID))
+		cfg.NextProtos = []string{"h2"}
+		cfg.MinVersion = tls.VersionTLS13
+		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2, "interop"); err != nil {
+			t.Errorf("x/net/http2 CONNECT with a mesh certificate: %v", err)
+		}
+		// TLS 1.2 is refused.
+		cfg12 := tlsconfig.MTLSClientConfig(good, labCA.Bundle(), tlsconfig.AuthorizeID(serverID))
+		cfg12.NextProtos, cfg12.MaxVersion = []string{"h2"}, tls.VersionTLS12
+		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg12, server2, "old"); err == nil {
+			t.Error("TLS 1.2 CONNECT accepted")
+		}
+	})
+}
+
+// connectHBONE sends an HTTP/2 CONNECT with golang.org/x/net/http2 from
+// pod's network namespace to the tunnel at addr, for dst:8080, and checks
+// the echo.
+func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.Addr, send string) error {
+	p, _ := l.Pod(pod)
+	tr := &http2.Transport{TLSClientConfig: cfg, DialTLSContext: func(ctx context.Context, network, a string, c *tls.Config) (net.Conn, error) {
+		var raw net.Conn
+		err := netnsx.Do(p.NetNSPath, func() error {
+			var err error
+			raw, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, network, a)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(raw, c)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, err
+		}
+		return tc, nil
+	}}
+	defer tr.CloseIdleConnections()
+	target := net.JoinHostPort(dst.String(), "8080")
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodConnect, "https://"+addr, pr)
+	req.Host, req.URL = target, &url.URL{Scheme: "https", Host: addr}
+	req.Header.Set("Forwarded", `for="10.244.2.4"`)
+	go func() { fmt.Fprintln(pw, send) }()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(line, "got="+send) {
+		return fmt.Errorf("answer %q", line)
+	}
+	pw.Close()
+	return nil
+}
+
+// plaintext speaks HTTP/1.1 to addr from pod and returns what came back.
+func plaintext(t *testing.T, l *lab.Lab, pod, addr string) string {
+	var out []byte
+	l.DoInPod(pod, func() error {
+		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintf(c, "CONNECT 10.244.2.3:8080 HTTP/1.1\r\nHost: 10.244.2.3:8080\r\n\r\nhello\n")
+		out, _ = io.ReadAll(c)
+		return nil
+	})
+	return string(out)
+}
+
+func svid(t *testing.T, ca *identity.CA, id spiffeid.ID) *x509svid.SVID {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := ca.Sign(context.Background(), csr, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
+}
+
+func nodeIP(t *testing.T, l *lab.Lab, node string) string {
+	n, ok := l.Node(node)
+	if !ok {
+		t.Fatalf("no node %s", node)
+	}
+	return n.IPv4.String()
+}
+
+// get fetches url from inside node's network namespace.
+func get(t *testing.T, l *lab.Lab, node, url string) string {
+	t.Helper()
+	n, _ := l.Node(node)
+	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := netnsx.Do(n.NetNSPath, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// sniff captures the underlay bridge with tcpdump while fn runs and
+// returns the raw pcap.
+func sniff(t *testing.T, l *lab.Lab, fn func()) []byte {
+	t.Helper()
+	ns, _ := l.Underlay() // every port of the bridge: the bridge device itself sees only its own traffic
+	file := filepath.Join(t.TempDir(), "underlay.pcap")
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(ns), "tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-U", "-s", "0", "-w", file, "tcp")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cmd.Process.Signal(os.Interrupt)
+			cmd.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	// Wait until tcpdump listens.
+	for i := 0; i < 100 && !strings.Contains(stderr.String(), "listening on"); i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	fn()
+	time.Sleep(200 * time.Millisecond)
+	stop()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("read capture: %v (tcpdump said %s)", err, stderr.String())
+	}
+	return data
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
