@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's demo: build the lab, show what capture does, tear it down.
+# The README's demo: build the lab with a node proxy on each node, send
+# traffic through the mesh, show what the proxies saw, tear it down.
 # Run as root from the repository root after `make build`.
 set -euo pipefail
 BIN=${BIN:-./bin}
@@ -8,15 +9,14 @@ export MESHLAB_STATE=$STATE
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ip_of() { "$BIN/meshlab" status | awk -v p="$1" '$1==p {split($4, a, ","); print a[1]}'; }
+node_ns() { "$BIN/meshlab" status -o json | python3 -c "import json,sys; d=json.load(sys.stdin); print([n['netns'] for n in d['nodes'] if n['name']=='$1'][0])"; }
+on_node() { local ns; ns=$(node_ns "$1"); shift; nsenter --net="$ns" "$@"; }
 
-step "meshlab up: 2 nodes, 4 pods enrolled in namespace demo, 2 pods outside the mesh"
+step "meshlab up: 2 nodes, a node proxy on each, 4 pods in the mesh (namespace demo), 2 outside (legacy)"
 "$BIN/meshlab" up -f examples/lab/demo.yaml
 # Only now is the lab ours to remove: an `up` that found a lab already
 # running must not tear that lab down.
 trap '"$BIN/meshlab" down' EXIT
-
-step "what capture attached (nodeproxy capture list)"
-"$BIN/nodeproxy" capture list --pin-path "$STATE/bpffs/ambit"
 
 OUT1=$(ip_of outside-1)
 SRV2=$(ip_of server-2)
@@ -24,15 +24,32 @@ SRV2=$(ip_of server-2)
 "$BIN/meshlab" exec server-2 -- "$BIN/ambit-echo" serve -name server-2 :8080 >/dev/null &
 sleep 0.5
 
-step "outside-2 -> outside-1 ($OUT1:8080): neither enrolled, traffic flows across nodes"
+step "client-1 (node-1) -> server-2 (node-2, $SRV2:8080): through the mTLS tunnel; server-2 sees client-1's own address"
+"$BIN/meshlab" exec client-1 -- "$BIN/ambit-echo" dial "$SRV2:8080"
+
+step "outside-2 -> server-2: plaintext from outside the mesh; namespace demo is permissive, so it is accepted and reported"
+"$BIN/meshlab" exec outside-2 -- "$BIN/ambit-echo" dial "$SRV2:8080"
+
+step "outside-2 -> outside-1: neither is in the mesh, the proxies stay out of the way"
 "$BIN/meshlab" exec outside-2 -- "$BIN/ambit-echo" dial "$OUT1:8080"
 
-step "client-1 -> outside-1 ($OUT1:8080): client-1 is enrolled, capture sends it to the node proxy's 15001"
-echo "(no node proxy runs yet, so capture fails closed: refused, never plaintext)"
-"$BIN/meshlab" exec client-1 -- "$BIN/ambit-echo" dial "$OUT1:8080" || true
+step "a DENY policy: no client of namespace demo may reach the servers"
+cat > "$STATE/mesh/deny.yaml" <<'YAML'
+apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: no-clients, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules:
+  - from: [{serviceAccounts: [demo/client]}]
+YAML
+sleep 1 # the proxies reload their configuration within a second
+"$BIN/meshlab" exec client-1 -- "$BIN/ambit-echo" dial "$SRV2:8080" || echo "(refused, as the policy says)"
+rm "$STATE/mesh/deny.yaml"
 
-step "outside-2 -> server-2 ($SRV2:8080): server-2 is enrolled, inbound goes to the node proxy's 15006"
-echo "(no node proxy listening: the SYN is dropped, the app never sees plaintext)"
-"$BIN/meshlab" exec outside-2 -- "$BIN/ambit-echo" dial -timeout 2s "$SRV2:8080" || true
-
+step "node-2's proxy: nodeproxy debug certs / connections are node-local (admin on 127.0.0.1:15000)"
+on_node node-2 "$BIN/nodeproxy" debug certs
+step "node-2's access log (last lines)"
+tail -n 4 "$STATE/logs/nodeproxy-node-2.log"
 step "meshlab down: remove everything the lab made"
