@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,6 +43,9 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv("E2E_DIAL"); addr != "" {
 		os.Exit(helperDial(addr, os.Getenv("E2E_SEND")))
 	}
+	if addr := os.Getenv("E2E_HOLD"); addr != "" {
+		os.Exit(helperHold(addr))
+	}
 	os.Exit(m.Run())
 }
 
@@ -60,6 +64,31 @@ func helperDial(addr, send string) int {
 		return 1
 	}
 	fmt.Print(line)
+	return 0
+}
+
+// helperHold keeps one connection open: for each line on stdin it sends
+// the line and prints the server's answer (the server answers one line per
+// connection, so the later answers show whether the connection survives:
+// "EOF" once the server side has answered and closed).
+func helperHold(addr string) int {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		fmt.Println("dial error:", err)
+		return 1
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		fmt.Fprintln(c, in.Text())
+		line, err := r.ReadString('\n')
+		if err != nil {
+			fmt.Println("read error:", err)
+			continue
+		}
+		fmt.Print(line)
+	}
 	return 0
 }
 
@@ -98,10 +127,16 @@ func serve(t *testing.T, l *lab.Lab, pod string, port int) {
 				}
 				go func() {
 					defer c.Close()
-					c.SetDeadline(time.Now().Add(10 * time.Second))
-					line, _ := bufio.NewReader(c).ReadString('\n')
+					c.SetDeadline(time.Now().Add(30 * time.Second))
+					r := bufio.NewReader(c)
 					ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-					fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
+					for {
+						line, err := r.ReadString('\n')
+						if err != nil {
+							return
+						}
+						fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
+					}
 				}()
 			}
 		}()
@@ -301,6 +336,86 @@ spec:
 			t.Error("TLS 1.2 CONNECT accepted")
 		}
 	})
+}
+
+// A node proxy that is told to stop closes its listeners at once (new
+// connections fail closed) and lets open connections finish until its
+// drain deadline (2s in the lab), then closes them.
+func TestPrivilegedGracefulDrain(t *testing.T) {
+	l := labtest.New(t, nil, labtest.WithMesh())
+	serve(t, l, "server-2", 8080)
+	server2 := net.JoinHostPort(ip4(t, l, "server-2").String(), "8080")
+	self, _ := os.Executable()
+	cmd, err := l.Command(t.Context(), "client-1", self, "-test.run=^$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), "E2E_HOLD="+server2)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := l.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	answers := bufio.NewScanner(stdout)
+	say := func(line string) string {
+		fmt.Fprintln(stdin, line)
+		if !answers.Scan() {
+			return "helper gone"
+		}
+		return answers.Text()
+	}
+	if got := say("one"); !strings.HasSuffix(got, "got=one") {
+		t.Fatalf("before the drain: %q", got)
+	}
+	var proxy lab.Process
+	for _, p := range l.Processes() {
+		if p.Role == lab.RoleNodeProxy && p.Node == "node-1" {
+			proxy = p
+		}
+	}
+	if proxy.PID == 0 {
+		t.Fatal("no node proxy on node-1 in the lab's processes")
+	}
+	if err := syscall.Kill(proxy.PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if out, ok := dial(t, l, "client-1", server2, "new"); ok {
+		t.Errorf("a new connection during the drain got through: %q", out)
+	}
+	if got := say("two"); !strings.HasSuffix(got, "got=two") {
+		t.Errorf("the open connection did not survive the start of the drain: %q", got)
+	}
+	// After the deadline the proxy has closed it and exited.
+	deadline := time.Now().Add(10 * time.Second)
+	for processAlive(proxy.PID) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if processAlive(proxy.PID) {
+		t.Fatal("node proxy still running 10s after SIGTERM")
+	}
+	if got := say("three"); strings.HasSuffix(got, "got=three") {
+		t.Errorf("connection still carried data after the proxy exited: %q", got)
+	}
+	log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1"))
+	for _, want := range []string{"msg=draining", "drain deadline passed; closing connections", "msg=\"node proxy stopped\""} {
+		if !bytes.Contains(log, []byte(want)) {
+			t.Errorf("node-1 log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// processAlive reports whether pid runs (a zombie does not).
+func processAlive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || len(s) < i+3 || s[i+2] != 'Z'
 }
 
 // connectHBONE sends an HTTP/2 CONNECT with golang.org/x/net/http2 from
