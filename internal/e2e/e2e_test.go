@@ -195,7 +195,15 @@ func TestPrivilegedMesh(t *testing.T) {
 		if want := fmt.Sprintf("server-1 remote=%s got=near", client1); !ok || out != want {
 			t.Errorf("client-1 -> server-1: %q, want %q", out, want)
 		}
-		log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1"))
+		// The access log line is written when the connection has closed on
+		// both sides, which may come just after the client's exit.
+		var log []byte
+		for range 40 {
+			if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1")); bytes.Contains(log, []byte("direction=inbound src="+client1.String())) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		if !bytes.Contains(log, []byte("direction=inbound src="+client1.String())) || !bytes.Contains(log, []byte("transport=hbone-h2")) {
 			t.Errorf("node-1's access log shows no tunnelled inbound connection from client-1:\n%s", log)
 		}
