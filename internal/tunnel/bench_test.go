@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -33,7 +34,8 @@ func pump(b *testing.B, c net.Conn) {
 }
 
 // BenchmarkThroughput sends 1 MiB writes through one tunnel stream on
-// loopback (TLS 1.3 + HTTP/2 both ways), against plain TCP to the same sink.
+// loopback (TLS 1.3 + HTTP/2 over TCP, and HTTP/3 over QUIC), against plain
+// TCP to the same sink.
 func BenchmarkThroughput(b *testing.B) {
 	b.Run("plain-tcp", func(b *testing.B) {
 		c, err := net.Dial("tcp", sink(b).String())
@@ -52,4 +54,74 @@ func BenchmarkThroughput(b *testing.B) {
 		defer c.Close()
 		pump(b, c)
 	})
+	b.Run("hbone-quic", func(b *testing.B) {
+		f := newQUICFixture(b, nil)
+		c, err := f.dialer.Dial(context.Background(), issue(b, f.ca, clientID), f.target(sink(b)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if p := ProtocolOf(c); p != ProtocolQUIC {
+			b.Fatalf("stream went over %s", p)
+		}
+		defer c.Close()
+		pump(b, c)
+	})
+}
+
+// BenchmarkThroughputStreams sends 1 MiB writes over 8 concurrent streams
+// that share one pooled tunnel connection, HTTP/2 against QUIC: the
+// aggregate of many streams on one connection.
+func BenchmarkThroughputStreams(b *testing.B) {
+	const streams = 8
+	run := func(b *testing.B, f *fixture, proto Protocol) {
+		svid := issue(b, f.ca, clientID)
+		dst := sink(b)
+		conns := make([]net.Conn, streams)
+		for i := range conns {
+			c, err := f.dialer.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: dst, Protocol: proto})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if p := ProtocolOf(c); p != proto {
+				b.Fatalf("stream went over %s", p)
+			}
+			defer c.Close()
+			conns[i] = c
+		}
+		if n := f.dialer.PoolSize(); n != 1 {
+			b.Fatalf("%d streams used %d connections", streams, n)
+		}
+		buf := make([]byte, 1<<20)
+		b.SetBytes(int64(len(buf)))
+		b.ResetTimer()
+		errs := make(chan error, streams)
+		for i, c := range conns {
+			n := b.N / streams
+			if i < b.N%streams {
+				n++
+			}
+			go func(c net.Conn, n int) {
+				for j := 0; j < n; j++ {
+					if _, err := c.Write(buf); err != nil {
+						errs <- err
+						return
+					}
+				}
+				c.(interface{ CloseWrite() error }).CloseWrite()
+				if got, _ := io.ReadAll(c); string(got) != "done" {
+					errs <- fmt.Errorf("sink answered %q", got)
+					return
+				}
+				errs <- nil
+			}(c, n)
+		}
+		for range conns {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+	}
+	b.Run("hbone-h2", func(b *testing.B) { run(b, newFixture(b, nil), ProtocolH2) })
+	b.Run("hbone-quic", func(b *testing.B) { run(b, newQUICFixture(b, nil).fixture, ProtocolQUIC) })
 }

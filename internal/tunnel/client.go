@@ -19,13 +19,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+
+	"github.com/ambit-mesh/ambit/internal/clock"
 )
 
 // Dialer opens tunnel streams, pooling TLS connections per (source
 // identity, destination identity, destination proxy address). A pooled
 // connection carries up to maxStreamsPerTLS streams; beyond that, or when
 // the peer refuses more, another connection is opened. Idle connections are
-// closed after IdleTimeout.
+// closed after IdleTimeout. Targets with ProtocolQUIC use pooled QUIC
+// connections instead (quic_client.go), falling back to HTTP/2.
 type Dialer struct {
 	Bundle      x509bundle.Source
 	IdleTimeout time.Duration
@@ -33,11 +36,21 @@ type Dialer struct {
 	// socket marks).
 	NetDialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	Log       *slog.Logger
+	// QUICFallbackAfter bounds the QUIC handshake of a ProtocolQUIC target
+	// (default 1s). A peer that does not complete it in time, or whose UDP
+	// port is refused, gets the stream over HTTP/2 instead.
+	QUICFallbackAfter time.Duration
+	// QUICRetryAfter is how long such a peer is dialed over HTTP/2 only
+	// before QUIC is tried again (default 5m).
+	QUICRetryAfter time.Duration
+	// Clock tells the time for QUICRetryAfter; nil is the system clock.
+	Clock clock.Clock
 
 	mu      sync.Mutex
 	pools   map[poolKey][]*http2.ClientConn
 	dialing map[poolKey]chan struct{} // one connection setup per key at a time
 	t       *http2.Transport
+	quic    quicPool // guarded by mu
 }
 
 type poolKey struct {
@@ -66,6 +79,13 @@ type Target struct {
 	// Dialer.NetDialer to open a new pooled connection for this Via.
 	Via     string
 	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Protocol picks the transport; empty means ProtocolH2.
+	Protocol Protocol
+	// ListenPacket, if set, makes the UDP socket for a new QUIC connection
+	// for this Via (the node proxy opens it inside the pod's network
+	// namespace); nil means a plain UDP socket. The Dialer owns and closes
+	// the sockets it gets.
+	ListenPacket func() (net.PacketConn, error)
 }
 
 func (d *Dialer) transport() *http2.Transport {
@@ -89,11 +109,22 @@ func (d *Dialer) transport() *http2.Transport {
 
 // Dial opens a stream from identity src (whose certificate svid provides) to
 // t. The returned conn is the tunnelled TCP connection; CloseWrite sends a
-// half-close.
+// half-close, and Protocol (see ProtocolOf) tells which transport carries
+// it.
 func (d *Dialer) Dial(ctx context.Context, svid x509svid.Source, t Target) (net.Conn, error) {
 	src, err := svid.GetX509SVID()
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: no certificate for the source: %w", err)
+	}
+	switch t.Protocol {
+	case "", ProtocolH2:
+	case ProtocolQUIC:
+		c, fallback, err := d.dialQUIC(ctx, svid, src.ID, t)
+		if !fallback {
+			return c, err
+		}
+	default:
+		return nil, fmt.Errorf("tunnel: unknown protocol %q", t.Protocol)
 	}
 	cc, err := d.conn(ctx, poolKey{src.ID, t.Identity, t.Proxy, t.Via}, t.NetDial, svid)
 	if err != nil {
@@ -228,10 +259,15 @@ func (d *Dialer) open(ctx context.Context, t *http2.Transport, k poolKey, dial n
 	return cc, nil
 }
 
-// PoolSize reports open tunnel connections (for metrics).
+// PoolSize reports open tunnel connections of both protocols (for
+// metrics; PoolStats splits them).
 func (d *Dialer) PoolSize() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	st := d.PoolStats()
+	return st.Conns[ProtocolH2] + st.Conns[ProtocolQUIC]
+}
+
+// h2Conns counts open HTTP/2 connections. d.mu is held.
+func (d *Dialer) h2Conns() int {
 	n := 0
 	for _, ccs := range d.pools {
 		for _, cc := range ccs {
@@ -246,13 +282,14 @@ func (d *Dialer) PoolSize() int {
 // Close closes every pooled connection.
 func (d *Dialer) Close() error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	for k, ccs := range d.pools {
 		for _, cc := range ccs {
 			cc.Close()
 		}
 		delete(d.pools, k)
 	}
+	d.mu.Unlock()
+	d.closeQUIC()
 	return nil
 }
 
@@ -266,6 +303,7 @@ type streamConn struct {
 }
 
 func (c *streamConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
+func (c *streamConn) Protocol() Protocol          { return ProtocolH2 }
 func (c *streamConn) Write(p []byte) (int, error) { return c.w.Write(p) }
 
 // CloseWrite ends the request body: the far side's target sees a FIN.

@@ -50,6 +50,7 @@ type Server struct {
 	mu    sync.Mutex
 	conns map[*tls.Conn]struct{}
 	wg    sync.WaitGroup
+	quic  quicServer // HTTP/3 over QUIC (quic.go); guarded by mu
 }
 
 // NewServer checks cfg and returns a Server.
@@ -129,27 +130,8 @@ func (s *Server) serveConn(c net.Conn) {
 }
 
 func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID, remote string) {
-	if r.Method != http.MethodConnect {
-		http.Error(w, "HBONE accepts only CONNECT", http.StatusMethodNotAllowed)
-		return
-	}
-	target, err := netip.ParseAddrPort(r.Host)
-	if err != nil {
-		http.Error(w, fmt.Sprintf(":authority %q is not ip:port", r.Host), http.StatusBadRequest)
-		return
-	}
-	req := Request{Peer: peer, Target: target, TraceParent: r.Header.Get("traceparent"), RemoteAddr: remote}
-	if src, ok := parseForwarded(r.Header.Get("Forwarded")); ok {
-		req.Source = src
-	}
-	up, err := s.cfg.Dial(r.Context(), req)
-	if err != nil {
-		code := http.StatusServiceUnavailable
-		if errors.Is(err, ErrForbidden) {
-			code = http.StatusForbidden
-		}
-		s.log.Info("tunnel stream refused", "peer", peer.String(), "target", target.String(), "code", code, "err", err)
-		http.Error(w, err.Error(), code)
+	up := s.accept(w, r, peer, remote, ProtocolH2)
+	if up == nil {
 		return
 	}
 	defer up.Close()
@@ -187,16 +169,48 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID
 	<-done
 }
 
+// accept checks a CONNECT request and dials its target through cfg.Dial.
+// On refusal it answers the request (405, 400, 403 or 503) and returns nil.
+// Both transports use it.
+func (s *Server) accept(w http.ResponseWriter, r *http.Request, peer spiffeid.ID, remote string, proto Protocol) net.Conn {
+	if r.Method != http.MethodConnect {
+		http.Error(w, "HBONE accepts only CONNECT", http.StatusMethodNotAllowed)
+		return nil
+	}
+	target, err := netip.ParseAddrPort(r.Host)
+	if err != nil {
+		http.Error(w, fmt.Sprintf(":authority %q is not ip:port", r.Host), http.StatusBadRequest)
+		return nil
+	}
+	req := Request{Peer: peer, Target: target, TraceParent: r.Header.Get("traceparent"), RemoteAddr: remote, Protocol: proto}
+	if src, ok := parseForwarded(r.Header.Get("Forwarded")); ok {
+		req.Source = src
+	}
+	up, err := s.cfg.Dial(r.Context(), req)
+	if err != nil {
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, ErrForbidden) {
+			code = http.StatusForbidden
+		}
+		s.log.Info("tunnel stream refused", "peer", peer.String(), "target", target.String(), "protocol", string(proto), "code", code, "err", err)
+		http.Error(w, err.Error(), code)
+		return nil
+	}
+	return up
+}
+
 // Shutdown drains: every connection is sent GOAWAY, so peers open no new
 // streams on it, and Shutdown waits for the streams in flight until ctx
-// ends; then it closes what is left. Listeners are the caller's to close
-// first.
+// ends; then it closes what is left. TCP listeners are the caller's to close
+// first; QUIC stops accepting connections here (see ServeQUIC).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.base.Shutdown(ctx) // triggers GOAWAY on every h2 connection; returns at once with no listeners
+	s.shutdownQUIC(ctx)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.closeQUIC() // nothing left on it; ends ServeQUIC
 		return nil
 	case <-ctx.Done():
 		s.Close()
@@ -205,12 +219,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close closes every tunnel connection and waits for their handlers.
+// It ends QUIC service for good (ServeQUIC returns).
 func (s *Server) Close() error {
 	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
 	}
 	s.mu.Unlock()
+	s.closeQUIC()
 	s.wg.Wait()
 	return nil
 }

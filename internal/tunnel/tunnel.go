@@ -1,11 +1,14 @@
-// Package tunnel owns HBONE, the mesh's tunnel between proxies: HTTP/2
-// CONNECT over mutually authenticated TLS 1.3 with ALPN h2, where
-// :authority is the original destination ip:port and the client's original
-// address travels in a Forwarded header. It is wire-compatible with Istio's
-// HBONE, so a plain HTTP/2 client holding a mesh certificate is a valid
-// peer. Both ends check SPIFFE identities: the server accepts any identity
-// of the trust domain (policy decides the rest), the client accepts exactly
-// the identity it expects for the destination.
+// Package tunnel owns HBONE, the mesh's tunnel between proxies: CONNECT
+// over mutually authenticated TLS 1.3, where :authority is the original
+// destination ip:port and the client's original address travels in a
+// Forwarded header. Two transports carry it. HTTP/2 over TCP (ALPN h2) is
+// wire-compatible with Istio's HBONE, so a plain HTTP/2 client holding a
+// mesh certificate is a valid peer. HTTP/3 over QUIC (ALPN h3, RFC 9114
+// CONNECT, UDP on the same port) is chosen per peer and falls back to
+// HTTP/2 when UDP does not get through. Both ends check SPIFFE identities
+// on both transports: the server accepts any identity of the trust domain
+// (policy decides the rest), the client accepts exactly the identity it
+// expects for the destination.
 package tunnel
 
 import (
@@ -18,8 +21,19 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// ALPN is the protocol both ends must agree on.
+// ALPN is the protocol both ends must agree on over TCP.
 const ALPN = "h2"
+
+// Protocol names a tunnel transport.
+type Protocol string
+
+const (
+	// ProtocolH2 is HTTP/2 CONNECT over TLS over TCP, the default.
+	ProtocolH2 Protocol = "h2"
+	// ProtocolQUIC is HTTP/3 CONNECT over QUIC, falling back to ProtocolH2
+	// when UDP does not get through.
+	ProtocolQUIC Protocol = "quic"
+)
 
 // Flow control and buffer sizes, chosen for throughput rather than Go's
 // defaults (64 KiB stream windows): a tunnel stream carries a whole TCP
@@ -46,6 +60,8 @@ type Request struct {
 	TraceParent string
 	// RemoteAddr is the tunnel peer's own address (its proxy).
 	RemoteAddr string
+	// Protocol is the transport the stream arrived on.
+	Protocol Protocol
 }
 
 // tlsBase is the TLS configuration both ends start from: TLS 1.3 only.
