@@ -346,6 +346,46 @@ spec:
 	})
 }
 
+// With the mesh set to QUIC, node proxies tunnel over HTTP/3 on UDP 15008:
+// the server still sees the client's address, and the underlay shows QUIC,
+// not TCP.
+func TestPrivilegedMeshQUIC(t *testing.T) {
+	topo := lab.DefaultTopology()
+	topo.Mesh.Tunnel = lab.TunnelQUIC
+	l := labtest.New(t, topo, labtest.WithMesh())
+	serve(t, l, "server-2", 8080)
+	client1 := ip4(t, l, "client-1")
+	secret := "quic-secret-" + fmt.Sprint(time.Now().UnixNano())
+	var out string
+	var ok bool
+	pcap := sniffFilter(t, l, "udp or tcp", func() {
+		out, ok = dial(t, l, "client-1", net.JoinHostPort(ip4(t, l, "server-2").String(), "8080"), secret)
+	})
+	if want := fmt.Sprintf("server-2 remote=%s got=%s", client1, secret); !ok || out != want {
+		t.Fatalf("client-1 -> server-2 over QUIC: %q, want %q", out, want)
+	}
+	if bytes.Contains(pcap, []byte(secret)) {
+		t.Error("the payload crossed the underlay in clear text")
+	}
+	file := filepath.Join(t.TempDir(), "u.pcap")
+	os.WriteFile(file, pcap, 0o600)
+	udp, _ := exec.Command("tcpdump", "-Z", "root", "-r", file, "-nn", "udp port 15008").Output()
+	tcp, _ := exec.Command("tcpdump", "-Z", "root", "-r", file, "-nn", "tcp").Output()
+	if len(udp) == 0 || len(tcp) != 0 {
+		t.Errorf("want QUIC on UDP 15008 and no TCP on the underlay; udp:\n%s\ntcp:\n%s", udp, tcp)
+	}
+	var log []byte
+	for range 40 {
+		if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-2")); bytes.Contains(log, []byte("transport=hbone-quic")) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !bytes.Contains(log, []byte("direction=inbound src="+client1.String())) || !bytes.Contains(log, []byte("transport=hbone-quic")) {
+		t.Errorf("node-2's access log shows no QUIC inbound connection:\n%s", log)
+	}
+}
+
 // A node proxy that is told to stop closes its listeners at once (new
 // connections fail closed) and lets open connections finish until its
 // drain deadline (2s in the lab), then closes them.
@@ -551,9 +591,15 @@ func grep(s, sub string) string {
 // returns the raw pcap.
 func sniff(t *testing.T, l *lab.Lab, fn func()) []byte {
 	t.Helper()
+	return sniffFilter(t, l, "tcp", fn)
+}
+
+// sniffFilter is sniff with a tcpdump filter.
+func sniffFilter(t *testing.T, l *lab.Lab, filter string, fn func()) []byte {
+	t.Helper()
 	ns, _ := l.Underlay() // every port of the bridge: the bridge device itself sees only its own traffic
 	file := filepath.Join(t.TempDir(), "underlay.pcap")
-	cmd := exec.Command("ip", "netns", "exec", filepath.Base(ns), "tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-U", "-s", "0", "-w", file, "tcp")
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(ns), "tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-U", "-s", "0", "-w", file, filter)
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -155,13 +155,18 @@ func (pd *pod) outbound(c *net.TCPConn) {
 	case routeTunnel:
 		info.Transport = admin.TransportHBONEH2
 		up, err = p.dialer.Dial(ctx, p.certs.Source(src.Identity), tunnel.Target{
-			Proxy:    net.JoinHostPort(rt.dst.Addr().String(), strconv.Itoa(redirect.TunnelPort)),
-			Identity: rt.w.Identity,
-			Dst:      rt.dst,
-			Src:      srcAP,
-			Via:      src.Key(),
-			NetDial:  pd.dialFrom,
+			Proxy:        net.JoinHostPort(rt.dst.Addr().String(), strconv.Itoa(redirect.TunnelPort)),
+			Identity:     rt.w.Identity,
+			Dst:          rt.dst,
+			Src:          srcAP,
+			Via:          src.Key(),
+			NetDial:      pd.dialFrom,
+			Protocol:     tunnel.Protocol(cfg.TunnelFor(rt.w.Node)),
+			ListenPacket: pd.clientPacketConn,
 		})
+		if err == nil && tunnel.ProtocolOf(up) == tunnel.ProtocolQUIC {
+			info.Transport = admin.TransportHBONEQUIC
+		}
 	}
 	if err != nil {
 		var se *tunnel.StatusError
@@ -204,6 +209,9 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 		Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(),
 		SrcWorkload: workloadKey(srcW), DstWorkload: w.Key(), SrcIdentity: req.Peer.String(), DstIdentity: w.Identity.String(),
 		Transport: admin.TransportHBONEH2, Policy: d.Policy,
+	}
+	if req.Protocol == tunnel.ProtocolQUIC {
+		info.Transport = admin.TransportHBONEQUIC
 	}
 	l := labels(admin.DirectionInbound, info.Transport, srcW, w)
 	l.SourceIdentity = req.Peer.String()

@@ -97,6 +97,12 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (pd *pod, err error) {
 	}
 	pd.wg.Add(1)
 	go func() { defer pd.wg.Done(); pd.srv.Serve(tun) }()
+	// The same tunnel over QUIC, on UDP 15008, for peers that prefer it.
+	if pd.udp, err = pd.listenPacket(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort)); err != nil {
+		return nil, err
+	}
+	pd.wg.Add(1)
+	go func() { defer pd.wg.Done(); pd.srv.ServeQUIC(pd.udp) }()
 	return pd, nil
 }
 
@@ -138,6 +144,26 @@ func (pd *pod) listen(network string, addr netip.AddrPort, transparentSock bool)
 	}
 	pd.listeners = append(pd.listeners, ln)
 	return ln, nil
+}
+
+// listenPacket opens a UDP socket inside the pod's network namespace.
+func (pd *pod) listenPacket(addr netip.AddrPort) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := netnsx.Do(pd.w.Load().NetNS, func() error {
+		var err error
+		pc, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on udp %s in pod %s: %w", addr, pd.w.Load().Key(), err)
+	}
+	return pc, nil
+}
+
+// clientPacketConn is a UDP socket in the pod's namespace for QUIC
+// tunnels the pod opens.
+func (pd *pod) clientPacketConn() (net.PacketConn, error) {
+	return pd.listenPacket(netip.AddrPortFrom(netip.IPv6Unspecified(), 0))
 }
 
 // serve accepts on ln until it is closed, handling each connection in its

@@ -315,7 +315,12 @@ func (p *Proxy) servedPods() int {
 }
 
 func (p *Proxy) poolStats() map[string]int {
-	return map[string]int{"h2": p.dialer.PoolSize()}
+	st := p.dialer.PoolStats()
+	out := map[string]int{string(tunnel.ProtocolH2): 0, string(tunnel.ProtocolQUIC): 0}
+	for proto, n := range st.Conns {
+		out[string(proto)] = n
+	}
+	return out
 }
 
 // sameFamily picks the address of ips in dst's family.
