@@ -133,15 +133,7 @@ func (c *cli) up(ctx context.Context, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *nodeProxy == "none" {
-		*nodeProxy = ""
-	} else if *nodeProxy == "" {
-		fmt.Fprintln(c.stderr, "meshlab up: no nodeproxy binary next to meshlab; build it (`make build`) or pass --nodeproxy PATH, or --nodeproxy none")
-		return 2
-	}
-	if !*capture {
-		*nodeProxy = ""
-	}
+
 	if fs.NArg() > 0 {
 		fmt.Fprintf(c.stderr, "meshlab up: unexpected argument %q\n", fs.Arg(0))
 		return 2
@@ -152,6 +144,13 @@ func (c *cli) up(ctx context.Context, args []string) int {
 		if topo, err = lab.ParseTopology(*file); err != nil {
 			return c.fail(err)
 		}
+	}
+	switch {
+	case !*capture || *nodeProxy == "none":
+		*nodeProxy = "" // no capture: nothing for proxies to serve
+	case *nodeProxy == "":
+		fmt.Fprintln(c.stderr, "meshlab up: no nodeproxy binary next to meshlab; build it (`make build`) or pass --nodeproxy PATH, or --nodeproxy none")
+		return 2
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/cgroup2"
 	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/privtest"
 )
 
@@ -209,5 +211,38 @@ func TestPrivilegedUpKilled(t *testing.T) {
 				t.Errorf("state dir %s left", dir)
 			}
 		})
+	}
+}
+
+// meshlab up with a node proxy binary runs one per node and down stops them.
+func TestPrivilegedCLIWithNodeProxies(t *testing.T) {
+	privtest.Require(t)
+	bin := labtest.BuildNodeProxy(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	t.Cleanup(func() { _ = lab.Down(dir, nil) })
+	code, out, errs := meshlab(t, "", "up", "--nodeproxy", bin, "--state-dir", dir)
+	if code != 0 {
+		t.Fatalf("up: %d\n%s\n%s", code, out, errs)
+	}
+	l, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, p := range l.Processes() {
+		if p.Role == lab.RoleNodeProxy {
+			pids = append(pids, p.PID)
+		}
+	}
+	if len(pids) != 2 {
+		t.Fatalf("node proxies tracked: %+v", l.Processes())
+	}
+	if code, out, errs := meshlab(t, "", "down", "--state-dir", dir); code != 0 {
+		t.Fatalf("down: %d %s %s", code, out, errs)
+	}
+	for _, pid := range pids {
+		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(data), ") Z ") {
+			t.Errorf("node proxy %d still runs after down", pid)
+		}
 	}
 }
