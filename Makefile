@@ -6,7 +6,7 @@
 GO        ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 BIN       := bin
 STATE     ?= /run/meshlab
-APT_PKGS  := clang llvm libbpf-dev bpftool iproute2 tcpdump git make
+APT_PKGS  := clang llvm libbpf-dev bpftool iproute2 tcpdump git make iperf3 nginx libnginx-mod-stream
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
 
 .DEFAULT_GOAL := help
@@ -53,9 +53,10 @@ demo: build ## bring the lab up, show capture at work, tear it down (as root)
 	./scripts/demo.sh
 
 .PHONY: bench
-bench: ## Go benchmarks: capture connect cost, tunnel throughput (as root)
+bench: build ## Go benchmarks, then the lab benchmark: direct vs mesh (h2, QUIC) vs nginx mTLS (as root)
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./internal/redirect/
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 3 ./internal/tunnel/
+	$(BIN)/ambit-bench -o bench/out/bench.json $(BENCH_FLAGS)
 
 .PHONY: clean
 clean: ## remove build output

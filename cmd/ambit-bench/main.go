@@ -1,0 +1,143 @@
+// Command ambit-bench runs the lab benchmark (`make bench`): the same client
+// and server pods on two lab nodes, talking directly, through Ambit's node
+// proxies with the tunnel over HTTP/2 and over QUIC, and through a pair of
+// nginx stream proxies doing the same mutual-TLS hop. It prints a table
+// (metrics by mode) and writes it as JSON. Run it as root; it builds its own
+// labs and removes them, also on Ctrl-C.
+//
+//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx] [-duration 8s] [-o bench/out/bench.json]
+//
+// The same binary is what the harness runs inside the pods:
+//
+//	ambit-bench rr-server ADDR
+//	ambit-bench rr-client [flags] ADDR
+//	ambit-bench probe [-timeout D] ADDR
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ambit-mesh/ambit/internal/bench"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `ambit-bench measures the mesh against direct traffic and an nginx mTLS
+pair in throwaway meshlab labs (as root).
+
+Usage:
+  ambit-bench [flags]                     run the benchmark
+` + bench.HelperUsage + `
+Flags:
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && bench.IsHelper(args[0]) {
+		return bench.HelperMain(ctx, args, stdout, stderr)
+	}
+	cfg, out, strict, code := parseFlags(args, stderr)
+	if code >= 0 {
+		return code
+	}
+	cfg.Progress = stderr
+	rep, err := bench.Run(ctx, cfg)
+	if rep != nil && len(rep.Modes) > 0 {
+		fmt.Fprintln(stdout)
+		if werr := rep.WriteTable(stdout); werr != nil {
+			fmt.Fprintf(stderr, "ambit-bench: %v\n", werr)
+			return 1
+		}
+		if werr := rep.WriteJSON(out); werr != nil {
+			fmt.Fprintf(stderr, "ambit-bench: write %s: %v\n", out, werr)
+			return 1
+		}
+		fmt.Fprintf(stdout, "\nwritten to %s (%.0fs)\n", out, rep.Seconds)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ambit-bench: %v\n", err)
+		return 1
+	}
+	if strict {
+		for _, m := range rep.Modes {
+			if m.Error != "" || len(m.Failures) > 0 {
+				fmt.Fprintf(stderr, "ambit-bench: -strict: mode %s failed\n", m.Mode)
+				return 1
+			}
+		}
+	}
+	return 0
+}
+
+// parseFlags returns the configuration, the JSON output path, -strict, and
+// an exit code >= 0 when the program should stop there.
+func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, strict bool, code int) {
+	fs := flag.NewFlagSet("ambit-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	modes := fs.String("modes", strings.Join(bench.AllModes, ","), "modes to measure, in table order")
+	fs.DurationVar(&cfg.Duration, "duration", 8*time.Second, "length of each measurement (iperf3 uses whole seconds)")
+	fs.DurationVar(&cfg.Omit, "omit", time.Second, "iperf3: run this much longer and leave it out (TCP slow start)")
+	fs.DurationVar(&cfg.Warmup, "warmup", 500*time.Millisecond, "unmeasured lead-in of the request/response and connection runs")
+	fs.IntVar(&cfg.Streams, "streams", 8, "parallel streams for the multi-stream throughput run")
+	fs.IntVar(&cfg.Rate, "rate", 1000, "request/response: requests per second in total")
+	fs.IntVar(&cfg.Conns, "conns", 4, "request/response: persistent connections")
+	size := fs.Int("size", 1024, "request/response: request and response bytes")
+	fs.IntVar(&cfg.ConnectWorkers, "connect-workers", 4, "connection rate: workers that connect, send one request and wait for the close, in a loop")
+	fs.StringVar(&cfg.NodeProxy, "nodeproxy", "", "nodeproxy binary for the mesh modes (default: next to this binary)")
+	fs.StringVar(&cfg.NginxWorkers, "nginx-workers", "auto", "nginx worker_processes on each side (auto: one per CPU, as the Go proxies use GOMAXPROCS = CPUs)")
+	fs.StringVar(&cfg.StateRoot, "state-root", "", "directory for the labs' temporary state directories (default $TMPDIR)")
+	fs.StringVar(&out, "o", filepath.Join("bench", "out", "bench.json"), "write the results as JSON here")
+	fs.BoolVar(&strict, "strict", false, "exit 1 when a mode or a measurement failed")
+	verbose := fs.Bool("v", false, "show the labs' logs")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return cfg, "", false, 0
+		}
+		return cfg, "", false, 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "ambit-bench: unexpected argument %q (subcommands are rr-server, rr-client, probe)\n", fs.Arg(0))
+		return cfg, "", false, 2
+	}
+	var err error
+	if cfg.Modes, err = bench.ParseModes(*modes); err != nil {
+		fmt.Fprintf(stderr, "ambit-bench: -modes: %v\n", err)
+		return cfg, "", false, 2
+	}
+	if cfg.Duration < time.Second || cfg.Streams < 1 || cfg.Rate < 1 || cfg.Conns < 1 || *size < 1 || cfg.ConnectWorkers < 1 {
+		fmt.Fprintln(stderr, "ambit-bench: -duration must be at least 1s; -size, -streams, -rate, -conns, -connect-workers at least 1")
+		return cfg, "", false, 2
+	}
+	cfg.ReqSize, cfg.RespSize = *size, *size
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "ambit-bench: find own binary: %v\n", err)
+		return cfg, "", false, 1
+	}
+	cfg.Helper = []string{self}
+	if cfg.NodeProxy == "" {
+		cfg.NodeProxy = filepath.Join(filepath.Dir(self), "nodeproxy")
+	}
+	if *verbose {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return cfg, out, strict, -1
+}

@@ -1,0 +1,805 @@
+// Package bench owns the lab benchmark behind `make bench` and
+// cmd/ambit-bench: it builds meshlab labs and measures, side by side, the
+// same client and server pods on two nodes talking directly, through
+// Ambit's node proxies (tunnel over HTTP/2 and over QUIC), and through a
+// pair of nginx stream proxies doing the same mutual-TLS hop between the
+// nodes. For each it measures iperf3 throughput (one and N streams),
+// request/response latency at a fixed rate, new connections per second, and
+// the proxies' CPU time and peak memory.
+//
+// The programs that run inside the pods (rr-server, rr-client, probe) are
+// HelperMain, reached through the ambit-bench binary.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/lab"
+)
+
+// Ports the servers listen on in the server pod, and the nginx TLS hop's
+// ports on the server node.
+const (
+	PortIperf    = 5201
+	PortRR       = 7000
+	portTLSIperf = 25201
+	portTLSRR    = 27000
+)
+
+// Config is a harness run.
+type Config struct {
+	// Modes to measure, in table order (AllModes when empty).
+	Modes []string
+	// Duration of each measurement; iperf3 rounds it to whole seconds and
+	// runs Omit longer (slow start, not counted).
+	Duration time.Duration
+	Omit     time.Duration
+	// Warmup before each request/response and connection measurement.
+	Warmup time.Duration
+	// Streams for the multi-stream iperf3 run.
+	Streams int
+	// Rate is the request/response rate (per second, in total) over Conns
+	// persistent connections, with ReqSize and RespSize bytes.
+	Rate     int
+	Conns    int
+	ReqSize  int
+	RespSize int
+	// ConnectWorkers open connections in a loop for the connection rate.
+	ConnectWorkers int
+	// NodeProxy is the nodeproxy binary for the mesh modes.
+	NodeProxy string
+	// Helper is the command that runs HelperMain: the ambit-bench binary
+	// (argv prefix); HelperEnv is added to its environment.
+	Helper    []string
+	HelperEnv []string
+	// Iperf3 and Nginx are the binaries (found in PATH and /usr/sbin when
+	// empty).
+	Iperf3 string
+	Nginx  string
+	// NginxWorkers is nginx's worker_processes on each side.
+	NginxWorkers string
+	// StateRoot holds the labs' temporary state directories (os.TempDir
+	// when empty).
+	StateRoot string
+	// Logger receives the labs' logs; nil discards them.
+	Logger *slog.Logger
+	// Progress receives one line per step; nil discards them.
+	Progress io.Writer
+}
+
+func (c *Config) defaults() {
+	if len(c.Modes) == 0 {
+		c.Modes = slices.Clone(AllModes)
+	}
+	setDur := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	setInt := func(i *int, v int) {
+		if *i == 0 {
+			*i = v
+		}
+	}
+	setDur(&c.Duration, 8*time.Second)
+	setDur(&c.Warmup, 500*time.Millisecond)
+	setInt(&c.Streams, 8)
+	setInt(&c.Rate, 1000)
+	setInt(&c.Conns, 4)
+	setInt(&c.ReqSize, 1024)
+	setInt(&c.RespSize, 1024)
+	setInt(&c.ConnectWorkers, 4)
+	if c.NginxWorkers == "" {
+		c.NginxWorkers = "auto"
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+// ParseModes splits a comma-separated mode list and checks the names.
+func ParseModes(s string) ([]string, error) {
+	var out []string
+	for _, m := range strings.Split(s, ",") {
+		m = strings.TrimSpace(m)
+		if m == "" {
+			continue
+		}
+		if !slices.Contains(AllModes, m) {
+			return nil, fmt.Errorf("unknown mode %q; modes are %s", m, strings.Join(AllModes, ","))
+		}
+		if slices.Contains(out, m) {
+			return nil, fmt.Errorf("mode %q is listed twice", m)
+		}
+		out = append(out, m)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no modes given; modes are %s", strings.Join(AllModes, ","))
+	}
+	return out, nil
+}
+
+func isMesh(mode string) bool { return mode == ModeMeshH2 || mode == ModeMeshQUIC }
+
+type harness struct {
+	cfg   Config
+	t0    time.Time
+	nginx NginxInfo
+}
+
+func (h *harness) logf(format string, args ...any) {
+	fmt.Fprintf(h.cfg.Progress, "[%5.1fs] %s\n", time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// Run measures cfg.Modes. Modes that cannot be measured come back with
+// their Error set; Run itself fails only on bad configuration or when ctx
+// ends (then with the report so far). Every lab and process it starts is
+// gone when it returns.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.defaults()
+	for _, m := range cfg.Modes {
+		if !slices.Contains(AllModes, m) {
+			return nil, fmt.Errorf("unknown mode %q; modes are %s", m, strings.Join(AllModes, ","))
+		}
+	}
+	if len(cfg.Helper) == 0 {
+		return nil, errors.New("bench: no helper command (the ambit-bench binary) given")
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("bench: needs root (it builds labs of network namespaces and cgroups)")
+	}
+	h := &harness{cfg: cfg, t0: time.Now()}
+	rep := &Report{
+		Started: h.t0.UTC(),
+		Settings: Settings{
+			Duration: cfg.Duration.String(), Omit: cfg.Omit.String(), Streams: cfg.Streams, Rate: cfg.Rate,
+			Conns: cfg.Conns, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize, ConnectWorkers: cfg.ConnectWorkers,
+			NginxWorkers: cfg.NginxWorkers, NodeProxy: cfg.NodeProxy,
+		},
+	}
+	rep.Host = hostInfo()
+	var err error
+	if h.cfg.Iperf3, err = findTool(cfg.Iperf3, "iperf3", "iperf3"); err != nil {
+		return nil, err
+	}
+	if out, err := exec.Command(h.cfg.Iperf3, "--version").Output(); err == nil {
+		rep.Host.Iperf3 = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+	}
+	results := map[string]ModeResult{}
+	failAll := func(modes []string, err error) {
+		for _, m := range modes {
+			if _, done := results[m]; !done {
+				results[m] = ModeResult{Mode: m, Error: err.Error()}
+			}
+		}
+	}
+
+	var plain []string
+	for _, m := range cfg.Modes {
+		if m == ModeDirect || m == ModeNginx {
+			plain = append(plain, m)
+		}
+	}
+	if slices.Contains(plain, ModeNginx) {
+		if h.cfg.Nginx, err = findTool(cfg.Nginx, "nginx", "nginx (with the stream module: Debian nginx and libnginx-mod-stream)"); err == nil {
+			h.nginx, err = nginxInspect(h.cfg.Nginx)
+			rep.Host.Nginx = h.nginx.Version
+		}
+		if err != nil {
+			failAll([]string{ModeNginx}, err)
+			plain = slices.DeleteFunc(plain, func(m string) bool { return m == ModeNginx })
+		}
+	}
+	if len(plain) > 0 && ctx.Err() == nil {
+		err := h.withLab(ctx, "plain", lab.Options{Topology: Topology(lab.TunnelH2)}, func(l *lab.Lab) {
+			for _, m := range plain {
+				if ctx.Err() != nil {
+					return
+				}
+				results[m] = h.runMode(ctx, l, m)
+			}
+		})
+		if err != nil {
+			failAll(plain, err)
+		}
+	}
+	for _, m := range cfg.Modes {
+		if !isMesh(m) || ctx.Err() != nil {
+			continue
+		}
+		if _, err := os.Stat(cfg.NodeProxy); cfg.NodeProxy == "" || err != nil {
+			failAll([]string{m}, fmt.Errorf("no nodeproxy binary at %q: run `make build` or pass -nodeproxy", cfg.NodeProxy))
+			continue
+		}
+		tunnel := lab.TunnelH2
+		if m == ModeMeshQUIC {
+			tunnel = lab.TunnelQUIC
+		}
+		opts := lab.Options{Topology: Topology(tunnel), Capture: true, NodeProxy: cfg.NodeProxy}
+		if err := h.withLab(ctx, m, opts, func(l *lab.Lab) { results[m] = h.runMode(ctx, l, m) }); err != nil {
+			failAll([]string{m}, err)
+		}
+	}
+	for _, m := range cfg.Modes {
+		if r, ok := results[m]; ok {
+			rep.Modes = append(rep.Modes, r)
+		}
+	}
+	rep.Seconds = time.Since(h.t0).Seconds()
+	if err := ctx.Err(); err != nil {
+		return rep, fmt.Errorf("bench interrupted: %w", err)
+	}
+	return rep, nil
+}
+
+func findTool(given, name, what string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/bin", "/sbin"} {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s is not installed; install %s (make deps)", name, what)
+}
+
+func hostInfo() Host {
+	h := Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		h.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	return h
+}
+
+// withLab builds a lab in a fresh state directory, runs fn, and tears the
+// lab down, whatever happens in fn.
+func (h *harness) withLab(ctx context.Context, name string, opts lab.Options, fn func(*lab.Lab)) (err error) {
+	dir, err := os.MkdirTemp(h.cfg.StateRoot, "ambit-bench-"+name+"-")
+	if err != nil {
+		return fmt.Errorf("lab state dir: %w", err)
+	}
+	opts.StateDir = dir
+	opts.Logger = h.cfg.Logger
+	h.logf("lab for %s: up (state in %s)", name, dir)
+	defer func() {
+		if derr := lab.Down(dir, h.cfg.Logger); derr != nil {
+			h.logf("lab for %s: DOWN FAILED; remove it with `meshlab down --state-dir %s`: %v", name, dir, derr)
+			err = errors.Join(err, derr)
+			return
+		}
+		if rerr := os.Remove(dir); rerr != nil {
+			h.logf("lab for %s: down, but its state dir stays: %v", name, rerr)
+		}
+		h.logf("lab for %s: down", name)
+	}()
+	l, err := lab.Up(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("lab up: %w", err)
+	}
+	fn(l)
+	return nil
+}
+
+// bgProc is a long-running process in a pod (a server).
+type bgProc struct {
+	what   string
+	cmd    *exec.Cmd
+	cancel context.CancelFunc
+	done   chan struct{}
+	stderr bytes.Buffer
+}
+
+func (h *harness) startIn(ctx context.Context, l *lab.Lab, pod, what string, argv, env []string) (*bgProc, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	cmd, err := l.Command(ctx, pod, argv...)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	p := &bgProc{what: what, cmd: cmd, cancel: cancel, done: make(chan struct{})}
+	cmd.Stderr = &p.stderr
+	cmd.WaitDelay = 2 * time.Second
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	if err := l.Start(cmd); err != nil {
+		cancel()
+		return nil, fmt.Errorf("start %s in %s: %w", what, pod, err)
+	}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *bgProc) stop() {
+	p.cancel()
+	<-p.done
+}
+
+func (p *bgProc) why() string {
+	if s := strings.TrimSpace(p.stderr.String()); s != "" {
+		return s
+	}
+	if p.cmd.ProcessState != nil {
+		return p.cmd.ProcessState.String()
+	}
+	return "no output"
+}
+
+// runIn runs argv in pod and returns its standard output.
+func (h *harness) runIn(ctx context.Context, l *lab.Lab, pod string, timeout time.Duration, argv, env []string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd, err := l.Command(ctx, pod, argv...)
+	if err != nil {
+		return nil, err
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.WaitDelay = 2 * time.Second
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	if err := l.Run(cmd); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		if len(msg) > 400 {
+			msg = "..." + msg[len(msg)-400:]
+		}
+		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("%w (%v)", err, ctx.Err())
+		}
+		return out.Bytes(), fmt.Errorf("%s in %s: %w: %s", filepath.Base(argv[0]), pod, err, msg)
+	}
+	return out.Bytes(), nil
+}
+
+func (h *harness) helper(sub string, args ...string) []string {
+	return append(append(slices.Clone(h.cfg.Helper), sub), args...)
+}
+
+// proxySet is the proxy processes of a mode: roots and their descendants.
+type proxySet struct {
+	roots []ProxyProcess
+	start map[int]uint64
+}
+
+func (s *proxySet) pids() []int {
+	var roots []int
+	for _, r := range s.roots {
+		roots = append(roots, r.PID)
+	}
+	return WithDescendants(roots)
+}
+
+// gone lists the root processes that exited (or whose PID was reused).
+func (s *proxySet) gone() []string {
+	var out []string
+	for _, r := range s.roots {
+		if st, err := ReadStat(r.PID); err != nil || st.StartTime != s.start[r.PID] {
+			out = append(out, fmt.Sprintf("%s on %s (pid %d)", r.Role, r.Node, r.PID))
+		}
+	}
+	return out
+}
+
+// usage is the processes with their peak memory, descendants included.
+func (s *proxySet) usage() ([]ProxyProcess, uint64) {
+	var out []ProxyProcess
+	var sum uint64
+	for _, r := range s.roots {
+		for _, pid := range WithDescendants([]int{r.PID}) {
+			p := ProxyProcess{PID: pid, Role: r.Role, Node: r.Node}
+			if st, err := ReadStat(pid); err == nil {
+				p.Comm = st.Comm
+			}
+			if hwm, err := PeakRSS(pid); err == nil {
+				p.PeakRSSBytes = hwm
+			}
+			sum += p.PeakRSSBytes
+			out = append(out, p)
+		}
+	}
+	return out, sum
+}
+
+func newProxySet(roots []ProxyProcess) *proxySet {
+	s := &proxySet{roots: roots, start: map[int]uint64{}}
+	for i, r := range roots {
+		if st, err := ReadStat(r.PID); err == nil {
+			s.start[r.PID] = st.StartTime
+			s.roots[i].Comm = st.Comm
+		}
+	}
+	return s
+}
+
+// meshProxies finds the node proxies the lab started.
+func meshProxies(l *lab.Lab) (*proxySet, error) {
+	var roots []ProxyProcess
+	for _, p := range l.Processes() {
+		if p.Role != lab.RoleNodeProxy {
+			continue
+		}
+		st, err := ReadStat(p.PID)
+		if err != nil || st.StartTime != p.StartTime {
+			return nil, fmt.Errorf("the node proxy on %s (pid %d) is not running", p.Node, p.PID)
+		}
+		roots = append(roots, ProxyProcess{PID: p.PID, Role: p.Role, Node: p.Node})
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("the lab runs no node proxy (no process with role %q in lab.Processes()); lab.Options.NodeProxy did not start any", lab.RoleNodeProxy)
+	}
+	return newProxySet(roots), nil
+}
+
+// runMode measures one mode in l.
+func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res ModeResult) {
+	res.Mode = mode
+	ns := NamespacePlain
+	if isMesh(mode) {
+		ns = NamespaceMesh
+	}
+	client, server := ns+"/"+PodClient, ns+"/"+PodServer
+	sp, ok := l.Pod(server)
+	if !ok {
+		res.Error = "no pod " + server + " in the lab"
+		return res
+	}
+	target := sp.IPv4
+	h.logf("%s: starting iperf3 and rr-server in %s (%s)", mode, server, sp.IPv4)
+	iperfSrv, err := h.startIn(ctx, l, server, "iperf3 server", []string{h.cfg.Iperf3, "-s", "-p", strconv.Itoa(PortIperf)}, nil)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer iperfSrv.stop()
+	rrSrv, err := h.startIn(ctx, l, server, "rr-server", h.helper("rr-server", fmt.Sprintf(":%d", PortRR)), h.cfg.HelperEnv)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer rrSrv.stop()
+	for _, p := range []struct {
+		b    *bgProc
+		port uint16
+	}{{iperfSrv, PortIperf}, {rrSrv, PortRR}} {
+		if err := waitListening(ctx, p.b.what, p.b.cmd.Process.Pid, p.b.done, p.b.why, p.port); err != nil {
+			res.Error = err.Error()
+			return res
+		}
+	}
+
+	var proxies *proxySet
+	switch mode {
+	case ModeDirect:
+		res.Path = fmt.Sprintf("%s on %s -> %s %s on %s, no proxy", client, NodeClient, server, sp.IPv4, NodeServer)
+	case ModeNginx:
+		gw, set, stop, err := h.startNginxPair(ctx, l, sp)
+		if err != nil {
+			res.Error = err.Error()
+			return res
+		}
+		defer stop()
+		proxies, target = set, gw
+		n2, _ := l.Node(NodeServer)
+		res.Path = fmt.Sprintf("%s -> nginx %s on %s -TLS 1.3, mutual-> nginx %s on %s -> %s %s (worker_processes %s each)",
+			client, gw, NodeClient, n2.IPv4, NodeServer, server, sp.IPv4, h.cfg.NginxWorkers)
+	default:
+		set, err := meshProxies(l)
+		if err != nil {
+			res.Error = err.Error()
+			return res
+		}
+		proxies = set
+		res.Path = fmt.Sprintf("%s on %s -> node proxies, tunnel %s -> %s %s on %s", client, NodeClient, strings.TrimPrefix(mode, "mesh-"), server, sp.IPv4, NodeServer)
+		if len(set.roots) != 2 {
+			res.Notes = append(res.Notes, fmt.Sprintf("expected 2 node proxies, found %d", len(set.roots)))
+		}
+	}
+	if proxies != nil {
+		res.Proxy = &ProxyUsage{}
+	}
+
+	rrAddr := net.JoinHostPort(target.String(), strconv.Itoa(PortRR))
+	h.logf("%s: probing %s from %s", mode, rrAddr, client)
+	out, err := h.runIn(ctx, l, client, 30*time.Second, h.helper("probe", "-timeout", "20s", "-close-check", "2s", rrAddr), h.cfg.HelperEnv)
+	closeOK := err == nil
+	res.ServerClose = &closeOK
+	if _, msg, failed := strings.Cut(string(out), closeFailed); failed {
+		res.Notes = append(res.Notes, "close check: "+strings.TrimSpace(msg))
+	} else if err != nil {
+		res.ServerClose = nil
+		res.Error = "the path does not answer: " + err.Error()
+		return res
+	}
+
+	phase := func(name string, fn func() error) {
+		if ctx.Err() != nil {
+			return
+		}
+		var before CPUSample
+		if proxies != nil {
+			before = SampleCPU(proxies.pids())
+		}
+		start := time.Now()
+		err := fn()
+		wall := time.Since(start)
+		if proxies != nil {
+			res.Proxy.addPhase(name, wall, CPUUsed(before, SampleCPU(proxies.pids())))
+		}
+		if err != nil {
+			res.fail(name, err)
+			h.logf("%s: %s failed: %v", mode, name, err)
+		}
+	}
+	phase(PhaseStream1, func() error {
+		h.logf("%s: iperf3, 1 stream, %s", mode, h.iperfTime())
+		udp0, uerr := h.udpOut(l, client)
+		t, err := h.iperf(ctx, l, client, target, 1)
+		if udp1, uerr2 := h.udpOut(l, client); uerr == nil && uerr2 == nil {
+			d := udp1 - udp0
+			res.UDPDatagrams1 = &d
+		}
+		res.Throughput1 = t
+		return err
+	})
+	phase(PhaseStreamsN, func() error {
+		h.logf("%s: iperf3, %d streams, %s", mode, h.cfg.Streams, h.iperfTime())
+		t, err := h.iperf(ctx, l, client, target, h.cfg.Streams)
+		res.ThroughputN = t
+		return err
+	})
+	phase(PhaseLatency, func() error {
+		h.logf("%s: request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
+		r, err := h.rr(ctx, l, client, rrAddr, false)
+		res.Latency = r
+		if r != nil && r.Errors > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("request/response: %d errors, first: %s", r.Errors, r.FirstError))
+		}
+		return err
+	})
+	phase(PhaseConnect, func() error {
+		h.logf("%s: new connections, %d workers, %s", mode, h.cfg.ConnectWorkers, h.cfg.Duration)
+		r, err := h.rr(ctx, l, client, rrAddr, true)
+		res.Connect = r
+		if r != nil && r.Errors > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("connections: %d errors, first: %s", r.Errors, r.FirstError))
+		}
+		return err
+	})
+	if proxies != nil {
+		res.Proxy.Processes, res.Proxy.PeakRSSBytes = proxies.usage()
+		if gone := proxies.gone(); len(gone) > 0 {
+			res.Notes = append(res.Notes, "proxy exited during the run: "+strings.Join(gone, ", "))
+		}
+		if p := res.Proxy.phase(PhaseStream1); p != nil && res.Throughput1 != nil && p.CorePercent < 1 {
+			res.Notes = append(res.Notes, "the proxies used almost no CPU while carrying a stream: is the traffic going through them?")
+		}
+	}
+	// A QUIC tunnel sends its stream as UDP datagrams from the client's
+	// pod or node; an HTTP/2 one sends none.
+	if u := res.UDPDatagrams1; u != nil && res.Throughput1 != nil {
+		const few = 1000
+		switch {
+		case mode == ModeMeshQUIC && *u < few:
+			res.Notes = append(res.Notes, fmt.Sprintf("only %d UDP datagrams left the client's pod and node during the 1-stream run: the tunnel did not use QUIC (fell back to HTTP/2 over TCP?)", *u))
+		case mode != ModeMeshQUIC && *u >= few:
+			res.Notes = append(res.Notes, fmt.Sprintf("%d UDP datagrams left the client's pod and node during the 1-stream run of a TCP path", *u))
+		}
+	}
+	return res
+}
+
+func (h *harness) iperfTime() string {
+	if h.cfg.Omit > 0 {
+		return fmt.Sprintf("%ds (+%ds omitted)", h.iperfSeconds(), int(math.Ceil(h.cfg.Omit.Seconds())))
+	}
+	return fmt.Sprintf("%ds", h.iperfSeconds())
+}
+
+func (h *harness) iperfSeconds() int { return max(1, int(math.Round(h.cfg.Duration.Seconds()))) }
+
+// iperf runs an iperf3 client in pod against target.
+func (h *harness) iperf(ctx context.Context, l *lab.Lab, pod string, target netip.Addr, streams int) (*Throughput, error) {
+	secs := h.iperfSeconds()
+	argv := []string{h.cfg.Iperf3, "-c", target.String(), "-p", strconv.Itoa(PortIperf), "-t", strconv.Itoa(secs),
+		"-P", strconv.Itoa(streams), "-J", "--connect-timeout", "5000"}
+	omit := int(math.Ceil(h.cfg.Omit.Seconds()))
+	if omit > 0 {
+		argv = append(argv, "-O", strconv.Itoa(omit))
+	}
+	timeout := time.Duration(secs+omit+30) * time.Second
+	for attempt := 1; ; attempt++ {
+		out, runErr := h.runIn(ctx, l, pod, timeout, argv, nil)
+		t, err := ParseIperf(out)
+		if err == nil {
+			return &t, nil
+		}
+		// The server takes a moment to be ready for the next test.
+		if strings.Contains(err.Error(), "busy") && attempt < 3 && ctx.Err() == nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		if runErr != nil && len(bytes.TrimSpace(out)) == 0 {
+			return nil, runErr
+		}
+		return nil, err
+	}
+}
+
+// rr runs rr-client in pod.
+func (h *harness) rr(ctx context.Context, l *lab.Lab, pod, addr string, connect bool) (*RRResult, error) {
+	c := h.cfg
+	args := []string{"-size", strconv.Itoa(c.ReqSize), "-resp", strconv.Itoa(c.RespSize),
+		"-duration", c.Duration.String(), "-warmup", c.Warmup.String()}
+	if connect {
+		args = append(args, "-connect", "-conns", strconv.Itoa(c.ConnectWorkers))
+	} else {
+		args = append(args, "-conns", strconv.Itoa(c.Conns), "-rate", strconv.Itoa(c.Rate))
+	}
+	args = append(args, addr)
+	out, runErr := h.runIn(ctx, l, pod, c.Warmup+c.Duration+30*time.Second, h.helper("rr-client", args...), c.HelperEnv)
+	r, err := ParseRR(out)
+	if err != nil {
+		if runErr != nil {
+			return nil, runErr
+		}
+		return nil, err
+	}
+	return r, runErr
+}
+
+// udpOut is the UDP datagrams sent so far from the client's node and pod
+// network namespaces (IPv4 and IPv6).
+func (h *harness) udpOut(l *lab.Lab, pod string) (int64, error) {
+	var total int64
+	read := func() error {
+		// thread-self: the namespace of this (switched) thread, not of the
+		// process.
+		data, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		m, err := ParseSNMP(data)
+		if err != nil {
+			return err
+		}
+		total += m["Udp"]["OutDatagrams"]
+		if data, err := os.ReadFile("/proc/thread-self/net/snmp6"); err == nil {
+			for _, line := range strings.Split(string(data), "\n") {
+				if f := strings.Fields(line); len(f) == 2 && f[0] == "Udp6OutDatagrams" {
+					v, _ := strconv.ParseInt(f[1], 10, 64)
+					total += v
+				}
+			}
+		}
+		return nil
+	}
+	if err := l.DoInNode(NodeClient, read); err != nil {
+		return 0, err
+	}
+	if err := l.DoInPod(pod, read); err != nil {
+		return 0, err
+	}
+	return total, nil
+}
+
+// startNginxPair runs the nginx peer: nginx on the client's node listens on
+// the node's pod gateway address and proxies with mutual TLS to nginx on
+// the server's node (its underlay address), which proxies to the server
+// pod. It returns the address the client dials.
+func (h *harness) startNginxPair(ctx context.Context, l *lab.Lab, server lab.PodInfo) (netip.Addr, *proxySet, func(), error) {
+	n1, ok1 := l.Node(NodeClient)
+	n2, ok2 := l.Node(NodeServer)
+	if !ok1 || !ok2 {
+		return netip.Addr{}, nil, nil, errors.New("the lab lacks node-1 or node-2")
+	}
+	td, err := spiffeid.TrustDomainFromString(l.TrustDomain())
+	if err != nil {
+		return netip.Addr{}, nil, nil, err
+	}
+	ca, err := identity.LoadCA(td, l.CACertPath(), l.CAKeyPath(), nil)
+	if err != nil {
+		return netip.Addr{}, nil, nil, err
+	}
+	caPEM, err := os.ReadFile(l.CACertPath())
+	if err != nil {
+		return netip.Addr{}, nil, nil, err
+	}
+	dir, err := os.MkdirTemp(h.cfg.StateRoot, "ambit-bench-nginx-")
+	if err != nil {
+		return netip.Addr{}, nil, nil, err
+	}
+	var procs []*nginxProc
+	stop := func() {
+		for _, p := range slices.Backward(procs) {
+			p.stop()
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			h.logf("nginx: remove %s: %v", dir, err)
+		}
+	}
+	name := func(node string) string { return "nginx-" + node + ".bench.ambit" }
+	hp := func(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }
+	sides := []struct {
+		node  string
+		side  NginxSide
+		ports []uint16
+	}{
+		{NodeServer, NginxSide{Routes: []NginxRoute{
+			{Listen: hp(n2.IPv4, portTLSIperf), ProxyPass: hp(server.IPv4, PortIperf)},
+			{Listen: hp(n2.IPv4, portTLSRR), ProxyPass: hp(server.IPv4, PortRR)},
+		}}, []uint16{portTLSIperf, portTLSRR}},
+		{NodeClient, NginxSide{TLSOut: true, PeerName: name(NodeServer), Routes: []NginxRoute{
+			{Listen: hp(n1.Gateway4, PortIperf), ProxyPass: hp(n2.IPv4, portTLSIperf)},
+			{Listen: hp(n1.Gateway4, PortRR), ProxyPass: hp(n2.IPv4, portTLSRR)},
+		}}, []uint16{PortIperf, PortRR}},
+	}
+	var roots []ProxyProcess
+	for _, s := range sides {
+		sdir := filepath.Join(dir, s.node)
+		if err := os.Mkdir(sdir, 0o700); err != nil {
+			stop()
+			return netip.Addr{}, nil, nil, err
+		}
+		id, err := spiffeid.FromSegments(td, "ns", NamespacePlain, "sa", "nginx-"+s.node)
+		if err != nil {
+			stop()
+			return netip.Addr{}, nil, nil, err
+		}
+		certPEM, keyPEM, err := issueCert(ca, id, name(s.node))
+		if err != nil {
+			stop()
+			return netip.Addr{}, nil, nil, err
+		}
+		s.side.Dir, s.side.LoadModule, s.side.Workers = sdir, h.nginx.LoadModule, h.cfg.NginxWorkers
+		for file, data := range map[string][]byte{"cert.pem": certPEM, "key.pem": keyPEM, "ca.pem": caPEM, "nginx.conf": []byte(s.side.Config())} {
+			if err := os.WriteFile(filepath.Join(sdir, file), data, 0o600); err != nil {
+				stop()
+				return netip.Addr{}, nil, nil, err
+			}
+		}
+		h.logf("nginx: starting on %s", s.node)
+		p, err := startNginx(l, h.cfg.Nginx, s.node, sdir)
+		if err != nil {
+			stop()
+			return netip.Addr{}, nil, nil, err
+		}
+		procs = append(procs, p)
+		why := func() string { return "error log: " + p.errorLog() }
+		if err := waitListening(ctx, "nginx on "+s.node, p.cmd.Process.Pid, p.done, why, s.ports...); err != nil {
+			stop()
+			return netip.Addr{}, nil, nil, err
+		}
+		roots = append(roots, ProxyProcess{PID: p.cmd.Process.Pid, Role: "nginx", Node: s.node})
+	}
+	return n1.Gateway4, newProxySet(roots), stop, nil
+}

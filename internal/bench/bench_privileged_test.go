@@ -1,0 +1,139 @@
+package bench
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/privtest"
+)
+
+const helperEnv = "AMBIT_BENCH_TEST_HELPER"
+
+// TestMain doubles as the ambit-bench helper the harness runs in pods
+// (rr-server, rr-client, probe) when helperEnv is set.
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		os.Exit(HelperMain(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestPrivilegedDirect runs the harness end to end in direct mode with
+// short measurements: a lab comes up, iperf3 and the request/response
+// helpers run in the pods, and the lab is gone afterwards.
+func TestPrivilegedDirect(t *testing.T) {
+	privtest.Require(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		if privtest.Demanded() {
+			t.Fatal("iperf3 is not installed; run make deps")
+		}
+		t.Skip("iperf3 is not installed")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, Config{
+		Modes:          []string{ModeDirect},
+		Duration:       time.Second,
+		Warmup:         200 * time.Millisecond,
+		Rate:           200,
+		Conns:          2,
+		ConnectWorkers: 2,
+		Streams:        2,
+		Helper:         []string{self},
+		HelperEnv:      []string{helperEnv + "=1"},
+		StateRoot:      root,
+		Logger:         slog.New(slog.NewTextHandler(testLog{t}, nil)),
+		Progress:       testLog{t},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table strings.Builder
+	_ = rep.WriteTable(&table)
+	t.Log("\n" + table.String())
+	m, ok := rep.Mode(ModeDirect)
+	if !ok || m.Error != "" || len(m.Failures) > 0 {
+		t.Fatalf("direct: error %q, failures %v", m.Error, m.Failures)
+	}
+	if m.Throughput1 == nil || m.Throughput1.BitsPerSecond < 1e7 || m.ThroughputN == nil || m.ThroughputN.BitsPerSecond < 1e7 || m.ThroughputN.Streams != 2 {
+		t.Errorf("throughput: 1 stream %+v, 2 streams %+v; want more than 10 Mbit/s", m.Throughput1, m.ThroughputN)
+	}
+	if l := m.Latency; l == nil || l.Count < 100 || l.Latency.P50 <= 0 || l.Latency.P50 > 20_000 || l.Latency.P99 < l.Latency.P50 || l.Latency.P99 > 1_000_000 {
+		t.Errorf("latency: %+v; want about 200 answers, p50 in (0, 20ms], p99 >= p50 and under 1s", l)
+	}
+	if c := m.Connect; c == nil || c.PerSecond < 10 || c.Latency.P50 <= 0 {
+		t.Errorf("connections: %+v; want at least 10/s", c)
+	}
+	if m.ServerClose == nil || !*m.ServerClose {
+		t.Errorf("the server's close did not reach the client on a direct path: %v", m.ServerClose)
+	}
+	if m.Proxy != nil {
+		t.Errorf("direct has proxy usage %+v", m.Proxy)
+	}
+	if m.UDPDatagrams1 == nil || *m.UDPDatagrams1 > 100 {
+		t.Errorf("UDP datagrams during a TCP run: %v", m.UDPDatagrams1)
+	}
+	// The lab's temporary state directory is gone.
+	if ents, _ := os.ReadDir(root); len(ents) != 0 {
+		t.Errorf("left in the state root: %v", ents)
+	}
+}
+
+// TestPrivilegedUDPCounter checks that udpOut reads the counters of the
+// lab's namespaces, not the host's: a datagram sent from the client pod
+// counts.
+func TestPrivilegedUDPCounter(t *testing.T) {
+	l := labtest.New(t, Topology(lab.TunnelH2))
+	h := &harness{}
+	pod := NamespacePlain + "/" + PodClient
+	before, err := h.udpOut(l, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := l.Node(NodeClient)
+	if err := l.DoInPod(pod, func() error {
+		// Unconnected, so the node's port unreachable answers do not
+		// fail the writes.
+		c, err := net.ListenPacket("udp4", ":0")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		dst := &net.UDPAddr{IP: n.Gateway4.AsSlice(), Port: 9}
+		for range 5 {
+			if _, err := c.WriteTo([]byte("x"), dst); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := h.udpOut(l, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before != 5 {
+		t.Errorf("UDP datagrams out: %d -> %d, want +5", before, after)
+	}
+}

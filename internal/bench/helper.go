@@ -1,0 +1,115 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// HelperUsage lists the subcommands HelperMain runs.
+const HelperUsage = `  rr-server ADDR                          answer request/response clients on ADDR
+  rr-client [flags] ADDR                  measure request/response latency or connection rate, print JSON
+  probe [-timeout D] [-close-check D] ADDR
+                                          wait until one request/response to ADDR works
+                                          (exit 3: the server's close did not reach the client)
+`
+
+// closeFailed starts the line probe prints when CloseCheck fails.
+const closeFailed = "close check: "
+
+// IsHelper reports whether name is a subcommand for HelperMain.
+func IsHelper(name string) bool {
+	switch name {
+	case "rr-server", "rr-client", "probe":
+		return true
+	}
+	return false
+}
+
+// HelperMain runs the programs the harness starts inside lab pods
+// (ambit-bench rr-server|rr-client|probe); args[0] is the subcommand. It
+// returns the exit code.
+func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || !IsHelper(args[0]) {
+		fmt.Fprint(stderr, "usage:\n"+HelperUsage)
+		return 2
+	}
+	name := args[0]
+	fs := flag.NewFlagSet("ambit-bench "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg RRConfig
+	timeout := fs.Duration("timeout", 15*time.Second, "probe: give up after this long")
+	closeCheck := fs.Duration("close-check", 0, "probe: then check that the server's close reaches the client within this long")
+	if name == "rr-client" {
+		fs.BoolVar(&cfg.Connect, "connect", false, "a new connection per request (connect, request, response, server closes) instead of persistent connections at a fixed rate")
+		fs.IntVar(&cfg.Conns, "conns", 4, "persistent connections (or, with -connect, workers)")
+		fs.Float64Var(&cfg.Rate, "rate", 1000, "requests per second in total (not with -connect)")
+		fs.IntVar(&cfg.ReqSize, "size", 1024, "request payload bytes")
+		fs.IntVar(&cfg.RespSize, "resp", 1024, "response bytes")
+		fs.DurationVar(&cfg.Duration, "duration", 5*time.Second, "measured time")
+		fs.DurationVar(&cfg.Warmup, "warmup", 500*time.Millisecond, "unmeasured time before it")
+		fs.DurationVar(&cfg.Timeout, "io-timeout", 2*time.Second, "timeout for a dial and for a request")
+		fs.BoolVar(&cfg.WaitClose, "wait-close", false, "with -connect: wait for the server to close after the response")
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintf(stderr, "ambit-bench %s: exactly one ADDR (host:port) is required\n", name)
+		return 2
+	}
+	addr := fs.Arg(0)
+	switch name {
+	case "rr-server":
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			fmt.Fprintf(stderr, "ambit-bench rr-server: %v\n", err)
+			return 1
+		}
+		go func() {
+			<-ctx.Done()
+			ln.Close()
+		}()
+		fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
+		if err := RRServe(ln); err != nil {
+			fmt.Fprintf(stderr, "ambit-bench rr-server: %v\n", err)
+			return 1
+		}
+		return 0
+	case "rr-client":
+		cfg.Addr = addr
+		res, err := RRRun(ctx, cfg)
+		if res.Kind != "" {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			if eerr := enc.Encode(res); eerr != nil && err == nil {
+				err = eerr
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "ambit-bench rr-client: %v\n", err)
+			return 1
+		}
+		return 0
+	default: // probe
+		n, err := Probe(ctx, addr, *timeout)
+		if err != nil {
+			fmt.Fprintf(stderr, "ambit-bench probe: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s answers (attempt %d)\n", addr, n)
+		if *closeCheck > 0 {
+			d, err := CloseCheck(ctx, addr, *closeCheck)
+			if err != nil {
+				fmt.Fprintf(stdout, "%s%v\n", closeFailed, err)
+				return 3
+			}
+			fmt.Fprintf(stdout, "the server's close reached the client %s after the response\n", d.Round(time.Microsecond))
+		}
+		return 0
+	}
+}

@@ -1,0 +1,320 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/netnsx"
+)
+
+// NginxInfo is what `nginx -V` says about the stream module.
+type NginxInfo struct {
+	Version string
+	// LoadModule is the stream module to load_module, empty when it is
+	// built in.
+	LoadModule string
+}
+
+var (
+	nginxVersionRe = regexp.MustCompile(`nginx version: (\S+)`)
+	nginxModsRe    = regexp.MustCompile(`--modules-path=(\S+)`)
+)
+
+// ParseNginxV reads the output of `nginx -V`. The stream module is either
+// built in (--with-stream) or a dynamic module (--with-stream=dynamic,
+// Debian's libnginx-mod-stream) under --modules-path.
+func ParseNginxV(out string) (NginxInfo, error) {
+	var info NginxInfo
+	if m := nginxVersionRe.FindStringSubmatch(out); m != nil {
+		info.Version = m[1]
+	}
+	args := strings.Fields(out)
+	switch {
+	case containsWord(args, "--with-stream=dynamic"):
+		dir := "/usr/lib/nginx/modules"
+		if m := nginxModsRe.FindStringSubmatch(out); m != nil {
+			dir = m[1]
+		}
+		info.LoadModule = filepath.Join(dir, "ngx_stream_module.so")
+	case containsWord(args, "--with-stream"):
+	default:
+		return info, errors.New("nginx has no stream module (built without --with-stream)")
+	}
+	return info, nil
+}
+
+func containsWord(words []string, w string) bool {
+	for _, x := range words {
+		if x == w {
+			return true
+		}
+	}
+	return false
+}
+
+func nginxInspect(bin string) (NginxInfo, error) {
+	out, err := exec.Command(bin, "-V").CombinedOutput()
+	if err != nil {
+		return NginxInfo{}, fmt.Errorf("%s -V: %w: %s", bin, err, bytes.TrimSpace(out))
+	}
+	info, err := ParseNginxV(string(out))
+	if err != nil {
+		return info, err
+	}
+	if info.LoadModule != "" {
+		if _, err := os.Stat(info.LoadModule); err != nil {
+			return info, fmt.Errorf("nginx stream module %s is missing; install it (Debian: apt-get install libnginx-mod-stream)", info.LoadModule)
+		}
+	}
+	return info, nil
+}
+
+// NginxRoute is one listener of an nginx stream proxy.
+type NginxRoute struct {
+	Listen    string // ip:port
+	ProxyPass string // ip:port
+}
+
+// NginxSide is the configuration of one nginx: the client side (TLSOut:
+// plaintext in, mutual TLS out) or the server side (mutual TLS in,
+// plaintext out).
+type NginxSide struct {
+	Dir        string // prefix: config, certificates, pid and error log
+	LoadModule string
+	Workers    string // worker_processes
+	TLSOut     bool
+	PeerName   string // TLSOut: the name the peer's certificate must carry
+	Routes     []NginxRoute
+}
+
+// Config renders nginx.conf. Certificates are Dir/cert.pem and key.pem; the
+// lab CA is Dir/ca.pem. Both sides speak TLS 1.3 only and check the peer's
+// certificate against the lab CA: the client side also the server's name,
+// the server side requires a client certificate.
+func (s NginxSide) Config() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	f := func(name string) string { return filepath.Join(s.Dir, name) }
+	if s.LoadModule != "" {
+		p("load_module %s;", s.LoadModule)
+	}
+	p("daemon off;")
+	p("master_process on;")
+	p("worker_processes %s;", s.Workers)
+	p("pid %s;", f("nginx.pid"))
+	p("error_log %s warn;", f("error.log"))
+	p("events { worker_connections 4096; }")
+	p("stream {")
+	p("    proxy_connect_timeout 5s;")
+	if s.TLSOut {
+		p("    proxy_ssl on;")
+		p("    proxy_ssl_protocols TLSv1.3;")
+		p("    proxy_ssl_certificate %s;", f("cert.pem"))
+		p("    proxy_ssl_certificate_key %s;", f("key.pem"))
+		p("    proxy_ssl_trusted_certificate %s;", f("ca.pem"))
+		p("    proxy_ssl_verify on;")
+		p("    proxy_ssl_verify_depth 2;")
+		p("    proxy_ssl_name %s;", s.PeerName)
+		p("    proxy_ssl_server_name on;")
+		p("    proxy_ssl_session_reuse on;")
+	} else {
+		p("    ssl_protocols TLSv1.3;")
+		p("    ssl_certificate %s;", f("cert.pem"))
+		p("    ssl_certificate_key %s;", f("key.pem"))
+		p("    ssl_client_certificate %s;", f("ca.pem"))
+		p("    ssl_verify_client on;")
+		p("    ssl_verify_depth 2;")
+	}
+	for _, r := range s.Routes {
+		ssl := ""
+		if !s.TLSOut {
+			ssl = " ssl"
+		}
+		p("    server { listen %s%s; proxy_pass %s; }", r.Listen, ssl, r.ProxyPass)
+	}
+	p("}")
+	return b.String()
+}
+
+// issueCert makes a P-256 key and a certificate for id and dnsName signed by
+// ca. identity.CA.Sign puts only the SPIFFE URI in a certificate; nginx
+// checks the server's DNS name, so the harness signs its own template with
+// the lab CA's key.
+func issueCert(ca *identity.CA, id spiffeid.ID, dnsName string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	notAfter := now.Add(24 * time.Hour)
+	if ca.Certificate().NotAfter.Before(notAfter) {
+		notAfter = ca.Certificate().NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"Ambit bench"}, CommonName: dnsName},
+		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              []string{dnsName},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Certificate(), key.Public(), ca.Key())
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign %s: %w", id, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = identity.EncodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return identity.EncodeCert(cert), keyPEM, nil
+}
+
+// nginxProc is one running nginx master.
+type nginxProc struct {
+	node  string
+	dir   string
+	cmd   *exec.Cmd
+	done  chan struct{}
+	err   error
+	start uint64
+}
+
+func (p *nginxProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *nginxProc) errorLog() string {
+	data, _ := os.ReadFile(filepath.Join(p.dir, "error.log"))
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// stop ends nginx: SIGTERM (fast shutdown) to the master, then SIGKILL to
+// the master and its workers if it has not exited within a few seconds.
+func (p *nginxProc) stop() {
+	if p.exited() {
+		return
+	}
+	pid := p.cmd.Process.Pid
+	workers := WithDescendants([]int{pid})
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	// Workers normally leave with the master; kill stragglers, but only
+	// while their PID still names a child of that master's era.
+	for _, w := range workers {
+		if w == pid {
+			continue
+		}
+		if st, err := ReadStat(w); err == nil && st.StartTime >= p.start && st.Comm == "nginx" {
+			_ = unix.Kill(w, unix.SIGKILL)
+		}
+	}
+}
+
+// startNginx starts nginx with the config in dir in node's network
+// namespace and cgroup (as a host-network pod would run), and records it
+// with the lab so that lab.Down kills it even if the harness does not.
+func startNginx(l *lab.Lab, bin, node, dir string) (*nginxProc, error) {
+	n, ok := l.Node(node)
+	if !ok {
+		return nil, fmt.Errorf("node %q is not in the lab", node)
+	}
+	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	fd, err := unix.Open(n.CgroupPath, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("nginx on %s: open cgroup: %w", node, err)
+	}
+	defer unix.Close(fd)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	errc := make(chan error, 1)
+	go func() { errc <- netnsx.Do(n.NetNSPath, cmd.Start) }()
+	if err := <-errc; err != nil {
+		return nil, fmt.Errorf("start nginx on %s: %w", node, err)
+	}
+	p := &nginxProc{node: node, dir: dir, cmd: cmd, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	if st, err := ReadStat(cmd.Process.Pid); err == nil {
+		p.start = st.StartTime
+	}
+	if err := l.Track("nginx", node, cmd.Process.Pid); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitListening waits until the process pid (whose exit closes done)
+// listens on every port in its network namespace.
+func waitListening(ctx context.Context, what string, pid int, done <-chan struct{}, why func() string, ports ...uint16) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case <-done:
+			return fmt.Errorf("%s exited at start: %s", what, why())
+		default:
+		}
+		have, err := ListeningPorts(pid)
+		if err == nil {
+			missing := false
+			for _, p := range ports {
+				missing = missing || !have[p]
+			}
+			if !missing {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s does not listen on %v after 10s: %s", what, ports, why())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

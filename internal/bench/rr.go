@@ -1,0 +1,467 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The request/response protocol between rr-client and rr-server: a request
+// is an 8-byte header (request payload length, response length; big-endian
+// uint32 each) and the payload; the server answers with exactly the
+// response length in bytes. A connection carries any number of requests.
+// The top bit of the response length asks the server to close the
+// connection after answering, as an HTTP/1.0 server does: the connect test
+// uses it so that the server side usually closes first and the TIME_WAIT
+// state lands there instead of using up the client's ephemeral ports, and
+// CloseCheck uses it to see whether a proxy passes the server's close on.
+const (
+	rrHeader  = 8
+	rrMaxSize = 16 << 20
+	rrClose   = 1 << 31
+)
+
+// RRServe answers requests on every connection ln accepts until ln is
+// closed.
+func RRServe(ln net.Listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go rrServeConn(c)
+	}
+}
+
+func rrServeConn(c net.Conn) {
+	defer c.Close()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	var hdr [rrHeader]byte
+	var resp []byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return
+		}
+		reqLen := binary.BigEndian.Uint32(hdr[0:4])
+		respLen := binary.BigEndian.Uint32(hdr[4:8])
+		closeAfter := respLen&rrClose != 0
+		respLen &^= rrClose
+		if reqLen > rrMaxSize || respLen > rrMaxSize {
+			return
+		}
+		if _, err := r.Discard(int(reqLen)); err != nil {
+			return
+		}
+		if cap(resp) < int(respLen) {
+			resp = make([]byte, respLen)
+		}
+		if _, err := c.Write(resp[:respLen]); err != nil {
+			return
+		}
+		if closeAfter {
+			return
+		}
+	}
+}
+
+// RRConfig configures an rr-client run.
+type RRConfig struct {
+	Addr string
+	// Connect makes every request use a new connection (connect, one
+	// request/response, close) with Conns workers as fast as they go;
+	// otherwise Conns persistent connections send Rate requests per second
+	// in total, on a fixed schedule.
+	Connect  bool
+	Conns    int
+	Rate     float64
+	ReqSize  int
+	RespSize int
+	// Warmup runs before Duration and is not counted.
+	Warmup   time.Duration
+	Duration time.Duration
+	// Timeout bounds a dial and a request.
+	Timeout time.Duration
+	// WaitClose makes connect runs wait for the server's close after the
+	// response before closing (otherwise the client closes as soon as it
+	// has the response).
+	WaitClose bool
+}
+
+// Latency summarizes latencies in microseconds.
+type Latency struct {
+	N    int     `json:"n"`
+	Mean float64 `json:"mean"`
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p999"`
+	Max  float64 `json:"max"`
+}
+
+// RRResult is what rr-client prints as JSON.
+type RRResult struct {
+	Kind       string  `json:"kind"` // "rate" or "connect"
+	Addr       string  `json:"addr"`
+	Conns      int     `json:"conns"`
+	TargetRate float64 `json:"targetRate,omitempty"`
+	ReqSize    int     `json:"reqSize"`
+	RespSize   int     `json:"respSize"`
+	Seconds    float64 `json:"seconds"`
+	// Count is the completed requests (rate) or connections (connect) in
+	// the measured window; PerSecond is Count/Seconds.
+	Count      int64   `json:"count"`
+	PerSecond  float64 `json:"perSecond"`
+	Errors     int64   `json:"errors"`
+	FirstError string  `json:"firstError,omitempty"`
+	// Latency is per request. For rate runs it is measured from the time
+	// the schedule meant to send the request when the previous response on
+	// its connection arrived after that (a stall counts for every request
+	// it delays: no coordinated omission), else from when it was sent. For
+	// connect runs it is from before the dial until the response (or, with
+	// WaitClose, the server's close after it) arrived.
+	Latency Latency `json:"latencyMicros"`
+	// Service is, for rate runs, per request from the moment it was
+	// actually sent, whatever held it up before.
+	Service *Latency `json:"serviceMicros,omitempty"`
+}
+
+// Percentile is the nearest-rank p-th percentile (0 < p <= 100) of sorted
+// values; 0 for none.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = min(max(rank, 1), len(sorted))
+	return sorted[rank-1]
+}
+
+// Summarize sorts samples and summarizes them.
+func Summarize(samples []time.Duration) Latency {
+	slices.Sort(samples)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	l := Latency{N: len(samples)}
+	if len(samples) == 0 {
+		return l
+	}
+	var sum time.Duration
+	for _, s := range samples {
+		sum += s
+	}
+	l.Mean = us(sum / time.Duration(len(samples)))
+	l.P50 = us(Percentile(samples, 50))
+	l.P90 = us(Percentile(samples, 90))
+	l.P99 = us(Percentile(samples, 99))
+	l.P999 = us(Percentile(samples, 99.9))
+	l.Max = us(samples[len(samples)-1])
+	return l
+}
+
+type rrStats struct {
+	mu       sync.Mutex
+	samples  []time.Duration
+	service  []time.Duration
+	errors   atomic.Int64
+	firstErr error
+}
+
+func (s *rrStats) fail(err error) {
+	s.errors.Add(1)
+	s.mu.Lock()
+	if s.firstErr == nil {
+		s.firstErr = err
+	}
+	s.mu.Unlock()
+}
+
+func (s *rrStats) add(local, service []time.Duration) {
+	s.mu.Lock()
+	s.samples = append(s.samples, local...)
+	s.service = append(s.service, service...)
+	s.mu.Unlock()
+}
+
+// RRRun runs the client side of a request/response measurement.
+func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
+	if cfg.Conns <= 0 || cfg.ReqSize < 0 || cfg.RespSize < 0 || cfg.ReqSize > rrMaxSize || cfg.RespSize > rrMaxSize || cfg.Duration <= 0 {
+		return RRResult{}, errors.New("rr-client: need conns > 0, 0 <= sizes <= 16 MiB, duration > 0")
+	}
+	if !cfg.Connect && cfg.Rate <= 0 {
+		return RRResult{}, errors.New("rr-client: need rate > 0 (or connect mode)")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	res := RRResult{Kind: "rate", Addr: cfg.Addr, Conns: cfg.Conns, TargetRate: cfg.Rate, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize}
+	if cfg.Connect {
+		res.Kind, res.TargetRate = "connect", 0
+	}
+	req := make([]byte, rrHeader+cfg.ReqSize)
+	binary.BigEndian.PutUint32(req[0:4], uint32(cfg.ReqSize))
+	binary.BigEndian.PutUint32(req[4:8], uint32(cfg.RespSize))
+	if cfg.Connect {
+		binary.BigEndian.PutUint32(req[4:8], uint32(cfg.RespSize)|rrClose)
+	}
+
+	start := time.Now()
+	measureFrom := start.Add(cfg.Warmup)
+	end := measureFrom.Add(cfg.Duration)
+	parent := ctx
+	ctx, cancel := context.WithDeadline(ctx, end.Add(cfg.Timeout))
+	defer cancel()
+	st := &rrStats{}
+	var wg sync.WaitGroup
+	for i := range cfg.Conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if cfg.Connect {
+				connectWorker(ctx, cfg, req, measureFrom, end, st)
+			} else {
+				// Connection i sends at start + i/rate + k*conns/rate: the
+				// connections interleave evenly.
+				interval := time.Duration(float64(time.Second) * float64(cfg.Conns) / cfg.Rate)
+				first := start.Add(time.Duration(float64(time.Second) * float64(i) / cfg.Rate))
+				rateWorker(ctx, cfg, req, first, interval, measureFrom, end, st)
+			}
+		}()
+	}
+	wg.Wait()
+	res.Seconds = cfg.Duration.Seconds()
+	res.Count = int64(len(st.samples))
+	res.PerSecond = float64(res.Count) / res.Seconds
+	res.Errors = st.errors.Load()
+	if st.firstErr != nil {
+		res.FirstError = st.firstErr.Error()
+	}
+	res.Latency = Summarize(st.samples)
+	if !cfg.Connect {
+		svc := Summarize(st.service)
+		res.Service = &svc
+	}
+	if res.Count == 0 {
+		if st.firstErr != nil {
+			return res, fmt.Errorf("rr-client %s: no request completed: %w", cfg.Addr, st.firstErr)
+		}
+		return res, fmt.Errorf("rr-client %s: no request completed", cfg.Addr)
+	}
+	return res, parent.Err()
+}
+
+func dial(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	return c, nil
+}
+
+// roundTrip sends one request on c and reads the whole response into buf.
+func roundTrip(c net.Conn, req, buf []byte, timeout time.Duration) error {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, buf)
+	return err
+}
+
+// readEOF waits for the server to close after its response (within the
+// deadline roundTrip set).
+func readEOF(c net.Conn) error {
+	var b [1]byte
+	n, err := c.Read(b[:])
+	switch {
+	case n > 0:
+		return errors.New("more response bytes than asked for")
+	case errors.Is(err, io.EOF):
+		return nil
+	case err == nil:
+		return errors.New("read returned nothing")
+	}
+	return fmt.Errorf("waiting for the server to close: %w", err)
+}
+
+func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, interval time.Duration, measureFrom, end time.Time, st *rrStats) {
+	buf := make([]byte, cfg.RespSize)
+	var local, service []time.Duration
+	defer func() { st.add(local, service) }()
+	var prevDone time.Time
+	var c net.Conn
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for ; next.Before(end); next = next.Add(interval) {
+		if wait := time.Until(next); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			}
+		}
+		if c == nil {
+			var err error
+			if c, err = dial(ctx, cfg.Addr, cfg.Timeout); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				st.fail(err)
+				continue
+			}
+		}
+		sent := time.Now()
+		if err := roundTrip(c, req, buf, cfg.Timeout); err != nil {
+			st.fail(err)
+			c.Close()
+			c = nil
+			continue
+		}
+		done := time.Now()
+		if !next.Before(measureFrom) {
+			// Coordinated omission: when the previous response came after
+			// this request was due, the path held it up and the wait
+			// counts. Otherwise any delay before sending is the client's
+			// own timer lateness (Go's idle timers wake up to about a
+			// millisecond late), which does not.
+			from := sent
+			if prevDone.After(next) {
+				from = next
+			}
+			local = append(local, done.Sub(from))
+			service = append(service, done.Sub(sent))
+		}
+		prevDone = done
+	}
+}
+
+func connectWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, end time.Time, st *rrStats) {
+	buf := make([]byte, cfg.RespSize)
+	var local []time.Duration
+	defer func() { st.add(local, nil) }()
+	for ctx.Err() == nil {
+		t0 := time.Now()
+		if !t0.Before(end) {
+			return
+		}
+		c, err := dial(ctx, cfg.Addr, cfg.Timeout)
+		if err == nil {
+			err = roundTrip(c, req, buf, cfg.Timeout)
+			if err == nil && cfg.WaitClose {
+				err = readEOF(c)
+			}
+			c.Close()
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			st.fail(err)
+			// Do not spin on a path that refuses connections.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if !t0.Before(measureFrom) && time.Now().Before(end) {
+			local = append(local, time.Since(t0))
+		}
+	}
+}
+
+// Probe dials addr and completes one request/response until that works or
+// timeout passes; it returns the number of attempts.
+func Probe(ctx context.Context, addr string, timeout time.Duration) (int, error) {
+	req := make([]byte, rrHeader+1)
+	binary.BigEndian.PutUint32(req[0:4], 1)
+	binary.BigEndian.PutUint32(req[4:8], 1)
+	buf := make([]byte, 1)
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		c, err := dial(ctx, addr, time.Second)
+		if err == nil {
+			err = roundTrip(c, req, buf, time.Second)
+			c.Close()
+		}
+		if err == nil {
+			return attempt, nil
+		}
+		lastErr = err
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return attempt, fmt.Errorf("probe %s: no answer after %d attempts in %s: %w", addr, attempt, timeout, lastErr)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// ParseRR reads the JSON rr-client prints.
+func ParseRR(data []byte) (*RRResult, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("rr-client printed nothing")
+	}
+	var r RRResult
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("rr-client output: %w", err)
+	}
+	if r.Kind != "rate" && r.Kind != "connect" {
+		return nil, fmt.Errorf("rr-client output: kind %q", r.Kind)
+	}
+	return &r, nil
+}
+
+// CloseCheck sends one request that asks the server to close after its
+// answer and measures how long after the response the close reaches the
+// client. A proxy that does not pass the server's close on (FIN) leaves the
+// client waiting: that is an error after timeout.
+func CloseCheck(ctx context.Context, addr string, timeout time.Duration) (time.Duration, error) {
+	req := make([]byte, rrHeader+1)
+	binary.BigEndian.PutUint32(req[0:4], 1)
+	binary.BigEndian.PutUint32(req[4:8], 1|rrClose)
+	c, err := dial(ctx, addr, time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if err := roundTrip(c, req, make([]byte, 1), timeout); err != nil {
+		return 0, err
+	}
+	got := time.Now()
+	if err := readEOF(c); err != nil {
+		return 0, fmt.Errorf("the server's close did not reach the client within %s after the response: %w", timeout, err)
+	}
+	return time.Since(got), nil
+}
