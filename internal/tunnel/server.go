@@ -141,17 +141,23 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID
 		return
 	}
 	// Client to target; a half-close from the client half-closes the target.
-	done := make(chan struct{})
 	go func() {
-		defer close(done)
-		buf := make([]byte, copyBuffer)
-		io.CopyBuffer(up, r.Body, buf)
+		bp := copyBuffers.Get().(*[]byte)
+		defer copyBuffers.Put(bp)
+		io.CopyBuffer(up, r.Body, *bp)
 		if cw, ok := up.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 	}()
 	// Target to client, flushing each read so interactive traffic moves.
-	buf := make([]byte, copyBuffer)
+	// When the target closes, the handler returns: that ends the response
+	// stream (END_STREAM), so the client sees the close at once. HTTP/2
+	// has no other half-close for a server; if the client is still
+	// sending, the stream is then reset with NO_ERROR (RFC 9113 8.1), as
+	// a TCP peer writing to a closed socket would be.
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := up.Read(buf)
 		if n > 0 {
@@ -166,8 +172,11 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID
 			break
 		}
 	}
-	<-done
 }
+
+// copyBuffers are the relay buffers of tunnel streams, shared so that idle
+// and finished streams hold none.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBuffer); return &b }}
 
 // accept checks a CONNECT request and dials its target through cfg.Dial.
 // On refusal it answers the request (405, 400, 403 or 503) and returns nil.

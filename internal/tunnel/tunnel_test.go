@@ -323,3 +323,42 @@ func TestForwardedHeader(t *testing.T) {
 		t.Errorf("RFC 7239 example: %v %v", got, ok)
 	}
 }
+
+// A target that answers and closes ends the stream at once over both
+// transports: the client reads the answer and EOF without closing its own
+// side first (servers that end a response by closing depend on it).
+func TestTargetCloseReachesClient(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolH2, ProtocolQUIC} {
+		t.Run(string(proto), func(t *testing.T) {
+			f := newFixture(t, nil)
+			if proto == ProtocolQUIC {
+				pc, err := net.ListenPacket("udp4", f.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				go f.server.ServeQUIC(pc)
+			}
+			dst := target(t, func(c net.Conn) {
+				buf := make([]byte, 5)
+				io.ReadFull(c, buf)
+				c.Write([]byte("bye"))
+			})
+			c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: dst, Protocol: proto})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("hello"))
+			got := make(chan string, 1)
+			go func() { b, _ := io.ReadAll(c); got <- string(b) }()
+			select {
+			case s := <-got:
+				if s != "bye" {
+					t.Errorf("read %q, want bye then EOF", s)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the target's close did not reach the client")
+			}
+		})
+	}
+}
