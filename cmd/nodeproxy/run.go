@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -107,15 +106,12 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log.Info("node proxy starting", "node", *node, "config", *config, "version", nodeproxy.Version)
-	werr := nodeproxy.WatchFile(ctx, *config, *reload, proxy.Update, log)
+	nodeproxy.WatchFile(ctx, *config, *reload, first, proxy.Update, log)
 	stop()
 	sctx, cancel := context.WithTimeout(context.Background(), *drain+5*time.Second)
 	defer cancel()
 	proxy.Shutdown(sctx)
 	ops.Shutdown(sctx)
-	if werr != nil && !errors.Is(werr, context.Canceled) {
-		return fail("%v", werr)
-	}
 	return 0
 }
 
@@ -134,15 +130,11 @@ func parsePorts(s string) ([]uint16, error) {
 func parseCIDRs(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, f := range splitList(s) {
-		p, err := netip.ParsePrefix(f)
+		p, err := meshconfig.ParsePrefix(f)
 		if err != nil {
-			a, aerr := netip.ParseAddr(f)
-			if aerr != nil {
-				return nil, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8", f)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
+			return nil, fmt.Errorf("%q: %v", f, err)
 		}
-		out = append(out, p.Masked())
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -25,7 +25,6 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/lab"
-	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
 
 // NginxInfo is what `nginx -V` says about the stream module.
@@ -265,15 +264,7 @@ func startNginx(l *lab.Lab, bin, node, dir string) (*nginxProc, error) {
 		return nil, fmt.Errorf("node %q is not in the lab", node)
 	}
 	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
-	fd, err := unix.Open(n.CgroupPath, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("nginx on %s: open cgroup: %w", node, err)
-	}
-	defer unix.Close(fd)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	errc := make(chan error, 1)
-	go func() { errc <- netnsx.Do(n.NetNSPath, cmd.Start) }()
-	if err := <-errc; err != nil {
+	if err := lab.StartInNode(cmd, n.NetNSPath, n.CgroupPath); err != nil {
 		return nil, fmt.Errorf("start nginx on %s: %w", node, err)
 	}
 	p := &nginxProc{node: node, dir: dir, cmd: cmd, done: make(chan struct{})}

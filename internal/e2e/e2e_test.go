@@ -559,16 +559,7 @@ func nodeIP(t *testing.T, l *lab.Lab, node string) string {
 func get(t *testing.T, l *lab.Lab, node, url string) string {
 	t.Helper()
 	n, _ := l.Node(node)
-	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := netnsx.Do(n.NetNSPath, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}}
-	resp, err := client.Get(url)
+	resp, err := lab.NodeHTTPClient(n.NetNSPath, 3*time.Second).Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -152,7 +151,7 @@ func (b *builder) proxies() error {
 		)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
-		if err := startInNode(cmd, n.NetNSPath, cg); err != nil {
+		if err := StartInNode(cmd, n.NetNSPath, cg); err != nil {
 			logf.Close()
 			return fmt.Errorf("start node proxy on %s: %w", n.Name, err)
 		}
@@ -173,10 +172,11 @@ func (b *builder) proxies() error {
 	return nil
 }
 
-// startInNode starts cmd in a node's network namespace, in cgroup cg (a
-// sibling of the node's pod cgroups, so capture never applies to it), in a
-// session of its own so it outlives `meshlab up`.
-func startInNode(cmd *exec.Cmd, netnsPath, cg string) error {
+// StartInNode starts cmd in a node's network namespace (netnsPath) and in
+// cgroup cg (never a pod's: capture applies there), in a session of its own
+// so it can outlive `meshlab up`; node daemons run this way, as
+// host-network pods would.
+func StartInNode(cmd *exec.Cmd, netnsPath, cg string) error {
 	fd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open cgroup %s: %w", cg, err)
@@ -188,9 +188,10 @@ func startInNode(cmd *exec.Cmd, netnsPath, cg string) error {
 	return <-errc
 }
 
-// nodeHTTP makes an HTTP client whose connections are opened inside the
-// node's network namespace.
-func nodeHTTP(netnsPath string, timeout time.Duration) *http.Client {
+// NodeHTTPClient makes an HTTP client whose connections are opened inside
+// a node's network namespace (netnsPath): for node-local endpoints such as
+// the node proxy's admin, metrics and readiness.
+func NodeHTTPClient(netnsPath string, timeout time.Duration) *http.Client {
 	return &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -208,7 +209,7 @@ func nodeHTTP(netnsPath string, timeout time.Duration) *http.Client {
 
 // waitReady polls the node proxy's readiness endpoint.
 func waitReady(ctx context.Context, n nodePlan, logPath string) error {
-	client := nodeHTTP(n.NetNSPath, 2*time.Second)
+	client := NodeHTTPClient(n.NetNSPath, 2*time.Second)
 	url := fmt.Sprintf("http://%s/healthz/ready", net.JoinHostPort(n.IPv4.String(), "15021"))
 	deadline := time.Now().Add(readyTimeout)
 	last := "no answer"
@@ -258,41 +259,15 @@ func (l *Lab) ApplyConfig(ctx context.Context, name string, data []byte) error {
 		return fmt.Errorf("apply: %q is not a file name the lab lets you write; pick another", name)
 	}
 	dir := MeshDirPath(l.dir)
-	tmp, err := os.MkdirTemp("", "meshlab-apply-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	// Check the whole directory as it will be, under the same paths.
-	entries, err := os.ReadDir(dir)
-	if err != nil {
+	if _, err := os.Stat(dir); err != nil {
 		return fmt.Errorf("apply: %w (is the lab running node proxies?)", err)
 	}
-	b := meshconfig.NewBuilder()
-	var names []string
-	for _, e := range entries {
-		if e.Name() != name && (strings.HasSuffix(e.Name(), ".yaml") || strings.HasSuffix(e.Name(), ".yml")) {
-			names = append(names, e.Name())
-		}
-	}
-	names = append(names, name)
-	sort.Strings(names)
-	for _, n := range names {
-		content := data
-		if n != name {
-			if content, err = os.ReadFile(filepath.Join(dir, n)); err != nil {
-				return err
-			}
-		}
-		if err := b.AddYAML(filepath.Join(dir, n), content); err != nil {
-			return fmt.Errorf("apply: %w", err)
-		}
-	}
-	cfg, err := b.Build()
+	path := filepath.Join(dir, name)
+	// Check the directory as the proxies will read it.
+	cfg, err := meshconfig.LoadPathOverlay(dir, map[string][]byte{path: data})
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
-	path := filepath.Join(dir, name)
 	if !slices.ContainsFunc(l.st.Created, func(o Object) bool { return o.Kind == objFile && o.Name == path }) {
 		l.mu.Lock()
 		err := (&journal{dir: l.dir, st: l.st}).add(Object{Kind: objFile, Name: path})
@@ -314,7 +289,7 @@ func (l *Lab) ApplyConfig(ctx context.Context, name string, data []byte) error {
 func (l *Lab) waitVersion(ctx context.Context, v string) error {
 	deadline := time.Now().Add(readyTimeout)
 	for _, n := range l.st.Nodes {
-		client := nodeHTTP(n.NetNSPath, 2*time.Second)
+		client := NodeHTTPClient(n.NetNSPath, 2*time.Second)
 		var got string
 		for {
 			resp, err := client.Get("http://127.0.0.1:15000/config_dump")

@@ -141,7 +141,12 @@ func (e *Error) Error() string {
 
 // LoadPath reads a configuration file, or every *.yaml/*.yml file of a
 // directory (in name order), and builds the Config.
-func LoadPath(path string) (*Config, error) {
+func LoadPath(path string) (*Config, error) { return LoadPathOverlay(path, nil) }
+
+// LoadPathOverlay is LoadPath as if the files in overlay (path to content)
+// were written first: a writer checks a change, and learns the version
+// readers will report, before it writes.
+func LoadPathOverlay(path string, overlay map[string][]byte) (*Config, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("mesh configuration: %w", err)
@@ -160,15 +165,22 @@ func LoadPath(path string) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("mesh configuration: %w", err)
 		}
+		for f := range overlay {
+			if !slices.Contains(files, f) {
+				files = append(files, f)
+			}
+		}
 		sort.Strings(files)
 	} else {
 		files = []string{path}
 	}
 	b := NewBuilder()
 	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("mesh configuration: %w", err)
+		data, ok := overlay[f]
+		if !ok {
+			if data, err = os.ReadFile(f); err != nil {
+				return nil, fmt.Errorf("mesh configuration: %w", err)
+			}
 		}
 		if err := b.AddYAML(f, data); err != nil {
 			return nil, err
@@ -545,7 +557,7 @@ func (b *Builder) addPolicy(file string, n *yaml.Node, d *accessPolicyDoc) error
 		for _, f := range r.From {
 			src := policy.Source{Principals: f.Principals, Namespaces: f.Namespaces, ServiceAccounts: f.ServiceAccounts}
 			for _, c := range f.IPBlocks {
-				pfx, err := parsePrefix(c)
+				pfx, err := ParsePrefix(c)
 				if err != nil {
 					return &Error{file, path(n, "spec", "rules").Line, fmt.Sprintf("AccessPolicy %s rule %d: ipBlock %q: %v", p.Key(), ri, c, err)}
 				}
@@ -577,7 +589,8 @@ func (b *Builder) addPolicy(file string, n *yaml.Node, d *accessPolicyDoc) error
 	return nil
 }
 
-func parsePrefix(s string) (netip.Prefix, error) {
+// ParsePrefix reads a CIDR, or a single IP as a host prefix, masked.
+func ParsePrefix(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {

@@ -136,17 +136,14 @@ func (pd *pod) outbound(c *net.TCPConn) {
 	if rt.w != nil && rt.w.Captured {
 		info.DstIdentity = rt.w.Identity.String()
 	}
-	var dstLabel *meshconfig.Workload
-	if rt.w != nil {
-		dstLabel = rt.w
-	}
+	l := func() admin.Labels { return labels(admin.DirectionOutbound, info.Transport, src, rt.w) }
 	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
 	defer cancel()
 	var up net.Conn
 	switch rt.kind {
 	case routeRefuse:
 		info.Transport = admin.TransportPlaintext
-		p.denied(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel), rt.reasonCode, rt.reason)
+		p.denied(info, l(), rt.reasonCode, rt.reason)
 		reset(c)
 		return
 	case routeDirect:
@@ -171,14 +168,14 @@ func (pd *pod) outbound(c *net.TCPConn) {
 	if err != nil {
 		var se *tunnel.StatusError
 		if errors.As(err, &se) && se.Code == 403 {
-			p.denied(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel), reasonPeerPolicy, se.Message)
+			p.denied(info, l(), reasonPeerPolicy, se.Message)
 		} else {
-			p.denied(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel), reasonUpstream, err.Error())
+			p.denied(info, l(), reasonUpstream, err.Error())
 		}
 		reset(c)
 		return
 	}
-	r := p.begin(info, labels(admin.DirectionOutbound, info.Transport, src, dstLabel))
+	r := p.begin(info, l())
 	r.track(c)
 	r.track(up)
 	err = pipe(r, c, up)

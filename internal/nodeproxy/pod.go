@@ -6,12 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
@@ -71,13 +67,13 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (pd *pod, err error) {
 	pd.srv = srv
 	// Outbound: capture rewrites connects to the pod's loopback. IPv6
 	// loopback exists whenever the pod has IPv6 at all.
-	out4, err := pd.listen("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), redirect.OutboundPort), false)
+	out4, err := pd.listen("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), redirect.OutboundPort))
 	if err != nil {
 		return nil, err
 	}
 	pd.serve(out4, pd.outbound)
 	if hasV6(w.IPs) {
-		out6, err := pd.listen("tcp6", netip.AddrPortFrom(netip.IPv6Loopback(), redirect.OutboundPort), false)
+		out6, err := pd.listen("tcp6", netip.AddrPortFrom(netip.IPv6Loopback(), redirect.OutboundPort))
 		if err != nil {
 			return nil, err
 		}
@@ -86,12 +82,12 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (pd *pod, err error) {
 	// Inbound plaintext: the TCX program assigns SYNs for the pod's
 	// addresses to this wildcard socket; the accepted connection keeps the
 	// original destination and source.
-	in, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.InboundPlaintextPort), false)
+	in, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.InboundPlaintextPort))
 	if err != nil {
 		return nil, err
 	}
 	pd.serve(in, pd.inboundPlaintext)
-	tun, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort), false)
+	tun, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort))
 	if err != nil {
 		return nil, err
 	}
@@ -116,27 +112,11 @@ func hasV6(ips []netip.Addr) bool {
 }
 
 // listen opens a listener inside the pod's network namespace.
-func (pd *pod) listen(network string, addr netip.AddrPort, transparentSock bool) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			if serr == nil && transparentSock {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-				if serr == nil {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-				}
-			}
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
+func (pd *pod) listen(network string, addr netip.AddrPort) (net.Listener, error) {
 	var ln net.Listener
 	err := netnsx.Do(pd.w.Load().NetNS, func() error {
 		var err error
-		ln, err = lc.Listen(context.Background(), network, net.JoinHostPort(addr.Addr().String(), strconv.Itoa(int(addr.Port()))))
+		ln, err = net.ListenTCP(network, net.TCPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
@@ -224,6 +204,7 @@ func (pd *pod) close(release bool) {
 	if pd.ns != nil {
 		pd.ns.Close()
 	}
+	pd.wg.Wait() // accept loops and tunnel servers have returned
 	if !release {
 		return
 	}

@@ -211,9 +211,7 @@ func (p *Proxy) obtain(ctx context.Context, id spiffeid.ID) {
 	}
 	p.mu.Lock()
 	delete(p.lastErrs, "cert:"+id.String())
-	if _, ok := p.pending[id]; ok {
-		delete(p.pending, id)
-	}
+	delete(p.pending, id)
 	p.mu.Unlock()
 }
 

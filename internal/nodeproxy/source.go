@@ -41,24 +41,21 @@ func (s *NodeAuthorizedSigner) Sign(ctx context.Context, csrDER []byte, id spiff
 	return s.CA.Sign(ctx, csrDER, id)
 }
 
-// WatchFile loads the configuration at path (a file or a directory of YAML)
-// and again whenever it changes, handing each good one to apply. A bad
+// WatchFile hands first, the configuration already loaded from path (a
+// file or a directory of YAML), to apply, then reloads path whenever it
+// changes and hands on each good configuration of a new version. A bad
 // change is logged with file, line and reason, and the last good
-// configuration stays in force. The first load's error is returned when
-// there is no good configuration yet.
-func WatchFile(ctx context.Context, path string, interval time.Duration, apply func(*meshconfig.Config), log *slog.Logger) error {
-	cfg, err := meshconfig.LoadPath(path)
-	if err != nil {
-		return err
-	}
-	apply(cfg)
-	last := stamp(path)
+// configuration stays in force. It returns when ctx ends.
+func WatchFile(ctx context.Context, path string, interval time.Duration, first *meshconfig.Config, apply func(*meshconfig.Config), log *slog.Logger) {
+	apply(first)
+	version := first.Version
+	last := "" // the first check reloads: path may have changed since first was read
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
 		}
 		now := stamp(path)
@@ -71,6 +68,10 @@ func WatchFile(ctx context.Context, path string, interval time.Duration, apply f
 			log.Error("configuration change refused; the last good configuration stays in force", "err", err)
 			continue
 		}
+		if cfg.Version == version {
+			continue
+		}
+		version = cfg.Version
 		log.Info("configuration reloaded", "version", cfg.Version)
 		apply(cfg)
 	}
