@@ -9,7 +9,7 @@ export MESHLAB_STATE=$STATE
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ip_of() { "$BIN/meshlab" status | awk -v p="$1" '$1==p {split($4, a, ","); print a[1]}'; }
-node_ns() { "$BIN/meshlab" status -o json | python3 -c "import json,sys; d=json.load(sys.stdin); print([n['netns'] for n in d['nodes'] if n['name']=='$1'][0])"; }
+node_ns() { "$BIN/meshlab" status -o json | grep -o "\"/run/netns/ml-[0-9a-f]*-$1\"" | tr -d '"' | head -n 1; }
 on_node() { local ns; ns=$(node_ns "$1"); shift; nsenter --net="$ns" "$@"; }
 
 step "meshlab up: 2 nodes, a node proxy on each, 4 pods in the mesh (namespace demo), 2 outside (legacy)"
