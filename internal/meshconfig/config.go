@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
@@ -25,27 +26,66 @@ type Config struct {
 	Workloads  []*Workload // sorted by key
 	Services   []*Service  // sorted by key
 	Policies   []policy.Policy
+	// Waypoints, TrafficPolicies and Routes are for the waypoints' L7
+	// engine (sorted by key; routes oldest first).
+	Waypoints       []*Waypoint
+	TrafficPolicies []*TrafficPolicy
+	Routes          []*Route
 
-	byIP      map[netip.Addr]*Workload
-	byKey     map[string]*Workload
-	svcByAddr map[netip.Addr]*Service
-	endpoints map[*Service][]*Workload
+	byIP       map[netip.Addr]*Workload
+	byKey      map[string]*Workload
+	svcByAddr  map[netip.Addr]*Service
+	svcByKey   map[string]*Service
+	endpoints  map[*Service][]*Workload
+	waypoints  map[string]*Waypoint
+	trafficFor map[string]*TrafficPolicy
+	routesFor  map[string][]*Route
 }
 
 func spiffeidTrustDomain(s string) (spiffeid.TrustDomain, error) {
 	return spiffeid.TrustDomainFromString(s)
 }
 
-// Build checks the resources against each other and indexes them.
+// Build checks the resources against each other and indexes them; the
+// first conflict is an error (file mode: a file must be right as a whole).
 func (b *Builder) Build() (*Config, error) {
+	c, _, err := b.build(false)
+	return c, err
+}
+
+// BuildLenient is Build for a source that must keep going when some
+// resources conflict (Kubernetes, where a pod's address can be reused
+// before the old pod is gone): a resource that conflicts with another, or
+// a reference to a missing target, is left out and reported as a Problem
+// instead of failing the whole Config.
+func (b *Builder) BuildLenient() (*Config, []Problem) {
+	c, problems, _ := b.build(true)
+	return c, problems
+}
+
+func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 	c := &Config{
 		Version:    fmt.Sprintf("%x", b.sum.Sum(nil))[:16],
 		Namespaces: b.namespaces,
-		Policies:   b.policies,
+		Policies:   slices.Clone(b.policies),
 		byIP:       map[netip.Addr]*Workload{},
 		byKey:      map[string]*Workload{},
 		svcByAddr:  map[netip.Addr]*Service{},
+		svcByKey:   map[string]*Service{},
 		endpoints:  map[*Service][]*Workload{},
+		waypoints:  map[string]*Waypoint{},
+		trafficFor: map[string]*TrafficPolicy{},
+		routesFor:  map[string][]*Route{},
+	}
+	var problems []Problem
+	// fail reports a conflict: an error in strict mode, a Problem otherwise.
+	fail := func(at pos, kind, ns, name, reason string, dropped bool, format string, args ...any) error {
+		msg := fmt.Sprintf(format, args...)
+		if !lenient {
+			return &Error{at.file, at.line, msg}
+		}
+		problems = append(problems, Problem{Kind: kind, Namespace: ns, Name: name, Reason: reason, Message: msg, Dropped: dropped})
+		return nil
 	}
 	if b.mesh != nil {
 		c.Mesh = *b.mesh
@@ -55,53 +95,100 @@ func (b *Builder) Build() (*Config, error) {
 	if c.Mesh.TrustDomain.IsZero() {
 		c.Mesh.TrustDomain = spiffeid.RequireTrustDomainFromString(DefaultTrustDomain)
 	}
+	for _, wp := range b.waypoints {
+		c.waypoints[wp.Key()] = wp
+		c.Waypoints = append(c.Waypoints, wp)
+	}
+	// waypointFor keeps a use-waypoint name unless that Waypoint is declared
+	// and does not take this kind of traffic.
+	waypointFor := func(ns, name string, service bool) string {
+		if name == "" {
+			return ""
+		}
+		if wp, ok := c.waypoints[ns+"/"+name]; ok && ((service && !wp.ForServices()) || (!service && !wp.ForWorkloads())) {
+			return ""
+		}
+		return name
+	}
+workloads:
 	for _, w := range b.workloads {
+		at := pos{w.file, w.line}
 		if prev, dup := c.byKey[w.Key()]; dup {
-			return nil, &Error{w.file, w.line, fmt.Sprintf("Workload %s is defined twice (first at %s:%d)", w.Key(), prev.file, prev.line)}
+			if err := fail(at, KindWorkload, w.Namespace, w.Name, ReasonDuplicate, true, "Workload %s is defined twice (first at %s:%d)", w.Key(), prev.file, prev.line); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		for _, ip := range w.IPs {
+			if prev, dup := c.byIP[ip]; dup {
+				if err := fail(at, KindWorkload, w.Namespace, w.Name, ReasonConflicted, true, "Workload %s: address %s is also %s's (%s); addresses must be unique", w.Key(), ip, prev.Key(), pos{prev.file, prev.line}.orFirst()); err != nil {
+					return nil, nil, err
+				}
+				continue workloads
+			}
 		}
 		c.byKey[w.Key()] = w
 		for _, ip := range w.IPs {
-			if prev, dup := c.byIP[ip]; dup {
-				return nil, &Error{w.file, w.line, fmt.Sprintf("Workload %s: address %s is also %s's (%s:%d); addresses must be unique", w.Key(), ip, prev.Key(), prev.file, prev.line)}
-			}
 			c.byIP[ip] = w
 		}
 		ns := c.Namespace(w.Namespace)
 		w.Captured = ns.Ambient && w.Labels[DataplaneLabel] != DataplaneNone
 		id, err := spiffeid.FromSegments(c.Mesh.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount)
 		if err != nil {
-			return nil, &Error{w.file, w.line, fmt.Sprintf("Workload %s: serviceAccount %q does not make a SPIFFE ID: %v", w.Key(), w.ServiceAccount, err)}
+			// Not a conflict: the workload itself is wrong, in both modes.
+			return nil, nil, &Error{w.file, w.line, fmt.Sprintf("Workload %s: serviceAccount %q does not make a SPIFFE ID: %v", w.Key(), w.ServiceAccount, err)}
 		}
 		w.Identity = id
-		w.Waypoint = ns.Labels[WaypointLabel]
+		w.Waypoint = waypointFor(w.Namespace, ns.Labels[WaypointLabel], false)
 		c.Workloads = append(c.Workloads, w)
 	}
-	seenSvc := map[string]*Service{}
+services:
 	for _, s := range b.services {
-		if prev, dup := seenSvc[s.Key()]; dup {
-			return nil, &Error{s.file, s.line, fmt.Sprintf("Service %s is defined twice (first at %s:%d)", s.Key(), prev.file, prev.line)}
+		at := pos{s.file, s.line}
+		if prev, dup := c.svcByKey[s.Key()]; dup {
+			if err := fail(at, KindService, s.Namespace, s.Name, ReasonDuplicate, true, "Service %s is defined twice (first at %s)", s.Key(), pos{prev.file, prev.line}.orFirst()); err != nil {
+				return nil, nil, err
+			}
+			continue
 		}
-		seenSvc[s.Key()] = s
 		for _, a := range s.Addresses {
 			if w, clash := c.byIP[a]; clash {
-				return nil, &Error{s.file, s.line, fmt.Sprintf("Service %s: clusterIP %s is Workload %s's address; pick a free service address", s.Key(), a, w.Key())}
+				if err := fail(at, KindService, s.Namespace, s.Name, ReasonConflicted, true, "Service %s: clusterIP %s is Workload %s's address; pick a free service address", s.Key(), a, w.Key()); err != nil {
+					return nil, nil, err
+				}
+				continue services
 			}
 			if prev, dup := c.svcByAddr[a]; dup {
-				return nil, &Error{s.file, s.line, fmt.Sprintf("Service %s: clusterIP %s is also Service %s's", s.Key(), a, prev.Key())}
+				if err := fail(at, KindService, s.Namespace, s.Name, ReasonConflicted, true, "Service %s: clusterIP %s is also Service %s's", s.Key(), a, prev.Key()); err != nil {
+					return nil, nil, err
+				}
+				continue services
 			}
-			c.svcByAddr[a] = s
 		}
 		seenPort := map[uint16]bool{}
 		for _, p := range s.Ports {
 			if seenPort[p.Port] {
-				return nil, &Error{s.file, s.line, fmt.Sprintf("Service %s: port %d is listed twice", s.Key(), p.Port)}
+				return nil, nil, &Error{s.file, s.line, fmt.Sprintf("Service %s: port %d is listed twice", s.Key(), p.Port)}
 			}
 			seenPort[p.Port] = true
 		}
-		if s.Waypoint == "" {
-			s.Waypoint = c.Namespace(s.Namespace).Labels[WaypointLabel]
+		c.svcByKey[s.Key()] = s
+		for _, a := range s.Addresses {
+			c.svcByAddr[a] = s
 		}
-		if len(s.Selector) > 0 {
+		wp := s.Labels[WaypointLabel]
+		if wp == "" {
+			wp = c.Namespace(s.Namespace).Labels[WaypointLabel]
+		}
+		s.Waypoint = waypointFor(s.Namespace, wp, true)
+		switch {
+		case s.Endpoints != nil:
+			for _, k := range s.Endpoints {
+				if w := c.byKey[k]; w != nil {
+					c.endpoints[s] = append(c.endpoints[s], w)
+				}
+			}
+		case len(s.Selector) > 0:
 			for _, w := range c.Workloads {
 				if w.Namespace == s.Namespace && selects(s.Selector, w.Labels) {
 					c.endpoints[s] = append(c.endpoints[s], w)
@@ -110,10 +197,137 @@ func (b *Builder) Build() (*Config, error) {
 		}
 		c.Services = append(c.Services, s)
 	}
+	sortEndpoints := func(ws []*Workload) {
+		sort.Slice(ws, func(i, j int) bool { return ws[i].Key() < ws[j].Key() })
+	}
+	for _, ws := range c.endpoints {
+		sortEndpoints(ws)
+	}
+
+	// Traffic policies: the older wins a service that two target.
+	traffic := slices.Clone(b.traffic)
+	sort.SliceStable(traffic, func(i, j int) bool {
+		if !traffic[i].Created.Equal(traffic[j].Created) {
+			return traffic[i].Created.Before(traffic[j].Created)
+		}
+		return traffic[i].Key() < traffic[j].Key()
+	})
+	if !lenient {
+		traffic = b.traffic // files: keep the order of definition for errors
+	}
+	for _, tp := range traffic {
+		tp.Targets = nil
+		for i, name := range tp.targetNames {
+			key := tp.Namespace + "/" + name
+			if c.svcByKey[key] == nil {
+				if err := fail(tp.at, KindTrafficPolicy, tp.Namespace, tp.Name, ReasonTargetNotFound, false, "TrafficPolicy %s: spec.targetRefs[%d]: Service %s is not defined", tp.Key(), i, key); err != nil {
+					return nil, nil, err
+				}
+				continue
+			}
+			if prev, taken := c.trafficFor[key]; taken {
+				if err := fail(tp.at, KindTrafficPolicy, tp.Namespace, tp.Name, ReasonConflicted, false, "TrafficPolicy %s: Service %s already has TrafficPolicy %s; a Service takes one (the older wins), so merge them", tp.Key(), key, prev.Key()); err != nil {
+					return nil, nil, err
+				}
+				continue
+			}
+			c.trafficFor[key] = tp
+			tp.Targets = append(tp.Targets, key)
+		}
+		if len(tp.Targets) > 0 {
+			c.TrafficPolicies = append(c.TrafficPolicies, tp)
+		} else if lenient {
+			problems[len(problems)-1].Dropped = true
+		}
+	}
+
+	for _, r := range b.routes {
+		var parents []RouteParent
+		for i, p := range r.Parents {
+			s := c.svcByKey[p.Service]
+			if s == nil {
+				if err := fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Service %s is not defined", r.Kind, r.Key(), i, p.Service); err != nil {
+					return nil, nil, err
+				}
+				continue
+			}
+			if _, ok := s.Port(p.Port); p.Port != 0 && !ok {
+				if err := fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Service %s has no port %d", r.Kind, r.Key(), i, p.Service, p.Port); err != nil {
+					return nil, nil, err
+				}
+				continue
+			}
+			parents = append(parents, p)
+		}
+		for _, be := range routeBackends(r) {
+			if c.svcByKey[be] == nil {
+				if err := fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: backend Service %s is not defined (requests to it will fail with 500)", r.Kind, r.Key(), be); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+		if len(parents) == 0 {
+			if lenient {
+				problems[len(problems)-1].Dropped = true
+			}
+			continue
+		}
+		r.Parents = parents
+		c.Routes = append(c.Routes, r)
+		for _, p := range parents {
+			if !slices.Contains(c.routesFor[p.Service], r) {
+				c.routesFor[p.Service] = append(c.routesFor[p.Service], r)
+			}
+		}
+	}
+	for _, rs := range c.routesFor {
+		sortRoutes(rs)
+	}
+
 	sort.Slice(c.Workloads, func(i, j int) bool { return c.Workloads[i].Key() < c.Workloads[j].Key() })
 	sort.Slice(c.Services, func(i, j int) bool { return c.Services[i].Key() < c.Services[j].Key() })
 	sort.Slice(c.Policies, func(i, j int) bool { return c.Policies[i].Key() < c.Policies[j].Key() })
-	return c, nil
+	sort.Slice(c.Waypoints, func(i, j int) bool { return c.Waypoints[i].Key() < c.Waypoints[j].Key() })
+	sort.Slice(c.TrafficPolicies, func(i, j int) bool { return c.TrafficPolicies[i].Key() < c.TrafficPolicies[j].Key() })
+	sortRoutes(c.Routes)
+	return c, problems, nil
+}
+
+// sortRoutes orders routes as the Gateway API breaks ties: older first,
+// then by namespace/name.
+func sortRoutes(rs []*Route) {
+	sort.SliceStable(rs, func(i, j int) bool {
+		if !rs[i].Created.Equal(rs[j].Created) {
+			return rs[i].Created.Before(rs[j].Created)
+		}
+		return rs[i].Key() < rs[j].Key()
+	})
+}
+
+// routeBackends lists the keys of the services a route sends to.
+func routeBackends(r *Route) []string {
+	var out []string
+	add := func(ref gatewayv1.BackendObjectReference) {
+		k := r.Namespace + "/" + string(ref.Name)
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	if r.HTTP != nil {
+		for _, rule := range r.HTTP.Rules {
+			for _, be := range rule.BackendRefs {
+				add(be.BackendObjectReference)
+			}
+		}
+	}
+	if r.GRPC != nil {
+		for _, rule := range r.GRPC.Rules {
+			for _, be := range rule.BackendRefs {
+				add(be.BackendObjectReference)
+			}
+		}
+	}
+	return out
 }
 
 func selects(sel, labels map[string]string) bool {
@@ -143,7 +357,23 @@ func (c *Config) Workload(key string) *Workload { return c.byKey[key] }
 // ServiceByAddr finds the service whose address is ip.
 func (c *Config) ServiceByAddr(ip netip.Addr) *Service { return c.svcByAddr[ip.Unmap()] }
 
-// Endpoints lists the workloads s selects, in key order.
+// Service finds a service by "namespace/name".
+func (c *Config) Service(key string) *Service { return c.svcByKey[key] }
+
+// Waypoint finds a waypoint by namespace and name.
+func (c *Config) Waypoint(namespace, name string) *Waypoint {
+	return c.waypoints[namespace+"/"+name]
+}
+
+// TrafficPolicyFor is the traffic policy that applies to s, if any.
+func (c *Config) TrafficPolicyFor(s *Service) *TrafficPolicy { return c.trafficFor[s.Key()] }
+
+// RoutesFor lists the routes attached to s (on any of its ports), oldest
+// first.
+func (c *Config) RoutesFor(s *Service) []*Route { return c.routesFor[s.Key()] }
+
+// Endpoints lists the workloads behind s (its selector's, or the listed
+// ones), in key order.
 func (c *Config) Endpoints(s *Service) []*Workload { return c.endpoints[s] }
 
 // Port returns s's port p.

@@ -2,10 +2,9 @@ package meshconfig
 
 import (
 	"bytes"
-	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"net/netip"
@@ -17,24 +16,27 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
 // The documents as they appear in files, in Kubernetes shape.
 
 type meta struct {
-	Name        string            `yaml:"name"`
-	Namespace   string            `yaml:"namespace"`
-	Labels      map[string]string `yaml:"labels"`
-	Annotations map[string]string `yaml:"annotations"`
+	Name        string            `yaml:"name" json:"name"`
+	Namespace   string            `yaml:"namespace" json:"namespace"`
+	Labels      map[string]string `yaml:"labels" json:"labels"`
+	Annotations map[string]string `yaml:"annotations" json:"annotations"`
 }
 
 type header struct {
-	APIVersion string `yaml:"apiVersion"`
-	Kind       string `yaml:"kind"`
+	APIVersion string `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string `yaml:"kind" json:"kind"`
 }
 
 type meshDoc struct {
@@ -88,41 +90,60 @@ type serviceDoc struct {
 	} `yaml:"spec"`
 }
 
+// The Ambit resources and the Gateway API routes are decoded into the same
+// Go types the CRDs are generated from (through JSON, as the API server
+// does), so a file and a cluster agree on what a field means.
+
 type accessPolicyDoc struct {
 	header   `yaml:",inline"`
-	Metadata meta `yaml:"metadata"`
-	Spec     struct {
-		Selector *struct {
-			MatchLabels map[string]string `yaml:"matchLabels"`
-		} `yaml:"selector"`
-		Action string `yaml:"action"`
-		DryRun bool   `yaml:"dryRun"`
-		Rules  []struct {
-			From []struct {
-				Principals      []string `yaml:"principals"`
-				Namespaces      []string `yaml:"namespaces"`
-				ServiceAccounts []string `yaml:"serviceAccounts"`
-				IPBlocks        []string `yaml:"ipBlocks"`
-			} `yaml:"from"`
-			To []struct {
-				Ports   []int    `yaml:"ports"`
-				Methods []string `yaml:"methods"`
-				Paths   []string `yaml:"paths"`
-				Hosts   []string `yaml:"hosts"`
-			} `yaml:"to"`
-		} `yaml:"rules"`
-	} `yaml:"spec"`
+	Metadata meta                 `yaml:"metadata" json:"metadata"`
+	Spec     crd.AccessPolicySpec `yaml:"spec" json:"spec"`
+}
+
+type waypointDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta             `yaml:"metadata" json:"metadata"`
+	Spec     crd.WaypointSpec `yaml:"spec" json:"spec"`
+	// Status: in files, where the waypoint's address is (no controller
+	// makes its Service).
+	Status struct {
+		Addresses []string `yaml:"addresses" json:"addresses"`
+		Ready     *bool    `yaml:"ready" json:"ready"`
+	} `yaml:"status" json:"status"`
+}
+
+type trafficPolicyDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta                  `yaml:"metadata" json:"metadata"`
+	Spec     crd.TrafficPolicySpec `yaml:"spec" json:"spec"`
+}
+
+type httpRouteDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta                    `yaml:"metadata" json:"metadata"`
+	Spec     gatewayv1.HTTPRouteSpec `yaml:"spec" json:"spec"`
+}
+
+type grpcRouteDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta                    `yaml:"metadata" json:"metadata"`
+	Spec     gatewayv1.GRPCRouteSpec `yaml:"spec" json:"spec"`
 }
 
 var kinds = map[string]struct {
 	apiVersion string
 	doc        func() any
+	json       bool // decoded through JSON into API types
 }{
-	KindMeshConfig:   {AmbitAPIVersion, func() any { return new(meshDoc) }},
-	KindNamespace:    {CoreAPIVersion, func() any { return new(namespaceDoc) }},
-	KindService:      {CoreAPIVersion, func() any { return new(serviceDoc) }},
-	KindWorkload:     {AmbitAPIVersion, func() any { return new(workloadDoc) }},
-	KindAccessPolicy: {AmbitAPIVersion, func() any { return new(accessPolicyDoc) }},
+	KindMeshConfig:    {AmbitAPIVersion, func() any { return new(meshDoc) }, false},
+	KindNamespace:     {CoreAPIVersion, func() any { return new(namespaceDoc) }, false},
+	KindService:       {CoreAPIVersion, func() any { return new(serviceDoc) }, false},
+	KindWorkload:      {AmbitAPIVersion, func() any { return new(workloadDoc) }, false},
+	KindAccessPolicy:  {AmbitAPIVersion, func() any { return new(accessPolicyDoc) }, true},
+	KindWaypoint:      {AmbitAPIVersion, func() any { return new(waypointDoc) }, true},
+	KindTrafficPolicy: {AmbitAPIVersion, func() any { return new(trafficPolicyDoc) }, true},
+	KindHTTPRoute:     {GatewayAPIVersion, func() any { return new(httpRouteDoc) }, true},
+	KindGRPCRoute:     {GatewayAPIVersion, func() any { return new(grpcRouteDoc) }, true},
 }
 
 // Error is a problem in a configuration file, with where it is.
@@ -133,6 +154,9 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	if e.File == "" {
+		return e.Msg
+	}
 	if e.Line > 0 {
 		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
 	}
@@ -198,24 +222,6 @@ func Parse(name string, data []byte) (*Config, error) {
 	return b.Build()
 }
 
-// Builder collects resources and builds a validated Config.
-type Builder struct {
-	sum        hash.Hash
-	mesh       *Mesh
-	meshAt     *Error
-	namespaces map[string]*Namespace
-	nsAt       map[string]*Error
-	workloads  []*Workload
-	services   []*Service
-	policies   []policy.Policy
-	policyAt   map[string]*Error
-}
-
-// NewBuilder returns an empty Builder.
-func NewBuilder() *Builder {
-	return &Builder{sum: sha256.New(), namespaces: map[string]*Namespace{}, nsAt: map[string]*Error{}, policyAt: map[string]*Error{}}
-}
-
 var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 
 // AddYAML adds every document of a YAML stream.
@@ -271,7 +277,11 @@ func (b *Builder) addDoc(file string, n *yaml.Node) error {
 	if err := checkFields(n, reflect.TypeOf(doc).Elem(), h.Kind, file); err != nil {
 		return err
 	}
-	if err := n.Decode(doc); err != nil {
+	if k.json {
+		if err := decodeJSON(n, doc); err != nil {
+			return &Error{file, lineOf(n, err.Field), fmt.Sprintf("%s: %s", h.Kind, err.Msg)}
+		}
+	} else if err := n.Decode(doc); err != nil {
 		msg := err.Error()
 		if m := yamlLine.FindStringSubmatch(strings.TrimPrefix(msg, "yaml: unmarshal errors:\n  ")); m != nil {
 			line, _ := strconv.Atoi(m[1])
@@ -283,19 +293,41 @@ func (b *Builder) addDoc(file string, n *yaml.Node) error {
 	if md == nil {
 		return at(n, "%s has no metadata; give it metadata.name", h.Kind)
 	}
+	var err error
 	switch d := doc.(type) {
 	case *meshDoc:
-		return b.addMesh(file, n, d)
+		err = b.fileMesh(file, n, d)
 	case *namespaceDoc:
-		return b.addNamespace(file, n, d)
+		err = b.addNamespace(Namespace{Name: d.Metadata.Name, Labels: d.Metadata.Labels, Annotations: d.Metadata.Annotations}, pos{file, n.Line})
 	case *workloadDoc:
-		return b.addWorkload(file, n, d)
+		err = b.fileWorkload(file, n, d)
 	case *serviceDoc:
-		return b.addService(file, n, d)
+		err = b.fileService(file, n, d)
 	case *accessPolicyDoc:
-		return b.addPolicy(file, n, d)
+		var p policy.Policy
+		if p, err = AccessPolicyFromSpec(d.Metadata.Namespace, d.Metadata.Name, d.Spec); err == nil {
+			err = b.addPolicy(p, pos{file, n.Line})
+		} else if e := checkMeta("AccessPolicy", d.Metadata.Name, d.Metadata.Namespace); e != nil {
+			err = fieldErr("metadata", "%v", e)
+		}
+	case *waypointDoc:
+		err = b.fileWaypoint(file, n, d)
+	case *trafficPolicyDoc:
+		err = b.addTrafficPolicy(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, d.Spec, pos{file, n.Line})
+	case *httpRouteDoc:
+		err = b.addHTTPRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, d.Spec, pos{file, n.Line})
+	case *grpcRouteDoc:
+		err = b.addGRPCRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, d.Spec, pos{file, n.Line})
 	}
-	return nil
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		line := n.Line
+		if fe.Field != "" {
+			line = lineOf(n, fe.Field)
+		}
+		return &Error{file, line, fe.Msg}
+	}
+	return err
 }
 
 func kindNames() []string {
@@ -351,6 +383,8 @@ func path(n *yaml.Node, keys ...string) *yaml.Node {
 	return n
 }
 
+var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+
 // checkFields rejects keys that t has no field for, naming the line and the
 // known fields, so a typo is not silently ignored.
 func checkFields(n *yaml.Node, t reflect.Type, where, file string) error {
@@ -368,7 +402,7 @@ func checkFields(n *yaml.Node, t reflect.Type, where, file string) error {
 		}
 		t = t.Elem()
 	}
-	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
+	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode || reflect.PointerTo(t).Implements(jsonUnmarshaler) {
 		return nil
 	}
 	known := map[string]reflect.Type{}
@@ -376,9 +410,12 @@ func checkFields(n *yaml.Node, t reflect.Type, where, file string) error {
 	collect = func(t reflect.Type) {
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
-			tag := f.Tag.Get("yaml")
+			tag, ok := f.Tag.Lookup("yaml")
+			if !ok {
+				tag = f.Tag.Get("json") // API types
+			}
 			name, opts, _ := strings.Cut(tag, ",")
-			if opts == "inline" {
+			if opts == "inline" || (f.Anonymous && name == "") {
 				collect(f.Type)
 				continue
 			}
@@ -415,12 +452,8 @@ func checkFields(n *yaml.Node, t reflect.Type, where, file string) error {
 	return nil
 }
 
-func (b *Builder) addMesh(file string, n *yaml.Node, d *meshDoc) error {
-	at := &Error{file, n.Line, ""}
-	if b.mesh != nil {
-		return &Error{file, n.Line, fmt.Sprintf("a second MeshConfig (the first is at %s:%d); keep one", b.meshAt.File, b.meshAt.Line)}
-	}
-	m := &Mesh{Tunnel: d.Spec.Tunnel, TunnelPerNode: map[string]string{}}
+func (b *Builder) fileMesh(file string, n *yaml.Node, d *meshDoc) error {
+	m := Mesh{Tunnel: d.Spec.Tunnel, TunnelPerNode: map[string]string{}}
 	if d.Spec.TrustDomain != "" {
 		td, err := spiffeidTrustDomain(d.Spec.TrustDomain)
 		if err != nil {
@@ -428,88 +461,38 @@ func (b *Builder) addMesh(file string, n *yaml.Node, d *meshDoc) error {
 		}
 		m.TrustDomain = td
 	}
-	if m.Tunnel == "" {
-		m.Tunnel = TunnelH2
-	}
-	if m.Tunnel != TunnelH2 && m.Tunnel != TunnelQUIC {
-		return &Error{file, path(n, "spec", "tunnel").Line, fmt.Sprintf("MeshConfig: tunnel %q is not a tunnel protocol; use %q or %q", m.Tunnel, TunnelH2, TunnelQUIC)}
-	}
 	for _, nd := range d.Spec.Nodes {
 		if nd.Name == "" || (nd.Tunnel != TunnelH2 && nd.Tunnel != TunnelQUIC) {
 			return &Error{file, path(n, "spec", "nodes").Line, fmt.Sprintf("MeshConfig: each of spec.nodes needs a name and a tunnel of %q or %q", TunnelH2, TunnelQUIC)}
 		}
 		m.TunnelPerNode[nd.Name] = nd.Tunnel
 	}
-	b.mesh, b.meshAt = m, at
-	return nil
+	return b.addMesh(m, pos{file, n.Line})
 }
 
-func (b *Builder) addNamespace(file string, n *yaml.Node, d *namespaceDoc) error {
-	name := d.Metadata.Name
-	if err := checkDNSLabel(name); err != nil {
-		return &Error{file, path(n, "metadata", "name").Line, fmt.Sprintf("Namespace name %q: %v", name, err)}
-	}
-	if prev, dup := b.nsAt[name]; dup {
-		return &Error{file, n.Line, fmt.Sprintf("Namespace %q is defined twice (first at %s:%d)", name, prev.File, prev.Line)}
-	}
-	ns := &Namespace{Name: name, Labels: d.Metadata.Labels, Annotations: d.Metadata.Annotations}
-	ns.Ambient = ns.Labels[DataplaneLabel] == DataplaneAmbient
-	ns.Inbound = ns.Annotations[InboundAnnotation]
-	switch ns.Inbound {
-	case "":
-		ns.Inbound = InboundPermissive
-	case InboundPermissive, InboundStrict:
-	default:
-		return &Error{file, path(n, "metadata", "annotations").Line, fmt.Sprintf("Namespace %s: annotation %s=%q; use %q or %q", name, InboundAnnotation, ns.Inbound, InboundPermissive, InboundStrict)}
-	}
-	ns.Outbound = ns.Annotations[OutboundAnnotation]
-	switch ns.Outbound {
-	case "":
-		ns.Outbound = OutboundPassthrough
-	case OutboundPassthrough, OutboundRefuse:
-	default:
-		return &Error{file, path(n, "metadata", "annotations").Line, fmt.Sprintf("Namespace %s: annotation %s=%q; use %q or %q", name, OutboundAnnotation, ns.Outbound, OutboundPassthrough, OutboundRefuse)}
-	}
-	b.namespaces[name] = ns
-	b.nsAt[name] = &Error{File: file, Line: n.Line}
-	return nil
-}
-
-func (b *Builder) addWorkload(file string, n *yaml.Node, d *workloadDoc) error {
-	w := &Workload{
+func (b *Builder) fileWorkload(file string, n *yaml.Node, d *workloadDoc) error {
+	w := Workload{
 		Namespace: d.Metadata.Namespace, Name: d.Metadata.Name, Labels: d.Metadata.Labels,
 		ServiceAccount: d.Spec.ServiceAccount, Node: d.Spec.Node, NetNS: d.Spec.NetNS, Cgroup: d.Spec.Cgroup,
-		Ready: d.Status.Ready == nil || *d.Status.Ready, line: n.Line, file: file,
+		Ready: d.Status.Ready == nil || *d.Status.Ready,
 	}
-	if err := checkMeta("Workload", d.Metadata); err != nil {
-		return &Error{file, path(n, "metadata").Line, err.Error()}
-	}
-	if w.ServiceAccount == "" {
-		w.ServiceAccount = "default"
-	}
-	if w.Node == "" {
-		return &Error{file, path(n, "spec").Line, fmt.Sprintf("Workload %s: spec.node is empty; name the node it runs on", w.Key())}
-	}
-	if len(d.Spec.Addresses) == 0 {
-		return &Error{file, path(n, "spec").Line, fmt.Sprintf("Workload %s: spec.addresses is empty; give its IPv4 and/or IPv6 address", w.Key())}
-	}
-	for _, a := range d.Spec.Addresses {
-		ip, err := netip.ParseAddr(a)
-		if err != nil {
-			return &Error{file, path(n, "spec", "addresses").Line, fmt.Sprintf("Workload %s: address %q is not an IP address", w.Key(), a)}
+	if err := checkMeta("Workload", w.Name, w.Namespace); err == nil {
+		for _, a := range d.Spec.Addresses {
+			ip, err := netip.ParseAddr(a)
+			if err != nil {
+				return &Error{file, path(n, "spec", "addresses").Line, fmt.Sprintf("Workload %s: address %q is not an IP address", w.Key(), a)}
+			}
+			w.IPs = append(w.IPs, ip)
 		}
-		w.IPs = append(w.IPs, ip.Unmap())
 	}
-	b.workloads = append(b.workloads, w)
-	return nil
+	return b.addWorkload(w, pos{file, n.Line})
 }
 
-func (b *Builder) addService(file string, n *yaml.Node, d *serviceDoc) error {
-	s := &Service{Namespace: d.Metadata.Namespace, Name: d.Metadata.Name, Labels: d.Metadata.Labels, Selector: d.Spec.Selector, line: n.Line, file: file}
-	if err := checkMeta("Service", d.Metadata); err != nil {
+func (b *Builder) fileService(file string, n *yaml.Node, d *serviceDoc) error {
+	s := Service{Namespace: d.Metadata.Namespace, Name: d.Metadata.Name, Labels: d.Metadata.Labels, Selector: d.Spec.Selector}
+	if err := checkMeta("Service", s.Name, s.Namespace); err != nil {
 		return &Error{file, path(n, "metadata").Line, err.Error()}
 	}
-	s.Waypoint = s.Labels[WaypointLabel]
 	ips := d.Spec.ClusterIPs
 	if d.Spec.ClusterIP != "" && !slices.Contains(ips, d.Spec.ClusterIP) {
 		ips = append([]string{d.Spec.ClusterIP}, ips...)
@@ -522,10 +505,7 @@ func (b *Builder) addService(file string, n *yaml.Node, d *serviceDoc) error {
 		if err != nil {
 			return &Error{file, path(n, "spec", "clusterIP").Line, fmt.Sprintf("Service %s: clusterIP %q is not an IP address", s.Key(), a)}
 		}
-		s.Addresses = append(s.Addresses, ip.Unmap())
-	}
-	if len(d.Spec.Ports) == 0 {
-		return &Error{file, path(n, "spec").Line, fmt.Sprintf("Service %s: spec.ports is empty; list at least one port", s.Key())}
+		s.Addresses = append(s.Addresses, ip)
 	}
 	for _, p := range d.Spec.Ports {
 		if p.Protocol != "" && p.Protocol != "TCP" {
@@ -534,59 +514,153 @@ func (b *Builder) addService(file string, n *yaml.Node, d *serviceDoc) error {
 		if p.Port < 1 || p.Port > 65535 || p.TargetPort < 0 || p.TargetPort > 65535 {
 			return &Error{file, path(n, "spec", "ports").Line, fmt.Sprintf("Service %s: port %d/targetPort %d out of range 1-65535", s.Key(), p.Port, p.TargetPort)}
 		}
-		tp := p.TargetPort
-		if tp == 0 {
-			tp = p.Port
-		}
-		s.Ports = append(s.Ports, ServicePort{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(tp), AppProtocol: p.AppProtocol})
+		s.Ports = append(s.Ports, ServicePort{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
 	}
-	b.services = append(b.services, s)
+	return b.addService(s, pos{file, n.Line})
+}
+
+func (b *Builder) fileWaypoint(file string, n *yaml.Node, d *waypointDoc) error {
+	w := WaypointFromSpec(d.Metadata.Namespace, d.Metadata.Name, d.Spec)
+	for _, a := range d.Status.Addresses {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return &Error{file, path(n, "status", "addresses").Line, fmt.Sprintf("Waypoint %s: address %q is not an IP address", w.Key(), a)}
+		}
+		w.Addresses = append(w.Addresses, ip)
+	}
+	w.Ready = len(w.Addresses) > 0
+	if d.Status.Ready != nil {
+		w.Ready = *d.Status.Ready
+	}
+	return b.addWaypoint(w, pos{file, n.Line})
+}
+
+// decodeJSON decodes n into doc the way the API server would: through
+// JSON, refusing unknown fields (checkFields has already named them with
+// their line).
+func decodeJSON(n *yaml.Node, doc any) *FieldError {
+	v, err := nodeValue(n)
+	if err != nil {
+		return err
+	}
+	data, jerr := json.Marshal(v)
+	if jerr != nil {
+		return fieldErr("", "%v", jerr)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if jerr := dec.Decode(doc); jerr != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(jerr, &te) {
+			return fieldErr(te.Field, "%s: found %s, want %s", te.Field, jsonWord(te.Value), typeWord(te.Type))
+		}
+		return fieldErr("", "%v", jerr)
+	}
 	return nil
 }
 
-func (b *Builder) addPolicy(file string, n *yaml.Node, d *accessPolicyDoc) error {
-	if err := checkMeta("AccessPolicy", d.Metadata); err != nil {
-		return &Error{file, path(n, "metadata").Line, err.Error()}
+func jsonWord(v string) string {
+	switch v {
+	case "number", "string", "array", "object", "bool":
+		return map[string]string{"number": "a number", "string": "a string", "array": "a list", "object": "a mapping", "bool": "true or false"}[v]
 	}
-	p := policy.Policy{Namespace: d.Metadata.Namespace, Name: d.Metadata.Name, Action: policy.Action(strings.ToUpper(d.Spec.Action)), DryRun: d.Spec.DryRun}
-	if d.Spec.Selector != nil {
-		p.Selector = d.Spec.Selector.MatchLabels
+	return v
+}
+
+func typeWord(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
 	}
-	for ri, r := range d.Spec.Rules {
-		var rule policy.Rule
-		for _, f := range r.From {
-			src := policy.Source{Principals: f.Principals, Namespaces: f.Namespaces, ServiceAccounts: f.ServiceAccounts}
-			for _, c := range f.IPBlocks {
-				pfx, err := ParsePrefix(c)
-				if err != nil {
-					return &Error{file, path(n, "spec", "rules").Line, fmt.Sprintf("AccessPolicy %s rule %d: ipBlock %q: %v", p.Key(), ri, c, err)}
-				}
-				src.IPBlocks = append(src.IPBlocks, pfx)
-			}
-			rule.From = append(rule.From, src)
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		if strings.HasSuffix(t.Name(), "Duration") {
+			return "a duration such as 1s or 250ms"
 		}
-		for _, t := range r.To {
-			for _, port := range t.Ports {
-				if port < 1 || port > 65535 {
-					return &Error{file, path(n, "spec", "rules").Line, fmt.Sprintf("AccessPolicy %s rule %d: port %d out of range 1-65535", p.Key(), ri, port)}
-				}
-				rule.Ports = append(rule.Ports, uint16(port))
-			}
-			if len(t.Methods)+len(t.Paths)+len(t.Hosts) > 0 {
-				rule.L7 = true
-			}
+		return "a string (quote it)"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	}
+	return "a mapping"
+}
+
+// nodeValue turns a YAML node into the value JSON would carry, keeping
+// YAML's scalar types (an unquoted 80 is a number, "80" a string).
+func nodeValue(n *yaml.Node) (any, *FieldError) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		if len(n.Content) == 0 {
+			return nil, nil
 		}
-		p.Rules = append(p.Rules, rule)
+		return nodeValue(n.Content[0])
+	case yaml.AliasNode:
+		return nodeValue(n.Alias)
+	case yaml.MappingNode:
+		m := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			v, err := nodeValue(n.Content[i+1])
+			if err != nil {
+				return nil, err
+			}
+			m[n.Content[i].Value] = v
+		}
+		return m, nil
+	case yaml.SequenceNode:
+		l := make([]any, 0, len(n.Content))
+		for _, c := range n.Content {
+			v, err := nodeValue(c)
+			if err != nil {
+				return nil, err
+			}
+			l = append(l, v)
+		}
+		return l, nil
 	}
-	if err := p.Validate(); err != nil {
-		return &Error{file, path(n, "spec").Line, err.Error()}
+	var v any
+	switch n.ShortTag() {
+	case "!!str", "!!binary", "!!timestamp":
+		return n.Value, nil
 	}
-	if prev, dup := b.policyAt[p.Key()]; dup {
-		return &Error{file, n.Line, fmt.Sprintf("AccessPolicy %s is defined twice (first at %s:%d)", p.Key(), prev.File, prev.Line)}
+	if err := n.Decode(&v); err != nil {
+		return nil, fieldErr("", "line %d: %v", n.Line, err)
 	}
-	b.policyAt[p.Key()] = &Error{File: file, Line: n.Line}
-	b.policies = append(b.policies, p)
-	return nil
+	return v, nil
+}
+
+// lineOf finds the line of a field path such as "spec.targetRefs[1].name"
+// in resource n, or of the deepest part of it that exists.
+func lineOf(n *yaml.Node, fieldPath string) int {
+	cur := n
+	for _, part := range strings.Split(fieldPath, ".") {
+		name, idx, _ := strings.Cut(part, "[")
+		next := field(cur, name)
+		if next == nil {
+			return cur.Line
+		}
+		cur = next
+		for idx != "" {
+			i, rest, _ := strings.Cut(idx, "]")
+			k, err := strconv.Atoi(i)
+			if err != nil || cur.Kind != yaml.SequenceNode || k >= len(cur.Content) {
+				return cur.Line
+			}
+			cur = cur.Content[k]
+			idx = strings.TrimPrefix(rest, "[")
+		}
+	}
+	return cur.Line
+}
+
+func fmtPos(file string, line int) string {
+	if line > 0 {
+		return fmt.Sprintf("%s:%d", file, line)
+	}
+	return file
 }
 
 // ParsePrefix reads a CIDR, or a single IP as a host prefix, masked.
@@ -605,15 +679,15 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-func checkMeta(kind string, m meta) error {
-	if m.Name == "" {
+func checkMeta(kind, name, namespace string) error {
+	if name == "" {
 		return fmt.Errorf("%s has no metadata.name", kind)
 	}
-	if m.Namespace == "" {
-		return fmt.Errorf("%s %s has no metadata.namespace", kind, m.Name)
+	if namespace == "" {
+		return fmt.Errorf("%s %s has no metadata.namespace", kind, name)
 	}
-	if err := checkDNSLabel(m.Namespace); err != nil {
-		return fmt.Errorf("%s %s: namespace %q: %v", kind, m.Name, m.Namespace, err)
+	if err := checkDNSLabel(namespace); err != nil {
+		return fmt.Errorf("%s %s: namespace %q: %v", kind, name, namespace, err)
 	}
 	return nil
 }

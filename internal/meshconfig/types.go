@@ -1,11 +1,14 @@
 // Package meshconfig owns the mesh configuration as Ambit's proxies see it:
 // the resources users declare in Kubernetes shape (Namespace, Service,
-// Workload, AccessPolicy and the mesh-wide MeshConfig), their parsing from
-// YAML files with errors that name file, line and fix, their validation,
-// and the indexes the data path looks things up in (workload by IP, service
-// by address, endpoints of a service, policies of a workload). The node
-// proxy's file mode reads it directly; the controller builds the same
-// Config from Kubernetes or from files and pushes it.
+// Workload, AccessPolicy, Waypoint, TrafficPolicy, the Gateway API's
+// HTTPRoute and GRPCRoute, and the mesh-wide MeshConfig), their parsing
+// from YAML files with errors that name file, line and fix, their
+// validation, and the indexes the data path looks things up in (workload by
+// IP, service by address, endpoints of a service, policies of a workload,
+// routes and traffic policy of a service). The node proxy's file mode reads
+// files directly; a source that is not files (the controller's Kubernetes
+// source) adds the same resources through the Builder's methods, which
+// apply the same validation and derive the same fields.
 package meshconfig
 
 import (
@@ -24,6 +27,14 @@ const (
 	KindService      = "Service"
 	KindWorkload     = "Workload"
 	KindAccessPolicy = "AccessPolicy"
+
+	KindWaypoint      = "Waypoint"
+	KindTrafficPolicy = "TrafficPolicy"
+
+	// Gateway API routes (GAMMA: attached to a Service).
+	GatewayAPIVersion = "gateway.networking.k8s.io/v1"
+	KindHTTPRoute     = "HTTPRoute"
+	KindGRPCRoute     = "GRPCRoute"
 )
 
 // Labels and annotations Ambit reads (DESIGN.md).
@@ -101,7 +112,9 @@ type Workload struct {
 	// Identity is derived from the trust domain, namespace and service
 	// account.
 	Identity spiffeid.ID
-	// Waypoint is the waypoint the workload's traffic goes through, if any.
+	// Waypoint is the waypoint the workload's traffic goes through, if any
+	// (derived: its namespace's ambit.dev/use-waypoint label, unless that
+	// Waypoint is declared and takes service traffic only).
 	Waypoint string
 
 	line int
@@ -119,7 +132,14 @@ type Service struct {
 	Selector        map[string]string
 	Addresses       []netip.Addr
 	Ports           []ServicePort
-	Waypoint        string
+	// Waypoint (derived) is the service's ambit.dev/use-waypoint label, else
+	// its namespace's, unless that Waypoint is declared and takes workload
+	// traffic only.
+	Waypoint string
+	// Endpoints, when not nil, lists the keys of the workloads behind a
+	// service that has no selector (Kubernetes: from its EndpointSlices);
+	// a service with a selector gets the workloads it selects.
+	Endpoints []string
 
 	line int
 	file string

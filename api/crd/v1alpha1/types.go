@@ -278,7 +278,7 @@ type TrafficPolicySpec struct {
 
 // TargetRef names a Service in the policy's namespace.
 //
-// +kubebuilder:validation:XValidation:rule="self.group == '' && self.kind == 'Service'",message="targetRefs may only name a Service (group \"\", kind Service)"
+// +kubebuilder:validation:XValidation:rule="self.group == ” && self.kind == 'Service'",message="targetRefs may only name a Service (group \"\", kind Service)"
 type TargetRef struct {
 	// +kubebuilder:default=""
 	// +optional
@@ -394,7 +394,7 @@ type OutlierDetection struct {
 // +kubebuilder:validation:XValidation:rule="duration(self.interval) > duration('0s')",message="rateLimit.interval must be longer than 0s"
 type RateLimit struct {
 	// +kubebuilder:validation:Minimum=1
-	Requests int32 `json:"requests"`
+	Requests int32    `json:"requests"`
 	Interval Duration `json:"interval"`
 	// +kubebuilder:validation:Minimum=1
 	// +optional
