@@ -57,7 +57,7 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener, id spiffeid.ID
 			return tc, nil
 		},
 	}
-	srv := c.NewGRPCServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+	srv := c.newGRPCServer(ctx.Done(), grpc.Creds(credentials.NewTLS(tlsCfg)))
 	c.log.Info("serving the control API", "addr", lis.Addr().String(), "identity", id.String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
@@ -66,12 +66,13 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener, id spiffeid.ID
 		return err
 	case <-ctx.Done():
 	}
+	// Config streams end with ctx; certificate requests in flight finish.
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(time.Second):
-		srv.Stop() // Config streams never end by themselves
+	case <-time.After(5 * time.Second):
+		srv.Stop()
 	}
 	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
@@ -82,12 +83,17 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener, id spiffeid.ID
 // NewGRPCServer is a gRPC server with the controller's services registered
 // and its keepalive policy; opts add credentials (Serve uses TLS 1.3).
 func (c *Controller) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	return c.newGRPCServer(nil, opts...)
+}
+
+// newGRPCServer's Config streams end when done is closed.
+func (c *Controller) newGRPCServer(done <-chan struct{}, opts ...grpc.ServerOption) *grpc.Server {
 	opts = append([]grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
 	}, opts...)
 	srv := grpc.NewServer(opts...)
-	pb.RegisterConfigServer(srv, configServer{c: c})
+	pb.RegisterConfigServer(srv, configServer{c: c, done: done})
 	pb.RegisterCertificatesServer(srv, certServer{c: c})
 	return srv
 }

@@ -60,7 +60,8 @@ func (pc *proxyConn) poke() {
 // configServer implements the Config service.
 type configServer struct {
 	pb.UnimplementedConfigServer
-	c *Controller
+	c    *Controller
+	done <-chan struct{} // the server is stopping
 }
 
 // Stream serves one proxy: authenticate, read its ProxyInfo, send the full
@@ -109,6 +110,8 @@ func (s configServer) Stream(stream pb.Config_StreamServer) error {
 		case <-ctx.Done():
 			log.Info("proxy disconnected", "reason", context.Cause(ctx))
 			return nil
+		case <-s.done:
+			return status.Error(codes.Unavailable, "the controller is shutting down; reconnect")
 		case err := <-errc:
 			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
 				log.Info("proxy disconnected")

@@ -1,0 +1,204 @@
+package controlclient
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/policy"
+)
+
+// ToConfig builds the mesh model from resources, through meshconfig's
+// Builder (the same validation files get), and names it version.
+func ToConfig(resources map[Ref]*pb.Resource, version string) (*meshconfig.Config, error) {
+	b := meshconfig.NewBuilder()
+	for ref, r := range resources {
+		if err := addResource(b, r); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", typeName(ref.Type), ref.Name, err)
+		}
+	}
+	cfg, err := b.Build()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Version = version
+	return cfg, nil
+}
+
+func addResource(b *meshconfig.Builder, r *pb.Resource) error {
+	switch k := r.Kind.(type) {
+	case *pb.Resource_Mesh:
+		m := meshconfig.Mesh{Tunnel: k.Mesh.Tunnel, TunnelPerNode: k.Mesh.TunnelPerNode}
+		td, err := spiffeid.TrustDomainFromString(k.Mesh.TrustDomain)
+		if err != nil {
+			return fmt.Errorf("trust domain %q: %v", k.Mesh.TrustDomain, err)
+		}
+		m.TrustDomain = td
+		return b.AddMesh(m)
+	case *pb.Resource_Namespace:
+		return b.AddNamespace(meshconfig.Namespace{Name: k.Namespace.Name, Labels: k.Namespace.Labels, Annotations: k.Namespace.Annotations})
+	case *pb.Resource_Workload:
+		w := k.Workload
+		ips, err := addrs(w.Addresses)
+		if err != nil {
+			return err
+		}
+		mw := meshconfig.Workload{
+			Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, ServiceAccount: w.ServiceAccount,
+			Node: w.Node, IPs: ips, Ready: w.Ready,
+		}
+		if w.Local != nil {
+			mw.NetNS, mw.Cgroup = w.Local.Netns, w.Local.Cgroup
+		}
+		return b.AddWorkload(mw)
+	case *pb.Resource_Service:
+		s := k.Service
+		ips, err := addrs(s.Addresses)
+		if err != nil {
+			return err
+		}
+		ms := meshconfig.Service{Namespace: s.Namespace, Name: s.Name, Labels: s.Labels, Selector: s.Selector, Addresses: ips, Endpoints: s.Endpoints}
+		if s.Waypoint != "" && ms.Labels[meshconfig.WaypointLabel] != s.Waypoint {
+			ms.Labels = cloneWith(ms.Labels, meshconfig.WaypointLabel, s.Waypoint)
+		}
+		for _, p := range s.Ports {
+			if p.Port == 0 || p.Port > 65535 || p.TargetPort > 65535 {
+				return fmt.Errorf("port %d/targetPort %d out of range 1-65535", p.Port, p.TargetPort)
+			}
+			ms.Ports = append(ms.Ports, meshconfig.ServicePort{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
+		}
+		return b.AddService(ms)
+	case *pb.Resource_AccessPolicy:
+		p, err := policyFromPB(k.AccessPolicy)
+		if err != nil {
+			return err
+		}
+		return b.AddPolicy(p)
+	case *pb.Resource_TrustBundle:
+		return nil // the client's bundle, not the model's
+	case nil:
+		return errors.New("resource has no kind set")
+	}
+	return fmt.Errorf("resource kind %T is not understood by this proxy (a newer controller?)", r.Kind)
+}
+
+func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
+	p := policy.Policy{Namespace: in.Namespace, Name: in.Name, Selector: in.Selector, DryRun: in.DryRun}
+	switch in.Action {
+	case pb.PolicyAction_POLICY_ACTION_ALLOW:
+		p.Action = policy.Allow
+	case pb.PolicyAction_POLICY_ACTION_DENY:
+		p.Action = policy.Deny
+	default:
+		return p, fmt.Errorf("action %v: want ALLOW or DENY", in.Action)
+	}
+	for _, r := range in.Rules {
+		rule := policy.Rule{L7: r.L7}
+		for _, port := range r.Ports {
+			if port == 0 || port > 65535 {
+				return p, fmt.Errorf("port %d out of range 1-65535", port)
+			}
+			rule.Ports = append(rule.Ports, uint16(port))
+		}
+		for _, src := range r.From {
+			s := policy.Source{Principals: src.Principals, Namespaces: src.Namespaces, ServiceAccounts: src.ServiceAccounts}
+			for _, b := range src.IpBlocks {
+				pfx, err := meshconfig.ParsePrefix(b)
+				if err != nil {
+					return p, fmt.Errorf("ipBlock %q: %v", b, err)
+				}
+				s.IPBlocks = append(s.IPBlocks, pfx)
+			}
+			rule.From = append(rule.From, s)
+		}
+		p.Rules = append(p.Rules, rule)
+	}
+	return p, nil
+}
+
+func addrs(raw [][]byte) ([]netip.Addr, error) {
+	out := make([]netip.Addr, 0, len(raw))
+	for _, b := range raw {
+		a, ok := netip.AddrFromSlice(b)
+		if !ok {
+			return nil, fmt.Errorf("address of %d bytes; want 4 or 16", len(b))
+		}
+		out = append(out, a.Unmap())
+	}
+	return out, nil
+}
+
+func cloneWith(m map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(m)+1)
+	for a, b := range m {
+		out[a] = b
+	}
+	out[k] = v
+	return out
+}
+
+// bundleFrom reads the trust bundle resource.
+func bundleFrom(r *pb.Resource) (spiffeid.TrustDomain, []*x509.Certificate, error) {
+	tb := r.GetTrustBundle()
+	td, err := spiffeid.TrustDomainFromString(tb.GetTrustDomain())
+	if err != nil {
+		return td, nil, fmt.Errorf("trust bundle: trust domain %q: %v", tb.GetTrustDomain(), err)
+	}
+	if len(tb.GetRoots()) == 0 {
+		return td, nil, errors.New("trust bundle has no roots")
+	}
+	var roots []*x509.Certificate
+	for i, der := range tb.Roots {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return td, nil, fmt.Errorf("trust bundle root %d: %v", i, err)
+		}
+		if !c.IsCA {
+			return td, nil, fmt.Errorf("trust bundle root %d (%s) is not a CA certificate", i, c.Subject)
+		}
+		roots = append(roots, c)
+	}
+	return td, roots, nil
+}
+
+func typeName(t pb.ResourceType) string {
+	switch t {
+	case pb.ResourceType_RESOURCE_TYPE_MESH:
+		return "MeshConfig"
+	case pb.ResourceType_RESOURCE_TYPE_NAMESPACE:
+		return "Namespace"
+	case pb.ResourceType_RESOURCE_TYPE_WORKLOAD:
+		return "Workload"
+	case pb.ResourceType_RESOURCE_TYPE_SERVICE:
+		return "Service"
+	case pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY:
+		return "AccessPolicy"
+	case pb.ResourceType_RESOURCE_TYPE_TRUST_BUNDLE:
+		return "TrustBundle"
+	}
+	return t.String()
+}
+
+// kindMatches reports whether r's kind is the one its ref names.
+func kindMatches(r *pb.Resource) bool {
+	switch r.Kind.(type) {
+	case *pb.Resource_Mesh:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_MESH
+	case *pb.Resource_Namespace:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_NAMESPACE
+	case *pb.Resource_Workload:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_WORKLOAD
+	case *pb.Resource_Service:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_SERVICE
+	case *pb.Resource_AccessPolicy:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY
+	case *pb.Resource_TrustBundle:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TRUST_BUNDLE
+	}
+	return false
+}
