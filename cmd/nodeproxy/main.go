@@ -1,6 +1,7 @@
 // Command nodeproxy is Ambit's per-node proxy, run by the DaemonSet.
 //
-//	nodeproxy run --node NAME --config PATH ...   serve the node's pods
+//	nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE   serve the node's pods
+//	nodeproxy run --node NAME --config PATH --ca-cert FILE --ca-key FILE            file mode, no controller
 //	nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json]
 //	nodeproxy capture list [-o json]   what capture has attached, per pod
 //	nodeproxy capture uninstall        remove every program, link and pin
@@ -25,7 +26,8 @@ func main() {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprint(w, `usage: nodeproxy run --node NAME --config PATH [flags]   (nodeproxy run -h lists them)
+	fmt.Fprint(w, `usage: nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
+       nodeproxy run --node NAME --config PATH --ca-cert FILE --ca-key FILE [flags]   (file mode; -h lists the flags)
        nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json] [--admin ADDR]
        nodeproxy capture list [--pin-path DIR] [-o json]
        nodeproxy capture uninstall [--pin-path DIR]

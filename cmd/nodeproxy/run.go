@@ -14,17 +14,23 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/clock"
+	"github.com/ambit-mesh/ambit/internal/controlclient"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/nodeproxy"
 	"github.com/ambit-mesh/ambit/internal/redirect"
 )
 
-// runProxy is `nodeproxy run`: the node proxy in file mode, reading the
-// mesh configuration from YAML and signing certificates with a CA given as
-// files (only for identities with a workload on this node).
+// runProxy is `nodeproxy run`. With --controller the node proxy gets its
+// configuration, certificates and trust bundle from the controller's gRPC
+// API; in file mode (--config, --ca-cert, --ca-key) it reads the mesh
+// configuration from YAML and signs certificates with a CA given as files
+// (only for identities with a workload on this node).
 func runProxy(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nodeproxy run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -43,6 +49,10 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	excludeCIDRs := fs.String("exclude-cidrs", "", "comma-separated outbound destination CIDRs that bypass capture")
 	excludeSources := fs.String("exclude-inbound-sources", "", "comma-separated source CIDRs (the node's probes) whose connections to pods bypass capture")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	ctrlAddr := fs.String("controller", "", "controller mode: the controller's gRPC API, host:port (instead of --config, --ca-cert and --ca-key)")
+	ctrlCA := fs.String("controller-ca", "", "controller mode: PEM roots the controller's certificate is checked against (until the controller's trust bundle arrives)")
+	tokenFile := fs.String("token-file", "", "controller mode: file holding this node's bearer token (re-read at every call)")
+	ctrlID := fs.String("controller-identity", "", "controller mode: SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -50,8 +60,20 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nodeproxy run: "+format+"\n", a...)
 		return 1
 	}
-	if *node == "" || *config == "" || *caCert == "" || *caKey == "" {
-		fmt.Fprintln(stderr, "nodeproxy run: --node, --config, --ca-cert and --ca-key are required (the controller-backed mode comes with the controller)")
+	controllerMode := *ctrlAddr != ""
+	switch {
+	case *node == "":
+		fmt.Fprintln(stderr, "nodeproxy run: --node (or $NODE_NAME) is required")
+		fs.Usage()
+		return 2
+	case controllerMode && (*ctrlCA == "" || *tokenFile == ""):
+		fmt.Fprintln(stderr, "nodeproxy run: --controller needs --controller-ca and --token-file")
+		return 2
+	case controllerMode && (*config != "" || *caCert != "" || *caKey != ""):
+		fmt.Fprintln(stderr, "nodeproxy run: --controller replaces --config, --ca-cert and --ca-key; give one mode")
+		return 2
+	case !controllerMode && (*config == "" || *caCert == "" || *caKey == ""):
+		fmt.Fprintln(stderr, "nodeproxy run: give --controller ADDR --controller-ca FILE --token-file FILE, or (file mode) --config, --ca-cert and --ca-key")
 		fs.Usage()
 		return 2
 	}
@@ -73,26 +95,56 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		return fail("--exclude-inbound-sources: %v", err)
 	}
 
-	first, err := meshconfig.LoadPath(*config)
-	if err != nil {
-		return fail("%v", err)
+	var proxy *nodeproxy.Proxy
+	var (
+		signer identity.Signer
+		bundle x509bundle.Source
+		first  *meshconfig.Config
+		client *controlclient.Client
+	)
+	if controllerMode {
+		roots, err := controlclient.ReadRoots(*ctrlCA)
+		if err != nil {
+			return fail("--controller-ca: %v", err)
+		}
+		var id spiffeid.ID
+		if *ctrlID != "" {
+			if id, err = spiffeid.FromString(*ctrlID); err != nil {
+				return fail("--controller-identity %q: %v", *ctrlID, err)
+			}
+		}
+		client, err = controlclient.New(controlclient.Options{
+			Addr: *ctrlAddr, Node: *node, BuildVersion: nodeproxy.Version, TokenFile: *tokenFile,
+			Roots: roots, TrustDomain: id.TrustDomain(), ControllerID: id, Log: log,
+			Apply: func(cfg *meshconfig.Config) error { proxy.Update(cfg); return nil },
+		})
+		if err != nil {
+			return fail("%v", err)
+		}
+		defer client.Close()
+		signer, bundle = client, client.Bundle()
+	} else {
+		var err error
+		if first, err = meshconfig.LoadPath(*config); err != nil {
+			return fail("%v", err)
+		}
+		ca, err := identity.LoadCA(first.Mesh.TrustDomain, *caCert, *caKey, clock.Real{})
+		if err != nil {
+			return fail("%v", err)
+		}
+		ca.WithTTL(*certTTL)
+		signer = &nodeproxy.NodeAuthorizedSigner{CA: ca, Node: *node, Config: func() *meshconfig.Config { return proxy.Config() }}
+		bundle = ca.Bundle()
 	}
-	ca, err := identity.LoadCA(first.Mesh.TrustDomain, *caCert, *caKey, clock.Real{})
-	if err != nil {
-		return fail("%v", err)
-	}
-	ca.WithTTL(*certTTL)
 	capture, err := redirect.New(rcfg, log)
 	if err != nil {
 		return fail("%v", err)
 	}
 	defer capture.Close()
 
-	var proxy *nodeproxy.Proxy
-	signer := &nodeproxy.NodeAuthorizedSigner{CA: ca, Node: *node, Config: func() *meshconfig.Config { return proxy.Config() }}
 	metrics := admin.NewMetrics(nodeproxy.Version)
 	proxy, err = nodeproxy.New(nodeproxy.Options{
-		Node: *node, Capture: capture, Signer: signer, Bundle: ca.Bundle(),
+		Node: *node, Capture: capture, Signer: signer, Bundle: bundle,
 		Metrics: metrics, DrainTimeout: *drain, Log: log,
 	})
 	if err != nil {
@@ -105,8 +157,13 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	log.Info("node proxy starting", "node", *node, "config", *config, "version", nodeproxy.Version)
-	nodeproxy.WatchFile(ctx, *config, *reload, first, proxy.Update, log)
+	if controllerMode {
+		log.Info("node proxy starting", "node", *node, "controller", *ctrlAddr, "version", nodeproxy.Version)
+		client.Run(ctx) // until SIGTERM; the proxy keeps its last configuration when the controller is away
+	} else {
+		log.Info("node proxy starting", "node", *node, "config", *config, "version", nodeproxy.Version)
+		nodeproxy.WatchFile(ctx, *config, *reload, first, proxy.Update, log)
+	}
 	stop()
 	sctx, cancel := context.WithTimeout(context.Background(), *drain+5*time.Second)
 	defer cancel()

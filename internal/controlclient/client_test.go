@@ -402,7 +402,9 @@ func TestRootRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	k2 := startController(t, newCA, addr, cfg)
-	waitFor(t, "reconnected", func() bool { return len(k2.c.Proxies()) == 2 && k2.c.Proxies()[0].UpToDate && k2.c.Proxies()[1].UpToDate })
+	waitFor(t, "reconnected", func() bool {
+		return len(k2.c.Proxies()) == 2 && k2.c.Proxies()[0].UpToDate && k2.c.Proxies()[1].UpToDate
+	})
 	mb := identity.NewManager(b.c, nil, nil)
 	if err := mb.Ensure(context.Background(), serverID); err != nil {
 		t.Fatal(err)

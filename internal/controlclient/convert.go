@@ -2,9 +2,11 @@ package controlclient
 
 import (
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -201,4 +203,32 @@ func kindMatches(r *pb.Resource) bool {
 		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TRUST_BUNDLE
 	}
 	return false
+}
+
+// ReadRoots reads the PEM certificates of a file (--controller-ca).
+func ReadRoots(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%s: PEM block %q where a CERTIFICATE was expected", path, block.Type)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no PEM CERTIFICATE block", path)
+	}
+	return out, nil
 }

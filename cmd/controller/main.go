@@ -1,0 +1,291 @@
+// Command controller is Ambit's controller: it reads the mesh configuration
+// (YAML files, or Kubernetes), serves each proxy its view of it over the
+// gRPC control API on 15010, and signs workload certificates for node
+// proxies.
+//
+//	controller run --source file --config DIR --ca-cert FILE --ca-key FILE --bootstrap-tokens FILE [flags]
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/controller"
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: controller run --source file --config DIR --ca-cert FILE --ca-key FILE --bootstrap-tokens FILE [flags]
+       (controller run -h lists the flags)
+`)
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) >= 1 && args[0] == "run" {
+		return runController(args[1:], stderr)
+	}
+	usage(stderr)
+	return 2
+}
+
+// files is a repeatable flag of file names.
+type files []string
+
+func (f *files) String() string     { return strings.Join(*f, ",") }
+func (f *files) Set(s string) error { *f = append(*f, s); return nil }
+
+func runController(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("controller run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	source := fs.String("source", "file", "where the mesh configuration comes from: file (YAML, --config) or kubernetes")
+	config := fs.String("config", "", "file source: a YAML file or a directory of them (Kubernetes shape), re-read on change")
+	caCert := fs.String("ca-cert", "", "signing CA certificate (PEM); intermediates may follow it in the file")
+	caKey := fs.String("ca-key", "", "the signing CA's private key (PEM)")
+	var roots files
+	fs.Var(&roots, "trust-bundle", "PEM file of roots proxies trust besides the signing CA's root (repeatable; during a rotation: the old root); re-read on change")
+	fs.Var(&roots, "root-ca-bundle", "same as --trust-bundle")
+	tdFlag := fs.String("trust-domain", "", "trust domain (default: the one in the CA certificate's SPIFFE URI, else cluster.local)")
+	idFlag := fs.String("identity", "", "SPIFFE ID of the controller's serving certificate (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
+	listen := fs.String("listen", ":15010", "gRPC control API (TLS 1.3)")
+	tokens := fs.String("bootstrap-tokens", "", "file source: YAML file mapping node name to its node proxy's bearer token")
+	adminAddr := fs.String("admin", admin.DefaultAdminAddr, "admin endpoint: loopback ip:port or unix:/path (empty: off)")
+	metricsAddr := fs.String("metrics", admin.DefaultMetricsAddr, "Prometheus metrics listener (empty: off)")
+	readyAddr := fs.String("ready", admin.DefaultReadyAddr, "readiness listener, /healthz/ready (empty: off)")
+	certTTL := fs.Duration("cert-ttl", identity.DefaultTTL, "lifetime of workload certificates")
+	maxTTL := fs.Duration("max-cert-ttl", identity.DefaultTTL, "longest lifetime a proxy may ask for")
+	poll := fs.Duration("poll-interval", controller.DefaultPollInterval, "file source: how often the configuration is checked for changes")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "controller run: "+format+"\n", a...)
+		return 1
+	}
+	if *caCert == "" || *caKey == "" {
+		fmt.Fprintln(stderr, "controller run: --ca-cert and --ca-key are required")
+		fs.Usage()
+		return 2
+	}
+	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
+	if *logFormat == "json" {
+		handler = slog.NewJSONHandler(stderr, nil)
+	}
+	log := slog.New(handler)
+
+	td, err := trustDomain(*tdFlag, *caCert)
+	if err != nil {
+		return fail("%v", err)
+	}
+	ca, err := controller.LoadCA(td, *caCert, *caKey, roots, nil)
+	if err != nil {
+		return fail("%v", err)
+	}
+	var id spiffeid.ID
+	if *idFlag != "" {
+		if id, err = spiffeid.FromString(*idFlag); err != nil {
+			return fail("--identity %q: %v", *idFlag, err)
+		}
+	}
+
+	var src controller.Source
+	var auth controller.NodeAuthenticator
+	switch *source {
+	case "file":
+		if *config == "" || *tokens == "" {
+			return fail("--source file needs --config (the mesh YAML) and --bootstrap-tokens (node proxies' tokens)")
+		}
+		if _, err := os.Stat(*config); err != nil {
+			return fail("--config: %v", err)
+		}
+		src = &controller.FileSource{Path: *config, Interval: *poll, Log: log}
+		if auth, err = controller.NewTokenFileAuthenticator(*tokens); err != nil {
+			return fail("--bootstrap-tokens: %v", err)
+		}
+	case "kubernetes":
+		src, auth, err = kubernetesSource(log)
+		if err != nil {
+			return fail("--source kubernetes: %v", err)
+		}
+	default:
+		return fail("--source %q: use file or kubernetes", *source)
+	}
+
+	c, err := controller.New(controller.Options{Source: src, Auth: auth, CA: ca, CertTTL: *certTTL, MaxCertTTL: *maxTTL, Log: log})
+	if err != nil {
+		return fail("%v", err)
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fail("--listen: %v", err)
+	}
+	servers, err := serveOps(c, *adminAddr, *metricsAddr, *readyAddr, log)
+	if err != nil {
+		lis.Close()
+		return fail("%v", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info("controller starting", "source", *source, "config", *config, "trustDomain", td.Name(), "roots", len(ca.Roots()))
+	errc := make(chan error, 3)
+	go func() { errc <- c.Run(ctx) }()
+	go func() { errc <- c.Serve(ctx, lis, id) }()
+	go func() { watchRoots(ctx, ca, c, roots, log); errc <- nil }()
+	code := 0
+	for range 3 {
+		if err := <-errc; err != nil {
+			log.Error("controller stopped", "err", err)
+			code = 1
+			stop()
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		s.Shutdown(sctx)
+	}
+	return code
+}
+
+// trustDomain is flag's, else the CA certificate's SPIFFE URI's, else the
+// default.
+func trustDomain(flagValue, caCert string) (spiffeid.TrustDomain, error) {
+	if flagValue != "" {
+		td, err := spiffeid.TrustDomainFromString(flagValue)
+		if err != nil {
+			return td, fmt.Errorf("--trust-domain %q: %v", flagValue, err)
+		}
+		return td, nil
+	}
+	certs, err := controller.ReadCerts(caCert)
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("--ca-cert: %w", err)
+	}
+	for _, u := range certs[0].URIs {
+		if u.Scheme == "spiffe" {
+			return spiffeid.TrustDomainFromString(u.Host)
+		}
+	}
+	return spiffeid.RequireTrustDomainFromString(meshconfig.DefaultTrustDomain), nil
+}
+
+// watchRoots re-reads the trust bundle files when they change and pushes
+// the new bundle; a bad edit is logged and the bundle in force stays.
+func watchRoots(ctx context.Context, ca *controller.CA, c *controller.Controller, files []string, log *slog.Logger) {
+	if len(files) == 0 {
+		return
+	}
+	last := rootsStamp(files)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := rootsStamp(files)
+		if now == last {
+			continue
+		}
+		last = now
+		extra, err := controller.ReadRootFiles(files)
+		if err == nil {
+			err = ca.SetRoots(extra)
+		}
+		if err != nil {
+			log.Error("trust bundle change refused; the bundle in force stays", "err", err)
+			continue
+		}
+		log.Info("trust bundle reloaded", "roots", len(ca.Roots()), "subjects", subjects(ca.Roots()))
+		c.RootsChanged()
+	}
+}
+
+func rootsStamp(files []string) string {
+	var b strings.Builder
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil {
+			fmt.Fprintf(&b, "%s %d %d;", f, fi.ModTime().UnixNano(), fi.Size())
+		}
+	}
+	return b.String()
+}
+
+func subjects(certs []*x509.Certificate) string {
+	var s []string
+	for _, c := range certs {
+		s = append(s, c.Subject.String())
+	}
+	return strings.Join(s, "; ")
+}
+
+// serveOps opens the admin (local only), metrics and readiness listeners.
+func serveOps(c *controller.Controller, adminAddr, metricsAddr, readyAddr string, log *slog.Logger) ([]*http.Server, error) {
+	adminH, metricsH, readyH := c.OpsHandlers()
+	type l struct {
+		name string
+		ln   net.Listener
+		h    http.Handler
+	}
+	var lns []l
+	closeAll := func() {
+		for _, x := range lns {
+			x.ln.Close()
+		}
+	}
+	if adminAddr != "" {
+		ln, err := admin.ListenAdmin(adminAddr)
+		if err != nil {
+			return nil, fmt.Errorf("--admin: %w", err)
+		}
+		lns = append(lns, l{"admin", ln, adminH})
+	}
+	for _, x := range []struct {
+		name, addr string
+		h          http.Handler
+	}{{"metrics", metricsAddr, metricsH}, {"ready", readyAddr, readyH}} {
+		if x.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", x.addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("--%s: %w", x.name, err)
+		}
+		lns = append(lns, l{x.name, ln, x.h})
+	}
+	var servers []*http.Server
+	for _, x := range lns {
+		srv := &http.Server{Handler: x.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+		servers = append(servers, srv)
+		go func() {
+			if err := srv.Serve(x.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("operator listener stopped", "listener", x.name, "err", err)
+			}
+		}()
+		log.Info("serving", "listener", x.name, "addr", x.ln.Addr().String())
+	}
+	return servers, nil
+}
