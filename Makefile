@@ -7,6 +7,8 @@ GO        ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
 BIN       := bin
 STATE     ?= /run/meshlab
 APT_PKGS  := clang llvm libbpf-dev bpftool iproute2 tcpdump git make iperf3 nginx libnginx-mod-stream
+# etcd for the Kubernetes tests (internal/kubetest)
+APT_PKGS  += etcd-server
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
 
 .DEFAULT_GOAL := help
@@ -40,8 +42,12 @@ lint: ## gofmt, go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+.PHONY: kube-tools
+kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached per version; cold ~10 min)
+	@GO=$(GO) tools/kube/build.sh >/dev/null
+
 .PHONY: test
-test: lint check-generate ## lint, check generated code, run every test (as root: privileged tests run)
+test: lint check-generate kube-tools ## lint, check generated code, run every test (as root: privileged tests run)
 	$(GO) test -count=1 -timeout 20m ./...
 
 .PHONY: test-unit

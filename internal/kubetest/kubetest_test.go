@@ -1,0 +1,297 @@
+package kubetest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+func TestMain(m *testing.M) { os.Exit(Main(m)) }
+
+func TestAPIServerAnswersAndKubectlWorks(t *testing.T) {
+	c := Shared(t)
+	ctx := context.Background()
+
+	v, err := c.Client().Discovery().ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod, err := os.ReadFile(filepath.Join(root, "tools/kube/go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := kubernetesVersion(mod); v.GitVersion != want {
+		t.Errorf("server reports version %q, tools/kube/go.mod builds %q", v.GitVersion, want)
+	}
+
+	ns := c.Namespace(t, "harness")
+	got, err := c.Client().CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Phase != corev1.NamespaceActive {
+		t.Errorf("namespace %s is %s, want Active", ns, got.Status.Phase)
+	}
+
+	out, err := c.RunKubectl(ctx, "get", "namespace", ns, "-o", "jsonpath={.metadata.name}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != ns {
+		t.Errorf("kubectl get namespace printed %q, want %q", out, ns)
+	}
+	out, err = c.RunKubectl(ctx, "-n", ns, "create", "configmap", "hello", "--from-literal=k=v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, err := c.Client().CoreV1().ConfigMaps(ns).Get(ctx, "hello", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("configmap made by kubectl (%s): %v", out, err)
+	}
+	if cm.Data["k"] != "v" {
+		t.Errorf("configmap data %v, want k=v", cm.Data)
+	}
+}
+
+// The node proxy authenticates to the controller with a pod-bound token for
+// the controller's audience; the controller checks it with TokenReview.
+func TestPodBoundTokenReview(t *testing.T) {
+	c := Shared(t)
+	ctx := context.Background()
+	ns := c.Namespace(t, "tokens")
+	cs := c.Client()
+
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "proxy"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "proxy-abc"},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "proxy",
+			NodeName:           "node-a",
+			Containers:         []corev1.Container{{Name: "p", Image: "example.invalid/proxy"}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const audience = "ambit-controller"
+	token, err := c.ServiceAccountToken(ctx, ns, "proxy", authnv1.TokenRequestSpec{
+		Audiences:      []string{audience},
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	review := func(aud string) *authnv1.TokenReviewStatus {
+		t.Helper()
+		tr, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
+			Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{aud}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tr.Status
+	}
+
+	st := review(audience)
+	if !st.Authenticated {
+		t.Fatalf("pod-bound token not authenticated: %q", st.Error)
+	}
+	if want := "system:serviceaccount:" + ns + ":proxy"; st.User.Username != want {
+		t.Errorf("username %q, want %q", st.User.Username, want)
+	}
+	for key, want := range map[string]string{
+		"authentication.kubernetes.io/pod-name":  pod.Name,
+		"authentication.kubernetes.io/pod-uid":   string(pod.UID),
+		"authentication.kubernetes.io/node-name": "node-a",
+	} {
+		if got := st.User.Extra[key]; len(got) != 1 || got[0] != want {
+			t.Errorf("user extra %s = %v, want [%s]", key, got, want)
+		}
+	}
+	if st := review("someone-else"); st.Authenticated {
+		t.Error("token for audience ambit-controller was accepted for audience someone-else")
+	}
+
+	// A token outlives nothing it is bound to. The API server caches a
+	// successful authentication for 10 s, so the refusal may lag that much.
+	zero := int64(0)
+	if err := cs.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	for review(audience).Authenticated {
+		if time.Since(deleted) > 20*time.Second {
+			t.Fatal("token bound to a deleted pod still authenticates 20 s later")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("token refused %v after its pod was deleted", time.Since(deleted).Round(100*time.Millisecond))
+}
+
+func TestServiceAccountHasOnlyWhatRBACGrants(t *testing.T) {
+	c := Shared(t)
+	ctx := context.Background()
+	ns := c.Namespace(t, "rbac")
+	sa := c.ServiceAccountClient(t, ns, "reader")
+
+	_, err := sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if !apierrors.IsForbidden(err) {
+		t.Fatalf("list pods without a role: err = %v, want Forbidden", err)
+	}
+	cs := c.Client()
+	if _, err := cs.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "pod-reader"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "pod-reader"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pod-reader"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "reader", Namespace: ns}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// RBAC changes reach the authorizer through an informer: allow a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err = sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("list pods with a role: %v", err)
+	}
+	if _, err := sa.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("list secrets with a pods-only role: err = %v, want Forbidden", err)
+	}
+}
+
+// The API server speaks TLS 1.3 only (the project's rule for every listener).
+func TestAPIServerRefusesTLS12(t *testing.T) {
+	c := Shared(t)
+	host := strings.TrimPrefix(c.Host, "https://")
+	conn, err := tls.Dial("tcp", host, &tls.Config{MaxVersion: tls.VersionTLS12, InsecureSkipVerify: true})
+	if err == nil {
+		conn.Close()
+		t.Fatal("kube-apiserver accepted a TLS 1.2 handshake")
+	}
+	conn, err = tls.Dial("tcp", host, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("TLS 1.3 handshake: %v", err)
+	}
+	conn.Close()
+}
+
+// A cluster of its own: Stop kills both servers and removes their files.
+func TestStopLeavesNothing(t *testing.T) {
+	b := Require(t)
+	c, err := New(b, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop() })
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.Discovery().ServerVersion(); err != nil {
+		t.Fatal(err)
+	}
+	dir, host := c.Dir, strings.TrimPrefix(c.Host, "https://")
+	var pids []int
+	for _, p := range c.procs {
+		pids = append(pids, p.cmd.Process.Pid)
+	}
+	if len(pids) != 2 {
+		t.Fatalf("cluster runs %d processes, want etcd and kube-apiserver", len(pids))
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("process %d still exists after Stop (kill 0: %v)", pid, err)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s still exists after Stop", dir)
+	}
+	if conn, err := net.DialTimeout("tcp", host, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("%s still accepts connections after Stop", host)
+	}
+}
+
+// build.sh and CacheDir must name the same directory, or tests would look
+// for binaries where `make kube-tools` did not put them.
+func TestCacheDirMatchesBuildScript(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cache := range []string{"", t.TempDir()} {
+		t.Setenv("AMBIT_CACHE", cache)
+		out, err := exec.Command("bash", filepath.Join(root, "tools/kube/build.sh"), "--dir").CombinedOutput()
+		if err != nil {
+			t.Fatalf("build.sh --dir: %v\n%s", err, out)
+		}
+		want, err := CacheDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(out)); got != want {
+			t.Errorf("AMBIT_CACHE=%q: build.sh builds into %s, kubetest looks in %s", cache, got, want)
+		}
+	}
+}
+
+func TestKubernetesVersion(t *testing.T) {
+	for mod, want := range map[string]string{
+		"module x\n\nrequire k8s.io/kubernetes v1.37.1\n":                                           "v1.37.1",
+		"module x\n\nrequire (\n\tk8s.io/api v0.37.1\n\tk8s.io/kubernetes v1.36.0 // indirect\n)\n": "v1.36.0",
+		"module x\n\nreplace k8s.io/api => k8s.io/api v0.37.1\n":                                    "",
+	} {
+		if got := kubernetesVersion([]byte(mod)); got != want {
+			t.Errorf("kubernetesVersion(%q) = %q, want %q", mod, got, want)
+		}
+	}
+}
+
+func TestMissingBinariesSayWhatToRun(t *testing.T) {
+	t.Setenv("AMBIT_KUBE_BIN", t.TempDir())
+	t.Setenv("AMBIT_ETCD", filepath.Join(t.TempDir(), "etcd"))
+	_, err := FindBinaries()
+	if err == nil {
+		t.Fatal("FindBinaries found binaries in an empty directory")
+	}
+	for _, want := range []string{"etcd not found", "make deps", "kube-apiserver not found", "kubectl not found", "AMBIT_KUBE_BIN"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+}
