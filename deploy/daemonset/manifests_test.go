@@ -448,6 +448,8 @@ func TestApplyToAPIServer(t *testing.T) {
 		{"patch", "ambit.dev", "accesspolicies", "status", "shop", true},
 		{"create", "apps", "deployments", "", "shop", true},
 		{"create", "", "services", "", "shop", true},
+		{"create", "", "serviceaccounts", "", "shop", true},
+		{"create", "", "serviceaccounts", "token", "shop", false},
 		{"create", "authentication.k8s.io", "tokenreviews", "", "", true},
 		{"get", "", "secrets", "", namespace, false},
 		{"list", "", "secrets", "", "", false},
