@@ -280,6 +280,36 @@ func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (po
 	if spec.Selector != nil {
 		p.Selector = spec.Selector.MatchLabels
 	}
+	// The CRD's limits (they bound the cost of its CEL rules).
+	tooMany := func(field string, n, most int) error {
+		if n > most {
+			return fieldErr(field, "AccessPolicy %s: %s has %d entries, at most %d", p.Key(), field, n, most)
+		}
+		return nil
+	}
+	if err := tooMany("spec.rules", len(spec.Rules), 32); err != nil {
+		return p, err
+	}
+	for ri, r := range spec.Rules {
+		rf := fmt.Sprintf("spec.rules[%d]", ri)
+		if err := firstErr(tooMany(rf+".from", len(r.From), 16), tooMany(rf+".to", len(r.To), 16)); err != nil {
+			return p, err
+		}
+		for fi, f := range r.From {
+			ff := fmt.Sprintf("%s.from[%d]", rf, fi)
+			if err := firstErr(tooMany(ff+".principals", len(f.Principals), 32), tooMany(ff+".namespaces", len(f.Namespaces), 32),
+				tooMany(ff+".serviceAccounts", len(f.ServiceAccounts), 32), tooMany(ff+".ipBlocks", len(f.IPBlocks), 32)); err != nil {
+				return p, err
+			}
+		}
+		for ti, t := range r.To {
+			tf := fmt.Sprintf("%s.to[%d]", rf, ti)
+			if err := firstErr(tooMany(tf+".ports", len(t.Ports), 32), tooMany(tf+".methods", len(t.Methods), 32),
+				tooMany(tf+".paths", len(t.Paths), 32), tooMany(tf+".hosts", len(t.Hosts), 32)); err != nil {
+				return p, err
+			}
+		}
+	}
 	for ri, r := range spec.Rules {
 		var rule policy.Rule
 		for fi, f := range r.From {
@@ -469,5 +499,14 @@ func (b *Builder) addGRPCRoute(namespace, name string, created time.Time, spec g
 		return err
 	}
 	b.routes = append(b.routes, r)
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }

@@ -135,7 +135,7 @@ type AccessPolicySpec struct {
 	// +optional
 	DryRun bool `json:"dryRun,omitempty"`
 	// Rules: with none, the policy matches nothing.
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Rules []AccessRule `json:"rules,omitempty"`
 }
@@ -149,11 +149,11 @@ type Selector struct {
 // AccessRule matches when every non-empty part matches.
 type AccessRule struct {
 	// From: any of these sources; empty matches every source.
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=16
 	// +optional
 	From []AccessSource `json:"from,omitempty"`
 	// To: any of these destinations; empty matches every destination.
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=16
 	// +optional
 	To []AccessTarget `json:"to,omitempty"`
 }
@@ -162,18 +162,18 @@ type AccessRule struct {
 type AccessSource struct {
 	// Principals are SPIFFE IDs ("spiffe://td/ns/x/sa/y" or "td/ns/x/sa/y"),
 	// with an optional '*' at the start or the end.
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Principals []Principal `json:"principals,omitempty"`
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Namespaces []string `json:"namespaces,omitempty"`
 	// ServiceAccounts: "namespace/name", or "name" in any namespace.
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 	// IPBlocks: CIDRs or single IP addresses of the client.
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	IPBlocks []IPBlock `json:"ipBlocks,omitempty"`
 }
@@ -192,16 +192,16 @@ type IPBlock string
 // and hosts are HTTP attributes: only a waypoint can check them, and a node
 // proxy fails closed on them (a DENY rule matches, an ALLOW rule does not).
 type AccessTarget struct {
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Ports []Port `json:"ports,omitempty"`
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Methods []string `json:"methods,omitempty"`
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Paths []string `json:"paths,omitempty"`
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Hosts []string `json:"hosts,omitempty"`
 }
@@ -278,7 +278,7 @@ type TrafficPolicySpec struct {
 
 // TargetRef names a Service in the policy's namespace.
 //
-// +kubebuilder:validation:XValidation:rule="self.group == ” && self.kind == 'Service'",message="targetRefs may only name a Service (group \"\", kind Service)"
+// +kubebuilder:validation:XValidation:rule="self.group.size() == 0 && self.kind == 'Service'",message="targetRefs may only name a Service (group \"\", kind Service)"
 type TargetRef struct {
 	// +kubebuilder:default=""
 	// +optional
