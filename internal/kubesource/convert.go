@@ -289,10 +289,10 @@ func ServiceFromK8s(svc *corev1.Service, pods []*corev1.Pod, eps []*discoveryv1.
 			sp.AppProtocol = *p.AppProtocol
 		}
 		switch {
-		case p.TargetPort.Type == intstr.Int:
+		case p.TargetPort.Type == intstr.Int && p.TargetPort.IntVal != 0:
 			sp.TargetPort = uint16(p.TargetPort.IntVal)
-		case p.TargetPort.StrVal == "":
-			sp.TargetPort = sp.Port
+		case p.TargetPort.Type == intstr.Int || p.TargetPort.StrVal == "":
+			sp.TargetPort = sp.Port // not set: the API server defaults it to the port
 		default:
 			sp.TargetPort = namedPort(p.TargetPort.StrVal, p.Name, len(svc.Spec.Selector) > 0, sel, pods, eps)
 			if sp.TargetPort == 0 {
