@@ -188,7 +188,7 @@ func (c *Controller) apply(p *pendingConfig) {
 			break
 		}
 		start := time.Now()
-		s = buildSnapshot(c.seq.Add(1), p.cfg, c.opts.CA.Roots(), p.received)
+		s = buildSnapshot(c.seq.Add(1), p.cfg, c.opts.CA.Roots(), p.received, prev)
 		c.metrics.buildSeconds.Observe(time.Since(start).Seconds())
 		c.log.Info("configuration in force", "version", s.version, "workloads", len(p.cfg.Workloads), "services", len(p.cfg.Services), "policies", len(p.cfg.Policies), "build", time.Since(start).Round(time.Microsecond))
 	}

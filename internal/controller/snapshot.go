@@ -3,6 +3,9 @@ package controller
 import (
 	"crypto/x509"
 	"hash/maphash"
+	"maps"
+	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -55,9 +58,13 @@ type snapshot struct {
 	workloads map[string]*workloadEntry
 	byNode    map[string][]*workloadEntry
 	policies  map[string]*policyEntry
+	services  map[string]*meshconfig.Service
 	// full maps every non-policy key to the hash of its fullest form (a
 	// workload's local form), to find what changed between snapshots.
 	full map[resKey]uint64
+
+	byNSOnce sync.Once
+	byNS     map[string][]*policyEntry
 
 	mu         sync.Mutex
 	superseded bool
@@ -77,41 +84,64 @@ func newRes(r *pb.Resource) *res {
 	return &res{msg: r, hash: maphash.Bytes(hashSeed, b)}
 }
 
-// buildSnapshot converts cfg and the trust bundle into resources.
-func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate, received time.Time) *snapshot {
+// buildSnapshot converts cfg and the trust bundle into resources. A
+// resource whose model is unchanged from prev (which may be nil) reuses
+// prev's encoding: a change costs what changed, not the whole mesh.
+func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate, received time.Time, prev *snapshot) *snapshot {
 	s := &snapshot{
 		seq: seq, version: cfg.Version, cfg: cfg, received: received,
-		shared:    map[resKey]*res{},
+		shared:    make(map[resKey]*res, len(cfg.Services)+len(cfg.Namespaces)+2),
 		workloads: make(map[string]*workloadEntry, len(cfg.Workloads)),
 		byNode:    map[string][]*workloadEntry{},
-		policies:  map[string]*policyEntry{},
+		policies:  make(map[string]*policyEntry, len(cfg.Policies)),
+		services:  make(map[string]*meshconfig.Service, len(cfg.Services)),
 		full:      make(map[resKey]uint64, len(cfg.Workloads)+len(cfg.Services)+len(cfg.Namespaces)+2),
 		diffs:     map[uint64][]resKey{},
 
 		applicable: map[string]map[string]bool{},
 	}
-	add := func(k resKey, r *pb.Resource) {
-		r.Ref = &pb.ResourceRef{Type: k.typ, Name: k.name}
-		x := newRes(r)
+	if prev == nil {
+		prev = &snapshot{cfg: &meshconfig.Config{}}
+	}
+	put := func(k resKey, x *res) {
 		s.shared[k] = x
 		s.full[k] = x.hash
 	}
+	add := func(k resKey, r *pb.Resource) {
+		r.Ref = &pb.ResourceRef{Type: k.typ, Name: k.name}
+		put(k, newRes(r))
+	}
 	add(resKey{pb.ResourceType_RESOURCE_TYPE_MESH, MeshResourceName}, &pb.Resource{Kind: &pb.Resource_Mesh{Mesh: meshToPB(cfg.Mesh)}})
-	add(resKey{pb.ResourceType_RESOURCE_TYPE_TRUST_BUNDLE, BundleResourceName}, &pb.Resource{Kind: &pb.Resource_TrustBundle{TrustBundle: bundleToPB(cfg.Mesh.TrustDomain.Name(), roots)}})
+	add(bundleKey, &pb.Resource{Kind: &pb.Resource_TrustBundle{TrustBundle: bundleToPB(cfg.Mesh.TrustDomain.Name(), roots)}})
 	for _, ns := range cfg.Namespaces {
-		add(resKey{pb.ResourceType_RESOURCE_TYPE_NAMESPACE, ns.Name}, &pb.Resource{Kind: &pb.Resource_Namespace{Namespace: &pb.Namespace{Name: ns.Name, Labels: ns.Labels, Annotations: ns.Annotations}}})
+		k := resKey{pb.ResourceType_RESOURCE_TYPE_NAMESPACE, ns.Name}
+		if old, ok := prev.cfg.Namespaces[ns.Name]; ok && sameNamespace(old, ns) {
+			put(k, prev.shared[k])
+			continue
+		}
+		add(k, &pb.Resource{Kind: &pb.Resource_Namespace{Namespace: &pb.Namespace{Name: ns.Name, Labels: ns.Labels, Annotations: ns.Annotations}}})
 	}
 	for _, svc := range cfg.Services {
-		add(resKey{pb.ResourceType_RESOURCE_TYPE_SERVICE, svc.Key()}, &pb.Resource{Kind: &pb.Resource_Service{Service: serviceToPB(svc)}})
+		k := resKey{pb.ResourceType_RESOURCE_TYPE_SERVICE, svc.Key()}
+		s.services[k.name] = svc
+		if old, ok := prev.services[k.name]; ok && sameService(old, svc) {
+			put(k, prev.shared[k])
+			continue
+		}
+		add(k, &pb.Resource{Kind: &pb.Resource_Service{Service: serviceToPB(svc)}})
 	}
 	for _, w := range cfg.Workloads {
 		k := resKey{pb.ResourceType_RESOURCE_TYPE_WORKLOAD, w.Key()}
-		ref := &pb.ResourceRef{Type: k.typ, Name: k.name}
 		e := &workloadEntry{w: w}
-		e.remote = newRes(&pb.Resource{Ref: ref, Kind: &pb.Resource_Workload{Workload: workloadToPB(w, false)}})
-		e.local = e.remote
-		if w.NetNS != "" || w.Cgroup != "" {
-			e.local = newRes(&pb.Resource{Ref: ref, Kind: &pb.Resource_Workload{Workload: workloadToPB(w, true)}})
+		if old, ok := prev.workloads[k.name]; ok && sameWorkload(old.w, w) {
+			e.remote, e.local = old.remote, old.local
+		} else {
+			ref := &pb.ResourceRef{Type: k.typ, Name: k.name}
+			e.remote = newRes(&pb.Resource{Ref: ref, Kind: &pb.Resource_Workload{Workload: workloadToPB(w, false)}})
+			e.local = e.remote
+			if w.NetNS != "" || w.Cgroup != "" {
+				e.local = newRes(&pb.Resource{Ref: ref, Kind: &pb.Resource_Workload{Workload: workloadToPB(w, true)}})
+			}
 		}
 		s.workloads[k.name] = e
 		s.byNode[w.Node] = append(s.byNode[w.Node], e)
@@ -119,6 +149,10 @@ func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate
 	}
 	for _, p := range cfg.Policies {
 		k := resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, p.Key()}
+		if old, ok := prev.policies[k.name]; ok && reflect.DeepEqual(old.p, p) {
+			s.policies[k.name] = old
+			continue
+		}
 		s.policies[k.name] = &policyEntry{p: p, res: newRes(&pb.Resource{Ref: &pb.ResourceRef{Type: k.typ, Name: k.name}, Kind: &pb.Resource_AccessPolicy{AccessPolicy: policyToPB(p)}})}
 	}
 	return s
@@ -128,7 +162,7 @@ func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate
 func (s *snapshot) withBundle(seq uint64, roots []*x509.Certificate) *snapshot {
 	n := &snapshot{
 		seq: seq, version: s.version, cfg: s.cfg, received: time.Now(),
-		shared: make(map[resKey]*res, len(s.shared)), workloads: s.workloads, byNode: s.byNode, policies: s.policies,
+		shared: make(map[resKey]*res, len(s.shared)), workloads: s.workloads, byNode: s.byNode, policies: s.policies, services: s.services,
 		full: make(map[resKey]uint64, len(s.full)), diffs: map[uint64][]resKey{}, applicable: map[string]map[string]bool{},
 	}
 	for k, v := range s.shared {
@@ -169,12 +203,11 @@ func (s *snapshot) applicablePolicies(node string) map[string]bool {
 	}
 	s.mu.Unlock()
 	m := map[string]bool{}
-	local := s.byNode[node]
-	for key, pe := range s.policies {
-		for _, e := range local {
-			if e.w.Namespace == pe.p.Namespace && selects(pe.p.Selector, e.w.Labels) {
-				m[key] = true
-				break
+	byNS := s.policiesByNamespace()
+	for _, e := range s.byNode[node] {
+		for _, pe := range byNS[e.w.Namespace] {
+			if selects(pe.p.Selector, e.w.Labels) {
+				m[pe.p.Key()] = true
 			}
 		}
 	}
@@ -184,6 +217,17 @@ func (s *snapshot) applicablePolicies(node string) map[string]bool {
 	}
 	s.mu.Unlock()
 	return m
+}
+
+// policiesByNamespace groups the policies by namespace, once.
+func (s *snapshot) policiesByNamespace() map[string][]*policyEntry {
+	s.byNSOnce.Do(func() {
+		s.byNS = map[string][]*policyEntry{}
+		for _, pe := range s.policies {
+			s.byNS[pe.p.Namespace] = append(s.byNS[pe.p.Namespace], pe)
+		}
+	})
+	return s.byNS
 }
 
 func selects(sel, labels map[string]string) bool {
@@ -312,7 +356,25 @@ func (s *snapshot) diff(old *snapshot, node string) (changed []*pb.Resource, rem
 	return changed, removed
 }
 
-// Conversions from the mesh model to the wire.
+// Conversions from the mesh model to the wire. Each same* function
+// compares exactly the fields its *ToPB function reads: equal models make
+// equal resources.
+
+func sameNamespace(a, b *meshconfig.Namespace) bool {
+	return a.Name == b.Name && maps.Equal(a.Labels, b.Labels) && maps.Equal(a.Annotations, b.Annotations)
+}
+
+func sameWorkload(a, b *meshconfig.Workload) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name && maps.Equal(a.Labels, b.Labels) &&
+		a.ServiceAccount == b.ServiceAccount && a.Node == b.Node && a.Ready == b.Ready &&
+		slices.Equal(a.IPs, b.IPs) && a.NetNS == b.NetNS && a.Cgroup == b.Cgroup
+}
+
+func sameService(a, b *meshconfig.Service) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name && maps.Equal(a.Labels, b.Labels) &&
+		maps.Equal(a.Selector, b.Selector) && slices.Equal(a.Addresses, b.Addresses) &&
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints)
+}
 
 func meshToPB(m meshconfig.Mesh) *pb.Mesh {
 	return &pb.Mesh{TrustDomain: m.TrustDomain.Name(), Tunnel: m.Tunnel, TunnelPerNode: m.TunnelPerNode}
