@@ -142,6 +142,10 @@ workloads:
 		w.Waypoint = waypointFor(w.Namespace, ns.Labels[WaypointLabel], false)
 		c.Workloads = append(c.Workloads, w)
 	}
+	byNS := map[string][]*Workload{}
+	for _, w := range c.Workloads {
+		byNS[w.Namespace] = append(byNS[w.Namespace], w)
+	}
 services:
 	for _, s := range b.services {
 		at := pos{s.file, s.line}
@@ -189,8 +193,8 @@ services:
 				}
 			}
 		case len(s.Selector) > 0:
-			for _, w := range c.Workloads {
-				if w.Namespace == s.Namespace && selects(s.Selector, w.Labels) {
+			for _, w := range byNS[s.Namespace] {
+				if selects(s.Selector, w.Labels) {
 					c.endpoints[s] = append(c.endpoints[s], w)
 				}
 			}
