@@ -287,6 +287,32 @@ func checkProbes(t *testing.T, who string, c corev1.Container) {
 	}
 }
 
+// The arguments in the manifests are flags the binaries accept: a typo
+// would be a crash loop on every node.
+func TestArgsAreFlagsTheBinariesAccept(t *testing.T) {
+	in := render(t)
+	bin := t.TempDir()
+	out, err := exec.Command("go", "build", "-o", bin+"/",
+		"github.com/ambit-mesh/ambit/cmd/controller", "github.com/ambit-mesh/ambit/cmd/nodeproxy").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, c := range []corev1.Container{in.controller.Spec.Template.Spec.Containers[0], in.nodeproxy.Spec.Template.Spec.Containers[0]} {
+		name := strings.TrimPrefix(strings.Split(c.Image, ":")[0], "ghcr.io/ambit-mesh/ambit-")
+		// Flags parse in order, so an unknown one fails before -h prints
+		// the usage.
+		out, _ := exec.Command(filepath.Join(bin, name), append(slices.Clone(c.Args), "-h")...).CombinedOutput()
+		if !strings.Contains(string(out), "Usage of "+name+" run") {
+			t.Errorf("%s %v -h did not print the usage of %s run:\n%s", name, c.Args, name, out)
+		}
+		for _, bad := range []string{"flag provided but not defined", "invalid value", "invalid boolean"} {
+			if strings.Contains(string(out), bad) {
+				t.Errorf("%s refuses the manifest's arguments %v:\n%s", name, c.Args, out)
+			}
+		}
+	}
+}
+
 // flagValue finds --name=value or --name value in args.
 func flagValue(args []string, name string) string {
 	for i, a := range args {
