@@ -11,6 +11,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
 
 // connRecord is one proxied connection, for the admin API, metrics and the
@@ -227,28 +228,26 @@ func pipe(r *connRecord, client, upstream net.Conn) error {
 	return first
 }
 
+// tunnelStream is an HTTP/2 tunnel stream: it moves bytes between its
+// own buffers and a socket, without a relay buffer in between.
+type tunnelStream interface {
+	io.WriterTo
+	io.ReaderFrom
+	Protocol() tunnel.Protocol
+}
+
 func copyCounting(dst, src net.Conn, n *atomic.Uint64, add func(int)) error {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	count := func(k int) {
+		n.Add(uint64(k))
+		add(k)
+	}
 	var err error
-	for {
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
-			n.Add(uint64(nw))
-			add(nw)
-			if werr != nil {
-				err = werr
-				break
-			}
-		}
-		if rerr != nil {
-			if rerr != io.EOF {
-				err = rerr
-			}
-			break
-		}
+	if ts, ok := src.(tunnelStream); ok {
+		_, err = ts.WriteTo(countingWriter{dst, count})
+	} else if ts, ok := dst.(tunnelStream); ok {
+		_, err = ts.ReadFrom(countingReader{src, count})
+	} else {
+		err = copyBuffered(dst, src, count)
 	}
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		cw.CloseWrite()
@@ -256,4 +255,50 @@ func copyCounting(dst, src net.Conn, n *atomic.Uint64, add func(int)) error {
 		dst.Close()
 	}
 	return err
+}
+
+// copyBuffered copies src to dst through a pooled buffer until src ends
+// (io.EOF is no error).
+func copyBuffered(dst io.Writer, src io.Reader, count func(int)) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			count(nw)
+			if werr != nil {
+				return werr
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+type countingWriter struct {
+	w     io.Writer
+	count func(int)
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.count(n)
+	return n, err
+}
+
+type countingReader struct {
+	r     io.Reader
+	count func(int)
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.count(n)
+	return n, err
 }

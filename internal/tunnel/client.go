@@ -10,7 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
+	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,15 +20,19 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/internal/clock"
 )
 
 // Dialer opens tunnel streams, pooling TLS connections per (source
-// identity, destination identity, destination proxy address). A pooled
-// connection carries up to maxStreamsPerTLS streams; beyond that, or when
-// the peer refuses more, another connection is opened. Idle connections are
-// closed after IdleTimeout. Targets with ProtocolQUIC use pooled QUIC
+// identity, destination identity, destination proxy address). A new stream
+// goes to the pooled connection with the fewest streams; while every
+// connection already carries one and the pool has fewer than
+// maxConnsPerPeer, another connection is opened, so parallel streams
+// spread over several connections (and CPUs) instead of queueing on one.
+// A connection carries at most maxStreamsPerTLS streams. Idle connections
+// are closed after IdleTimeout. Targets with ProtocolQUIC use pooled QUIC
 // connections instead (quic_client.go), falling back to HTTP/2.
 type Dialer struct {
 	Bundle      x509bundle.Source
@@ -47,10 +52,9 @@ type Dialer struct {
 	Clock clock.Clock
 
 	mu      sync.Mutex
-	pools   map[poolKey][]*http2.ClientConn
+	pools   map[poolKey][]*h2conn
 	dialing map[poolKey]chan struct{} // one connection setup per key at a time
-	t       *http2.Transport
-	quic    quicPool // guarded by mu
+	quic    quicPool                  // guarded by mu
 }
 
 type poolKey struct {
@@ -88,23 +92,21 @@ type Target struct {
 	ListenPacket func() (net.PacketConn, error)
 }
 
-func (d *Dialer) transport() *http2.Transport {
-	if d.t == nil {
-		idle := d.IdleTimeout
-		if idle == 0 {
-			idle = 5 * time.Minute
-		}
-		d.t = &http2.Transport{
-			IdleConnTimeout:    idle,
-			MaxReadFrameSize:   maxFrameSize,
-			ReadIdleTimeout:    30 * time.Second,
-			PingTimeout:        10 * time.Second,
-			DisableCompression: true,
-		}
-		d.pools = map[poolKey][]*http2.ClientConn{}
+// Client keepalive: a connection silent this long is pinged, and closed if
+// the answer does not come in time.
+const (
+	pingAfter   = 30 * time.Second
+	pingTimeout = 10 * time.Second
+)
+
+// maxConnsPerPeer bounds the connections one pool key spreads streams over.
+var maxConnsPerPeer = max(4, runtime.GOMAXPROCS(0))
+
+func (d *Dialer) init() {
+	if d.pools == nil {
+		d.pools = map[poolKey][]*h2conn{}
 		d.dialing = map[poolKey]chan struct{}{}
 	}
-	return d.t
 }
 
 // Dial opens a stream from identity src (whose certificate svid provides) to
@@ -126,37 +128,39 @@ func (d *Dialer) Dial(ctx context.Context, svid x509svid.Source, t Target) (net.
 	default:
 		return nil, fmt.Errorf("tunnel: unknown protocol %q", t.Protocol)
 	}
-	cc, err := d.conn(ctx, poolKey{src.ID, t.Identity, t.Proxy, t.Via}, t.NetDial, svid)
-	if err != nil {
-		return nil, err
-	}
-	pr, pw := io.Pipe()
-	req := &http.Request{
-		Method: http.MethodConnect,
-		Host:   t.Dst.String(),
-		URL:    &url.URL{Host: t.Dst.String()},
-		Header: http.Header{},
-		Body:   pr,
+	fields := []hpack.HeaderField{
+		{Name: ":method", Value: http.MethodConnect},
+		{Name: ":authority", Value: t.Dst.String()},
 	}
 	if t.Src.IsValid() {
-		req.Header.Set("Forwarded", forwardedFor(t.Src))
+		fields = append(fields, hpack.HeaderField{Name: "forwarded", Value: forwardedFor(t.Src)})
 	}
 	if t.TraceParent != "" {
-		req.Header.Set("traceparent", t.TraceParent)
+		fields = append(fields, hpack.HeaderField{Name: "traceparent", Value: t.TraceParent})
 	}
-	req = req.WithContext(context.WithoutCancel(ctx)) // the stream outlives the dial
-	resp, err := cc.RoundTrip(req)
-	if err != nil {
-		pw.Close()
-		return nil, fmt.Errorf("tunnel to %s via %s: %w", t.Dst, t.Proxy, err)
+	k := poolKey{src.ID, t.Identity, t.Proxy, t.Via}
+	for attempt := 0; ; attempt++ {
+		cc, err := d.conn(ctx, k, t.NetDial, svid)
+		if err != nil {
+			return nil, err
+		}
+		s, resp, err := cc.open(ctx, fields)
+		if errors.Is(err, errStreamRefused) && attempt < 2 {
+			continue // the peer is going away: another connection takes it
+		}
+		if err != nil {
+			return nil, fmt.Errorf("tunnel to %s via %s: %w", t.Dst, t.Proxy, err)
+		}
+		if resp.status != http.StatusOK {
+			var msg []byte
+			if !resp.endStream {
+				msg, _ = io.ReadAll(io.LimitReader(s, 512))
+			}
+			s.closeWith(http2.ErrCodeCancel)
+			return nil, &StatusError{Code: resp.status, Message: strings.TrimSpace(string(msg))}
+		}
+		return &streamConn{h2stream: s, local: src.ID, remote: t}, nil
 	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		pw.Close()
-		return nil, &StatusError{Code: resp.StatusCode, Message: string(msg)}
-	}
-	return &streamConn{r: resp.Body, w: pw, local: src.ID, remote: t}, nil
 }
 
 // StatusError is a CONNECT refused by the peer.
@@ -169,18 +173,25 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("tunnel peer answered %d: %s", e.Code, e.Message)
 }
 
-func (d *Dialer) conn(ctx context.Context, k poolKey, dial netDialFunc, svid x509svid.Source) (*http2.ClientConn, error) {
+// conn returns a pooled connection for k with a stream reserved on it,
+// opening one when needed.
+func (d *Dialer) conn(ctx context.Context, k poolKey, dial netDialFunc, svid x509svid.Source) (*h2conn, error) {
 	for {
 		d.mu.Lock()
-		t := d.transport()
-		if cc := d.pick(k); cc != nil {
+		d.init()
+		cc, spread := d.pick(k)
+		if cc != nil && !spread {
 			d.mu.Unlock()
 			return cc, nil
 		}
-		// Nothing with room: one caller opens a connection, the others
-		// wait for it and pick again, so a burst shares one connection.
+		// Nothing with room, or time to spread: one caller opens a
+		// connection, the others wait for it and pick again, so a burst
+		// shares it.
 		if wait, ok := d.dialing[k]; ok {
 			d.mu.Unlock()
+			if cc != nil {
+				cc.unreserve()
+			}
 			select {
 			case <-wait:
 				continue
@@ -191,36 +202,62 @@ func (d *Dialer) conn(ctx context.Context, k poolKey, dial netDialFunc, svid x50
 		done := make(chan struct{})
 		d.dialing[k] = done
 		d.mu.Unlock()
-		cc, err := d.open(ctx, t, k, dial, svid)
+		nc, err := d.open(ctx, k, dial, svid)
 		d.mu.Lock()
 		delete(d.dialing, k)
 		close(done)
 		d.mu.Unlock()
-		return cc, err
+		if err != nil && cc != nil {
+			// Spreading failed: the connection we have still serves.
+			d.log().Warn("tunnel: another pooled connection could not be opened", "peer", k.addr, "err", err)
+			return cc, nil
+		}
+		if cc != nil {
+			cc.unreserve()
+		}
+		return nc, err
 	}
 }
 
-// pick returns a pooled connection with room for a stream, reserving it.
-// d.mu is held.
-func (d *Dialer) pick(k poolKey) *http2.ClientConn {
+// pick reserves a stream on the live pooled connection with the fewest
+// streams. spread says another connection should be opened for it: every
+// connection is busy and the pool may grow. d.mu is held.
+func (d *Dialer) pick(k poolKey) (cc *h2conn, spread bool) {
 	live := d.pools[k][:0]
-	var pick *http2.ClientConn
-	for _, cc := range d.pools[k] {
-		st := cc.State()
-		if st.Closed || st.Closing {
+	best, bestN := (*h2conn)(nil), 0
+	for _, c := range d.pools[k] {
+		c.mu.Lock()
+		if c.err != nil {
+			c.mu.Unlock()
 			continue
 		}
-		live = append(live, cc)
-		if pick == nil && st.StreamsActive+st.StreamsReserved < maxStreamsPerTLS && cc.ReserveNewRequest() {
-			pick = cc
+		live = append(live, c)
+		if n := c.activeLocked(); !c.goAway && n < maxStreamsPerTLS && (best == nil || n < bestN) {
+			best, bestN = c, n
 		}
+		c.mu.Unlock()
 	}
 	d.pools[k] = live
-	return pick
+	if best == nil {
+		return nil, false
+	}
+	best.mu.Lock()
+	ok := best.reserveLocked()
+	best.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	return best, bestN > 0 && len(live) < maxConnsPerPeer
+}
+
+func (c *h2conn) unreserve() {
+	c.mu.Lock()
+	c.reserved--
+	c.mu.Unlock()
 }
 
 // open makes a new pooled connection to k and reserves a stream on it.
-func (d *Dialer) open(ctx context.Context, t *http2.Transport, k poolKey, dial netDialFunc, svid x509svid.Source) (*http2.ClientConn, error) {
+func (d *Dialer) open(ctx context.Context, k poolKey, dial netDialFunc, svid x509svid.Source) (*h2conn, error) {
 	cfg := tlsBase(tlsconfig.MTLSClientConfig(svid, d.Bundle, tlsconfig.AuthorizeID(k.dst)))
 	if dial == nil {
 		dial = d.NetDialer
@@ -244,15 +281,15 @@ func (d *Dialer) open(ctx context.Context, t *http2.Transport, k poolKey, dial n
 		tc.Close()
 		return nil, fmt.Errorf("tunnel: %s did not negotiate h2", k.addr)
 	}
-	cc, err := t.NewClientConn(tc)
-	if err != nil {
+	cc := newH2conn(tc, true)
+	if err := cc.start(); err != nil {
 		tc.Close()
-		return nil, err
+		return nil, fmt.Errorf("tunnel: HTTP/2 with %s: %w", k.addr, err)
 	}
-	if !cc.ReserveNewRequest() {
-		cc.Close()
-		return nil, errors.New("tunnel: new connection refused a stream")
-	}
+	go cc.keepalive(d.idleTimeout(), pingAfter, pingTimeout)
+	cc.mu.Lock()
+	cc.reserved++
+	cc.mu.Unlock()
 	d.mu.Lock()
 	d.pools[k] = append(d.pools[k], cc)
 	d.mu.Unlock()
@@ -271,9 +308,11 @@ func (d *Dialer) h2Conns() int {
 	n := 0
 	for _, ccs := range d.pools {
 		for _, cc := range ccs {
-			if st := cc.State(); !st.Closed {
+			cc.mu.Lock()
+			if cc.err == nil {
 				n++
 			}
+			cc.mu.Unlock()
 		}
 	}
 	return n
@@ -284,7 +323,7 @@ func (d *Dialer) Close() error {
 	d.mu.Lock()
 	for k, ccs := range d.pools {
 		for _, cc := range ccs {
-			cc.Close()
+			cc.fail(net.ErrClosed)
 		}
 		delete(d.pools, k)
 	}
@@ -293,27 +332,20 @@ func (d *Dialer) Close() error {
 	return nil
 }
 
-// streamConn is one CONNECT stream seen as a net.Conn.
+// streamConn is one CONNECT stream seen as a net.Conn: Read, Write and
+// CloseWrite come from the stream.
 type streamConn struct {
-	r      io.ReadCloser
-	w      *io.PipeWriter
+	*h2stream
 	local  spiffeid.ID
 	remote Target
-	once   sync.Once
 }
 
-func (c *streamConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
-func (c *streamConn) Protocol() Protocol          { return ProtocolH2 }
-func (c *streamConn) Write(p []byte) (int, error) { return c.w.Write(p) }
+func (c *streamConn) Protocol() Protocol { return ProtocolH2 }
 
-// CloseWrite ends the request body: the far side's target sees a FIN.
-func (c *streamConn) CloseWrite() error { return c.w.Close() }
-
+// Close ends the stream; one that has not ended cleanly both ways is reset
+// (CONNECT_ERROR: the TCP side went away).
 func (c *streamConn) Close() error {
-	c.once.Do(func() {
-		c.w.Close()
-		c.r.Close()
-	})
+	c.closeWith(http2.ErrCodeConnect)
 	return nil
 }
 

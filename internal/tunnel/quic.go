@@ -219,8 +219,9 @@ func (s *Server) handleH3(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "HBONE accepts only plain CONNECT", http.StatusBadRequest)
 		return
 	}
-	up := s.accept(w, r, peer, r.RemoteAddr, ProtocolQUIC)
+	up, code, msg := s.accept(r.Context(), r.Method, r.Host, r.Header.Get, peer, r.RemoteAddr, ProtocolQUIC)
 	if up == nil {
+		http.Error(w, msg, code)
 		return
 	}
 	defer up.Close()
@@ -291,7 +292,9 @@ func splice(str h3Stream, up net.Conn) {
 // copyHalf copies src to dst until src ends, reporting the read error (io.EOF
 // at a clean end) and the write error apart.
 func copyHalf(dst io.Writer, src io.Reader) (rerr, werr error) {
-	buf := make([]byte, copyBuffer)
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {

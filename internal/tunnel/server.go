@@ -44,14 +44,19 @@ type ServerConfig struct {
 type Server struct {
 	cfg   ServerConfig
 	log   *slog.Logger
-	h2    *http2.Server
-	base  *http.Server // carries graceful shutdown (GOAWAY) to h2 connections
 	tls   *tls.Config
 	mu    sync.Mutex
-	conns map[*tls.Conn]struct{}
-	wg    sync.WaitGroup
-	quic  quicServer // HTTP/3 over QUIC (quic.go); guarded by mu
+	conns map[*h2conn]struct{}
+	// closing is set by Shutdown: connections that finish their handshake
+	// afterwards get GOAWAY at once.
+	closing bool
+	wg      sync.WaitGroup // connections and their streams
+	quic    quicServer     // HTTP/3 over QUIC (quic.go); guarded by mu
 }
+
+// serverIdleTimeout closes a tunnel connection that carried no stream for
+// this long.
+const serverIdleTimeout = 10 * time.Minute
 
 // NewServer checks cfg and returns a Server.
 func NewServer(cfg ServerConfig) (*Server, error) {
@@ -62,19 +67,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log.With("subsystem", "tunnel"), conns: map[*tls.Conn]struct{}{}}
+	s := &Server{cfg: cfg, log: log.With("subsystem", "tunnel"), conns: map[*h2conn]struct{}{}}
 	s.tls = tlsBase(tlsconfig.MTLSServerConfig(cfg.SVID, cfg.Bundle, tlsconfig.AuthorizeMemberOf(cfg.TrustDomain)))
-	s.h2 = &http2.Server{
-		MaxConcurrentStreams:         1000,
-		MaxReadFrameSize:             maxFrameSize,
-		MaxUploadBufferPerConnection: connWindow,
-		MaxUploadBufferPerStream:     streamWindow,
-		IdleTimeout:                  10 * time.Minute,
-	}
-	s.base = &http.Server{}
-	if err := http2.ConfigureServer(s.base, s.h2); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
@@ -97,17 +91,18 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 func (s *Server) serveConn(c net.Conn) {
+	remote := c.RemoteAddr().String()
 	tc := tls.Server(c, s.tls)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		s.log.Warn("tunnel handshake refused", "remote", c.RemoteAddr().String(), "err", err)
+		s.log.Warn("tunnel handshake refused", "remote", remote, "err", err)
 		c.Close()
 		return
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
-		s.log.Warn("tunnel peer did not negotiate h2", "remote", c.RemoteAddr().String(), "alpn", p)
+		s.log.Warn("tunnel peer did not negotiate h2", "remote", remote, "alpn", p)
 		tc.Close()
 		return
 	}
@@ -116,62 +111,108 @@ func (s *Server) serveConn(c net.Conn) {
 		tc.Close()
 		return
 	}
+	// The client preface, then its SETTINGS (read by the connection), must
+	// come promptly.
+	tc.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	preface := make([]byte, len(h2Preface))
+	if _, err := io.ReadFull(tc, preface); err != nil || string(preface) != h2Preface {
+		s.log.Warn("tunnel peer sent no HTTP/2 preface", "remote", remote, "peer", peer.String(), "err", err)
+		tc.Close()
+		return
+	}
+	hc := newH2conn(tc, false)
+	hc.onStream = func(st *h2stream, f *http2.MetaHeadersFrame) {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveStream(st, f, peer, remote)
+		}()
+	}
 	s.mu.Lock()
-	s.conns[tc] = struct{}{}
+	s.conns[hc] = struct{}{}
+	closing := s.closing
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, tc)
+		delete(s.conns, hc)
 		s.mu.Unlock()
 	}()
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{BaseConfig: s.base, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.handle(w, r, peer, c.RemoteAddr().String())
-	})})
+	if err := hc.start(); err != nil {
+		hc.fail(err)
+		return
+	}
+	if closing {
+		hc.shutdown()
+	}
+	go hc.keepalive(serverIdleTimeout, 0, 0)
+	<-hc.done
 }
 
-func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID, remote string) {
-	up := s.accept(w, r, peer, remote, ProtocolH2)
+// serveStream answers one CONNECT and relays it until both directions end.
+func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiffeid.ID, remote string) {
+	header := func(name string) string {
+		for _, hf := range f.RegularFields() {
+			if hf.Name == name {
+				return hf.Value
+			}
+		}
+		return ""
+	}
+	method := f.PseudoValue("method")
+	if method == http.MethodConnect && f.PseudoValue("protocol") != "" {
+		// Extended CONNECT (RFC 8441, :protocol) is another protocol.
+		st.respond(http.StatusBadRequest, "HBONE accepts only plain CONNECT")
+		st.closeWith(http2.ErrCodeNo)
+		return
+	}
+	up, code, msg := s.accept(st.ctx, method, f.PseudoValue("authority"), header, peer, remote, ProtocolH2)
 	if up == nil {
+		st.respond(code, msg)
+		st.closeWith(http2.ErrCodeNo)
 		return
 	}
 	defer up.Close()
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
+	if err := st.respond(http.StatusOK, ""); err != nil {
+		st.closeWith(http2.ErrCodeConnect)
 		return
 	}
-	// Client to target; a half-close from the client half-closes the target.
-	go func() {
-		bp := copyBuffers.Get().(*[]byte)
-		defer copyBuffers.Put(bp)
-		io.CopyBuffer(up, r.Body, *bp)
-		if cw, ok := up.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
+	relay(st, up)
+}
+
+// relay joins a tunnel stream and a TCP connection until both directions
+// are done. A FIN becomes END_STREAM (a half-close) and the other way
+// round (RFC 9113 8.5); a broken TCP side resets the stream with
+// CONNECT_ERROR, and a reset stream closes the TCP side.
+func relay(st *h2stream, up net.Conn) {
+	done := make(chan struct{})
+	go func() { // peer to target
+		defer close(done)
+		_, rerr, werr := st.writeTo(up)
+		switch {
+		case rerr == io.EOF && werr == nil:
+			if cw, ok := up.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+		case werr != nil:
+			st.closeWith(http2.ErrCodeConnect)
+			up.Close()
+		default: // the peer reset the stream, or the connection died
+			up.Close()
 		}
 	}()
-	// Target to client, flushing each read so interactive traffic moves.
-	// When the target closes, the handler returns: that ends the response
-	// stream (END_STREAM), so the client sees the close at once. HTTP/2
-	// has no other half-close for a server; if the client is still
-	// sending, the stream is then reset with NO_ERROR (RFC 9113 8.1), as
-	// a TCP peer writing to a closed socket would be.
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	for {
-		n, err := up.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				break
-			}
-			if rc.Flush() != nil {
-				break
-			}
-		}
-		if err != nil {
-			break
+	// Target to peer.
+	_, rerr, werr := st.readFrom(up)
+	switch {
+	case rerr == io.EOF && werr == nil:
+		st.CloseWrite()
+	default:
+		st.closeWith(http2.ErrCodeConnect)
+		if werr != nil {
+			up.Close() // the peer is gone: stop the target too
 		}
 	}
+	<-done
+	st.closeWith(http2.ErrCodeConnect) // a no-op once both ways ended cleanly
 }
 
 // copyBuffers are the relay buffers of tunnel streams, shared so that idle
@@ -179,33 +220,30 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, peer spiffeid.ID
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBuffer); return &b }}
 
 // accept checks a CONNECT request and dials its target through cfg.Dial.
-// On refusal it answers the request (405, 400, 403 or 503) and returns nil.
-// Both transports use it.
-func (s *Server) accept(w http.ResponseWriter, r *http.Request, peer spiffeid.ID, remote string, proto Protocol) net.Conn {
-	if r.Method != http.MethodConnect {
-		http.Error(w, "HBONE accepts only CONNECT", http.StatusMethodNotAllowed)
-		return nil
+// On refusal it returns a nil conn and the status and message to answer
+// (405, 400, 403 or 503). Both transports use it.
+func (s *Server) accept(ctx context.Context, method, authority string, header func(string) string, peer spiffeid.ID, remote string, proto Protocol) (net.Conn, int, string) {
+	if method != http.MethodConnect {
+		return nil, http.StatusMethodNotAllowed, "HBONE accepts only CONNECT"
 	}
-	target, err := netip.ParseAddrPort(r.Host)
+	target, err := netip.ParseAddrPort(authority)
 	if err != nil {
-		http.Error(w, fmt.Sprintf(":authority %q is not ip:port", r.Host), http.StatusBadRequest)
-		return nil
+		return nil, http.StatusBadRequest, fmt.Sprintf(":authority %q is not ip:port", authority)
 	}
-	req := Request{Peer: peer, Target: target, TraceParent: r.Header.Get("traceparent"), RemoteAddr: remote, Protocol: proto}
-	if src, ok := parseForwarded(r.Header.Get("Forwarded")); ok {
+	req := Request{Peer: peer, Target: target, TraceParent: header("traceparent"), RemoteAddr: remote, Protocol: proto}
+	if src, ok := parseForwarded(header("forwarded")); ok {
 		req.Source = src
 	}
-	up, err := s.cfg.Dial(r.Context(), req)
+	up, err := s.cfg.Dial(ctx, req)
 	if err != nil {
 		code := http.StatusServiceUnavailable
 		if errors.Is(err, ErrForbidden) {
 			code = http.StatusForbidden
 		}
 		s.log.Info("tunnel stream refused", "peer", peer.String(), "target", target.String(), "protocol", string(proto), "code", code, "err", err)
-		http.Error(w, err.Error(), code)
-		return nil
+		return nil, code, err.Error()
 	}
-	return up
+	return up, 0, ""
 }
 
 // Shutdown drains: every connection is sent GOAWAY, so peers open no new
@@ -213,7 +251,16 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, peer spiffeid.ID
 // ends; then it closes what is left. TCP listeners are the caller's to close
 // first; QUIC stops accepting connections here (see ServeQUIC).
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.base.Shutdown(ctx) // triggers GOAWAY on every h2 connection; returns at once with no listeners
+	s.mu.Lock()
+	s.closing = true
+	conns := make([]*h2conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown() // GOAWAY; the connection closes after its last stream
+	}
 	s.shutdownQUIC(ctx)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -231,10 +278,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // It ends QUIC service for good (ServeQUIC returns).
 func (s *Server) Close() error {
 	s.mu.Lock()
+	conns := make([]*h2conn, 0, len(s.conns))
 	for c := range s.conns {
-		c.Close()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	for _, c := range conns {
+		c.fail(net.ErrClosed)
+	}
 	s.closeQUIC()
 	s.wg.Wait()
 	return nil

@@ -1,0 +1,1159 @@
+package tunnel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// This file is HBONE's HTTP/2 layer, both ends: a connection that carries
+// CONNECT streams and nothing else. It frames with x/net/http2's Framer and
+// hpack, and owns the rest itself: stream state, flow control, SETTINGS,
+// PING, GOAWAY. A general HTTP/2 stack (x/net/http2's Transport and Server)
+// moves each stream's bytes through several goroutines and pipes; here a
+// writer frames its bytes straight onto the TLS connection, and the one
+// read loop per connection hands received DATA to the stream's reader. That
+// is what makes the tunnel cheap per byte and per request. It stays plain
+// HTTP/2 (RFC 9113, CONNECT per section 8.5): a stock HTTP/2 client or
+// server is a valid peer.
+
+const (
+	h2Preface = http2.ClientPreface
+	// h2MaxHeaderList bounds a peer's header block; CONNECT needs little.
+	h2MaxHeaderList = 16 << 10
+	// h2MaxStreams is the concurrent streams a server allows per connection.
+	h2MaxStreams = 1000
+	// h2DefaultWindow is the protocol's initial window (RFC 9113 6.9.2).
+	h2DefaultWindow = 65535
+	// h2ReadBuffer sits between TLS and the frame reader. It holds about a
+	// TLS record, so that larger DATA payloads are read from TLS straight
+	// into the stream's buffers. h2WriteBuffer gathers small frames; larger
+	// writes go to TLS directly.
+	h2ReadBuffer  = 16 << 10
+	h2WriteBuffer = 16 << 10
+	// h2SmallData is the largest DATA payload copied into a stream's last
+	// buffer; larger ones are read into a buffer of their own.
+	h2SmallData = 4 << 10
+)
+
+// errStreamRefused is a stream the peer did not process (REFUSED_STREAM,
+// or beyond its GOAWAY): safe to retry on another connection.
+var errStreamRefused = errors.New("tunnel peer refused the stream before processing it")
+
+// h2StreamError is a stream reset by the peer.
+type h2StreamError struct{ code http2.ErrCode }
+
+func (e h2StreamError) Error() string { return "tunnel stream reset by peer: " + e.code.String() }
+
+// h2conn is one HTTP/2 connection, either end.
+type h2conn struct {
+	conn   net.Conn // TLS
+	client bool
+	fr     *http2.Framer
+	br     *bufio.Reader // what fr reads from; DATA payloads are read from it directly
+	hdec   *hpack.Decoder
+
+	// Writing: wmu serializes frames onto bw; every write ends with a
+	// flush, so nothing waits in the buffer.
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+	werr error
+
+	mu      sync.Mutex
+	wcond   *sync.Cond // send window grew, or the connection failed
+	streams map[uint32]*h2stream
+	scratch [h2SmallData]byte // read loop only: small DATA payloads
+	nextID  uint32 // client: next stream ID
+	lastID  uint32 // server: highest stream ID accepted
+	// The peer's settings, and our send window towards it.
+	peerMaxStreams uint32
+	peerWindow     int32 // initial window of new streams
+	peerMaxFrame   uint32
+	sendWindow     int64
+	recvConsumed   int64 // received bytes consumed but not yet returned by WINDOW_UPDATE
+	recvAvail      int64 // what the peer may still send before our next WINDOW_UPDATE
+	reserved       int   // client: streams promised by reserve, not yet opened
+	goAway         bool  // no new streams: GOAWAY sent or received
+	goAwayID       uint32
+	err            error // set once the connection is dead
+	idleSince      time.Time
+	lastRead       atomic.Int64 // unix nanoseconds of the last frame read
+	done           chan struct{}
+
+	// onStream, on a server, starts serving a new CONNECT stream.
+	onStream func(*h2stream, *http2.MetaHeadersFrame)
+}
+
+// h2stream is one CONNECT stream as a byte stream both ways.
+type h2stream struct {
+	c  *h2conn
+	id uint32
+
+	// Receiving, under c.mu.
+	rcond    *sync.Cond
+	rbuf     [][]byte // received DATA not yet read
+	recvEnd  bool     // END_STREAM received
+	recvErr  error    // reset, or the connection failed
+	consumed  int64    // read but not yet returned by WINDOW_UPDATE
+	recvAvail int64    // what the peer may still send on the stream
+	headers  chan h2response
+
+	// Sending.
+	wmu        sync.Mutex // one writer at a time keeps DATA in order
+	sendWindow int64      // under c.mu
+	sentEnd    bool       // under c.mu
+	reset      bool       // under c.mu: RST_STREAM sent or received
+
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// h2response is a client stream's response head.
+type h2response struct {
+	status    int
+	endStream bool
+	err       error
+}
+
+func newH2conn(conn net.Conn, client bool) *h2conn {
+	c := &h2conn{
+		conn:           conn,
+		client:         client,
+		streams:        map[uint32]*h2stream{},
+		nextID:         1,
+		peerMaxStreams: h2MaxStreams, // until the peer says otherwise (RFC: unlimited)
+		peerWindow:     h2DefaultWindow,
+		peerMaxFrame:   16 << 10,
+		sendWindow:     h2DefaultWindow,
+		recvAvail:      connWindow,
+		idleSince:      time.Now(),
+		done:           make(chan struct{}),
+	}
+	c.lastRead.Store(time.Now().UnixNano())
+	c.wcond = sync.NewCond(&c.mu)
+	c.bw = bufio.NewWriterSize(conn, h2WriteBuffer)
+	c.br = bufio.NewReaderSize(conn, h2ReadBuffer)
+	c.fr = http2.NewFramer(c.bw, c.br)
+	c.fr.SetMaxReadFrameSize(maxFrameSize)
+	c.hdec = hpack.NewDecoder(4096, nil)
+	c.fr.ReadMetaHeaders = c.hdec
+	c.fr.MaxHeaderListSize = h2MaxHeaderList
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// start sends the preface (client) and our SETTINGS and connection window,
+// then runs the read loop. A server must have read the client preface.
+func (c *h2conn) start() error {
+	err := c.write(func() error {
+		if c.client {
+			if _, err := c.bw.WriteString(h2Preface); err != nil {
+				return err
+			}
+		}
+		settings := []http2.Setting{
+			{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+			{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
+			{ID: http2.SettingMaxHeaderListSize, Val: h2MaxHeaderList},
+		}
+		if c.client {
+			settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+		} else {
+			settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams})
+		}
+		if err := c.fr.WriteSettings(settings...); err != nil {
+			return err
+		}
+		return c.fr.WriteWindowUpdate(0, connWindow-h2DefaultWindow)
+	})
+	if err != nil {
+		return err
+	}
+	go c.readLoop()
+	return nil
+}
+
+// write runs f, which writes frames, under the write lock, then flushes.
+// The first write error kills the connection.
+func (c *h2conn) write(f func() error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	err := f()
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.werr = err
+		go c.fail(fmt.Errorf("tunnel connection write: %w", err))
+	}
+	return err
+}
+
+// fail marks the connection dead with err, wakes everyone waiting on it
+// and closes the socket.
+func (c *h2conn) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	streams := c.streams
+	c.streams = map[uint32]*h2stream{}
+	for _, s := range streams {
+		if s.recvErr == nil {
+			s.recvErr = err
+		}
+		s.rcond.Broadcast()
+		s.cancel()
+		if s.headers != nil {
+			select {
+			case s.headers <- h2response{err: err}:
+			default:
+			}
+		}
+	}
+	c.wcond.Broadcast()
+	close(c.done)
+	c.mu.Unlock()
+	c.conn.Close()
+}
+
+// goAwayNow sends GOAWAY with code and closes the connection (a protocol
+// error by the peer).
+func (c *h2conn) goAwayNow(code http2.ErrCode, why error) {
+	c.mu.Lock()
+	last := c.lastID
+	c.mu.Unlock()
+	c.write(func() error { return c.fr.WriteGoAway(last, code, []byte(why.Error())) })
+	c.fail(why)
+}
+
+// shutdown sends GOAWAY: the peer opens no new streams here, those open go
+// on. The connection closes once its last stream ends.
+func (c *h2conn) shutdown() {
+	c.mu.Lock()
+	if c.goAway || c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.goAway = true
+	last := c.lastID
+	idle := len(c.streams) == 0
+	c.mu.Unlock()
+	c.write(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	if idle {
+		c.fail(errors.New("tunnel connection shut down"))
+	}
+}
+
+// newStream registers a stream. c.mu is held.
+func (c *h2conn) newStream(id uint32) *h2stream {
+	s := &h2stream{c: c, id: id, sendWindow: int64(c.peerWindow), recvAvail: streamWindow}
+	s.rcond = sync.NewCond(&c.mu)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	c.streams[id] = s
+	return s
+}
+
+// forget drops a finished stream. c.mu is held.
+func (c *h2conn) forget(s *h2stream) {
+	if c.streams[s.id] != s {
+		return
+	}
+	delete(c.streams, s.id)
+	s.cancel()
+	if len(c.streams) == 0 {
+		c.idleSince = time.Now()
+		if c.goAway && c.err == nil {
+			go c.fail(errors.New("tunnel connection drained"))
+		}
+	}
+}
+
+// readLoop reads frames until the connection fails.
+func (c *h2conn) readLoop() {
+	if !c.client {
+		// The client's first frame must be SETTINGS (RFC 9113 3.4).
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.fail(fmt.Errorf("tunnel connection: reading the client's SETTINGS: %w", err))
+			return
+		}
+		if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+			c.goAwayNow(http2.ErrCodeProtocol, fmt.Errorf("tunnel client sent %s before SETTINGS", f.Header().Type))
+			return
+		} else if err := c.onSettings(sf); err != nil {
+			c.goAwayNow(http2.ErrCodeProtocol, err)
+			return
+		}
+		c.conn.SetReadDeadline(time.Time{}) // set for the preface by the server
+	}
+	for {
+		fh, err := c.fr.ReadFrameHeader()
+		if err == nil && fh.Type == http2.FrameData && !fh.Flags.Has(http2.FlagDataPadded) {
+			c.lastRead.Store(time.Now().UnixNano())
+			if err = c.readData(fh); err == nil {
+				continue
+			}
+			var pe h2ProtocolError
+			if errors.As(err, &pe) {
+				c.goAwayNow(http2.ErrCodeProtocol, err)
+				return
+			}
+		}
+		var f http2.Frame
+		if err == nil {
+			f, err = c.fr.ReadFrameForHeader(fh)
+		}
+		if err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.goAwayNow(http2.ErrCode(ce), fmt.Errorf("tunnel peer broke HTTP/2: %w", err))
+				return
+			}
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.resetStream(se.StreamID, se.Code)
+				continue
+			}
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			c.fail(fmt.Errorf("tunnel connection lost: %w", err))
+			return
+		}
+		c.lastRead.Store(time.Now().UnixNano())
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			err = c.onData(f)
+		case *http2.MetaHeadersFrame:
+			err = c.onHeaders(f)
+		case *http2.SettingsFrame:
+			err = c.onSettings(f)
+		case *http2.WindowUpdateFrame:
+			err = c.onWindowUpdate(f)
+		case *http2.RSTStreamFrame:
+			c.onReset(f.StreamID, f.ErrCode)
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				data := f.Data
+				c.write(func() error { return c.fr.WritePing(true, data) })
+			}
+		case *http2.GoAwayFrame:
+			c.onGoAway(f)
+		case *http2.PushPromiseFrame:
+			err = errors.New("tunnel peer sent PUSH_PROMISE; push is disabled")
+		}
+		if err != nil {
+			c.goAwayNow(http2.ErrCodeProtocol, err)
+			return
+		}
+	}
+}
+
+func (c *h2conn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	var ferr error
+	c.mu.Lock()
+	f.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingMaxConcurrentStreams:
+			c.peerMaxStreams = s.Val
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = s.Val
+		case http2.SettingInitialWindowSize:
+			if s.Val > 1<<31-1 {
+				ferr = errors.New("tunnel peer's initial window exceeds 2^31-1")
+				return nil
+			}
+			delta := int64(s.Val) - int64(c.peerWindow)
+			c.peerWindow = int32(s.Val)
+			for _, st := range c.streams {
+				st.sendWindow += delta
+			}
+			c.wcond.Broadcast()
+		}
+		return nil
+	})
+	c.mu.Unlock()
+	if ferr != nil {
+		return ferr
+	}
+	return c.write(func() error { return c.fr.WriteSettingsAck() })
+}
+
+func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f.StreamID == 0 {
+		c.sendWindow += int64(f.Increment)
+		if c.sendWindow > 1<<31-1 {
+			return errors.New("tunnel peer overflowed the connection window")
+		}
+	} else if s := c.streams[f.StreamID]; s != nil {
+		s.sendWindow += int64(f.Increment)
+	}
+	c.wcond.Broadcast()
+	return nil
+}
+
+func (c *h2conn) onData(f *http2.DataFrame) error {
+	n := int64(f.Length) // padding counts against flow control too
+	c.mu.Lock()
+	if c.recvAvail -= n; c.recvAvail < 0 {
+		c.mu.Unlock()
+		return errors.New("tunnel peer overran the connection's flow-control window")
+	}
+	s := c.streams[f.StreamID]
+	if s == nil || s.recvEnd || s.recvErr != nil {
+		// Nobody reads it: the connection window comes back at once.
+		c.recvConsumed += n
+		c.mu.Unlock()
+		c.returnConn()
+		if s == nil && !c.knownStream(f.StreamID) {
+			return fmt.Errorf("tunnel peer sent DATA on idle stream %d", f.StreamID)
+		}
+		if s != nil && s.recvEnd {
+			c.resetStream(f.StreamID, http2.ErrCodeStreamClosed)
+		}
+		return nil
+	}
+	if s.recvAvail -= n; s.recvAvail < 0 {
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
+		return nil
+	}
+	data := f.Data()
+	if len(data) > 0 {
+		s.push(data)
+	}
+	pad := n - int64(len(data)) // padding is consumed at once
+	s.consumed += pad
+	c.recvConsumed += pad
+	if f.StreamEnded() {
+		s.recvEnd = true
+	}
+	s.rcond.Broadcast()
+	c.mu.Unlock()
+	return nil
+}
+
+// h2ProtocolError is a peer's violation found while reading DATA.
+type h2ProtocolError struct{ error }
+
+// readData reads an unpadded DATA frame's payload straight into the
+// stream's receive buffers (onData handles padded ones, which come parsed).
+func (c *h2conn) readData(fh http2.FrameHeader) error {
+	n := int(fh.Length)
+	if fh.StreamID == 0 {
+		return h2ProtocolError{errors.New("tunnel peer sent DATA on stream 0")}
+	}
+	c.mu.Lock()
+	if c.recvAvail -= int64(n); c.recvAvail < 0 {
+		c.mu.Unlock()
+		return h2ProtocolError{errors.New("tunnel peer overran the connection's flow-control window")}
+	}
+	s := c.streams[fh.StreamID]
+	alive := s != nil && !s.recvEnd && s.recvErr == nil
+	overrun := false
+	if alive {
+		s.recvAvail -= int64(n)
+		overrun = s.recvAvail < 0
+	}
+	var b []byte
+	if alive && n > 0 && !overrun {
+		if k := len(s.rbuf); n <= h2SmallData && k > 0 && cap(s.rbuf[k-1])-len(s.rbuf[k-1]) >= n {
+			b = nil // appended to the last buffer below
+		} else {
+			b = (*chunkPool.Get().(*[]byte))[:n]
+		}
+	}
+	c.mu.Unlock()
+
+	if b == nil && alive && n > 0 && !overrun {
+		b = c.scratch[:n]
+	}
+	var err error
+	if b != nil {
+		_, err = io.ReadFull(c.br, b)
+	} else {
+		_, err = c.br.Discard(n)
+	}
+	if err != nil {
+		if cap(b) == maxFrameSize {
+			putChunk(b)
+		}
+		return err
+	}
+
+	c.mu.Lock()
+	if !alive || overrun || s.recvErr != nil {
+		// Nobody reads it: the connection window comes back at once.
+		c.recvConsumed += int64(n)
+		c.mu.Unlock()
+		if cap(b) == maxFrameSize {
+			putChunk(b)
+		}
+		c.returnConn()
+		switch {
+		case overrun:
+			c.resetStream(fh.StreamID, http2.ErrCodeFlowControl)
+		case s == nil && !c.knownStream(fh.StreamID):
+			return h2ProtocolError{fmt.Errorf("tunnel peer sent DATA on idle stream %d", fh.StreamID)}
+		case s != nil && s.recvEnd:
+			c.resetStream(fh.StreamID, http2.ErrCodeStreamClosed)
+		}
+		return nil
+	}
+	switch {
+	case n == 0:
+	case cap(b) == maxFrameSize:
+		s.rbuf = append(s.rbuf, b)
+	default:
+		s.push(b)
+	}
+	if fh.Flags.Has(http2.FlagDataEndStream) {
+		s.recvEnd = true
+	}
+	s.rcond.Broadcast()
+	c.mu.Unlock()
+	return nil
+}
+
+// knownStream tells whether id was ever opened (so DATA on it is late,
+// not a protocol error). c.mu is not held.
+func (c *h2conn) knownStream(id uint32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client {
+		return id < c.nextID
+	}
+	return id <= c.lastID
+}
+
+// returnConn sends a connection WINDOW_UPDATE once enough was consumed.
+func (c *h2conn) returnConn() {
+	c.mu.Lock()
+	n := c.recvConsumed
+	if n < connWindow/4 {
+		c.mu.Unlock()
+		return
+	}
+	c.recvConsumed = 0
+	c.recvAvail += n
+	c.mu.Unlock()
+	c.write(func() error { return c.fr.WriteWindowUpdate(0, uint32(n)) })
+}
+
+// push appends received data to the stream's buffer. c.mu is held.
+func (s *h2stream) push(data []byte) {
+	if k := len(s.rbuf); k > 0 {
+		if tail := s.rbuf[k-1]; cap(tail)-len(tail) >= len(data) {
+			s.rbuf[k-1] = append(tail, data...)
+			return
+		}
+	}
+	var b []byte
+	if len(data) <= maxFrameSize {
+		b = (*chunkPool.Get().(*[]byte))[:0]
+	}
+	s.rbuf = append(s.rbuf, append(b, data...))
+}
+
+// chunkPool holds receive buffers of one maximal frame each.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, maxFrameSize); return &b }}
+
+func putChunk(b []byte) {
+	if cap(b) == maxFrameSize {
+		b = b[:0]
+		chunkPool.Put(&b)
+	}
+}
+
+func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
+	if f.Truncated {
+		c.resetStream(f.StreamID, http2.ErrCodeProtocol)
+		return nil
+	}
+	if c.client {
+		c.mu.Lock()
+		s := c.streams[f.StreamID]
+		if s == nil {
+			c.mu.Unlock()
+			if !c.knownStream(f.StreamID) {
+				return fmt.Errorf("tunnel peer sent HEADERS on stream %d it cannot open", f.StreamID)
+			}
+			return nil
+		}
+		if f.StreamEnded() {
+			s.recvEnd = true
+			s.rcond.Broadcast()
+		}
+		ch := s.headers
+		s.headers = nil // later HEADERS are trailers
+		c.mu.Unlock()
+		if ch != nil {
+			status, err := strconv.Atoi(f.PseudoValue("status"))
+			if err != nil {
+				c.resetStream(f.StreamID, http2.ErrCodeProtocol)
+				ch <- h2response{err: fmt.Errorf("tunnel peer answered without a valid :status")}
+				return nil
+			}
+			ch <- h2response{status: status, endStream: f.StreamEnded()}
+		}
+		return nil
+	}
+	// Server: a new stream, or trailers of an open one.
+	c.mu.Lock()
+	if s := c.streams[f.StreamID]; s != nil {
+		if f.StreamEnded() {
+			s.recvEnd = true
+			s.rcond.Broadcast()
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	if f.StreamID%2 == 0 {
+		c.mu.Unlock()
+		return fmt.Errorf("tunnel client opened even stream %d", f.StreamID)
+	}
+	if f.StreamID <= c.lastID { // a stream already closed here
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeStreamClosed)
+		return nil
+	}
+	c.lastID = f.StreamID
+	if c.goAway || len(c.streams) >= h2MaxStreams {
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeRefusedStream)
+		return nil
+	}
+	s := c.newStream(f.StreamID)
+	if f.StreamEnded() {
+		s.recvEnd = true
+	}
+	c.mu.Unlock()
+	c.onStream(s, f)
+	return nil
+}
+
+func (c *h2conn) onReset(id uint32, code http2.ErrCode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.streams[id]
+	if s == nil {
+		return
+	}
+	err := error(h2StreamError{code})
+	if code == http2.ErrCodeRefusedStream {
+		err = errStreamRefused
+	}
+	s.fail(err)
+}
+
+// fail ends a stream with err for reads and writes. c.mu is held.
+func (s *h2stream) fail(err error) {
+	if s.recvErr == nil {
+		s.recvErr = err
+	}
+	s.reset = true
+	s.rcond.Broadcast()
+	s.c.wcond.Broadcast()
+	if s.headers != nil {
+		select {
+		case s.headers <- h2response{err: err}:
+		default:
+		}
+		s.headers = nil
+	}
+	s.c.forget(s)
+}
+
+func (c *h2conn) onGoAway(f *http2.GoAwayFrame) {
+	c.mu.Lock()
+	c.goAway = true
+	c.goAwayID = f.LastStreamID
+	idle := true
+	for id, s := range c.streams {
+		if c.client && id > f.LastStreamID {
+			s.fail(errStreamRefused)
+			continue
+		}
+		idle = false
+	}
+	c.mu.Unlock()
+	if idle {
+		c.fail(errors.New("tunnel peer sent GOAWAY"))
+	}
+}
+
+// resetStream sends RST_STREAM and forgets the stream.
+func (c *h2conn) resetStream(id uint32, code http2.ErrCode) {
+	c.mu.Lock()
+	if s := c.streams[id]; s != nil {
+		s.fail(h2StreamError{code})
+	}
+	c.mu.Unlock()
+	c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+}
+
+// Read reads received data; io.EOF after the peer's END_STREAM.
+func (s *h2stream) Read(p []byte) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	for len(s.rbuf) == 0 && !s.recvEnd && s.recvErr == nil {
+		s.rcond.Wait()
+	}
+	if len(s.rbuf) == 0 {
+		err := s.recvErr
+		if err == nil {
+			err = io.EOF
+		}
+		c.mu.Unlock()
+		return 0, err
+	}
+	n := 0
+	for n < len(p) && len(s.rbuf) > 0 {
+		k := copy(p[n:], s.rbuf[0])
+		n += k
+		if k == len(s.rbuf[0]) {
+			putChunk(s.rbuf[0])
+			s.rbuf[0] = nil
+			s.rbuf = s.rbuf[1:]
+		} else {
+			s.rbuf[0] = s.rbuf[0][k:]
+		}
+	}
+	if len(s.rbuf) == 0 {
+		s.rbuf = nil
+	}
+	c.mu.Unlock()
+	s.consume(n)
+	return n, nil
+}
+
+// consume returns n read bytes to the peer's windows, in WINDOW_UPDATEs of
+// a quarter window or more.
+func (s *h2stream) consume(n int) {
+	c := s.c
+	c.mu.Lock()
+	s.consumed += int64(n)
+	c.recvConsumed += int64(n)
+	var streamInc, connInc int64
+	if s.consumed >= streamWindow/4 && !s.recvEnd {
+		streamInc, s.consumed = s.consumed, 0
+		s.recvAvail += streamInc
+	}
+	if c.recvConsumed >= connWindow/4 {
+		connInc, c.recvConsumed = c.recvConsumed, 0
+		c.recvAvail += connInc
+	}
+	c.mu.Unlock()
+	if streamInc > 0 || connInc > 0 {
+		c.write(func() error {
+			if streamInc > 0 {
+				if err := c.fr.WriteWindowUpdate(s.id, uint32(streamInc)); err != nil {
+					return err
+				}
+			}
+			if connInc > 0 {
+				return c.fr.WriteWindowUpdate(0, uint32(connInc))
+			}
+			return nil
+		})
+	}
+}
+
+// writeTo is WriteTo reporting the read error (io.EOF at END_STREAM) and
+// the write error apart.
+func (s *h2stream) writeTo(w io.Writer) (total int64, rerr, werr error) {
+	c := s.c
+	for {
+		c.mu.Lock()
+		for len(s.rbuf) == 0 && !s.recvEnd && s.recvErr == nil {
+			s.rcond.Wait()
+		}
+		if len(s.rbuf) == 0 {
+			err := s.recvErr
+			if err == nil {
+				err = io.EOF
+			}
+			c.mu.Unlock()
+			return total, err, nil
+		}
+		chunks := s.rbuf
+		s.rbuf = nil
+		c.mu.Unlock()
+		for i, b := range chunks {
+			n, err := w.Write(b)
+			total += int64(n)
+			s.consume(len(b))
+			putChunk(b)
+			if err != nil {
+				for _, rest := range chunks[i+1:] {
+					putChunk(rest)
+				}
+				return total, nil, err
+			}
+		}
+	}
+}
+
+// Write sends p as DATA frames, waiting for flow-control window.
+func (s *h2stream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	written := 0
+	for written < len(p) {
+		n, err := s.window(len(p) - written)
+		if err != nil {
+			return written, err
+		}
+		chunk := p[written : written+n]
+		if err := s.c.write(func() error {
+			var hdr [9]byte
+			s.dataHeader(hdr[:], n)
+			if _, err := s.c.bw.Write(hdr[:]); err != nil {
+				return err
+			}
+			_, err := s.c.bw.Write(chunk)
+			return err
+		}); err != nil {
+			return written, err
+		}
+		written += n
+	}
+	return written, nil
+}
+
+// window waits until the stream may send, and takes up to want bytes of
+// its and the connection's send windows (no more than a frame).
+func (s *h2stream) window(want int) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		switch {
+		case c.err != nil:
+			return 0, c.err
+		case s.sentEnd:
+			return 0, errors.New("tunnel stream: write after CloseWrite")
+		case s.reset:
+			if s.recvErr != nil {
+				return 0, s.recvErr
+			}
+			return 0, net.ErrClosed
+		}
+		if s.sendWindow > 0 && c.sendWindow > 0 {
+			break
+		}
+		c.wcond.Wait()
+	}
+	n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
+	s.sendWindow -= n
+	c.sendWindow -= n
+	return int(n), nil
+}
+
+// dataHeader fills hdr[:9] with the header of a DATA frame of n bytes on
+// the stream, without END_STREAM (RFC 9113 4.1).
+func (s *h2stream) dataHeader(hdr []byte, n int) {
+	hdr[0], hdr[1], hdr[2] = byte(n>>16), byte(n>>8), byte(n)
+	hdr[3] = byte(http2.FrameData)
+	hdr[4] = 0
+	hdr[5], hdr[6], hdr[7], hdr[8] = byte(s.id>>24), byte(s.id>>16), byte(s.id>>8), byte(s.id)
+}
+
+// frameBuffers hold a frame header and a maximal DATA payload, for
+// readFrom.
+var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 9+maxFrameSize); return &b }}
+
+// ReadFrom sends what r yields until r ends (io.EOF is no error); it reads
+// into the frame buffer itself, so the bytes are copied once on their way
+// to TLS. It does not send END_STREAM.
+func (s *h2stream) ReadFrom(r io.Reader) (int64, error) {
+	n, rerr, werr := s.readFrom(r)
+	if werr != nil {
+		return n, werr
+	}
+	if rerr == io.EOF {
+		rerr = nil
+	}
+	return n, rerr
+}
+
+// readFrom is ReadFrom reporting the read error (io.EOF at a clean end)
+// and the write error apart.
+func (s *h2stream) readFrom(r io.Reader) (total int64, rerr, werr error) {
+	bp := frameBuffers.Get().(*[]byte)
+	defer frameBuffers.Put(bp)
+	buf := *bp
+	for {
+		m, err := r.Read(buf[9:])
+		// Send buf[9:9+m] as frames the windows allow; each frame's header
+		// goes in the 9 bytes before its payload (already sent, for all
+		// frames but the first).
+		for off := 9; off < 9+m; {
+			s.wmu.Lock()
+			k, werr := s.window(9 + m - off)
+			if werr != nil {
+				s.wmu.Unlock()
+				return total, nil, werr
+			}
+			frame := buf[off-9 : off+k]
+			s.dataHeader(frame, k)
+			werr = s.c.write(func() error { _, err := s.c.bw.Write(frame); return err })
+			s.wmu.Unlock()
+			if werr != nil {
+				return total, nil, werr
+			}
+			off += k
+			total += int64(k)
+		}
+		if err != nil {
+			return total, err, nil
+		}
+	}
+}
+
+// WriteTo writes what the stream receives to w until END_STREAM, handing w
+// the receive buffers themselves.
+func (s *h2stream) WriteTo(w io.Writer) (int64, error) {
+	n, rerr, werr := s.writeTo(w)
+	if werr != nil {
+		return n, werr
+	}
+	if rerr == io.EOF {
+		rerr = nil
+	}
+	return n, rerr
+}
+
+// CloseWrite sends END_STREAM: the far side's target sees a FIN.
+func (s *h2stream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	c.mu.Lock()
+	if s.sentEnd || s.reset || c.err != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	s.sentEnd = true
+	done := s.recvEnd && len(s.rbuf) == 0
+	if done {
+		c.forget(s)
+	}
+	c.mu.Unlock()
+	return c.write(func() error { return c.fr.WriteData(s.id, true, nil) })
+}
+
+// Close ends the stream. One that has not ended both ways cleanly is
+// reset with code (CANCEL for a client giving up, CONNECT_ERROR for a
+// broken TCP side).
+func (s *h2stream) closeWith(code http2.ErrCode) {
+	c := s.c
+	c.mu.Lock()
+	clean := s.sentEnd && s.recvEnd
+	live := !s.reset && c.err == nil
+	for _, b := range s.rbuf {
+		putChunk(b)
+	}
+	s.rbuf = nil
+	if !s.reset {
+		s.reset = true
+		if s.recvErr == nil {
+			s.recvErr = net.ErrClosed
+		}
+		s.rcond.Broadcast()
+		c.wcond.Broadcast()
+	}
+	c.forget(s)
+	c.mu.Unlock()
+	if live && !clean {
+		c.write(func() error { return c.fr.WriteRSTStream(s.id, code) })
+	}
+}
+
+// writeHeaders encodes fields into one HEADERS frame (CONNECT heads are
+// small; a block beyond the peer's frame size gets CONTINUATION frames).
+// wmu is held.
+func (c *h2conn) writeHeaders(id uint32, endStream bool, fields []hpack.HeaderField) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := c.hbuf.Bytes()
+	max := int(c.peerMaxFrameLocked())
+	first := block
+	if len(first) > max {
+		first = block[:max]
+	}
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: endStream, EndHeaders: len(first) == len(block)}); err != nil {
+		return err
+	}
+	for rest := block[len(first):]; len(rest) > 0; {
+		n := min(len(rest), max)
+		if err := c.fr.WriteContinuation(id, n == len(rest), rest[:n]); err != nil {
+			return err
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
+func (c *h2conn) peerMaxFrameLocked() uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peerMaxFrame
+}
+
+// respond sends a response head on a server stream; a refusal also carries
+// msg as its body and ends the stream.
+func (s *h2stream) respond(status int, msg string) error {
+	c := s.c
+	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}
+	if status == 200 {
+		return c.write(func() error { return c.writeHeaders(s.id, false, fields) })
+	}
+	fields = append(fields, hpack.HeaderField{Name: "content-type", Value: "text/plain; charset=utf-8"})
+	c.mu.Lock()
+	s.sentEnd = true
+	c.mu.Unlock()
+	return c.write(func() error {
+		if err := c.writeHeaders(s.id, false, fields); err != nil {
+			return err
+		}
+		return c.fr.WriteData(s.id, true, []byte(msg+"\n"))
+	})
+}
+
+// usable tells whether the connection can take another stream, and
+// reserves one if so. c.mu is held.
+func (c *h2conn) reserveLocked() bool {
+	if c.err != nil || c.goAway || c.nextID > 1<<31-1-2*maxStreamsPerTLS {
+		return false
+	}
+	if uint32(len(c.streams)+c.reserved) >= c.peerMaxStreams {
+		return false
+	}
+	c.reserved++
+	return true
+}
+
+// active counts open and reserved streams. c.mu is held.
+func (c *h2conn) activeLocked() int { return len(c.streams) + c.reserved }
+
+// open sends a CONNECT on a reserved slot and waits for the answer.
+func (c *h2conn) open(ctx context.Context, fields []hpack.HeaderField) (*h2stream, h2response, error) {
+	var s *h2stream
+	answer := make(chan h2response, 1)
+	ran := false
+	err := c.write(func() error {
+		ran = true
+		c.mu.Lock()
+		c.reserved--
+		if c.err != nil || (c.goAway && c.nextID > c.goAwayID) {
+			err := c.err
+			c.mu.Unlock()
+			if err == nil {
+				err = errStreamRefused
+			}
+			return err
+		}
+		s = c.newStream(c.nextID)
+		c.nextID += 2
+		s.headers = answer
+		c.mu.Unlock()
+		return c.writeHeaders(s.id, false, fields)
+	})
+	if err != nil {
+		if !ran { // the connection was already dead: give the slot back
+			c.unreserve()
+		}
+		return nil, h2response{}, err
+	}
+	select {
+	case r := <-answer:
+		if r.err != nil {
+			s.closeWith(http2.ErrCodeCancel)
+			return nil, r, r.err
+		}
+		return s, r, nil
+	case <-ctx.Done():
+		s.closeWith(http2.ErrCodeCancel)
+		return nil, h2response{}, ctx.Err()
+	}
+}
+
+// idleFor reports how long the connection has had no streams (0 when it
+// has some).
+func (c *h2conn) idleFor(now time.Time) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.streams)+c.reserved > 0 {
+		return 0
+	}
+	return now.Sub(c.idleSince)
+}
+
+// keepalive closes the connection after idle with no streams, and, for a
+// client, pings a peer silent for pingAfter and closes the connection if
+// the answer takes longer than pingTimeout.
+func (c *h2conn) keepalive(idle, pingAfter, pingTimeout time.Duration) {
+	tick := min(idle, pingAfter) / 4
+	if tick <= 0 {
+		tick = time.Second
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var pingSent time.Time
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if idle > 0 && c.idleFor(now) >= idle {
+			c.shutdown()
+			c.fail(errors.New("tunnel connection idle"))
+			return
+		}
+		if pingAfter <= 0 {
+			continue
+		}
+		silent := now.Sub(time.Unix(0, c.lastRead.Load()))
+		switch {
+		case silent < pingAfter:
+			pingSent = time.Time{}
+		case pingSent.IsZero():
+			pingSent = now
+			c.write(func() error { return c.fr.WritePing(false, [8]byte{'a', 'm', 'b', 'i', 't'}) })
+		case now.Sub(pingSent) > pingTimeout:
+			c.fail(fmt.Errorf("tunnel peer did not answer a PING within %s", pingTimeout))
+			return
+		}
+	}
+}
