@@ -76,8 +76,8 @@ type h2conn struct {
 	wcond   *sync.Cond // send window grew, or the connection failed
 	streams map[uint32]*h2stream
 	scratch [h2SmallData]byte // read loop only: small DATA payloads
-	nextID  uint32 // client: next stream ID
-	lastID  uint32 // server: highest stream ID accepted
+	nextID  uint32            // client: next stream ID
+	lastID  uint32            // server: highest stream ID accepted
 	// The peer's settings, and our send window towards it.
 	peerMaxStreams uint32
 	peerWindow     int32 // initial window of new streams
@@ -103,13 +103,13 @@ type h2stream struct {
 	id uint32
 
 	// Receiving, under c.mu.
-	rcond    *sync.Cond
-	rbuf     [][]byte // received DATA not yet read
-	recvEnd  bool     // END_STREAM received
-	recvErr  error    // reset, or the connection failed
+	rcond     *sync.Cond
+	rbuf      [][]byte // received DATA not yet read
+	recvEnd   bool     // END_STREAM received
+	recvErr   error    // reset, or the connection failed
 	consumed  int64    // read but not yet returned by WINDOW_UPDATE
 	recvAvail int64    // what the peer may still send on the stream
-	headers  chan h2response
+	headers   chan h2response
 
 	// Sending.
 	wmu        sync.Mutex // one writer at a time keeps DATA in order
