@@ -6,28 +6,36 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	appsv1 "k8s.io/api/apps/v1"
+	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/kubesource"
 	"github.com/ambit-mesh/ambit/internal/kubetest"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
@@ -391,26 +399,42 @@ func TestEveryCRDIsInstalled(t *testing.T) {
 	}
 }
 
-// The install applies to a real API server, as a user runs it: CA first,
-// then `kubectl apply -k`, server-side dry run and for real; and the RBAC it
-// creates grants what each component needs and nothing it should not have.
-func TestApplyToAPIServer(t *testing.T) {
+// installed applies the install to the package's cluster once, as a user
+// runs it: Gateway API CRDs, the namespace and the mesh CA first, then
+// `kubectl apply -k` as a server-side dry run and for real, and again to
+// see that nothing changes.
+func installed(t *testing.T) *kubetest.Cluster {
+	t.Helper()
 	c := kubetest.Shared(t)
+	installOnce.Do(func() { installErr = applyInstall(c) })
+	if installErr != nil {
+		t.Fatal(installErr)
+	}
+	return c
+}
+
+var (
+	installOnce sync.Once
+	installErr  error
+)
+
+func applyInstall(c *kubetest.Cluster) error {
 	ctx := context.Background()
+	var err error
 	kubectl := func(args ...string) string {
-		t.Helper()
-		out, err := c.RunKubectl(ctx, args...)
 		if err != nil {
-			t.Fatal(err)
+			return ""
 		}
+		var out []byte
+		out, err = c.RunKubectl(ctx, args...)
 		return string(out)
 	}
 
 	// Gateway API routes, which users install beside Ambit and the
 	// controller reads: their CRDs must install on this API server.
-	gw, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
-	if err != nil {
-		t.Fatalf("go list -m sigs.k8s.io/gateway-api: %v", err)
+	gw, gerr := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
+	if gerr != nil {
+		return fmt.Errorf("go list -m sigs.k8s.io/gateway-api: %w", gerr)
 	}
 	std := filepath.Join(strings.TrimSpace(string(gw)), "config", "crd", "standard")
 	kubectl("apply", "--server-side",
@@ -418,25 +442,46 @@ func TestApplyToAPIServer(t *testing.T) {
 		"-f", filepath.Join(std, "gateway.networking.k8s.io_grpcroutes.yaml"))
 
 	// The README's first step: the namespace and the mesh CA.
-	ca, key := writeCA(t)
+	ca, key, cerr := writeCA()
+	if cerr != nil {
+		return cerr
+	}
+	defer os.RemoveAll(filepath.Dir(ca))
 	kubectl("apply", "-f", "namespace.yaml")
 	kubectl("-n", namespace, "create", "secret", "tls", "ambit-ca", "--cert="+ca, "--key="+key)
 	kubectl("-n", namespace, "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+ca)
 
 	kubectl("apply", "--dry-run=server", "-k", ".")
-	if _, err := c.Client().AppsV1().DaemonSets(namespace).Get(ctx, "ambit-nodeproxy", metav1.GetOptions{}); err == nil {
-		t.Fatal("a server-side dry run created the DaemonSet")
+	if err != nil {
+		return err
+	}
+	if _, derr := c.Client().AppsV1().DaemonSets(namespace).Get(ctx, "ambit-nodeproxy", metav1.GetOptions{}); derr == nil {
+		return errors.New("a server-side dry run created the DaemonSet")
 	}
 	kubectl("apply", "-k", ".")
 	again := kubectl("apply", "-k", ".")
+	kubectl("wait", "--for=condition=Established", "--timeout=60s",
+		"crd/waypoints.ambit.dev", "crd/accesspolicies.ambit.dev", "crd/trafficpolicies.ambit.dev",
+		"crd/httproutes.gateway.networking.k8s.io", "crd/grpcroutes.gateway.networking.k8s.io")
+	if err != nil {
+		return err
+	}
 	for _, line := range strings.Split(strings.TrimSpace(again), "\n") {
 		if !strings.HasSuffix(line, " unchanged") {
-			t.Errorf("a second apply changed something: %q", line)
+			return fmt.Errorf("a second apply changed something: %q", line)
 		}
 	}
-	if _, err := c.Client().AppsV1().DaemonSets(namespace).Get(ctx, "ambit-nodeproxy", metav1.GetOptions{}); err != nil {
-		t.Fatalf("after apply: %v", err)
+	if _, derr := c.Client().AppsV1().DaemonSets(namespace).Get(ctx, "ambit-nodeproxy", metav1.GetOptions{}); derr != nil {
+		return fmt.Errorf("after apply: %w", derr)
 	}
+	return nil
+}
+
+// The RBAC the install creates grants what each component needs and
+// nothing it should not have, asked of the real authorizer.
+func TestApplyToAPIServer(t *testing.T) {
+	c := installed(t)
+	ctx := context.Background()
 
 	// What each service account may do, asked of the real authorizer.
 	type check struct {
@@ -472,6 +517,7 @@ func TestApplyToAPIServer(t *testing.T) {
 		{"watch", "gateway.networking.k8s.io", "grpcroutes", "", "", true},
 		{"watch", "ambit.dev", "waypoints", "", "", true},
 		{"patch", "ambit.dev", "accesspolicies", "status", "shop", true},
+		{"update", "ambit.dev", "waypoints", "finalizers", "shop", true},
 		{"create", "apps", "deployments", "", "shop", true},
 		{"create", "", "services", "", "shop", true},
 		{"create", "", "serviceaccounts", "", "shop", true},
@@ -495,24 +541,221 @@ func TestApplyToAPIServer(t *testing.T) {
 	})
 }
 
-// writeCA makes a mesh CA for trust domain cluster.local.
-func writeCA(t *testing.T) (cert, key string) {
-	t.Helper()
+// writeCA makes a mesh CA for trust domain cluster.local in a new
+// temporary directory.
+func writeCA() (cert, key string, err error) {
 	ca, err := identity.GenerateCA(spiffeid.RequireTrustDomainFromString("cluster.local"), 24*time.Hour, nil)
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	keyPEM, err := identity.EncodeKey(ca.Key())
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
-	dir := t.TempDir()
+	dir, err := os.MkdirTemp("", "ambit-ca-")
+	if err != nil {
+		return "", "", err
+	}
 	cert, key = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
 	if err := os.WriteFile(cert, identity.EncodeCert(ca.Certificate()), 0o600); err != nil {
+		return "", "", err
+	}
+	return cert, key, os.WriteFile(key, keyPEM, 0o600)
+}
+
+// The controller's RBAC is enough for the controller's real Kubernetes
+// code: run the Kubernetes source as the ambit-controller service account
+// the install creates and check that it builds the configuration, runs a
+// waypoint (ServiceAccount, Deployment, Service with owner references),
+// writes status, cleans up, and authenticates a node proxy's token, with
+// no request refused.
+func TestControllerWorksWithItsRBAC(t *testing.T) {
+	c := installed(t)
+	ctx := context.Background()
+	cs := c.Client()
+	dyn := dynamic.NewForConfigOrDie(c.Config)
+
+	token, err := c.ServiceAccountToken(ctx, namespace, "ambit-controller", authnv1.TokenRequestSpec{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(key, keyPEM, 0o600); err != nil {
+	logs := &syncBuffer{}
+	src, err := kubesource.New(c.ConfigForToken(token), kubesource.Options{
+		WaypointImage:     "example.invalid/waypoint:test",
+		DiscoveryInterval: 200 * time.Millisecond,
+		RetryInterval:     200 * time.Millisecond,
+		Log:               slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	return cert, key
+	var mu sync.Mutex
+	var last *meshconfig.Config
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- src.Run(runCtx, func(cfg *meshconfig.Config) { mu.Lock(); last = cfg; mu.Unlock() })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		var refused []string
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(strings.ToLower(l), "forbidden") && len(refused) < 5 {
+				refused = append(refused, l)
+			}
+		}
+		if len(refused) > 0 {
+			t.Errorf("the controller was refused requests under its RBAC (first %d):\n%s", len(refused), strings.Join(refused, "\n"))
+		}
+	})
+
+	shop := c.Namespace(t, "shop")
+	nsObj, err := cs.CoreV1().Namespaces().Get(ctx, shop, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsObj.Labels[meshconfig.DataplaneLabel] = meshconfig.DataplaneAmbient
+	if _, err := cs.CoreV1().Namespaces().Update(ctx, nsObj, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := cs.CoreV1().Pods(shop).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "cart-1", Labels: map[string]string{"app": "cart"}},
+		Spec: corev1.PodSpec{NodeName: "node-1", ServiceAccountName: "default",
+			Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No kubelet runs: report the pod's address and readiness as one would.
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.PodIP, pod.Status.PodIPs = "10.244.1.10", []corev1.PodIP{{IP: "10.244.1.10"}}
+	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}
+	if _, err := cs.CoreV1().Pods(shop).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	wp, err := dyn.Resource(crd.WaypointsResource).Namespace(shop).Create(ctx, &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "ambit.dev/v1alpha1", "kind": "Waypoint", "metadata": map[string]any{"name": "shop-waypoint"},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	eventually(t, "the pod captured in the controller's configuration", func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		if last == nil {
+			return "no configuration yet"
+		}
+		for _, w := range last.Workloads {
+			if w.Namespace == shop && w.Name == "cart-1" && w.Captured {
+				return ""
+			}
+		}
+		return fmt.Sprintf("%d workloads, none is %s/cart-1 captured", len(last.Workloads), shop)
+	})
+	eventually(t, "the waypoint's ServiceAccount, Deployment and Service, owned by it", func() string {
+		var refs [][]metav1.OwnerReference
+		sa, err := cs.CoreV1().ServiceAccounts(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		d, err := cs.AppsV1().Deployments(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		svc, err := cs.CoreV1().Services(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		refs = append(refs, sa.OwnerReferences, d.OwnerReferences, svc.OwnerReferences)
+		for _, r := range refs {
+			if len(r) != 1 || r[0].UID != wp.GetUID() {
+				return fmt.Sprintf("owner references %+v", r)
+			}
+		}
+		return ""
+	})
+	eventually(t, "the waypoint's Programmed condition written", func() string {
+		u, err := dyn.Resource(crd.WaypointsResource).Namespace(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok && m["type"] == crd.ConditionProgrammed {
+				return ""
+			}
+		}
+		return fmt.Sprintf("conditions %v", conds)
+	})
+
+	// No garbage collector runs here: the controller's own cleanup removes
+	// what a deleted Waypoint owned.
+	if err := dyn.Resource(crd.WaypointsResource).Namespace(shop).Delete(ctx, "shop-waypoint", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the deleted waypoint's Deployment removed", func() string {
+		if _, err := cs.AppsV1().Deployments(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Sprintf("get: %v", err)
+		}
+		return ""
+	})
+
+	// A node proxy's projected token: TokenReview through the controller's
+	// rights names its node.
+	np, err := cs.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "ambit-nodeproxy-"},
+		Spec: corev1.PodSpec{NodeName: "node-7", ServiceAccountName: "ambit-nodeproxy",
+			AutomountServiceAccountToken: new(false),
+			Containers:                   []corev1.Container{{Name: "nodeproxy", Image: "example.invalid/nodeproxy"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	npToken, err := c.ServiceAccountToken(ctx, namespace, "ambit-nodeproxy", authnv1.TokenRequestSpec{
+		Audiences:      []string{"ambit-controller"},
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: np.Name, UID: np.UID},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if node, err := src.AuthenticateNode(ctx, npToken); err != nil || node != "node-7" {
+		t.Errorf("AuthenticateNode(node proxy token) = %q, %v; want node-7", node, err)
+	}
+}
+
+func eventually(t *testing.T, what string, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after 15s: %s", what, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

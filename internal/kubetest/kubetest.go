@@ -207,6 +207,11 @@ func start(b Binaries, opts Options) (c *Cluster, err error) {
 		"--authorization-mode=Node,RBAC",
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--allow-privileged=true",
+		// On top of the default admission plugins, the one hardened
+		// clusters add for controllers: setting blockOwnerDeletion needs
+		// the right to update the owner's finalizers, so an RBAC gap in a
+		// controller's role shows here and not only in production.
+		"--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
