@@ -9,7 +9,10 @@ STATE     ?= /run/meshlab
 APT_PKGS  := clang llvm libbpf-dev bpftool iproute2 tcpdump git make iperf3 nginx libnginx-mod-stream
 # etcd for the Kubernetes tests (internal/kubetest)
 APT_PKGS  += etcd-server
+# protoc for the control API (api/v1alpha1); its Go plugins are pinned in go.mod
+APT_PKGS  += protobuf-compiler
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
+GENERATED += $(wildcard api/v1alpha1/*.pb.go)
 
 .DEFAULT_GOAL := help
 
@@ -30,12 +33,13 @@ build: ## build nodeproxy, meshlab and the lab tools into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: generate
-generate: ## regenerate eBPF objects and Go bindings (needs clang, libbpf-dev)
+generate: ## regenerate eBPF objects and Go bindings (clang, libbpf-dev) and the control API's protobuf code (protoc)
 	PATH="$(dir $(GO)):$$PATH" $(GO) generate ./...
 
 .PHONY: check-generate
 check-generate: generate ## fail when committed generated files are stale or the C no longer builds
-	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated eBPF files are stale: run 'make generate' and commit them"; exit 1; }
+	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated files are stale: run 'make generate' and commit them"; exit 1; }
+	@new=$$(git ls-files --others --exclude-standard -- 'api/*.pb.go'); if [ -n "$$new" ]; then echo "generated files not committed: $$new"; exit 1; fi
 
 .PHONY: lint
 lint: ## gofmt, go vet
