@@ -295,3 +295,70 @@ func TestMissingBinariesSayWhatToRun(t *testing.T) {
 		}
 	}
 }
+
+// Two builds at once (two test packages, two make runs) build once, and
+// neither sees a half-written cache directory. A stand-in for the go
+// command records each build and writes fake binaries slowly.
+func TestBuildScriptBuildsOnceUnderConcurrency(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	builds := filepath.Join(dir, "builds")
+	fakeGo := filepath.Join(dir, "go")
+	script := `#!/bin/sh
+echo build >> "` + builds + `"
+while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done
+for b in kube-apiserver kubectl; do printf '#!/bin/sh\n' > "$out$b"; sleep 0.5; chmod +x "$out$b"; done
+`
+	if err := os.WriteFile(fakeGo, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(dir, "cache")
+	type result struct {
+		out []byte
+		err error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			cmd := exec.Command("bash", filepath.Join(root, "tools/kube/build.sh"))
+			cmd.Env = append(os.Environ(), "GO="+fakeGo, "AMBIT_CACHE="+cache)
+			out, err := cmd.Output()
+			results <- result{out, err}
+		}()
+	}
+	var dirs []string
+	for range 2 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("build.sh: %v", r.err)
+		}
+		dirs = append(dirs, strings.TrimSpace(string(r.out)))
+	}
+	if dirs[0] != dirs[1] {
+		t.Errorf("the two builds printed %q and %q", dirs[0], dirs[1])
+	}
+	b, err := os.ReadFile(builds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "build"); n != 1 {
+		t.Errorf("go build ran %d times for two concurrent build.sh, want 1", n)
+	}
+	for _, bin := range []string{"kube-apiserver", "kubectl"} {
+		if !executable(filepath.Join(dirs[0], bin)) {
+			t.Errorf("%s missing from %s", bin, dirs[0])
+		}
+	}
+	entries, err := os.ReadDir(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("temporary build directory %s left in the cache", e.Name())
+		}
+	}
+}
