@@ -1,14 +1,42 @@
 package main
 
 import (
-	"errors"
+	"fmt"
 	"log/slog"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/ambit-mesh/ambit/internal/controller"
+	"github.com/ambit-mesh/ambit/internal/kubesource"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
-// kubernetesSource is the Kubernetes source and TokenReview authenticator
-// (package kubesource), once it is part of the build.
-func kubernetesSource(*slog.Logger) (controller.Source, controller.NodeAuthenticator, error) {
-	return nil, nil, errors.New("this build has no Kubernetes source yet; run with --source file")
+// kubeFlags configure the Kubernetes source.
+type kubeFlags struct {
+	kubeconfig    string
+	waypointImage string
+	tunnel        string
+}
+
+// kubernetesSource is the Kubernetes source and its TokenReview node
+// authenticator (package kubesource), for the cluster kubeconfig names (in
+// the cluster: the pod's service account).
+func kubernetesSource(f kubeFlags, td spiffeid.TrustDomain, log *slog.Logger) (controller.Source, controller.NodeAuthenticator, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client configuration (--kubeconfig, or the in-cluster service account): %w", err)
+	}
+	if f.tunnel != meshconfig.TunnelH2 && f.tunnel != meshconfig.TunnelQUIC {
+		return nil, nil, fmt.Errorf("--tunnel %q: use %q or %q", f.tunnel, meshconfig.TunnelH2, meshconfig.TunnelQUIC)
+	}
+	src, err := kubesource.New(cfg, kubesource.Options{
+		Mesh:          meshconfig.Mesh{TrustDomain: td, Tunnel: f.tunnel},
+		WaypointImage: f.waypointImage,
+		Log:           log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return src, src, nil
 }

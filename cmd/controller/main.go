@@ -75,6 +75,10 @@ func runController(args []string, stderr io.Writer) int {
 	maxTTL := fs.Duration("max-cert-ttl", identity.DefaultTTL, "longest lifetime a proxy may ask for")
 	poll := fs.Duration("poll-interval", controller.DefaultPollInterval, "file source: how often the configuration is checked for changes")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	var kf kubeFlags
+	fs.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubernetes source: kubeconfig file (default: the in-cluster service account)")
+	fs.StringVar(&kf.waypointImage, "waypoint-image", "", "kubernetes source: image of waypoint proxies (none: Waypoints are accepted, not deployed)")
+	fs.StringVar(&kf.tunnel, "tunnel", meshconfig.TunnelH2, "kubernetes source: tunnel protocol between proxies, h2 or quic")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -123,7 +127,7 @@ func runController(args []string, stderr io.Writer) int {
 			return fail("--bootstrap-tokens: %v", err)
 		}
 	case "kubernetes":
-		src, auth, err = kubernetesSource(log)
+		src, auth, err = kubernetesSource(kf, td, log)
 		if err != nil {
 			return fail("--source kubernetes: %v", err)
 		}

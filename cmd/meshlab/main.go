@@ -130,6 +130,7 @@ func (c *cli) up(ctx context.Context, args []string) int {
 	file := fs.String("f", "", "topology file (default: 2 nodes, namespace demo with 4 enrolled pods, namespace legacy with 1 pod)")
 	capture := fs.Bool("capture", true, "enroll pods of opted-in namespaces with eBPF capture")
 	nodeProxy := fs.String("nodeproxy", defaultNodeProxy(), "node proxy binary to run on every node (default: nodeproxy next to meshlab); \"none\" runs no proxies, so captured traffic fails closed")
+	controllerBin := fs.String("controller", "", "controller binary that configures the node proxies (default: controller next to the node proxy binary)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -154,7 +155,7 @@ func (c *cli) up(ctx context.Context, args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := lab.Up(ctx, lab.Options{StateDir: c.stateDir, Topology: topo, Capture: *capture, NodeProxy: *nodeProxy, Logger: c.logger()})
+	l, err := lab.Up(ctx, lab.Options{StateDir: c.stateDir, Topology: topo, Capture: *capture, NodeProxy: *nodeProxy, Controller: *controllerBin, Logger: c.logger()})
 	if err != nil {
 		return c.fail(err)
 	}

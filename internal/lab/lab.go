@@ -264,6 +264,15 @@ func (l *Lab) Track(role, node string, pid int) error {
 // Processes lists the processes recorded with Track.
 func (l *Lab) Processes() []Process { return slices.Clone(l.st.Processes) }
 
+// Controller is where the lab's controller runs; false when the lab runs
+// no node proxies (and so no controller).
+func (l *Lab) Controller() (ControllerInfo, bool) {
+	if l.st.Controller == nil {
+		return ControllerInfo{}, false
+	}
+	return *l.st.Controller, true
+}
+
 // Underlay names the network namespace and the bridge that connect the
 // lab's nodes: where a capture sees every packet between nodes.
 func (l *Lab) Underlay() (netns, bridge string) {

@@ -3,12 +3,15 @@ package lab
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +39,38 @@ const (
 	readyTimeout  = 30 * time.Second
 	// RoleNodeProxy is the role of node proxies in Processes.
 	RoleNodeProxy = "nodeproxy"
+	// RoleController is the controller's role in Processes.
+	RoleController = "controller"
+	tokensDir      = "tokens"
+	bootstrapFile  = "bootstrap-tokens.yaml"
+	// controllerName names the controller's network namespace
+	// (ml-<id>-_controller) and cgroup; the underscore keeps it apart from
+	// node names, which are DNS labels.
+	controllerName = "_controller"
+	// controllerHost is the controller's host number on the underlay
+	// (nodes are 1..MaxNodes).
+	controllerHost = 254
 )
+
+// ControllerInfo is where a running lab's controller is.
+type ControllerInfo struct {
+	// IPv4 and IPv6 are its underlay addresses; the API is on port 15010.
+	IPv4      netip.Addr `json:"ip"`
+	IPv6      netip.Addr `json:"ipv6"`
+	NetNSPath string     `json:"netns"`
+	Cgroup    string     `json:"cgroup"`
+}
+
+// Addr is the controller's gRPC API address.
+func (c ControllerInfo) Addr() string { return net.JoinHostPort(c.IPv4.String(), "15010") }
+
+// ControllerLog is where the lab's controller writes its log.
+func ControllerLog(stateDir string) string { return filepath.Join(stateDir, logsDir, "controller.log") }
+
+// NodeTokenPath is the file holding a node proxy's bearer token.
+func NodeTokenPath(stateDir, node string) string {
+	return filepath.Join(stateDir, tokensDir, node+".token")
+}
 
 // MeshDirPath is the mesh configuration directory of a lab.
 func MeshDirPath(stateDir string) string { return filepath.Join(stateDir, MeshDir) }
@@ -89,8 +123,11 @@ func meshConfig(st *State) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// proxies writes the mesh configuration and starts a node proxy in every
-// node's network namespace, then waits until all are ready.
+// proxies writes the mesh configuration, starts the controller in a
+// network namespace of its own on the underlay (file source on the mesh
+// directory, the lab CA) and a node proxy in every node's network
+// namespace, fed by the controller (configuration, certificates and trust
+// bundle: no CA key on the nodes), then waits until all are ready.
 func (b *builder) proxies() error {
 	if !b.opts.Capture {
 		return errors.New("lab up: node proxies need capture (Options.Capture)")
@@ -101,6 +138,16 @@ func (b *builder) proxies() error {
 	}
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("node proxy binary: %w (build it with `make build`)", err)
+	}
+	ctlBin := b.opts.Controller
+	if ctlBin == "" {
+		ctlBin = filepath.Join(filepath.Dir(bin), "controller")
+	}
+	if ctlBin, err = filepath.Abs(ctlBin); err != nil {
+		return err
+	}
+	if _, err := os.Stat(ctlBin); err != nil {
+		return fmt.Errorf("controller binary: %w (build it with `make build`, or give Options.Controller)", err)
 	}
 	dir := MeshDirPath(b.st.StateDir)
 	if err := b.mkdirState(dir, 0o755); err != nil {
@@ -114,6 +161,12 @@ func (b *builder) proxies() error {
 		return err
 	}
 	if err := b.writeStateFile(filepath.Join(dir, labConfigFile), cfg, 0o644); err != nil {
+		return err
+	}
+	if err := b.step("controller"); err != nil {
+		return err
+	}
+	if err := b.controller(ctlBin, dir); err != nil {
 		return err
 	}
 	var excl []string
@@ -142,12 +195,12 @@ func (b *builder) proxies() error {
 		}
 		cmd := exec.Command(bin, "run",
 			"--node", n.Name,
-			"--config", dir,
-			"--ca-cert", l.CACertPath(), "--ca-key", l.CAKeyPath(),
+			"--controller", b.st.Controller.Addr(),
+			"--controller-ca", l.CACertPath(),
+			"--token-file", NodeTokenPath(b.st.StateDir, n.Name),
 			"--pin-path", CapturePinPath(b.st.StateDir),
 			"--exclude-inbound-sources", strings.Join(excl, ","),
 			"--drain-timeout", "2s",
-			"--reload-interval", "200ms",
 		)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
@@ -164,11 +217,123 @@ func (b *builder) proxies() error {
 		b.st.Processes = l.st.Processes
 	}
 	for _, n := range b.st.Nodes {
-		if err := waitReady(b.ctx, n, NodeProxyLog(b.st.StateDir, n.Name)); err != nil {
+		if err := waitReady(b.ctx, n.Name, n.NetNSPath, n.IPv4, NodeProxyLog(b.st.StateDir, n.Name)); err != nil {
 			return err
 		}
 		b.log.Info("node proxy ready", "node", n.Name)
 	}
+	return nil
+}
+
+// controller gives the controller a network namespace on the underlay,
+// writes a bootstrap token per node, and starts it with the file source on
+// the mesh directory and the lab CA.
+func (b *builder) controller(bin, meshDir string) error {
+	id := b.st.ID
+	ns := netnsName(id, controllerName)
+	underlayNS := netnsName(id, "underlay")
+	veth := "m" + id + "c"
+	c := &ControllerInfo{
+		IPv4: underlay4(controllerHost), IPv6: underlay6(controllerHost),
+		NetNSPath: netnsPath(ns),
+		Cgroup:    filepath.Join(b.st.Cgroup2, "meshlab-"+id, controllerName),
+	}
+	if err := b.j.add(Object{Kind: objNetNS, Name: ns}, Object{Kind: objLink, Name: veth, NetNS: underlayNS}); err != nil {
+		return err
+	}
+	if err := b.netns(ns, baseSysctls); err != nil {
+		return err
+	}
+	local, eth0, err := b.vethTo(underlayNS, veth, ns)
+	if err != nil {
+		return err
+	}
+	uh, err := b.h.get(underlayNS)
+	if err != nil {
+		return err
+	}
+	br, err := uh.LinkByName(bridgeName(id))
+	if err != nil {
+		return fmt.Errorf("find the underlay bridge: %w", err)
+	}
+	if err := uh.LinkSetMaster(local, br); err != nil {
+		return fmt.Errorf("attach %s to the underlay bridge: %w", veth, err)
+	}
+	ch, err := b.h.get(ns)
+	if err != nil {
+		return err
+	}
+	if err := addAddrs(ch, eth0, ns, addr(c.IPv4, underlayPrefix4), addr(c.IPv6, underlayPrefix6)); err != nil {
+		return err
+	}
+	b.st.Controller = c
+	if err := b.j.save(); err != nil {
+		return err
+	}
+
+	// Bootstrap tokens: one per node, readable by root only.
+	tdir := filepath.Join(b.st.StateDir, tokensDir)
+	if err := b.mkdirState(tdir, 0o700); err != nil {
+		return err
+	}
+	var boot strings.Builder
+	boot.WriteString("# Generated by meshlab: each node proxy's bearer token.\n")
+	for _, n := range b.st.Nodes {
+		var raw [16]byte
+		if _, err := rand.Read(raw[:]); err != nil {
+			return err
+		}
+		tok := hex.EncodeToString(raw[:])
+		if err := b.writeStateFile(NodeTokenPath(b.st.StateDir, n.Name), []byte(tok+"\n"), 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(&boot, "%s: %s\n", n.Name, tok)
+	}
+	bootPath := filepath.Join(tdir, bootstrapFile)
+	if err := b.writeStateFile(bootPath, []byte(boot.String()), 0o600); err != nil {
+		return err
+	}
+
+	if err := b.j.add(Object{Kind: objCgroup, Name: c.Cgroup}); err != nil {
+		return err
+	}
+	if err := b.mkdirCgroup(c.Cgroup); err != nil {
+		return err
+	}
+	logPath := ControllerLog(b.st.StateDir)
+	if err := b.j.add(Object{Kind: objFile, Name: logPath}); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	l := &Lab{dir: b.st.StateDir, st: b.st, log: b.log}
+	cmd := exec.Command(bin, "run",
+		"--source", "file",
+		"--config", meshDir,
+		"--ca-cert", l.CACertPath(), "--ca-key", l.CAKeyPath(),
+		"--bootstrap-tokens", bootPath,
+		"--listen", ":15010",
+		"--poll-interval", "100ms",
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
+	if err := StartInNode(cmd, c.NetNSPath, c.Cgroup); err != nil {
+		logf.Close()
+		return fmt.Errorf("start the controller: %w", err)
+	}
+	logf.Close()
+	go cmd.Wait()
+	if err := l.Track(RoleController, "", cmd.Process.Pid); err != nil {
+		cmd.Process.Kill()
+		return err
+	}
+	b.st.Processes = l.st.Processes
+	if err := waitReady(b.ctx, "the controller", c.NetNSPath, c.IPv4, logPath); err != nil {
+		return err
+	}
+	b.log.Info("controller ready", "addr", c.Addr())
 	return nil
 }
 
@@ -207,10 +372,11 @@ func NodeHTTPClient(netnsPath string, timeout time.Duration) *http.Client {
 	}}
 }
 
-// waitReady polls the node proxy's readiness endpoint.
-func waitReady(ctx context.Context, n nodePlan, logPath string) error {
-	client := NodeHTTPClient(n.NetNSPath, 2*time.Second)
-	url := fmt.Sprintf("http://%s/healthz/ready", net.JoinHostPort(n.IPv4.String(), "15021"))
+// waitReady polls the readiness endpoint (port 15021) of a node proxy or
+// the controller, from inside its network namespace.
+func waitReady(ctx context.Context, who, netnsPath string, ip netip.Addr, logPath string) error {
+	client := NodeHTTPClient(netnsPath, 2*time.Second)
+	url := fmt.Sprintf("http://%s/healthz/ready", net.JoinHostPort(ip.String(), "15021"))
 	deadline := time.Now().Add(readyTimeout)
 	last := "no answer"
 	for time.Now().Before(deadline) {
@@ -231,7 +397,10 @@ func waitReady(ctx context.Context, n nodePlan, logPath string) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("node proxy on %s not ready after %s: %s\nlast lines of %s:\n%s", n.Name, readyTimeout, last, logPath, tail(logPath, 15))
+	if !strings.HasPrefix(who, "the ") {
+		who = "node proxy on " + who
+	}
+	return fmt.Errorf("%s not ready after %s: %s\nlast lines of %s:\n%s", who, readyTimeout, last, logPath, tail(logPath, 15))
 }
 
 func tail(path string, n int) string {

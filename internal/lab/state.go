@@ -77,6 +77,8 @@ type State struct {
 	Pods      []podPlan  `json:"pods"`
 	Created   []Object   `json:"created"`
 	Processes []Process  `json:"processes"`
+	// Controller is set when the lab runs one (with node proxies).
+	Controller *ControllerInfo `json:"controller,omitempty"`
 }
 
 var labIDRe = regexp.MustCompile(`^[0-9a-f]{4}$`)

@@ -34,11 +34,17 @@ type Options struct {
 	// redirect (eBPF capture) once the network is wired.
 	Capture bool
 	// NodeProxy is the nodeproxy binary to run on every node (in the
-	// node's network namespace, like a host-network DaemonSet pod), each
-	// with a configuration file the lab writes from the topology. Empty
+	// node's network namespace, like a host-network DaemonSet pod), fed by
+	// the controller with the configuration the lab writes from the
+	// topology (and any file added to the mesh directory). Empty
 	// means no proxies: enrolled pods are captured but their traffic is
 	// refused (fail closed). Requires Capture.
 	NodeProxy string
+	// Controller is the controller binary, run in a network namespace of
+	// its own on the underlay whenever node proxies run: they get their
+	// configuration and certificates from it. Empty means "controller"
+	// next to NodeProxy.
+	Controller string
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
 

@@ -24,9 +24,9 @@ type Option func(*lab.Options)
 // (package redirect). Off by default.
 func WithCapture() Option { return func(o *lab.Options) { o.Capture = true } }
 
-// WithMesh runs Ambit's node proxy on every node (and capture with it): the
-// test's lab is a working mesh. The proxy is built from this module's
-// cmd/nodeproxy for the test.
+// WithMesh runs Ambit's controller and a node proxy on every node (and
+// capture with it): the test's lab is a working mesh. Both are built from
+// this module's cmd/nodeproxy and cmd/controller for the test.
 func WithMesh() Option { return func(o *lab.Options) { o.Capture = true; o.NodeProxy = "build" } }
 
 // WithLogger sends the lab's log to log instead of the test log.
@@ -64,8 +64,9 @@ func New(tb testing.TB, topo *lab.Topology, opts ...Option) *lab.Lab {
 	return l
 }
 
-// BuildNodeProxy builds cmd/nodeproxy into a temporary directory of tb and
-// returns its path.
+// BuildNodeProxy builds cmd/nodeproxy and cmd/controller into a temporary
+// directory of tb and returns the node proxy's path (the controller is
+// next to it, where the lab looks for it).
 func BuildNodeProxy(tb testing.TB) string {
 	tb.Helper()
 	gomod, err := exec.Command(goTool(), "env", "GOMOD").Output()
@@ -73,13 +74,13 @@ func BuildNodeProxy(tb testing.TB) string {
 		tb.Fatalf("labtest: find the module root: %v", err)
 	}
 	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	out := filepath.Join(tb.TempDir(), "nodeproxy")
-	cmd := exec.Command(goTool(), "build", "-o", out, "./cmd/nodeproxy")
+	dir := tb.TempDir()
+	cmd := exec.Command(goTool(), "build", "-o", dir+"/", "./cmd/nodeproxy", "./cmd/controller")
 	cmd.Dir = root
 	if msg, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("labtest: build nodeproxy: %v\n%s", err, msg)
+		tb.Fatalf("labtest: build nodeproxy and controller: %v\n%s", err, msg)
 	}
-	return out
+	return filepath.Join(dir, "nodeproxy")
 }
 
 // goTool is the go command that runs the tests.
