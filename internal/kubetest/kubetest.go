@@ -447,11 +447,15 @@ func freePorts(n int) ([]int, error) {
 
 const dirPrefix = "ambit-kubetest-"
 
-// baseDir is tmpfs when there is one: etcd fsyncs every write, which is
-// slow on disk and pointless for a throwaway cluster.
+// baseDir is tmpfs when there is a roomy one: etcd fsyncs every write,
+// which is slow on disk and pointless for a throwaway cluster. etcd
+// preallocates 64 MiB WAL segments, so a small /dev/shm (a container's
+// 64 MiB default) is passed over.
 func baseDir() string {
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() && syscall.Access("/dev/shm", 2) == nil {
-		return "/dev/shm"
+	const shm = "/dev/shm"
+	var fs syscall.Statfs_t
+	if syscall.Access(shm, 2) == nil && syscall.Statfs(shm, &fs) == nil && fs.Bavail*uint64(fs.Bsize) >= 1<<30 {
+		return shm
 	}
 	return os.TempDir()
 }
