@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,7 +22,32 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-func TestMain(m *testing.M) { os.Exit(Main(m)) }
+func TestMain(m *testing.M) {
+	if os.Getenv("KUBETEST_CRASH_HELPER") != "" {
+		crashHelper(os.Getenv("KUBETEST_CRASH_HELPER"))
+	}
+	os.Exit(Main(m))
+}
+
+// crashHelper starts a cluster, writes its PIDs and directory to out, and
+// exits without stopping it, as a test binary that panics or times out.
+func crashHelper(out string) {
+	b, err := FindBinaries()
+	if err != nil {
+		os.Exit(2)
+	}
+	c, err := New(b, Options{})
+	if err != nil {
+		os.Exit(2)
+	}
+	var lines []string
+	for _, p := range c.procs {
+		lines = append(lines, strconv.Itoa(p.cmd.Process.Pid))
+	}
+	lines = append(lines, c.Dir)
+	os.WriteFile(out, []byte(strings.Join(lines, "\n")), 0o600)
+	os.Exit(3)
+}
 
 func TestAPIServerAnswersAndKubectlWorks(t *testing.T) {
 	c := Shared(t)
@@ -361,4 +387,54 @@ for b in kube-apiserver kubectl; do printf '#!/bin/sh\n' > "$out$b"; sleep 0.5; 
 			t.Errorf("temporary build directory %s left in the cache", e.Name())
 		}
 	}
+}
+
+// A test binary that dies without cleaning up takes its servers with it
+// (Pdeathsig), and the next cluster sweeps its directory.
+func TestServersDieWithACrashedTestBinary(t *testing.T) {
+	Require(t)
+	out := filepath.Join(t.TempDir(), "crash")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "KUBETEST_CRASH_HELPER="+out)
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("helper: %v, want exit status 3 after starting a cluster", err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	dir := lines[len(lines)-1]
+	for _, l := range lines[:len(lines)-1] {
+		pid, _ := strconv.Atoi(l)
+		deadline := time.Now().Add(10 * time.Second)
+		for alive(pid) {
+			if time.Now().After(deadline) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				t.Fatalf("server %d outlived its crashed test binary by 10 s", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("the crashed cluster's directory: %v (expected it left behind)", err)
+	}
+	sweepStale(filepath.Dir(dir))
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("sweepStale left %s of a dead test binary", dir)
+	}
+}
+
+// alive reports whether pid is a process that is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
