@@ -233,14 +233,10 @@ func TestAPIServerRefusesTLS12(t *testing.T) {
 	conn.Close()
 }
 
-// A cluster of its own: Stop kills both servers and removes their files.
+// A cluster of its own: Stop kills both servers and removes their files
+// (and may run again from Start's cleanup).
 func TestStopLeavesNothing(t *testing.T) {
-	b := Require(t)
-	c, err := New(b, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop() })
+	c := Start(t)
 	cs, err := kubernetes.NewForConfig(c.Config)
 	if err != nil {
 		t.Fatal(err)
