@@ -243,7 +243,13 @@ func copyCounting(dst, src net.Conn, n *atomic.Uint64, add func(int)) error {
 	}
 	var err error
 	if ts, ok := src.(tunnelStream); ok {
-		_, err = ts.WriteTo(countingWriter{dst, count})
+		var w io.Writer = countingWriter{dst, count}
+		if tw := tunnel.NewTryWriter(dst); tw != nil {
+			// The tunnel may then write arriving data to dst from its
+			// read loop, without waking this goroutine.
+			w = countingTryWriter{countingWriter{dst, count}, tw}
+		}
+		_, err = ts.WriteTo(w)
 	} else if ts, ok := dst.(tunnelStream); ok {
 		_, err = ts.ReadFrom(countingReader{src, count})
 	} else {
@@ -288,6 +294,17 @@ type countingWriter struct {
 
 func (c countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
+	c.count(n)
+	return n, err
+}
+
+type countingTryWriter struct {
+	countingWriter
+	tw tunnel.TryWriter
+}
+
+func (c countingTryWriter) TryWrite(p []byte) (int, error) {
+	n, err := c.tw.TryWrite(p)
 	c.count(n)
 	return n, err
 }

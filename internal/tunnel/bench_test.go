@@ -129,3 +129,49 @@ func BenchmarkThroughputStreams(b *testing.B) {
 	b.Run("hbone-h2", func(b *testing.B) { run(b, newFixture(b, nil), ProtocolH2) })
 	b.Run("hbone-quic", func(b *testing.B) { run(b, newQUICFixture(b, nil).fixture, ProtocolQUIC) })
 }
+
+// BenchmarkRequestResponse sends 1 KiB and reads a 1 KiB answer over one
+// open stream, one exchange at a time: the per-request cost and latency of
+// the tunnel, against plain TCP to the same echo target.
+func BenchmarkRequestResponse(b *testing.B) {
+	run := func(b *testing.B, c net.Conn) {
+		msg := make([]byte, 1024)
+		got := make([]byte, 1024)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, got); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+	}
+	b.Run("plain-tcp", func(b *testing.B) {
+		c, err := net.Dial("tcp", echo(b).String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		run(b, c)
+	})
+	b.Run("hbone-h2", func(b *testing.B) {
+		f := newFixture(b, nil)
+		c, err := f.dialer.Dial(context.Background(), issue(b, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: echo(b)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		run(b, c)
+	})
+	b.Run("hbone-quic", func(b *testing.B) {
+		f := newQUICFixture(b, nil)
+		c, err := f.dialer.Dial(context.Background(), issue(b, f.ca, clientID), f.target(echo(b)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		run(b, c)
+	})
+}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -110,6 +111,15 @@ type h2stream struct {
 	consumed  int64    // read but not yet returned by WINDOW_UPDATE
 	recvAvail int64    // what the peer may still send on the stream
 	headers   chan h2response
+
+	// Direct delivery, under c.mu: while writeTo waits with nothing
+	// buffered (parked), the read loop writes arriving DATA to sink
+	// itself (directBusy), saving a goroutine hand-off per frame.
+	sink       TryWriter
+	parked     bool
+	directBusy bool
+	sinkErr    error // sink's write error, for writeTo to return
+	delivered  int64 // bytes the read loop wrote to sink
 
 	// Sending.
 	wmu        sync.Mutex // one writer at a time keeps DATA in order
@@ -480,7 +490,11 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		overrun = s.recvAvail < 0
 	}
 	var b []byte
-	if alive && n > 0 && !overrun {
+	direct := alive && n > 0 && !overrun && s.sink != nil && s.parked && !s.directBusy && len(s.rbuf) == 0
+	if direct {
+		s.directBusy = true
+		b = (*chunkPool.Get().(*[]byte))[:n]
+	} else if alive && n > 0 && !overrun {
 		if k := len(s.rbuf); n <= h2SmallData && k > 0 && cap(s.rbuf[k-1])-len(s.rbuf[k-1]) >= n {
 			b = nil // appended to the last buffer below
 		} else {
@@ -499,10 +513,19 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		_, err = c.br.Discard(n)
 	}
 	if err != nil {
+		if direct {
+			c.mu.Lock()
+			s.directBusy = false
+			s.rcond.Broadcast()
+			c.mu.Unlock()
+		}
 		if cap(b) == maxFrameSize {
 			putChunk(b)
 		}
 		return err
+	}
+	if direct {
+		return c.deliver(s, b, fh.Flags.Has(http2.FlagDataEndStream))
 	}
 
 	c.mu.Lock()
@@ -537,6 +560,86 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	s.rcond.Broadcast()
 	c.mu.Unlock()
 	return nil
+}
+
+// deliver writes b, a DATA payload read into a pool chunk, to the parked
+// stream's sink from the read loop. What the sink does not take at once
+// is buffered for writeTo, as usual.
+func (c *h2conn) deliver(s *h2stream, b []byte, end bool) error {
+	k, werr := s.sink.TryWrite(b)
+	c.mu.Lock()
+	s.directBusy = false
+	s.delivered += int64(k)
+	dropped := 0
+	switch {
+	case werr != nil:
+		s.sinkErr = werr
+		dropped = len(b) - k
+	case s.recvErr != nil: // reset meanwhile
+		dropped = len(b) - k
+	case k < len(b):
+		rest := copy(b, b[k:])
+		s.rbuf = append(s.rbuf, b[:rest])
+		b = nil
+	}
+	if end {
+		s.recvEnd = true
+	}
+	c.recvConsumed += int64(dropped)
+	s.rcond.Broadcast()
+	c.mu.Unlock()
+	if b != nil {
+		putChunk(b)
+	}
+	s.consume(k)
+	if dropped > 0 {
+		c.returnConn()
+	}
+	return nil
+}
+
+// TryWriter writes what it can without blocking: n < len(p) with a nil
+// error means the rest would block.
+type TryWriter interface {
+	TryWrite(p []byte) (n int, err error)
+}
+
+// NewTryWriter returns a TryWriter for w: w itself if it is one, a
+// non-blocking writer on a socket's file descriptor, or nil.
+func NewTryWriter(w io.Writer) TryWriter {
+	if tw, ok := w.(TryWriter); ok {
+		return tw
+	}
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return rawTryWriter{rc}
+		}
+	}
+	return nil
+}
+
+type rawTryWriter struct{ rc syscall.RawConn }
+
+func (r rawTryWriter) TryWrite(p []byte) (int, error) {
+	var n int
+	var werr error
+	err := r.rc.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), p)
+			if werr != syscall.EINTR {
+				return true // done, or it would block: never wait here
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case werr == syscall.EAGAIN:
+		return 0, nil
+	case werr != nil:
+		return 0, werr
+	}
+	return n, nil
 }
 
 // knownStream tells whether id was ever opened (so DATA on it is late,
@@ -787,10 +890,30 @@ func (s *h2stream) consume(n int) {
 // the write error apart.
 func (s *h2stream) writeTo(w io.Writer) (total int64, rerr, werr error) {
 	c := s.c
+	c.mu.Lock()
+	s.sink = NewTryWriter(w)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		for s.directBusy {
+			s.rcond.Wait()
+		}
+		s.sink = nil
+		total += s.delivered
+		s.delivered = 0
+		c.mu.Unlock()
+	}()
 	for {
 		c.mu.Lock()
-		for len(s.rbuf) == 0 && !s.recvEnd && s.recvErr == nil {
+		for (len(s.rbuf) == 0 && !s.recvEnd && s.recvErr == nil && s.sinkErr == nil) || s.directBusy {
+			s.parked = true
 			s.rcond.Wait()
+			s.parked = false
+		}
+		if s.sinkErr != nil {
+			err := s.sinkErr
+			c.mu.Unlock()
+			return total, nil, err
 		}
 		if len(s.rbuf) == 0 {
 			err := s.recvErr

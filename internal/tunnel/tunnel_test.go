@@ -2,7 +2,10 @@ package tunnel
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -358,6 +361,66 @@ func TestTargetCloseReachesClient(t *testing.T) {
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("the target's close did not reach the client")
+			}
+		})
+	}
+}
+
+// Bytes arrive whole and in order when the target reads slower than the
+// tunnel delivers (its socket fills, so delivery switches between the read
+// loop's direct writes and the stream's buffer), in both directions.
+func TestStreamIntegrityWithSlowTarget(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolH2, ProtocolQUIC} {
+		t.Run(string(proto), func(t *testing.T) {
+			f := newFixture(t, nil)
+			if proto == ProtocolQUIC {
+				pc, err := net.ListenPacket("udp4", f.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				go f.server.ServeQUIC(pc)
+			}
+			// The target reads in small, slow pieces, hashing them, then
+			// answers with the hash and the same number of bytes back.
+			dst := target(t, func(c net.Conn) {
+				h := sha256.New()
+				buf := make([]byte, 1500)
+				total := 0
+				for {
+					n, err := c.Read(buf)
+					h.Write(buf[:n])
+					total += n
+					if total%(64<<10) < n {
+						time.Sleep(2 * time.Millisecond)
+					}
+					if err != nil {
+						break
+					}
+				}
+				c.Write(h.Sum(nil))
+				io.CopyN(c, rand.Reader, int64(total))
+			})
+			c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: dst, Protocol: proto})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			const size = 6 << 20
+			want := sha256.New()
+			go func() {
+				io.CopyN(io.MultiWriter(c, want), rand.Reader, size)
+				c.(interface{ CloseWrite() error }).CloseWrite()
+			}()
+			got := make([]byte, sha256.Size)
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want.Sum(nil)) {
+				t.Fatal("the target received different bytes than were sent")
+			}
+			n, err := io.Copy(io.Discard, c)
+			if err != nil || n != size {
+				t.Errorf("read back %d bytes (%v), want %d", n, err, size)
 			}
 		})
 	}
