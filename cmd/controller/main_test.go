@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+)
+
+// caFiles writes a fresh root CA for cluster.local.
+func caFiles(t *testing.T, dir string) (cert, key string) {
+	t.Helper()
+	ca, err := identity.GenerateCA(spiffeid.RequireTrustDomainFromString("cluster.local"), time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, _ := identity.EncodeKey(ca.Key())
+	cert, key = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	os.WriteFile(cert, identity.EncodeCert(ca.Certificate()), 0o644)
+	os.WriteFile(key, keyPEM, 0o600)
+	return cert, key
+}
+
+func TestRunRefusesBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := caFiles(t, dir)
+	tokens := filepath.Join(dir, "tokens.yaml")
+	os.WriteFile(tokens, []byte("node-1: 0123456789abcdef0123\n"), 0o600)
+	for name, c := range map[string]struct {
+		args []string
+		want string
+	}{
+		"no CA":          {[]string{"run"}, "--ca-cert and --ca-key are required"},
+		"file no config": {[]string{"run", "--ca-cert", cert, "--ca-key", key}, "needs --config"},
+		"bad source":     {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--source", "etcd"}, `--source "etcd"`},
+		"missing config": {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--config", filepath.Join(dir, "nope"), "--bootstrap-tokens", tokens}, "--config"},
+		"wrong key":      {[]string{"run", "--ca-cert", cert, "--ca-key", tokens, "--config", dir, "--bootstrap-tokens", tokens}, "--ca-key"},
+		"short token":    {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--config", dir, "--bootstrap-tokens", cert}, "--bootstrap-tokens"},
+		"public admin":   {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--config", dir, "--bootstrap-tokens", tokens, "--listen", "127.0.0.1:0", "--admin", ":0"}, "admin must be local only"},
+		"no kubeconfig":  {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--source", "kubernetes", "--kubeconfig", filepath.Join(dir, "nope")}, "--source kubernetes"},
+	} {
+		var stderr bytes.Buffer
+		if code := run(c.args, &bytes.Buffer{}, &stderr); code == 0 || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("%s: exit %d, stderr %q, want it to mention %q", name, code, stderr.String(), c.want)
+		}
+	}
+}
+
+// freePort is a loopback address nothing listens on.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestRunServesAndStops runs the controller on a mesh directory until it
+// is ready, then stops it with SIGTERM.
+func TestRunServesAndStops(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := caFiles(t, dir)
+	mesh := filepath.Join(dir, "mesh")
+	os.Mkdir(mesh, 0o755)
+	os.WriteFile(filepath.Join(mesh, "ns.yaml"), []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n"), 0o644)
+	tokens := filepath.Join(dir, "tokens.yaml")
+	os.WriteFile(tokens, []byte("node-1: 0123456789abcdef0123\n"), 0o600)
+	ready, admin := freePort(t), freePort(t)
+	done := make(chan int, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- run([]string{"run", "--config", mesh, "--ca-cert", cert, "--ca-key", key, "--bootstrap-tokens", tokens,
+			"--listen", "127.0.0.1:0", "--admin", admin, "--metrics", "", "--ready", ready}, &bytes.Buffer{}, &stderr)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + ready + "/healthz/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %v\n%s", err, stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + admin + "/debug/proxies")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("admin: %v", err)
+	}
+	resp.Body.Close()
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d\n%s", code, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("controller did not stop on SIGTERM")
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
