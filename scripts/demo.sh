@@ -12,7 +12,7 @@ ip_of() { "$BIN/meshlab" status | awk -v p="$1" '$1==p {split($4, a, ","); print
 node_ns() { "$BIN/meshlab" status -o json | grep -o "\"/run/netns/ml-[0-9a-f]*-$1\"" | tr -d '"' | head -n 1; }
 on_node() { local ns; ns=$(node_ns "$1"); shift; nsenter --net="$ns" "$@"; }
 
-step "meshlab up: 2 nodes, a node proxy on each, 4 pods in the mesh (namespace demo), 2 outside (legacy)"
+step "meshlab up: 2 nodes, the controller (own netns on the underlay), a node proxy on each fed by it, 4 pods in the mesh (namespace demo), 2 outside (legacy)"
 "$BIN/meshlab" up -f examples/lab/demo.yaml
 # Only now is the lab ours to remove: an `up` that found a lab already
 # running must not tear that lab down.
