@@ -43,11 +43,11 @@ func TestUsageAndFlags(t *testing.T) {
 
 func TestParseFlagsDefaults(t *testing.T) {
 	var errb bytes.Buffer
-	cfg, out, strict, code := parseFlags([]string{"-modes", "nginx,direct", "-size", "512", "-nginx-workers", "1"}, &errb)
+	cfg, out, strict, code := parseFlags([]string{"-modes", "nginx,direct", "-size", "512", "-proxy-cpus", "2"}, &errb)
 	if code != -1 {
 		t.Fatalf("code %d: %s", code, errb.String())
 	}
-	if strings.Join(cfg.Modes, ",") != "nginx,direct" || cfg.ReqSize != 512 || cfg.RespSize != 512 || cfg.NginxWorkers != "1" ||
+	if strings.Join(cfg.Modes, ",") != "nginx,direct" || cfg.ReqSize != 512 || cfg.RespSize != 512 || cfg.ProxyCPUs != "2" ||
 		cfg.Duration != 8*time.Second || cfg.Omit != time.Second || out != "bench/out/bench.json" || strict ||
 		len(cfg.Helper) != 1 || !strings.HasSuffix(cfg.NodeProxy, "/nodeproxy") {
 		t.Errorf("config %+v, out %q, strict %v", cfg, out, strict)

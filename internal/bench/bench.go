@@ -76,8 +76,10 @@ type Config struct {
 	// empty).
 	Iperf3 string
 	Nginx  string
-	// NginxWorkers is nginx's worker_processes on each side.
-	NginxWorkers string
+	// ProxyCPUs is the CPUs each proxy may use: nginx's worker_processes
+	// on each side and the node proxies' GOMAXPROCS ("auto": one per CPU
+	// of the machine for both).
+	ProxyCPUs string
 	// StateRoot holds the labs' temporary state directories (os.TempDir
 	// when empty).
 	StateRoot string
@@ -109,8 +111,8 @@ func (c *Config) defaults() {
 	setInt(&c.ReqSize, 1024)
 	setInt(&c.RespSize, 1024)
 	setInt(&c.ConnectWorkers, 4)
-	if c.NginxWorkers == "" {
-		c.NginxWorkers = "auto"
+	if c.ProxyCPUs == "" {
+		c.ProxyCPUs = "auto"
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
@@ -177,7 +179,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Settings: Settings{
 			Duration: cfg.Duration.String(), Omit: cfg.Omit.String(), Streams: cfg.Streams, Rate: cfg.Rate,
 			Conns: cfg.Conns, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize, ConnectWorkers: cfg.ConnectWorkers,
-			NginxWorkers: cfg.NginxWorkers, NodeProxy: cfg.NodeProxy,
+			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy,
 		},
 	}
 	rep.Host = hostInfo()
@@ -239,6 +241,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			tunnel = lab.TunnelQUIC
 		}
 		opts := lab.Options{Topology: Topology(tunnel), Capture: true, NodeProxy: cfg.NodeProxy}
+		if cfg.ProxyCPUs != "auto" {
+			opts.NodeProxyEnv = []string{"GOMAXPROCS=" + cfg.ProxyCPUs}
+		}
 		if err := h.withLab(ctx, m, opts, func(l *lab.Lab) { results[m] = h.runMode(ctx, l, m) }); err != nil {
 			failAll([]string{m}, err)
 		}
@@ -511,7 +516,7 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 		proxies, target = set, gw
 		n2, _ := l.Node(NodeServer)
 		res.Path = fmt.Sprintf("%s -> nginx %s on %s -TLS 1.3, mutual-> nginx %s on %s -> %s %s (worker_processes %s each)",
-			client, gw, NodeClient, n2.IPv4, NodeServer, server, sp.IPv4, h.cfg.NginxWorkers)
+			client, gw, NodeClient, n2.IPv4, NodeServer, server, sp.IPv4, h.cfg.ProxyCPUs)
 	default:
 		set, err := meshProxies(l)
 		if err != nil {
@@ -780,7 +785,7 @@ func (h *harness) startNginxPair(ctx context.Context, l *lab.Lab, server lab.Pod
 			stop()
 			return netip.Addr{}, nil, nil, err
 		}
-		s.side.Dir, s.side.LoadModule, s.side.Workers = sdir, h.nginx.LoadModule, h.cfg.NginxWorkers
+		s.side.Dir, s.side.LoadModule, s.side.Workers = sdir, h.nginx.LoadModule, h.cfg.ProxyCPUs
 		for file, data := range map[string][]byte{"cert.pem": certPEM, "key.pem": keyPEM, "ca.pem": caPEM, "nginx.conf": []byte(s.side.Config())} {
 			if err := os.WriteFile(filepath.Join(sdir, file), data, 0o600); err != nil {
 				stop()

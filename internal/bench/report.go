@@ -60,7 +60,7 @@ type Settings struct {
 	ReqSize        int    `json:"reqSize"`
 	RespSize       int    `json:"respSize"`
 	ConnectWorkers int    `json:"connectWorkers"`
-	NginxWorkers   string `json:"nginxWorkers"`
+	ProxyCPUs      string `json:"proxyCPUs"`
 	NodeProxy      string `json:"nodeProxy,omitempty"`
 }
 

@@ -203,7 +203,7 @@ func (b *builder) proxies() error {
 			"--drain-timeout", "2s",
 		)
 		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
+		cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), b.opts.NodeProxyEnv...)
 		if err := StartInNode(cmd, n.NetNSPath, cg); err != nil {
 			logf.Close()
 			return fmt.Errorf("start node proxy on %s: %w", n.Name, err)

@@ -1007,8 +1007,14 @@ func (s *h2stream) dataHeader(hdr []byte, n int) {
 }
 
 // frameBuffers hold a frame header and a maximal DATA payload, for
-// readFrom.
-var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 9+maxFrameSize); return &b }}
+// readFrom; smallFrameBuffers hold a smaller one, for a stream that has
+// not shown it needs more: an idle connection waits on 16 KiB, not 64.
+var (
+	frameBuffers      = sync.Pool{New: func() any { b := make([]byte, 9+maxFrameSize); return &b }}
+	smallFrameBuffers = sync.Pool{New: func() any { b := make([]byte, 9+smallFrame); return &b }}
+)
+
+const smallFrame = 16 << 10
 
 // ReadFrom sends what r yields until r ends (io.EOF is no error); it reads
 // into the frame buffer itself, so the bytes are copied once on their way
@@ -1027,11 +1033,22 @@ func (s *h2stream) ReadFrom(r io.Reader) (int64, error) {
 // readFrom is ReadFrom reporting the read error (io.EOF at a clean end)
 // and the write error apart.
 func (s *h2stream) readFrom(r io.Reader) (total int64, rerr, werr error) {
-	bp := frameBuffers.Get().(*[]byte)
-	defer frameBuffers.Put(bp)
+	pool := &smallFrameBuffers
+	bp := pool.Get().(*[]byte)
+	defer func() { pool.Put(bp) }()
 	buf := *bp
 	for {
 		m, err := r.Read(buf[9:])
+		if m == len(buf)-9 && pool == &smallFrameBuffers {
+			// A full read: a bulk transfer. Larger reads from here on
+			// (after this one is sent).
+			defer func(bp *[]byte) { smallFrameBuffers.Put(bp) }(bp)
+			pool = &frameBuffers
+			bp = pool.Get().(*[]byte)
+			next := *bp
+			copy(next, buf[:9+m])
+			buf = next
+		}
 		// Send buf[9:9+m] as frames the windows allow; each frame's header
 		// goes in the 9 bytes before its payload (already sent, for all
 		// frames but the first).
