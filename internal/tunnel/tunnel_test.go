@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
 )
@@ -423,5 +424,80 @@ func TestStreamIntegrityWithSlowTarget(t *testing.T) {
 				t.Errorf("read back %d bytes (%v), want %d", n, err, size)
 			}
 		})
+	}
+}
+
+// The server speaks HTTP/2 as RFC 9113 has it, frame by frame, to a client
+// that uses what Go's client does not: a header block split over
+// CONTINUATION, padded DATA, a PING, and a SETTINGS change mid-stream.
+func TestServerFrameLevelHTTP2(t *testing.T) {
+	f := newFixture(t, nil)
+	dst := echo(t)
+	svid := issue(t, f.ca, clientID)
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	tc, err := tls.Dial("tcp", f.addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(tc, http2.ClientPreface)
+	fr := http2.NewFramer(tc, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings()
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+	enc.WriteField(hpack.HeaderField{Name: ":authority", Value: dst.String()})
+	b := block.Bytes()
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b[:3]}); err != nil {
+		t.Fatal(err)
+	}
+	fr.WriteContinuation(1, true, b[3:])
+	fr.WritePing(false, [8]byte{1, 2, 3})
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+	fr.WriteDataPadded(1, false, []byte("padded hello"), make([]byte, 7))
+
+	var status, echoed string
+	var pinged, acked bool
+	for echoed != "padded hello" || !pinged || !acked || status == "" {
+		fm, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after status %q, echo %q, ping %v, settings ack %v: %v", status, echoed, pinged, acked, err)
+		}
+		switch fm := fm.(type) {
+		case *http2.MetaHeadersFrame:
+			status = fm.PseudoValue("status")
+		case *http2.DataFrame:
+			echoed += string(fm.Data())
+		case *http2.PingFrame:
+			pinged = fm.IsAck() && fm.Data == [8]byte{1, 2, 3}
+		case *http2.SettingsFrame:
+			acked = acked || fm.IsAck()
+		case *http2.GoAwayFrame:
+			t.Fatalf("server sent GOAWAY %v: %s", fm.ErrCode, fm.DebugData())
+		case *http2.RSTStreamFrame:
+			t.Fatalf("server reset the stream: %v", fm.ErrCode)
+		}
+	}
+	if status != "200" {
+		t.Errorf("status %q", status)
+	}
+	// DATA on a stream the client never opened is a connection error.
+	fr.WriteData(7, false, []byte("x"))
+	for {
+		fm, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY for DATA on an idle stream: %v", err)
+		}
+		if ga, ok := fm.(*http2.GoAwayFrame); ok {
+			if ga.ErrCode != http2.ErrCodeProtocol {
+				t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", ga.ErrCode)
+			}
+			break
+		}
 	}
 }
