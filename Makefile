@@ -47,7 +47,7 @@ lint: ## gofmt, go vet
 	$(GO) vet ./...
 
 .PHONY: kube-tools
-kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached per version; cold ~10 min)
+kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached per version; cold 10-18 min)
 	@GO=$(GO) tools/kube/build.sh >/dev/null
 
 .PHONY: test

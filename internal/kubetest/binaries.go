@@ -49,7 +49,7 @@ func FindBinaries() (Binaries, error) {
 		if dir, err = CacheDir(); err != nil {
 			return b, errors.Join(append(errs, err)...)
 		}
-		how = "run `make kube-tools` (builds them from the Go module proxy into this cache, about 10 minutes once)"
+		how = "run `make kube-tools` (builds them from the Go module proxy into this cache, 10-18 minutes once)"
 	}
 	b.KubeAPIServer = filepath.Join(dir, "kube-apiserver")
 	b.Kubectl = filepath.Join(dir, "kubectl")

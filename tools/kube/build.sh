@@ -54,7 +54,7 @@ minor="$(echo "$version" | cut -d. -f2)"
 pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$version -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-echo "building kube-apiserver and kubectl $version into $dir (cold: about 10 minutes on 2 cores)..." >&2
+echo "building kube-apiserver and kubectl $version into $dir (cold: 10-18 minutes on 2 cores)..." >&2
 start=$(date +%s)
 CGO_ENABLED=0 "$go" build -trimpath -ldflags "$ldflags" -o "$tmp/" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
