@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,7 +41,13 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
-func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := kubetest.Main(m)
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
 
 const namespace = "ambit-system"
 
@@ -299,12 +308,7 @@ func checkProbes(t *testing.T, who string, c corev1.Container) {
 // would be a crash loop on every node.
 func TestArgsAreFlagsTheBinariesAccept(t *testing.T) {
 	in := render(t)
-	bin := t.TempDir()
-	out, err := exec.Command("go", "build", "-o", bin+"/",
-		"github.com/ambit-mesh/ambit/cmd/controller", "github.com/ambit-mesh/ambit/cmd/nodeproxy").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := binaries(t)
 	for _, c := range []corev1.Container{in.controller.Spec.Template.Spec.Containers[0], in.nodeproxy.Spec.Template.Spec.Containers[0]} {
 		name := strings.TrimPrefix(strings.Split(c.Image, ":")[0], "ghcr.io/ambit-mesh/ambit-")
 		// Flags parse in order, so an unknown one fails before -h prints
@@ -320,6 +324,32 @@ func TestArgsAreFlagsTheBinariesAccept(t *testing.T) {
 		}
 	}
 }
+
+// binaries builds cmd/controller and cmd/nodeproxy once for the package.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "ambit-deploy-bin-")
+		if buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", buildDir+"/",
+			"github.com/ambit-mesh/ambit/cmd/controller", "github.com/ambit-mesh/ambit/cmd/nodeproxy").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildDir
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
 
 // flagValue finds --name=value or --name value in args.
 func flagValue(args []string, name string) string {
@@ -758,4 +788,99 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The controller binary runs as the Deployment runs it: the manifest's
+// arguments, the mesh CA where the Secret is mounted (here: files), the
+// ambit-controller service account's rights, and it becomes ready. Ports
+// and paths move to free loopback ports and temporary files; nothing else
+// changes.
+func TestControllerBinaryBecomesReady(t *testing.T) {
+	c := installed(t)
+	ctx := context.Background()
+	in := render(t)
+	bin := binaries(t)
+
+	token, err := c.ServiceAccountToken(ctx, namespace, "ambit-controller", authnv1.TokenRequestSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, key, err := writeCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(ca)) })
+	ports := make([]string, 4)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = l.Addr().String()
+		l.Close()
+	}
+	replace := map[string]string{
+		"--ca-cert": ca, "--ca-key": key, "--listen": ports[0],
+	}
+	var args []string
+	for _, a := range in.controller.Spec.Template.Spec.Containers[0].Args {
+		name, _, _ := strings.Cut(a, "=")
+		if v, ok := replace[name]; ok {
+			a = name + "=" + v
+		}
+		args = append(args, a)
+	}
+	args = append(args, "--metrics="+ports[1], "--ready="+ports[2], "--admin="+ports[3],
+		"--kubeconfig="+c.KubeconfigForToken(t, token))
+	var logs syncBuffer
+	cmd := exec.Command(filepath.Join(bin, "controller"), args...)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	ready := "http://" + ports[2] + "/healthz/ready"
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-exited:
+			t.Fatalf("controller %v exited: %v\n%s", args, waitErr, logs.String())
+		default:
+		}
+		resp, err := http.Get(ready)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("controller not ready at %s after 30 s:\n%s", ready, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("controller exited with %v on SIGTERM:\n%s", waitErr, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("controller still running 10 s after SIGTERM")
+	}
+	if l := strings.ToLower(logs.String()); strings.Contains(l, "forbidden") {
+		t.Errorf("the controller was refused requests under its RBAC:\n%s", logs.String())
+	}
 }

@@ -407,23 +407,40 @@ func failedChecks(body string) string {
 
 func kubeconfig(host string, p *pki) []byte {
 	b64 := base64.StdEncoding.EncodeToString
+	return kubeconfigFor(host, p.caPEM, `
+    client-certificate-data: `+b64(p.adminCertPEM)+`
+    client-key-data: `+b64(p.adminKeyPEM))
+}
+
+func kubeconfigFor(host string, caPEM []byte, user string) []byte {
 	return []byte(`apiVersion: v1
 kind: Config
 clusters:
 - name: kubetest
   cluster:
     server: ` + host + `
-    certificate-authority-data: ` + b64(p.caPEM) + `
+    certificate-authority-data: ` + base64.StdEncoding.EncodeToString(caPEM) + `
 users:
-- name: admin
-  user:
-    client-certificate-data: ` + b64(p.adminCertPEM) + `
-    client-key-data: ` + b64(p.adminKeyPEM) + `
+- name: user
+  user:` + user + `
 contexts:
 - name: kubetest
-  context: {cluster: kubetest, user: admin}
+  context: {cluster: kubetest, user: user}
 current-context: kubetest
 `)
+}
+
+// KubeconfigForToken writes a kubeconfig that authenticates with token (a
+// service account's, say) into a temporary directory of tb, for a binary
+// under test (--kubeconfig).
+func (c *Cluster) KubeconfigForToken(tb testing.TB, token string) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, kubeconfigFor(c.Host, c.CAData, `
+    token: `+token), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return path
 }
 
 func freePorts(n int) ([]int, error) {

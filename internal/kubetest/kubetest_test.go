@@ -215,6 +215,20 @@ func TestServiceAccountHasOnlyWhatRBACGrants(t *testing.T) {
 	if _, err := sa.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("list secrets with a pods-only role: err = %v, want Forbidden", err)
 	}
+
+	// The same through a kubeconfig, as a binary under test would get it.
+	token, err := c.ServiceAccountToken(ctx, ns, "reader", authnv1.TokenRequestSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := c.KubeconfigForToken(t, token)
+	if out, err := exec.Command(c.Kubectl, "--kubeconfig="+kc, "-n", ns, "get", "pods").CombinedOutput(); err != nil {
+		t.Errorf("kubectl get pods as reader: %v\n%s", err, out)
+	}
+	out, err := exec.Command(c.Kubectl, "--kubeconfig="+kc, "-n", ns, "get", "secrets").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "forbidden") {
+		t.Errorf("kubectl get secrets as reader: %v, want forbidden\n%s", err, out)
+	}
 }
 
 // The API server speaks TLS 1.3 only (the project's rule for every listener).
