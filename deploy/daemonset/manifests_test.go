@@ -810,77 +810,112 @@ func TestControllerBinaryBecomesReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(filepath.Dir(ca)) })
-	ports := make([]string, 4)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = l.Addr().String()
-		l.Close()
-	}
-	replace := map[string]string{
-		"--ca-cert": ca, "--ca-key": key, "--listen": ports[0],
-	}
-	var args []string
-	for _, a := range in.controller.Spec.Template.Spec.Containers[0].Args {
-		name, _, _ := strings.Cut(a, "=")
-		if v, ok := replace[name]; ok {
-			a = name + "=" + v
-		}
-		args = append(args, a)
-	}
-	args = append(args, "--metrics="+ports[1], "--ready="+ports[2], "--admin="+ports[3],
-		"--kubeconfig="+c.KubeconfigForToken(t, token))
-	var logs syncBuffer
-	cmd := exec.Command(filepath.Join(bin, "controller"), args...)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	kubeconfig := c.KubeconfigForToken(t, token)
 
-	ready := "http://" + ports[2] + "/healthz/ready"
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case <-exited:
-			t.Fatalf("controller %v exited: %v\n%s", args, waitErr, logs.String())
-		default:
-		}
-		resp, err := http.Get(ready)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
+	// Free ports are found by binding and closing, so a test running beside
+	// this one can take one first: then start again on new ones.
+	var p *controllerProcess
+	for attempt := 0; ; attempt++ {
+		ports := freePorts(t, 4)
+		replace := map[string]string{"--ca-cert": ca, "--ca-key": key, "--listen": ports[0]}
+		var args []string
+		for _, a := range in.controller.Spec.Template.Spec.Containers[0].Args {
+			name, _, _ := strings.Cut(a, "=")
+			if v, ok := replace[name]; ok {
+				a = name + "=" + v
 			}
+			args = append(args, a)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("controller not ready at %s after 30 s:\n%s", ready, logs.String())
+		args = append(args, "--metrics="+ports[1], "--ready="+ports[2], "--admin="+ports[3], "--kubeconfig="+kubeconfig)
+		p = startController(t, filepath.Join(bin, "controller"), args)
+		err := p.waitReady("http://" + ports[2] + "/healthz/ready")
+		if err == nil {
+			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		if attempt < 2 && strings.Contains(p.logs.String(), "address already in use") {
+			continue
+		}
+		t.Fatalf("%v\ncontroller %v:\n%s", err, args, p.logs.String())
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
+
+	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("controller exited with %v on SIGTERM:\n%s", waitErr, logs.String())
+	case <-p.exited:
+		if p.err != nil {
+			t.Errorf("controller exited with %v on SIGTERM:\n%s", p.err, p.logs.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Errorf("controller still running 10 s after SIGTERM")
 	}
-	if l := strings.ToLower(logs.String()); strings.Contains(l, "forbidden") {
-		t.Errorf("the controller was refused requests under its RBAC:\n%s", logs.String())
+	if l := strings.ToLower(p.logs.String()); strings.Contains(l, "forbidden") {
+		t.Errorf("the controller was refused requests under its RBAC:\n%s", p.logs.String())
 	}
+}
+
+type controllerProcess struct {
+	cmd    *exec.Cmd
+	logs   syncBuffer
+	exited chan struct{}
+	err    error
+}
+
+// startController starts bin and stops it (SIGTERM, then SIGKILL) when the
+// test ends.
+func startController(t *testing.T, bin string, args []string) *controllerProcess {
+	t.Helper()
+	p := &controllerProcess{cmd: exec.Command(bin, args...), exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return p
+}
+
+func (p *controllerProcess) waitReady(url string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-p.exited:
+			return fmt.Errorf("controller exited: %v", p.err)
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("controller not ready at %s after 30 s", url)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return addrs
 }
