@@ -90,27 +90,42 @@ const (
 	ResourceType_RESOURCE_TYPE_SERVICE       ResourceType = 4
 	ResourceType_RESOURCE_TYPE_ACCESS_POLICY ResourceType = 5
 	ResourceType_RESOURCE_TYPE_TRUST_BUNDLE  ResourceType = 6
+	// Waypoint configuration. Every proxy gets the Waypoints (node proxies
+	// redirect to them); TrafficPolicies and routes go only to the waypoint
+	// that serves their Services.
+	ResourceType_RESOURCE_TYPE_WAYPOINT       ResourceType = 7
+	ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY ResourceType = 8
+	ResourceType_RESOURCE_TYPE_HTTP_ROUTE     ResourceType = 9
+	ResourceType_RESOURCE_TYPE_GRPC_ROUTE     ResourceType = 10
 )
 
 // Enum value maps for ResourceType.
 var (
 	ResourceType_name = map[int32]string{
-		0: "RESOURCE_TYPE_UNSPECIFIED",
-		1: "RESOURCE_TYPE_MESH",
-		2: "RESOURCE_TYPE_NAMESPACE",
-		3: "RESOURCE_TYPE_WORKLOAD",
-		4: "RESOURCE_TYPE_SERVICE",
-		5: "RESOURCE_TYPE_ACCESS_POLICY",
-		6: "RESOURCE_TYPE_TRUST_BUNDLE",
+		0:  "RESOURCE_TYPE_UNSPECIFIED",
+		1:  "RESOURCE_TYPE_MESH",
+		2:  "RESOURCE_TYPE_NAMESPACE",
+		3:  "RESOURCE_TYPE_WORKLOAD",
+		4:  "RESOURCE_TYPE_SERVICE",
+		5:  "RESOURCE_TYPE_ACCESS_POLICY",
+		6:  "RESOURCE_TYPE_TRUST_BUNDLE",
+		7:  "RESOURCE_TYPE_WAYPOINT",
+		8:  "RESOURCE_TYPE_TRAFFIC_POLICY",
+		9:  "RESOURCE_TYPE_HTTP_ROUTE",
+		10: "RESOURCE_TYPE_GRPC_ROUTE",
 	}
 	ResourceType_value = map[string]int32{
-		"RESOURCE_TYPE_UNSPECIFIED":   0,
-		"RESOURCE_TYPE_MESH":          1,
-		"RESOURCE_TYPE_NAMESPACE":     2,
-		"RESOURCE_TYPE_WORKLOAD":      3,
-		"RESOURCE_TYPE_SERVICE":       4,
-		"RESOURCE_TYPE_ACCESS_POLICY": 5,
-		"RESOURCE_TYPE_TRUST_BUNDLE":  6,
+		"RESOURCE_TYPE_UNSPECIFIED":    0,
+		"RESOURCE_TYPE_MESH":           1,
+		"RESOURCE_TYPE_NAMESPACE":      2,
+		"RESOURCE_TYPE_WORKLOAD":       3,
+		"RESOURCE_TYPE_SERVICE":        4,
+		"RESOURCE_TYPE_ACCESS_POLICY":  5,
+		"RESOURCE_TYPE_TRUST_BUNDLE":   6,
+		"RESOURCE_TYPE_WAYPOINT":       7,
+		"RESOURCE_TYPE_TRAFFIC_POLICY": 8,
+		"RESOURCE_TYPE_HTTP_ROUTE":     9,
+		"RESOURCE_TYPE_GRPC_ROUTE":     10,
 	}
 )
 
@@ -486,6 +501,10 @@ type Resource struct {
 	//	*Resource_Service
 	//	*Resource_AccessPolicy
 	//	*Resource_TrustBundle
+	//	*Resource_Waypoint
+	//	*Resource_TrafficPolicy
+	//	*Resource_HttpRoute
+	//	*Resource_GrpcRoute
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -589,6 +608,42 @@ func (x *Resource) GetTrustBundle() *TrustBundle {
 	return nil
 }
 
+func (x *Resource) GetWaypoint() *Waypoint {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_Waypoint); ok {
+			return x.Waypoint
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetTrafficPolicy() *TrafficPolicy {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_TrafficPolicy); ok {
+			return x.TrafficPolicy
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetHttpRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_HttpRoute); ok {
+			return x.HttpRoute
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetGrpcRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_GrpcRoute); ok {
+			return x.GrpcRoute
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -614,7 +669,23 @@ type Resource_AccessPolicy struct {
 }
 
 type Resource_TrustBundle struct {
-	TrustBundle *TrustBundle `protobuf:"bytes,15,opt,name=trust_bundle,json=trustBundle,proto3,oneof"` // 16 and up: waypoint kinds.
+	TrustBundle *TrustBundle `protobuf:"bytes,15,opt,name=trust_bundle,json=trustBundle,proto3,oneof"`
+}
+
+type Resource_Waypoint struct {
+	Waypoint *Waypoint `protobuf:"bytes,16,opt,name=waypoint,proto3,oneof"`
+}
+
+type Resource_TrafficPolicy struct {
+	TrafficPolicy *TrafficPolicy `protobuf:"bytes,17,opt,name=traffic_policy,json=trafficPolicy,proto3,oneof"`
+}
+
+type Resource_HttpRoute struct {
+	HttpRoute *Route `protobuf:"bytes,18,opt,name=http_route,json=httpRoute,proto3,oneof"`
+}
+
+type Resource_GrpcRoute struct {
+	GrpcRoute *Route `protobuf:"bytes,19,opt,name=grpc_route,json=grpcRoute,proto3,oneof"`
 }
 
 func (*Resource_Mesh) isResource_Kind() {}
@@ -628,6 +699,14 @@ func (*Resource_Service) isResource_Kind() {}
 func (*Resource_AccessPolicy) isResource_Kind() {}
 
 func (*Resource_TrustBundle) isResource_Kind() {}
+
+func (*Resource_Waypoint) isResource_Kind() {}
+
+func (*Resource_TrafficPolicy) isResource_Kind() {}
+
+func (*Resource_HttpRoute) isResource_Kind() {}
+
+func (*Resource_GrpcRoute) isResource_Kind() {}
 
 // Mesh is the mesh-wide settings (kind MeshConfig).
 type Mesh struct {
@@ -926,8 +1005,10 @@ type Service struct {
 	Selector  map[string]string      `protobuf:"bytes,4,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Addresses [][]byte               `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	Ports     []*ServicePort         `protobuf:"bytes,6,rep,name=ports,proto3" json:"ports,omitempty"`
-	// Waypoint the service's traffic goes through, when set on the Service
-	// itself (a namespace's label comes with the Namespace).
+	// Waypoint the service's traffic goes through: the name of a Waypoint in
+	// the service's namespace. Proxies derive it themselves from the labels
+	// of the Service and its Namespace and the Waypoints; this field is for
+	// operators and for a proxy that has no Waypoint resources.
 	Waypoint string `protobuf:"bytes,7,opt,name=waypoint,proto3" json:"waypoint,omitempty"`
 	// For a service without a selector: the keys ("namespace/name") of the
 	// workloads behind it (Kubernetes: from its EndpointSlices).
@@ -1369,6 +1450,246 @@ func (x *TrustBundle) GetRoots() [][]byte {
 	return nil
 }
 
+// Waypoint is an L7 proxy that Services (ambit.dev/use-waypoint on the
+// Service or its Namespace) or a namespace's workloads send their traffic
+// through. Its identity is spiffe://<td>/ns/<namespace>/sa/<name>; node
+// proxies tunnel to one of its addresses on port 15008.
+type Waypoint struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Replicas  int32                  `protobuf:"varint,3,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// "service", "workload" or "all": which traffic it takes.
+	TrafficType string `protobuf:"bytes,4,opt,name=traffic_type,json=trafficType,proto3" json:"traffic_type,omitempty"`
+	// IPv4 (4 bytes) or IPv6 (16 bytes) addresses of the waypoint.
+	Addresses [][]byte `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// True when at least one replica is available.
+	Ready         bool `protobuf:"varint,6,opt,name=ready,proto3" json:"ready,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Waypoint) Reset() {
+	*x = Waypoint{}
+	mi := &file_config_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Waypoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Waypoint) ProtoMessage() {}
+
+func (x *Waypoint) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Waypoint.ProtoReflect.Descriptor instead.
+func (*Waypoint) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Waypoint) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Waypoint) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Waypoint) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *Waypoint) GetTrafficType() string {
+	if x != nil {
+		return x.TrafficType
+	}
+	return ""
+}
+
+func (x *Waypoint) GetAddresses() [][]byte {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *Waypoint) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+// TrafficPolicy is the resilience settings a waypoint applies to requests
+// to its target Services.
+type TrafficPolicy struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Creation time (Unix nanoseconds; 0 when unknown): the older of two
+	// policies for one Service wins.
+	CreatedUnixNano int64 `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// The ambit.dev/v1alpha1 TrafficPolicySpec as JSON, with its targetRefs
+	// reduced to the Services it is in force for and its defaults filled in.
+	SpecJson      []byte `protobuf:"bytes,4,opt,name=spec_json,json=specJson,proto3" json:"spec_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy) Reset() {
+	*x = TrafficPolicy{}
+	mi := &file_config_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy) ProtoMessage() {}
+
+func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TrafficPolicy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *TrafficPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TrafficPolicy) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *TrafficPolicy) GetSpecJson() []byte {
+	if x != nil {
+		return x.SpecJson
+	}
+	return nil
+}
+
+// Route is a Gateway API HTTPRoute or GRPCRoute attached to Services
+// (GAMMA). The spec travels as the Gateway API's own JSON
+// (gateway.networking.k8s.io/v1 HTTPRouteSpec or GRPCRouteSpec, defaults
+// applied), so the waypoint reads exactly what the user wrote and the
+// control API need not mirror the Gateway API's schema.
+type Route struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Creation time (Unix nanoseconds; 0 when unknown): ties between rules
+	// go to the older route.
+	CreatedUnixNano int64  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	SpecJson        []byte `protobuf:"bytes,4,opt,name=spec_json,json=specJson,proto3" json:"spec_json,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_config_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Route) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Route) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Route) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *Route) GetSpecJson() []byte {
+	if x != nil {
+		return x.SpecJson
+	}
+	return nil
+}
+
 var File_config_proto protoreflect.FileDescriptor
 
 const file_config_proto_rawDesc = "" +
@@ -1392,7 +1713,7 @@ const file_config_proto_rawDesc = "" +
 	"\aremoved\x18\x05 \x03(\v2\x1b.ambit.v1alpha1.ResourceRefR\aremoved\"S\n" +
 	"\vResourceRef\x120\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1c.ambit.v1alpha1.ResourceTypeR\x04type\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x9c\x03\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x8c\x05\n" +
 	"\bResource\x12-\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1b.ambit.v1alpha1.ResourceRefR\x03ref\x12*\n" +
 	"\x04mesh\x18\n" +
@@ -1401,7 +1722,13 @@ const file_config_proto_rawDesc = "" +
 	"\bworkload\x18\f \x01(\v2\x18.ambit.v1alpha1.WorkloadH\x00R\bworkload\x123\n" +
 	"\aservice\x18\r \x01(\v2\x17.ambit.v1alpha1.ServiceH\x00R\aservice\x12C\n" +
 	"\raccess_policy\x18\x0e \x01(\v2\x1c.ambit.v1alpha1.AccessPolicyH\x00R\faccessPolicy\x12@\n" +
-	"\ftrust_bundle\x18\x0f \x01(\v2\x1b.ambit.v1alpha1.TrustBundleH\x00R\vtrustBundleB\x06\n" +
+	"\ftrust_bundle\x18\x0f \x01(\v2\x1b.ambit.v1alpha1.TrustBundleH\x00R\vtrustBundle\x126\n" +
+	"\bwaypoint\x18\x10 \x01(\v2\x18.ambit.v1alpha1.WaypointH\x00R\bwaypoint\x12F\n" +
+	"\x0etraffic_policy\x18\x11 \x01(\v2\x1d.ambit.v1alpha1.TrafficPolicyH\x00R\rtrafficPolicy\x126\n" +
+	"\n" +
+	"http_route\x18\x12 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\thttpRoute\x126\n" +
+	"\n" +
+	"grpc_route\x18\x13 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\tgrpcRouteB\x06\n" +
 	"\x04kind\"\xd4\x01\n" +
 	"\x04Mesh\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
@@ -1482,11 +1809,28 @@ const file_config_proto_rawDesc = "" +
 	"\tip_blocks\x18\x04 \x03(\tR\bipBlocks\"F\n" +
 	"\vTrustBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x14\n" +
-	"\x05roots\x18\x02 \x03(\fR\x05roots*U\n" +
+	"\x05roots\x18\x02 \x03(\fR\x05roots\"\xaf\x01\n" +
+	"\bWaypoint\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\breplicas\x18\x03 \x01(\x05R\breplicas\x12!\n" +
+	"\ftraffic_type\x18\x04 \x01(\tR\vtrafficType\x12\x1c\n" +
+	"\taddresses\x18\x05 \x03(\fR\taddresses\x12\x14\n" +
+	"\x05ready\x18\x06 \x01(\bR\x05ready\"\x8a\x01\n" +
+	"\rTrafficPolicy\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x1b\n" +
+	"\tspec_json\x18\x04 \x01(\fR\bspecJson\"\x82\x01\n" +
+	"\x05Route\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x1b\n" +
+	"\tspec_json\x18\x04 \x01(\fR\bspecJson*U\n" +
 	"\tProxyKind\x12\x1a\n" +
 	"\x16PROXY_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROXY_KIND_NODE\x10\x01\x12\x17\n" +
-	"\x13PROXY_KIND_WAYPOINT\x10\x02*\xda\x01\n" +
+	"\x13PROXY_KIND_WAYPOINT\x10\x02*\xd4\x02\n" +
 	"\fResourceType\x12\x1d\n" +
 	"\x19RESOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RESOURCE_TYPE_MESH\x10\x01\x12\x1b\n" +
@@ -1494,7 +1838,12 @@ const file_config_proto_rawDesc = "" +
 	"\x16RESOURCE_TYPE_WORKLOAD\x10\x03\x12\x19\n" +
 	"\x15RESOURCE_TYPE_SERVICE\x10\x04\x12\x1f\n" +
 	"\x1bRESOURCE_TYPE_ACCESS_POLICY\x10\x05\x12\x1e\n" +
-	"\x1aRESOURCE_TYPE_TRUST_BUNDLE\x10\x06*^\n" +
+	"\x1aRESOURCE_TYPE_TRUST_BUNDLE\x10\x06\x12\x1a\n" +
+	"\x16RESOURCE_TYPE_WAYPOINT\x10\a\x12 \n" +
+	"\x1cRESOURCE_TYPE_TRAFFIC_POLICY\x10\b\x12\x1c\n" +
+	"\x18RESOURCE_TYPE_HTTP_ROUTE\x10\t\x12\x1c\n" +
+	"\x18RESOURCE_TYPE_GRPC_ROUTE\x10\n" +
+	"*^\n" +
 	"\fPolicyAction\x12\x1d\n" +
 	"\x19POLICY_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13POLICY_ACTION_ALLOW\x10\x01\x12\x16\n" +
@@ -1515,7 +1864,7 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_config_proto_goTypes = []any{
 	(ProxyKind)(0),         // 0: ambit.v1alpha1.ProxyKind
 	(ResourceType)(0),      // 1: ambit.v1alpha1.ResourceType
@@ -1535,13 +1884,16 @@ var file_config_proto_goTypes = []any{
 	(*PolicyRule)(nil),     // 15: ambit.v1alpha1.PolicyRule
 	(*PolicySource)(nil),   // 16: ambit.v1alpha1.PolicySource
 	(*TrustBundle)(nil),    // 17: ambit.v1alpha1.TrustBundle
-	nil,                    // 18: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	nil,                    // 19: ambit.v1alpha1.Namespace.LabelsEntry
-	nil,                    // 20: ambit.v1alpha1.Namespace.AnnotationsEntry
-	nil,                    // 21: ambit.v1alpha1.Workload.LabelsEntry
-	nil,                    // 22: ambit.v1alpha1.Service.LabelsEntry
-	nil,                    // 23: ambit.v1alpha1.Service.SelectorEntry
-	nil,                    // 24: ambit.v1alpha1.AccessPolicy.SelectorEntry
+	(*Waypoint)(nil),       // 18: ambit.v1alpha1.Waypoint
+	(*TrafficPolicy)(nil),  // 19: ambit.v1alpha1.TrafficPolicy
+	(*Route)(nil),          // 20: ambit.v1alpha1.Route
+	nil,                    // 21: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	nil,                    // 22: ambit.v1alpha1.Namespace.LabelsEntry
+	nil,                    // 23: ambit.v1alpha1.Namespace.AnnotationsEntry
+	nil,                    // 24: ambit.v1alpha1.Workload.LabelsEntry
+	nil,                    // 25: ambit.v1alpha1.Service.LabelsEntry
+	nil,                    // 26: ambit.v1alpha1.Service.SelectorEntry
+	nil,                    // 27: ambit.v1alpha1.AccessPolicy.SelectorEntry
 }
 var file_config_proto_depIdxs = []int32{
 	0,  // 0: ambit.v1alpha1.ProxyInfo.kind:type_name -> ambit.v1alpha1.ProxyKind
@@ -1556,25 +1908,29 @@ var file_config_proto_depIdxs = []int32{
 	12, // 9: ambit.v1alpha1.Resource.service:type_name -> ambit.v1alpha1.Service
 	14, // 10: ambit.v1alpha1.Resource.access_policy:type_name -> ambit.v1alpha1.AccessPolicy
 	17, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
-	18, // 12: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	19, // 13: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	20, // 14: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	21, // 15: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
-	11, // 16: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	22, // 17: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	23, // 18: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
-	13, // 19: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	24, // 20: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
-	2,  // 21: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
-	15, // 22: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	16, // 23: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
-	4,  // 24: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	5,  // 25: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	25, // [25:26] is the sub-list for method output_type
-	24, // [24:25] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	18, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
+	19, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
+	20, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
+	20, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
+	21, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	22, // 17: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	23, // 18: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	24, // 19: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	11, // 20: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
+	25, // 21: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	26, // 22: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	13, // 23: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
+	27, // 24: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	2,  // 25: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
+	15, // 26: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
+	16, // 27: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	4,  // 28: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	5,  // 29: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	29, // [29:30] is the sub-list for method output_type
+	28, // [28:29] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -1589,6 +1945,10 @@ func file_config_proto_init() {
 		(*Resource_Service)(nil),
 		(*Resource_AccessPolicy)(nil),
 		(*Resource_TrustBundle)(nil),
+		(*Resource_Waypoint)(nil),
+		(*Resource_TrafficPolicy)(nil),
+		(*Resource_HttpRoute)(nil),
+		(*Resource_GrpcRoute)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1596,7 +1956,7 @@ func file_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

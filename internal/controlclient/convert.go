@@ -2,14 +2,19 @@ package controlclient
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/policy"
@@ -17,22 +22,36 @@ import (
 
 // ToConfig builds the mesh model from resources, through meshconfig's
 // Builder (the same validation files get), and names it version.
+//
+// The model is built leniently, as the controller's Kubernetes source
+// builds it: a route whose backend Service is missing is kept (its
+// requests fail with 500), as the controller kept it. Anything the build
+// would leave out entirely is a refusal.
 func ToConfig(resources map[Ref]*pb.Resource, version string) (*meshconfig.Config, error) {
 	b := meshconfig.NewBuilder()
 	for ref, r := range resources {
-		if err := addResource(b, r); err != nil {
+		if err := addResource(b, r, resources); err != nil {
 			return nil, fmt.Errorf("%s %s: %w", typeName(ref.Type), ref.Name, err)
 		}
 	}
-	cfg, err := b.Build()
-	if err != nil {
+	cfg, problems := b.BuildLenient()
+	if cfg == nil {
+		_, err := b.Build()
+		if err == nil {
+			err = errors.New("the configuration does not build")
+		}
 		return nil, err
+	}
+	for _, p := range problems {
+		if p.Dropped {
+			return nil, p
+		}
 	}
 	cfg.Version = version
 	return cfg, nil
 }
 
-func addResource(b *meshconfig.Builder, r *pb.Resource) error {
+func addResource(b *meshconfig.Builder, r *pb.Resource, all map[Ref]*pb.Resource) error {
 	switch k := r.Kind.(type) {
 	case *pb.Resource_Mesh:
 		m := meshconfig.Mesh{Tunnel: k.Mesh.Tunnel, TunnelPerNode: k.Mesh.TunnelPerNode}
@@ -65,7 +84,11 @@ func addResource(b *meshconfig.Builder, r *pb.Resource) error {
 			return err
 		}
 		ms := meshconfig.Service{Namespace: s.Namespace, Name: s.Name, Labels: s.Labels, Selector: s.Selector, Addresses: ips, Endpoints: s.Endpoints}
-		if s.Waypoint != "" && ms.Labels[meshconfig.WaypointLabel] != s.Waypoint {
+		// The proxy derives the service's waypoint from the labels and the
+		// Waypoints, as the controller does; the field only fills in for a
+		// controller whose labels do not say it.
+		nsLabel := all[Ref{pb.ResourceType_RESOURCE_TYPE_NAMESPACE, s.Namespace}].GetNamespace().GetLabels()[meshconfig.WaypointLabel]
+		if s.Waypoint != "" && ms.Labels[meshconfig.WaypointLabel] == "" && nsLabel != s.Waypoint {
 			ms.Labels = cloneWith(ms.Labels, meshconfig.WaypointLabel, s.Waypoint)
 		}
 		for _, p := range s.Ports {
@@ -83,10 +106,49 @@ func addResource(b *meshconfig.Builder, r *pb.Resource) error {
 		return b.AddPolicy(p)
 	case *pb.Resource_TrustBundle:
 		return nil // the client's bundle, not the model's
+	case *pb.Resource_Waypoint:
+		w := k.Waypoint
+		ips, err := addrs(w.Addresses)
+		if err != nil {
+			return err
+		}
+		return b.AddWaypoint(meshconfig.Waypoint{Namespace: w.Namespace, Name: w.Name, Replicas: int(w.Replicas), TrafficType: w.TrafficType, Addresses: ips, Ready: w.Ready})
+	case *pb.Resource_TrafficPolicy:
+		tp := k.TrafficPolicy
+		var spec crd.TrafficPolicySpec
+		if err := json.Unmarshal(tp.SpecJson, &spec); err != nil {
+			return fmt.Errorf("spec: %v", err)
+		}
+		return b.AddTrafficPolicy(tp.Namespace, tp.Name, fromUnixNano(tp.CreatedUnixNano), spec)
+	case *pb.Resource_HttpRoute:
+		rt := k.HttpRoute
+		hr := &gatewayv1.HTTPRoute{ObjectMeta: routeMeta(rt)}
+		if err := json.Unmarshal(rt.SpecJson, &hr.Spec); err != nil {
+			return fmt.Errorf("spec: %v", err)
+		}
+		return b.AddHTTPRoute(hr)
+	case *pb.Resource_GrpcRoute:
+		rt := k.GrpcRoute
+		gr := &gatewayv1.GRPCRoute{ObjectMeta: routeMeta(rt)}
+		if err := json.Unmarshal(rt.SpecJson, &gr.Spec); err != nil {
+			return fmt.Errorf("spec: %v", err)
+		}
+		return b.AddGRPCRoute(gr)
 	case nil:
 		return errors.New("resource has no kind set")
 	}
 	return fmt.Errorf("resource kind %T is not understood by this proxy (a newer controller?)", r.Kind)
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func routeMeta(r *pb.Route) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: r.Namespace, Name: r.Name, CreationTimestamp: metav1.NewTime(fromUnixNano(r.CreatedUnixNano))}
 }
 
 func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
@@ -182,6 +244,14 @@ func typeName(t pb.ResourceType) string {
 		return "AccessPolicy"
 	case pb.ResourceType_RESOURCE_TYPE_TRUST_BUNDLE:
 		return "TrustBundle"
+	case pb.ResourceType_RESOURCE_TYPE_WAYPOINT:
+		return "Waypoint"
+	case pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY:
+		return "TrafficPolicy"
+	case pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE:
+		return "HTTPRoute"
+	case pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE:
+		return "GRPCRoute"
 	}
 	return t.String()
 }
@@ -201,6 +271,14 @@ func kindMatches(r *pb.Resource) bool {
 		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY
 	case *pb.Resource_TrustBundle:
 		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TRUST_BUNDLE
+	case *pb.Resource_Waypoint:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_WAYPOINT
+	case *pb.Resource_TrafficPolicy:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY
+	case *pb.Resource_HttpRoute:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE
+	case *pb.Resource_GrpcRoute:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE
 	}
 	return false
 }

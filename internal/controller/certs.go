@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/pem"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -49,7 +50,15 @@ func (s certServer) CreateCertificate(ctx context.Context, req *pb.CreateCertifi
 	if cfg == nil {
 		return refuse(codes.Unavailable, "the controller has no mesh configuration yet; cannot tell which workloads run on node %s", node)
 	}
-	if !cfg.NodeHasIdentity(node, id) {
+	if wpKey, ok := ParseWaypointPrincipal(node); ok {
+		ns, name, _ := strings.Cut(wpKey, "/")
+		if cfg.Waypoint(ns, name) == nil {
+			return refuse(codes.PermissionDenied, "waypoint %s is not declared (configuration %s); declare the Waypoint first", wpKey, cfg.Version)
+		}
+		if want := WaypointID(id.TrustDomain(), ns, name); id != want {
+			return refuse(codes.PermissionDenied, "waypoint %s gets certificates only for its own identity %s, not %s", wpKey, want, id)
+		}
+	} else if !cfg.NodeHasIdentity(node, id) {
 		return refuse(codes.PermissionDenied, "node %s runs no workload with identity %s (configuration %s); a node proxy gets certificates only for its own node's workloads", node, id, cfg.Version)
 	}
 	csr := req.Csr

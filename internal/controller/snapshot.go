@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,11 +55,14 @@ type snapshot struct {
 	cfg      *meshconfig.Config
 	received time.Time // when the controller got the configuration
 
-	shared    map[resKey]*res // mesh, namespaces, services, trust bundle
+	shared    map[resKey]*res // mesh, namespaces, services, waypoints, trust bundle
 	workloads map[string]*workloadEntry
 	byNode    map[string][]*workloadEntry
 	policies  map[string]*policyEntry
 	services  map[string]*meshconfig.Service
+	// scoped are the traffic policies and routes, which only the waypoint
+	// serving their Services receives (like policies, outside full).
+	scoped map[resKey]*res
 	// full maps every non-policy key to the hash of its fullest form (a
 	// workload's local form), to find what changed between snapshots.
 	full map[resKey]uint64
@@ -69,7 +73,7 @@ type snapshot struct {
 	mu         sync.Mutex
 	superseded bool
 	diffs      map[uint64][]resKey        // by the older snapshot's seq
-	applicable map[string]map[string]bool // node -> policy keys
+	applicable map[string]map[resKey]bool // viewer -> scoped keys (policies, routes, traffic policies)
 }
 
 var hashSeed = maphash.MakeSeed()
@@ -98,7 +102,8 @@ func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate
 		full:      make(map[resKey]uint64, len(cfg.Workloads)+len(cfg.Services)+len(cfg.Namespaces)+2),
 		diffs:     map[uint64][]resKey{},
 
-		applicable: map[string]map[string]bool{},
+		applicable: map[string]map[resKey]bool{},
+		scoped:     map[resKey]*res{},
 	}
 	if prev == nil {
 		prev = &snapshot{cfg: &meshconfig.Config{}}
@@ -129,6 +134,24 @@ func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate
 			continue
 		}
 		add(k, &pb.Resource{Kind: &pb.Resource_Service{Service: serviceToPB(svc)}})
+	}
+	for _, wp := range cfg.Waypoints {
+		k := resKey{pb.ResourceType_RESOURCE_TYPE_WAYPOINT, wp.Key()}
+		if old := prev.cfg.Waypoint(wp.Namespace, wp.Name); old != nil && sameWaypoint(old, wp) {
+			put(k, prev.shared[k])
+			continue
+		}
+		add(k, &pb.Resource{Kind: &pb.Resource_Waypoint{Waypoint: waypointToPB(wp)}})
+	}
+	for _, tp := range cfg.TrafficPolicies {
+		k := resKey{pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, tp.Key()}
+		s.scoped[k] = newRes(&pb.Resource{Ref: &pb.ResourceRef{Type: k.typ, Name: k.name}, Kind: &pb.Resource_TrafficPolicy{TrafficPolicy: trafficPolicyToPB(tp)}})
+	}
+	for _, r := range cfg.Routes {
+		k := resKey{routeType(r), r.Key()}
+		msg := routeToPB(r)
+		msg.Ref = &pb.ResourceRef{Type: k.typ, Name: k.name}
+		s.scoped[k] = newRes(msg)
 	}
 	for _, w := range cfg.Workloads {
 		k := resKey{pb.ResourceType_RESOURCE_TYPE_WORKLOAD, w.Key()}
@@ -162,8 +185,8 @@ func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate
 func (s *snapshot) withBundle(seq uint64, roots []*x509.Certificate) *snapshot {
 	n := &snapshot{
 		seq: seq, version: s.version, cfg: s.cfg, received: time.Now(),
-		shared: make(map[resKey]*res, len(s.shared)), workloads: s.workloads, byNode: s.byNode, policies: s.policies, services: s.services,
-		full: make(map[resKey]uint64, len(s.full)), diffs: map[uint64][]resKey{}, applicable: map[string]map[string]bool{},
+		shared: make(map[resKey]*res, len(s.shared)), workloads: s.workloads, byNode: s.byNode, policies: s.policies, services: s.services, scoped: s.scoped,
+		full: make(map[resKey]uint64, len(s.full)), diffs: map[uint64][]resKey{}, applicable: map[string]map[resKey]bool{},
 	}
 	for k, v := range s.shared {
 		n.shared[k] = v
@@ -193,21 +216,41 @@ func (s *snapshot) supersede() {
 	s.mu.Unlock()
 }
 
-// applicablePolicies are the keys of the policies that select a workload
-// on node.
-func (s *snapshot) applicablePolicies(node string) map[string]bool {
+// applicablePolicies are the keys of the scoped resources a viewer
+// receives. A node proxy (viewer: its node) gets the access policies that
+// select a workload on its node. A waypoint (viewer: its principal,
+// "waypoint/<ns>/<name>") gets the access policies of its namespace and
+// the traffic policies and routes of the Services it serves.
+func (s *snapshot) applicablePolicies(node string) map[resKey]bool {
 	s.mu.Lock()
 	if m, ok := s.applicable[node]; ok {
 		s.mu.Unlock()
 		return m
 	}
 	s.mu.Unlock()
-	m := map[string]bool{}
+	m := map[resKey]bool{}
 	byNS := s.policiesByNamespace()
+	if wp, ok := ParseWaypointPrincipal(node); ok {
+		ns, _, _ := strings.Cut(wp, "/")
+		for _, pe := range byNS[ns] {
+			m[resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, pe.p.Key()}] = true
+		}
+		served := servedBy(s.cfg, wp)
+		for _, tp := range s.cfg.TrafficPolicies {
+			if slices.ContainsFunc(tp.Targets, func(t string) bool { return served[t] }) {
+				m[resKey{pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, tp.Key()}] = true
+			}
+		}
+		for _, r := range s.cfg.Routes {
+			if slices.ContainsFunc(r.Parents, func(p meshconfig.RouteParent) bool { return served[p.Service] }) {
+				m[resKey{routeType(r), r.Key()}] = true
+			}
+		}
+	}
 	for _, e := range s.byNode[node] {
 		for _, pe := range byNS[e.w.Namespace] {
 			if selects(pe.p.Selector, e.w.Labels) {
-				m[pe.p.Key()] = true
+				m[resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, pe.p.Key()}] = true
 			}
 		}
 	}
@@ -240,7 +283,7 @@ func selects(sel, labels map[string]string) bool {
 }
 
 // view is the form of resource k that a proxy on node sees in s.
-func (s *snapshot) view(node string, k resKey, pols map[string]bool) (*res, bool) {
+func (s *snapshot) view(node string, k resKey, pols map[resKey]bool) (*res, bool) {
 	switch k.typ {
 	case pb.ResourceType_RESOURCE_TYPE_WORKLOAD:
 		e, ok := s.workloads[k.name]
@@ -252,10 +295,15 @@ func (s *snapshot) view(node string, k resKey, pols map[string]bool) (*res, bool
 		}
 		return e.remote, true
 	case pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY:
-		if !pols[k.name] {
+		if !pols[k] {
 			return nil, false
 		}
 		return s.policies[k.name].res, true
+	case pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE, pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE:
+		if !pols[k] {
+			return nil, false
+		}
+		return s.scoped[k], true
 	}
 	r, ok := s.shared[k]
 	return r, ok
@@ -275,7 +323,9 @@ func (s *snapshot) fullView(node string) []*pb.Resource {
 		}
 	}
 	for key := range s.applicablePolicies(node) {
-		out = append(out, s.policies[key].res.msg)
+		if x, ok := s.view(node, key, map[resKey]bool{key: true}); ok {
+			out = append(out, x.msg)
+		}
 	}
 	sortResources(out)
 	return out
@@ -336,14 +386,14 @@ func (s *snapshot) diff(old *snapshot, node string) (changed []*pb.Resource, rem
 	for _, k := range s.changedSince(old) {
 		consider(k)
 	}
-	seen := map[string]bool{}
+	seen := map[resKey]bool{}
 	for key := range oldPols {
 		seen[key] = true
-		consider(resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, key})
+		consider(key)
 	}
 	for key := range newPols {
 		if !seen[key] {
-			consider(resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, key})
+			consider(key)
 		}
 	}
 	sortResources(changed)

@@ -20,6 +20,7 @@ import (
 type proxyConn struct {
 	id        uint64
 	info      *pb.ProxyInfo
+	viewer    string // whose view it gets: the node, or the waypoint's principal
 	peer      string
 	connected time.Time
 	wake      chan struct{}
@@ -79,16 +80,27 @@ func (s configServer) Stream(stream pb.Config_StreamServer) error {
 		return err
 	}
 	info := first.GetProxy()
+	wpKey, isWaypoint := ParseWaypointPrincipal(node)
 	switch {
 	case info == nil:
 		return status.Error(codes.InvalidArgument, "the first request of a Config stream must carry ProxyInfo")
-	case info.Node != node:
+	case isWaypoint && (info.Kind != pb.ProxyKind_PROXY_KIND_WAYPOINT || info.Name != wpKey):
+		c.metrics.authFailures.Inc()
+		return status.Errorf(codes.PermissionDenied, "the credential belongs to waypoint %s, but the proxy says it is %v %q; check --name and --token-file", wpKey, info.Kind, info.Name)
+	case !isWaypoint && info.Kind == pb.ProxyKind_PROXY_KIND_WAYPOINT:
+		c.metrics.authFailures.Inc()
+		return status.Errorf(codes.PermissionDenied, "a node's credential (node %q) cannot run a waypoint; give the waypoint its own credential (bootstrap token %q, or its service account token)", node, WaypointPrincipal("<namespace>", "<name>"))
+	case !isWaypoint && info.Node != node:
 		c.metrics.authFailures.Inc()
 		return status.Errorf(codes.PermissionDenied, "the credential belongs to node %q, but the proxy says it is on node %q; check --node and --token-file", node, info.Node)
 	case info.Kind != pb.ProxyKind_PROXY_KIND_NODE && info.Kind != pb.ProxyKind_PROXY_KIND_WAYPOINT:
 		return status.Errorf(codes.InvalidArgument, "proxy kind %v: want node or waypoint", info.Kind)
 	}
 	pc := c.register(info, ctx)
+	pc.viewer = info.Node
+	if isWaypoint {
+		pc.viewer = node
+	}
 	defer c.unregister(pc)
 	log := c.log.With("node", info.Node, "kind", info.Kind.String(), "peer", pc.peer)
 	log.Info("proxy connected", "build", info.BuildVersion)
@@ -163,7 +175,7 @@ func (c *Controller) next(pc *proxyConn) *pb.ConfigResponse {
 		return nil
 	}
 	resp := &pb.ConfigResponse{Version: s.version}
-	node := pc.info.Node
+	node := pc.viewer
 	if pc.acked == nil {
 		resp.Full = true
 		resp.Resources = s.fullView(node)
