@@ -187,6 +187,7 @@ const (
 	reasonDeliver     = "deliver_error"    // the local application could not be reached
 	reasonNotLocal    = "not_local"        // a tunnel stream for an address this pod does not have
 	reasonNoOrigin    = "no_original_dst"  // capture had no record for the connection
+	reasonNoWaypoint  = "no_waypoint"      // the destination uses a waypoint that is not there
 )
 
 // denied records a connection refused before it was proxied: the metric

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/policy"
@@ -28,6 +30,7 @@ const (
 	routeTunnel routeKind = iota // to a mesh workload through its node proxy
 	routeDirect                  // to a destination outside the mesh
 	routeRefuse
+	routeWaypoint // to the waypoint the destination uses, through the tunnel
 )
 
 // route is where an outbound connection goes.
@@ -38,6 +41,11 @@ type route struct {
 	svc        *meshconfig.Service
 	reason     string // for refusals
 	reasonCode string
+	// For routeWaypoint: the waypoint, its tunnel endpoint and identity;
+	// dst stays the original destination (the tunnel's :authority).
+	wp      *meshconfig.Waypoint
+	wpProxy netip.AddrPort
+	wpID    spiffeid.ID
 }
 
 // resolve decides where a connection from src to dst goes: a service
@@ -47,6 +55,9 @@ type route struct {
 // namespace says.
 func (p *Proxy) resolve(cfg *meshconfig.Config, src *meshconfig.Workload, dst netip.AddrPort) route {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if rt, ok := viaWaypoint(cfg, src, dst); ok {
+		return rt
+	}
 	rt := route{dst: dst}
 	if svc := cfg.ServiceByAddr(dst.Addr()); svc != nil {
 		rt.svc = svc
@@ -71,6 +82,54 @@ func (p *Proxy) resolve(cfg *meshconfig.Config, src *meshconfig.Workload, dst ne
 	}
 	rt.kind = routeDirect
 	return rt
+}
+
+// viaWaypoint decides whether a connection goes to a waypoint: a service
+// address whose service uses one (a Waypoint that takes service traffic),
+// or the address of a captured workload whose namespace uses one (a
+// Waypoint that takes workload traffic). The connection then goes through
+// the tunnel to the waypoint's address on 15008, expecting the waypoint's
+// identity, with the original destination as :authority; the waypoint
+// picks the endpoint. The waypoint's own traffic, and traffic to the
+// waypoint itself, are never sent back to it. A waypoint that is named but
+// not declared, or has no address yet, refuses the connection rather than
+// skip the L7 policy it may hold.
+func viaWaypoint(cfg *meshconfig.Config, src *meshconfig.Workload, dst netip.AddrPort) (route, bool) {
+	var ns, name string
+	rt := route{kind: routeWaypoint, dst: dst}
+	if svc := cfg.ServiceByAddr(dst.Addr()); svc != nil {
+		if svc.Waypoint == "" {
+			return route{}, false
+		}
+		rt.svc, ns, name = svc, svc.Namespace, svc.Waypoint
+	} else if w := cfg.WorkloadByIP(dst.Addr()); w != nil && w.Captured && w.Waypoint != "" {
+		rt.w, ns, name = w, w.Namespace, w.Waypoint
+	} else {
+		return route{}, false
+	}
+	id, err := spiffeid.FromSegments(cfg.Mesh.TrustDomain, "ns", ns, "sa", name)
+	if err != nil || src.Identity == id || (rt.w != nil && rt.w.Identity == id) {
+		return route{}, false // the waypoint itself
+	}
+	wp := cfg.Waypoint(ns, name)
+	refuse := func(format string, a ...any) (route, bool) {
+		return route{kind: routeRefuse, dst: dst, svc: rt.svc, w: rt.w, reasonCode: reasonNoWaypoint, reason: fmt.Sprintf(format, a...)}, true
+	}
+	if wp == nil {
+		return refuse("%s uses waypoint %s/%s (%s), which is not declared", dst, ns, name, meshconfig.WaypointLabel)
+	}
+	if len(wp.Addresses) == 0 {
+		return refuse("waypoint %s has no address yet", wp.Key())
+	}
+	if slices.Contains(wp.Addresses, dst.Addr()) {
+		return route{}, false
+	}
+	addr, ok := sameFamily(wp.Addresses, dst.Addr())
+	if !ok {
+		addr = wp.Addresses[0]
+	}
+	rt.wp, rt.wpID, rt.wpProxy = wp, id, netip.AddrPortFrom(addr, redirect.TunnelPort)
+	return rt, true
 }
 
 // pickEndpoint chooses among svc's ready endpoints that have an address in
@@ -149,6 +208,22 @@ func (pd *pod) outbound(c *net.TCPConn) {
 	case routeDirect:
 		info.Transport = admin.TransportPlaintext
 		up, err = pd.dialFrom(ctx, "tcp", rt.dst.String())
+	case routeWaypoint:
+		info.Transport = admin.TransportHBONEH2
+		info.DstIdentity = rt.wpID.String()
+		up, err = p.dialer.Dial(ctx, p.certs.Source(src.Identity), tunnel.Target{
+			Proxy:        rt.wpProxy.String(),
+			Identity:     rt.wpID,
+			Dst:          rt.dst,
+			Src:          srcAP,
+			Via:          src.Key(),
+			NetDial:      pd.dialFrom,
+			Protocol:     tunnel.Protocol(cfg.Mesh.Tunnel),
+			ListenPacket: pd.clientPacketConn,
+		})
+		if err == nil && tunnel.ProtocolOf(up) == tunnel.ProtocolQUIC {
+			info.Transport = admin.TransportHBONEQUIC
+		}
 	case routeTunnel:
 		info.Transport = admin.TransportHBONEH2
 		up, err = p.dialer.Dial(ctx, p.certs.Source(src.Identity), tunnel.Target{
