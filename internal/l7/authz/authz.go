@@ -1,0 +1,231 @@
+// Package authz owns AccessPolicy evaluation at L7, in the waypoint: which
+// request (method, path, host, port) from which original client (SPIFFE
+// identity, namespace, service account, address) may reach which
+// destination. The semantics are internal/policy's, now with the HTTP
+// attributes checked instead of failing closed:
+//
+//   - Policies apply to a destination when they are in its namespace and
+//     their selector is empty or matches its labels (see Destination).
+//   - A matching DENY wins. When any ALLOW policy applies, a request that
+//     matches none is denied. With no applicable policy it is allowed.
+//   - Dry-run policies are evaluated and reported, never enforced.
+//   - A policy with no rules matches nothing; a rule matches when its From
+//     (any source; empty is every source) and its To (any target; empty is
+//     every target) both match. A source or target matches when every
+//     non-empty field matches.
+//   - A rule known to have HTTP attributes that this package was not given
+//     (built by FromL4 from a model that keeps only the L7 flag) fails
+//     closed as at L4: it matches for DENY and does not for ALLOW.
+//
+// HTTP matching (Istio AuthorizationPolicy, which users know):
+//
+//   - methods: exact, compared case-insensitively (Istio compares exactly;
+//     folding case closes a DENY bypass with "delete" for backends that
+//     accept it and changes nothing for well-formed requests). gRPC is
+//     always POST.
+//   - paths: "*" any path; "/api/*" prefix (the text before the '*', so it
+//     matches "/api/" and "/api/x" but not "/api"); "*.js" suffix;
+//     anything else exact (a '*' elsewhere is literal; Istio's "{*}" and
+//     "{**}" templates are not supported). gRPC paths are
+//     "/package.Service/Method". The query string and fragment are not part
+//     of the path. The request's path is normalized first (NormalizePath,
+//     Istio's MERGE_SLASHES level): percent-encoded unreserved characters
+//     decoded, other escapes upper-cased, "." and ".." segments removed,
+//     repeated slashes merged; "%2F" and "%5C" stay encoded. The waypoint
+//     should forward the normalized path, as Envoy does, so the backend
+//     sees what was authorized.
+//   - hosts: case-insensitive; "*" any host, "*.example.com" suffix,
+//     "example.*" prefix, else exact. A pattern without a port matches the
+//     request's host with any port or none; a pattern with a port
+//     ("example.com:8080", "[::1]:80") matches only that host and port. A
+//     trailing dot ("example.com.") is ignored on both sides.
+//   - ports: the destination workload's port (the Service's target port
+//     for service traffic), the same number a node proxy checks at L4.
+//
+// Header matches, "not" fields (notPaths, notMethods, ...) and "when"
+// conditions are not in the AccessPolicy model, so they are not here.
+package authz
+
+import (
+	"net/netip"
+	"sort"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/policy"
+)
+
+// Actions, the L4 package's.
+const (
+	Allow = policy.Allow
+	Deny  = policy.Deny
+)
+
+// Policy is one AccessPolicy as the waypoint evaluates it. Build it with
+// FromSpec (the full resource) or FromL4 (the evaluated L4 model).
+type Policy struct {
+	Namespace, Name string
+	// Selector picks destinations in Namespace by label; empty picks all.
+	Selector map[string]string
+	Action   policy.Action
+	DryRun   bool
+	// Rules: the policy matches a request that matches any rule.
+	Rules []Rule
+}
+
+// Key is "namespace/name".
+func (p Policy) Key() string { return p.Namespace + "/" + p.Name }
+
+// Rule matches when From and To both match.
+type Rule struct {
+	From []policy.Source // any; empty matches every source
+	To   []Target        // any; empty matches every destination
+	// UnknownL7 says the rule names HTTP attributes that were not carried
+	// into this Policy (FromL4): it fails closed, as at L4.
+	UnknownL7 bool
+}
+
+// Target matches when every non-empty field matches.
+type Target struct {
+	Ports   []uint16
+	Methods []string
+	Paths   []string
+	Hosts   []string
+}
+
+// Request is what Evaluate decides on.
+type Request struct {
+	// Method, Host (the :authority or Host header, with or without port)
+	// and Path (the request target's path; a query is ignored). Path need
+	// not be normalized: Evaluate does it.
+	Method, Host, Path string
+	// Source is the ORIGINAL client's verified identity: behind a
+	// waypoint, the identity the client's node proxy presented (the tunnel
+	// peer), never the waypoint's own. Zero for plaintext from outside the
+	// mesh.
+	Source   spiffeid.ID
+	SourceIP netip.Addr
+	// Destination the request is for.
+	Destination Destination
+}
+
+// Destination says which policies apply and carries the port rules match.
+// A policy in Namespace applies when its selector is empty or is a subset
+// of any of the three label sets. Give WorkloadLabels when the endpoint is
+// known (workload-addressed traffic, or once load balancing has picked
+// one): that is exactly the node proxy's L4 scoping. Before an endpoint is
+// picked, ServiceSelector (the labels every pod of the Service has) and
+// ServiceLabels (the Service object's own labels) select the Service; a
+// policy that selects only some of a Service's pods then applies only when
+// WorkloadLabels is given.
+type Destination struct {
+	Namespace       string
+	WorkloadLabels  map[string]string
+	ServiceSelector map[string]string
+	ServiceLabels   map[string]string
+	// Port is the workload's (target) port.
+	Port uint16
+}
+
+// Decision is the outcome, with what decided it for the access log.
+type Decision struct {
+	Allowed bool
+	// Policy is "namespace/name" of the policy that decided, "" when none
+	// did (no policy applies, or no ALLOW matched).
+	Policy string
+	// Rule is the index of the deciding rule in that policy, -1 if none.
+	Rule int
+	// Reason is a short text for logs: "denied by DENY policy demo/x",
+	// "no ALLOW policy matched", "allowed by ALLOW policy demo/y", "no
+	// policy applies".
+	Reason string
+	// DryRun lists what dry-run policies would have done, as internal/policy
+	// reports it: "demo/deny-all would DENY".
+	DryRun []string
+}
+
+// Reasons when no single policy decided.
+const (
+	ReasonNoPolicy = "no policy applies"
+	ReasonNoAllow  = "no ALLOW policy matched"
+)
+
+// Set is an immutable, compiled set of policies, safe for concurrent
+// Evaluate calls. Build a new one when the configuration changes and swap
+// it atomically.
+type Set struct {
+	byNS map[string][]*compiled
+	n    int
+}
+
+// NewSet compiles policies. Their order does not matter: within a
+// namespace they are evaluated in key order, as at L4.
+func NewSet(policies []Policy) *Set {
+	s := &Set{byNS: map[string][]*compiled{}, n: len(policies)}
+	for _, p := range policies {
+		c := compile(p)
+		s.byNS[p.Namespace] = append(s.byNS[p.Namespace], c)
+	}
+	for _, l := range s.byNS {
+		sort.Slice(l, func(i, j int) bool { return l[i].key < l[j].key })
+	}
+	return s
+}
+
+// Len is how many policies the set holds.
+func (s *Set) Len() int {
+	if s == nil {
+		return 0
+	}
+	return s.n
+}
+
+// Evaluate decides req. A nil Set allows everything ("no policy applies").
+func (s *Set) Evaluate(req *Request) Decision {
+	d := Decision{Rule: -1}
+	var list []*compiled
+	if s != nil {
+		list = s.byNS[req.Destination.Namespace]
+	}
+	rc := reqCtx{req: req}
+	// Applicable policies, without allocating for the common case.
+	var buf [32]*compiled
+	applicable := buf[:0]
+	for _, p := range list {
+		if p.appliesTo(&req.Destination) {
+			applicable = append(applicable, p)
+		}
+	}
+	for _, p := range applicable {
+		if p.DryRun {
+			if _, ok := p.matches(&rc); ok {
+				d.DryRun = append(d.DryRun, p.dryRunText)
+			}
+		}
+	}
+	for _, p := range applicable {
+		if !p.DryRun && p.Action == Deny {
+			if r, ok := p.matches(&rc); ok {
+				d.Policy, d.Rule, d.Reason = p.key, r, p.reason
+				return d
+			}
+		}
+	}
+	anyAllow := false
+	for _, p := range applicable {
+		if p.DryRun || p.Action != Allow {
+			continue
+		}
+		anyAllow = true
+		if r, ok := p.matches(&rc); ok {
+			d.Allowed, d.Policy, d.Rule, d.Reason = true, p.key, r, p.reason
+			return d
+		}
+	}
+	if anyAllow {
+		d.Reason = ReasonNoAllow
+		return d
+	}
+	d.Allowed, d.Reason = true, ReasonNoPolicy
+	return d
+}
