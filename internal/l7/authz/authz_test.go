@@ -147,13 +147,17 @@ func TestEvaluate(t *testing.T) {
 		{"selector skips other workloads", []Policy{{Namespace: "demo", Name: "db", Selector: map[string]string{"app": "db"}, Action: Deny, Rules: []Rule{{}}}}, base, true, "", -1, ReasonNoPolicy, nil},
 		{"selector picks the workload", []Policy{{Namespace: "demo", Name: "web", Selector: map[string]string{"app": "web"}, Action: Deny, Rules: []Rule{{}}}}, base, false, "demo/web", 0, "", nil},
 		{"selector picks the service by its selector", []Policy{{Namespace: "demo", Name: "web", Selector: map[string]string{"app": "web"}, Action: Deny, Rules: []Rule{{}}}},
-			with(base, func(r *Request) { r.Destination = Destination{Namespace: "demo", ServiceSelector: map[string]string{"app": "web"}, Port: 8080} }), false, "demo/web", 0, "", nil},
+			with(base, func(r *Request) {
+				r.Destination = Destination{Namespace: "demo", ServiceSelector: map[string]string{"app": "web"}, Port: 8080}
+			}), false, "demo/web", 0, "", nil},
 		{"selector picks the service by its labels", []Policy{{Namespace: "demo", Name: "web", Selector: map[string]string{"tier": "front"}, Action: Deny, Rules: []Rule{{}}}},
 			with(base, func(r *Request) {
 				r.Destination = Destination{Namespace: "demo", ServiceSelector: map[string]string{"app": "web"}, ServiceLabels: map[string]string{"tier": "front"}, Port: 8080}
 			}), false, "demo/web", 0, "", nil},
 		{"selector of a subset of the service's pods needs the workload", []Policy{{Namespace: "demo", Name: "v2", Selector: map[string]string{"app": "web", "version": "v2"}, Action: Deny, Rules: []Rule{{}}}},
-			with(base, func(r *Request) { r.Destination = Destination{Namespace: "demo", ServiceSelector: map[string]string{"app": "web"}, Port: 8080} }), true, "", -1, ReasonNoPolicy, nil},
+			with(base, func(r *Request) {
+				r.Destination = Destination{Namespace: "demo", ServiceSelector: map[string]string{"app": "web"}, Port: 8080}
+			}), true, "", -1, ReasonNoPolicy, nil},
 
 		// Rules whose HTTP attributes were lost (FromL4) fail closed.
 		{"unknown L7 allow cannot allow", []Policy{pol("get-only", Allow, Rule{UnknownL7: true})}, base, false, "", -1, ReasonNoAllow, nil},
