@@ -2,6 +2,7 @@
 //
 //	nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE   serve the node's pods
 //	nodeproxy run --node NAME --config PATH --ca-cert FILE --ca-key FILE            file mode, no controller
+//	nodeproxy waypoint --name NS/NAME --controller ADDR --controller-ca FILE --token-file FILE   a waypoint (L7) proxy
 //	nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json]
 //	nodeproxy capture list [-o json]   what capture has attached, per pod
 //	nodeproxy capture uninstall        remove every program, link and pin
@@ -28,6 +29,7 @@ func main() {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
        nodeproxy run --node NAME --config PATH --ca-cert FILE --ca-key FILE [flags]   (file mode; -h lists the flags)
+       nodeproxy waypoint --name NAMESPACE/NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
        nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json] [--admin ADDR]
        nodeproxy capture list [--pin-path DIR] [-o json]
        nodeproxy capture uninstall [--pin-path DIR]
@@ -37,6 +39,9 @@ func usage(w io.Writer) {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) >= 1 && args[0] == "run" {
 		return runProxy(args[1:], stdout, stderr)
+	}
+	if len(args) >= 1 && args[0] == "waypoint" {
+		return runWaypoint(args[1:], stdout, stderr)
 	}
 	if len(args) >= 1 && args[0] == "debug" {
 		return admin.RunDebug(args[1:], stdout, stderr)
