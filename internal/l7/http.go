@@ -394,8 +394,15 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 		u := *out.URL
 		u.Host = ep.String()
 		a.URL = &u
-		if st.ri.Attempts > 1 && st.body != nil {
-			a.Body = io.NopCloser(bytes.NewReader(st.body))
+		if st.ri.Attempts > 1 && st.in != nil {
+			if st.body != nil {
+				a.Body = io.NopCloser(bytes.NewReader(st.body))
+			} else {
+				// Nothing of it was read (canReplay): the client's body
+				// as it is, not the proxy's wrapper the failed attempt
+				// closed.
+				a.Body = st.in
+			}
 		}
 		start := time.Now()
 		res, err := tr.RoundTrip(a)
