@@ -2,11 +2,11 @@ package route
 
 import (
 	"fmt"
-	"time"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
