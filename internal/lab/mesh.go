@@ -139,6 +139,7 @@ func (b *builder) proxies() error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("node proxy binary: %w (build it with `make build`)", err)
 	}
+	b.st.NodeProxyBin = bin
 	ctlBin := b.opts.Controller
 	if ctlBin == "" {
 		ctlBin = filepath.Join(filepath.Dir(bin), "controller")
@@ -432,6 +433,11 @@ func (l *Lab) ApplyConfig(ctx context.Context, name string, data []byte) error {
 		return fmt.Errorf("apply: %w (is the lab running node proxies?)", err)
 	}
 	path := filepath.Join(dir, name)
+	// Waypoints without an address get a pod of their own (waypoint.go).
+	data, made, err := l.withWaypointAddresses(ctx, data)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
 	// Check the directory as the proxies will read it.
 	cfg, err := meshconfig.LoadPathOverlay(dir, map[string][]byte{path: data})
 	if err != nil {
@@ -451,7 +457,10 @@ func (l *Lab) ApplyConfig(ctx context.Context, name string, data []byte) error {
 	if err := os.Rename(path+".tmp", path); err != nil {
 		return err
 	}
-	return l.waitVersion(ctx, cfg.Version)
+	if err := l.waitVersion(ctx, cfg.Version); err != nil {
+		return err
+	}
+	return l.syncWaypoints(ctx, cfg, made)
 }
 
 // waitVersion waits until every node proxy reports configuration version v.

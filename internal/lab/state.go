@@ -79,6 +79,12 @@ type State struct {
 	Processes []Process  `json:"processes"`
 	// Controller is set when the lab runs one (with node proxies).
 	Controller *ControllerInfo `json:"controller,omitempty"`
+	// NodeProxyBin is the nodeproxy binary the lab runs (node proxies and
+	// waypoints).
+	NodeProxyBin string `json:"nodeProxyBin,omitempty"`
+	// Waypoints are the waypoint pods the lab runs for Waypoint resources
+	// in its mesh files.
+	Waypoints []WaypointInfo `json:"waypoints,omitempty"`
 }
 
 var labIDRe = regexp.MustCompile(`^[0-9a-f]{4}$`)
