@@ -129,12 +129,17 @@ spec:
 // proxy; removing the label takes new connections off the waypoint while
 // an established one keeps going; removing the Waypoint stops it.
 func TestPrivilegedWaypoint(t *testing.T) {
-	l := labtest.New(t, nil, labtest.WithMesh())
+	topo := lab.DefaultTopology()
+	for i, p := range topo.Pods {
+		if p.Name == "server-2" {
+			topo.Pods[i].Labels = map[string]string{"app": "server", "track": "canary"}
+		}
+	}
+	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
 		serve(t, l, p, 8080)
 		serveHTTP(t, l, p, 8081)
 	}
-	client1 := ip4(t, l, "client-1")
 	if err := l.ApplyConfig(t.Context(), "waypoint", []byte(waypointFiles)); err != nil {
 		t.Fatal(err)
 	}
@@ -148,15 +153,19 @@ func TestPrivilegedWaypoint(t *testing.T) {
 
 	t.Run("service traffic goes through the waypoint", func(t *testing.T) {
 		before := waypointStreams(t, l)
+		seen := map[string]bool{}
 		for i := range 4 {
 			msg := fmt.Sprintf("via-wp-%d", i)
 			out, ok := dial(t, l, "client-1", "10.96.0.20:80", msg)
-			// The server sees the original client (the waypoint passes
-			// the Forwarded address on), and the waypoint balances over
-			// both servers.
-			if !ok || !strings.HasSuffix(out, fmt.Sprintf(" remote=%s got=%s", client1, msg)) || !strings.HasPrefix(out, "server-") {
-				t.Errorf("client-1 -> 10.96.0.20:80: %q", out)
+			// The waypoint (its L7 engine, passing this non-HTTP stream
+			// through) is the servers' client, and it balances over both.
+			if !ok || !strings.HasSuffix(out, fmt.Sprintf(" remote=%s got=%s", wp.IPv4, msg)) {
+				t.Errorf("client-1 -> 10.96.0.20:80: %q, want an answer to the waypoint (%s)", out, wp.IPv4)
 			}
+			seen[strings.Fields(out + " x")[0]] = true
+		}
+		if !seen["server-1"] || !seen["server-2"] {
+			t.Errorf("the waypoint did not balance over both servers: %v", seen)
 		}
 		if after := waypointStreams(t, l); after-before != 4 {
 			t.Errorf("waypoint metrics: %d streams for demo/server, want 4", after-before)
@@ -192,6 +201,46 @@ func TestPrivilegedWaypoint(t *testing.T) {
 		out, ok := httpGet(t, l, "client-1", "http://10.96.0.20:81/hello", "")
 		if !ok || !strings.HasPrefix(out, "200 server-") || !strings.Contains(out, "GET /hello") {
 			t.Errorf("GET http://10.96.0.20:81/hello: %q", out)
+		}
+	})
+
+	t.Run("header-based HTTPRoute through the L7 engine", func(t *testing.T) {
+		err := l.ApplyConfig(t.Context(), "route", []byte(`apiVersion: v1
+kind: Service
+metadata: {name: server-canary, namespace: demo}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {track: canary}
+  ports: [{name: http, port: 81, targetPort: 8081, appProtocol: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: canary, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server, port: 81}]
+  rules:
+  - matches: [{headers: [{name: x-canary, value: "yes"}]}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-via, value: wp-canary}]}}]
+    backendRefs: [{name: server-canary, port: 81}]
+  - backendRefs: [{name: server, port: 81}]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for range 4 {
+			out, ok := httpGet(t, l, "client-1", "http://10.96.0.20:81/hello", "x-canary: yes")
+			if !ok || out != "200 server-2 GET /hello x-via=wp-canary" {
+				t.Errorf("with x-canary: %q, want the canary (server-2) with the route's header", out)
+			}
+			out, ok = httpGet(t, l, "client-1", "http://10.96.0.20:81/hello", "")
+			if !ok || !strings.HasPrefix(out, "200 server-") || !strings.HasSuffix(out, "x-via=") {
+				t.Errorf("without x-canary: %q", out)
+			}
+			seen[strings.Fields(out + " x")[1]] = true
+		}
+		if !seen["server-1"] || !seen["server-2"] {
+			t.Errorf("without the header the Service's endpoints are balanced; got answers from %v", seen)
 		}
 	})
 
@@ -241,6 +290,9 @@ func TestPrivilegedWaypoint(t *testing.T) {
 	})
 
 	t.Run("removing the Waypoint stops it", func(t *testing.T) {
+		if err := l.RemoveConfig(t.Context(), "route"); err != nil {
+			t.Fatal(err)
+		}
 		if err := l.RemoveConfig(t.Context(), "waypoint"); err != nil {
 			t.Fatal(err)
 		}

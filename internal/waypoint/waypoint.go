@@ -326,11 +326,24 @@ func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (net.Conn, er
 // Upstream dials endpoints for a handler: a mesh workload's address through
 // the tunnel to its node proxy (the pod's address on 15008), expecting the
 // workload's identity; anything else directly. It has the shape of the L7
-// engine's Upstream.
+// engine's Upstream. The engine pools connections across clients, so they
+// carry the waypoint's own address as the source (Forwarded), not a
+// client's: at L7 the waypoint is the client.
 func (w *Waypoint) Upstream() UpstreamFunc {
 	return func(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
-		return w.dialEndpoint(ctx, ep, netip.AddrPort{})
+		return w.dialEndpoint(ctx, ep, netip.AddrPortFrom(w.localAddr(ep.Addr()), 0))
 	}
+}
+
+// localAddr is the waypoint's own address towards dst (the route's
+// source address; no packet is sent), or the zero address.
+func (w *Waypoint) localAddr(dst netip.Addr) netip.Addr {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 9)))
+	if err != nil {
+		return netip.Addr{}
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
 }
 
 // UpstreamFunc dials one endpoint.
