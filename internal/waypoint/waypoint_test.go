@@ -1,0 +1,164 @@
+package waypoint
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/clock"
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/tunnel"
+)
+
+// Loopback addresses of the test's "pods".
+const testMesh = `apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Waypoint
+metadata: {name: wp, namespace: demo}
+status: {addresses: [127.88.0.1]}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: server-1, namespace: demo, labels: {app: server}}
+spec: {serviceAccount: server, node: node-1, addresses: [127.88.0.2]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo, labels: {ambit.dev/use-waypoint: wp}}
+spec: {clusterIP: 10.96.0.1, selector: {app: server}, ports: [{port: 80, targetPort: %d}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: demo}
+spec: {clusterIP: 10.96.0.2, selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}
+`
+
+// A stream to a Service the waypoint serves is passed through to the
+// endpoint's node proxy, through the tunnel, as the waypoint's identity,
+// with the client's address; a stream for anything else is refused.
+func TestPassthrough(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	ca, err := identity.GenerateCA(td, time.Hour, clock.Real{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The application, and the endpoint's "node proxy" in front of it.
+	app, err := net.Listen("tcp", "127.88.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				fmt.Fprintf(c, "echo %s", line)
+			}()
+		}
+	}()
+	cfg, err := meshconfig.Parse("mesh.yaml", []byte(fmt.Sprintf(testMesh, app.Addr().(*net.TCPAddr).Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := identity.NewManager(ca, clock.Real{}, nil)
+	serverID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "server")
+	clientID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "client")
+	for _, id := range []spiffeid.ID{serverID, clientID} {
+		if err := certs.Ensure(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var seen []tunnel.Request
+	node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(serverID), Bundle: ca.Bundle(), TrustDomain: td,
+		Dial: func(ctx context.Context, req tunnel.Request) (net.Conn, error) {
+			mu.Lock()
+			seen = append(seen, req)
+			mu.Unlock()
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", req.Target.String())
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nln, err := net.Listen("tcp", fmt.Sprintf("127.88.0.2:%d", TunnelPort))
+	if err != nil {
+		t.Skipf("127.88.0.2:%d is taken: %v", TunnelPort, err)
+	}
+	go node.Serve(nln)
+	defer node.Close()
+	defer nln.Close()
+
+	w, err := New(Options{Namespace: "demo", Name: "wp", Signer: ca, Bundle: ca.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.88.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Serve(ln, nil)
+	defer w.Shutdown(context.Background())
+	deadline := time.Now().Add(5 * time.Second)
+	for ok, why := w.Ready(); !ok; ok, why = w.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %v", why)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	client := &tunnel.Dialer{Bundle: ca.Bundle()}
+	defer client.Close()
+	wpID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "wp")
+	src := netip.MustParseAddrPort("127.88.0.9:4321")
+	dial := func(dst string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: ln.Addr().String(), Identity: wpID, Dst: netip.MustParseAddrPort(dst), Src: src})
+	}
+	c, err := dial("10.96.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(c, "hi")
+	if got, _ := bufio.NewReader(c).ReadString('\n'); got != "echo hi\n" {
+		t.Errorf("through the waypoint: %q", got)
+	}
+	if conns := w.Connections(); len(conns) != 1 || conns[0].SrcIdentity != clientID.String() || conns[0].Dst != "10.96.0.1:80" || conns[0].DstWorkload != "demo/server" {
+		t.Errorf("waypoint connections: %+v", conns)
+	}
+	c.Close()
+	mu.Lock()
+	if len(seen) != 1 || seen[0].Peer != wpID || seen[0].Target != netip.AddrPortFrom(netip.MustParseAddr("127.88.0.2"), uint16(app.Addr().(*net.TCPAddr).Port)) || seen[0].Source.Addr() != src.Addr() {
+		t.Errorf("the endpoint's node proxy saw %+v; want the waypoint's identity, the endpoint and the client's address", seen)
+	}
+	mu.Unlock()
+
+	// Not a Service this waypoint serves: 403.
+	_, err = dial("10.96.0.2:80")
+	var se *tunnel.StatusError
+	if !errors.As(err, &se) || se.Code != 403 || !strings.Contains(se.Message, "not served by waypoint demo/wp") {
+		t.Errorf("stream for a service the waypoint does not serve: %v", err)
+	}
+}
