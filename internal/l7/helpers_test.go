@@ -282,7 +282,17 @@ func (e *env) listener(ep netip.AddrPort, handle func(net.Conn)) {
 		e.t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	e.t.Cleanup(func() { ln.Close(); wg.Wait() })
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	e.t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns { // pooled by the engine, maybe idle
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -291,6 +301,9 @@ func (e *env) listener(ep netip.AddrPort, handle func(net.Conn)) {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
