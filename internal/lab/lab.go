@@ -68,6 +68,8 @@ type Status struct {
 	StateDir string     `json:"stateDir"`
 	Nodes    []NodeInfo `json:"nodes"`
 	Pods     []PodInfo  `json:"pods"`
+	// Waypoints are the waypoint pods the lab runs for Waypoint resources.
+	Waypoints []WaypointInfo `json:"waypoints,omitempty"`
 }
 
 // Status describes the lab's nodes and pods.
@@ -79,6 +81,9 @@ func (l *Lab) Status() Status {
 	for _, p := range l.st.Pods {
 		s.Pods = append(s.Pods, p.PodInfo)
 	}
+	l.mu.Lock()
+	s.Waypoints = slices.Clone(l.st.Waypoints)
+	l.mu.Unlock()
 	return s
 }
 
@@ -88,6 +93,9 @@ func (s Status) WritePods(w io.Writer) error {
 	fmt.Fprintln(tw, "NAME\tNAMESPACE\tNODE\tIP\tIDENTITY\tENROLLED")
 	for _, p := range s.Pods {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s,%s\t%s\t%t\n", p.Name, p.Namespace, p.Node, p.IPv4, p.IPv6, p.Identity, p.Enrolled)
+	}
+	for _, w := range s.Waypoints { // a waypoint's pod: its own identity, never captured
+		fmt.Fprintf(tw, "waypoint/%s\t%s\t%s\t%s,%s\t%s\t%t\n", w.Name, w.Namespace, w.Node, w.IPv4, w.IPv6, w.Identity, false)
 	}
 	return tw.Flush()
 }

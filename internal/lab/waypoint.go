@@ -41,9 +41,11 @@ const RoleWaypoint = "waypoint"
 
 // WaypointInfo is a waypoint pod the lab runs.
 type WaypointInfo struct {
-	Namespace string     `json:"namespace"`
-	Name      string     `json:"name"`
-	Node      string     `json:"node"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Node      string `json:"node"`
+	// Identity is spiffe://<trustDomain>/ns/<namespace>/sa/<name>.
+	Identity  string     `json:"identity"`
 	IPv4      netip.Addr `json:"ip"`
 	IPv6      netip.Addr `json:"ipv6"`
 	NetNS     string     `json:"netnsName"`
@@ -216,7 +218,8 @@ func (l *Lab) addWaypointPod(ctx context.Context, namespace, name string) (Waypo
 	nsName := netnsName(l.st.ID, "wp-"+namespace+"-"+name)
 	w := WaypointInfo{
 		Namespace: namespace, Name: name, Node: node.Name, Host: host,
-		IPv4: pod4(node.Index, host), IPv6: pod6(node.Index, host),
+		Identity: "spiffe://" + l.st.Topology.TrustDomain + "/ns/" + namespace + "/sa/" + name,
+		IPv4:     pod4(node.Index, host), IPv6: pod6(node.Index, host),
 		NetNS: nsName, NetNSPath: netnsPath(nsName),
 		Cgroup:   filepath.Join(node.CgroupPath, "wp-"+namespace+"-"+name),
 		NodeVeth: fmt.Sprintf("m%sw%d", l.st.ID, host),
