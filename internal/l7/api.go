@@ -95,10 +95,10 @@ func (b *Backend) Name() string {
 // use. A Router that also implements ConfigUpdater is told of every new
 // configuration before it is used with it.
 type Router interface {
-	// Route returns the decision for r, which was sent to dst. It must not
-	// read r's body. A nil Route means the default: the destination
-	// itself.
-	Route(r *http.Request, dst *Destination) *Route
+	// Route returns the decision for r, which came on info's stream to
+	// dst. It must not read r's body. A nil Route means the default: the
+	// destination itself.
+	Route(r *http.Request, info ConnInfo, dst *Destination) *Route
 }
 
 // ConfigUpdater is implemented by a Router, Authorizer or Resilience that

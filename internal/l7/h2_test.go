@@ -76,9 +76,12 @@ func TestH2C(t *testing.T) {
 // rawCodec carries gRPC messages as bytes, so tests need no generated code.
 type rawCodec struct{}
 
-func (rawCodec) Marshal(v any) ([]byte, error)   { return *(v.(*[]byte)), nil }
-func (rawCodec) Unmarshal(b []byte, v any) error { *(v.(*[]byte)) = append([]byte(nil), b...); return nil }
-func (rawCodec) Name() string                    { return "raw" }
+func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(b []byte, v any) error {
+	*(v.(*[]byte)) = append([]byte(nil), b...)
+	return nil
+}
+func (rawCodec) Name() string { return "raw" }
 
 // grpcEcho serves every method: /test.Echo/Unary answers one message with
 // a trailer, /test.Echo/Fail fails with NOT_FOUND, anything else echoes
@@ -197,7 +200,7 @@ func (denyAll) Authorize(r *http.Request, _ ConnInfo, _ *Destination) error {
 
 // The engine's own failures reach gRPC clients as statuses.
 func TestGRPCErrors(t *testing.T) {
-	e := newEnv(t, "", Options{Authorizer: denyAll{}, Router: routerFunc(func(r *http.Request, _ *Destination) *Route {
+	e := newEnv(t, "", Options{Authorizer: denyAll{}, Router: routerFunc(func(r *http.Request, _ ConnInfo, _ *Destination) *Route {
 		if strings.HasSuffix(r.URL.Path, "/Slow") {
 			return &Route{Timeout: 200 * time.Millisecond}
 		}

@@ -21,7 +21,7 @@ import (
 // listeners (testUpstream maps the workload addresses to them).
 const testMesh = `apiVersion: v1
 kind: Namespace
-metadata: {name: demo}
+metadata: {name: demo, labels: {ambit.dev/use-waypoint: demo-waypoint}}
 ---
 apiVersion: ambit.dev/v1alpha1
 kind: Workload

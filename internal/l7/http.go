@@ -182,7 +182,7 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt := defaultRoute
 	if e.opts.Router != nil {
-		if x := e.opts.Router.Route(r, dst); x != nil {
+		if x := e.opts.Router.Route(r, h.info, dst); x != nil {
 			rt = x
 		}
 	}

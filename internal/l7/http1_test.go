@@ -250,7 +250,7 @@ func TestWebSocketEcho(t *testing.T) {
 
 // Failures are answered with a status, a reason header and a short body.
 func TestHTTP1UpstreamFailures(t *testing.T) {
-	e := newEnv(t, "", Options{Router: routerFunc(func(r *http.Request, dst *Destination) *Route {
+	e := newEnv(t, "", Options{Router: routerFunc(func(r *http.Request, _ ConnInfo, dst *Destination) *Route {
 		if r.URL.Path == "/slow" {
 			return &Route{Name: "demo/slow", Timeout: 200 * time.Millisecond}
 		}
@@ -291,9 +291,11 @@ func TestHTTP1UpstreamFailures(t *testing.T) {
 	}
 }
 
-type routerFunc func(r *http.Request, dst *Destination) *Route
+type routerFunc func(r *http.Request, _ ConnInfo, dst *Destination) *Route
 
-func (f routerFunc) Route(r *http.Request, dst *Destination) *Route { return f(r, dst) }
+func (f routerFunc) Route(r *http.Request, info ConnInfo, dst *Destination) *Route {
+	return f(r, info, dst)
+}
 
 // A peer that vanishes mid-response: the upstream request is cancelled,
 // ServeConn returns and no goroutine is left behind.
