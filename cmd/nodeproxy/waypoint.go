@@ -30,7 +30,7 @@ import (
 func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nodeproxy waypoint", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	name := fs.String("name", envKey(), "the Waypoint this proxy is, namespace/name (default $WAYPOINT_NAMESPACE/$WAYPOINT_NAME)")
+	name := fs.String("name", envKey(), "the Waypoint this proxy is, namespace/name (default $POD_NAMESPACE/$AMBIT_WAYPOINT)")
 	node := fs.String("node", os.Getenv("NODE_NAME"), "node it runs on, for operators (default $NODE_NAME)")
 	ctrlAddr := fs.String("controller", "", "the controller's gRPC API, host:port")
 	ctrlCA := fs.String("controller-ca", "", "PEM roots the controller's certificate is checked against (until the controller's trust bundle arrives)")
@@ -135,8 +135,10 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// envKey is the waypoint's namespace/name from the environment the
+// controller's waypoint Deployment sets (AMBIT_WAYPOINT, POD_NAMESPACE).
 func envKey() string {
-	ns, n := os.Getenv("WAYPOINT_NAMESPACE"), os.Getenv("WAYPOINT_NAME")
+	ns, n := os.Getenv("POD_NAMESPACE"), os.Getenv("AMBIT_WAYPOINT")
 	if ns == "" || n == "" {
 		return ""
 	}
