@@ -138,10 +138,20 @@ func New(opts Options) (*Engine, error) {
 		ErrorHandler:   e.proxyError,
 		ModifyResponse: e.modifyResponse,
 		ErrorLog:       log.New(discard{}, "", 0),
+		BufferPool:     copyBuffers{},
 	}
 	e.snap.Store(newSnapshot(&meshconfig.Config{}))
 	return e, nil
 }
+
+// copyBuffers lends the proxy its response copy buffers (32 KiB), so a
+// request does not allocate one.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte  { return *copyBufferPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put(&b) }
 
 type discard struct{}
 
