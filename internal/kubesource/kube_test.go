@@ -2,6 +2,7 @@ package kubesource
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -586,10 +587,20 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 		}
 		return ""
 	}
-	var d *appsv1.Deployment
-	eventually(t, "the waypoint's Deployment", func() (bool, string) {
-		d, err = cs.AppsV1().Deployments(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
-		if err != nil {
+	// The reconciler creates the ServiceAccount, the Deployment and the
+	// Service one after the other: wait for all three, not just the first
+	// one seen.
+	var (
+		d   *appsv1.Deployment
+		svc *corev1.Service
+		sa  *corev1.ServiceAccount
+	)
+	eventually(t, "the waypoint's Deployment, Service and ServiceAccount", func() (bool, string) {
+		var e1, e2, e3 error
+		d, e1 = cs.AppsV1().Deployments(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		svc, e2 = cs.CoreV1().Services(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		sa, e3 = cs.CoreV1().ServiceAccounts(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err := errors.Join(e1, e2, e3); err != nil {
 			return false, err.Error()
 		}
 		return true, ""
@@ -602,10 +613,6 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 		d.Spec.Template.Labels[meshconfig.DataplaneLabel] != meshconfig.DataplaneNone || pod.Containers[0].ReadinessProbe.HTTPGet.Port.IntVal != 15021 {
 		t.Errorf("Deployment spec: %+v", d.Spec)
 	}
-	svc, err := cs.CoreV1().Services(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if msg := owned(svc.OwnerReferences); msg != "" {
 		t.Error("Service:", msg)
 	}
@@ -615,10 +622,6 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 	}
 	if !slices.Equal(ports, []int32{15008, 15021, 15020}) || svc.Spec.ClusterIP == "" {
 		t.Errorf("Service: ports %v clusterIP %q", ports, svc.Spec.ClusterIP)
-	}
-	sa, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if msg := owned(sa.OwnerReferences); msg != "" {
 		t.Error("ServiceAccount:", msg)
