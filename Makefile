@@ -13,6 +13,8 @@ APT_PKGS  += etcd-server
 APT_PKGS  += protobuf-compiler
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
 GENERATED += $(wildcard api/v1alpha1/*.pb.go)
+# CRDs and deep-copy functions from api/crd (controller-gen, pinned in go.mod)
+GENERATED += deploy/daemonset/crds $(wildcard api/crd/*/zz_generated.deepcopy.go)
 
 .DEFAULT_GOAL := help
 
@@ -33,13 +35,17 @@ build: ## build nodeproxy, meshlab and the lab tools into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: generate
-generate: ## regenerate eBPF objects and Go bindings (clang, libbpf-dev) and the control API's protobuf code (protoc)
+generate: ## regenerate eBPF objects and Go bindings (clang, libbpf-dev), the control API's protobuf code (protoc) and the CRDs (controller-gen)
 	PATH="$(dir $(GO)):$$PATH" $(GO) generate ./...
 
+.PHONY: crds
+crds: ## regenerate the CRDs (deploy/daemonset/crds) and deep-copy functions from api/crd (controller-gen)
+	PATH="$(dir $(GO)):$$PATH" $(GO) generate ./api/crd/...
+
 .PHONY: check-generate
-check-generate: generate ## fail when committed generated files are stale or the C no longer builds
+check-generate: generate ## fail when committed generated files (eBPF, protobuf, CRDs) are stale or the C no longer builds
 	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated files are stale: run 'make generate' and commit them"; exit 1; }
-	@new=$$(git ls-files --others --exclude-standard -- 'api/*.pb.go'); if [ -n "$$new" ]; then echo "generated files not committed: $$new"; exit 1; fi
+	@new=$$(git ls-files --others --exclude-standard -- 'api/*.pb.go' 'api/crd/*/zz_generated*.go' 'deploy/daemonset/crds/*.yaml'); if [ -n "$$new" ]; then echo "generated files not committed: $$new"; exit 1; fi
 
 .PHONY: lint
 lint: ## gofmt, go vet
