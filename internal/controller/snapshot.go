@@ -423,7 +423,8 @@ func sameWorkload(a, b *meshconfig.Workload) bool {
 func sameService(a, b *meshconfig.Service) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name && maps.Equal(a.Labels, b.Labels) &&
 		maps.Equal(a.Selector, b.Selector) && slices.Equal(a.Addresses, b.Addresses) &&
-		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints)
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Endpoints, b.Endpoints) &&
+		a.Waypoint == b.Waypoint // derived: changes with the namespace's label and the Waypoints
 }
 
 func meshToPB(m meshconfig.Mesh) *pb.Mesh {
@@ -453,7 +454,7 @@ func workloadToPB(w *meshconfig.Workload, local bool) *pb.Workload {
 }
 
 func serviceToPB(s *meshconfig.Service) *pb.Service {
-	out := &pb.Service{Namespace: s.Namespace, Name: s.Name, Labels: s.Labels, Selector: s.Selector, Waypoint: s.Labels[meshconfig.WaypointLabel], Endpoints: s.Endpoints}
+	out := &pb.Service{Namespace: s.Namespace, Name: s.Name, Labels: s.Labels, Selector: s.Selector, Waypoint: s.Waypoint, Endpoints: s.Endpoints}
 	for _, a := range s.Addresses {
 		out.Addresses = append(out.Addresses, a.AsSlice())
 	}
