@@ -150,7 +150,9 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	ops, err := admin.NewOpsServer(admin.OpsConfig{AdminAddr: *adminAddr, MetricsAddr: *metricsAddr, ReadyAddr: *readyAddr, Log: log}, proxy, metrics)
+	// ReusePort: during a rolling upgrade the next version binds the same
+	// ports while this one drains.
+	ops, err := admin.NewOpsServer(admin.OpsConfig{AdminAddr: *adminAddr, MetricsAddr: *metricsAddr, ReadyAddr: *readyAddr, ReusePort: true, Log: log}, proxy, metrics)
 	if err != nil {
 		return fail("%v", err)
 	}

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/reuseport"
 )
 
 // Default addresses of the operator listeners (see the design brief).
@@ -49,6 +51,12 @@ type OpsConfig struct {
 	MetricsAddr string
 	// ReadyAddr serves /healthz/ready. DefaultReadyAddr in production.
 	ReadyAddr string
+	// ReusePort binds the TCP listeners with SO_REUSEPORT so that a second
+	// process (the node proxy's next version, during a rolling upgrade)
+	// can bind them while this one runs. The newer of the two then answers
+	// every new connection: the kubelet's readiness probe of the new pod
+	// asks the new process, not the old one.
+	ReusePort bool
 	Log       *slog.Logger
 }
 
@@ -82,8 +90,14 @@ func NewOpsServer(cfg OpsConfig, src Source, m *Metrics) (*OpsServer, error) {
 		}
 		return nil, err
 	}
+	listen := func(addr string) (net.Listener, error) {
+		if !cfg.ReusePort {
+			return net.Listen("tcp", addr)
+		}
+		return listenShared(addr)
+	}
 	if cfg.AdminAddr != "" {
-		ln, err := ListenAdmin(cfg.AdminAddr)
+		ln, err := listenAdmin(cfg.AdminAddr, listen)
 		if err != nil {
 			return fail(err)
 		}
@@ -93,7 +107,7 @@ func NewOpsServer(cfg OpsConfig, src Source, m *Metrics) (*OpsServer, error) {
 		if m == nil {
 			return fail(errors.New("metrics listener configured without metrics"))
 		}
-		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		ln, err := listen(cfg.MetricsAddr)
 		if err != nil {
 			return fail(fmt.Errorf("metrics listener: %w", err))
 		}
@@ -102,7 +116,7 @@ func NewOpsServer(cfg OpsConfig, src Source, m *Metrics) (*OpsServer, error) {
 		lns = append(lns, listener{"metrics", ln, mux})
 	}
 	if cfg.ReadyAddr != "" {
-		ln, err := net.Listen("tcp", cfg.ReadyAddr)
+		ln, err := listen(cfg.ReadyAddr)
 		if err != nil {
 			return fail(fmt.Errorf("readiness listener: %w", err))
 		}
@@ -146,4 +160,18 @@ func (s *OpsServer) Shutdown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// listenShared opens a TCP listener with SO_REUSEPORT whose group prefers
+// its newest member.
+func listenShared(addr string) (net.Listener, error) {
+	ln, err := reuseport.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := reuseport.Steer(ln.(*net.TCPListener), reuseport.Newest); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln, nil
 }

@@ -170,6 +170,12 @@ func orEmpty[T any](s []T) []T {
 // previous process. Anything else is refused: the admin serves profiles and
 // the node's connections and must be local only.
 func ListenAdmin(addr string) (net.Listener, error) {
+	return listenAdmin(addr, func(a string) (net.Listener, error) { return net.Listen("tcp", a) })
+}
+
+// listenAdmin is ListenAdmin with the TCP listen function given (plain, or
+// SO_REUSEPORT for an in-place upgrade). A unix socket is never shared.
+func listenAdmin(addr string, listen func(string) (net.Listener, error)) (net.Listener, error) {
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		return listenUnix(path)
 	}
@@ -194,7 +200,7 @@ func ListenAdmin(addr string) (net.Listener, error) {
 	if !ip.IsLoopback() {
 		return nil, fmt.Errorf("admin must be local only: %s is not a loopback address (127.0.0.0/8 or ::1); use 127.0.0.1:%s or unix:/path", ip, port)
 	}
-	return net.Listen("tcp", net.JoinHostPort(ip.String(), port))
+	return listen(net.JoinHostPort(ip.String(), port))
 }
 
 // listenUnix binds the socket inside a fresh 0700 directory next to path,

@@ -12,6 +12,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/redirect"
+	"github.com/ambit-mesh/ambit/internal/reuseport"
 	"github.com/ambit-mesh/ambit/internal/transparent"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
@@ -94,7 +95,7 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (pd *pod, err error) {
 	pd.wg.Add(1)
 	go func() { defer pd.wg.Done(); pd.srv.Serve(tun) }()
 	// The same tunnel over QUIC, on UDP 15008, for peers that prefer it.
-	if pd.udp, err = pd.listenPacket(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort)); err != nil {
+	if pd.udp, err = pd.listenTunnelPacket(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort)); err != nil {
 		return nil, err
 	}
 	pd.wg.Add(1)
@@ -111,19 +112,53 @@ func hasV6(ips []netip.Addr) bool {
 	return false
 }
 
-// listen opens a listener inside the pod's network namespace.
+// listen opens a listener inside the pod's network namespace. It binds
+// with SO_REUSEPORT, so during a rolling upgrade the new node proxy binds
+// the same ports while the old one still serves: new connections are
+// spread over both, and when the old one closes its listeners (SIGTERM)
+// the connections still queued on them move to the new one (AttachMigrate)
+// instead of being reset.
 func (pd *pod) listen(network string, addr netip.AddrPort) (net.Listener, error) {
 	var ln net.Listener
 	err := netnsx.Do(pd.w.Load().NetNS, func() error {
 		var err error
-		ln, err = net.ListenTCP(network, net.TCPAddrFromAddrPort(addr))
+		ln, err = reuseport.ListenConfig().Listen(context.Background(), network, addr.String())
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s in pod %s: %w", addr, pd.w.Load().Key(), err)
 	}
+	if err := redirect.AttachMigrate(ln.(*net.TCPListener)); err != nil {
+		// Upgrades still work; connections queued on the old process's
+		// listeners when it stops are reset rather than moved.
+		pd.p.migrateWarn.Do(func() { pd.p.log.Warn("listeners without connection migration", "err", err) })
+	}
 	pd.listeners = append(pd.listeners, ln)
 	return ln, nil
+}
+
+// listenTunnelPacket opens the tunnel's UDP socket (QUIC) inside the pod's
+// network namespace, with SO_REUSEPORT like the TCP listeners. A UDP
+// socket has no accept queue: every datagram is steered on its own, and a
+// QUIC connection's datagrams must keep reaching the process that holds
+// it. So the group sends everything to its oldest socket: the old node
+// proxy keeps its QUIC connections while a new one starts, and the new one
+// gets the port once the old one has drained and closed its socket.
+func (pd *pod) listenTunnelPacket(addr netip.AddrPort) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := netnsx.Do(pd.w.Load().NetNS, func() error {
+		var err error
+		pc, err = reuseport.ListenConfig().ListenPacket(context.Background(), "udp", addr.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on udp %s in pod %s: %w", addr, pd.w.Load().Key(), err)
+	}
+	if err := reuseport.Steer(pc.(*net.UDPConn), reuseport.Oldest); err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("listen on udp %s in pod %s: %w", addr, pd.w.Load().Key(), err)
+	}
+	return pc, nil
 }
 
 // listenPacket opens a UDP socket inside the pod's network namespace.

@@ -70,6 +70,8 @@ type Proxy struct {
 	conns    connTable
 	rr       sync.Map // service key -> *atomic.Uint64, round robin
 	lastErrs map[string]string
+
+	migrateWarn sync.Once // listeners could not get the migration program
 }
 
 // New makes a Proxy; it serves nothing until Update gives it a
@@ -128,6 +130,12 @@ func (p *Proxy) Update(cfg *meshconfig.Config) {
 		return
 	}
 	p.cfg.Store(cfg)
+	p.reconcile(cfg)
+}
+
+// reconcile brings the served pods and certificates in line with cfg; the
+// caller holds p.mu.
+func (p *Proxy) reconcile(cfg *meshconfig.Config) {
 	want := map[string]*meshconfig.Workload{}
 	for _, w := range cfg.LocalWorkloads(p.opts.Node) {
 		if w.Captured && w.NetNS != "" {
@@ -146,6 +154,15 @@ func (p *Proxy) Update(cfg *meshconfig.Config) {
 		ids[w.Identity] = true
 		if pd, ok := p.pods[key]; ok {
 			pd.w.Store(w)
+			continue
+		}
+		// A pod's listeners open only once its certificate is here. Until
+		// then another node proxy may be serving the pod (a rolling
+		// upgrade: the listeners share their ports with SO_REUSEPORT), and
+		// a listener that joined early would take connections it cannot
+		// carry yet. obtain reconciles again when the certificate comes.
+		if _, err := p.certs.SVID(w.Identity); err != nil {
+			p.lastErrs[key] = "waiting for the certificate of " + w.Identity.String()
 			continue
 		}
 		pd, err := p.openPod(w)
@@ -210,9 +227,13 @@ func (p *Proxy) obtain(ctx context.Context, id spiffeid.ID) {
 		backoff = min(backoff*2, time.Minute)
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	delete(p.lastErrs, "cert:"+id.String())
 	delete(p.pending, id)
-	p.mu.Unlock()
+	// Open the listeners of the pods that waited for this certificate.
+	if cfg := p.cfg.Load(); cfg != nil && !p.closing {
+		p.reconcile(cfg)
+	}
 }
 
 // Ready reports whether every pod of this node that should be served is:
