@@ -57,10 +57,15 @@
 //   - Retries: Attempts retries after the first try (the CRD's meaning), on
 //     the retryOn conditions (Envoy's names), with exponential backoff and
 //     full jitter (uniform in [0, min(10 x base, base x 2^(n-1))), base 25
-//     ms unless set), and a budget: a retry is allowed while the retries in
-//     flight stay within BudgetPercent of the requests in flight on their
-//     first try, so retries add at most BudgetPercent to the load on the
-//     backend; MinRetriesPerSecond more are always allowed (a token bucket).
+//     ms unless set), and a budget (Envoy's retry_budget, the CRD's
+//     words): a retry is allowed while the retries in flight, counted from
+//     the grant through backoff to the retry's outcome, stay within
+//     BudgetPercent of the requests in flight (admitted, not ended);
+//     MinRetriesPerSecond more are always allowed (a token bucket, Linkerd's
+//     minimum). So retries cannot multiply load: with every request failing,
+//     retries are at most BudgetPercent/(100-BudgetPercent) of the first
+//     tries in flight (25% for 20%), and in the tests' closed-loop load
+//     within BudgetPercent of the requests.
 //     A destination with no retries policy gets DefaultRetries.
 //
 // Counters for metrics are plain values (Stats), per destination and summed

@@ -176,7 +176,6 @@ type Destination struct {
 
 	rr              atomic.Uint64
 	active          atomic.Int64 // requests admitted and not ended
-	firstInFlight   atomic.Int64 // requests on (or waiting for) their first try
 	retriesInFlight atomic.Int64 // requests granted a retry, until it ends
 	conns           atomic.Int64
 
@@ -290,7 +289,6 @@ func (d *Destination) Begin(r Request) (*Call, *Reject) {
 		d.c.overflowPending.Add(1)
 		return nil, d.overflow(OverflowMaxPendingRequests, s.maxInFlight, r.GRPC)
 	}
-	d.firstInFlight.Add(1)
 	d.c.requests.Add(1)
 	return &Call{d: d, s: s, eps: d.resolve(r.Endpoints), delay: delay, slot: slotFirst}, nil
 }
@@ -407,8 +405,6 @@ func (c *Call) release() {
 
 func (c *Call) releaseSlot() {
 	switch c.slot {
-	case slotFirst:
-		c.d.firstInFlight.Add(-1)
 	case slotRetry:
 		c.d.retriesInFlight.Add(-1)
 	}
@@ -425,16 +421,17 @@ func (c *Call) find(ep netip.AddrPort) *endpoint {
 }
 
 // budgetAllows takes a place for a retry if the budget has one: retries in
-// flight within budgetPercent of the requests on their first try, or one
-// of the minimum retries per second.
+// flight (from the grant, backoff included, to the retry's outcome) within
+// budgetPercent of the requests in flight, or one of the minimum retries
+// per second.
 func (d *Destination) budgetAllows(s *settings) bool {
 	if s.budgetPercent == 0 {
 		d.retriesInFlight.Add(1)
 		return true
 	}
 	for {
-		r, f := d.retriesInFlight.Load(), d.firstInFlight.Load()
-		if (r+1)*100 > s.budgetPercent*f {
+		r, a := d.retriesInFlight.Load(), d.active.Load()
+		if (r+1)*100 > s.budgetPercent*a {
 			break
 		}
 		if d.retriesInFlight.CompareAndSwap(r, r+1) {
