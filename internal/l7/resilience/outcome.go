@@ -94,7 +94,6 @@ func GRPCStatusOf(header, trailer http.Header) int {
 // gRPC status codes used here.
 const (
 	grpcCanceled          = 1
-	grpcUnknown           = 2
 	grpcInvalidArgument   = 3
 	grpcDeadlineExceeded  = 4
 	grpcNotFound          = 5
