@@ -140,6 +140,7 @@ func (b *builder) proxies() error {
 		return fmt.Errorf("node proxy binary: %w (build it with `make build`)", err)
 	}
 	b.st.NodeProxyBin = bin
+	b.st.NodeProxyEnv = b.opts.NodeProxyEnv
 	ctlBin := b.opts.Controller
 	if ctlBin == "" {
 		ctlBin = filepath.Join(filepath.Dir(bin), "controller")

@@ -82,6 +82,8 @@ type State struct {
 	// NodeProxyBin is the nodeproxy binary the lab runs (node proxies and
 	// waypoints).
 	NodeProxyBin string `json:"nodeProxyBin,omitempty"`
+	// NodeProxyEnv is Options.NodeProxyEnv, given to waypoints too.
+	NodeProxyEnv []string `json:"nodeProxyEnv,omitempty"`
 	// Waypoints are the waypoint pods the lab runs for Waypoint resources
 	// in its mesh files.
 	Waypoints []WaypointInfo `json:"waypoints,omitempty"`

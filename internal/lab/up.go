@@ -40,8 +40,9 @@ type Options struct {
 	// means no proxies: enrolled pods are captured but their traffic is
 	// refused (fail closed). Requires Capture.
 	NodeProxy string
-	// NodeProxyEnv is added to the node proxies' environment (the
-	// benchmark sets GOMAXPROCS there, as a DaemonSet's CPU limit would).
+	// NodeProxyEnv is added to the node proxies' and the waypoints'
+	// environment (the benchmark sets GOMAXPROCS there, as a DaemonSet's
+	// CPU limit would).
 	NodeProxyEnv []string
 	// Controller is the controller binary, run in a network namespace of
 	// its own on the underlay whenever node proxies run: they get their

@@ -314,7 +314,7 @@ func (l *Lab) startWaypoint(w WaypointInfo) error {
 		"--drain-timeout", "2s",
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
+	cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), l.st.NodeProxyEnv...)
 	if err := StartInNode(cmd, w.NetNSPath, w.Cgroup); err != nil {
 		return fmt.Errorf("start waypoint %s: %w", w.Key(), err)
 	}
