@@ -77,6 +77,10 @@ type Target struct {
 	Src netip.AddrPort
 	// TraceParent, if set, is propagated.
 	TraceParent string
+	// ClientIdentity, if set, is sent as HeaderClientIdentity: a waypoint
+	// names the original client it relays for. Streams for different
+	// clients share pooled connections (the header is per stream).
+	ClientIdentity spiffeid.ID
 	// Via names where the connection is made from (the node proxy dials
 	// from inside the source pod's network namespace); connections are
 	// pooled per Via as well. NetDial, if set, is used instead of
@@ -137,6 +141,9 @@ func (d *Dialer) Dial(ctx context.Context, svid x509svid.Source, t Target) (net.
 	}
 	if t.TraceParent != "" {
 		fields = append(fields, hpack.HeaderField{Name: "traceparent", Value: t.TraceParent})
+	}
+	if !t.ClientIdentity.IsZero() {
+		fields = append(fields, hpack.HeaderField{Name: HeaderClientIdentity, Value: t.ClientIdentity.String()})
 	}
 	k := poolKey{src.ID, t.Identity, t.Proxy, t.Via}
 	for attempt := 0; ; attempt++ {

@@ -190,6 +190,9 @@ func (d *Dialer) quicStream(ctx context.Context, qc *quicConn, t Target, src spi
 	if t.TraceParent != "" {
 		req.Header.Set("traceparent", t.TraceParent)
 	}
+	if !t.ClientIdentity.IsZero() {
+		req.Header.Set(HeaderClientIdentity, t.ClientIdentity.String())
+	}
 	abort := func() {
 		rs.CancelRead(h3RequestCancel)
 		rs.CancelWrite(h3RequestCancel)

@@ -234,6 +234,11 @@ func (s *Server) accept(ctx context.Context, method, authority string, header fu
 	if src, ok := parseForwarded(header("forwarded")); ok {
 		req.Source = src
 	}
+	if v := header(HeaderClientIdentity); v != "" {
+		if id, err := spiffeid.FromString(v); err == nil {
+			req.ClientIdentity = id
+		}
+	}
 	up, err := s.cfg.Dial(ctx, req)
 	if err != nil {
 		code := http.StatusServiceUnavailable

@@ -62,7 +62,19 @@ type Request struct {
 	RemoteAddr string
 	// Protocol is the transport the stream arrived on.
 	Protocol Protocol
+	// ClientIdentity is the SPIFFE ID the peer says the stream's original
+	// client has (HeaderClientIdentity), zero when absent or not a SPIFFE
+	// ID. It is only the peer's claim: believe it only from a peer that
+	// relays for others and is trusted to (a waypoint the destination
+	// uses), never from any other.
+	ClientIdentity spiffeid.ID
 }
+
+// HeaderClientIdentity carries, on a CONNECT from a waypoint, the SPIFFE
+// ID of the client whose stream the waypoint relays (the identity the
+// waypoint verified on its own inbound tunnel). Ambit's own header; an
+// Istio peer ignores it.
+const HeaderClientIdentity = "ambit-client-identity"
 
 // tlsBase is the TLS configuration both ends start from: TLS 1.3 only.
 func tlsBase(cfg *tls.Config) *tls.Config {
