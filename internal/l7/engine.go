@@ -54,6 +54,23 @@ type Options struct {
 	// MaxReplayBody is the largest request body kept in memory so a
 	// request can be retried or mirrored (default 64 KiB).
 	MaxReplayBody int64
+	// PoolKey, if set, partitions pooled upstream connections: one opened
+	// for a stream whose key is k carries requests of streams with key k
+	// only. A waypoint keys by the client's identity, because its Upstream
+	// names the client on each connection it opens (see ConnInfoFrom).
+	// nil: one pool for all clients.
+	PoolKey func(ConnInfo) string
+}
+
+type connInfoKey struct{}
+
+// ConnInfoFrom returns the ConnInfo of the stream that ctx serves. The
+// contexts the engine passes to Upstream.DialContext carry it (for
+// requests, TCP streams and mirrors), so an Upstream can tell whose
+// request it opens a connection for.
+func ConnInfoFrom(ctx context.Context) (ConnInfo, bool) {
+	info, ok := ctx.Value(connInfoKey{}).(ConnInfo)
+	return info, ok
 }
 
 // Engine serves tunnel streams at L7. It is safe for concurrent use; one
@@ -64,6 +81,7 @@ type Engine struct {
 	snap  atomic.Pointer[snapshot]
 	h1    *http.Transport
 	h2    *http2.Transport
+	pools sync.Map // PoolKey -> *upstreamPool, when Options.PoolKey is set
 	h2srv *http2.Server
 	proxy *httputil.ReverseProxy
 	rr    *RoundRobin // the default Resilience
@@ -102,29 +120,7 @@ func New(opts Options) (*Engine, error) {
 	if opts.IdleTimeout > 0 && opts.IdleTimeout < upIdle {
 		upIdle = opts.IdleTimeout
 	}
-	e.h1 = &http.Transport{
-		Proxy:                  nil,
-		DialContext:            e.dial,
-		MaxIdleConns:           0, // no global cap; per endpoint below
-		MaxIdleConnsPerHost:    opts.MaxIdlePerEndpoint,
-		IdleConnTimeout:        upIdle,
-		ExpectContinueTimeout:  time.Second,
-		DisableCompression:     true,
-		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
-		MaxResponseHeaderBytes: 1 << 20,
-		WriteBufferSize:        32 << 10,
-		ReadBufferSize:         32 << 10,
-	}
-	e.h2 = &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) {
-			return e.dial(ctx, "tcp", addr)
-		},
-		DisableCompression: true,
-		ReadIdleTimeout:    30 * time.Second,
-		PingTimeout:        15 * time.Second,
-		IdleConnTimeout:    upIdle,
-	}
+	e.h1, e.h2 = e.newTransports(upIdle)
 	e.h2srv = &http2.Server{
 		MaxConcurrentStreams:         1000,
 		MaxUploadBufferPerConnection: 8 << 20,
@@ -142,6 +138,60 @@ func New(opts Options) (*Engine, error) {
 	}
 	e.snap.Store(newSnapshot(&meshconfig.Config{}))
 	return e, nil
+}
+
+// newTransports makes a pool of upstream connections: HTTP/1.1 and h2c.
+func (e *Engine) newTransports(upIdle time.Duration) (*http.Transport, *http2.Transport) {
+	h1 := &http.Transport{
+		Proxy:                  nil,
+		DialContext:            e.dial,
+		MaxIdleConns:           0, // no global cap; per endpoint below
+		MaxIdleConnsPerHost:    e.opts.MaxIdlePerEndpoint,
+		IdleConnTimeout:        upIdle,
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true,
+		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
+		MaxResponseHeaderBytes: 1 << 20,
+		WriteBufferSize:        32 << 10,
+		ReadBufferSize:         32 << 10,
+	}
+	h2 := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, _, addr string, _ *tls.Config) (net.Conn, error) {
+			return e.dial(ctx, "tcp", addr)
+		},
+		DisableCompression: true,
+		ReadIdleTimeout:    30 * time.Second,
+		PingTimeout:        15 * time.Second,
+		IdleConnTimeout:    upIdle,
+	}
+	return h1, h2
+}
+
+// upstreamPool is the pair of transports of one PoolKey.
+type upstreamPool struct {
+	h1 *http.Transport
+	h2 *http2.Transport
+}
+
+// transport is the round tripper for a request on info's stream: h2c or
+// HTTP/1.1, from info's pool.
+func (e *Engine) transport(info ConnInfo, h2 bool) http.RoundTripper {
+	h1t, h2t := e.h1, e.h2
+	if e.opts.PoolKey != nil {
+		k := e.opts.PoolKey(info)
+		p, ok := e.pools.Load(k)
+		if !ok {
+			np := &upstreamPool{}
+			np.h1, np.h2 = e.newTransports(e.h1.IdleConnTimeout)
+			p, _ = e.pools.LoadOrStore(k, np)
+		}
+		h1t, h2t = p.(*upstreamPool).h1, p.(*upstreamPool).h2
+	}
+	if h2 {
+		return h2t
+	}
+	return h1t
 }
 
 // copyBuffers lends the proxy its response copy buffers (32 KiB), so a
@@ -192,6 +242,11 @@ func (e *Engine) Config() *meshconfig.Config { return e.snap.Load().cfg }
 func (e *Engine) Close() error {
 	e.h1.CloseIdleConnections()
 	e.h2.CloseIdleConnections()
+	e.pools.Range(func(_, p any) bool {
+		p.(*upstreamPool).h1.CloseIdleConnections()
+		p.(*upstreamPool).h2.CloseIdleConnections()
+		return true
+	})
 	e.bg.Wait()
 	return nil
 }
@@ -201,6 +256,7 @@ func (e *Engine) Close() error {
 // else detected from the first bytes.
 func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info ConnInfo) {
 	defer c.Close()
+	ctx = context.WithValue(ctx, connInfoKey{}, info)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	snap := e.snap.Load()

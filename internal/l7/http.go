@@ -372,10 +372,7 @@ type roundTripper struct{ e *Engine }
 
 func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 	st := out.Context().Value(stateKey{}).(*reqState)
-	var tr http.RoundTripper = t.e.h1
-	if st.h2 {
-		tr = t.e.h2
-	}
+	tr := t.e.transport(st.ri.Conn, st.h2)
 	reqCtx := out.Context()
 	for {
 		ep, ok := st.call.Pick(st.tried)
@@ -697,7 +694,7 @@ func (e *Engine) mirror(r *http.Request, snap *snapshot, dst *Destination, m Mir
 		return
 	}
 	ep, _ := e.rr.pick(b, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), connInfoKey{}, st.ri.Conn), 30*time.Second)
 	mr := r.Clone(ctx)
 	mr.RequestURI = ""
 	mr.URL.Scheme, mr.URL.Host = "http", ep.String()
@@ -710,10 +707,7 @@ func (e *Engine) mirror(r *http.Request, snap *snapshot, dst *Destination, m Mir
 			mr.Header.Del(k)
 		}
 	}
-	var tr http.RoundTripper = e.h1
-	if upstreamH2(r, st.grpc, false, b) {
-		tr = e.h2
-	}
+	tr := e.transport(st.ri.Conn, upstreamH2(r, st.grpc, false, b))
 	e.bg.Add(1)
 	go func() {
 		defer e.bg.Done()
