@@ -28,6 +28,9 @@ func NewEngine(wp func() *Waypoint, log *slog.Logger) (*Engine, error) {
 		}),
 		Router: l7.NewRoutes(),
 		Log:    log,
+		// Upstream connections name the client (Waypoint.Upstream): one
+		// pool per client identity.
+		PoolKey: func(c l7.ConnInfo) string { return c.SrcIdentity },
 	})
 	if err != nil {
 		return nil, err

@@ -32,6 +32,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/l7"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
@@ -326,12 +327,20 @@ func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (net.Conn, er
 // Upstream dials endpoints for a handler: a mesh workload's address through
 // the tunnel to its node proxy (the pod's address on 15008), expecting the
 // workload's identity; anything else directly. It has the shape of the L7
-// engine's Upstream. The engine pools connections across clients, so they
-// carry the waypoint's own address as the source (Forwarded), not a
-// client's: at L7 the waypoint is the client.
+// engine's Upstream. The engine pools connections across a client's
+// streams, so they carry the waypoint's own address as the source
+// (Forwarded), not a client's: at L7 the waypoint is the client. They do
+// name the client's verified identity (tunnel.HeaderClientIdentity), taken
+// from the stream ctx serves (l7.ConnInfoFrom), so the destination's node
+// proxy applies L4 policy to the client; the engine keeps one pool per
+// client identity for that (NewEngine).
 func (w *Waypoint) Upstream() UpstreamFunc {
 	return func(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
-		return w.dialEndpoint(ctx, ep, netip.AddrPortFrom(w.localAddr(ep.Addr()), 0))
+		var client spiffeid.ID
+		if info, ok := l7.ConnInfoFrom(ctx); ok {
+			client, _ = spiffeid.FromString(info.SrcIdentity)
+		}
+		return w.dialEndpoint(ctx, ep, netip.AddrPortFrom(w.localAddr(ep.Addr()), 0), client)
 	}
 }
 
@@ -354,7 +363,12 @@ func (f UpstreamFunc) DialContext(ctx context.Context, ep netip.AddrPort) (net.C
 	return f(ctx, ep)
 }
 
-func (w *Waypoint) dialEndpoint(ctx context.Context, ep netip.AddrPort, src netip.AddrPort) (net.Conn, error) {
+// dialEndpoint opens a connection to ep for the stream of client (the
+// identity the waypoint verified on its inbound tunnel; zero when not
+// known): through the tunnel, naming client in tunnel.HeaderClientIdentity,
+// which the endpoint's node proxy believes because this waypoint is the
+// one the destination uses.
+func (w *Waypoint) dialEndpoint(ctx context.Context, ep netip.AddrPort, src netip.AddrPort, client spiffeid.ID) (net.Conn, error) {
 	cfg := w.cfg.Load()
 	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
 	wl := cfg.WorkloadByIP(ep.Addr())
@@ -369,6 +383,8 @@ func (w *Waypoint) dialEndpoint(ctx context.Context, ep netip.AddrPort, src neti
 		Src:      src,
 		Via:      "waypoint",
 		Protocol: tunnel.Protocol(cfg.TunnelFor(wl.Node)),
+
+		ClientIdentity: client,
 	})
 }
 
@@ -387,7 +403,7 @@ func (p Passthrough) Stream(ctx context.Context, s Stream) (net.Conn, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return p.W.dialEndpoint(ctx, ep, s.Src)
+	return p.W.dialEndpoint(ctx, ep, s.Src, s.Peer)
 }
 
 // Endpoint picks the endpoint for a connection to dst: one of a service's

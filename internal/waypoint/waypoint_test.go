@@ -150,8 +150,51 @@ func TestPassthrough(t *testing.T) {
 	}
 	c.Close()
 	mu.Lock()
-	if len(seen) != 1 || seen[0].Peer != wpID || seen[0].Target != netip.AddrPortFrom(netip.MustParseAddr("127.88.0.2"), uint16(app.Addr().(*net.TCPAddr).Port)) || seen[0].Source.Addr() != src.Addr() {
-		t.Errorf("the endpoint's node proxy saw %+v; want the waypoint's identity, the endpoint and the client's address", seen)
+	if len(seen) != 1 || seen[0].Peer != wpID || seen[0].Target != netip.AddrPortFrom(netip.MustParseAddr("127.88.0.2"), uint16(app.Addr().(*net.TCPAddr).Port)) || seen[0].Source.Addr() != src.Addr() || seen[0].ClientIdentity != clientID {
+		t.Errorf("the endpoint's node proxy saw %+v; want the waypoint's identity, the endpoint, the client's address and identity", seen)
+	}
+	mu.Unlock()
+
+	// The same through the L7 engine (a non-HTTP stream, passed through
+	// after detection): the endpoint's node proxy is told the client's
+	// identity too, with the waypoint's own address.
+	var w2 *Waypoint
+	eng, err := NewEngine(func() *Waypoint { return w2 }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w2, err = New(Options{Namespace: "demo", Name: "wp", Signer: ca, Bundle: ca.Bundle(), Handler: eng}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ln2, err := net.Listen("tcp", "127.88.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w2.Serve(ln2, nil)
+	defer w2.Shutdown(context.Background())
+	for ok, why := w2.Ready(); !ok; ok, why = w2.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %v", why)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c2, err := client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: ln2.Addr().String(), Identity: wpID, Dst: netip.MustParseAddrPort("10.96.0.1:80"), Src: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(c2, "engine")
+	if got, _ := bufio.NewReader(c2).ReadString('\n'); got != "echo engine\n" {
+		t.Errorf("through the waypoint's engine: %q", got)
+	}
+	c2.Close()
+	mu.Lock()
+	if last := seen[len(seen)-1]; len(seen) != 2 || last.Peer != wpID || last.ClientIdentity != clientID {
+		t.Errorf("through the engine the endpoint's node proxy saw %+v; want the waypoint's identity naming the client's", seen)
 	}
 	mu.Unlock()
 
