@@ -1267,8 +1267,13 @@ type PolicyRule struct {
 	Ports []uint32 `protobuf:"varint,2,rep,packed,name=ports,proto3" json:"ports,omitempty"`
 	// The rule also names HTTP attributes (methods, paths, hosts), which only
 	// a waypoint can check; a node proxy fails closed on it. The attributes
-	// themselves will travel in fields 4 and up with the waypoint kinds.
-	L7            bool `protobuf:"varint,3,opt,name=l7,proto3" json:"l7,omitempty"`
+	// travel in `to`.
+	L7 bool `protobuf:"varint,3,opt,name=l7,proto3" json:"l7,omitempty"`
+	// The rule's "to" entries as written, each matching when all its
+	// non-empty fields match; set when l7 is. A waypoint checks them; a node
+	// proxy reads only ports and l7 (and so does one that predates this
+	// field).
+	To            []*PolicyTarget `protobuf:"bytes,4,rep,name=to,proto3" json:"to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1324,6 +1329,85 @@ func (x *PolicyRule) GetL7() bool {
 	return false
 }
 
+func (x *PolicyRule) GetTo() []*PolicyTarget {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+// PolicyTarget is one "to" entry of an AccessPolicy rule.
+type PolicyTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ports []uint32               `protobuf:"varint,1,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	// HTTP methods, exact (compared without case).
+	Methods []string `protobuf:"bytes,2,rep,name=methods,proto3" json:"methods,omitempty"`
+	// Paths: exact, "/prefix/*", "*.suffix" or "*".
+	Paths []string `protobuf:"bytes,3,rep,name=paths,proto3" json:"paths,omitempty"`
+	// Hosts: exact, "*.suffix", "prefix.*" or "*", with an optional port.
+	Hosts         []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyTarget) Reset() {
+	*x = PolicyTarget{}
+	mi := &file_config_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyTarget) ProtoMessage() {}
+
+func (x *PolicyTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyTarget.ProtoReflect.Descriptor instead.
+func (*PolicyTarget) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PolicyTarget) GetPorts() []uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *PolicyTarget) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *PolicyTarget) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *PolicyTarget) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
 type PolicySource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// SPIFFE IDs, with an optional leading or trailing "*".
@@ -1339,7 +1423,7 @@ type PolicySource struct {
 
 func (x *PolicySource) Reset() {
 	*x = PolicySource{}
-	mi := &file_config_proto_msgTypes[13]
+	mi := &file_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1435,7 @@ func (x *PolicySource) String() string {
 func (*PolicySource) ProtoMessage() {}
 
 func (x *PolicySource) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[13]
+	mi := &file_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1448,7 @@ func (x *PolicySource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicySource.ProtoReflect.Descriptor instead.
 func (*PolicySource) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{13}
+	return file_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PolicySource) GetPrincipals() []string {
@@ -1408,7 +1492,7 @@ type TrustBundle struct {
 
 func (x *TrustBundle) Reset() {
 	*x = TrustBundle{}
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1504,7 @@ func (x *TrustBundle) String() string {
 func (*TrustBundle) ProtoMessage() {}
 
 func (x *TrustBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1517,7 @@ func (x *TrustBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustBundle.ProtoReflect.Descriptor instead.
 func (*TrustBundle) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{14}
+	return file_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TrustBundle) GetTrustDomain() string {
@@ -1471,7 +1555,7 @@ type Waypoint struct {
 
 func (x *Waypoint) Reset() {
 	*x = Waypoint{}
-	mi := &file_config_proto_msgTypes[15]
+	mi := &file_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1567,7 @@ func (x *Waypoint) String() string {
 func (*Waypoint) ProtoMessage() {}
 
 func (x *Waypoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[15]
+	mi := &file_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1580,7 @@ func (x *Waypoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Waypoint.ProtoReflect.Descriptor instead.
 func (*Waypoint) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{15}
+	return file_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Waypoint) GetNamespace() string {
@@ -1559,7 +1643,7 @@ type TrafficPolicy struct {
 
 func (x *TrafficPolicy) Reset() {
 	*x = TrafficPolicy{}
-	mi := &file_config_proto_msgTypes[16]
+	mi := &file_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1655,7 @@ func (x *TrafficPolicy) String() string {
 func (*TrafficPolicy) ProtoMessage() {}
 
 func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[16]
+	mi := &file_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1668,7 @@ func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{16}
+	return file_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TrafficPolicy) GetNamespace() string {
@@ -1634,7 +1718,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_config_proto_msgTypes[17]
+	mi := &file_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1730,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[17]
+	mi := &file_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1743,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{17}
+	return file_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Route) GetNamespace() string {
@@ -1792,12 +1876,18 @@ const file_config_proto_rawDesc = "" +
 	"\x05rules\x18\x06 \x03(\v2\x1a.ambit.v1alpha1.PolicyRuleR\x05rules\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x01\n" +
 	"\n" +
 	"PolicyRule\x120\n" +
 	"\x04from\x18\x01 \x03(\v2\x1c.ambit.v1alpha1.PolicySourceR\x04from\x12\x14\n" +
 	"\x05ports\x18\x02 \x03(\rR\x05ports\x12\x0e\n" +
-	"\x02l7\x18\x03 \x01(\bR\x02l7\"\x96\x01\n" +
+	"\x02l7\x18\x03 \x01(\bR\x02l7\x12,\n" +
+	"\x02to\x18\x04 \x03(\v2\x1c.ambit.v1alpha1.PolicyTargetR\x02to\"j\n" +
+	"\fPolicyTarget\x12\x14\n" +
+	"\x05ports\x18\x01 \x03(\rR\x05ports\x12\x18\n" +
+	"\amethods\x18\x02 \x03(\tR\amethods\x12\x14\n" +
+	"\x05paths\x18\x03 \x03(\tR\x05paths\x12\x14\n" +
+	"\x05hosts\x18\x04 \x03(\tR\x05hosts\"\x96\x01\n" +
 	"\fPolicySource\x12\x1e\n" +
 	"\n" +
 	"principals\x18\x01 \x03(\tR\n" +
@@ -1864,7 +1954,7 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_config_proto_goTypes = []any{
 	(ProxyKind)(0),         // 0: ambit.v1alpha1.ProxyKind
 	(ResourceType)(0),      // 1: ambit.v1alpha1.ResourceType
@@ -1882,18 +1972,19 @@ var file_config_proto_goTypes = []any{
 	(*ServicePort)(nil),    // 13: ambit.v1alpha1.ServicePort
 	(*AccessPolicy)(nil),   // 14: ambit.v1alpha1.AccessPolicy
 	(*PolicyRule)(nil),     // 15: ambit.v1alpha1.PolicyRule
-	(*PolicySource)(nil),   // 16: ambit.v1alpha1.PolicySource
-	(*TrustBundle)(nil),    // 17: ambit.v1alpha1.TrustBundle
-	(*Waypoint)(nil),       // 18: ambit.v1alpha1.Waypoint
-	(*TrafficPolicy)(nil),  // 19: ambit.v1alpha1.TrafficPolicy
-	(*Route)(nil),          // 20: ambit.v1alpha1.Route
-	nil,                    // 21: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	nil,                    // 22: ambit.v1alpha1.Namespace.LabelsEntry
-	nil,                    // 23: ambit.v1alpha1.Namespace.AnnotationsEntry
-	nil,                    // 24: ambit.v1alpha1.Workload.LabelsEntry
-	nil,                    // 25: ambit.v1alpha1.Service.LabelsEntry
-	nil,                    // 26: ambit.v1alpha1.Service.SelectorEntry
-	nil,                    // 27: ambit.v1alpha1.AccessPolicy.SelectorEntry
+	(*PolicyTarget)(nil),   // 16: ambit.v1alpha1.PolicyTarget
+	(*PolicySource)(nil),   // 17: ambit.v1alpha1.PolicySource
+	(*TrustBundle)(nil),    // 18: ambit.v1alpha1.TrustBundle
+	(*Waypoint)(nil),       // 19: ambit.v1alpha1.Waypoint
+	(*TrafficPolicy)(nil),  // 20: ambit.v1alpha1.TrafficPolicy
+	(*Route)(nil),          // 21: ambit.v1alpha1.Route
+	nil,                    // 22: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	nil,                    // 23: ambit.v1alpha1.Namespace.LabelsEntry
+	nil,                    // 24: ambit.v1alpha1.Namespace.AnnotationsEntry
+	nil,                    // 25: ambit.v1alpha1.Workload.LabelsEntry
+	nil,                    // 26: ambit.v1alpha1.Service.LabelsEntry
+	nil,                    // 27: ambit.v1alpha1.Service.SelectorEntry
+	nil,                    // 28: ambit.v1alpha1.AccessPolicy.SelectorEntry
 }
 var file_config_proto_depIdxs = []int32{
 	0,  // 0: ambit.v1alpha1.ProxyInfo.kind:type_name -> ambit.v1alpha1.ProxyKind
@@ -1907,30 +1998,31 @@ var file_config_proto_depIdxs = []int32{
 	10, // 8: ambit.v1alpha1.Resource.workload:type_name -> ambit.v1alpha1.Workload
 	12, // 9: ambit.v1alpha1.Resource.service:type_name -> ambit.v1alpha1.Service
 	14, // 10: ambit.v1alpha1.Resource.access_policy:type_name -> ambit.v1alpha1.AccessPolicy
-	17, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
-	18, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
-	19, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
-	20, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
-	20, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
-	21, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	22, // 17: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	23, // 18: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	24, // 19: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	18, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
+	19, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
+	20, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
+	21, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
+	21, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
+	22, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	23, // 17: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	24, // 18: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	25, // 19: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
 	11, // 20: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	25, // 21: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	26, // 22: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	26, // 21: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	27, // 22: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
 	13, // 23: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	27, // 24: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	28, // 24: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
 	2,  // 25: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
 	15, // 26: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	16, // 27: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
-	4,  // 28: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	5,  // 29: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	29, // [29:30] is the sub-list for method output_type
-	28, // [28:29] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	17, // 27: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	16, // 28: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
+	4,  // 29: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	5,  // 30: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	30, // [30:31] is the sub-list for method output_type
+	29, // [29:30] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -1956,7 +2048,7 @@ func file_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -169,6 +169,16 @@ func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
 			}
 			rule.Ports = append(rule.Ports, uint16(port))
 		}
+		for _, t := range r.To {
+			tg := policy.Target{Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts}
+			for _, port := range t.Ports {
+				if port == 0 || port > 65535 {
+					return p, fmt.Errorf("port %d out of range 1-65535", port)
+				}
+				tg.Ports = append(tg.Ports, uint16(port))
+			}
+			rule.To = append(rule.To, tg)
+		}
 		for _, src := range r.From {
 			s := policy.Source{Principals: src.Principals, Namespaces: src.Namespaces, ServiceAccounts: src.ServiceAccounts}
 			for _, b := range src.IpBlocks {

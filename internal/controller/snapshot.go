@@ -477,6 +477,13 @@ func policyToPB(p policy.Policy) *pb.AccessPolicy {
 		for _, port := range r.Ports {
 			rule.Ports = append(rule.Ports, uint32(port))
 		}
+		for _, t := range r.To {
+			pt := &pb.PolicyTarget{Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts}
+			for _, port := range t.Ports {
+				pt.Ports = append(pt.Ports, uint32(port))
+			}
+			rule.To = append(rule.To, pt)
+		}
 		for _, src := range r.From {
 			ps := &pb.PolicySource{Principals: src.Principals, Namespaces: src.Namespaces, ServiceAccounts: src.ServiceAccounts}
 			for _, b := range src.IPBlocks {

@@ -326,16 +326,25 @@ func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (po
 			}
 			rule.From = append(rule.From, src)
 		}
+		var targets []policy.Target
 		for ti, t := range r.To {
+			tg := policy.Target{Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts}
 			for _, port := range t.Ports {
 				if port < 1 || port > 65535 {
 					return p, fieldErr(fmt.Sprintf("spec.rules[%d].to[%d].ports", ri, ti), "AccessPolicy %s rule %d: port %d out of range 1-65535", p.Key(), ri, port)
 				}
 				rule.Ports = append(rule.Ports, uint16(port))
+				tg.Ports = append(tg.Ports, uint16(port))
 			}
 			if len(t.Methods)+len(t.Paths)+len(t.Hosts) > 0 {
 				rule.L7 = true
 			}
+			targets = append(targets, tg)
+		}
+		if rule.L7 {
+			// The waypoint checks these; a node proxy fails closed on
+			// the rule (L7) and reads only the merged Ports.
+			rule.To = targets
 		}
 		p.Rules = append(p.Rules, rule)
 	}

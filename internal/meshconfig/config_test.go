@@ -2,6 +2,7 @@ package meshconfig
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -95,6 +96,11 @@ func TestParseSample(t *testing.T) {
 	}
 	if got := c.Policies[0].Rules[0].From[0].IPBlocks; len(got) != 2 || got[1].String() != "10.1.1.1/32" {
 		t.Errorf("ipBlocks: %v", got)
+	}
+	// The HTTP attributes travel for the waypoint; an L4-only rule keeps
+	// no targets.
+	if r := c.Policies[0].Rules; r[0].To != nil || len(r[1].To) != 1 || !slices.Equal(r[1].To[0].Paths, []string{"/admin"}) {
+		t.Errorf("rule targets: %+v / %+v", r[0].To, r[1].To)
 	}
 	if !c.NodeHasIdentity("node-1", s1.Identity) || c.NodeHasIdentity("node-2", c.Workload("legacy/outside-1").Identity) == false {
 		t.Error("node identities")

@@ -47,6 +47,21 @@ type Rule struct {
 	Ports []uint16
 	// L7 reports that the rule also names HTTP attributes.
 	L7 bool
+	// To holds the rule's "to" entries as written (ports and HTTP
+	// attributes together), for the waypoint, which checks each entry
+	// whole. It is set when L7 is; the evaluation here reads only Ports
+	// and L7.
+	To []Target
+}
+
+// Target is one "to" entry of a rule: it matches when every non-empty
+// field matches. Methods, paths and hosts are HTTP attributes
+// (internal/l7/authz says how they match).
+type Target struct {
+	Ports   []uint16
+	Methods []string
+	Paths   []string
+	Hosts   []string
 }
 
 // Source matches when every non-empty field matches.

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
@@ -231,7 +232,29 @@ func TestFromSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewSet([]Policy{p})
+	// The configuration's model (what the control API carries to the
+	// waypoint) keeps the same targets, so FromL4 decides the same.
+	l4, err := meshconfig.AccessPolicyFromSpec("demo", "web-read", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromModel := FromL4(l4); fromModel.Rules[0].UnknownL7 || len(fromModel.Rules[0].To) != 2 {
+		t.Fatalf("FromL4 lost the targets: %+v", fromModel.Rules)
+	}
+	for _, s := range []*Set{NewSet([]Policy{p}), NewSet([]Policy{FromL4(l4)})} {
+		checkWebRead(t, s)
+	}
+	// Same validation as the model.
+	if _, err := FromSpec("demo", "bad", crd.AccessPolicySpec{Action: "MAYBE"}); err == nil {
+		t.Error("bad action accepted")
+	}
+	if _, err := FromSpec("demo", "bad", crd.AccessPolicySpec{Action: "DENY", Rules: []crd.AccessRule{{From: []crd.AccessSource{{IPBlocks: []crd.IPBlock{"nope"}}}}}}); err == nil {
+		t.Error("bad ipBlock accepted")
+	}
+}
+
+func checkWebRead(t *testing.T, s *Set) {
+	t.Helper()
 	for _, tc := range []struct {
 		req     Request
 		allowed bool
@@ -249,13 +272,6 @@ func TestFromSpec(t *testing.T) {
 		if d := s.Evaluate(&tc.req); d.Allowed != tc.allowed {
 			t.Errorf("%s %s%s port %d from %s: %+v, want allowed=%v", tc.req.Method, tc.req.Host, tc.req.Path, tc.req.Destination.Port, tc.req.Source, d, tc.allowed)
 		}
-	}
-	// Same validation as the model.
-	if _, err := FromSpec("demo", "bad", crd.AccessPolicySpec{Action: "MAYBE"}); err == nil {
-		t.Error("bad action accepted")
-	}
-	if _, err := FromSpec("demo", "bad", crd.AccessPolicySpec{Action: "DENY", Rules: []crd.AccessRule{{From: []crd.AccessSource{{IPBlocks: []crd.IPBlock{"nope"}}}}}}); err == nil {
-		t.Error("bad ipBlock accepted")
 	}
 }
 

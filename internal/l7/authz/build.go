@@ -31,18 +31,29 @@ func FromSpec(namespace, name string, spec crd.AccessPolicySpec) (Policy, error)
 	return p, nil
 }
 
-// FromL4 converts the L4 model (meshconfig.Config.Policies, what the
-// control API carries today). That model keeps only a flag for rules with
-// HTTP attributes, not the attributes, and merges the ports of all of a
-// rule's "to" entries; such rules fail closed here as they do at L4 (a
-// DENY matches, an ALLOW does not). Rules without HTTP attributes mean
-// exactly what they mean at L4.
+// FromL4 converts the configuration's model (meshconfig.Config.Policies,
+// what the control API carries). A rule with HTTP attributes carries its
+// "to" entries whole (policy.Rule.To), and they are checked here. A rule
+// flagged L7 without them (a model from an older controller, which kept
+// only the flag and merged the ports of all "to" entries) fails closed as
+// at L4: a DENY matches, an ALLOW does not. Rules without HTTP attributes
+// mean exactly what they mean at L4.
 func FromL4(p policy.Policy) Policy {
 	out := Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: p.Action, DryRun: p.DryRun}
 	for _, r := range p.Rules {
-		rule := Rule{From: r.From, UnknownL7: r.L7}
-		if len(r.Ports) > 0 {
-			rule.To = []Target{{Ports: r.Ports}}
+		rule := Rule{From: r.From}
+		switch {
+		case r.L7 && len(r.To) > 0:
+			for _, t := range r.To {
+				rule.To = append(rule.To, Target{Ports: t.Ports, Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts})
+			}
+		case r.L7:
+			rule.UnknownL7 = true
+			fallthrough
+		default:
+			if len(r.Ports) > 0 {
+				rule.To = []Target{{Ports: r.Ports}}
+			}
 		}
 		out.Rules = append(out.Rules, rule)
 	}
