@@ -198,6 +198,44 @@ type Call interface {
 	End(o Outcome)
 }
 
+// UpstreamConns is implemented by a Call whose backend caps its upstream
+// connections (circuit breaking). Before the engine dials for the call's
+// request it asks OpenConn: an error refuses the dial and fails the
+// attempt with ErrOverflow (the error's Response, when it has one, answers
+// the request); a non-nil UpstreamConn is closed with the connection. With
+// CountsRequests true, the engine also reports each request a connection
+// carries (which may be a pooled connection another call opened).
+type UpstreamConns interface {
+	OpenConn() (UpstreamConn, error)
+	CountsRequests() bool
+}
+
+// UpstreamConn is an upstream connection counted against a backend's
+// caps.
+type UpstreamConn interface {
+	// Request counts a request on the connection; last true retires the
+	// connection after it (no further requests).
+	Request() (last bool)
+	// Close gives the connection's place back; the engine calls it once,
+	// when the connection closes.
+	Close()
+}
+
+// Responder is implemented by an error that carries the answer the client
+// gets for it (an Upstream, UpstreamConns or Authorizer error).
+type Responder interface {
+	Response() *DirectResponse
+}
+
+// Tracer is implemented by an Observer that takes part in tracing. The
+// engine calls StartTrace once per HTTP request, before policy and
+// routing, with the request's header: it sets what to forward (a
+// traceparent naming the waypoint's span) and returns a value the engine
+// hands back in RequestInfo.Trace.
+type Tracer interface {
+	StartTrace(h http.Header, start time.Time) any
+}
+
 // Outcome is how an attempt (or a request) ended, as far as the engine
 // knows at response headers.
 type Outcome struct {
@@ -205,8 +243,8 @@ type Outcome struct {
 	Status int
 	// GRPCStatus is the grpc-status of a trailers-only response, else -1.
 	GRPCStatus int
-	// Err is the failure class (ErrConnect, ErrTimeout, ErrReset), nil on
-	// a response.
+	// Err is the failure class (ErrConnect, ErrTimeout, ErrReset,
+	// ErrOverflow, ErrCanceled), nil on a response.
 	Err error
 	// Duration of the attempt.
 	Duration time.Duration
@@ -249,6 +287,11 @@ type RequestInfo struct {
 	// BytesIn is the request body (or, for TCP, client to server) size;
 	// BytesOut the response's (server to client).
 	BytesIn, BytesOut int64
-	// TraceParent is the request's W3C traceparent header, if any.
+	// TraceParent is the request's W3C traceparent header, if any, as the
+	// client sent it.
 	TraceParent string
+	// Trace is what the Observer's StartTrace returned, if it is a Tracer.
+	Trace any
+	// Denial is the Authorizer's error for a denied request.
+	Denial error
 }

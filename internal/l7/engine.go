@@ -312,12 +312,47 @@ func socketPair() (net.Conn, net.Conn, error) {
 	return a, b, nil
 }
 
-// dial opens an upstream connection to addr ("ip:port").
+// dial opens an upstream connection to addr ("ip:port"), counted against
+// the caps of the backend of the request it is opened for (UpstreamConns).
 func (e *Engine) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 	ep, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("endpoint %q is not ip:port", addr)}
 	}
+	if st, ok := ctx.Value(stateKey{}).(*reqState); ok && st.call != nil {
+		if ucs, ok := st.call.(UpstreamConns); ok {
+			uc, err := ucs.OpenConn()
+			if err != nil {
+				return nil, err
+			}
+			if uc != nil {
+				c, err := e.dialEndpoint(ctx, ep)
+				if err != nil {
+					uc.Close()
+					return nil, err
+				}
+				return &countedConn{Conn: c, uc: uc}, nil
+			}
+		}
+	}
+	return e.dialEndpoint(ctx, ep)
+}
+
+// countedConn gives its place back to the backend's connection cap when
+// it closes.
+type countedConn struct {
+	net.Conn
+	uc   UpstreamConn
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.uc.Close)
+	return err
+}
+
+func (e *Engine) dialEndpoint(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.opts.ConnectTimeout)
 	defer cancel()
 	c, err := e.opts.Upstream.DialContext(ctx, ep)

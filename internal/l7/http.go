@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"strconv"
@@ -31,6 +32,11 @@ var (
 	ErrTimeout = errors.New("upstream timed out")
 	// ErrReset: the upstream connection failed before a response.
 	ErrReset = errors.New("upstream reset before response")
+	// ErrOverflow: a circuit breaker refused the upstream connection
+	// (UpstreamConns); never counted against the endpoint.
+	ErrOverflow = errors.New("upstream overflow")
+	// ErrCanceled: the client went away during the attempt.
+	ErrCanceled = errors.New("client canceled")
 )
 
 // Values of the x-ambit-error header (and RequestInfo.Error).
@@ -174,9 +180,19 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = st.in
 	}
 
+	if t, ok := e.opts.Observer.(Tracer); ok {
+		ri.Trace = t.StartTrace(r.Header, ri.Start)
+	}
 	if a := e.opts.Authorizer; a != nil {
 		if err := a.Authorize(r, h.info, dst); err != nil {
-			e.answer(rec, st, &DirectResponse{Status: http.StatusForbidden, Body: "denied by access policy: " + err.Error(), Reason: ReasonDenied})
+			ri.Denial = err
+			d := &DirectResponse{Status: http.StatusForbidden, Body: "denied by access policy: " + err.Error()}
+			var rs Responder
+			if errors.As(err, &rs) {
+				d = rs.Response()
+			}
+			d.Reason = ReasonDenied
+			e.answer(rec, st, d)
 			return
 		}
 	}
@@ -374,6 +390,7 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 	st := out.Context().Value(stateKey{}).(*reqState)
 	tr := t.e.transport(st.ri.Conn, st.h2)
 	reqCtx := out.Context()
+	var a *http.Request
 	for {
 		ep, ok := st.call.Pick(st.tried)
 		if !ok {
@@ -387,7 +404,10 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 		if st.perTry > 0 && !isUpgrade(out) {
 			ctx, cancel = context.WithTimeout(reqCtx, st.perTry)
 		}
-		a := out.WithContext(ctx)
+		if uc, ok := st.call.(UpstreamConns); ok && uc.CountsRequests() {
+			ctx = httptrace.WithClientTrace(ctx, countRequest(&a))
+		}
+		a = out.WithContext(ctx)
 		u := *out.URL
 		u.Host = ep.String()
 		a.URL = &u
@@ -432,7 +452,7 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 			if reqCtx.Err() == context.Canceled {
 				return nil, err // the client is gone
 			}
-			return nil, fmt.Errorf("%w: %v", o.Err, err)
+			return nil, fmt.Errorf("%w: %w", o.Err, err)
 		}
 		if res.StatusCode == http.StatusSwitchingProtocols {
 			cancel() // a no-op: upgrades get no per-try deadline
@@ -441,6 +461,16 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 		res.Body = &cancelBody{ReadCloser: res.Body, cancel: cancel}
 		return res, nil
 	}
+}
+
+// countRequest reports each request to the counted connection that
+// carries it; the connection's last request closes it after the response.
+func countRequest(a **http.Request) *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if c, ok := info.Conn.(*countedConn); ok && c.uc.Request() {
+			(*a).Close = true
+		}
+	}}
 }
 
 // outcomeOf classifies an attempt.
@@ -457,8 +487,12 @@ func outcomeOf(res *http.Response, err error, ctx context.Context) Outcome {
 	}
 	var de *dialError
 	switch {
+	case errors.Is(err, ErrOverflow):
+		o.Err = ErrOverflow
 	case errors.As(err, &de):
 		o.Err = ErrConnect
+	case errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled:
+		o.Err = ErrCanceled
 	case ctx.Err() == context.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded):
 		o.Err = ErrTimeout
 	default:
@@ -483,7 +517,10 @@ func (b *cancelBody) Close() error {
 func (e *Engine) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := r.Context().Value(stateKey{}).(*reqState)
 	d := &DirectResponse{}
+	var rs Responder
 	switch {
+	case errors.As(err, &rs):
+		d = rs.Response()
 	case errors.Is(err, ErrNoEndpoint):
 		d.Status, d.Reason = http.StatusServiceUnavailable, ReasonNoHealthyUpstream
 		d.Body = "no healthy upstream for " + st.ri.Backend
