@@ -1,15 +1,20 @@
 // Command ambit-bench runs the lab benchmark (`make bench`): the same client
 // and server pods on two lab nodes, talking directly, through Ambit's node
 // proxies with the tunnel over HTTP/2 and over QUIC, and through a pair of
-// nginx stream proxies doing the same mutual-TLS hop. It prints a table
+// nginx stream proxies doing the same mutual-TLS hop; and HTTP/1.1 through a
+// waypoint (client node proxy -> waypoint -> server node proxy) beside
+// nginx as an HTTP reverse proxy doing the same hop (modes waypoint,
+// nginx-http: latency at a fixed rate, most requests per second per proxy
+// core). It prints a table
 // (metrics by mode) and writes it as JSON. Run it as root; it builds its own
 // labs and removes them, also on Ctrl-C.
 //
-//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx] [-duration 8s] [-o bench/out/bench.json]
+//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx,waypoint,nginx-http] [-duration 8s] [-o bench/out/bench.json]
 //
 // The same binary is what the harness runs inside the pods:
 //
 //	ambit-bench rr-server ADDR
+//	ambit-bench http-server ADDR
 //	ambit-bench rr-client [flags] ADDR
 //	ambit-bench probe [-timeout D] ADDR
 package main
@@ -100,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.IntVar(&cfg.Rate, "rate", 1000, "request/response: requests per second in total")
 	fs.IntVar(&cfg.Conns, "conns", 4, "request/response: persistent connections")
 	size := fs.Int("size", 1024, "request/response: request and response bytes")
+	fs.IntVar(&cfg.MaxConns, "max-conns", 8, "L7 modes: connections sending HTTP requests back to back for the most requests per second")
 	fs.IntVar(&cfg.ConnectWorkers, "connect-workers", 4, "connection rate: workers that connect, send one request and wait for the close, in a loop")
 	fs.StringVar(&cfg.NodeProxy, "nodeproxy", "", "nodeproxy binary for the mesh modes (default: next to this binary)")
 	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies' GOMAXPROCS (auto: one per CPU of the machine for both)")
@@ -114,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 		return cfg, "", false, 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "ambit-bench: unexpected argument %q (subcommands are rr-server, rr-client, probe)\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "ambit-bench: unexpected argument %q (subcommands are rr-server, http-server, rr-client, probe)\n", fs.Arg(0))
 		return cfg, "", false, 2
 	}
 	var err error
@@ -122,8 +128,8 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 		fmt.Fprintf(stderr, "ambit-bench: -modes: %v\n", err)
 		return cfg, "", false, 2
 	}
-	if cfg.Duration < time.Second || cfg.Streams < 1 || cfg.Rate < 1 || cfg.Conns < 1 || *size < 1 || cfg.ConnectWorkers < 1 {
-		fmt.Fprintln(stderr, "ambit-bench: -duration must be at least 1s; -size, -streams, -rate, -conns, -connect-workers at least 1")
+	if cfg.Duration < time.Second || cfg.Streams < 1 || cfg.Rate < 1 || cfg.Conns < 1 || *size < 1 || cfg.ConnectWorkers < 1 || cfg.MaxConns < 1 {
+		fmt.Fprintln(stderr, "ambit-bench: -duration must be at least 1s; -size, -streams, -rate, -conns, -connect-workers, -max-conns at least 1")
 		return cfg, "", false, 2
 	}
 	cfg.ReqSize, cfg.RespSize = *size, *size

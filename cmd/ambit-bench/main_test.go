@@ -29,6 +29,7 @@ func TestUsageAndFlags(t *testing.T) {
 		{[]string{"-modes", ""}, 2, "no modes given"},
 		{[]string{"-duration", "100ms"}, 2, "-duration must be at least 1s"},
 		{[]string{"-size", "0"}, 2, "at least 1"},
+		{[]string{"-max-conns", "0"}, 2, "-max-conns at least 1"},
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"rr-client"}, 2, "exactly one ADDR"},
 		{[]string{"rr-server", "a", "b"}, 2, "exactly one ADDR"},

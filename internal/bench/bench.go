@@ -66,6 +66,9 @@ type Config struct {
 	RespSize int
 	// ConnectWorkers open connections in a loop for the connection rate.
 	ConnectWorkers int
+	// MaxConns connections send HTTP requests back to back for the L7
+	// modes' most requests per second.
+	MaxConns int
 	// NodeProxy is the nodeproxy binary for the mesh modes.
 	NodeProxy string
 	// Helper is the command that runs HelperMain: the ambit-bench binary
@@ -111,6 +114,7 @@ func (c *Config) defaults() {
 	setInt(&c.ReqSize, 1024)
 	setInt(&c.RespSize, 1024)
 	setInt(&c.ConnectWorkers, 4)
+	setInt(&c.MaxConns, 8)
 	if c.ProxyCPUs == "" {
 		c.ProxyCPUs = "auto"
 	}
@@ -178,7 +182,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Started: h.t0.UTC(),
 		Settings: Settings{
 			Duration: cfg.Duration.String(), Omit: cfg.Omit.String(), Streams: cfg.Streams, Rate: cfg.Rate,
-			Conns: cfg.Conns, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize, ConnectWorkers: cfg.ConnectWorkers,
+			Conns: cfg.Conns, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize, ConnectWorkers: cfg.ConnectWorkers, MaxConns: cfg.MaxConns,
 			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy,
 		},
 	}
@@ -201,18 +205,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	var plain []string
 	for _, m := range cfg.Modes {
-		if m == ModeDirect || m == ModeNginx {
+		if m == ModeDirect || m == ModeNginx || m == ModeNginxHTTP {
 			plain = append(plain, m)
 		}
 	}
-	if slices.Contains(plain, ModeNginx) {
+	if slices.Contains(plain, ModeNginx) || slices.Contains(plain, ModeNginxHTTP) {
 		if h.cfg.Nginx, err = findTool(cfg.Nginx, "nginx", "nginx (with the stream module: Debian nginx and libnginx-mod-stream)"); err == nil {
 			h.nginx, err = nginxInspect(h.cfg.Nginx)
 			rep.Host.Nginx = h.nginx.Version
 		}
 		if err != nil {
-			failAll([]string{ModeNginx}, err)
-			plain = slices.DeleteFunc(plain, func(m string) bool { return m == ModeNginx })
+			failAll([]string{ModeNginx, ModeNginxHTTP}, err)
+			plain = slices.DeleteFunc(plain, func(m string) bool { return m == ModeNginx || m == ModeNginxHTTP })
 		}
 	}
 	if len(plain) > 0 && ctx.Err() == nil {
@@ -229,7 +233,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	for _, m := range cfg.Modes {
-		if !isMesh(m) || ctx.Err() != nil {
+		if (!isMesh(m) && m != ModeWaypoint) || ctx.Err() != nil {
 			continue
 		}
 		if _, err := os.Stat(cfg.NodeProxy); cfg.NodeProxy == "" || err != nil {
@@ -467,6 +471,9 @@ func meshProxies(l *lab.Lab) (*proxySet, error) {
 
 // runMode measures one mode in l.
 func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res ModeResult) {
+	if isHTTPMode(mode) {
+		return h.runHTTPMode(ctx, l, mode)
+	}
 	res.Mode = mode
 	ns := NamespacePlain
 	if isMesh(mode) {
@@ -717,31 +724,38 @@ func (h *harness) udpOut(l *lab.Lab, pod string) (int64, error) {
 	return total, nil
 }
 
-// startNginxPair runs the nginx peer: nginx on the client's node listens on
-// the node's pod gateway address and proxies with mutual TLS to nginx on
-// the server's node (its underlay address), which proxies to the server
-// pod. It returns the address the client dials.
-func (h *harness) startNginxPair(ctx context.Context, l *lab.Lab, server lab.PodInfo) (netip.Addr, *proxySet, func(), error) {
-	n1, ok1 := l.Node(NodeClient)
-	n2, ok2 := l.Node(NodeServer)
-	if !ok1 || !ok2 {
-		return netip.Addr{}, nil, nil, errors.New("the lab lacks node-1 or node-2")
-	}
+// nginxInstance is one nginx the harness runs on a node, as a
+// host-network pod would run: its certificate names sa (SPIFFE
+// .../sa/<sa> and the DNS name nginxName(sa)).
+type nginxInstance struct {
+	node   string
+	sa     string
+	role   string
+	config func(dir string) string
+	ports  []uint16
+}
+
+func nginxName(sa string) string { return sa + ".bench.ambit" }
+
+// startNginxes writes each instance's certificates (from the lab CA) and
+// configuration into a directory of its own and starts it; it returns the
+// processes and a function that stops them all.
+func (h *harness) startNginxes(ctx context.Context, l *lab.Lab, instances []nginxInstance) (*proxySet, func(), error) {
 	td, err := spiffeid.TrustDomainFromString(l.TrustDomain())
 	if err != nil {
-		return netip.Addr{}, nil, nil, err
+		return nil, nil, err
 	}
 	ca, err := identity.LoadCA(td, l.CACertPath(), l.CAKeyPath(), nil)
 	if err != nil {
-		return netip.Addr{}, nil, nil, err
+		return nil, nil, err
 	}
 	caPEM, err := os.ReadFile(l.CACertPath())
 	if err != nil {
-		return netip.Addr{}, nil, nil, err
+		return nil, nil, err
 	}
 	dir, err := os.MkdirTemp(h.cfg.StateRoot, "ambit-bench-nginx-")
 	if err != nil {
-		return netip.Addr{}, nil, nil, err
+		return nil, nil, err
 	}
 	var procs []*nginxProc
 	stop := func() {
@@ -752,59 +766,81 @@ func (h *harness) startNginxPair(ctx context.Context, l *lab.Lab, server lab.Pod
 			h.logf("nginx: remove %s: %v", dir, err)
 		}
 	}
-	name := func(node string) string { return "nginx-" + node + ".bench.ambit" }
-	hp := func(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }
-	sides := []struct {
-		node  string
-		side  NginxSide
-		ports []uint16
-	}{
-		{NodeServer, NginxSide{Routes: []NginxRoute{
-			{Listen: hp(n2.IPv4, portTLSIperf), ProxyPass: hp(server.IPv4, PortIperf)},
-			{Listen: hp(n2.IPv4, portTLSRR), ProxyPass: hp(server.IPv4, PortRR)},
-		}}, []uint16{portTLSIperf, portTLSRR}},
-		{NodeClient, NginxSide{TLSOut: true, PeerName: name(NodeServer), Routes: []NginxRoute{
-			{Listen: hp(n1.Gateway4, PortIperf), ProxyPass: hp(n2.IPv4, portTLSIperf)},
-			{Listen: hp(n1.Gateway4, PortRR), ProxyPass: hp(n2.IPv4, portTLSRR)},
-		}}, []uint16{PortIperf, PortRR}},
-	}
 	var roots []ProxyProcess
-	for _, s := range sides {
-		sdir := filepath.Join(dir, s.node)
+	for _, in := range instances {
+		sdir := filepath.Join(dir, in.sa)
 		if err := os.Mkdir(sdir, 0o700); err != nil {
 			stop()
-			return netip.Addr{}, nil, nil, err
+			return nil, nil, err
 		}
-		id, err := spiffeid.FromSegments(td, "ns", NamespacePlain, "sa", "nginx-"+s.node)
+		id, err := spiffeid.FromSegments(td, "ns", NamespacePlain, "sa", in.sa)
 		if err != nil {
 			stop()
-			return netip.Addr{}, nil, nil, err
+			return nil, nil, err
 		}
-		certPEM, keyPEM, err := issueCert(ca, id, name(s.node))
+		certPEM, keyPEM, err := issueCert(ca, id, nginxName(in.sa))
 		if err != nil {
 			stop()
-			return netip.Addr{}, nil, nil, err
+			return nil, nil, err
 		}
-		s.side.Dir, s.side.LoadModule, s.side.Workers = sdir, h.nginx.LoadModule, h.cfg.ProxyCPUs
-		for file, data := range map[string][]byte{"cert.pem": certPEM, "key.pem": keyPEM, "ca.pem": caPEM, "nginx.conf": []byte(s.side.Config())} {
+		for file, data := range map[string][]byte{"cert.pem": certPEM, "key.pem": keyPEM, "ca.pem": caPEM, "nginx.conf": []byte(in.config(sdir))} {
 			if err := os.WriteFile(filepath.Join(sdir, file), data, 0o600); err != nil {
 				stop()
-				return netip.Addr{}, nil, nil, err
+				return nil, nil, err
 			}
 		}
-		h.logf("nginx: starting on %s", s.node)
-		p, err := startNginx(l, h.cfg.Nginx, s.node, sdir)
+		h.logf("nginx: starting %s on %s", in.sa, in.node)
+		p, err := startNginx(l, h.cfg.Nginx, in.node, sdir)
 		if err != nil {
 			stop()
-			return netip.Addr{}, nil, nil, err
+			return nil, nil, err
 		}
 		procs = append(procs, p)
 		why := func() string { return "error log: " + p.errorLog() }
-		if err := waitListening(ctx, "nginx on "+s.node, p.cmd.Process.Pid, p.done, why, s.ports...); err != nil {
+		if err := waitListening(ctx, "nginx "+in.sa+" on "+in.node, p.cmd.Process.Pid, p.done, why, in.ports...); err != nil {
 			stop()
-			return netip.Addr{}, nil, nil, err
+			return nil, nil, err
 		}
-		roots = append(roots, ProxyProcess{PID: p.cmd.Process.Pid, Role: "nginx", Node: s.node})
+		role := in.role
+		if role == "" {
+			role = "nginx"
+		}
+		roots = append(roots, ProxyProcess{PID: p.cmd.Process.Pid, Role: role, Node: in.node})
 	}
-	return n1.Gateway4, newProxySet(roots), stop, nil
+	return newProxySet(roots), stop, nil
+}
+
+func hostPort(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }
+
+// startNginxPair runs the nginx peer: nginx on the client's node listens on
+// the node's pod gateway address and proxies with mutual TLS to nginx on
+// the server's node (its underlay address), which proxies to the server
+// pod. It returns the address the client dials.
+func (h *harness) startNginxPair(ctx context.Context, l *lab.Lab, server lab.PodInfo) (netip.Addr, *proxySet, func(), error) {
+	n1, ok1 := l.Node(NodeClient)
+	n2, ok2 := l.Node(NodeServer)
+	if !ok1 || !ok2 {
+		return netip.Addr{}, nil, nil, errors.New("the lab lacks node-1 or node-2")
+	}
+	hp := hostPort
+	side := func(s NginxSide) func(string) string {
+		return func(dir string) string {
+			s.Dir, s.LoadModule, s.Workers = dir, h.nginx.LoadModule, h.cfg.ProxyCPUs
+			return s.Config()
+		}
+	}
+	set, stop, err := h.startNginxes(ctx, l, []nginxInstance{
+		{node: NodeServer, sa: "nginx-" + NodeServer, config: side(NginxSide{Routes: []NginxRoute{
+			{Listen: hp(n2.IPv4, portTLSIperf), ProxyPass: hp(server.IPv4, PortIperf)},
+			{Listen: hp(n2.IPv4, portTLSRR), ProxyPass: hp(server.IPv4, PortRR)},
+		}}), ports: []uint16{portTLSIperf, portTLSRR}},
+		{node: NodeClient, sa: "nginx-" + NodeClient, config: side(NginxSide{TLSOut: true, PeerName: nginxName("nginx-" + NodeServer), Routes: []NginxRoute{
+			{Listen: hp(n1.Gateway4, PortIperf), ProxyPass: hp(n2.IPv4, portTLSIperf)},
+			{Listen: hp(n1.Gateway4, PortRR), ProxyPass: hp(n2.IPv4, portTLSRR)},
+		}}), ports: []uint16{PortIperf, PortRR}},
+	})
+	if err != nil {
+		return netip.Addr{}, nil, nil, err
+	}
+	return n1.Gateway4, set, stop, nil
 }

@@ -137,3 +137,62 @@ func TestPrivilegedUDPCounter(t *testing.T) {
 		t.Errorf("UDP datagrams out: %d -> %d, want +5", before, after)
 	}
 }
+
+// TestPrivilegedL7 runs the L7 modes end to end with short measurements:
+// HTTP through a lab waypoint and through the nginx http path, each with
+// its direct baseline, latency and closed-loop runs, and the proxies'
+// CPU, the waypoint's included.
+func TestPrivilegedL7(t *testing.T) {
+	privtest.Require(t)
+	modes := []string{ModeWaypoint}
+	if _, err := exec.LookPath("nginx"); err == nil {
+		modes = append(modes, ModeNginxHTTP)
+	} else if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		modes = append(modes, ModeNginxHTTP)
+	}
+	nodeProxy := labtest.BuildNodeProxy(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	defer cancel()
+	rep, err := Run(ctx, Config{
+		Modes: modes, Duration: time.Second, Warmup: 200 * time.Millisecond, Rate: 100, Conns: 2, MaxConns: 2,
+		NodeProxy: nodeProxy, ProxyCPUs: "1",
+		Helper: []string{self}, HelperEnv: []string{helperEnv + "=1"}, StateRoot: root,
+		Logger: slog.New(slog.NewTextHandler(testLog{t}, nil)), Progress: testLog{t},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table strings.Builder
+	_ = rep.WriteTable(&table)
+	t.Log("\n" + table.String())
+	for _, mode := range modes {
+		m, ok := rep.Mode(mode)
+		if !ok || m.Error != "" || len(m.Failures) > 0 || m.HTTP == nil {
+			t.Errorf("%s: error %q, failures %v", mode, m.Error, m.Failures)
+			continue
+		}
+		h := m.HTTP
+		if h.Direct == nil || h.Latency == nil || h.Latency.Count < 50 || h.Latency.Errors > 0 || !h.Latency.HTTP {
+			t.Errorf("%s: latency runs %+v, %+v", mode, h.Direct, h.Latency)
+		}
+		if h.Max == nil || h.Max.Kind != "max" || h.Max.Count == 0 || h.RequestsPerCore <= 0 {
+			t.Errorf("%s: max run %+v, %v req/s per core", mode, h.Max, h.RequestsPerCore)
+		}
+		if len(h.CPUByProxy) != 3 || m.Proxy == nil || len(m.Proxy.Processes) < 3 {
+			t.Errorf("%s: proxies %v, %+v", mode, h.CPUByProxy, m.Proxy)
+		}
+		for _, n := range m.Notes {
+			if strings.Contains(n, "is the traffic going through") {
+				t.Errorf("%s: %s", mode, n)
+			}
+		}
+	}
+	if ents, _ := os.ReadDir(root); len(ents) != 0 {
+		t.Errorf("left in the state root: %v", ents)
+	}
+}

@@ -239,7 +239,7 @@ func TestRRLoopback(t *testing.T) {
 	if c.Kind != "connect" || c.Errors != 0 || c.Count < 10 || c.PerSecond <= 0 {
 		t.Errorf("connect run: %+v", c)
 	}
-	if n, err := Probe(ctx, ln.Addr().String(), time.Second); err != nil || n != 1 {
+	if n, err := Probe(ctx, ln.Addr().String(), time.Second, false); err != nil || n != 1 {
 		t.Errorf("Probe = %d, %v", n, err)
 	}
 	if d, err := CloseCheck(ctx, ln.Addr().String(), time.Second); err != nil || d > time.Second {
@@ -270,7 +270,7 @@ func TestRRLoopback(t *testing.T) {
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := dead.Addr().String()
 	dead.Close()
-	if _, err := Probe(ctx, addr, 300*time.Millisecond); err == nil {
+	if _, err := Probe(ctx, addr, 300*time.Millisecond, false); err == nil {
 		t.Error("Probe of a closed port succeeded")
 	}
 	if r, err := RRRun(ctx, RRConfig{Addr: addr, Conns: 1, Rate: 100, Duration: 200 * time.Millisecond}); err == nil || r.Errors == 0 {
@@ -357,7 +357,10 @@ func TestParseModes(t *testing.T) {
 	if err != nil || strings.Join(got, ",") != "nginx,direct" {
 		t.Errorf("ParseModes = %v, %v", got, err)
 	}
-	for _, bad := range []string{"", "direct,bogus", "direct,direct", " , "} {
+	if got, err := ParseModes("waypoint,nginx-http"); err != nil || strings.Join(got, ",") != "waypoint,nginx-http" {
+		t.Errorf("ParseModes(waypoint,nginx-http) = %v, %v", got, err)
+	}
+	for _, bad := range []string{"", "direct,bogus", "direct,direct", " , ", "waypoint,waypoint"} {
 		if _, err := ParseModes(bad); err == nil {
 			t.Errorf("ParseModes(%q) succeeded", bad)
 		}

@@ -12,8 +12,9 @@ import (
 
 // HelperUsage lists the subcommands HelperMain runs.
 const HelperUsage = `  rr-server ADDR                          answer request/response clients on ADDR
-  rr-client [flags] ADDR                  measure request/response latency or connection rate, print JSON
-  probe [-timeout D] [-close-check D] ADDR
+  http-server ADDR                        answer HTTP/1.1 clients (keep-alive) on ADDR
+  rr-client [flags] ADDR                  measure request/response latency, most requests/s or connection rate, print JSON
+  probe [-http] [-timeout D] [-close-check D] ADDR
                                           wait until one request/response to ADDR works
                                           (exit 3: the server's close did not reach the client)
 `
@@ -24,14 +25,14 @@ const closeFailed = "close check: "
 // IsHelper reports whether name is a subcommand for HelperMain.
 func IsHelper(name string) bool {
 	switch name {
-	case "rr-server", "rr-client", "probe":
+	case "rr-server", "http-server", "rr-client", "probe":
 		return true
 	}
 	return false
 }
 
 // HelperMain runs the programs the harness starts inside lab pods
-// (ambit-bench rr-server|rr-client|probe); args[0] is the subcommand. It
+// (ambit-bench rr-server|http-server|rr-client|probe); args[0] is the subcommand. It
 // returns the exit code.
 func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || !IsHelper(args[0]) {
@@ -44,6 +45,10 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var cfg RRConfig
 	timeout := fs.Duration("timeout", 15*time.Second, "probe: give up after this long")
 	closeCheck := fs.Duration("close-check", 0, "probe: then check that the server's close reaches the client within this long")
+	var probeHTTP bool
+	if name == "probe" {
+		fs.BoolVar(&probeHTTP, "http", false, "an HTTP/1.1 request to an http-server instead of the rr protocol")
+	}
 	if name == "rr-client" {
 		fs.BoolVar(&cfg.Connect, "connect", false, "a new connection per request (connect, request, response, server closes) instead of persistent connections at a fixed rate")
 		fs.IntVar(&cfg.Conns, "conns", 4, "persistent connections (or, with -connect, workers)")
@@ -53,6 +58,8 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fs.DurationVar(&cfg.Duration, "duration", 5*time.Second, "measured time")
 		fs.DurationVar(&cfg.Warmup, "warmup", 500*time.Millisecond, "unmeasured time before it")
 		fs.DurationVar(&cfg.Timeout, "io-timeout", 2*time.Second, "timeout for a dial and for a request")
+		fs.BoolVar(&cfg.Max, "max", false, "persistent connections sending back to back (closed loop), for the most requests per second, instead of a fixed rate")
+		fs.BoolVar(&cfg.HTTP, "http", false, "HTTP/1.1 POSTs to an http-server instead of the rr protocol")
 		fs.BoolVar(&cfg.WaitClose, "wait-close", false, "with -connect: wait for the server to close after the response")
 	}
 	if err := fs.Parse(args[1:]); err != nil {
@@ -64,10 +71,10 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	addr := fs.Arg(0)
 	switch name {
-	case "rr-server":
+	case "rr-server", "http-server":
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			fmt.Fprintf(stderr, "ambit-bench rr-server: %v\n", err)
+			fmt.Fprintf(stderr, "ambit-bench %s: %v\n", name, err)
 			return 1
 		}
 		go func() {
@@ -75,8 +82,12 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			ln.Close()
 		}()
 		fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
-		if err := RRServe(ln); err != nil {
-			fmt.Fprintf(stderr, "ambit-bench rr-server: %v\n", err)
+		serve := RRServe
+		if name == "http-server" {
+			serve = HTTPServe
+		}
+		if err := serve(ln); err != nil {
+			fmt.Fprintf(stderr, "ambit-bench %s: %v\n", name, err)
 			return 1
 		}
 		return 0
@@ -96,7 +107,7 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		return 0
 	default: // probe
-		n, err := Probe(ctx, addr, *timeout)
+		n, err := Probe(ctx, addr, *timeout, probeHTTP)
 		if err != nil {
 			fmt.Fprintf(stderr, "ambit-bench probe: %v\n", err)
 			return 1

@@ -156,6 +156,80 @@ func (s NginxSide) Config() string {
 	return b.String()
 }
 
+// NginxHTTP is the nginx in the middle of the nginx-http path, in the
+// place of the waypoint: an HTTP/1.1 reverse proxy that terminates mutual
+// TLS from the client side's stream proxy (a client certificate from the
+// lab CA required) and sends each request on to the server side over a
+// pool of keep-alive mutual-TLS connections (the server's name checked),
+// as the waypoint does over its pooled tunnel connections. No access log,
+// as the waypoint's access log is off by default.
+type NginxHTTP struct {
+	Dir        string
+	LoadModule string
+	Workers    string
+	Listen     string // ip:port, TLS
+	Upstream   string // ip:port of the server side, TLS
+	PeerName   string // the name the server side's certificate must carry
+	// Keepalive is the idle upstream connections each worker keeps.
+	Keepalive int
+}
+
+// Config renders its nginx.conf; certificates as for NginxSide.
+func (s NginxHTTP) Config() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	f := func(name string) string { return filepath.Join(s.Dir, name) }
+	keepalive := s.Keepalive
+	if keepalive <= 0 {
+		keepalive = 64
+	}
+	p("daemon off;")
+	p("master_process on;")
+	p("worker_processes %s;", s.Workers)
+	p("pid %s;", f("nginx.pid"))
+	p("error_log %s warn;", f("error.log"))
+	p("events { worker_connections 4096; }")
+	p("http {")
+	p("    access_log off;")
+	for _, t := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		p("    %s_temp_path %s;", t, f(t+"_temp"))
+	}
+	p("    keepalive_requests 1000000;")
+	p("    keepalive_timeout 300s;")
+	p("    client_body_buffer_size 64k;")
+	p("    upstream server {")
+	p("        server %s;", s.Upstream)
+	p("        keepalive %d;", keepalive)
+	p("        keepalive_requests 1000000;")
+	p("        keepalive_timeout 300s;")
+	p("    }")
+	p("    server {")
+	p("        listen %s ssl;", s.Listen)
+	p("        ssl_protocols TLSv1.3;")
+	p("        ssl_certificate %s;", f("cert.pem"))
+	p("        ssl_certificate_key %s;", f("key.pem"))
+	p("        ssl_client_certificate %s;", f("ca.pem"))
+	p("        ssl_verify_client on;")
+	p("        ssl_verify_depth 2;")
+	p("        location / {")
+	p("            proxy_pass https://server;")
+	p("            proxy_http_version 1.1;")
+	p("            proxy_set_header Connection \"\";")
+	p("            proxy_ssl_protocols TLSv1.3;")
+	p("            proxy_ssl_certificate %s;", f("cert.pem"))
+	p("            proxy_ssl_certificate_key %s;", f("key.pem"))
+	p("            proxy_ssl_trusted_certificate %s;", f("ca.pem"))
+	p("            proxy_ssl_verify on;")
+	p("            proxy_ssl_verify_depth 2;")
+	p("            proxy_ssl_name %s;", s.PeerName)
+	p("            proxy_ssl_server_name on;")
+	p("            proxy_ssl_session_reuse on;")
+	p("        }")
+	p("    }")
+	p("}")
+	return b.String()
+}
+
 // issueCert makes a P-256 key and a certificate for id and dnsName signed by
 // ca. identity.CA.Sign puts only the SPIFFE URI in a certificate; nginx
 // checks the server's DNS name, so the harness signs its own template with

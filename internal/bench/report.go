@@ -18,10 +18,14 @@ const (
 	ModeMeshH2   = "mesh-h2"
 	ModeMeshQUIC = "mesh-quic"
 	ModeNginx    = "nginx"
+	// The L7 modes (l7.go): HTTP/1.1 through a waypoint, and through
+	// nginx as an HTTP reverse proxy doing the same hop.
+	ModeWaypoint  = "waypoint"
+	ModeNginxHTTP = "nginx-http"
 )
 
 // AllModes is every mode, in table order.
-var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshQUIC, ModeNginx}
+var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshQUIC, ModeNginx, ModeWaypoint, ModeNginxHTTP}
 
 // Measurement names, used for per-phase CPU and failures. PhaseStreamsN
 // is the multi-stream run (Settings.Streams streams).
@@ -60,6 +64,7 @@ type Settings struct {
 	ReqSize        int    `json:"reqSize"`
 	RespSize       int    `json:"respSize"`
 	ConnectWorkers int    `json:"connectWorkers"`
+	MaxConns       int    `json:"maxConns"`
 	ProxyCPUs      string `json:"proxyCPUs"`
 	NodeProxy      string `json:"nodeProxy,omitempty"`
 }
@@ -86,8 +91,10 @@ type ModeResult struct {
 	UDPDatagrams1 *int64 `json:"udpDatagrams1Stream,omitempty"`
 	// ServerClose says whether a close by the server (after its response)
 	// reached the client within 2 s; nil when not checked.
-	ServerClose *bool    `json:"serverCloseReachesClient,omitempty"`
-	Notes       []string `json:"notes,omitempty"`
+	ServerClose *bool `json:"serverCloseReachesClient,omitempty"`
+	// HTTP is what an L7 mode (waypoint, nginx-http) measured.
+	HTTP  *HTTPResult `json:"http,omitempty"`
+	Notes []string    `json:"notes,omitempty"`
 }
 
 func (m *ModeResult) fail(phase string, err error) {
@@ -178,7 +185,16 @@ func (r *Report) WriteJSON(path string) error {
 type row struct {
 	label string
 	cell  func(m ModeResult) string
+	// scope is the modes the row is for: the L4 modes, the L7 (HTTP)
+	// ones, or all.
+	scope int
 }
+
+const (
+	scopeL4 = iota
+	scopeHTTP
+	scopeAll
+)
 
 const na = "-"
 
@@ -228,54 +244,68 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 	}
 	rows := []row{
-		{"throughput, 1 stream (Gbit/s)", func(m ModeResult) string { return gbit(m.Throughput1) }},
-		{fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), func(m ModeResult) string { return gbit(m.ThroughputN) }},
-		{fmt.Sprintf("latency p50 at %d req/s (µs)", s.Rate), lat(func(l Latency) float64 { return l.P50 })},
-		{"latency p90 (µs)", lat(func(l Latency) float64 { return l.P90 })},
-		{"latency p99 (µs)", lat(func(l Latency) float64 { return l.P99 })},
-		{"  p50 added vs direct (µs)", added(func(l Latency) float64 { return l.P50 })},
-		{"  p90 added vs direct (µs)", added(func(l Latency) float64 { return l.P90 })},
-		{"  p99 added vs direct (µs)", added(func(l Latency) float64 { return l.P99 })},
+		{"throughput, 1 stream (Gbit/s)", func(m ModeResult) string { return gbit(m.Throughput1) }, scopeL4},
+		{fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), func(m ModeResult) string { return gbit(m.ThroughputN) }, scopeL4},
+		{fmt.Sprintf("latency p50 at %d req/s (µs)", s.Rate), lat(func(l Latency) float64 { return l.P50 }), scopeL4},
+		{"latency p90 (µs)", lat(func(l Latency) float64 { return l.P90 }), scopeL4},
+		{"latency p99 (µs)", lat(func(l Latency) float64 { return l.P99 }), scopeL4},
+		{"  p50 added vs direct (µs)", added(func(l Latency) float64 { return l.P50 }), scopeL4},
+		{"  p90 added vs direct (µs)", added(func(l Latency) float64 { return l.P90 }), scopeL4},
+		{"  p99 added vs direct (µs)", added(func(l Latency) float64 { return l.P99 }), scopeL4},
 		{"requests answered (/s)", func(m ModeResult) string {
 			if m.Latency == nil {
 				return ""
 			}
 			return fmt.Sprintf("%.0f", m.Latency.PerSecond)
-		}},
+		}, scopeL4},
 		{fmt.Sprintf("new connections/s (%d workers)", s.ConnectWorkers), func(m ModeResult) string {
 			if m.Connect == nil {
 				return ""
 			}
 			return fmt.Sprintf("%.0f", m.Connect.PerSecond)
-		}},
+		}, scopeL4},
 		{"  connection p50 (µs)", func(m ModeResult) string {
 			if m.Connect == nil {
 				return ""
 			}
 			return us(m.Connect.Latency.P50)
-		}},
-		{"proxy CPU, 1 stream (% of a core)", cpu(PhaseStream1)},
-		{fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), cpu(PhaseStreamsN)},
-		{fmt.Sprintf("proxy CPU, %d req/s (%% of a core)", s.Rate), cpu(PhaseLatency)},
-		{"proxy CPU, connections (% of a core)", cpu(PhaseConnect)},
+		}, scopeL4},
+		{"proxy CPU, 1 stream (% of a core)", cpu(PhaseStream1), scopeL4},
+		{fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), cpu(PhaseStreamsN), scopeL4},
+		{fmt.Sprintf("proxy CPU, %d req/s (%% of a core)", s.Rate), cpu(PhaseLatency), scopeL4},
+		{"proxy CPU, connections (% of a core)", cpu(PhaseConnect), scopeL4},
+		{"HTTP/1.1 " + fmt.Sprintf("p50 at %d req/s (µs)", s.Rate), httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, func(l Latency) float64 { return l.P50 }) }, "%.0f"), scopeHTTP},
+		{"HTTP/1.1 p99 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, func(l Latency) float64 { return l.P99 }) }, "%.0f"), scopeHTTP},
+		{"  direct in the same lab, p50 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Direct, func(l Latency) float64 { return l.P50 }) }, "%.0f"), scopeHTTP},
+		{"  direct in the same lab, p99 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Direct, func(l Latency) float64 { return l.P99 }) }, "%.0f"), scopeHTTP},
+		{"  HTTP p50 added (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.AddedP50Micros, h.Latency != nil && h.Direct != nil }, "%+.0f"), scopeHTTP},
+		{"  HTTP p99 added (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.AddedP99Micros, h.Latency != nil && h.Direct != nil }, "%+.0f"), scopeHTTP},
+		{fmt.Sprintf("HTTP/1.1 most req/s (%d conns)", s.MaxConns), httpCell(func(h *HTTPResult) (float64, bool) {
+			if h.Max == nil {
+				return 0, false
+			}
+			return h.Max.PerSecond, true
+		}, "%.0f"), scopeHTTP},
+		{"  proxy CPU at most req/s (cores)", httpCell(func(h *HTTPResult) (float64, bool) { return h.ProxyCores, h.ProxyCores > 0 }, "%.2f"), scopeHTTP},
+		{"  HTTP req/s per proxy core", httpCell(func(h *HTTPResult) (float64, bool) { return h.RequestsPerCore, h.RequestsPerCore > 0 }, "%.0f"), scopeHTTP},
 		{"proxy CPU, all runs (CPU-s)", func(m ModeResult) string {
 			if m.Proxy == nil {
 				return na
 			}
 			return fmt.Sprintf("%.1f", m.Proxy.CPUSeconds)
-		}},
+		}, scopeAll},
 		{"proxy CPU, all runs (% of a core)", func(m ModeResult) string {
 			if m.Proxy == nil {
 				return na
 			}
 			return fmt.Sprintf("%.0f", m.Proxy.CorePercent)
-		}},
+		}, scopeAll},
 		{"proxy peak RSS, sum (MiB)", func(m ModeResult) string {
 			if m.Proxy == nil {
 				return na
 			}
 			return fmt.Sprintf("%.1f", float64(m.Proxy.PeakRSSBytes)/(1<<20))
-		}},
+		}, scopeAll},
 		{"server's close reaches the client", func(m ModeResult) string {
 			switch {
 			case m.ServerClose == nil:
@@ -284,13 +314,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 				return "yes"
 			}
 			return "NO"
-		}},
+		}, scopeL4},
 		{"UDP datagrams sent, 1 stream", func(m ModeResult) string {
 			if m.UDPDatagrams1 == nil {
 				return ""
 			}
 			return fmt.Sprint(*m.UDPDatagrams1)
-		}},
+		}, scopeL4},
 	}
 
 	header := append([]string{"metric"}, modeNames(r.Modes)...)
@@ -298,8 +328,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, rw := range rows {
 		line := []string{rw.label}
 		for _, m := range r.Modes {
-			c := rw.cell(m)
+			outOfScope := (rw.scope == scopeL4 && isHTTPMode(m.Mode)) || (rw.scope == scopeHTTP && !isHTTPMode(m.Mode))
+			c := na
+			if !outOfScope {
+				c = rw.cell(m)
+			}
 			switch {
+			case outOfScope:
 			case m.Error != "":
 				c = "ERROR"
 			case c == "":
@@ -367,6 +402,28 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// httpCell formats a value of an L7 mode's HTTPResult; "" (fail) when it
+// has none.
+func httpCell(v func(*HTTPResult) (float64, bool), format string) func(ModeResult) string {
+	return func(m ModeResult) string {
+		if m.HTTP == nil {
+			return ""
+		}
+		x, ok := v(m.HTTP)
+		if !ok {
+			return ""
+		}
+		return fmt.Sprintf(format, x)
+	}
+}
+
+func latOf(r *RRResult, pick func(Latency) float64) (float64, bool) {
+	if r == nil {
+		return 0, false
+	}
+	return pick(r.Latency), true
 }
 
 func modeNames(ms []ModeResult) []string {

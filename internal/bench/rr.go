@@ -90,9 +90,17 @@ type RRConfig struct {
 	Addr string
 	// Connect makes every request use a new connection (connect, one
 	// request/response, close) with Conns workers as fast as they go;
-	// otherwise Conns persistent connections send Rate requests per second
-	// in total, on a fixed schedule.
-	Connect  bool
+	// Max makes Conns persistent connections send requests back to back
+	// (closed loop: the next as soon as the response is in), for the
+	// most requests per second the path carries; otherwise Conns
+	// persistent connections send Rate requests per second in total, on a
+	// fixed schedule.
+	Connect bool
+	Max     bool
+	// HTTP speaks HTTP/1.1 (keep-alive POSTs of ReqSize bytes to an
+	// http-server, which answers RespSize bytes) instead of the rr
+	// protocol.
+	HTTP     bool
 	Conns    int
 	Rate     float64
 	ReqSize  int
@@ -121,7 +129,8 @@ type Latency struct {
 
 // RRResult is what rr-client prints as JSON.
 type RRResult struct {
-	Kind       string  `json:"kind"` // "rate" or "connect"
+	Kind       string  `json:"kind"` // "rate", "max" or "connect"
+	HTTP       bool    `json:"http,omitempty"`
 	Addr       string  `json:"addr"`
 	Conns      int     `json:"conns"`
 	TargetRate float64 `json:"targetRate,omitempty"`
@@ -207,21 +216,25 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 	if cfg.Conns <= 0 || cfg.ReqSize < 0 || cfg.RespSize < 0 || cfg.ReqSize > rrMaxSize || cfg.RespSize > rrMaxSize || cfg.Duration <= 0 {
 		return RRResult{}, errors.New("rr-client: need conns > 0, 0 <= sizes <= 16 MiB, duration > 0")
 	}
-	if !cfg.Connect && cfg.Rate <= 0 {
-		return RRResult{}, errors.New("rr-client: need rate > 0 (or connect mode)")
+	if !cfg.Connect && !cfg.Max && cfg.Rate <= 0 {
+		return RRResult{}, errors.New("rr-client: need rate > 0 (or connect or max mode)")
+	}
+	if cfg.Connect && cfg.Max {
+		return RRResult{}, errors.New("rr-client: connect and max exclude each other")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
 	}
-	res := RRResult{Kind: "rate", Addr: cfg.Addr, Conns: cfg.Conns, TargetRate: cfg.Rate, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize}
-	if cfg.Connect {
+	res := RRResult{Kind: "rate", HTTP: cfg.HTTP, Addr: cfg.Addr, Conns: cfg.Conns, TargetRate: cfg.Rate, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize}
+	switch {
+	case cfg.Connect:
 		res.Kind, res.TargetRate = "connect", 0
+	case cfg.Max:
+		res.Kind, res.TargetRate = "max", 0
 	}
-	req := make([]byte, rrHeader+cfg.ReqSize)
-	binary.BigEndian.PutUint32(req[0:4], uint32(cfg.ReqSize))
-	binary.BigEndian.PutUint32(req[4:8], uint32(cfg.RespSize))
-	if cfg.Connect {
-		binary.BigEndian.PutUint32(req[4:8], uint32(cfg.RespSize)|rrClose)
+	req := rrRequest(cfg.ReqSize, cfg.RespSize, cfg.Connect)
+	if cfg.HTTP {
+		req = HTTPRequest(cfg.Addr, cfg.ReqSize, cfg.RespSize, cfg.Connect)
 	}
 
 	start := time.Now()
@@ -236,9 +249,12 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if cfg.Connect {
+			switch {
+			case cfg.Connect:
 				connectWorker(ctx, cfg, req, measureFrom, end, st)
-			} else {
+			case cfg.Max:
+				maxWorker(ctx, cfg, req, measureFrom, end, st)
+			default:
 				// Connection i sends at start + i/rate + k*conns/rate: the
 				// connections interleave evenly.
 				interval := time.Duration(float64(time.Second) * float64(cfg.Conns) / cfg.Rate)
@@ -256,7 +272,7 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 		res.FirstError = st.firstErr.Error()
 	}
 	res.Latency = Summarize(st.samples)
-	if !cfg.Connect {
+	if !cfg.Connect && !cfg.Max {
 		svc := Summarize(st.service)
 		res.Service = &svc
 	}
@@ -267,6 +283,54 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 		return res, fmt.Errorf("rr-client %s: no request completed", cfg.Addr)
 	}
 	return res, parent.Err()
+}
+
+// rrRequest is an rr protocol request.
+func rrRequest(reqSize, respSize int, closeAfter bool) []byte {
+	req := make([]byte, rrHeader+reqSize)
+	binary.BigEndian.PutUint32(req[0:4], uint32(reqSize))
+	binary.BigEndian.PutUint32(req[4:8], uint32(respSize))
+	if closeAfter {
+		binary.BigEndian.PutUint32(req[4:8], uint32(respSize)|rrClose)
+	}
+	return req
+}
+
+// rrConn is a client connection speaking the rr protocol or HTTP/1.1.
+type rrConn struct {
+	net.Conn
+	br *bufio.Reader // HTTP: responses are parsed
+}
+
+func newRRConn(c net.Conn, http bool) *rrConn {
+	rc := &rrConn{Conn: c}
+	if http {
+		rc.br = bufio.NewReaderSize(c, 16<<10)
+	}
+	return rc
+}
+
+func dialRR(ctx context.Context, addr string, timeout time.Duration, http bool) (*rrConn, error) {
+	c, err := dial(ctx, addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return newRRConn(c, http), nil
+}
+
+// roundTrip sends one request and reads the whole response (into buf, or
+// for HTTP a body of len(buf) bytes).
+func (rc *rrConn) roundTrip(req, buf []byte, timeout time.Duration) error {
+	if rc.br == nil {
+		return roundTrip(rc.Conn, req, buf, timeout)
+	}
+	if err := rc.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	if _, err := rc.Write(req); err != nil {
+		return err
+	}
+	return ReadHTTPResponse(rc.br, len(buf))
 }
 
 func dial(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
@@ -314,7 +378,7 @@ func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, i
 	var local, service []time.Duration
 	defer func() { st.add(local, service) }()
 	var prevDone time.Time
-	var c net.Conn
+	var c *rrConn
 	defer func() {
 		if c != nil {
 			c.Close()
@@ -334,7 +398,7 @@ func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, i
 		}
 		if c == nil {
 			var err error
-			if c, err = dial(ctx, cfg.Addr, cfg.Timeout); err != nil {
+			if c, err = dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -343,7 +407,7 @@ func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, i
 			}
 		}
 		sent := time.Now()
-		if err := roundTrip(c, req, buf, cfg.Timeout); err != nil {
+		if err := c.roundTrip(req, buf, cfg.Timeout); err != nil {
 			st.fail(err)
 			c.Close()
 			c = nil
@@ -376,9 +440,9 @@ func connectWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, e
 		if !t0.Before(end) {
 			return
 		}
-		c, err := dial(ctx, cfg.Addr, cfg.Timeout)
+		c, err := dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP)
 		if err == nil {
-			err = roundTrip(c, req, buf, cfg.Timeout)
+			err = c.roundTrip(req, buf, cfg.Timeout)
 			if err == nil && cfg.WaitClose {
 				err = readEOF(c)
 			}
@@ -399,19 +463,63 @@ func connectWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, e
 	}
 }
 
+// maxWorker sends requests back to back on one persistent connection
+// until end; latency is per request, from send to response.
+func maxWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, end time.Time, st *rrStats) {
+	buf := make([]byte, cfg.RespSize)
+	var local []time.Duration
+	defer func() { st.add(local, nil) }()
+	var c *rrConn
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	for ctx.Err() == nil {
+		if c == nil {
+			var err error
+			if c, err = dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				st.fail(err)
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+		}
+		t0 := time.Now()
+		if !t0.Before(end) {
+			return
+		}
+		if err := c.roundTrip(req, buf, cfg.Timeout); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			st.fail(err)
+			c.Close()
+			c = nil
+			continue
+		}
+		if done := time.Now(); !t0.Before(measureFrom) && done.Before(end) {
+			local = append(local, done.Sub(t0))
+		}
+	}
+}
+
 // Probe dials addr and completes one request/response until that works or
 // timeout passes; it returns the number of attempts.
-func Probe(ctx context.Context, addr string, timeout time.Duration) (int, error) {
-	req := make([]byte, rrHeader+1)
-	binary.BigEndian.PutUint32(req[0:4], 1)
-	binary.BigEndian.PutUint32(req[4:8], 1)
+func Probe(ctx context.Context, addr string, timeout time.Duration, http bool) (int, error) {
+	req := rrRequest(1, 1, false)
+	if http {
+		req = HTTPRequest(addr, 1, 1, false)
+	}
 	buf := make([]byte, 1)
 	deadline := time.Now().Add(timeout)
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		c, err := dial(ctx, addr, time.Second)
+		c, err := dialRR(ctx, addr, time.Second, http)
 		if err == nil {
-			err = roundTrip(c, req, buf, time.Second)
+			err = c.roundTrip(req, buf, time.Second)
 			c.Close()
 		}
 		if err == nil {
@@ -437,7 +545,7 @@ func ParseRR(data []byte) (*RRResult, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, fmt.Errorf("rr-client output: %w", err)
 	}
-	if r.Kind != "rate" && r.Kind != "connect" {
+	if r.Kind != "rate" && r.Kind != "connect" && r.Kind != "max" {
 		return nil, fmt.Errorf("rr-client output: kind %q", r.Kind)
 	}
 	return &r, nil

@@ -1,0 +1,340 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ambit-mesh/ambit/internal/lab"
+)
+
+// The L7 modes measure one HTTP hop through a proxy in the middle:
+//
+//   - waypoint: client pod -> its node proxy (captured) -> the waypoint
+//     (a lab Waypoint resource; the Service is labelled
+//     ambit.dev/use-waypoint) -> the server's node proxy -> server pod,
+//     every hop between proxies HBONE (HTTP/2 CONNECT over mutual TLS),
+//     the waypoint's L7 engine parsing and routing each HTTP/1.1 request;
+//   - nginx-http: the same shape out of nginx: a stream proxy on the
+//     client's node (plaintext in, mutual TLS out), an HTTP reverse proxy
+//     on the same node in the waypoint's place (terminates mutual TLS,
+//     proxies each request over keep-alive mutual-TLS upstream
+//     connections), and a stream proxy on the server's node terminating
+//     mutual TLS to the server pod.
+//
+// Both serve the same Go net/http keep-alive server. Each mode measures
+// HTTP/1.1 latency at a fixed rate, the same directly between two plain
+// pods of the same lab right before (the baseline the added latency is
+// taken against), and the most requests per second over MaxConns
+// connections with the proxies' CPU, for requests per second per core.
+
+// Ports of the L7 modes: the HTTP server in the server pods (and the
+// client side nginx's listener), the Service port the waypoint mode dials,
+// and the nginx-http hops.
+const (
+	PortHTTP        = 8080
+	PortServiceHTTP = 80
+	portMidHTTP     = 18080
+	portTLSHTTP     = 28080
+)
+
+// The waypoint mode's resources.
+const (
+	WaypointName = "wp"
+	ServiceName  = "server"
+	// ServiceVIP is the Service's cluster IP.
+	ServiceVIP = "10.96.0.80"
+)
+
+// Phases of the L7 modes.
+const (
+	PhaseHTTPDirect  = "http direct"
+	PhaseHTTPLatency = "http request/response"
+	PhaseHTTPMax     = "http max"
+)
+
+func isHTTPMode(mode string) bool { return mode == ModeWaypoint || mode == ModeNginxHTTP }
+
+// WaypointConfig is the mesh file the waypoint mode applies: a Waypoint in
+// the enrolled namespace and a Service for the server pod that uses it,
+// with an HTTP port.
+func WaypointConfig() string {
+	return fmt.Sprintf(`apiVersion: ambit.dev/v1alpha1
+kind: Waypoint
+metadata: {name: %[1]s, namespace: %[2]s}
+spec: {trafficType: service}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: %[3]s, namespace: %[2]s, labels: {ambit.dev/use-waypoint: %[1]s}}
+spec:
+  clusterIP: %[4]s
+  selector: {app: %[5]s}
+  ports: [{name: http, port: %[6]d, targetPort: %[7]d, appProtocol: http}]
+`, WaypointName, NamespaceMesh, ServiceName, ServiceVIP, PodServer, PortServiceHTTP, PortHTTP)
+}
+
+// HTTPResult is what an L7 mode measured.
+type HTTPResult struct {
+	// Direct is the fixed-rate run between the plain pods of the same
+	// lab, no proxy: the baseline for the added latency.
+	Direct *RRResult `json:"direct,omitempty"`
+	// Latency is the fixed-rate run through the path (Settings.Rate over
+	// Settings.Conns connections).
+	Latency *RRResult `json:"latency,omitempty"`
+	// AddedMicros is Latency minus Direct, per percentile.
+	AddedP50Micros float64 `json:"addedP50Micros"`
+	AddedP90Micros float64 `json:"addedP90Micros"`
+	AddedP99Micros float64 `json:"addedP99Micros"`
+	// Max is the closed-loop run (Settings.MaxConns connections sending
+	// back to back).
+	Max *RRResult `json:"max,omitempty"`
+	// ProxyCores is the proxies' CPU during Max in cores (all of them on
+	// the path); RequestsPerCore is Max's requests per second divided by
+	// it.
+	ProxyCores      float64 `json:"proxyCores,omitempty"`
+	RequestsPerCore float64 `json:"requestsPerCore,omitempty"`
+	// CPUByProxy is each proxy's CPU during Max in % of a core, by
+	// "role on node".
+	CPUByProxy map[string]float64 `json:"cpuByProxyPercent,omitempty"`
+}
+
+func (r *HTTPResult) derive(max *PhaseCPU) {
+	if r.Latency != nil && r.Direct != nil {
+		r.AddedP50Micros = r.Latency.Latency.P50 - r.Direct.Latency.P50
+		r.AddedP90Micros = r.Latency.Latency.P90 - r.Direct.Latency.P90
+		r.AddedP99Micros = r.Latency.Latency.P99 - r.Direct.Latency.P99
+	}
+	if r.Max != nil && max != nil && max.CorePercent > 0 {
+		r.ProxyCores = max.CorePercent / 100
+		r.RequestsPerCore = r.Max.PerSecond / r.ProxyCores
+	}
+}
+
+// rrHTTP runs rr-client -http in pod against addr: at the fixed rate, or
+// closed loop over MaxConns connections.
+func (h *harness) rrHTTP(ctx context.Context, l *lab.Lab, pod, addr string, max bool) (*RRResult, error) {
+	c := h.cfg
+	args := []string{"-http", "-size", strconv.Itoa(c.ReqSize), "-resp", strconv.Itoa(c.RespSize),
+		"-duration", c.Duration.String(), "-warmup", c.Warmup.String()}
+	if max {
+		args = append(args, "-max", "-conns", strconv.Itoa(c.MaxConns))
+	} else {
+		args = append(args, "-conns", strconv.Itoa(c.Conns), "-rate", strconv.Itoa(c.Rate))
+	}
+	args = append(args, addr)
+	out, runErr := h.runIn(ctx, l, pod, c.Warmup+c.Duration+30*time.Second, h.helper("rr-client", args...), c.HelperEnv)
+	r, err := ParseRR(out)
+	if err != nil {
+		if runErr != nil {
+			return nil, runErr
+		}
+		return nil, err
+	}
+	return r, runErr
+}
+
+// pathProxies finds the lab's node proxies and waypoints.
+func pathProxies(l *lab.Lab) (*proxySet, error) {
+	var roots []ProxyProcess
+	for _, p := range l.Processes() {
+		if p.Role != lab.RoleNodeProxy && p.Role != lab.RoleWaypoint {
+			continue
+		}
+		st, err := ReadStat(p.PID)
+		if err != nil || st.StartTime != p.StartTime {
+			return nil, fmt.Errorf("the %s on %s (pid %d) is not running", p.Role, p.Node, p.PID)
+		}
+		roots = append(roots, ProxyProcess{PID: p.PID, Role: p.Role, Node: p.Node})
+	}
+	return newProxySet(roots), nil
+}
+
+// runHTTPMode measures an L7 mode in l.
+func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res ModeResult) {
+	res.Mode = mode
+	res.HTTP = &HTTPResult{}
+	plainClient, plainServer := NamespacePlain+"/"+PodClient, NamespacePlain+"/"+PodServer
+	client, server := plainClient, plainServer
+	if mode == ModeWaypoint {
+		client, server = NamespaceMesh+"/"+PodClient, NamespaceMesh+"/"+PodServer
+	}
+	psp, ok1 := l.Pod(plainServer)
+	sp, ok2 := l.Pod(server)
+	if !ok1 || !ok2 {
+		res.Error = "no pod " + server + " or " + plainServer + " in the lab"
+		return res
+	}
+	pods := []string{plainServer}
+	if server != plainServer {
+		pods = append(pods, server)
+	}
+	for _, pod := range pods {
+		h.logf("%s: starting http-server in %s", mode, pod)
+		srv, err := h.startIn(ctx, l, pod, "http-server", h.helper("http-server", fmt.Sprintf(":%d", PortHTTP)), h.cfg.HelperEnv)
+		if err != nil {
+			res.Error = err.Error()
+			return res
+		}
+		defer srv.stop()
+		if err := waitListening(ctx, srv.what, srv.cmd.Process.Pid, srv.done, srv.why, PortHTTP); err != nil {
+			res.Error = err.Error()
+			return res
+		}
+	}
+	probe := func(pod, addr string) error {
+		h.logf("%s: probing http://%s from %s", mode, addr, pod)
+		_, err := h.runIn(ctx, l, pod, 40*time.Second, h.helper("probe", "-http", "-timeout", "30s", addr), h.cfg.HelperEnv)
+		return err
+	}
+	directAddr := net.JoinHostPort(psp.IPv4.String(), strconv.Itoa(PortHTTP))
+	if err := probe(plainClient, directAddr); err != nil {
+		res.Error = "the direct baseline does not answer: " + err.Error()
+		return res
+	}
+	h.logf("%s: HTTP direct baseline %s -> %s, %d req/s over %d connections, %s", mode, plainClient, directAddr, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
+	d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false)
+	res.HTTP.Direct = d
+	if err != nil {
+		res.fail(PhaseHTTPDirect, err)
+	}
+
+	var proxies *proxySet
+	var target string
+	n1, _ := l.Node(NodeClient)
+	n2, _ := l.Node(NodeServer)
+	switch mode {
+	case ModeWaypoint:
+		h.logf("%s: applying Waypoint %s/%s and Service %s (%s) labelled to use it", mode, NamespaceMesh, WaypointName, ServiceName, ServiceVIP)
+		if err := l.ApplyConfig(ctx, "bench-waypoint", []byte(WaypointConfig())); err != nil {
+			res.Error = "apply the waypoint: " + err.Error()
+			return res
+		}
+		wp, ok := l.Waypoint(NamespaceMesh, WaypointName)
+		if !ok || wp.PID == 0 {
+			res.Error = "no waypoint pod after applying the Waypoint"
+			return res
+		}
+		set, err := pathProxies(l)
+		if err != nil {
+			res.Error = err.Error()
+			return res
+		}
+		proxies = set
+		target = net.JoinHostPort(ServiceVIP, strconv.Itoa(PortServiceHTTP))
+		res.Path = fmt.Sprintf("%s on %s -> node proxy on %s (captured) -HBONE (HTTP/2 CONNECT, TLS 1.3 mutual)-> waypoint %s/%s %s on %s "+
+			"(L7 engine: parses each HTTP/1.1 request, routes it to an endpoint of Service %s %s, keep-alive upstream) -HBONE-> node proxy on %s -> %s %s:%d "+
+			"(Go net/http, keep-alive); GOMAXPROCS %s each",
+			client, NodeClient, NodeClient, NamespaceMesh, WaypointName, wp.IPv4, wp.Node, ServiceName, target, NodeServer, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs)
+	case ModeNginxHTTP:
+		set, stop, err := h.startNginxHTTP(ctx, l, sp)
+		if err != nil {
+			res.Error = err.Error()
+			return res
+		}
+		defer stop()
+		proxies = set
+		target = net.JoinHostPort(n1.Gateway4.String(), strconv.Itoa(PortHTTP))
+		res.Path = fmt.Sprintf("%s -> nginx stream on %s %s (plaintext in, TLS 1.3 mutual out) -> nginx http on %s %s:%d "+
+			"(terminates mutual TLS; HTTP/1.1 reverse proxy, keep-alive upstream pool of TLS 1.3 mutual connections) -> nginx stream on %s %s:%d "+
+			"(terminates mutual TLS) -> %s %s:%d (Go net/http, keep-alive); worker_processes %s each",
+			client, NodeClient, target, NodeClient, n1.IPv4, portMidHTTP, NodeServer, n2.IPv4, portTLSHTTP, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs)
+	default:
+		res.Error = "not an L7 mode: " + mode
+		return res
+	}
+	res.Proxy = &ProxyUsage{}
+	if err := probe(client, target); err != nil {
+		res.Error = "the path does not answer: " + err.Error()
+		return res
+	}
+	phase := func(name string, fn func() error) {
+		if ctx.Err() != nil {
+			return
+		}
+		before := SampleCPU(proxies.pids())
+		var perBefore []CPUSample
+		for _, r := range proxies.roots {
+			perBefore = append(perBefore, SampleCPU(WithDescendants([]int{r.PID})))
+		}
+		start := time.Now()
+		err := fn()
+		wall := time.Since(start)
+		res.Proxy.addPhase(name, wall, CPUUsed(before, SampleCPU(proxies.pids())))
+		if name == PhaseHTTPMax {
+			res.HTTP.CPUByProxy = map[string]float64{}
+			for i, r := range proxies.roots {
+				used := CPUUsed(perBefore[i], SampleCPU(WithDescendants([]int{r.PID})))
+				res.HTTP.CPUByProxy[r.Role+" on "+r.Node] += 100 * used.Seconds() / wall.Seconds()
+			}
+		}
+		if err != nil {
+			res.fail(name, err)
+			h.logf("%s: %s failed: %v", mode, name, err)
+		}
+	}
+	phase(PhaseHTTPLatency, func() error {
+		h.logf("%s: HTTP request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
+		r, err := h.rrHTTP(ctx, l, client, target, false)
+		res.HTTP.Latency = r
+		if r != nil && r.Errors > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("HTTP request/response: %d errors, first: %s", r.Errors, r.FirstError))
+		}
+		return err
+	})
+	phase(PhaseHTTPMax, func() error {
+		h.logf("%s: HTTP most requests/s, %d connections back to back, %s", mode, h.cfg.MaxConns, h.cfg.Duration)
+		r, err := h.rrHTTP(ctx, l, client, target, true)
+		res.HTTP.Max = r
+		if r != nil && r.Errors > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("HTTP max: %d errors, first: %s", r.Errors, r.FirstError))
+		}
+		return err
+	})
+	res.HTTP.derive(res.Proxy.phase(PhaseHTTPMax))
+	res.Proxy.Processes, res.Proxy.PeakRSSBytes = proxies.usage()
+	if gone := proxies.gone(); len(gone) > 0 {
+		res.Notes = append(res.Notes, "proxy exited during the run: "+strings.Join(gone, ", "))
+	}
+	if mode == ModeWaypoint && res.HTTP.Max != nil {
+		wp := res.HTTP.CPUByProxy[lab.RoleWaypoint+" on "+NodeClient]
+		if wp < 1 {
+			res.Notes = append(res.Notes, fmt.Sprintf("the waypoint used %.1f%% of a core during the max run: is the traffic going through it?", wp))
+		}
+	}
+	return res
+}
+
+// startNginxHTTP runs the nginx-http path's three nginx processes; the
+// client dials the client node's pod gateway on PortHTTP.
+func (h *harness) startNginxHTTP(ctx context.Context, l *lab.Lab, server lab.PodInfo) (*proxySet, func(), error) {
+	n1, ok1 := l.Node(NodeClient)
+	n2, ok2 := l.Node(NodeServer)
+	if !ok1 || !ok2 {
+		return nil, nil, errors.New("the lab lacks node-1 or node-2")
+	}
+	stream := func(s NginxSide) func(string) string {
+		return func(dir string) string {
+			s.Dir, s.LoadModule, s.Workers = dir, h.nginx.LoadModule, h.cfg.ProxyCPUs
+			return s.Config()
+		}
+	}
+	mid := "nginx-http-" + NodeClient
+	back := "nginx-" + NodeServer
+	return h.startNginxes(ctx, l, []nginxInstance{
+		{node: NodeServer, sa: back, role: "nginx stream (server side)", ports: []uint16{portTLSHTTP}, config: stream(NginxSide{Routes: []NginxRoute{
+			{Listen: hostPort(n2.IPv4, portTLSHTTP), ProxyPass: hostPort(server.IPv4, PortHTTP)},
+		}})},
+		{node: NodeClient, sa: mid, role: "nginx http", ports: []uint16{portMidHTTP}, config: func(dir string) string {
+			return NginxHTTP{Dir: dir, Workers: h.cfg.ProxyCPUs, Listen: hostPort(n1.IPv4, portMidHTTP),
+				Upstream: hostPort(n2.IPv4, portTLSHTTP), PeerName: nginxName(back)}.Config()
+		}},
+		{node: NodeClient, sa: "nginx-" + NodeClient, role: "nginx stream (client side)", ports: []uint16{PortHTTP}, config: stream(NginxSide{TLSOut: true, PeerName: nginxName(mid), Routes: []NginxRoute{
+			{Listen: hostPort(n1.Gateway4, PortHTTP), ProxyPass: hostPort(n1.IPv4, portMidHTTP)},
+		}})},
+	})
+}
