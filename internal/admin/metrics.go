@@ -19,6 +19,7 @@ var connLabelNames = []string{
 	"source_workload", "source_namespace", "source_identity",
 	"destination_workload", "destination_namespace", "destination_identity",
 	"transport",
+	"waypoint",
 }
 
 // Labels describe a connection for the TCP metrics. Workloads are names
@@ -35,6 +36,10 @@ type Labels struct {
 	DestinationNamespace string
 	DestinationIdentity  string
 	Transport            string // TransportHBONEH2, ...
+	// Waypoint is the SPIFFE ID of the waypoint an inbound connection came
+	// through, when the source identity is the client it relayed for; ""
+	// otherwise.
+	Waypoint string
 }
 
 func (l Labels) values() []string {
@@ -43,6 +48,7 @@ func (l Labels) values() []string {
 		l.SourceWorkload, l.SourceNamespace, l.SourceIdentity,
 		l.DestinationWorkload, l.DestinationNamespace, l.DestinationIdentity,
 		l.Transport,
+		l.Waypoint,
 	}
 }
 

@@ -128,9 +128,9 @@ func TestConnectionMetrics(t *testing.T) {
 			for _, l := range s.Label {
 				names = append(names, l.GetName())
 			}
-			wantNames := "destination_identity,destination_namespace,destination_workload,direction,source_identity,source_namespace,source_workload,transport"
+			wantNames := "destination_identity,destination_namespace,destination_workload,direction,source_identity,source_namespace,source_workload,transport,waypoint"
 			if name == "ambit_tcp_connections_denied_total" {
-				wantNames = "destination_identity,destination_namespace,destination_workload,direction,reason,source_identity,source_namespace,source_workload,transport"
+				wantNames = "destination_identity,destination_namespace,destination_workload,direction,reason,source_identity,source_namespace,source_workload,transport,waypoint"
 			}
 			if got := strings.Join(names, ","); got != wantNames {
 				t.Errorf("%s labels %s, want %s", name, got, wantNames)

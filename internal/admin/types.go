@@ -161,6 +161,10 @@ type Connection struct {
 	// Transport is TransportHBONEH2, TransportHBONEQUIC, TransportDirect or
 	// TransportPlaintext.
 	Transport string `json:"transport"`
+	// Waypoint is the SPIFFE ID of the waypoint an inbound connection came
+	// through (its tunnel peer), when SrcIdentity is the client the
+	// waypoint relayed for; empty otherwise.
+	Waypoint string `json:"waypoint,omitempty"`
 	// Policy is "namespace/name" of the policy that allowed it, "" if none
 	// decided.
 	Policy        string    `json:"policy"`

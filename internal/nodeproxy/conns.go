@@ -165,7 +165,7 @@ func (p *Proxy) end(r *connRecord, err error) {
 		"id", r.id, "direction", r.info.Direction, "src", r.info.Src, "dst", r.info.Dst,
 		"src_workload", r.info.SrcWorkload, "dst_workload", r.info.DstWorkload,
 		"src_identity", r.info.SrcIdentity, "dst_identity", r.info.DstIdentity,
-		"transport", r.info.Transport, "policy", r.info.Policy,
+		"transport", r.info.Transport, "policy", r.info.Policy, "waypoint", r.info.Waypoint,
 		"bytes_sent", r.up.Load(), "bytes_received", r.down.Load(),
 		"duration", p.opts.Clock.Now().Sub(r.started).Round(time.Microsecond).String(),
 	}
@@ -198,7 +198,7 @@ func (p *Proxy) denied(info admin.Connection, l admin.Labels, reason, detail str
 		"direction", info.Direction, "src", info.Src, "dst", info.Dst,
 		"src_workload", info.SrcWorkload, "dst_workload", info.DstWorkload,
 		"src_identity", info.SrcIdentity, "dst_identity", info.DstIdentity,
-		"transport", info.Transport, "policy", info.Policy)
+		"transport", info.Transport, "policy", info.Policy, "waypoint", info.Waypoint)
 }
 
 func isClosedErr(err error) bool {

@@ -260,8 +260,10 @@ func (pd *pod) outbound(c *net.TCPConn) {
 }
 
 // inboundTunnel is the tunnel server's callback for a stream to this pod:
-// the target must be this pod, policy must allow the peer, then the
-// connection is delivered with the original client's address as source.
+// the target must be this pod, policy must allow the source (the peer, or
+// the client a waypoint this pod uses relays for: sourceIdentity), then
+// the connection is delivered with the original client's address as
+// source.
 func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn, error) {
 	p := pd.p
 	cfg := p.cfg.Load()
@@ -271,22 +273,29 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 		p.metrics.ConnDenied(admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace, DestinationIdentity: w.Identity.String(), SourceIdentity: req.Peer.String(), Transport: admin.TransportHBONEH2}, reasonNotLocal)
 		return nil, fmt.Errorf("%s is not an address of pod %s, which this tunnel endpoint serves", target.Addr(), w.Key())
 	}
+	srcID, via, ignored := sourceIdentity(cfg, w, req)
+	if ignored {
+		p.log.Info("client identity claim ignored: the peer is not a waypoint this workload uses", "peer", req.Peer.String(), "claimed", req.ClientIdentity.String(), "dst", target.String(), "dst_workload", w.Key())
+	}
 	srcAddr := req.Source.Addr().Unmap()
 	srcW := cfg.WorkloadByIP(srcAddr)
-	if srcW != nil && srcW.Identity != req.Peer {
-		srcW = nil // the claimed address is not the peer's: label by identity only
+	if srcW != nil && srcW.Identity != srcID {
+		srcW = nil // the claimed address is not the source's: label by identity only
 	}
-	d := policy.Evaluate(cfg.Policies, policy.Request{Source: req.Peer, SourceIP: srcAddr, Namespace: w.Namespace, Labels: w.Labels, Port: target.Port()})
+	d := policy.Evaluate(cfg.Policies, policy.Request{Source: srcID, SourceIP: srcAddr, Namespace: w.Namespace, Labels: w.Labels, Port: target.Port()})
 	info := admin.Connection{
 		Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(),
-		SrcWorkload: workloadKey(srcW), DstWorkload: w.Key(), SrcIdentity: req.Peer.String(), DstIdentity: w.Identity.String(),
+		SrcWorkload: workloadKey(srcW), DstWorkload: w.Key(), SrcIdentity: srcID.String(), DstIdentity: w.Identity.String(),
 		Transport: admin.TransportHBONEH2, Policy: d.Policy,
+	}
+	if !via.IsZero() {
+		info.Waypoint = via.String()
 	}
 	if req.Protocol == tunnel.ProtocolQUIC {
 		info.Transport = admin.TransportHBONEQUIC
 	}
 	l := labels(admin.DirectionInbound, info.Transport, srcW, w)
-	l.SourceIdentity = req.Peer.String()
+	l.SourceIdentity, l.Waypoint = srcID.String(), info.Waypoint
 	for _, dr := range d.DryRun {
 		p.log.Info("dry-run policy", "decision", dr, "src", info.Src, "src_identity", info.SrcIdentity, "dst", info.Dst)
 	}

@@ -1,0 +1,60 @@
+package nodeproxy
+
+import (
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/tunnel"
+)
+
+// sourceIdentity decides whose identity L4 policy applies to for a tunnel
+// stream to workload w. It is the peer's verified identity, unless the
+// peer is a waypoint that w's traffic is configured to go through and it
+// names the original client (tunnel.HeaderClientIdentity, the identity
+// the waypoint verified on its own inbound tunnel): then it is that
+// client's, and via is the waypoint's identity. A claim from any other
+// peer (a workload, or a waypoint that does not serve w) is ignored:
+// ignored reports it, and policy sees the peer.
+func sourceIdentity(cfg *meshconfig.Config, w *meshconfig.Workload, req tunnel.Request) (src, via spiffeid.ID, ignored bool) {
+	if req.ClientIdentity.IsZero() {
+		return req.Peer, spiffeid.ID{}, false
+	}
+	if servingWaypoint(cfg, w, req.Peer) == nil {
+		return req.Peer, spiffeid.ID{}, true
+	}
+	return req.ClientIdentity, req.Peer, false
+}
+
+// servingWaypoint returns the declared waypoint whose identity is peer
+// (spiffe://<td>/ns/<ns>/sa/<name>, the service account the controller
+// makes for it) when w's traffic uses it: w's namespace sends workload
+// traffic through it, or w backs a Service that uses it. Nil otherwise.
+func servingWaypoint(cfg *meshconfig.Config, w *meshconfig.Workload, peer spiffeid.ID) *meshconfig.Waypoint {
+	if peer.TrustDomain() != cfg.Mesh.TrustDomain {
+		return nil
+	}
+	ns, name, err := identity.ParseWorkload(peer)
+	if err != nil {
+		return nil
+	}
+	wp := cfg.Waypoint(ns, name)
+	if wp == nil {
+		return nil // a service account named like an undeclared waypoint is no waypoint
+	}
+	// w.Waypoint is set only when the Waypoint takes workload traffic.
+	if w.Namespace == ns && w.Waypoint == name {
+		return wp
+	}
+	for _, svc := range cfg.Services {
+		if svc.Namespace != ns || svc.Waypoint != name {
+			continue
+		}
+		for _, e := range cfg.Endpoints(svc) {
+			if e.Key() == w.Key() {
+				return wp
+			}
+		}
+	}
+	return nil
+}
