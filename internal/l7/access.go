@@ -1,0 +1,104 @@
+package l7
+
+import (
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/l7/authz"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+)
+
+// AccessPolicies is the Authorizer of a waypoint: the AccessPolicies of
+// the configuration (with the HTTP attributes of their rules) evaluated by
+// internal/l7/authz for the destination's namespace and labels: a
+// workload's labels for workload-addressed traffic, the Service's
+// selector and labels for service traffic. The source is the stream's
+// client identity and address. A denial answers 403 "RBAC: access denied
+// by AccessPolicy ns/x" (gRPC PERMISSION_DENIED) and is logged; dry-run
+// policies are logged and never enforced.
+type AccessPolicies struct {
+	set atomic.Pointer[authz.Set]
+	log *slog.Logger
+}
+
+// NewAccessPolicies returns an Authorizer with no policies (everything
+// allowed) until Update.
+func NewAccessPolicies(log *slog.Logger) *AccessPolicies {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &AccessPolicies{log: log}
+}
+
+// Update compiles cfg's policies.
+func (a *AccessPolicies) Update(cfg *meshconfig.Config) error {
+	a.set.Store(authz.NewSet(authz.FromL4All(cfg.Policies)))
+	return nil
+}
+
+// AccessDenied is an Authorizer's denial; its Response is the client's
+// answer.
+type AccessDenied struct {
+	Decision authz.Decision
+}
+
+func (e *AccessDenied) Error() string { return authz.DeniedMessage(e.Decision) }
+
+// Response is 403 with authz's message (gRPC PERMISSION_DENIED).
+func (e *AccessDenied) Response() *DirectResponse {
+	return &DirectResponse{Status: http.StatusForbidden, GRPCStatus: authz.GRPCPermissionDenied, Body: e.Error(),
+		Header: http.Header{"X-Content-Type-Options": {"nosniff"}}}
+}
+
+// Authorize evaluates r.
+func (a *AccessPolicies) Authorize(r *http.Request, info ConnInfo, dst *Destination) error {
+	set := a.set.Load()
+	if set.Len() == 0 {
+		return nil
+	}
+	req := authz.FromHTTP(r, sourceID(info.SrcIdentity), info.Src.Addr(), authzDestination(dst))
+	d := set.Evaluate(&req)
+	if len(d.DryRun) > 0 {
+		a.log.Info("dry-run access policy", "src", info.SrcIdentity, "src_ip", info.Src.Addr().String(), "dst", dst.Addr.String(),
+			"method", r.Method, "host", r.Host, "path", r.URL.Path, "dry_run", d.DryRun, "allowed", d.Allowed)
+	}
+	if d.Allowed {
+		return nil
+	}
+	a.log.Info("request denied", "src", info.SrcIdentity, "src_ip", info.Src.Addr().String(), "dst", dst.Addr.String(),
+		"method", r.Method, "host", r.Host, "path", r.URL.Path, "policy", d.Policy, "reason", d.Reason)
+	return &AccessDenied{Decision: d}
+}
+
+// sourceID parses the client's SPIFFE ID; zero (no identity) when it is
+// missing or malformed, which only an identity-free rule matches.
+func sourceID(s string) spiffeid.ID {
+	if s == "" {
+		return spiffeid.ID{}
+	}
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}
+	}
+	return id
+}
+
+// authzDestination says which policies apply to dst and the port rules
+// match: the workload's (target) port, as at L4.
+func authzDestination(dst *Destination) authz.Destination {
+	switch {
+	case dst.Service != nil:
+		port := dst.Port.TargetPort
+		if port == 0 {
+			port = dst.Addr.Port()
+		}
+		return authz.Destination{Namespace: dst.Service.Namespace, ServiceSelector: dst.Service.Selector, ServiceLabels: dst.Service.Labels, Port: port}
+	case dst.Workload != nil:
+		return authz.Destination{Namespace: dst.Workload.Namespace, WorkloadLabels: dst.Workload.Labels, Port: dst.Addr.Port()}
+	}
+	// An address the configuration does not know: no policy applies.
+	return authz.Destination{Port: dst.Addr.Port()}
+}

@@ -1,0 +1,195 @@
+package l7
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
+)
+
+// Policies of the web and grpc Services: demo clients may only GET under
+// /public/ on web, nobody may call /test.Echo/Secret, and /admin/ is
+// denied to everyone, named in the answer.
+const accessPolicies = `---
+apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: web-read, namespace: demo}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - from: [{namespaces: [demo]}]
+    to: [{ports: [8080], methods: [GET], paths: ["/public/*", "/admin/*"]}]
+---
+apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: no-admin, namespace: demo}
+spec:
+  action: DENY
+  rules:
+  - to: [{paths: ["/admin/*"]}]
+---
+apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: no-secret, namespace: demo}
+spec:
+  selector: {matchLabels: {app: grpc}}
+  action: DENY
+  rules:
+  - to: [{paths: ["/test.Echo/Secret"]}]
+`
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestAccessPolicies(t *testing.T) {
+	var logs syncBuffer
+	e := newEnv(t, accessPolicies, Options{Authorizer: NewAccessPolicies(slog.New(slog.NewTextHandler(&logs, nil)))})
+	e.backend(web1, whoami("web-1"))
+	e.backend(web2, whoami("web-2"))
+	e.grpcBackend(grpc1)
+	c := pipeClient(e, webVIP)
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{"GET", "/public/x", 200, "/public/x"},
+		{"GET", "/public/../admin/x", 403, "RBAC: access denied by AccessPolicy demo/no-admin"},
+		{"GET", "/admin/x", 403, "RBAC: access denied by AccessPolicy demo/no-admin"},
+		{"POST", "/public/x", 403, "RBAC: access denied: no ALLOW AccessPolicy matched"},
+		{"GET", "/private", 403, "RBAC: access denied: no ALLOW AccessPolicy matched"},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://web.demo"+tc.path, nil)
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tc.code || !strings.Contains(string(b), tc.body) {
+			t.Errorf("%s %s: %s %q, want %d %q", tc.method, tc.path, res.Status, b, tc.code, tc.body)
+		}
+		if tc.code == 403 && res.Header.Get(HeaderError) != ReasonDenied {
+			t.Errorf("%s %s: x-ambit-error %q", tc.method, tc.path, res.Header.Get(HeaderError))
+		}
+	}
+	if l := logs.String(); !strings.Contains(l, "request denied") || !strings.Contains(l, "policy=demo/no-admin") || !strings.Contains(l, "src=spiffe://cluster.local/ns/demo/sa/client") {
+		t.Errorf("denials not logged:\n%s", l)
+	}
+
+	cc := grpcConn(t, e.front(grpcVIP))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	in, out := []byte("x"), []byte(nil)
+	if err := cc.Invoke(ctx, "/test.Echo/Unary", &in, &out); err != nil {
+		t.Fatalf("allowed call: %v", err)
+	}
+	err := cc.Invoke(ctx, "/test.Echo/Secret", &in, &out)
+	if s, _ := status.FromError(err); s.Code() != codes.PermissionDenied || s.Message() != "RBAC: access denied by AccessPolicy demo/no-secret" {
+		t.Errorf("denied call: %v", err)
+	}
+}
+
+// The telemetry observer: a request's metrics by source and destination
+// workload and response code, its access log line, and a traceparent
+// forwarded with a new span ID in the client's trace.
+func TestTelemetryObserver(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var logs syncBuffer
+	tel, err := telemetry.New(context.Background(), telemetry.Config{Registerer: reg, AccessLog: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, accessPolicies, Options{Observer: NewTelemetryObserver(tel), Authorizer: NewAccessPolicies(nil)})
+	var gotTP sync.Map
+	e.backend(web1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { gotTP.Store(r.URL.Path, r.Header.Get("Traceparent")) }))
+	e.backend(web2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { gotTP.Store(r.URL.Path, r.Header.Get("Traceparent")) }))
+	c := pipeClient(e, webVIP)
+	const clientTP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	req, _ := http.NewRequest("GET", "http://web.demo/public/traced", nil)
+	req.Header.Set("Traceparent", clientTP)
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	get(t, c, "http://web.demo/public/new")
+	get(t, c, "http://web.demo/admin/x")
+	c.CloseIdleConnections()
+
+	v, _ := gotTP.Load("/public/traced")
+	tp, _ := v.(string)
+	if !strings.HasPrefix(tp, "00-4bf92f3577b34da6a3ce929d0e0e4736-") || strings.Contains(tp, "00f067aa0ba902b7") || !strings.HasSuffix(tp, "-01") {
+		t.Errorf("forwarded traceparent %q: want the client's trace with the waypoint's span", tp)
+	}
+	if v, _ := gotTP.Load("/public/new"); len(v.(string)) != 55 {
+		t.Errorf("a request without traceparent was forwarded with %q, want a new trace", v)
+	}
+	waitFor(t, "3 requests counted", func() bool { return requests(t, reg, nil) == 3 })
+	if n := requests(t, reg, map[string]string{"response_code": "403", "destination_service": "web.demo.svc.cluster.local", "source_workload": "client",
+		"source_namespace": "demo", "source_principal": "spiffe://cluster.local/ns/demo/sa/client"}); n != 1 {
+		t.Errorf("%v denied requests counted, want 1", n)
+	}
+	if n1, n2 := requests(t, reg, map[string]string{"response_code": "200", "destination_workload": "web-1"}), requests(t, reg, map[string]string{"response_code": "200", "destination_workload": "web-2"}); n1+n2 != 2 {
+		t.Errorf("200s counted: web-1 %v, web-2 %v; want 2 in all", n1, n2)
+	}
+	l := logs.String()
+	if strings.Count(l, `"msg":"request"`) != 3 || !strings.Contains(l, `"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"`) || !strings.Contains(l, `"flags":"DENY"`) || !strings.Contains(l, `"policy":"demo/no-admin"`) {
+		t.Errorf("access log:\n%s", l)
+	}
+}
+
+// requests sums ambit_requests_total over the series with labels.
+func requests(t *testing.T, reg *prometheus.Registry, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "ambit_requests_total" {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			total += m.GetCounter().GetValue()
+		}
+	}
+	return total
+}
