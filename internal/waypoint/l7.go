@@ -7,27 +7,58 @@ import (
 	"net/netip"
 
 	"github.com/ambit-mesh/ambit/internal/l7"
+	"github.com/ambit-mesh/ambit/internal/l7/resilience"
+	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 // Engine is the Handler that serves streams with the L7 engine
 // (internal/l7): HTTP/1.1, HTTP/2 and gRPC at the request level, anything
-// else passed through as TCP. Requests are routed by the Gateway API
-// routes attached to the destination Service (l7.Routes) and sent
-// upstream through the waypoint's tunnel dialer.
+// else passed through as TCP. Each request is checked against the
+// AccessPolicies of its destination (l7.AccessPolicies: 403, gRPC
+// PERMISSION_DENIED), routed by the Gateway API routes attached to the
+// destination Service (l7.Routes), admitted, balanced and retried by the
+// backend's TrafficPolicy (l7.Resilient), sent upstream through the
+// waypoint's tunnel dialer, and observed (l7.TelemetryObserver: metrics,
+// access log, traceparent, OTLP spans).
 type Engine struct {
-	e *l7.Engine
+	e   *l7.Engine
+	res *l7.Resilient
+}
+
+// EngineOptions configure NewEngineWith.
+type EngineOptions struct {
+	Log *slog.Logger
+	// Telemetry takes the request metrics, access log and spans; nil
+	// still propagates traceparent (with a span ID per hop).
+	Telemetry *telemetry.Telemetry
+	// Resilience configures the resilience state (a fake clock in tests).
+	Resilience resilience.Options
 }
 
 // NewEngine builds the L7 handler for the waypoint wp returns (called
-// lazily: the waypoint and its handler are made together).
+// lazily: the waypoint and its handler are made together), without
+// metrics or access log.
 func NewEngine(wp func() *Waypoint, log *slog.Logger) (*Engine, error) {
+	return NewEngineWith(wp, EngineOptions{Log: log})
+}
+
+// NewEngineWith is NewEngine with telemetry and resilience options.
+func NewEngineWith(wp func() *Waypoint, opts EngineOptions) (*Engine, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	res := l7.NewResilient(opts.Resilience)
 	e, err := l7.New(l7.Options{
 		Upstream: l7.UpstreamFunc(func(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
 			return wp().Upstream()(ctx, ep)
 		}),
-		Router: l7.NewRoutes(),
-		Log:    log,
+		Router:     l7.NewRoutes(),
+		Authorizer: l7.NewAccessPolicies(log.With("log", "access-policy")),
+		Resilience: res,
+		Observer:   l7.NewTelemetryObserver(opts.Telemetry),
+		Log:        log,
 		// Upstream connections name the client (Waypoint.Upstream): one
 		// pool per client identity.
 		PoolKey: func(c l7.ConnInfo) string { return c.SrcIdentity },
@@ -35,8 +66,11 @@ func NewEngine(wp func() *Waypoint, log *slog.Logger) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{e: e}, nil
+	return &Engine{e: e, res: res}, nil
 }
+
+// Resilience is the engine's resilience state (per destination stats).
+func (h *Engine) Resilience() *resilience.Manager { return h.res.Manager() }
 
 // Update gives the engine a configuration.
 func (h *Engine) Update(cfg *meshconfig.Config) error { return h.e.Update(cfg) }
