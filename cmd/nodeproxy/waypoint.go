@@ -18,6 +18,7 @@ import (
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/controlclient"
+	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/nodeproxy"
 	"github.com/ambit-mesh/ambit/internal/waypoint"
@@ -42,6 +43,10 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	readyAddr := fs.String("ready", admin.DefaultReadyAddr, "readiness listener, /healthz/ready (empty: off)")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long open streams may finish")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	accessLog := fs.Bool("access-log", true, "log one line per request (\"msg\":\"request\", log=access)")
+	otlpEndpoint := fs.String("otlp-endpoint", otlpFromEnv(), "OpenTelemetry collector (OTLP/gRPC) to export request spans to, host:port or http(s)://host:port; empty: no export, traceparent is still propagated (default $AMBIT_OTLP_ENDPOINT, else $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else $OTEL_EXPORTER_OTLP_ENDPOINT)")
+	otlpInsecure := fs.Bool("otlp-insecure", false, "export spans in plaintext (implied by an http:// endpoint)")
+	sampleRatio := fs.Float64("trace-sample-ratio", 1, "fraction of new traces sampled for export (a caller's sampled flag is always followed)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -85,9 +90,30 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	}
 	defer client.Close()
 	metrics := admin.NewMetrics(nodeproxy.Version)
+	tcfg := telemetry.Config{Registerer: metrics.Registry()}
+	if *accessLog {
+		tcfg.AccessLog = log.With("log", "access")
+	}
+	if *otlpEndpoint != "" {
+		ep, insecure := otlpTarget(*otlpEndpoint)
+		tcfg.Tracing = telemetry.Tracing{OTLPEndpoint: ep, Insecure: insecure || *otlpInsecure, SampleRatio: *sampleRatio,
+			Attributes: map[string]string{"k8s.namespace.name": ns, "ambit.waypoint": wpName, "k8s.node.name": *node}}
+		if *sampleRatio <= 0 {
+			tcfg.Tracing.SampleRatio = -1
+		}
+	}
+	tel, err := telemetry.New(context.Background(), tcfg)
+	if err != nil {
+		return fail("telemetry: %v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tel.Shutdown(ctx)
+	}()
 	wp, err = waypoint.New(waypoint.Options{
 		Namespace: ns, Name: wpName, Node: *node, Signer: client, Bundle: client.Bundle(),
-		Handler: newHandler(func() *waypoint.Waypoint { return wp }, log), Metrics: metrics, Log: log,
+		Handler: newHandler(func() *waypoint.Waypoint { return wp }, log, tel), Metrics: metrics, Log: log,
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -108,7 +134,7 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	log.Info("waypoint starting", "waypoint", *name, "node", *node, "controller", *ctrlAddr, "listen", *listen, "version", nodeproxy.Version)
+	log.Info("waypoint starting", "waypoint", *name, "node", *node, "controller", *ctrlAddr, "listen", *listen, "otlp", *otlpEndpoint, "version", nodeproxy.Version)
 	done := make(chan struct{})
 	go func() { defer close(done); client.Run(ctx) }()
 	select {
@@ -133,6 +159,30 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	ops.Shutdown(sctx)
 	<-done
 	return 0
+}
+
+// otlpFromEnv is the OTLP endpoint from the environment: Ambit's own
+// variable, else OpenTelemetry's standard ones.
+func otlpFromEnv() string {
+	for _, k := range []string{"AMBIT_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// otlpTarget turns an endpoint as OpenTelemetry's variables give it
+// ("http://collector:4317", "https://...") into host:port, with whether
+// it is plaintext.
+func otlpTarget(v string) (hostport string, insecure bool) {
+	switch {
+	case strings.HasPrefix(v, "http://"):
+		v, insecure = strings.TrimPrefix(v, "http://"), true
+	case strings.HasPrefix(v, "https://"):
+		v = strings.TrimPrefix(v, "https://")
+	}
+	return strings.TrimSuffix(v, "/"), insecure
 }
 
 // envKey is the waypoint's namespace/name from the environment the
