@@ -53,6 +53,9 @@ func TestEvaluate(t *testing.T) {
 		// L7 rules at L4 fail closed in both directions.
 		{"L7 allow cannot allow at L4", []Policy{{Namespace: "demo", Name: "get-only", Action: Allow, Rules: []Rule{{L7: true}}}}, toWeb80, false, "no ALLOW"},
 		{"L7 deny denies at L4", []Policy{{Namespace: "demo", Name: "no-post", Action: Deny, Rules: []Rule{{L7: true}}}}, toWeb80, false, "no-post"},
+		// The HTTP attributes carried for the waypoint change nothing here.
+		{"L7 allow with its targets still cannot allow at L4", []Policy{{Namespace: "demo", Name: "get-only", Action: Allow, Rules: []Rule{{L7: true, To: []Target{{Methods: []string{"GET"}}}}}}}, toWeb80, false, "no ALLOW"},
+		{"L7 deny with its targets still denies at L4", []Policy{{Namespace: "demo", Name: "no-post", Action: Deny, Rules: []Rule{{L7: true, To: []Target{{Methods: []string{"POST"}}}}}}}, toWeb80, false, "no-post"},
 	} {
 		d := Evaluate(tc.policies, tc.req)
 		if d.Allowed != tc.allowed || !strings.Contains(d.Reason, tc.reason) {
