@@ -84,6 +84,14 @@ type Request struct {
 	Namespace string
 	Labels    map[string]string
 	Port      uint16
+	// L7Checked says the connection comes through the waypoint the
+	// destination uses, which applies the HTTP attributes of L7 rules to
+	// each request (internal/l7/authz). An L7 rule is then decided here on
+	// its sources and ports alone: an ALLOW rule matches on them (the
+	// waypoint let through only the requests its attributes match), a DENY
+	// rule is left to the waypoint (which denied the requests it matches).
+	// Without it L7 rules fail closed.
+	L7Checked bool
 }
 
 // Decision is the outcome with its reason.
@@ -181,9 +189,17 @@ func selects(sel, labels map[string]string) bool {
 func matchesPolicy(p Policy, req Request) bool {
 	for _, r := range p.Rules {
 		if matchesRule(r, req) {
-			// An L7 rule cannot be checked here: it counts as matching for
-			// DENY and as not matching for ALLOW, so both fail closed.
-			if r.L7 && p.Action == Allow {
+			switch {
+			case !r.L7:
+			case req.L7Checked && p.Action == Deny:
+				// The waypoint denied what the rule's attributes match.
+				continue
+			case req.L7Checked:
+				// The waypoint allowed only what they match.
+			case p.Action == Allow:
+				// An L7 rule cannot be checked here: it counts as
+				// matching for DENY and as not matching for ALLOW, so
+				// both fail closed.
 				continue
 			}
 			return true

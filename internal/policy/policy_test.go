@@ -53,6 +53,13 @@ func TestEvaluate(t *testing.T) {
 		// L7 rules at L4 fail closed in both directions.
 		{"L7 allow cannot allow at L4", []Policy{{Namespace: "demo", Name: "get-only", Action: Allow, Rules: []Rule{{L7: true}}}}, toWeb80, false, "no ALLOW"},
 		{"L7 deny denies at L4", []Policy{{Namespace: "demo", Name: "no-post", Action: Deny, Rules: []Rule{{L7: true}}}}, toWeb80, false, "no-post"},
+		// Through the waypoint that applied them, L7 rules are decided on
+		// their sources and ports.
+		{"L7 allow through the waypoint allows its sources", []Policy{{Namespace: "demo", Name: "get-only", Action: Allow, Rules: []Rule{{L7: true, From: []Source{{Namespaces: []string{"demo"}}}}}}}, viaWaypoint(toWeb80), true, "get-only"},
+		{"L7 allow through the waypoint still needs its sources", []Policy{{Namespace: "demo", Name: "get-only", Action: Allow, Rules: []Rule{{L7: true, From: []Source{{Namespaces: []string{"legacy"}}}}}}}, viaWaypoint(toWeb80), false, "no ALLOW"},
+		{"L7 allow through the waypoint still needs its ports", []Policy{{Namespace: "demo", Name: "get-only", Action: Allow, Rules: []Rule{{L7: true, Ports: []uint16{9090}}}}}, viaWaypoint(toWeb80), false, "no ALLOW"},
+		{"L7 deny through the waypoint is the waypoint's", []Policy{{Namespace: "demo", Name: "no-post", Action: Deny, Rules: []Rule{{L7: true}}}}, viaWaypoint(toWeb80), true, "no policy"},
+		{"L4 deny through the waypoint still denies", []Policy{{Namespace: "demo", Name: "no-demo", Action: Deny, Rules: []Rule{{From: []Source{{Namespaces: []string{"demo"}}}}}}}, viaWaypoint(toWeb80), false, "no-demo"},
 		// The HTTP attributes carried for the waypoint change nothing here.
 		{"L7 allow with its targets still cannot allow at L4", []Policy{{Namespace: "demo", Name: "get-only", Action: Allow, Rules: []Rule{{L7: true, To: []Target{{Methods: []string{"GET"}}}}}}}, toWeb80, false, "no ALLOW"},
 		{"L7 deny with its targets still denies at L4", []Policy{{Namespace: "demo", Name: "no-post", Action: Deny, Rules: []Rule{{L7: true, To: []Target{{Methods: []string{"POST"}}}}}}}, toWeb80, false, "no-post"},
@@ -93,3 +100,5 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+func viaWaypoint(r Request) Request { r.L7Checked = true; return r }
