@@ -282,20 +282,20 @@ func runL7(t *testing.T, l *lab.Lab, pod string, job l7Job) l7Result {
 //
 //	8081 info: "<pod> <method> <path> x-via=<x-via>" (serveHTTP)
 //	8082 mirror target: records each request, answers "<pod> mirror"
-//	8083 flaky: every other request fails with 503
+//	8083 flaky: 503 while Flaky, else "<pod> ok"
 //	8084 hang: answers only when the client goes
 //	8085 sick-able: 500 while Sick, else "<pod> ok"
 //	8086 WebSocket echo: "<pod>: <message>"
 //	9090 gRPC TestService: UnaryCall's hostname and each FullDuplexCall
 //	     answer name the pod
 type l7Server struct {
-	pod  string
-	Sick atomic.Bool
+	pod string
+	// Sick makes port 8085 answer 500, Flaky port 8083 503.
+	Sick, Flaky atomic.Bool
 
 	mu   sync.Mutex
 	hits map[int]int // requests served per port
 	seen []string    // requests the mirror target saw: "METHOD path header"
-	flip int
 }
 
 const (
@@ -320,11 +320,7 @@ func serveL7(t *testing.T, l *lab.Lab, pod string) *l7Server {
 			fmt.Fprintf(w, "%s mirror", pod)
 		},
 		portFlaky: func(w http.ResponseWriter, r *http.Request) {
-			s.mu.Lock()
-			s.flip++
-			fail := s.flip%2 == 1
-			s.mu.Unlock()
-			if fail {
+			if s.Flaky.Load() {
 				http.Error(w, pod+" flaky failure", http.StatusServiceUnavailable)
 				return
 			}
