@@ -113,7 +113,7 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	}()
 	wp, err = waypoint.New(waypoint.Options{
 		Namespace: ns, Name: wpName, Node: *node, Signer: client, Bundle: client.Bundle(),
-		Handler: newHandler(func() *waypoint.Waypoint { return wp }, log, tel), Metrics: metrics, Log: log,
+		Handler: newHandler(func() *waypoint.Waypoint { return wp }, log, tel, metrics.Registry()), Metrics: metrics, Log: log,
 	})
 	if err != nil {
 		return fail("%v", err)

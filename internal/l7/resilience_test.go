@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ambit-mesh/ambit/internal/l7/resilience"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
@@ -34,7 +36,8 @@ func pipeClient(e *env, dst netip.AddrPort) *http.Client {
 // retryOn 5xx) with the request body replayed; the client sees only the
 // success, and the request records two attempts.
 func TestResilientRetries5xxWithBody(t *testing.T) {
-	e := newEnv(t, trafficPolicy("  retries: {attempts: 2, retryOn: [5xx], backoff: 1ms}\n"), Options{Resilience: NewResilient(resilience.Options{})})
+	res := NewResilient(resilience.Options{})
+	e := newEnv(t, trafficPolicy("  retries: {attempts: 2, retryOn: [5xx], backoff: 1ms}\n"), Options{Resilience: res})
 	var failed atomic.Int32
 	e.backend(web1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.ReadAll(r.Body)
@@ -70,6 +73,25 @@ func TestResilientRetries5xxWithBody(t *testing.T) {
 	}
 	if retried != int(failed.Load()) {
 		t.Errorf("%d requests took 2 attempts, web-1 failed %d", retried, failed.Load())
+	}
+
+	// The collector reports them.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewResilienceCollector(res.Manager()))
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == "demo/web:80" && len(m.GetLabel()) == 1 {
+				got[mf.GetName()] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	if got["ambit_upstream_requests_total"] != 4 || got["ambit_upstream_retries_total"] != float64(failed.Load()) || got["ambit_upstream_active_requests"] != 0 {
+		t.Errorf("resilience metrics %v; want 4 requests, %d retries, none active", got, failed.Load())
 	}
 }
 

@@ -2,9 +2,12 @@ package waypoint
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ambit-mesh/ambit/internal/l7"
 	"github.com/ambit-mesh/ambit/internal/l7/resilience"
@@ -34,6 +37,10 @@ type EngineOptions struct {
 	Telemetry *telemetry.Telemetry
 	// Resilience configures the resilience state (a fake clock in tests).
 	Resilience resilience.Options
+	// Registerer, if set, takes the resilience metrics
+	// (l7.ResilienceCollector: retries, overflows, ejections per
+	// destination).
+	Registerer prometheus.Registerer
 }
 
 // NewEngine builds the L7 handler for the waypoint wp returns (called
@@ -50,6 +57,11 @@ func NewEngineWith(wp func() *Waypoint, opts EngineOptions) (*Engine, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	res := l7.NewResilient(opts.Resilience)
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(l7.NewResilienceCollector(res.Manager())); err != nil {
+			return nil, fmt.Errorf("waypoint resilience metrics: %w", err)
+		}
+	}
 	e, err := l7.New(l7.Options{
 		Upstream: l7.UpstreamFunc(func(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
 			return wp().Upstream()(ctx, ep)

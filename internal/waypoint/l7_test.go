@@ -154,7 +154,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	var w *Waypoint
-	eng, err := NewEngineWith(func() *Waypoint { return w }, EngineOptions{Log: log, Telemetry: tel})
+	eng, err := NewEngineWith(func() *Waypoint { return w }, EngineOptions{Log: log, Telemetry: tel, Registerer: metrics.Registry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,6 +264,9 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 	}
 	if !strings.Contains(string(scrape), "ambit_request_duration_seconds_bucket{") {
 		t.Error("no ambit_request_duration_seconds on the metrics endpoint")
+	}
+	if want := fmt.Sprintf(`ambit_upstream_retries_total{destination="demo/web:80"} %d`, failed.Load()); !strings.Contains(string(scrape), want) {
+		t.Errorf("no %s on the metrics endpoint", want)
 	}
 	l := logs.String()
 	if n := strings.Count(l, `"msg":"request"`); n != 9 || !strings.Contains(l, `"flags":"DENY"`) || !strings.Contains(l, `"policy":"demo/no-admin"`) || !strings.Contains(l, `"retries":1`) {
