@@ -3,6 +3,7 @@ package l7
 import (
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -59,6 +60,7 @@ func (a *AccessPolicies) Authorize(r *http.Request, info ConnInfo, dst *Destinat
 	if set.Len() == 0 {
 		return nil
 	}
+	normalizePath(r)
 	req := authz.FromHTTP(r, sourceID(info.SrcIdentity), info.Src.Addr(), authzDestination(dst))
 	d := set.Evaluate(&req)
 	if len(d.DryRun) > 0 {
@@ -71,6 +73,27 @@ func (a *AccessPolicies) Authorize(r *http.Request, info ConnInfo, dst *Destinat
 	a.log.Info("request denied", "src", info.SrcIdentity, "src_ip", info.Src.Addr().String(), "dst", dst.Addr.String(),
 		"method", r.Method, "host", r.Host, "path", r.URL.Path, "policy", d.Policy, "reason", d.Reason)
 	return &AccessDenied{Decision: d}
+}
+
+// normalizePath rewrites r's path to the form policies match
+// (authz.NormalizePath: dot segments removed, slashes merged, unreserved
+// escapes decoded), so that routing and the backend see the path that was
+// authorized, as Envoy forwards it; otherwise "/admin/../public" could be
+// allowed as "/public" and served by a backend under /admin.
+func normalizePath(r *http.Request) {
+	esc := r.URL.EscapedPath()
+	n := authz.NormalizePath(esc)
+	if n == esc {
+		return
+	}
+	p, err := url.PathUnescape(n)
+	if err != nil {
+		return
+	}
+	r.URL.Path, r.URL.RawPath = p, n
+	if r.URL.EscapedPath() != n {
+		r.URL.RawPath = ""
+	}
 }
 
 // sourceID parses the client's SPIFFE ID; zero (no identity) when it is

@@ -80,6 +80,8 @@ func TestAccessPolicies(t *testing.T) {
 		body         string
 	}{
 		{"GET", "/public/x", 200, "/public/x"},
+		// Forwarded as authorized: normalized.
+		{"GET", "/admin/..//public/%7Ex/./y", 200, "HTTP/1.1 /public/~x/y"},
 		{"GET", "/public/../admin/x", 403, "RBAC: access denied by AccessPolicy demo/no-admin"},
 		{"GET", "/admin/x", 403, "RBAC: access denied by AccessPolicy demo/no-admin"},
 		{"POST", "/public/x", 403, "RBAC: access denied: no ALLOW AccessPolicy matched"},
