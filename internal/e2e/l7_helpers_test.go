@@ -286,6 +286,7 @@ func runL7(t *testing.T, l *lab.Lab, pod string, job l7Job) l7Result {
 //	8084 hang: answers only when the client goes
 //	8085 sick-able: 500 while Sick, else "<pod> ok"
 //	8086 WebSocket echo: "<pod>: <message>"
+//	8087 info again, used only under the AccessPolicy
 //	9090 gRPC TestService: UnaryCall's hostname and each FullDuplexCall
 //	     answer name the pod
 type l7Server struct {
@@ -305,13 +306,17 @@ const (
 	portHang   = 8084
 	portSick   = 8085
 	portWS     = 8086
-	portGRPC   = 9090
+	// portGuarded is the info server again, for the AccessPolicy test
+	// alone: no upstream connection to it is open when the policy comes.
+	portGuarded = 8087
+	portGRPC    = 9090
 )
 
 func serveL7(t *testing.T, l *lab.Lab, pod string) *l7Server {
 	t.Helper()
 	s := &l7Server{pod: pod, hits: map[int]int{}}
 	serveHTTP(t, l, pod, portInfo)
+	serveHTTP(t, l, pod, portGuarded)
 	handlers := map[int]http.HandlerFunc{
 		portMirror: func(w http.ResponseWriter, r *http.Request) {
 			s.mu.Lock()

@@ -205,9 +205,20 @@ spec:
 
 // l7DenyFiles: requests from demo/client to /admin/* of the servers, and
 // the gRPC EmptyCall, are denied. At L4 the servers' node proxies see the
-// waypoint as the source, so the rule (whose HTTP attributes they cannot
-// check) does not match there and fail closed on everything else.
-const l7DenyFiles = `apiVersion: ambit.dev/v1alpha1
+// original client's identity (the waypoint names it), but the rule's HTTP
+// attributes are the waypoint's to check: requests it lets through must
+// not be refused at L4. Service guarded is new with the policy, so the
+// waypoint opens new upstream connections (and the servers' node proxies
+// judge them) under it.
+const l7DenyFiles = `apiVersion: v1
+kind: Service
+metadata: {name: guarded, namespace: demo, labels: {ambit.dev/use-waypoint: wp}}
+spec:
+  clusterIP: 10.96.1.50
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: 8087, appProtocol: http}]
+---
+apiVersion: ambit.dev/v1alpha1
 kind: AccessPolicy
 metadata: {name: no-admin, namespace: demo}
 spec:
@@ -459,17 +470,13 @@ func TestPrivilegedL7(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { l.RemoveConfig(t.Context(), "authz") })
-		hits := servers["server-1"].Hits(portInfo) + servers["server-2"].Hits(portInfo)
-		res := get(t, "http://10.96.1.10/admin/users", 3, 1, nil)
+		res := get(t, "http://10.96.1.50/admin/users", 3, 1, nil)
 		if res.Status != 403 || len(res.Counts) != 1 || !strings.Contains(strings.ToLower(res.Body), "denied") {
 			t.Errorf("GET /admin/users: %v first %d %q, want 403 saying it was denied", res.Counts, res.Status, res.Body)
 		}
-		if now := servers["server-1"].Hits(portInfo) + servers["server-2"].Hits(portInfo); now != hits {
-			t.Errorf("denied requests reached the servers (%d)", now-hits)
-		}
-		res = get(t, "http://10.96.1.10/hello", 3, 1, nil)
-		if res.Counts["200 server-1"]+res.Counts["200 server-2"] != 3 {
-			t.Errorf("GET /hello under the policy: %v %q, want 200", res.Counts, res.Body)
+		res = get(t, "http://10.96.1.50/hello", 4, 1, nil)
+		if res.Counts["200 server-1"]+res.Counts["200 server-2"] != 4 {
+			t.Errorf("GET /hello under the policy: %v first %d %q, want 200 from the servers", res.Counts, res.Status, res.Body)
 		}
 		g := runL7(t, l, client, l7Job{Mode: "grpc", Target: "10.96.1.30:9090", N: 2})
 		if g.Empty != "PermissionDenied" || !strings.Contains(strings.ToLower(g.EmptyMsg), "denied") {
