@@ -2,8 +2,10 @@ package l7
 
 import (
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -20,9 +22,21 @@ import (
 // client identity and address. A denial answers 403 "RBAC: access denied
 // by AccessPolicy ns/x" (gRPC PERMISSION_DENIED) and is logged; dry-run
 // policies are logged and never enforced.
+//
+// Service traffic is decided before an endpoint is picked, so a policy
+// whose selector picks only some of the Service's workloads (version: v2)
+// must still count: the request is evaluated for each distinct label set
+// of the workloads behind the Service (usually one) and allowed only when
+// every one allows it.
 type AccessPolicies struct {
-	set atomic.Pointer[authz.Set]
+	cur atomic.Pointer[accessState]
 	log *slog.Logger
+}
+
+type accessState struct {
+	set *authz.Set
+	// labels are the distinct label sets of each Service's workloads.
+	labels map[*meshconfig.Service][]map[string]string
 }
 
 // NewAccessPolicies returns an Authorizer with no policies (everything
@@ -36,7 +50,19 @@ func NewAccessPolicies(log *slog.Logger) *AccessPolicies {
 
 // Update compiles cfg's policies.
 func (a *AccessPolicies) Update(cfg *meshconfig.Config) error {
-	a.set.Store(authz.NewSet(authz.FromL4All(cfg.Policies)))
+	st := &accessState{set: authz.NewSet(authz.FromL4All(cfg.Policies)), labels: map[*meshconfig.Service][]map[string]string{}}
+	if st.set.Len() > 0 {
+		for _, svc := range cfg.Services {
+			var sets []map[string]string
+			for _, w := range cfg.Endpoints(svc) {
+				if !slices.ContainsFunc(sets, func(l map[string]string) bool { return maps.Equal(l, w.Labels) }) {
+					sets = append(sets, w.Labels)
+				}
+			}
+			st.labels[svc] = sets
+		}
+	}
+	a.cur.Store(st)
 	return nil
 }
 
@@ -56,13 +82,23 @@ func (e *AccessDenied) Response() *DirectResponse {
 
 // Authorize evaluates r.
 func (a *AccessPolicies) Authorize(r *http.Request, info ConnInfo, dst *Destination) error {
-	set := a.set.Load()
-	if set.Len() == 0 {
+	st := a.cur.Load()
+	if st == nil || st.set.Len() == 0 {
 		return nil
 	}
 	normalizePath(r)
 	req := authz.FromHTTP(r, sourceID(info.SrcIdentity), info.Src.Addr(), authzDestination(dst))
-	d := set.Evaluate(&req)
+	d := st.set.Evaluate(&req)
+	if dst.Service != nil && d.Allowed {
+		// Also as each kind of workload behind the Service.
+		for _, l := range st.labels[dst.Service] {
+			req.Destination.WorkloadLabels = l
+			if dw := st.set.Evaluate(&req); !dw.Allowed {
+				d = dw
+				break
+			}
+		}
+	}
 	if len(d.DryRun) > 0 {
 		a.log.Info("dry-run access policy", "src", info.SrcIdentity, "src_ip", info.Src.Addr().String(), "dst", dst.Addr.String(),
 			"method", r.Method, "host", r.Host, "path", r.URL.Path, "dry_run", d.DryRun, "allowed", d.Allowed)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -85,6 +86,7 @@ func TestAccessPolicies(t *testing.T) {
 		{"GET", "/public/../admin/x", 403, "RBAC: access denied by AccessPolicy demo/no-admin"},
 		{"GET", "/admin/x", 403, "RBAC: access denied by AccessPolicy demo/no-admin"},
 		{"POST", "/public/x", 403, "RBAC: access denied: no ALLOW AccessPolicy matched"},
+
 		{"GET", "/private", 403, "RBAC: access denied: no ALLOW AccessPolicy matched"},
 	} {
 		req, _ := http.NewRequest(tc.method, "http://web.demo"+tc.path, nil)
@@ -115,6 +117,55 @@ func TestAccessPolicies(t *testing.T) {
 	err := cc.Invoke(ctx, "/test.Echo/Secret", &in, &out)
 	if s, _ := status.FromError(err); s.Code() != codes.PermissionDenied || s.Message() != "RBAC: access denied by AccessPolicy demo/no-secret" {
 		t.Errorf("denied call: %v", err)
+	}
+}
+
+// A policy that selects only some of a Service's workloads counts before
+// the endpoint is picked: the canary's DENY of PUT denies every PUT to the
+// Service, whichever endpoint it would have reached.
+func TestAccessPoliciesOfSomeOfAServicesWorkloads(t *testing.T) {
+	e := newEnv(t, `---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: shop-1, namespace: demo, labels: {app: shop, track: stable}}
+spec: {serviceAccount: shop, node: n1, addresses: [10.1.0.21]}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: shop-2, namespace: demo, labels: {app: shop, track: canary}}
+spec: {serviceAccount: shop, node: n1, addresses: [10.1.0.22]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop, namespace: demo}
+spec: {clusterIP: 10.96.0.21, selector: {app: shop}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: canary-no-put, namespace: demo}
+spec:
+  selector: {matchLabels: {track: canary}}
+  action: DENY
+  rules:
+  - to: [{methods: [PUT]}]
+`, Options{Authorizer: NewAccessPolicies(nil)})
+	e.backend(netip.MustParseAddrPort("10.1.0.21:8080"), whoami("shop-1"))
+	e.backend(netip.MustParseAddrPort("10.1.0.22:8080"), whoami("shop-2"))
+	c := pipeClient(e, netip.MustParseAddrPort("10.96.0.21:80"))
+	for i := range 4 {
+		req, _ := http.NewRequest("PUT", "http://shop.demo/cart", nil)
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 403 || !strings.Contains(string(b), "demo/canary-no-put") {
+			t.Fatalf("PUT %d: %s %q", i, res.Status, b)
+		}
+		if res, body := get(t, c, "http://shop.demo/cart"); res.StatusCode != 200 {
+			t.Fatalf("GET %d: %s %q", i, res.Status, body)
+		}
 	}
 }
 
