@@ -20,6 +20,13 @@
 // 503 or 504 with an x-ambit-error header and a one-line body, or a gRPC
 // trailers-only status (UNAVAILABLE, DEADLINE_EXCEEDED, PERMISSION_DENIED).
 //
+// The waypoint's implementations of those interfaces are here too, each
+// an adapter over its library: Routes (internal/l7/route), AccessPolicies
+// (internal/l7/authz), Resilient (internal/l7/resilience, with
+// ResilienceCollector for its metrics) and TelemetryObserver
+// (internal/l7/telemetry, also a Tracer: the traceparent it forwards names
+// the waypoint's span).
+//
 // The tunnel (internal/tunnel), the process around the engine
 // (internal/waypoint), route matching (internal/l7/route) and resilience
 // state (internal/l7/resilience) live elsewhere.
