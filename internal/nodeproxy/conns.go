@@ -214,6 +214,9 @@ type closeWriter interface{ CloseWrite() error }
 // directions end, half-closing each as its source finishes, and counts
 // bytes into r. It returns the first error that was not a normal close.
 func pipe(r *connRecord, client, upstream net.Conn) error {
+	// Reads and small writes as raw system calls: no thread hand-off per
+	// request at GOMAXPROCS=1 (see tunnel.RawIO).
+	client, upstream = tunnel.RawIO(client), tunnel.RawIO(upstream)
 	errc := make(chan error, 2)
 	go func() { errc <- copyCounting(upstream, client, &r.up, r.stats.AddSent) }()
 	go func() { errc <- copyCounting(client, upstream, &r.down, r.stats.AddReceived) }()

@@ -71,6 +71,7 @@ type h2conn struct {
 	bw   *bufio.Writer
 	henc *hpack.Encoder
 	hbuf bytes.Buffer
+	whdr [9]byte // a DATA frame header being written
 	werr error
 
 	mu      sync.Mutex
@@ -493,12 +494,12 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	direct := alive && n > 0 && !overrun && s.sink != nil && s.parked && !s.directBusy && len(s.rbuf) == 0
 	if direct {
 		s.directBusy = true
-		b = (*chunkPool.Get().(*[]byte))[:n]
+		b = getChunk()[:n]
 	} else if alive && n > 0 && !overrun {
 		if k := len(s.rbuf); n <= h2SmallData && k > 0 && cap(s.rbuf[k-1])-len(s.rbuf[k-1]) >= n {
 			b = nil // appended to the last buffer below
 		} else {
-			b = (*chunkPool.Get().(*[]byte))[:n]
+			b = getChunk()[:n]
 		}
 	}
 	c.mu.Unlock()
@@ -586,7 +587,13 @@ func (c *h2conn) deliver(s *h2stream, b []byte, end bool) error {
 		s.recvEnd = true
 	}
 	c.recvConsumed += int64(dropped)
-	s.rcond.Broadcast()
+	// Wake writeTo only when it has something to do. While it waits for
+	// data (parked), a frame the sink took whole changes nothing for it,
+	// and waking it per frame would cost a goroutine switch for nothing.
+	// Not parked, it may be waiting for directBusy to clear.
+	if !s.parked || len(s.rbuf) > 0 || s.recvEnd || s.recvErr != nil || s.sinkErr != nil {
+		s.rcond.Broadcast()
+	}
 	c.mu.Unlock()
 	if b != nil {
 		putChunk(b)
@@ -612,34 +619,12 @@ func NewTryWriter(w io.Writer) TryWriter {
 	}
 	if sc, ok := w.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			return rawTryWriter{rc}
+			rw := &rawWriter{}
+			rw.init(rc)
+			return rw
 		}
 	}
 	return nil
-}
-
-type rawTryWriter struct{ rc syscall.RawConn }
-
-func (r rawTryWriter) TryWrite(p []byte) (int, error) {
-	var n int
-	var werr error
-	err := r.rc.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), p)
-			if werr != syscall.EINTR {
-				return true // done, or it would block: never wait here
-			}
-		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case werr == syscall.EAGAIN:
-		return 0, nil
-	case werr != nil:
-		return 0, werr
-	}
-	return n, nil
 }
 
 // knownStream tells whether id was ever opened (so DATA on it is late,
@@ -677,18 +662,21 @@ func (s *h2stream) push(data []byte) {
 	}
 	var b []byte
 	if len(data) <= maxFrameSize {
-		b = (*chunkPool.Get().(*[]byte))[:0]
+		b = getChunk()[:0]
 	}
 	s.rbuf = append(s.rbuf, append(b, data...))
 }
 
-// chunkPool holds receive buffers of one maximal frame each.
-var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, maxFrameSize); return &b }}
+// chunkPool holds receive buffers of one maximal frame each, as array
+// pointers: putting a slice's array back allocates nothing (a *[]byte
+// would, per frame).
+var chunkPool = sync.Pool{New: func() any { return new([maxFrameSize]byte) }}
+
+func getChunk() []byte { return chunkPool.Get().(*[maxFrameSize]byte)[:] }
 
 func putChunk(b []byte) {
 	if cap(b) == maxFrameSize {
-		b = b[:0]
-		chunkPool.Put(&b)
+		chunkPool.Put((*[maxFrameSize]byte)(b[:maxFrameSize]))
 	}
 }
 
@@ -834,21 +822,21 @@ func (s *h2stream) Read(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, err
 	}
-	n := 0
-	for n < len(p) && len(s.rbuf) > 0 {
-		k := copy(p[n:], s.rbuf[0])
+	n, i := 0, 0
+	for n < len(p) && i < len(s.rbuf) {
+		k := copy(p[n:], s.rbuf[i])
 		n += k
-		if k == len(s.rbuf[0]) {
-			putChunk(s.rbuf[0])
-			s.rbuf[0] = nil
-			s.rbuf = s.rbuf[1:]
+		if k == len(s.rbuf[i]) {
+			putChunk(s.rbuf[i])
+			i++
 		} else {
-			s.rbuf[0] = s.rbuf[0][k:]
+			s.rbuf[i] = s.rbuf[i][k:]
 		}
 	}
-	if len(s.rbuf) == 0 {
-		s.rbuf = nil
-	}
+	// Keep the slice's array for the next frames (no allocation per read).
+	rest := copy(s.rbuf, s.rbuf[i:])
+	clear(s.rbuf[rest:])
+	s.rbuf = s.rbuf[:rest]
 	c.mu.Unlock()
 	s.consume(n)
 	return n, nil
@@ -903,6 +891,7 @@ func (s *h2stream) writeTo(w io.Writer) (total int64, rerr, werr error) {
 		s.delivered = 0
 		c.mu.Unlock()
 	}()
+	var spare [][]byte // the array of the last chunks taken, for s.rbuf
 	for {
 		c.mu.Lock()
 		for (len(s.rbuf) == 0 && !s.recvEnd && s.recvErr == nil && s.sinkErr == nil) || s.directBusy {
@@ -924,7 +913,7 @@ func (s *h2stream) writeTo(w io.Writer) (total int64, rerr, werr error) {
 			return total, err, nil
 		}
 		chunks := s.rbuf
-		s.rbuf = nil
+		s.rbuf = spare
 		c.mu.Unlock()
 		for i, b := range chunks {
 			n, err := w.Write(b)
@@ -938,6 +927,8 @@ func (s *h2stream) writeTo(w io.Writer) (total int64, rerr, werr error) {
 				return total, nil, err
 			}
 		}
+		clear(chunks)
+		spare = chunks[:0]
 	}
 }
 
@@ -953,9 +944,9 @@ func (s *h2stream) Write(p []byte) (int, error) {
 		}
 		chunk := p[written : written+n]
 		if err := s.c.write(func() error {
-			var hdr [9]byte
-			s.dataHeader(hdr[:], n)
-			if _, err := s.c.bw.Write(hdr[:]); err != nil {
+			hdr := s.c.whdr[:] // under wmu; a local array would escape
+			s.dataHeader(hdr, n)
+			if _, err := s.c.bw.Write(hdr); err != nil {
 				return err
 			}
 			_, err := s.c.bw.Write(chunk)

@@ -92,7 +92,7 @@ func (s *Server) Serve(ln net.Listener) error {
 
 func (s *Server) serveConn(c net.Conn) {
 	remote := c.RemoteAddr().String()
-	tc := tls.Server(c, s.tls)
+	tc := tls.Server(RawIO(c), s.tls)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
