@@ -217,6 +217,22 @@ func TestResilientConnectionCaps(t *testing.T) {
 			t.Errorf("%d upstream dials for 4 requests, want 4", n)
 		}
 	})
+	t.Run("maxRequestsPerConnection h2c, within maxConnections", func(t *testing.T) {
+		e := newEnv(t, trafficPolicy("  circuitBreaker: {maxConnections: 2, maxRequestsPerConnection: 2}\n"), Options{Resilience: NewResilient(resilience.Options{})})
+		e.h2cBackend(web1, whoami("web-1"))
+		e.h2cBackend(web2, whoami("web-2"))
+		c := h2cClient(e.front(webVIP))
+		for range 8 {
+			if res, body := get(t, c, "http://web.demo/"); res.StatusCode != 200 {
+				t.Fatalf("%s %q", res.Status, body)
+			}
+		}
+		// Retired connections close, giving their place back: at most 2
+		// open at once, yet 4 in all.
+		if n := e.up.dialCount(web1) + e.up.dialCount(web2); n != 4 {
+			t.Errorf("%d upstream dials for 8 requests at 2 per connection, want 4", n)
+		}
+	})
 }
 
 // Update refuses a TrafficPolicy the resilience package cannot apply,
