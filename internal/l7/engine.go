@@ -128,9 +128,13 @@ func New(opts Options) (*Engine, error) {
 		IdleTimeout:                  e.clientIdle(),
 	}
 	e.proxy = &httputil.ReverseProxy{
-		Rewrite:        e.rewrite,
-		Transport:      roundTripper{e},
-		FlushInterval:  -1, // stream: no buffering of messages
+		Rewrite:   e.rewrite,
+		Transport: roundTripper{e},
+		// 0: ReverseProxy flushes every write of a streamed response (no
+		// Content-Length: gRPC, chunked) and of text/event-stream, and
+		// lets a response of known length go out in as few writes as
+		// the server's buffer allows (head and a small body together).
+		FlushInterval:  0,
 		ErrorHandler:   e.proxyError,
 		ModifyResponse: e.modifyResponse,
 		ErrorLog:       log.New(discard{}, "", 0),

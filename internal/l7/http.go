@@ -411,7 +411,14 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 		u := *out.URL
 		u.Host = ep.String()
 		a.URL = &u
-		if st.ri.Attempts > 1 && st.in != nil {
+		switch {
+		case a.Body != nil && st.body != nil && st.ri.Attempts == 1:
+			// The buffered body as a known in-memory reader, so that
+			// net/http writes the request head and body together (one
+			// frame, one write), where ReverseProxy's wrapper of the body
+			// would make it flush the head first.
+			a.Body = io.NopCloser(bytes.NewReader(st.body))
+		case st.ri.Attempts > 1 && st.in != nil:
 			if st.body != nil {
 				a.Body = io.NopCloser(bytes.NewReader(st.body))
 			} else {
