@@ -13,15 +13,17 @@ import (
 // peer is a waypoint that w's traffic is configured to go through and it
 // names the original client (tunnel.HeaderClientIdentity, the identity
 // the waypoint verified on its own inbound tunnel): then it is that
-// client's, and via is the waypoint's identity. A claim from any other
-// peer (a workload, or a waypoint that does not serve w) is ignored:
-// ignored reports it, and policy sees the peer.
+// client's. via is the peer's identity whenever the peer is that
+// waypoint (which also enforced the HTTP attributes of L7 rules, so
+// policy.Request.L7Checked). A claim from any other peer (a workload, or
+// a waypoint that does not serve w) is ignored: ignored reports it, and
+// policy sees the peer.
 func sourceIdentity(cfg *meshconfig.Config, w *meshconfig.Workload, req tunnel.Request) (src, via spiffeid.ID, ignored bool) {
-	if req.ClientIdentity.IsZero() {
-		return req.Peer, spiffeid.ID{}, false
-	}
 	if servingWaypoint(cfg, w, req.Peer) == nil {
-		return req.Peer, spiffeid.ID{}, true
+		return req.Peer, spiffeid.ID{}, !req.ClientIdentity.IsZero()
+	}
+	if req.ClientIdentity.IsZero() {
+		return req.Peer, req.Peer, false
 	}
 	return req.ClientIdentity, req.Peer, false
 }

@@ -54,9 +54,14 @@ func TestSourceIdentity(t *testing.T) {
 			case !tc.trusted && (src != peer || !via.IsZero() || !ignored):
 				t.Errorf("got source %s via %q (ignored %v); want the peer %s, claim ignored", src, via, ignored, peer)
 			}
-			// Without a claim the peer is the source, whoever it is.
-			if src, via, ignored := sourceIdentity(cfg, cfg.Workload(tc.dst), tunnel.Request{Peer: peer}); src != peer || !via.IsZero() || ignored {
-				t.Errorf("no claim: got %s via %q (ignored %v)", src, via, ignored)
+			// Without a claim the peer is the source, whoever it is; the
+			// waypoint is still known as such (it applied the L7 rules).
+			wantVia := spiffeid.ID{}
+			if tc.trusted {
+				wantVia = peer
+			}
+			if src, via, ignored := sourceIdentity(cfg, cfg.Workload(tc.dst), tunnel.Request{Peer: peer}); src != peer || via != wantVia || ignored {
+				t.Errorf("no claim: got %s via %q (ignored %v); want the peer, via %q", src, via, ignored, wantVia)
 			}
 		})
 	}
