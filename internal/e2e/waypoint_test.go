@@ -173,7 +173,8 @@ func TestPrivilegedWaypoint(t *testing.T) {
 		// The waypoint's access log names the client's identity and the
 		// original destination; the client's node proxy tunnelled to the
 		// waypoint's identity; the servers' node proxies got the stream
-		// from the waypoint's identity.
+		// from the waypoint's identity, relaying for the client's (policy
+		// applies to the client: TestPrivilegedWaypointPolicy).
 		waitLog := func(path, want string) string {
 			var data []byte
 			for range 60 {
@@ -191,9 +192,9 @@ func TestPrivilegedWaypoint(t *testing.T) {
 		if log := waitLog(lab.NodeProxyLog(l.StateDir(), "node-1"), "dst_identity="+wpID); !strings.Contains(log, "dst=10.96.0.20:80") || !strings.Contains(log, "dst_identity="+wpID) {
 			t.Errorf("client node proxy did not tunnel to the waypoint:\n%s", grep(log, "10.96.0.20"))
 		}
-		servers := waitLog(lab.NodeProxyLog(l.StateDir(), "node-1"), "src_identity="+wpID) + waitLog(lab.NodeProxyLog(l.StateDir(), "node-2"), "src_identity="+wpID)
-		if !strings.Contains(servers, "src_identity="+wpID) {
-			t.Errorf("no server node proxy received a stream from the waypoint's identity:\n%s", grep(servers, "inbound"))
+		servers := waitLog(lab.NodeProxyLog(l.StateDir(), "node-1"), "waypoint="+wpID) + waitLog(lab.NodeProxyLog(l.StateDir(), "node-2"), "waypoint="+wpID)
+		if !strings.Contains(grep(servers, "waypoint="+wpID), "src_identity=spiffe://"+l.TrustDomain()+"/ns/demo/sa/client ") {
+			t.Errorf("no server node proxy received a stream from the waypoint's identity relaying for client-1's:\n%s", grep(servers, "inbound"))
 		}
 	})
 
