@@ -315,7 +315,7 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 		return nil, fmt.Errorf("deliver to %s: %w", target, err)
 	}
 	r := p.begin(info, l)
-	return &deliveredConn{TCPConn: up, r: r, p: p}, nil
+	return &deliveredConn{TCPConn: up, raw: tunnel.RawIO(up), tw: tunnel.NewTryWriter(up), r: r, p: p}, nil
 }
 
 // deliveredConn is the connection to the application for a tunnel stream;
@@ -324,18 +324,29 @@ type deliveredConn struct {
 	*net.TCPConn
 	r    *connRecord
 	p    *Proxy
+	raw  net.Conn // the same socket with raw reads and small writes (tunnel.RawIO)
+	tw   tunnel.TryWriter
 	done atomic.Bool
 }
 
 func (c *deliveredConn) Write(b []byte) (int, error) {
-	n, err := c.TCPConn.Write(b)
+	n, err := c.raw.Write(b)
+	c.r.up.Add(uint64(n))
+	c.r.stats.AddSent(n)
+	return n, err
+}
+
+// TryWrite lets the tunnel write arriving data from its read loop (see
+// tunnel.TryWriter), counted like Write.
+func (c *deliveredConn) TryWrite(b []byte) (int, error) {
+	n, err := c.tw.TryWrite(b)
 	c.r.up.Add(uint64(n))
 	c.r.stats.AddSent(n)
 	return n, err
 }
 
 func (c *deliveredConn) Read(b []byte) (int, error) {
-	n, err := c.TCPConn.Read(b)
+	n, err := c.raw.Read(b)
 	c.r.down.Add(uint64(n))
 	c.r.stats.AddReceived(n)
 	return n, err
