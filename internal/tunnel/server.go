@@ -172,6 +172,10 @@ func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiff
 		return
 	}
 	defer up.Close()
+	if h, ok := up.(*Handoff); ok {
+		serveHandoff(st, h, f.PseudoValue("authority"), remote)
+		return
+	}
 	if err := st.respond(http.StatusOK, ""); err != nil {
 		st.closeWith(http2.ErrCodeConnect)
 		return
@@ -247,6 +251,9 @@ func (s *Server) accept(ctx context.Context, method, authority string, header fu
 		}
 		s.log.Info("tunnel stream refused", "peer", peer.String(), "target", target.String(), "protocol", string(proto), "code", code, "err", err)
 		return nil, code, err.Error()
+	}
+	if _, ok := up.(*Handoff); ok && proto != ProtocolH2 {
+		return nil, http.StatusServiceUnavailable, "this target takes streams over HTTP/2 only"
 	}
 	return up, 0, ""
 }
