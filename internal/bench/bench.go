@@ -83,6 +83,10 @@ type Config struct {
 	// on each side and the node proxies' GOMAXPROCS ("auto": one per CPU
 	// of the machine for both).
 	ProxyCPUs string
+	// ProfileDir, when set, receives CPU profiles (pprof, from their
+	// admin endpoints) of the node proxies and the waypoint during the
+	// waypoint mode's max run.
+	ProfileDir string
 	// StateRoot holds the labs' temporary state directories (os.TempDir
 	// when empty).
 	StateRoot string

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -155,12 +156,12 @@ func TestPrivilegedL7(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := t.TempDir()
+	root, profiles := t.TempDir(), t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
 	defer cancel()
 	rep, err := Run(ctx, Config{
 		Modes: modes, Duration: time.Second, Warmup: 200 * time.Millisecond, Rate: 100, Conns: 2, MaxConns: 2,
-		NodeProxy: nodeProxy, ProxyCPUs: "1",
+		NodeProxy: nodeProxy, ProxyCPUs: "1", ProfileDir: profiles,
 		Helper: []string{self}, HelperEnv: []string{helperEnv + "=1"}, StateRoot: root,
 		Logger: slog.New(slog.NewTextHandler(testLog{t}, nil)), Progress: testLog{t},
 	})
@@ -194,5 +195,12 @@ func TestPrivilegedL7(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(root); len(ents) != 0 {
 		t.Errorf("left in the state root: %v", ents)
+	}
+	// CPU profiles of the waypoint and both node proxies (pprof from
+	// their admin endpoints) during the waypoint's max run.
+	for _, name := range []string{"waypoint-waypoint-node-1", "waypoint-nodeproxy-node-1", "waypoint-nodeproxy-node-2"} {
+		if st, err := os.Stat(filepath.Join(profiles, name+".pprof")); err != nil || st.Size() == 0 {
+			t.Errorf("profile %s: %v", name, err)
+		}
 	}
 }

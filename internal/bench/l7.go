@@ -288,6 +288,14 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	})
 	phase(PhaseHTTPMax, func() error {
 		h.logf("%s: HTTP most requests/s, %d connections back to back, %s", mode, h.cfg.MaxConns, h.cfg.Duration)
+		if h.cfg.ProfileDir != "" && mode == ModeWaypoint {
+			var p profiler
+			p.start(l, h.cfg.ProfileDir, mode, h.cfg.Warmup+h.cfg.Duration)
+			defer func() {
+				res.Notes = append(res.Notes, p.wait()...)
+				h.logf("%s: CPU profiles of the max run in %s", mode, h.cfg.ProfileDir)
+			}()
+		}
 		r, err := h.rrHTTP(ctx, l, client, target, true)
 		res.HTTP.Max = r
 		if r != nil && r.Errors > 0 {
