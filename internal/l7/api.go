@@ -294,4 +294,9 @@ type RequestInfo struct {
 	Trace any
 	// Denial is the Authorizer's error for a denied request.
 	Denial error
+	// Call is the request's admitted Call (nil when it was answered
+	// before admission); it has ended. An Observer may ask its
+	// implementation for details (Resilient's: fault delay, retries
+	// exhausted).
+	Call Call
 }

@@ -249,6 +249,7 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.call = call
+	ri.Call = call
 	defer func() { call.End(st.outcome) }()
 	st.perTry = rt.BackendTimeout
 	if st.perTry == 0 {

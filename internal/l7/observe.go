@@ -127,8 +127,15 @@ func flagsOf(ri *RequestInfo) telemetry.Flags {
 	case resilience.ReasonFaultAbort:
 		f |= telemetry.FlagFaultAbort
 	}
-	// Retried and still failed: the retries ran out (attempts or budget).
-	if ri.Attempts > 1 && (ri.Status >= 500 || ri.Error != "") {
+	if c, ok := ri.Call.(*resilientCall); ok {
+		if c.RetriesExhausted() {
+			f |= telemetry.FlagRetriesExhausted
+		}
+		if c.FaultDelayed() {
+			f |= telemetry.FlagFaultDelay
+		}
+	} else if ri.Attempts > 1 && (ri.Status >= 500 || ri.Error != "") {
+		// Retried and still failed: the retries ran out.
 		f |= telemetry.FlagRetriesExhausted
 	}
 	return f

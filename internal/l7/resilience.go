@@ -84,7 +84,7 @@ func (x *Resilient) Begin(ctx context.Context, b *Backend, r *http.Request) (Cal
 			return nil, delayInterrupted(err)
 		}
 	}
-	return &resilientCall{c: c, d: d, countReqs: b.Policy != nil && b.Policy.CircuitBreaker != nil && b.Policy.CircuitBreaker.MaxRequestsPerConnection > 0,
+	return &resilientCall{c: c, d: d, delayed: c.FaultDelay() > 0, countReqs: b.Policy != nil && b.Policy.CircuitBreaker != nil && b.Policy.CircuitBreaker.MaxRequestsPerConnection > 0,
 		capConns: b.Policy != nil && b.Policy.CircuitBreaker != nil && (b.Policy.CircuitBreaker.MaxConnections > 0 || b.Policy.CircuitBreaker.MaxRequestsPerConnection > 0)}, nil
 }
 
@@ -105,9 +105,9 @@ func rejectResponse(rej *resilience.Reject) *DirectResponse {
 
 // resilientCall is one admitted request.
 type resilientCall struct {
-	c                   *resilience.Call
-	d                   *resilience.Destination
-	countReqs, capConns bool
+	c                            *resilience.Call
+	d                            *resilience.Destination
+	delayed, countReqs, capConns bool
 }
 
 func (c *resilientCall) Pick(tried []netip.AddrPort) (netip.AddrPort, bool) {
@@ -123,9 +123,12 @@ func (c *resilientCall) Attempted(ep netip.AddrPort, o Outcome) (bool, time.Dura
 
 func (c *resilientCall) End(Outcome) { c.c.End() }
 
-// Denied says why the last retry was refused (URX when the attempts or
-// the budget ran out).
-func (c *resilientCall) Denied() resilience.RetryDenial { return c.c.Denied() }
+// RetriesExhausted says the last attempt's failure was worth a retry
+// that the attempts or the budget did not allow (Envoy's URX).
+func (c *resilientCall) RetriesExhausted() bool { return c.c.Denied() != resilience.RetryNotDenied }
+
+// FaultDelayed says an injected delay held the request (DI).
+func (c *resilientCall) FaultDelayed() bool { return c.delayed }
 
 // OpenConn takes a place for a new upstream connection when the policy
 // caps them (nil, nil otherwise: the engine dials plainly).

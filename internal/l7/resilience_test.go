@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ambit-mesh/ambit/internal/l7/resilience"
+	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
@@ -300,5 +302,29 @@ func TestResilienceOutcome(t *testing.T) {
 	var rs Responder
 	if !errors.Is(oe, ErrOverflow) || !errors.As(error(oe), &rs) || rs.Response().Status != 503 {
 		t.Errorf("overflow error: %v", oe)
+	}
+}
+
+// The telemetry observer's flags from the Call: URX when a retryable
+// failure had no attempts left, DI for an injected delay.
+func TestResilientFlags(t *testing.T) {
+	var logs syncBuffer
+	tel, err := telemetry.New(context.Background(), telemetry.Config{AccessLog: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, trafficPolicy("  retries: {attempts: 1, retryOn: [5xx], backoff: 1ms}\n  fault: {delay: {percent: 100, duration: 1ms}}\n"),
+		Options{Resilience: NewResilient(resilience.Options{}), Observer: NewTelemetryObserver(tel)})
+	fail := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusBadGateway) })
+	e.backend(web1, fail)
+	e.backend(web2, fail)
+	c := pipeClient(e, webVIP)
+	if res, _ := get(t, c, "http://web.demo/"); res.StatusCode != 502 {
+		t.Fatalf("%s", res.Status)
+	}
+	c.CloseIdleConnections()
+	waitFor(t, "the access line", func() bool { return strings.Contains(logs.String(), `"msg":"request"`) })
+	if l := logs.String(); !strings.Contains(l, `"flags":"URX,DI"`) || !strings.Contains(l, `"retries":1`) {
+		t.Errorf("access log: %s", l)
 	}
 }
