@@ -84,6 +84,8 @@ type State struct {
 	NodeProxyBin string `json:"nodeProxyBin,omitempty"`
 	// NodeProxyEnv is Options.NodeProxyEnv, given to waypoints too.
 	NodeProxyEnv []string `json:"nodeProxyEnv,omitempty"`
+	// WaypointArgs is Options.WaypointArgs.
+	WaypointArgs []string `json:"waypointArgs,omitempty"`
 	// Waypoints are the waypoint pods the lab runs for Waypoint resources
 	// in its mesh files.
 	Waypoints []WaypointInfo `json:"waypoints,omitempty"`

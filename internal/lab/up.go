@@ -44,6 +44,9 @@ type Options struct {
 	// environment (the benchmark sets GOMAXPROCS there, as a DaemonSet's
 	// CPU limit would).
 	NodeProxyEnv []string
+	// WaypointArgs are added to the waypoints' command line (`nodeproxy
+	// waypoint ...`; the benchmark turns the access log off with them).
+	WaypointArgs []string
 	// Controller is the controller binary, run in a network namespace of
 	// its own on the underlay whenever node proxies run: they get their
 	// configuration and certificates from it. Empty means "controller"

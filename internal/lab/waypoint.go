@@ -313,6 +313,7 @@ func (l *Lab) startWaypoint(w WaypointInfo) error {
 		"--token-file", WaypointTokenPath(l.dir, w.Namespace, w.Name),
 		"--drain-timeout", "2s",
 	)
+	cmd.Args = append(cmd.Args, l.st.WaypointArgs...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), l.st.NodeProxyEnv...)
 	if err := StartInNode(cmd, w.NetNSPath, w.Cgroup); err != nil {
