@@ -109,6 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.IntVar(&cfg.ConnectWorkers, "connect-workers", 4, "connection rate: workers that connect, send one request and wait for the close, in a loop")
 	fs.StringVar(&cfg.NodeProxy, "nodeproxy", "", "nodeproxy binary for the mesh modes (default: next to this binary)")
 	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies' GOMAXPROCS (auto: one per CPU of the machine for both)")
+	fs.BoolVar(&cfg.AccessLog, "access-log", false, "L7 modes: the waypoint and nginx http log one line per request (the waypoint's default outside the benchmark); off: neither does")
 	fs.StringVar(&cfg.ProfileDir, "profile", "", "write CPU profiles (pprof) of the node proxies and the waypoint during the waypoint mode's most-requests run to this directory")
 	fs.StringVar(&cfg.StateRoot, "state-root", "", "directory for the labs' temporary state directories (default $TMPDIR)")
 	fs.StringVar(&out, "o", filepath.Join("bench", "out", "bench.json"), "write the results as JSON here")

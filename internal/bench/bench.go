@@ -83,6 +83,10 @@ type Config struct {
 	// on each side and the node proxies' GOMAXPROCS ("auto": one per CPU
 	// of the machine for both).
 	ProxyCPUs string
+	// AccessLog makes the L7 modes' HTTP proxies log one line per
+	// request: the waypoint (its --access-log, on by default outside the
+	// benchmark) and nginx http (access_log). Off: neither logs.
+	AccessLog bool
 	// ProfileDir, when set, receives CPU profiles (pprof, from their
 	// admin endpoints) of the node proxies and the waypoint during the
 	// waypoint mode's max run.
@@ -187,7 +191,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Settings: Settings{
 			Duration: cfg.Duration.String(), Omit: cfg.Omit.String(), Streams: cfg.Streams, Rate: cfg.Rate,
 			Conns: cfg.Conns, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize, ConnectWorkers: cfg.ConnectWorkers, MaxConns: cfg.MaxConns,
-			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy,
+			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy, AccessLog: cfg.AccessLog,
 		},
 	}
 	rep.Host = hostInfo()
@@ -252,6 +256,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if cfg.ProxyCPUs != "auto" {
 			opts.NodeProxyEnv = []string{"GOMAXPROCS=" + cfg.ProxyCPUs}
 		}
+		opts.WaypointArgs = []string{"--access-log=" + strconv.FormatBool(cfg.AccessLog)}
 		if err := h.withLab(ctx, m, opts, func(l *lab.Lab) { results[m] = h.runMode(ctx, l, m) }); err != nil {
 			failAll([]string{m}, err)
 		}

@@ -57,6 +57,13 @@ const (
 	PhaseHTTPMax     = "http max"
 )
 
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
 func isHTTPMode(mode string) bool { return mode == ModeWaypoint || mode == ModeNginxHTTP }
 
 // WaypointConfig is the mesh file the waypoint mode applies: a Waypoint in
@@ -228,8 +235,8 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		target = net.JoinHostPort(ServiceVIP, strconv.Itoa(PortServiceHTTP))
 		res.Path = fmt.Sprintf("%s on %s -> node proxy on %s (captured) -HBONE (HTTP/2 CONNECT, TLS 1.3 mutual)-> waypoint %s/%s %s on %s "+
 			"(L7 engine: parses each HTTP/1.1 request, routes it to an endpoint of Service %s %s, keep-alive upstream) -HBONE-> node proxy on %s -> %s %s:%d "+
-			"(Go net/http, keep-alive); GOMAXPROCS %s each",
-			client, NodeClient, NodeClient, NamespaceMesh, WaypointName, wp.IPv4, wp.Node, ServiceName, target, NodeServer, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs)
+			"(Go net/http, keep-alive); GOMAXPROCS %s each; access log %s",
+			client, NodeClient, NodeClient, NamespaceMesh, WaypointName, wp.IPv4, wp.Node, ServiceName, target, NodeServer, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs, onOff(h.cfg.AccessLog))
 	case ModeNginxHTTP:
 		set, stop, err := h.startNginxHTTP(ctx, l, sp)
 		if err != nil {
@@ -241,8 +248,8 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		target = net.JoinHostPort(n1.Gateway4.String(), strconv.Itoa(PortHTTP))
 		res.Path = fmt.Sprintf("%s -> nginx stream on %s %s (plaintext in, TLS 1.3 mutual out) -> nginx http on %s %s:%d "+
 			"(terminates mutual TLS; HTTP/1.1 reverse proxy, keep-alive upstream pool of TLS 1.3 mutual connections) -> nginx stream on %s %s:%d "+
-			"(terminates mutual TLS) -> %s %s:%d (Go net/http, keep-alive); worker_processes %s each",
-			client, NodeClient, target, NodeClient, n1.IPv4, portMidHTTP, NodeServer, n2.IPv4, portTLSHTTP, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs)
+			"(terminates mutual TLS) -> %s %s:%d (Go net/http, keep-alive); worker_processes %s each; access log %s",
+			client, NodeClient, target, NodeClient, n1.IPv4, portMidHTTP, NodeServer, n2.IPv4, portTLSHTTP, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs, onOff(h.cfg.AccessLog))
 	default:
 		res.Error = "not an L7 mode: " + mode
 		return res
@@ -339,7 +346,7 @@ func (h *harness) startNginxHTTP(ctx context.Context, l *lab.Lab, server lab.Pod
 		}})},
 		{node: NodeClient, sa: mid, role: "nginx http", ports: []uint16{portMidHTTP}, config: func(dir string) string {
 			return NginxHTTP{Dir: dir, Workers: h.cfg.ProxyCPUs, Listen: hostPort(n1.IPv4, portMidHTTP),
-				Upstream: hostPort(n2.IPv4, portTLSHTTP), PeerName: nginxName(back)}.Config()
+				Upstream: hostPort(n2.IPv4, portTLSHTTP), PeerName: nginxName(back), AccessLog: h.cfg.AccessLog}.Config()
 		}},
 		{node: NodeClient, sa: "nginx-" + NodeClient, role: "nginx stream (client side)", ports: []uint16{PortHTTP}, config: stream(NginxSide{TLSOut: true, PeerName: nginxName(mid), Routes: []NginxRoute{
 			{Listen: hostPort(n1.Gateway4, PortHTTP), ProxyPass: hostPort(n1.IPv4, portMidHTTP)},

@@ -157,6 +157,9 @@ func TestNginxHTTPConfig(t *testing.T) {
 			t.Errorf("nginx http config lacks %q:\n%s", want, c)
 		}
 	}
+	if l := (NginxHTTP{Dir: "/x/mid", Workers: "1", AccessLog: true}).Config(); !strings.Contains(l, "access_log /x/mid/access.log;") {
+		t.Errorf("nginx http config with AccessLog:\n%s", l)
+	}
 	if strings.Contains(c, "stream {") || strings.Contains(c, "load_module") {
 		t.Errorf("nginx http config:\n%s", c)
 	}

@@ -161,8 +161,9 @@ func (s NginxSide) Config() string {
 // TLS from the client side's stream proxy (a client certificate from the
 // lab CA required) and sends each request on to the server side over a
 // pool of keep-alive mutual-TLS connections (the server's name checked),
-// as the waypoint does over its pooled tunnel connections. No access log,
-// as the waypoint's access log is off by default.
+// as the waypoint does over its pooled tunnel connections. AccessLog logs
+// a line per request to Dir/access.log, as the waypoint's access log
+// does (the benchmark turns both on or both off).
 type NginxHTTP struct {
 	Dir        string
 	LoadModule string
@@ -172,6 +173,7 @@ type NginxHTTP struct {
 	PeerName   string // the name the server side's certificate must carry
 	// Keepalive is the idle upstream connections each worker keeps.
 	Keepalive int
+	AccessLog bool
 }
 
 // Config renders its nginx.conf; certificates as for NginxSide.
@@ -190,7 +192,11 @@ func (s NginxHTTP) Config() string {
 	p("error_log %s warn;", f("error.log"))
 	p("events { worker_connections 4096; }")
 	p("http {")
-	p("    access_log off;")
+	if s.AccessLog {
+		p("    access_log %s;", f("access.log"))
+	} else {
+		p("    access_log off;")
+	}
 	for _, t := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
 		p("    %s_temp_path %s;", t, f(t+"_temp"))
 	}

@@ -67,6 +67,8 @@ type Settings struct {
 	MaxConns       int    `json:"maxConns"`
 	ProxyCPUs      string `json:"proxyCPUs"`
 	NodeProxy      string `json:"nodeProxy,omitempty"`
+	// AccessLog: the L7 modes' proxies logged every request.
+	AccessLog bool `json:"accessLog"`
 }
 
 // ModeResult is one column of the table.
