@@ -30,13 +30,19 @@ import (
 // kernel: it does its work and returns, or says EAGAIN. Issued as raw
 // system calls (no entersyscall) they keep the P, sysmon is neither woken
 // nor involved, and EAGAIN falls back to the netpoller as usual
-// (syscall.RawConn). Large writes stay ordinary system calls: a bulk
-// transfer's 16 KiB TLS records and 64 KiB frames are where a second
-// thread running Go code while the kernel moves the bytes pays off.
+// (syscall.RawConn). Large writes and reads into large buffers stay
+// ordinary system calls: in a bulk transfer (16 KiB TLS records, frames
+// up to 1 MiB) a second thread running Go code while the kernel moves
+// the bytes pays off.
 
 // rawWriteMax is the largest write issued as a raw system call: a TLS
 // record of a request-sized message, not a bulk transfer's 16 KiB ones.
 const rawWriteMax = 8 << 10
+
+// rawReadMax is the largest buffer read into with a raw system call: TLS
+// reads a record at a time, and a stream's first buffer is 16 KiB; a bulk
+// stream's 1 MiB frame buffers are read the ordinary way.
+const rawReadMax = 64 << 10
 
 // rawConn is a TCP connection whose reads and small writes are raw system
 // calls. It keeps every other method of *net.TCPConn (CloseWrite,
@@ -90,6 +96,9 @@ func (c *rawConn) read(fd uintptr) bool {
 func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if len(p) > rawReadMax {
+		return c.TCPConn.Read(p)
 	}
 	c.rmu.Lock()
 	c.rbuf, c.rn, c.rerrno = p, 0, 0
