@@ -178,6 +178,12 @@ func TestHTTPResultDerive(t *testing.T) {
 	if r.AddedP50Micros != 150 || r.AddedP90Micros != 250 || r.AddedP99Micros != 600 || r.ProxyCores != 1.5 || r.RequestsPerCore != 4000 {
 		t.Errorf("derive: %+v", r)
 	}
+	// The lower baseline of the two counts, per percentile.
+	r.DirectAfter = &RRResult{Count: 10, Latency: Latency{P50: 90, P90: 200, P99: 250}}
+	r.derive(&PhaseCPU{CorePercent: 150})
+	if r.AddedP50Micros != 160 || r.AddedP90Micros != 250 || r.AddedP99Micros != 650 {
+		t.Errorf("derive with two baselines: %+v", r)
+	}
 	empty := &HTTPResult{}
 	empty.derive(nil)
 	if empty.RequestsPerCore != 0 || empty.AddedP50Micros != 0 {

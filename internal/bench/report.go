@@ -278,8 +278,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 		{"proxy CPU, connections (% of a core)", cpu(PhaseConnect), scopeL4},
 		{"HTTP/1.1 " + fmt.Sprintf("p50 at %d req/s (µs)", s.Rate), httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, func(l Latency) float64 { return l.P50 }) }, "%.0f"), scopeHTTP},
 		{"HTTP/1.1 p99 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, func(l Latency) float64 { return l.P99 }) }, "%.0f"), scopeHTTP},
-		{"  direct in the same lab, p50 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Direct, func(l Latency) float64 { return l.P50 }) }, "%.0f"), scopeHTTP},
-		{"  direct in the same lab, p99 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Direct, func(l Latency) float64 { return l.P99 }) }, "%.0f"), scopeHTTP},
+		{"  direct in the same lab, p50 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.baseline(func(l Latency) float64 { return l.P50 }) }, "%.0f"), scopeHTTP},
+		{"  direct in the same lab, p99 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.baseline(func(l Latency) float64 { return l.P99 }) }, "%.0f"), scopeHTTP},
 		{"  HTTP p50 added (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.AddedP50Micros, h.Latency != nil && h.Direct != nil }, "%+.0f"), scopeHTTP},
 		{"  HTTP p99 added (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.AddedP99Micros, h.Latency != nil && h.Direct != nil }, "%+.0f"), scopeHTTP},
 		{fmt.Sprintf("HTTP/1.1 most req/s (%d conns)", s.MaxConns), httpCell(func(h *HTTPResult) (float64, bool) {
