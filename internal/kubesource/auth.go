@@ -10,7 +10,12 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+
+	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
+	"github.com/ambit-mesh/ambit/internal/controller"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 // Keys of the extra information the API server attaches to a pod-bound
@@ -24,14 +29,28 @@ const (
 // NodeAuthenticator tells which node a node proxy runs on from its bearer
 // token: a service account token for the controller's audience, bound to
 // the node proxy's pod (a projected token). The API server checks it
-// (TokenReview); only the node proxy's service account is accepted; the
+// (TokenReview); the node proxy's service account is accepted, and the
 // node is the one the token names, or the bound pod's spec.nodeName.
+//
+// With WithWaypoints it also accepts a waypoint's token: one of a
+// service account that the waypoint reconciler made for a Waypoint (the
+// Waypoint of that name controls it, by UID), bound to a pod that runs
+// as it. The principal is then controller.WaypointPrincipal(namespace,
+// name), which runs that waypoint and gets only its certificate.
 type NodeAuthenticator struct {
 	kube     kubernetes.Interface
+	dyn      dynamic.Interface // Waypoints; nil: waypoints are refused
 	audience string
 	// username is the service account's user name,
 	// system:serviceaccount:<namespace>:<name>.
 	username, namespace string
+}
+
+// WithWaypoints makes a accept waypoints' tokens too, looking their
+// Waypoints up with dyn. It returns a.
+func (a *NodeAuthenticator) WithWaypoints(dyn dynamic.Interface) *NodeAuthenticator {
+	a.dyn = dyn
+	return a
 }
 
 // NewNodeAuthenticator accepts tokens for audience that belong to
@@ -72,7 +91,15 @@ func (a *NodeAuthenticator) AuthenticateNode(ctx context.Context, bearerToken st
 	}
 	user := tr.Status.User
 	if user.Username != a.username {
-		return "", fmt.Errorf("token belongs to %s; only the node proxy's service account (%s) may ask for a node's configuration", user.Username, a.username)
+		ns, sa, ok := serviceAccountUser(user.Username)
+		if !ok || a.dyn == nil {
+			return "", fmt.Errorf("token belongs to %s; only the node proxy's service account (%s) may ask for a node's configuration", user.Username, a.username)
+		}
+		principal, err := a.authenticateWaypoint(ctx, ns, sa, user)
+		if err != nil {
+			return "", fmt.Errorf("token belongs to %s; only the node proxy's service account (%s) or a waypoint's may ask for configuration, and %w", user.Username, a.username, err)
+		}
+		return principal, nil
 	}
 	if n := first(user.Extra[extraNodeName]); n != "" {
 		return n, nil
@@ -102,4 +129,59 @@ func first(v authnv1.ExtraValue) string {
 		return ""
 	}
 	return v[0]
+}
+
+// serviceAccountUser splits system:serviceaccount:<namespace>:<name>.
+func serviceAccountUser(username string) (namespace, name string, ok bool) {
+	rest, ok := strings.CutPrefix(username, "system:serviceaccount:")
+	if !ok {
+		return "", "", false
+	}
+	namespace, name, ok = strings.Cut(rest, ":")
+	return namespace, name, ok && namespace != "" && name != ""
+}
+
+// authenticateWaypoint accepts the token of service account ns/sa (already
+// reviewed) as waypoint ns/sa's when the Waypoint ns/sa exists and
+// controls the service account (the reconciler made it), and the token is
+// bound to a pod of that service account that still exists.
+func (a *NodeAuthenticator) authenticateWaypoint(ctx context.Context, ns, sa string, user authnv1.UserInfo) (string, error) {
+	account, err := a.kube.CoreV1().ServiceAccounts(ns).Get(ctx, sa, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("service account %s/%s cannot be read: %v", ns, sa, err)
+	}
+	var owner *metav1.OwnerReference
+	for i, r := range account.OwnerReferences {
+		if r.Kind == meshconfig.KindWaypoint && r.APIVersion == crd.GroupVersion.String() && r.Name == sa && r.Controller != nil && *r.Controller {
+			owner = &account.OwnerReferences[i]
+		}
+	}
+	if owner == nil {
+		return "", fmt.Errorf("service account %s/%s is not one the controller made for a Waypoint", ns, sa)
+	}
+	wp, err := a.dyn.Resource(crd.WaypointsResource).Namespace(ns).Get(ctx, sa, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("the Waypoint %s/%s, which service account %s/%s belongs to, no longer exists", ns, sa, ns, sa)
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up Waypoint %s/%s: %v", ns, sa, err)
+	}
+	if wp.GetUID() != owner.UID {
+		return "", fmt.Errorf("service account %s/%s belongs to an earlier Waypoint of that name", ns, sa)
+	}
+	pod := first(user.Extra[extraPodName])
+	if pod == "" {
+		return "", fmt.Errorf("the waypoint's token is not bound to a pod: give it a projected service account token (audience %q)", a.audience)
+	}
+	p, err := a.kube.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("the token is bound to pod %s/%s, which no longer exists", ns, pod)
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up the token's pod %s/%s: %v", ns, pod, err)
+	}
+	if uid := first(user.Extra[extraPodUID]); (uid != "" && uid != string(p.UID)) || p.Spec.ServiceAccountName != sa {
+		return "", fmt.Errorf("the token is bound to pod %s/%s, which is not a pod of service account %s now", ns, pod, sa)
+	}
+	return controller.WaypointPrincipal(ns, sa), nil
 }

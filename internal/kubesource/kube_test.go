@@ -573,7 +573,7 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(c.Config)
 	ctx := context.Background()
 	ns := c.Namespace(t, "wp")
-	_, rec := runSource(t, c, Options{WaypointImage: "ghcr.io/ambit-mesh/ambit:test", WaypointArgs: []string{"waypoint"}})
+	_, rec := runSource(t, c, Options{WaypointImage: "ghcr.io/ambit-mesh/ambit:test", WaypointControllerCA: []byte(testControllerCA)})
 
 	var obj map[string]any
 	_ = yaml.Unmarshal([]byte(`{apiVersion: ambit.dev/v1alpha1, kind: Waypoint, metadata: {name: shop-waypoint}, spec: {replicas: 2}}`), &obj)
@@ -612,6 +612,12 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 	if *d.Spec.Replicas != 2 || pod.ServiceAccountName != "shop-waypoint" || pod.Containers[0].Image != "ghcr.io/ambit-mesh/ambit:test" ||
 		d.Spec.Template.Labels[meshconfig.DataplaneLabel] != meshconfig.DataplaneNone || pod.Containers[0].ReadinessProbe.HTTPGet.Port.IntVal != 15021 {
 		t.Errorf("Deployment spec: %+v", d.Spec)
+	}
+	if msg := waypointPodSpec(pod, "shop-waypoint"); msg != "" {
+		t.Error("Deployment:", msg)
+	}
+	if cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{}); err != nil || cm.Data["ca.crt"] != testControllerCA || owned(cm.OwnerReferences) != "" {
+		t.Errorf("the waypoint's ConfigMap with the controller's CA: %+v %v", cm, err)
 	}
 	if msg := owned(svc.OwnerReferences); msg != "" {
 		t.Error("Service:", msg)
@@ -694,11 +700,12 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the Deployment, Service and ServiceAccount deleted", func() (bool, string) {
+	eventually(t, "the Deployment, Service, ServiceAccount and ConfigMap deleted", func() (bool, string) {
 		_, e1 := cs.AppsV1().Deployments(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		_, e2 := cs.CoreV1().Services(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		_, e3 := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
-		return apierrors.IsNotFound(e1) && apierrors.IsNotFound(e2) && apierrors.IsNotFound(e3), fmt.Sprint(e1, e2, e3)
+		_, e4 := cs.CoreV1().ConfigMaps(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		return apierrors.IsNotFound(e1) && apierrors.IsNotFound(e2) && apierrors.IsNotFound(e3) && apierrors.IsNotFound(e4), fmt.Sprint(e1, e2, e3, e4)
 	})
 	if _, err := cs.AppsV1().Deployments(ns).Get(ctx, "taken", metav1.GetOptions{}); err != nil {
 		t.Errorf("the Deployment the Waypoint did not own: %v", err)

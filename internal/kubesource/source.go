@@ -45,9 +45,22 @@ type Options struct {
 	// WaypointImage is the image of waypoint proxies. Without it Waypoints
 	// are accepted but not deployed (their Programmed condition says why).
 	WaypointImage string
-	// WaypointArgs are the waypoint container's arguments (the image's
-	// entrypoint runs them).
+	// WaypointArgs are the waypoint container's first arguments (the
+	// image's entrypoint runs them; default "waypoint", the node proxy
+	// image's subcommand). The reconciler appends --controller,
+	// --controller-ca and --token-file.
 	WaypointArgs []string
+	// WaypointController is the controller's gRPC address waypoints dial
+	// (default DefaultWaypointController).
+	WaypointController string
+	// WaypointControllerCA is the PEM the waypoints check the controller's
+	// certificate against (its CA's roots) until its trust bundle arrives.
+	// The reconciler writes it into a ConfigMap beside each waypoint.
+	// Without it Waypoints are not deployed (Programmed says why).
+	WaypointControllerCA []byte
+	// WaypointControllerIdentity, if set, is the SPIFFE ID waypoints
+	// require of the controller (their default is the ambit-system one).
+	WaypointControllerIdentity string
 	// Debounce is how long the source waits for changes to settle before
 	// it builds a Config (default 100 ms); MaxDelay bounds the wait under a
 	// stream of changes (default 1 s).
@@ -75,6 +88,7 @@ const (
 	DefaultAudience                = "ambit-controller"
 	DefaultNodeProxyServiceAccount = "ambit-system/ambit-nodeproxy"
 	DefaultFieldManager            = "ambit-controller"
+	DefaultWaypointController      = "ambit-controller.ambit-system.svc:15010"
 )
 
 func (o *Options) defaults() {
@@ -101,6 +115,12 @@ func (o *Options) defaults() {
 	}
 	if o.FieldManager == "" {
 		o.FieldManager = DefaultFieldManager
+	}
+	if len(o.WaypointArgs) == 0 {
+		o.WaypointArgs = []string{"waypoint"}
+	}
+	if o.WaypointController == "" {
+		o.WaypointController = DefaultWaypointController
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -149,7 +169,7 @@ func NewForClients(kube kubernetes.Interface, dyn dynamic.Interface, opts Option
 		log:     opts.Log.With("subsystem", "kubesource"),
 		kube:    kube,
 		dyn:     dyn,
-		auth:    NewNodeAuthenticator(kube, opts.Audience, opts.NodeProxyServiceAccount),
+		auth:    NewNodeAuthenticator(kube, opts.Audience, opts.NodeProxyServiceAccount).WithWaypoints(dyn),
 		changed: make(chan struct{}, 1),
 		dynamic: map[schema.GroupVersionResource]cache.GenericLister{},
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -25,6 +26,19 @@ const (
 	WaypointTunnelPort  = 15008
 	WaypointReadyPort   = 15021
 	WaypointMetricsPort = 15020
+)
+
+// Where a waypoint pod finds its credentials: the controller's CA roots
+// (ConfigMap <waypoint>, key ca.crt) and a projected service account token
+// for the controller's audience, bound to the pod.
+const (
+	waypointCADir     = "/etc/ambit/ca"
+	waypointCAKey     = "ca.crt"
+	waypointTokenDir  = "/var/run/secrets/ambit"
+	waypointTokenPath = "token"
+	// waypointTokenSeconds is the token's lifetime; the kubelet renews it
+	// at 80%, and the waypoint re-reads the file at every call.
+	waypointTokenSeconds = 3600
 )
 
 // specHashAnnotation records the hash of what the controller last wrote,
@@ -70,11 +84,14 @@ func (s *Source) reconcileWaypoint(ctx context.Context, u *unstructured.Unstruct
 	if s.opts.WaypointImage == "" {
 		return programmed{metav1.ConditionFalse, crd.ReasonPending, "the controller has no waypoint image: start it with --waypoint-image"}, nil
 	}
+	if len(s.opts.WaypointControllerCA) == 0 {
+		return programmed{metav1.ConditionFalse, crd.ReasonPending, "the controller has no CA certificate to give waypoints (kubesource Options.WaypointControllerCA)"}, nil
+	}
 	owner := metav1.OwnerReference{
 		APIVersion: crd.GroupVersion.String(), Kind: meshconfig.KindWaypoint, Name: u.GetName(), UID: u.GetUID(),
 		Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true),
 	}
-	sa, deploy, svc := s.waypointObjects(w, owner)
+	sa, cm, deploy, svc := s.waypointObjects(w, owner)
 
 	if err := s.ensure(ctx, "ServiceAccount", sa, func() (metav1.Object, error) {
 		return s.kube.CoreV1().ServiceAccounts(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
@@ -82,6 +99,20 @@ func (s *Source) reconcileWaypoint(ctx context.Context, u *unstructured.Unstruct
 		_, err := s.kube.CoreV1().ServiceAccounts(w.Namespace).Create(ctx, sa, metav1.CreateOptions{FieldManager: s.opts.FieldManager})
 		return err
 	}, nil, u); err != nil {
+		return programmed{metav1.ConditionFalse, crd.ReasonPending, err.Error()}, err
+	}
+
+	if err := s.ensure(ctx, "ConfigMap", cm, func() (metav1.Object, error) {
+		return s.kube.CoreV1().ConfigMaps(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
+	}, func() error {
+		_, err := s.kube.CoreV1().ConfigMaps(w.Namespace).Create(ctx, cm, metav1.CreateOptions{FieldManager: s.opts.FieldManager})
+		return err
+	}, func(existing metav1.Object) error {
+		x := existing.(*corev1.ConfigMap).DeepCopy()
+		x.Labels, x.Annotations, x.Data = cm.Labels, cm.Annotations, cm.Data
+		_, err := s.kube.CoreV1().ConfigMaps(w.Namespace).Update(ctx, x, metav1.UpdateOptions{FieldManager: s.opts.FieldManager})
+		return err
+	}, u); err != nil {
 		return programmed{metav1.ConditionFalse, crd.ReasonPending, err.Error()}, err
 	}
 
@@ -167,12 +198,23 @@ func (s *Source) ensure(ctx context.Context, kind string, desired metav1.Object,
 }
 
 // waypointObjects are what a Waypoint runs as.
-func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerReference) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service) {
+func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerReference) (*corev1.ServiceAccount, *corev1.ConfigMap, *appsv1.Deployment, *corev1.Service) {
 	lbl := map[string]string{WaypointLabel: w.Name}
 	meta := func() metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: w.Name, Namespace: w.Namespace, Labels: map[string]string{WaypointLabel: w.Name}, OwnerReferences: []metav1.OwnerReference{owner}}
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: meta()}
+	// The controller's CA roots, for the waypoint to check the controller
+	// (a pod cannot mount a ConfigMap of another namespace).
+	cm := &corev1.ConfigMap{ObjectMeta: meta(), Data: map[string]string{waypointCAKey: string(s.opts.WaypointControllerCA)}}
+	args := append(slices.Clone(s.opts.WaypointArgs),
+		"--controller="+s.opts.WaypointController,
+		"--controller-ca="+waypointCADir+"/"+waypointCAKey,
+		"--token-file="+waypointTokenDir+"/"+waypointTokenPath,
+	)
+	if s.opts.WaypointControllerIdentity != "" {
+		args = append(args, "--controller-identity="+s.opts.WaypointControllerIdentity)
+	}
 
 	podLabels := map[string]string{WaypointLabel: w.Name, meshconfig.DataplaneLabel: meshconfig.DataplaneNone}
 	deploy := &appsv1.Deployment{
@@ -184,12 +226,27 @@ func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerRefer
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
 				Spec: corev1.PodSpec{
-					ServiceAccountName:           w.Name,
+					ServiceAccountName: w.Name,
+					// The waypoint needs no Kubernetes API: only a token
+					// for the controller's audience (below).
 					AutomountServiceAccountToken: ptr.To(false),
+					Volumes: []corev1.Volume{
+						{Name: "controller-ca", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: w.Name},
+							Items:                []corev1.KeyToPath{{Key: waypointCAKey, Path: waypointCAKey}},
+						}}},
+						{Name: "token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+							ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: s.opts.Audience, ExpirationSeconds: ptr.To(int64(waypointTokenSeconds)), Path: waypointTokenPath},
+						}}}}},
+					},
 					Containers: []corev1.Container{{
 						Name:  "waypoint",
 						Image: s.opts.WaypointImage,
-						Args:  s.opts.WaypointArgs,
+						Args:  args,
+						VolumeMounts: []corev1.VolumeMount{
+							{Name: "controller-ca", MountPath: waypointCADir, ReadOnly: true},
+							{Name: "token", MountPath: waypointTokenDir, ReadOnly: true},
+						},
 						Env: []corev1.EnvVar{
 							{Name: "AMBIT_WAYPOINT", Value: w.Name},
 							{Name: "AMBIT_WAYPOINT_FOR", Value: w.TrafficType},
@@ -228,9 +285,10 @@ func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerRefer
 		data, _ := json.Marshal(spec)
 		o.SetAnnotations(map[string]string{specHashAnnotation: fmt.Sprintf("%x", sha256.Sum256(data))[:16]})
 	}
+	annotate(cm, cm.Data)
 	annotate(deploy, deploy.Spec)
 	annotate(svc, svc.Spec)
-	return sa, deploy, svc
+	return sa, cm, deploy, svc
 }
 
 // cleanupWaypoints deletes what the controller made for Waypoints that no
@@ -264,6 +322,13 @@ func (s *Source) cleanupWaypoints(ctx context.Context, live map[types.UID]bool) 
 			del("Deployment", d.Namespace, d.Name, d.UID, func(o metav1.DeleteOptions) error {
 				return s.kube.AppsV1().Deployments(d.Namespace).Delete(ctx, d.Name, o)
 			})
+			if cm, err := s.kube.CoreV1().ConfigMaps(d.Namespace).Get(ctx, d.Name, metav1.GetOptions{}); err == nil {
+				if _, gone := orphan(cm.OwnerReferences); gone {
+					del("ConfigMap", cm.Namespace, cm.Name, cm.UID, func(o metav1.DeleteOptions) error {
+						return s.kube.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, o)
+					})
+				}
+			}
 			if sa, err := s.kube.CoreV1().ServiceAccounts(d.Namespace).Get(ctx, d.Name, metav1.GetOptions{}); err == nil {
 				if _, gone := orphan(sa.OwnerReferences); gone {
 					del("ServiceAccount", sa.Namespace, sa.Name, sa.UID, func(o metav1.DeleteOptions) error {
