@@ -17,6 +17,13 @@ type kubeFlags struct {
 	kubeconfig    string
 	waypointImage string
 	tunnel        string
+	// waypointController is the address waypoints dial (default the
+	// ambit-controller Service of the controller's namespace).
+	waypointController string
+	// Set by runController: the CA's roots (PEM) waypoints check the
+	// controller with, and the controller's SPIFFE ID when not the default.
+	controllerCA []byte
+	controllerID string
 }
 
 // kubernetesSource is the Kubernetes source and its TokenReview node
@@ -31,9 +38,12 @@ func kubernetesSource(f kubeFlags, td spiffeid.TrustDomain, log *slog.Logger) (c
 		return nil, nil, fmt.Errorf("--tunnel %q: use %q or %q", f.tunnel, meshconfig.TunnelH2, meshconfig.TunnelQUIC)
 	}
 	src, err := kubesource.New(cfg, kubesource.Options{
-		Mesh:          meshconfig.Mesh{TrustDomain: td, Tunnel: f.tunnel},
-		WaypointImage: f.waypointImage,
-		Log:           log,
+		Mesh:                       meshconfig.Mesh{TrustDomain: td, Tunnel: f.tunnel},
+		WaypointImage:              f.waypointImage,
+		WaypointController:         f.waypointController,
+		WaypointControllerCA:       f.controllerCA,
+		WaypointControllerIdentity: f.controllerID,
+		Log:                        log,
 	})
 	if err != nil {
 		return nil, nil, err

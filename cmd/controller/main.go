@@ -79,6 +79,7 @@ func runController(args []string, stderr io.Writer) int {
 	fs.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubernetes source: kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&kf.waypointImage, "waypoint-image", "", "kubernetes source: image of waypoint proxies (none: Waypoints are accepted, not deployed)")
 	fs.StringVar(&kf.tunnel, "tunnel", meshconfig.TunnelH2, "kubernetes source: tunnel protocol between proxies, h2 or quic")
+	fs.StringVar(&kf.waypointController, "waypoint-controller", defaultWaypointController(), "kubernetes source: the controller's gRPC address waypoint pods dial")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -127,6 +128,12 @@ func runController(args []string, stderr io.Writer) int {
 			return fail("--bootstrap-tokens: %v", err)
 		}
 	case "kubernetes":
+		for _, r := range ca.Roots() {
+			kf.controllerCA = append(kf.controllerCA, identity.EncodeCert(r)...)
+		}
+		if *idFlag != "" {
+			kf.controllerID = id.String()
+		}
 		src, auth, err = kubernetesSource(kf, td, log)
 		if err != nil {
 			return fail("--source kubernetes: %v", err)
@@ -292,4 +299,14 @@ func serveOps(c *controller.Controller, adminAddr, metricsAddr, readyAddr string
 		log.Info("serving", "listener", x.name, "addr", x.ln.Addr().String())
 	}
 	return servers, nil
+}
+
+// defaultWaypointController is the ambit-controller Service in the
+// controller's namespace ($POD_NAMESPACE, else ambit-system), port 15010.
+func defaultWaypointController() string {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "ambit-system"
+	}
+	return "ambit-controller." + ns + ".svc:15010"
 }

@@ -552,6 +552,8 @@ func TestApplyToAPIServer(t *testing.T) {
 		{"create", "", "services", "", "shop", true},
 		{"create", "", "serviceaccounts", "", "shop", true},
 		{"create", "", "serviceaccounts", "token", "shop", false},
+		{"create", "", "configmaps", "", "shop", true},
+		{"list", "", "configmaps", "", "", false},
 		{"create", "authentication.k8s.io", "tokenreviews", "", "", true},
 		{"get", "", "secrets", "", namespace, false},
 		{"list", "", "secrets", "", "", false},
@@ -611,10 +613,11 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 	}
 	logs := &syncBuffer{}
 	src, err := kubesource.New(c.ConfigForToken(token), kubesource.Options{
-		WaypointImage:     "example.invalid/waypoint:test",
-		DiscoveryInterval: 200 * time.Millisecond,
-		RetryInterval:     200 * time.Millisecond,
-		Log:               slog.New(slog.NewTextHandler(logs, nil)),
+		WaypointImage:        "example.invalid/waypoint:test",
+		WaypointControllerCA: []byte("-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"),
+		DiscoveryInterval:    200 * time.Millisecond,
+		RetryInterval:        200 * time.Millisecond,
+		Log:                  slog.New(slog.NewTextHandler(logs, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -687,9 +690,14 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		}
 		return fmt.Sprintf("%d workloads, none is %s/cart-1 captured", len(last.Workloads), shop)
 	})
-	eventually(t, "the waypoint's ServiceAccount, Deployment and Service, owned by it", func() string {
+	var wpDeploy *appsv1.Deployment
+	eventually(t, "the waypoint's ServiceAccount, ConfigMap, Deployment and Service, owned by it", func() string {
 		var refs [][]metav1.OwnerReference
 		sa, err := cs.CoreV1().ServiceAccounts(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		cm, err := cs.CoreV1().ConfigMaps(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		if err != nil {
 			return err.Error()
 		}
@@ -697,11 +705,12 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		if err != nil {
 			return err.Error()
 		}
+		wpDeploy = d
 		svc, err := cs.CoreV1().Services(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		if err != nil {
 			return err.Error()
 		}
-		refs = append(refs, sa.OwnerReferences, d.OwnerReferences, svc.OwnerReferences)
+		refs = append(refs, sa.OwnerReferences, cm.OwnerReferences, d.OwnerReferences, svc.OwnerReferences)
 		for _, r := range refs {
 			if len(r) != 1 || r[0].UID != wp.GetUID() {
 				return fmt.Sprintf("owner references %+v", r)
@@ -722,6 +731,33 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		}
 		return fmt.Sprintf("conditions %v", conds)
 	})
+
+	// The waypoint's arguments are flags `nodeproxy waypoint` accepts, and
+	// its projected token (a pod of the Deployment's service account)
+	// authenticates it as that waypoint through the controller's rights.
+	args := wpDeploy.Spec.Template.Spec.Containers[0].Args
+	out, _ := exec.Command(filepath.Join(binaries(t), "nodeproxy"), append(slices.Clone(args), "-h")...).CombinedOutput()
+	if !strings.Contains(string(out), "Usage of nodeproxy waypoint") || strings.Contains(string(out), "not defined") {
+		t.Errorf("nodeproxy %v -h:\n%s", args, out)
+	}
+	wpPod, err := cs.CoreV1().Pods(shop).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "shop-waypoint-"},
+		Spec: corev1.PodSpec{NodeName: "node-2", ServiceAccountName: "shop-waypoint", AutomountServiceAccountToken: new(false),
+			Containers: []corev1.Container{{Name: "waypoint", Image: "example.invalid/waypoint"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wpToken, err := c.ServiceAccountToken(ctx, shop, "shop-waypoint", authnv1.TokenRequestSpec{
+		Audiences:      []string{"ambit-controller"},
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: wpPod.Name, UID: wpPod.UID},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if who, err := src.AuthenticateNode(ctx, wpToken); err != nil || who != "waypoint/"+shop+"/shop-waypoint" {
+		t.Errorf("AuthenticateNode(waypoint token) = %q, %v; want waypoint/%s/shop-waypoint", who, err, shop)
+	}
 
 	// No garbage collector runs here: the controller's own cleanup removes
 	// what a deleted Waypoint owned.
