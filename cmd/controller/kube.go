@@ -8,6 +8,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambit-mesh/ambit/internal/controller"
+	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/kubesource"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
@@ -26,16 +27,16 @@ type kubeFlags struct {
 	controllerID string
 }
 
-// kubernetesSource is the Kubernetes source and its TokenReview node
-// authenticator (package kubesource), for the cluster kubeconfig names (in
-// the cluster: the pod's service account).
-func kubernetesSource(f kubeFlags, td spiffeid.TrustDomain, log *slog.Logger) (controller.Source, controller.NodeAuthenticator, error) {
+// kubernetesSource is the Kubernetes source, which is also its TokenReview
+// node authenticator (package kubesource), for the cluster kubeconfig
+// names (in the cluster: the pod's service account).
+func kubernetesSource(f kubeFlags, td spiffeid.TrustDomain, log *slog.Logger) (*kubesource.Source, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes client configuration (--kubeconfig, or the in-cluster service account): %w", err)
+		return nil, fmt.Errorf("kubernetes client configuration (--kubeconfig, or the in-cluster service account): %w", err)
 	}
 	if f.tunnel != meshconfig.TunnelH2 && f.tunnel != meshconfig.TunnelQUIC {
-		return nil, nil, fmt.Errorf("--tunnel %q: use %q or %q", f.tunnel, meshconfig.TunnelH2, meshconfig.TunnelQUIC)
+		return nil, fmt.Errorf("--tunnel %q: use %q or %q", f.tunnel, meshconfig.TunnelH2, meshconfig.TunnelQUIC)
 	}
 	src, err := kubesource.New(cfg, kubesource.Options{
 		Mesh:                       meshconfig.Mesh{TrustDomain: td, Tunnel: f.tunnel},
@@ -46,7 +47,17 @@ func kubernetesSource(f kubeFlags, td spiffeid.TrustDomain, log *slog.Logger) (c
 		Log:                        log,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return src, src, nil
+	return src, nil
+}
+
+// rootsPEM is the CA's roots as PEM certificates, what waypoints check the
+// controller with.
+func rootsPEM(ca *controller.CA) []byte {
+	var out []byte
+	for _, r := range ca.Roots() {
+		out = append(out, identity.EncodeCert(r)...)
+	}
+	return out
 }

@@ -115,6 +115,7 @@ func runController(args []string, stderr io.Writer) int {
 
 	var src controller.Source
 	var auth controller.NodeAuthenticator
+	var rootsChanged func() // besides the controller's own (c.RootsChanged)
 	switch *source {
 	case "file":
 		if *config == "" || *tokens == "" {
@@ -128,15 +129,21 @@ func runController(args []string, stderr io.Writer) int {
 			return fail("--bootstrap-tokens: %v", err)
 		}
 	case "kubernetes":
-		for _, r := range ca.Roots() {
-			kf.controllerCA = append(kf.controllerCA, identity.EncodeCert(r)...)
-		}
+		kf.controllerCA = rootsPEM(ca)
 		if *idFlag != "" {
 			kf.controllerID = id.String()
 		}
-		src, auth, err = kubernetesSource(kf, td, log)
+		ks, err := kubernetesSource(kf, td, log)
 		if err != nil {
 			return fail("--source kubernetes: %v", err)
+		}
+		src, auth = ks, ks
+		// Waypoints check the controller with the roots in their
+		// Deployment: a reloaded trust bundle updates them.
+		rootsChanged = func() {
+			if err := ks.SetWaypointControllerCA(rootsPEM(ca)); err != nil {
+				log.Error("waypoints keep the CA roots they have", "err", err)
+			}
 		}
 	default:
 		return fail("--source %q: use file or kubernetes", *source)
@@ -162,7 +169,7 @@ func runController(args []string, stderr io.Writer) int {
 	errc := make(chan error, 3)
 	go func() { errc <- c.Run(ctx) }()
 	go func() { errc <- c.Serve(ctx, lis, id) }()
-	go func() { watchRoots(ctx, ca, c, roots, log); errc <- nil }()
+	go func() { watchRoots(ctx, ca, c, roots, rootsChanged, log); errc <- nil }()
 	code := 0
 	for range 3 {
 		if err := <-errc; err != nil {
@@ -202,8 +209,10 @@ func trustDomain(flagValue, caCert string) (spiffeid.TrustDomain, error) {
 }
 
 // watchRoots re-reads the trust bundle files when they change and pushes
-// the new bundle; a bad edit is logged and the bundle in force stays.
-func watchRoots(ctx context.Context, ca *controller.CA, c *controller.Controller, files []string, log *slog.Logger) {
+// the new bundle, then calls changed (if not nil: the Kubernetes source
+// gives waypoints the new roots); a bad edit is logged and the bundle in
+// force stays.
+func watchRoots(ctx context.Context, ca *controller.CA, c *controller.Controller, files []string, changed func(), log *slog.Logger) {
 	if len(files) == 0 {
 		return
 	}
@@ -231,6 +240,9 @@ func watchRoots(ctx context.Context, ca *controller.CA, c *controller.Controller
 		}
 		log.Info("trust bundle reloaded", "roots", len(ca.Roots()), "subjects", subjects(ca.Roots()))
 		c.RootsChanged()
+		if changed != nil {
+			changed()
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -34,7 +35,7 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	name := fs.String("name", envKey(), "the Waypoint this proxy is, namespace/name (default $POD_NAMESPACE/$AMBIT_WAYPOINT)")
 	node := fs.String("node", os.Getenv("NODE_NAME"), "node it runs on, for operators (default $NODE_NAME)")
 	ctrlAddr := fs.String("controller", "", "the controller's gRPC API, host:port")
-	ctrlCA := fs.String("controller-ca", "", "PEM roots the controller's certificate is checked against (until the controller's trust bundle arrives)")
+	ctrlCA := fs.String("controller-ca", "", "file of PEM roots the controller's certificate is checked against (until the controller's trust bundle arrives); without it, the PEM in $"+controllerCAEnv+" (as the controller's waypoint Deployments give it)")
 	tokenFile := fs.String("token-file", "", "file holding the waypoint's bearer token: its bootstrap token, or its service account token (re-read at every call)")
 	ctrlID := fs.String("controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
 	listen := fs.String("listen", fmt.Sprintf("[::]:%d", waypoint.TunnelPort), "tunnel (HBONE) listener, TCP and UDP (QUIC)")
@@ -51,8 +52,8 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	ns, wpName, ok := strings.Cut(*name, "/")
-	if !ok || ns == "" || wpName == "" || *ctrlAddr == "" || *ctrlCA == "" || *tokenFile == "" {
-		fmt.Fprintln(stderr, "nodeproxy waypoint: give --name NAMESPACE/NAME --controller ADDR --controller-ca FILE --token-file FILE")
+	if !ok || ns == "" || wpName == "" || *ctrlAddr == "" || (*ctrlCA == "" && os.Getenv(controllerCAEnv) == "") || *tokenFile == "" {
+		fmt.Fprintln(stderr, "nodeproxy waypoint: give --name NAMESPACE/NAME --controller ADDR --controller-ca FILE (or $"+controllerCAEnv+") --token-file FILE")
 		fs.Usage()
 		return 2
 	}
@@ -69,9 +70,9 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(handler)
 
-	roots, err := controlclient.ReadRoots(*ctrlCA)
+	roots, err := controllerRoots(*ctrlCA)
 	if err != nil {
-		return fail("--controller-ca: %v", err)
+		return fail("%v", err)
 	}
 	var id spiffeid.ID
 	if *ctrlID != "" {
@@ -159,6 +160,27 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	ops.Shutdown(sctx)
 	<-done
 	return 0
+}
+
+// controllerCAEnv holds the controller's CA roots (PEM) in the waypoint
+// Deployments the controller makes (kubesource.WaypointControllerCAEnv).
+const controllerCAEnv = "AMBIT_CONTROLLER_CA_PEM"
+
+// controllerRoots are the roots in the --controller-ca file, else those in
+// $AMBIT_CONTROLLER_CA_PEM; an error names where they came from.
+func controllerRoots(file string) ([]*x509.Certificate, error) {
+	if file != "" {
+		roots, err := controlclient.ReadRoots(file)
+		if err != nil {
+			return nil, fmt.Errorf("--controller-ca: %w", err)
+		}
+		return roots, nil
+	}
+	roots, err := controlclient.ParseRoots([]byte(os.Getenv(controllerCAEnv)))
+	if err != nil {
+		return nil, fmt.Errorf("$%s (the controller's CA roots, PEM): %w", controllerCAEnv, err)
+	}
+	return roots, nil
 }
 
 // otlpFromEnv is the OTLP endpoint from the environment: Ambit's own

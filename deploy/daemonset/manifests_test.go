@@ -552,7 +552,10 @@ func TestApplyToAPIServer(t *testing.T) {
 		{"create", "", "services", "", "shop", true},
 		{"create", "", "serviceaccounts", "", "shop", true},
 		{"create", "", "serviceaccounts", "token", "shop", false},
-		{"create", "", "configmaps", "", "shop", true},
+		{"create", "", "configmaps", "", "shop", false},
+		{"get", "", "configmaps", "", "shop", false},
+		{"update", "", "configmaps", "", "shop", false},
+		{"delete", "", "configmaps", "", "shop", false},
 		{"list", "", "configmaps", "", "", false},
 		{"create", "authentication.k8s.io", "tokenreviews", "", "", true},
 		{"get", "", "secrets", "", namespace, false},
@@ -612,9 +615,18 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
+	caCert, _, err := writeCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(caCert)) })
+	caPEM, err := os.ReadFile(caCert)
+	if err != nil {
+		t.Fatal(err)
+	}
 	src, err := kubesource.New(c.ConfigForToken(token), kubesource.Options{
 		WaypointImage:        "example.invalid/waypoint:test",
-		WaypointControllerCA: []byte("-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"),
+		WaypointControllerCA: caPEM,
 		DiscoveryInterval:    200 * time.Millisecond,
 		RetryInterval:        200 * time.Millisecond,
 		Log:                  slog.New(slog.NewTextHandler(logs, nil)),
@@ -691,13 +703,9 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		return fmt.Sprintf("%d workloads, none is %s/cart-1 captured", len(last.Workloads), shop)
 	})
 	var wpDeploy *appsv1.Deployment
-	eventually(t, "the waypoint's ServiceAccount, ConfigMap, Deployment and Service, owned by it", func() string {
+	eventually(t, "the waypoint's ServiceAccount, Deployment and Service, owned by it", func() string {
 		var refs [][]metav1.OwnerReference
 		sa, err := cs.CoreV1().ServiceAccounts(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
-		if err != nil {
-			return err.Error()
-		}
-		cm, err := cs.CoreV1().ConfigMaps(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		if err != nil {
 			return err.Error()
 		}
@@ -710,7 +718,7 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		if err != nil {
 			return err.Error()
 		}
-		refs = append(refs, sa.OwnerReferences, cm.OwnerReferences, d.OwnerReferences, svc.OwnerReferences)
+		refs = append(refs, sa.OwnerReferences, d.OwnerReferences, svc.OwnerReferences)
 		for _, r := range refs {
 			if len(r) != 1 || r[0].UID != wp.GetUID() {
 				return fmt.Sprintf("owner references %+v", r)
@@ -732,13 +740,32 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		return fmt.Sprintf("conditions %v", conds)
 	})
 
-	// The waypoint's arguments are flags `nodeproxy waypoint` accepts, and
-	// its projected token (a pod of the Deployment's service account)
-	// authenticates it as that waypoint through the controller's rights.
-	args := wpDeploy.Spec.Template.Spec.Containers[0].Args
+	// The waypoint's arguments are flags `nodeproxy waypoint` accepts, it
+	// reads the CA roots from the variable the Deployment sets (the CA's
+	// certificate, nothing else, and no ConfigMap), and its projected token
+	// (a pod of the Deployment's service account) authenticates it as that
+	// waypoint through the controller's rights.
+	ctr := wpDeploy.Spec.Template.Spec.Containers[0]
+	args := ctr.Args
 	out, _ := exec.Command(filepath.Join(binaries(t), "nodeproxy"), append(slices.Clone(args), "-h")...).CombinedOutput()
-	if !strings.Contains(string(out), "Usage of nodeproxy waypoint") || strings.Contains(string(out), "not defined") {
+	if !strings.Contains(string(out), "Usage of nodeproxy waypoint") || strings.Contains(string(out), "not defined") ||
+		!strings.Contains(string(out), "$"+kubesource.WaypointControllerCAEnv) {
 		t.Errorf("nodeproxy %v -h:\n%s", args, out)
+	}
+	var envCA string
+	for _, e := range ctr.Env {
+		if e.Name == kubesource.WaypointControllerCAEnv {
+			envCA = e.Value
+		}
+	}
+	if envCA != string(caPEM) {
+		t.Errorf("$%s in the waypoint's Deployment = %q, want the CA's certificate %q", kubesource.WaypointControllerCAEnv, envCA, caPEM)
+	}
+	if vols := wpDeploy.Spec.Template.Spec.Volumes; len(vols) != 1 || vols[0].ConfigMap != nil {
+		t.Errorf("the waypoint's volumes: %+v, want its token only", vols)
+	}
+	if _, err := cs.CoreV1().ConfigMaps(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a ConfigMap shop-waypoint: %v, want none", err)
 	}
 	wpPod, err := cs.CoreV1().Pods(shop).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: "shop-waypoint-"},

@@ -299,6 +299,16 @@ func ReadRoots(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	out, err := ParseRoots(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return out, nil
+}
+
+// ParseRoots is ReadRoots of PEM already read (from an environment
+// variable, say): CERTIFICATE blocks only, at least one.
+func ParseRoots(data []byte) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	for {
 		var block *pem.Block
@@ -307,16 +317,16 @@ func ReadRoots(path string) ([]*x509.Certificate, error) {
 			break
 		}
 		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%s: PEM block %q where a CERTIFICATE was expected", path, block.Type)
+			return nil, fmt.Errorf("PEM block %q where a CERTIFICATE was expected", block.Type)
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, err
 		}
 		out = append(out, c)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no PEM CERTIFICATE block", path)
+		return nil, errors.New("no PEM CERTIFICATE block")
 	}
 	return out, nil
 }

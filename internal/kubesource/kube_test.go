@@ -573,7 +573,7 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(c.Config)
 	ctx := context.Background()
 	ns := c.Namespace(t, "wp")
-	_, rec := runSource(t, c, Options{WaypointImage: "ghcr.io/ambit-mesh/ambit:test", WaypointControllerCA: []byte(testControllerCA)})
+	src, rec := runSource(t, c, Options{WaypointImage: "ghcr.io/ambit-mesh/ambit:test", WaypointControllerCA: []byte(testControllerCA)})
 
 	var obj map[string]any
 	_ = yaml.Unmarshal([]byte(`{apiVersion: ambit.dev/v1alpha1, kind: Waypoint, metadata: {name: shop-waypoint}, spec: {replicas: 2}}`), &obj)
@@ -613,11 +613,18 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 		d.Spec.Template.Labels[meshconfig.DataplaneLabel] != meshconfig.DataplaneNone || pod.Containers[0].ReadinessProbe.HTTPGet.Port.IntVal != 15021 {
 		t.Errorf("Deployment spec: %+v", d.Spec)
 	}
-	if msg := waypointPodSpec(pod, "shop-waypoint"); msg != "" {
+	if msg := waypointPodSpec(pod, testControllerCA); msg != "" {
 		t.Error("Deployment:", msg)
 	}
-	if cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{}); err != nil || cm.Data["ca.crt"] != testControllerCA || owned(cm.OwnerReferences) != "" {
-		t.Errorf("the waypoint's ConfigMap with the controller's CA: %+v %v", cm, err)
+	// The CA roots travel in the Deployment: no ConfigMap is made.
+	cms, err := cs.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cm := range cms.Items {
+		if cm.Name != "kube-root-ca.crt" { // the controller manager's, were one running
+			t.Errorf("ConfigMap %s in the waypoint's namespace; want none made by the reconciler", cm.Name)
+		}
 	}
 	if msg := owned(svc.OwnerReferences); msg != "" {
 		t.Error("Service:", msg)
@@ -674,6 +681,36 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 		return *d.Spec.Replicas == 3, fmt.Sprint(*d.Spec.Replicas)
 	})
 
+	// New CA roots (the controller's trust bundle reloaded during a
+	// rotation) reach the Deployment through its spec hash; PEM that is not
+	// only certificates is refused and changes nothing.
+	rotated := testControllerCA + newTestRoot()
+	hash := func() string {
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Annotations[specHashAnnotation]
+	}
+	before := hash()
+	if err := src.SetWaypointControllerCA([]byte("note: the new roots\n" + rotated)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Deployment with both roots", func() (bool, string) {
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		msg := waypointPodSpec(d.Spec.Template.Spec, rotated)
+		return msg == "" && d.Annotations[specHashAnnotation] != before, msg
+	})
+	if err := src.SetWaypointControllerCA([]byte(testControllerCA + "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n")); err == nil || !strings.Contains(err.Error(), "PRIVATE KEY") {
+		t.Errorf("SetWaypointControllerCA with a key: %v, want it refused", err)
+	}
+	if ca, err := src.waypointCA(); err != nil || string(ca) != rotated {
+		t.Errorf("the roots in force after a refused change: %q %v", ca, err)
+	}
+
 	// An object of the same name that the Waypoint does not own is left
 	// alone, and the status says why.
 	_, err = cs.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
@@ -700,12 +737,11 @@ func TestPrivilegedWaypointReconciler(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the Deployment, Service, ServiceAccount and ConfigMap deleted", func() (bool, string) {
+	eventually(t, "the Deployment, Service and ServiceAccount deleted", func() (bool, string) {
 		_, e1 := cs.AppsV1().Deployments(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		_, e2 := cs.CoreV1().Services(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		_, e3 := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
-		_, e4 := cs.CoreV1().ConfigMaps(ns).Get(ctx, "shop-waypoint", metav1.GetOptions{})
-		return apierrors.IsNotFound(e1) && apierrors.IsNotFound(e2) && apierrors.IsNotFound(e3) && apierrors.IsNotFound(e4), fmt.Sprint(e1, e2, e3, e4)
+		return apierrors.IsNotFound(e1) && apierrors.IsNotFound(e2) && apierrors.IsNotFound(e3), fmt.Sprint(e1, e2, e3)
 	})
 	if _, err := cs.AppsV1().Deployments(ns).Get(ctx, "taken", metav1.GetOptions{}); err != nil {
 		t.Errorf("the Deployment the Waypoint did not own: %v", err)

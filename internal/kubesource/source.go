@@ -47,16 +47,19 @@ type Options struct {
 	WaypointImage string
 	// WaypointArgs are the waypoint container's first arguments (the
 	// image's entrypoint runs them; default "waypoint", the node proxy
-	// image's subcommand). The reconciler appends --controller,
-	// --controller-ca and --token-file.
+	// image's subcommand). The reconciler appends --controller and
+	// --token-file (and --controller-identity when set).
 	WaypointArgs []string
 	// WaypointController is the controller's gRPC address waypoints dial
 	// (default DefaultWaypointController).
 	WaypointController string
 	// WaypointControllerCA is the PEM the waypoints check the controller's
-	// certificate against (its CA's roots) until its trust bundle arrives.
-	// The reconciler writes it into a ConfigMap beside each waypoint.
-	// Without it Waypoints are not deployed (Programmed says why).
+	// certificate against (its CA's roots) until its trust bundle arrives:
+	// CERTIFICATE blocks only, anything else (a key) is refused. The
+	// reconciler puts it in each waypoint Deployment's environment
+	// (WaypointControllerCAEnv); SetWaypointControllerCA replaces it while
+	// the source runs. Without usable roots Waypoints are not deployed
+	// (Programmed says why).
 	WaypointControllerCA []byte
 	// WaypointControllerIdentity, if set, is the SPIFFE ID waypoints
 	// require of the controller (their default is the ambit-system one).
@@ -146,6 +149,10 @@ type Source struct {
 
 	mu      sync.Mutex
 	dynamic map[schema.GroupVersionResource]cache.GenericLister // started optional resources
+	// The controller's CA roots for waypoints (certificatesPEM of
+	// Options.WaypointControllerCA, then SetWaypointControllerCA).
+	caPEM []byte
+	caErr error
 }
 
 // New returns a Source for the cluster cfg points at.
@@ -164,7 +171,7 @@ func New(cfg *rest.Config, opts Options) (*Source, error) {
 // NewForClients is New with clients already made (tests pass fakes).
 func NewForClients(kube kubernetes.Interface, dyn dynamic.Interface, opts Options) *Source {
 	opts.defaults()
-	return &Source{
+	s := &Source{
 		opts:    opts,
 		log:     opts.Log.With("subsystem", "kubesource"),
 		kube:    kube,
@@ -173,6 +180,11 @@ func NewForClients(kube kubernetes.Interface, dyn dynamic.Interface, opts Option
 		changed: make(chan struct{}, 1),
 		dynamic: map[schema.GroupVersionResource]cache.GenericLister{},
 	}
+	s.caPEM, s.caErr = certificatesPEM(opts.WaypointControllerCA)
+	if s.caErr != nil {
+		s.log.Warn("the controller's CA roots for waypoints are refused; Waypoints are not deployed", "err", s.caErr)
+	}
+	return s
 }
 
 // AuthenticateNode checks a node proxy's token; see NodeAuthenticator.

@@ -1,9 +1,13 @@
 package kubesource
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -28,12 +32,16 @@ const (
 	WaypointMetricsPort = 15020
 )
 
-// Where a waypoint pod finds its credentials: the controller's CA roots
-// (ConfigMap <waypoint>, key ca.crt) and a projected service account token
+// WaypointControllerCAEnv is the waypoint container's variable holding the
+// controller's CA roots (PEM, certificates only), which `nodeproxy
+// waypoint` reads when it is given no --controller-ca file. The roots
+// travel in the Deployment itself, so the controller needs no rights on
+// ConfigMaps, and a change of roots changes the Deployment's spec hash.
+const WaypointControllerCAEnv = "AMBIT_CONTROLLER_CA_PEM"
+
+// Where a waypoint pod finds its token: a projected service account token
 // for the controller's audience, bound to the pod.
 const (
-	waypointCADir     = "/etc/ambit/ca"
-	waypointCAKey     = "ca.crt"
 	waypointTokenDir  = "/var/run/secrets/ambit"
 	waypointTokenPath = "token"
 	// waypointTokenSeconds is the token's lifetime; the kubelet renews it
@@ -59,6 +67,7 @@ type programmed struct {
 // something failed and is worth retrying.
 func (s *Source) reconcileWaypoints(ctx context.Context, st *state) (failed bool) {
 	st.programmed = map[string]programmed{}
+	ca, caErr := s.waypointCA()
 	live := map[types.UID]bool{}
 	for _, u := range st.waypoints {
 		live[u.GetUID()] = true
@@ -70,7 +79,7 @@ func (s *Source) reconcileWaypoints(ctx context.Context, st *state) (failed bool
 		if w == nil {
 			continue
 		}
-		p, err := s.reconcileWaypoint(ctx, u, w)
+		p, err := s.reconcileWaypoint(ctx, u, w, ca, caErr)
 		if err != nil {
 			failed = true
 			s.log.Warn("waypoint not reconciled", "waypoint", w.Key(), "err", err)
@@ -80,18 +89,21 @@ func (s *Source) reconcileWaypoints(ctx context.Context, st *state) (failed bool
 	return s.cleanupWaypoints(ctx, live) || failed
 }
 
-func (s *Source) reconcileWaypoint(ctx context.Context, u *unstructured.Unstructured, w *meshconfig.Waypoint) (programmed, error) {
+func (s *Source) reconcileWaypoint(ctx context.Context, u *unstructured.Unstructured, w *meshconfig.Waypoint, ca []byte, caErr error) (programmed, error) {
 	if s.opts.WaypointImage == "" {
 		return programmed{metav1.ConditionFalse, crd.ReasonPending, "the controller has no waypoint image: start it with --waypoint-image"}, nil
 	}
-	if len(s.opts.WaypointControllerCA) == 0 {
+	if caErr != nil {
+		return programmed{metav1.ConditionFalse, crd.ReasonPending, "the controller's CA roots for waypoints are not usable: " + caErr.Error()}, nil
+	}
+	if len(ca) == 0 {
 		return programmed{metav1.ConditionFalse, crd.ReasonPending, "the controller has no CA certificate to give waypoints (kubesource Options.WaypointControllerCA)"}, nil
 	}
 	owner := metav1.OwnerReference{
 		APIVersion: crd.GroupVersion.String(), Kind: meshconfig.KindWaypoint, Name: u.GetName(), UID: u.GetUID(),
 		Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true),
 	}
-	sa, cm, deploy, svc := s.waypointObjects(w, owner)
+	sa, deploy, svc := s.waypointObjects(w, owner, ca)
 
 	if err := s.ensure(ctx, "ServiceAccount", sa, func() (metav1.Object, error) {
 		return s.kube.CoreV1().ServiceAccounts(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
@@ -99,20 +111,6 @@ func (s *Source) reconcileWaypoint(ctx context.Context, u *unstructured.Unstruct
 		_, err := s.kube.CoreV1().ServiceAccounts(w.Namespace).Create(ctx, sa, metav1.CreateOptions{FieldManager: s.opts.FieldManager})
 		return err
 	}, nil, u); err != nil {
-		return programmed{metav1.ConditionFalse, crd.ReasonPending, err.Error()}, err
-	}
-
-	if err := s.ensure(ctx, "ConfigMap", cm, func() (metav1.Object, error) {
-		return s.kube.CoreV1().ConfigMaps(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
-	}, func() error {
-		_, err := s.kube.CoreV1().ConfigMaps(w.Namespace).Create(ctx, cm, metav1.CreateOptions{FieldManager: s.opts.FieldManager})
-		return err
-	}, func(existing metav1.Object) error {
-		x := existing.(*corev1.ConfigMap).DeepCopy()
-		x.Labels, x.Annotations, x.Data = cm.Labels, cm.Annotations, cm.Data
-		_, err := s.kube.CoreV1().ConfigMaps(w.Namespace).Update(ctx, x, metav1.UpdateOptions{FieldManager: s.opts.FieldManager})
-		return err
-	}, u); err != nil {
 		return programmed{metav1.ConditionFalse, crd.ReasonPending, err.Error()}, err
 	}
 
@@ -198,18 +196,17 @@ func (s *Source) ensure(ctx context.Context, kind string, desired metav1.Object,
 }
 
 // waypointObjects are what a Waypoint runs as.
-func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerReference) (*corev1.ServiceAccount, *corev1.ConfigMap, *appsv1.Deployment, *corev1.Service) {
+// ca is the controller's CA roots (PEM certificates, see waypointCA): they
+// go into the container's environment, not into a ConfigMap, which would
+// take rights on ConfigMaps in every namespace.
+func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerReference, ca []byte) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service) {
 	lbl := map[string]string{WaypointLabel: w.Name}
 	meta := func() metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: w.Name, Namespace: w.Namespace, Labels: map[string]string{WaypointLabel: w.Name}, OwnerReferences: []metav1.OwnerReference{owner}}
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: meta()}
-	// The controller's CA roots, for the waypoint to check the controller
-	// (a pod cannot mount a ConfigMap of another namespace).
-	cm := &corev1.ConfigMap{ObjectMeta: meta(), Data: map[string]string{waypointCAKey: string(s.opts.WaypointControllerCA)}}
 	args := append(slices.Clone(s.opts.WaypointArgs),
 		"--controller="+s.opts.WaypointController,
-		"--controller-ca="+waypointCADir+"/"+waypointCAKey,
 		"--token-file="+waypointTokenDir+"/"+waypointTokenPath,
 	)
 	if s.opts.WaypointControllerIdentity != "" {
@@ -231,10 +228,6 @@ func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerRefer
 					// for the controller's audience (below).
 					AutomountServiceAccountToken: ptr.To(false),
 					Volumes: []corev1.Volume{
-						{Name: "controller-ca", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-							LocalObjectReference: corev1.LocalObjectReference{Name: w.Name},
-							Items:                []corev1.KeyToPath{{Key: waypointCAKey, Path: waypointCAKey}},
-						}}},
 						{Name: "token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
 							ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: s.opts.Audience, ExpirationSeconds: ptr.To(int64(waypointTokenSeconds)), Path: waypointTokenPath},
 						}}}}},
@@ -244,12 +237,15 @@ func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerRefer
 						Image: s.opts.WaypointImage,
 						Args:  args,
 						VolumeMounts: []corev1.VolumeMount{
-							{Name: "controller-ca", MountPath: waypointCADir, ReadOnly: true},
 							{Name: "token", MountPath: waypointTokenDir, ReadOnly: true},
 						},
 						Env: []corev1.EnvVar{
 							{Name: "AMBIT_WAYPOINT", Value: w.Name},
 							{Name: "AMBIT_WAYPOINT_FOR", Value: w.TrafficType},
+							// The controller's CA roots: public
+							// certificates, which the spec hash covers, so
+							// new roots roll the waypoint's pods.
+							{Name: WaypointControllerCAEnv, Value: string(ca)},
 							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 							{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
@@ -285,15 +281,16 @@ func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerRefer
 		data, _ := json.Marshal(spec)
 		o.SetAnnotations(map[string]string{specHashAnnotation: fmt.Sprintf("%x", sha256.Sum256(data))[:16]})
 	}
-	annotate(cm, cm.Data)
 	annotate(deploy, deploy.Spec)
 	annotate(svc, svc.Spec)
-	return sa, cm, deploy, svc
+	return sa, deploy, svc
 }
 
 // cleanupWaypoints deletes what the controller made for Waypoints that no
 // longer exist. Kubernetes' garbage collector does the same through the
-// owner references; this covers clusters where it is slow or absent.
+// owner references; this covers clusters where it is slow or absent. (The
+// CA ConfigMap an earlier version made beside each waypoint is left to the
+// garbage collector: deleting it would take rights on ConfigMaps.)
 func (s *Source) cleanupWaypoints(ctx context.Context, live map[types.UID]bool) (failed bool) {
 	if s.lister(crd.WaypointsResource) == nil {
 		return false // the CRD is not served: nothing can be told apart
@@ -322,13 +319,6 @@ func (s *Source) cleanupWaypoints(ctx context.Context, live map[types.UID]bool) 
 			del("Deployment", d.Namespace, d.Name, d.UID, func(o metav1.DeleteOptions) error {
 				return s.kube.AppsV1().Deployments(d.Namespace).Delete(ctx, d.Name, o)
 			})
-			if cm, err := s.kube.CoreV1().ConfigMaps(d.Namespace).Get(ctx, d.Name, metav1.GetOptions{}); err == nil {
-				if _, gone := orphan(cm.OwnerReferences); gone {
-					del("ConfigMap", cm.Namespace, cm.Name, cm.UID, func(o metav1.DeleteOptions) error {
-						return s.kube.CoreV1().ConfigMaps(cm.Namespace).Delete(ctx, cm.Name, o)
-					})
-				}
-			}
 			if sa, err := s.kube.CoreV1().ServiceAccounts(d.Namespace).Get(ctx, d.Name, metav1.GetOptions{}); err == nil {
 				if _, gone := orphan(sa.OwnerReferences); gone {
 					del("ServiceAccount", sa.Namespace, sa.Name, sa.UID, func(o metav1.DeleteOptions) error {
@@ -350,4 +340,61 @@ func (s *Source) cleanupWaypoints(ctx context.Context, live map[types.UID]bool) 
 		}
 	}
 	return failed
+}
+
+// waypointCA is the CA roots waypoints are given now, or why there are
+// none that can be given.
+func (s *Source) waypointCA() ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.caPEM, s.caErr
+}
+
+// SetWaypointControllerCA replaces the controller's CA roots (PEM) that
+// waypoints are given, as when the controller's trust bundle is reloaded:
+// every waypoint Deployment is updated with them (a rolling update of its
+// pods) at the next reconcile, which this starts. PEM that is not only
+// certificates is refused and the roots in force stay.
+func (s *Source) SetWaypointControllerCA(pemRoots []byte) error {
+	ca, err := certificatesPEM(pemRoots)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	changed := !bytes.Equal(ca, s.caPEM) || s.caErr != nil
+	s.caPEM, s.caErr = ca, nil
+	s.mu.Unlock()
+	if changed {
+		s.poke()
+	}
+	return nil
+}
+
+// certificatesPEM checks that data is PEM CERTIFICATE blocks only (public
+// certificates: a private key or anything else is refused, so it can never
+// reach a Deployment) and re-encodes them, dropping any text around them.
+// Empty data is no roots.
+func certificatesPEM(data []byte) ([]byte, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil
+	}
+	var out []byte
+	for n := 1; ; n++ {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %d is %q: only CERTIFICATE blocks (public certificates) may be given to waypoints", n, b.Type)
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return nil, fmt.Errorf("PEM block %d: %w", n, err)
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b.Bytes})...)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM CERTIFICATE block")
+	}
+	return out, nil
 }

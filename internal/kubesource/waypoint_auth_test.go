@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -18,55 +21,55 @@ import (
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/controller"
+	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/kubetest"
 )
 
-// testControllerCA stands for the controller's CA roots (the reconciler
-// copies the bytes; nothing parses them here).
-const testControllerCA = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"
+// testControllerCA stands for the controller's CA roots: a real
+// certificate, since the source refuses PEM that is not certificates.
+var testControllerCA = newTestRoot()
+
+func newTestRoot() string {
+	ca, err := identity.GenerateCA(spiffeid.RequireTrustDomainFromString("cluster.local"), time.Hour, nil)
+	if err != nil {
+		panic(err)
+	}
+	return string(identity.EncodeCert(ca.Certificate()))
+}
 
 // waypointPodSpec checks that a waypoint pod can reach the controller as
-// itself: `nodeproxy waypoint` with the controller's address, its CA from
-// the ConfigMap and a projected token for the controller's audience, and
-// no token for the Kubernetes API.
-func waypointPodSpec(pod corev1.PodSpec, name string) string {
+// itself: `nodeproxy waypoint` with the controller's address, its CA roots
+// (ca) in $AMBIT_CONTROLLER_CA_PEM and a projected token for the
+// controller's audience, no token for the Kubernetes API, and nothing
+// mounted but that token (no ConfigMap).
+func waypointPodSpec(pod corev1.PodSpec, ca string) string {
 	ctr := pod.Containers[0]
-	wantArgs := []string{"waypoint", "--controller=" + DefaultWaypointController, "--controller-ca=/etc/ambit/ca/ca.crt", "--token-file=/var/run/secrets/ambit/token"}
+	wantArgs := []string{"waypoint", "--controller=" + DefaultWaypointController, "--token-file=/var/run/secrets/ambit/token"}
 	if !slices.Equal(ctr.Args, wantArgs) {
 		return fmt.Sprintf("args %q, want %q", ctr.Args, wantArgs)
 	}
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
 		return "the pod mounts a Kubernetes API token"
 	}
-	mounts := map[string]string{}
-	for _, m := range ctr.VolumeMounts {
-		if !m.ReadOnly {
-			return fmt.Sprintf("mount %s is writable", m.Name)
-		}
-		mounts[m.Name] = m.MountPath
+	env := map[string]string{}
+	for _, e := range ctr.Env {
+		env[e.Name] = e.Value
 	}
-	if mounts["controller-ca"] != "/etc/ambit/ca" || mounts["token"] != "/var/run/secrets/ambit" {
-		return fmt.Sprintf("mounts %v", mounts)
+	if got := env[WaypointControllerCAEnv]; got != ca {
+		return fmt.Sprintf("$%s = %q, want %q", WaypointControllerCAEnv, got, ca)
 	}
-	for _, v := range pod.Volumes {
-		switch v.Name {
-		case "controller-ca":
-			if v.ConfigMap == nil || v.ConfigMap.Name != name {
-				return fmt.Sprintf("controller-ca volume %+v", v.VolumeSource)
-			}
-		case "token":
-			if v.Projected == nil || len(v.Projected.Sources) != 1 || v.Projected.Sources[0].ServiceAccountToken == nil {
-				return fmt.Sprintf("token volume %+v", v.VolumeSource)
-			}
-			if st := v.Projected.Sources[0].ServiceAccountToken; st.Audience != DefaultAudience || st.Path != "token" || st.ExpirationSeconds == nil || *st.ExpirationSeconds != 3600 {
-				return fmt.Sprintf("token projection %+v", st)
-			}
-		default:
-			return "unexpected volume " + v.Name
-		}
+	if len(ctr.VolumeMounts) != 1 || ctr.VolumeMounts[0].Name != "token" || ctr.VolumeMounts[0].MountPath != "/var/run/secrets/ambit" || !ctr.VolumeMounts[0].ReadOnly {
+		return fmt.Sprintf("mounts %+v, want the token only, read-only", ctr.VolumeMounts)
 	}
-	if len(pod.Volumes) != 2 {
-		return fmt.Sprintf("volumes %+v", pod.Volumes)
+	if len(pod.Volumes) != 1 || pod.Volumes[0].Name != "token" {
+		return fmt.Sprintf("volumes %+v, want the token only", pod.Volumes)
+	}
+	v := pod.Volumes[0]
+	if v.Projected == nil || len(v.Projected.Sources) != 1 || v.Projected.Sources[0].ServiceAccountToken == nil {
+		return fmt.Sprintf("token volume %+v", v.VolumeSource)
+	}
+	if st := v.Projected.Sources[0].ServiceAccountToken; st.Audience != DefaultAudience || st.Path != "token" || st.ExpirationSeconds == nil || *st.ExpirationSeconds != 3600 {
+		return fmt.Sprintf("token projection %+v", st)
 	}
 	return ""
 }
@@ -157,4 +160,38 @@ func TestPrivilegedWaypointAuthentication(t *testing.T) {
 		got, err := src.AuthenticateNode(ctx, edge)
 		return err != nil, fmt.Sprint(got, err)
 	})
+}
+
+// Only certificates are ever given to waypoints: a key (or any other PEM
+// block) is refused, text around the blocks is dropped, and roots that
+// cannot be used keep Waypoints from being deployed, with the reason.
+func TestWaypointControllerCAIsCertificatesOnly(t *testing.T) {
+	two := testControllerCA + newTestRoot()
+	if got, err := certificatesPEM([]byte("# roots\n" + two + "trailing words\n")); err != nil || string(got) != two {
+		t.Errorf("certificatesPEM(two roots with text around) = %q, %v", got, err)
+	}
+	if got, err := certificatesPEM([]byte(" \n")); err != nil || got != nil {
+		t.Errorf("certificatesPEM(blank) = %q, %v; want no roots", got, err)
+	}
+	for _, bad := range []string{
+		testControllerCA + "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n",
+		"-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n",
+		"not PEM",
+	} {
+		if got, err := certificatesPEM([]byte(bad)); err == nil {
+			t.Errorf("certificatesPEM(%q) = %q, want an error", bad, got)
+		}
+	}
+	s := NewForClients(nil, nil, Options{WaypointImage: "x", WaypointControllerCA: []byte("-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n")})
+	ca, caErr := s.waypointCA()
+	p, err := s.reconcileWaypoint(context.Background(), nil, nil, ca, caErr)
+	if err != nil || p.status != metav1.ConditionFalse || !strings.Contains(p.message, "CA roots for waypoints are not usable") {
+		t.Errorf("a key for roots: %+v %v", p, err)
+	}
+	if err := s.SetWaypointControllerCA([]byte(testControllerCA)); err != nil {
+		t.Fatal(err)
+	}
+	if ca, err := s.waypointCA(); err != nil || string(ca) != testControllerCA {
+		t.Errorf("after SetWaypointControllerCA: %q %v", ca, err)
+	}
 }
