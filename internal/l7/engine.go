@@ -60,6 +60,9 @@ type Options struct {
 	// names the client on each connection it opens (see ConnInfoFrom).
 	// nil: one pool for all clients.
 	PoolKey func(ConnInfo) string
+	// DisableHTTP1FastPath serves every HTTP/1.x request with net/http's
+	// server, ReverseProxy and Transport (see fast.go).
+	DisableHTTP1FastPath bool
 }
 
 type connInfoKey struct{}
@@ -76,17 +79,18 @@ func ConnInfoFrom(ctx context.Context) (ConnInfo, bool) {
 // Engine serves tunnel streams at L7. It is safe for concurrent use; one
 // Engine serves every stream of a waypoint.
 type Engine struct {
-	opts  Options
-	log   *slog.Logger
-	snap  atomic.Pointer[snapshot]
-	h1    *http.Transport
-	h2    *http2.Transport
-	pools sync.Map // PoolKey -> *upstreamPool, when Options.PoolKey is set
-	h2srv *http2.Server
-	proxy *httputil.ReverseProxy
-	rr    *RoundRobin // the default Resilience
-	res   Resilience
-	bg    sync.WaitGroup // mirrors
+	opts     Options
+	log      *slog.Logger
+	snap     atomic.Pointer[snapshot]
+	h1       *http.Transport
+	h2       *http2.Transport
+	pools    sync.Map // PoolKey -> *upstreamPool, when Options.PoolKey is set
+	fastIdle sync.Map // upKey -> *upList: the HTTP/1.1 fast path's idle upstream connections
+	h2srv    *http2.Server
+	proxy    *httputil.ReverseProxy
+	rr       *RoundRobin // the default Resilience
+	res      Resilience
+	bg       sync.WaitGroup // mirrors
 }
 
 // New returns an Engine with an empty configuration; call Update before
@@ -246,6 +250,7 @@ func (e *Engine) Config() *meshconfig.Config { return e.snap.Load().cfg }
 func (e *Engine) Close() error {
 	e.h1.CloseIdleConnections()
 	e.h2.CloseIdleConnections()
+	e.closeFastIdle()
 	e.pools.Range(func(_, p any) bool {
 		p.(*upstreamPool).h1.CloseIdleConnections()
 		p.(*upstreamPool).h2.CloseIdleConnections()

@@ -58,10 +58,10 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-// serveH1 serves an HTTP/1.x connection with net/http: keep-alive,
+// serveH1Std serves an HTTP/1.x connection with net/http: keep-alive,
 // chunked bodies, 100-continue (sent when the body is first read, so only
 // once the upstream asked for it) and hijacking for upgrades.
-func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
+func (e *Engine) serveH1Std(ctx context.Context, c net.Conn, info ConnInfo) {
 	l := &oneConnListener{c: c, done: make(chan struct{})}
 	var handlers sync.WaitGroup
 	h := &connHandler{e: e, info: info}
@@ -262,6 +262,10 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	st.h2 = upstreamH2(r, st.grpc, upgrade, b)
+	if _, ok := w.(*fastWriter); ok && !st.h2 {
+		e.forwardFast(ctx, rec, r, st)
+		return
+	}
 	e.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(ctx, stateKey{}, st)))
 }
 

@@ -1,0 +1,802 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The HTTP/1.1 fast path. serveH1 reads plain HTTP/1.1 requests itself
+// (http.ReadRequest on a reused bufio.Reader), runs the same policy,
+// routing and resilience steps as the net/http path (connHandler), and
+// makes each upstream round trip synchronously in the connection's
+// goroutine over a pooled upstream connection: the request head and a
+// buffered body in one write, the response read with a reused
+// bufio.Reader, its body copied as it comes. No net/http server or
+// Transport goroutines, no background reads. Anything else (Upgrade,
+// Expect: 100-continue, requests announcing trailers, HTTP/1.0, CONNECT,
+// heads that do not fit the buffer, malformed requests) hands the
+// connection, from that request on, to the net/http path.
+
+const fastBufSize = 32 << 10
+
+var (
+	fastReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, fastBufSize) }}
+	fastWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, fastBufSize) }}
+)
+
+// serveH1 serves an HTTP/1.x connection: the fast path while requests are
+// plain, the net/http path (serveH1Std) from the first one that is not.
+func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
+	if e.opts.DisableHTTP1FastPath {
+		e.serveH1Std(ctx, c, info)
+		return
+	}
+	br := fastReaders.Get().(*bufio.Reader)
+	br.Reset(c)
+	bw := fastWriters.Get().(*bufio.Writer)
+	bw.Reset(c)
+	defer func() {
+		br.Reset(nil)
+		fastReaders.Put(br)
+		bw.Reset(nil)
+		fastWriters.Put(bw)
+	}()
+	h := &connHandler{e: e, info: info}
+	fw := &fastWriter{bw: bw}
+	idle := e.clientIdle()
+	for {
+		c.SetReadDeadline(time.Now().Add(idle))
+		if err := peekHead(br); err != nil {
+			if errors.Is(err, errHeadTooBig) || br.Buffered() > 0 {
+				e.fallbackH1(ctx, c, br, info)
+			}
+			return
+		}
+		c.SetReadDeadline(time.Now().Add(time.Minute)) // the rest of a head that came
+		raw, _ := br.Peek(br.Buffered())
+		r, err := http.ReadRequest(br)
+		if err != nil || !fastEligible(r) {
+			// raw is still what the buffer held: ReadRequest read the
+			// head from it without refilling.
+			e.fallbackH1(ctx, &prefixConn{Conn: c, buf: bytes.Clone(raw)}, nil, info)
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		r = r.WithContext(ctx)
+		fw.reset(r)
+		if !h.serveFast(fw, r) {
+			return
+		}
+	}
+}
+
+// fallbackH1 serves the rest of c with net/http, replaying what br holds.
+func (e *Engine) fallbackH1(ctx context.Context, c net.Conn, br *bufio.Reader, info ConnInfo) {
+	if br != nil && br.Buffered() > 0 {
+		b, _ := br.Peek(br.Buffered())
+		c = &prefixConn{Conn: c, buf: bytes.Clone(b)}
+	}
+	e.serveH1Std(ctx, c, info)
+}
+
+var errHeadTooBig = errors.New("request head too big for the fast path")
+
+// peekHead buffers a whole request head (up to the blank line).
+func peekHead(br *bufio.Reader) error {
+	for {
+		if n := br.Buffered(); n > 0 {
+			b, _ := br.Peek(n)
+			if headEnd(b) >= 0 {
+				return nil
+			}
+			if n == br.Size() {
+				return errHeadTooBig
+			}
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return err
+		}
+	}
+}
+
+func headEnd(b []byte) int {
+	i := bytes.Index(b, []byte("\n\r\n"))
+	if j := bytes.Index(b, []byte("\n\n")); j >= 0 && (i < 0 || j < i) {
+		return j
+	}
+	return i
+}
+
+// fastEligible: what the fast path serves.
+func fastEligible(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Method == http.MethodConnect {
+		return false
+	}
+	if len(r.TransferEncoding) > 1 || len(r.TransferEncoding) == 1 && r.TransferEncoding[0] != "chunked" {
+		return false
+	}
+	for _, k := range []string{"Upgrade", "Expect", "Trailer"} {
+		if _, ok := r.Header[k]; ok {
+			return false
+		}
+	}
+	return true
+}
+
+// serveFast serves one request; false when the connection must close.
+func (h *connHandler) serveFast(fw *fastWriter, r *http.Request) (keep bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			// A copy that failed after the response began (as net/http's
+			// ErrAbortHandler): the connection ends.
+			if p != http.ErrAbortHandler {
+				h.e.log.Error("l7 handler panic", "panic", p)
+			}
+			keep = false
+		}
+	}()
+	h.ServeHTTP(fw, r)
+	if !fw.finish() {
+		return false
+	}
+	if r.Close || fw.close {
+		return false
+	}
+	// What the handler left of the client's body.
+	if r.Body != nil && r.Body != http.NoBody {
+		n, err := io.CopyN(io.Discard, r.Body, 256<<10)
+		if err != io.EOF && !(err == nil && n == 0) {
+			if err == nil {
+				if _, err2 := r.Body.Read(make([]byte, 1)); err2 != io.EOF {
+					return false
+				}
+			} else {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// fastWriter is the fast path's http.ResponseWriter: it writes an
+// HTTP/1.1 response straight to the connection's buffer, framed by the
+// Content-Length it is given, else chunked.
+type fastWriter struct {
+	bw      *bufio.Writer
+	req     *http.Request
+	hdr     http.Header
+	status  int
+	wrote   bool  // head written
+	chunked bool  // body chunked
+	left    int64 // Content-Length bytes still to write, -1 unknown
+	nobody  bool
+	close   bool // the connection closes after this response
+	broken  bool // the response could not be completed
+	err     error
+}
+
+func (w *fastWriter) reset(r *http.Request) {
+	h := w.hdr
+	if h == nil {
+		h = make(http.Header, 8)
+	} else {
+		clear(h)
+	}
+	*w = fastWriter{bw: w.bw, req: r, hdr: h, left: -1}
+}
+
+func (w *fastWriter) Header() http.Header { return w.hdr }
+
+func (w *fastWriter) WriteHeader(code int) {
+	if w.wrote || w.status != 0 {
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// An interim response goes out as it is, with the headers set so
+		// far (ReverseProxy clears them after).
+		w.bw.WriteString("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n")
+		w.hdr.Write(w.bw)
+		w.bw.WriteString("\r\n")
+		w.err = w.bw.Flush()
+		return
+	}
+	w.status = code
+}
+
+// writeHead sends the status line and headers, choosing the framing.
+func (w *fastWriter) writeHead(bodyBytes int) {
+	if w.wrote {
+		return
+	}
+	w.wrote = true
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	code := w.status
+	w.nobody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	h := w.hdr
+	cl := h.Get("Content-Length")
+	if cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			w.left = n
+		} else {
+			delete(h, "Content-Length")
+			cl = ""
+		}
+	}
+	delete(h, "Transfer-Encoding")
+	if !w.nobody && cl == "" {
+		if bodyBytes >= 0 {
+			// The whole body is known (finish without writes).
+			w.left = int64(bodyBytes)
+			h["Content-Length"] = []string{strconv.Itoa(bodyBytes)}
+		} else {
+			w.chunked = true
+			h["Transfer-Encoding"] = []string{"chunked"}
+		}
+	}
+	if w.req.Close || w.close {
+		w.close = true
+		h["Connection"] = []string{"close"}
+	}
+	if _, ok := h["Date"]; !ok {
+		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	}
+	bw := w.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\n")
+	for k, vs := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(headerValue(v))
+			bw.WriteString("\r\n")
+		}
+	}
+	bw.WriteString("\r\n")
+	if w.nobody {
+		w.left = 0
+	}
+}
+
+// headerValue keeps a value on its line.
+func headerValue(v string) string {
+	if strings.ContainsAny(v, "\r\n") {
+		return strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	return v
+}
+
+func (w *fastWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if !w.wrote {
+		w.writeHead(-1)
+	}
+	if w.nobody {
+		return 0, http.ErrBodyNotAllowed
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if w.chunked {
+		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		w.bw.WriteString("\r\n")
+		w.bw.Write(p)
+		_, w.err = w.bw.WriteString("\r\n")
+		return len(p), w.err
+	}
+	if w.left >= 0 && int64(len(p)) > w.left {
+		w.close = true
+		return 0, http.ErrContentLength
+	}
+	n, err := w.bw.Write(p)
+	w.left -= int64(n)
+	w.err = err
+	return n, err
+}
+
+func (w *fastWriter) Flush() {
+	if !w.wrote {
+		w.writeHead(-1)
+	}
+	if w.err == nil {
+		w.err = w.bw.Flush()
+	}
+}
+
+// finish completes the response: true when the connection can carry
+// another request.
+func (w *fastWriter) finish() bool {
+	if !w.wrote {
+		w.writeHead(0)
+	}
+	if w.broken || w.err != nil {
+		w.bw.Flush()
+		return false
+	}
+	if w.chunked {
+		w.bw.WriteString("0\r\n")
+		for _, v := range w.hdr["Trailer"] {
+			// Declared trailers set after the body (ReverseProxy's way).
+			for _, k := range strings.Split(v, ",") {
+				k = http.CanonicalHeaderKey(strings.TrimSpace(k))
+				for _, tv := range w.hdr[k] {
+					w.bw.WriteString(k + ": " + headerValue(tv) + "\r\n")
+				}
+			}
+		}
+		for k, vs := range w.hdr {
+			name, ok := strings.CutPrefix(k, http.TrailerPrefix)
+			if !ok {
+				continue
+			}
+			for _, v := range vs {
+				w.bw.WriteString(name + ": " + headerValue(v) + "\r\n")
+			}
+		}
+		w.bw.WriteString("\r\n")
+	} else if w.left > 0 {
+		// Short of its Content-Length: the client must not wait.
+		w.bw.Flush()
+		return false
+	}
+	if err := w.bw.Flush(); err != nil {
+		return false
+	}
+	return !w.close
+}
+
+// upConn is a pooled upstream HTTP/1.1 connection.
+type upConn struct {
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	key    upKey
+	idleAt time.Time
+	stop   func() bool // ends the attempt's deadline watch, if any
+}
+
+// release ends the attempt's deadline watch: false when it fired (and
+// closed the connection).
+func (uc *upConn) release() bool {
+	if uc.stop == nil {
+		return true
+	}
+	ok := uc.stop()
+	uc.stop = nil
+	return ok
+}
+
+func (uc *upConn) close() {
+	uc.release()
+	uc.c.Close()
+}
+
+type upKey struct {
+	pool string
+	ep   netip.AddrPort
+}
+
+type upList struct {
+	mu    sync.Mutex
+	conns []*upConn
+}
+
+func (e *Engine) poolName(info ConnInfo) string {
+	if e.opts.PoolKey != nil {
+		return e.opts.PoolKey(info)
+	}
+	return ""
+}
+
+// getUp takes an idle connection to ep or opens one; reused tells which.
+func (e *Engine) getUp(ctx context.Context, st *reqState, ep netip.AddrPort) (uc *upConn, reused bool, err error) {
+	k := upKey{e.poolName(st.ri.Conn), ep}
+	if l, ok := e.fastIdle.Load(k); ok {
+		l := l.(*upList)
+		now := time.Now()
+		l.mu.Lock()
+		for len(l.conns) > 0 {
+			uc = l.conns[len(l.conns)-1]
+			l.conns = l.conns[:len(l.conns)-1]
+			if now.Sub(uc.idleAt) < e.h1.IdleConnTimeout {
+				break
+			}
+			uc.c.Close()
+			uc = nil
+		}
+		l.mu.Unlock()
+		if uc != nil {
+			return uc, true, nil
+		}
+	}
+	c, err := e.dial(context.WithValue(ctx, stateKey{}, st), "tcp", ep.String())
+	if err != nil {
+		return nil, false, err
+	}
+	uc = &upConn{c: c, key: k, br: bufio.NewReaderSize(c, fastBufSize), bw: bufio.NewWriterSize(c, fastBufSize)}
+	return uc, false, nil
+}
+
+// putUp keeps uc for another request, or closes it.
+func (e *Engine) putUp(uc *upConn) {
+	uc.c.SetDeadline(time.Time{})
+	uc.idleAt = time.Now()
+	l, ok := e.fastIdle.Load(uc.key)
+	if !ok {
+		l, _ = e.fastIdle.LoadOrStore(uc.key, &upList{})
+	}
+	ul := l.(*upList)
+	ul.mu.Lock()
+	// Drop the ones that idled too long (the oldest are first).
+	for len(ul.conns) > 0 && uc.idleAt.Sub(ul.conns[0].idleAt) >= e.h1.IdleConnTimeout {
+		ul.conns[0].c.Close()
+		ul.conns = ul.conns[1:]
+	}
+	if len(ul.conns) < e.opts.MaxIdlePerEndpoint {
+		ul.conns = append(ul.conns, uc)
+		uc = nil
+	}
+	ul.mu.Unlock()
+	if uc != nil {
+		uc.c.Close()
+	}
+}
+
+func (e *Engine) closeFastIdle() {
+	e.fastIdle.Range(func(_, l any) bool {
+		ul := l.(*upList)
+		ul.mu.Lock()
+		for _, uc := range ul.conns {
+			uc.c.Close()
+		}
+		ul.conns = nil
+		ul.mu.Unlock()
+		return true
+	})
+}
+
+// hopHeaders are removed from requests and responses (RFC 9110 7.6.1),
+// as ReverseProxy does.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func removeHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, t := range strings.Split(v, ",") {
+			if t = textprotoKey(strings.TrimSpace(t)); t != "" {
+				delete(h, t)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+func textprotoKey(s string) string { return http.CanonicalHeaderKey(s) }
+
+// forwardFast proxies r to the request's backend over pooled HTTP/1.1
+// connections, retrying as the Call says; the response goes to rec.
+func (e *Engine) forwardFast(ctx context.Context, rec *recorder, r *http.Request, st *reqState) {
+	teTrailers := httpHeaderHasToken(r.Header, "Te", "trailers")
+	removeHop(r.Header)
+	if teTrailers {
+		r.Header["Te"] = []string{"trailers"}
+	}
+	if f := st.route.RequestFilter; f != nil {
+		f(r)
+	}
+	if st.wb != nil && st.wb.RequestFilter != nil {
+		st.wb.RequestFilter(r)
+	}
+	for {
+		ep, ok := st.call.Pick(st.tried)
+		if !ok {
+			st.outcome = Outcome{GRPCStatus: -1, Err: ErrNoEndpoint}
+			e.fastError(rec, r, ctx, st, ErrNoEndpoint)
+			return
+		}
+		st.tried = append(st.tried, ep)
+		st.ri.Endpoint = ep
+		st.ri.Attempts++
+		deadline, _ := ctx.Deadline()
+		if st.perTry > 0 {
+			if d := time.Now().Add(st.perTry); deadline.IsZero() || d.Before(deadline) {
+				deadline = d
+			}
+		}
+		start := time.Now()
+		// Deadlines: the attempt's context closes its connection (an
+		// upstream stream may not keep deadlines of its own).
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if !deadline.IsZero() {
+			actx, cancel = context.WithDeadline(ctx, deadline)
+		}
+		uc, res, err := e.attemptFast(actx, rec.ResponseWriter.(*fastWriter), r, st, ep, deadline)
+		o := fastOutcome(res, err, actx)
+		o.Duration = time.Since(start)
+		retry, backoff := st.call.Attempted(ep, o)
+		if retry && ctx.Err() == nil && st.canReplay(o) {
+			if uc != nil {
+				uc.close()
+			}
+			cancel()
+			if backoff > 0 {
+				tm := time.NewTimer(backoff)
+				select {
+				case <-tm.C:
+				case <-ctx.Done():
+					tm.Stop()
+				}
+			}
+			if ctx.Err() == nil {
+				continue
+			}
+			st.outcome = Outcome{GRPCStatus: -1, Err: ErrTimeout}
+			e.fastError(rec, r, ctx, st, fmt.Errorf("%w: %v", ErrTimeout, ctx.Err()))
+			return
+		}
+		st.outcome = o
+		if err != nil {
+			cancel()
+			if uc != nil {
+				uc.close()
+			}
+			e.fastError(rec, r, ctx, st, fmt.Errorf("%w: %w", o.Err, err))
+			return
+		}
+		e.respondFast(rec, r, st, uc, res)
+		cancel()
+		return
+	}
+}
+
+// fastError answers as the ReverseProxy's ErrorHandler does.
+func (e *Engine) fastError(rec *recorder, r *http.Request, ctx context.Context, st *reqState, err error) {
+	e.proxyError(rec, r.WithContext(context.WithValue(ctx, stateKey{}, st)), err)
+}
+
+func fastOutcome(res *http.Response, err error, ctx context.Context) Outcome {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return Outcome{GRPCStatus: -1, Err: ErrTimeout}
+	}
+	return outcomeOf(res, err, ctx)
+}
+
+// attemptFast sends r to ep and reads the response head. A reused
+// connection the upstream had closed (nothing read back) is replaced by a
+// new one once, when the request can be sent again.
+func (e *Engine) attemptFast(ctx context.Context, fw *fastWriter, r *http.Request, st *reqState, ep netip.AddrPort, deadline time.Time) (*upConn, *http.Response, error) {
+	for try := 0; ; try++ {
+		uc, reused, err := e.getUp(ctx, st, ep)
+		if err != nil {
+			return nil, nil, err
+		}
+		if try > 0 {
+			reused = false
+		}
+		uc.c.SetDeadline(deadline)
+		if !deadline.IsZero() {
+			c := uc.c
+			uc.stop = context.AfterFunc(ctx, func() { c.Close() })
+		}
+		closeReq := false
+		if cc, ok := uc.c.(*countedConn); ok {
+			if ucs, ok := st.call.(UpstreamConns); ok && ucs.CountsRequests() && cc.uc.Request() {
+				closeReq = true
+			}
+		}
+		sent, err := writeRequest(uc, r, st, ep, closeReq)
+		var res *http.Response
+		if err == nil {
+			res, err = readResponse(uc, r, fw)
+		}
+		if err != nil {
+			uc.close()
+			if reused && !sent && (st.in == nil || st.body != nil) && ctx.Err() == nil {
+				continue
+			}
+			return nil, nil, err
+		}
+		if closeReq {
+			res.Close = true
+		}
+		return uc, res, nil
+	}
+}
+
+// writeRequest writes r's head and body; sent tells whether the upstream
+// may have seen the request (a response byte or a streamed body).
+func writeRequest(uc *upConn, r *http.Request, st *reqState, ep netip.AddrPort, closeReq bool) (sent bool, err error) {
+	bw := uc.bw
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(r.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	host := r.Host
+	if host == "" {
+		host = ep.String()
+	}
+	bw.WriteString(headerValue(host))
+	bw.WriteString("\r\n")
+	for k, vs := range r.Header {
+		if k == "Host" || k == "Content-Length" || k == "Transfer-Encoding" || k == "Connection" {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(headerValue(v))
+			bw.WriteString("\r\n")
+		}
+	}
+	if closeReq {
+		bw.WriteString("Connection: close\r\n")
+	}
+	hasBody := st.in != nil
+	switch {
+	case st.body != nil:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.Itoa(len(st.body)))
+		bw.WriteString("\r\n\r\n")
+		bw.Write(st.body)
+		return false, bw.Flush()
+	case !hasBody:
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			bw.WriteString("Content-Length: 0\r\n")
+		}
+		bw.WriteString("\r\n")
+		return false, bw.Flush()
+	case r.ContentLength >= 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(r.ContentLength, 10))
+		bw.WriteString("\r\n\r\n")
+		if _, err := io.CopyN(bw, r.Body, r.ContentLength); err != nil {
+			return true, err
+		}
+		return true, bw.Flush()
+	default:
+		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		cw := httputil.NewChunkedWriter(bw)
+		buf := copyBufferPool.Get().(*[]byte)
+		defer copyBufferPool.Put(buf)
+		for {
+			n, rerr := r.Body.Read(*buf)
+			if n > 0 {
+				if _, err := cw.Write((*buf)[:n]); err != nil {
+					return true, err
+				}
+				if err := bw.Flush(); err != nil {
+					return true, err
+				}
+			}
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				return true, rerr
+			}
+		}
+		cw.Close()
+		bw.WriteString("\r\n")
+		return true, bw.Flush()
+	}
+}
+
+// readResponse reads the response head; interim (1xx) responses are
+// passed on to the client as they come.
+func readResponse(uc *upConn, r *http.Request, fw *fastWriter) (*http.Response, error) {
+	for {
+		res, err := http.ReadResponse(uc.br, r)
+		if err != nil {
+			return nil, err
+		}
+		if res.StatusCode == http.StatusSwitchingProtocols {
+			return nil, errors.New("unrequested protocol switch")
+		}
+		if res.StatusCode >= 100 && res.StatusCode < 200 {
+			// Interim responses (103 Early Hints) go on to the client.
+			removeHop(res.Header)
+			bw := fw.bw
+			bw.WriteString("HTTP/1.1 " + strconv.Itoa(res.StatusCode) + " " + http.StatusText(res.StatusCode) + "\r\n")
+			res.Header.Write(bw)
+			bw.WriteString("\r\n")
+			if err := bw.Flush(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return res, nil
+	}
+}
+
+// respondFast copies res to the client and gives uc back to the pool when
+// its response was read whole.
+func (e *Engine) respondFast(rec *recorder, r *http.Request, st *reqState, uc *upConn, res *http.Response) {
+	if f := st.route.ResponseFilter; f != nil {
+		f(res)
+	}
+	if st.wb != nil && st.wb.ResponseFilter != nil {
+		st.wb.ResponseFilter(res)
+	}
+	fw := rec.ResponseWriter.(*fastWriter)
+	h := fw.hdr
+	announced := res.Header["Trailer"]
+	removeHop(res.Header)
+	for k, vs := range res.Header {
+		h[k] = vs
+	}
+	delete(h, "Content-Length")
+	if res.ContentLength >= 0 && !fw.nobodyFor(res.StatusCode) {
+		h["Content-Length"] = []string{strconv.FormatInt(res.ContentLength, 10)}
+	} else if cl, ok := res.Header["Content-Length"]; ok {
+		h["Content-Length"] = cl // HEAD, 304
+	}
+	if len(announced) > 0 {
+		h["Trailer"] = announced
+	}
+	rec.WriteHeader(res.StatusCode)
+	fw.writeHead(-1)
+	buf := copyBufferPool.Get().(*[]byte)
+	defer copyBufferPool.Put(buf)
+	var rerr error
+	for {
+		n, err := res.Body.Read(*buf)
+		if n > 0 {
+			if _, werr := rec.Write((*buf)[:n]); werr != nil {
+				rerr = werr
+				break
+			}
+			if fw.chunked && res.ContentLength < 0 && uc.br.Buffered() == 0 {
+				fw.Flush() // a stream: pass on what came
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rerr = err
+			st.ri.Error = ReasonAborted
+			break
+		}
+	}
+	if rerr != nil {
+		uc.close()
+		fw.broken = true
+		return
+	}
+	for k, vs := range res.Trailer {
+		h[http.TrailerPrefix+k] = vs
+	}
+	res.Body.Close()
+	if !uc.release() || res.Close {
+		uc.c.Close()
+	} else {
+		e.putUp(uc)
+	}
+}
+
+func (w *fastWriter) nobodyFor(code int) bool {
+	return w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+}

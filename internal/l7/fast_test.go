@@ -1,0 +1,252 @@
+package l7
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// echo answers with the method, path and request body; /chunked streams
+// its answer (no Content-Length), /204 and /304 have no body, and a HEAD
+// gets the length of what a GET would.
+func echo(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Endpoint", name)
+		w.Header().Set("X-Request-TE", strings.Join(r.TransferEncoding, ","))
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+			return
+		case "/304":
+			w.WriteHeader(http.StatusNotModified)
+			return
+		case "/chunked":
+			w.WriteHeader(200)
+			for i := range 3 {
+				fmt.Fprintf(w, "part%d;", i)
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(r.Method)+1+len(r.URL.Path)+1+len(b)))
+		if r.Method == http.MethodHead {
+			return
+		}
+		fmt.Fprintf(w, "%s %s %s", r.Method, r.URL.Path, b)
+	})
+}
+
+// rawClient is a connection to the engine's front, read with ReadResponse.
+type rawClient struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return &rawClient{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func (rc *rawClient) send(s string) {
+	rc.t.Helper()
+	if _, err := io.WriteString(rc.c, s); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+func (rc *rawClient) read(method string) (*http.Response, string) {
+	rc.t.Helper()
+	res, err := http.ReadResponse(rc.br, &http.Request{Method: method})
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		rc.t.Fatalf("%s body: %v", method, err)
+	}
+	return res, string(b)
+}
+
+// Pipelined requests on one connection, bodies of known length and
+// chunked both ways, HEAD, 204 and 304: each framed right, in order, over
+// at most one upstream connection per endpoint.
+func TestFastPipelinedFraming(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	e.backend(web1, echo("web-1"))
+	e.backend(web2, echo("web-2"))
+	rc := dialRaw(t, e.front(webVIP))
+	rc.send("GET /a HTTP/1.1\r\nHost: web.demo\r\n\r\n" +
+		"POST /b HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 5\r\n\r\nhello" +
+		"POST /c HTTP/1.1\r\nHost: web.demo\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" +
+		"HEAD /d HTTP/1.1\r\nHost: web.demo\r\n\r\n" +
+		"GET /204 HTTP/1.1\r\nHost: web.demo\r\n\r\n" +
+		"GET /304 HTTP/1.1\r\nHost: web.demo\r\n\r\n" +
+		"GET /chunked HTTP/1.1\r\nHost: web.demo\r\n\r\n" +
+		"GET /e HTTP/1.1\r\nHost: web.demo\r\n\r\n")
+	want := []struct{ method, body string }{
+		{"GET", "GET /a "}, {"POST", "POST /b hello"}, {"POST", "POST /c abcde"}, {"HEAD", ""},
+		{"GET", ""}, {"GET", ""}, {"GET", "part0;part1;part2;"}, {"GET", "GET /e "},
+	}
+	for i, w := range want {
+		res, body := rc.read(w.method)
+		if body != w.body {
+			t.Errorf("response %d: body %q, want %q", i, body, w.body)
+		}
+		switch i {
+		case 2:
+			if te := res.Header.Get("X-Request-TE"); te != "chunked" {
+				t.Errorf("chunked request went upstream as %q", te)
+			}
+		case 3:
+			if res.ContentLength != int64(len("HEAD /d ")) {
+				t.Errorf("HEAD Content-Length %d", res.ContentLength)
+			}
+		case 4, 5:
+			if res.StatusCode != 204 && res.StatusCode != 304 {
+				t.Errorf("status %d", res.StatusCode)
+			}
+		case 6:
+			if len(res.TransferEncoding) != 1 || res.TransferEncoding[0] != "chunked" {
+				t.Errorf("streamed response framed %v, length %d", res.TransferEncoding, res.ContentLength)
+			}
+		}
+		if res.Close {
+			t.Errorf("response %d closes the connection", i)
+		}
+	}
+	if n := e.up.dialCount(web1) + e.up.dialCount(web2); n > 2 {
+		t.Errorf("%d upstream connections for one client connection", n)
+	}
+	if got := len(e.obs.all()); got != len(want) {
+		t.Errorf("observed %d requests, want %d", got, len(want))
+	}
+}
+
+// Connection: close from the client: the response says so and the
+// connection ends after it.
+func TestFastConnectionClose(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	e.backend(web1, echo("web-1"))
+	e.backend(web2, echo("web-2"))
+	rc := dialRaw(t, e.front(webVIP))
+	rc.send("GET /a HTTP/1.1\r\nHost: web.demo\r\nConnection: close\r\n\r\n")
+	res, body := rc.read("GET")
+	if body != "GET /a " || !res.Close {
+		t.Fatalf("body %q, close %v", body, res.Close)
+	}
+	if n, err := rc.br.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("after Connection: close: %d bytes, %v", n, err)
+	}
+}
+
+// A backend that fails: closed before answering, the client gets a 502;
+// closed in the middle of a body, the client's connection ends short of
+// the body's length (the head was already sent) and the next client is
+// served on a new upstream connection.
+func TestFastBackendCloses(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	handle := func(c net.Conn) {
+		br := bufio.NewReader(c)
+		r, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		switch r.URL.Path {
+		case "/mid":
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+		case "/ok":
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+		// "/none": closed without a response
+	}
+	e.listener(web1, handle)
+	e.listener(web2, handle)
+	addr := e.front(webVIP)
+
+	rc := dialRaw(t, addr)
+	rc.send("GET /none HTTP/1.1\r\nHost: web.demo\r\n\r\n")
+	res, body := rc.read("GET")
+	if res.StatusCode != http.StatusBadGateway || res.Header.Get(HeaderError) != ReasonReset {
+		t.Fatalf("closed before a response: %d %q %q", res.StatusCode, res.Header.Get(HeaderError), body)
+	}
+	rc.send("GET /ok HTTP/1.1\r\nHost: web.demo\r\n\r\n")
+	if res, body := rc.read("GET"); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after a 502: %d %q", res.StatusCode, body)
+	}
+
+	rc = dialRaw(t, addr)
+	rc.send("GET /mid HTTP/1.1\r\nHost: web.demo\r\n\r\n")
+	res, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(res.Body); err != io.ErrUnexpectedEOF || string(b) != "short" {
+		t.Fatalf("closed mid-body: %q, %v", b, err)
+	}
+	waitFor(t, "the aborted request observed", func() bool {
+		for _, ri := range e.obs.all() {
+			if ri.Path == "/mid" && ri.Error == ReasonAborted {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// Requests the fast path does not serve (HTTP/1.0, Expect) go to the
+// net/http path, from that request on.
+func TestFastFallback(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	e.backend(web1, echo("web-1"))
+	e.backend(web2, echo("web-2"))
+	rc := dialRaw(t, e.front(webVIP))
+	rc.send("GET /a HTTP/1.1\r\nHost: web.demo\r\n\r\n" +
+		"POST /b HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+	if _, body := rc.read("GET"); body != "GET /a " {
+		t.Fatalf("fast: %q", body)
+	}
+	res, err := http.ReadResponse(rc.br, nil)
+	if err != nil || res.StatusCode != http.StatusContinue {
+		t.Fatalf("100-continue: %v %v", res, err)
+	}
+	rc.send("hi" + "GET /c HTTP/1.0\r\nHost: web.demo\r\n\r\n")
+	if _, body := rc.read("POST"); body != "POST /b hi" {
+		t.Fatalf("after 100-continue: %q", body)
+	}
+	if res, body := rc.read("GET"); body != "GET /c " || !res.Close {
+		t.Fatalf("HTTP/1.0: %q close %v", body, res.Close)
+	}
+}
+
+// Idle upstream connections the backend closed are replaced, not failed.
+func TestFastStaleUpstream(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	s1 := e.backend(web1, echo("web-1"))
+	s2 := e.backend(web2, echo("web-2"))
+	rc := dialRaw(t, e.front(webVIP))
+	for i := range 4 {
+		rc.send("GET /a HTTP/1.1\r\nHost: web.demo\r\n\r\n")
+		if res, body := rc.read("GET"); res.StatusCode != 200 || body != "GET /a " {
+			t.Fatalf("request %d: %d %q", i, res.StatusCode, body)
+		}
+		if i == 1 {
+			// Closes the idle connections the engine pooled.
+			s1.SetKeepAlivesEnabled(false)
+			s2.SetKeepAlivesEnabled(false)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
