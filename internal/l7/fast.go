@@ -256,11 +256,15 @@ func (w *fastWriter) writeHead(bodyBytes int) {
 		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
 	}
 	bw := w.bw
-	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(code))
-	bw.WriteByte(' ')
-	bw.WriteString(http.StatusText(code))
-	bw.WriteString("\r\n")
+	if code == http.StatusOK {
+		bw.WriteString("HTTP/1.1 200 OK\r\n")
+	} else {
+		bw.WriteString("HTTP/1.1 ")
+		bw.WriteString(strconv.Itoa(code))
+		bw.WriteByte(' ')
+		bw.WriteString(http.StatusText(code))
+		bw.WriteString("\r\n")
+	}
 	for k, vs := range h {
 		if strings.HasPrefix(k, http.TrailerPrefix) {
 			continue

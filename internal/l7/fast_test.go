@@ -2,10 +2,12 @@ package l7
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -248,5 +250,64 @@ func TestFastStaleUpstream(t *testing.T) {
 			s2.SetKeepAlivesEnabled(false)
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+}
+
+// noDeadlines is an upstream whose connections keep no deadlines, like
+// a tunnel stream may.
+type noDeadlines struct{ Upstream }
+
+type noDeadlineConn struct{ net.Conn }
+
+func (noDeadlineConn) SetDeadline(time.Time) error      { return nil }
+func (noDeadlineConn) SetReadDeadline(time.Time) error  { return nil }
+func (noDeadlineConn) SetWriteDeadline(time.Time) error { return nil }
+
+func (u noDeadlines) DialContext(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
+	c, err := u.Upstream.DialContext(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	return noDeadlineConn{c}, nil
+}
+
+// A route's timeout cuts a backend that does not answer, and one that
+// stops in the middle of its body, on connections without deadlines.
+func TestFastTimeoutWithoutDeadlines(t *testing.T) {
+	up := newTestUpstream()
+	e := newEnv(t, "", Options{Upstream: noDeadlines{up}, Router: routerFunc(func(r *http.Request, _ ConnInfo, dst *Destination) *Route {
+		return &Route{Name: "demo/slow", Timeout: 200 * time.Millisecond}
+	})})
+	e.up = up
+	e.backend(web1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/mid" {
+			w.Header().Set("Content-Length", "10")
+			io.WriteString(w, "12345")
+			w.(http.Flusher).Flush()
+		}
+		<-r.Context().Done()
+	}))
+	addr := e.front(netip.AddrPortFrom(web1.Addr(), 8080))
+	rc := dialRaw(t, addr)
+	start := time.Now()
+	rc.send("GET /slow HTTP/1.1\r\nHost: web\r\n\r\n")
+	if res, _ := rc.read("GET"); res.StatusCode != 504 || res.Header.Get(HeaderError) != ReasonTimeout {
+		t.Fatalf("got %d %q, want 504", res.StatusCode, res.Header.Get(HeaderError))
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("timeout took %s", d)
+	}
+	rc = dialRaw(t, addr)
+	start = time.Now()
+	rc.send("GET /mid HTTP/1.1\r\nHost: web\r\n\r\n")
+	res, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(res.Body); err != io.ErrUnexpectedEOF || string(b) != "12345" {
+		t.Fatalf("cut mid-body: %q %v", b, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("mid-body timeout took %s", d)
 	}
 }

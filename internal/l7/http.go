@@ -171,7 +171,7 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := &recorder{ResponseWriter: w, st: st}
 	defer e.finish(st, rec)
-	if r.ProtoMajor == 1 {
+	if _, fast := w.(*fastWriter); r.ProtoMajor == 1 && !fast {
 		// Let the upstream answer while the client still sends.
 		http.NewResponseController(w).EnableFullDuplex()
 	}
