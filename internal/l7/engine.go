@@ -79,18 +79,19 @@ func ConnInfoFrom(ctx context.Context) (ConnInfo, bool) {
 // Engine serves tunnel streams at L7. It is safe for concurrent use; one
 // Engine serves every stream of a waypoint.
 type Engine struct {
-	opts     Options
-	log      *slog.Logger
-	snap     atomic.Pointer[snapshot]
-	h1       *http.Transport
-	h2       *http2.Transport
-	pools    sync.Map // PoolKey -> *upstreamPool, when Options.PoolKey is set
-	fastIdle sync.Map // upKey -> *upList: the HTTP/1.1 fast path's idle upstream connections
-	h2srv    *http2.Server
-	proxy    *httputil.ReverseProxy
-	rr       *RoundRobin // the default Resilience
-	res      Resilience
-	bg       sync.WaitGroup // mirrors
+	opts         Options
+	log          *slog.Logger
+	snap         atomic.Pointer[snapshot]
+	h1           *http.Transport
+	h2           *http2.Transport
+	pools        sync.Map     // PoolKey -> *upstreamPool, when Options.PoolKey is set
+	fastIdle     sync.Map     // upKey -> *upList: the HTTP/1.1 fast path's idle upstream connections
+	fastRequests atomic.Int64 // requests the HTTP/1.1 fast path served (for tests)
+	h2srv        *http2.Server
+	proxy        *httputil.ReverseProxy
+	rr           *RoundRobin // the default Resilience
+	res          Resilience
+	bg           sync.WaitGroup // mirrors
 }
 
 // New returns an Engine with an empty configuration; call Update before

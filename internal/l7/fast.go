@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The HTTP/1.1 fast path. serveH1 reads plain HTTP/1.1 requests itself
@@ -133,7 +135,9 @@ func fastEligible(r *http.Request) bool {
 			return false
 		}
 	}
-	return true
+	// A valid Host header (ReadRequest took it out of the header; two
+	// fail it), else net/http's server decides (it answers 400).
+	return r.URL.Host == "" && r.Host != "" && httpguts.ValidHostHeader(r.Host)
 }
 
 // serveFast serves one request; false when the connection must close.
@@ -148,6 +152,7 @@ func (h *connHandler) serveFast(fw *fastWriter, r *http.Request) (keep bool) {
 			keep = false
 		}
 	}()
+	h.e.fastRequests.Add(1)
 	h.ServeHTTP(fw, r)
 	if !fw.finish() {
 		return false

@@ -132,6 +132,9 @@ func TestFastPipelinedFraming(t *testing.T) {
 	if n := e.up.dialCount(web1) + e.up.dialCount(web2); n > 2 {
 		t.Errorf("%d upstream connections for one client connection", n)
 	}
+	if got := e.eng.fastRequests.Load(); got != int64(len(want)) {
+		t.Errorf("the fast path served %d requests, want %d", got, len(want))
+	}
 	if got := len(e.obs.all()); got != len(want) {
 		t.Errorf("observed %d requests, want %d", got, len(want))
 	}
@@ -217,8 +220,8 @@ func TestFastFallback(t *testing.T) {
 	rc := dialRaw(t, e.front(webVIP))
 	rc.send("GET /a HTTP/1.1\r\nHost: web.demo\r\n\r\n" +
 		"POST /b HTTP/1.1\r\nHost: web.demo\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
-	if _, body := rc.read("GET"); body != "GET /a " {
-		t.Fatalf("fast: %q", body)
+	if _, body := rc.read("GET"); body != "GET /a " || e.eng.fastRequests.Load() != 1 {
+		t.Fatalf("fast: %q (%d fast requests)", body, e.eng.fastRequests.Load())
 	}
 	res, err := http.ReadResponse(rc.br, nil)
 	if err != nil || res.StatusCode != http.StatusContinue {
@@ -230,6 +233,9 @@ func TestFastFallback(t *testing.T) {
 	}
 	if res, body := rc.read("GET"); body != "GET /c " || !res.Close {
 		t.Fatalf("HTTP/1.0: %q close %v", body, res.Close)
+	}
+	if n := e.eng.fastRequests.Load(); n != 1 {
+		t.Errorf("the fast path served %d requests, want 1", n)
 	}
 }
 
@@ -309,5 +315,24 @@ func TestFastTimeoutWithoutDeadlines(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("mid-body timeout took %s", d)
+	}
+}
+
+// A request without a Host, or with two, is refused as net/http refuses
+// it.
+func TestFastBadHost(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	e.backend(web1, echo("web-1"))
+	e.backend(web2, echo("web-2"))
+	addr := e.front(webVIP)
+	for _, head := range []string{
+		"GET /a HTTP/1.1\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+	} {
+		rc := dialRaw(t, addr)
+		rc.send(head)
+		if res, _ := rc.read("GET"); res.StatusCode != http.StatusBadRequest {
+			t.Errorf("%q: status %d, want 400", head, res.StatusCode)
+		}
 	}
 }
