@@ -17,6 +17,16 @@ func BenchmarkHTTP1(b *testing.B) {
 	benchRequests(b, h1Client(e.front(webVIP), nil))
 }
 
+// BenchmarkHTTP1 without the fast path: net/http's server, ReverseProxy
+// and Transport for every request.
+func BenchmarkHTTP1NetHTTP(b *testing.B) {
+	e := newEnv(b, "", Options{DisableHTTP1FastPath: true})
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	e.backend(web1, ok)
+	e.backend(web2, ok)
+	benchRequests(b, h1Client(e.front(webVIP), nil))
+}
+
 func BenchmarkH2C(b *testing.B) {
 	e := newEnv(b, "", Options{})
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
