@@ -45,7 +45,9 @@ spec: {clusterIP: 10.96.1.1, selector: {app: server}, ports: [{port: 80, targetP
 // into the engine's socket pair (Engine.Pipe), as before the hand-over.
 type pipeOnly struct{ *Engine }
 
-func (p pipeOnly) Stream(ctx context.Context, s Stream) (net.Conn, error) { return p.Engine.Stream(ctx, s) }
+func (p pipeOnly) Stream(ctx context.Context, s Stream) (net.Conn, error) {
+	return p.Engine.Stream(ctx, s)
+}
 
 // HTTP/1.1 requests (1 KiB POST, 1 KiB answer) over one kept-alive
 // tunnel stream through the waypoint's L7 engine to an endpoint behind a
