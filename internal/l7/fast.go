@@ -409,7 +409,26 @@ type upKey struct {
 
 type upList struct {
 	mu    sync.Mutex
-	conns []*upConn
+	conns []*upConn   // oldest first
+	reap  *time.Timer // closes the ones idle too long; nil when none idle
+}
+
+// reapIdle closes the connections of l idle too long, and comes back when
+// the next one will be.
+func (e *Engine) reapIdle(l *upList) {
+	idle := e.h1.IdleConnTimeout
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.conns) > 0 && now.Sub(l.conns[0].idleAt) >= idle {
+		l.conns[0].c.Close()
+		l.conns = l.conns[1:]
+	}
+	if len(l.conns) == 0 {
+		l.reap = nil
+		return
+	}
+	l.reap.Reset(idle - now.Sub(l.conns[0].idleAt))
 }
 
 func (e *Engine) poolName(info ConnInfo) string {
@@ -466,6 +485,9 @@ func (e *Engine) putUp(uc *upConn) {
 	if len(ul.conns) < e.opts.MaxIdlePerEndpoint {
 		ul.conns = append(ul.conns, uc)
 		uc = nil
+		if ul.reap == nil {
+			ul.reap = time.AfterFunc(e.h1.IdleConnTimeout, func() { e.reapIdle(ul) })
+		}
 	}
 	ul.mu.Unlock()
 	if uc != nil {
@@ -481,6 +503,10 @@ func (e *Engine) closeFastIdle() {
 			uc.c.Close()
 		}
 		ul.conns = nil
+		if ul.reap != nil {
+			ul.reap.Stop()
+			ul.reap = nil
+		}
 		ul.mu.Unlock()
 		return true
 	})

@@ -336,3 +336,30 @@ func TestFastBadHost(t *testing.T) {
 		}
 	}
 }
+
+// Idle upstream connections are closed after the idle timeout, without
+// another request to notice.
+func TestFastIdleUpstreamClosed(t *testing.T) {
+	e := newEnv(t, "", Options{IdleTimeout: 100 * time.Millisecond})
+	closed := make(chan struct{}, 4)
+	e.listener(web1, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				closed <- struct{}{}
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	rc := dialRaw(t, e.front(netip.AddrPortFrom(web1.Addr(), 8080)))
+	rc.send("GET /a HTTP/1.1\r\nHost: web\r\n\r\n")
+	if res, body := rc.read("GET"); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("%d %q", res.StatusCode, body)
+	}
+	select {
+	case <-closed:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the idle upstream connection is still open")
+	}
+}
