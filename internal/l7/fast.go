@@ -60,14 +60,18 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 	fw := &fastWriter{bw: bw}
 	idle := e.clientIdle()
 	for {
-		c.SetReadDeadline(time.Now().Add(idle))
-		if err := peekHead(br); err != nil {
-			if errors.Is(err, errHeadTooBig) || br.Buffered() > 0 {
-				e.fallbackH1(ctx, c, br, info)
+		// A head already buffered (pipelined) needs no wait; else the
+		// client has the idle timeout to start one and a minute to finish.
+		waited := !headBuffered(br)
+		if waited {
+			c.SetReadDeadline(time.Now().Add(idle))
+			if err := peekHead(c, br); err != nil {
+				if errors.Is(err, errHeadTooBig) || br.Buffered() > 0 {
+					e.fallbackH1(ctx, c, br, info)
+				}
+				return
 			}
-			return
 		}
-		c.SetReadDeadline(time.Now().Add(time.Minute)) // the rest of a head that came
 		raw, _ := br.Peek(br.Buffered())
 		r, err := http.ReadRequest(br)
 		if err != nil || !fastEligible(r) {
@@ -76,7 +80,9 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 			e.fallbackH1(ctx, &prefixConn{Conn: c, buf: bytes.Clone(raw)}, nil, info)
 			return
 		}
-		c.SetReadDeadline(time.Time{})
+		if waited {
+			c.SetReadDeadline(time.Time{})
+		}
 		r = r.WithContext(ctx)
 		fw.reset(r)
 		if !h.serveFast(fw, r) {
@@ -96,8 +102,16 @@ func (e *Engine) fallbackH1(ctx context.Context, c net.Conn, br *bufio.Reader, i
 
 var errHeadTooBig = errors.New("request head too big for the fast path")
 
-// peekHead buffers a whole request head (up to the blank line).
-func peekHead(br *bufio.Reader) error {
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return headEnd(b) >= 0
+}
+
+// peekHead buffers a whole request head (up to the blank line); once its
+// first bytes came, the rest must within a minute (net/http's
+// ReadHeaderTimeout here).
+func peekHead(c net.Conn, br *bufio.Reader) error {
+	started := br.Buffered() > 0
 	for {
 		if n := br.Buffered(); n > 0 {
 			b, _ := br.Peek(n)
@@ -106,6 +120,10 @@ func peekHead(br *bufio.Reader) error {
 			}
 			if n == br.Size() {
 				return errHeadTooBig
+			}
+			if !started {
+				started = true
+				c.SetReadDeadline(time.Now().Add(time.Minute))
 			}
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
