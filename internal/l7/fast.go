@@ -667,7 +667,7 @@ func (e *Engine) attemptFast(ctx context.Context, fw *fastWriter, r *http.Reques
 		}
 		if err != nil {
 			uc.close()
-			if reused && !sent && (st.in == nil || st.body != nil) && ctx.Err() == nil {
+			if reused && !sent && (st.in == nil || st.body != nil) && resendable(r) && ctx.Err() == nil {
 				continue
 			}
 			return nil, nil, err
@@ -677,6 +677,19 @@ func (e *Engine) attemptFast(ctx context.Context, fw *fastWriter, r *http.Reques
 		}
 		return uc, res, nil
 	}
+}
+
+// resendable tells whether r may be sent again after a reused connection
+// failed with nothing read back: the upstream may have received it before
+// it closed, so only idempotent methods (RFC 9110 9.2.2) and requests with
+// an Idempotency-Key are, as net/http's Transport decides. Others get the
+// error, and the TrafficPolicy's retries decide.
+func resendable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != ""
 }
 
 // writeRequest writes r's head and body; sent tells whether the upstream

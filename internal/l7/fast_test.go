@@ -363,3 +363,23 @@ func TestFastIdleUpstreamClosed(t *testing.T) {
 		t.Fatal("the idle upstream connection is still open")
 	}
 }
+
+// Only requests that are safe to repeat are sent again after a pooled
+// connection fails with nothing read back.
+func TestFastResendable(t *testing.T) {
+	for _, c := range []struct {
+		method, key string
+		want        bool
+	}{
+		{"GET", "", true}, {"HEAD", "", true}, {"PUT", "", true}, {"DELETE", "", true},
+		{"POST", "", false}, {"PATCH", "", false}, {"POST", "k-1", true},
+	} {
+		r, _ := http.NewRequest(c.method, "http://web/", nil)
+		if c.key != "" {
+			r.Header.Set("Idempotency-Key", c.key)
+		}
+		if got := resendable(r); got != c.want {
+			t.Errorf("%s (Idempotency-Key %q): resendable %v, want %v", c.method, c.key, got, c.want)
+		}
+	}
+}
