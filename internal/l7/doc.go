@@ -6,7 +6,9 @@
 // cleartext; gRPC with streaming and trailers; TCP passthrough for anything
 // else), and forwards each request to an endpoint it chooses, through an
 // Upstream dialer, over pooled upstream connections in the client's
-// protocol.
+// protocol. Plain HTTP/1.1 exchanges take a fast path (fast.go) that
+// forwards each request from the connection's own goroutine; the rest go
+// through net/http's server and ReverseProxy.
 //
 // The engine resolves services, ports and endpoints from a
 // *meshconfig.Config swapped atomically by Engine.Update. What to do with a
