@@ -83,12 +83,83 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 		if waited {
 			c.SetReadDeadline(time.Time{})
 		}
-		r = r.WithContext(ctx)
+		rctx, cancel := context.WithCancel(ctx)
+		r = r.WithContext(rctx)
 		fw.reset(r)
-		if !h.serveFast(fw, r) {
+		// A request without a body leaves the connection idle while the
+		// upstream answers: watch it, so a client that goes away cancels
+		// the request (and closes its upstream connection), as net/http's
+		// background read does.
+		var w *clientWatch
+		if r.ContentLength == 0 && len(r.TransferEncoding) == 0 && br.Buffered() < br.Size() {
+			w = watchClient(c, br, cancel)
+		}
+		keep := h.serveFast(fw, r)
+		if w != nil && w.stop() {
+			keep = false
+		}
+		cancel()
+		if !keep {
 			return
 		}
 	}
+}
+
+// clientWatchDelay is how long a request waits for its answer before the
+// fast path starts watching the client's connection for a close.
+var clientWatchDelay = 250 * time.Millisecond
+
+// clientWatch reads ahead on a client's connection while its request is
+// being answered: EOF or an error means the client went away, and cancels
+// the request. Bytes it reads (a pipelined request) stay in the reader.
+type clientWatch struct {
+	c       net.Conn
+	br      *bufio.Reader
+	cancel  context.CancelFunc
+	t       *time.Timer
+	mu      sync.Mutex
+	stopped bool
+	done    chan struct{} // non-nil once the read began
+	gone    bool
+}
+
+func watchClient(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) *clientWatch {
+	w := &clientWatch{c: c, br: br, cancel: cancel}
+	w.t = time.AfterFunc(clientWatchDelay, w.run)
+	return w
+}
+
+func (w *clientWatch) run() {
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		return
+	}
+	w.done = make(chan struct{})
+	w.mu.Unlock()
+	defer close(w.done)
+	w.c.SetReadDeadline(time.Time{})
+	if _, err := w.br.Peek(w.br.Buffered() + 1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		w.gone = true
+		w.cancel()
+	}
+}
+
+// stop ends the watch and tells whether the client went away. The reader
+// is the caller's again when it returns.
+func (w *clientWatch) stop() (gone bool) {
+	w.mu.Lock()
+	w.stopped = true
+	done := w.done
+	w.mu.Unlock()
+	if done == nil {
+		w.t.Stop()
+		return false
+	}
+	w.c.SetReadDeadline(time.Unix(1, 0))
+	<-done
+	w.c.SetReadDeadline(time.Time{})
+	return w.gone
 }
 
 // fallbackH1 serves the rest of c with net/http, replaying what br holds.
@@ -634,6 +705,9 @@ func fastOutcome(res *http.Response, err error, ctx context.Context) Outcome {
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		return Outcome{GRPCStatus: -1, Err: ErrTimeout}
 	}
+	if err != nil && ctx.Err() == context.Canceled {
+		return Outcome{GRPCStatus: -1, Err: ErrCanceled}
+	}
 	return outcomeOf(res, err, ctx)
 }
 
@@ -650,10 +724,10 @@ func (e *Engine) attemptFast(ctx context.Context, fw *fastWriter, r *http.Reques
 			reused = false
 		}
 		uc.c.SetDeadline(deadline)
-		if !deadline.IsZero() {
-			c := uc.c
-			uc.stop = context.AfterFunc(ctx, func() { c.Close() })
-		}
+		// The attempt's end (its deadline, or the client going away)
+		// closes the connection: a tunnel stream may keep no deadlines.
+		c := uc.c
+		uc.stop = context.AfterFunc(ctx, func() { c.Close() })
 		closeReq := false
 		if cc, ok := uc.c.(*countedConn); ok {
 			if ucs, ok := st.call.(UpstreamConns); ok && ucs.CountsRequests() && cc.uc.Request() {

@@ -383,3 +383,44 @@ func TestFastResendable(t *testing.T) {
 		}
 	}
 }
+
+// A client that goes away while its request waits for a backend that does
+// not answer (and no timeout is set) cancels the request: the upstream
+// connection closes, so the backend sees its request end. A client that stays keeps its
+// connection after a slow answer.
+func TestFastClientGoneCancelsUpstream(t *testing.T) {
+	e := newEnv(t, "", Options{Upstream: noDeadlines{newTestUpstream()}})
+	e.up = e.eng.opts.Upstream.(noDeadlines).Upstream.(*testUpstream)
+	ended := make(chan struct{}, 1)
+	e.backend(web1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(3 * clientWatchDelay)
+			io.WriteString(w, "slow")
+			return
+		}
+		<-r.Context().Done()
+		ended <- struct{}{}
+	}))
+	addr := e.front(netip.AddrPortFrom(web1.Addr(), 8080))
+
+	// A slow answer past the watch delay: the connection stays usable.
+	rc := dialRaw(t, addr)
+	rc.send("GET /slow HTTP/1.1\r\nHost: web\r\n\r\n")
+	if res, body := rc.read("GET"); res.StatusCode != 200 || body != "slow" {
+		t.Fatalf("slow answer: %d %q", res.StatusCode, body)
+	}
+	rc.send("GET /slow HTTP/1.1\r\nHost: web\r\n\r\n")
+	if res, body := rc.read("GET"); res.StatusCode != 200 || body != "slow" {
+		t.Fatalf("second request on the connection: %d %q", res.StatusCode, body)
+	}
+
+	rc2 := dialRaw(t, addr)
+	rc2.send("GET /hang HTTP/1.1\r\nHost: web\r\n\r\n")
+	time.Sleep(2 * clientWatchDelay)
+	rc2.c.Close()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend's request did not end after the client went away")
+	}
+}
