@@ -565,6 +565,10 @@ func TestApplyToAPIServer(t *testing.T) {
 		{"update", "ambit.dev", "waypoints", "", "shop", false},
 		{"delete", "", "namespaces", "", "", false},
 		{"update", "gateway.networking.k8s.io", "httproutes", "", "shop", false},
+		{"update", "gateway.networking.k8s.io", "httproutes", "status", "shop", true},
+		{"patch", "gateway.networking.k8s.io", "grpcroutes", "status", "shop", true},
+		{"update", "gateway.networking.k8s.io", "grpcroutes", "", "shop", false},
+		{"delete", "gateway.networking.k8s.io", "httproutes", "", "shop", false},
 	})
 	can("ambit-nodeproxy", []check{
 		{"get", "", "pods", "", "", false},
@@ -689,6 +693,24 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A route on a Service of the namespace: the controller writes its
+	// status.parents entry.
+	if _, err := cs.CoreV1().Services(shop).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "cart"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "cart"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(kubesource.HTTPRoutesResource).Namespace(shop).Create(ctx, &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": map[string]any{"name": "cart"},
+		"spec": map[string]any{
+			"parentRefs": []any{map[string]any{"group": "", "kind": "Service", "name": "cart", "port": int64(80)}},
+			"rules":      []any{map[string]any{"backendRefs": []any{map[string]any{"name": "cart", "port": int64(80)}}}},
+		},
+	}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	eventually(t, "the pod captured in the controller's configuration", func() string {
 		mu.Lock()
 		defer mu.Unlock()
@@ -738,6 +760,20 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 			}
 		}
 		return fmt.Sprintf("conditions %v", conds)
+	})
+
+	eventually(t, "the route's status written", func() string {
+		u, err := dyn.Resource(kubesource.HTTPRoutesResource).Namespace(shop).Get(ctx, "cart", metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		parents, _, _ := unstructured.NestedSlice(u.Object, "status", "parents")
+		for _, p := range parents {
+			if m, ok := p.(map[string]any); ok && m["controllerName"] == string(kubesource.ControllerName) {
+				return ""
+			}
+		}
+		return fmt.Sprintf("status.parents %v", parents)
 	})
 
 	// The waypoint's arguments are flags `nodeproxy waypoint` accepts, it

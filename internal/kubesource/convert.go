@@ -34,6 +34,19 @@ type state struct {
 	programmed map[string]programmed
 	// objects of Ambit's kinds as listed, for status and reconciling.
 	waypoints, accessPolicies, trafficPolicies []*unstructured.Unstructured
+	// routes are the Gateway API routes as listed, for their status.
+	routes []routeObject
+}
+
+// routeObject is an HTTPRoute or GRPCRoute as listed.
+type routeObject struct {
+	gvr  schema.GroupVersionResource
+	kind string // meshconfig.KindHTTPRoute or KindGRPCRoute
+	u    *unstructured.Unstructured
+	// refused is why the Config's builder refused the route ("" if not).
+	refused string
+	// parents are its Service parentRefs (none: a Gateway's route).
+	parents []gatewayv1.ParentReference
 }
 
 func objKey(kind, ns, name string) string { return kind + " " + ns + "/" + name }
@@ -181,12 +194,17 @@ func (s *Source) build() *state {
 			s.log.Warn("HTTPRoute left out", "route", u.GetNamespace()+"/"+u.GetName(), "err", err)
 			continue
 		}
+		ro := routeObject{gvr: HTTPRoutesResource, kind: meshconfig.KindHTTPRoute, u: u}
 		if r.Spec.ParentRefs = serviceParents(r.Spec.ParentRefs); len(r.Spec.ParentRefs) == 0 {
-			continue // a Gateway's route: not Ambit's
+			st.routes = append(st.routes, ro) // a Gateway's route: not Ambit's (status only loses Ambit's entries)
+			continue
 		}
+		ro.parents = r.Spec.ParentRefs
 		if err := b.AddHTTPRoute(&r); err != nil {
 			s.log.Warn("HTTPRoute left out", "route", r.Namespace+"/"+r.Name, "err", err)
+			ro.refused = err.Error()
 		}
+		st.routes = append(st.routes, ro)
 	}
 	for _, u := range s.list(GRPCRoutesResource) {
 		var r gatewayv1.GRPCRoute
@@ -194,12 +212,17 @@ func (s *Source) build() *state {
 			s.log.Warn("GRPCRoute left out", "route", u.GetNamespace()+"/"+u.GetName(), "err", err)
 			continue
 		}
+		ro := routeObject{gvr: GRPCRoutesResource, kind: meshconfig.KindGRPCRoute, u: u}
 		if r.Spec.ParentRefs = serviceParents(r.Spec.ParentRefs); len(r.Spec.ParentRefs) == 0 {
+			st.routes = append(st.routes, ro)
 			continue
 		}
+		ro.parents = r.Spec.ParentRefs
 		if err := b.AddGRPCRoute(&r); err != nil {
 			s.log.Warn("GRPCRoute left out", "route", r.Namespace+"/"+r.Name, "err", err)
+			ro.refused = err.Error()
 		}
+		st.routes = append(st.routes, ro)
 	}
 
 	st.config, st.problems = b.BuildLenient()

@@ -3,7 +3,9 @@
 // (Waypoint, AccessPolicy, TrafficPolicy) and the Gateway API's HTTPRoute
 // and GRPCRoute with client-go informers, and turns them into a
 // meshconfig.Config; it writes the Accepted (and, for Waypoints,
-// Programmed) status conditions of Ambit's resources; it runs each
+// Programmed) status conditions of Ambit's resources, and the
+// status.parents entries (controllerName ControllerName) of routes for
+// their Service parents; it runs each
 // Waypoint as a ServiceAccount, Deployment and Service that the Waypoint
 // owns; and it authenticates node proxies by their pod-bound service
 // account tokens (TokenReview).

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -21,11 +22,13 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
@@ -502,7 +505,7 @@ func TestPrivilegedRoutesAfterGatewayAPIArrives(t *testing.T) {
 	ctx := context.Background()
 	ns := c.Namespace(t, "routes")
 	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "cart"},
+		ObjectMeta: metav1.ObjectMeta{Name: "cart", Labels: map[string]string{meshconfig.WaypointLabel: "shop-waypoint"}},
 		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "cart"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -549,6 +552,159 @@ func TestPrivilegedRoutesAfterGatewayAPIArrives(t *testing.T) {
 	for _, x := range cfg.Routes {
 		if x.Name == "gateway-only" {
 			t.Error("a Gateway's route is in the mesh configuration")
+		}
+	}
+	testRouteStatus(t, c, ns)
+}
+
+// routeParentStatus returns the route's status.parents entries of
+// controller as "name:port Type=Status/Reason@observedGeneration ..." and
+// the number of entries of other controllers.
+func routeParentStatus(t *testing.T, dyn dynamic.Interface, gvr schema.GroupVersionResource, ns, name string) (ours []string, others int, u *unstructured.Unstructured) {
+	t.Helper()
+	u, err := dyn.Resource(gvr).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st gatewayv1.RouteStatus
+	if m, ok := u.Object["status"].(map[string]any); ok {
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(m, &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range st.Parents {
+		if p.ControllerName != ControllerName {
+			others++
+			continue
+		}
+		e := string(p.ParentRef.Name)
+		if p.ParentRef.Port != nil {
+			e += fmt.Sprintf(":%d", *p.ParentRef.Port)
+		}
+		for _, c := range p.Conditions {
+			e += fmt.Sprintf(" %s=%s/%s@%d", c.Type, c.Status, c.Reason, c.ObservedGeneration)
+		}
+		ours = append(ours, e)
+	}
+	return ours, others, u
+}
+
+// testRouteStatus checks the status the source writes in routes: one
+// entry per Service parentRef with Accepted and ResolvedRefs, a missing
+// backend, an HTTPRoute that a GRPCRoute beats on a port (GEP-1426), other
+// controllers' entries kept, and no write when nothing changed.
+func testRouteStatus(t *testing.T, c *kubetest.Cluster, ns string) {
+	ctx := context.Background()
+	dyn := dynamic.NewForConfigOrDie(c.Config)
+	create := func(gvr schema.GroupVersionResource, doc string) {
+		t.Helper()
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dyn.Resource(gvr).Namespace(ns).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitStatus := func(gvr schema.GroupVersionResource, name string, want ...string) *unstructured.Unstructured {
+		t.Helper()
+		var u *unstructured.Unstructured
+		eventually(t, "status of "+name, func() (bool, string) {
+			var got []string
+			got, _, u = routeParentStatus(t, dyn, gvr, ns, name)
+			return slices.Equal(got, want), fmt.Sprintf("%q, want %q", got, want)
+		})
+		return u
+	}
+
+	// Accepted, with every reference resolved; the Gateway's parentRef
+	// gets no entry from Ambit, and a Gateway's route no status at all.
+	u := waitStatus(HTTPRoutesResource, "canary", "cart:80 Accepted=True/Accepted@1 ResolvedRefs=True/ResolvedRefs@1")
+	if got, others, _ := routeParentStatus(t, dyn, HTTPRoutesResource, ns, "gateway-only"); len(got) != 0 || others != 0 {
+		t.Errorf("a Gateway's route got status %q (%d other entries)", got, others)
+	}
+
+	// Another controller's entry (the Gateway's) stays as it is when
+	// Ambit's changes: a backend that does not exist.
+	other := map[string]any{
+		"parentRef":      map[string]any{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "some-gateway"},
+		"controllerName": "example.com/gateway",
+		"conditions": []any{map[string]any{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs",
+			"observedGeneration": int64(1), "lastTransitionTime": "2026-01-01T00:00:00Z"}},
+	}
+	for {
+		parents, _, _ := unstructured.NestedSlice(u.Object, "status", "parents")
+		if err := unstructured.SetNestedSlice(u.Object, append(parents, other), "status", "parents"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := dyn.Resource(HTTPRoutesResource).Namespace(ns).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+		if err == nil {
+			break
+		}
+		if !apierrors.IsConflict(err) {
+			t.Fatal(err)
+		}
+		if u, err = dyn.Resource(HTTPRoutesResource).Namespace(ns).Get(ctx, "canary", metav1.GetOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		u, err := dyn.Resource(HTTPRoutesResource).Namespace(ns).Get(ctx, "canary", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules := []any{map[string]any{"backendRefs": []any{map[string]any{"name": "cart", "port": int64(80)}, map[string]any{"name": "missing", "port": int64(80)}}}}
+		if err := unstructured.SetNestedSlice(u.Object, rules, "spec", "rules"); err != nil {
+			t.Fatal(err)
+		}
+		_, err = dyn.Resource(HTTPRoutesResource).Namespace(ns).Update(ctx, u, metav1.UpdateOptions{})
+		if err == nil {
+			break
+		}
+		if !apierrors.IsConflict(err) {
+			t.Fatal(err)
+		}
+	}
+	u = waitStatus(HTTPRoutesResource, "canary", "cart:80 Accepted=True/Accepted@2 ResolvedRefs=False/BackendNotFound@2")
+	if _, others, _ := routeParentStatus(t, dyn, HTTPRoutesResource, ns, "canary"); others != 1 {
+		t.Errorf("the other controller's entry: %d entries, want 1", others)
+	}
+	parents, _, _ := unstructured.NestedSlice(u.Object, "status", "parents")
+	if len(parents) != 2 || !reflect.DeepEqual(parents[0], other) {
+		t.Errorf("status.parents %v: want the other controller's entry first, unchanged", parents)
+	}
+
+	// An HTTPRoute and a GRPCRoute on one Service port: the GRPCRoute
+	// wins, the HTTPRoute is Conflicted (GEP-1426).
+	if _, err := c.Client().CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "api", Labels: map[string]string{meshconfig.WaypointLabel: "shop-waypoint"}},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "api"}, Ports: []corev1.ServicePort{{Name: "grpc", Port: 9000}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	create(GRPCRoutesResource, `{apiVersion: gateway.networking.k8s.io/v1, kind: GRPCRoute, metadata: {name: api-grpc},
+  spec: {parentRefs: [{group: "", kind: Service, name: api, port: 9000}], rules: [{backendRefs: [{name: api, port: 9000}]}]}}`)
+	create(HTTPRoutesResource, `{apiVersion: gateway.networking.k8s.io/v1, kind: HTTPRoute, metadata: {name: api-http},
+  spec: {parentRefs: [{group: "", kind: Service, name: api, port: 9000}], rules: [{backendRefs: [{name: api, port: 9000}]}]}}`)
+	waitStatus(GRPCRoutesResource, "api-grpc", "api:9000 Accepted=True/Accepted@1 ResolvedRefs=True/ResolvedRefs@1")
+	waitStatus(HTTPRoutesResource, "api-http", "api:9000 Accepted=False/Conflicted@1 ResolvedRefs=True/ResolvedRefs@1")
+
+	// A parent Service that does not exist.
+	create(HTTPRoutesResource, `{apiVersion: gateway.networking.k8s.io/v1, kind: HTTPRoute, metadata: {name: orphan},
+  spec: {parentRefs: [{group: "", kind: Service, name: nowhere, port: 80}], rules: [{backendRefs: [{name: cart, port: 80}]}]}}`)
+	waitStatus(HTTPRoutesResource, "orphan", "nowhere:80 Accepted=False/NoMatchingParent@1")
+
+	// Written only when it changed: the source's own writes bring new
+	// rounds, which write nothing.
+	before := map[string]string{}
+	for _, n := range []string{"canary", "api-http", "orphan"} {
+		_, _, u := routeParentStatus(t, dyn, HTTPRoutesResource, ns, n)
+		before[n] = u.GetResourceVersion()
+	}
+	time.Sleep(1500 * time.Millisecond)
+	for n, rv := range before {
+		if _, _, u := routeParentStatus(t, dyn, HTTPRoutesResource, ns, n); u.GetResourceVersion() != rv {
+			t.Errorf("%s: status written again with nothing changed (resourceVersion %s, then %s)", n, rv, u.GetResourceVersion())
 		}
 	}
 }

@@ -18,8 +18,9 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
-// writeStatus writes the conditions of Ambit's resources where they
-// changed. It reports whether a write failed.
+// writeStatus writes the conditions of Ambit's resources, and Ambit's
+// entries in the status of Gateway API routes, where they changed. It
+// reports whether a write failed.
 func (s *Source) writeStatus(ctx context.Context, st *state) (failed bool) {
 	problems := map[string][]meshconfig.Problem{}
 	for _, p := range st.problems {
@@ -61,7 +62,7 @@ func (s *Source) writeStatus(ctx context.Context, st *state) (failed bool) {
 		}
 		failed = s.setStatus(ctx, crd.WaypointsResource, u, []metav1.Condition{accepted, prog}, extra) || failed
 	}
-	return failed
+	return s.writeRouteStatus(ctx, st) || failed
 }
 
 func accessPolicyCondition(st *state, u *unstructured.Unstructured) metav1.Condition {
