@@ -678,15 +678,19 @@ func (h *harness) iperf(ctx context.Context, l *lab.Lab, pod string, target neti
 
 // rr runs rr-client in pod.
 func (h *harness) rr(ctx context.Context, l *lab.Lab, pod, addr string, connect bool) (*RRResult, error) {
+	if connect {
+		return h.runRR(ctx, l, pod, addr, "-connect", "-conns", strconv.Itoa(h.cfg.ConnectWorkers))
+	}
+	return h.runRR(ctx, l, pod, addr, "-conns", strconv.Itoa(h.cfg.Conns), "-rate", strconv.Itoa(h.cfg.Rate))
+}
+
+// runRR runs rr-client in pod against addr with the configured sizes and
+// times and mode's flags, and parses what it prints.
+func (h *harness) runRR(ctx context.Context, l *lab.Lab, pod, addr string, mode ...string) (*RRResult, error) {
 	c := h.cfg
 	args := []string{"-size", strconv.Itoa(c.ReqSize), "-resp", strconv.Itoa(c.RespSize),
 		"-duration", c.Duration.String(), "-warmup", c.Warmup.String()}
-	if connect {
-		args = append(args, "-connect", "-conns", strconv.Itoa(c.ConnectWorkers))
-	} else {
-		args = append(args, "-conns", strconv.Itoa(c.Conns), "-rate", strconv.Itoa(c.Rate))
-	}
-	args = append(args, addr)
+	args = append(append(args, mode...), addr)
 	out, runErr := h.runIn(ctx, l, pod, c.Warmup+c.Duration+30*time.Second, h.helper("rr-client", args...), c.HelperEnv)
 	r, err := ParseRR(out)
 	if err != nil {

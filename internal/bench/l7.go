@@ -142,24 +142,10 @@ func (r *HTTPResult) baseline(pick func(Latency) float64) (float64, bool) {
 // rrHTTP runs rr-client -http in pod against addr: at the fixed rate, or
 // closed loop over MaxConns connections.
 func (h *harness) rrHTTP(ctx context.Context, l *lab.Lab, pod, addr string, max bool) (*RRResult, error) {
-	c := h.cfg
-	args := []string{"-http", "-size", strconv.Itoa(c.ReqSize), "-resp", strconv.Itoa(c.RespSize),
-		"-duration", c.Duration.String(), "-warmup", c.Warmup.String()}
 	if max {
-		args = append(args, "-max", "-conns", strconv.Itoa(c.MaxConns))
-	} else {
-		args = append(args, "-conns", strconv.Itoa(c.Conns), "-rate", strconv.Itoa(c.Rate))
+		return h.runRR(ctx, l, pod, addr, "-http", "-max", "-conns", strconv.Itoa(h.cfg.MaxConns))
 	}
-	args = append(args, addr)
-	out, runErr := h.runIn(ctx, l, pod, c.Warmup+c.Duration+30*time.Second, h.helper("rr-client", args...), c.HelperEnv)
-	r, err := ParseRR(out)
-	if err != nil {
-		if runErr != nil {
-			return nil, runErr
-		}
-		return nil, err
-	}
-	return r, runErr
+	return h.runRR(ctx, l, pod, addr, "-http", "-conns", strconv.Itoa(h.cfg.Conns), "-rate", strconv.Itoa(h.cfg.Rate))
 }
 
 // pathProxies finds the lab's node proxies and waypoints.

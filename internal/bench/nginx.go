@@ -112,48 +112,72 @@ type NginxSide struct {
 // certificate against the lab CA: the client side also the server's name,
 // the server side requires a client certificate.
 func (s NginxSide) Config() string {
-	var b strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	f := func(name string) string { return filepath.Join(s.Dir, name) }
+	c := nginxConf{dir: s.Dir}
 	if s.LoadModule != "" {
-		p("load_module %s;", s.LoadModule)
+		c.p("load_module %s;", s.LoadModule)
 	}
-	p("daemon off;")
-	p("master_process on;")
-	p("worker_processes %s;", s.Workers)
-	p("pid %s;", f("nginx.pid"))
-	p("error_log %s warn;", f("error.log"))
-	p("events { worker_connections 4096; }")
-	p("stream {")
-	p("    proxy_connect_timeout 5s;")
+	c.head(s.Workers)
+	c.p("stream {")
+	c.p("    proxy_connect_timeout 5s;")
 	if s.TLSOut {
-		p("    proxy_ssl on;")
-		p("    proxy_ssl_protocols TLSv1.3;")
-		p("    proxy_ssl_certificate %s;", f("cert.pem"))
-		p("    proxy_ssl_certificate_key %s;", f("key.pem"))
-		p("    proxy_ssl_trusted_certificate %s;", f("ca.pem"))
-		p("    proxy_ssl_verify on;")
-		p("    proxy_ssl_verify_depth 2;")
-		p("    proxy_ssl_name %s;", s.PeerName)
-		p("    proxy_ssl_server_name on;")
-		p("    proxy_ssl_session_reuse on;")
+		c.p("    proxy_ssl on;")
+		c.tlsOut("    ", s.PeerName)
 	} else {
-		p("    ssl_protocols TLSv1.3;")
-		p("    ssl_certificate %s;", f("cert.pem"))
-		p("    ssl_certificate_key %s;", f("key.pem"))
-		p("    ssl_client_certificate %s;", f("ca.pem"))
-		p("    ssl_verify_client on;")
-		p("    ssl_verify_depth 2;")
+		c.tlsIn("    ")
 	}
 	for _, r := range s.Routes {
 		ssl := ""
 		if !s.TLSOut {
 			ssl = " ssl"
 		}
-		p("    server { listen %s%s; proxy_pass %s; }", r.Listen, ssl, r.ProxyPass)
+		c.p("    server { listen %s%s; proxy_pass %s; }", r.Listen, ssl, r.ProxyPass)
 	}
-	p("}")
-	return b.String()
+	c.p("}")
+	return c.b.String()
+}
+
+// nginxConf accumulates an nginx.conf whose files live in dir.
+type nginxConf struct {
+	b   strings.Builder
+	dir string
+}
+
+func (c *nginxConf) p(format string, args ...any) { fmt.Fprintf(&c.b, format+"\n", args...) }
+
+func (c *nginxConf) f(name string) string { return filepath.Join(c.dir, name) }
+
+// head is the main context both kinds of nginx share.
+func (c *nginxConf) head(workers string) {
+	c.p("daemon off;")
+	c.p("master_process on;")
+	c.p("worker_processes %s;", workers)
+	c.p("pid %s;", c.f("nginx.pid"))
+	c.p("error_log %s warn;", c.f("error.log"))
+	c.p("events { worker_connections 4096; }")
+}
+
+// tlsIn terminates mutual TLS 1.3: a client certificate from the lab CA.
+func (c *nginxConf) tlsIn(indent string) {
+	c.p(indent + "ssl_protocols TLSv1.3;")
+	c.p(indent+"ssl_certificate %s;", c.f("cert.pem"))
+	c.p(indent+"ssl_certificate_key %s;", c.f("key.pem"))
+	c.p(indent+"ssl_client_certificate %s;", c.f("ca.pem"))
+	c.p(indent + "ssl_verify_client on;")
+	c.p(indent + "ssl_verify_depth 2;")
+}
+
+// tlsOut originates mutual TLS 1.3 to a peer whose certificate, from the
+// lab CA, must carry peer.
+func (c *nginxConf) tlsOut(indent, peer string) {
+	c.p(indent + "proxy_ssl_protocols TLSv1.3;")
+	c.p(indent+"proxy_ssl_certificate %s;", c.f("cert.pem"))
+	c.p(indent+"proxy_ssl_certificate_key %s;", c.f("key.pem"))
+	c.p(indent+"proxy_ssl_trusted_certificate %s;", c.f("ca.pem"))
+	c.p(indent + "proxy_ssl_verify on;")
+	c.p(indent + "proxy_ssl_verify_depth 2;")
+	c.p(indent+"proxy_ssl_name %s;", peer)
+	c.p(indent + "proxy_ssl_server_name on;")
+	c.p(indent + "proxy_ssl_session_reuse on;")
 }
 
 // NginxHTTP is the nginx in the middle of the nginx-http path, in the
@@ -165,12 +189,11 @@ func (s NginxSide) Config() string {
 // a line per request to Dir/access.log, as the waypoint's access log
 // does (the benchmark turns both on or both off).
 type NginxHTTP struct {
-	Dir        string
-	LoadModule string
-	Workers    string
-	Listen     string // ip:port, TLS
-	Upstream   string // ip:port of the server side, TLS
-	PeerName   string // the name the server side's certificate must carry
+	Dir      string
+	Workers  string
+	Listen   string // ip:port, TLS
+	Upstream string // ip:port of the server side, TLS
+	PeerName string // the name the server side's certificate must carry
 	// Keepalive is the idle upstream connections each worker keeps.
 	Keepalive int
 	AccessLog bool
@@ -178,62 +201,42 @@ type NginxHTTP struct {
 
 // Config renders its nginx.conf; certificates as for NginxSide.
 func (s NginxHTTP) Config() string {
-	var b strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	f := func(name string) string { return filepath.Join(s.Dir, name) }
+	c := nginxConf{dir: s.Dir}
 	keepalive := s.Keepalive
 	if keepalive <= 0 {
 		keepalive = 64
 	}
-	p("daemon off;")
-	p("master_process on;")
-	p("worker_processes %s;", s.Workers)
-	p("pid %s;", f("nginx.pid"))
-	p("error_log %s warn;", f("error.log"))
-	p("events { worker_connections 4096; }")
-	p("http {")
+	c.head(s.Workers)
+	c.p("http {")
 	if s.AccessLog {
-		p("    access_log %s;", f("access.log"))
+		c.p("    access_log %s;", c.f("access.log"))
 	} else {
-		p("    access_log off;")
+		c.p("    access_log off;")
 	}
 	for _, t := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
-		p("    %s_temp_path %s;", t, f(t+"_temp"))
+		c.p("    %s_temp_path %s;", t, c.f(t+"_temp"))
 	}
-	p("    keepalive_requests 1000000;")
-	p("    keepalive_timeout 300s;")
-	p("    client_body_buffer_size 64k;")
-	p("    upstream server {")
-	p("        server %s;", s.Upstream)
-	p("        keepalive %d;", keepalive)
-	p("        keepalive_requests 1000000;")
-	p("        keepalive_timeout 300s;")
-	p("    }")
-	p("    server {")
-	p("        listen %s ssl;", s.Listen)
-	p("        ssl_protocols TLSv1.3;")
-	p("        ssl_certificate %s;", f("cert.pem"))
-	p("        ssl_certificate_key %s;", f("key.pem"))
-	p("        ssl_client_certificate %s;", f("ca.pem"))
-	p("        ssl_verify_client on;")
-	p("        ssl_verify_depth 2;")
-	p("        location / {")
-	p("            proxy_pass https://server;")
-	p("            proxy_http_version 1.1;")
-	p("            proxy_set_header Connection \"\";")
-	p("            proxy_ssl_protocols TLSv1.3;")
-	p("            proxy_ssl_certificate %s;", f("cert.pem"))
-	p("            proxy_ssl_certificate_key %s;", f("key.pem"))
-	p("            proxy_ssl_trusted_certificate %s;", f("ca.pem"))
-	p("            proxy_ssl_verify on;")
-	p("            proxy_ssl_verify_depth 2;")
-	p("            proxy_ssl_name %s;", s.PeerName)
-	p("            proxy_ssl_server_name on;")
-	p("            proxy_ssl_session_reuse on;")
-	p("        }")
-	p("    }")
-	p("}")
-	return b.String()
+	c.p("    keepalive_requests 1000000;")
+	c.p("    keepalive_timeout 300s;")
+	c.p("    client_body_buffer_size 64k;")
+	c.p("    upstream server {")
+	c.p("        server %s;", s.Upstream)
+	c.p("        keepalive %d;", keepalive)
+	c.p("        keepalive_requests 1000000;")
+	c.p("        keepalive_timeout 300s;")
+	c.p("    }")
+	c.p("    server {")
+	c.p("        listen %s ssl;", s.Listen)
+	c.tlsIn("        ")
+	c.p("        location / {")
+	c.p("            proxy_pass https://server;")
+	c.p("            proxy_http_version 1.1;")
+	c.p("            proxy_set_header Connection \"\";")
+	c.tlsOut("            ", s.PeerName)
+	c.p("        }")
+	c.p("    }")
+	c.p("}")
+	return c.b.String()
 }
 
 // issueCert makes a P-256 key and a certificate for id and dnsName signed by

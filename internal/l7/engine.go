@@ -82,11 +82,10 @@ type Engine struct {
 	opts         Options
 	log          *slog.Logger
 	snap         atomic.Pointer[snapshot]
-	h1           *http.Transport
-	h2           *http2.Transport
-	pools        sync.Map     // PoolKey -> *upstreamPool, when Options.PoolKey is set
-	fastIdle     sync.Map     // upKey -> *upList: the HTTP/1.1 fast path's idle upstream connections
-	fastRequests atomic.Int64 // requests the HTTP/1.1 fast path served (for tests)
+	upIdle       time.Duration // how long an idle upstream connection is kept
+	pools        sync.Map      // PoolKey ("" without one) -> *upstreamPool
+	fastIdle     sync.Map      // upKey -> *upList: the HTTP/1.1 fast path's idle upstream connections
+	fastRequests atomic.Int64  // requests the HTTP/1.1 fast path served (for tests)
 	h2srv        *http2.Server
 	proxy        *httputil.ReverseProxy
 	rr           *RoundRobin // the default Resilience
@@ -125,7 +124,7 @@ func New(opts Options) (*Engine, error) {
 	if opts.IdleTimeout > 0 && opts.IdleTimeout < upIdle {
 		upIdle = opts.IdleTimeout
 	}
-	e.h1, e.h2 = e.newTransports(upIdle)
+	e.upIdle = upIdle
 	e.h2srv = &http2.Server{
 		MaxConcurrentStreams:         1000,
 		MaxUploadBufferPerConnection: 8 << 20,
@@ -149,8 +148,9 @@ func New(opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// newTransports makes a pool of upstream connections: HTTP/1.1 and h2c.
-func (e *Engine) newTransports(upIdle time.Duration) (*http.Transport, *http2.Transport) {
+// newPool makes a pool of upstream connections: HTTP/1.1 and h2c.
+func (e *Engine) newPool() *upstreamPool {
+	upIdle := e.upIdle
 	h1 := &http.Transport{
 		Proxy:                  nil,
 		DialContext:            e.dial,
@@ -174,7 +174,7 @@ func (e *Engine) newTransports(upIdle time.Duration) (*http.Transport, *http2.Tr
 		PingTimeout:        15 * time.Second,
 		IdleConnTimeout:    upIdle,
 	}
-	return h1, h2
+	return &upstreamPool{h1: h1, h2: h2}
 }
 
 // upstreamPool is the pair of transports of one PoolKey.
@@ -183,24 +183,27 @@ type upstreamPool struct {
 	h2 *http2.Transport
 }
 
+// poolName is the upstream pool of info's stream: Options.PoolKey, else
+// the one pool.
+func (e *Engine) poolName(info ConnInfo) string {
+	if e.opts.PoolKey != nil {
+		return e.opts.PoolKey(info)
+	}
+	return ""
+}
+
 // transport is the round tripper for a request on info's stream: h2c or
 // HTTP/1.1, from info's pool.
 func (e *Engine) transport(info ConnInfo, h2 bool) http.RoundTripper {
-	h1t, h2t := e.h1, e.h2
-	if e.opts.PoolKey != nil {
-		k := e.opts.PoolKey(info)
-		p, ok := e.pools.Load(k)
-		if !ok {
-			np := &upstreamPool{}
-			np.h1, np.h2 = e.newTransports(e.h1.IdleConnTimeout)
-			p, _ = e.pools.LoadOrStore(k, np)
-		}
-		h1t, h2t = p.(*upstreamPool).h1, p.(*upstreamPool).h2
+	k := e.poolName(info)
+	p, ok := e.pools.Load(k)
+	if !ok {
+		p, _ = e.pools.LoadOrStore(k, e.newPool())
 	}
 	if h2 {
-		return h2t
+		return p.(*upstreamPool).h2
 	}
-	return h1t
+	return p.(*upstreamPool).h1
 }
 
 // copyBuffers lends the proxy its response copy buffers (32 KiB), so a
@@ -249,8 +252,6 @@ func (e *Engine) Config() *meshconfig.Config { return e.snap.Load().cfg }
 // Close closes idle upstream connections and waits for mirrored requests.
 // Streams being served end when their connections close.
 func (e *Engine) Close() error {
-	e.h1.CloseIdleConnections()
-	e.h2.CloseIdleConnections()
 	e.closeFastIdle()
 	e.pools.Range(func(_, p any) bool {
 		p.(*upstreamPool).h1.CloseIdleConnections()

@@ -359,8 +359,18 @@ func (w *fastWriter) writeHead(bodyBytes int) {
 		bw.WriteString(http.StatusText(code))
 		bw.WriteString("\r\n")
 	}
+	writeFields(bw, h, func(k string) bool { return strings.HasPrefix(k, http.TrailerPrefix) })
+	bw.WriteString("\r\n")
+	if w.nobody {
+		w.left = 0
+	}
+}
+
+// writeFields writes h's fields as header lines, leaving out the names
+// skip reports.
+func writeFields(bw *bufio.Writer, h http.Header, skip func(name string) bool) {
 	for k, vs := range h {
-		if strings.HasPrefix(k, http.TrailerPrefix) {
+		if skip(k) {
 			continue
 		}
 		for _, v := range vs {
@@ -369,10 +379,6 @@ func (w *fastWriter) writeHead(bodyBytes int) {
 			bw.WriteString(headerValue(v))
 			bw.WriteString("\r\n")
 		}
-	}
-	bw.WriteString("\r\n")
-	if w.nobody {
-		w.left = 0
 	}
 }
 
@@ -505,7 +511,7 @@ type upList struct {
 // reapIdle closes the connections of l idle too long, and comes back when
 // the next one will be.
 func (e *Engine) reapIdle(l *upList) {
-	idle := e.h1.IdleConnTimeout
+	idle := e.upIdle
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -520,13 +526,6 @@ func (e *Engine) reapIdle(l *upList) {
 	l.reap.Reset(idle - now.Sub(l.conns[0].idleAt))
 }
 
-func (e *Engine) poolName(info ConnInfo) string {
-	if e.opts.PoolKey != nil {
-		return e.opts.PoolKey(info)
-	}
-	return ""
-}
-
 // getUp takes an idle connection to ep or opens one; reused tells which.
 func (e *Engine) getUp(ctx context.Context, st *reqState, ep netip.AddrPort) (uc *upConn, reused bool, err error) {
 	k := upKey{e.poolName(st.ri.Conn), ep}
@@ -537,7 +536,7 @@ func (e *Engine) getUp(ctx context.Context, st *reqState, ep netip.AddrPort) (uc
 		for len(l.conns) > 0 {
 			uc = l.conns[len(l.conns)-1]
 			l.conns = l.conns[:len(l.conns)-1]
-			if now.Sub(uc.idleAt) < e.h1.IdleConnTimeout {
+			if now.Sub(uc.idleAt) < e.upIdle {
 				break
 			}
 			uc.c.Close()
@@ -567,7 +566,7 @@ func (e *Engine) putUp(uc *upConn) {
 	ul := l.(*upList)
 	ul.mu.Lock()
 	// Drop the ones that idled too long (the oldest are first).
-	for len(ul.conns) > 0 && uc.idleAt.Sub(ul.conns[0].idleAt) >= e.h1.IdleConnTimeout {
+	for len(ul.conns) > 0 && uc.idleAt.Sub(ul.conns[0].idleAt) >= e.upIdle {
 		ul.conns[0].c.Close()
 		ul.conns = ul.conns[1:]
 	}
@@ -575,7 +574,7 @@ func (e *Engine) putUp(uc *upConn) {
 		ul.conns = append(ul.conns, uc)
 		uc = nil
 		if ul.reap == nil {
-			ul.reap = time.AfterFunc(e.h1.IdleConnTimeout, func() { e.reapIdle(ul) })
+			ul.reap = time.AfterFunc(e.upIdle, func() { e.reapIdle(ul) })
 		}
 	}
 	ul.mu.Unlock()
@@ -780,17 +779,9 @@ func writeRequest(uc *upConn, r *http.Request, st *reqState, ep netip.AddrPort, 
 	}
 	bw.WriteString(headerValue(host))
 	bw.WriteString("\r\n")
-	for k, vs := range r.Header {
-		if k == "Host" || k == "Content-Length" || k == "Transfer-Encoding" || k == "Connection" {
-			continue
-		}
-		for _, v := range vs {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(headerValue(v))
-			bw.WriteString("\r\n")
-		}
-	}
+	writeFields(bw, r.Header, func(k string) bool {
+		return k == "Host" || k == "Content-Length" || k == "Transfer-Encoding" || k == "Connection"
+	})
 	if closeReq {
 		bw.WriteString("Connection: close\r\n")
 	}
