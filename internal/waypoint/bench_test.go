@@ -109,7 +109,7 @@ func benchWaypoint(b *testing.B, pipe bool) {
 	defer nln.Close()
 
 	var w *Waypoint
-	eng, err := NewEngine(func() *Waypoint { return w }, nil)
+	eng, err := NewEngine(func() *Waypoint { return w }, EngineOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

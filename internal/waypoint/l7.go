@@ -29,7 +29,8 @@ type Engine struct {
 	res *l7.Resilient
 }
 
-// EngineOptions configure NewEngineWith.
+// EngineOptions configure NewEngine; the zero value has no metrics or
+// access log.
 type EngineOptions struct {
 	Log *slog.Logger
 	// Telemetry takes the request metrics, access log and spans; nil
@@ -44,14 +45,8 @@ type EngineOptions struct {
 }
 
 // NewEngine builds the L7 handler for the waypoint wp returns (called
-// lazily: the waypoint and its handler are made together), without
-// metrics or access log.
-func NewEngine(wp func() *Waypoint, log *slog.Logger) (*Engine, error) {
-	return NewEngineWith(wp, EngineOptions{Log: log})
-}
-
-// NewEngineWith is NewEngine with telemetry and resilience options.
-func NewEngineWith(wp func() *Waypoint, opts EngineOptions) (*Engine, error) {
+// lazily: the waypoint and its handler are made together).
+func NewEngine(wp func() *Waypoint, opts EngineOptions) (*Engine, error) {
 	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -154,7 +154,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	var w *Waypoint
-	eng, err := NewEngineWith(func() *Waypoint { return w }, EngineOptions{Log: log, Telemetry: tel, Registerer: metrics.Registry()})
+	eng, err := NewEngine(func() *Waypoint { return w }, EngineOptions{Log: log, Telemetry: tel, Registerer: metrics.Registry()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -159,7 +159,7 @@ func TestPassthrough(t *testing.T) {
 	// after detection): the endpoint's node proxy is told the client's
 	// identity too, with the waypoint's own address.
 	var w2 *Waypoint
-	eng, err := NewEngine(func() *Waypoint { return w2 }, nil)
+	eng, err := NewEngine(func() *Waypoint { return w2 }, EngineOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
