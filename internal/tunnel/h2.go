@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,6 +44,10 @@ const (
 	// writes go to TLS directly.
 	h2ReadBuffer  = 16 << 10
 	h2WriteBuffer = 16 << 10
+	// h2FlushNow is the buffered bytes at which a write flushes at once
+	// rather than leaving it to flushLoop: bulk data gains nothing from
+	// waiting for other streams' frames.
+	h2FlushNow = 8 << 10
 	// h2SmallData is the largest DATA payload copied into a stream's last
 	// buffer; larger ones are read into a buffer of their own.
 	h2SmallData = 4 << 10
@@ -73,6 +78,10 @@ type h2conn struct {
 	hbuf bytes.Buffer
 	whdr [9]byte // a DATA frame header being written
 	werr error
+	// flushKick wakes flushLoop; flushPending says it has been woken and
+	// has not flushed yet. Both under wmu.
+	flushKick    chan struct{}
+	flushPending bool
 
 	mu      sync.Mutex
 	wcond   *sync.Cond // send window grew, or the connection failed
@@ -193,13 +202,27 @@ func (c *h2conn) start() error {
 	if err != nil {
 		return err
 	}
+	c.wmu.Lock()
+	c.flushKick = make(chan struct{}, 1)
+	c.wmu.Unlock()
+	go c.flushLoop()
 	go c.readLoop()
 	return nil
 }
 
-// write runs f, which writes frames, under the write lock, then flushes.
-// The first write error kills the connection.
-func (c *h2conn) write(f func() error) error {
+// write runs f, which writes frames, under the write lock. The frames go
+// out at the next flush: at once when the buffer holds h2FlushNow bytes or
+// more, otherwise by flushLoop, after the goroutines that are runnable now
+// have had their turn (see flushLoop). The first write error kills the
+// connection; an error of a deferred flush reaches the writers through
+// the failed connection.
+func (c *h2conn) write(f func() error) error { return c.writeFrames(f, false) }
+
+// writeNow is write, flushed before it returns: for a frame that the
+// connection's close follows (GOAWAY).
+func (c *h2conn) writeNow(f func() error) error { return c.writeFrames(f, true) }
+
+func (c *h2conn) writeFrames(f func() error, now bool) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
@@ -207,13 +230,46 @@ func (c *h2conn) write(f func() error) error {
 	}
 	err := f()
 	if err == nil {
-		err = c.bw.Flush()
+		switch {
+		case now || c.bw.Buffered() >= h2FlushNow || c.flushKick == nil:
+			err = c.bw.Flush()
+		case c.bw.Buffered() > 0 && !c.flushPending:
+			c.flushPending = true
+			c.flushKick <- struct{}{} // capacity 1, and only sent when not pending
+		}
 	}
 	if err != nil {
 		c.werr = err
 		go c.fail(fmt.Errorf("tunnel connection write: %w", err))
 	}
 	return err
+}
+
+// flushLoop flushes what write left in the buffer. Woken by a writer, it
+// first yields once: the goroutines runnable at that moment (typically
+// other streams woken by the same read, or by the same poll of the
+// sockets) run before it and add their frames, so one TLS record and one
+// system call carry them all. With nothing else runnable the yield costs a
+// pass through the scheduler. This batching across streams is what a
+// multiplexed tunnel can do and a connection per stream cannot.
+func (c *h2conn) flushLoop() {
+	for {
+		select {
+		case <-c.flushKick:
+		case <-c.done:
+			return
+		}
+		runtime.Gosched()
+		c.wmu.Lock()
+		c.flushPending = false
+		if c.werr == nil && c.bw.Buffered() > 0 {
+			if err := c.bw.Flush(); err != nil {
+				c.werr = err
+				go c.fail(fmt.Errorf("tunnel connection write: %w", err))
+			}
+		}
+		c.wmu.Unlock()
+	}
 }
 
 // fail marks the connection dead with err, wakes everyone waiting on it
@@ -252,7 +308,7 @@ func (c *h2conn) goAwayNow(code http2.ErrCode, why error) {
 	c.mu.Lock()
 	last := c.lastID
 	c.mu.Unlock()
-	c.write(func() error { return c.fr.WriteGoAway(last, code, []byte(why.Error())) })
+	c.writeNow(func() error { return c.fr.WriteGoAway(last, code, []byte(why.Error())) })
 	c.fail(why)
 }
 
@@ -268,7 +324,7 @@ func (c *h2conn) shutdown() {
 	last := c.lastID
 	idle := len(c.streams) == 0
 	c.mu.Unlock()
-	c.write(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+	c.writeNow(func() error { return c.fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
 	if idle {
 		c.fail(errors.New("tunnel connection shut down"))
 	}
