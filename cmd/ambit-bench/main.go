@@ -9,7 +9,10 @@
 // (metrics by mode) and writes it as JSON. Run it as root; it builds its own
 // labs and removes them, also on Ctrl-C.
 //
-//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx,waypoint,nginx-http] [-duration 8s] [-o bench/out/bench.json]
+//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx,waypoint,nginx-http] [-duration 8s] [-rounds 1] [-o bench/out/bench.json]
+//
+// With -rounds N the whole mode list is measured N times, interleaved, and
+// each cell of the table is the median (min–max) over the rounds.
 //
 // The same binary is what the harness runs inside the pods:
 //
@@ -99,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	}
 	modes := fs.String("modes", strings.Join(bench.AllModes, ","), "modes to measure, in table order")
 	fs.DurationVar(&cfg.Duration, "duration", 8*time.Second, "length of each measurement (iperf3 uses whole seconds)")
+	fs.IntVar(&cfg.Rounds, "rounds", 1, "measure the whole mode list this many times, interleaved (round 1: every mode, each in its labs; round 2: the same; ...); the table shows each metric's median (min–max) over the rounds, bench.json every round")
 	fs.DurationVar(&cfg.Omit, "omit", time.Second, "iperf3: run this much longer and leave it out (TCP slow start)")
 	fs.DurationVar(&cfg.Warmup, "warmup", 500*time.Millisecond, "unmeasured lead-in of the request/response and connection runs")
 	fs.IntVar(&cfg.Streams, "streams", 8, "parallel streams for the multi-stream throughput run")
@@ -110,7 +114,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.StringVar(&cfg.NodeProxy, "nodeproxy", "", "nodeproxy binary for the mesh modes (default: next to this binary)")
 	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies' GOMAXPROCS (auto: one per CPU of the machine for both)")
 	fs.BoolVar(&cfg.AccessLog, "access-log", false, "L7 modes: the waypoint and nginx http log one line per request (the waypoint's default outside the benchmark); off: neither does")
-	fs.StringVar(&cfg.ProfileDir, "profile", "", "write CPU profiles (pprof) of the node proxies and the waypoint during the waypoint mode's most-requests run to this directory")
+	fs.StringVar(&cfg.ProfileDir, "profile", "", "write CPU profiles (pprof) of the node proxies and the waypoint during the waypoint mode's most-requests run to this directory (one set per round with -rounds)")
 	fs.StringVar(&cfg.StateRoot, "state-root", "", "directory for the labs' temporary state directories (default $TMPDIR)")
 	fs.StringVar(&out, "o", filepath.Join("bench", "out", "bench.json"), "write the results as JSON here")
 	fs.BoolVar(&strict, "strict", false, "exit 1 when a mode or a measurement failed")
@@ -123,6 +127,10 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "ambit-bench: unexpected argument %q (subcommands are rr-server, http-server, rr-client, probe)\n", fs.Arg(0))
+		return cfg, "", false, 2
+	}
+	if cfg.Rounds < 1 {
+		fmt.Fprintf(stderr, "ambit-bench: -rounds must be at least 1 (how many times every mode is measured), not %d\n", cfg.Rounds)
 		return cfg, "", false, 2
 	}
 	var err error

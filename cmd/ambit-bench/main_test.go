@@ -30,6 +30,9 @@ func TestUsageAndFlags(t *testing.T) {
 		{[]string{"-duration", "100ms"}, 2, "-duration must be at least 1s"},
 		{[]string{"-size", "0"}, 2, "at least 1"},
 		{[]string{"-max-conns", "0"}, 2, "-max-conns at least 1"},
+		{[]string{"-rounds", "0"}, 2, "-rounds must be at least 1"},
+		{[]string{"-rounds", "-2"}, 2, "-rounds must be at least 1"},
+		{[]string{"-rounds", "x"}, 2, `invalid value "x" for flag -rounds`},
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"rr-client"}, 2, "exactly one ADDR"},
 		{[]string{"rr-server", "a", "b"}, 2, "exactly one ADDR"},
@@ -49,9 +52,17 @@ func TestParseFlagsDefaults(t *testing.T) {
 		t.Fatalf("code %d: %s", code, errb.String())
 	}
 	if strings.Join(cfg.Modes, ",") != "nginx,direct" || cfg.ReqSize != 512 || cfg.RespSize != 512 || cfg.ProxyCPUs != "2" ||
-		cfg.Duration != 8*time.Second || cfg.Omit != time.Second || out != "bench/out/bench.json" || strict ||
+		cfg.Duration != 8*time.Second || cfg.Omit != time.Second || cfg.Rounds != 1 || out != "bench/out/bench.json" || strict ||
 		len(cfg.Helper) != 1 || !strings.HasSuffix(cfg.NodeProxy, "/nodeproxy") {
 		t.Errorf("config %+v, out %q, strict %v", cfg, out, strict)
+	}
+}
+
+func TestParseFlagsRounds(t *testing.T) {
+	var errb bytes.Buffer
+	cfg, _, _, code := parseFlags([]string{"-rounds", "3", "-modes", "waypoint,nginx-http"}, &errb)
+	if code != -1 || cfg.Rounds != 3 {
+		t.Errorf("-rounds 3: code %d, rounds %d: %s", code, cfg.Rounds, errb.String())
 	}
 }
 

@@ -5,7 +5,9 @@
 // pair of nginx stream proxies doing the same mutual-TLS hop between the
 // nodes. For each it measures iperf3 throughput (one and N streams),
 // request/response latency at a fixed rate, new connections per second, and
-// the proxies' CPU time and peak memory.
+// the proxies' CPU time and peak memory. With Config.Rounds it measures the
+// whole mode list several times, interleaved, and reports each metric's
+// median and range over the rounds beside every round's results.
 //
 // The programs that run inside the pods (rr-server, rr-client, probe) are
 // HelperMain, reached through the ambit-bench binary.
@@ -50,6 +52,13 @@ const (
 type Config struct {
 	// Modes to measure, in table order (AllModes when empty).
 	Modes []string
+	// Rounds is how many times the whole mode list is measured,
+	// interleaved (round 1: every mode in its order, each in its labs;
+	// then round 2 the same; ...), so that every mode sees the same
+	// slices of the machine's time; 1 when 0. With more than one, the
+	// report's modes carry the median of each metric over the rounds and
+	// the rounds themselves are kept (Report.Rounds).
+	Rounds int
 	// Duration of each measurement; iperf3 rounds it to whole seconds and
 	// runs Omit longer (slow start, not counted).
 	Duration time.Duration
@@ -123,6 +132,7 @@ func (c *Config) defaults() {
 	setInt(&c.RespSize, 1024)
 	setInt(&c.ConnectWorkers, 4)
 	setInt(&c.MaxConns, 8)
+	setInt(&c.Rounds, 1)
 	if c.ProxyCPUs == "" {
 		c.ProxyCPUs = "auto"
 	}
@@ -162,22 +172,43 @@ type harness struct {
 	cfg   Config
 	t0    time.Time
 	nginx NginxInfo
+	// nginxErr is why nginx cannot run (not installed, no stream module):
+	// the nginx modes fail with it in every round.
+	nginxErr error
+	// round is the round being measured, from 1.
+	round int
 }
 
 func (h *harness) logf(format string, args ...any) {
-	fmt.Fprintf(h.cfg.Progress, "[%5.1fs] %s\n", time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	if h.cfg.Rounds > 1 {
+		msg = fmt.Sprintf("round %d/%d: %s", h.round, h.cfg.Rounds, msg)
+	}
+	fmt.Fprintf(h.cfg.Progress, "[%5.1fs] %s\n", time.Since(h.t0).Seconds(), msg)
 }
 
-// Run measures cfg.Modes. Modes that cannot be measured come back with
-// their Error set; Run itself fails only on bad configuration or when ctx
-// ends (then with the report so far). Every lab and process it starts is
-// gone when it returns.
+// profilePrefix names the CPU profiles of mode's max run: the mode, and
+// the round when there are several.
+func (h *harness) profilePrefix(mode string) string {
+	if h.cfg.Rounds > 1 {
+		return fmt.Sprintf("%s-round%d", mode, h.round)
+	}
+	return mode
+}
+
+// Run measures cfg.Modes, cfg.Rounds times interleaved. Modes that cannot
+// be measured (in a round) come back with their Error set; Run itself
+// fails only on bad configuration or when ctx ends (then with the report
+// so far). Every lab and process it starts is gone when it returns.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	for _, m := range cfg.Modes {
 		if !slices.Contains(AllModes, m) {
 			return nil, fmt.Errorf("unknown mode %q; modes are %s", m, strings.Join(AllModes, ","))
 		}
+	}
+	if cfg.Rounds < 1 {
+		return nil, fmt.Errorf("bench: %d rounds; want at least 1", cfg.Rounds)
 	}
 	if len(cfg.Helper) == 0 {
 		return nil, errors.New("bench: no helper command (the ambit-bench binary) given")
@@ -191,7 +222,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Settings: Settings{
 			Duration: cfg.Duration.String(), Omit: cfg.Omit.String(), Streams: cfg.Streams, Rate: cfg.Rate,
 			Conns: cfg.Conns, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize, ConnectWorkers: cfg.ConnectWorkers, MaxConns: cfg.MaxConns,
-			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy, AccessLog: cfg.AccessLog,
+			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy, AccessLog: cfg.AccessLog, Rounds: cfg.Rounds,
 		},
 	}
 	rep.Host = hostInfo()
@@ -202,6 +233,40 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if out, err := exec.Command(h.cfg.Iperf3, "--version").Output(); err == nil {
 		rep.Host.Iperf3 = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
 	}
+	if slices.Contains(cfg.Modes, ModeNginx) || slices.Contains(cfg.Modes, ModeNginxHTTP) {
+		if h.cfg.Nginx, h.nginxErr = findTool(cfg.Nginx, "nginx", "nginx (with the stream module: Debian nginx and libnginx-mod-stream)"); h.nginxErr == nil {
+			h.nginx, h.nginxErr = nginxInspect(h.cfg.Nginx)
+			rep.Host.Nginx = h.nginx.Version
+		}
+	}
+	var rounds []RoundResult
+	for h.round = 1; h.round <= cfg.Rounds && ctx.Err() == nil; h.round++ {
+		start := time.Now()
+		modes := h.runRound(ctx)
+		rounds = append(rounds, RoundResult{Round: h.round, Started: start.UTC(), Seconds: time.Since(start).Seconds(), Modes: modes})
+		if cfg.Rounds > 1 {
+			h.logf("done in %.0fs", time.Since(start).Seconds())
+		}
+	}
+	switch {
+	case cfg.Rounds == 1 && len(rounds) == 1:
+		rep.Modes = rounds[0].Modes
+	case cfg.Rounds > 1:
+		rep.Rounds = rounds
+		rep.Modes = mergeRounds(rep.Settings, cfg.Modes, rounds)
+	}
+	rep.Seconds = time.Since(h.t0).Seconds()
+	if err := ctx.Err(); err != nil {
+		return rep, fmt.Errorf("bench interrupted: %w", err)
+	}
+	return rep, nil
+}
+
+// runRound measures every mode once, in cfg.Modes order: the modes
+// without a proxy of their own in one lab (plain pods), then each mesh
+// mode in a lab of its own. The labs are gone when it returns.
+func (h *harness) runRound(ctx context.Context) []ModeResult {
+	cfg := h.cfg
 	results := map[string]ModeResult{}
 	failAll := func(modes []string, err error) {
 		for _, m := range modes {
@@ -217,15 +282,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			plain = append(plain, m)
 		}
 	}
-	if slices.Contains(plain, ModeNginx) || slices.Contains(plain, ModeNginxHTTP) {
-		if h.cfg.Nginx, err = findTool(cfg.Nginx, "nginx", "nginx (with the stream module: Debian nginx and libnginx-mod-stream)"); err == nil {
-			h.nginx, err = nginxInspect(h.cfg.Nginx)
-			rep.Host.Nginx = h.nginx.Version
-		}
-		if err != nil {
-			failAll([]string{ModeNginx, ModeNginxHTTP}, err)
-			plain = slices.DeleteFunc(plain, func(m string) bool { return m == ModeNginx || m == ModeNginxHTTP })
-		}
+	if h.nginxErr != nil {
+		failAll(slices.DeleteFunc(slices.Clone(plain), func(m string) bool { return m == ModeDirect }), h.nginxErr)
+		plain = slices.DeleteFunc(plain, func(m string) bool { return m == ModeNginx || m == ModeNginxHTTP })
 	}
 	if len(plain) > 0 && ctx.Err() == nil {
 		err := h.withLab(ctx, "plain", lab.Options{Topology: Topology(lab.TunnelH2)}, func(l *lab.Lab) {
@@ -261,16 +320,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			failAll([]string{m}, err)
 		}
 	}
+	var out []ModeResult
 	for _, m := range cfg.Modes {
 		if r, ok := results[m]; ok {
-			rep.Modes = append(rep.Modes, r)
+			out = append(out, r)
 		}
 	}
-	rep.Seconds = time.Since(h.t0).Seconds()
-	if err := ctx.Err(); err != nil {
-		return rep, fmt.Errorf("bench interrupted: %w", err)
-	}
-	return rep, nil
+	return out
 }
 
 func findTool(given, name, what string) (string, error) {

@@ -300,7 +300,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		h.logf("%s: HTTP most requests/s, %d connections back to back, %s", mode, h.cfg.MaxConns, h.cfg.Duration)
 		if h.cfg.ProfileDir != "" && mode == ModeWaypoint {
 			var p profiler
-			p.start(l, h.cfg.ProfileDir, mode, h.cfg.Warmup+h.cfg.Duration)
+			p.start(l, h.cfg.ProfileDir, h.profilePrefix(mode), h.cfg.Warmup+h.cfg.Duration)
 			defer func() {
 				res.Notes = append(res.Notes, p.wait()...)
 				h.logf("%s: CPU profiles of the max run in %s", mode, h.cfg.ProfileDir)

@@ -38,11 +38,50 @@ const (
 
 // Report is one harness run: the table and bench.json.
 type Report struct {
-	Started  time.Time    `json:"started"`
-	Seconds  float64      `json:"seconds"`
-	Host     Host         `json:"host"`
-	Settings Settings     `json:"settings"`
-	Modes    []ModeResult `json:"modes"`
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+	Host     Host      `json:"host"`
+	Settings Settings  `json:"settings"`
+	// Modes is the result per mode, in table order. With several rounds
+	// it is their summary (mergeRounds): each metric's median with its
+	// range (ModeResult.Medians), the rounds' errors, failures and notes;
+	// what each round measured is in Rounds.
+	Modes []ModeResult `json:"modes"`
+	// Rounds is every round in full, when Settings.Rounds > 1.
+	Rounds []RoundResult `json:"rounds,omitempty"`
+}
+
+// RoundResult is one round of a run of several: every mode measured once.
+type RoundResult struct {
+	Round   int          `json:"round"`
+	Started time.Time    `json:"started"`
+	Seconds float64      `json:"seconds"`
+	Modes   []ModeResult `json:"modes"`
+}
+
+// Stat is one metric of a mode over the rounds that measured it.
+type Stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	// Rounds is how many rounds measured the metric.
+	Rounds int `json:"rounds"`
+}
+
+// summarizeRounds returns the median (the mean of the middle two for an
+// even count), the least and the most of vs, which it does not change.
+func summarizeRounds(vs []float64) Stat {
+	if len(vs) == 0 {
+		return Stat{}
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	n := len(s)
+	med := s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return Stat{Median: med, Min: s[0], Max: s[n-1], Rounds: n}
 }
 
 // Host describes the machine and the tools.
@@ -69,6 +108,8 @@ type Settings struct {
 	NodeProxy      string `json:"nodeProxy,omitempty"`
 	// AccessLog: the L7 modes' proxies logged every request.
 	AccessLog bool `json:"accessLog"`
+	// Rounds is how many times every mode was measured, interleaved.
+	Rounds int `json:"rounds"`
 }
 
 // ModeResult is one column of the table.
@@ -77,7 +118,10 @@ type ModeResult struct {
 	// Path says what the traffic went through.
 	Path string `json:"path,omitempty"`
 	// Error is set when the mode could not be measured at all (its lab or
-	// proxies did not come up, or the path did not answer).
+	// proxies did not come up, or the path did not answer). In the summary
+	// of several rounds: the rounds that had one, "k of N rounds ...: why"
+	// (the metrics come from the other rounds); Failures and Notes there
+	// say their rounds the same way.
 	Error       string      `json:"error,omitempty"`
 	Throughput1 *Throughput `json:"throughput1,omitempty"`
 	ThroughputN *Throughput `json:"throughputN,omitempty"`
@@ -97,6 +141,11 @@ type ModeResult struct {
 	// HTTP is what an L7 mode (waypoint, nginx-http) measured.
 	HTTP  *HTTPResult `json:"http,omitempty"`
 	Notes []string    `json:"notes,omitempty"`
+	// Medians is set in the summary of several rounds only (where the
+	// measurements above are left out: they are in Report.Rounds): each
+	// metric of the table (by a stable key, see tableRows) over the
+	// rounds that measured it.
+	Medians map[string]Stat `json:"medians,omitempty"`
 }
 
 func (m *ModeResult) fail(phase string, err error) {
@@ -184,9 +233,22 @@ func (r *Report) WriteJSON(path string) error {
 	return os.WriteFile(path, append(data, '\n'), 0o644)
 }
 
+// row is one metric of the table. A numeric row has value; the others
+// (yes/no) have text.
 type row struct {
 	label string
-	cell  func(m ModeResult) string
+	// key names the metric in ModeResult.Medians (bench.json).
+	key    string
+	format string
+	// value is the metric of m; direct is the direct mode's result of
+	// the same round (nil when the round has none that worked).
+	value func(m, direct *ModeResult) (float64, bool)
+	// text is the cell of a row that is not a number; "" when not
+	// measured.
+	text func(m *ModeResult) string
+	// na says the row does not apply to m ("-"): no proxy, or the
+	// added latency of direct itself.
+	na func(m *ModeResult) bool
 	// scope is the modes the row is for: the L4 modes, the L7 (HTTP)
 	// ones, or all.
 	scope int
@@ -200,115 +262,103 @@ const (
 
 const na = "-"
 
-// WriteTable prints the table: one row per metric, one column per mode,
-// then the errors and notes.
-func (r *Report) WriteTable(w io.Writer) error {
-	s := r.Settings
-	direct, haveDirect := r.Mode(ModeDirect)
-	if haveDirect && direct.Error != "" {
-		haveDirect = false
-	}
-	gbit := func(t *Throughput) string {
-		if t == nil {
-			return ""
-		}
-		return fmt.Sprintf("%.2f", t.BitsPerSecond/1e9)
-	}
-	us := func(v float64) string { return fmt.Sprintf("%.0f", v) }
-	lat := func(pick func(Latency) float64) func(ModeResult) string {
-		return func(m ModeResult) string {
-			if m.Latency == nil {
-				return ""
+func (rw row) inScope(mode string) bool {
+	return !((rw.scope == scopeL4 && isHTTPMode(mode)) || (rw.scope == scopeHTTP && !isHTTPMode(mode)))
+}
+
+// tableRows is the table's metrics, in order.
+func tableRows(s Settings) []row {
+	gbit := func(pick func(m *ModeResult) *Throughput) func(m, _ *ModeResult) (float64, bool) {
+		return func(m, _ *ModeResult) (float64, bool) {
+			if t := pick(m); t != nil {
+				return t.BitsPerSecond / 1e9, true
 			}
-			return us(pick(m.Latency.Latency))
+			return 0, false
 		}
 	}
-	added := func(pick func(Latency) float64) func(ModeResult) string {
-		return func(m ModeResult) string {
-			if m.Mode == ModeDirect {
-				return na
-			}
-			if m.Latency == nil || !haveDirect || direct.Latency == nil {
-				return ""
-			}
-			return fmt.Sprintf("%+.0f", pick(m.Latency.Latency)-pick(direct.Latency.Latency))
-		}
+	lat := func(pick func(Latency) float64) func(m, _ *ModeResult) (float64, bool) {
+		return func(m, _ *ModeResult) (float64, bool) { return latOf(m.Latency, pick) }
 	}
-	cpu := func(phase string) func(ModeResult) string {
-		return func(m ModeResult) string {
-			if m.Proxy == nil {
-				return na
-			}
-			if p := m.Proxy.phase(phase); p != nil {
-				return fmt.Sprintf("%.0f", p.CorePercent)
-			}
-			return ""
-		}
-	}
-	rows := []row{
-		{"throughput, 1 stream (Gbit/s)", func(m ModeResult) string { return gbit(m.Throughput1) }, scopeL4},
-		{fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), func(m ModeResult) string { return gbit(m.ThroughputN) }, scopeL4},
-		{fmt.Sprintf("latency p50 at %d req/s (µs)", s.Rate), lat(func(l Latency) float64 { return l.P50 }), scopeL4},
-		{"latency p90 (µs)", lat(func(l Latency) float64 { return l.P90 }), scopeL4},
-		{"latency p99 (µs)", lat(func(l Latency) float64 { return l.P99 }), scopeL4},
-		{"  p50 added vs direct (µs)", added(func(l Latency) float64 { return l.P50 }), scopeL4},
-		{"  p90 added vs direct (µs)", added(func(l Latency) float64 { return l.P90 }), scopeL4},
-		{"  p99 added vs direct (µs)", added(func(l Latency) float64 { return l.P99 }), scopeL4},
-		{"requests answered (/s)", func(m ModeResult) string {
-			if m.Latency == nil {
-				return ""
-			}
-			return fmt.Sprintf("%.0f", m.Latency.PerSecond)
-		}, scopeL4},
-		{fmt.Sprintf("new connections/s (%d workers)", s.ConnectWorkers), func(m ModeResult) string {
-			if m.Connect == nil {
-				return ""
-			}
-			return fmt.Sprintf("%.0f", m.Connect.PerSecond)
-		}, scopeL4},
-		{"  connection p50 (µs)", func(m ModeResult) string {
-			if m.Connect == nil {
-				return ""
-			}
-			return us(m.Connect.Latency.P50)
-		}, scopeL4},
-		{"proxy CPU, 1 stream (% of a core)", cpu(PhaseStream1), scopeL4},
-		{fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), cpu(PhaseStreamsN), scopeL4},
-		{fmt.Sprintf("proxy CPU, %d req/s (%% of a core)", s.Rate), cpu(PhaseLatency), scopeL4},
-		{"proxy CPU, connections (% of a core)", cpu(PhaseConnect), scopeL4},
-		{"HTTP/1.1 " + fmt.Sprintf("p50 at %d req/s (µs)", s.Rate), httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, func(l Latency) float64 { return l.P50 }) }, "%.0f"), scopeHTTP},
-		{"HTTP/1.1 p99 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, func(l Latency) float64 { return l.P99 }) }, "%.0f"), scopeHTTP},
-		{"  direct in the same lab, p50 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.baseline(func(l Latency) float64 { return l.P50 }) }, "%.0f"), scopeHTTP},
-		{"  direct in the same lab, p99 (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.baseline(func(l Latency) float64 { return l.P99 }) }, "%.0f"), scopeHTTP},
-		{"  HTTP p50 added (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.AddedP50Micros, h.Latency != nil && h.Direct != nil }, "%+.0f"), scopeHTTP},
-		{"  HTTP p99 added (µs)", httpCell(func(h *HTTPResult) (float64, bool) { return h.AddedP99Micros, h.Latency != nil && h.Direct != nil }, "%+.0f"), scopeHTTP},
-		{fmt.Sprintf("HTTP/1.1 most req/s (%d conns)", s.MaxConns), httpCell(func(h *HTTPResult) (float64, bool) {
-			if h.Max == nil {
+	added := func(pick func(Latency) float64) func(m, direct *ModeResult) (float64, bool) {
+		return func(m, direct *ModeResult) (float64, bool) {
+			if m.Latency == nil || direct == nil || direct.Latency == nil {
 				return 0, false
 			}
-			return h.Max.PerSecond, true
-		}, "%.0f"), scopeHTTP},
-		{"  proxy CPU at most req/s (cores)", httpCell(func(h *HTTPResult) (float64, bool) { return h.ProxyCores, h.ProxyCores > 0 }, "%.2f"), scopeHTTP},
-		{"  HTTP req/s per proxy core", httpCell(func(h *HTTPResult) (float64, bool) { return h.RequestsPerCore, h.RequestsPerCore > 0 }, "%.0f"), scopeHTTP},
-		{"proxy CPU, all runs (CPU-s)", func(m ModeResult) string {
-			if m.Proxy == nil {
-				return na
+			return pick(m.Latency.Latency) - pick(direct.Latency.Latency), true
+		}
+	}
+	isDirect := func(m *ModeResult) bool { return m.Mode == ModeDirect }
+	noProxy := func(m *ModeResult) bool { return m.Proxy == nil }
+	cpu := func(phase string) func(m, _ *ModeResult) (float64, bool) {
+		return func(m, _ *ModeResult) (float64, bool) {
+			if p := m.Proxy.phase(phase); p != nil {
+				return p.CorePercent, true
 			}
-			return fmt.Sprintf("%.1f", m.Proxy.CPUSeconds)
-		}, scopeAll},
-		{"proxy CPU, all runs (% of a core)", func(m ModeResult) string {
-			if m.Proxy == nil {
-				return na
+			return 0, false
+		}
+	}
+	proxy := func(v func(p *ProxyUsage) float64) func(m, _ *ModeResult) (float64, bool) {
+		return func(m, _ *ModeResult) (float64, bool) { return v(m.Proxy), true }
+	}
+	p50 := func(l Latency) float64 { return l.P50 }
+	p90 := func(l Latency) float64 { return l.P90 }
+	p99 := func(l Latency) float64 { return l.P99 }
+	return []row{
+		{label: "throughput, 1 stream (Gbit/s)", key: "throughput1StreamGbps", format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.Throughput1 })},
+		{label: fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), key: "throughputNStreamsGbps", format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.ThroughputN })},
+		{label: fmt.Sprintf("latency p50 at %d req/s (µs)", s.Rate), key: "latencyP50Micros", format: "%.0f", value: lat(p50)},
+		{label: "latency p90 (µs)", key: "latencyP90Micros", format: "%.0f", value: lat(p90)},
+		{label: "latency p99 (µs)", key: "latencyP99Micros", format: "%.0f", value: lat(p99)},
+		{label: "  p50 added vs direct (µs)", key: "latencyP50AddedMicros", format: "%+.0f", value: added(p50), na: isDirect},
+		{label: "  p90 added vs direct (µs)", key: "latencyP90AddedMicros", format: "%+.0f", value: added(p90), na: isDirect},
+		{label: "  p99 added vs direct (µs)", key: "latencyP99AddedMicros", format: "%+.0f", value: added(p99), na: isDirect},
+		{label: "requests answered (/s)", key: "requestsPerSecond", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) {
+			if m.Latency == nil {
+				return 0, false
 			}
-			return fmt.Sprintf("%.0f", m.Proxy.CorePercent)
-		}, scopeAll},
-		{"proxy peak RSS, sum (MiB)", func(m ModeResult) string {
-			if m.Proxy == nil {
-				return na
+			return m.Latency.PerSecond, true
+		}},
+		{label: fmt.Sprintf("new connections/s (%d workers)", s.ConnectWorkers), key: "connectionsPerSecond", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) {
+			if m.Connect == nil {
+				return 0, false
 			}
-			return fmt.Sprintf("%.1f", float64(m.Proxy.PeakRSSBytes)/(1<<20))
-		}, scopeAll},
-		{"server's close reaches the client", func(m ModeResult) string {
+			return m.Connect.PerSecond, true
+		}},
+		{label: "  connection p50 (µs)", key: "connectionP50Micros", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) { return latOf(m.Connect, p50) }},
+		{label: "proxy CPU, 1 stream (% of a core)", key: "proxyCPU1StreamPercent", format: "%.0f", value: cpu(PhaseStream1), na: noProxy},
+		{label: fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), key: "proxyCPUNStreamsPercent", format: "%.0f", value: cpu(PhaseStreamsN), na: noProxy},
+		{label: fmt.Sprintf("proxy CPU, %d req/s (%% of a core)", s.Rate), key: "proxyCPULatencyPercent", format: "%.0f", value: cpu(PhaseLatency), na: noProxy},
+		{label: "proxy CPU, connections (% of a core)", key: "proxyCPUConnectPercent", format: "%.0f", value: cpu(PhaseConnect), na: noProxy},
+		{label: fmt.Sprintf("HTTP/1.1 p50 at %d req/s (µs)", s.Rate), key: "httpP50Micros", format: "%.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, p50) })},
+		{label: "HTTP/1.1 p99 (µs)", key: "httpP99Micros", format: "%.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, p99) })},
+		{label: "  direct in the same lab, p50 (µs)", key: "httpDirectP50Micros", format: "%.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.baseline(p50) })},
+		{label: "  direct in the same lab, p99 (µs)", key: "httpDirectP99Micros", format: "%.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.baseline(p99) })},
+		{label: "  HTTP p50 added (µs)", key: "httpP50AddedMicros", format: "%+.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.AddedP50Micros, h.Latency != nil && h.Direct != nil })},
+		{label: "  HTTP p99 added (µs)", key: "httpP99AddedMicros", format: "%+.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.AddedP99Micros, h.Latency != nil && h.Direct != nil })},
+		{label: fmt.Sprintf("HTTP/1.1 most req/s (%d conns)", s.MaxConns), key: "httpMaxPerSecond", format: "%.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) {
+				if h.Max == nil {
+					return 0, false
+				}
+				return h.Max.PerSecond, true
+			})},
+		{label: "  proxy CPU at most req/s (cores)", key: "httpProxyCores", format: "%.2f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.ProxyCores, h.ProxyCores > 0 })},
+		{label: "  HTTP req/s per proxy core", key: "httpRequestsPerCore", format: "%.0f", scope: scopeHTTP,
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.RequestsPerCore, h.RequestsPerCore > 0 })},
+		{label: "proxy CPU, all runs (CPU-s)", key: "proxyCPUSeconds", format: "%.1f", scope: scopeAll, na: noProxy,
+			value: proxy(func(p *ProxyUsage) float64 { return p.CPUSeconds })},
+		{label: "proxy CPU, all runs (% of a core)", key: "proxyCPUPercent", format: "%.0f", scope: scopeAll, na: noProxy,
+			value: proxy(func(p *ProxyUsage) float64 { return p.CorePercent })},
+		{label: "proxy peak RSS, sum (MiB)", key: "proxyPeakRSSMiB", format: "%.1f", scope: scopeAll, na: noProxy,
+			value: proxy(func(p *ProxyUsage) float64 { return float64(p.PeakRSSBytes) / (1 << 20) })},
+		{label: "server's close reaches the client", text: func(m *ModeResult) string {
 			switch {
 			case m.ServerClose == nil:
 				return ""
@@ -316,33 +366,245 @@ func (r *Report) WriteTable(w io.Writer) error {
 				return "yes"
 			}
 			return "NO"
-		}, scopeL4},
-		{"UDP datagrams sent, 1 stream", func(m ModeResult) string {
+		}},
+		{label: "UDP datagrams sent, 1 stream", key: "udpDatagrams1Stream", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) {
 			if m.UDPDatagrams1 == nil {
-				return ""
+				return 0, false
 			}
-			return fmt.Sprint(*m.UDPDatagrams1)
-		}, scopeL4},
+			return float64(*m.UDPDatagrams1), true
+		}},
 	}
+}
 
-	header := append([]string{"metric"}, modeNames(r.Modes)...)
-	table := [][]string{header}
-	for _, rw := range rows {
-		line := []string{rw.label}
-		for _, m := range r.Modes {
-			outOfScope := (rw.scope == scopeL4 && isHTTPMode(m.Mode)) || (rw.scope == scopeHTTP && !isHTTPMode(m.Mode))
-			c := na
-			if !outOfScope {
-				c = rw.cell(m)
+// measured is one mode in each round that has it: the round numbers, the
+// results, and each of those rounds' direct result (nil when the round
+// has none that worked).
+type measured struct {
+	mode    string
+	rounds  []int
+	results []*ModeResult
+	directs []*ModeResult
+}
+
+// byMode gathers each of modes from rounds.
+func byMode(modes []string, rounds []RoundResult) []measured {
+	out := make([]measured, len(modes))
+	for i, mode := range modes {
+		out[i].mode = mode
+		for _, rd := range rounds {
+			var direct, m *ModeResult
+			for j := range rd.Modes {
+				if rd.Modes[j].Mode == ModeDirect && rd.Modes[j].Error == "" {
+					direct = &rd.Modes[j]
+				}
+				if rd.Modes[j].Mode == mode {
+					m = &rd.Modes[j]
+				}
 			}
+			if m != nil {
+				out[i].rounds = append(out[i].rounds, rd.Round)
+				out[i].results = append(out[i].results, m)
+				out[i].directs = append(out[i].directs, direct)
+			}
+		}
+	}
+	return out
+}
+
+// values is a numeric row's metric in each round that has it; errs and
+// nas count the rounds where the mode had an error and where the row does
+// not apply.
+func (rw row) values(md measured) (vs []float64, errs, nas int) {
+	for i, m := range md.results {
+		switch {
+		case m.Error != "":
+			errs++
+		case rw.na != nil && rw.na(m):
+			nas++
+		default:
+			if v, ok := rw.value(m, md.directs[i]); ok {
+				vs = append(vs, v)
+			}
+		}
+	}
+	return vs, errs, nas
+}
+
+// cell is the row's cell for a mode: the value of its one round, or the
+// median (min–max) of its rounds; "-" where the row does not apply, ERROR
+// when every round failed the mode as a whole, fail when nothing measured
+// the metric otherwise.
+func (rw row) cell(md measured) string {
+	if !rw.inScope(md.mode) {
+		return na
+	}
+	if rw.text != nil {
+		// The word of each round that measured the mode, in round order;
+		// one when they agree.
+		var words []string
+		for _, m := range md.results {
+			w := ""
 			switch {
-			case outOfScope:
 			case m.Error != "":
-				c = "ERROR"
-			case c == "":
-				c = "fail"
+				continue
+			case rw.na != nil && rw.na(m):
+				w = na
+			default:
+				if w = rw.text(m); w == "" {
+					w = "fail"
+				}
 			}
-			line = append(line, c)
+			words = append(words, w)
+		}
+		switch {
+		case len(words) == 0:
+			return "ERROR"
+		case len(slices.Compact(slices.Clone(words))) == 1:
+			return words[0]
+		}
+		return strings.Join(words, "/")
+	}
+	vs, errs, nas := rw.values(md)
+	switch {
+	case len(vs) == 0 && nas > 0:
+		return na
+	case len(vs) == 0 && errs == len(md.results):
+		return "ERROR"
+	case len(vs) == 0:
+		return "fail"
+	case len(md.results) == 1:
+		return fmt.Sprintf(rw.format, vs[0])
+	}
+	st := summarizeRounds(vs)
+	return fmt.Sprintf(rw.format+" ("+rw.format+"–"+rw.format+")", st.Median, st.Min, st.Max)
+}
+
+// mergeRounds summarizes the rounds of a run, one result per mode (in
+// modes' order, those some round has): each metric's median and range
+// over the rounds that measured it, the path, and the rounds' errors,
+// failures and notes with the rounds they happened in.
+func mergeRounds(s Settings, modes []string, rounds []RoundResult) []ModeResult {
+	rows := tableRows(s)
+	var out []ModeResult
+	for _, md := range byMode(modes, rounds) {
+		if len(md.results) == 0 {
+			continue
+		}
+		m := ModeResult{Mode: md.mode}
+		errs := map[string][]int{}
+		failures := map[string]map[string][]int{}
+		notes := map[string][]int{}
+		var errOrder, noteOrder []string
+		for i, r := range md.results {
+			round := md.rounds[i]
+			if m.Path == "" {
+				m.Path = r.Path
+			}
+			if r.Error != "" {
+				if errs[r.Error] == nil {
+					errOrder = append(errOrder, r.Error)
+				}
+				errs[r.Error] = append(errs[r.Error], round)
+			}
+			for phase, why := range r.Failures {
+				if failures[phase] == nil {
+					failures[phase] = map[string][]int{}
+				}
+				failures[phase][why] = append(failures[phase][why], round)
+			}
+			for _, n := range r.Notes {
+				if notes[n] == nil {
+					noteOrder = append(noteOrder, n)
+				}
+				notes[n] = append(notes[n], round)
+			}
+		}
+		m.Error = inRounds(len(rounds), errOrder, errs)
+		for phase, byWhy := range failures {
+			var order []string
+			for why := range byWhy {
+				order = append(order, why)
+			}
+			slices.SortFunc(order, func(a, b string) int { return byWhy[a][0] - byWhy[b][0] })
+			if m.Failures == nil {
+				m.Failures = map[string]string{}
+			}
+			m.Failures[phase] = inRounds(len(rounds), order, byWhy)
+		}
+		for _, n := range noteOrder {
+			m.Notes = append(m.Notes, roundsList(notes[n])+": "+n)
+		}
+		for _, rw := range rows {
+			if rw.key == "" || rw.value == nil || !rw.inScope(md.mode) {
+				continue
+			}
+			if vs, _, _ := rw.values(md); len(vs) > 0 {
+				if m.Medians == nil {
+					m.Medians = map[string]Stat{}
+				}
+				m.Medians[rw.key] = summarizeRounds(vs)
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// inRounds says in which of n rounds each reason happened: "k of n
+// rounds (round 2): why", or one line per reason when they differ; ""
+// for none.
+func inRounds(n int, order []string, rounds map[string][]int) string {
+	k := 0
+	for _, rs := range rounds {
+		k += len(rs)
+	}
+	if k == 0 {
+		return ""
+	}
+	head := fmt.Sprintf("%d of %d rounds", k, n)
+	if len(order) == 1 {
+		return fmt.Sprintf("%s (%s): %s", head, roundsList(rounds[order[0]]), order[0])
+	}
+	var b strings.Builder
+	b.WriteString(head + ":")
+	for _, why := range order {
+		fmt.Fprintf(&b, "\n%s: %s", roundsList(rounds[why]), why)
+	}
+	return b.String()
+}
+
+func roundsList(rs []int) string {
+	ss := make([]string, len(rs))
+	for i, r := range rs {
+		ss[i] = fmt.Sprint(r)
+	}
+	if len(rs) == 1 {
+		return "round " + ss[0]
+	}
+	return "rounds " + strings.Join(ss, ", ")
+}
+
+// WriteTable prints the table: one row per metric, one column per mode,
+// then the errors and notes. With several rounds each cell is the median
+// and range over the rounds (Report.Rounds) that measured it, and the
+// errors and notes say their rounds.
+func (r *Report) WriteTable(w io.Writer) error {
+	modes := modeNames(r.Modes)
+	rounds := r.Rounds
+	if len(rounds) == 0 {
+		rounds = []RoundResult{{Round: 1, Modes: r.Modes}}
+	}
+	cols := byMode(modes, rounds)
+	header := append([]string{"metric"}, modes...)
+	table := [][]string{header}
+	for _, rw := range tableRows(r.Settings) {
+		line := []string{rw.label}
+		for _, md := range cols {
+			if len(md.results) == 0 {
+				line = append(line, "ERROR")
+				continue
+			}
+			line = append(line, rw.cell(md))
 		}
 		table = append(table, line)
 	}
@@ -370,6 +632,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 			}
 			b.WriteString(strings.Repeat("-", total) + "\n")
 		}
+	}
+	if len(r.Rounds) > 0 {
+		fmt.Fprintf(&b, "%d rounds, interleaved: median (min–max) over the rounds that measured each metric\n", len(r.Rounds))
 	}
 	for _, m := range r.Modes {
 		if m.Path != "" {
@@ -406,18 +671,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 	return err
 }
 
-// httpCell formats a value of an L7 mode's HTTPResult; "" (fail) when it
-// has none.
-func httpCell(v func(*HTTPResult) (float64, bool), format string) func(ModeResult) string {
-	return func(m ModeResult) string {
+// httpValue is a value of an L7 mode's HTTPResult; none when it has no
+// HTTPResult.
+func httpValue(v func(*HTTPResult) (float64, bool)) func(m, _ *ModeResult) (float64, bool) {
+	return func(m, _ *ModeResult) (float64, bool) {
 		if m.HTTP == nil {
-			return ""
+			return 0, false
 		}
-		x, ok := v(m.HTTP)
-		if !ok {
-			return ""
-		}
-		return fmt.Sprintf(format, x)
+		return v(m.HTTP)
 	}
 }
 
