@@ -48,6 +48,11 @@ const (
 	// rather than leaving it to flushLoop: bulk data gains nothing from
 	// waiting for other streams' frames.
 	h2FlushNow = 8 << 10
+	// After h2SoloAfter deferred flushes in a row that carried one write
+	// each, a connection flushes at once, deferring one write in
+	// h2SoloProbe (see deferFlush).
+	h2SoloAfter = 8
+	h2SoloProbe = 16
 	// h2SmallData is the largest DATA payload copied into a stream's last
 	// buffer; larger ones are read into a buffer of their own.
 	h2SmallData = 4 << 10
@@ -79,9 +84,15 @@ type h2conn struct {
 	whdr [9]byte // a DATA frame header being written
 	werr error
 	// flushKick wakes flushLoop; flushPending says it has been woken and
-	// has not flushed yet. Both under wmu.
+	// has not flushed yet; batched counts the writes waiting for it. solo
+	// counts the deferred flushes in a row that carried one write only,
+	// and probe the writes since the last one deferred while solo (see
+	// writeFrames). All under wmu.
 	flushKick    chan struct{}
 	flushPending bool
+	batched      int
+	solo         int
+	probe        int
 
 	mu      sync.Mutex
 	wcond   *sync.Cond // send window grew, or the connection failed
@@ -211,11 +222,10 @@ func (c *h2conn) start() error {
 }
 
 // write runs f, which writes frames, under the write lock. The frames go
-// out at the next flush: at once when the buffer holds h2FlushNow bytes or
-// more, otherwise by flushLoop, after the goroutines that are runnable now
-// have had their turn (see flushLoop). The first write error kills the
-// connection; an error of a deferred flush reaches the writers through
-// the failed connection.
+// out at the next flush: either at once, or by flushLoop after the
+// goroutines that are runnable now have had their turn (see flushLoop).
+// The first write error kills the connection; an error of a deferred
+// flush reaches the writers through the failed connection.
 func (c *h2conn) write(f func() error) error { return c.writeFrames(f, false) }
 
 // writeNow is write, flushed before it returns: for a frame that the
@@ -229,11 +239,10 @@ func (c *h2conn) writeFrames(f func() error, now bool) error {
 		return c.werr
 	}
 	err := f()
-	if err == nil {
-		switch {
-		case now || c.bw.Buffered() >= h2FlushNow || c.flushKick == nil:
+	if err == nil && c.bw.Buffered() > 0 {
+		if now || !c.deferFlush() {
 			err = c.bw.Flush()
-		case c.bw.Buffered() > 0 && !c.flushPending:
+		} else if c.batched++; !c.flushPending {
 			c.flushPending = true
 			c.flushKick <- struct{}{} // capacity 1, and only sent when not pending
 		}
@@ -245,12 +254,32 @@ func (c *h2conn) writeFrames(f func() error, now bool) error {
 	return err
 }
 
+// deferFlush says whether the frames just buffered should wait for
+// flushLoop. Bulk data (h2FlushNow buffered) does not: it gains nothing
+// from other streams' frames. Nor does a connection whose recent deferred
+// flushes each carried a single write (one request at a time): waiting
+// would only add latency. It still defers one write in h2SoloProbe, to
+// notice when streams start writing together again. wmu is held.
+func (c *h2conn) deferFlush() bool {
+	switch {
+	case c.flushKick == nil || c.bw.Buffered() >= h2FlushNow:
+		return false
+	case c.flushPending || c.solo < h2SoloAfter:
+		return true
+	}
+	c.probe++
+	if c.probe < h2SoloProbe {
+		return false
+	}
+	c.probe = 0
+	return true
+}
+
 // flushLoop flushes what write left in the buffer. Woken by a writer, it
 // first yields once: the goroutines runnable at that moment (typically
 // other streams woken by the same read, or by the same poll of the
 // sockets) run before it and add their frames, so one TLS record and one
-// system call carry them all. With nothing else runnable the yield costs a
-// pass through the scheduler. This batching across streams is what a
+// system call carry them all. This batching across streams is what a
 // multiplexed tunnel can do and a connection per stream cannot.
 func (c *h2conn) flushLoop() {
 	for {
@@ -262,6 +291,12 @@ func (c *h2conn) flushLoop() {
 		runtime.Gosched()
 		c.wmu.Lock()
 		c.flushPending = false
+		if c.batched > 1 {
+			c.solo = 0
+		} else if c.solo < h2SoloAfter {
+			c.solo++
+		}
+		c.batched = 0
 		if c.werr == nil && c.bw.Buffered() > 0 {
 			if err := c.bw.Flush(); err != nil {
 				c.werr = err
