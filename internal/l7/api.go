@@ -77,11 +77,16 @@ type Backend struct {
 	Endpoints []netip.AddrPort
 	// Policy is the service's TrafficPolicy, or nil.
 	Policy *meshconfig.TrafficPolicy
+
+	name string // Name, kept by the snapshot's backends
 }
 
 // Name is "namespace/name:port", or the address for a backend without a
 // service.
 func (b *Backend) Name() string {
+	if b.name != "" {
+		return b.name
+	}
 	if b.Service == nil {
 		if len(b.Endpoints) == 1 {
 			return b.Endpoints[0].String()

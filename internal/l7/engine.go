@@ -401,6 +401,7 @@ func newSnapshot(cfg *meshconfig.Config) *snapshot {
 				target = p.Port
 			}
 			b := &Backend{Service: svc, Port: p.Port, Policy: tp}
+			b.name = b.Name()
 			for _, w := range ws {
 				if !w.Ready {
 					continue

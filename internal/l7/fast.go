@@ -21,7 +21,8 @@ import (
 )
 
 // The HTTP/1.1 fast path. serveH1 reads plain HTTP/1.1 requests itself
-// (http.ReadRequest on a reused bufio.Reader), runs the same policy,
+// (its own strict head parser on a reused bufio.Reader, http.ReadRequest
+// for the heads that parser refuses), runs the same policy,
 // routing and resilience steps as the net/http path (connHandler), and
 // makes each upstream round trip synchronously in the connection's
 // goroutine over a pooled upstream connection: the request head and a
@@ -57,7 +58,9 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 		fastWriters.Put(bw)
 	}()
 	h := &connHandler{e: e, info: info}
-	fw := &fastWriter{bw: bw}
+	fw := &fastWriter{bw: bw, resp: new(h1Response)}
+	q := new(h1Request)
+	var watch *clientWatch
 	idle := e.clientIdle()
 	for {
 		// A head already buffered (pipelined) needs no wait; else the
@@ -73,12 +76,20 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 			}
 		}
 		raw, _ := br.Peek(br.Buffered())
-		r, err := http.ReadRequest(br)
-		if err != nil || !fastEligible(r) {
-			// raw is still what the buffer held: ReadRequest read the
-			// head from it without refilling.
-			e.fallbackH1(ctx, &prefixConn{Conn: c, buf: bytes.Clone(raw)}, nil, info)
-			return
+		r, n := q.parse(raw, br)
+		if n > 0 {
+			br.Discard(n)
+		} else {
+			// A head our parser does not take: net/http's, as it reads
+			// it, on the fast path still when eligible.
+			var err error
+			r, err = http.ReadRequest(br)
+			if err != nil || !fastEligible(r) {
+				// raw is still what the buffer held: ReadRequest read the
+				// head from it without refilling.
+				e.fallbackH1(ctx, &prefixConn{Conn: c, buf: bytes.Clone(raw)}, nil, info)
+				return
+			}
 		}
 		if waited {
 			c.SetReadDeadline(time.Time{})
@@ -90,12 +101,15 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 		// upstream answers: watch it, so a client that goes away cancels
 		// the request (and closes its upstream connection), as net/http's
 		// background read does.
-		var w *clientWatch
-		if r.ContentLength == 0 && len(r.TransferEncoding) == 0 && br.Buffered() < br.Size() {
-			w = watchClient(c, br, cancel)
+		watched := r.ContentLength == 0 && len(r.TransferEncoding) == 0 && br.Buffered() < br.Size()
+		if watched {
+			if watch == nil {
+				watch = newClientWatch(c, br)
+			}
+			watch.start(cancel)
 		}
 		keep := h.serveFast(fw, r)
-		if w != nil && w.stop() {
+		if watched && watch.stop() {
 			keep = false
 		}
 		cancel()
@@ -112,52 +126,71 @@ var clientWatchDelay = 250 * time.Millisecond
 // clientWatch reads ahead on a client's connection while its request is
 // being answered: EOF or an error means the client went away, and cancels
 // the request. Bytes it reads (a pipelined request) stay in the reader.
+// One per connection, armed for each request (start) and disarmed (stop).
 type clientWatch struct {
 	c       net.Conn
 	br      *bufio.Reader
-	cancel  context.CancelFunc
 	t       *time.Timer
+	exited  chan struct{} // run returned (one token per run)
 	mu      sync.Mutex
+	cancel  context.CancelFunc
 	stopped bool
 	done    chan struct{} // non-nil once the read began
 	gone    bool
 }
 
-func watchClient(c net.Conn, br *bufio.Reader, cancel context.CancelFunc) *clientWatch {
-	w := &clientWatch{c: c, br: br, cancel: cancel}
-	w.t = time.AfterFunc(clientWatchDelay, w.run)
+func newClientWatch(c net.Conn, br *bufio.Reader) *clientWatch {
+	w := &clientWatch{c: c, br: br, exited: make(chan struct{}, 1), stopped: true}
+	w.t = time.AfterFunc(time.Hour, w.run)
+	w.t.Stop()
 	return w
 }
 
+// start watches the client for the request that cancel cancels, from
+// clientWatchDelay on.
+func (w *clientWatch) start(cancel context.CancelFunc) {
+	w.mu.Lock()
+	w.cancel, w.stopped, w.done, w.gone = cancel, false, nil, false
+	w.mu.Unlock()
+	w.t.Reset(clientWatchDelay)
+}
+
 func (w *clientWatch) run() {
+	defer func() { w.exited <- struct{}{} }()
 	w.mu.Lock()
 	if w.stopped {
 		w.mu.Unlock()
 		return
 	}
-	w.done = make(chan struct{})
+	done := make(chan struct{})
+	w.done = done
+	cancel := w.cancel
 	w.mu.Unlock()
-	defer close(w.done)
+	defer close(done)
 	w.c.SetReadDeadline(time.Time{})
 	if _, err := w.br.Peek(w.br.Buffered() + 1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		w.gone = true
-		w.cancel()
+		cancel()
 	}
 }
 
 // stop ends the watch and tells whether the client went away. The reader
-// is the caller's again when it returns.
+// is the caller's again when it returns, and the watch ready to start.
 func (w *clientWatch) stop() (gone bool) {
 	w.mu.Lock()
 	w.stopped = true
 	done := w.done
+	w.cancel = nil
 	w.mu.Unlock()
 	if done == nil {
-		w.t.Stop()
+		if !w.t.Stop() {
+			<-w.exited // it fired, and saw stopped
+		}
 		return false
 	}
 	w.c.SetReadDeadline(time.Unix(1, 0))
 	<-done
+	<-w.exited
 	w.c.SetReadDeadline(time.Time{})
 	return w.gone
 }
@@ -280,6 +313,7 @@ type fastWriter struct {
 	close   bool // the connection closes after this response
 	broken  bool // the response could not be completed
 	err     error
+	resp    *h1Response // the connection's reused upstream response
 }
 
 func (w *fastWriter) reset(r *http.Request) {
@@ -289,7 +323,7 @@ func (w *fastWriter) reset(r *http.Request) {
 	} else {
 		clear(h)
 	}
-	*w = fastWriter{bw: w.bw, req: r, hdr: h, left: -1}
+	*w = fastWriter{bw: w.bw, req: r, hdr: h, left: -1, resp: w.resp}
 }
 
 func (w *fastWriter) Header() http.Header { return w.hdr }
@@ -839,7 +873,7 @@ func writeRequest(uc *upConn, r *http.Request, st *reqState, ep netip.AddrPort, 
 // passed on to the client as they come.
 func readResponse(uc *upConn, r *http.Request, fw *fastWriter) (*http.Response, error) {
 	for {
-		res, err := http.ReadResponse(uc.br, r)
+		res, err := fw.resp.read(uc.br, r)
 		if err != nil {
 			return nil, err
 		}
