@@ -57,7 +57,7 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 		bw.Reset(nil)
 		fastWriters.Put(bw)
 	}()
-	h := &connHandler{e: e, info: info}
+	h := &connHandler{e: e, info: info, serial: true}
 	fw := &fastWriter{bw: bw, resp: new(h1Response)}
 	q := new(h1Request)
 	var watch *clientWatch
@@ -912,11 +912,15 @@ func (e *Engine) respondFast(rec *recorder, r *http.Request, st *reqState, uc *u
 	for k, vs := range res.Header {
 		h[k] = vs
 	}
-	delete(h, "Content-Length")
 	if res.ContentLength >= 0 && !fw.nobodyFor(res.StatusCode) {
-		h["Content-Length"] = []string{strconv.FormatInt(res.ContentLength, 10)}
+		// The length read (kept as it came when that is its plain form).
+		if !isLength(h["Content-Length"], res.ContentLength) {
+			h["Content-Length"] = []string{strconv.FormatInt(res.ContentLength, 10)}
+		}
 	} else if cl, ok := res.Header["Content-Length"]; ok {
 		h["Content-Length"] = cl // HEAD, 304
+	} else {
+		delete(h, "Content-Length")
 	}
 	if len(announced) > 0 {
 		h["Trailer"] = announced
@@ -960,6 +964,15 @@ func (e *Engine) respondFast(rec *recorder, r *http.Request, st *reqState, uc *u
 	} else {
 		e.putUp(uc)
 	}
+}
+
+// isLength tells whether vs is the one value n written in decimal.
+func isLength(vs []string, n int64) bool {
+	if len(vs) != 1 || vs[0] == "" || len(vs[0]) > 1 && vs[0][0] == '0' {
+		return false
+	}
+	m, ok := plainLength(vs[0])
+	return ok && m == n
 }
 
 func (w *fastWriter) nobodyFor(code int) bool {

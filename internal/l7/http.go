@@ -125,6 +125,12 @@ func (e *Engine) serveH2(ctx context.Context, c net.Conn, info ConnInfo) {
 type connHandler struct {
 	e    *Engine
 	info ConnInfo
+
+	// The fast path's requests come one at a time: the destination
+	// resolved in snap is kept for the next one.
+	serial bool
+	snap   *snapshot
+	dst    *Destination
 }
 
 type stateKey struct{}
@@ -145,6 +151,9 @@ type reqState struct {
 	outcome Outcome
 	tried   []netip.AddrPort
 	upgrade bool // 101 received
+
+	triedBuf [2]netip.AddrPort // tried's first endpoints
+	rec      recorder
 }
 
 var defaultRoute = &Route{}
@@ -152,8 +161,15 @@ var defaultRoute = &Route{}
 func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e := h.e
 	snap := e.snap.Load()
-	dst := snap.resolve(h.info.Dst)
+	dst := h.dst
+	if !h.serial || h.snap != snap {
+		dst = snap.resolve(h.info.Dst)
+		if h.serial {
+			h.snap, h.dst = snap, dst
+		}
+	}
 	st := &reqState{grpc: isGRPC(r)}
+	st.tried = st.triedBuf[:0]
 	st.outcome.GRPCStatus = -1
 	ri := &st.ri
 	*ri = RequestInfo{
@@ -169,7 +185,8 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.ProtoMajor == 2:
 		ri.Protocol = ProtocolHTTP2
 	}
-	rec := &recorder{ResponseWriter: w, st: st}
+	rec := &st.rec
+	*rec = recorder{ResponseWriter: w, st: st}
 	defer e.finish(st, rec)
 	if _, fast := w.(*fastWriter); r.ProtoMajor == 1 && !fast {
 		// Let the upstream answer while the client still sends.
