@@ -1265,7 +1265,7 @@ type PolicyRule struct {
 	From  []*PolicySource        `protobuf:"bytes,1,rep,name=from,proto3" json:"from,omitempty"`
 	// Destination ports; empty matches every port.
 	Ports []uint32 `protobuf:"varint,2,rep,packed,name=ports,proto3" json:"ports,omitempty"`
-	// The rule also names HTTP attributes (methods, paths, hosts), which only
+	// The rule also names HTTP attributes (methods, paths, hosts, headers), which only
 	// a waypoint can check; a node proxy fails closed on it. The attributes
 	// travel in `to`.
 	L7 bool `protobuf:"varint,3,opt,name=l7,proto3" json:"l7,omitempty"`
@@ -1345,7 +1345,11 @@ type PolicyTarget struct {
 	// Paths: exact, "/prefix/*", "*.suffix" or "*".
 	Paths []string `protobuf:"bytes,3,rep,name=paths,proto3" json:"paths,omitempty"`
 	// Hosts: exact, "*.suffix", "prefix.*" or "*", with an optional port.
-	Hosts         []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	Hosts []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Request headers, every one of which must match. A waypoint that
+	// predates this field ignores it: keep waypoints at the controller's
+	// version before writing ALLOW rules with headers.
+	Headers       []*PolicyHeaderMatch `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1408,6 +1412,142 @@ func (x *PolicyTarget) GetHosts() []string {
 	return nil
 }
 
+func (x *PolicyTarget) GetHeaders() []*PolicyHeaderMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+// PolicyHeaderMatch matches one request header. The name is compared
+// without case; a header with several values (repeated, or
+// comma-separated) matches when any value does.
+type PolicyHeaderMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Types that are valid to be assigned to Match:
+	//
+	//	*PolicyHeaderMatch_Exact
+	//	*PolicyHeaderMatch_Prefix
+	//	*PolicyHeaderMatch_Regex
+	//	*PolicyHeaderMatch_Present
+	Match         isPolicyHeaderMatch_Match `protobuf_oneof:"match"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyHeaderMatch) Reset() {
+	*x = PolicyHeaderMatch{}
+	mi := &file_config_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyHeaderMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyHeaderMatch) ProtoMessage() {}
+
+func (x *PolicyHeaderMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyHeaderMatch.ProtoReflect.Descriptor instead.
+func (*PolicyHeaderMatch) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PolicyHeaderMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyHeaderMatch) GetMatch() isPolicyHeaderMatch_Match {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *PolicyHeaderMatch) GetExact() string {
+	if x != nil {
+		if x, ok := x.Match.(*PolicyHeaderMatch_Exact); ok {
+			return x.Exact
+		}
+	}
+	return ""
+}
+
+func (x *PolicyHeaderMatch) GetPrefix() string {
+	if x != nil {
+		if x, ok := x.Match.(*PolicyHeaderMatch_Prefix); ok {
+			return x.Prefix
+		}
+	}
+	return ""
+}
+
+func (x *PolicyHeaderMatch) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Match.(*PolicyHeaderMatch_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+func (x *PolicyHeaderMatch) GetPresent() bool {
+	if x != nil {
+		if x, ok := x.Match.(*PolicyHeaderMatch_Present); ok {
+			return x.Present
+		}
+	}
+	return false
+}
+
+type isPolicyHeaderMatch_Match interface {
+	isPolicyHeaderMatch_Match()
+}
+
+type PolicyHeaderMatch_Exact struct {
+	// A value equal to this.
+	Exact string `protobuf:"bytes,2,opt,name=exact,proto3,oneof"`
+}
+
+type PolicyHeaderMatch_Prefix struct {
+	// A value starting with this.
+	Prefix string `protobuf:"bytes,3,opt,name=prefix,proto3,oneof"`
+}
+
+type PolicyHeaderMatch_Regex struct {
+	// A value this RE2 regular expression matches whole.
+	Regex string `protobuf:"bytes,4,opt,name=regex,proto3,oneof"`
+}
+
+type PolicyHeaderMatch_Present struct {
+	// true: the header is present (any value); false: it is absent.
+	Present bool `protobuf:"varint,5,opt,name=present,proto3,oneof"`
+}
+
+func (*PolicyHeaderMatch_Exact) isPolicyHeaderMatch_Match() {}
+
+func (*PolicyHeaderMatch_Prefix) isPolicyHeaderMatch_Match() {}
+
+func (*PolicyHeaderMatch_Regex) isPolicyHeaderMatch_Match() {}
+
+func (*PolicyHeaderMatch_Present) isPolicyHeaderMatch_Match() {}
+
 type PolicySource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// SPIFFE IDs, with an optional leading or trailing "*".
@@ -1423,7 +1563,7 @@ type PolicySource struct {
 
 func (x *PolicySource) Reset() {
 	*x = PolicySource{}
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1575,7 @@ func (x *PolicySource) String() string {
 func (*PolicySource) ProtoMessage() {}
 
 func (x *PolicySource) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[14]
+	mi := &file_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1588,7 @@ func (x *PolicySource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicySource.ProtoReflect.Descriptor instead.
 func (*PolicySource) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{14}
+	return file_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PolicySource) GetPrincipals() []string {
@@ -1492,7 +1632,7 @@ type TrustBundle struct {
 
 func (x *TrustBundle) Reset() {
 	*x = TrustBundle{}
-	mi := &file_config_proto_msgTypes[15]
+	mi := &file_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1644,7 @@ func (x *TrustBundle) String() string {
 func (*TrustBundle) ProtoMessage() {}
 
 func (x *TrustBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[15]
+	mi := &file_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1657,7 @@ func (x *TrustBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustBundle.ProtoReflect.Descriptor instead.
 func (*TrustBundle) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{15}
+	return file_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TrustBundle) GetTrustDomain() string {
@@ -1555,7 +1695,7 @@ type Waypoint struct {
 
 func (x *Waypoint) Reset() {
 	*x = Waypoint{}
-	mi := &file_config_proto_msgTypes[16]
+	mi := &file_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1707,7 @@ func (x *Waypoint) String() string {
 func (*Waypoint) ProtoMessage() {}
 
 func (x *Waypoint) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[16]
+	mi := &file_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1720,7 @@ func (x *Waypoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Waypoint.ProtoReflect.Descriptor instead.
 func (*Waypoint) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{16}
+	return file_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Waypoint) GetNamespace() string {
@@ -1643,7 +1783,7 @@ type TrafficPolicy struct {
 
 func (x *TrafficPolicy) Reset() {
 	*x = TrafficPolicy{}
-	mi := &file_config_proto_msgTypes[17]
+	mi := &file_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1795,7 @@ func (x *TrafficPolicy) String() string {
 func (*TrafficPolicy) ProtoMessage() {}
 
 func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[17]
+	mi := &file_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1808,7 @@ func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{17}
+	return file_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TrafficPolicy) GetNamespace() string {
@@ -1718,7 +1858,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_config_proto_msgTypes[18]
+	mi := &file_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +1870,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[18]
+	mi := &file_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +1883,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{18}
+	return file_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Route) GetNamespace() string {
@@ -1882,12 +2022,20 @@ const file_config_proto_rawDesc = "" +
 	"\x04from\x18\x01 \x03(\v2\x1c.ambit.v1alpha1.PolicySourceR\x04from\x12\x14\n" +
 	"\x05ports\x18\x02 \x03(\rR\x05ports\x12\x0e\n" +
 	"\x02l7\x18\x03 \x01(\bR\x02l7\x12,\n" +
-	"\x02to\x18\x04 \x03(\v2\x1c.ambit.v1alpha1.PolicyTargetR\x02to\"j\n" +
+	"\x02to\x18\x04 \x03(\v2\x1c.ambit.v1alpha1.PolicyTargetR\x02to\"\xa7\x01\n" +
 	"\fPolicyTarget\x12\x14\n" +
 	"\x05ports\x18\x01 \x03(\rR\x05ports\x12\x18\n" +
 	"\amethods\x18\x02 \x03(\tR\amethods\x12\x14\n" +
 	"\x05paths\x18\x03 \x03(\tR\x05paths\x12\x14\n" +
-	"\x05hosts\x18\x04 \x03(\tR\x05hosts\"\x96\x01\n" +
+	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x12;\n" +
+	"\aheaders\x18\x05 \x03(\v2!.ambit.v1alpha1.PolicyHeaderMatchR\aheaders\"\x96\x01\n" +
+	"\x11PolicyHeaderMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x05exact\x18\x02 \x01(\tH\x00R\x05exact\x12\x18\n" +
+	"\x06prefix\x18\x03 \x01(\tH\x00R\x06prefix\x12\x16\n" +
+	"\x05regex\x18\x04 \x01(\tH\x00R\x05regex\x12\x1a\n" +
+	"\apresent\x18\x05 \x01(\bH\x00R\apresentB\a\n" +
+	"\x05match\"\x96\x01\n" +
 	"\fPolicySource\x12\x1e\n" +
 	"\n" +
 	"principals\x18\x01 \x03(\tR\n" +
@@ -1954,37 +2102,38 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_config_proto_goTypes = []any{
-	(ProxyKind)(0),         // 0: ambit.v1alpha1.ProxyKind
-	(ResourceType)(0),      // 1: ambit.v1alpha1.ResourceType
-	(PolicyAction)(0),      // 2: ambit.v1alpha1.PolicyAction
-	(*ProxyInfo)(nil),      // 3: ambit.v1alpha1.ProxyInfo
-	(*ConfigRequest)(nil),  // 4: ambit.v1alpha1.ConfigRequest
-	(*ConfigResponse)(nil), // 5: ambit.v1alpha1.ConfigResponse
-	(*ResourceRef)(nil),    // 6: ambit.v1alpha1.ResourceRef
-	(*Resource)(nil),       // 7: ambit.v1alpha1.Resource
-	(*Mesh)(nil),           // 8: ambit.v1alpha1.Mesh
-	(*Namespace)(nil),      // 9: ambit.v1alpha1.Namespace
-	(*Workload)(nil),       // 10: ambit.v1alpha1.Workload
-	(*LocalWorkload)(nil),  // 11: ambit.v1alpha1.LocalWorkload
-	(*Service)(nil),        // 12: ambit.v1alpha1.Service
-	(*ServicePort)(nil),    // 13: ambit.v1alpha1.ServicePort
-	(*AccessPolicy)(nil),   // 14: ambit.v1alpha1.AccessPolicy
-	(*PolicyRule)(nil),     // 15: ambit.v1alpha1.PolicyRule
-	(*PolicyTarget)(nil),   // 16: ambit.v1alpha1.PolicyTarget
-	(*PolicySource)(nil),   // 17: ambit.v1alpha1.PolicySource
-	(*TrustBundle)(nil),    // 18: ambit.v1alpha1.TrustBundle
-	(*Waypoint)(nil),       // 19: ambit.v1alpha1.Waypoint
-	(*TrafficPolicy)(nil),  // 20: ambit.v1alpha1.TrafficPolicy
-	(*Route)(nil),          // 21: ambit.v1alpha1.Route
-	nil,                    // 22: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	nil,                    // 23: ambit.v1alpha1.Namespace.LabelsEntry
-	nil,                    // 24: ambit.v1alpha1.Namespace.AnnotationsEntry
-	nil,                    // 25: ambit.v1alpha1.Workload.LabelsEntry
-	nil,                    // 26: ambit.v1alpha1.Service.LabelsEntry
-	nil,                    // 27: ambit.v1alpha1.Service.SelectorEntry
-	nil,                    // 28: ambit.v1alpha1.AccessPolicy.SelectorEntry
+	(ProxyKind)(0),            // 0: ambit.v1alpha1.ProxyKind
+	(ResourceType)(0),         // 1: ambit.v1alpha1.ResourceType
+	(PolicyAction)(0),         // 2: ambit.v1alpha1.PolicyAction
+	(*ProxyInfo)(nil),         // 3: ambit.v1alpha1.ProxyInfo
+	(*ConfigRequest)(nil),     // 4: ambit.v1alpha1.ConfigRequest
+	(*ConfigResponse)(nil),    // 5: ambit.v1alpha1.ConfigResponse
+	(*ResourceRef)(nil),       // 6: ambit.v1alpha1.ResourceRef
+	(*Resource)(nil),          // 7: ambit.v1alpha1.Resource
+	(*Mesh)(nil),              // 8: ambit.v1alpha1.Mesh
+	(*Namespace)(nil),         // 9: ambit.v1alpha1.Namespace
+	(*Workload)(nil),          // 10: ambit.v1alpha1.Workload
+	(*LocalWorkload)(nil),     // 11: ambit.v1alpha1.LocalWorkload
+	(*Service)(nil),           // 12: ambit.v1alpha1.Service
+	(*ServicePort)(nil),       // 13: ambit.v1alpha1.ServicePort
+	(*AccessPolicy)(nil),      // 14: ambit.v1alpha1.AccessPolicy
+	(*PolicyRule)(nil),        // 15: ambit.v1alpha1.PolicyRule
+	(*PolicyTarget)(nil),      // 16: ambit.v1alpha1.PolicyTarget
+	(*PolicyHeaderMatch)(nil), // 17: ambit.v1alpha1.PolicyHeaderMatch
+	(*PolicySource)(nil),      // 18: ambit.v1alpha1.PolicySource
+	(*TrustBundle)(nil),       // 19: ambit.v1alpha1.TrustBundle
+	(*Waypoint)(nil),          // 20: ambit.v1alpha1.Waypoint
+	(*TrafficPolicy)(nil),     // 21: ambit.v1alpha1.TrafficPolicy
+	(*Route)(nil),             // 22: ambit.v1alpha1.Route
+	nil,                       // 23: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	nil,                       // 24: ambit.v1alpha1.Namespace.LabelsEntry
+	nil,                       // 25: ambit.v1alpha1.Namespace.AnnotationsEntry
+	nil,                       // 26: ambit.v1alpha1.Workload.LabelsEntry
+	nil,                       // 27: ambit.v1alpha1.Service.LabelsEntry
+	nil,                       // 28: ambit.v1alpha1.Service.SelectorEntry
+	nil,                       // 29: ambit.v1alpha1.AccessPolicy.SelectorEntry
 }
 var file_config_proto_depIdxs = []int32{
 	0,  // 0: ambit.v1alpha1.ProxyInfo.kind:type_name -> ambit.v1alpha1.ProxyKind
@@ -1998,31 +2147,32 @@ var file_config_proto_depIdxs = []int32{
 	10, // 8: ambit.v1alpha1.Resource.workload:type_name -> ambit.v1alpha1.Workload
 	12, // 9: ambit.v1alpha1.Resource.service:type_name -> ambit.v1alpha1.Service
 	14, // 10: ambit.v1alpha1.Resource.access_policy:type_name -> ambit.v1alpha1.AccessPolicy
-	18, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
-	19, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
-	20, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
-	21, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
-	21, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
-	22, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	23, // 17: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	24, // 18: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	25, // 19: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	19, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
+	20, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
+	21, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
+	22, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
+	22, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
+	23, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	24, // 17: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	25, // 18: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	26, // 19: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
 	11, // 20: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	26, // 21: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	27, // 22: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	27, // 21: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	28, // 22: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
 	13, // 23: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	28, // 24: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	29, // 24: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
 	2,  // 25: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
 	15, // 26: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	17, // 27: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	18, // 27: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
 	16, // 28: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
-	4,  // 29: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	5,  // 30: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	30, // [30:31] is the sub-list for method output_type
-	29, // [29:30] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	17, // 29: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
+	4,  // 30: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	5,  // 31: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	31, // [31:32] is the sub-list for method output_type
+	30, // [30:31] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -2042,13 +2192,19 @@ func file_config_proto_init() {
 		(*Resource_HttpRoute)(nil),
 		(*Resource_GrpcRoute)(nil),
 	}
+	file_config_proto_msgTypes[14].OneofWrappers = []any{
+		(*PolicyHeaderMatch_Exact)(nil),
+		(*PolicyHeaderMatch_Prefix)(nil),
+		(*PolicyHeaderMatch_Regex)(nil),
+		(*PolicyHeaderMatch_Present)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -177,6 +177,13 @@ func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
 				}
 				tg.Ports = append(tg.Ports, uint16(port))
 			}
+			for _, h := range t.Headers {
+				hm, err := headerMatchFromPB(h)
+				if err != nil {
+					return p, err
+				}
+				tg.Headers = append(tg.Headers, hm)
+			}
 			rule.To = append(rule.To, tg)
 		}
 		for _, src := range r.From {
@@ -193,6 +200,26 @@ func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
 		p.Rules = append(p.Rules, rule)
 	}
 	return p, nil
+}
+
+func headerMatchFromPB(in *pb.PolicyHeaderMatch) (policy.HeaderMatch, error) {
+	h := policy.HeaderMatch{Name: in.Name}
+	switch m := in.Match.(type) {
+	case *pb.PolicyHeaderMatch_Exact:
+		h.Type, h.Value = policy.HeaderExact, m.Exact
+	case *pb.PolicyHeaderMatch_Prefix:
+		h.Type, h.Value = policy.HeaderPrefix, m.Prefix
+	case *pb.PolicyHeaderMatch_Regex:
+		h.Type, h.Value = policy.HeaderRegex, m.Regex
+	case *pb.PolicyHeaderMatch_Present:
+		h.Type = policy.HeaderPresent
+		if !m.Present {
+			h.Type = policy.HeaderAbsent
+		}
+	default:
+		return h, fmt.Errorf("header match %q: no exact, prefix, regex or present", in.Name)
+	}
+	return h, h.Validate()
 }
 
 func addrs(raw [][]byte) ([]netip.Addr, error) {

@@ -482,6 +482,9 @@ func policyToPB(p policy.Policy) *pb.AccessPolicy {
 			for _, port := range t.Ports {
 				pt.Ports = append(pt.Ports, uint32(port))
 			}
+			for _, h := range t.Headers {
+				pt.Headers = append(pt.Headers, headerMatchToPB(h))
+			}
 			rule.To = append(rule.To, pt)
 		}
 		for _, src := range r.From {
@@ -492,6 +495,23 @@ func policyToPB(p policy.Policy) *pb.AccessPolicy {
 			rule.From = append(rule.From, ps)
 		}
 		out.Rules = append(out.Rules, rule)
+	}
+	return out
+}
+
+func headerMatchToPB(h policy.HeaderMatch) *pb.PolicyHeaderMatch {
+	out := &pb.PolicyHeaderMatch{Name: h.Name}
+	switch h.Type {
+	case policy.HeaderExact:
+		out.Match = &pb.PolicyHeaderMatch_Exact{Exact: h.Value}
+	case policy.HeaderPrefix:
+		out.Match = &pb.PolicyHeaderMatch_Prefix{Prefix: h.Value}
+	case policy.HeaderRegex:
+		out.Match = &pb.PolicyHeaderMatch_Regex{Regex: h.Value}
+	case policy.HeaderPresent:
+		out.Match = &pb.PolicyHeaderMatch_Present{Present: true}
+	case policy.HeaderAbsent:
+		out.Match = &pb.PolicyHeaderMatch_Present{Present: false}
 	}
 	return out
 }

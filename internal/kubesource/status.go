@@ -74,7 +74,7 @@ func accessPolicyCondition(st *state, u *unstructured.Unstructured) metav1.Condi
 		if p.Namespace == u.GetNamespace() && p.Name == u.GetName() {
 			for i, r := range p.Rules {
 				if r.L7 {
-					msg += fmt.Sprintf("; rule %d names HTTP attributes (methods, paths, hosts), which only a waypoint can check: node proxies treat it as matching for DENY and not matching for ALLOW", i)
+					msg += fmt.Sprintf("; rule %d names HTTP attributes (methods, paths, hosts, headers), which only a waypoint can check: node proxies treat it as matching for DENY and not matching for ALLOW", i)
 					break
 				}
 			}

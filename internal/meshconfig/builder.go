@@ -305,7 +305,7 @@ func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (po
 		for ti, t := range r.To {
 			tf := fmt.Sprintf("%s.to[%d]", rf, ti)
 			if err := firstErr(tooMany(tf+".ports", len(t.Ports), 32), tooMany(tf+".methods", len(t.Methods), 32),
-				tooMany(tf+".paths", len(t.Paths), 32), tooMany(tf+".hosts", len(t.Hosts), 32)); err != nil {
+				tooMany(tf+".paths", len(t.Paths), 32), tooMany(tf+".hosts", len(t.Hosts), 32), tooMany(tf+".headers", len(t.Headers), 16)); err != nil {
 				return p, err
 			}
 		}
@@ -336,7 +336,14 @@ func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (po
 				rule.Ports = append(rule.Ports, uint16(port))
 				tg.Ports = append(tg.Ports, uint16(port))
 			}
-			if len(t.Methods)+len(t.Paths)+len(t.Hosts) > 0 {
+			for hi, h := range t.Headers {
+				hm, err := headerMatchFromSpec(h)
+				if err != nil {
+					return p, fieldErr(fmt.Sprintf("spec.rules[%d].to[%d].headers[%d]", ri, ti, hi), "AccessPolicy %s rule %d: %v", p.Key(), ri, err)
+				}
+				tg.Headers = append(tg.Headers, hm)
+			}
+			if tg.HasHTTP() {
 				rule.L7 = true
 			}
 			targets = append(targets, tg)
@@ -352,6 +359,43 @@ func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (po
 		return p, fieldErr("spec.rules", "%v", err)
 	}
 	return p, nil
+}
+
+// headerMatchFromSpec reads one header match of a "to" entry, or says what
+// to fix.
+func headerMatchFromSpec(h crd.HeaderMatch) (policy.HeaderMatch, error) {
+	m := policy.HeaderMatch{Name: h.Name}
+	var kinds []string
+	if h.Exact != nil {
+		m.Type, m.Value = policy.HeaderExact, *h.Exact
+		kinds = append(kinds, "exact")
+	}
+	if h.Prefix != nil {
+		m.Type, m.Value = policy.HeaderPrefix, *h.Prefix
+		kinds = append(kinds, "prefix")
+	}
+	if h.Regex != nil {
+		m.Type, m.Value = policy.HeaderRegex, *h.Regex
+		kinds = append(kinds, "regex")
+	}
+	if h.Present != nil {
+		m.Type, m.Value = policy.HeaderPresent, ""
+		if !*h.Present {
+			m.Type = policy.HeaderAbsent
+		}
+		kinds = append(kinds, "present")
+	}
+	if h.Name == "" {
+		return m, fmt.Errorf("header match has no name; set name to the header to match, such as x-user")
+	}
+	switch len(kinds) {
+	case 0:
+		return m, fmt.Errorf("header %s: set one of exact, prefix, regex or present", h.Name)
+	case 1:
+	default:
+		return m, fmt.Errorf("header %s: sets %s; a header match sets exactly one of exact, prefix, regex or present (use two entries to require both)", h.Name, strings.Join(kinds, " and "))
+	}
+	return m, m.Validate()
 }
 
 // WaypointFromSpec is the waypoint a Waypoint resource's spec asks for,

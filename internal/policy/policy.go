@@ -10,6 +10,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -55,13 +56,70 @@ type Rule struct {
 }
 
 // Target is one "to" entry of a rule: it matches when every non-empty
-// field matches. Methods, paths and hosts are HTTP attributes
+// field matches. Methods, paths, hosts and headers are HTTP attributes
 // (internal/l7/authz says how they match).
 type Target struct {
 	Ports   []uint16
 	Methods []string
 	Paths   []string
 	Hosts   []string
+	// Headers: every one must match.
+	Headers []HeaderMatch
+}
+
+// HasHTTP reports whether t names HTTP attributes.
+func (t Target) HasHTTP() bool {
+	return len(t.Methods)+len(t.Paths)+len(t.Hosts)+len(t.Headers) > 0
+}
+
+// HeaderMatchType is how a HeaderMatch compares a header's values.
+type HeaderMatchType string
+
+const (
+	HeaderExact   HeaderMatchType = "exact"   // a value equal to Value
+	HeaderPrefix  HeaderMatchType = "prefix"  // a value starting with Value
+	HeaderRegex   HeaderMatchType = "regex"   // a value the RE2 expression Value matches whole
+	HeaderPresent HeaderMatchType = "present" // the header is there (any value)
+	HeaderAbsent  HeaderMatchType = "absent"  // the header is not there
+)
+
+// HeaderMatch matches one request header: Name is compared without case.
+type HeaderMatch struct {
+	Name  string
+	Type  HeaderMatchType
+	Value string // for HeaderExact, HeaderPrefix and HeaderRegex
+}
+
+// Validate says what is wrong with h: an empty or malformed name, an
+// unknown type, a regular expression that does not compile.
+func (h HeaderMatch) Validate() error {
+	if h.Name == "" {
+		return fmt.Errorf("header match has no name; set name to the header to match, such as x-user")
+	}
+	for i := 0; i < len(h.Name); i++ {
+		if !isTokenChar(h.Name[i]) {
+			return fmt.Errorf("header name %q: %q is not allowed in a header name (letters, digits and !#$%%&'*+-.^_`|~)", h.Name, h.Name[i])
+		}
+	}
+	switch h.Type {
+	case HeaderExact, HeaderPrefix, HeaderPresent, HeaderAbsent:
+	case HeaderRegex:
+		if _, err := regexp.Compile(h.Value); err != nil {
+			return fmt.Errorf("header %s: regex %q is not a valid RE2 regular expression: %v", h.Name, h.Value, err)
+		}
+	default:
+		return fmt.Errorf("header %s: match type %q must be exact, prefix, regex, present or absent", h.Name, h.Type)
+	}
+	return nil
+}
+
+// isTokenChar: RFC 9110's tchar, what a header (field) name is made of.
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // Source matches when every non-empty field matches.
@@ -127,6 +185,13 @@ func (p Policy) Validate() error {
 		for _, port := range r.Ports {
 			if port == 0 {
 				return fmt.Errorf("access policy %s rule %d: port 0 is not a port", p.Key(), i)
+			}
+		}
+		for _, t := range r.To {
+			for _, h := range t.Headers {
+				if err := h.Validate(); err != nil {
+					return fmt.Errorf("access policy %s rule %d: %v", p.Key(), i, err)
+				}
 			}
 		}
 	}

@@ -104,7 +104,7 @@ type WaypointList struct {
 
 // AccessPolicy allows or denies connections to the workloads it selects,
 // by the client's identity, namespace, service account or address and by
-// port (node proxies), and by HTTP method, path or host (waypoints).
+// port (node proxies), and by HTTP method, path, host or header (waypoints).
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
@@ -188,9 +188,10 @@ type Principal string
 // +kubebuilder:validation:XValidation:rule="isCIDR(self) || isIP(self)",message="must be a CIDR such as 10.0.0.0/8 or an IP address"
 type IPBlock string
 
-// AccessTarget matches when every non-empty field matches. Methods, paths
-// and hosts are HTTP attributes: only a waypoint can check them, and a node
-// proxy fails closed on them (a DENY rule matches, an ALLOW rule does not).
+// AccessTarget matches when every non-empty field matches. Methods, paths,
+// hosts and headers are HTTP attributes: only a waypoint can check them,
+// and a node proxy fails closed on them (a DENY rule matches, an ALLOW rule
+// does not).
 type AccessTarget struct {
 	// +kubebuilder:validation:MaxItems=32
 	// +optional
@@ -204,6 +205,41 @@ type AccessTarget struct {
 	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Hosts []string `json:"hosts,omitempty"`
+	// Headers: the request must match every one (each on the header it
+	// names).
+	// +kubebuilder:validation:MaxItems=16
+	// +optional
+	Headers []HeaderMatch `json:"headers,omitempty"`
+}
+
+// HeaderMatch matches a request header by name (compared without case)
+// with exactly one of exact, prefix, regex or present. A header sent
+// several times, or with several comma-separated values, matches when any
+// of its values does.
+// +kubebuilder:validation:XValidation:rule="(has(self.exact) ? 1 : 0) + (has(self.prefix) ? 1 : 0) + (has(self.regex) ? 1 : 0) + (has(self.present) ? 1 : 0) == 1",message="a header match sets exactly one of exact, prefix, regex or present"
+type HeaderMatch struct {
+	// Name of the header, such as x-user or X-User.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$`
+	Name string `json:"name"`
+	// Exact: a value equal to this (case-sensitive).
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Exact *string `json:"exact,omitempty"`
+	// Prefix: a value starting with this (case-sensitive).
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Prefix *string `json:"prefix,omitempty"`
+	// Regex: a value the RE2 regular expression matches whole (it is
+	// anchored at both ends).
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Regex *string `json:"regex,omitempty"`
+	// Present: true matches a request that has the header (any value, even
+	// empty); false matches one that does not.
+	// +optional
+	Present *bool `json:"present,omitempty"`
 }
 
 // Port is a TCP port number.

@@ -1,5 +1,5 @@
 // Package authz owns AccessPolicy evaluation at L7, in the waypoint: which
-// request (method, path, host, port) from which original client (SPIFFE
+// request (method, path, host, port, headers) from which original client (SPIFFE
 // identity, namespace, service account, address) may reach which
 // destination. The semantics are internal/policy's, now with the HTTP
 // attributes checked instead of failing closed:
@@ -41,12 +41,22 @@
 //     trailing dot ("example.com.") is ignored on both sides.
 //   - ports: the destination workload's port (the Service's target port
 //     for service traffic), the same number a node proxy checks at L4.
+//   - headers: every header match of the entry must match (Istio's
+//     `when: request.headers[...]`, Gateway API's header matches). The
+//     name is compared without case. exact and prefix compare a value
+//     case-sensitively; regex is RE2 matching the whole value (compiled
+//     once, when the Set is built); present matches a request that has the
+//     header, with any value, absent one that has not. A header sent on
+//     several lines, or with comma-separated values, matches when any
+//     value does: each line whole, and each of its comma-separated
+//     elements with surrounding spaces trimmed.
 //
-// Header matches, "not" fields (notPaths, notMethods, ...) and "when"
-// conditions are not in the AccessPolicy model, so they are not here.
+// "not" fields (notPaths, notMethods, ...) and "when" conditions other
+// than headers are not in the AccessPolicy model, so they are not here.
 package authz
 
 import (
+	"net/http"
 	"net/netip"
 	"sort"
 
@@ -91,6 +101,8 @@ type Target struct {
 	Methods []string
 	Paths   []string
 	Hosts   []string
+	// Headers: every one must match.
+	Headers []policy.HeaderMatch
 }
 
 // Request is what Evaluate decides on.
@@ -99,6 +111,9 @@ type Request struct {
 	// and Path (the request target's path; a query is ignored). Path need
 	// not be normalized: Evaluate does it.
 	Method, Host, Path string
+	// Header is the request's header, for header matches; keys are
+	// expected in canonical form (net/http's), others are found too.
+	Header http.Header
 	// Source is the ORIGINAL client's verified identity: behind a
 	// waypoint, the identity the client's node proxy presented (the tunnel
 	// peer), never the waypoint's own. Zero for plaintext from outside the

@@ -19,10 +19,13 @@ func FromSpec(namespace, name string, spec crd.AccessPolicySpec) (Policy, error)
 	p := Policy{Namespace: namespace, Name: name, Selector: l4.Selector, Action: l4.Action, DryRun: l4.DryRun}
 	for i, r := range spec.Rules {
 		rule := Rule{From: l4.Rules[i].From}
-		for _, t := range r.To {
+		for j, t := range r.To {
 			tg := Target{Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts}
 			for _, port := range t.Ports {
 				tg.Ports = append(tg.Ports, uint16(port)) // 1-65535, checked above
+			}
+			if l4.Rules[i].L7 {
+				tg.Headers = l4.Rules[i].To[j].Headers // read and checked above
 			}
 			rule.To = append(rule.To, tg)
 		}
@@ -45,7 +48,7 @@ func FromL4(p policy.Policy) Policy {
 		switch {
 		case r.L7 && len(r.To) > 0:
 			for _, t := range r.To {
-				rule.To = append(rule.To, Target{Ports: t.Ports, Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts})
+				rule.To = append(rule.To, Target{Ports: t.Ports, Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts, Headers: t.Headers})
 			}
 		case r.L7:
 			rule.UnknownL7 = true

@@ -14,7 +14,7 @@ import (
 // connection: the original client's identity and address, and the
 // destination.
 func FromHTTP(r *http.Request, source spiffeid.ID, sourceIP netip.Addr, dst Destination) Request {
-	return Request{Method: r.Method, Host: r.Host, Path: r.URL.EscapedPath(), Source: source, SourceIP: sourceIP, Destination: dst}
+	return Request{Method: r.Method, Host: r.Host, Path: r.URL.EscapedPath(), Header: r.Header, Source: source, SourceIP: sourceIP, Destination: dst}
 }
 
 // IsGRPC reports whether a request's Content-Type is gRPC's

@@ -1,8 +1,13 @@
 package authz
 
 import (
+	"net/http"
 	"net/netip"
+	"net/textproto"
+	"regexp"
 	"strings"
+
+	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
 type compiled struct {
@@ -39,6 +44,15 @@ type cTarget struct {
 	methods []string
 	paths   []strPattern
 	hosts   []hostPattern
+	headers []headerPattern
+}
+
+// headerPattern is a compiled policy.HeaderMatch.
+type headerPattern struct {
+	key   string // canonical (textproto) form of the name
+	typ   policy.HeaderMatchType
+	value string
+	re    *regexp.Regexp // HeaderRegex, anchored
 }
 
 type matchKind uint8
@@ -95,11 +109,89 @@ func compile(p Policy) *compiled {
 			for _, h := range t.Hosts {
 				ct.hosts = append(ct.hosts, compileHost(h))
 			}
+			for _, h := range t.Headers {
+				hp, err := compileHeader(h)
+				if err != nil {
+					// Validated before it gets here; should one not
+					// compile, the rule fails closed as at L4 (the
+					// entry is checked without it).
+					cr.unknownL7 = true
+					continue
+				}
+				ct.headers = append(ct.headers, hp)
+			}
 			cr.to = append(cr.to, ct)
 		}
 		c.rules = append(c.rules, cr)
 	}
 	return c
+}
+
+func compileHeader(h policy.HeaderMatch) (headerPattern, error) {
+	if err := h.Validate(); err != nil {
+		return headerPattern{}, err
+	}
+	hp := headerPattern{key: textproto.CanonicalMIMEHeaderKey(h.Name), typ: h.Type, value: h.Value}
+	if h.Type == policy.HeaderRegex {
+		re, err := regexp.Compile(`^(?:` + h.Value + `)$`)
+		if err != nil {
+			return hp, err
+		}
+		hp.re = re
+	}
+	return hp, nil
+}
+
+// values are the header's lines: by its canonical key, else (a header
+// not in canonical form) by comparing names without case.
+func (hp *headerPattern) values(h http.Header) []string {
+	if v, ok := h[hp.key]; ok {
+		return v
+	}
+	for k, v := range h {
+		if strings.EqualFold(k, hp.key) {
+			return v
+		}
+	}
+	return nil
+}
+
+func (hp *headerPattern) match(h http.Header) bool {
+	vs := hp.values(h)
+	switch hp.typ {
+	case policy.HeaderPresent:
+		return len(vs) > 0
+	case policy.HeaderAbsent:
+		return len(vs) == 0
+	}
+	for _, v := range vs {
+		if hp.matchValue(v) {
+			return true
+		}
+		if strings.IndexByte(v, ',') < 0 {
+			continue
+		}
+		for rest := v; rest != ""; {
+			var elem string
+			elem, rest, _ = strings.Cut(rest, ",")
+			if hp.matchValue(strings.Trim(elem, " \t")) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (hp *headerPattern) matchValue(v string) bool {
+	switch hp.typ {
+	case policy.HeaderExact:
+		return v == hp.value
+	case policy.HeaderPrefix:
+		return strings.HasPrefix(v, hp.value)
+	case policy.HeaderRegex:
+		return hp.re.MatchString(v)
+	}
+	return false
 }
 
 // compileWildcard reads Istio's forms: "*", "x*" prefix, "*x" suffix,
@@ -354,6 +446,11 @@ func (t *cTarget) match(rc *reqCtx) bool {
 			}
 		}
 		if !ok {
+			return false
+		}
+	}
+	for i := range t.headers {
+		if !t.headers[i].match(req.Header) {
 			return false
 		}
 	}
