@@ -58,7 +58,9 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 		fastWriters.Put(bw)
 	}()
 	h := &connHandler{e: e, info: info, serial: true}
-	fw := &fastWriter{bw: bw, resp: new(h1Response)}
+	guard := new(upGuard)
+	defer context.AfterFunc(ctx, guard.connEnded)()
+	fw := &fastWriter{bw: bw, resp: new(h1Response), guard: guard}
 	q := new(h1Request)
 	var watch *clientWatch
 	idle := e.clientIdle()
@@ -96,6 +98,7 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 		}
 		rctx, cancel := context.WithCancel(ctx)
 		r = r.WithContext(rctx)
+		guard.start()
 		fw.reset(r)
 		// A request without a body leaves the connection idle while the
 		// upstream answers: watch it, so a client that goes away cancels
@@ -104,7 +107,7 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 		watched := r.ContentLength == 0 && len(r.TransferEncoding) == 0 && br.Buffered() < br.Size()
 		if watched {
 			if watch == nil {
-				watch = newClientWatch(c, br)
+				watch = newClientWatch(c, br, guard)
 			}
 			watch.start(cancel)
 		}
@@ -113,6 +116,7 @@ func (e *Engine) serveH1(ctx context.Context, c net.Conn, info ConnInfo) {
 			keep = false
 		}
 		cancel()
+		guard.end()
 		if !keep {
 			return
 		}
@@ -130,6 +134,7 @@ var clientWatchDelay = 250 * time.Millisecond
 type clientWatch struct {
 	c       net.Conn
 	br      *bufio.Reader
+	guard   *upGuard
 	t       *time.Timer
 	exited  chan struct{} // run returned (one token per run)
 	mu      sync.Mutex
@@ -139,8 +144,8 @@ type clientWatch struct {
 	gone    bool
 }
 
-func newClientWatch(c net.Conn, br *bufio.Reader) *clientWatch {
-	w := &clientWatch{c: c, br: br, exited: make(chan struct{}, 1), stopped: true}
+func newClientWatch(c net.Conn, br *bufio.Reader, guard *upGuard) *clientWatch {
+	w := &clientWatch{c: c, br: br, guard: guard, exited: make(chan struct{}, 1), stopped: true}
 	w.t = time.AfterFunc(time.Hour, w.run)
 	w.t.Stop()
 	return w
@@ -171,6 +176,7 @@ func (w *clientWatch) run() {
 	if _, err := w.br.Peek(w.br.Buffered() + 1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		w.gone = true
 		cancel()
+		w.guard.end()
 	}
 }
 
@@ -314,6 +320,7 @@ type fastWriter struct {
 	broken  bool // the response could not be completed
 	err     error
 	resp    *h1Response // the connection's reused upstream response
+	guard   *upGuard    // closes the attempt's connection when the request ends
 }
 
 func (w *fastWriter) reset(r *http.Request) {
@@ -323,7 +330,7 @@ func (w *fastWriter) reset(r *http.Request) {
 	} else {
 		clear(h)
 	}
-	*w = fastWriter{bw: w.bw, req: r, hdr: h, left: -1, resp: w.resp}
+	*w = fastWriter{bw: w.bw, req: r, hdr: h, left: -1, resp: w.resp, guard: w.guard}
 }
 
 func (w *fastWriter) Header() http.Header { return w.hdr }
@@ -513,17 +520,82 @@ type upConn struct {
 	key    upKey
 	idleAt time.Time
 	stop   func() bool // ends the attempt's deadline watch, if any
+	guard  *upGuard    // or the request's guard watches it
 }
 
 // release ends the attempt's deadline watch: false when it fired (and
 // closed the connection).
 func (uc *upConn) release() bool {
+	if g := uc.guard; g != nil {
+		uc.guard = nil
+		return g.release()
+	}
 	if uc.stop == nil {
 		return true
 	}
 	ok := uc.stop()
 	uc.stop = nil
 	return ok
+}
+
+// upGuard is a client connection's context.AfterFunc for the upstream
+// connection of its request's attempt, without one per attempt: when the
+// request's context ends (the client went away, the connection's context
+// ended, the request is over) it closes the connection being used.
+type upGuard struct {
+	mu       sync.Mutex
+	c        net.Conn // the attempt's, nil between attempts
+	ended    bool     // the request's context ended
+	fired    bool     // c was closed for it
+	connDone bool     // the connection's context ended
+}
+
+// start begins a request.
+func (g *upGuard) start() {
+	g.mu.Lock()
+	g.ended = g.connDone
+	g.mu.Unlock()
+}
+
+// watch guards c; at once closed when the request already ended.
+func (g *upGuard) watch(c net.Conn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.c, g.fired = c, false
+	if g.ended {
+		g.close()
+	}
+}
+
+// release ends the watch: false when it closed the connection.
+func (g *upGuard) release() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.c = nil
+	return !g.fired
+}
+
+// end: the request's context ended.
+func (g *upGuard) end() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ended = true
+	g.close()
+}
+
+func (g *upGuard) connEnded() {
+	g.mu.Lock()
+	g.connDone = true
+	g.mu.Unlock()
+	g.end()
+}
+
+func (g *upGuard) close() {
+	if g.c != nil {
+		g.c.Close()
+		g.c = nil
+		g.fired = true
+	}
 }
 
 func (uc *upConn) close() {
@@ -760,7 +832,13 @@ func (e *Engine) attemptFast(ctx context.Context, fw *fastWriter, r *http.Reques
 		// The attempt's end (its deadline, or the client going away)
 		// closes the connection: a tunnel stream may keep no deadlines.
 		c := uc.c
-		uc.stop = context.AfterFunc(ctx, func() { c.Close() })
+		if g := fw.guard; g != nil && ctx == r.Context() {
+			// The request's own context: its guard does it.
+			uc.guard = g
+			g.watch(c)
+		} else {
+			uc.stop = context.AfterFunc(ctx, func() { c.Close() })
+		}
 		closeReq := false
 		if cc, ok := uc.c.(*countedConn); ok {
 			if ucs, ok := st.call.(UpstreamConns); ok && ucs.CountsRequests() && cc.uc.Request() {
