@@ -65,6 +65,13 @@ spec:
   rules:
   - from: [{namespaces: [shop]}]
   - to: [{ports: [8080], methods: [GET, HEAD], paths: ["/cart/*"], hosts: ["cart.shop*"]}, {ports: [9090]}]
+  - to:
+    - headers:
+      - {name: x-user, exact: alice}
+      - {name: X-Tenant, prefix: team-}
+      - {name: x-version, regex: "v[0-9]+"}
+      - {name: x-token, present: true}
+      - {name: x-debug, present: false}
 ---
 apiVersion: ambit.dev/v1alpha1
 kind: TrafficPolicy
@@ -166,7 +173,7 @@ func TestWaypointKindsRoundTrip(t *testing.T) {
 	k := startController(t, ca, "127.0.0.1:0", cfg)
 	wp := startWaypoint(t, k.addr, ca.Roots(), "shop/wp")
 	got := wp.waitVersion(t, cfg.Version)
-	if g, w := model(t, got), model(t, cfg); g != w || !strings.Contains(w, "x-canary") || !strings.Contains(w, "leastRequest") || !strings.Contains(w, `"/cart/*"`) {
+	if g, w := model(t, got), model(t, cfg); g != w || !strings.Contains(w, "x-canary") || !strings.Contains(w, "leastRequest") || !strings.Contains(w, `"/cart/*"`) || !strings.Contains(w, `"Type": "absent"`) || !strings.Contains(w, `"Value": "v[0-9]+"`) {
 		t.Errorf("the waypoint's model differs from the file's\n got %s\nwant %s", g, w)
 	}
 	if s := got.Service("shop/cart"); s.Waypoint != "wp" || len(got.RoutesFor(s)) != 2 || got.TrafficPolicyFor(s) == nil {

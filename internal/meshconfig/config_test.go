@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
 const sample = `apiVersion: ambit.dev/v1alpha1
@@ -124,6 +126,8 @@ func TestParseErrors(t *testing.T) {
 		{"dup ip", base + "spec: {node: n, addresses: [10.0.0.1]}\n---\n" + strings.Replace(base, "name: w", "name: v", 1) + "spec: {node: n, addresses: [10.0.0.1]}\n", "address 10.0.0.1 is also demo/w's (x.yaml:1)"},
 		{"inbound", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, annotations: {ambit.dev/inbound: loose}}\n", `annotation ambit.dev/inbound="loose"; use "permissive" or "strict"`},
 		{"policy action", "apiVersion: ambit.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p, namespace: a}\nspec: {action: MAYBE}\n", `action "MAYBE" must be ALLOW or DENY`},
+		{"header regex", "apiVersion: ambit.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - paths: [/x]\n      headers:\n      - {name: x-user, regex: \"a(\"}\n",
+			`x.yaml:10: AccessPolicy a/p rule 0: header x-user: regex "a(" is not a valid RE2 regular expression: error parsing regexp: missing closing ): ` + "`a(`"},
 		{"tunnel", "apiVersion: ambit.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec: {tunnel: tcp}\n", `x.yaml:4: MeshConfig: tunnel "tcp"`},
 		{"udp service", "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {ports: [{port: 53, protocol: UDP}]}\n", "Ambit carries TCP only"},
 	} {
@@ -133,5 +137,43 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("got %v\nwant %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A rule whose only HTTP attribute is a header match is L7 (node proxies
+// fail closed on it) and carries its matches to the waypoint.
+func TestHeaderRuleIsL7(t *testing.T) {
+	c, err := Parse("x.yaml", []byte(`apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: p, namespace: a}
+spec:
+  action: DENY
+  rules:
+  - to: [{ports: [8080]}]
+  - to:
+    - ports: [8080]
+      headers:
+      - {name: X-Debug, exact: "1"}
+      - {name: x-tenant, prefix: team-}
+      - {name: x-version, regex: "v[0-9]+"}
+      - {name: x-token, present: true}
+      - {name: x-trace, present: false}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Policies[0].Rules
+	if r[0].L7 || !r[1].L7 || len(r[1].To) != 1 {
+		t.Fatalf("rules %+v: want only the second L7, with its target", r)
+	}
+	want := []policy.HeaderMatch{
+		{Name: "X-Debug", Type: policy.HeaderExact, Value: "1"},
+		{Name: "x-tenant", Type: policy.HeaderPrefix, Value: "team-"},
+		{Name: "x-version", Type: policy.HeaderRegex, Value: "v[0-9]+"},
+		{Name: "x-token", Type: policy.HeaderPresent},
+		{Name: "x-trace", Type: policy.HeaderAbsent},
+	}
+	if !slices.Equal(r[1].To[0].Headers, want) {
+		t.Errorf("headers %+v\nwant %+v", r[1].To[0].Headers, want)
 	}
 }

@@ -328,3 +328,104 @@ func TestAgreesWithL4(t *testing.T) {
 		}
 	}
 }
+
+func TestHeaders(t *testing.T) {
+	hm := func(name string, typ policy.HeaderMatchType, v string) policy.HeaderMatch {
+		return policy.HeaderMatch{Name: name, Type: typ, Value: v}
+	}
+	hdr := func(kv ...string) func(*Request) {
+		return func(r *Request) {
+			r.Header = map[string][]string{}
+			for i := 0; i < len(kv); i += 2 {
+				r.Header[kv[i]] = append(r.Header[kv[i]], kv[i+1])
+			}
+		}
+	}
+	allow := func(h ...policy.HeaderMatch) []Policy { return []Policy{pol("a", Allow, to(Target{Headers: h}))} }
+	for _, tc := range []struct {
+		name     string
+		policies []Policy
+		req      Request
+		allowed  bool
+	}{
+		{"exact", allow(hm("x-user", policy.HeaderExact, "alice")), with(base, hdr("X-User", "alice")), true},
+		{"exact, other value", allow(hm("x-user", policy.HeaderExact, "alice")), with(base, hdr("X-User", "bob")), false},
+		{"exact, absent", allow(hm("x-user", policy.HeaderExact, "alice")), base, false},
+		{"exact empty value", allow(hm("x-user", policy.HeaderExact, "")), with(base, hdr("X-User", "")), true},
+		{"name without case (policy)", allow(hm("X-USER", policy.HeaderExact, "alice")), with(base, hdr("X-User", "alice")), true},
+		{"name without case (non-canonical key)", allow(hm("x-user", policy.HeaderExact, "alice")), with(base, hdr("x-uSer", "alice")), true},
+		{"repeated, one matches", allow(hm("x-user", policy.HeaderExact, "alice")), with(base, hdr("X-User", "bob", "X-User", "alice")), true},
+		{"comma-separated, one matches", allow(hm("x-user", policy.HeaderExact, "alice")), with(base, hdr("X-User", "bob,\talice ")), true},
+		{"value is case-sensitive", allow(hm("x-user", policy.HeaderExact, "alice")), with(base, hdr("X-User", "ALICE")), false},
+		{"prefix", allow(hm("x-tenant", policy.HeaderPrefix, "team-")), with(base, hdr("X-Tenant", "team-a")), true},
+		{"prefix, no", allow(hm("x-tenant", policy.HeaderPrefix, "team-")), with(base, hdr("X-Tenant", "a-team-")), false},
+		{"regex", allow(hm("x-version", policy.HeaderRegex, "v[0-9]+")), with(base, hdr("X-Version", "v2")), true},
+		{"regex is anchored", allow(hm("x-version", policy.HeaderRegex, "v[0-9]+")), with(base, hdr("X-Version", "xv2x")), false},
+		{"regex alternation is anchored", allow(hm("x-version", policy.HeaderRegex, "a|b")), with(base, hdr("X-Version", "ab")), false},
+		{"present", allow(hm("x-token", policy.HeaderPresent, "")), with(base, hdr("X-Token", "")), true},
+		{"present, missing", allow(hm("x-token", policy.HeaderPresent, "")), base, false},
+		{"absent", allow(hm("x-token", policy.HeaderAbsent, "")), base, true},
+		{"absent, there", allow(hm("x-token", policy.HeaderAbsent, "")), with(base, hdr("X-Token", "t")), false},
+		{"every match of an entry", allow(hm("x-a", policy.HeaderExact, "1"), hm("x-b", policy.HeaderExact, "2")), with(base, hdr("X-A", "1")), false},
+		{"every match of an entry, all there", allow(hm("x-a", policy.HeaderExact, "1"), hm("x-b", policy.HeaderExact, "2")), with(base, hdr("X-A", "1", "X-B", "2")), true},
+		{"deny by header", []Policy{pol("d", Deny, to(Target{Headers: []policy.HeaderMatch{hm("x-debug", policy.HeaderPresent, "")}}))}, with(base, hdr("X-Debug", "1")), false},
+		{"deny by header, without it", []Policy{pol("d", Deny, to(Target{Headers: []policy.HeaderMatch{hm("x-debug", policy.HeaderPresent, "")}}))}, base, true},
+		{"deny by path and header", []Policy{pol("d", Deny, to(Target{Paths: []string{"/api/*"}, Headers: []policy.HeaderMatch{hm("x-role", policy.HeaderExact, "guest")}}))}, with(base, hdr("X-Role", "guest")), false},
+		{"deny by path and header, other path", []Policy{pol("d", Deny, to(Target{Paths: []string{"/admin/*"}, Headers: []policy.HeaderMatch{hm("x-role", policy.HeaderExact, "guest")}}))}, with(base, hdr("X-Role", "guest")), true},
+		{"deny by path and header, other header", []Policy{pol("d", Deny, to(Target{Paths: []string{"/api/*"}, Headers: []policy.HeaderMatch{hm("x-role", policy.HeaderExact, "guest")}}))}, with(base, hdr("X-Role", "admin")), true},
+		// A regex that does not compile (validation keeps it from getting
+		// here) fails closed.
+		{"bad regex, DENY matches", []Policy{pol("d", Deny, to(Target{Headers: []policy.HeaderMatch{hm("x-a", policy.HeaderRegex, "(")}}))}, base, false},
+		{"bad regex, ALLOW does not", allow(hm("x-a", policy.HeaderRegex, "(")), with(base, hdr("X-A", "(")), false},
+	} {
+		if d := NewSet(tc.policies).Evaluate(&tc.req); d.Allowed != tc.allowed {
+			t.Errorf("%s: header %v: %+v, want allowed=%v", tc.name, tc.req.Header, d, tc.allowed)
+		}
+	}
+}
+
+// Header matches come from the spec, survive the configuration's model
+// (what the control API carries) and make the rule L7: a node proxy fails
+// closed on it.
+func TestHeadersFromSpec(t *testing.T) {
+	s := func(v string) *string { return &v }
+	yes := true
+	spec := crd.AccessPolicySpec{Action: "ALLOW", Rules: []crd.AccessRule{{To: []crd.AccessTarget{{
+		Paths:   []string{"/api/*"},
+		Headers: []crd.HeaderMatch{{Name: "X-User", Exact: s("alice")}, {Name: "x-version", Regex: s("v[0-9]+")}, {Name: "x-token", Present: &yes}},
+	}}}}}
+	p, err := FromSpec("demo", "h", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l4, err := meshconfig.AccessPolicyFromSpec("demo", "h", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l4.Rules[0].L7 || len(l4.Rules[0].To) != 1 || len(l4.Rules[0].To[0].Headers) != 3 {
+		t.Fatalf("model: %+v", l4.Rules)
+	}
+	good := with(base, func(r *Request) {
+		r.Header = map[string][]string{"X-User": {"alice"}, "X-Version": {"v1"}, "X-Token": {"t"}}
+	})
+	bad := with(good, func(r *Request) { r.Header = map[string][]string{"X-User": {"alice"}, "X-Version": {"v1"}} })
+	for _, set := range []*Set{NewSet([]Policy{p}), NewSet([]Policy{FromL4(l4)})} {
+		if d := set.Evaluate(&good); !d.Allowed {
+			t.Errorf("with every header: %+v", d)
+		}
+		if d := set.Evaluate(&bad); d.Allowed {
+			t.Errorf("without x-token: %+v", d)
+		}
+	}
+	// At L4 (no waypoint): an ALLOW with headers matches nothing, a DENY
+	// with headers matches every request its sources and ports match.
+	l4req := policy.Request{Source: client, Namespace: "demo", Port: 8080}
+	if d := policy.Evaluate([]policy.Policy{l4}, l4req); d.Allowed {
+		t.Errorf("node proxy allowed by an ALLOW rule with headers: %+v", d)
+	}
+	spec.Action = "DENY"
+	l4deny, _ := meshconfig.AccessPolicyFromSpec("demo", "h", spec)
+	if d := policy.Evaluate([]policy.Policy{l4deny}, l4req); d.Allowed {
+		t.Errorf("node proxy did not fail closed on a DENY rule with headers: %+v", d)
+	}
+}
