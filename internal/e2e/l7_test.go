@@ -203,8 +203,9 @@ spec:
   outlierDetection: {consecutiveErrors: 3, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 50}
 `
 
-// l7DenyFiles: requests from demo/client to /admin/* of the servers, and
-// the gRPC EmptyCall, are denied. At L4 the servers' node proxies see the
+// l7DenyFiles: requests from demo/client to /admin/* of the servers, the
+// gRPC EmptyCall, and requests carrying an x-debug header whose value
+// starts with "on" (any path), are denied. At L4 the servers' node proxies see the
 // original client's identity (the waypoint names it), but the rule's HTTP
 // attributes are the waypoint's to check: requests it lets through must
 // not be refused at L4. Service guarded is new with the policy, so the
@@ -226,7 +227,9 @@ spec:
   action: deny
   rules:
   - from: [{serviceAccounts: [demo/client]}]
-    to: [{paths: ["/admin/*", "/grpc.testing.TestService/EmptyCall"]}]
+    to:
+    - paths: ["/admin/*", "/grpc.testing.TestService/EmptyCall"]
+    - headers: [{name: X-Debug, prefix: "on"}]
 `
 
 // TestPrivilegedL7 proves the waypoint's L7 features end to end in the
@@ -477,6 +480,16 @@ func TestPrivilegedL7(t *testing.T) {
 		res = get(t, "http://10.96.1.50/hello", 4, 1, nil)
 		if res.Counts["200 server-1"]+res.Counts["200 server-2"] != 4 {
 			t.Errorf("GET /hello under the policy: %v first %d %q, want 200 from the servers", res.Counts, res.Status, res.Body)
+		}
+		// The same request with the header the rule matches (its name in
+		// another case) is denied; with another value it passes.
+		res = get(t, "http://10.96.1.50/hello", 3, 1, map[string]string{"x-debug": "on-please"})
+		if res.Status != 403 || len(res.Counts) != 1 || !strings.Contains(res.Body, "RBAC: access denied by AccessPolicy demo/no-admin") {
+			t.Errorf("GET /hello with x-debug: on-please: %v first %d %q, want 403 denied by demo/no-admin", res.Counts, res.Status, res.Body)
+		}
+		res = get(t, "http://10.96.1.50/hello", 3, 1, map[string]string{"x-debug": "off"})
+		if res.Counts["200 server-1"]+res.Counts["200 server-2"] != 3 {
+			t.Errorf("GET /hello with x-debug: off: %v first %d %q, want 200 from the servers", res.Counts, res.Status, res.Body)
 		}
 		g := runL7(t, l, client, l7Job{Mode: "grpc", Target: "10.96.1.30:9090", N: 2})
 		if g.Empty != "PermissionDenied" || !strings.Contains(strings.ToLower(g.EmptyMsg), "denied") {
