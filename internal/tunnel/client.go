@@ -103,8 +103,16 @@ const (
 	pingTimeout = 10 * time.Second
 )
 
-// maxConnsPerPeer bounds the connections one pool key spreads streams over.
-var maxConnsPerPeer = max(4, runtime.GOMAXPROCS(0))
+// maxConnsPerPeer bounds the connections one pool key spreads streams
+// over: one per P, so that each connection's read loop and TLS can run on
+// a CPU of its own, and at least two, so that bulk streams get two TCP
+// flows the kernel can process on two CPUs even with one P. More than that
+// at one P costs more than it gives: streams that share a connection share
+// its flushes (h2conn.flushLoop), and in the waypoint benchmark's busiest
+// run (8 keep-alive connections, GOMAXPROCS=1) spreading over 4
+// connections instead of 2 cost about 30% more proxy CPU per request, with
+// the same 8-stream throughput.
+var maxConnsPerPeer = max(2, runtime.GOMAXPROCS(0))
 
 func (d *Dialer) init() {
 	if d.pools == nil {
