@@ -234,6 +234,7 @@ type HeaderMatch struct {
 	// Regex: a value the RE2 regular expression matches whole (it is
 	// anchored at both ends).
 	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="''.matches(self) ? true : true",message="regex must be a valid RE2 regular expression"
 	// +optional
 	Regex *string `json:"regex,omitempty"`
 	// Present: true matches a request that has the header (any value, even
