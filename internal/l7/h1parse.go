@@ -51,20 +51,12 @@ func (q *h1Request) parse(buf []byte, br *bufio.Reader) (r *http.Request, n int)
 		return nil, 0
 	}
 	host := h["Host"]
-	cl := h["Content-Length"]
-	if len(host) != 1 || host[0] == "" || !httpguts.ValidHostHeader(host[0]) || len(cl) > 1 {
+	if len(host) != 1 || host[0] == "" || !httpguts.ValidHostHeader(host[0]) {
 		return nil, 0
 	}
-	for _, k := range [...]string{"Transfer-Encoding", "Expect", "Upgrade", "Trailer"} {
-		if _, ok := h[k]; ok {
-			return nil, 0
-		}
-	}
-	length := int64(0)
-	if len(cl) == 1 {
-		if length, ok = plainLength(cl[0]); !ok {
-			return nil, 0
-		}
+	length, _, ok := plainFraming(h, "Transfer-Encoding", "Expect", "Upgrade", "Trailer")
+	if !ok {
+		return nil, 0
 	}
 	fixPragma(h)
 	delete(h, "Host") // as http.ReadRequest leaves it
@@ -164,6 +156,25 @@ func validToken(s string) bool {
 }
 
 // plainLength parses a Content-Length of plain digits.
+// plainFraming reads a head's body framing when it is plain: none of the
+// refused headers, at most one Content-Length, in plain digits. sized says
+// there was one.
+func plainFraming(h http.Header, refused ...string) (length int64, sized, ok bool) {
+	for _, k := range refused {
+		if _, ok := h[k]; ok {
+			return 0, false, false
+		}
+	}
+	switch cl := h["Content-Length"]; len(cl) {
+	case 0:
+		return 0, false, true
+	case 1:
+		length, ok = plainLength(cl[0])
+		return length, ok, ok
+	}
+	return 0, false, false
+}
+
 func plainLength(s string) (int64, bool) {
 	if s == "" || len(s) > 18 {
 		return 0, false
@@ -339,22 +350,9 @@ func (p *h1Response) parse(buf []byte, br *bufio.Reader, req *http.Request) (res
 	if !ok {
 		return nil, 0
 	}
-	cl := h["Content-Length"]
-	if len(cl) > 1 {
-		return nil, 0
-	}
-	for _, k := range [...]string{"Transfer-Encoding", "Trailer"} {
-		if _, ok := h[k]; ok {
-			return nil, 0
-		}
-	}
-	length := int64(0)
-	if len(cl) == 1 {
-		if length, ok = plainLength(cl[0]); !ok {
-			return nil, 0
-		}
-	} else if code != http.StatusNoContent && code != http.StatusNotModified {
-		return nil, 0 // read to the close
+	length, sized, ok := plainFraming(h, "Transfer-Encoding", "Trailer")
+	if !ok || !sized && code != http.StatusNoContent && code != http.StatusNotModified {
+		return nil, 0 // unusual framing, or read to the close
 	}
 	if code == http.StatusNoContent || code == http.StatusNotModified {
 		length = 0
