@@ -83,16 +83,15 @@ type h2conn struct {
 	hbuf bytes.Buffer
 	whdr [9]byte // a DATA frame header being written
 	werr error
-	// flushKick wakes flushLoop; flushPending says it has been woken and
-	// has not flushed yet; batched counts the writes waiting for it. solo
-	// counts the deferred flushes in a row that carried one write only,
-	// and probe the writes since the last one deferred while solo (see
-	// writeFrames). All under wmu.
-	flushKick    chan struct{}
-	flushPending bool
-	batched      int
-	solo         int
-	probe        int
+	// flushKick wakes flushLoop; batched counts the writes waiting for
+	// it (it has been woken while batched > 0). solo counts the deferred
+	// flushes in a row that carried one write only, and probe the writes
+	// since the last one deferred while solo (see deferFlush). All under
+	// wmu.
+	flushKick chan struct{}
+	batched   int
+	solo      int
+	probe     int
 
 	mu      sync.Mutex
 	wcond   *sync.Cond // send window grew, or the connection failed
@@ -242,9 +241,8 @@ func (c *h2conn) writeFrames(f func() error, now bool) error {
 	if err == nil && c.bw.Buffered() > 0 {
 		if now || !c.deferFlush() {
 			err = c.bw.Flush()
-		} else if c.batched++; !c.flushPending {
-			c.flushPending = true
-			c.flushKick <- struct{}{} // capacity 1, and only sent when not pending
+		} else if c.batched++; c.batched == 1 {
+			c.flushKick <- struct{}{} // capacity 1, and only sent by the first write of a batch
 		}
 	}
 	if err != nil {
@@ -264,7 +262,7 @@ func (c *h2conn) deferFlush() bool {
 	switch {
 	case c.flushKick == nil || c.bw.Buffered() >= h2FlushNow:
 		return false
-	case c.flushPending || c.solo < h2SoloAfter:
+	case c.batched > 0 || c.solo < h2SoloAfter:
 		return true
 	}
 	c.probe++
@@ -290,7 +288,6 @@ func (c *h2conn) flushLoop() {
 		}
 		runtime.Gosched()
 		c.wmu.Lock()
-		c.flushPending = false
 		if c.batched > 1 {
 			c.solo = 0
 		} else if c.solo < h2SoloAfter {
