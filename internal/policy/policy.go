@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
 )
@@ -97,7 +98,7 @@ func (h HeaderMatch) Validate() error {
 		return fmt.Errorf("header match has no name; set name to the header to match, such as x-user")
 	}
 	for i := 0; i < len(h.Name); i++ {
-		if !isTokenChar(h.Name[i]) {
+		if !httpguts.IsTokenRune(rune(h.Name[i])) {
 			return fmt.Errorf("header name %q: %q is not allowed in a header name (letters, digits and !#$%%&'*+-.^_`|~)", h.Name, h.Name[i])
 		}
 	}
@@ -111,15 +112,6 @@ func (h HeaderMatch) Validate() error {
 		return fmt.Errorf("header %s: match type %q must be exact, prefix, regex, present or absent", h.Name, h.Type)
 	}
 	return nil
-}
-
-// isTokenChar: RFC 9110's tchar, what a header (field) name is made of.
-func isTokenChar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // Source matches when every non-empty field matches.

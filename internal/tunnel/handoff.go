@@ -19,9 +19,8 @@ import (
 // not sent yet, and no more reads. Once Serve has returned and the stream
 // is closed, the server waits, as its relay does, for the peer's
 // END_STREAM (clean) or more data (a reset: nobody reads it). For an
-// in-process
-// consumer (a waypoint's L7 engine) it saves a copy of every byte through
-// a socket pair and two system calls per chunk each way.
+// in-process consumer (a waypoint's L7 engine) it saves a copy of every
+// byte through a socket pair and two system calls per chunk each way.
 //
 // Only HTTP/2 streams are handed over (Request.Protocol ProtocolH2); a
 // Handoff for another transport is refused with 503. As a net.Conn it
