@@ -315,7 +315,8 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 		return nil, fmt.Errorf("deliver to %s: %w", target, err)
 	}
 	r := p.begin(info, l)
-	return &deliveredConn{TCPConn: up, raw: tunnel.RawIO(up), tw: tunnel.NewTryWriter(up), r: r, p: p}, nil
+	raw := tunnel.RawIO(up)
+	return &deliveredConn{TCPConn: up, raw: raw, tw: tunnel.NewTryWriter(raw), r: r, p: p}, nil
 }
 
 // deliveredConn is the connection to the application for a tunnel stream;
