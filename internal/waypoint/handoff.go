@@ -3,8 +3,6 @@ package waypoint
 import (
 	"context"
 	"net"
-
-	"github.com/ambit-mesh/ambit/internal/l7"
 )
 
 // StreamServer is a Handler that can also serve a tunnel stream itself,
@@ -19,7 +17,7 @@ type StreamServer interface {
 
 // ServeStream serves s with the engine on the tunnel stream itself.
 func (h *Engine) ServeStream(ctx context.Context, s Stream, c net.Conn) {
-	h.e.ServeConn(ctx, c, l7.ConnInfo{Dst: s.Dst, Src: s.Src, SrcIdentity: s.Peer.String()})
+	h.e.ServeConn(ctx, c, connInfo(s))
 }
 
 // handoffConn counts the bytes of a handed-over stream and ends its

@@ -84,5 +84,10 @@ func (h *Engine) Update(cfg *meshconfig.Config) error { return h.e.Update(cfg) }
 
 // Stream serves s with the engine.
 func (h *Engine) Stream(ctx context.Context, s Stream) (net.Conn, error) {
-	return h.e.Pipe(ctx, l7.ConnInfo{Dst: s.Dst, Src: s.Src, SrcIdentity: s.Peer.String()})
+	return h.e.Pipe(ctx, connInfo(s))
+}
+
+// connInfo is what the engine knows of the stream s.
+func connInfo(s Stream) l7.ConnInfo {
+	return l7.ConnInfo{Dst: s.Dst, Src: s.Src, SrcIdentity: s.Peer.String()}
 }

@@ -314,9 +314,9 @@ func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (net.Conn, er
 		w.log.Info("stream refused", "log", "access", "src", c.info.Src, "src_identity", c.info.SrcIdentity, "dst", c.info.Dst, "reason", reason)
 		return nil, fmt.Errorf("%w: %s", tunnel.ErrForbidden, reason)
 	}
+	s := Stream{Dst: dst, Src: req.Source, Peer: req.Peer}
 	if ss, ok := w.opts.Handler.(StreamServer); ok && req.Protocol == tunnel.ProtocolH2 {
 		// The handler takes the stream itself: no relay.
-		s := Stream{Dst: dst, Src: req.Source, Peer: req.Peer}
 		return &tunnel.Handoff{Serve: func(stream net.Conn) {
 			w.begin(c)
 			hc := &handoffConn{trackedConn{Conn: stream, c: c, w: w}}
@@ -324,7 +324,7 @@ func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (net.Conn, er
 			ss.ServeStream(w.ctx, s, hc)
 		}}, nil
 	}
-	up, err := w.opts.Handler.Stream(w.ctx, Stream{Dst: dst, Src: req.Source, Peer: req.Peer})
+	up, err := w.opts.Handler.Stream(w.ctx, s)
 	if err != nil {
 		w.opts.Metrics.ConnDenied(c.labels, "upstream_error")
 		w.log.Info("stream failed", "log", "access", "src", c.info.Src, "src_identity", c.info.SrcIdentity, "dst", c.info.Dst, "err", err)
