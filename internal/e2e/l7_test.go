@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -262,7 +261,7 @@ func TestPrivilegedL7(t *testing.T) {
 	// The route's answers come through the waypoint: requests reach the
 	// servers from the waypoint's identity (its access log names the
 	// client's).
-	before := waypointStreamsTo(t, l, "")
+	before := waypointStreams(t, l, "")
 
 	t.Run("weighted split 90/10 over 2000 requests", func(t *testing.T) {
 		res := get(t, "http://10.96.1.10/split", 2000, 4, nil)
@@ -500,24 +499,7 @@ func TestPrivilegedL7(t *testing.T) {
 		}
 	})
 
-	if after := waypointStreamsTo(t, l, ""); after <= before {
+	if after := waypointStreams(t, l, ""); after <= before {
 		t.Errorf("the waypoint's metrics count no streams (%d before, %d after)", before, after)
 	}
-}
-
-// waypointStreamsTo sums the waypoint's TCP streams (ambit_tcp_connections_opened_total)
-// for destination workloads whose label contains filter.
-func waypointStreamsTo(t *testing.T, l *lab.Lab, filter string) int {
-	t.Helper()
-	w, _ := l.Waypoint("demo", "wp")
-	n := 0
-	for _, line := range strings.Split(waypointGet(t, l, "http://"+w.IPv4.String()+":15020/metrics"), "\n") {
-		if !strings.HasPrefix(line, "ambit_tcp_connections_opened_total{") || !strings.Contains(line, filter) {
-			continue
-		}
-		var v int
-		fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-		n += v
-	}
-	return n
 }

@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -95,20 +93,25 @@ func waypointGet(t *testing.T, l *lab.Lab, url string) string {
 	return string(body)
 }
 
-var openedRe = regexp.MustCompile(`(?m)^ambit_tcp_connections_opened_total\{[^}]*destination_workload="server"[^}]*\} (\d+)`)
-
-// waypointStreams is how many streams the waypoint has served for Service
-// demo/server (its metrics).
-func waypointStreams(t *testing.T, l *lab.Lab) int {
+// waypointStreams sums the waypoint's TCP streams
+// (ambit_tcp_connections_opened_total) whose labels contain filter.
+func waypointStreams(t *testing.T, l *lab.Lab, filter string) int {
 	t.Helper()
 	w, _ := l.Waypoint("demo", "wp")
 	n := 0
-	for _, m := range openedRe.FindAllStringSubmatch(waypointGet(t, l, "http://"+w.IPv4.String()+":15020/metrics"), -1) {
-		v, _ := strconv.Atoi(m[1])
+	for _, line := range strings.Split(waypointGet(t, l, "http://"+w.IPv4.String()+":15020/metrics"), "\n") {
+		if !strings.HasPrefix(line, "ambit_tcp_connections_opened_total{") || !strings.Contains(line, filter) {
+			continue
+		}
+		var v int
+		fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
 		n += v
 	}
 	return n
 }
+
+// toServer selects the waypoint's streams for Service demo/server.
+const toServer = `destination_workload="server"`
 
 const waypointFiles = `apiVersion: ambit.dev/v1alpha1
 kind: Waypoint
@@ -152,7 +155,7 @@ func TestPrivilegedWaypoint(t *testing.T) {
 	wpLog := lab.WaypointLog(l.StateDir(), "demo", "wp")
 
 	t.Run("service traffic goes through the waypoint", func(t *testing.T) {
-		before := waypointStreams(t, l)
+		before := waypointStreams(t, l, toServer)
 		seen := map[string]bool{}
 		for i := range 4 {
 			msg := fmt.Sprintf("via-wp-%d", i)
@@ -167,7 +170,7 @@ func TestPrivilegedWaypoint(t *testing.T) {
 		if !seen["server-1"] || !seen["server-2"] {
 			t.Errorf("the waypoint did not balance over both servers: %v", seen)
 		}
-		if after := waypointStreams(t, l); after-before != 4 {
+		if after := waypointStreams(t, l, toServer); after-before != 4 {
 			t.Errorf("waypoint metrics: %d streams for demo/server, want 4", after-before)
 		}
 		// The waypoint's access log names the client's identity and the
@@ -273,7 +276,7 @@ spec:
 		if conns := waypointGet(t, l, "http://127.0.0.1:15000/debug/connections"); !strings.Contains(conns, `"dst": "10.96.0.20:80"`) {
 			t.Errorf("the held connection is not on the waypoint:\n%s", conns)
 		}
-		before := waypointStreams(t, l)
+		before := waypointStreams(t, l, toServer)
 		if err := l.ApplyConfig(t.Context(), "waypoint", []byte(strings.Replace(waypointFiles, ", labels: {ambit.dev/use-waypoint: wp}", "", 1))); err != nil {
 			t.Fatal(err)
 		}
@@ -282,7 +285,7 @@ spec:
 				t.Errorf("new connection %d after the label went: %q", i, out)
 			}
 		}
-		if after := waypointStreams(t, l); after != before {
+		if after := waypointStreams(t, l, toServer); after != before {
 			t.Errorf("the waypoint got %d new streams after the label went, want none", after-before)
 		}
 		if got := say("held-2"); !strings.HasSuffix(got, "got=held-2") {
