@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -48,13 +47,7 @@ func init() {
 // "<pod> <method> <path> x-via=<header>".
 func serveHTTP(t *testing.T, l *lab.Lab, pod string, port int) {
 	t.Helper()
-	var ln net.Listener
-	if err := l.DoInPod(pod, func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	ln := listenIn(t, l, pod, port)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s %s x-via=%s", pod, r.Method, r.URL.Path, r.Header.Get("x-via"))
 	})}
