@@ -42,7 +42,8 @@ func (q *h1Request) parse(buf []byte, br *bufio.Reader) (r *http.Request, n int)
 	line, rest, _ := strings.Cut(s, "\r\n")
 	method, line, ok1 := strings.Cut(line, " ")
 	target, proto, ok2 := strings.Cut(line, " ")
-	if !ok1 || !ok2 || proto != "HTTP/1.1" || !validToken(method) ||
+	// A method is a non-empty token, as net/http checks it.
+	if !ok1 || !ok2 || proto != "HTTP/1.1" || !httpguts.ValidHeaderFieldName(method) ||
 		method == http.MethodConnect || method == "PRI" || !q.setURL(target) {
 		return nil, 0
 	}
@@ -124,7 +125,7 @@ func parseFields(h http.Header, vals []string, s string) (http.Header, []string,
 			return h, vals, false
 		}
 		v = strings.Trim(v, " \t")
-		k = canonicalKey(k)
+		k = http.CanonicalHeaderKey(k) // k as it is when already canonical
 		if vv, ok := h[k]; ok {
 			h[k] = append(vv, v)
 			continue
@@ -133,26 +134,6 @@ func parseFields(h http.Header, vals []string, s string) (http.Header, []string,
 		h[k] = vals[used : used+1 : used+1]
 		used++
 	}
-}
-
-// canonicalKey is http.CanonicalHeaderKey(k), without allocating when k
-// already is.
-func canonicalKey(k string) string {
-	upper := true
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
-			return http.CanonicalHeaderKey(k)
-		}
-		upper = c == '-'
-	}
-	return k
-}
-
-// validToken: a non-empty token (RFC 9110 5.6.2), as net/http checks a
-// method.
-func validToken(s string) bool {
-	return s != "" && httpguts.ValidHeaderFieldName(s)
 }
 
 // plainLength parses a Content-Length of plain digits.
