@@ -136,7 +136,6 @@ func parseFields(h http.Header, vals []string, s string) (http.Header, []string,
 	}
 }
 
-// plainLength parses a Content-Length of plain digits.
 // plainFraming reads a head's body framing when it is plain: none of the
 // refused headers, at most one Content-Length, in plain digits. sized says
 // there was one.
@@ -156,6 +155,7 @@ func plainFraming(h http.Header, refused ...string) (length int64, sized, ok boo
 	return 0, false, false
 }
 
+// plainLength parses a Content-Length of plain digits.
 func plainLength(s string) (int64, bool) {
 	if s == "" || len(s) > 18 {
 		return 0, false
