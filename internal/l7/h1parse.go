@@ -24,10 +24,9 @@ import (
 
 // h1Request is a connection's reused request and its parts.
 type h1Request struct {
-	req  http.Request
-	url  url.URL
-	hdr  http.Header
-	vals []string
+	req http.Request
+	url url.URL
+	h1Fields
 }
 
 // parse fills q.req from the head at the start of buf; n is the head's
@@ -47,7 +46,7 @@ func (q *h1Request) parse(buf []byte, br *bufio.Reader) (r *http.Request, n int)
 		method == http.MethodConnect || method == "PRI" || !q.setURL(target) {
 		return nil, 0
 	}
-	h, ok := q.header(rest)
+	h, ok := q.parseFields(rest)
 	if !ok {
 		return nil, 0
 	}
@@ -90,39 +89,40 @@ func crlfHeadLen(b []byte) int {
 	return i + 3
 }
 
-// header parses the header lines of s (each ending in CRLF, then the blank
-// line) into the connection's reused header.
-func (q *h1Request) header(s string) (http.Header, bool) {
-	h, vals, ok := parseFields(q.hdr, q.vals, s)
-	q.hdr, q.vals = h, vals
-	return h, ok
+// h1Fields is a connection's reused header and the backing array of its
+// values.
+type h1Fields struct {
+	hdr  http.Header
+	vals []string
 }
 
-// parseFields parses header lines into h (cleared first), the values
-// sliced from s and held by vals (reused).
-func parseFields(h http.Header, vals []string, s string) (http.Header, []string, bool) {
-	if h == nil {
-		h = make(http.Header, 16)
+// parseFields parses the header lines of s (each ending in CRLF, then the
+// blank line) into the reused header (cleared first), the values sliced
+// from s and held by the reused array.
+func (f *h1Fields) parseFields(s string) (http.Header, bool) {
+	if f.hdr == nil {
+		f.hdr = make(http.Header, 16)
 	} else {
-		clear(h)
+		clear(f.hdr)
 	}
 	lines := strings.Count(s, "\r\n")
-	if cap(vals) < lines {
-		vals = make([]string, lines)
+	if cap(f.vals) < lines {
+		f.vals = make([]string, lines)
 	}
-	vals = vals[:cap(vals)]
-	clear(vals)
+	f.vals = f.vals[:cap(f.vals)]
+	clear(f.vals)
+	h, vals := f.hdr, f.vals
 	used := 0
 	for {
 		line, more, _ := strings.Cut(s, "\r\n")
 		if line == "" {
 			// The blank line: the end (the caller found it is the last).
-			return h, vals, s == "\r\n"
+			return h, s == "\r\n"
 		}
 		s = more
 		k, v, ok := strings.Cut(line, ":")
 		if !ok || !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
-			return h, vals, false
+			return h, false
 		}
 		v = strings.Trim(v, " \t")
 		k = http.CanonicalHeaderKey(k) // k as it is when already canonical
@@ -294,9 +294,8 @@ func (l lengthBodyLocked) Read(p []byte) (int, error) {
 // requests' responses are read one after the other).
 type h1Response struct {
 	res  http.Response
-	hdr  http.Header
-	vals []string
 	body lengthBody
+	h1Fields
 }
 
 // parse fills p.res from the head at the start of buf, the response to
@@ -326,8 +325,7 @@ func (p *h1Response) parse(buf []byte, br *bufio.Reader, req *http.Request) (res
 	if code < 200 {
 		return nil, 0
 	}
-	h, vals, ok := parseFields(p.hdr, p.vals, rest)
-	p.hdr, p.vals = h, vals
+	h, ok := p.parseFields(rest)
 	if !ok {
 		return nil, 0
 	}
