@@ -13,10 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/ambit-mesh/ambit/internal/clock"
-	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
@@ -63,11 +59,8 @@ func BenchmarkWaypointHTTP1(b *testing.B) {
 }
 
 func benchWaypoint(b *testing.B, pipe bool) {
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	ca, err := identity.GenerateCA(td, time.Hour, clock.Real{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	serverID, clientID := testID("demo", "server"), testID("demo", "client")
+	ca, certs := testCA(b, serverID, clientID)
 	resp := strings.Repeat("r", 1024)
 	app, err := net.Listen("tcp", "127.88.1.2:0")
 	if err != nil {
@@ -84,29 +77,7 @@ func benchWaypoint(b *testing.B, pipe bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	certs := identity.NewManager(ca, clock.Real{}, nil)
-	serverID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "server")
-	clientID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "client")
-	for _, id := range []spiffeid.ID{serverID, clientID} {
-		if err := certs.Ensure(context.Background(), id); err != nil {
-			b.Fatal(err)
-		}
-	}
-	node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(serverID), Bundle: ca.Bundle(), TrustDomain: td,
-		Dial: func(ctx context.Context, req tunnel.Request) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", req.Target.String())
-		}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	nln, err := net.Listen("tcp", fmt.Sprintf("127.88.1.2:%d", TunnelPort))
-	if err != nil {
-		b.Skipf("127.88.1.2:%d is taken: %v", TunnelPort, err)
-	}
-	go node.Serve(nln)
-	defer node.Close()
-	defer nln.Close()
+	startNodeProxy(b, ca, certs, serverID, "127.88.1.2", nil)
 
 	var w *Waypoint
 	eng, err := NewEngine(func() *Waypoint { return w }, EngineOptions{})
@@ -120,26 +91,12 @@ func benchWaypoint(b *testing.B, pipe bool) {
 	if w, err = New(Options{Namespace: "demo", Name: "wp", Signer: ca, Bundle: ca.Bundle(), Handler: h}); err != nil {
 		b.Fatal(err)
 	}
-	if err := w.Update(cfg); err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.88.1.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go w.Serve(ln, nil)
-	defer w.Shutdown(context.Background())
-	for ok, why := w.Ready(); !ok; ok, why = w.Ready() {
-		if time.Sleep(10 * time.Millisecond); b.Elapsed() > 5*time.Second {
-			b.Fatalf("not ready: %v", why)
-		}
-	}
+	addr := serveWaypoint(b, w, cfg, "127.88.1.1")
 	client := &tunnel.Dialer{Bundle: ca.Bundle()}
 	defer client.Close()
-	wpID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "wp")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: ln.Addr().String(), Identity: wpID,
+	c, err := client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: addr, Identity: testID("demo", "wp"),
 		Dst: netip.MustParseAddrPort("10.96.1.1:80"), Src: netip.MustParseAddrPort("127.88.1.9:4321")})
 	if err != nil {
 		b.Fatal(err)

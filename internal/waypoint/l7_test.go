@@ -17,8 +17,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
-	"github.com/ambit-mesh/ambit/internal/clock"
-	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
@@ -85,20 +83,8 @@ spec:
 // requests in ambit_requests_total on its metrics endpoint, with an access
 // log line each.
 func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	ca, err := identity.GenerateCA(td, time.Hour, clock.Real{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs := identity.NewManager(ca, clock.Real{}, nil)
-	webID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "web")
-	clientID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "client")
-	otherID := spiffeid.RequireFromSegments(td, "ns", "other", "sa", "client")
-	for _, id := range []spiffeid.ID{webID, clientID, otherID} {
-		if err := certs.Ensure(context.Background(), id); err != nil {
-			t.Fatal(err)
-		}
-	}
+	webID, clientID, otherID := testID("demo", "web"), testID("demo", "client"), testID("other", "client")
+	ca, certs := testCA(t, webID, clientID, otherID)
 
 	// The applications: web-1 fails, web-2 answers; on one port number.
 	var failed, served atomic.Int32
@@ -126,20 +112,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 
 	// Their node proxies: tunnel servers that dial the target.
 	for _, ip := range []string{"127.88.7.2", "127.88.7.3"} {
-		node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(webID), Bundle: ca.Bundle(), TrustDomain: td,
-			Dial: func(ctx context.Context, req tunnel.Request) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "tcp", req.Target.String())
-			}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, TunnelPort))
-		if err != nil {
-			t.Skipf("%s:%d is taken: %v", ip, TunnelPort, err)
-		}
-		go node.Serve(ln)
-		t.Cleanup(func() { node.Close(); ln.Close() })
+		startNodeProxy(t, ca, certs, webID, ip, nil)
 	}
 
 	cfg, err := meshconfig.Parse("mesh.yaml", []byte(fmt.Sprintf(l7Mesh, port)))
@@ -161,37 +134,22 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 	if w, err = New(Options{Namespace: "demo", Name: "wp", Signer: ca, Bundle: ca.Bundle(), Handler: eng, Metrics: metrics, Log: log}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Update(cfg); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.88.7.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go w.Serve(ln, nil)
-	t.Cleanup(func() { w.Shutdown(context.Background()) })
+	addr := serveWaypoint(t, w, cfg, "127.88.7.1")
 	ops, err := admin.NewOpsServer(admin.OpsConfig{MetricsAddr: "127.0.0.1:0", Log: log}, w, metrics)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ops.Shutdown(context.Background()) })
-	deadline := time.Now().Add(5 * time.Second)
-	for ok, why := w.Ready(); !ok; ok, why = w.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v", why)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 
 	// HTTP clients whose connections are tunnel streams to the waypoint,
 	// as a client's node proxy opens them.
 	dialer := &tunnel.Dialer{Bundle: ca.Bundle()}
 	t.Cleanup(func() { dialer.Close() })
-	wpID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "wp")
+	wpID := testID("demo", "wp")
 	httpClient := func(id spiffeid.ID) *http.Client {
 		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return dialer.Dial(ctx, certs.Source(id), tunnel.Target{Proxy: ln.Addr().String(), Identity: wpID,
+				return dialer.Dial(ctx, certs.Source(id), tunnel.Target{Proxy: addr, Identity: wpID,
 					Dst: netip.MustParseAddrPort("10.96.7.1:80"), Src: netip.MustParseAddrPort("127.88.7.9:4321")})
 			},
 		}}

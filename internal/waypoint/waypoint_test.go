@@ -50,11 +50,8 @@ spec: {clusterIP: 10.96.0.2, selector: {app: server}, ports: [{port: 80, targetP
 // endpoint's node proxy, through the tunnel, as the waypoint's identity,
 // with the client's address; a stream for anything else is refused.
 func TestPassthrough(t *testing.T) {
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	ca, err := identity.GenerateCA(td, time.Hour, clock.Real{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	serverID, clientID := testID("demo", "server"), testID("demo", "client")
+	ca, certs := testCA(t, serverID, clientID)
 	// The application, and the endpoint's "node proxy" in front of it.
 	app, err := net.Listen("tcp", "127.88.0.2:0")
 	if err != nil {
@@ -78,64 +75,28 @@ func TestPassthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certs := identity.NewManager(ca, clock.Real{}, nil)
-	serverID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "server")
-	clientID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "client")
-	for _, id := range []spiffeid.ID{serverID, clientID} {
-		if err := certs.Ensure(context.Background(), id); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var mu sync.Mutex
 	var seen []tunnel.Request
-	node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(serverID), Bundle: ca.Bundle(), TrustDomain: td,
-		Dial: func(ctx context.Context, req tunnel.Request) (net.Conn, error) {
-			mu.Lock()
-			seen = append(seen, req)
-			mu.Unlock()
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", req.Target.String())
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nln, err := net.Listen("tcp", fmt.Sprintf("127.88.0.2:%d", TunnelPort))
-	if err != nil {
-		t.Skipf("127.88.0.2:%d is taken: %v", TunnelPort, err)
-	}
-	go node.Serve(nln)
-	defer node.Close()
-	defer nln.Close()
+	startNodeProxy(t, ca, certs, serverID, "127.88.0.2", func(req tunnel.Request) {
+		mu.Lock()
+		seen = append(seen, req)
+		mu.Unlock()
+	})
 
 	w, err := New(Options{Namespace: "demo", Name: "wp", Signer: ca, Bundle: ca.Bundle()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Update(cfg); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.88.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go w.Serve(ln, nil)
-	defer w.Shutdown(context.Background())
-	deadline := time.Now().Add(5 * time.Second)
-	for ok, why := w.Ready(); !ok; ok, why = w.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v", why)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	addr := serveWaypoint(t, w, cfg, "127.88.0.1")
 
 	client := &tunnel.Dialer{Bundle: ca.Bundle()}
 	defer client.Close()
-	wpID := spiffeid.RequireFromSegments(td, "ns", "demo", "sa", "wp")
+	wpID := testID("demo", "wp")
 	src := netip.MustParseAddrPort("127.88.0.9:4321")
 	dial := func(dst string) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		return client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: ln.Addr().String(), Identity: wpID, Dst: netip.MustParseAddrPort(dst), Src: src})
+		return client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: addr, Identity: wpID, Dst: netip.MustParseAddrPort(dst), Src: src})
 	}
 	c, err := dial("10.96.0.1:80")
 	if err != nil {
@@ -166,24 +127,10 @@ func TestPassthrough(t *testing.T) {
 	if w2, err = New(Options{Namespace: "demo", Name: "wp", Signer: ca, Bundle: ca.Bundle(), Handler: eng}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w2.Update(cfg); err != nil {
-		t.Fatal(err)
-	}
-	ln2, err := net.Listen("tcp", "127.88.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go w2.Serve(ln2, nil)
-	defer w2.Shutdown(context.Background())
-	for ok, why := w2.Ready(); !ok; ok, why = w2.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v", why)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	addr2 := serveWaypoint(t, w2, cfg, "127.88.0.1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c2, err := client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: ln2.Addr().String(), Identity: wpID, Dst: netip.MustParseAddrPort("10.96.0.1:80"), Src: src})
+	c2, err := client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: addr2, Identity: wpID, Dst: netip.MustParseAddrPort("10.96.0.1:80"), Src: src})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,4 +151,76 @@ func TestPassthrough(t *testing.T) {
 	if !errors.As(err, &se) || se.Code != 403 || !strings.Contains(se.Message, "not served by waypoint demo/wp") {
 		t.Errorf("stream for a service the waypoint does not serve: %v", err)
 	}
+}
+
+var testTD = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+// testID is the SPIFFE ID of service account sa in namespace ns.
+func testID(ns, sa string) spiffeid.ID {
+	return spiffeid.RequireFromSegments(testTD, "ns", ns, "sa", sa)
+}
+
+// testCA makes a test's mesh CA and a certificate manager holding an SVID
+// for each of ids.
+func testCA(tb testing.TB, ids ...spiffeid.ID) (*identity.CA, *identity.Manager) {
+	tb.Helper()
+	ca, err := identity.GenerateCA(testTD, time.Hour, clock.Real{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	certs := identity.NewManager(ca, clock.Real{}, nil)
+	for _, id := range ids {
+		if err := certs.Ensure(context.Background(), id); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return ca, certs
+}
+
+// startNodeProxy runs the node proxy of the test "pod" at ip until the
+// test ends: a tunnel server on TunnelPort, as id, that dials each
+// stream's target (telling seen first, if not nil). It skips the test if
+// the port is taken.
+func startNodeProxy(tb testing.TB, ca *identity.CA, certs *identity.Manager, id spiffeid.ID, ip string, seen func(tunnel.Request)) {
+	tb.Helper()
+	node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(id), Bundle: ca.Bundle(), TrustDomain: testTD,
+		Dial: func(ctx context.Context, req tunnel.Request) (net.Conn, error) {
+			if seen != nil {
+				seen(req)
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", req.Target.String())
+		}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, TunnelPort))
+	if err != nil {
+		tb.Skipf("%s:%d is taken: %v", ip, TunnelPort, err)
+	}
+	go node.Serve(ln)
+	tb.Cleanup(func() { node.Close(); ln.Close() })
+}
+
+// serveWaypoint puts cfg in force on w and serves it on a port of ip
+// until the test ends, once it is ready: the address it listens on.
+func serveWaypoint(tb testing.TB, w *Waypoint, cfg *meshconfig.Config, ip string) string {
+	tb.Helper()
+	if err := w.Update(cfg); err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go w.Serve(ln, nil)
+	tb.Cleanup(func() { w.Shutdown(context.Background()) })
+	deadline := time.Now().Add(5 * time.Second)
+	for ok, why := w.Ready(); !ok; ok, why = w.Ready() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("not ready: %v", why)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return ln.Addr().String()
 }
