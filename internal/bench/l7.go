@@ -116,13 +116,11 @@ type HTTPResult struct {
 
 func (r *HTTPResult) derive(max *PhaseCPU) {
 	if r.Latency != nil && r.Direct != nil {
-		base := r.Direct.Latency
-		if a := r.DirectAfter; a != nil && a.Count > 0 {
-			base.P50, base.P90, base.P99 = min(base.P50, a.Latency.P50), min(base.P90, a.Latency.P90), min(base.P99, a.Latency.P99)
+		added := func(pick func(Latency) float64) float64 {
+			base, _ := r.baseline(pick)
+			return pick(r.Latency.Latency) - base
 		}
-		r.AddedP50Micros = r.Latency.Latency.P50 - base.P50
-		r.AddedP90Micros = r.Latency.Latency.P90 - base.P90
-		r.AddedP99Micros = r.Latency.Latency.P99 - base.P99
+		r.AddedP50Micros, r.AddedP90Micros, r.AddedP99Micros = added(p50), added(p90), added(p99)
 	}
 	if r.Max != nil && max != nil && max.CorePercent > 0 {
 		r.ProxyCores = max.CorePercent / 100

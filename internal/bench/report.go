@@ -300,9 +300,6 @@ func tableRows(s Settings) []row {
 	proxy := func(v func(p *ProxyUsage) float64) func(m, _ *ModeResult) (float64, bool) {
 		return func(m, _ *ModeResult) (float64, bool) { return v(m.Proxy), true }
 	}
-	p50 := func(l Latency) float64 { return l.P50 }
-	p90 := func(l Latency) float64 { return l.P90 }
-	p99 := func(l Latency) float64 { return l.P99 }
 	return []row{
 		{label: "throughput, 1 stream (Gbit/s)", key: "throughput1StreamGbps", format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.Throughput1 })},
 		{label: fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), key: "throughputNStreamsGbps", format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.ThroughputN })},
@@ -681,6 +678,11 @@ func httpValue(v func(*HTTPResult) (float64, bool)) func(m, _ *ModeResult) (floa
 		return v(m.HTTP)
 	}
 }
+
+// p50, p90 and p99 pick a percentile of a Latency.
+func p50(l Latency) float64 { return l.P50 }
+func p90(l Latency) float64 { return l.P90 }
+func p99(l Latency) float64 { return l.P99 }
 
 func latOf(r *RRResult, pick func(Latency) float64) (float64, bool) {
 	if r == nil {
