@@ -342,10 +342,7 @@ func (w *fastWriter) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		// An interim response goes out as it is, with the headers set so
 		// far (ReverseProxy clears them after).
-		w.bw.WriteString("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n")
-		w.hdr.Write(w.bw)
-		w.bw.WriteString("\r\n")
-		w.err = w.bw.Flush()
+		w.err = writeInterim(w.bw, code, w.hdr)
 		return
 	}
 	w.status = code
@@ -390,21 +387,33 @@ func (w *fastWriter) writeHead(bodyBytes int) {
 	if _, ok := h["Date"]; !ok {
 		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
 	}
-	bw := w.bw
-	if code == http.StatusOK {
-		bw.WriteString("HTTP/1.1 200 OK\r\n")
-	} else {
-		bw.WriteString("HTTP/1.1 ")
-		bw.WriteString(strconv.Itoa(code))
-		bw.WriteByte(' ')
-		bw.WriteString(http.StatusText(code))
-		bw.WriteString("\r\n")
-	}
-	writeFields(bw, h, func(k string) bool { return strings.HasPrefix(k, http.TrailerPrefix) })
-	bw.WriteString("\r\n")
+	writeStatusLine(w.bw, code)
+	writeFields(w.bw, h, func(k string) bool { return strings.HasPrefix(k, http.TrailerPrefix) })
+	w.bw.WriteString("\r\n")
 	if w.nobody {
 		w.left = 0
 	}
+}
+
+// writeStatusLine writes "HTTP/1.1 <code> <text>".
+func writeStatusLine(bw *bufio.Writer, code int) {
+	if code == http.StatusOK {
+		bw.WriteString("HTTP/1.1 200 OK\r\n")
+		return
+	}
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\n")
+}
+
+// writeInterim sends an interim (1xx) response with header h at once.
+func writeInterim(bw *bufio.Writer, code int, h http.Header) error {
+	writeStatusLine(bw, code)
+	h.Write(bw)
+	bw.WriteString("\r\n")
+	return bw.Flush()
 }
 
 // writeFields writes h's fields as header lines, leaving out the names
@@ -961,11 +970,7 @@ func readResponse(uc *upConn, r *http.Request, fw *fastWriter) (*http.Response, 
 		if res.StatusCode >= 100 && res.StatusCode < 200 {
 			// Interim responses (103 Early Hints) go on to the client.
 			removeHop(res.Header)
-			bw := fw.bw
-			bw.WriteString("HTTP/1.1 " + strconv.Itoa(res.StatusCode) + " " + http.StatusText(res.StatusCode) + "\r\n")
-			res.Header.Write(bw)
-			bw.WriteString("\r\n")
-			if err := bw.Flush(); err != nil {
+			if err := writeInterim(fw.bw, res.StatusCode, res.Header); err != nil {
 				return nil, err
 			}
 			continue
