@@ -358,7 +358,7 @@ func (w *fastWriter) writeHead(bodyBytes int) {
 		w.status = http.StatusOK
 	}
 	code := w.status
-	w.nobody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	w.nobody = w.nobodyFor(code)
 	h := w.hdr
 	cl := h.Get("Content-Length")
 	if cl != "" {
