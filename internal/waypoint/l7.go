@@ -25,8 +25,7 @@ import (
 // waypoint's tunnel dialer, and observed (l7.TelemetryObserver: metrics,
 // access log, traceparent, OTLP spans).
 type Engine struct {
-	e   *l7.Engine
-	res *l7.Resilient
+	e *l7.Engine
 }
 
 // EngineOptions configure NewEngine; the zero value has no metrics or
@@ -73,11 +72,8 @@ func NewEngine(wp func() *Waypoint, opts EngineOptions) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{e: e, res: res}, nil
+	return &Engine{e: e}, nil
 }
-
-// Resilience is the engine's resilience state (per destination stats).
-func (h *Engine) Resilience() *resilience.Manager { return h.res.Manager() }
 
 // Update gives the engine a configuration.
 func (h *Engine) Update(cfg *meshconfig.Config) error { return h.e.Update(cfg) }
