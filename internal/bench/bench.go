@@ -881,6 +881,15 @@ func (h *harness) startNginxes(ctx context.Context, l *lab.Lab, instances []ngin
 
 func hostPort(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }
 
+// nginxStream is the config of a stream nginx s, in the directory it is
+// given, with the harness's stream module and worker count.
+func (h *harness) nginxStream(s NginxSide) func(dir string) string {
+	return func(dir string) string {
+		s.Dir, s.LoadModule, s.Workers = dir, h.nginx.LoadModule, h.cfg.ProxyCPUs
+		return s.Config()
+	}
+}
+
 // startNginxPair runs the nginx peer: nginx on the client's node listens on
 // the node's pod gateway address and proxies with mutual TLS to nginx on
 // the server's node (its underlay address), which proxies to the server
@@ -891,21 +900,14 @@ func (h *harness) startNginxPair(ctx context.Context, l *lab.Lab, server lab.Pod
 	if !ok1 || !ok2 {
 		return netip.Addr{}, nil, nil, errors.New("the lab lacks node-1 or node-2")
 	}
-	hp := hostPort
-	side := func(s NginxSide) func(string) string {
-		return func(dir string) string {
-			s.Dir, s.LoadModule, s.Workers = dir, h.nginx.LoadModule, h.cfg.ProxyCPUs
-			return s.Config()
-		}
-	}
 	set, stop, err := h.startNginxes(ctx, l, []nginxInstance{
-		{node: NodeServer, sa: "nginx-" + NodeServer, config: side(NginxSide{Routes: []NginxRoute{
-			{Listen: hp(n2.IPv4, portTLSIperf), ProxyPass: hp(server.IPv4, PortIperf)},
-			{Listen: hp(n2.IPv4, portTLSRR), ProxyPass: hp(server.IPv4, PortRR)},
+		{node: NodeServer, sa: "nginx-" + NodeServer, config: h.nginxStream(NginxSide{Routes: []NginxRoute{
+			{Listen: hostPort(n2.IPv4, portTLSIperf), ProxyPass: hostPort(server.IPv4, PortIperf)},
+			{Listen: hostPort(n2.IPv4, portTLSRR), ProxyPass: hostPort(server.IPv4, PortRR)},
 		}}), ports: []uint16{portTLSIperf, portTLSRR}},
-		{node: NodeClient, sa: "nginx-" + NodeClient, config: side(NginxSide{TLSOut: true, PeerName: nginxName("nginx-" + NodeServer), Routes: []NginxRoute{
-			{Listen: hp(n1.Gateway4, PortIperf), ProxyPass: hp(n2.IPv4, portTLSIperf)},
-			{Listen: hp(n1.Gateway4, PortRR), ProxyPass: hp(n2.IPv4, portTLSRR)},
+		{node: NodeClient, sa: "nginx-" + NodeClient, config: h.nginxStream(NginxSide{TLSOut: true, PeerName: nginxName("nginx-" + NodeServer), Routes: []NginxRoute{
+			{Listen: hostPort(n1.Gateway4, PortIperf), ProxyPass: hostPort(n2.IPv4, portTLSIperf)},
+			{Listen: hostPort(n1.Gateway4, PortRR), ProxyPass: hostPort(n2.IPv4, portTLSRR)},
 		}}), ports: []uint16{PortIperf, PortRR}},
 	})
 	if err != nil {

@@ -341,23 +341,17 @@ func (h *harness) startNginxHTTP(ctx context.Context, l *lab.Lab, server lab.Pod
 	if !ok1 || !ok2 {
 		return nil, nil, errors.New("the lab lacks node-1 or node-2")
 	}
-	stream := func(s NginxSide) func(string) string {
-		return func(dir string) string {
-			s.Dir, s.LoadModule, s.Workers = dir, h.nginx.LoadModule, h.cfg.ProxyCPUs
-			return s.Config()
-		}
-	}
 	mid := "nginx-http-" + NodeClient
 	back := "nginx-" + NodeServer
 	return h.startNginxes(ctx, l, []nginxInstance{
-		{node: NodeServer, sa: back, role: "nginx stream (server side)", ports: []uint16{portTLSHTTP}, config: stream(NginxSide{Routes: []NginxRoute{
+		{node: NodeServer, sa: back, role: "nginx stream (server side)", ports: []uint16{portTLSHTTP}, config: h.nginxStream(NginxSide{Routes: []NginxRoute{
 			{Listen: hostPort(n2.IPv4, portTLSHTTP), ProxyPass: hostPort(server.IPv4, PortHTTP)},
 		}})},
 		{node: NodeClient, sa: mid, role: "nginx http", ports: []uint16{portMidHTTP}, config: func(dir string) string {
 			return NginxHTTP{Dir: dir, Workers: h.cfg.ProxyCPUs, Listen: hostPort(n1.IPv4, portMidHTTP),
 				Upstream: hostPort(n2.IPv4, portTLSHTTP), PeerName: nginxName(back), AccessLog: h.cfg.AccessLog}.Config()
 		}},
-		{node: NodeClient, sa: "nginx-" + NodeClient, role: "nginx stream (client side)", ports: []uint16{PortHTTP}, config: stream(NginxSide{TLSOut: true, PeerName: nginxName(mid), Routes: []NginxRoute{
+		{node: NodeClient, sa: "nginx-" + NodeClient, role: "nginx stream (client side)", ports: []uint16{PortHTTP}, config: h.nginxStream(NginxSide{TLSOut: true, PeerName: nginxName(mid), Routes: []NginxRoute{
 			{Listen: hostPort(n1.Gateway4, PortHTTP), ProxyPass: hostPort(n1.IPv4, portMidHTTP)},
 		}})},
 	})
