@@ -288,18 +288,14 @@ func (h *connHandler) serveFast(fw *fastWriter, r *http.Request) (keep bool) {
 	if r.Close || fw.close {
 		return false
 	}
-	// What the handler left of the client's body.
+	// What the handler left of the client's body: the connection carries
+	// another request only when the body ends within 256 KiB.
 	if r.Body != nil && r.Body != http.NoBody {
-		n, err := io.CopyN(io.Discard, r.Body, 256<<10)
-		if err != io.EOF && !(err == nil && n == 0) {
-			if err == nil {
-				if _, err2 := r.Body.Read(make([]byte, 1)); err2 != io.EOF {
-					return false
-				}
-			} else {
-				return false
-			}
+		_, err := io.CopyN(io.Discard, r.Body, 256<<10)
+		if err == nil {
+			_, err = r.Body.Read(make([]byte, 1))
 		}
+		return err == io.EOF
 	}
 	return true
 }
