@@ -718,7 +718,7 @@ var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy
 func removeHop(h http.Header) {
 	for _, v := range h["Connection"] {
 		for _, t := range strings.Split(v, ",") {
-			if t = textprotoKey(strings.TrimSpace(t)); t != "" {
+			if t = http.CanonicalHeaderKey(strings.TrimSpace(t)); t != "" {
 				delete(h, t)
 			}
 		}
@@ -727,8 +727,6 @@ func removeHop(h http.Header) {
 		delete(h, k)
 	}
 }
-
-func textprotoKey(s string) string { return http.CanonicalHeaderKey(s) }
 
 // forwardFast proxies r to the request's backend over pooled HTTP/1.1
 // connections, retrying as the Call says; the response goes to rec.
