@@ -736,12 +736,7 @@ func (e *Engine) forwardFast(ctx context.Context, rec *recorder, r *http.Request
 	if teTrailers {
 		r.Header["Te"] = []string{"trailers"}
 	}
-	if f := st.route.RequestFilter; f != nil {
-		f(r)
-	}
-	if st.wb != nil && st.wb.RequestFilter != nil {
-		st.wb.RequestFilter(r)
-	}
+	st.filterRequest(r)
 	for {
 		ep, ok := st.call.Pick(st.tried)
 		if !ok {
@@ -976,12 +971,7 @@ func readResponse(uc *upConn, r *http.Request, fw *fastWriter) (*http.Response, 
 // respondFast copies res to the client and gives uc back to the pool when
 // its response was read whole.
 func (e *Engine) respondFast(rec *recorder, r *http.Request, st *reqState, uc *upConn, res *http.Response) {
-	if f := st.route.ResponseFilter; f != nil {
-		f(res)
-	}
-	if st.wb != nil && st.wb.ResponseFilter != nil {
-		st.wb.ResponseFilter(res)
-	}
+	st.filterResponse(res)
 	fw := rec.ResponseWriter.(*fastWriter)
 	h := fw.hdr
 	announced := res.Header["Trailer"]

@@ -382,6 +382,12 @@ func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
 			out.Header[k] = v
 		}
 	}
+	st.filterRequest(out)
+}
+
+// filterRequest applies the route's, then the chosen backend's, request
+// filters to the outgoing request.
+func (st *reqState) filterRequest(out *http.Request) {
 	if f := st.route.RequestFilter; f != nil {
 		f(out)
 	}
@@ -390,17 +396,23 @@ func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-func (e *Engine) modifyResponse(res *http.Response) error {
-	st := res.Request.Context().Value(stateKey{}).(*reqState)
-	if res.StatusCode == http.StatusSwitchingProtocols {
-		st.upgrade = true
-	}
+// filterResponse applies the route's, then the chosen backend's, response
+// filters to the upstream's response.
+func (st *reqState) filterResponse(res *http.Response) {
 	if f := st.route.ResponseFilter; f != nil {
 		f(res)
 	}
 	if st.wb != nil && st.wb.ResponseFilter != nil {
 		st.wb.ResponseFilter(res)
 	}
+}
+
+func (e *Engine) modifyResponse(res *http.Response) error {
+	st := res.Request.Context().Value(stateKey{}).(*reqState)
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		st.upgrade = true
+	}
+	st.filterResponse(res)
 	return nil
 }
 
