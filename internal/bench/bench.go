@@ -166,7 +166,14 @@ func ParseModes(s string) ([]string, error) {
 	return out, nil
 }
 
-func isMesh(mode string) bool { return mode == ModeMeshH2 || mode == ModeMeshQUIC }
+// isMesh: the mode's pods are mesh pods, in a lab of its own with node
+// proxies capturing their traffic (the waypoint mode too).
+func isMesh(mode string) bool {
+	return mode == ModeMeshH2 || mode == ModeMeshQUIC || mode == ModeWaypoint
+}
+
+// isNginx: the mode needs nginx.
+func isNginx(mode string) bool { return mode == ModeNginx || mode == ModeNginxHTTP }
 
 type harness struct {
 	cfg   Config
@@ -233,7 +240,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if out, err := exec.Command(h.cfg.Iperf3, "--version").Output(); err == nil {
 		rep.Host.Iperf3 = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
 	}
-	if slices.Contains(cfg.Modes, ModeNginx) || slices.Contains(cfg.Modes, ModeNginxHTTP) {
+	if slices.ContainsFunc(cfg.Modes, isNginx) {
 		if h.cfg.Nginx, h.nginxErr = findTool(cfg.Nginx, "nginx", "nginx (with the stream module: Debian nginx and libnginx-mod-stream)"); h.nginxErr == nil {
 			h.nginx, h.nginxErr = nginxInspect(h.cfg.Nginx)
 			rep.Host.Nginx = h.nginx.Version
@@ -278,13 +285,13 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 
 	var plain []string
 	for _, m := range cfg.Modes {
-		if m == ModeDirect || m == ModeNginx || m == ModeNginxHTTP {
+		switch {
+		case isMesh(m):
+		case isNginx(m) && h.nginxErr != nil:
+			failAll([]string{m}, h.nginxErr)
+		default:
 			plain = append(plain, m)
 		}
-	}
-	if h.nginxErr != nil {
-		failAll(slices.DeleteFunc(slices.Clone(plain), func(m string) bool { return m == ModeDirect }), h.nginxErr)
-		plain = slices.DeleteFunc(plain, func(m string) bool { return m == ModeNginx || m == ModeNginxHTTP })
 	}
 	if len(plain) > 0 && ctx.Err() == nil {
 		err := h.withLab(ctx, "plain", lab.Options{Topology: Topology(lab.TunnelH2)}, func(l *lab.Lab) {
@@ -300,7 +307,7 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 		}
 	}
 	for _, m := range cfg.Modes {
-		if (!isMesh(m) && m != ModeWaypoint) || ctx.Err() != nil {
+		if !isMesh(m) || ctx.Err() != nil {
 			continue
 		}
 		if _, err := os.Stat(cfg.NodeProxy); cfg.NodeProxy == "" || err != nil {

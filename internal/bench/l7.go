@@ -168,7 +168,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	res.HTTP = &HTTPResult{}
 	plainClient, plainServer := NamespacePlain+"/"+PodClient, NamespacePlain+"/"+PodServer
 	client, server := plainClient, plainServer
-	if mode == ModeWaypoint {
+	if isMesh(mode) {
 		client, server = NamespaceMesh+"/"+PodClient, NamespaceMesh+"/"+PodServer
 	}
 	psp, ok1 := l.Pod(plainServer)
