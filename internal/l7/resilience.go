@@ -84,8 +84,13 @@ func (x *Resilient) Begin(ctx context.Context, b *Backend, r *http.Request) (Cal
 			return nil, delayInterrupted(err)
 		}
 	}
-	return &resilientCall{c: c, d: d, delayed: c.FaultDelay() > 0, countReqs: b.Policy != nil && b.Policy.CircuitBreaker != nil && b.Policy.CircuitBreaker.MaxRequestsPerConnection > 0,
-		capConns: b.Policy != nil && b.Policy.CircuitBreaker != nil && (b.Policy.CircuitBreaker.MaxConnections > 0 || b.Policy.CircuitBreaker.MaxRequestsPerConnection > 0)}, nil
+	rc := &resilientCall{c: c, d: d}
+	if b.Policy != nil && b.Policy.CircuitBreaker != nil {
+		cb := b.Policy.CircuitBreaker
+		rc.countReqs = cb.MaxRequestsPerConnection > 0
+		rc.capConns = cb.MaxConnections > 0 || rc.countReqs
+	}
+	return rc, nil
 }
 
 // delayInterrupted answers a request whose time ran out (or whose client
@@ -105,9 +110,9 @@ func rejectResponse(rej *resilience.Reject) *DirectResponse {
 
 // resilientCall is one admitted request.
 type resilientCall struct {
-	c                            *resilience.Call
-	d                            *resilience.Destination
-	delayed, countReqs, capConns bool
+	c                   *resilience.Call
+	d                   *resilience.Destination
+	countReqs, capConns bool
 }
 
 func (c *resilientCall) Pick(tried []netip.AddrPort) (netip.AddrPort, bool) {
@@ -128,7 +133,7 @@ func (c *resilientCall) End(Outcome) { c.c.End() }
 func (c *resilientCall) RetriesExhausted() bool { return c.c.Denied() != resilience.RetryNotDenied }
 
 // FaultDelayed says an injected delay held the request (DI).
-func (c *resilientCall) FaultDelayed() bool { return c.delayed }
+func (c *resilientCall) FaultDelayed() bool { return c.c.FaultDelay() > 0 }
 
 // OpenConn takes a place for a new upstream connection when the policy
 // caps them (nil, nil otherwise: the engine dials plainly).
