@@ -96,7 +96,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 	app2, err := net.Listen("tcp", fmt.Sprintf("127.88.7.3:%d", port))
 	if err != nil {
 		app1.Close()
-		t.Skipf("127.88.7.3:%d is taken: %v", port, err)
+		portTaken(t, "127.88.7.3:%d is taken: %v", port, err)
 	}
 	srv1 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		failed.Add(1)
