@@ -619,6 +619,15 @@ type upList struct {
 	reap  *time.Timer // closes the ones idle too long; nil when none idle
 }
 
+// dropIdle closes the connections of l idle for idle or longer at now
+// (the oldest are first); l.mu is held.
+func (l *upList) dropIdle(now time.Time, idle time.Duration) {
+	for len(l.conns) > 0 && now.Sub(l.conns[0].idleAt) >= idle {
+		l.conns[0].c.Close()
+		l.conns = l.conns[1:]
+	}
+}
+
 // reapIdle closes the connections of l idle too long, and comes back when
 // the next one will be.
 func (e *Engine) reapIdle(l *upList) {
@@ -626,10 +635,7 @@ func (e *Engine) reapIdle(l *upList) {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for len(l.conns) > 0 && now.Sub(l.conns[0].idleAt) >= idle {
-		l.conns[0].c.Close()
-		l.conns = l.conns[1:]
-	}
+	l.dropIdle(now, idle)
 	if len(l.conns) == 0 {
 		l.reap = nil
 		return
@@ -676,11 +682,7 @@ func (e *Engine) putUp(uc *upConn) {
 	}
 	ul := l.(*upList)
 	ul.mu.Lock()
-	// Drop the ones that idled too long (the oldest are first).
-	for len(ul.conns) > 0 && uc.idleAt.Sub(ul.conns[0].idleAt) >= e.upIdle {
-		ul.conns[0].c.Close()
-		ul.conns = ul.conns[1:]
-	}
+	ul.dropIdle(uc.idleAt, e.upIdle)
 	if len(ul.conns) < e.opts.MaxIdlePerEndpoint {
 		ul.conns = append(ul.conns, uc)
 		uc = nil
