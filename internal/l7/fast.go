@@ -771,15 +771,7 @@ func (e *Engine) forwardFast(ctx context.Context, rec *recorder, r *http.Request
 				uc.close()
 			}
 			cancel()
-			if backoff > 0 {
-				tm := time.NewTimer(backoff)
-				select {
-				case <-tm.C:
-				case <-ctx.Done():
-					tm.Stop()
-				}
-			}
-			if ctx.Err() == nil {
+			if waitBackoff(ctx, backoff) {
 				continue
 			}
 			st.outcome = Outcome{GRPCStatus: -1, Err: ErrTimeout}

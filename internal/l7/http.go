@@ -472,15 +472,7 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 				res.Body.Close()
 			}
 			cancel()
-			if backoff > 0 {
-				tm := time.NewTimer(backoff)
-				select {
-				case <-tm.C:
-				case <-reqCtx.Done():
-					tm.Stop()
-				}
-			}
-			if reqCtx.Err() == nil {
+			if waitBackoff(reqCtx, backoff) {
 				continue
 			}
 			o = Outcome{GRPCStatus: -1, Err: ErrTimeout}
@@ -502,6 +494,20 @@ func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 		res.Body = &cancelBody{ReadCloser: res.Body, cancel: cancel}
 		return res, nil
 	}
+}
+
+// waitBackoff waits d before a retry, or until ctx ends: false when it
+// ended.
+func waitBackoff(ctx context.Context, d time.Duration) bool {
+	if d > 0 {
+		tm := time.NewTimer(d)
+		defer tm.Stop()
+		select {
+		case <-tm.C:
+		case <-ctx.Done():
+		}
+	}
+	return ctx.Err() == nil
 }
 
 // countRequest reports each request to the counted connection that
