@@ -488,48 +488,35 @@ func mergeRounds(s Settings, modes []string, rounds []RoundResult) []ModeResult 
 			continue
 		}
 		m := ModeResult{Mode: md.mode}
-		errs := map[string][]int{}
-		failures := map[string]map[string][]int{}
-		notes := map[string][]int{}
-		var errOrder, noteOrder []string
+		var errs, notes tally
+		failures := map[string]*tally{}
 		for i, r := range md.results {
 			round := md.rounds[i]
 			if m.Path == "" {
 				m.Path = r.Path
 			}
 			if r.Error != "" {
-				if errs[r.Error] == nil {
-					errOrder = append(errOrder, r.Error)
-				}
-				errs[r.Error] = append(errs[r.Error], round)
+				errs.add(r.Error, round)
 			}
 			for phase, why := range r.Failures {
 				if failures[phase] == nil {
-					failures[phase] = map[string][]int{}
+					failures[phase] = &tally{}
 				}
-				failures[phase][why] = append(failures[phase][why], round)
+				failures[phase].add(why, round)
 			}
 			for _, n := range r.Notes {
-				if notes[n] == nil {
-					noteOrder = append(noteOrder, n)
-				}
-				notes[n] = append(notes[n], round)
+				notes.add(n, round)
 			}
 		}
-		m.Error = inRounds(len(rounds), errOrder, errs)
-		for phase, byWhy := range failures {
-			var order []string
-			for why := range byWhy {
-				order = append(order, why)
-			}
-			slices.SortFunc(order, func(a, b string) int { return byWhy[a][0] - byWhy[b][0] })
+		m.Error = inRounds(len(rounds), errs.order, errs.rounds)
+		for phase, t := range failures {
 			if m.Failures == nil {
 				m.Failures = map[string]string{}
 			}
-			m.Failures[phase] = inRounds(len(rounds), order, byWhy)
+			m.Failures[phase] = inRounds(len(rounds), t.order, t.rounds)
 		}
-		for _, n := range noteOrder {
-			m.Notes = append(m.Notes, roundsList(notes[n])+": "+n)
+		for _, n := range notes.order {
+			m.Notes = append(m.Notes, roundsList(notes.rounds[n])+": "+n)
 		}
 		for _, rw := range rows {
 			if rw.key == "" || rw.value == nil || !rw.inScope(md.mode) {
@@ -545,6 +532,23 @@ func mergeRounds(s Settings, modes []string, rounds []RoundResult) []ModeResult 
 		out = append(out, m)
 	}
 	return out
+}
+
+// tally is reasons (errors, failures, notes) in the order they first
+// came, each with the rounds it came in.
+type tally struct {
+	order  []string
+	rounds map[string][]int
+}
+
+func (t *tally) add(why string, round int) {
+	if t.rounds[why] == nil {
+		if t.rounds == nil {
+			t.rounds = map[string][]int{}
+		}
+		t.order = append(t.order, why)
+	}
+	t.rounds[why] = append(t.rounds[why], round)
 }
 
 // inRounds says in which of n rounds each reason happened: "k of n
