@@ -309,18 +309,9 @@ func tableRows(s Settings) []row {
 		{label: "  p50 added vs direct (µs)", key: "latencyP50AddedMicros", format: "%+.0f", value: added(p50), na: isDirect},
 		{label: "  p90 added vs direct (µs)", key: "latencyP90AddedMicros", format: "%+.0f", value: added(p90), na: isDirect},
 		{label: "  p99 added vs direct (µs)", key: "latencyP99AddedMicros", format: "%+.0f", value: added(p99), na: isDirect},
-		{label: "requests answered (/s)", key: "requestsPerSecond", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) {
-			if m.Latency == nil {
-				return 0, false
-			}
-			return m.Latency.PerSecond, true
-		}},
-		{label: fmt.Sprintf("new connections/s (%d workers)", s.ConnectWorkers), key: "connectionsPerSecond", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) {
-			if m.Connect == nil {
-				return 0, false
-			}
-			return m.Connect.PerSecond, true
-		}},
+		{label: "requests answered (/s)", key: "requestsPerSecond", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) { return perSecondOf(m.Latency) }},
+		{label: fmt.Sprintf("new connections/s (%d workers)", s.ConnectWorkers), key: "connectionsPerSecond", format: "%.0f",
+			value: func(m, _ *ModeResult) (float64, bool) { return perSecondOf(m.Connect) }},
 		{label: "  connection p50 (µs)", key: "connectionP50Micros", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) { return latOf(m.Connect, p50) }},
 		{label: "proxy CPU, 1 stream (% of a core)", key: "proxyCPU1StreamPercent", format: "%.0f", value: cpu(PhaseStream1), na: noProxy},
 		{label: fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), key: "proxyCPUNStreamsPercent", format: "%.0f", value: cpu(PhaseStreamsN), na: noProxy},
@@ -339,12 +330,7 @@ func tableRows(s Settings) []row {
 		{label: "  HTTP p99 added (µs)", key: "httpP99AddedMicros", format: "%+.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.AddedP99Micros, h.Latency != nil && h.Direct != nil })},
 		{label: fmt.Sprintf("HTTP/1.1 most req/s (%d conns)", s.MaxConns), key: "httpMaxPerSecond", format: "%.0f", scope: scopeHTTP,
-			value: httpValue(func(h *HTTPResult) (float64, bool) {
-				if h.Max == nil {
-					return 0, false
-				}
-				return h.Max.PerSecond, true
-			})},
+			value: httpValue(func(h *HTTPResult) (float64, bool) { return perSecondOf(h.Max) })},
 		{label: "  proxy CPU at most req/s (cores)", key: "httpProxyCores", format: "%.2f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.ProxyCores, h.ProxyCores > 0 })},
 		{label: "  HTTP req/s per proxy core", key: "httpRequestsPerCore", format: "%.0f", scope: scopeHTTP,
@@ -693,6 +679,13 @@ func latOf(r *RRResult, pick func(Latency) float64) (float64, bool) {
 		return 0, false
 	}
 	return pick(r.Latency), true
+}
+
+func perSecondOf(r *RRResult) (float64, bool) {
+	if r == nil {
+		return 0, false
+	}
+	return r.PerSecond, true
 }
 
 func modeNames(ms []ModeResult) []string {
