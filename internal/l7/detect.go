@@ -6,6 +6,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // appProtocol maps a Service port's appProtocol to what the engine speaks,
@@ -103,7 +105,7 @@ func classify(b []byte) (Protocol, bool) {
 			sp = i
 			break
 		}
-		if !isTokenChar(ch) || i >= 32 {
+		if !httpguts.IsTokenRune(rune(ch)) || i >= 32 {
 			return ProtocolTCP, true
 		}
 	}
@@ -131,13 +133,6 @@ func classify(b []byte) (Protocol, bool) {
 		return ProtocolHTTP1, true
 	}
 	return ProtocolTCP, true
-}
-
-func isTokenChar(c byte) bool {
-	if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // prefixConn replays bytes read during detection before the rest of the
