@@ -805,6 +805,7 @@ func (h *harness) udpOut(l *lab.Lab, pod string) (int64, error) {
 // .../sa/<sa> and the DNS name nginxName(sa)).
 type nginxInstance struct {
 	node   string
+	pod    string // a pod on node whose network nginx runs in; "": node's own
 	sa     string
 	role   string
 	config func(dir string) string
@@ -866,7 +867,7 @@ func (h *harness) startNginxes(ctx context.Context, l *lab.Lab, instances []ngin
 			}
 		}
 		h.logf("nginx: starting %s on %s", in.sa, in.node)
-		p, err := startNginx(l, h.cfg.Nginx, in.node, sdir)
+		p, err := startNginx(l, h.cfg.Nginx, in.node, in.pod, sdir)
 		if err != nil {
 			stop()
 			return nil, nil, err

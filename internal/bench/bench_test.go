@@ -473,7 +473,7 @@ func TestTopology(t *testing.T) {
 	for _, p := range topo.Pods {
 		enrolled[p.Namespace+"/"+p.Name] = topo.Enrolled(p)
 	}
-	want := map[string]bool{"bench/client": true, "bench/server": true, "plain/client": false, "plain/server": false}
+	want := map[string]bool{"bench/client": true, "bench/server": true, "plain/client": false, "plain/server": false, "plain/proxy": false}
 	for k, v := range want {
 		if enrolled[k] != v {
 			t.Errorf("%s enrolled = %v, want %v", k, enrolled[k], v)

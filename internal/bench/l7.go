@@ -21,7 +21,8 @@ import (
 //     the waypoint's L7 engine parsing and routing each HTTP/1.1 request;
 //   - nginx-http: the same shape out of nginx: a stream proxy on the
 //     client's node (plaintext in, mutual TLS out), an HTTP reverse proxy
-//     on the same node in the waypoint's place (terminates mutual TLS,
+//     in a pod on the same node, in the waypoint's place, so that both
+//     cross the same pod network (terminates mutual TLS,
 //     proxies each request over keep-alive mutual-TLS upstream
 //     connections), and a stream proxy on the server's node terminating
 //     mutual TLS to the server pod.
@@ -247,10 +248,11 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		defer stop()
 		proxies = set
 		target = net.JoinHostPort(n1.Gateway4.String(), strconv.Itoa(PortHTTP))
-		res.Path = fmt.Sprintf("%s -> nginx stream on %s %s (plaintext in, TLS 1.3 mutual out) -> nginx http on %s %s:%d "+
+		proxy, _ := l.Pod(NamespacePlain + "/" + PodProxy)
+		res.Path = fmt.Sprintf("%s -> nginx stream on %s %s (plaintext in, TLS 1.3 mutual out) -> nginx http in pod %s %s:%d on %s "+
 			"(terminates mutual TLS; HTTP/1.1 reverse proxy, keep-alive upstream pool of TLS 1.3 mutual connections) -> nginx stream on %s %s:%d "+
 			"(terminates mutual TLS) -> %s %s:%d (Go net/http, keep-alive); worker_processes %s each; access log %s",
-			client, NodeClient, target, NodeClient, n1.IPv4, portMidHTTP, NodeServer, n2.IPv4, portTLSHTTP, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs, onOff(h.cfg.AccessLog))
+			client, NodeClient, target, proxy.Key(), proxy.IPv4, portMidHTTP, NodeClient, NodeServer, n2.IPv4, portTLSHTTP, server, sp.IPv4, PortHTTP, h.cfg.ProxyCPUs, onOff(h.cfg.AccessLog))
 	default:
 		res.Error = "not an L7 mode: " + mode
 		return res
@@ -333,13 +335,19 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	return res
 }
 
-// startNginxHTTP runs the nginx-http path's three nginx processes; the
-// client dials the client node's pod gateway on PortHTTP.
+// startNginxHTTP runs the nginx-http path's three nginx processes, the
+// reverse proxy in the pod plain/proxy (the waypoint, too, is a pod on the
+// client's node); the client dials the client node's pod gateway on
+// PortHTTP.
 func (h *harness) startNginxHTTP(ctx context.Context, l *lab.Lab, server lab.PodInfo) (*proxySet, func(), error) {
 	n1, ok1 := l.Node(NodeClient)
 	n2, ok2 := l.Node(NodeServer)
 	if !ok1 || !ok2 {
 		return nil, nil, errors.New("the lab lacks node-1 or node-2")
+	}
+	proxy, ok3 := l.Pod(NamespacePlain + "/" + PodProxy)
+	if !ok3 {
+		return nil, nil, errors.New("the lab lacks the pod " + NamespacePlain + "/" + PodProxy)
 	}
 	mid := "nginx-http-" + NodeClient
 	back := "nginx-" + NodeServer
@@ -347,12 +355,12 @@ func (h *harness) startNginxHTTP(ctx context.Context, l *lab.Lab, server lab.Pod
 		{node: NodeServer, sa: back, role: "nginx stream (server side)", ports: []uint16{portTLSHTTP}, config: h.nginxStream(NginxSide{Routes: []NginxRoute{
 			{Listen: hostPort(n2.IPv4, portTLSHTTP), ProxyPass: hostPort(server.IPv4, PortHTTP)},
 		}})},
-		{node: NodeClient, sa: mid, role: "nginx http", ports: []uint16{portMidHTTP}, config: func(dir string) string {
-			return NginxHTTP{Dir: dir, Workers: h.cfg.ProxyCPUs, Listen: hostPort(n1.IPv4, portMidHTTP),
+		{node: NodeClient, pod: proxy.Key(), sa: mid, role: "nginx http", ports: []uint16{portMidHTTP}, config: func(dir string) string {
+			return NginxHTTP{Dir: dir, Workers: h.cfg.ProxyCPUs, Listen: hostPort(proxy.IPv4, portMidHTTP),
 				Upstream: hostPort(n2.IPv4, portTLSHTTP), PeerName: nginxName(back), AccessLog: h.cfg.AccessLog}.Config()
 		}},
 		{node: NodeClient, sa: "nginx-" + NodeClient, role: "nginx stream (client side)", ports: []uint16{PortHTTP}, config: h.nginxStream(NginxSide{TLSOut: true, PeerName: nginxName(mid), Routes: []NginxRoute{
-			{Listen: hostPort(n1.Gateway4, PortHTTP), ProxyPass: hostPort(n1.IPv4, portMidHTTP)},
+			{Listen: hostPort(n1.Gateway4, PortHTTP), ProxyPass: hostPort(proxy.IPv4, portMidHTTP)},
 		}})},
 	})
 }

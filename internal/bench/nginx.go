@@ -338,16 +338,26 @@ func (p *nginxProc) stop() {
 	}
 }
 
-// startNginx starts nginx with the config in dir in node's network
-// namespace and cgroup (as a host-network pod would run), and records it
-// with the lab so that lab.Down kills it even if the harness does not.
-func startNginx(l *lab.Lab, bin, node, dir string) (*nginxProc, error) {
+// startNginx starts nginx with the config in dir in node's cgroup and in
+// node's network namespace (as a host-network pod would run), or, with pod
+// set, in that pod's on node (as a proxy Deployment's pod would); it
+// records it with the lab so that lab.Down kills it even if the harness
+// does not.
+func startNginx(l *lab.Lab, bin, node, pod, dir string) (*nginxProc, error) {
 	n, ok := l.Node(node)
 	if !ok {
 		return nil, fmt.Errorf("node %q is not in the lab", node)
 	}
+	netns := n.NetNSPath
+	if pod != "" {
+		p, ok := l.Pod(pod)
+		if !ok || p.Node != node {
+			return nil, fmt.Errorf("no pod %q on %s in the lab", pod, node)
+		}
+		netns = p.NetNSPath
+	}
 	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
-	if err := lab.StartInNode(cmd, n.NetNSPath, n.CgroupPath); err != nil {
+	if err := lab.StartInNode(cmd, netns, n.CgroupPath); err != nil {
 		return nil, fmt.Errorf("start nginx on %s: %w", node, err)
 	}
 	p := &nginxProc{node: node, dir: dir, cmd: cmd, done: make(chan struct{})}

@@ -2,9 +2,10 @@ package bench
 
 import "github.com/ambit-mesh/ambit/internal/lab"
 
-// The bench lab: the same four pods in every lab the harness builds, so
+// The bench lab: the same five pods in every lab the harness builds, so
 // every mode has the same addresses. Clients are on node-1, servers on
-// node-2; namespace bench is enrolled, namespace plain is not.
+// node-2; namespace bench is enrolled, namespace plain is not. The fifth,
+// plain/proxy on node-1, holds nginx-http's reverse proxy.
 const (
 	NodeClient = "node-1"
 	NodeServer = "node-2"
@@ -14,6 +15,10 @@ const (
 
 	PodClient = "client"
 	PodServer = "server"
+	// PodProxy is the pod on the client's node that nginx-http's HTTP
+	// reverse proxy runs in: a proxy pod like the waypoint's, so both
+	// middle hops cross the same pod network.
+	PodProxy = "proxy"
 )
 
 // Topology is the bench lab with tunnel as the mesh's tunnel protocol
@@ -34,6 +39,7 @@ func Topology(tunnel string) *lab.Topology {
 			pod(NamespaceMesh, PodServer, NodeServer),
 			pod(NamespacePlain, PodClient, NodeClient),
 			pod(NamespacePlain, PodServer, NodeServer),
+			pod(NamespacePlain, PodProxy, NodeClient),
 		},
 		Mesh: lab.Mesh{Tunnel: tunnel},
 	}
