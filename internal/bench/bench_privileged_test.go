@@ -196,11 +196,13 @@ func TestPrivilegedL7(t *testing.T) {
 	if ents, _ := os.ReadDir(root); len(ents) != 0 {
 		t.Errorf("left in the state root: %v", ents)
 	}
-	// CPU profiles of the waypoint and both node proxies (pprof from
-	// their admin endpoints) during the waypoint's max run.
+	// CPU and allocation profiles of the waypoint and both node proxies
+	// (pprof from their admin endpoints) during the waypoint's max run.
 	for _, name := range []string{"waypoint-waypoint-node-1", "waypoint-nodeproxy-node-1", "waypoint-nodeproxy-node-2"} {
-		if st, err := os.Stat(filepath.Join(profiles, name+".pprof")); err != nil || st.Size() == 0 {
-			t.Errorf("profile %s: %v", name, err)
+		for _, f := range []string{name + ".pprof", name + "-allocs.pprof"} {
+			if st, err := os.Stat(filepath.Join(profiles, f)); err != nil || st.Size() == 0 {
+				t.Errorf("profile %s: %v", f, err)
+			}
 		}
 	}
 }

@@ -303,7 +303,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 			p.start(l, h.cfg.ProfileDir, h.profilePrefix(mode), h.cfg.Warmup+h.cfg.Duration)
 			defer func() {
 				res.Notes = append(res.Notes, p.wait()...)
-				h.logf("%s: CPU profiles of the max run in %s", mode, h.cfg.ProfileDir)
+				h.logf("%s: CPU and allocation profiles of the max run in %s", mode, h.cfg.ProfileDir)
 			}()
 		}
 		r, err := h.rrHTTP(ctx, l, client, target, true)

@@ -18,24 +18,26 @@ import (
 // AdminPort is the node proxies' and waypoints' local admin port (pprof).
 const AdminPort = 15000
 
-// profiler fetches CPU profiles from the mesh proxies' admin endpoints
-// (net/http/pprof on 127.0.0.1:15000 in each one's network namespace)
-// while a measurement runs.
+// profiler fetches CPU and allocation profiles from the mesh proxies'
+// admin endpoints (net/http/pprof on 127.0.0.1:15000 in each one's network
+// namespace) while a measurement runs.
 type profiler struct {
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	errs []string
 }
 
-// start asks every node proxy and waypoint of l for a CPU profile of d and
-// writes each to dir/<prefix>-<role>-<node>.pprof when it arrives.
+// start asks every node proxy and waypoint of l for a CPU profile and an
+// allocation profile (what was allocated during the same time: pprof's
+// delta) of d, and writes them to dir/<prefix>-<role>-<node>.pprof and
+// ...-allocs.pprof when they arrive.
 func (p *profiler) start(l *lab.Lab, dir, prefix string, d time.Duration) {
 	secs := max(1, int(d.Round(time.Second)/time.Second))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		p.fail(prefix, err)
 		return
 	}
-	fetch := func(name string, do func(func() error) error) {
+	fetch := func(name, path string, do func(func() error) error) {
 		var c net.Conn
 		err := do(func() (err error) {
 			// Dialled here, on the thread in the proxy's namespace.
@@ -51,7 +53,7 @@ func (p *profiler) start(l *lab.Lab, dir, prefix string, d time.Duration) {
 			defer p.wg.Done()
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(d + 30*time.Second))
-			fmt.Fprintf(c, "GET /debug/pprof/profile?seconds=%d HTTP/1.0\r\nHost: localhost\r\n\r\n", secs)
+			fmt.Fprintf(c, "GET /debug/pprof/%s?seconds=%d HTTP/1.0\r\nHost: localhost\r\n\r\n", path, secs)
 			res, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err != nil {
 				p.fail(name, err)
@@ -72,11 +74,15 @@ func (p *profiler) start(l *lab.Lab, dir, prefix string, d time.Duration) {
 			}
 		}()
 	}
+	both := func(name string, do func(func() error) error) {
+		fetch(name, "profile", do)
+		fetch(name+"-allocs", "allocs", do)
+	}
 	for _, n := range []string{NodeClient, NodeServer} {
-		fetch(prefix+"-nodeproxy-"+n, func(fn func() error) error { return l.DoInNode(n, fn) })
+		both(prefix+"-nodeproxy-"+n, func(fn func() error) error { return l.DoInNode(n, fn) })
 	}
 	for _, w := range l.Status().Waypoints {
-		fetch(prefix+"-waypoint-"+w.Node, func(fn func() error) error { return l.DoInWaypoint(w.Namespace, w.Name, fn) })
+		both(prefix+"-waypoint-"+w.Node, func(fn func() error) error { return l.DoInWaypoint(w.Namespace, w.Name, fn) })
 	}
 }
 
