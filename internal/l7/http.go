@@ -154,6 +154,42 @@ type reqState struct {
 
 	triedBuf [2]netip.AddrPort // tried's first endpoints
 	rec      recorder
+
+	// bodyBuf holds body when it came from replayBufs; recycle says the
+	// request was served wholly on the fast path, which holds nothing of
+	// st or bodyBuf once it returns (no mirror, no net/http goroutine), so
+	// both go back to their pools.
+	bodyBuf *[replayBufSize]byte
+	recycle bool
+}
+
+// Pools for the fast path's per-request state, so that a request
+// allocates little beyond what parsing it needs (fewer garbage
+// collections under load, each of which stalls a one-CPU proxy).
+var (
+	reqStates  = sync.Pool{New: func() any { return new(reqState) }}
+	replayBufs = sync.Pool{New: func() any { return new([replayBufSize]byte) }}
+)
+
+// replayBufSize is the largest buffered body taken from replayBufs; larger
+// ones (up to Options.MaxReplayBody) are allocated.
+const replayBufSize = 4 << 10
+
+// release returns st, and its body buffer, to their pools when the fast
+// path served the request. r.Body, a reader of that buffer, becomes
+// http.NoBody: the client's body was read whole into it. A buffer that
+// holds a body cut short stays with r.Body, for the caller to see the
+// error.
+func (st *reqState) release(r *http.Request) {
+	if !st.recycle {
+		return
+	}
+	if st.bodyBuf != nil && st.body != nil {
+		r.Body = http.NoBody
+		replayBufs.Put(st.bodyBuf)
+	}
+	*st = reqState{}
+	reqStates.Put(st)
 }
 
 var defaultRoute = &Route{}
@@ -168,7 +204,9 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.snap, h.dst = snap, dst
 		}
 	}
-	st := &reqState{grpc: isGRPC(r)}
+	st := reqStates.Get().(*reqState)
+	defer st.release(r)
+	st.grpc = isGRPC(r)
 	st.tried = st.triedBuf[:0]
 	st.outcome.GRPCStatus = -1
 	ri := &st.ri
@@ -272,15 +310,18 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if st.perTry == 0 {
 		st.perTry = call.PerTryTimeout()
 	}
+	st.h2 = upstreamH2(r, st.grpc, upgrade, b)
+	_, fast := w.(*fastWriter)
+	fast = fast && !st.h2
 	if !upgrade {
-		e.bufferBody(r, st)
+		e.bufferBody(r, st, fast && len(rt.Mirrors) == 0)
 		for _, m := range rt.Mirrors {
 			e.mirror(r, snap, dst, m, st)
 		}
 	}
-	st.h2 = upstreamH2(r, st.grpc, upgrade, b)
-	if _, ok := w.(*fastWriter); ok && !st.h2 {
+	if fast {
 		e.forwardFast(ctx, rec, r, st)
+		st.recycle = true
 		return
 	}
 	e.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(ctx, stateKey{}, st)))
@@ -310,13 +351,21 @@ func upstreamH2(r *http.Request, grpc, upgrade bool, b *Backend) bool {
 
 // bufferBody reads a small request body into memory so that it can be
 // retried and mirrored. A body announced with Expect: 100-continue is left
-// alone, so the upstream decides whether the client sends it.
-func (e *Engine) bufferBody(r *http.Request, st *reqState) {
+// alone, so the upstream decides whether the client sends it. pooled says
+// that nothing holds the body once the request is served (see
+// reqState.release): a small one then goes into a buffer from replayBufs.
+func (e *Engine) bufferBody(r *http.Request, st *reqState, pooled bool) {
 	if st.in == nil || r.ContentLength < 0 || r.ContentLength > e.opts.MaxReplayBody ||
 		strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
 		return
 	}
-	buf := make([]byte, r.ContentLength)
+	var buf []byte
+	if pooled && r.ContentLength <= replayBufSize {
+		st.bodyBuf = replayBufs.Get().(*[replayBufSize]byte)
+		buf = st.bodyBuf[:r.ContentLength]
+	} else {
+		buf = make([]byte, r.ContentLength)
+	}
 	n, err := io.ReadFull(st.in, buf)
 	if err != nil {
 		// Let the upstream see the short body as it came.
