@@ -331,9 +331,9 @@ func TestResilientFlags(t *testing.T) {
 
 // The fast path recycles each request's state and buffered body: requests
 // in parallel over kept-alive connections, each with a body of its own
-// (some over the pooled buffer's size), where
-// web-1 fails every request so that each is replayed to web-2, all see
-// their own body, and the connections carry the next request cleanly.
+// (some over the pooled buffer's size), where web-1 fails every request so
+// that each is replayed to web-2, all see their own body, and the
+// connections carry the next request cleanly.
 func TestPooledRequestStateKeepsBodiesApart(t *testing.T) {
 	e := newEnv(t, trafficPolicy("  retries: {attempts: 2, retryOn: [5xx], backoff: 1ms}\n"), Options{Resilience: NewResilient(resilience.Options{})})
 	e.backend(web1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
