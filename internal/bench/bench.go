@@ -96,10 +96,13 @@ type Config struct {
 	// request: the waypoint (its --access-log, on by default outside the
 	// benchmark) and nginx http (access_log). Off: neither logs.
 	AccessLog bool
-	// ProfileDir, when set, receives CPU profiles (pprof, from their
-	// admin endpoints) of the node proxies and the waypoint during the
-	// waypoint mode's max run.
+	// ProfileDir, when set, receives CPU and allocation profiles (pprof,
+	// from their admin endpoints) of the node proxies and the waypoint
+	// during the waypoint mode's max run.
 	ProfileDir string
+	// SamplesDir, when set, receives every fixed-rate run's requests
+	// (rr-client -samples), one file per mode, round and run.
+	SamplesDir string
 	// StateRoot holds the labs' temporary state directories (os.TempDir
 	// when empty).
 	StateRoot string
@@ -222,6 +225,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench: needs root (it builds labs of network namespaces and cgroups)")
+	}
+	if cfg.SamplesDir != "" {
+		// Absolute: rr-client writes it from the pods.
+		dir, err := filepath.Abs(cfg.SamplesDir)
+		if err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("bench: samples directory: %w", err)
+		}
+		cfg.SamplesDir = dir
 	}
 	h := &harness{cfg: cfg, t0: time.Now()}
 	rep := &Report{
@@ -663,7 +677,7 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 	})
 	phase(PhaseLatency, func() error {
 		h.logf("%s: request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
-		r, err := h.rr(ctx, l, client, rrAddr, false)
+		r, err := h.rr(ctx, l, client, rrAddr, false, h.profilePrefix(mode)+"-rr")
 		res.Latency = r
 		if r != nil && r.Errors > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("request/response: %d errors, first: %s", r.Errors, r.FirstError))
@@ -672,7 +686,7 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 	})
 	phase(PhaseConnect, func() error {
 		h.logf("%s: new connections, %d workers, %s", mode, h.cfg.ConnectWorkers, h.cfg.Duration)
-		r, err := h.rr(ctx, l, client, rrAddr, true)
+		r, err := h.rr(ctx, l, client, rrAddr, true, "")
 		res.Connect = r
 		if r != nil && r.Errors > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("connections: %d errors, first: %s", r.Errors, r.FirstError))
@@ -740,11 +754,20 @@ func (h *harness) iperf(ctx context.Context, l *lab.Lab, pod string, target neti
 }
 
 // rr runs rr-client in pod.
-func (h *harness) rr(ctx context.Context, l *lab.Lab, pod, addr string, connect bool) (*RRResult, error) {
+func (h *harness) rr(ctx context.Context, l *lab.Lab, pod, addr string, connect bool, samples string) (*RRResult, error) {
 	if connect {
 		return h.runRR(ctx, l, pod, addr, "-connect", "-conns", strconv.Itoa(h.cfg.ConnectWorkers))
 	}
-	return h.runRR(ctx, l, pod, addr, "-conns", strconv.Itoa(h.cfg.Conns), "-rate", strconv.Itoa(h.cfg.Rate))
+	return h.runRR(ctx, l, pod, addr, h.samplesArgs(samples, "-conns", strconv.Itoa(h.cfg.Conns), "-rate", strconv.Itoa(h.cfg.Rate))...)
+}
+
+// samplesArgs adds to a fixed-rate run's flags the file that its samples
+// go to, SamplesDir/<mode>[-round<N>]-<name>.tsv, when SamplesDir is set.
+func (h *harness) samplesArgs(name string, args ...string) []string {
+	if h.cfg.SamplesDir == "" {
+		return args
+	}
+	return append(args, "-samples", filepath.Join(h.cfg.SamplesDir, name+".tsv"))
 }
 
 // runRR runs rr-client in pod against addr with the configured sizes and

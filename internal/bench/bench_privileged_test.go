@@ -156,12 +156,12 @@ func TestPrivilegedL7(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, profiles := t.TempDir(), t.TempDir()
+	root, profiles, samples := t.TempDir(), t.TempDir(), t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
 	defer cancel()
 	rep, err := Run(ctx, Config{
 		Modes: modes, Duration: time.Second, Warmup: 200 * time.Millisecond, Rate: 100, Conns: 2, MaxConns: 2,
-		NodeProxy: nodeProxy, ProxyCPUs: "1", ProfileDir: profiles,
+		NodeProxy: nodeProxy, ProxyCPUs: "1", ProfileDir: profiles, SamplesDir: samples,
 		Helper: []string{self}, HelperEnv: []string{helperEnv + "=1"}, StateRoot: root,
 		Logger: slog.New(slog.NewTextHandler(testLog{t}, nil)), Progress: testLog{t},
 	})
@@ -195,6 +195,13 @@ func TestPrivilegedL7(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(root); len(ents) != 0 {
 		t.Errorf("left in the state root: %v", ents)
+	}
+	// Every fixed-rate HTTP run's requests, one line each (100/s for 1s).
+	for _, name := range []string{"waypoint-http", "waypoint-http-direct", "waypoint-http-direct-after"} {
+		data, err := os.ReadFile(filepath.Join(samples, name+".tsv"))
+		if n := strings.Count(string(data), "\n"); err != nil || n < 50 {
+			t.Errorf("samples %s: %d lines, %v", name, n, err)
+		}
 	}
 	// CPU and allocation profiles of the waypoint and both node proxies
 	// (pprof from their admin endpoints) during the waypoint's max run.

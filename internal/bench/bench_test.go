@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -477,6 +479,58 @@ func TestTopology(t *testing.T) {
 	for k, v := range want {
 		if enrolled[k] != v {
 			t.Errorf("%s enrolled = %v, want %v", k, enrolled[k], v)
+		}
+	}
+}
+
+// rr-client -samples writes one line per measured request, in the order
+// they were due (1/rate apart), whose latencies are the ones the result
+// summarizes; connect and max runs refuse it.
+func TestRRSamples(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go RRServe(ln)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "rr.tsv")
+	res, err := RRRun(ctx, RRConfig{Addr: ln.Addr().String(), Conns: 2, Rate: 200, ReqSize: 100, RespSize: 100, Duration: 500 * time.Millisecond, Warmup: 50 * time.Millisecond, Samples: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if lines[0] != "due_unix_ns\tlatency_us\tservice_us" || int64(len(lines)-1) != res.Count {
+		t.Fatalf("%d lines after %q for %d requests", len(lines)-1, lines[0], res.Count)
+	}
+	var lat []time.Duration
+	var prev int64
+	for i, l := range lines[1:] {
+		var due int64
+		var l1, s1 float64
+		if _, err := fmt.Sscanf(l, "%d\t%f\t%f", &due, &l1, &s1); err != nil {
+			t.Fatalf("line %d %q: %v", i+2, l, err)
+		}
+		if prev != 0 && (due-prev < int64(4*time.Millisecond) || due-prev > int64(6*time.Millisecond)) {
+			t.Errorf("line %d: due %v after the one before, want 5ms (200/s)", i+2, time.Duration(due-prev))
+		}
+		if s1 > l1+0.05 {
+			t.Errorf("line %d: service time %.1f µs over latency %.1f µs", i+2, s1, l1)
+		}
+		prev = due
+		lat = append(lat, time.Duration(l1*1e3))
+	}
+	if got := Summarize(lat); math.Abs(got.P50-res.Latency.P50) > 0.1 || math.Abs(got.Max-res.Latency.Max) > 0.1 {
+		t.Errorf("samples summarize to p50 %.1f max %.1f µs, the result says %.1f and %.1f", got.P50, got.Max, res.Latency.P50, res.Latency.Max)
+	}
+	for _, bad := range []RRConfig{{Connect: true}, {Max: true}} {
+		bad.Addr, bad.Conns, bad.Duration, bad.Samples = ln.Addr().String(), 1, 100*time.Millisecond, path
+		if _, err := RRRun(ctx, bad); err == nil || !strings.Contains(err.Error(), "fixed-rate") {
+			t.Errorf("samples with connect %v, max %v: %v", bad.Connect, bad.Max, err)
 		}
 	}
 }

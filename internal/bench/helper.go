@@ -61,6 +61,7 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fs.BoolVar(&cfg.Max, "max", false, "persistent connections sending back to back (closed loop), for the most requests per second, instead of a fixed rate")
 		fs.BoolVar(&cfg.HTTP, "http", false, "HTTP/1.1 POSTs to an http-server instead of the rr protocol")
 		fs.BoolVar(&cfg.WaitClose, "wait-close", false, "with -connect: wait for the server to close after the response")
+		fs.StringVar(&cfg.Samples, "samples", "", "fixed-rate runs: write every measured request (when it was due, latency, service time) to this file, tab-separated")
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2

@@ -138,13 +138,14 @@ func (r *HTTPResult) baseline(pick func(Latency) float64) (float64, bool) {
 	return v, ok
 }
 
-// rrHTTP runs rr-client -http in pod against addr: at the fixed rate, or
-// closed loop over MaxConns connections.
-func (h *harness) rrHTTP(ctx context.Context, l *lab.Lab, pod, addr string, max bool) (*RRResult, error) {
+// rrHTTP runs rr-client -http in pod against addr: at the fixed rate
+// (its samples named samples, see samplesArgs), or closed loop over
+// MaxConns connections.
+func (h *harness) rrHTTP(ctx context.Context, l *lab.Lab, pod, addr string, max bool, samples string) (*RRResult, error) {
 	if max {
 		return h.runRR(ctx, l, pod, addr, "-http", "-max", "-conns", strconv.Itoa(h.cfg.MaxConns))
 	}
-	return h.runRR(ctx, l, pod, addr, "-http", "-conns", strconv.Itoa(h.cfg.Conns), "-rate", strconv.Itoa(h.cfg.Rate))
+	return h.runRR(ctx, l, pod, addr, h.samplesArgs(samples, "-http", "-conns", strconv.Itoa(h.cfg.Conns), "-rate", strconv.Itoa(h.cfg.Rate))...)
 }
 
 // pathProxies finds the lab's node proxies and waypoints.
@@ -206,7 +207,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		return res
 	}
 	h.logf("%s: HTTP direct baseline %s -> %s, %d req/s over %d connections, %s", mode, plainClient, directAddr, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
-	d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false)
+	d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false, h.profilePrefix(mode)+"-http-direct")
 	res.HTTP.Direct = d
 	if err != nil {
 		res.fail(PhaseHTTPDirect, err)
@@ -289,7 +290,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	}
 	phase(PhaseHTTPLatency, func() error {
 		h.logf("%s: HTTP request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
-		r, err := h.rrHTTP(ctx, l, client, target, false)
+		r, err := h.rrHTTP(ctx, l, client, target, false, h.profilePrefix(mode)+"-http")
 		res.HTTP.Latency = r
 		if r != nil && r.Errors > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("HTTP request/response: %d errors, first: %s", r.Errors, r.FirstError))
@@ -306,7 +307,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 				h.logf("%s: CPU and allocation profiles of the max run in %s", mode, h.cfg.ProfileDir)
 			}()
 		}
-		r, err := h.rrHTTP(ctx, l, client, target, true)
+		r, err := h.rrHTTP(ctx, l, client, target, true, "")
 		res.HTTP.Max = r
 		if r != nil && r.Errors > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("HTTP max: %d errors, first: %s", r.Errors, r.FirstError))
@@ -315,7 +316,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	})
 	if ctx.Err() == nil {
 		h.logf("%s: HTTP direct baseline again", mode)
-		d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false)
+		d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false, h.profilePrefix(mode)+"-http-direct-after")
 		res.HTTP.DirectAfter = d
 		if err != nil {
 			res.fail(PhaseHTTPDirect+" after", err)

@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -114,6 +115,9 @@ type RRConfig struct {
 	// response before closing (otherwise the client closes as soon as it
 	// has the response).
 	WaitClose bool
+	// Samples, for a fixed-rate run, is a file to write every measured
+	// request to (see WriteSamples).
+	Samples string
 }
 
 // Latency summarizes latencies in microseconds.
@@ -191,6 +195,7 @@ type rrStats struct {
 	mu       sync.Mutex
 	samples  []time.Duration
 	service  []time.Duration
+	due      []time.Time // per sample, when keep (RRConfig.Samples)
 	errors   atomic.Int64
 	firstErr error
 }
@@ -204,11 +209,32 @@ func (s *rrStats) fail(err error) {
 	s.mu.Unlock()
 }
 
-func (s *rrStats) add(local, service []time.Duration) {
+func (s *rrStats) add(local, service []time.Duration, due []time.Time) {
 	s.mu.Lock()
 	s.samples = append(s.samples, local...)
 	s.service = append(s.service, service...)
+	s.due = append(s.due, due...)
 	s.mu.Unlock()
+}
+
+// writeSamples writes a fixed-rate run's requests to w, one line each in
+// the order they were due: when the schedule meant to send it (Unix
+// nanoseconds), its latency and its service time (microseconds, as in
+// RRResult), tab-separated, after a header line. Slow requests that come
+// together in time are a stall of the whole path or machine; slow ones
+// spread out are the path's own variance.
+func (s *rrStats) writeSamples(w io.Writer) error {
+	idx := make([]int, len(s.due))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return s.due[a].Compare(s.due[b]) })
+	bw := bufio.NewWriter(w)
+	bw.WriteString("due_unix_ns\tlatency_us\tservice_us\n")
+	for _, i := range idx {
+		fmt.Fprintf(bw, "%d\t%.1f\t%.1f\n", s.due[i].UnixNano(), float64(s.samples[i])/1e3, float64(s.service[i])/1e3)
+	}
+	return bw.Flush()
 }
 
 // RRRun runs the client side of a request/response measurement.
@@ -221,6 +247,9 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 	}
 	if cfg.Connect && cfg.Max {
 		return RRResult{}, errors.New("rr-client: connect and max exclude each other")
+	}
+	if cfg.Samples != "" && (cfg.Connect || cfg.Max) {
+		return RRResult{}, errors.New("rr-client: samples are written for fixed-rate runs only (not with connect or max)")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
@@ -270,6 +299,11 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 	res.Errors = st.errors.Load()
 	if st.firstErr != nil {
 		res.FirstError = st.firstErr.Error()
+	}
+	if cfg.Samples != "" {
+		if err := writeFile(cfg.Samples, st.writeSamples); err != nil {
+			return res, fmt.Errorf("rr-client: samples: %w", err)
+		}
 	}
 	res.Latency = Summarize(st.samples)
 	if !cfg.Connect && !cfg.Max {
@@ -376,7 +410,8 @@ func readEOF(c net.Conn) error {
 func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, interval time.Duration, measureFrom, end time.Time, st *rrStats) {
 	buf := make([]byte, cfg.RespSize)
 	var local, service []time.Duration
-	defer func() { st.add(local, service) }()
+	var due []time.Time
+	defer func() { st.add(local, service, due) }()
 	var prevDone time.Time
 	var c *rrConn
 	defer func() {
@@ -426,6 +461,9 @@ func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, i
 			}
 			local = append(local, done.Sub(from))
 			service = append(service, done.Sub(sent))
+			if cfg.Samples != "" {
+				due = append(due, next)
+			}
 		}
 		prevDone = done
 	}
@@ -434,7 +472,7 @@ func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, i
 func connectWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, end time.Time, st *rrStats) {
 	buf := make([]byte, cfg.RespSize)
 	var local []time.Duration
-	defer func() { st.add(local, nil) }()
+	defer func() { st.add(local, nil, nil) }()
 	for ctx.Err() == nil {
 		t0 := time.Now()
 		if !t0.Before(end) {
@@ -468,7 +506,7 @@ func connectWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, e
 func maxWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, end time.Time, st *rrStats) {
 	buf := make([]byte, cfg.RespSize)
 	var local []time.Duration
-	defer func() { st.add(local, nil) }()
+	defer func() { st.add(local, nil, nil) }()
 	var c *rrConn
 	defer func() {
 		if c != nil {
@@ -572,4 +610,17 @@ func CloseCheck(ctx context.Context, addr string, timeout time.Duration) (time.D
 		return 0, fmt.Errorf("the server's close did not reach the client within %s after the response: %w", timeout, err)
 	}
 	return time.Since(got), nil
+}
+
+// writeFile creates path and writes it with write.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
