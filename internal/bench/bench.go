@@ -197,9 +197,9 @@ func (h *harness) logf(format string, args ...any) {
 	fmt.Fprintf(h.cfg.Progress, "[%5.1fs] %s\n", time.Since(h.t0).Seconds(), msg)
 }
 
-// profilePrefix names the CPU profiles of mode's max run: the mode, and
-// the round when there are several.
-func (h *harness) profilePrefix(mode string) string {
+// filePrefix starts the names of the files a run of mode leaves
+// (profiles, samples): the mode, and the round when there are several.
+func (h *harness) filePrefix(mode string) string {
 	if h.cfg.Rounds > 1 {
 		return fmt.Sprintf("%s-round%d", mode, h.round)
 	}
@@ -677,7 +677,7 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 	})
 	phase(PhaseLatency, func() error {
 		h.logf("%s: request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
-		r, err := h.rr(ctx, l, client, rrAddr, false, h.profilePrefix(mode)+"-rr")
+		r, err := h.rr(ctx, l, client, rrAddr, false, h.filePrefix(mode)+"-rr")
 		res.Latency = r
 		if r != nil && r.Errors > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("request/response: %d errors, first: %s", r.Errors, r.FirstError))

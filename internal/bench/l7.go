@@ -207,7 +207,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		return res
 	}
 	h.logf("%s: HTTP direct baseline %s -> %s, %d req/s over %d connections, %s", mode, plainClient, directAddr, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
-	d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false, h.profilePrefix(mode)+"-http-direct")
+	d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false, h.filePrefix(mode)+"-http-direct")
 	res.HTTP.Direct = d
 	if err != nil {
 		res.fail(PhaseHTTPDirect, err)
@@ -290,7 +290,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	}
 	phase(PhaseHTTPLatency, func() error {
 		h.logf("%s: HTTP request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
-		r, err := h.rrHTTP(ctx, l, client, target, false, h.profilePrefix(mode)+"-http")
+		r, err := h.rrHTTP(ctx, l, client, target, false, h.filePrefix(mode)+"-http")
 		res.HTTP.Latency = r
 		if r != nil && r.Errors > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("HTTP request/response: %d errors, first: %s", r.Errors, r.FirstError))
@@ -301,7 +301,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		h.logf("%s: HTTP most requests/s, %d connections back to back, %s", mode, h.cfg.MaxConns, h.cfg.Duration)
 		if h.cfg.ProfileDir != "" && mode == ModeWaypoint {
 			var p profiler
-			p.start(l, h.cfg.ProfileDir, h.profilePrefix(mode), h.cfg.Warmup+h.cfg.Duration)
+			p.start(l, h.cfg.ProfileDir, h.filePrefix(mode), h.cfg.Warmup+h.cfg.Duration)
 			defer func() {
 				res.Notes = append(res.Notes, p.wait()...)
 				h.logf("%s: CPU and allocation profiles of the max run in %s", mode, h.cfg.ProfileDir)
@@ -316,7 +316,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	})
 	if ctx.Err() == nil {
 		h.logf("%s: HTTP direct baseline again", mode)
-		d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false, h.profilePrefix(mode)+"-http-direct-after")
+		d, err := h.rrHTTP(ctx, l, plainClient, directAddr, false, h.filePrefix(mode)+"-http-direct-after")
 		res.HTTP.DirectAfter = d
 		if err != nil {
 			res.fail(PhaseHTTPDirect+" after", err)

@@ -116,7 +116,7 @@ type RRConfig struct {
 	// has the response).
 	WaitClose bool
 	// Samples, for a fixed-rate run, is a file to write every measured
-	// request to (see WriteSamples).
+	// request to (see writeSamples).
 	Samples string
 }
 
@@ -195,7 +195,7 @@ type rrStats struct {
 	mu       sync.Mutex
 	samples  []time.Duration
 	service  []time.Duration
-	due      []time.Time // per sample, when keep (RRConfig.Samples)
+	due      []time.Time // per sample, when kept (RRConfig.Samples)
 	errors   atomic.Int64
 	firstErr error
 }
@@ -217,24 +217,32 @@ func (s *rrStats) add(local, service []time.Duration, due []time.Time) {
 	s.mu.Unlock()
 }
 
-// writeSamples writes a fixed-rate run's requests to w, one line each in
+// writeSamples writes a fixed-rate run's requests to path, one line each in
 // the order they were due: when the schedule meant to send it (Unix
 // nanoseconds), its latency and its service time (microseconds, as in
 // RRResult), tab-separated, after a header line. Slow requests that come
 // together in time are a stall of the whole path or machine; slow ones
 // spread out are the path's own variance.
-func (s *rrStats) writeSamples(w io.Writer) error {
+func (s *rrStats) writeSamples(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
 	idx := make([]int, len(s.due))
 	for i := range idx {
 		idx[i] = i
 	}
 	slices.SortFunc(idx, func(a, b int) int { return s.due[a].Compare(s.due[b]) })
-	bw := bufio.NewWriter(w)
+	bw := bufio.NewWriter(f)
 	bw.WriteString("due_unix_ns\tlatency_us\tservice_us\n")
 	for _, i := range idx {
 		fmt.Fprintf(bw, "%d\t%.1f\t%.1f\n", s.due[i].UnixNano(), float64(s.samples[i])/1e3, float64(s.service[i])/1e3)
 	}
-	return bw.Flush()
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // RRRun runs the client side of a request/response measurement.
@@ -301,7 +309,7 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 		res.FirstError = st.firstErr.Error()
 	}
 	if cfg.Samples != "" {
-		if err := writeFile(cfg.Samples, st.writeSamples); err != nil {
+		if err := st.writeSamples(cfg.Samples); err != nil {
 			return res, fmt.Errorf("rr-client: samples: %w", err)
 		}
 	}
@@ -610,17 +618,4 @@ func CloseCheck(ctx context.Context, addr string, timeout time.Duration) (time.D
 		return 0, fmt.Errorf("the server's close did not reach the client within %s after the response: %w", timeout, err)
 	}
 	return time.Since(got), nil
-}
-
-// writeFile creates path and writes it with write.
-func writeFile(path string, write func(io.Writer) error) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
