@@ -184,6 +184,11 @@ func TestPrivilegedL7(t *testing.T) {
 		if h.Max == nil || h.Max.Kind != "max" || h.Max.Count == 0 || h.RequestsPerCore <= 0 {
 			t.Errorf("%s: max run %+v, %v req/s per core", mode, h.Max, h.RequestsPerCore)
 		}
+		// The proxies' CPU per request at the fixed rate: their CPU in
+		// that run over every request answered in it, warmup included.
+		if p := m.Proxy.phase(PhaseHTTPLatency); p == nil || p.CPUSeconds <= 0 || h.Latency == nil || h.Latency.Answered <= h.Latency.Count {
+			t.Errorf("%s: fixed-rate run's proxy CPU %+v, requests %+v", mode, p, h.Latency)
+		}
 		if len(h.CPUByProxy) != 3 || m.Proxy == nil || len(m.Proxy.Processes) < 3 {
 			t.Errorf("%s: proxies %v, %+v", mode, h.CPUByProxy, m.Proxy)
 		}

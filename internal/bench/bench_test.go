@@ -234,11 +234,15 @@ func TestRRLoopback(t *testing.T) {
 	if r.Kind != "rate" || r.Errors != 0 || r.Count < 80 || r.Count > 101 || r.Latency.P50 <= 0 || r.Service == nil || r.Latency.Max < r.Latency.P50 {
 		t.Errorf("rate run: %+v", r)
 	}
+	// Answered adds the warmup's requests: due at 0, 5, ... 45 ms.
+	if r.Answered != r.Count+10 {
+		t.Errorf("rate run answered %d requests, %d measured: want the 10 of the warmup on top", r.Answered, r.Count)
+	}
 	c, err := RRRun(ctx, RRConfig{Addr: ln.Addr().String(), Connect: true, Conns: 2, ReqSize: 10, RespSize: 10, Duration: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Kind != "connect" || c.Errors != 0 || c.Count < 10 || c.PerSecond <= 0 {
+	if c.Kind != "connect" || c.Errors != 0 || c.Count < 10 || c.PerSecond <= 0 || c.Answered < c.Count {
 		t.Errorf("connect run: %+v", c)
 	}
 	if n, err := Probe(ctx, ln.Addr().String(), time.Second, false); err != nil || n != 1 {
@@ -376,6 +380,9 @@ func TestWriteTable(t *testing.T) {
 	usage := &ProxyUsage{PeakRSSBytes: 50 << 20}
 	usage.addPhase(PhaseStream1, 2*time.Second, time.Second)
 	usage.addPhase(PhaseStreamsN, 2*time.Second, 3*time.Second)
+	usage.addPhase(PhaseLatency, 4*time.Second, time.Second/2)
+	nginxRR := rr(450, 1200, 5000)
+	nginxRR.Answered = 5000 // 0.5 s of proxy CPU over 5000 requests: 100 µs each
 	zero := int64(0)
 	yes, no := true, false
 	rep := &Report{
@@ -384,11 +391,11 @@ func TestWriteTable(t *testing.T) {
 			{Mode: ModeDirect, Path: "a -> b", Throughput1: &Throughput{BitsPerSecond: 12.345e9}, ThroughputN: &Throughput{BitsPerSecond: 18e9},
 				Latency: rr(100, 200, 900), Connect: &RRResult{Kind: "connect", PerSecond: 5000.4, Latency: Latency{P50: 500}}, UDPDatagrams1: &zero, ServerClose: &yes},
 			{Mode: ModeMeshH2, Error: "lab up: no node proxy\nlast lines of x.log:\n\nboom  \n"},
-			{Mode: ModeNginx, Throughput1: &Throughput{BitsPerSecond: 2.2e9}, Latency: rr(450, 1200, 5000), Proxy: usage,
+			{Mode: ModeNginx, Throughput1: &Throughput{BitsPerSecond: 2.2e9}, Latency: nginxRR, Proxy: usage,
 				Failures: map[string]string{PhaseStreamsN: "iperf3: boom"}, Notes: []string{"a note"}, ServerClose: &no},
 		},
 	}
-	if p := rep.Modes[2].Proxy; p.CPUSeconds != 4 || p.WallSeconds != 4 || p.CorePercent != 100 || p.Phases[1].CorePercent != 150 {
+	if p := rep.Modes[2].Proxy; p.CPUSeconds != 4.5 || p.WallSeconds != 8 || p.CorePercent != 56.25 || p.Phases[1].CorePercent != 150 {
 		t.Errorf("proxy usage: %+v", p)
 	}
 	var b strings.Builder
@@ -422,7 +429,9 @@ func TestWriteTable(t *testing.T) {
 	check("new connections/s (4 workers)", "5000", "ERROR", "fail")
 	check("proxy CPU, 1 stream (% of a core)", "-", "ERROR", "50")
 	check("proxy CPU, 8 streams (% of a core)", "-", "ERROR", "150")
-	check("proxy CPU, all runs (CPU-s)", "-", "ERROR", "4.0")
+	check("proxy CPU, 1000 req/s (% of a core)", "-", "ERROR", "12")
+	check("  per request (µs of CPU)", "-", "ERROR", "100")
+	check("proxy CPU, all runs (CPU-s)", "-", "ERROR", "4.5")
 	check("proxy peak RSS, sum (MiB)", "-", "ERROR", "50.0")
 	check("UDP datagrams sent, 1 stream", "0", "ERROR", "fail")
 	check("server's close reaches the client", "yes", "ERROR", "NO")

@@ -109,7 +109,7 @@ func TestHTTPLoopback(t *testing.T) {
 		t.Fatalf("rr-client -max: exit %d: %s", code, out.String())
 	}
 	m, err := ParseRR([]byte(out.String()))
-	if err != nil || m.Kind != "max" || !m.HTTP || m.Errors != 0 || m.Count < 50 || m.PerSecond <= 0 || m.Service != nil || m.TargetRate != 0 {
+	if err != nil || m.Kind != "max" || !m.HTTP || m.Errors != 0 || m.Count < 50 || m.Answered <= m.Count || m.PerSecond <= 0 || m.Service != nil || m.TargetRate != 0 {
 		t.Errorf("max run: %+v, %v", m, err)
 	}
 	if n, err := Probe(ctx, addr, time.Second, true); err != nil || n != 1 {
@@ -197,8 +197,10 @@ func TestWriteTableHTTP(t *testing.T) {
 	}
 	wp := &HTTPResult{Direct: rr(100, 300), Latency: rr(400, 1300), Max: &RRResult{Kind: "max", HTTP: true, PerSecond: 9000}}
 	usage := &ProxyUsage{PeakRSSBytes: 60 << 20}
+	usage.addPhase(PhaseHTTPLatency, 10*time.Second, 400*time.Millisecond)
 	usage.addPhase(PhaseHTTPMax, 2*time.Second, 3*time.Second)
 	wp.derive(usage.phase(PhaseHTTPMax))
+	wp.Latency.Answered = 8500 // warmup included: 0.4 s / 8500 = 47 µs
 	rep := &Report{
 		Settings: Settings{Streams: 8, Rate: 1000, ConnectWorkers: 4, MaxConns: 8},
 		Modes: []ModeResult{
@@ -222,18 +224,19 @@ func TestWriteTableHTTP(t *testing.T) {
 		return ""
 	}
 	for label, want := range map[string]string{
-		"throughput, 1 stream (Gbit/s)":      "1.00 - -",
-		"latency p50 at 1000 req/s (µs)":     "100 - -",
-		"server's close reaches the client":  "fail - -",
-		"HTTP/1.1 p50 at 1000 req/s (µs)":    "- 400 fail",
-		"HTTP/1.1 p99 (µs)":                  "- 1300 fail",
-		"  direct in the same lab, p50 (µs)": "- 100 100",
-		"  HTTP p50 added (µs)":              "- +300 fail",
-		"  HTTP p99 added (µs)":              "- +1000 fail",
-		"HTTP/1.1 most req/s (8 conns)":      "- 9000 fail",
-		"  proxy CPU at most req/s (cores)":  "- 1.50 fail",
-		"  HTTP req/s per proxy core":        "- 6000 fail",
-		"proxy peak RSS, sum (MiB)":          "- 60.0 -",
+		"throughput, 1 stream (Gbit/s)":              "1.00 - -",
+		"latency p50 at 1000 req/s (µs)":             "100 - -",
+		"server's close reaches the client":          "fail - -",
+		"HTTP/1.1 p50 at 1000 req/s (µs)":            "- 400 fail",
+		"HTTP/1.1 p99 (µs)":                          "- 1300 fail",
+		"  direct in the same lab, p50 (µs)":         "- 100 100",
+		"  HTTP p50 added (µs)":                      "- +300 fail",
+		"  HTTP p99 added (µs)":                      "- +1000 fail",
+		"HTTP/1.1 most req/s (8 conns)":              "- 9000 fail",
+		"  proxy CPU at most req/s (cores)":          "- 1.50 fail",
+		"  HTTP req/s per proxy core":                "- 6000 fail",
+		"  proxy CPU per request at 1000 req/s (µs)": "- 47 fail",
+		"proxy peak RSS, sum (MiB)":                  "- 60.0 -",
 	} {
 		if got := rowOf(label); got != want {
 			t.Errorf("row %q = %q, want %q", label, got, want)

@@ -297,6 +297,19 @@ func tableRows(s Settings) []row {
 			return 0, false
 		}
 	}
+	// perRequest is the proxies' CPU during a fixed-rate run over the
+	// requests answered in it, warmup included, in µs: what a request
+	// costs far below saturation, where waking up for each one counts
+	// (RequestsPerCore is the other end, back to back).
+	perRequest := func(phase string, run func(m *ModeResult) *RRResult) func(m, _ *ModeResult) (float64, bool) {
+		return func(m, _ *ModeResult) (float64, bool) {
+			p, r := m.Proxy.phase(phase), run(m)
+			if p == nil || r == nil || r.Answered == 0 {
+				return 0, false
+			}
+			return p.CPUSeconds * 1e6 / float64(r.Answered), true
+		}
+	}
 	proxy := func(v func(p *ProxyUsage) float64) func(m, _ *ModeResult) (float64, bool) {
 		return func(m, _ *ModeResult) (float64, bool) { return v(m.Proxy), true }
 	}
@@ -316,6 +329,8 @@ func tableRows(s Settings) []row {
 		{label: "proxy CPU, 1 stream (% of a core)", key: "proxyCPU1StreamPercent", format: "%.0f", value: cpu(PhaseStream1), na: noProxy},
 		{label: fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), key: "proxyCPUNStreamsPercent", format: "%.0f", value: cpu(PhaseStreamsN), na: noProxy},
 		{label: fmt.Sprintf("proxy CPU, %d req/s (%% of a core)", s.Rate), key: "proxyCPULatencyPercent", format: "%.0f", value: cpu(PhaseLatency), na: noProxy},
+		{label: "  per request (µs of CPU)", key: "proxyCPUPerRequestMicros", format: "%.0f", na: noProxy,
+			value: perRequest(PhaseLatency, func(m *ModeResult) *RRResult { return m.Latency })},
 		{label: "proxy CPU, connections (% of a core)", key: "proxyCPUConnectPercent", format: "%.0f", value: cpu(PhaseConnect), na: noProxy},
 		{label: fmt.Sprintf("HTTP/1.1 p50 at %d req/s (µs)", s.Rate), key: "httpP50Micros", format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, p50) })},
@@ -335,6 +350,13 @@ func tableRows(s Settings) []row {
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.ProxyCores, h.ProxyCores > 0 })},
 		{label: "  HTTP req/s per proxy core", key: "httpRequestsPerCore", format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.RequestsPerCore, h.RequestsPerCore > 0 })},
+		{label: fmt.Sprintf("  proxy CPU per request at %d req/s (µs)", s.Rate), key: "httpProxyCPUPerRequestMicros", format: "%.0f", scope: scopeHTTP,
+			value: perRequest(PhaseHTTPLatency, func(m *ModeResult) *RRResult {
+				if m.HTTP == nil {
+					return nil
+				}
+				return m.HTTP.Latency
+			})},
 		{label: "proxy CPU, all runs (CPU-s)", key: "proxyCPUSeconds", format: "%.1f", scope: scopeAll, na: noProxy,
 			value: proxy(func(p *ProxyUsage) float64 { return p.CPUSeconds })},
 		{label: "proxy CPU, all runs (% of a core)", key: "proxyCPUPercent", format: "%.0f", scope: scopeAll, na: noProxy,

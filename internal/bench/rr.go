@@ -143,10 +143,14 @@ type RRResult struct {
 	Seconds    float64 `json:"seconds"`
 	// Count is the completed requests (rate) or connections (connect) in
 	// the measured window; PerSecond is Count/Seconds.
-	Count      int64   `json:"count"`
-	PerSecond  float64 `json:"perSecond"`
-	Errors     int64   `json:"errors"`
-	FirstError string  `json:"firstError,omitempty"`
+	Count     int64   `json:"count"`
+	PerSecond float64 `json:"perSecond"`
+	// Answered is every request answered (connect: every connection
+	// served), the warmup's and the measured window's: the work the
+	// proxies' CPU during the run went to.
+	Answered   int64  `json:"answered"`
+	Errors     int64  `json:"errors"`
+	FirstError string `json:"firstError,omitempty"`
 	// Latency is per request. For rate runs it is measured from the time
 	// the schedule meant to send the request when the previous response on
 	// its connection arrived after that (a stall counts for every request
@@ -196,6 +200,7 @@ type rrStats struct {
 	samples  []time.Duration
 	service  []time.Duration
 	due      []time.Time // per sample, when kept (RRConfig.Samples)
+	answered atomic.Int64
 	errors   atomic.Int64
 	firstErr error
 }
@@ -304,6 +309,7 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 	res.Seconds = cfg.Duration.Seconds()
 	res.Count = int64(len(st.samples))
 	res.PerSecond = float64(res.Count) / res.Seconds
+	res.Answered = st.answered.Load()
 	res.Errors = st.errors.Load()
 	if st.firstErr != nil {
 		res.FirstError = st.firstErr.Error()
@@ -457,6 +463,7 @@ func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, i
 			continue
 		}
 		done := time.Now()
+		st.answered.Add(1)
 		if !next.Before(measureFrom) {
 			// Coordinated omission: when the previous response came after
 			// this request was due, the path held it up and the wait
@@ -503,6 +510,7 @@ func connectWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, e
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		st.answered.Add(1)
 		if !t0.Before(measureFrom) && time.Now().Before(end) {
 			local = append(local, time.Since(t0))
 		}
@@ -546,6 +554,7 @@ func maxWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, end t
 			c = nil
 			continue
 		}
+		st.answered.Add(1)
 		if done := time.Now(); !t0.Before(measureFrom) && done.Before(end) {
 			local = append(local, done.Sub(t0))
 		}
