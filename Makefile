@@ -11,6 +11,8 @@ APT_PKGS  := clang llvm libbpf-dev bpftool iproute2 tcpdump git make iperf3 ngin
 APT_PKGS  += etcd-server
 # protoc for the control API (api/v1alpha1); its Go plugins are pinned in go.mod
 APT_PKGS  += protobuf-compiler
+# the CNI reference plugins (bridge, host-local) for the ambit-cni chain tests
+APT_PKGS  += containernetworking-plugins
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
 GENERATED += $(wildcard api/v1alpha1/*.pb.go)
 # CRDs and deep-copy functions from api/crd (controller-gen, pinned in go.mod)
