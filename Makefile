@@ -76,6 +76,41 @@ bench: build ## Go benchmarks, then the lab benchmark: direct vs mesh (h2, QUIC)
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 3 ./internal/tunnel/
 	$(BIN)/ambit-bench -o bench/out/bench.json $(BENCH_FLAGS)
 
+# Images without Docker (cmd/ambit-image, internal/ociimage): static binaries in
+# bin/static/, one OCI archive per image in bin/images/ for
+# `ctr -n k8s.io images import bin/images/NAME.tar`. The pause image keeps
+# the tag the cluster's containerd config names as its sandbox image.
+# `make images IMAGES="ambit-controller ambit-pause"` builds some of them.
+TAG        ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+REVISION   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+REGISTRY   ?= ghcr.io/ambit-mesh
+IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
+IMAGES     ?= ambit-controller ambit-nodeproxy ambit-cni ambit-echo ambit-pause
+IMAGE_BIN_ambit-controller  := controller
+IMAGE_ARGS_ambit-controller := --cmd=run --cmd=--source=kubernetes --user=65532:65532
+IMAGE_BIN_ambit-nodeproxy   := nodeproxy
+IMAGE_ARGS_ambit-nodeproxy  := --cmd=run --user=0
+IMAGE_BIN_ambit-cni         := ambit-cni
+IMAGE_ARGS_ambit-cni        := --cmd=install --user=0
+IMAGE_BIN_ambit-echo        := ambit-echo
+IMAGE_ARGS_ambit-echo       := --user=65532:65532
+IMAGE_BIN_ambit-pause       := ambit-pause
+IMAGE_ARGS_ambit-pause      := --user=65535:65535
+IMAGE_TAG_ambit-pause       := 3.10
+
+.PHONY: images
+images: ## build OCI image archives (bin/images/*.tar) without Docker: controller, node proxy, CNI, echo, pause
+	$(foreach i,$(IMAGES),$(if $(IMAGE_BIN_$(i)),,$(error IMAGES: unknown image "$(i)"; Ambit's are ambit-controller ambit-nodeproxy ambit-cni ambit-echo ambit-pause)))
+	@set -e; tag='$(TAG)'; rev='$(REVISION)'; \
+	echo "static binaries (linux/$(IMAGE_ARCH), version $$tag) -> $(BIN)/static/"; \
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath \
+		-ldflags "-s -w -X github.com/ambit-mesh/ambit/internal/nodeproxy.Version=$$tag" \
+		-o $(BIN)/static/ $(foreach i,$(IMAGES),./cmd/$(IMAGE_BIN_$(i))); \
+	GOOS= GOARCH= $(GO) build -o $(BIN)/ambit-image ./cmd/ambit-image; \
+	$(foreach i,$(IMAGES),$(BIN)/ambit-image build --binary=$(BIN)/static/$(IMAGE_BIN_$(i)) \
+		--ref=$(REGISTRY)/$(i):$(or $(IMAGE_TAG_$(i)),$$tag) --revision=$$rev --arch=$(IMAGE_ARCH) \
+		$(IMAGE_ARGS_$(i)) -o $(BIN)/images/$(i).tar;)
+
 .PHONY: clean
 clean: ## remove build output
 	rm -rf $(BIN)
