@@ -1,0 +1,230 @@
+package kubecluster
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/ambit-mesh/ambit/internal/kubetest"
+)
+
+// Binaries are the programs a cluster runs.
+type Binaries struct {
+	Etcd                  string `json:"etcd"`
+	KubeAPIServer         string `json:"kubeAPIServer"`
+	Kubectl               string `json:"kubectl"`
+	Kubelet               string `json:"kubelet"`
+	KubeProxy             string `json:"kubeProxy"`
+	KubeScheduler         string `json:"kubeScheduler"`
+	KubeControllerManager string `json:"kubeControllerManager"`
+	Containerd            string `json:"containerd"`
+	Ctr                   string `json:"ctr"`
+	ContainerdShim        string `json:"containerdShim"`
+	// CoreDNS is empty when the cluster runs without DNS.
+	CoreDNS string `json:"coredns,omitempty"`
+	Runc    string `json:"runc"`
+	// CNIPluginDir holds Debian's CNI plugins (ptp, host-local, loopback,
+	// portmap), copied into each node's /opt/cni/bin.
+	CNIPluginDir string `json:"cniPluginDir"`
+	Nsenter      string `json:"nsenter"`
+	Unshare      string `json:"unshare"`
+	Mount        string `json:"mount"`
+}
+
+// cniPlugins are the plugins every node gets.
+var cniPlugins = []string{"ptp", "host-local", "loopback", "portmap"}
+
+// tool is one of the cached builds of tools/: the directory it builds into
+// is <cache>/<name>-<version>-<12 hex of sha256 of its hashed files>, as
+// tools/lib/cached-build.sh computes it.
+type tool struct {
+	dir     string   // below the repository root
+	name    string   // cache directory prefix
+	module  string   // the requirement whose version names the directory
+	hashed  []string // files the key covers
+	env     string   // overrides the directory
+	make    string   // the make target that builds it
+	program []string
+}
+
+var (
+	toolKubeNode = tool{dir: "tools/kube/node", name: "kube-node", module: "k8s.io/kubernetes",
+		hashed: []string{"go.mod", "go.sum"}, env: "AMBIT_KUBE_NODE_BIN", make: "make cluster-tools",
+		program: []string{"kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager"}}
+	toolContainerd = tool{dir: "tools/containerd", name: "containerd", module: "github.com/containerd/containerd/v2",
+		hashed: []string{"go.mod", "go.sum"}, env: "AMBIT_CONTAINERD_BIN", make: "make cluster-tools",
+		program: []string{"containerd", "ctr", "containerd-shim-runc-v2"}}
+	toolCoreDNS = tool{dir: "tools/coredns", name: "coredns", module: "github.com/coredns/coredns",
+		hashed: []string{"go.mod", "go.sum", "main.go"}, env: "AMBIT_COREDNS_BIN", make: "make cluster-tools",
+		program: []string{"coredns"}}
+)
+
+// cacheDir is the directory the tool's build.sh builds into.
+func (t tool) cacheDir() (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	var mod []byte
+	for _, f := range t.hashed {
+		b, err := os.ReadFile(filepath.Join(root, t.dir, f))
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", t.dir, err)
+		}
+		if f == "go.mod" {
+			mod = b
+		}
+		h.Write(b)
+	}
+	version := requiredVersion(mod, t.module)
+	if version == "" {
+		return "", fmt.Errorf("%s/go.mod requires no %s version", t.dir, t.module)
+	}
+	cache := os.Getenv("AMBIT_CACHE")
+	if cache == "" {
+		cache = "/var/cache/ambit"
+	}
+	return filepath.Join(cache, t.name+"-"+version+"-"+hex.EncodeToString(h.Sum(nil))[:12]), nil
+}
+
+// find returns the tool's directory ($env, else the cache) and checks
+// that its programs are there.
+func (t tool) find() (string, error) {
+	dir := os.Getenv(t.env)
+	how := "set by " + t.env
+	if dir == "" {
+		var err error
+		if dir, err = t.cacheDir(); err != nil {
+			return "", err
+		}
+		how = "run `" + t.make + "` (builds them from the Go module proxy into this cache)"
+	}
+	var errs []error
+	for _, p := range t.program {
+		if !executable(filepath.Join(dir, p)) {
+			errs = append(errs, fmt.Errorf("%s not found: %s", filepath.Join(dir, p), how))
+		}
+	}
+	return dir, errors.Join(errs...)
+}
+
+// FindBinaries locates every program a cluster runs; withDNS adds CoreDNS.
+// The error names what is missing and the command that provides it.
+func FindBinaries(withDNS bool) (Binaries, error) {
+	var b Binaries
+	var errs []error
+	kb, err := kubetest.FindBinaries()
+	b.Etcd, b.KubeAPIServer, b.Kubectl = kb.Etcd, kb.KubeAPIServer, kb.Kubectl
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if dir, err := toolKubeNode.find(); err != nil {
+		errs = append(errs, err)
+	} else {
+		b.Kubelet = filepath.Join(dir, "kubelet")
+		b.KubeProxy = filepath.Join(dir, "kube-proxy")
+		b.KubeScheduler = filepath.Join(dir, "kube-scheduler")
+		b.KubeControllerManager = filepath.Join(dir, "kube-controller-manager")
+	}
+	if dir, err := toolContainerd.find(); err != nil {
+		errs = append(errs, err)
+	} else {
+		b.Containerd = filepath.Join(dir, "containerd")
+		b.Ctr = filepath.Join(dir, "ctr")
+		b.ContainerdShim = filepath.Join(dir, "containerd-shim-runc-v2")
+	}
+	if withDNS {
+		if dir, err := toolCoreDNS.find(); err != nil {
+			errs = append(errs, err)
+		} else {
+			b.CoreDNS = filepath.Join(dir, "coredns")
+		}
+	}
+	deb := func(dst *string, env, name, pkg string, paths ...string) {
+		if p := os.Getenv(env); p != "" {
+			*dst = p
+		} else if p, err := exec.LookPath(name); err == nil {
+			*dst = p
+		} else {
+			for _, p := range paths {
+				if executable(p) {
+					*dst = p
+					break
+				}
+			}
+		}
+		if *dst == "" || !executable(*dst) {
+			errs = append(errs, fmt.Errorf("%s not found: run `make deps` (installs Debian's %s) or set %s", name, pkg, env))
+		}
+	}
+	deb(&b.Runc, "AMBIT_RUNC", "runc", "runc", "/usr/sbin/runc", "/usr/bin/runc")
+	deb(&b.Nsenter, "AMBIT_NSENTER", "nsenter", "util-linux", "/usr/bin/nsenter")
+	deb(&b.Unshare, "AMBIT_UNSHARE", "unshare", "util-linux", "/usr/bin/unshare")
+	deb(&b.Mount, "AMBIT_MOUNT", "mount", "mount", "/usr/bin/mount", "/bin/mount")
+	for _, tool := range []string{"iptables", "conntrack"} {
+		var p string
+		deb(&p, "AMBIT_"+strings.ToUpper(tool), tool, tool, "/usr/sbin/"+tool)
+	}
+
+	b.CNIPluginDir = os.Getenv("AMBIT_CNI_BIN")
+	if b.CNIPluginDir == "" {
+		b.CNIPluginDir = "/usr/lib/cni"
+	}
+	for _, p := range cniPlugins {
+		if !executable(filepath.Join(b.CNIPluginDir, p)) {
+			errs = append(errs, fmt.Errorf("CNI plugin %s not found in %s: run `make deps` (installs Debian's containernetworking-plugins) or set AMBIT_CNI_BIN", p, b.CNIPluginDir))
+		}
+	}
+	return b, errors.Join(errs...)
+}
+
+func executable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
+// requiredVersion reads module's requirement from a go.mod, in either the
+// one-line or the block form.
+func requiredVersion(mod []byte, module string) string {
+	sc := bufio.NewScanner(bytes.NewReader(mod))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 3 && f[0] == "require" && f[1] == module {
+			return f[2]
+		}
+		if len(f) >= 2 && f[0] == module && strings.HasPrefix(f[1], "v") {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+const mainModule = "module github.com/ambit-mesh/ambit"
+
+// repoRoot walks up from the working directory to the main module's root.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.TrimSpace(line) == mainModule {
+					return d, nil
+				}
+			}
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no %q go.mod above %s: run from the repository", mainModule, dir)
+		}
+	}
+}

@@ -1,0 +1,339 @@
+package kubecluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ambit-mesh/ambit/internal/netnsx"
+)
+
+// hostSnapshot is what a cluster must leave as it found it (and, for the
+// network settings, not change while it runs: other tests build namespaces
+// that inherit the host's IPv4 settings).
+type hostSnapshot struct {
+	sysctls map[string]string // /proc/sys path -> value
+	netns   map[string]bool   // /run/netns entries
+	mounts  map[string]bool   // mount points of this mount namespace
+	dirs    map[string]bool   // the node mount points that exist
+	cgroups map[string]bool   // top-level cgroups in every hierarchy
+}
+
+// volatile sysctls change by themselves.
+var volatile = map[string]bool{
+	"/proc/sys/net/netfilter/nf_conntrack_count": true,
+	"/proc/sys/net/core/netdev_rss_key":          true,
+}
+
+func snapshotHost(t *testing.T) hostSnapshot {
+	t.Helper()
+	s := hostSnapshot{sysctls: map[string]string{}, netns: map[string]bool{}, mounts: map[string]bool{},
+		dirs: map[string]bool{}, cgroups: map[string]bool{}}
+	read := func(p string) {
+		if volatile[p] {
+			return
+		}
+		b, err := os.ReadFile(p)
+		if err == nil {
+			s.sysctls[p] = strings.TrimSpace(string(b))
+		}
+	}
+	for _, k := range kubeletSysctls {
+		read("/proc/sys/" + k)
+	}
+	read("/sys/module/nf_conntrack/parameters/hashsize")
+	for _, dir := range []string{"/proc/sys/net/ipv4", "/proc/sys/net/core", "/proc/sys/net/netfilter", "/proc/sys/net/bridge",
+		"/proc/sys/net/ipv4/conf/all", "/proc/sys/net/ipv4/conf/default", "/proc/sys/net/ipv6/conf/all", "/proc/sys/net/ipv6/conf/default"} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if !e.IsDir() {
+				read(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	entries, _ := os.ReadDir(netnsx.Dir)
+	for _, e := range entries {
+		s.netns[e.Name()] = true
+	}
+	for _, m := range mountsBelow("/") {
+		s.mounts[m] = true
+	}
+	for _, p := range hostMountPoints {
+		for d := p; d != "/"; d = filepath.Dir(d) {
+			if _, err := os.Stat(d); err == nil {
+				s.dirs[d] = true
+			}
+		}
+	}
+	mounts, err := cgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		entries, _ := os.ReadDir(m)
+		for _, e := range entries {
+			if e.IsDir() {
+				s.cgroups[filepath.Join(m, e.Name())] = true
+			}
+		}
+	}
+	return s
+}
+
+// diff lists what differs between two snapshots; only the sysctls when
+// sysctlsOnly.
+func (a hostSnapshot) diff(b hostSnapshot, sysctlsOnly bool) []string {
+	var out []string
+	for k, v := range a.sysctls {
+		if w, ok := b.sysctls[k]; ok && w != v {
+			out = append(out, fmt.Sprintf("sysctl %s: %q, was %q", k, w, v))
+		}
+	}
+	if !sysctlsOnly {
+		for name, set := range map[string][2]map[string]bool{
+			"netns": {a.netns, b.netns}, "mount": {a.mounts, b.mounts},
+			"dir": {a.dirs, b.dirs}, "cgroup": {a.cgroups, b.cgroups},
+		} {
+			for k := range set[1] {
+				if !set[0][k] {
+					out = append(out, fmt.Sprintf("%s %s left behind", name, k))
+				}
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestPrivilegedCluster brings a two-node cluster up, runs a pod on each
+// node, checks pod-to-pod across nodes, a ClusterIP Service and DNS, and
+// checks that the host is as before once the cluster is down.
+func TestPrivilegedCluster(t *testing.T) {
+	bins, images := Require(t, "ambit-echo")
+	echoImage, err := ImageRef(images["ambit-echo"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := snapshotHost(t)
+	var idb [3]byte
+	rand.Read(idb[:])
+	stateDir := filepath.Join("/run", "ambit-cluster-test-"+hex.EncodeToString(idb[:]))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	c, err := Up(ctx, Options{
+		StateDir: stateDir, Binaries: &bins, Images: images.Paths(),
+		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	downed := false
+	t.Cleanup(func() {
+		if !downed {
+			if err := c.Down(); err != nil {
+				t.Errorf("down: %v", err)
+			}
+		}
+	})
+	t.Logf("cluster up in %v", time.Since(start).Round(time.Millisecond))
+	dumpOnFailure(t, c)
+
+	if d := before.diff(snapshotHost(t), true); len(d) > 0 {
+		t.Errorf("the cluster changed host network settings while up:\n%s", strings.Join(d, "\n"))
+	}
+
+	cs := c.Client()
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes.Items) != 2 {
+		t.Fatalf("%d nodes, want 2", len(nodes.Items))
+	}
+	for _, n := range c.Nodes() {
+		out, err := c.NodeExec(ctx, n.Name, "ip", "-o", "-4", "addr", "show", n.Link)
+		if err != nil || !strings.Contains(string(out), n.IP+"/") {
+			t.Errorf("%s: %s has not %s: %v\n%s", n.Name, n.Link, n.IP, err, out)
+		}
+	}
+
+	ns := "kubecluster-test"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nonroot := int64(65532)
+	for i, n := range c.NodeNames() {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("echo-%d", i+1), Labels: map[string]string{"app": "echo"}},
+			Spec: corev1.PodSpec{
+				NodeName:                      n,
+				TerminationGracePeriodSeconds: ptr(int64(1)),
+				Containers: []corev1.Container{{
+					Name: "echo", Image: echoImage, ImagePullPolicy: corev1.PullNever,
+					Args:  []string{"serve", ":8080"},
+					Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
+					ReadinessProbe: &corev1.Probe{
+						ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}},
+						PeriodSeconds: 1,
+					},
+					SecurityContext: &corev1.SecurityContext{RunAsUser: &nonroot, RunAsNonRoot: ptr(true)},
+				}},
+			},
+		}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "echo"},
+			Ports: []corev1.ServicePort{{Port: 8080, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]string{}
+	if err := c.waitFor(ctx, 3*time.Minute, "echo pods ready", func() (bool, string) {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		ready := 0
+		var notes []string
+		for _, p := range pods.Items {
+			ok := false
+			for _, cond := range p.Status.Conditions {
+				ok = ok || (cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue)
+			}
+			if ok {
+				ready++
+				ips[p.Name] = p.Status.PodIP
+			} else {
+				notes = append(notes, podProblem(&p))
+			}
+		}
+		return ready == 2, strings.Join(notes, "; ")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for name, n := range map[string]Node{"echo-1": c.Nodes()[0], "echo-2": c.Nodes()[1]} {
+		if !mustCIDR(n.PodCIDR).Contains(parseIP(t, ips[name])) {
+			t.Errorf("%s has IP %s, outside %s's pod subnet %s", name, ips[name], n.Name, n.PodCIDR)
+		}
+	}
+
+	dial := func(from, addr string) string {
+		t.Helper()
+		out, err := c.Kubectl(ctx, "-n", ns, "exec", from, "--", "/ambit-echo", "dial", addr)
+		if err != nil {
+			t.Fatalf("dial %s from %s: %v", addr, from, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	// Pod to pod across nodes, the client's address kept.
+	for _, p := range [][2]string{{"echo-1", "echo-2"}, {"echo-2", "echo-1"}} {
+		got := dial(p[0], ips[p[1]]+":8080")
+		if !strings.HasPrefix(got, p[1]+" ") || !strings.Contains(got, "remote="+ips[p[0]]+":") {
+			t.Errorf("%s -> %s: %q, want an answer from %s seeing %s", p[0], p[1], got, p[1], ips[p[0]])
+		}
+	}
+	// Through the ClusterIP, until both backends have answered, and by
+	// name (kube-dns), as the mesh's node proxy finds its controller.
+	seen := map[string]bool{}
+	for i := 0; i < 40 && len(seen) < 2; i++ {
+		got := dial("echo-1", svc.Spec.ClusterIP+":8080")
+		seen[strings.Fields(got)[0]] = true
+	}
+	if !seen["echo-1"] || !seen["echo-2"] {
+		t.Errorf("through ClusterIP %s: answers from %v, want echo-1 and echo-2", svc.Spec.ClusterIP, seen)
+	}
+	if got := dial("echo-2", "echo."+ns+".svc:8080"); !strings.HasPrefix(got, "echo-") {
+		t.Errorf("by name echo.%s.svc: %q", ns, got)
+	}
+	// kubectl logs reaches the kubelet.
+	if out, err := c.Kubectl(ctx, "-n", ns, "logs", "echo-2"); err != nil || !strings.Contains(string(out), "listening on") {
+		t.Errorf("kubectl logs: %v\n%s", err, out)
+	}
+
+	// A second process finds the cluster.
+	l, err := Load(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Client().CoreV1().Pods(ns).Get(ctx, "echo-1", metav1.GetOptions{}); err != nil {
+		t.Errorf("loaded cluster: %v", err)
+	}
+
+	if err := c.Down(); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	downed = true
+	if _, err := os.Stat(stateDir); err == nil || !os.IsNotExist(err) {
+		t.Errorf("state dir %s left: %v", stateDir, err)
+	}
+	if d := before.diff(snapshotHost(t), false); len(d) > 0 {
+		t.Errorf("the host differs after down:\n%s", strings.Join(d, "\n"))
+	}
+	if left := leftoverProcesses(stateDir); len(left) > 0 {
+		t.Errorf("processes left: %v", left)
+	}
+}
+
+// leftoverProcesses lists processes whose command line names dir.
+func leftoverProcesses(dir string) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if cmd := strings.ReplaceAll(string(b), "\x00", " "); strings.Contains(cmd, dir) {
+			out = append(out, e.Name()+": "+cmd)
+		}
+	}
+	return out
+}
+
+func parseIP(t *testing.T, s string) net.IP {
+	t.Helper()
+	ip := net.ParseIP(s)
+	if ip == nil {
+		t.Fatalf("bad IP %q", s)
+	}
+	return ip
+}
+
+// dumpOnFailure logs the daemons' last lines when the test fails.
+func dumpOnFailure(t *testing.T, c *Cluster) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for name, p := range c.Logs() {
+			t.Logf("--- %s (%s):\n%s", name, p, tail(p, 15))
+		}
+	})
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,153 @@
+package kubecluster
+
+import (
+	"archive/tar"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Each tools/*/build.sh and tool.cacheDir must name the same directory.
+func TestCacheDirMatchesBuildScripts(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AMBIT_CACHE", t.TempDir())
+	for _, tl := range []tool{toolKubeNode, toolContainerd, toolCoreDNS} {
+		want, err := tl.cacheDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(filepath.Join(root, tl.dir, "build.sh"), "--dir").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s/build.sh --dir: %v\n%s", tl.dir, err, out)
+		}
+		if got := strings.TrimSpace(string(out)); got != want {
+			t.Errorf("%s: build.sh builds into %s, kubecluster looks in %s", tl.dir, got, want)
+		}
+	}
+}
+
+func TestRequiredVersion(t *testing.T) {
+	mod := []byte("module x\n\nrequire github.com/a/b v1.2.3\n\nrequire (\n\tk8s.io/kubernetes v1.37.1\n)\n")
+	if v := requiredVersion(mod, "github.com/a/b"); v != "v1.2.3" {
+		t.Errorf("one-line form: %q", v)
+	}
+	if v := requiredVersion(mod, "k8s.io/kubernetes"); v != "v1.37.1" {
+		t.Errorf("block form: %q", v)
+	}
+	if v := requiredVersion(mod, "k8s.io/other"); v != "" {
+		t.Errorf("absent: %q", v)
+	}
+}
+
+// The journal cannot make Down touch what is not the cluster's.
+func TestCheckOwnedRefusesForeignObjects(t *testing.T) {
+	st := &State{ID: "ab12", StateDir: "/run/x"}
+	for _, o := range []Object{
+		{Kind: objNetNS, Name: "akc-ab12-node-1"},
+		{Kind: objCgroup, Name: "/akc-ab12-node-2"},
+		{Kind: objMountNS, Name: "/run/x/ns/node-1"},
+		{Kind: objNSDir, Name: "/run/x/ns"},
+		{Kind: objStateDir, Name: "/run/x"},
+	} {
+		if err := st.checkOwned(o); err != nil {
+			t.Errorf("%v refused: %v", o, err)
+		}
+	}
+	for _, o := range []Object{
+		{Kind: objNetNS, Name: "ml-ab12-node-1"},
+		{Kind: objNetNS, Name: "akc-ab12-../x"},
+		{Kind: objCgroup, Name: "/"},
+		{Kind: objCgroup, Name: "/kubepods"},
+		{Kind: objCgroup, Name: "/akc-ab12-node-1/../../x"},
+		{Kind: objMountNS, Name: "/run/netns/x"},
+		{Kind: objMountNS, Name: "/run/x/ns"},
+		{Kind: objNSDir, Name: "/run"},
+		{Kind: objStateDir, Name: "/"},
+		{Kind: "file", Name: "/etc/passwd"},
+	} {
+		if err := st.checkOwned(o); err == nil {
+			t.Errorf("%v accepted", o)
+		}
+	}
+}
+
+func TestMkdirAllRecord(t *testing.T) {
+	base := t.TempDir()
+	created, err := mkdirAllRecord(filepath.Join(base, "a/b/c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(base, "a"), filepath.Join(base, "a/b"), filepath.Join(base, "a/b/c")}
+	if strings.Join(created, ",") != strings.Join(want, ",") {
+		t.Errorf("created %v, want %v", created, want)
+	}
+	if created, err = mkdirAllRecord(filepath.Join(base, "a/b")); err != nil || len(created) != 0 {
+		t.Errorf("existing: created %v, %v", created, err)
+	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	if got := unescapeMount(`/a\040b\011c`); got != "/a b\tc" {
+		t.Errorf("%q", got)
+	}
+}
+
+func TestKubeletConfigFollowsCgroupLayout(t *testing.T) {
+	n := NodeState{Name: "node-1", IP: "192.168.252.11", CgroupRoot: "/akc-ab12-node-1"}
+	cfg := kubeletConfig(n, "/ca", "/c", "/k", true)
+	for _, want := range []string{
+		"cgroupRoot: /akc-ab12-node-1", "cgroupDriver: cgroupfs", "oomScoreAdj: 0",
+		"clusterDNS: [" + DNSServiceIP + "]", "address: 192.168.252.11", "tlsMinVersion: VersionTLS13",
+	} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("kubelet config lacks %q", want)
+		}
+	}
+	wantV1 := "failCgroupV1: true"
+	if cgroupV1() {
+		wantV1 = "failCgroupV1: false"
+	}
+	if !strings.Contains(cfg, wantV1) {
+		t.Errorf("kubelet config lacks %q for this host's cgroups", wantV1)
+	}
+	if strings.Contains(kubeletConfig(n, "/ca", "/c", "/k", false), "clusterDNS") {
+		t.Error("clusterDNS without DNS")
+	}
+}
+
+func TestCgroupMountsFromProc(t *testing.T) {
+	m, err := cgroupMounts()
+	if err != nil {
+		t.Skipf("no cgroups here: %v", err)
+	}
+	for _, p := range m {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
+
+func TestImageRef(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	index := `{"schemaVersion":2,"manifests":[{"annotations":{"io.containerd.image.name":"ghcr.io/ambit-mesh/x:1"}}]}`
+	tw.WriteHeader(&tar.Header{Name: "oci-layout", Mode: 0o644, Size: 2})
+	tw.Write([]byte("{}"))
+	tw.WriteHeader(&tar.Header{Name: "index.json", Mode: 0o644, Size: int64(len(index))})
+	tw.Write([]byte(index))
+	tw.Close()
+	p := filepath.Join(t.TempDir(), "x.tar")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := ImageRef(p)
+	if err != nil || ref != "ghcr.io/ambit-mesh/x:1" {
+		t.Errorf("ImageRef = %q, %v", ref, err)
+	}
+}
