@@ -14,10 +14,10 @@ const Issuer = "https://kubernetes.default.svc.cluster.local"
 
 // files are the certificates and configuration the daemons read.
 type files struct {
-	caFile, caKeyFile           string
-	saKey, saPub                string
-	apiCert, apiKey             string
-	kubeletClient               *keyPair
+	caFile, caKeyFile            string
+	saKey, saPub                 string
+	apiCert, apiKey              string
+	kubeletClient                *keyPair
 	schedulerKC, controllerMgrKC string
 }
 

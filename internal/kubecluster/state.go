@@ -97,9 +97,9 @@ type State struct {
 	APIServer     string      `json:"apiServer"`
 	// Kubeconfig is the admin kubeconfig (reachable from the control
 	// plane's and the nodes' network namespaces).
-	Kubeconfig string   `json:"kubeconfig"`
-	Bins       Binaries `json:"binaries"`
-	Created    []Object `json:"created"`
+	Kubeconfig string    `json:"kubeconfig"`
+	Bins       Binaries  `json:"binaries"`
+	Created    []Object  `json:"created"`
 	Processes  []Process `json:"processes"`
 }
 
