@@ -13,6 +13,9 @@ APT_PKGS  += etcd-server
 APT_PKGS  += protobuf-compiler
 # the CNI reference plugins (bridge, host-local) for the ambit-cni chain tests
 APT_PKGS  += containernetworking-plugins
+# the local cluster's nodes (internal/kubecluster): runc, and the netfilter
+# tools kube-proxy and the CNI portmap plugin run (the CNI plugins are above)
+APT_PKGS  += runc iptables conntrack
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
 GENERATED += $(wildcard api/v1alpha1/*.pb.go)
 # CRDs and deep-copy functions from api/crd (controller-gen, pinned in go.mod)
@@ -110,6 +113,37 @@ images: ## build OCI image archives (bin/images/*.tar) without Docker: controlle
 	$(foreach i,$(IMAGES),$(BIN)/ambit-image build --binary=$(BIN)/static/$(IMAGE_BIN_$(i)) \
 		--ref=$(REGISTRY)/$(i):$(or $(IMAGE_TAG_$(i)),$$tag) --revision=$$rev --arch=$(IMAGE_ARCH) \
 		$(IMAGE_ARGS_$(i)) -o $(BIN)/images/$(i).tar;)
+
+# The local Kubernetes cluster (internal/kubecluster, cmd/ambit-cluster): two
+# real nodes (kubelet, containerd, runc, CNI, kube-proxy) and CoreDNS in
+# network and mount namespaces of their own, no registry. Its programs build
+# from the Go module proxy into the cache kube-tools uses (tools/kube/node,
+# tools/containerd, tools/coredns); `make cluster-images` adds CoreDNS's image
+# to `make images`'s. The state lives in $(CLUSTER_STATE).
+CLUSTER_STATE   ?= /run/ambit-cluster
+COREDNS_VERSION := $(shell awk '$$1 == "require" && $$2 == "github.com/coredns/coredns" {print $$3}' tools/coredns/go.mod)
+
+.PHONY: cluster-tools
+cluster-tools: kube-tools ## build kubelet, kube-proxy, scheduler, controller-manager, containerd and CoreDNS for the local cluster (cached; cold about 12 min)
+	@GO=$(GO) tools/kube/node/build.sh >/dev/null
+	@GO=$(GO) tools/containerd/build.sh >/dev/null
+	@GO=$(GO) tools/coredns/build.sh >/dev/null
+
+.PHONY: cluster-images
+cluster-images: images ## the local cluster's images: `make images` plus CoreDNS (bin/images/coredns.tar)
+	@dir=$$(GO=$(GO) tools/coredns/build.sh) && \
+	$(BIN)/ambit-image build --binary=$$dir/coredns --ref=ghcr.io/ambit-mesh/coredns:$(COREDNS_VERSION) \
+		--user=65532:65532 -o $(BIN)/images/coredns.tar
+
+.PHONY: cluster-up
+cluster-up: cluster-tools cluster-images ## bring up a real two-node Kubernetes on this machine, offline (as root; see `bin/ambit-cluster help`)
+	$(GO) build -o $(BIN)/ ./cmd/ambit-cluster
+	$(BIN)/ambit-cluster up --state-dir $(CLUSTER_STATE) --images $(BIN)/images
+
+.PHONY: cluster-down
+cluster-down: ## remove the local cluster and restore the host, also after a failed cluster-up (as root)
+	$(GO) build -o $(BIN)/ ./cmd/ambit-cluster
+	$(BIN)/ambit-cluster down --state-dir $(CLUSTER_STATE)
 
 .PHONY: clean
 clean: ## remove build output
