@@ -848,7 +848,11 @@ type Workload struct {
 	// balancing (a pod that is not ready).
 	Ready bool `protobuf:"varint,7,opt,name=ready,proto3" json:"ready,omitempty"`
 	// Set only for the receiving node proxy's own workloads.
-	Local         *LocalWorkload `protobuf:"bytes,8,opt,name=local,proto3" json:"local,omitempty"`
+	Local *LocalWorkload `protobuf:"bytes,8,opt,name=local,proto3" json:"local,omitempty"`
+	// The pod's UID (Kubernetes), by which its node proxy finds the pod's
+	// cgroup and network namespace. A pod with a UID may have no addresses
+	// yet: it is scheduled and its sandbox is being created.
+	Uid           string `protobuf:"bytes,9,opt,name=uid,proto3" json:"uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -937,6 +941,13 @@ func (x *Workload) GetLocal() *LocalWorkload {
 		return x.Local
 	}
 	return nil
+}
+
+func (x *Workload) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
 }
 
 // LocalWorkload is what only the workload's own node needs: where it runs.
@@ -1970,7 +1981,7 @@ const file_config_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdb\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xed\x02\n" +
 	"\bWorkload\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12<\n" +
@@ -1979,7 +1990,8 @@ const file_config_proto_rawDesc = "" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x1c\n" +
 	"\taddresses\x18\x06 \x03(\fR\taddresses\x12\x14\n" +
 	"\x05ready\x18\a \x01(\bR\x05ready\x123\n" +
-	"\x05local\x18\b \x01(\v2\x1d.ambit.v1alpha1.LocalWorkloadR\x05local\x1a9\n" +
+	"\x05local\x18\b \x01(\v2\x1d.ambit.v1alpha1.LocalWorkloadR\x05local\x12\x10\n" +
+	"\x03uid\x18\t \x01(\tR\x03uid\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +

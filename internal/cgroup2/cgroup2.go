@@ -14,22 +14,41 @@ import (
 
 // Mount returns the cgroup v2 mount point from /proc/self/mounts.
 func Mount() (string, error) {
+	v2, _, err := Mounts()
+	return v2, err
+}
+
+// Mounts returns the cgroup v2 mount point and the cgroup v1 hierarchies'
+// mount points (none on a unified host; a hybrid host has both) from
+// /proc/self/mounts. It fails when there is no cgroup v2 mount.
+func Mounts() (v2 string, v1 []string, err error) {
 	f, err := os.Open("/proc/self/mounts")
 	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+		return "", nil, fmt.Errorf("find cgroup2 mount: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 3 && fields[2] == "cgroup2" {
-			return unescapeMount(fields[1]), nil
+		if len(fields) < 3 {
+			continue
+		}
+		switch fields[2] {
+		case "cgroup2":
+			if v2 == "" {
+				v2 = unescapeMount(fields[1])
+			}
+		case "cgroup":
+			v1 = append(v1, unescapeMount(fields[1]))
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+		return "", nil, fmt.Errorf("find cgroup2 mount: %w", err)
 	}
-	return "", errors.New("find cgroup2 mount: no cgroup2 file system in /proc/mounts; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified)")
+	if v2 == "" {
+		return "", nil, errors.New("find cgroup2 mount: no cgroup2 file system in /proc/mounts; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified)")
+	}
+	return v2, v1, nil
 }
 
 // unescapeMount undoes the octal escapes (\040 for space) of /proc/mounts.

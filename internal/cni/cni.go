@@ -140,10 +140,13 @@ func needsNetns(command string) (needs, known bool) {
 // Listen makes the socket at path for Serve. The parent directory is created
 // 0755 if missing; the socket is made under a temporary name, set to 0600
 // (root only) and renamed into place, so the path never shows a socket with
-// looser permissions. A stale socket at path (nobody accepting) is replaced;
-// a live one is an error, and so is anything at path that is not a socket.
-// The listener does not remove path when closed: a closed socket is stale
-// and the next Listen replaces it, and a node proxy that exits during a
+// looser permissions. A socket of this protocol at path is replaced, stale
+// or live: during a rollout the newest node proxy takes the plugin's
+// requests (the old one still answers those it has accepted), as it takes
+// the admin socket. A live socket of another type (some other program's)
+// is an error, and so is anything at path that is not a socket. The
+// listener does not remove path when closed: a closed socket is stale and
+// the next Listen replaces it, and a node proxy that exits during a
 // rollout cannot remove its successor's socket.
 func Listen(path string) (*net.UnixListener, error) {
 	dir := filepath.Dir(path)
@@ -169,12 +172,12 @@ func Listen(path string) (*net.UnixListener, error) {
 	case fi.Mode().Type() != fs.ModeSocket:
 		return nil, fmt.Errorf("cni socket: %s exists and is not a socket (%s); remove it if it is not needed", path, fi.Mode().Type())
 	default:
-		live, err := socketLive(path)
+		live, err := foreignSocketLive(path)
 		if err != nil {
 			return nil, err
 		}
 		if live {
-			return nil, fmt.Errorf("cni socket: another node proxy is serving %s", path)
+			return nil, fmt.Errorf("cni socket: another program is serving %s with a socket that is not a node proxy's (not SOCK_SEQPACKET); stop it or choose another --cni-socket", path)
 		}
 	}
 
@@ -198,17 +201,18 @@ func Listen(path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// socketLive reports whether something accepts connections on the socket at
-// path. A socket of another type is tried with that type, since connecting
+// foreignSocketLive reports whether something accepts connections on the
+// socket at path with a type other than the node proxy's SOCK_SEQPACKET
+// (ours, live or stale, is replaced). Each type is tried, since connecting
 // across types fails before the kernel looks for a listener.
-func socketLive(path string) (bool, error) {
+func foreignSocketLive(path string) (bool, error) {
 	var err error
 	for _, network := range []string{"unixpacket", "unix", "unixgram"} {
 		var c net.Conn
 		c, err = net.DialTimeout(network, path, time.Second)
 		if err == nil {
 			c.Close()
-			return true, nil
+			return network != "unixpacket", nil
 		}
 		switch {
 		case errors.Is(err, syscall.EPROTOTYPE):

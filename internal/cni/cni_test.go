@@ -140,25 +140,44 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 	}
 }
 
-func TestListenRefusesLiveSocket(t *testing.T) {
+func TestListenTakesOverLiveSocket(t *testing.T) {
 	path := filepath.Join(shortDir(t), "cni.sock")
 	ln, err := Listen(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	if ln2, err := Listen(path); err == nil {
-		ln2.Close()
-		t.Fatal("second Listen on a live socket succeeded")
-	} else if !strings.Contains(err.Error(), "another node proxy is serving "+path) {
-		t.Errorf("error %q does not say another node proxy is serving", err)
+	// A second node proxy (a rollout's new one) takes the path over.
+	ln2, err := Listen(path)
+	if err != nil {
+		t.Fatalf("second Listen on a node proxy's live socket: %v", err)
 	}
-	// Still ours: a connection reaches the first listener.
+	t.Cleanup(func() { ln2.Close() })
+	accepted := make(chan *net.UnixListener, 2)
+	for _, l := range []*net.UnixListener{ln, ln2} {
+		go func() {
+			c, err := l.Accept()
+			if err == nil {
+				c.Close()
+				accepted <- l
+			}
+		}()
+	}
 	c, err := net.Dial("unixpacket", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
+	if got := <-accepted; got != ln2 {
+		t.Error("a connection to the path reached the old listener; want the newest")
+	}
+	// The old listener closing leaves the new one's socket in place.
+	ln.Close()
+	if c, err := net.Dial("unixpacket", path); err != nil {
+		t.Fatalf("after the old listener closed: %v", err)
+	} else {
+		c.Close()
+	}
 
 	// A live socket of another type, from some other program.
 	other := filepath.Join(shortDir(t), "cni.sock")
@@ -170,7 +189,7 @@ func TestListenRefusesLiveSocket(t *testing.T) {
 	if ln3, err := Listen(other); err == nil {
 		ln3.Close()
 		t.Fatal("Listen replaced a live stream socket")
-	} else if !strings.Contains(err.Error(), "another node proxy is serving") {
+	} else if !strings.Contains(err.Error(), "another program is serving") {
 		t.Errorf("error %q does not say the socket is live", err)
 	}
 }

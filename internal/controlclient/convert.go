@@ -71,7 +71,7 @@ func addResource(b *meshconfig.Builder, r *pb.Resource, all map[Ref]*pb.Resource
 		}
 		mw := meshconfig.Workload{
 			Namespace: w.Namespace, Name: w.Name, Labels: w.Labels, ServiceAccount: w.ServiceAccount,
-			Node: w.Node, IPs: ips, Ready: w.Ready,
+			Node: w.Node, IPs: ips, Ready: w.Ready, UID: w.Uid,
 		}
 		if w.Local != nil {
 			mw.NetNS, mw.Cgroup = w.Local.Netns, w.Local.Cgroup

@@ -417,7 +417,7 @@ func sameNamespace(a, b *meshconfig.Namespace) bool {
 func sameWorkload(a, b *meshconfig.Workload) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name && maps.Equal(a.Labels, b.Labels) &&
 		a.ServiceAccount == b.ServiceAccount && a.Node == b.Node && a.Ready == b.Ready &&
-		slices.Equal(a.IPs, b.IPs) && a.NetNS == b.NetNS && a.Cgroup == b.Cgroup
+		slices.Equal(a.IPs, b.IPs) && a.NetNS == b.NetNS && a.Cgroup == b.Cgroup && a.UID == b.UID
 }
 
 func sameService(a, b *meshconfig.Service) bool {
@@ -442,7 +442,7 @@ func bundleToPB(td string, roots []*x509.Certificate) *pb.TrustBundle {
 func workloadToPB(w *meshconfig.Workload, local bool) *pb.Workload {
 	out := &pb.Workload{
 		Namespace: w.Namespace, Name: w.Name, Labels: w.Labels,
-		ServiceAccount: w.ServiceAccount, Node: w.Node, Ready: w.Ready,
+		ServiceAccount: w.ServiceAccount, Node: w.Node, Ready: w.Ready, Uid: w.UID,
 	}
 	for _, ip := range w.IPs {
 		out.Addresses = append(out.Addresses, ip.AsSlice())

@@ -255,15 +255,18 @@ func cleanAnnotations(in map[string]string) map[string]string {
 }
 
 // WorkloadFromPod is the workload a pod is, if it is one: pods on the host
-// network (their address is the node's), pods not yet given a node or an
-// address, and pods that have finished are not.
+// network (their address is the node's), pods not yet given a node, and
+// pods that have finished are not. A pod scheduled to a node but not yet
+// given an address is a workload without IPs: its node proxy needs it (by
+// UID) while the pod's sandbox is made, to capture it before its first
+// packet; nothing can route to it yet.
 func WorkloadFromPod(p *corev1.Pod) (meshconfig.Workload, bool) {
 	if p.Spec.HostNetwork || p.Spec.NodeName == "" || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 		return meshconfig.Workload{}, false
 	}
 	w := meshconfig.Workload{
 		Namespace: p.Namespace, Name: p.Name, Labels: p.Labels,
-		ServiceAccount: p.Spec.ServiceAccountName, Node: p.Spec.NodeName,
+		ServiceAccount: p.Spec.ServiceAccountName, Node: p.Spec.NodeName, UID: string(p.UID),
 	}
 	ips := p.Status.PodIPs
 	if len(ips) == 0 && p.Status.PodIP != "" {
@@ -274,7 +277,7 @@ func WorkloadFromPod(p *corev1.Pod) (meshconfig.Workload, bool) {
 			w.IPs = append(w.IPs, a.Unmap())
 		}
 	}
-	if len(w.IPs) == 0 {
+	if len(w.IPs) == 0 && w.UID == "" {
 		return meshconfig.Workload{}, false
 	}
 	for _, c := range p.Status.Conditions {

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
@@ -16,7 +17,7 @@ import (
 
 func pod(name string, mod func(*corev1.Pod)) *corev1.Pod {
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name, Labels: map[string]string{"app": "cart"}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name, UID: types.UID("uid-" + name), Labels: map[string]string{"app": "cart"}},
 		Spec: corev1.PodSpec{NodeName: "node-1", ServiceAccountName: "cart", Containers: []corev1.Container{{
 			Name: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "dns", ContainerPort: 5353, Protocol: corev1.ProtocolUDP}},
 		}}},
@@ -33,21 +34,28 @@ func pod(name string, mod func(*corev1.Pod)) *corev1.Pod {
 
 func TestWorkloadFromPod(t *testing.T) {
 	w, ok := WorkloadFromPod(pod("a", nil))
-	want := meshconfig.Workload{Namespace: "shop", Name: "a", Labels: map[string]string{"app": "cart"}, ServiceAccount: "cart", Node: "node-1",
+	want := meshconfig.Workload{Namespace: "shop", Name: "a", Labels: map[string]string{"app": "cart"}, ServiceAccount: "cart", Node: "node-1", UID: "uid-a",
 		IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")}, Ready: true}
 	if !ok || !reflect.DeepEqual(w, want) {
 		t.Errorf("got %+v %v\nwant %+v", w, ok, want)
 	}
 	for name, mod := range map[string]func(*corev1.Pod){
-		"host network":  func(p *corev1.Pod) { p.Spec.HostNetwork = true },
-		"not scheduled": func(p *corev1.Pod) { p.Spec.NodeName = "" },
-		"no address":    func(p *corev1.Pod) { p.Status.PodIP, p.Status.PodIPs = "", nil },
-		"succeeded":     func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
-		"failed":        func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed },
+		"host network":       func(p *corev1.Pod) { p.Spec.HostNetwork = true },
+		"not scheduled":      func(p *corev1.Pod) { p.Spec.NodeName = "" },
+		"no address, no UID": func(p *corev1.Pod) { p.Status.PodIP, p.Status.PodIPs, p.UID = "", nil, "" },
+		"succeeded":          func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
+		"failed":             func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed },
 	} {
 		if _, ok := WorkloadFromPod(pod("x", mod)); ok {
 			t.Errorf("%s: a pod that is not a workload became one", name)
 		}
+	}
+	// Scheduled, sandbox not made yet: its node proxy needs it by UID to
+	// capture it before its first packet.
+	if w, ok := WorkloadFromPod(pod("p", func(p *corev1.Pod) {
+		p.Status.Phase, p.Status.PodIP, p.Status.PodIPs, p.Status.Conditions = corev1.PodPending, "", nil, nil
+	})); !ok || w.UID != "uid-p" || len(w.IPs) != 0 || w.Ready {
+		t.Errorf("pending pod without an address: %+v %v; want a workload with UID uid-p, no IPs, not ready", w, ok)
 	}
 	for name, mod := range map[string]func(*corev1.Pod){
 		"not ready":    func(p *corev1.Pod) { p.Status.Conditions[0].Status = corev1.ConditionFalse },

@@ -171,7 +171,7 @@ func (b *Builder) AddWorkload(w Workload) error {
 func (b *Builder) addWorkload(in Workload, at pos) error {
 	w := &Workload{
 		Namespace: in.Namespace, Name: in.Name, Labels: in.Labels, ServiceAccount: in.ServiceAccount,
-		Node: in.Node, Ready: in.Ready, NetNS: in.NetNS, Cgroup: in.Cgroup, file: at.file, line: at.line,
+		Node: in.Node, Ready: in.Ready, NetNS: in.NetNS, Cgroup: in.Cgroup, UID: in.UID, file: at.file, line: at.line,
 	}
 	if err := checkMeta("Workload", in.Name, in.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
@@ -182,7 +182,7 @@ func (b *Builder) addWorkload(in Workload, at pos) error {
 	if w.Node == "" {
 		return fieldErr("spec", "Workload %s: spec.node is empty; name the node it runs on", w.Key())
 	}
-	if len(in.IPs) == 0 {
+	if len(in.IPs) == 0 && in.UID == "" {
 		return fieldErr("spec", "Workload %s: spec.addresses is empty; give its IPv4 and/or IPv6 address", w.Key())
 	}
 	for _, ip := range in.IPs {

@@ -188,13 +188,14 @@ services:
 		switch {
 		case s.Endpoints != nil:
 			for _, k := range s.Endpoints {
-				if w := c.byKey[k]; w != nil {
+				if w := c.byKey[k]; w != nil && len(w.IPs) > 0 {
 					c.endpoints[s] = append(c.endpoints[s], w)
 				}
 			}
 		case len(s.Selector) > 0:
 			for _, w := range byNS[s.Namespace] {
-				if selects(s.Selector, w.Labels) {
+				// A pod without an address yet is no one's endpoint.
+				if len(w.IPs) > 0 && selects(s.Selector, w.Labels) {
 					c.endpoints[s] = append(c.endpoints[s], w)
 				}
 			}

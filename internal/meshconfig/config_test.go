@@ -177,3 +177,39 @@ spec:
 		t.Errorf("headers %+v\nwant %+v", r[1].To[0].Headers, want)
 	}
 }
+
+// A pod that is scheduled but has no address yet (Kubernetes: the sandbox is
+// being made) is a workload its node proxy can find by UID; it is no one's
+// endpoint. Without a UID an address is still required.
+func TestWorkloadWithoutAddressYet(t *testing.T) {
+	b := NewBuilder()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(b.AddNamespace(Namespace{Name: "shop", Labels: map[string]string{DataplaneLabel: DataplaneAmbient}}))
+	must(b.AddWorkload(Workload{Namespace: "shop", Name: "cart-new", Labels: map[string]string{"app": "cart"}, Node: "node-1", UID: "0b7c9a3e"}))
+	must(b.AddWorkload(Workload{Namespace: "shop", Name: "cart-1", Labels: map[string]string{"app": "cart"}, Node: "node-2", UID: "1c8d0b4f", IPs: []netip.Addr{netip.MustParseAddr("10.0.2.5")}, Ready: true}))
+	must(b.AddService(Service{Namespace: "shop", Name: "cart", Selector: map[string]string{"app": "cart"}, Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.9")}, Ports: []ServicePort{{Port: 80}}}))
+	err := b.AddWorkload(Workload{Namespace: "shop", Name: "no-uid", Node: "node-1"})
+	if err == nil || !strings.Contains(err.Error(), "spec.addresses is empty") {
+		t.Fatalf("a workload with neither addresses nor UID: %v; want the empty-addresses error", err)
+	}
+	cfg, err := b.Build()
+	must(err)
+	w := cfg.Workload("shop/cart-new")
+	if w == nil || !w.Captured || w.UID != "0b7c9a3e" || len(w.IPs) != 0 {
+		t.Fatalf("pending pod: %+v; want it captured, with its UID and no IPs", w)
+	}
+	if !cfg.NodeHasIdentity("node-1", w.Identity) {
+		t.Error("node-1 may not get a certificate for its pending pod")
+	}
+	eps := cfg.Endpoints(cfg.ServiceByAddr(netip.MustParseAddr("10.96.0.9")))
+	for _, e := range eps {
+		if len(e.IPs) == 0 {
+			t.Errorf("the service's endpoints include %s, which has no address", e.Key())
+		}
+	}
+}

@@ -105,6 +105,10 @@ type Workload struct {
 	// Kubernetes the node finds them itself).
 	NetNS  string
 	Cgroup string
+	// UID is the pod's UID (Kubernetes only). The node proxy finds the
+	// pod's cgroup and network namespace by it. A workload with a UID may
+	// have no IPs yet: the pod is scheduled and its sandbox is being made.
+	UID string
 
 	// Captured is derived: the workload is in an ambient namespace and has
 	// not opted out.
