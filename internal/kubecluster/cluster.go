@@ -517,6 +517,22 @@ func (c *Cluster) ImportImages(ctx context.Context, paths ...string) error {
 	return nil
 }
 
+// CreateNamespace creates namespace name and waits until the controller
+// manager has made its "default" service account (pods cannot be created
+// before).
+func (c *Cluster) CreateNamespace(ctx context.Context, name string) error {
+	if _, err := c.client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	return c.waitFor(ctx, time.Minute, "service account "+name+"/default", func() (bool, string) {
+		_, err := c.client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+}
+
 // Logs are the daemons' log files (role -> path).
 func (c *Cluster) Logs() map[string]string {
 	out := map[string]string{}

@@ -145,15 +145,21 @@ func TestPrivilegedCluster(t *testing.T) {
 	downed := false
 	t.Cleanup(func() {
 		if !downed {
+			dumpLogs(t, c)
 			if err := c.Down(); err != nil {
 				t.Errorf("down: %v", err)
 			}
 		}
 	})
 	t.Logf("cluster up in %v", time.Since(start).Round(time.Millisecond))
-	dumpOnFailure(t, c)
 
-	if d := before.diff(snapshotHost(t), true); len(d) > 0 {
+	// While up, only the kubelet's kernel settings may differ: other
+	// tests' namespaces inherit the host's network settings.
+	during := snapshotHost(t)
+	for _, k := range kubeletSysctls {
+		delete(during.sysctls, "/proc/sys/"+k)
+	}
+	if d := before.diff(during, true); len(d) > 0 {
 		t.Errorf("the cluster changed host network settings while up:\n%s", strings.Join(d, "\n"))
 	}
 
@@ -173,7 +179,7 @@ func TestPrivilegedCluster(t *testing.T) {
 	}
 
 	ns := "kubecluster-test"
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+	if err := c.CreateNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
 	nonroot := int64(65532)
@@ -237,23 +243,38 @@ func TestPrivilegedCluster(t *testing.T) {
 		}
 	}
 
+	dialOnce := func(from, addr string) (string, error) {
+		out, err := c.Kubectl(ctx, "-n", ns, "exec", from, "--", "/ambit-echo", "dial", addr)
+		return strings.TrimSpace(string(out)), err
+	}
+	// dial retries for a while: kube-proxy programs a new Service (and
+	// CoreDNS learns it) a moment after the API server has it.
 	dial := func(from, addr string) string {
 		t.Helper()
-		out, err := c.Kubectl(ctx, "-n", ns, "exec", from, "--", "/ambit-echo", "dial", addr)
-		if err != nil {
-			t.Fatalf("dial %s from %s: %v", addr, from, err)
+		var last error
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+			out, err := dialOnce(from, addr)
+			if err == nil {
+				return out
+			}
+			last = err
 		}
-		return strings.TrimSpace(string(out))
+		t.Fatalf("dial %s from %s: %v", addr, from, last)
+		return ""
 	}
 	// Pod to pod across nodes, the client's address kept.
 	for _, p := range [][2]string{{"echo-1", "echo-2"}, {"echo-2", "echo-1"}} {
-		got := dial(p[0], ips[p[1]]+":8080")
+		got, err := dialOnce(p[0], ips[p[1]]+":8080")
+		if err != nil {
+			t.Fatalf("%s -> %s: %v", p[0], p[1], err)
+		}
 		if !strings.HasPrefix(got, p[1]+" ") || !strings.Contains(got, "remote="+ips[p[0]]+":") {
 			t.Errorf("%s -> %s: %q, want an answer from %s seeing %s", p[0], p[1], got, p[1], ips[p[0]])
 		}
 	}
-	// Through the ClusterIP, until both backends have answered, and by
-	// name (kube-dns), as the mesh's node proxy finds its controller.
+	// Through the ClusterIP, until both backends have answered (one is on
+	// the client's own node, one on the other), and by name (kube-dns),
+	// as the mesh's node proxy finds its controller.
 	seen := map[string]bool{}
 	for i := 0; i < 40 && len(seen) < 2; i++ {
 		got := dial("echo-1", svc.Spec.ClusterIP+":8080")
@@ -279,6 +300,7 @@ func TestPrivilegedCluster(t *testing.T) {
 		t.Errorf("loaded cluster: %v", err)
 	}
 
+	dumpLogs(t, c)
 	if err := c.Down(); err != nil {
 		t.Fatalf("down: %v", err)
 	}
@@ -319,16 +341,14 @@ func parseIP(t *testing.T, s string) net.IP {
 	return ip
 }
 
-// dumpOnFailure logs the daemons' last lines when the test fails.
-func dumpOnFailure(t *testing.T, c *Cluster) {
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		for name, p := range c.Logs() {
-			t.Logf("--- %s (%s):\n%s", name, p, tail(p, 15))
-		}
-	})
+// dumpLogs logs the daemons' last lines if the test failed.
+func dumpLogs(t *testing.T, c *Cluster) {
+	if !t.Failed() {
+		return
+	}
+	for name, p := range c.Logs() {
+		t.Logf("--- %s (%s):\n%s", name, p, tail(p, 15))
+	}
 }
 
 type testWriter struct{ t *testing.T }
