@@ -205,6 +205,45 @@ func TestPrivilegedCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A pod shaped like the mesh's node proxy: hostNetwork (the node's
+	// namespace), hostPID, the node's bpffs and cgroups, capabilities,
+	// AppArmor unconfined.
+	node1 := c.Nodes()[0]
+	agent := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent"},
+		Spec: corev1.PodSpec{
+			NodeName: node1.Name, HostNetwork: true, HostPID: true, DNSPolicy: corev1.DNSClusterFirstWithHostNet,
+			TerminationGracePeriodSeconds: ptr(int64(1)),
+			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{
+				Name: "agent", Image: echoImage, ImagePullPolicy: corev1.PullNever,
+				Args: []string{"serve", "-name", "agent", ":18080"},
+				ReadinessProbe: &corev1.Probe{
+					ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(18080)}},
+					PeriodSeconds: 1,
+				},
+				SecurityContext: &corev1.SecurityContext{
+					RunAsUser: ptr(int64(0)), RunAsNonRoot: ptr(false), ReadOnlyRootFilesystem: ptr(true),
+					AllowPrivilegeEscalation: ptr(true),
+					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"},
+						Add: []corev1.Capability{"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}},
+					SeccompProfile:  &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+					AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined},
+				},
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: "bpffs", MountPath: "/sys/fs/bpf", MountPropagation: ptr(corev1.MountPropagationHostToContainer)},
+					{Name: "cgroup", MountPath: "/sys/fs/cgroup", ReadOnly: true},
+				},
+			}},
+			Volumes: []corev1.Volume{
+				{Name: "bpffs", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/sys/fs/bpf", Type: ptr(corev1.HostPathDirectory)}}},
+				{Name: "cgroup", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/sys/fs/cgroup", Type: ptr(corev1.HostPathDirectory)}}},
+			},
+		},
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, agent, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "echo"},
@@ -233,7 +272,7 @@ func TestPrivilegedCluster(t *testing.T) {
 				notes = append(notes, podProblem(&p))
 			}
 		}
-		return ready == 2, strings.Join(notes, "; ")
+		return ready == 3, strings.Join(notes, "; ")
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -286,6 +325,20 @@ func TestPrivilegedCluster(t *testing.T) {
 	if got := dial("echo-2", "echo."+ns+".svc:8080"); !strings.HasPrefix(got, "echo-") {
 		t.Errorf("by name echo.%s.svc: %q", ns, got)
 	}
+	// The hostNetwork pod is in node-1's namespace: reached at the node's
+	// address, seen by others with it; it resolves Services by name; its
+	// /sys/fs/bpf is node-1's bpffs.
+	if got := dial("echo-2", node1.IP+":18080"); !strings.HasPrefix(got, "agent ") || !strings.Contains(got, "remote="+ips["echo-2"]+":") {
+		t.Errorf("echo-2 -> agent at %s: %q", node1.IP, got)
+	}
+	if got := dial("agent", ips["echo-2"]+":8080"); !strings.Contains(got, "remote="+node1.IP+":") {
+		t.Errorf("agent -> echo-2: %q, want it seen as %s", got, node1.IP)
+	}
+	if got := dial("agent", "echo."+ns+".svc:8080"); !strings.HasPrefix(got, "echo-") {
+		t.Errorf("agent by name echo.%s.svc: %q", ns, got)
+	}
+	checkAgentNamespaces(t, node1)
+
 	// kubectl logs reaches the kubelet.
 	if out, err := c.Kubectl(ctx, "-n", ns, "logs", "echo-2"); err != nil || !strings.Contains(string(out), "listening on") {
 		t.Errorf("kubectl logs: %v\n%s", err, out)
@@ -314,6 +367,43 @@ func TestPrivilegedCluster(t *testing.T) {
 	if left := leftoverProcesses(stateDir); len(left) > 0 {
 		t.Errorf("processes left: %v", left)
 	}
+}
+
+// checkAgentNamespaces finds the hostNetwork pod's process (hostPID: the
+// host sees it) and checks that it shares node's network namespace and
+// has a bpffs on /sys/fs/bpf.
+func checkAgentNamespaces(t *testing.T, node Node) {
+	t.Helper()
+	want, ok := nsInode(node.NetNS)
+	if !ok {
+		t.Fatalf("no netns %s", node.NetNS)
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(strings.ReplaceAll(string(b), "\x00", " "), "serve -name agent :18080") {
+			continue
+		}
+		var ino uint64
+		l, _ := os.Readlink(filepath.Join("/proc", e.Name(), "ns/net"))
+		fmt.Sscanf(l, "net:[%d]", &ino)
+		if ino != want {
+			t.Errorf("hostNetwork pod in %s, not in %s's namespace", l, node.Name)
+		}
+		mi, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "mountinfo"))
+		found := false
+		for _, line := range strings.Split(string(mi), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 8 && f[4] == "/sys/fs/bpf" && strings.Contains(line, " - bpf ") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("hostNetwork pod has no bpffs on /sys/fs/bpf:\n%s", mi)
+		}
+		return
+	}
+	t.Error("hostNetwork pod's process not found")
 }
 
 // leftoverProcesses lists processes whose command line names dir.
