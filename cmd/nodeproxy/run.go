@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,12 +19,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/cni"
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/controlclient"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/nodeproxy"
 	"github.com/ambit-mesh/ambit/internal/redirect"
+	"github.com/ambit-mesh/ambit/internal/transparent"
 )
 
 // runProxy is `nodeproxy run`. With --controller the node proxy gets its
@@ -52,6 +56,9 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	ctrlAddr := fs.String("controller", "", "controller mode: the controller's gRPC API, host:port (instead of --config, --ca-cert and --ca-key)")
 	ctrlCA := fs.String("controller-ca", "", "controller mode: PEM roots the controller's certificate is checked against (until the controller's trust bundle arrives)")
 	tokenFile := fs.String("token-file", "", "controller mode: file holding this node's bearer token (re-read at every call)")
+	cniSocket := fs.String("cni-socket", "", "Kubernetes: serve the ambit-cni plugin on this unix socket (e.g. "+cni.DefaultSocket+"); empty: off")
+	procSys := fs.String("proc-sys", "/proc/sys", "where per-pod sysctls are written (from inside each pod's network namespace); a container sees /proc/sys read-only, so the DaemonSet mounts the host's /proc/sys/net writable elsewhere")
+	excludeNode := fs.Bool("exclude-node-addresses", false, "Kubernetes: connections to pods from the node's own addresses (the kubelet's probes) bypass inbound capture; the list follows the node's interfaces")
 	ctrlID := fs.String("controller-identity", "", "controller mode: SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -136,16 +143,33 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		signer = &nodeproxy.NodeAuthorizedSigner{CA: ca, Node: *node, Config: func() *meshconfig.Config { return proxy.Config() }}
 		bundle = ca.Bundle()
 	}
+	static := rcfg.ExcludeInboundSources
+	if *excludeNode {
+		addrs, err := nodeAddresses()
+		if err != nil {
+			return fail("--exclude-node-addresses: %v", err)
+		}
+		rcfg.ExcludeInboundSources = append(slices.Clone(static), addrs...)
+	}
+	transparent.SetProcSys(*procSys)
 	capture, err := redirect.New(rcfg, log)
 	if err != nil {
 		return fail("%v", err)
 	}
 	defer capture.Close()
+	// Pods found by UID (Kubernetes): the controller names them, the node
+	// proxy finds their cgroups and network namespaces.
+	var finder *kubenode.Finder
+	if controllerMode {
+		if finder, err = kubenode.New(); err != nil {
+			return fail("%v", err)
+		}
+	}
 
 	metrics := admin.NewMetrics(nodeproxy.Version)
 	proxy, err = nodeproxy.New(nodeproxy.Options{
 		Node: *node, Capture: capture, Signer: signer, Bundle: bundle,
-		Metrics: metrics, DrainTimeout: *drain, Log: log,
+		Metrics: metrics, DrainTimeout: *drain, Log: log, Finder: finder,
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -159,6 +183,23 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if *excludeNode {
+		go followNodeAddresses(ctx, capture, static, log)
+	}
+	if *cniSocket != "" {
+		ln, err := cni.Listen(*cniSocket)
+		if err != nil {
+			return fail("--cni-socket: %v", err)
+		}
+		// Until SIGTERM: afterwards new pods wait for the next node proxy
+		// (the plugin fails closed), which takes the socket over.
+		go func() {
+			if err := cni.Serve(ctx, ln, proxy, log.With("component", "cni")); err != nil {
+				log.Error("CNI socket stopped", "err", err)
+			}
+		}()
+		log.Info("serving the CNI plugin", "socket", *cniSocket)
+	}
 	if controllerMode {
 		log.Info("node proxy starting", "node", *node, "controller", *ctrlAddr, "version", nodeproxy.Version)
 		client.Run(ctx) // until SIGTERM; the proxy keeps its last configuration when the controller is away

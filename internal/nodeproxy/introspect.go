@@ -145,6 +145,12 @@ func (p *Proxy) Redirect() ([]admin.CapturedPod, error) {
 			local[w.Key()] = w
 		}
 	}
+	// Where the proxy found its pods (Kubernetes).
+	p.mu.Lock()
+	for k, w := range p.want {
+		local[k] = w
+	}
+	p.mu.Unlock()
 	out := []admin.CapturedPod{}
 	for _, ep := range pods {
 		w, ok := local[ep.Key]
@@ -152,7 +158,7 @@ func (p *Proxy) Redirect() ([]admin.CapturedPod, error) {
 			continue // another node's pod (the lab's nodes share one kernel)
 		}
 		cp := admin.CapturedPod{Key: ep.Key, Namespace: w.Namespace, Name: w.Name, Cgroup: w.Cgroup, Netns: w.NetNS}
-		if cp.Netns == "" {
+		if cp.Netns == "" || strings.HasPrefix(cp.Netns, "/proc/self/fd/") { // held open by the proxy: no path to show
 			cp.Netns = fmt.Sprintf("cookie:%d", ep.NetNSCookie)
 		}
 		for _, ip := range ep.IPs {

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/redirect"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
@@ -44,6 +46,10 @@ type Options struct {
 	Bundle x509bundle.Source
 	// Metrics receives connection metrics; nil makes a private registry.
 	Metrics *admin.Metrics
+	// Finder finds the node's pods by UID when the configuration does not
+	// say where they run (Kubernetes). Nil: only workloads with a network
+	// namespace in the configuration are served (the lab, file mode).
+	Finder *kubenode.Finder
 	// DrainTimeout bounds how long Shutdown waits for connections.
 	DrainTimeout time.Duration
 	Log          *slog.Logger
@@ -70,6 +76,10 @@ type Proxy struct {
 	conns    connTable
 	rr       sync.Map // service key -> *atomic.Uint64, round robin
 	lastErrs map[string]string
+	want     map[string]*meshconfig.Workload // the pods to serve, as resolved by the last reconcile
+	located  map[string]*located             // pods found by UID (Kubernetes), by UID
+	// unlocated counts the pods the last reconcile could not find yet.
+	unlocated int
 
 	migrateWarn sync.Once // listeners could not get the migration program
 }
@@ -104,6 +114,7 @@ func New(opts Options) (*Proxy, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		lastErrs: map[string]string{},
+		located:  map[string]*located{},
 	}
 	p.dialer = &tunnel.Dialer{Bundle: opts.Bundle, Log: opts.Log}
 	p.conns.init()
@@ -113,6 +124,9 @@ func New(opts Options) (*Proxy, error) {
 		CapturedPods: p.servedPods,
 	})
 	go p.certs.Run(ctx)
+	if opts.Finder != nil {
+		go p.rescanLoop(ctx)
+	}
 	return p, nil
 }
 
@@ -137,18 +151,42 @@ func (p *Proxy) Update(cfg *meshconfig.Config) {
 // caller holds p.mu.
 func (p *Proxy) reconcile(cfg *meshconfig.Config) {
 	want := map[string]*meshconfig.Workload{}
+	captured := map[string]bool{} // keys
+	uids := map[string]bool{}
+	p.unlocated = 0
 	for _, w := range cfg.LocalWorkloads(p.opts.Node) {
-		if w.Captured && w.NetNS != "" {
-			want[w.Key()] = w
+		if !w.Captured {
+			continue
 		}
+		captured[w.Key()] = true
+		if w.UID != "" {
+			uids[w.UID] = true
+		}
+		r, why := p.locate(w)
+		if r == nil {
+			if w.UID != "" && p.opts.Finder != nil {
+				p.unlocated++
+				p.lastErrs[w.Key()] = "not found on this node yet: " + why
+			}
+			continue
+		}
+		want[w.Key()] = r
 	}
+	p.want = want
 	for key, pd := range p.pods {
-		if _, ok := want[key]; !ok {
+		w, ok := want[key]
+		switch {
+		case !ok:
 			p.log.Info("pod left the mesh on this node", "pod", key)
-			pd.close(true)
-			delete(p.pods, key)
+		case pd.w.Load().NetNS != w.NetNS:
+			p.log.Info("pod has a new network namespace (a new sandbox); serving it there", "pod", key)
+		default:
+			continue
 		}
+		pd.close(true)
+		delete(p.pods, key)
 	}
+	p.forgetLocated(uids)
 	ids := map[spiffeid.ID]bool{}
 	for key, w := range want {
 		ids[w.Identity] = true
@@ -176,7 +214,7 @@ func (p *Proxy) reconcile(cfg *meshconfig.Config) {
 		p.log.Info("serving pod", "pod", key, "ips", fmt.Sprint(w.IPs), "identity", w.Identity.String())
 	}
 	for key := range p.lastErrs {
-		if _, ok := want[key]; !ok {
+		if !captured[key] && !strings.HasPrefix(key, "cert:") {
 			delete(p.lastErrs, key)
 		}
 	}
@@ -258,7 +296,15 @@ func (p *Proxy) Ready() (bool, []string) {
 		}
 	}
 	for _, w := range cfg.LocalWorkloads(p.opts.Node) {
-		if !w.Captured || w.NetNS == "" {
+		if !w.Captured {
+			continue
+		}
+		if p.want[w.Key()] == nil {
+			// A running pod (it has an address) that the proxy cannot find
+			// is a pod the mesh does not protect.
+			if w.UID != "" && p.opts.Finder != nil && len(w.IPs) > 0 {
+				why = append(why, fmt.Sprintf("pod %s: %s", w.Key(), p.lastErrs[w.Key()]))
+			}
 			continue
 		}
 		if _, ok := p.pods[w.Key()]; !ok {
@@ -310,6 +356,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, pd := range pods {
 		pd.close(false)
 	}
+	p.mu.Lock()
+	p.forgetLocated(nil)
+	p.mu.Unlock()
 	p.dialer.Close()
 	p.cancel()
 	p.log.Info("node proxy stopped")

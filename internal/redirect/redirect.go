@@ -171,6 +171,9 @@ type Capture interface {
 	OriginalDst(conn *net.TCPConn) (Origin, error)
 	// Pods lists enrolled pods with their attachments.
 	Pods() ([]EnrolledPod, error)
+	// SetInboundSourceExclusions replaces Config.ExcludeInboundSources (the
+	// node's own addresses change as interfaces come and go).
+	SetInboundSourceExclusions([]netip.Prefix) error
 	// Close releases this process's handles; pinned state stays, so pods stay
 	// captured while the proxy restarts.
 	Close() error

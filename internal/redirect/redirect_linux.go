@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -132,6 +133,22 @@ func checkFS(path string, magic int64) error {
 	if int64(st.Type) != magic {
 		return fmt.Errorf("filesystem type %#x, want %#x", st.Type, magic)
 	}
+	return nil
+}
+
+// SetInboundSourceExclusions replaces the sources whose connections to
+// pods bypass capture.
+func (c *linuxCapture) SetInboundSourceExclusions(prefixes []netip.Prefix) error {
+	check := Config{PinPath: c.cfg.PinPath, ExcludeInboundSources: prefixes}
+	if err := check.Validate(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := syncTrie(c.objs.AmbitExclSrc, prefixes); err != nil {
+		return fmt.Errorf("excluded inbound sources: %w", err)
+	}
+	c.cfg.ExcludeInboundSources = slices.Clone(prefixes)
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -31,16 +32,30 @@ var sysctls = []struct {
 }{
 	// The accepted socket takes the mark of the SYN that created it, so
 	// the application's replies are marked. Covers IPv6 too.
-	{"/proc/sys/net/ipv4/tcp_fwmark_accept", OwnsFwmarkAccept, false},
+	{"net/ipv4/tcp_fwmark_accept", OwnsFwmarkAccept, false},
 	// Replies sent on no socket's behalf (RST of a closed port, ICMP)
 	// take the mark of the packet they answer.
-	{"/proc/sys/net/ipv4/fwmark_reflect", OwnsFwmarkReflect4, false},
-	{"/proc/sys/net/ipv6/fwmark_reflect", OwnsFwmarkReflect6, true},
+	{"net/ipv4/fwmark_reflect", OwnsFwmarkReflect4, false},
+	{"net/ipv6/fwmark_reflect", OwnsFwmarkReflect6, true},
 }
 
 // loIPv6Disabled is 1 when IPv6 is off on the namespace's loopback, as in
 // pods of IPv4-only clusters; routes to lo are then refused (EACCES).
-const loIPv6Disabled = "/proc/sys/net/ipv6/conf/lo/disable_ipv6"
+const loIPv6Disabled = "net/ipv6/conf/lo/disable_ipv6"
+
+// procSys is where the sysctls are read and written, by a thread inside
+// the pod's network namespace: the kernel resolves /proc/sys/net for the
+// namespace of the thread that opens it.
+var procSys = "/proc/sys"
+
+// SetProcSys makes the sysctls be written under dir instead of /proc/sys.
+// A container that is not privileged sees /proc/sys read-only; the node
+// proxy's DaemonSet mounts the host's /proc/sys/net elsewhere, writable,
+// and names that mount's parent here.
+func SetProcSys(dir string) { procSys = dir }
+
+// sysctlPath is the file of sysctl rel ("net/ipv4/...").
+func sysctlPath(rel string) string { return filepath.Join(procSys, rel) }
 
 // families lists the address families that get delivery in a namespace.
 func families(v6 bool) []int {
@@ -175,7 +190,7 @@ func Check(nsPath string) error {
 		}
 		for i, s := range sysctls {
 			if values[i] == 0 && (v6 || !s.v6) {
-				missing = append(missing, strings.ReplaceAll(strings.TrimPrefix(s.path, "/proc/sys/"), "/", ".")+"=1")
+				missing = append(missing, strings.ReplaceAll(s.path, "/", ".")+"=1")
 			}
 		}
 		for _, fam := range families(v6) {
@@ -327,13 +342,13 @@ func readSysctls(ns netns.NsHandle) (values []int, v6 bool, err error) {
 		return v, nil
 	}
 	err = netnsx.DoHandle(ns, func() error {
-		off, err := read(loIPv6Disabled)
+		off, err := read(sysctlPath(loIPv6Disabled))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 		v6 = err == nil && off == 0
 		for i, s := range sysctls {
-			values[i], err = read(s.path)
+			values[i], err = read(sysctlPath(s.path))
 			if errors.Is(err, os.ErrNotExist) {
 				continue
 			}
@@ -357,8 +372,8 @@ func writeSysctls(ns netns.NsHandle, values []int, change func(int) bool, v int)
 			if values[i] < 0 || !change(values[i]) {
 				continue
 			}
-			if err := os.WriteFile(s.path, []byte(fmt.Sprintf("%d\n", v)), 0o644); err != nil {
-				return fmt.Errorf("write %s=%d: %w", s.path, v, err)
+			if err := os.WriteFile(sysctlPath(s.path), []byte(fmt.Sprintf("%d\n", v)), 0o644); err != nil {
+				return fmt.Errorf("write %s=%d: %w", sysctlPath(s.path), v, err)
 			}
 		}
 		return nil

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
@@ -793,7 +794,7 @@ func state(t testing.TB, path string) nsState {
 func readSysctlStrings() ([]string, error) {
 	var out []string
 	for _, s := range sysctls {
-		b, err := os.ReadFile(s.path)
+		b, err := os.ReadFile(sysctlPath(s.path))
 		if err != nil {
 			return nil, err
 		}
@@ -896,7 +897,7 @@ func TestPrivilegedSetupWithoutIPv6(t *testing.T) {
 	if rules, _ := ourRules(h, unix.AF_INET6); len(rules) != 0 {
 		t.Fatalf("IPv6 rules in a namespace without IPv6: %v", rules)
 	}
-	if got := state(t, f.pod).Sysctls[2]; got != "/proc/sys/net/ipv6/fwmark_reflect=0" {
+	if got := state(t, f.pod).Sysctls[2]; got != "net/ipv6/fwmark_reflect=0" {
 		t.Fatalf("%s in a namespace without IPv6", got)
 	}
 	c, err := f.open().Dial(ctxTimeout(t, 5*time.Second), netip.AddrPortFrom(clientV4, 0), netip.AddrPortFrom(podV4, appPort))
@@ -1077,4 +1078,47 @@ func BenchmarkSocketInNamespace(b *testing.B) {
 			unix.Close(fd)
 		}
 	})
+}
+
+// The node proxy's container sees /proc/sys read-only; the DaemonSet mounts
+// the host's /proc/sys/net elsewhere and the proxy writes there, from a
+// thread inside the pod's namespace. The sysctls must land in the pod's
+// namespace, not the node's.
+func TestPrivilegedSetupThroughMountedProcSys(t *testing.T) {
+	f := newFixture(t)
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "net"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("/proc/sys/net", filepath.Join(dir, "net"), "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind-mount /proc/sys/net: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(filepath.Join(dir, "net"), unix.MNT_DETACH) })
+	t.Cleanup(func() { SetProcSys("/proc/sys") })
+	const hostFile = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+	hostBefore, err := os.ReadFile(hostFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	SetProcSys(dir)
+	f.setup()
+	SetProcSys("/proc/sys") // read back through the real /proc/sys, in the pod's namespace
+	for _, s := range state(t, f.pod).Sysctls {
+		if !strings.HasSuffix(s, "=1") {
+			t.Errorf("pod namespace after Setup through %s: %s", dir, s)
+		}
+	}
+	if hostAfter, err := os.ReadFile(hostFile); err != nil || string(hostAfter) != string(hostBefore) {
+		t.Errorf("the node's %s went from %q to %q (%v)", hostFile, hostBefore, hostAfter, err)
+	}
+	SetProcSys(dir)
+	if err := Teardown(f.pod); err != nil {
+		t.Fatal(err)
+	}
+	SetProcSys("/proc/sys")
+	for _, s := range state(t, f.pod).Sysctls {
+		if !strings.HasSuffix(s, "=0") {
+			t.Errorf("pod namespace after Teardown through %s: %s", dir, s)
+		}
+	}
 }

@@ -4,6 +4,7 @@
 package redirecttest
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"sort"
@@ -55,6 +56,13 @@ func (f *Fake) Enroll(p redirect.Pod) error {
 	defer f.mu.Unlock()
 	f.record("enroll " + p.Key())
 	f.pods[p.Key()] = p
+	return nil
+}
+
+func (f *Fake) SetInboundSourceExclusions(prefixes []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record(fmt.Sprintf("exclude inbound sources %v", prefixes))
 	return nil
 }
 
