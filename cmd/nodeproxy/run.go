@@ -19,8 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
-	"github.com/ambit-mesh/ambit/internal/cni"
 	"github.com/ambit-mesh/ambit/internal/clock"
+	"github.com/ambit-mesh/ambit/internal/cni"
 	"github.com/ambit-mesh/ambit/internal/controlclient"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/kubenode"
