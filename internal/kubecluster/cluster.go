@@ -14,10 +14,12 @@
 // daemons (by PID and start time), whatever runs in the cluster's
 // namespaces and cgroups (containerd's shims, containers), the mount and
 // network namespaces, the nodes' cgroup roots in every hierarchy, and the
-// state directory. The host-global settings the kubelet changes (kernel
-// panic and overcommit sysctls) and the mount points the nodes bind their
-// private directories on are saved and created by the first cluster up and
-// restored and removed by the last one down (host.go).
+// state directory. The kernel settings the kubelet insists on (panic,
+// overcommit, keys) are host-global: each node's mount namespace binds
+// files with the kubelet's values over them, so the host's never change
+// (and are saved and restored all the same). The mount points the nodes
+// bind their private directories on are created by the first cluster up
+// and removed by the last one down (host.go).
 //
 // Address plan: underlay 192.168.252.0/24 (bridge .1, control plane .2,
 // node-i .1i), node-i's pods 10.245.i.0/24, services 10.97.0.0/16, kube-dns

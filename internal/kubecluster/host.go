@@ -15,12 +15,13 @@ import (
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
 
-// What a cluster changes on the host itself, shared by every cluster on the
-// machine: the kernel settings the kubelet insists on, and the mount points
-// the nodes' private directories are bound on (the kubelet, containerd and
-// CNI use fixed paths, and pods' hostPath volumes name them). The first
-// cluster up saves the original values and creates missing mount points;
-// the last one down restores and removes them. The registry is a file in
+// What a cluster may change on the host itself, shared by every cluster on
+// the machine: the mount points the nodes' private directories are bound on
+// (the kubelet, containerd and CNI use fixed paths, and pods' hostPath
+// volumes name them), and, as a safety net, the kernel settings the kubelet
+// insists on (the nodes see their own copies). The first cluster up saves
+// the original values and creates missing mount points; the last one down
+// restores and removes them. The registry is a file in
 // /run guarded by a lock on /run itself, so a crashed cluster's share is
 // found again by Down (its state dir still names it) or dropped once its
 // state dir is gone.
@@ -28,17 +29,19 @@ import (
 // hostRegistryPath is the registry of clusters that changed the host.
 var hostRegistryPath = "/run/ambit-kubecluster-host.json"
 
-// kubeletSysctls are the kernel settings kubelet sets at start
-// (pkg/kubelet/cm setupKernelTunables, protectKernelDefaults: false):
-// host-global, so saved before the first kubelet and restored after the
-// last.
-var kubeletSysctls = []string{
-	"vm/overcommit_memory",
-	"vm/panic_on_oom",
-	"kernel/panic",
-	"kernel/panic_on_oops",
-	"kernel/keys/root_maxkeys",
-	"kernel/keys/root_maxbytes",
+// kubeletSysctls are the kernel settings the kubelet insists on at start
+// (pkg/kubelet/cm setupKernelTunables, protectKernelDefaults: false), with
+// the values it wants. They are host-global, so each node's mount namespace
+// shows the kubelet files with these values bound over them (makeMountNS)
+// and the host's stay untouched; as a safety net the first cluster up
+// saves the host's values too and the last one down restores them.
+var kubeletSysctls = []struct{ key, value string }{
+	{"vm/overcommit_memory", "1"},
+	{"vm/panic_on_oom", "0"},
+	{"kernel/panic", "10"},
+	{"kernel/panic_on_oops", "1"},
+	{"kernel/keys/root_maxkeys", "1000000"},
+	{"kernel/keys/root_maxbytes", "25000000"},
 }
 
 // hostMountPoints are the paths each node binds a private directory on,
@@ -123,11 +126,11 @@ func hostAcquire(stateDir string) error {
 		if r.Sysctls == nil {
 			saved := map[string]string{}
 			for _, k := range kubeletSysctls {
-				b, err := os.ReadFile(filepath.Join("/proc/sys", k))
+				b, err := os.ReadFile(filepath.Join("/proc/sys", k.key))
 				if err != nil {
-					return fmt.Errorf("save sysctl %s: %w", k, err)
+					return fmt.Errorf("save sysctl %s: %w", k.key, err)
 				}
-				saved[k] = strings.TrimSpace(string(b))
+				saved[k.key] = strings.TrimSpace(string(b))
 			}
 			r.Sysctls = saved
 		}
@@ -157,6 +160,10 @@ func hostRelease(stateDir string) error {
 		}
 		var errs []error
 		for k, v := range r.Sysctls {
+			if cur, err := os.ReadFile(filepath.Join("/proc/sys", k)); err == nil && strings.TrimSpace(string(cur)) == v {
+				delete(r.Sysctls, k)
+				continue
+			}
 			if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
 				errs = append(errs, fmt.Errorf("restore sysctl %s=%s: %w", k, v, err))
 				continue

@@ -65,6 +65,19 @@ func (c *Cluster) makeMountNS(n NodeState) error {
 		}
 		script = append(script, "mount --bind "+shq(src)+" "+shq(b.dst))
 	}
+	// The kubelet reads (and would set) host-global kernel settings: it
+	// finds its values in files of the node's instead.
+	sysDir := filepath.Join(n.Dir, "sysctl")
+	if err := os.MkdirAll(sysDir, 0o755); err != nil {
+		return err
+	}
+	for _, k := range kubeletSysctls {
+		f := filepath.Join(sysDir, strings.ReplaceAll(k.key, "/", "."))
+		if err := os.WriteFile(f, []byte(k.value+"\n"), 0o644); err != nil {
+			return err
+		}
+		script = append(script, "mount --bind "+shq(f)+" "+shq(filepath.Join("/proc/sys", k.key)))
+	}
 	script = append(script,
 		"mount -t bpf bpffs /sys/fs/bpf",
 		// The node needs no view of the other nodes' namespace files.
