@@ -367,3 +367,20 @@ func TestInstallFlags(t *testing.T) {
 		t.Errorf("fallback marker name %q", got)
 	}
 }
+
+func TestReadyCommand(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "ready")
+	var out strings.Builder
+	if code := command([]string{"ready", "--ready-file", file}, &out); code != 1 || !strings.Contains(out.String(), "not installed yet") {
+		t.Errorf("before the installer wrote the file: exit %d, %q; want 1 and why", code, out.String())
+	}
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := command([]string{"ready", "--ready-file", file}, &out); code != 0 {
+		t.Errorf("after: exit %d; want 0", code)
+	}
+	if code := command([]string{"ready"}, &out); code != 2 {
+		t.Errorf("without --ready-file: exit %d; want 2", code)
+	}
+}

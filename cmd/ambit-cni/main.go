@@ -58,6 +58,7 @@ func main() {
 const usage = `usage:
   ambit-cni install [flags]     install and keep ambit-cni in the node's CNI configuration
   ambit-cni uninstall [flags]   remove it unconditionally
+  ambit-cni ready --ready-file FILE   exit 0 once the installer has written FILE (a readiness probe: the image has no shell)
   (with CNI_COMMAND set, ambit-cni is the CNI plugin)
 run "ambit-cni install -h" for the flags`
 
@@ -98,6 +99,19 @@ func command(args []string, stderr io.Writer) int {
 		}
 		if err := uninstall(*binDir, *confDir, log); err != nil {
 			log.Error("ambit-cni uninstall", "err", err)
+			return 1
+		}
+		return 0
+	case "ready":
+		fs := flag.NewFlagSet("ambit-cni ready", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		file := fs.String("ready-file", "", "the file the installer writes once its entry is in place")
+		if err := fs.Parse(args[1:]); err != nil || *file == "" {
+			fmt.Fprintln(stderr, "ambit-cni ready: give --ready-file FILE")
+			return 2
+		}
+		if _, err := os.Stat(*file); err != nil {
+			fmt.Fprintf(stderr, "ambit-cni: not installed yet: %v\n", err)
 			return 1
 		}
 		return 0

@@ -59,6 +59,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	cniSocket := fs.String("cni-socket", "", "Kubernetes: serve the ambit-cni plugin on this unix socket (e.g. "+cni.DefaultSocket+"); empty: off")
 	procSys := fs.String("proc-sys", "/proc/sys", "where per-pod sysctls are written (from inside each pod's network namespace); a container sees /proc/sys read-only, so the DaemonSet mounts the host's /proc/sys/net writable elsewhere")
 	excludeNode := fs.Bool("exclude-node-addresses", false, "Kubernetes: connections to pods from the node's own addresses (the kubelet's probes) bypass inbound capture; the list follows the node's interfaces")
+	lockFile := fs.String("node-lock", "", "Kubernetes: a file every node proxy of the node holds a shared lock on; the last one to stop with no pod enrolled removes capture's pins (kubectl delete leaves nothing behind, a rollout keeps them)")
 	ctrlID := fs.String("controller-identity", "", "controller mode: SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -152,6 +153,12 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		rcfg.ExcludeInboundSources = append(slices.Clone(static), addrs...)
 	}
 	transparent.SetProcSys(*procSys)
+	var lock *nodeLock
+	if *lockFile != "" {
+		if lock, err = lockNode(*lockFile); err != nil {
+			return fail("--node-lock: %v", err)
+		}
+	}
 	capture, err := redirect.New(rcfg, log)
 	if err != nil {
 		return fail("%v", err)
@@ -212,6 +219,9 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	proxy.Shutdown(sctx)
 	ops.Shutdown(sctx)
+	if lock != nil {
+		lock.uninstallIfLast(capture, log)
+	}
 	return 0
 }
 

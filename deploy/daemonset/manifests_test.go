@@ -143,7 +143,11 @@ func TestInstallRenders(t *testing.T) {
 			if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 				t.Errorf("%s container %s is privileged", pod.name, c.Name)
 			}
-			want := "ghcr.io/ambit-mesh/ambit-" + pod.name + ":" + in.tag
+			image := pod.name
+			if c.Name == "install-cni" {
+				image = "cni"
+			}
+			want := "ghcr.io/ambit-mesh/ambit-" + image + ":" + in.tag
 			if c.Image != want {
 				t.Errorf("%s container %s image %q, want %q", pod.name, c.Name, c.Image, want)
 			}
@@ -155,10 +159,20 @@ func TestNodeProxyDaemonSet(t *testing.T) {
 	in := render(t)
 	ds := in.nodeproxy
 	spec := ds.Spec.Template.Spec
-	if len(spec.Containers) != 1 {
-		t.Fatalf("node proxy pod has %d containers, want 1", len(spec.Containers))
+	if len(spec.Containers) != 2 || spec.Containers[0].Name != "nodeproxy" || spec.Containers[1].Name != "install-cni" {
+		t.Fatalf("node proxy pod has containers %v, want nodeproxy and install-cni", spec.Containers)
 	}
 	c := spec.Containers[0]
+	// The CNI installer writes the node's CNI directories as root and needs
+	// no capability at all.
+	if ic := spec.Containers[1].SecurityContext; ic == nil || ic.Capabilities == nil || len(ic.Capabilities.Add) != 0 ||
+		!slices.Equal(ic.Capabilities.Drop, []corev1.Capability{"ALL"}) || ic.ReadOnlyRootFilesystem == nil || !*ic.ReadOnlyRootFilesystem ||
+		ic.AllowPrivilegeEscalation == nil || *ic.AllowPrivilegeEscalation {
+		t.Errorf("install-cni security context %+v: want all capabilities dropped, none added, read-only root, no privilege escalation", ic)
+	}
+	if spec.Containers[1].ReadinessProbe == nil {
+		t.Error("install-cni has no readiness probe: a rollout would not wait for the plugin to be in place")
+	}
 
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil {
@@ -223,9 +237,17 @@ func TestNodeProxyDaemonSet(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []string{"/sys/fs/bpf", "/sys/fs/cgroup"} {
+	for _, p := range []string{"/sys/fs/bpf", "/sys/fs/cgroup", "/var/run/ambit", "/proc/sys/net", "/opt/cni/bin", "/etc/cni/net.d"} {
 		if !hostPaths[p] {
 			t.Errorf("no hostPath volume for %s", p)
+		}
+	}
+	if len(hostPaths) != 6 {
+		t.Errorf("hostPath volumes %v; want exactly the six, each justified in nodeproxy.yaml", hostPaths)
+	}
+	for _, f := range []string{"--cni-socket", "--proc-sys", "--node-lock"} {
+		if flagValue(c.Args, f) == "" {
+			t.Errorf("node proxy args %v set no %s", c.Args, f)
 		}
 	}
 	if audience != "ambit-controller" {

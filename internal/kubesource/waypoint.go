@@ -258,7 +258,10 @@ func (s *Source) waypointObjects(w *meshconfig.Waypoint, owner metav1.OwnerRefer
 						},
 						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz/ready", Port: intstr.FromInt32(WaypointReadyPort)}}, PeriodSeconds: 2},
 						SecurityContext: &corev1.SecurityContext{
-							RunAsNonRoot: ptr.To(true), AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
+							// The node proxy image runs as root by default;
+							// a waypoint needs no privilege at all.
+							RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To(int64(65532)), RunAsGroup: ptr.To(int64(65532)),
+							AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
 							Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 						},
 					}},
