@@ -137,7 +137,7 @@ func TestPrivilegedCluster(t *testing.T) {
 	start := time.Now()
 	c, err := Up(ctx, Options{
 		StateDir: stateDir, Binaries: &bins, Images: images.Paths(),
-		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		Log: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -450,3 +450,5 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+func testLogger(t *testing.T) *slog.Logger { return slog.New(slog.NewTextHandler(testWriter{t}, nil)) }

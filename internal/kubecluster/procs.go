@@ -168,10 +168,11 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// alive reports whether p still runs as the same process.
+// alive reports whether p still runs as the same process (a zombie has
+// exited).
 func (p Process) alive() bool {
 	st, err := procStartTime(p.PID)
-	return err == nil && (p.StartTime == 0 || st == p.StartTime)
+	return err == nil && (p.StartTime == 0 || st == p.StartTime) && !zombie(p.PID)
 }
 
 // kill stops p (SIGTERM, then SIGKILL after grace) if it is still the
@@ -185,7 +186,7 @@ func (p Process) kill(grace time.Duration) error {
 	}
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
-		if !p.alive() || zombie(p.PID) {
+		if !p.alive() {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
