@@ -144,6 +144,9 @@ func Up(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	} else if bins, err = FindBinaries(!opts.NoDNS); err != nil {
 		return nil, err
 	}
+	if err := checkImages(opts.Images, !opts.NoDNS); err != nil {
+		return nil, err
+	}
 	dir, err := filepath.Abs(opts.StateDir)
 	if err != nil {
 		return nil, err
@@ -324,6 +327,33 @@ func (c *Cluster) up(ctx context.Context, opts Options) error {
 	return nil
 }
 
+// checkImages fails early when the archives lack an image the cluster
+// itself runs: nothing can pull it later.
+func checkImages(archives []string, withDNS bool) error {
+	have := map[string]bool{}
+	for _, a := range archives {
+		ref, err := ImageRef(a)
+		if err != nil {
+			return fmt.Errorf("kubecluster: image archive: %w", err)
+		}
+		have[ref] = true
+	}
+	need := []string{PauseImage}
+	if withDNS {
+		need = append(need, CoreDNSImage)
+	}
+	var missing []string
+	for _, ref := range need {
+		if !have[ref] {
+			missing = append(missing, ref)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("kubecluster: no image archive holds %s (there is no registry): run `make cluster-images` and pass bin/images/*.tar", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 // sweepStale removes a cluster left in dir by a process that died (a
 // test's cluster, tied to its process) before a new one is made there.
 func sweepStale(dir string, log *slog.Logger) error {
@@ -486,6 +516,13 @@ func (c *Cluster) KubectlCommand(ctx context.Context, args ...string) *exec.Cmd 
 	x := exec.CommandContext(ctx, c.st.Bins.Nsenter, all...)
 	x.Env = append(os.Environ(), "KUBECONFIG="+c.st.Kubeconfig)
 	return x
+}
+
+// UnderlayCommand is cmd prepared to run in the underlay namespace, where
+// every node's UnderlayLink is a port of Bridge: `tcpdump -i node-1` there
+// sees node-1's traffic to the other nodes and the control plane.
+func (c *Cluster) UnderlayCommand(ctx context.Context, cmd ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, c.st.Bins.Nsenter, append([]string{"--net=" + netnsx.Path(c.st.UnderlayNetNS), "--"}, cmd...)...)
 }
 
 // Kubectl runs kubectl args and returns its combined output; the error

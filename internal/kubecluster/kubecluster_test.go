@@ -133,10 +133,12 @@ func TestCgroupMountsFromProc(t *testing.T) {
 	}
 }
 
-func TestImageRef(t *testing.T) {
+// writeArchive writes a minimal oci-archive naming ref.
+func writeArchive(t *testing.T, ref string) string {
+	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	index := `{"schemaVersion":2,"manifests":[{"annotations":{"io.containerd.image.name":"ghcr.io/ambit-mesh/x:1"}}]}`
+	index := `{"schemaVersion":2,"manifests":[{"annotations":{"io.containerd.image.name":"` + ref + `"}}]}`
 	tw.WriteHeader(&tar.Header{Name: "oci-layout", Mode: 0o644, Size: 2})
 	tw.Write([]byte("{}"))
 	tw.WriteHeader(&tar.Header{Name: "index.json", Mode: 0o644, Size: int64(len(index))})
@@ -146,8 +148,30 @@ func TestImageRef(t *testing.T) {
 	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ref, err := ImageRef(p)
+	return p
+}
+
+func TestImageRef(t *testing.T) {
+	ref, err := ImageRef(writeArchive(t, "ghcr.io/ambit-mesh/x:1"))
 	if err != nil || ref != "ghcr.io/ambit-mesh/x:1" {
 		t.Errorf("ImageRef = %q, %v", ref, err)
+	}
+}
+
+// Up refuses archives without the pause (and CoreDNS) image before it
+// makes anything.
+func TestCheckImages(t *testing.T) {
+	pause, dns, echo := writeArchive(t, PauseImage), writeArchive(t, CoreDNSImage), writeArchive(t, "ghcr.io/ambit-mesh/ambit-echo:x")
+	if err := checkImages([]string{pause, dns, echo}, true); err != nil {
+		t.Error(err)
+	}
+	if err := checkImages([]string{pause}, false); err != nil {
+		t.Error(err)
+	}
+	if err := checkImages([]string{pause, echo}, true); err == nil || !strings.Contains(err.Error(), CoreDNSImage) {
+		t.Errorf("no CoreDNS: %v", err)
+	}
+	if err := checkImages(nil, false); err == nil || !strings.Contains(err.Error(), PauseImage) {
+		t.Errorf("no pause: %v", err)
 	}
 }
