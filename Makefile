@@ -62,7 +62,7 @@ kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached
 	@GO=$(GO) tools/kube/build.sh >/dev/null
 
 .PHONY: test
-test: lint check-generate kube-tools ## lint, check generated code, run every test (as root: privileged tests run)
+test: lint check-generate kube-tools cluster-tools cluster-images ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
 	$(GO) test -count=1 -timeout 20m ./...
 
 .PHONY: test-unit
