@@ -1,0 +1,680 @@
+package kubee2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambit-mesh/ambit/internal/kubecluster"
+	"github.com/ambit-mesh/ambit/internal/kubenode"
+	"github.com/ambit-mesh/ambit/internal/ociimage"
+)
+
+// marker is what the server pods answer with; it must never cross the
+// link between the nodes in the clear once the namespace is in the mesh.
+const marker = "AMBITPLAINTEXTMARKER"
+
+// apps are the test's applications in namespace shop, made before the
+// namespace joins the mesh: a client and a server Deployment (two replicas
+// each, one per node), a Service in front of the server, and two versions
+// of a web app behind one Service for the waypoint's traffic split.
+const apps = `apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: server, namespace: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      serviceAccountName: server
+      topologySpreadConstraints: [{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: server}}}]
+      containers:
+      - name: echo
+        image: ghcr.io/ambit-mesh/ambit-echo:TAG
+        imagePullPolicy: Never
+        args: [serve, -echo, -name, ` + marker + `, ":8080"]
+        ports: [{containerPort: 8080}]
+        # The kubelet's probes must keep working once the pod is captured.
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 2}
+        livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 2, failureThreshold: 3}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      serviceAccountName: client
+      topologySpreadConstraints: [{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: client}}}]
+      containers:
+      - name: echo
+        image: ghcr.io/ambit-mesh/ambit-echo:TAG
+        imagePullPolicy: Never
+        args: [http, ":9090"]
+        readinessProbe: {httpGet: {path: /healthz, port: 9090}, periodSeconds: 2}
+        livenessProbe: {httpGet: {path: /healthz, port: 9090}, periodSeconds: 2, failureThreshold: 3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: shop}
+spec:
+  selector: {app: server}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web-v1, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web, version: v1}}
+  template:
+    metadata: {labels: {app: web, version: v1}}
+    spec:
+      containers:
+      - {name: web, image: "ghcr.io/ambit-mesh/ambit-echo:TAG", imagePullPolicy: Never, args: [http, -name, v1, ":8080"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web-v2, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web, version: v2}}
+  template:
+    metadata: {labels: {app: web, version: v2}}
+    spec:
+      containers:
+      - {name: web, image: "ghcr.io/ambit-mesh/ambit-echo:TAG", imagePullPolicy: Never, args: [http, -name, v2, ":8080"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v1, namespace: shop}
+spec:
+  selector: {app: web, version: v1}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v2, namespace: shop}
+spec:
+  selector: {app: web, version: v2}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+`
+
+// waypoint sends Service web through a waypoint that splits it 80/20.
+const waypoint = `apiVersion: ambit.dev/v1alpha1
+kind: Waypoint
+metadata: {name: waypoint, namespace: shop}
+spec: {trafficType: service}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, labels: {ambit.dev/use-waypoint: waypoint}}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-split, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - backendRefs: [{name: web-v1, port: 80, weight: 80}, {name: web-v2, port: 80, weight: 20}]
+`
+
+const denyClients = `apiVersion: ambit.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: deny-clients, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules:
+  - from: [{serviceAccounts: [shop/client]}]
+`
+
+func TestPrivilegedMeshOnKubernetes(t *testing.T) {
+	bins, images := kubecluster.Require(t, "ambit-controller", "ambit-nodeproxy", "ambit-cni", "ambit-echo")
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	ref, err := kubecluster.ImageRef(images["ambit-nodeproxy"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := ref[strings.LastIndex(ref, ":")+1:]
+	state, err := os.MkdirTemp("/run", "ambit-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	start := time.Now()
+	c, err := kubecluster.Up(ctx, kubecluster.Options{StateDir: state, Images: images.Paths(), Binaries: &bins, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatalf("cluster up: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for name, file := range c.Logs() {
+				if b, err := os.ReadFile(file); err == nil && len(b) > 0 {
+					t.Logf("--- %s (last 3000 bytes)\n%s", name, tail(b, 3000))
+				}
+			}
+		}
+		if err := c.Down(); err != nil {
+			t.Errorf("cluster down: %v", err)
+		}
+	})
+	t.Logf("cluster up in %v (2 nodes: %v)", time.Since(start).Round(time.Second), c.NodeNames())
+	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "daemonset")}
+	repo := repoRoot(t)
+	copyDeploy(t, repo, e.deploy, tag)
+
+	// Install: the CA, then `kubectl apply -k`.
+	start = time.Now()
+	caCert, caKey := writeCA(t, t.TempDir())
+	e.kubectl("apply", "-f", filepath.Join(e.deploy, "namespace.yaml"))
+	e.kubectl("-n", "ambit-system", "create", "secret", "tls", "ambit-ca", "--cert="+caCert, "--key="+caKey)
+	e.kubectl("-n", "ambit-system", "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+caCert)
+	gw := gatewayCRDs(t, repo)
+	e.kubectl("apply", "-f", filepath.Join(gw, "gateway.networking.k8s.io_httproutes.yaml"), "-f", filepath.Join(gw, "gateway.networking.k8s.io_grpcroutes.yaml"))
+	e.kubectl("apply", "-k", e.deploy)
+	e.kubectl("-n", "ambit-system", "rollout", "status", "deployment/ambit-controller", "--timeout=3m")
+	e.kubectl("-n", "ambit-system", "rollout", "status", "daemonset/ambit-nodeproxy", "--timeout=3m")
+	if nps := e.nodeProxies(); len(nps) != 2 {
+		t.Fatalf("node proxies %v; want one on each of the 2 nodes", nps)
+	}
+	t.Logf("Ambit installed and ready on both nodes in %v", time.Since(start).Round(time.Second))
+
+	// The applications, then the namespace joins the mesh.
+	e.apply(strings.ReplaceAll(apps, "TAG", tag))
+	servers := e.waitPods("shop", "app=server", 2, 3*time.Minute)
+	clients := e.waitPods("shop", "app=client", 2, 3*time.Minute)
+	e.waitPods("shop", "app=web", 2, 3*time.Minute)
+	if servers[0].Spec.NodeName == servers[1].Spec.NodeName || clients[0].Spec.NodeName == clients[1].Spec.NodeName {
+		t.Fatalf("replicas not spread over the nodes: servers on %s, %s; clients on %s, %s",
+			servers[0].Spec.NodeName, servers[1].Spec.NodeName, clients[0].Spec.NodeName, clients[1].Spec.NodeName)
+	}
+	uids := map[string]string{}
+	for _, p := range append(append(e.pods("shop", "app=server"), e.pods("shop", "app=client")...), e.pods("shop", "app=web")...) {
+		uids[p.Name] = string(p.UID)
+	}
+	// The client and the server on different nodes.
+	client := clients[0]
+	var server = servers[0]
+	if server.Spec.NodeName == client.Spec.NodeName {
+		server = servers[1]
+	}
+	serverAddr := server.Status.PodIP + ":8080"
+	if name, _, err := e.dial("shop", client.Name, serverAddr); err != nil || name != marker {
+		t.Fatalf("before the mesh, client to server: %q %v", name, err)
+	}
+
+	e.kubectl("label", "namespace", "shop", "ambit.dev/dataplane=ambient")
+	all := append(append([]corev1.Pod{}, servers...), clients...)
+	all = append(all, e.pods("shop", "app=web")...)
+	took := e.waitCaptured("shop", all, 30*time.Second)
+	t.Logf("enroll: %d running pods served by the node proxies %v after `kubectl label namespace shop ambit.dev/dataplane=ambient` (goal 2s; includes polling both node proxies' debug CLI through kubectl exec)", len(all), took.Round(10*time.Millisecond))
+
+	t.Run("tunnel", func(t *testing.T) { e.t = t; checkTunnel(e, client, server) })
+	t.Run("policy", func(t *testing.T) { e.t = t; checkPolicy(e, client, server) })
+	t.Run("service", func(t *testing.T) { e.t = t; checkService(e, client) })
+	t.Run("waypoint", func(t *testing.T) { e.t = t; checkWaypoint(e, client) })
+	t.Run("debug", func(t *testing.T) { e.t = t; checkDebug(e) })
+	e.t = t
+	// No pod restarted, and every probe kept passing.
+	for _, p := range e.pods("shop", "") {
+		if uids[p.Name] == "" || string(p.UID) != uids[p.Name] || restarts(p) != 0 || !ready(p) {
+			t.Errorf("pod %s: uid %s (was %s), %d restarts, ready %v: joining the mesh must not restart pods or break their probes", p.Name, p.UID, uids[p.Name], restarts(p), ready(p))
+		}
+	}
+	t.Run("new pod", func(t *testing.T) { e.t = t; checkNewPod(e) })
+	t.Run("opt out", func(t *testing.T) { e.t = t; checkOptOut(e, clients[1]) })
+	t.Run("rollout", func(t *testing.T) { e.t = t; checkRollout(e, repo, client, server) })
+	t.Run("uninstall", func(t *testing.T) { e.t = t; checkUninstall(e, client, server) })
+}
+
+// checkTunnel: traffic between the nodes goes through the tunnel; the
+// server sees the client pod's own address; the link carries TLS on 15008
+// and never the payload.
+func checkTunnel(e *env, client, server corev1.Pod) {
+	t := e.t
+	// A capture on the server node's link to the underlay, while the
+	// client calls the server.
+	var node kubecluster.Node
+	for _, n := range e.c.Nodes() {
+		if n.Name == server.Spec.NodeName {
+			node = n
+		}
+	}
+	capCtx, stop := context.WithCancel(e.ctx)
+	dump := e.c.UnderlayCommand(capCtx, "tcpdump", "-i", node.UnderlayLink, "-nn", "-l", "-A", "-s", "0", "tcp or udp")
+	stdout, err := dump.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var captured strings.Builder
+	var mu sync.Mutex
+	listening := make(chan struct{})
+	dump.Stderr = &lineWatch{want: "listening on", ch: listening}
+	if err := dump.Start(); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r := bufio.NewReader(stdout)
+		for {
+			line, err := r.ReadString('\n')
+			mu.Lock()
+			captured.WriteString(line)
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-listening:
+	case <-time.After(20 * time.Second):
+		t.Fatal("tcpdump did not start")
+	}
+	for i := 0; i < 5; i++ {
+		name, remote, err := e.dial("shop", client.Name, server.Status.PodIP+":8080")
+		if err != nil {
+			t.Fatalf("client to server through the mesh: %v", err)
+		}
+		if name != marker || remote != client.Status.PodIP {
+			t.Errorf("the server answered %q and saw %s; want %s and the client pod's own address %s", name, remote, marker, client.Status.PodIP)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // the last packets reach tcpdump
+	stop()
+	dump.Wait()
+	<-done
+	mu.Lock()
+	text := captured.String()
+	mu.Unlock()
+	if strings.Contains(text, marker) {
+		t.Errorf("the payload crossed the link between the nodes in the clear")
+	}
+	tunnel := fmt.Sprintf("%s.15008", server.Status.PodIP)
+	if !strings.Contains(text, tunnel) {
+		t.Errorf("no packet to the server pod's tunnel port %s on %s's link; capture:\n%s", tunnel, node.Name, tail([]byte(text), 2000))
+	}
+	if strings.Contains(text, server.Status.PodIP+".8080") {
+		t.Errorf("packets to the server's own port 8080 crossed the link: traffic bypassed the tunnel")
+	}
+	// The access log says so too: a connection from the client's identity
+	// to the server's, through the tunnel.
+	lines := e.accessLog(func(m map[string]any) bool {
+		return m["direction"] == "inbound" && m["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client" &&
+			m["dst_identity"] == "spiffe://cluster.local/ns/shop/sa/server" && strings.HasPrefix(fmt.Sprint(m["transport"]), "hbone")
+	})
+	if len(lines) < 5 {
+		t.Errorf("the server's node proxy logged %d inbound tunnel connections from the client's identity; want at least 5", len(lines))
+	}
+}
+
+// lineWatch closes ch when a written line contains want.
+type lineWatch struct {
+	want string
+	ch   chan struct{}
+	once sync.Once
+	buf  strings.Builder
+}
+
+func (w *lineWatch) Write(b []byte) (int, error) {
+	w.buf.Write(b)
+	if strings.Contains(w.buf.String(), w.want) {
+		w.once.Do(func() { close(w.ch) })
+	}
+	return len(b), nil
+}
+
+// checkPolicy: an AccessPolicy that denies is in force at once; deleting it
+// restores traffic.
+func checkPolicy(e *env, client, server corev1.Pod) {
+	t := e.t
+	addr := server.Status.PodIP + ":8080"
+	e.apply(denyClients)
+	took := e.waitFor(30*time.Second, "the DENY policy takes effect", func() (bool, string) {
+		_, _, err := e.dial("shop", client.Name, addr)
+		return err != nil, "still answered"
+	})
+	t.Logf("policy: denied %v after kubectl apply", took.Round(10*time.Millisecond))
+	begin := time.Now()
+	if _, _, err := e.dial("shop", client.Name, addr); err == nil {
+		t.Fatal("answered while denied")
+	} else if d := time.Since(begin); d > 2500*time.Millisecond {
+		t.Errorf("a denied connection took %v to fail; want it refused at once, not timed out (%v)", d, err)
+	}
+	if denied := e.accessLog(func(m map[string]any) bool { return m["msg"] == "connection denied" && m["reason"] == "policy" }); len(denied) == 0 {
+		t.Error("no denial in the node proxies' access log")
+	}
+	e.kubectl("-n", "shop", "delete", "accesspolicy", "deny-clients")
+	took = e.waitFor(30*time.Second, "traffic is back once the policy is deleted", func() (bool, string) {
+		_, _, err := e.dial("shop", client.Name, addr)
+		return err == nil, fmt.Sprint(err)
+	})
+	t.Logf("policy: allowed again %v after kubectl delete", took.Round(10*time.Millisecond))
+}
+
+// checkService: a Service's ClusterIP, balanced by the node proxy.
+func checkService(e *env, client corev1.Pod) {
+	t := e.t
+	svc, err := e.c.Client().CoreV1().Services("shop").Get(e.ctx, "server", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := svc.Spec.ClusterIP + ":80"
+	for i := 0; i < 4; i++ {
+		name, remote, err := e.dial("shop", client.Name, addr)
+		if err != nil || name != marker || remote != client.Status.PodIP {
+			t.Fatalf("client to the server Service %s: %q saw %s, %v; want %s seeing %s", addr, name, remote, err, marker, client.Status.PodIP)
+		}
+	}
+	if n := len(e.accessLog(func(m map[string]any) bool {
+		return m["direction"] == "outbound" && strings.Contains(fmt.Sprint(m["dst"]), ":8080") && m["src_workload"] == client.Name
+	})); n < 4 {
+		t.Errorf("the client's node proxy logged %d outbound connections to a server pod; want at least 4", n)
+	}
+}
+
+// checkWaypoint: a Waypoint is deployed by the controller; a Service that
+// uses it is split 80/20 by an HTTPRoute, whose status says Accepted.
+func checkWaypoint(e *env, client corev1.Pod) {
+	t := e.t
+	e.apply(waypoint)
+	e.kubectl("-n", "shop", "rollout", "status", "deployment/waypoint", "--timeout=3m")
+	e.waitFor(time.Minute, "the HTTPRoute's status says Accepted", func() (bool, string) {
+		out, err := e.try("-n", "shop", "get", "httproute", "web-split", "-o", `jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`)
+		return err == nil && strings.TrimSpace(out) == "True", out
+	})
+	svc, err := e.c.Client().CoreV1().Services("shop").Get(e.ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + svc.Spec.ClusterIP + "/"
+	// The waypoint and the route are in force once requests go through it.
+	e.waitFor(time.Minute, "requests to web reach both versions", func() (bool, string) {
+		out, err := e.exec("shop", client.Name, "", "/ambit-echo", "get", "-n", "20", "-json", url)
+		return err == nil && strings.Contains(out, `"v2"`) && strings.Contains(out, `"v1"`), out
+	})
+	out, err := e.exec("shop", client.Name, "", "/ambit-echo", "get", "-n", "500", "-c", "4", "-json", url)
+	if err != nil {
+		t.Fatalf("500 requests: %v\n%s", err, out)
+	}
+	var res struct {
+		Bodies map[string]int `json:"bodies"`
+		Errors int            `json:"errors"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	// 20% of 500 is 100, with a standard deviation of about 9 for a
+	// random split: within ±36 (4 sd) unless the split is wrong.
+	v1, v2 := res.Bodies["v1"], res.Bodies["v2"]
+	t.Logf("waypoint split over 500 requests: v1 %d, v2 %d (route 80/20)", v1, v2)
+	if v1+v2 != 500 || v2 < 64 || v2 > 136 {
+		t.Errorf("split v1 %d, v2 %d of 500 (errors %d); want all answered and v2 within 100±36", v1, v2, res.Errors)
+	}
+	// Through the waypoint: its access log or metrics show the requests.
+	wps := e.pods("shop", "ambit.dev/waypoint=waypoint")
+	if len(wps) == 0 {
+		t.Fatal("no waypoint pod")
+	}
+	if log, _ := e.try("-n", "shop", "logs", wps[0].Name); !strings.Contains(log, "web-split") && !strings.Contains(log, "web-v") {
+		t.Logf("waypoint log does not name the route (may not log requests): %s", tail([]byte(log), 500))
+	}
+}
+
+// checkDebug: `nodeproxy debug workloads -o json` through kubectl exec lists
+// the node's enrolled pods.
+func checkDebug(e *env) {
+	t := e.t
+	for node, np := range e.nodeProxies() {
+		ws, err := e.workloads(np)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var local []string
+		for _, w := range ws {
+			if w.Local && w.Captured && w.Namespace == "shop" {
+				local = append(local, w.Name)
+			}
+		}
+		want := 0
+		for _, p := range e.pods("shop", "") {
+			if p.Spec.NodeName == node && p.Labels["ambit.dev/waypoint"] == "" {
+				want++
+			}
+		}
+		if len(local) != want || want == 0 {
+			t.Errorf("node %s: debug workloads lists %v as enrolled; want the node's %d shop pods", node, local, want)
+		}
+	}
+}
+
+// checkNewPod: a pod created in an enrolled namespace is captured before
+// its first packet: the CNI plugin hands it over at sandbox creation.
+func checkNewPod(e *env) {
+	t := e.t
+	before := map[string]bool{}
+	for _, p := range e.pods("shop", "app=client") {
+		before[p.Name] = true
+	}
+	e.kubectl("-n", "shop", "scale", "deployment/client", "--replicas=3")
+	var fresh corev1.Pod
+	e.waitFor(2*time.Minute, "a third client pod runs", func() (bool, string) {
+		for _, p := range e.pods("shop", "app=client") {
+			if !before[p.Name] {
+				fresh = p
+				return ready(p), p.Name + ": " + string(p.Status.Phase) + " " + podProblem(p)
+			}
+		}
+		return false, "not created yet"
+	})
+	if restarts(fresh) != 0 {
+		t.Errorf("new pod %s restarted %d times", fresh.Name, restarts(fresh))
+	}
+	got, why := e.captured("shop")
+	if !got[fresh.Spec.NodeName+"/"+fresh.Name] {
+		t.Errorf("new pod %s is not served by its node proxy (%s)", fresh.Name, why)
+	}
+	logs := e.nodeProxyLogs()
+	if !strings.Contains(logs, "pod handed over by the CNI plugin") || !strings.Contains(logs, fresh.Name) {
+		t.Errorf("the new pod %s did not come through the CNI plugin", fresh.Name)
+	}
+	e.kubectl("-n", "shop", "scale", "deployment/client", "--replicas=2")
+}
+
+// checkOptOut: ambit.dev/dataplane=none on a pod releases it.
+func checkOptOut(e *env, pod corev1.Pod) {
+	t := e.t
+	e.kubectl("-n", "shop", "label", "pod", pod.Name, "ambit.dev/dataplane=none")
+	took := e.waitFor(30*time.Second, "the opted-out pod is released", func() (bool, string) {
+		got, why := e.captured("shop")
+		if got == nil {
+			return false, why
+		}
+		return !got[pod.Spec.NodeName+"/"+pod.Name], "still served"
+	})
+	t.Logf("opt out: pod %s released %v after `kubectl label pod ... ambit.dev/dataplane=none` (goal 2s; includes polling)", pod.Name, took.Round(10*time.Millisecond))
+	e.kubectl("-n", "shop", "label", "pod", pod.Name, "ambit.dev/dataplane-")
+}
+
+// checkRollout: a new node proxy image rolls out node by node while a
+// client holds 50 long-lived connections and opens new ones all along.
+func checkRollout(e *env, repo string, client, server corev1.Pod) {
+	t := e.t
+	next := "ghcr.io/ambit-mesh/ambit-nodeproxy:" + e.tag + "-next"
+	img, err := ociimage.Build(ociimage.Spec{Binary: filepath.Join(repo, "bin", "static", "nodeproxy"), Ref: next, Cmd: []string{"run"}, User: "0"})
+	if err != nil {
+		t.Fatalf("build the next node proxy image (from make images' bin/static/nodeproxy): %v", err)
+	}
+	archive := filepath.Join(t.TempDir(), "next.tar")
+	if err := img.WriteArchive(archive); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.ImportImages(e.ctx, archive); err != nil {
+		t.Fatal(err)
+	}
+	holdFor := 150 * time.Second
+	type result struct {
+		out string
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		out, err := e.exec("shop", client.Name, "", "/ambit-echo", "hold", "-conns", "50", "-for", holdFor.String(), server.Status.PodIP+":8080")
+		res <- result{out, err}
+	}()
+	time.Sleep(5 * time.Second) // the long-lived connections are open
+	start := time.Now()
+	e.kubectl("-n", "ambit-system", "set", "image", "daemonset/ambit-nodeproxy", "nodeproxy="+next)
+	e.kubectl("-n", "ambit-system", "rollout", "status", "daemonset/ambit-nodeproxy", "--timeout=5m")
+	t.Logf("rollout of %s on both nodes took %v", next, time.Since(start).Round(time.Second))
+	r := <-res
+	var h struct {
+		Long, LongFailed, New, NewFailed int
+		LongFirstError, NewFirstError    string
+		LongFailedAt, NewFailedAt        []string
+	}
+	if err := json.Unmarshal([]byte(lastLine(r.out)), &h); err != nil {
+		t.Fatalf("ambit-echo hold: %v (%v): %s", err, r.err, r.out)
+	}
+	t.Logf("rollout under load: %d of %d long-lived connections reset (first: %q at %v); %d of %d new connections failed (first: %q at %v)",
+		h.LongFailed, h.Long, h.LongFirstError, h.LongFailedAt, h.NewFailed, h.New, h.NewFirstError, h.NewFailedAt)
+	if h.Long != 50 || h.New < 100 {
+		t.Errorf("the load did not run: %+v", h)
+	}
+	// Traffic through the new proxies.
+	if _, _, err := e.dial("shop", client.Name, server.Status.PodIP+":8080"); err != nil {
+		t.Errorf("after the rollout: %v", err)
+	}
+}
+
+// checkUninstall: unlabelling the namespace and `kubectl delete -k` leave
+// nothing on the nodes, and pods still talk, directly.
+func checkUninstall(e *env, client, server corev1.Pod) {
+	t := e.t
+	e.kubectl("-n", "shop", "delete", "waypoint", "waypoint")
+	e.kubectl("label", "namespace", "shop", "ambit.dev/dataplane-")
+	took := e.waitCaptured("shop", nil, 30*time.Second)
+	t.Logf("release: every pod released %v after removing the namespace label (goal 2s; includes polling)", took.Round(10*time.Millisecond))
+	e.kubectl("delete", "-k", e.deploy, "--wait=true", "--timeout=3m")
+	e.waitFor(2*time.Minute, "node proxies gone", func() (bool, string) {
+		ps := e.pods("ambit-system", "")
+		return len(ps) == 0, fmt.Sprint(len(ps), " pods left in ambit-system")
+	})
+	for _, n := range e.c.Nodes() {
+		out, err := e.c.NodeExec(e.ctx, n.Name, "sh", "-c", "ls -A /sys/fs/bpf; echo ---; grep -l ambit-cni /etc/cni/net.d/* /opt/cni/bin/ambit-cni 2>/dev/null; ls /opt/cni/bin")
+		if err != nil {
+			t.Fatalf("%s: %v %s", n.Name, err, out)
+		}
+		parts := strings.SplitN(string(out), "---", 2)
+		if strings.TrimSpace(parts[0]) != "" {
+			t.Errorf("%s: /sys/fs/bpf still holds %q after uninstall", n.Name, strings.TrimSpace(parts[0]))
+		}
+		if strings.Contains(parts[1], "ambit") {
+			t.Errorf("%s: Ambit's CNI plugin or configuration left: %s", n.Name, parts[1])
+		}
+	}
+	// No rules or sysctls of Ambit's in the pods' namespaces.
+	f, err := kubenode.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range e.pods("shop", "") {
+		pod, err := f.Find(string(p.UID))
+		if err != nil || pod.PID == 0 {
+			t.Errorf("find pod %s on the host: %+v %v", p.Name, pod, err)
+			continue
+		}
+		out, err := exec.CommandContext(e.ctx, "nsenter", "-t", strconv.Itoa(pod.PID), "-n", "sh", "-c", "ip rule; ip -6 rule; cat /proc/sys/net/ipv4/tcp_fwmark_accept /proc/sys/net/ipv4/fwmark_reflect").CombinedOutput()
+		if err != nil {
+			t.Errorf("pod %s: %v %s", p.Name, err, out)
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if strings.Contains(string(out), "15006") || len(lines) < 2 || lines[len(lines)-1] != "0" || lines[len(lines)-2] != "0" {
+			t.Errorf("pod %s keeps Ambit's delivery rules or sysctls:\n%s", p.Name, out)
+		}
+	}
+	// Pods talk directly again.
+	name, remote, err := e.dial("shop", client.Name, server.Status.PodIP+":8080")
+	if err != nil || name != marker || remote != client.Status.PodIP {
+		t.Errorf("after uninstall, client to server: %q saw %s, %v", name, remote, err)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+var _ io.Writer = testWriter{}
+
+// gatewayCRDs is the Gateway API CRDs' directory in the module cache, of
+// the version this repository builds against.
+func gatewayCRDs(t *testing.T, repo string) string {
+	t.Helper()
+	cmd := exec.Command(goBin(), "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api")
+	cmd.Dir = repo
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -m sigs.k8s.io/gateway-api: %v", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard")
+}
+
+// goBin is the go command: from PATH, else the standard install location.
+func goBin() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return "/usr/local/go/bin/go"
+}
