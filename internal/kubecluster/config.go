@@ -172,6 +172,8 @@ bindAddress: ` + n.IP + `
 clusterCIDR: ` + clusterCIDR + `
 mode: iptables
 oomScoreAdj: 0
+# NodePorts on the node's own address only.
+nodePortAddresses: [primary]
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 conntrack:
