@@ -1,9 +1,30 @@
 // Command ambit-echo is the lab's TCP probe: a server that tells each client
 // what it saw, and a client that prints the answer or the error. Run inside
-// lab pods with `meshlab exec POD -- ambit-echo ...`.
+// lab pods with `meshlab exec POD -- ambit-echo ...`, or in a Kubernetes pod
+// with `kubectl exec POD -- /ambit-echo ...`.
 //
-//	ambit-echo serve [-name NAME] ADDR   answer "NAME local=L remote=R" per connection
-//	ambit-echo dial [-timeout D] ADDR    print the answer; exit 1 on error
+//	ambit-echo serve [-name NAME] [-echo] ADDR
+//	    answer "NAME local=L remote=R" per connection; with -echo, then echo
+//	    back every byte the client sends until it closes
+//	ambit-echo dial [-timeout D] ADDR
+//	    print the answer; exit 1 on error
+//	ambit-echo http [-name NAME] ADDR
+//	    HTTP/1.1 server: every request gets 200, body "NAME\n", headers
+//	    X-Echo-Name: NAME and X-Echo-Remote: <client address seen>;
+//	    /healthz gets 200 "ok\n"
+//	ambit-echo get [-n N] [-c CONCURRENCY] [-timeout D] [-json] URL
+//	    N GET requests over keep-alive connections; prints "NAME COUNT" per
+//	    distinct first body line of the 2xx answers, "status CODE COUNT" per
+//	    other status, "errors COUNT" for transport errors (or, with -json,
+//	    {"bodies":{...},"statuses":{...},"errors":E,"firstError":"..."});
+//	    exit 0 only when all N answers were 2xx
+//	ambit-echo hold -conns N -for D [-interval 200ms] [-new-every 50ms] [-timeout 2s] ADDR
+//	    against `serve -echo`: keep N connections open, probing each with an
+//	    echoed line every interval, while opening a new connection every
+//	    new-every; after D print one JSON report and exit 0 only when
+//	    nothing failed
+//
+// Servers print "listening on ADDR" first. Usage errors exit 2.
 package main
 
 import (
@@ -17,13 +38,27 @@ import (
 	"time"
 )
 
+const usage = "usage: ambit-echo serve [-name NAME] [-echo] ADDR | dial [-timeout D] ADDR" +
+	" | http [-name NAME] ADDR | get [-n N] [-c CONCURRENCY] [-timeout D] [-json] URL" +
+	" | hold -conns N -for D [-interval D] [-new-every D] [-timeout D] ADDR"
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: ambit-echo serve [-name NAME] ADDR | dial [-timeout D] ADDR")
+		fmt.Fprintln(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve", "dial", "http":
+	case "get":
+		return runGet(args[1:], stdout, stderr)
+	case "hold":
+		return runHold(args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "ambit-echo: unknown command %q\n%s\n", args[0], usage)
 		return 2
 	}
 	fs := flag.NewFlagSet("ambit-echo "+args[0], flag.ContinueOnError)
@@ -31,31 +66,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 	host, _ := os.Hostname()
 	name := fs.String("name", host, "name to answer with")
 	timeout := fs.Duration("timeout", 3*time.Second, "dial and read timeout")
+	echo := false
+	if args[0] == "serve" {
+		fs.BoolVar(&echo, "echo", false, "after the greeting, echo back what the client sends until it closes")
+	}
 	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "ambit-echo: exactly one ADDR (host:port) is required")
 		return 2
 	}
 	addr := fs.Arg(0)
 	switch args[0] {
-	case "serve":
+	case "serve", "http":
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			fmt.Fprintf(stderr, "ambit-echo: %v\n", err)
 			return 1
 		}
 		fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				fmt.Fprintf(stderr, "ambit-echo: %v\n", err)
-				return 1
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s local=%s remote=%s\n", *name, c.LocalAddr(), c.RemoteAddr())
-			}()
+		if args[0] == "http" {
+			return serveHTTP(ln, *name, stderr)
 		}
-	case "dial":
+		return serveTCP(ln, *name, echo, stderr)
+	default: // dial
 		c, err := net.DialTimeout("tcp", addr, *timeout)
 		if err != nil {
 			fmt.Fprintf(stdout, "error: %v\n", err)
@@ -71,6 +103,36 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, strings.TrimSpace(line))
 		return 0
 	}
-	fmt.Fprintf(stderr, "ambit-echo: unknown command %q\n", args[0])
-	return 2
+}
+
+// serveTCP greets every connection accepted on ln with
+// "NAME local=L remote=R\n"; with echo it then copies everything the client
+// sends back to it until the client closes, else it closes right away. It
+// returns 1 when Accept fails (ln closed).
+func serveTCP(ln net.Listener, name string, echo bool, stderr io.Writer) int {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fmt.Fprintf(stderr, "ambit-echo: %v\n", err)
+			return 1
+		}
+		go func() {
+			defer c.Close()
+			if _, err := fmt.Fprintf(c, "%s local=%s remote=%s\n", name, c.LocalAddr(), c.RemoteAddr()); err != nil || !echo {
+				return
+			}
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
 }
