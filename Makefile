@@ -124,7 +124,7 @@ CLUSTER_STATE   ?= /run/ambit-cluster
 COREDNS_VERSION := $(shell awk '$$1 == "require" && $$2 == "github.com/coredns/coredns" {print $$3}' tools/coredns/go.mod)
 
 .PHONY: cluster-tools
-cluster-tools: kube-tools ## build kubelet, kube-proxy, scheduler, controller-manager, containerd and CoreDNS for the local cluster (cached; cold about 12 min)
+cluster-tools: kube-tools ## build kubelet, kube-proxy, scheduler, controller-manager, containerd and CoreDNS for the local cluster (cached; cold about 11 min)
 	@GO=$(GO) tools/kube/node/build.sh >/dev/null
 	@GO=$(GO) tools/containerd/build.sh >/dev/null
 	@GO=$(GO) tools/coredns/build.sh >/dev/null

@@ -8,8 +8,8 @@
 #   tools/containerd/build.sh --dir   print the directory only (no build)
 #
 # The directory is $AMBIT_CACHE (default /var/cache/ambit) /
-# containerd-<version>-<12 hex of sha256(go.mod go.sum)>. Cold: about
-# 4 minutes on 2 cores. See tools/lib/cached-build.sh.
+# containerd-<version>-<12 hex of sha256(go.mod go.sum)>. Cold (empty Go
+# build cache): about 2 minutes on 2 cores. See tools/lib/cached-build.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"

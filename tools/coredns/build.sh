@@ -7,7 +7,8 @@
 #   tools/coredns/build.sh --dir   print the directory only (no build)
 #
 # The directory is $AMBIT_CACHE (default /var/cache/ambit) /
-# coredns-<version>-<12 hex of sha256(go.mod go.sum main.go)>. See
+# coredns-<version>-<12 hex of sha256(go.mod go.sum main.go)>. Cold
+# (empty Go build cache): about 2 minutes on 2 cores. See
 # tools/lib/cached-build.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -8,9 +8,9 @@
 #   tools/kube/node/build.sh --dir   print the directory only (no build)
 #
 # The directory is $AMBIT_CACHE (default /var/cache/ambit) /
-# kube-node-<version>-<12 hex of sha256(go.mod go.sum)>. Cold: about
-# 8 minutes on 2 cores (kubelet alone about 4), less with a warm build
-# cache from tools/kube. See tools/lib/cached-build.sh.
+# kube-node-<version>-<12 hex of sha256(go.mod go.sum)>. Cold (empty Go
+# build cache): about 7 minutes on 2 cores; they share most packages with
+# tools/kube's build. See tools/lib/cached-build.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
