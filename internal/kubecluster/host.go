@@ -51,6 +51,7 @@ var hostMountPoints = []string{
 	"/var/lib/containerd",
 	"/var/lib/cni",
 	"/run/containerd",
+	"/run/ambit",
 	"/etc/cni/net.d",
 	"/opt/cni/bin",
 	"/var/log/pods",

@@ -25,6 +25,9 @@ var nodeBinds = []struct{ src, dst string }{
 	{"var/lib/containerd", "/var/lib/containerd"},
 	{"var/lib/cni", "/var/lib/cni"},
 	{"run/containerd", "/run/containerd"},
+	// Node agents' sockets and locks (Ambit's CNI socket, /var/run/ambit):
+	// each node has its own /run on a real cluster.
+	{"run/ambit", "/run/ambit"},
 	{"etc/cni/net.d", "/etc/cni/net.d"},
 	{"opt/cni/bin", "/opt/cni/bin"},
 	{"var/log/pods", "/var/log/pods"},

@@ -151,22 +151,26 @@ func TestPrivilegedFindBothDrivers(t *testing.T) {
 }
 
 // A hybrid host: the kubelet made the pod's cgroup in a v1 hierarchy and
-// the v2 tree has nothing yet. The test mounts a named v1 hierarchy of its
-// own, so it runs on unified hosts too.
+// the v2 tree has nothing yet. The test uses one of the host's v1
+// hierarchies. (It does not mount a named hierarchy of its own: the kernel
+// keeps a v1 hierarchy alive, listed in every process's /proc/PID/cgroup,
+// until the processes that were in its root exit, so it would outlive the
+// test.)
 func TestPrivilegedFindHybrid(t *testing.T) {
 	privtest.Require(t)
-	v2 := testTree(t)
-	v1 := t.TempDir()
-	name := fmt.Sprintf("ambittest%08x", rand.Uint32())
-	if err := unix.Mount("cgroup", v1, "cgroup", 0, "none,name="+name); err != nil {
-		t.Fatalf("mount a named cgroup v1 hierarchy: %v", err)
+	_, v1s, err := cgroup2.Mounts()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		removeTree(t, filepath.Join(v1, "kubepods"))
-		if err := unix.Unmount(v1, 0); err != nil {
-			t.Errorf("unmount %s: %v", v1, err)
-		}
-	})
+	if len(v1s) == 0 {
+		t.Skip("this host has no cgroup v1 hierarchy: the hybrid layout does not occur here")
+	}
+	v2 := testTree(t)
+	v1 := filepath.Join(v1s[0], fmt.Sprintf("ambit-kubenode-%08x", rand.Uint32()))
+	if err := os.Mkdir(v1, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeTree(t, v1) })
 	uid := "12345678-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
 	pid := start(t, filepath.Join(v1, "kubepods/burstable/pod"+uid, "ctr"), false)
 	f := &Finder{V2: v2, V1: []string{v1}, Proc: "/proc", HostNetNS: "/proc/self/ns/net"}
