@@ -403,8 +403,8 @@ func checkService(e *env, client corev1.Pod) {
 		}
 	}
 	if n := len(e.accessLog(func(m map[string]any) bool {
-		return m["direction"] == "outbound" && m["src_workload"] == client.Name && m["dst_workload"] != "" &&
-			strings.HasPrefix(fmt.Sprint(m["dst_workload"]), "server-") && strings.HasPrefix(fmt.Sprint(m["transport"]), "hbone")
+		return m["direction"] == "outbound" && m["src_workload"] == "shop/"+client.Name &&
+			strings.HasPrefix(fmt.Sprint(m["dst_workload"]), "shop/server-") && strings.HasPrefix(fmt.Sprint(m["transport"]), "hbone")
 	})); n < 4 {
 		t.Errorf("the client's node proxy logged %d outbound tunnel connections to a server pod; want at least 4", n)
 	}
@@ -585,13 +585,11 @@ func checkRollout(e *env, repo string, client, server corev1.Pod) {
 	if h.NewFailed != 0 {
 		t.Errorf("%d new connections failed during the rollout; want none (the new node proxy is up before the old one stops, and the old one's queued connections move to it)", h.NewFailed)
 	}
-	// Long-lived connections stay with the old node proxy until its drain
-	// deadline (--drain-timeout=30s after its SIGTERM, which comes once the
-	// new proxy is ready): none may break before then.
-	for _, at := range h.LongFailedAt {
-		if d, err := time.ParseDuration(at); err != nil || d < 30*time.Second {
-			t.Errorf("a long-lived connection broke %s after the load started, before the old proxy's drain deadline (the rollout began 5s in)", at)
-		}
+	// Long-lived connections stay with the old node proxy, which carries
+	// them for up to --drain-timeout (300s) after its SIGTERM: longer than
+	// the load runs, so none may break.
+	if h.LongFailed != 0 {
+		t.Errorf("%d of %d long-lived connections broke during the rollout (at %v: %s); want none", h.LongFailed, h.Long, h.LongFailedAt, h.LongFirstError)
 	}
 	// Traffic through the new proxies.
 	if _, _, err := e.dial("shop", client.Name, server.Status.PodIP+":8080"); err != nil {
