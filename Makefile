@@ -16,6 +16,8 @@ APT_PKGS  += containernetworking-plugins
 # the local cluster's nodes (internal/kubecluster): runc, and the netfilter
 # tools kube-proxy and the CNI portmap plugin run (the CNI plugins are above)
 APT_PKGS  += runc iptables conntrack
+# a real OCI tool that reads `make images`' archives (internal/ociimage)
+APT_PKGS  += skopeo
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
 GENERATED += $(wildcard api/v1alpha1/*.pb.go)
 # CRDs and deep-copy functions from api/crd (controller-gen, pinned in go.mod)
