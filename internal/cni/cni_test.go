@@ -153,13 +153,23 @@ func TestListenTakesOverLiveSocket(t *testing.T) {
 		t.Fatalf("second Listen on a node proxy's live socket: %v", err)
 	}
 	t.Cleanup(func() { ln2.Close() })
+	// Which listener gets a connection that sends something (Listen's
+	// own liveness probe of the old socket sends nothing).
 	accepted := make(chan *net.UnixListener, 2)
 	for _, l := range []*net.UnixListener{ln, ln2} {
 		go func() {
-			c, err := l.Accept()
-			if err == nil {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, _ := c.Read(make([]byte, 8))
 				c.Close()
-				accepted <- l
+				if n > 0 {
+					accepted <- l
+					return
+				}
 			}
 		}()
 	}
@@ -167,7 +177,10 @@ func TestListenTakesOverLiveSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Close()
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	if got := <-accepted; got != ln2 {
 		t.Error("a connection to the path reached the old listener; want the newest")
 	}
