@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ambit-mesh/ambit/internal/privtest"
 )
 
@@ -38,6 +40,7 @@ func Require(tb testing.TB, images ...string) (Binaries, Images) {
 		tb.Skip("kubecluster: a real cluster does not run with -short")
 	}
 	privtest.Require(tb)
+	lockTests(tb)
 	bins, err := FindBinaries(true)
 	dir := os.Getenv("AMBIT_IMAGES")
 	if dir == "" {
@@ -104,4 +107,29 @@ func ImageRef(archive string) (string, error) {
 		}
 		return "", fmt.Errorf("%s: index.json names no image", archive)
 	}
+}
+
+// lockTests serialises the tests that bring a cluster up, across test
+// packages (go test runs packages in parallel): two clusters at once work,
+// but on 2 cores they slow each other past their timeouts, and a test that
+// checks the host after its cluster is down must not see another's. The
+// lock is a flock on the repository's root directory, so it leaves no file.
+func lockTests(tb testing.TB) {
+	tb.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		tb.Fatalf("kubecluster: test lock: %v", err)
+	}
+	f, err := os.Open(root)
+	if err != nil {
+		tb.Fatalf("kubecluster: test lock: %v", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		tb.Logf("kubecluster: waiting for another test package's cluster (lock on %s)", root)
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+			f.Close()
+			tb.Fatalf("kubecluster: test lock: %v", err)
+		}
+	}
+	tb.Cleanup(func() { f.Close() })
 }
