@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/kubecluster"
 	"github.com/ambit-mesh/ambit/internal/kubenode"
+	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/ociimage"
 )
 
@@ -83,6 +85,24 @@ spec:
         args: [http, ":9090"]
         readinessProbe: {httpGet: {path: /healthz, port: 9090}, periodSeconds: 2}
         livenessProbe: {httpGet: {path: /healthz, port: 9090}, periodSeconds: 2, failureThreshold: 3}
+---
+# A host-network pod in the enrolled namespace: never captured.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hostnet, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hostnet}}
+  template:
+    metadata: {labels: {app: hostnet}}
+    spec:
+      hostNetwork: true
+      containers:
+      - name: echo
+        image: ghcr.io/ambit-mesh/ambit-echo:TAG
+        imagePullPolicy: Never
+        args: [http, ":19090"]
+        readinessProbe: {httpGet: {path: /healthz, port: 19090}, periodSeconds: 2}
 ---
 apiVersion: v1
 kind: Service
@@ -219,12 +239,13 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	servers := e.waitPods("shop", "app=server", 2, 3*time.Minute)
 	clients := e.waitPods("shop", "app=client", 2, 3*time.Minute)
 	e.waitPods("shop", "app=web", 2, 3*time.Minute)
+	e.waitPods("shop", "app=hostnet", 1, 3*time.Minute)
 	if servers[0].Spec.NodeName == servers[1].Spec.NodeName || clients[0].Spec.NodeName == clients[1].Spec.NodeName {
 		t.Fatalf("replicas not spread over the nodes: servers on %s, %s; clients on %s, %s",
 			servers[0].Spec.NodeName, servers[1].Spec.NodeName, clients[0].Spec.NodeName, clients[1].Spec.NodeName)
 	}
 	uids := map[string]string{}
-	for _, p := range append(append(e.pods("shop", "app=server"), e.pods("shop", "app=client")...), e.pods("shop", "app=web")...) {
+	for _, p := range e.pods("shop", "") {
 		uids[p.Name] = string(p.UID)
 	}
 	// The client and the server on different nodes.
@@ -241,6 +262,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	e.kubectl("label", "namespace", "shop", "ambit.dev/dataplane=ambient")
 	all := append(append([]corev1.Pod{}, servers...), clients...)
 	all = append(all, e.pods("shop", "app=web")...)
+	// Exactly these: not the host-network pod.
 	took := e.waitCaptured("shop", all, 30*time.Second)
 	t.Logf("enroll: %d running pods served by the node proxies %v after `kubectl label namespace shop ambit.dev/dataplane=ambient` (goal 2s; includes polling both node proxies' debug CLI through kubectl exec)", len(all), took.Round(10*time.Millisecond))
 
@@ -332,6 +354,11 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 	}
 	if strings.Contains(text, server.Status.PodIP+".8080") {
 		t.Errorf("packets to the server's own port 8080 crossed the link: traffic bypassed the tunnel")
+	}
+	// The metrics: connections counted on the server's node, inbound, from
+	// the client's identity.
+	if n := inboundFromClient(t, node); n < 5 {
+		t.Errorf("the server node's ambit_tcp_connections_opened_total counts %v inbound connections from the client's identity; want at least 5", n)
 	}
 	// The access log says so too: a connection from the client's identity
 	// to the server's, through the tunnel.
@@ -479,7 +506,7 @@ func checkDebug(e *env) {
 		}
 		want := 0
 		for _, p := range e.pods("shop", "") {
-			if p.Spec.NodeName == node && p.Labels["ambit.dev/waypoint"] == "" {
+			if p.Spec.NodeName == node && p.Labels["ambit.dev/waypoint"] == "" && !p.Spec.HostNetwork {
 				want++
 			}
 		}
@@ -643,6 +670,9 @@ func checkUninstall(e *env, client, server corev1.Pod) {
 		t.Fatal(err)
 	}
 	for _, p := range e.pods("shop", "") {
+		if p.Spec.HostNetwork {
+			continue
+		}
 		pod, err := f.Find(string(p.UID))
 		if err != nil || pod.PID == 0 {
 			t.Errorf("find pod %s on the host: %+v %v", p.Name, pod, err)
@@ -711,4 +741,36 @@ func goBin() string {
 		return p
 	}
 	return "/usr/local/go/bin/go"
+}
+
+// inboundFromClient reads the node proxy's metrics on node (port 15020 on
+// the node's network) and sums ambit_tcp_connections_opened_total for
+// inbound connections from the client's identity.
+func inboundFromClient(t *testing.T, node kubecluster.Node) float64 {
+	t.Helper()
+	var conn net.Conn
+	if err := netnsx.Do(node.NetNS, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", "127.0.0.1:15020", 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("metrics on %s: %v", node.Name, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+	body, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("metrics on %s: %v", node.Name, err)
+	}
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "ambit_tcp_connections_opened_total{") && strings.Contains(line, `direction="inbound"`) &&
+			strings.Contains(line, `source_identity="spiffe://cluster.local/ns/shop/sa/client"`) {
+			if v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64); err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
 }
