@@ -1,6 +1,7 @@
 // Package cgroup2 finds the cgroup v2 hierarchy on this host. It is
 // /sys/fs/cgroup on most Kubernetes nodes and /sys/fs/cgroup/unified on
-// hybrid hosts, so it is read from /proc/mounts rather than assumed.
+// hybrid hosts, so it is read from /proc/mounts rather than assumed;
+// UnescapeMount decodes the paths there for its other readers too.
 package cgroup2
 
 import (
@@ -36,10 +37,10 @@ func Mounts() (v2 string, v1 []string, err error) {
 		switch fields[2] {
 		case "cgroup2":
 			if v2 == "" {
-				v2 = unescapeMount(fields[1])
+				v2 = UnescapeMount(fields[1])
 			}
 		case "cgroup":
-			v1 = append(v1, unescapeMount(fields[1]))
+			v1 = append(v1, UnescapeMount(fields[1]))
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -51,8 +52,9 @@ func Mounts() (v2 string, v1 []string, err error) {
 	return v2, v1, nil
 }
 
-// unescapeMount undoes the octal escapes (\040 for space) of /proc/mounts.
-func unescapeMount(s string) string {
+// UnescapeMount undoes the octal escapes (\040 for space) of a path in
+// /proc/mounts or /proc/self/mountinfo.
+func UnescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ambit-mesh/ambit/internal/cgroup2"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
 
@@ -171,7 +172,7 @@ func mountsBelow(dir string) []string {
 		if len(fl) < 5 {
 			continue
 		}
-		if mp := unescapeMount(fl[4]); within(mp, dir) {
+		if mp := cgroup2.UnescapeMount(fl[4]); within(mp, dir) {
 			out = append(out, mp)
 		}
 	}

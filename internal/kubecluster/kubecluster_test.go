@@ -92,12 +92,6 @@ func TestMkdirAllRecord(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	if got := unescapeMount(`/a\040b\011c`); got != "/a b\tc" {
-		t.Errorf("%q", got)
-	}
-}
-
 func TestKubeletConfigFollowsCgroupLayout(t *testing.T) {
 	n := NodeState{Name: "node-1", IP: "192.168.252.11", CgroupRoot: "/akc-ab12-node-1"}
 	cfg := kubeletConfig(n, "/ca", "/c", "/k", true)

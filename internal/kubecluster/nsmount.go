@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/cgroup2"
 )
 
 // nodeBinds are a node's private directories (below <node dir>/root) and
@@ -125,7 +127,7 @@ func cgroupMounts() ([]string, error) {
 		if strings.Contains(opts, ",ro,") {
 			continue
 		}
-		mp := unescapeMount(fl[1])
+		mp := cgroup2.UnescapeMount(fl[1])
 		if !seen[mp] {
 			seen[mp] = true
 			out = append(out, mp)
@@ -147,24 +149,6 @@ func cgroupV1() bool {
 		}
 	}
 	return false
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // makeCgroupRoot creates the node's cgroup root in every hierarchy (the
