@@ -52,6 +52,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/spawn"
 )
 
 // Options tune Up; the zero value is a two-node cluster with DNS, tied to
@@ -107,7 +108,7 @@ type Node struct {
 type Cluster struct {
 	st      *State
 	j       *journal
-	spawner *spawner
+	spawner *spawn.Spawner
 	running []*running
 	log     *slog.Logger
 
@@ -179,7 +180,7 @@ func Up(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	st.Kubeconfig = filepath.Join(dir, "kubeconfig")
 	if !opts.Detached {
 		st.Owner = &Process{PID: os.Getpid(), Role: "owner"}
-		st.Owner.StartTime, _ = procStartTime(os.Getpid())
+		st.Owner.StartTime, _ = spawn.StartTime(os.Getpid())
 	}
 
 	madeDir := false
@@ -199,7 +200,7 @@ func Up(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	c := &Cluster{st: st, j: j, log: log.With("cluster", id)}
 	if !opts.Detached {
-		c.spawner = newSpawner()
+		c.spawner = spawn.New()
 	}
 	defer func() {
 		if err == nil {
@@ -651,7 +652,7 @@ func (c *Cluster) waitNodesReady(ctx context.Context, timeout time.Duration) err
 
 func (c *Cluster) stopSpawner() {
 	if c.spawner != nil {
-		c.spawner.close()
+		c.spawner.Close()
 		c.spawner = nil
 	}
 }

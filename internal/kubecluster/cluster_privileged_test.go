@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/spawn"
 )
 
 // hostSnapshot is what a cluster must leave as it found it (and, for the
@@ -440,7 +441,7 @@ func dumpLogs(t *testing.T, c *Cluster) {
 		return
 	}
 	for name, p := range c.Logs() {
-		t.Logf("--- %s (%s):\n%s", name, p, tail(p, 15))
+		t.Logf("--- %s (%s):\n%s", name, p, spawn.Tail(p, 15))
 	}
 }
 

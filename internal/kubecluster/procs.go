@@ -6,52 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/spawn"
 )
-
-// spawner starts processes from one OS thread that lives as long as the
-// cluster. Pdeathsig fires when the thread that started a child exits, and
-// Go may end a thread whenever a goroutine that locked it returns (netns
-// code does that), so the children are started from a thread kept locked.
-type spawner struct {
-	req  chan spawnReq
-	quit chan struct{}
-}
-
-type spawnReq struct {
-	cmd *exec.Cmd
-	err chan error
-}
-
-func newSpawner() *spawner {
-	s := &spawner{req: make(chan spawnReq), quit: make(chan struct{})}
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		for {
-			select {
-			case r := <-s.req:
-				r.err <- r.cmd.Start()
-			case <-s.quit:
-				return
-			}
-		}
-	}()
-	return s
-}
-
-func (s *spawner) start(cmd *exec.Cmd) error {
-	r := spawnReq{cmd: cmd, err: make(chan error, 1)}
-	s.req <- r
-	return <-r.err
-}
-
-func (s *spawner) close() { close(s.quit) }
 
 // running is a process this Cluster value started and still waits for.
 type running struct {
@@ -99,13 +59,13 @@ func (c *Cluster) startProcess(role, node, netns, mountNS, bin string, args ...s
 		err = cmd.Start()
 	} else {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-		err = c.spawner.start(cmd)
+		err = c.spawner.Start(cmd)
 	}
 	if err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	p := Process{PID: cmd.Process.Pid, Role: role, Node: node, Log: logPath}
-	p.StartTime, _ = procStartTime(p.PID)
+	p.StartTime, _ = spawn.StartTime(p.PID)
 	r := &running{p: p, done: make(chan struct{})}
 	go func() {
 		r.err = cmd.Wait()
@@ -121,7 +81,7 @@ func (c *Cluster) exited() error {
 	for _, r := range c.running {
 		select {
 		case <-r.done:
-			return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", r.p.name(), r.err, r.p.Log, tail(r.p.Log, 25))
+			return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", r.p.name(), r.err, r.p.Log, spawn.Tail(r.p.Log, 25))
 		default:
 		}
 	}
@@ -135,44 +95,11 @@ func (p Process) name() string {
 	return p.Role
 }
 
-// tail is the end of a log file.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// procStartTime is field 22 of /proc/<pid>/stat: when the process started,
-// in clock ticks after boot. With the PID it names one process for good.
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces: fields after the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
-	}
-	return strconv.ParseUint(f[19], 10, 64)
-}
-
 // alive reports whether p still runs as the same process (a zombie has
 // exited).
 func (p Process) alive() bool {
-	st, err := procStartTime(p.PID)
-	return err == nil && (p.StartTime == 0 || st == p.StartTime) && !zombie(p.PID)
+	st, err := spawn.StartTime(p.PID)
+	return err == nil && (p.StartTime == 0 || st == p.StartTime) && !spawn.Zombie(p.PID)
 }
 
 // kill stops p (SIGTERM, then SIGKILL after grace) if it is still the
@@ -195,15 +122,4 @@ func (p Process) kill(grace time.Duration) error {
 		syscall.Kill(p.PID, syscall.SIGKILL)
 	}
 	return nil
-}
-
-// zombie reports whether pid has exited and waits for its parent.
-func zombie(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && len(s) > i+2 && s[i+2] == 'Z'
 }

@@ -38,7 +38,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -53,6 +52,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ambit-mesh/ambit/internal/privtest"
+	"github.com/ambit-mesh/ambit/internal/spawn"
 )
 
 // Issuer is the service account token issuer the API server uses; it is
@@ -85,7 +85,7 @@ type Cluster struct {
 
 	client  kubernetes.Interface
 	procs   []*proc // started in order, stopped in reverse
-	spawner *spawner
+	spawner *spawn.Spawner
 }
 
 // Require returns the binaries a cluster needs. With -short it skips. When
@@ -155,7 +155,7 @@ func start(b Binaries, opts Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{Dir: dir, Kubectl: b.Kubectl, spawner: newSpawner()}
+	c = &Cluster{Dir: dir, Kubectl: b.Kubectl, spawner: spawn.New()}
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -252,7 +252,7 @@ func (c *Cluster) Stop() error {
 	}
 	c.procs = nil
 	if c.spawner != nil {
-		c.spawner.close()
+		c.spawner.Close()
 		c.spawner = nil
 	}
 	if c.Dir != "" {
@@ -388,7 +388,7 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("kube-apiserver at %s not ready after %v (last /readyz: %s)\nkube-apiserver log:\n%s",
-		c.Host, timeout, last, c.procs[len(c.procs)-1].tail())
+		c.Host, timeout, last, spawn.Tail(c.procs[len(c.procs)-1].log, 30))
 }
 
 // failedChecks keeps the "[-]... failed" lines of a verbose /readyz answer.
@@ -523,7 +523,7 @@ func (c *Cluster) run(name, bin string, args ...string) error {
 	// Pdeathsig kills the server if the test binary dies without running
 	// its cleanup (a panic, a timeout): no orphan keeps ports or memory.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := c.spawner.start(cmd); err != nil {
+	if err := c.spawner.Start(cmd); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
@@ -553,61 +553,10 @@ func (p *proc) stop(grace time.Duration) error {
 }
 
 func (p *proc) exitError() error {
-	tail := p.tail()
+	tail := spawn.Tail(p.log, 30)
 	err := fmt.Errorf("%s exited early (%v); last lines of its log:\n%s", p.name, p.err, tail)
 	if strings.Contains(tail, "address already in use") {
 		return errors.Join(errPortTaken, err)
 	}
 	return err
 }
-
-// tail is the end of the process's log, for error messages.
-func (p *proc) tail() string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 30 {
-		lines = lines[len(lines)-30:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// spawner starts processes from one OS thread that lives as long as the
-// cluster. Pdeathsig fires when the thread that started a child exits, and
-// Go may end a thread whenever a goroutine that locked it returns (netns
-// code does that), so the children are started from a thread kept locked.
-type spawner struct {
-	req  chan spawnReq
-	quit chan struct{}
-}
-
-type spawnReq struct {
-	cmd *exec.Cmd
-	err chan error
-}
-
-func newSpawner() *spawner {
-	s := &spawner{req: make(chan spawnReq), quit: make(chan struct{})}
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		for {
-			select {
-			case r := <-s.req:
-				r.err <- r.cmd.Start()
-			case <-s.quit:
-				return
-			}
-		}
-	}()
-	return s
-}
-
-func (s *spawner) start(cmd *exec.Cmd) error {
-	r := spawnReq{cmd: cmd, err: make(chan error, 1)}
-	s.req <- r
-	return <-r.err
-}
-
-func (s *spawner) close() { close(s.quit) }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/spawn"
 )
 
 // cgroupTree lists dir and every cgroup below it, deepest first.
@@ -114,33 +116,13 @@ func killPIDIf(pid int, check func() bool) bool {
 	return unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil
 }
 
-// processStartTime returns field 22 of /proc/<pid>/stat.
-func processStartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(data)
-	// The command name (field 2) is in parentheses and may hold spaces.
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	fields := strings.Fields(s[i+1:])
-	// fields[0] is field 3 (state); field 22 is fields[19].
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	return strconv.ParseUint(fields[19], 10, 64)
-}
-
 // killProcess kills a process the lab started, if it is still that process.
 func killProcess(p Process, timeout time.Duration) error {
 	if p.PID <= 1 {
 		return fmt.Errorf("kill %s: bad pid %d", p.Role, p.PID)
 	}
 	same := func() bool {
-		st, err := processStartTime(p.PID)
+		st, err := spawn.StartTime(p.PID)
 		return err == nil && st == p.StartTime
 	}
 	if !killPIDIf(p.PID, same) {
@@ -150,7 +132,7 @@ func killProcess(p Process, timeout time.Duration) error {
 	for same() {
 		// A zombie keeps its stat until its parent reaps it; it no longer
 		// runs, which is all Down needs.
-		if isZombie(p.PID) {
+		if spawn.Zombie(p.PID) {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -159,16 +141,6 @@ func killProcess(p Process, timeout time.Duration) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
-}
-
-func isZombie(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
 }
 
 // removeCgroup removes dir and any cgroups below it, deepest first. A

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/spawn"
 )
 
 // Lab is a running lab, as built by Up or read back by Load.
@@ -243,7 +244,7 @@ func (l *Lab) DoInNode(node string, fn func() error) error {
 // record holds the PID's start time: Down leaves the PID alone once it
 // names another process.
 func (l *Lab) Track(role, node string, pid int) error {
-	start, err := processStartTime(pid)
+	start, err := spawn.StartTime(pid)
 	if err != nil {
 		return fmt.Errorf("track %s: %w", role, err)
 	}

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/spawn"
 )
 
 func TestPlanAddresses(t *testing.T) {
@@ -225,7 +227,7 @@ func TestCheckOwned(t *testing.T) {
 }
 
 func TestProcessStartTime(t *testing.T) {
-	st, err := processStartTime(os.Getpid())
+	st, err := spawn.StartTime(os.Getpid())
 	if err != nil || st == 0 {
 		t.Fatalf("start time %d, %v", st, err)
 	}
