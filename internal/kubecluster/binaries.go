@@ -1,10 +1,6 @@
 package kubecluster
 
 import (
-	"bufio"
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/ambit-mesh/ambit/internal/kubetest"
+	"github.com/ambit-mesh/ambit/internal/toolcache"
 )
 
 // Binaries are the programs a cluster runs.
@@ -41,58 +38,39 @@ type Binaries struct {
 // cniPlugins are the plugins every node gets.
 var cniPlugins = []string{"ptp", "host-local", "loopback", "portmap"}
 
-// tool is one of the cached builds of tools/: the directory it builds into
-// is <cache>/<name>-<version>-<12 hex of sha256 of its hashed files>, as
-// tools/lib/cached-build.sh computes it.
+// tool is one of the cached builds of tools/ (see toolcache), with where
+// to find it instead and how to build it.
 type tool struct {
-	dir     string   // below the repository root
-	name    string   // cache directory prefix
-	module  string   // the requirement whose version names the directory
-	hashed  []string // files the key covers
-	env     string   // overrides the directory
-	make    string   // the make target that builds it
+	toolcache.Tool
+	env     string // overrides the directory
+	make    string // the make target that builds it
 	program []string
 }
 
 var (
-	toolKubeNode = tool{dir: "tools/kube/node", name: "kube-node", module: "k8s.io/kubernetes",
-		hashed: []string{"go.mod", "go.sum"}, env: "AMBIT_KUBE_NODE_BIN", make: "make cluster-tools",
+	toolKubeNode = tool{Tool: toolcache.Tool{Dir: "tools/kube/node", Name: "kube-node", Module: "k8s.io/kubernetes",
+		Hashed: []string{"go.mod", "go.sum"}}, env: "AMBIT_KUBE_NODE_BIN", make: "make cluster-tools",
 		program: []string{"kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager"}}
-	toolContainerd = tool{dir: "tools/containerd", name: "containerd", module: "github.com/containerd/containerd/v2",
-		hashed: []string{"go.mod", "go.sum"}, env: "AMBIT_CONTAINERD_BIN", make: "make cluster-tools",
+	toolContainerd = tool{Tool: toolcache.Tool{Dir: "tools/containerd", Name: "containerd", Module: "github.com/containerd/containerd/v2",
+		Hashed: []string{"go.mod", "go.sum"}}, env: "AMBIT_CONTAINERD_BIN", make: "make cluster-tools",
 		program: []string{"containerd", "ctr", "containerd-shim-runc-v2"}}
-	toolCoreDNS = tool{dir: "tools/coredns", name: "coredns", module: "github.com/coredns/coredns",
-		hashed: []string{"go.mod", "go.sum", "main.go"}, env: "AMBIT_COREDNS_BIN", make: "make cluster-tools",
+	toolCoreDNS = tool{Tool: toolcache.Tool{Dir: "tools/coredns", Name: "coredns", Module: "github.com/coredns/coredns",
+		Hashed: []string{"go.mod", "go.sum", "main.go"}}, env: "AMBIT_COREDNS_BIN", make: "make cluster-tools",
 		program: []string{"coredns"}}
 )
 
-// cacheDir is the directory the tool's build.sh builds into.
+// cacheDir is the directory the tool's build.sh builds into: below
+// $AMBIT_CACHE, else /var/cache/ambit, as tools/lib/cached-build.sh has it.
 func (t tool) cacheDir() (string, error) {
 	root, err := repoRoot()
 	if err != nil {
 		return "", err
 	}
-	h := sha256.New()
-	var mod []byte
-	for _, f := range t.hashed {
-		b, err := os.ReadFile(filepath.Join(root, t.dir, f))
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", t.dir, err)
-		}
-		if f == "go.mod" {
-			mod = b
-		}
-		h.Write(b)
-	}
-	version := requiredVersion(mod, t.module)
-	if version == "" {
-		return "", fmt.Errorf("%s/go.mod requires no %s version", t.dir, t.module)
-	}
 	cache := os.Getenv("AMBIT_CACHE")
 	if cache == "" {
 		cache = "/var/cache/ambit"
 	}
-	return filepath.Join(cache, t.name+"-"+version+"-"+hex.EncodeToString(h.Sum(nil))[:12]), nil
+	return t.CacheDir(root, cache)
 }
 
 // find returns the tool's directory ($env, else the cache) and checks
@@ -191,40 +169,5 @@ func executable(p string) bool {
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
-// requiredVersion reads module's requirement from a go.mod, in either the
-// one-line or the block form.
-func requiredVersion(mod []byte, module string) string {
-	sc := bufio.NewScanner(bytes.NewReader(mod))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 3 && f[0] == "require" && f[1] == module {
-			return f[2]
-		}
-		if len(f) >= 2 && f[0] == module && strings.HasPrefix(f[1], "v") {
-			return f[1]
-		}
-	}
-	return ""
-}
-
-const mainModule = "module github.com/ambit-mesh/ambit"
-
-// repoRoot walks up from the working directory to the main module's root.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for d := dir; ; d = filepath.Dir(d) {
-		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil {
-			for _, line := range strings.Split(string(b), "\n") {
-				if strings.TrimSpace(line) == mainModule {
-					return d, nil
-				}
-			}
-		}
-		if filepath.Dir(d) == d {
-			return "", fmt.Errorf("no %q go.mod above %s: run from the repository", mainModule, dir)
-		}
-	}
-}
+// repoRoot is the main module's root above the working directory.
+func repoRoot() (string, error) { return toolcache.RepoRoot("run from the repository") }

@@ -22,26 +22,13 @@ func TestCacheDirMatchesBuildScripts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := exec.Command(filepath.Join(root, tl.dir, "build.sh"), "--dir").CombinedOutput()
+		out, err := exec.Command(filepath.Join(root, tl.Dir, "build.sh"), "--dir").CombinedOutput()
 		if err != nil {
-			t.Fatalf("%s/build.sh --dir: %v\n%s", tl.dir, err, out)
+			t.Fatalf("%s/build.sh --dir: %v\n%s", tl.Dir, err, out)
 		}
 		if got := strings.TrimSpace(string(out)); got != want {
-			t.Errorf("%s: build.sh builds into %s, kubecluster looks in %s", tl.dir, got, want)
+			t.Errorf("%s: build.sh builds into %s, kubecluster looks in %s", tl.Dir, got, want)
 		}
-	}
-}
-
-func TestRequiredVersion(t *testing.T) {
-	mod := []byte("module x\n\nrequire github.com/a/b v1.2.3\n\nrequire (\n\tk8s.io/kubernetes v1.37.1\n)\n")
-	if v := requiredVersion(mod, "github.com/a/b"); v != "v1.2.3" {
-		t.Errorf("one-line form: %q", v)
-	}
-	if v := requiredVersion(mod, "k8s.io/kubernetes"); v != "v1.37.1" {
-		t.Errorf("block form: %q", v)
-	}
-	if v := requiredVersion(mod, "k8s.io/other"); v != "" {
-		t.Errorf("absent: %q", v)
 	}
 }
 

@@ -1,16 +1,13 @@
 package kubetest
 
 import (
-	"bufio"
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+
+	"github.com/ambit-mesh/ambit/internal/toolcache"
 )
 
 // Binaries are the programs a cluster runs.
@@ -19,9 +16,6 @@ type Binaries struct {
 	KubeAPIServer string
 	Kubectl       string
 }
-
-// mainModule is the line that marks the repository root's go.mod.
-const mainModule = "module github.com/ambit-mesh/ambit"
 
 // FindBinaries locates etcd (Debian's etcd-server, or $AMBIT_ETCD) and the
 // kube-apiserver and kubectl that `make kube-tools` builds into the cache
@@ -76,24 +70,6 @@ func CacheDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	kube := filepath.Join(root, "tools", "kube")
-	mod, err := os.ReadFile(filepath.Join(kube, "go.mod"))
-	if err != nil {
-		return "", fmt.Errorf("kube tools module: %w", err)
-	}
-	sum, err := os.ReadFile(filepath.Join(kube, "go.sum"))
-	if err != nil {
-		return "", fmt.Errorf("kube tools module: %w", err)
-	}
-	version := kubernetesVersion(mod)
-	if version == "" {
-		return "", fmt.Errorf("%s/go.mod requires no k8s.io/kubernetes version", kube)
-	}
-	h := sha256.New()
-	h.Write(mod)
-	h.Write(sum)
-	key := hex.EncodeToString(h.Sum(nil))[:12]
-
 	cache := os.Getenv("AMBIT_CACHE")
 	if cache == "" {
 		if os.Geteuid() == 0 {
@@ -106,42 +82,14 @@ func CacheDir() (string, error) {
 			cache = filepath.Join(user, "ambit")
 		}
 	}
-	return filepath.Join(cache, "kube-"+version+"-"+key), nil
+	return kubeTools.CacheDir(root, cache)
 }
 
-// kubernetesVersion reads the k8s.io/kubernetes requirement from a go.mod,
-// in either the one-line or the block form.
-func kubernetesVersion(mod []byte) string {
-	sc := bufio.NewScanner(bytes.NewReader(mod))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 3 && f[0] == "require" && f[1] == "k8s.io/kubernetes" {
-			return f[2]
-		}
-		if len(f) >= 2 && f[0] == "k8s.io/kubernetes" && strings.HasPrefix(f[1], "v") {
-			return f[1]
-		}
-	}
-	return ""
-}
+// kubeTools is tools/kube, which build.sh builds into CacheDir.
+var kubeTools = toolcache.Tool{Dir: "tools/kube", Name: "kube", Module: "k8s.io/kubernetes", Hashed: []string{"go.mod", "go.sum"}}
 
-// repoRoot walks up from the working directory (a test's package directory)
-// to the main module's root.
+// repoRoot is the main module's root above the working directory (a test's
+// package directory).
 func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for d := dir; ; d = filepath.Dir(d) {
-		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil {
-			for _, line := range strings.Split(string(b), "\n") {
-				if strings.TrimSpace(line) == mainModule {
-					return d, nil
-				}
-			}
-		}
-		if filepath.Dir(d) == d {
-			return "", fmt.Errorf("no %q go.mod above %s: run the tests from the repository (or set AMBIT_KUBE_BIN)", mainModule, dir)
-		}
-	}
+	return toolcache.RepoRoot("run the tests from the repository (or set AMBIT_KUBE_BIN)")
 }

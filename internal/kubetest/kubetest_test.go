@@ -20,6 +20,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/ambit-mesh/ambit/internal/toolcache"
 )
 
 func TestMain(m *testing.M) {
@@ -65,7 +67,7 @@ func TestAPIServerAnswersAndKubectlWorks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := kubernetesVersion(mod); v.GitVersion != want {
+	if want := toolcache.RequiredVersion(mod, kubeTools.Module); v.GitVersion != want {
 		t.Errorf("server reports version %q, tools/kube/go.mod builds %q", v.GitVersion, want)
 	}
 
@@ -302,18 +304,6 @@ func TestCacheDirMatchesBuildScript(t *testing.T) {
 		}
 		if got := strings.TrimSpace(string(out)); got != want {
 			t.Errorf("AMBIT_CACHE=%q: build.sh builds into %s, kubetest looks in %s", cache, got, want)
-		}
-	}
-}
-
-func TestKubernetesVersion(t *testing.T) {
-	for mod, want := range map[string]string{
-		"module x\n\nrequire k8s.io/kubernetes v1.37.1\n":                                           "v1.37.1",
-		"module x\n\nrequire (\n\tk8s.io/api v0.37.1\n\tk8s.io/kubernetes v1.36.0 // indirect\n)\n": "v1.36.0",
-		"module x\n\nreplace k8s.io/api => k8s.io/api v0.37.1\n":                                    "",
-	} {
-		if got := kubernetesVersion([]byte(mod)); got != want {
-			t.Errorf("kubernetesVersion(%q) = %q, want %q", mod, got, want)
 		}
 	}
 }
