@@ -219,7 +219,7 @@ func Up(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.up(ctx, opts); err != nil {
 		return c, fmt.Errorf("kubecluster up: %w", err)
 	}
-	if err := j.update(func(st *State) { st.Complete = true }); err != nil {
+	if err := j.Update(func(st *State) { st.Complete = true }); err != nil {
 		return c, err
 	}
 	c.log.Info("cluster up", "took", time.Since(start).Round(time.Millisecond), "stateDir", dir)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/cgroup2"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/statefile"
 )
 
 // teardown undoes st's journal: see the package doc. Whatever is already
@@ -136,7 +137,7 @@ func teardown(st *State, log *slog.Logger) error {
 		for _, name := range []string{"pki", "logs", "nodes", "control-plane", "ns", "kubeconfig"} {
 			fail(os.RemoveAll(filepath.Join(st.StateDir, name)))
 		}
-		tmps, _ := filepath.Glob(filepath.Join(st.StateDir, ".state-*.json"))
+		tmps, _ := filepath.Glob(filepath.Join(st.StateDir, statefile.TempPattern))
 		for _, t := range tmps {
 			os.Remove(t)
 		}
@@ -172,7 +173,7 @@ func mountsBelow(dir string) []string {
 		if len(fl) < 5 {
 			continue
 		}
-		if mp := cgroup2.UnescapeMount(fl[4]); within(mp, dir) {
+		if mp := cgroup2.UnescapeMount(fl[4]); statefile.Within(mp, dir) {
 			out = append(out, mp)
 		}
 	}

@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/statefile"
 )
 
 // DefaultStateDir is where `ambit-cluster` keeps a cluster's state unless
@@ -130,84 +131,28 @@ func readState(dir string) (*State, error) {
 }
 
 // journal records what Up creates, writing the state file after each entry.
-type journal struct {
-	mu  sync.Mutex
-	dir string
-	st  *State
-}
+type journal struct{ *statefile.Journal[State] }
 
 // createJournal writes the first state file, failing if one exists: the
 // state file is also the lock that keeps two clusters out of one directory.
 func createJournal(dir string, st *State) (*journal, error) {
-	data, err := json.MarshalIndent(st, "", "  ")
+	j, err := statefile.Create(statefile.File{Path: StatePath(dir), Perm: 0o600, What: "cluster state"}, st)
+	if errors.Is(err, statefile.ErrExists) {
+		return nil, fmt.Errorf("a cluster is already up (state in %s); run `ambit-cluster down --state-dir %s` first", dir, dir)
+	}
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := writeTemp(dir, data)
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, StatePath(dir)); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("a cluster is already up (state in %s); run `ambit-cluster down --state-dir %s` first", dir, dir)
-		}
-		return nil, fmt.Errorf("write cluster state: %w", err)
-	}
-	return &journal{dir: dir, st: st}, nil
-}
-
-func writeTemp(dir string, data []byte) (string, error) {
-	f, err := os.CreateTemp(dir, ".state-*.json")
-	if err != nil {
-		return "", fmt.Errorf("write cluster state: %w", err)
-	}
-	_, werr := f.Write(data)
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr, os.Chmod(f.Name(), 0o600)); err != nil {
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write cluster state: %w", err)
-	}
-	return f.Name(), nil
-}
-
-func (j *journal) saveLocked() error {
-	data, err := json.MarshalIndent(j.st, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp, err := writeTemp(j.dir, data)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, StatePath(j.dir)); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write cluster state: %w", err)
-	}
-	return nil
-}
-
-// update changes the state under the lock and saves it.
-func (j *journal) update(fn func(st *State)) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	fn(j.st)
-	return j.saveLocked()
+	return &journal{j}, nil
 }
 
 // add journals objs; call it before creating them.
 func (j *journal) add(objs ...Object) error {
-	return j.update(func(st *State) { st.Created = append(st.Created, objs...) })
+	return j.Update(func(st *State) { st.Created = append(st.Created, objs...) })
 }
 
 func (j *journal) addProcess(p Process) error {
-	return j.update(func(st *State) { st.Processes = append(st.Processes, p) })
-}
-
-// within reports whether path is dir or below it.
-func within(path, dir string) bool {
-	path, dir = filepath.Clean(path), filepath.Clean(dir)
-	return path == dir || strings.HasPrefix(path, dir+string(filepath.Separator))
+	return j.Update(func(st *State) { st.Processes = append(st.Processes, p) })
 }
 
 // namePrefix starts every name the cluster gives a netns or cgroup.
@@ -227,7 +172,7 @@ func (st *State) checkOwned(o Object) error {
 			return fmt.Errorf("cgroup %q is not cluster %s's", o.Name, st.ID)
 		}
 	case objMountNS:
-		if !within(o.Name, filepath.Join(st.StateDir, "ns")) || filepath.Clean(o.Name) == filepath.Join(st.StateDir, "ns") {
+		if !statefile.Within(o.Name, filepath.Join(st.StateDir, "ns")) || filepath.Clean(o.Name) == filepath.Join(st.StateDir, "ns") {
 			return fmt.Errorf("mount namespace file %q is not in %s/ns", o.Name, st.StateDir)
 		}
 	case objNSDir:

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/redirect"
+	"github.com/ambit-mesh/ambit/internal/statefile"
 )
 
 const killTimeout = 5 * time.Second
@@ -152,7 +153,7 @@ func teardown(st *State, log *slog.Logger) error {
 	if err := os.Remove(statePath(st.StateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("lab down: remove state: %w", err)
 	}
-	if tmps, err := filepath.Glob(filepath.Join(st.StateDir, journalTempPattern)); err == nil {
+	if tmps, err := filepath.Glob(filepath.Join(st.StateDir, statefile.TempPattern)); err == nil {
 		for _, t := range tmps {
 			if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				log.Warn("journal temp file not removed", "file", t, "err", err)

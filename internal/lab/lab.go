@@ -261,9 +261,9 @@ func (l *Lab) Track(role, node string, pid int) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	j := &journal{dir: l.dir, st: l.st}
+	j := openJournal(l.dir, l.st)
 	l.st.Processes = append(l.st.Processes, p)
-	if err := j.save(); err != nil {
+	if err := j.Save(); err != nil {
 		l.st.Processes = l.st.Processes[:len(l.st.Processes)-1]
 		return fmt.Errorf("track %s: %w", role, err)
 	}

@@ -270,7 +270,7 @@ func (b *builder) controller(bin, meshDir string) error {
 		return err
 	}
 	b.st.Controller = c
-	if err := b.j.save(); err != nil {
+	if err := b.j.Save(); err != nil {
 		return err
 	}
 
@@ -447,7 +447,7 @@ func (l *Lab) ApplyConfig(ctx context.Context, name string, data []byte) error {
 	}
 	if !slices.ContainsFunc(l.st.Created, func(o Object) bool { return o.Kind == objFile && o.Name == path }) {
 		l.mu.Lock()
-		err := (&journal{dir: l.dir, st: l.st}).add(Object{Kind: objFile, Name: path})
+		err := openJournal(l.dir, l.st).add(Object{Kind: objFile, Name: path})
 		l.mu.Unlock()
 		if err != nil {
 			return err

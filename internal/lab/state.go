@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/statefile"
 )
 
 // DefaultStateDir is where meshlab keeps a lab's state unless told otherwise.
@@ -121,10 +122,16 @@ func readState(dir string) (*State, error) {
 }
 
 // journal records what Up creates, writing the state file after each entry.
-type journal struct {
-	mu  sync.Mutex
-	dir string
-	st  *State
+type journal struct{ *statefile.Journal[State] }
+
+// stateFile is the lab's state file in dir.
+func stateFile(dir string) statefile.File {
+	return statefile.File{Path: statePath(dir), Perm: 0o644, What: "lab state"}
+}
+
+// openJournal is the journal of a lab that is up, whose state is st.
+func openJournal(dir string, st *State) *journal {
+	return &journal{statefile.Open(stateFile(dir), st)}
 }
 
 // alreadyUpError is the message for Up on a state directory that holds a lab.
@@ -139,102 +146,36 @@ func alreadyUpError(dir string) error {
 // createJournal writes the first state file, failing if one exists: the
 // state file is also the lock that keeps two labs out of one directory.
 func createJournal(dir string, st *State) (*journal, error) {
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("encode lab state: %w", err)
+	j, err := statefile.Create(stateFile(dir), st)
+	if errors.Is(err, statefile.ErrExists) {
+		return nil, alreadyUpError(dir)
 	}
-	tmp, err := writeTemp(dir, data)
 	if err != nil {
 		return nil, err
 	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, statePath(dir)); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil, alreadyUpError(dir)
-		}
-		return nil, fmt.Errorf("write lab state: %w", err)
-	}
-	return &journal{dir: dir, st: st}, nil
-}
-
-// journalTempPattern names the temporary files a journal write renames
-// into place; a process killed mid-write leaves one behind for down to remove.
-const journalTempPattern = ".state-*.json"
-
-func writeTemp(dir string, data []byte) (string, error) {
-	f, err := os.CreateTemp(dir, journalTempPattern)
-	if err != nil {
-		return "", fmt.Errorf("write lab state: %w", err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write lab state: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write lab state: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return "", fmt.Errorf("write lab state: %w", err)
-	}
-	return f.Name(), nil
-}
-
-func (j *journal) saveLocked() error {
-	data, err := json.MarshalIndent(j.st, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode lab state: %w", err)
-	}
-	tmp, err := writeTemp(j.dir, data)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, statePath(j.dir)); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write lab state: %w", err)
-	}
-	return nil
-}
-
-func (j *journal) save() error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.saveLocked()
+	return &journal{j}, nil
 }
 
 // add journals objs, with one write of the state file; call it before
 // creating them. Journaling a batch ahead of creating it keeps big labs
 // fast; Down skips whatever of it was never made.
 func (j *journal) add(objs ...Object) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.st.Created = append(j.st.Created, objs...)
-	return j.saveLocked()
+	return j.Update(func(st *State) { st.Created = append(st.Created, objs...) })
 }
 
 // drop removes objs from the journal: objects that turned out to exist
 // already, so they are not ours to remove.
 func (j *journal) drop(objs ...Object) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	for _, o := range objs {
-		for i := len(j.st.Created) - 1; i >= 0; i-- {
-			if j.st.Created[i] == o {
-				j.st.Created = append(j.st.Created[:i], j.st.Created[i+1:]...)
-				break
+	return j.Update(func(st *State) {
+		for _, o := range objs {
+			for i := len(st.Created) - 1; i >= 0; i-- {
+				if st.Created[i] == o {
+					st.Created = append(st.Created[:i], st.Created[i+1:]...)
+					break
+				}
 			}
 		}
-	}
-	return j.saveLocked()
-}
-
-// within reports whether path is dir or below it (both cleaned, absolute).
-func within(path, dir string) bool {
-	path, dir = filepath.Clean(path), filepath.Clean(dir)
-	return path == dir || strings.HasPrefix(path, dir+string(filepath.Separator))
+	})
 }
 
 // checkOwned refuses journal entries that do not look like something this
@@ -252,7 +193,7 @@ func (st *State) checkOwned(o Object) error {
 			return fmt.Errorf("link %q is not in a lab %s namespace", o.Name, st.ID)
 		}
 	case objCgroup:
-		if st.Cgroup2 == "" || !filepath.IsAbs(o.Name) || !within(o.Name, filepath.Join(st.Cgroup2, "meshlab-"+st.ID)) {
+		if st.Cgroup2 == "" || !filepath.IsAbs(o.Name) || !statefile.Within(o.Name, filepath.Join(st.Cgroup2, "meshlab-"+st.ID)) {
 			return fmt.Errorf("cgroup %q is not below the lab's cgroup", o.Name)
 		}
 	case objMount:
@@ -260,7 +201,7 @@ func (st *State) checkOwned(o Object) error {
 			return fmt.Errorf("mount %q is not the lab's bpffs", o.Name)
 		}
 	case objDir, objFile:
-		if !filepath.IsAbs(o.Name) || !within(o.Name, st.StateDir) || filepath.Clean(o.Name) == filepath.Clean(st.StateDir) {
+		if !filepath.IsAbs(o.Name) || !statefile.Within(o.Name, st.StateDir) || filepath.Clean(o.Name) == filepath.Clean(st.StateDir) {
 			return fmt.Errorf("%s %q is not in the state directory", o.Kind, o.Name)
 		}
 	case objStateDir:
@@ -268,7 +209,7 @@ func (st *State) checkOwned(o Object) error {
 			return fmt.Errorf("state dir %q is not %s", o.Name, st.StateDir)
 		}
 	case objCapture:
-		if !within(o.Name, filepath.Join(st.StateDir, "bpffs")) {
+		if !statefile.Within(o.Name, filepath.Join(st.StateDir, "bpffs")) {
 			return fmt.Errorf("capture pin path %q is not on the lab's bpffs", o.Name)
 		}
 	default:

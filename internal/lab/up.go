@@ -153,7 +153,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		return nil, err
 	}
 	st.Complete = true
-	if err := j.save(); err != nil {
+	if err := j.Save(); err != nil {
 		return nil, errors.Join(err, teardown(st, log))
 	}
 	log.Info("lab is up")

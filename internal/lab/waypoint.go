@@ -226,7 +226,7 @@ func (l *Lab) addWaypointPod(ctx context.Context, namespace, name string) (Waypo
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	j := &journal{dir: l.dir, st: l.st}
+	j := openJournal(l.dir, l.st)
 	tokPath := WaypointTokenPath(l.dir, namespace, name)
 	logPath := WaypointLog(l.dir, namespace, name)
 	if err := j.add(
@@ -236,7 +236,7 @@ func (l *Lab) addWaypointPod(ctx context.Context, namespace, name string) (Waypo
 		return w, err
 	}
 	l.st.Waypoints = append(l.st.Waypoints, w)
-	if err := j.save(); err != nil {
+	if err := j.Save(); err != nil {
 		return w, err
 	}
 	b := &builder{ctx: ctx, log: l.log, j: j, st: l.st, h: newNSHandles()}
@@ -330,7 +330,7 @@ func (l *Lab) startWaypoint(w WaypointInfo) error {
 			l.st.Waypoints[i].PID = cmd.Process.Pid
 		}
 	}
-	err = (&journal{dir: l.dir, st: l.st}).save()
+	err = openJournal(l.dir, l.st).Save()
 	l.mu.Unlock()
 	return err
 }
@@ -362,12 +362,11 @@ func (l *Lab) stopWaypoint(w WaypointInfo) error {
 	errs = append(errs, deleteNetns(w.NetNS), removeCgroup(w.Cgroup))
 	os.Remove(WaypointTokenPath(l.dir, w.Namespace, w.Name))
 	l.st.Waypoints = slices.DeleteFunc(l.st.Waypoints, func(x WaypointInfo) bool { return x.Key() == w.Key() })
-	j := &journal{dir: l.dir, st: l.st}
-	j.st.Created = slices.DeleteFunc(j.st.Created, func(o Object) bool {
+	l.st.Created = slices.DeleteFunc(l.st.Created, func(o Object) bool {
 		return (o.Kind == objNetNS && o.Name == w.NetNS) || (o.Kind == objLink && o.Name == w.NodeVeth && o.NetNS == node.NetNS) ||
 			(o.Kind == objCgroup && o.Name == w.Cgroup) || (o.Kind == objFile && o.Name == WaypointTokenPath(l.dir, w.Namespace, w.Name))
 	})
-	errs = append(errs, j.save())
+	errs = append(errs, openJournal(l.dir, l.st).Save())
 	l.log.Info("waypoint stopped", "waypoint", w.Key())
 	return errors.Join(errs...)
 }

@@ -1,0 +1,121 @@
+// Package statefile keeps the journal of something that makes objects on
+// the host (a meshlab lab, a local Kubernetes cluster): one JSON state file
+// that records each object before it is made, so a teardown removes
+// exactly what was made, even after a crash half-way. The file is replaced
+// atomically (a temporary file renamed into place) on every change, and
+// its exclusive creation is also the lock that keeps two owners out of one
+// directory.
+package statefile
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// TempPattern names the temporary files a write renames into place, in
+// the state file's directory; a process killed mid-write leaves one behind
+// for the teardown to remove.
+const TempPattern = ".state-*.json"
+
+// ErrExists is returned by Create when the state file exists already.
+var ErrExists = errors.New("state file exists")
+
+// File is where a journal is written.
+type File struct {
+	Path string
+	// Perm is the state file's mode.
+	Perm fs.FileMode
+	// What names the state in errors: "write <What>: ...".
+	What string
+}
+
+// Journal is the state st, saved to its file after every change.
+type Journal[T any] struct {
+	mu   sync.Mutex
+	file File
+	st   *T
+}
+
+// Create writes st as the first state file, failing with ErrExists if one
+// is there: see the package doc.
+func Create[T any](f File, st *T) (*Journal[T], error) {
+	tmp, err := f.writeTemp(st)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, f.Path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, ErrExists
+		}
+		return nil, fmt.Errorf("write %s: %w", f.What, err)
+	}
+	return &Journal[T]{file: f, st: st}, nil
+}
+
+// Open is the journal of st, whose state file Create wrote earlier.
+func Open[T any](f File, st *T) *Journal[T] { return &Journal[T]{file: f, st: st} }
+
+// Update changes the state under the journal's lock and saves it. Call it
+// with the objects to journal before making them.
+func (j *Journal[T]) Update(fn func(st *T)) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	fn(j.st)
+	return j.saveLocked()
+}
+
+// Save writes the state as it is.
+func (j *Journal[T]) Save() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.saveLocked()
+}
+
+func (j *Journal[T]) saveLocked() error {
+	tmp, err := j.file.writeTemp(j.st)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, j.file.Path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", j.file.What, err)
+	}
+	return nil
+}
+
+// writeTemp writes v to a new temporary file beside the state file.
+func (f File) writeTemp(v any) (string, error) {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("encode %s: %w", f.What, err)
+	}
+	t, err := os.CreateTemp(filepath.Dir(f.Path), TempPattern)
+	if err != nil {
+		return "", fmt.Errorf("write %s: %w", f.What, err)
+	}
+	if err := errors.Join(t.Chmod(f.Perm), write(t, data)); err != nil {
+		os.Remove(t.Name())
+		return "", fmt.Errorf("write %s: %w", f.What, err)
+	}
+	return t.Name(), nil
+}
+
+func write(t *os.File, data []byte) error {
+	_, err := t.Write(data)
+	return errors.Join(err, t.Close())
+}
+
+// Within reports whether path is dir or below it (both cleaned): the test
+// an owner's check of its journal entries uses, so a damaged state file
+// cannot make its teardown remove anything else.
+func Within(path, dir string) bool {
+	path, dir = filepath.Clean(path), filepath.Clean(dir)
+	return path == dir || strings.HasPrefix(path, dir+string(filepath.Separator))
+}

@@ -1,0 +1,88 @@
+package statefile
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+type state struct {
+	ID      string   `json:"id"`
+	Created []string `json:"created"`
+}
+
+func read(t *testing.T, path string) state {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestJournal(t *testing.T) {
+	dir := t.TempDir()
+	f := File{Path: filepath.Join(dir, "state.json"), Perm: 0o640, What: "test state"}
+	j, err := Create(f, &state{ID: "ab12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(f.Path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("state file %v, %v", fi, err)
+	}
+	// The state file is the lock: a second Create fails.
+	if _, err := Create(f, &state{ID: "cd34"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("second Create: %v", err)
+	}
+	var wg sync.WaitGroup
+	for _, name := range []string{"a", "b", "c", "d"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := j.Update(func(st *state) { st.Created = append(st.Created, name) }); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if st := read(t, f.Path); st.ID != "ab12" || len(st.Created) != 4 {
+		t.Errorf("state %+v", st)
+	}
+	st := &state{ID: "ab12"}
+	if err := Open(f, st).Save(); err != nil {
+		t.Fatal(err)
+	}
+	if st := read(t, f.Path); len(st.Created) != 0 {
+		t.Errorf("after Save: %+v", st)
+	}
+	if fi, err := os.Stat(f.Path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("state file after Save %v, %v", fi, err)
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(dir, TempPattern)); len(tmps) != 0 {
+		t.Errorf("temporary files left: %v", tmps)
+	}
+}
+
+func TestWithin(t *testing.T) {
+	for _, c := range []struct {
+		path, dir string
+		want      bool
+	}{
+		{"/a/b", "/a", true},
+		{"/a", "/a/", true},
+		{"/a/b/../c", "/a", true},
+		{"/ab", "/a", false},
+		{"/a/../b", "/a", false},
+	} {
+		if got := Within(c.path, c.dir); got != c.want {
+			t.Errorf("Within(%q, %q) = %v", c.path, c.dir, got)
+		}
+	}
+}
