@@ -1,11 +1,9 @@
 package kubecluster
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -110,16 +108,13 @@ var idRe = regexp.MustCompile(`^[0-9a-f]{4}$`)
 func StatePath(stateDir string) string { return filepath.Join(stateDir, StateFile) }
 
 func readState(dir string) (*State, error) {
-	data, err := os.ReadFile(StatePath(dir))
+	var st State
+	err := stateFile(dir).Read(&st, "")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w (no %s in %s)", ErrNoCluster, StateFile, dir)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read cluster state: %w", err)
-	}
-	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("read cluster state %s: %w", StatePath(dir), err)
+		return nil, err
 	}
 	if st.Version != stateVersion {
 		return nil, fmt.Errorf("read cluster state %s: version %d, this code knows %d", StatePath(dir), st.Version, stateVersion)
@@ -130,13 +125,18 @@ func readState(dir string) (*State, error) {
 	return &st, nil
 }
 
+// stateFile is the cluster's state file in dir.
+func stateFile(dir string) statefile.File {
+	return statefile.File{Path: StatePath(dir), Perm: 0o600, What: "cluster state"}
+}
+
 // journal records what Up creates, writing the state file after each entry.
 type journal struct{ *statefile.Journal[State] }
 
 // createJournal writes the first state file, failing if one exists: the
 // state file is also the lock that keeps two clusters out of one directory.
 func createJournal(dir string, st *State) (*journal, error) {
-	j, err := statefile.Create(statefile.File{Path: StatePath(dir), Perm: 0o600, What: "cluster state"}, st)
+	j, err := statefile.Create(stateFile(dir), st)
 	if errors.Is(err, statefile.ErrExists) {
 		return nil, fmt.Errorf("a cluster is already up (state in %s); run `ambit-cluster down --state-dir %s` first", dir, dir)
 	}
@@ -157,6 +157,8 @@ func (j *journal) addProcess(p Process) error {
 
 // namePrefix starts every name the cluster gives a netns or cgroup.
 func (st *State) namePrefix() string { return "akc-" + st.ID + "-" }
+
+func (o Object) kind() string { return o.Kind }
 
 // checkOwned refuses journal entries that do not look like something this
 // cluster made, so a damaged state file cannot make Down remove anything

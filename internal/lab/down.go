@@ -67,13 +67,9 @@ func teardown(st *State, log *slog.Logger) error {
 			errs = append(errs, err)
 		}
 	}
-	byKind := map[string][]Object{}
-	for _, o := range st.Created {
-		if err := st.checkOwned(o); err != nil {
-			fail(fmt.Errorf("state journal: %w; left alone", err))
-			continue
-		}
-		byKind[o.Kind] = append(byKind[o.Kind], o)
+	byKind, refused := statefile.Sort(st.Created, Object.kind, st.checkOwned)
+	for _, err := range refused {
+		fail(err)
 	}
 	// Newest first within each kind.
 	for _, list := range byKind {

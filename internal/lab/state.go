@@ -1,11 +1,9 @@
 package lab
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -101,16 +99,13 @@ func StatePath(stateDir string) string { return filepath.Join(stateDir, StateFil
 func statePath(dir string) string { return StatePath(dir) }
 
 func readState(dir string) (*State, error) {
-	data, err := os.ReadFile(statePath(dir))
+	var st State
+	err := stateFile(dir).Read(&st, "; if no lab is running, remove the file")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w (no %s in %s)", ErrNoLab, StateFile, dir)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read lab state: %w", err)
-	}
-	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("read lab state %s: %w; if no lab is running, remove the file", statePath(dir), err)
+		return nil, err
 	}
 	if st.Version != stateVersion {
 		return nil, fmt.Errorf("read lab state %s: version %d, this meshlab knows %d", statePath(dir), st.Version, stateVersion)
@@ -177,6 +172,8 @@ func (j *journal) drop(objs ...Object) error {
 		}
 	})
 }
+
+func (o Object) kind() string { return o.Kind }
 
 // checkOwned refuses journal entries that do not look like something this
 // lab made, so a damaged or edited state file cannot make Down remove

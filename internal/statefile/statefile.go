@@ -112,6 +112,39 @@ func write(t *os.File, data []byte) error {
 	return errors.Join(err, t.Close())
 }
 
+// Read decodes the state file into v. A missing file is an error that
+// wraps fs.ErrNotExist and says no more (callers say what is not up).
+// Hint ends the error for a file that does not decode.
+func (f File) Read(v any, hint string) error {
+	data, err := os.ReadFile(f.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", f.What, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("read %s %s: %w%s", f.What, f.Path, err, hint)
+	}
+	return nil
+}
+
+// Sort groups a journal's entries by kind, in journal order, for a
+// teardown. It sets aside the entries owned refuses (a damaged or edited
+// state file must not make the teardown remove anything else) and returns
+// why, one error each.
+func Sort[O any](created []O, kind func(O) string, owned func(O) error) (byKind map[string][]O, refused []error) {
+	byKind = map[string][]O{}
+	for _, o := range created {
+		if err := owned(o); err != nil {
+			refused = append(refused, fmt.Errorf("state journal: %w; left alone", err))
+			continue
+		}
+		byKind[kind(o)] = append(byKind[kind(o)], o)
+	}
+	return byKind, refused
+}
+
 // Within reports whether path is dir or below it (both cleaned): the test
 // an owner's check of its journal entries uses, so a damaged state file
 // cannot make its teardown remove anything else.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -84,5 +85,41 @@ func TestWithin(t *testing.T) {
 		if got := Within(c.path, c.dir); got != c.want {
 			t.Errorf("Within(%q, %q) = %v", c.path, c.dir, got)
 		}
+	}
+}
+
+func TestRead(t *testing.T) {
+	dir := t.TempDir()
+	f := File{Path: filepath.Join(dir, "state.json"), Perm: 0o600, What: "test state"}
+	var st state
+	if err := f.Read(&st, ""); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing: %v", err)
+	}
+	os.WriteFile(f.Path, []byte("{"), 0o600)
+	if err := f.Read(&st, "; remove it"); err == nil || !strings.HasPrefix(err.Error(), "read test state "+f.Path+": ") || !strings.HasSuffix(err.Error(), "; remove it") {
+		t.Errorf("damaged: %v", err)
+	}
+	os.WriteFile(f.Path, []byte(`{"id":"ab12","created":["x"]}`), 0o600)
+	if err := f.Read(&st, ""); err != nil || st.ID != "ab12" || len(st.Created) != 1 {
+		t.Errorf("read %+v, %v", st, err)
+	}
+}
+
+func TestSort(t *testing.T) {
+	type obj struct{ kind, name string }
+	byKind, refused := Sort(
+		[]obj{{"a", "1"}, {"b", "2"}, {"a", "bad"}, {"a", "3"}},
+		func(o obj) string { return o.kind },
+		func(o obj) error {
+			if o.name == "bad" {
+				return errors.New("not ours")
+			}
+			return nil
+		})
+	if len(byKind["a"]) != 2 || byKind["a"][0].name != "1" || byKind["a"][1].name != "3" || len(byKind["b"]) != 1 {
+		t.Errorf("byKind %v", byKind)
+	}
+	if len(refused) != 1 || refused[0].Error() != "state journal: not ours; left alone" {
+		t.Errorf("refused %v", refused)
 	}
 }
