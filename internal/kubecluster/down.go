@@ -24,17 +24,9 @@ import (
 // that failed half-way. If something cannot be removed the state file
 // stays, so Down can be run again.
 func teardown(st *State, log *slog.Logger) error {
-	var errs []error
-	fail := func(err error) {
-		if err != nil {
-			log.Warn("down", "err", err)
-			errs = append(errs, err)
-		}
-	}
-	byKind, refused := statefile.Sort(st.Created, Object.kind, st.checkOwned)
-	for _, err := range refused {
-		fail(err)
-	}
+	failures := statefile.NewFailures(log, "down")
+	fail := failures.Fail
+	byKind := statefile.Sort(st.Created, Object.kind, st.checkOwned, fail)
 
 	// 1. The daemons, by PID (only while they are still the processes
 	// that were started), all at once.
@@ -124,8 +116,8 @@ func teardown(st *State, log *slog.Logger) error {
 			fail(fmt.Errorf("still mounted below %s: %v; files left", st.StateDir, m))
 		}
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
+	if failures.Len() > 0 {
+		return failures.Err()
 	}
 	if len(byKind[objStateDir]) > 0 {
 		fail(os.RemoveAll(st.StateDir))
@@ -137,14 +129,14 @@ func teardown(st *State, log *slog.Logger) error {
 		for _, t := range tmps {
 			os.Remove(t)
 		}
-		if len(errs) == 0 {
+		if failures.Len() == 0 {
 			fail(os.Remove(StatePath(st.StateDir)))
 		}
 	}
-	if len(errs) == 0 {
+	if failures.Len() == 0 {
 		log.Info("cluster down", "stateDir", st.StateDir)
 	}
-	return errors.Join(errs...)
+	return failures.Err()
 }
 
 func keys(m map[int]bool) []int {

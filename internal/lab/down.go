@@ -60,17 +60,9 @@ func Down(stateDir string, log *slog.Logger) error {
 
 // teardown undoes st's journal; see Down.
 func teardown(st *State, log *slog.Logger) error {
-	var errs []error
-	fail := func(err error) {
-		if err != nil {
-			log.Warn("teardown", "err", err)
-			errs = append(errs, err)
-		}
-	}
-	byKind, refused := statefile.Sort(st.Created, Object.kind, st.checkOwned)
-	for _, err := range refused {
-		fail(err)
-	}
+	failures := statefile.NewFailures(log, "teardown")
+	fail := failures.Fail
+	byKind := statefile.Sort(st.Created, Object.kind, st.checkOwned, fail)
 	// Newest first within each kind.
 	for _, list := range byKind {
 		slices.Reverse(list)
@@ -141,8 +133,8 @@ func teardown(st *State, log *slog.Logger) error {
 		}
 	}
 
-	if len(errs) > 0 {
-		return fmt.Errorf("lab down: %d things could not be removed, state kept in %s for a retry: %w", len(errs), st.StateDir, errors.Join(errs...))
+	if failures.Len() > 0 {
+		return fmt.Errorf("lab down: %d things could not be removed, state kept in %s for a retry: %w", failures.Len(), st.StateDir, failures.Err())
 	}
 	// 7. The state file, temporary journal files an `up` killed mid-write
 	// left behind, and the state directory if the lab made it.

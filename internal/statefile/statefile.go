@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -130,19 +131,58 @@ func (f File) Read(v any, hint string) error {
 }
 
 // Sort groups a journal's entries by kind, in journal order, for a
-// teardown. It sets aside the entries owned refuses (a damaged or edited
-// state file must not make the teardown remove anything else) and returns
-// why, one error each.
-func Sort[O any](created []O, kind func(O) string, owned func(O) error) (byKind map[string][]O, refused []error) {
-	byKind = map[string][]O{}
+// teardown. It passes refuse an error for each entry owned refuses (a
+// damaged or edited state file must not make the teardown remove anything
+// else) and leaves that entry out.
+func Sort[O any](created []O, kind func(O) string, owned func(O) error, refuse func(error)) map[string][]O {
+	byKind := map[string][]O{}
 	for _, o := range created {
 		if err := owned(o); err != nil {
-			refused = append(refused, fmt.Errorf("state journal: %w; left alone", err))
+			refuse(fmt.Errorf("state journal: %w; left alone", err))
 			continue
 		}
 		byKind[kind(o)] = append(byKind[kind(o)], o)
 	}
-	return byKind, refused
+	return byKind
+}
+
+// Failures collects the errors of a teardown, which goes on past each one
+// and logs it as it comes. It is safe for concurrent use.
+type Failures struct {
+	log  *slog.Logger
+	msg  string
+	mu   sync.Mutex
+	errs []error
+}
+
+// NewFailures logs each failure at warning level as msg.
+func NewFailures(log *slog.Logger, msg string) *Failures {
+	return &Failures{log: log, msg: msg}
+}
+
+// Fail records err; nil is no failure.
+func (f *Failures) Fail(err error) {
+	if err == nil {
+		return
+	}
+	f.log.Warn(f.msg, "err", err)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.errs = append(f.errs, err)
+}
+
+// Len is how many failures there were.
+func (f *Failures) Len() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.errs)
+}
+
+// Err joins the failures; nil if there were none.
+func (f *Failures) Err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return errors.Join(f.errs...)
 }
 
 // Within reports whether path is dir or below it (both cleaned): the test

@@ -1,8 +1,10 @@
 package statefile
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,7 +109,8 @@ func TestRead(t *testing.T) {
 
 func TestSort(t *testing.T) {
 	type obj struct{ kind, name string }
-	byKind, refused := Sort(
+	var refused []error
+	byKind := Sort(
 		[]obj{{"a", "1"}, {"b", "2"}, {"a", "bad"}, {"a", "3"}},
 		func(o obj) string { return o.kind },
 		func(o obj) error {
@@ -115,11 +118,36 @@ func TestSort(t *testing.T) {
 				return errors.New("not ours")
 			}
 			return nil
-		})
+		},
+		func(err error) { refused = append(refused, err) })
 	if len(byKind["a"]) != 2 || byKind["a"][0].name != "1" || byKind["a"][1].name != "3" || len(byKind["b"]) != 1 {
 		t.Errorf("byKind %v", byKind)
 	}
 	if len(refused) != 1 || refused[0].Error() != "state journal: not ours; left alone" {
 		t.Errorf("refused %v", refused)
+	}
+}
+
+func TestFailures(t *testing.T) {
+	var logged bytes.Buffer
+	f := NewFailures(slog.New(slog.NewTextHandler(&logged, nil)), "down")
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				f.Fail(errors.New("e"))
+			} else {
+				f.Fail(nil)
+			}
+		}()
+	}
+	wg.Wait()
+	if f.Len() != 4 || f.Err() == nil || strings.Count(logged.String(), "msg=down") != 4 {
+		t.Errorf("%d failures, %v, log:\n%s", f.Len(), f.Err(), logged.String())
+	}
+	if NewFailures(slog.Default(), "x").Err() != nil {
+		t.Error("no failures, yet an error")
 	}
 }
