@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -280,6 +281,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	}
 	t.Run("new pod", func(t *testing.T) { e.t = t; checkNewPod(e) })
 	t.Run("opt out", func(t *testing.T) { e.t = t; checkOptOut(e, clients[1]) })
+	t.Run("fail closed", func(t *testing.T) { e.t = t; checkFailClosed(e) })
 	t.Run("rollout", func(t *testing.T) { e.t = t; checkRollout(e, repo, client, server) })
 	t.Run("uninstall", func(t *testing.T) { e.t = t; checkUninstall(e, client, server) })
 }
@@ -773,4 +775,78 @@ func inboundFromClient(t *testing.T, node kubecluster.Node) float64 {
 		}
 	}
 	return sum
+}
+
+// checkFailClosed: while a node's proxy does not answer, a new pod of an
+// enrolled namespace on that node does not start (its sandbox waits on the
+// CNI plugin); once the proxy is back, it starts, captured.
+func checkFailClosed(e *env) {
+	t := e.t
+	node := e.c.Nodes()[0]
+	pid := nodeProxyPID(t, node)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop node proxy %d: %v", pid, err)
+	}
+	stopped := true
+	resume := func() {
+		if stopped {
+			syscall.Kill(pid, syscall.SIGCONT)
+			stopped = false
+		}
+	}
+	defer resume()
+	e.apply(strings.ReplaceAll(strings.ReplaceAll(`apiVersion: v1
+kind: Pod
+metadata: {name: held, namespace: shop, labels: {app: held}}
+spec:
+  nodeName: NODE
+  containers:
+  - {name: echo, image: "ghcr.io/ambit-mesh/ambit-echo:TAG", imagePullPolicy: Never, args: [http, ":8080"]}
+`, "NODE", node.Name), "TAG", e.tag))
+	defer e.try("-n", "shop", "delete", "pod", "held", "--wait=false")
+	// Ten seconds without the node proxy: the pod must not run.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		p, err := e.c.Client().CoreV1().Pods("shop").Get(e.ctx, "held", metav1.GetOptions{})
+		if err == nil && (p.Status.Phase == corev1.PodRunning || p.Status.PodIP != "") {
+			t.Fatalf("pod held started (%s, ip %q) while its node's proxy was stopped: it must not run outside the mesh", p.Status.Phase, p.Status.PodIP)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	resume()
+	took := e.waitFor(2*time.Minute, "pod held runs once the node proxy is back", func() (bool, string) {
+		ps := e.pods("shop", "app=held")
+		if len(ps) != 1 || !ready(ps[0]) {
+			return false, fmt.Sprint(ps)
+		}
+		got, why := e.captured("shop")
+		return got[node.Name+"/held"], "not served yet " + why
+	})
+	t.Logf("fail closed: pod held back for 10 s while %s's node proxy was stopped; running and captured %v after it resumed", node.Name, took.Round(100*time.Millisecond))
+}
+
+// nodeProxyPID finds the node proxy process of node: `/nodeproxy run` in
+// the node's network namespace.
+func nodeProxyPID(t *testing.T, node kubecluster.Node) int {
+	t.Helper()
+	want, err := os.Stat(node.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, d := range entries {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.HasPrefix(string(cmd), "/nodeproxy\x00run\x00") {
+			continue
+		}
+		if ns, err := os.Stat(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && os.SameFile(ns, want) {
+			return pid
+		}
+	}
+	t.Fatalf("no node proxy process in %s's network namespace", node.Name)
+	return 0
 }
