@@ -35,8 +35,10 @@ type pod struct {
 // openPod attaches capture (idempotent: the CNI step or the lab may have
 // done it), installs source-preserving delivery, and opens the pod's
 // listeners.
-func (p *Proxy) openPod(w *meshconfig.Workload) (pd *pod, err error) {
-	pd = &pod{p: p}
+func (p *Proxy) openPod(w *meshconfig.Workload) (_ *pod, err error) {
+	// Not the named result: `return nil, err` would make the deferred
+	// close act on nil.
+	pd := &pod{p: p}
 	pd.w.Store(w)
 	defer func() {
 		if err != nil {

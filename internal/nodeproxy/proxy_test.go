@@ -191,3 +191,47 @@ func TestReadyNeedsConfigAndCertificates(t *testing.T) {
 		t.Errorf("ready while shutting down: %v %v", ok, why)
 	}
 }
+
+// A pod whose setup fails (here: its network namespace is gone) is reported
+// in readiness; it never takes the proxy down (openPod once closed a nil pod
+// after such an error and panicked).
+func TestPodSetupFailureIsReportedNotFatal(t *testing.T) {
+	cfg, err := meshconfig.Parse("m.yaml", []byte(`apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: broken-1, namespace: demo}
+spec: {serviceAccount: broken, node: node-1, addresses: [10.0.1.5], netns: /run/netns/ambit-no-such-namespace, cgroup: /sys/fs/cgroup/ambit-no-such-cgroup}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := identity.GenerateCA(cfg.Mesh.TrustDomain, time.Hour, clock.Real{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p *Proxy
+	p, err = New(Options{Node: "node-1", Capture: redirecttest.New(), Bundle: ca.Bundle(),
+		Signer: &NodeAuthorizedSigner{CA: ca, Node: "node-1", Config: func() *meshconfig.Config { return p.Config() }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	p.Update(cfg)
+	// The certificate comes asynchronously; then the pod's setup runs and
+	// fails. The proxy stays up and says why.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok, why := p.Ready()
+		all := strings.Join(why, "\n")
+		if !ok && strings.Contains(all, "pod demo/broken-1: listeners not open:") && strings.Contains(all, "ambit-no-such-namespace") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readiness %v %q; want it to name the pod whose setup failed, and why", ok, why)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
