@@ -1,10 +1,12 @@
 package meshconfig
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
@@ -211,5 +213,33 @@ func TestWorkloadWithoutAddressYet(t *testing.T) {
 		if len(e.IPs) == 0 {
 			t.Errorf("the service's endpoints include %s, which has no address", e.Key())
 		}
+	}
+}
+
+// Hostile files are refused quickly, with file and line, instead of
+// recursing without end (a self-referring alias killed the controller with
+// a stack overflow), expanding an alias bomb, or stalling on a huge mapping.
+func TestHostileYAMLRefused(t *testing.T) {
+	var labels strings.Builder
+	for i := 0; i < MaxMappingKeys+1; i++ {
+		fmt.Fprintf(&labels, "    k%d: v\n", i)
+	}
+	bomb := "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n    a: &a [x, x, x, x, x, x, x, x, x]\n    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n    d: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+	for _, tc := range []struct{ name, doc, want string }{
+		{"self alias", "apiVersion: ambit.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p, namespace: a}\nspec: &a {action: DENY, rules: [{to: *a}]}\n", "x.yaml:4: YAML alias *a: aliases are not accepted"},
+		{"alias bomb", bomb, "x.yaml:7: YAML alias *a"},
+		{"huge mapping", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n" + labels.String(), fmt.Sprintf("x.yaml:6: a mapping of %d keys, over the limit of %d", MaxMappingKeys+1, MaxMappingKeys)},
+		{"huge file", "# " + strings.Repeat("x", MaxFileBytes) + "\n", "split it into several files"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			_, err := Parse("x.yaml", []byte(tc.doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v\nwant %q", err, tc.want)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("refusing it took %v", d)
+			}
+		})
 	}
 }

@@ -224,8 +224,22 @@ func Parse(name string, data []byte) (*Config, error) {
 
 var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 
+// Limits on what one configuration file may hold. Kubernetes keeps a
+// single object under about 1.5 MiB; a mesh configuration file holds many,
+// so the file limit is larger. They bound the time and memory one file can
+// take, so a bad or hostile file is refused with a reason instead of
+// stalling or killing the process that loads it.
+const (
+	MaxFileBytes     = 8 << 20 // one file
+	MaxDocumentNodes = 200_000 // YAML nodes in one document
+	MaxMappingKeys   = 10_000  // keys in one mapping (labels, annotations, ...)
+)
+
 // AddYAML adds every document of a YAML stream.
 func (b *Builder) AddYAML(name string, data []byte) error {
+	if len(data) > MaxFileBytes {
+		return &Error{name, 0, fmt.Sprintf("the file is %d bytes, over the limit of %d; split it into several files", len(data), MaxFileBytes)}
+	}
 	b.sum.Write([]byte(name))
 	b.sum.Write(data)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -245,6 +259,9 @@ func (b *Builder) AddYAML(name string, data []byte) error {
 		}
 		if len(doc.Content) == 0 || (doc.Content[0].Kind == yaml.ScalarNode && doc.Content[0].ShortTag() == "!!null") {
 			continue // empty document
+		}
+		if err := checkTree(name, doc.Content[0]); err != nil {
+			return err
 		}
 		if err := b.addDoc(name, doc.Content[0]); err != nil {
 			return err
@@ -700,6 +717,36 @@ func checkDNSLabel(s string) error {
 	}
 	if len(s) > 63 || !dnsLabel.MatchString(s) {
 		return errors.New("must be a DNS label (lower case letters, digits and '-', at most 63 characters)")
+	}
+	return nil
+}
+
+// checkTree refuses what the rest of the loader must never walk: YAML
+// aliases (one that refers to itself would recurse without end, and a
+// few nested ones expand to billions of nodes), documents over
+// MaxDocumentNodes nodes and mappings over MaxMappingKeys keys. It walks
+// the document once, without recursion and without following aliases.
+func checkTree(file string, root *yaml.Node) error {
+	stack := []*yaml.Node{root}
+	count := 0
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		count++
+		if count > MaxDocumentNodes {
+			return &Error{file, root.Line, fmt.Sprintf("the document holds more than %d YAML nodes; split it into several resources", MaxDocumentNodes)}
+		}
+		switch n.Kind {
+		case yaml.AliasNode:
+			return &Error{file, n.Line, fmt.Sprintf("YAML alias *%s: aliases are not accepted in mesh configuration (a self-reference or an alias bomb would stall the loader); write the value out", n.Value)}
+		case yaml.MappingNode:
+			if len(n.Content)/2 > MaxMappingKeys {
+				return &Error{file, n.Line, fmt.Sprintf("a mapping of %d keys, over the limit of %d", len(n.Content)/2, MaxMappingKeys)}
+			}
+		}
+		for i := len(n.Content) - 1; i >= 0; i-- { // document order: the first problem is reported
+			stack = append(stack, n.Content[i])
+		}
 	}
 	return nil
 }
