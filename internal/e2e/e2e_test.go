@@ -209,6 +209,38 @@ func TestPrivilegedMesh(t *testing.T) {
 		}
 	})
 
+	// Hardening: an enrolled pod that dials another pod's (or its own)
+	// proxy ports must not make a proxy connect to itself: that looped until
+	// the node proxy ran out of descriptors and stopped accepting for good.
+	t.Run("the proxy's own ports are never a target", func(t *testing.T) {
+		targets := []string{
+			net.JoinHostPort(server2.String(), "15006"), // through the tunnel to node-2
+			net.JoinHostPort(server2.String(), "15008"),
+			net.JoinHostPort(client1.String(), "15006"), // the pod's own address, over its loopback
+		}
+		for _, dst := range targets {
+			if out, ok := dial(t, l, "client-1", dst, "loop?"); ok {
+				t.Errorf("client-1 -> %s answered %q; want it refused", dst, out)
+			}
+		}
+		var log []byte
+		for range 40 {
+			if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1")); bytes.Contains(log, []byte("reason=proxy_port")) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !bytes.Contains(log, []byte("reason=proxy_port")) {
+			t.Errorf("node-1's access log gives no proxy_port refusal")
+		}
+		// Both nodes keep serving.
+		for _, dst := range []string{net.JoinHostPort(server2.String(), "8080"), net.JoinHostPort(ip4(t, l, "server-1").String(), "8080")} {
+			if out, ok := dial(t, l, "client-1", dst, "after"); !ok || !strings.Contains(out, "got=after") {
+				t.Errorf("after the attempts, client-1 -> %s: %q", dst, out)
+			}
+		}
+	})
+
 	t.Run("underlay carries only TLS", func(t *testing.T) {
 		secret := "s3cr3t-payload-" + fmt.Sprint(time.Now().UnixNano())
 		pcap := sniff(t, l, func() {
@@ -316,6 +348,7 @@ spec:
 		clientID := spiffeid.RequireFromString("spiffe://" + l.TrustDomain() + "/ns/demo/sa/client")
 		serverID := spiffeid.RequireFromString("spiffe://" + l.TrustDomain() + "/ns/demo/sa/server")
 		tunnelAddr := net.JoinHostPort(server2.String(), "15008")
+		server2app := netip.AddrPortFrom(server2, 8080)
 		good := svid(t, labCA, clientID)
 		// A certificate from another CA, no certificate, and plaintext are
 		// refused; the outside pod is where a stranger would dial from.
@@ -324,7 +357,7 @@ spec:
 			"no certificate": tlsconfig.TLSClientConfig(labCA.Bundle(), tlsconfig.AuthorizeAny()),
 		} {
 			cfg.NextProtos = []string{"h2"}
-			if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2, "x"); err == nil {
+			if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2app, "x"); err == nil {
 				t.Errorf("%s: CONNECT accepted", name)
 			}
 		}
@@ -334,13 +367,27 @@ spec:
 		cfg := tlsconfig.MTLSClientConfig(good, labCA.Bundle(), tlsconfig.AuthorizeID(serverID))
 		cfg.NextProtos = []string{"h2"}
 		cfg.MinVersion = tls.VersionTLS13
-		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2, "interop"); err != nil {
+		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2app, "interop"); err != nil {
 			t.Errorf("x/net/http2 CONNECT with a mesh certificate: %v", err)
+		}
+		// A mesh certificate holder asking for the proxy's own ports is
+		// refused, with the reason in the access log (the proxy used to
+		// connect to itself until it ran out of descriptors).
+		for _, port := range []uint16{15001, 15006, 15008} {
+			if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, netip.AddrPortFrom(server2, port), "loop?"); err == nil || !strings.Contains(err.Error(), "status 403") {
+				t.Errorf("CONNECT to server-2:%d: %v; want status 403", port, err)
+			}
+		}
+		if log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-2")); !bytes.Contains(log, []byte("reason=proxy_port")) {
+			t.Error("node-2's access log gives no proxy_port refusal")
+		}
+		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2app, "still"); err != nil {
+			t.Errorf("after those, CONNECT to server-2:8080: %v", err)
 		}
 		// TLS 1.2 is refused.
 		cfg12 := tlsconfig.MTLSClientConfig(good, labCA.Bundle(), tlsconfig.AuthorizeID(serverID))
 		cfg12.NextProtos, cfg12.MaxVersion = []string{"h2"}, tls.VersionTLS12
-		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg12, server2, "old"); err == nil {
+		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg12, server2app, "old"); err == nil {
 			t.Error("TLS 1.2 CONNECT accepted")
 		}
 	})
@@ -471,7 +518,7 @@ func processAlive(pid int) bool {
 // connectHBONE sends an HTTP/2 CONNECT with golang.org/x/net/http2 from
 // pod's network namespace to the tunnel at addr, for dst:8080, and checks
 // the echo.
-func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.Addr, send string) error {
+func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrPort, send string) error {
 	p, _ := l.Pod(pod)
 	tr := &http2.Transport{TLSClientConfig: cfg, DialTLSContext: func(ctx context.Context, network, a string, c *tls.Config) (net.Conn, error) {
 		var raw net.Conn
@@ -491,7 +538,7 @@ func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.Addr,
 		return tc, nil
 	}}
 	defer tr.CloseIdleConnections()
-	target := net.JoinHostPort(dst.String(), "8080")
+	target := dst.String()
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -3,6 +3,7 @@ package nodeproxy
 import (
 	"context"
 	"errors"
+	"github.com/ambit-mesh/ambit/internal/redirect"
 	"io"
 	"net"
 	"sync"
@@ -188,7 +189,17 @@ const (
 	reasonNotLocal    = "not_local"        // a tunnel stream for an address this pod does not have
 	reasonNoOrigin    = "no_original_dst"  // capture had no record for the connection
 	reasonNoWaypoint  = "no_waypoint"      // the destination uses a waypoint that is not there
+	reasonProxyPort   = "proxy_port"       // a target port the proxy itself listens on in pods
 )
+
+// isProxyPort reports whether port is one the node proxy listens on in
+// every enrolled pod (outbound capture, inbound plaintext, the tunnel).
+// Such a port is never a connection's target: delivering to it would hand
+// the connection back to the proxy, again and again, until the node runs
+// out of descriptors.
+func isProxyPort(port uint16) bool {
+	return port == redirect.OutboundPort || port == redirect.InboundPlaintextPort || port == redirect.TunnelPort
+}
 
 // denied records a connection refused before it was proxied: the metric
 // counts it under reason, the access log line gives detail.

@@ -199,6 +199,12 @@ func (pd *pod) outbound(c *net.TCPConn) {
 	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
 	defer cancel()
 	var up net.Conn
+	if isProxyPort(dst.Port()) {
+		info.Transport = admin.TransportPlaintext
+		p.denied(info, l(), reasonProxyPort, fmt.Sprintf("port %d is the node proxy's own listener in pods, never a target", dst.Port()))
+		reset(c)
+		return
+	}
 	switch rt.kind {
 	case routeRefuse:
 		info.Transport = admin.TransportPlaintext
@@ -272,6 +278,12 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 	if !slices.Contains(w.IPs, target.Addr()) {
 		p.metrics.ConnDenied(admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace, DestinationIdentity: w.Identity.String(), SourceIdentity: req.Peer.String(), Transport: admin.TransportHBONEH2}, reasonNotLocal)
 		return nil, fmt.Errorf("%s is not an address of pod %s, which this tunnel endpoint serves", target.Addr(), w.Key())
+	}
+	if isProxyPort(target.Port()) {
+		info := admin.Connection{Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(), DstWorkload: w.Key(), SrcIdentity: req.Peer.String(), DstIdentity: w.Identity.String(), Transport: admin.TransportHBONEH2}
+		p.denied(info, admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace, DestinationIdentity: w.Identity.String(), SourceIdentity: req.Peer.String(), Transport: info.Transport}, reasonProxyPort,
+			fmt.Sprintf("port %d is the node proxy's own listener in the pod, never a target", target.Port()))
+		return nil, fmt.Errorf("%w: port %d is the node proxy's own listener in pod %s", tunnel.ErrForbidden, target.Port(), w.Key())
 	}
 	srcID, via, ignored := sourceIdentity(cfg, w, req)
 	if ignored {
@@ -378,6 +390,11 @@ func (pd *pod) inboundPlaintext(c *net.TCPConn) {
 	}
 	l := labels(admin.DirectionInboundPlaintext, info.Transport, srcW, w)
 	l.SourceIdentity = ""
+	if isProxyPort(dst.Port()) {
+		p.denied(info, l, reasonProxyPort, fmt.Sprintf("port %d is the node proxy's own listener in the pod, never a target", dst.Port()))
+		reset(c)
+		return
+	}
 	if cfg.Namespace(w.Namespace).Inbound == meshconfig.InboundStrict {
 		p.denied(info, l, reasonStrict, fmt.Sprintf("plaintext from outside the mesh, and namespace %s is strict (%s=%s)", w.Namespace, meshconfig.InboundAnnotation, meshconfig.InboundStrict))
 		reset(c)

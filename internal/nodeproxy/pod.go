@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
@@ -189,14 +190,21 @@ func (pd *pod) serve(ln net.Listener, handle func(*net.TCPConn)) {
 	pd.wg.Add(1)
 	go func() {
 		defer pd.wg.Done()
+		var backoff time.Duration
 		for {
 			c, err := ln.Accept()
 			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					pd.p.log.Warn("accept failed", "pod", pd.w.Load().Key(), "addr", ln.Addr().String(), "err", err)
+				if errors.Is(err, net.ErrClosed) {
+					return
 				}
-				return
+				// Out of descriptors, or a connection reset while queued:
+				// wait and accept again. A listener ends only when closed.
+				backoff = tunnel.AcceptBackoff(backoff)
+				pd.p.log.Warn("accept failed; retrying", "pod", pd.w.Load().Key(), "addr", ln.Addr().String(), "retryIn", backoff, "err", err)
+				time.Sleep(backoff)
+				continue
 			}
+			backoff = 0
 			go handle(c.(*net.TCPConn))
 		}
 	}()
@@ -255,3 +263,4 @@ func (pd *pod) close(release bool) {
 		pd.p.log.Warn("remove delivery rules", "pod", w.Key(), "err", err)
 	}
 }
+

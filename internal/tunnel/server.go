@@ -72,16 +72,33 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	return s, nil
 }
 
-// Serve accepts connections on ln until it is closed.
+// AcceptBackoff is the wait after a failed accept that follows a wait of
+// d: 5 ms, doubling to one second (as net/http's server does).
+func AcceptBackoff(d time.Duration) time.Duration {
+	if d == 0 {
+		return 5 * time.Millisecond
+	}
+	return min(2*d, time.Second)
+}
+
+// Serve accepts connections on ln until it is closed; a failed accept
+// (out of descriptors, say) is retried after AcceptBackoff.
 func (s *Server) Serve(ln net.Listener) error {
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return err
+			// Out of descriptors, or a connection reset while queued: wait
+			// and accept again. The listener ends only when it is closed.
+			backoff = AcceptBackoff(backoff)
+			s.log.Warn("tunnel accept failed; retrying", "addr", ln.Addr().String(), "retryIn", backoff, "err", err)
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()

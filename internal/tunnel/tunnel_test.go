@@ -14,8 +14,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -499,5 +502,72 @@ func TestServerFrameLevelHTTP2(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// flakyListener fails its first accepts as a process out of descriptors
+// does (EMFILE), then accepts from the real listener.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int32
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// A failed accept (out of descriptors) is retried: the listener keeps
+// serving once descriptors are back, and ends only when closed. (Serve
+// used to return at the first error, cutting the pod off for good.)
+func TestServeRetriesFailedAccept(t *testing.T) {
+	ca, err := identity.GenerateCA(td, 24*time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(ServerConfig{SVID: issue(t, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td,
+		Dial: func(ctx context.Context, r Request) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", r.Target.String())
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &flakyListener{Listener: inner}
+	ln.fails.Store(5)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	dst := echo(t)
+	d := &Dialer{Bundle: ca.Bundle()}
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.Dial(ctx, issue(t, ca, clientID), Target{Proxy: inner.Addr().String(), Identity: serverID, Dst: dst})
+	if err != nil {
+		t.Fatalf("dial after 5 failed accepts: %v", err)
+	}
+	if got := roundTrip(t, c, "still here"); got != "still here" {
+		t.Errorf("echo %q", got)
+	}
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned %v while its listener was open", err)
+	default:
+	}
+	inner.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve after close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Serve did not return after its listener closed")
 	}
 }
