@@ -263,4 +263,3 @@ func (pd *pod) close(release bool) {
 		pd.p.log.Warn("remove delivery rules", "pod", w.Key(), "err", err)
 	}
 }
-
