@@ -268,6 +268,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	t.Logf("enroll: %d running pods served by the node proxies %v after `kubectl label namespace shop ambit.dev/dataplane=ambient` (goal 2s; includes polling both node proxies' debug CLI through kubectl exec)", len(all), took.Round(10*time.Millisecond))
 
 	t.Run("tunnel", func(t *testing.T) { e.t = t; checkTunnel(e, client, server) })
+	t.Run("proxy ports", func(t *testing.T) { e.t = t; checkProxyPorts(e, client, server) })
 	t.Run("policy", func(t *testing.T) { e.t = t; checkPolicy(e, client, server) })
 	t.Run("service", func(t *testing.T) { e.t = t; checkService(e, client) })
 	t.Run("waypoint", func(t *testing.T) { e.t = t; checkWaypoint(e, client) })
@@ -849,4 +850,22 @@ func nodeProxyPID(t *testing.T, node kubecluster.Node) int {
 	}
 	t.Fatalf("no node proxy process in %s's network namespace", node.Name)
 	return 0
+}
+
+// checkProxyPorts: a pod that dials another pod's proxy ports is refused,
+// with the reason in the access log, and both nodes keep serving (the
+// proxy used to connect to itself until it ran out of descriptors).
+func checkProxyPorts(e *env, client, server corev1.Pod) {
+	t := e.t
+	for _, port := range []string{"15001", "15006", "15008"} {
+		if name, _, err := e.dial("shop", client.Name, server.Status.PodIP+":"+port); err == nil {
+			t.Errorf("client -> server:%s answered %q; want it refused", port, name)
+		}
+	}
+	if n := len(e.accessLog(func(m map[string]any) bool { return m["reason"] == "proxy_port" })); n < 3 {
+		t.Errorf("%d proxy_port refusals in the node proxies' access log; want 3", n)
+	}
+	if name, _, err := e.dial("shop", client.Name, server.Status.PodIP+":8080"); err != nil || name != marker {
+		t.Errorf("after those, client -> server:8080: %q %v", name, err)
+	}
 }
