@@ -474,6 +474,16 @@ func (c *h2conn) onSettings(f *http2.SettingsFrame) error {
 	var ferr error
 	c.mu.Lock()
 	f.ForeachSetting(func(s http2.Setting) error {
+		// RFC 9113 6.5.2: a MAX_FRAME_SIZE outside 16384..16777215 (0
+		// made the proxy write empty frames without end), an
+		// INITIAL_WINDOW_SIZE over 2^31-1 or an ENABLE_PUSH other than 0
+		// or 1 is a connection error.
+		if err := s.Valid(); err != nil {
+			if ferr == nil {
+				ferr = fmt.Errorf("tunnel peer's SETTINGS: %v=%d is outside what RFC 9113 allows: %v", s.ID, s.Val, err)
+			}
+			return nil
+		}
 		switch s.ID {
 		case http2.SettingMaxConcurrentStreams:
 			c.peerMaxStreams = s.Val

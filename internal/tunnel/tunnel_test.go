@@ -571,3 +571,69 @@ func TestServeRetriesFailedAccept(t *testing.T) {
 		t.Error("Serve did not return after its listener closed")
 	}
 }
+
+// SETTINGS values outside RFC 9113 6.5.2 are a connection error: a peer's
+// MAX_FRAME_SIZE of 0 made the server write empty DATA frames without end.
+func TestServerRefusesInvalidSettings(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		initial bool // in the client's first SETTINGS, or mid-connection
+		s       http2.Setting
+	}{
+		{"max frame 0, first", true, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 0}},
+		{"max frame 0, later", false, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 0}},
+		{"max frame over 2^24-1", false, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 24}},
+		{"enable push 2", true, http2.Setting{ID: http2.SettingEnablePush, Val: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			dst := echo(t)
+			svid := issue(t, f.ca, clientID)
+			cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+			for _, c := range svid.Certificates {
+				cert.Certificate = append(cert.Certificate, c.Raw)
+			}
+			tc2, err := tls.Dial("tcp", f.addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tc2.Close()
+			tc2.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(tc2, http2.ClientPreface)
+			fr := http2.NewFramer(tc2, tc2)
+			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			if tc.initial {
+				fr.WriteSettings(tc.s)
+			} else {
+				fr.WriteSettings()
+				var block bytes.Buffer
+				enc := hpack.NewEncoder(&block)
+				enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+				enc.WriteField(hpack.HeaderField{Name: ":authority", Value: dst.String()})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true})
+				fr.WriteSettings(tc.s)
+				fr.WriteData(1, false, []byte("hello"))
+			}
+			frames, empty := 0, 0
+			for {
+				fm, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("connection ended without GOAWAY after %d frames (%d empty DATA): %v", frames, empty, err)
+				}
+				frames++
+				if d, ok := fm.(*http2.DataFrame); ok && len(d.Data()) == 0 && !d.StreamEnded() {
+					empty++
+				}
+				if ga, ok := fm.(*http2.GoAwayFrame); ok {
+					if ga.ErrCode != http2.ErrCodeProtocol {
+						t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", ga.ErrCode)
+					}
+					break
+				}
+				if frames > 1000 {
+					t.Fatalf("no GOAWAY after 1000 frames (%d empty DATA)", empty)
+				}
+			}
+		})
+	}
+}
