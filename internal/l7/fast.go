@@ -263,6 +263,10 @@ func fastEligible(r *http.Request) bool {
 			return false
 		}
 	}
+	// An invalid field name: net/http's path answers 400 (serveH1Std).
+	if _, bad := invalidFieldName(r.Header); bad {
+		return false
+	}
 	// A valid Host header (ReadRequest took it out of the header; two
 	// fail it), else net/http's server decides (it answers 400).
 	return r.URL.Host == "" && r.Host != "" && httpguts.ValidHostHeader(r.Host)

@@ -2,13 +2,17 @@ package l7
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -422,5 +426,61 @@ func TestFastClientGoneCancelsUpstream(t *testing.T) {
 	case <-ended:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the backend's request did not end after the client went away")
+	}
+}
+
+// Request smuggling: a field name with a space before the colon
+// ("Transfer-Encoding : chunked") is answered 400 and the connection
+// closed, and nothing reaches the backend; before, net/http took
+// "Transfer-Encoding " as a name and the engine passed it on, so a lenient
+// backend read the body as chunked and ran a request hidden in it. The same
+// header on a bodiless GET gets its 400 too (it used to get no answer).
+func TestFastInvalidFieldNameIs400(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	// A lenient backend (not Go's, which refuses such names itself): it
+	// records whatever reaches it and answers every read with a 200.
+	var mu sync.Mutex
+	var got bytes.Buffer
+	lenient := func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 4096)
+		for {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := c.Read(buf)
+			if n > 0 {
+				mu.Lock()
+				got.Write(buf[:n])
+				mu.Unlock()
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	e.listener(web1, lenient)
+	e.listener(web2, lenient)
+	addr := e.front(webVIP)
+	hidden := "0\r\n\r\nGET /admin/secret HTTP/1.1\r\nHost: x\r\n\r\n"
+	for _, head := range []string{
+		fmt.Sprintf("POST /public HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\nTransfer-Encoding : chunked\r\n\r\n%s", len(hidden), hidden),
+		"GET /public HTTP/1.1\r\nHost: web\r\nTransfer-Encoding : chunked\r\n\r\n",
+		"GET /public HTTP/1.1\r\nHost: web\r\nX(Bad): 1\r\n\r\n",
+	} {
+		rc := dialRaw(t, addr)
+		rc.send(head)
+		res, body := rc.read("GET")
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("%q: status %d %q, want 400", head, res.StatusCode, body)
+		}
+		rc.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := rc.br.ReadByte(); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%q: after the 400 the connection is not closed (%v)", head, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got.Len() > 0 {
+		t.Errorf("the backend received:\n%s", got.String())
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 )
 
@@ -69,6 +70,15 @@ func (e *Engine) serveH1Std(ctx context.Context, c net.Conn, info ConnInfo) {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			handlers.Add(1)
 			defer handlers.Done()
+			// net/http takes a field name such as "Transfer-Encoding "
+			// (a space before the colon) and would pass it on: a lenient
+			// backend then reads the body as chunked and runs a request
+			// hidden in it (smuggling past L7 policy). RFC 9112 5.1: 400.
+			if name, bad := invalidFieldName(r.Header); bad {
+				w.Header().Set("Connection", "close")
+				http.Error(w, fmt.Sprintf("invalid header field name %q (RFC 9112 5.1)", name), http.StatusBadRequest)
+				return
+			}
 			h.ServeHTTP(w, r)
 		}),
 		ReadHeaderTimeout: time.Minute,
@@ -873,4 +883,15 @@ func httpHeaderHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
+}
+
+// invalidFieldName returns the first header field name that is not an RFC
+// 9110 token.
+func invalidFieldName(h http.Header) (string, bool) {
+	for k := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return k, true
+		}
+	}
+	return "", false
 }
