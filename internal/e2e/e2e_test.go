@@ -384,6 +384,17 @@ spec:
 		if err := connectHBONE(l, "outside-1", tunnelAddr, cfg, server2app, "still"); err != nil {
 			t.Errorf("after those, CONNECT to server-2:8080: %v", err)
 		}
+		// The Forwarded address is believed only for a pod of the peer's
+		// identity: a mesh certificate holder cannot appear as loopback or
+		// as another pod (and so dodge an ipBlocks rule); the stream comes
+		// from its own address instead.
+		outside := ip4(t, l, "outside-1")
+		for _, lie := range []string{"127.0.0.1", ip4(t, l, "server-1").String()} {
+			line, err := connectHBONEFrom(l, "outside-1", tunnelAddr, cfg, server2app, lie, "lie")
+			if err != nil || !strings.Contains(line, "remote="+outside.String()+" ") {
+				t.Errorf("claiming %s: %q %v; want the server to see the peer's own address %s", lie, line, err, outside)
+			}
+		}
 		// TLS 1.2 is refused.
 		cfg12 := tlsconfig.MTLSClientConfig(good, labCA.Bundle(), tlsconfig.AuthorizeID(serverID))
 		cfg12.NextProtos, cfg12.MaxVersion = []string{"h2"}, tls.VersionTLS12
@@ -519,6 +530,13 @@ func processAlive(pid int) bool {
 // pod's network namespace to the tunnel at addr, for dst:8080, and checks
 // the echo.
 func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrPort, send string) error {
+	_, err := connectHBONEFrom(l, pod, addr, cfg, dst, "10.244.2.4", send)
+	return err
+}
+
+// connectHBONEFrom is connectHBONE claiming forwarded as the client's
+// address (Forwarded: for=); it returns the server's answer.
+func connectHBONEFrom(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrPort, forwarded, send string) (string, error) {
 	p, _ := l.Pod(pod)
 	tr := &http2.Transport{TLSClientConfig: cfg, DialTLSContext: func(ctx context.Context, network, a string, c *tls.Config) (net.Conn, error) {
 		var raw net.Conn
@@ -544,25 +562,25 @@ func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrP
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodConnect, "https://"+addr, pr)
 	req.Host, req.URL = target, &url.URL{Scheme: "https", Host: addr}
-	req.Header.Set("Forwarded", `for="10.244.2.4"`)
+	req.Header.Set("Forwarded", fmt.Sprintf("for=%q", forwarded))
 	go func() { fmt.Fprintln(pw, send) }()
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d", resp.StatusCode)
+		return "", fmt.Errorf("status %d", resp.StatusCode)
 	}
 	line, err := bufio.NewReader(resp.Body).ReadString('\n')
 	if err != nil {
-		return err
+		return "", err
 	}
 	if !strings.Contains(line, "got="+send) {
-		return fmt.Errorf("answer %q", line)
+		return line, fmt.Errorf("answer %q", line)
 	}
 	pw.Close()
-	return nil
+	return strings.TrimSpace(line), nil
 }
 
 // plaintext speaks HTTP/1.1 to addr from pod and returns what came back.

@@ -190,6 +190,7 @@ const (
 	reasonNoOrigin    = "no_original_dst"  // capture had no record for the connection
 	reasonNoWaypoint  = "no_waypoint"      // the destination uses a waypoint that is not there
 	reasonProxyPort   = "proxy_port"       // a target port the proxy itself listens on in pods
+	reasonSourceAddr  = "source_address"   // no acceptable client address for a tunnel stream
 )
 
 // isProxyPort reports whether port is one the node proxy listens on in

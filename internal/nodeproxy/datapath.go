@@ -289,16 +289,26 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 	if ignored {
 		p.log.Info("client identity claim ignored: the peer is not a waypoint this workload uses", "peer", req.Peer.String(), "claimed", req.ClientIdentity.String(), "dst", target.String(), "dst_workload", w.Key())
 	}
-	srcAddr := req.Source.Addr().Unmap()
+	srcAddr, setAside, ok := sourceAddress(cfg, req, srcID)
+	if setAside {
+		p.log.Info("client address claim set aside: it is not an address of a workload with the source's identity; the stream comes from the peer's own address",
+			"peer", req.Peer.String(), "claimed", req.Source.Addr().String(), "peer_addr", req.RemoteAddr, "dst", target.String(), "dst_workload", w.Key())
+	}
+	if !ok {
+		info := admin.Connection{Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(), DstWorkload: w.Key(), SrcIdentity: srcID.String(), DstIdentity: w.Identity.String(), Transport: admin.TransportHBONEH2}
+		p.denied(info, admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace, DestinationIdentity: w.Identity.String(), SourceIdentity: srcID.String(), Transport: info.Transport}, reasonSourceAddr,
+			fmt.Sprintf("no acceptable client address: claimed %s, tunnel from %s", req.Source.Addr(), req.RemoteAddr))
+		return nil, fmt.Errorf("%w: no acceptable client address", tunnel.ErrForbidden)
+	}
 	srcW := cfg.WorkloadByIP(srcAddr)
 	if srcW != nil && srcW.Identity != srcID {
-		srcW = nil // the claimed address is not the source's: label by identity only
+		srcW = nil // the peer's own address, and not a workload of its identity: label by identity only
 	}
 	// Through the waypoint w uses, L7 rules were applied per request
 	// there: decide them on sources and ports here.
 	d := policy.Evaluate(cfg.Policies, policy.Request{Source: srcID, SourceIP: srcAddr, Namespace: w.Namespace, Labels: w.Labels, Port: target.Port(), L7Checked: !via.IsZero()})
 	info := admin.Connection{
-		Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(),
+		Direction: admin.DirectionInbound, Src: netip.AddrPortFrom(srcAddr, req.Source.Port()).String(), Dst: target.String(),
 		SrcWorkload: workloadKey(srcW), DstWorkload: w.Key(), SrcIdentity: srcID.String(), DstIdentity: w.Identity.String(),
 		Transport: admin.TransportHBONEH2, Policy: d.Policy,
 	}

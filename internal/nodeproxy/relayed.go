@@ -1,6 +1,8 @@
 package nodeproxy
 
 import (
+	"net/netip"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
@@ -59,4 +61,30 @@ func servingWaypoint(cfg *meshconfig.Config, w *meshconfig.Workload, peer spiffe
 		}
 	}
 	return nil
+}
+
+// sourceAddress is the client address a tunnel stream is policed by and
+// delivered from. The Forwarded address is the peer's claim: it is taken
+// only when it belongs to a workload whose identity is src (the peer, or
+// the client a waypoint the destination uses relays for). Otherwise the
+// stream is taken as coming from the peer's own address, the tunnel's
+// source (a node proxy dials from inside its client's pod, so that is the
+// client pod's address), and claimed reports that the claim was set aside.
+// Loopback, unspecified, link-local and multicast addresses are never
+// accepted: ok is false when no acceptable address is left.
+func sourceAddress(cfg *meshconfig.Config, req tunnel.Request, src spiffeid.ID) (addr netip.Addr, claimed bool, ok bool) {
+	acceptable := func(a netip.Addr) bool {
+		return a.IsValid() && !a.IsLoopback() && !a.IsUnspecified() && !a.IsLinkLocalUnicast() && !a.IsMulticast()
+	}
+	if c := req.Source.Addr().Unmap(); c.IsValid() {
+		if w := cfg.WorkloadByIP(c); w != nil && w.Identity == src && acceptable(c) {
+			return c, false, true
+		}
+		claimed = true
+	}
+	remote, err := netip.ParseAddrPort(req.RemoteAddr)
+	if err != nil || !acceptable(remote.Addr().Unmap()) {
+		return netip.Addr{}, claimed, false
+	}
+	return remote.Addr().Unmap(), claimed, true
 }

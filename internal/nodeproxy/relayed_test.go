@@ -128,7 +128,7 @@ spec:
 	target := netip.MustParseAddrPort("10.0.1.3:8080")
 
 	// Alice through the Service's waypoint: denied as alice.
-	_, err = pd.inboundTunnel(context.Background(), tunnel.Request{Peer: wp, ClientIdentity: id("spiffe://cluster.local/ns/demo/sa/alice"), Target: target, Source: netip.MustParseAddrPort("10.0.1.50:0")})
+	_, err = pd.inboundTunnel(context.Background(), tunnel.Request{Peer: wp, ClientIdentity: id("spiffe://cluster.local/ns/demo/sa/alice"), Target: target, Source: netip.MustParseAddrPort("10.0.1.50:0"), RemoteAddr: "10.0.1.60:41000"})
 	if !errors.Is(err, tunnel.ErrForbidden) || !strings.Contains(err.Error(), "demo/no-alice") {
 		t.Errorf("alice through the waypoint: %v, want forbidden by demo/no-alice", err)
 	}
@@ -136,11 +136,50 @@ spec:
 		t.Errorf("access log does not name both the client and the waypoint:\n%s", log.String())
 	}
 	// Mallory claims to be relaying for client: judged as mallory.
-	_, err = pd.inboundTunnel(context.Background(), tunnel.Request{Peer: id("spiffe://cluster.local/ns/demo/sa/mallory"), ClientIdentity: id("spiffe://cluster.local/ns/demo/sa/client"), Target: target})
+	_, err = pd.inboundTunnel(context.Background(), tunnel.Request{Peer: id("spiffe://cluster.local/ns/demo/sa/mallory"), ClientIdentity: id("spiffe://cluster.local/ns/demo/sa/client"), Target: target, RemoteAddr: "10.0.1.61:41000"})
 	if !errors.Is(err, tunnel.ErrForbidden) || !strings.Contains(err.Error(), "demo/no-mallory") {
 		t.Errorf("mallory claiming to relay for client: %v, want forbidden by demo/no-mallory", err)
 	}
 	if !strings.Contains(log.String(), "client identity claim ignored") {
 		t.Errorf("the ignored claim is not logged:\n%s", log.String())
+	}
+}
+
+// The Forwarded address is the peer's claim: believed only for a workload
+// with the source's identity, else the stream comes from the peer's own
+// address; loopback and the like never. (Any mesh certificate holder could
+// appear as 127.0.0.1, the node's probe address or another pod, and dodge
+// an ipBlocks DENY.)
+func TestSourceAddressClaims(t *testing.T) {
+	cfg, err := meshconfig.Parse("m.yaml", []byte(mesh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client")
+	if w := cfg.Workload("demo/client-1"); w == nil || w.Identity != client {
+		t.Fatalf("fixture: client-1 is %+v", w)
+	}
+	for _, tc := range []struct {
+		name, claim, remote, want string
+		setAside, ok              bool
+	}{
+		{"own address", "10.0.1.2:0", "10.0.1.2:40000", "10.0.1.2", false, true},
+		{"own address, via a waypoint's tunnel", "10.0.1.2:0", "10.0.9.9:40000", "10.0.1.2", false, true},
+		{"another identity's pod", "10.0.1.3:0", "10.0.1.2:40000", "10.0.1.2", true, true},
+		{"loopback", "127.0.0.1:0", "10.0.1.2:40000", "10.0.1.2", true, true},
+		{"not a workload", "192.0.2.7:0", "10.0.1.2:40000", "10.0.1.2", true, true},
+		{"no claim", "", "10.0.1.2:40000", "10.0.1.2", false, true},
+		{"lie over loopback", "10.0.1.3:0", "127.0.0.1:40000", "", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := tunnel.Request{Peer: client, RemoteAddr: tc.remote}
+			if tc.claim != "" {
+				req.Source = netip.MustParseAddrPort(tc.claim)
+			}
+			got, setAside, ok := sourceAddress(cfg, req, client)
+			if ok != tc.ok || setAside != tc.setAside || (ok && got.String() != tc.want) {
+				t.Errorf("sourceAddress = %v, set aside %v, ok %v; want %s, %v, %v", got, setAside, ok, tc.want, tc.setAside, tc.ok)
+			}
+		})
 	}
 }
