@@ -69,7 +69,7 @@ func handle(name string) (*netlink.Handle, netns.NsHandle, error) {
 	if err != nil {
 		return nil, netns.None(), fmt.Errorf("open netns %s: %w", name, err)
 	}
-	self, err := netns.GetFromPath("/proc/self/ns/net")
+	self, err := netns.GetFromPath("/proc/thread-self/ns/net") // not /proc/self: the main thread may be inside netnsx.Do
 	if err != nil {
 		ns.Close()
 		return nil, netns.None(), err

@@ -57,7 +57,11 @@ type Finder struct {
 	// proxy runs with hostPID).
 	Proc string
 	// HostNetNS is a path to the node's network namespace, to recognise
-	// host-network pods.
+	// host-network pods: /proc/thread-self/ns/net, the calling thread's,
+	// which for code outside netnsx.Do is the node's. (/proc/self/ns/net
+	// is the main thread's, which netnsx.Do may have moved into a pod's
+	// namespace for a moment: a host-network pod then looked like any
+	// other.)
 	HostNetNS string
 }
 
@@ -69,7 +73,7 @@ func New() (*Finder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (capture needs cgroup v2: mount the host's /sys/fs/cgroup into the node proxy)", err)
 	}
-	return &Finder{V2: v2, V1: v1, Proc: "/proc", HostNetNS: "/proc/self/ns/net"}, nil
+	return &Finder{V2: v2, V1: v1, Proc: "/proc", HostNetNS: "/proc/thread-self/ns/net"}, nil
 }
 
 // Pod is where a pod was found.

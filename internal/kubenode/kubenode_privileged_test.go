@@ -85,7 +85,7 @@ func sameNetNS(t *testing.T, f *os.File, pid int) bool {
 func TestPrivilegedFindBothDrivers(t *testing.T) {
 	privtest.Require(t)
 	root := testTree(t)
-	f := &Finder{V2: root, Proc: "/proc", HostNetNS: "/proc/self/ns/net"}
+	f := &Finder{V2: root, Proc: "/proc", HostNetNS: "/proc/thread-self/ns/net"}
 	// Other pods' and services' cgroups beside them, as on a node.
 	for _, d := range []string{"system.slice/containerd.service", "kubepods/burstable/pod11111111-2222-3333-4444-555555555555/abc", "kubepods/besteffort/podother"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
@@ -173,7 +173,7 @@ func TestPrivilegedFindHybrid(t *testing.T) {
 	t.Cleanup(func() { removeTree(t, v1) })
 	uid := "12345678-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
 	pid := start(t, filepath.Join(v1, "kubepods/burstable/pod"+uid, "ctr"), false)
-	f := &Finder{V2: v2, V1: []string{v1}, Proc: "/proc", HostNetNS: "/proc/self/ns/net"}
+	f := &Finder{V2: v2, V1: []string{v1}, Proc: "/proc", HostNetNS: "/proc/thread-self/ns/net"}
 	p, err := f.Find(uid)
 	if err != nil {
 		t.Fatal(err)

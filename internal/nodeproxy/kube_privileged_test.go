@@ -154,7 +154,7 @@ func kubeProxy(t *testing.T, n *kubeNode) (*Proxy, *redirecttest.Fake) {
 	var p *Proxy
 	p, err = New(Options{Node: "node-1", Capture: capture, Bundle: ca.Bundle(),
 		Signer: &NodeAuthorizedSigner{CA: ca, Node: "node-1", Config: func() *meshconfig.Config { return p.Config() }},
-		Finder: &kubenode.Finder{V2: n.root, Proc: "/proc", HostNetNS: "/proc/self/ns/net"}})
+		Finder: &kubenode.Finder{V2: n.root, Proc: "/proc", HostNetNS: "/proc/thread-self/ns/net"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestPrivilegedKubePodsFoundByUID(t *testing.T) {
 	hostUID := "11111111-1f2d-4c5b-9a8e-7d6c5b4a3f21"
 	hostDir := filepath.Join(n.root, "kubepods", "besteffort", "pod"+hostUID, "app")
 	os.MkdirAll(hostDir, 0o755)
-	n.process(hostDir, "/proc/self/ns/net")
+	n.process(hostDir, "/proc/thread-self/ns/net")
 
 	cart := meshconfig.Workload{Namespace: "shop", Name: "cart", Node: "node-1", UID: uid, IPs: []netip.Addr{ip}, Ready: true}
 	host := meshconfig.Workload{Namespace: "shop", Name: "host", Node: "node-1", UID: hostUID, IPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, Ready: true}
