@@ -436,20 +436,7 @@ func TestStreamIntegrityWithSlowTarget(t *testing.T) {
 func TestServerFrameLevelHTTP2(t *testing.T) {
 	f := newFixture(t, nil)
 	dst := echo(t)
-	svid := issue(t, f.ca, clientID)
-	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
-	for _, c := range svid.Certificates {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
-	tc, err := tls.Dial("tcp", f.addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(tc, http2.ClientPreface)
-	fr := http2.NewFramer(tc, tc)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr := rawH2(t, f)
 	fr.WriteSettings()
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
@@ -588,20 +575,7 @@ func TestServerRefusesInvalidSettings(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, nil)
 			dst := echo(t)
-			svid := issue(t, f.ca, clientID)
-			cert := tls.Certificate{PrivateKey: svid.PrivateKey}
-			for _, c := range svid.Certificates {
-				cert.Certificate = append(cert.Certificate, c.Raw)
-			}
-			tc2, err := tls.Dial("tcp", f.addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tc2.Close()
-			tc2.SetDeadline(time.Now().Add(10 * time.Second))
-			io.WriteString(tc2, http2.ClientPreface)
-			fr := http2.NewFramer(tc2, tc2)
-			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			fr := rawH2(t, f)
 			if tc.initial {
 				fr.WriteSettings(tc.s)
 			} else {
@@ -636,4 +610,25 @@ func TestServerRefusesInvalidSettings(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rawH2 is a frame-level HTTP/2 client of f's server, over mutual TLS with
+// the client's mesh certificate, after the client preface.
+func rawH2(t *testing.T, f *fixture) *http2.Framer {
+	t.Helper()
+	svid := issue(t, f.ca, clientID)
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	tc, err := tls.Dial("tcp", f.addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(tc, http2.ClientPreface)
+	fr := http2.NewFramer(tc, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	return fr
 }
