@@ -67,6 +67,15 @@ kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached
 test: lint check-generate kube-tools cluster-tools cluster-images ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
 	$(GO) test -count=1 -timeout 20m ./...
 
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshconfig:FuzzParse ./internal/tunnel:FuzzParseForwarded
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for FUZZTIME (default 30s); `make test` replays their seeds
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg; done
+
 .PHONY: test-unit
 test-unit: ## run the tests that need no privileges
 	$(GO) test -count=1 -short ./...
