@@ -43,10 +43,10 @@ func nodeAddresses() ([]netip.Prefix, error) {
 }
 
 // followNodeAddresses keeps the inbound exclusions at static plus the
-// node's addresses while ctx lasts: a bridge CNI, for one, makes its
-// bridge (and the address probes come from) only with the node's first pod.
-func followNodeAddresses(ctx context.Context, capture redirect.Capture, static []netip.Prefix, log *slog.Logger) {
-	last, _ := nodeAddresses()
+// node's addresses (last: those in force now) while ctx lasts: a bridge
+// CNI, for one, makes its bridge (and the address probes come from) only
+// with the node's first pod.
+func followNodeAddresses(ctx context.Context, capture redirect.Capture, static, last []netip.Prefix, log *slog.Logger) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {

@@ -145,12 +145,12 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		bundle = ca.Bundle()
 	}
 	static := rcfg.ExcludeInboundSources
+	var nodeAddrs []netip.Prefix
 	if *excludeNode {
-		addrs, err := nodeAddresses()
-		if err != nil {
+		if nodeAddrs, err = nodeAddresses(); err != nil {
 			return fail("--exclude-node-addresses: %v", err)
 		}
-		rcfg.ExcludeInboundSources = append(slices.Clone(static), addrs...)
+		rcfg.ExcludeInboundSources = append(slices.Clone(static), nodeAddrs...)
 	}
 	transparent.SetProcSys(*procSys)
 	var lock *nodeLock
@@ -191,7 +191,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if *excludeNode {
-		go followNodeAddresses(ctx, capture, static, log)
+		go followNodeAddresses(ctx, capture, static, nodeAddrs, log)
 	}
 	if *cniSocket != "" {
 		ln, err := cni.Listen(*cniSocket)

@@ -100,28 +100,23 @@ func (f *Finder) Find(uid string) (Pod, error) {
 	if err != nil {
 		return Pod{}, err
 	}
-	var v1rel, v1root string
 	if rel == "" {
+		var v1root string
 		for _, root := range f.V1 {
-			r, err := search(root, match)
-			if err != nil {
+			if rel, err = search(root, match); err != nil {
 				return Pod{}, err
 			}
-			if r != "" {
-				v1rel, v1root = r, root
+			if rel != "" {
+				v1root = root
 				break
 			}
 		}
-		if v1rel == "" {
+		if rel == "" {
 			return Pod{}, fmt.Errorf("pod %s: %w (searched %s)", uid, ErrNotFound, strings.Join(append([]string{f.V2}, f.V1...), ", "))
 		}
-		rel = v1rel
-		dir := filepath.Join(f.V2, rel)
-		created, err := mkdirAll(f.V2, rel)
-		if err != nil {
-			return Pod{}, fmt.Errorf("pod %s: make its cgroup v2 directory %s (found it only in %s): %w", uid, dir, v1root, err)
+		if pod.Created, err = mkdirAll(f.V2, rel); err != nil {
+			return Pod{}, fmt.Errorf("pod %s: make its cgroup v2 directory %s (found it only in %s): %w", uid, filepath.Join(f.V2, rel), v1root, err)
 		}
-		pod.Created = created
 	}
 	pod.Cgroup = filepath.Join(f.V2, rel)
 	if pod.PID, err = firstPID(pod.Cgroup); err != nil {

@@ -3,7 +3,6 @@ package nodeproxy
 import (
 	"context"
 	"errors"
-	"github.com/ambit-mesh/ambit/internal/redirect"
 	"io"
 	"net"
 	"sync"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/redirect"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
 

@@ -280,10 +280,7 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 		return nil, fmt.Errorf("%s is not an address of pod %s, which this tunnel endpoint serves", target.Addr(), w.Key())
 	}
 	if isProxyPort(target.Port()) {
-		info := admin.Connection{Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(), DstWorkload: w.Key(), SrcIdentity: req.Peer.String(), DstIdentity: w.Identity.String(), Transport: admin.TransportHBONEH2}
-		p.denied(info, admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace, DestinationIdentity: w.Identity.String(), SourceIdentity: req.Peer.String(), Transport: info.Transport}, reasonProxyPort,
-			fmt.Sprintf("port %d is the node proxy's own listener in the pod, never a target", target.Port()))
-		return nil, fmt.Errorf("%w: port %d is the node proxy's own listener in pod %s", tunnel.ErrForbidden, target.Port(), w.Key())
+		return nil, pd.refuseStream(req, target, req.Peer, reasonProxyPort, fmt.Sprintf("port %d is the node proxy's own listener in the pod, never a target", target.Port()))
 	}
 	srcID, via, ignored := sourceIdentity(cfg, w, req)
 	if ignored {
@@ -295,10 +292,7 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 			"peer", req.Peer.String(), "claimed", req.Source.Addr().String(), "peer_addr", req.RemoteAddr, "dst", target.String(), "dst_workload", w.Key())
 	}
 	if !ok {
-		info := admin.Connection{Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(), DstWorkload: w.Key(), SrcIdentity: srcID.String(), DstIdentity: w.Identity.String(), Transport: admin.TransportHBONEH2}
-		p.denied(info, admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace, DestinationIdentity: w.Identity.String(), SourceIdentity: srcID.String(), Transport: info.Transport}, reasonSourceAddr,
-			fmt.Sprintf("no acceptable client address: claimed %s, tunnel from %s", req.Source.Addr(), req.RemoteAddr))
-		return nil, fmt.Errorf("%w: no acceptable client address", tunnel.ErrForbidden)
+		return nil, pd.refuseStream(req, target, srcID, reasonSourceAddr, fmt.Sprintf("no acceptable client address: claimed %s, tunnel from %s", req.Source.Addr(), req.RemoteAddr))
 	}
 	srcW := cfg.WorkloadByIP(srcAddr)
 	if srcW != nil && srcW.Identity != srcID {
@@ -339,6 +333,18 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 	r := p.begin(info, l)
 	raw := tunnel.RawIO(up)
 	return &deliveredConn{TCPConn: up, raw: raw, tw: tunnel.NewTryWriter(raw), r: r, p: p}, nil
+}
+
+// refuseStream records a tunnel stream to target refused before policy
+// (metric under reason, access log with detail) and returns the error that
+// answers it 403.
+func (pd *pod) refuseStream(req tunnel.Request, target netip.AddrPort, src spiffeid.ID, reason, detail string) error {
+	w := pd.w.Load()
+	info := admin.Connection{Direction: admin.DirectionInbound, Src: req.Source.String(), Dst: target.String(), DstWorkload: w.Key(),
+		SrcIdentity: src.String(), DstIdentity: w.Identity.String(), Transport: admin.TransportHBONEH2}
+	pd.p.denied(info, admin.Labels{Direction: admin.DirectionInbound, DestinationWorkload: w.Name, DestinationNamespace: w.Namespace,
+		DestinationIdentity: w.Identity.String(), SourceIdentity: src.String(), Transport: info.Transport}, reason, detail)
+	return fmt.Errorf("%w: %s", tunnel.ErrForbidden, detail)
 }
 
 // deliveredConn is the connection to the application for a tunnel stream;

@@ -31,13 +31,15 @@ import (
 
 // located is where a pod of this node runs, found by UID.
 type located struct {
-	uid   string
 	netns *os.File
+	path  string // /proc/self/fd/N of netns
 	pod   kubenode.Pod
 	ips   []netip.Addr // from the CNI plugin, until the configuration has them
 }
 
-func (l *located) path() string { return fmt.Sprintf("/proc/self/fd/%d", l.netns.Fd()) }
+func newLocated(netns *os.File, pod kubenode.Pod, ips []netip.Addr) *located {
+	return &located{netns: netns, path: fmt.Sprintf("/proc/self/fd/%d", netns.Fd()), pod: pod, ips: ips}
+}
 
 func (l *located) close(f *kubenode.Finder) {
 	l.netns.Close()
@@ -68,7 +70,7 @@ func (p *Proxy) locate(w *meshconfig.Workload) (*meshconfig.Workload, string) {
 		p.log.Info("found pod", "pod", w.Key(), "uid", w.UID, "cgroup", l.pod.Cgroup, "pid", l.pod.PID)
 	}
 	r := *w
-	r.NetNS, r.Cgroup = l.path(), l.pod.Cgroup
+	r.NetNS, r.Cgroup = l.path, l.pod.Cgroup
 	if len(r.IPs) == 0 {
 		r.IPs = l.ips
 	}
@@ -97,7 +99,7 @@ func (p *Proxy) scan(w *meshconfig.Workload) (*located, string) {
 		}
 		return nil, err.Error()
 	}
-	return &located{uid: w.UID, netns: ns, pod: pod}, ""
+	return newLocated(ns, pod, nil), ""
 }
 
 // forgetLocated closes what the proxy holds of pods it no longer serves or
@@ -142,11 +144,13 @@ func (p *Proxy) Handle(ctx context.Context, req cni.Request, netns *os.File) (cn
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if l := p.located[req.UID]; l != nil {
-			l.close(p.opts.Finder)
+			// Tear the pod down while its namespace is still open (the
+			// teardown enters it), then let go of it.
 			delete(p.located, req.UID)
 			if cfg := p.cfg.Load(); cfg != nil && !p.closing {
 				p.reconcile(cfg)
 			}
+			l.close(p.opts.Finder)
 		}
 		return cni.Reply{}, nil
 	case "CHECK":
@@ -192,19 +196,17 @@ func (p *Proxy) Handle(ctx context.Context, req cni.Request, netns *os.File) (cn
 		p.opts.Finder.Release(pod)
 		return cni.Reply{}, fmt.Errorf("keep the pod's network namespace: %w", err)
 	}
-	l := &located{uid: req.UID, netns: os.NewFile(uintptr(fd), req.Netns), pod: pod, ips: req.IPs}
+	l := newLocated(os.NewFile(uintptr(fd), req.Netns), pod, req.IPs)
 	p.mu.Lock()
-	if old := p.located[req.UID]; old != nil {
-		// A new sandbox for the same pod: serve it in its new namespace.
-		if pd, ok := p.pods[key]; ok {
-			pd.close(true)
-			delete(p.pods, key)
-		}
-		old.close(nil)
-	}
+	// A new sandbox for a pod already served: reconcile sees the new
+	// namespace and moves the pod there; the old one is let go after.
+	old := p.located[req.UID]
 	p.located[req.UID] = l
 	if cfg := p.cfg.Load(); cfg != nil && !p.closing {
 		p.reconcile(cfg)
+	}
+	if old != nil {
+		old.close(nil) // the cgroup is the same pod's: keep it
 	}
 	p.mu.Unlock()
 	p.log.Info("pod handed over by the CNI plugin", "pod", key, "uid", req.UID, "ips", fmt.Sprint(req.IPs), "cgroup", pod.Cgroup)
@@ -216,7 +218,7 @@ func (p *Proxy) Handle(ctx context.Context, req cni.Request, netns *os.File) (cn
 	for {
 		p.mu.Lock()
 		pd, ok := p.pods[key]
-		served := ok && pd.w.Load().NetNS == l.path()
+		served := ok && pd.w.Load().NetNS == l.path
 		why := p.lastErrs[key]
 		p.mu.Unlock()
 		if served {

@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,7 +213,7 @@ func (p *Proxy) reconcile(cfg *meshconfig.Config) {
 		p.log.Info("serving pod", "pod", key, "ips", fmt.Sprint(w.IPs), "identity", w.Identity.String())
 	}
 	for key := range p.lastErrs {
-		if !captured[key] && !strings.HasPrefix(key, "cert:") {
+		if !captured[key] {
 			delete(p.lastErrs, key)
 		}
 	}
