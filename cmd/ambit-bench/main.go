@@ -24,6 +24,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -63,6 +64,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	cfg.Progress = stderr
+	if cfg.IdleConns > 0 {
+		return runIdle(ctx, cfg, out, stdout, stderr)
+	}
 	rep, err := bench.Run(ctx, cfg)
 	if rep != nil && len(rep.Modes) > 0 {
 		fmt.Fprintln(stdout)
@@ -119,6 +123,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.StringVar(&cfg.StateRoot, "state-root", "", "directory for the labs' temporary state directories (default $TMPDIR)")
 	fs.StringVar(&out, "o", filepath.Join("bench", "out", "bench.json"), "write the results as JSON here")
 	fs.BoolVar(&strict, "strict", false, "exit 1 when a mode or a measurement failed")
+	fs.IntVar(&cfg.IdleConns, "idle", 0, "instead of the modes: hold this many idle connections through the mesh and report what each costs the node proxies (heap and stacks, RSS, goroutines, descriptors); -o defaults to bench/out/idle.json")
 	verbose := fs.Bool("v", false, "show the labs' logs")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
@@ -127,7 +132,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 		return cfg, "", false, 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "ambit-bench: unexpected argument %q (subcommands are rr-server, http-server, rr-client, probe)\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "ambit-bench: unexpected argument %q (subcommands are rr-server, http-server, rr-client, probe, idle-client)\n", fs.Arg(0))
 		return cfg, "", false, 2
 	}
 	if cfg.Rounds < 1 {
@@ -144,6 +149,9 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 		return cfg, "", false, 2
 	}
 	cfg.ReqSize, cfg.RespSize = *size, *size
+	if cfg.IdleConns > 0 && !oSet(fs) {
+		out = filepath.Join("bench", "out", "idle.json")
+	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(stderr, "ambit-bench: find own binary: %v\n", err)
@@ -157,4 +165,33 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	return cfg, out, strict, -1
+}
+
+func oSet(fs *flag.FlagSet) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "o" })
+	return set
+}
+
+// runIdle measures idle connections (-idle N) and writes the result.
+func runIdle(ctx context.Context, cfg bench.Config, out string, stdout, stderr io.Writer) int {
+	res, err := bench.IdleRun(ctx, cfg, cfg.IdleConns)
+	if res != nil && len(res.Sides) > 0 {
+		fmt.Fprintln(stdout)
+		res.WriteTable(stdout)
+		b, _ := json.MarshalIndent(res, "", "  ")
+		if werr := os.MkdirAll(filepath.Dir(out), 0o755); werr == nil {
+			werr = os.WriteFile(out, append(b, '\n'), 0o644)
+			if werr != nil {
+				fmt.Fprintf(stderr, "ambit-bench: write %s: %v\n", out, werr)
+				return 1
+			}
+		}
+		fmt.Fprintf(stdout, "\nwritten to %s (%.0fs)\n", out, res.Seconds)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ambit-bench: %v\n", err)
+		return 1
+	}
+	return 0
 }

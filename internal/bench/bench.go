@@ -110,6 +110,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Progress receives one line per step; nil discards them.
 	Progress io.Writer
+	// IdleConns, for ambit-bench -idle, is the idle connections IdleRun
+	// holds (Run does not use it).
+	IdleConns int
 }
 
 func (c *Config) defaults() {

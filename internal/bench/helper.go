@@ -14,6 +14,7 @@ import (
 const HelperUsage = `  rr-server ADDR                          answer request/response clients on ADDR
   http-server ADDR                        answer HTTP/1.1 clients (keep-alive) on ADDR
   rr-client [flags] ADDR                  measure request/response latency, most requests/s or connection rate, print JSON
+  idle-client -conns N ADDR               open N connections to an rr-server, one request each, print "ready N", hold them
   probe [-http] [-timeout D] [-close-check D] ADDR
                                           wait until one request/response to ADDR works
                                           (exit 3: the server's close did not reach the client)
@@ -25,7 +26,7 @@ const closeFailed = "close check: "
 // IsHelper reports whether name is a subcommand for HelperMain.
 func IsHelper(name string) bool {
 	switch name {
-	case "rr-server", "http-server", "rr-client", "probe":
+	case "rr-server", "http-server", "rr-client", "probe", "idle-client":
 		return true
 	}
 	return false
@@ -63,6 +64,10 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fs.BoolVar(&cfg.WaitClose, "wait-close", false, "with -connect: wait for the server to close after the response")
 		fs.StringVar(&cfg.Samples, "samples", "", "fixed-rate runs: write every measured request (when it was due, latency, service time) to this file, tab-separated")
 	}
+	idleConns := 0
+	if name == "idle-client" {
+		fs.IntVar(&idleConns, "conns", 1000, "connections to open and hold")
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -89,6 +94,12 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		if err := serve(ln); err != nil {
 			fmt.Fprintf(stderr, "ambit-bench %s: %v\n", name, err)
+			return 1
+		}
+		return 0
+	case "idle-client":
+		if err := IdleClient(ctx, addr, idleConns, stdout); err != nil {
+			fmt.Fprintf(stderr, "ambit-bench idle-client: %v\n", err)
 			return 1
 		}
 		return 0
