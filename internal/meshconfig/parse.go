@@ -224,6 +224,133 @@ func Parse(name string, data []byte) (*Config, error) {
 
 var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 
+// yamlParserProblems are the problems yaml.v3's parser (not its scanner)
+// reports (gopkg.in/yaml.v3 parserc.go).
+var yamlParserProblems = map[string]bool{
+	"did not find expected <stream-start>":   true,
+	"did not find expected <document start>": true,
+	"did not find expected node content":     true,
+	"did not find expected key":              true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"found duplicate %YAML directive":        true,
+	"found duplicate %TAG directive":         true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+// yamlScannerProblems are the problems yaml.v3's scanner reports
+// (gopkg.in/yaml.v3 scannerc.go).
+var yamlScannerProblems = map[string]bool{
+	"block sequence entries are not allowed in this context":       true,
+	"could not find expected ':'":                                  true,
+	"could not find expected directive name":                       true,
+	"did not find URI escaped octet":                               true,
+	"did not find expected '!'":                                    true,
+	"did not find expected alphabetic or numeric character":        true,
+	"did not find expected comment or line break":                  true,
+	"did not find expected digit or '.' character":                 true,
+	"did not find expected hexdecimal number":                      true,
+	"did not find expected tag URI":                                true,
+	"did not find expected version number":                         true,
+	"did not find expected whitespace or line break":               true,
+	"did not find expected whitespace":                             true,
+	"did not find the expected '>'":                                true,
+	"found a tab character that violates indentation":              true,
+	"found a tab character where an indentation space is expected": true,
+	"found an incorrect leading UTF-8 octet":                       true,
+	"found an incorrect trailing UTF-8 octet":                      true,
+	"found an indentation indicator equal to 0":                    true,
+	"found character that cannot start any token":                  true,
+	"found extremely long version number":                          true,
+	"found invalid Unicode character escape code":                  true,
+	"found unexpected document indicator":                          true,
+	"found unexpected end of stream":                               true,
+	"found unexpected non-alphabetical character":                  true,
+	"found unknown directive name":                                 true,
+	"found unknown escape character":                               true,
+	"mapping keys are not allowed in this context":                 true,
+	"mapping values are not allowed in this context":               true,
+}
+
+// YAMLSyntaxLine reads the line (from 1) and the problem from a syntax
+// error of yaml.v3's Decoder on data (internal/lab's topology files have
+// the same need). Its marks count lines from 0, and it
+// adds 1 for scanner errors only: a parser error ("did not find expected
+// key") names the line before the one it is about, and no line at all for
+// the first. It also names the line where the enclosing construct began
+// (a document's mapping) rather than the problem's, whenever that is not
+// the first line (yaml.v3 takes a mark on line 0 for no mark): in a file
+// of several documents, every problem in a later one would point at its
+// first line. So for a parser error the line is the first at which data,
+// cut after it, fails with the same error. Scanner errors ("found a tab
+// character", "mapping values are not allowed") are right, except that
+// they too name no line for the first. Errors that are not about a place
+// (a reader error, an unknown anchor) keep line 0.
+func YAMLSyntaxLine(data []byte, err error) (int, string) {
+	errText := err.Error()
+	msg := strings.TrimPrefix(errText, "yaml: ")
+	line := 0
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	switch {
+	case yamlParserProblems[msg]:
+		line = parserErrorLine(data, errText, line+1)
+	case yamlScannerProblems[msg] && line == 0:
+		line = 1
+	}
+	return line, msg
+}
+
+// parserErrorLine is the first line, from `from`, such that data cut
+// after it fails with errText (binary search: once the offending token is
+// in, every longer cut fails the same way), and at most data's last line.
+func parserErrorLine(data []byte, errText string, from int) int {
+	// ends[i] is the end of line i+1, its newline included.
+	var ends []int
+	for i, c := range data {
+		if c == '\n' {
+			ends = append(ends, i+1)
+		}
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		ends = append(ends, len(data))
+	}
+	last := len(ends)
+	if from > last {
+		return max(last, 1)
+	}
+	lo, hi := from, last // the answer is in [lo, hi]; data whole fails so
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if firstYAMLError(data[:ends[mid-1]]) == errText {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo
+}
+
+// firstYAMLError is the text of the first error decoding data's documents
+// gives, "" if none.
+func firstYAMLError(data []byte) string {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		err := dec.Decode(&n)
+		if errors.Is(err, io.EOF) {
+			return ""
+		}
+		if err != nil {
+			return err.Error()
+		}
+	}
+}
+
 // Limits on what one configuration file may hold. Kubernetes keeps a
 // single object under about 1.5 MiB; a mesh configuration file holds many,
 // so the file limit is larger. They bound the time and memory one file can
@@ -250,12 +377,8 @@ func (b *Builder) AddYAML(name string, data []byte) error {
 			return nil
 		}
 		if err != nil {
-			msg := err.Error()
-			if m := yamlLine.FindStringSubmatch(msg); m != nil {
-				line, _ := strconv.Atoi(m[1])
-				return &Error{name, line, m[2] + "; fix the YAML syntax"}
-			}
-			return &Error{name, 0, strings.TrimPrefix(msg, "yaml: ") + "; fix the YAML syntax"}
+			line, msg := YAMLSyntaxLine(data, err)
+			return &Error{name, line, msg + "; fix the YAML syntax"}
 		}
 		if len(doc.Content) == 0 || (doc.Content[0].Kind == yaml.ScalarNode && doc.Content[0].ShortTag() == "!!null") {
 			continue // empty document
