@@ -226,3 +226,22 @@ func TestManagerRenewsAtHalfLifeAndBacksOff(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// A short certificate lifetime (as in a test or a lab) is renewed halfway
+// through it, not at once: the CA backdates NotBefore for clock skew, and
+// a half-life counted from there came before the certificate arrived, so
+// the manager renewed it again and again.
+func TestManagerHalfLifeOfAShortLifetime(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	ca, _ := GenerateCA(td, 365*24*time.Hour, clk)
+	ca.WithTTL(40 * time.Second)
+	m := NewManager(ca, clk, nil)
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client")
+	if err := m.Ensure(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	st := m.Statuses()[0]
+	if want := clk.Now().Add(20 * time.Second); !st.RenewAt.Equal(want) {
+		t.Fatalf("a 40s certificate issued now renews at %v, want %v (half of its 40s)", st.RenewAt, want)
+	}
+}

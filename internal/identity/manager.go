@@ -82,7 +82,7 @@ func (m *Manager) Ensure(ctx context.Context, id spiffeid.ID) error {
 		return err
 	}
 	m.mu.Lock()
-	m.certs[id] = &entry{svid: svid, renewAt: halfLife(svid)}
+	m.certs[id] = &entry{svid: svid, renewAt: halfLife(m.clock.Now(), svid)}
 	m.mu.Unlock()
 	m.poke()
 	return nil
@@ -195,7 +195,7 @@ func (m *Manager) renew(ctx context.Context, id spiffeid.ID) {
 		m.log.Warn("certificate renewal failed", "id", id.String(), "failures", e.failures, "retryIn", backoff, "notAfter", e.svid.Certificates[0].NotAfter, "err", err)
 		return
 	}
-	m.certs[id] = &entry{svid: svid, renewAt: halfLife(svid)}
+	m.certs[id] = &entry{svid: svid, renewAt: halfLife(m.clock.Now(), svid)}
 	m.log.Info("certificate renewed", "id", id.String(), "notAfter", svid.Certificates[0].NotAfter)
 }
 
@@ -230,7 +230,14 @@ func (m *Manager) fetch(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, er
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
 }
 
-func halfLife(s *x509svid.SVID) time.Time {
-	leaf := s.Certificates[0]
-	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+// halfLife is when a certificate received at now is renewed: halfway
+// through what is left of its validity. Not from NotBefore, which the CA
+// backdates for clock skew: with a short lifetime that would put the
+// renewal at once, and again, and again.
+func halfLife(now time.Time, s *x509svid.SVID) time.Time {
+	left := s.Certificates[0].NotAfter.Sub(now)
+	if left < 0 {
+		left = 0
+	}
+	return now.Add(left / 2)
 }
