@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/controller"
@@ -73,6 +74,8 @@ func runController(args []string, stderr io.Writer) int {
 	readyAddr := fs.String("ready", admin.DefaultReadyAddr, "readiness listener, /healthz/ready (empty: off)")
 	certTTL := fs.Duration("cert-ttl", identity.DefaultTTL, "lifetime of workload certificates")
 	maxTTL := fs.Duration("max-cert-ttl", identity.DefaultTTL, "longest lifetime a proxy may ask for")
+	certBurst := fs.Int("cert-burst", controller.DefaultSignBurst, "certificate requests one node may make at once (a node proxy asks for one per service account on its node at startup)")
+	certRate := fs.Float64("cert-rate", float64(controller.DefaultSignRate), "certificate requests per second one node may make after its burst")
 	poll := fs.Duration("poll-interval", controller.DefaultPollInterval, "file source: how often the configuration is checked for changes")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	var kf kubeFlags
@@ -91,6 +94,9 @@ func runController(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "controller run: --ca-cert and --ca-key are required")
 		fs.Usage()
 		return 2
+	}
+	if *certBurst < 1 || !(*certRate > 0) {
+		return fail("--cert-burst %d and --cert-rate %g must be positive", *certBurst, *certRate)
 	}
 	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
 	if *logFormat == "json" {
@@ -149,7 +155,8 @@ func runController(args []string, stderr io.Writer) int {
 		return fail("--source %q: use file or kubernetes", *source)
 	}
 
-	c, err := controller.New(controller.Options{Source: src, Auth: auth, CA: ca, CertTTL: *certTTL, MaxCertTTL: *maxTTL, Log: log})
+	c, err := controller.New(controller.Options{Source: src, Auth: auth, CA: ca, CertTTL: *certTTL, MaxCertTTL: *maxTTL,
+		SignBurst: *certBurst, SignRate: rate.Limit(*certRate), Log: log})
 	if err != nil {
 		return fail("%v", err)
 	}

@@ -46,6 +46,7 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		"missing config": {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--config", filepath.Join(dir, "nope"), "--bootstrap-tokens", tokens}, "--config"},
 		"wrong key":      {[]string{"run", "--ca-cert", cert, "--ca-key", tokens, "--config", dir, "--bootstrap-tokens", tokens}, "--ca-key"},
 		"short token":    {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--config", dir, "--bootstrap-tokens", cert}, "--bootstrap-tokens"},
+		"no cert burst":  {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--config", dir, "--bootstrap-tokens", tokens, "--cert-burst", "0"}, "--cert-burst 0 and --cert-rate 10 must be positive"},
 		"public admin":   {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--config", dir, "--bootstrap-tokens", tokens, "--listen", "127.0.0.1:0", "--admin", ":0"}, "admin must be local only"},
 		"no kubeconfig":  {[]string{"run", "--ca-cert", cert, "--ca-key", key, "--source", "kubernetes", "--kubeconfig", filepath.Join(dir, "nope")}, "--source kubernetes"},
 	} {

@@ -22,7 +22,9 @@ import (
 
 // NodeAuthenticator tells which node a bearer credential belongs to: the
 // token file in file mode, TokenReview of a service account token on
-// Kubernetes (package kubesource).
+// Kubernetes (package kubesource). The controller asks it before reading
+// any message of a call; answers of any authenticator but the token file
+// are cached (AuthCacheTTL).
 type NodeAuthenticator interface {
 	AuthenticateNode(ctx context.Context, bearerToken string) (node string, err error)
 }
@@ -145,10 +147,24 @@ func (a *TokenFileAuthenticator) LastError() error {
 	return a.lastErr
 }
 
-// authenticate finds the caller's node from the bearer token in ctx's
-// metadata.
+// authenticate is the caller's node: the one the tap handle found (every
+// call through newGRPCServer), else the bearer token in ctx's metadata is
+// checked now.
 func (c *Controller) authenticate(ctx context.Context) (string, error) {
+	if node, ok := ctx.Value(principalKey{}).(string); ok {
+		return node, nil
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
+	node, err := c.authenticateHeader(ctx, md)
+	if err != nil {
+		c.metrics.authFailures.Inc()
+		return "", err
+	}
+	return node, nil
+}
+
+// authenticateHeader finds the caller's node from the bearer token in md.
+func (c *Controller) authenticateHeader(ctx context.Context, md metadata.MD) (string, error) {
 	vals := md.Get(pb.AuthorizationKey)
 	if len(vals) != 1 {
 		return "", status.Error(codes.Unauthenticated, "no credential: send \"authorization: Bearer <token>\" (the node proxy's --token-file)")
@@ -159,8 +175,78 @@ func (c *Controller) authenticate(ctx context.Context) (string, error) {
 	}
 	node, err := c.opts.Auth.AuthenticateNode(ctx, strings.TrimSpace(tok))
 	if err != nil {
-		c.metrics.authFailures.Inc()
 		return "", status.Errorf(codes.Unauthenticated, "authentication failed: %v", err)
 	}
 	return node, nil
+}
+
+// Answers of an authenticator that asks another server (TokenReview) are
+// cached, so that the tap handle, which holds up the connection it runs
+// for, rarely waits: a token's node for AuthCacheTTL (as long as the
+// Kubernetes API server caches its own token answers), a refusal for
+// AuthFailureCacheTTL; at most AuthCacheSize tokens, keyed by their SHA-256.
+// An uncached answer may take AuthTimeout.
+const (
+	AuthCacheTTL        = 10 * time.Second
+	AuthFailureCacheTTL = 2 * time.Second
+	AuthCacheSize       = 4096
+	AuthTimeout         = 5 * time.Second
+)
+
+// cachedAuthenticator is a NodeAuthenticator with a cache of inner's
+// answers.
+type cachedAuthenticator struct {
+	inner NodeAuthenticator
+	now   func() time.Time
+
+	mu      sync.Mutex
+	entries map[[32]byte]authAnswer
+}
+
+type authAnswer struct {
+	node    string
+	err     error
+	expires time.Time
+}
+
+func newCachedAuthenticator(inner NodeAuthenticator) *cachedAuthenticator {
+	return &cachedAuthenticator{inner: inner, now: time.Now, entries: map[[32]byte]authAnswer{}}
+}
+
+func (a *cachedAuthenticator) AuthenticateNode(ctx context.Context, bearerToken string) (string, error) {
+	key := sha256.Sum256([]byte(bearerToken))
+	now := a.now()
+	a.mu.Lock()
+	e, ok := a.entries[key]
+	a.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.node, e.err
+	}
+	ctx, cancel := context.WithTimeout(ctx, AuthTimeout)
+	defer cancel()
+	node, err := a.inner.AuthenticateNode(ctx, bearerToken)
+	ttl := AuthCacheTTL
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", err // cut short (the caller left, or too slow): ask again next time
+		}
+		ttl = AuthFailureCacheTTL
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.entries) >= AuthCacheSize {
+		for k, e := range a.entries {
+			if !now.Before(e.expires) {
+				delete(a.entries, k)
+			}
+		}
+		for k := range a.entries {
+			if len(a.entries) < AuthCacheSize {
+				break
+			}
+			delete(a.entries, k) // any one: the map's order is random
+		}
+	}
+	a.entries[key] = authAnswer{node: node, err: err, expires: now.Add(ttl)}
+	return node, err
 }

@@ -33,12 +33,16 @@ func (s certServer) CreateCertificate(ctx context.Context, req *pb.CreateCertifi
 	refuse := func(code codes.Code, format string, a ...any) (*pb.CreateCertificateResponse, error) {
 		c.metrics.certs.WithLabelValues("refused").Inc()
 		msg := fmt.Sprintf(format, a...)
-		c.log.Warn("certificate refused", "node", node, "id", req.SpiffeId, "reason", msg)
+		c.log.Warn("certificate refused", "node", node, "id", truncate(req.SpiffeId, 256), "reason", msg)
 		return nil, status.Error(code, msg)
+	}
+	if len(req.Csr) > MaxCSRSize {
+		c.metrics.refused.WithLabelValues(refusedTooLarge).Inc()
+		return refuse(codes.InvalidArgument, "csr is %d bytes; the controller accepts CSRs of at most %d bytes (PEM or DER), and one with a SPIFFE ID and a P-256 or RSA-4096 key is under 2 KB", len(req.Csr), MaxCSRSize)
 	}
 	id, err := spiffeid.FromString(req.SpiffeId)
 	if err != nil {
-		return refuse(codes.InvalidArgument, "spiffe_id %q: %v", req.SpiffeId, err)
+		return refuse(codes.InvalidArgument, "spiffe_id %q: %v", truncate(req.SpiffeId, 256), err)
 	}
 	if _, _, err := identity.ParseWorkload(id); err != nil {
 		return refuse(codes.InvalidArgument, "%v", err)
@@ -90,4 +94,12 @@ func (s certServer) CreateCertificate(ctx context.Context, req *pb.CreateCertifi
 		resp.CertChain = append(resp.CertChain, cert.Raw)
 	}
 	return resp, nil
+}
+
+// truncate shortens s for a log line.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

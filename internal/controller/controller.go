@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/time/rate"
 
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
@@ -47,7 +48,15 @@ type Options struct {
 	// CertTTL is the lifetime of workload certificates when the proxy asks
 	// for none, and MaxCertTTL caps what a proxy may ask for.
 	CertTTL, MaxCertTTL time.Duration
-	Log                 *slog.Logger
+	// SignBurst and SignRate bound each node's certificate requests:
+	// SignBurst at once, then SignRate per second (DefaultSignBurst and
+	// DefaultSignRate when zero; rate.Inf for no limit).
+	SignBurst int
+	SignRate  rate.Limit
+	// MaxConfigStreams is how many Config streams one node may have open,
+	// and a waypoint per replica (DefaultMaxConfigStreams when zero).
+	MaxConfigStreams int
+	Log              *slog.Logger
 }
 
 // Controller serves the mesh configuration and certificates to proxies.
@@ -63,8 +72,11 @@ type Controller struct {
 	mu         sync.Mutex
 	latest     *snapshot
 	proxies    map[uint64]*proxyConn
+	streams    map[string]int // Config streams open per node or waypoint
 	nextConnID uint64
 	rejected   *Rejection // last configuration refused
+
+	signLimits signLimiters
 }
 
 type pendingConfig struct {
@@ -97,11 +109,28 @@ func New(opts Options) (*Controller, error) {
 	if opts.CertTTL > opts.MaxCertTTL {
 		return nil, fmt.Errorf("certificate lifetime %s exceeds the maximum %s", opts.CertTTL, opts.MaxCertTTL)
 	}
+	if opts.SignBurst == 0 {
+		opts.SignBurst = DefaultSignBurst
+	}
+	if opts.SignRate == 0 {
+		opts.SignRate = DefaultSignRate
+	}
+	if opts.MaxConfigStreams == 0 {
+		opts.MaxConfigStreams = DefaultMaxConfigStreams
+	}
+	if opts.SignBurst < 1 || opts.SignRate < 0 || opts.MaxConfigStreams < 1 {
+		return nil, fmt.Errorf("certificate burst %d, rate %g per second and Config streams per node %d must be positive", opts.SignBurst, float64(opts.SignRate), opts.MaxConfigStreams)
+	}
+	if _, inMemory := opts.Auth.(*TokenFileAuthenticator); !inMemory {
+		opts.Auth = newCachedAuthenticator(opts.Auth)
+	}
 	c := &Controller{
-		opts:    opts,
-		log:     opts.Log.With("subsystem", "controller"),
-		build:   make(chan struct{}, 1),
-		proxies: map[uint64]*proxyConn{},
+		opts:       opts,
+		log:        opts.Log.With("subsystem", "controller"),
+		build:      make(chan struct{}, 1),
+		proxies:    map[uint64]*proxyConn{},
+		streams:    map[string]int{},
+		signLimits: signLimiters{m: map[string]*rate.Limiter{}},
 	}
 	c.metrics = newMetrics(c)
 	return c, nil

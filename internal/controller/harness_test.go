@@ -41,6 +41,8 @@ var tokens = map[string]string{
 	"node-a": "token-of-node-a-0123456789",
 	"node-b": "token-of-node-b-0123456789",
 	"node-c": "token-of-node-c-0123456789",
+	// waypoint demo/wp (controller.WaypointPrincipal)
+	"waypoint/demo/wp": "token-of-waypoint-demo-wp-0123456789",
 }
 
 // idleSource delivers nothing: tests hand configurations to
@@ -88,6 +90,12 @@ func writeTokens(t testing.TB) string {
 // TLS on a random port, and its admin handler on an httptest-like listener.
 func start(t testing.TB, ca *controller.CA, src controller.Source) *harness {
 	t.Helper()
+	return startWith(t, ca, src, nil)
+}
+
+// startWith is start with set changing the controller's options.
+func startWith(t testing.TB, ca *controller.CA, src controller.Source, set func(*controller.Options)) *harness {
+	t.Helper()
 	h := &harness{done: make(chan struct{})}
 	if ca == nil {
 		h.root = newRoot(t)
@@ -109,7 +117,11 @@ func start(t testing.TB, ca *controller.CA, src controller.Source) *harness {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	h.c, err = controller.New(controller.Options{Source: src, Auth: auth, CA: ca, Log: log, CertTTL: time.Hour, MaxCertTTL: 2 * time.Hour})
+	opts := controller.Options{Source: src, Auth: auth, CA: ca, Log: log, CertTTL: time.Hour, MaxCertTTL: 2 * time.Hour}
+	if set != nil {
+		set(&opts)
+	}
+	h.c, err = controller.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ type Metrics struct {
 	nacks          prometheus.Counter
 	certs          *prometheus.CounterVec
 	authFailures   prometheus.Counter
+	refused        *prometheus.CounterVec
 	configRejected prometheus.Counter
 	buildSeconds   prometheus.Histogram
 	version        *prometheus.GaugeVec
@@ -50,6 +51,10 @@ func newMetrics(c *Controller) *Metrics {
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ambit_controller_authentication_failures_total", Help: "Calls refused for a missing, unknown or mismatched credential.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ambit_controller_refused_total",
+			Help: "Calls the controller's limits refused, by reason: unauthenticated (before any message was read), too_large (a message or CSR over its limit), rate_limited (a node's certificate requests over its rate), too_many_streams (a node's Config streams over its cap).",
+		}, []string{"reason"}),
 		configRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ambit_controller_config_rejected_total", Help: "Configurations refused (the last good one stayed in force).",
 		}),
@@ -64,12 +69,23 @@ func newMetrics(c *Controller) *Metrics {
 	}
 	m.certs.WithLabelValues("signed")
 	m.certs.WithLabelValues("refused")
+	for _, r := range []string{refusedUnauthenticated, refusedTooLarge, refusedRateLimited, refusedTooManyStreams} {
+		m.refused.WithLabelValues(r)
+	}
 	m.pushes.WithLabelValues("full")
 	m.pushes.WithLabelValues("incremental")
-	m.reg.MustRegister(m.connected, m.pushes, m.pushResources, m.pushLatency, m.nacks, m.certs, m.authFailures, m.configRejected, m.buildSeconds, m.version,
+	m.reg.MustRegister(m.connected, m.pushes, m.pushResources, m.pushLatency, m.nacks, m.certs, m.authFailures, m.refused, m.configRejected, m.buildSeconds, m.version,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// Reasons of ambit_controller_refused_total.
+const (
+	refusedUnauthenticated = "unauthenticated"
+	refusedTooLarge        = "too_large"
+	refusedRateLimited     = "rate_limited"
+	refusedTooManyStreams  = "too_many_streams"
+)
 
 func (m *Metrics) pushed(full bool, resources int) {
 	t := "incremental"

@@ -80,20 +80,30 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener, id spiffeid.ID
 	return nil
 }
 
-// NewGRPCServer is a gRPC server with the controller's services registered
-// and its keepalive policy; opts add credentials (Serve uses TLS 1.3).
+// NewGRPCServer is a gRPC server with the controller's services registered,
+// its keepalive policy and its limits; opts add credentials (Serve uses
+// TLS 1.3).
 func (c *Controller) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	return c.newGRPCServer(nil, opts...)
 }
 
-// newGRPCServer's Config streams end when done is closed.
+// newGRPCServer's Config streams end when done is closed. Every call is
+// authenticated from its headers before any of its messages is read
+// (tapHandle); messages, metadata, calls per connection and flow-control
+// windows are bounded (limits.go).
 func (c *Controller) newGRPCServer(done <-chan struct{}, opts ...grpc.ServerOption) *grpc.Server {
 	opts = append([]grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.InTapHandle(c.tapHandle),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.StaticStreamWindowSize(StreamWindow),
+		grpc.StaticConnWindowSize(ConnWindow),
 	}, opts...)
 	srv := grpc.NewServer(opts...)
 	pb.RegisterConfigServer(srv, configServer{c: c, done: done})
-	pb.RegisterCertificatesServer(srv, certServer{c: c})
+	srv.RegisterService(c.certificatesDesc(), certServer{c: c})
 	return srv
 }

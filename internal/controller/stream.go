@@ -75,9 +75,14 @@ func (s configServer) Stream(stream pb.Config_StreamServer) error {
 	if err != nil {
 		return err
 	}
-	first, err := stream.Recv()
+	release, err := c.openConfigStream(node)
 	if err != nil {
 		return err
+	}
+	defer release()
+	first, err := stream.Recv()
+	if err != nil {
+		return c.recvErr(err)
 	}
 	info := first.GetProxy()
 	wpKey, isWaypoint := ParseWaypointPrincipal(node)
@@ -130,7 +135,7 @@ func (s configServer) Stream(stream pb.Config_StreamServer) error {
 				return nil
 			}
 			log.Info("proxy disconnected", "err", err)
-			return err
+			return c.recvErr(err)
 		case <-pc.wake:
 		}
 		resp := c.next(pc)
