@@ -53,6 +53,10 @@ type Options struct {
 	// DefaultSignRate when zero; rate.Inf for no limit).
 	SignBurst int
 	SignRate  rate.Limit
+	// HandshakeTimeout bounds a new connection's TLS and HTTP/2
+	// handshakes: a client that connects and stays silent is closed then
+	// (DefaultHandshakeTimeout when zero).
+	HandshakeTimeout time.Duration
 	// MaxConfigStreams is how many Config streams one node may have open,
 	// and a waypoint per replica (DefaultMaxConfigStreams when zero).
 	MaxConfigStreams int

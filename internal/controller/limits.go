@@ -23,6 +23,9 @@ import (
 // CSR for one SPIFFE ID (about 300 bytes DER with a P-256 key, 1,700 bytes
 // PEM with RSA-4096), ProxyInfo, ACKs and NACKs with a one-line reason.
 const (
+	// DefaultHandshakeTimeout is Options.HandshakeTimeout's default, as
+	// the node proxy's tunnel allows for its handshakes.
+	DefaultHandshakeTimeout = 10 * time.Second
 	// MaxRecvMsgSize bounds every message the controller reads; gRPC
 	// refuses a larger one from its length prefix, before reading it.
 	MaxRecvMsgSize = 64 << 10

@@ -10,6 +10,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"errors"
+	"io"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -383,4 +386,36 @@ func TestConnectionLimitsAreAnnounced(t *testing.T) {
 		}
 		break
 	}
+}
+
+// A client that connects and says nothing (or stops halfway through the
+// TLS handshake) is closed at the handshake timeout instead of holding a
+// descriptor and a goroutine for gRPC's default two minutes.
+func TestSilentConnectionsAreClosed(t *testing.T) {
+	h := startWith(t, nil, nil, func(o *controller.Options) { o.HandshakeTimeout = 300 * time.Millisecond })
+	for _, name := range []string{"silent", "half a ClientHello"} {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if name != "silent" {
+			c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}) // a record header promising 512 bytes
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		start := time.Now()
+		_, err = io.ReadAll(c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("%s: the controller still holds the connection after %s", name, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	// It goes on serving.
+	cfg := clientTLS(h.ca.Roots())
+	cfg.NextProtos = []string{"h2"}
+	c, err := tls.Dial("tcp", h.addr, cfg)
+	if err != nil {
+		t.Fatalf("after the silent clients: %v", err)
+	}
+	c.Close()
 }
