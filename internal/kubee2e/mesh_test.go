@@ -280,6 +280,10 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 			t.Errorf("pod %s: uid %s (was %s), %d restarts, ready %v: joining the mesh must not restart pods or break their probes", p.Name, p.UID, uids[p.Name], restarts(p), ready(p))
 		}
 	}
+	t.Run("smuggling", func(t *testing.T) { e.t = t; checkSmuggling(e, client) })
+	t.Run("forwarded claims", func(t *testing.T) { e.t = t; checkForwardedClaims(e, client, server) })
+	t.Run("hostile config", func(t *testing.T) { e.t = t; checkHostileConfig(e, client, clients[1], server) })
+	t.Run("setup failure", func(t *testing.T) { e.t = t; checkSetupFailure(e, client, server) })
 	t.Run("new pod", func(t *testing.T) { e.t = t; checkNewPod(e) })
 	t.Run("opt out", func(t *testing.T) { e.t = t; checkOptOut(e, clients[1]) })
 	t.Run("fail closed", func(t *testing.T) { e.t = t; checkFailClosed(e) })
