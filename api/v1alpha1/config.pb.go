@@ -156,6 +156,63 @@ func (ResourceType) EnumDescriptor() ([]byte, []int) {
 	return file_config_proto_rawDescGZIP(), []int{1}
 }
 
+// PathNormalization levels, Istio's meshConfig.pathNormalization names
+// (internal/meshconfig.PathNormalization says what each does).
+type PathNormalization int32
+
+const (
+	PathNormalization_PATH_NORMALIZATION_UNSPECIFIED              PathNormalization = 0
+	PathNormalization_PATH_NORMALIZATION_NONE                     PathNormalization = 1
+	PathNormalization_PATH_NORMALIZATION_BASE                     PathNormalization = 2
+	PathNormalization_PATH_NORMALIZATION_MERGE_SLASHES            PathNormalization = 3
+	PathNormalization_PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES PathNormalization = 4
+)
+
+// Enum value maps for PathNormalization.
+var (
+	PathNormalization_name = map[int32]string{
+		0: "PATH_NORMALIZATION_UNSPECIFIED",
+		1: "PATH_NORMALIZATION_NONE",
+		2: "PATH_NORMALIZATION_BASE",
+		3: "PATH_NORMALIZATION_MERGE_SLASHES",
+		4: "PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES",
+	}
+	PathNormalization_value = map[string]int32{
+		"PATH_NORMALIZATION_UNSPECIFIED":              0,
+		"PATH_NORMALIZATION_NONE":                     1,
+		"PATH_NORMALIZATION_BASE":                     2,
+		"PATH_NORMALIZATION_MERGE_SLASHES":            3,
+		"PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES": 4,
+	}
+)
+
+func (x PathNormalization) Enum() *PathNormalization {
+	p := new(PathNormalization)
+	*p = x
+	return p
+}
+
+func (x PathNormalization) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathNormalization) Descriptor() protoreflect.EnumDescriptor {
+	return file_config_proto_enumTypes[2].Descriptor()
+}
+
+func (PathNormalization) Type() protoreflect.EnumType {
+	return &file_config_proto_enumTypes[2]
+}
+
+func (x PathNormalization) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathNormalization.Descriptor instead.
+func (PathNormalization) EnumDescriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{2}
+}
+
 type PolicyAction int32
 
 const (
@@ -189,11 +246,11 @@ func (x PolicyAction) String() string {
 }
 
 func (PolicyAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_config_proto_enumTypes[2].Descriptor()
+	return file_config_proto_enumTypes[3].Descriptor()
 }
 
 func (PolicyAction) Type() protoreflect.EnumType {
-	return &file_config_proto_enumTypes[2]
+	return &file_config_proto_enumTypes[3]
 }
 
 func (x PolicyAction) Number() protoreflect.EnumNumber {
@@ -202,7 +259,7 @@ func (x PolicyAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PolicyAction.Descriptor instead.
 func (PolicyAction) EnumDescriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{2}
+	return file_config_proto_rawDescGZIP(), []int{3}
 }
 
 // ProxyInfo says who the proxy is. The node must be the one its credential
@@ -716,8 +773,13 @@ type Mesh struct {
 	Tunnel string `protobuf:"bytes,2,opt,name=tunnel,proto3" json:"tunnel,omitempty"`
 	// Overrides of tunnel for tunnels to a node's proxies, by node name.
 	TunnelPerNode map[string]string `protobuf:"bytes,3,rep,name=tunnel_per_node,json=tunnelPerNode,proto3" json:"tunnel_per_node,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// How waypoints normalize request paths before routing, access policy
+	// and forwarding. UNSPECIFIED (a controller that predates the field) is
+	// the default, DECODE_AND_MERGE_SLASHES; so is a value a waypoint does
+	// not know.
+	PathNormalization PathNormalization `protobuf:"varint,4,opt,name=path_normalization,json=pathNormalization,proto3,enum=ambit.v1alpha1.PathNormalization" json:"path_normalization,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Mesh) Reset() {
@@ -769,6 +831,13 @@ func (x *Mesh) GetTunnelPerNode() map[string]string {
 		return x.TunnelPerNode
 	}
 	return nil
+}
+
+func (x *Mesh) GetPathNormalization() PathNormalization {
+	if x != nil {
+		return x.PathNormalization
+	}
+	return PathNormalization_PATH_NORMALIZATION_UNSPECIFIED
 }
 
 // Namespace carries the labels and annotations Ambit reads (opt-in,
@@ -1190,12 +1259,16 @@ type AccessPolicy struct {
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Picks workloads of the namespace by label; empty picks them all.
-	Selector      map[string]string `protobuf:"bytes,3,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Action        PolicyAction      `protobuf:"varint,4,opt,name=action,proto3,enum=ambit.v1alpha1.PolicyAction" json:"action,omitempty"`
-	DryRun        bool              `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
-	Rules         []*PolicyRule     `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Selector map[string]string `protobuf:"bytes,3,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Action   PolicyAction      `protobuf:"varint,4,opt,name=action,proto3,enum=ambit.v1alpha1.PolicyAction" json:"action,omitempty"`
+	DryRun   bool              `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	Rules    []*PolicyRule     `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	// Waypoints compare the rules' paths without ASCII case. A waypoint
+	// that predates the field compares them exactly, so a DENY it applies
+	// misses /ADMIN: upgrade waypoints before relying on it.
+	CaseInsensitivePaths bool `protobuf:"varint,7,opt,name=case_insensitive_paths,json=caseInsensitivePaths,proto3" json:"case_insensitive_paths,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *AccessPolicy) Reset() {
@@ -1268,6 +1341,13 @@ func (x *AccessPolicy) GetRules() []*PolicyRule {
 		return x.Rules
 	}
 	return nil
+}
+
+func (x *AccessPolicy) GetCaseInsensitivePaths() bool {
+	if x != nil {
+		return x.CaseInsensitivePaths
+	}
+	return false
 }
 
 // PolicyRule matches when every non-empty part matches.
@@ -1964,11 +2044,12 @@ const file_config_proto_rawDesc = "" +
 	"http_route\x18\x12 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\thttpRoute\x126\n" +
 	"\n" +
 	"grpc_route\x18\x13 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\tgrpcRouteB\x06\n" +
-	"\x04kind\"\xd4\x01\n" +
+	"\x04kind\"\xa6\x02\n" +
 	"\x04Mesh\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
 	"\x06tunnel\x18\x02 \x01(\tR\x06tunnel\x12O\n" +
-	"\x0ftunnel_per_node\x18\x03 \x03(\v2'.ambit.v1alpha1.Mesh.TunnelPerNodeEntryR\rtunnelPerNode\x1a@\n" +
+	"\x0ftunnel_per_node\x18\x03 \x03(\v2'.ambit.v1alpha1.Mesh.TunnelPerNodeEntryR\rtunnelPerNode\x12P\n" +
+	"\x12path_normalization\x18\x04 \x01(\x0e2!.ambit.v1alpha1.PathNormalizationR\x11pathNormalization\x1a@\n" +
 	"\x12TunnelPerNodeEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x02\n" +
@@ -2018,14 +2099,15 @@ const file_config_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
 	"\vtarget_port\x18\x03 \x01(\rR\n" +
 	"targetPort\x12!\n" +
-	"\fapp_protocol\x18\x04 \x01(\tR\vappProtocol\"\xc6\x02\n" +
+	"\fapp_protocol\x18\x04 \x01(\tR\vappProtocol\"\xfc\x02\n" +
 	"\fAccessPolicy\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12F\n" +
 	"\bselector\x18\x03 \x03(\v2*.ambit.v1alpha1.AccessPolicy.SelectorEntryR\bselector\x124\n" +
 	"\x06action\x18\x04 \x01(\x0e2\x1c.ambit.v1alpha1.PolicyActionR\x06action\x12\x17\n" +
 	"\adry_run\x18\x05 \x01(\bR\x06dryRun\x120\n" +
-	"\x05rules\x18\x06 \x03(\v2\x1a.ambit.v1alpha1.PolicyRuleR\x05rules\x1a;\n" +
+	"\x05rules\x18\x06 \x03(\v2\x1a.ambit.v1alpha1.PolicyRuleR\x05rules\x124\n" +
+	"\x16case_insensitive_paths\x18\a \x01(\bR\x14caseInsensitivePaths\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x01\n" +
@@ -2093,7 +2175,13 @@ const file_config_proto_rawDesc = "" +
 	"\x1cRESOURCE_TYPE_TRAFFIC_POLICY\x10\b\x12\x1c\n" +
 	"\x18RESOURCE_TYPE_HTTP_ROUTE\x10\t\x12\x1c\n" +
 	"\x18RESOURCE_TYPE_GRPC_ROUTE\x10\n" +
-	"*^\n" +
+	"*\xc8\x01\n" +
+	"\x11PathNormalization\x12\"\n" +
+	"\x1ePATH_NORMALIZATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17PATH_NORMALIZATION_NONE\x10\x01\x12\x1b\n" +
+	"\x17PATH_NORMALIZATION_BASE\x10\x02\x12$\n" +
+	" PATH_NORMALIZATION_MERGE_SLASHES\x10\x03\x12/\n" +
+	"+PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES\x10\x04*^\n" +
 	"\fPolicyAction\x12\x1d\n" +
 	"\x19POLICY_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13POLICY_ACTION_ALLOW\x10\x01\x12\x16\n" +
@@ -2113,78 +2201,80 @@ func file_config_proto_rawDescGZIP() []byte {
 	return file_config_proto_rawDescData
 }
 
-var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_config_proto_goTypes = []any{
 	(ProxyKind)(0),            // 0: ambit.v1alpha1.ProxyKind
 	(ResourceType)(0),         // 1: ambit.v1alpha1.ResourceType
-	(PolicyAction)(0),         // 2: ambit.v1alpha1.PolicyAction
-	(*ProxyInfo)(nil),         // 3: ambit.v1alpha1.ProxyInfo
-	(*ConfigRequest)(nil),     // 4: ambit.v1alpha1.ConfigRequest
-	(*ConfigResponse)(nil),    // 5: ambit.v1alpha1.ConfigResponse
-	(*ResourceRef)(nil),       // 6: ambit.v1alpha1.ResourceRef
-	(*Resource)(nil),          // 7: ambit.v1alpha1.Resource
-	(*Mesh)(nil),              // 8: ambit.v1alpha1.Mesh
-	(*Namespace)(nil),         // 9: ambit.v1alpha1.Namespace
-	(*Workload)(nil),          // 10: ambit.v1alpha1.Workload
-	(*LocalWorkload)(nil),     // 11: ambit.v1alpha1.LocalWorkload
-	(*Service)(nil),           // 12: ambit.v1alpha1.Service
-	(*ServicePort)(nil),       // 13: ambit.v1alpha1.ServicePort
-	(*AccessPolicy)(nil),      // 14: ambit.v1alpha1.AccessPolicy
-	(*PolicyRule)(nil),        // 15: ambit.v1alpha1.PolicyRule
-	(*PolicyTarget)(nil),      // 16: ambit.v1alpha1.PolicyTarget
-	(*PolicyHeaderMatch)(nil), // 17: ambit.v1alpha1.PolicyHeaderMatch
-	(*PolicySource)(nil),      // 18: ambit.v1alpha1.PolicySource
-	(*TrustBundle)(nil),       // 19: ambit.v1alpha1.TrustBundle
-	(*Waypoint)(nil),          // 20: ambit.v1alpha1.Waypoint
-	(*TrafficPolicy)(nil),     // 21: ambit.v1alpha1.TrafficPolicy
-	(*Route)(nil),             // 22: ambit.v1alpha1.Route
-	nil,                       // 23: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	nil,                       // 24: ambit.v1alpha1.Namespace.LabelsEntry
-	nil,                       // 25: ambit.v1alpha1.Namespace.AnnotationsEntry
-	nil,                       // 26: ambit.v1alpha1.Workload.LabelsEntry
-	nil,                       // 27: ambit.v1alpha1.Service.LabelsEntry
-	nil,                       // 28: ambit.v1alpha1.Service.SelectorEntry
-	nil,                       // 29: ambit.v1alpha1.AccessPolicy.SelectorEntry
+	(PathNormalization)(0),    // 2: ambit.v1alpha1.PathNormalization
+	(PolicyAction)(0),         // 3: ambit.v1alpha1.PolicyAction
+	(*ProxyInfo)(nil),         // 4: ambit.v1alpha1.ProxyInfo
+	(*ConfigRequest)(nil),     // 5: ambit.v1alpha1.ConfigRequest
+	(*ConfigResponse)(nil),    // 6: ambit.v1alpha1.ConfigResponse
+	(*ResourceRef)(nil),       // 7: ambit.v1alpha1.ResourceRef
+	(*Resource)(nil),          // 8: ambit.v1alpha1.Resource
+	(*Mesh)(nil),              // 9: ambit.v1alpha1.Mesh
+	(*Namespace)(nil),         // 10: ambit.v1alpha1.Namespace
+	(*Workload)(nil),          // 11: ambit.v1alpha1.Workload
+	(*LocalWorkload)(nil),     // 12: ambit.v1alpha1.LocalWorkload
+	(*Service)(nil),           // 13: ambit.v1alpha1.Service
+	(*ServicePort)(nil),       // 14: ambit.v1alpha1.ServicePort
+	(*AccessPolicy)(nil),      // 15: ambit.v1alpha1.AccessPolicy
+	(*PolicyRule)(nil),        // 16: ambit.v1alpha1.PolicyRule
+	(*PolicyTarget)(nil),      // 17: ambit.v1alpha1.PolicyTarget
+	(*PolicyHeaderMatch)(nil), // 18: ambit.v1alpha1.PolicyHeaderMatch
+	(*PolicySource)(nil),      // 19: ambit.v1alpha1.PolicySource
+	(*TrustBundle)(nil),       // 20: ambit.v1alpha1.TrustBundle
+	(*Waypoint)(nil),          // 21: ambit.v1alpha1.Waypoint
+	(*TrafficPolicy)(nil),     // 22: ambit.v1alpha1.TrafficPolicy
+	(*Route)(nil),             // 23: ambit.v1alpha1.Route
+	nil,                       // 24: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	nil,                       // 25: ambit.v1alpha1.Namespace.LabelsEntry
+	nil,                       // 26: ambit.v1alpha1.Namespace.AnnotationsEntry
+	nil,                       // 27: ambit.v1alpha1.Workload.LabelsEntry
+	nil,                       // 28: ambit.v1alpha1.Service.LabelsEntry
+	nil,                       // 29: ambit.v1alpha1.Service.SelectorEntry
+	nil,                       // 30: ambit.v1alpha1.AccessPolicy.SelectorEntry
 }
 var file_config_proto_depIdxs = []int32{
 	0,  // 0: ambit.v1alpha1.ProxyInfo.kind:type_name -> ambit.v1alpha1.ProxyKind
-	3,  // 1: ambit.v1alpha1.ConfigRequest.proxy:type_name -> ambit.v1alpha1.ProxyInfo
-	7,  // 2: ambit.v1alpha1.ConfigResponse.resources:type_name -> ambit.v1alpha1.Resource
-	6,  // 3: ambit.v1alpha1.ConfigResponse.removed:type_name -> ambit.v1alpha1.ResourceRef
+	4,  // 1: ambit.v1alpha1.ConfigRequest.proxy:type_name -> ambit.v1alpha1.ProxyInfo
+	8,  // 2: ambit.v1alpha1.ConfigResponse.resources:type_name -> ambit.v1alpha1.Resource
+	7,  // 3: ambit.v1alpha1.ConfigResponse.removed:type_name -> ambit.v1alpha1.ResourceRef
 	1,  // 4: ambit.v1alpha1.ResourceRef.type:type_name -> ambit.v1alpha1.ResourceType
-	6,  // 5: ambit.v1alpha1.Resource.ref:type_name -> ambit.v1alpha1.ResourceRef
-	8,  // 6: ambit.v1alpha1.Resource.mesh:type_name -> ambit.v1alpha1.Mesh
-	9,  // 7: ambit.v1alpha1.Resource.namespace:type_name -> ambit.v1alpha1.Namespace
-	10, // 8: ambit.v1alpha1.Resource.workload:type_name -> ambit.v1alpha1.Workload
-	12, // 9: ambit.v1alpha1.Resource.service:type_name -> ambit.v1alpha1.Service
-	14, // 10: ambit.v1alpha1.Resource.access_policy:type_name -> ambit.v1alpha1.AccessPolicy
-	19, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
-	20, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
-	21, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
-	22, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
-	22, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
-	23, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	24, // 17: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	25, // 18: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	26, // 19: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
-	11, // 20: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	27, // 21: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	28, // 22: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
-	13, // 23: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	29, // 24: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
-	2,  // 25: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
-	15, // 26: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	18, // 27: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
-	16, // 28: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
-	17, // 29: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
-	4,  // 30: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	5,  // 31: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	7,  // 5: ambit.v1alpha1.Resource.ref:type_name -> ambit.v1alpha1.ResourceRef
+	9,  // 6: ambit.v1alpha1.Resource.mesh:type_name -> ambit.v1alpha1.Mesh
+	10, // 7: ambit.v1alpha1.Resource.namespace:type_name -> ambit.v1alpha1.Namespace
+	11, // 8: ambit.v1alpha1.Resource.workload:type_name -> ambit.v1alpha1.Workload
+	13, // 9: ambit.v1alpha1.Resource.service:type_name -> ambit.v1alpha1.Service
+	15, // 10: ambit.v1alpha1.Resource.access_policy:type_name -> ambit.v1alpha1.AccessPolicy
+	20, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
+	21, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
+	22, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
+	23, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
+	23, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
+	24, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	2,  // 17: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
+	25, // 18: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	26, // 19: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	27, // 20: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	12, // 21: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
+	28, // 22: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	29, // 23: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	14, // 24: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
+	30, // 25: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	3,  // 26: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
+	16, // 27: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
+	19, // 28: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	17, // 29: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
+	18, // 30: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
+	5,  // 31: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	6,  // 32: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -2215,7 +2305,7 @@ func file_config_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,

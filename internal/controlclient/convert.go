@@ -54,7 +54,7 @@ func ToConfig(resources map[Ref]*pb.Resource, version string) (*meshconfig.Confi
 func addResource(b *meshconfig.Builder, r *pb.Resource, all map[Ref]*pb.Resource) error {
 	switch k := r.Kind.(type) {
 	case *pb.Resource_Mesh:
-		m := meshconfig.Mesh{Tunnel: k.Mesh.Tunnel, TunnelPerNode: k.Mesh.TunnelPerNode}
+		m := meshconfig.Mesh{Tunnel: k.Mesh.Tunnel, TunnelPerNode: k.Mesh.TunnelPerNode, PathNormalization: pathNormalizationFromPB(k.Mesh.PathNormalization)}
 		td, err := spiffeid.TrustDomainFromString(k.Mesh.TrustDomain)
 		if err != nil {
 			return fmt.Errorf("trust domain %q: %v", k.Mesh.TrustDomain, err)
@@ -152,7 +152,7 @@ func routeMeta(r *pb.Route) metav1.ObjectMeta {
 }
 
 func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
-	p := policy.Policy{Namespace: in.Namespace, Name: in.Name, Selector: in.Selector, DryRun: in.DryRun}
+	p := policy.Policy{Namespace: in.Namespace, Name: in.Name, Selector: in.Selector, DryRun: in.DryRun, CaseInsensitivePaths: in.CaseInsensitivePaths}
 	switch in.Action {
 	case pb.PolicyAction_POLICY_ACTION_ALLOW:
 		p.Action = policy.Allow
@@ -200,6 +200,23 @@ func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
 		p.Rules = append(p.Rules, rule)
 	}
 	return p, nil
+}
+
+// pathNormalizationFromPB: UNSPECIFIED (a controller that predates the
+// field) and a level this proxy does not know are the default, the
+// strictest level it knows.
+func pathNormalizationFromPB(n pb.PathNormalization) meshconfig.PathNormalization {
+	switch n {
+	case pb.PathNormalization_PATH_NORMALIZATION_NONE:
+		return meshconfig.PathNormalizationNone
+	case pb.PathNormalization_PATH_NORMALIZATION_BASE:
+		return meshconfig.PathNormalizationBase
+	case pb.PathNormalization_PATH_NORMALIZATION_MERGE_SLASHES:
+		return meshconfig.PathNormalizationMergeSlashes
+	case pb.PathNormalization_PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES:
+		return meshconfig.PathNormalizationDecodeAndMergeSlashes
+	}
+	return meshconfig.DefaultPathNormalization
 }
 
 func headerMatchFromPB(in *pb.PolicyHeaderMatch) (policy.HeaderMatch, error) {

@@ -428,7 +428,21 @@ func sameService(a, b *meshconfig.Service) bool {
 }
 
 func meshToPB(m meshconfig.Mesh) *pb.Mesh {
-	return &pb.Mesh{TrustDomain: m.TrustDomain.Name(), Tunnel: m.Tunnel, TunnelPerNode: m.TunnelPerNode}
+	return &pb.Mesh{TrustDomain: m.TrustDomain.Name(), Tunnel: m.Tunnel, TunnelPerNode: m.TunnelPerNode, PathNormalization: pathNormalizationToPB(m.PathNormalization)}
+}
+
+func pathNormalizationToPB(n meshconfig.PathNormalization) pb.PathNormalization {
+	switch n {
+	case meshconfig.PathNormalizationNone:
+		return pb.PathNormalization_PATH_NORMALIZATION_NONE
+	case meshconfig.PathNormalizationBase:
+		return pb.PathNormalization_PATH_NORMALIZATION_BASE
+	case meshconfig.PathNormalizationMergeSlashes:
+		return pb.PathNormalization_PATH_NORMALIZATION_MERGE_SLASHES
+	case meshconfig.PathNormalizationDecodeAndMergeSlashes:
+		return pb.PathNormalization_PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES
+	}
+	return pb.PathNormalization_PATH_NORMALIZATION_UNSPECIFIED // the default
 }
 
 func bundleToPB(td string, roots []*x509.Certificate) *pb.TrustBundle {
@@ -465,7 +479,7 @@ func serviceToPB(s *meshconfig.Service) *pb.Service {
 }
 
 func policyToPB(p policy.Policy) *pb.AccessPolicy {
-	out := &pb.AccessPolicy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, DryRun: p.DryRun}
+	out := &pb.AccessPolicy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, DryRun: p.DryRun, CaseInsensitivePaths: p.CaseInsensitivePaths}
 	switch p.Action {
 	case policy.Allow:
 		out.Action = pb.PolicyAction_POLICY_ACTION_ALLOW

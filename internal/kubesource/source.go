@@ -40,7 +40,8 @@ var optional = []schema.GroupVersionResource{
 // Options configure a Source. The zero value works; Mesh.TrustDomain
 // defaults to meshconfig.DefaultTrustDomain.
 type Options struct {
-	// Mesh is the mesh-wide configuration (trust domain, tunnel protocol).
+	// Mesh is the mesh-wide configuration (trust domain, tunnel protocol,
+	// waypoints' path normalization: "" is meshconfig.DefaultPathNormalization).
 	Mesh meshconfig.Mesh
 	// WaypointImage is the image of waypoint proxies. Without it Waypoints
 	// are accepted but not deployed (their Programmed condition says why).

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -23,6 +24,13 @@ import (
 // by AccessPolicy ns/x" (gRPC PERMISSION_DENIED) and is logged; dry-run
 // policies are logged and never enforced.
 //
+// First, with or without policies, it normalizes every request's path at
+// the mesh's level (MeshConfig pathNormalization, authz.NormalizePath)
+// and rewrites the request with it, so routes, policies and the backend
+// all see the same path, as Envoy does; a path that level refuses (%00,
+// or a '%' without two hex digits) is answered 400 (gRPC
+// INVALID_ARGUMENT) and goes no further.
+//
 // Service traffic is decided before an endpoint is picked, so a policy
 // whose selector picks only some of the Service's workloads (version: v2)
 // must still count: the request is evaluated for each distinct label set
@@ -34,7 +42,8 @@ type AccessPolicies struct {
 }
 
 type accessState struct {
-	set *authz.Set
+	set  *authz.Set
+	norm meshconfig.PathNormalization
 	// labels are the distinct label sets of each Service's workloads.
 	labels map[*meshconfig.Service][]map[string]string
 }
@@ -50,7 +59,8 @@ func NewAccessPolicies(log *slog.Logger) *AccessPolicies {
 
 // Update compiles cfg's policies.
 func (a *AccessPolicies) Update(cfg *meshconfig.Config) error {
-	st := &accessState{set: authz.NewSet(authz.FromL4All(cfg.Policies)), labels: map[*meshconfig.Service][]map[string]string{}}
+	norm := cfg.Mesh.PathNormalization
+	st := &accessState{set: authz.NewSetWithPathNormalization(authz.FromL4All(cfg.Policies), norm), norm: norm, labels: map[*meshconfig.Service][]map[string]string{}}
 	if st.set.Len() > 0 {
 		for _, svc := range cfg.Services {
 			var sets []map[string]string
@@ -80,13 +90,37 @@ func (e *AccessDenied) Response() *DirectResponse {
 		Header: http.Header{"X-Content-Type-Options": {"nosniff"}}}
 }
 
-// Authorize evaluates r.
+// InvalidPath is an Authorizer's refusal of a path the mesh's
+// normalization does not accept; its Response is 400.
+type InvalidPath struct {
+	Err *authz.InvalidPathError
+}
+
+func (e *InvalidPath) Error() string { return e.Err.Error() }
+
+// Response is 400 with the reason (gRPC INVALID_ARGUMENT).
+func (e *InvalidPath) Response() *DirectResponse {
+	return &DirectResponse{Status: http.StatusBadRequest, GRPCStatus: grpcInvalidArgument, Body: e.Error(),
+		Header: http.Header{"X-Content-Type-Options": {"nosniff"}}}
+}
+
+const grpcInvalidArgument = 3
+
+// Authorize normalizes r's path, then evaluates r.
 func (a *AccessPolicies) Authorize(r *http.Request, info ConnInfo, dst *Destination) error {
 	st := a.cur.Load()
+	norm := meshconfig.DefaultPathNormalization
+	if st != nil {
+		norm = st.norm
+	}
+	if err := normalizePath(r, norm); err != nil {
+		a.log.Info("request refused", "src", info.SrcIdentity, "src_ip", info.Src.Addr().String(), "dst", dst.Addr.String(),
+			"method", r.Method, "host", r.Host, "path", authz.SentPath(r.URL), "reason", err.Reason)
+		return &InvalidPath{Err: err}
+	}
 	if st == nil || st.set.Len() == 0 {
 		return nil
 	}
-	normalizePath(r)
 	req := authz.FromHTTP(r, sourceID(info.SrcIdentity), info.Src.Addr(), authzDestination(dst))
 	d := st.set.Evaluate(&req)
 	if dst.Service != nil && d.Allowed {
@@ -111,25 +145,36 @@ func (a *AccessPolicies) Authorize(r *http.Request, info ConnInfo, dst *Destinat
 	return &AccessDenied{Decision: d}
 }
 
-// normalizePath rewrites r's path to the form policies match
-// (authz.NormalizePath: dot segments removed, slashes merged, unreserved
-// escapes decoded), so that routing and the backend see the path that was
-// authorized, as Envoy forwards it; otherwise "/admin/../public" could be
-// allowed as "/public" and served by a backend under /admin.
-func normalizePath(r *http.Request) {
-	esc := r.URL.EscapedPath()
-	n := authz.NormalizePath(esc)
-	if n == esc {
-		return
-	}
-	p, err := url.PathUnescape(n)
+// normalizePath rewrites r's path to its normalized form at level n
+// (authz.NormalizePath), the form routes and policies see and the
+// backend gets, so that "/admin/../public" cannot be allowed as "/public"
+// and served by a backend under /admin. r.URL.RawPath keeps the escapes
+// normalization left (%2F at MERGE_SLASHES), so the forwarded target
+// (URL.RequestURI) is the normalized path exactly; r.RequestURI, the
+// target as received, is left alone.
+func normalizePath(r *http.Request, n meshconfig.PathNormalization) *authz.InvalidPathError {
+	sent := authz.SentPath(r.URL)
+	norm, err := authz.NormalizePath(sent, n)
 	if err != nil {
-		return
+		ipe, ok := err.(*authz.InvalidPathError)
+		if !ok {
+			ipe = &authz.InvalidPathError{Reason: err.Error()}
+		}
+		return ipe
 	}
-	r.URL.Path, r.URL.RawPath = p, n
-	if r.URL.EscapedPath() != n {
-		r.URL.RawPath = ""
+	if norm == sent {
+		return nil
 	}
+	p, uerr := url.PathUnescape(norm)
+	if uerr != nil {
+		// Not reached: a normalized path holds only valid escapes.
+		return &authz.InvalidPathError{Reason: "the normalized path " + strconv.Quote(norm) + " does not decode"}
+	}
+	r.URL.Path, r.URL.RawPath = p, norm
+	if (&url.URL{Path: p}).EscapedPath() == norm {
+		r.URL.RawPath = "" // Go's own encoding of p: no RawPath needed
+	}
+	return nil
 }
 
 // sourceID parses the client's SPIFFE ID; zero (no identity) when it is

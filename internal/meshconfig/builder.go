@@ -113,6 +113,11 @@ func (b *Builder) addMesh(m Mesh, at pos) error {
 		per[node] = t
 	}
 	m.TunnelPerNode = per
+	pn, err := ParsePathNormalization(string(m.PathNormalization))
+	if err != nil {
+		return fieldErr("spec.pathNormalization.normalization", "MeshConfig: %v", err)
+	}
+	m.PathNormalization = pn
 	b.mesh, b.meshAt = &m, at
 	return nil
 }
@@ -270,7 +275,7 @@ func (b *Builder) addPolicy(p policy.Policy, at pos) error {
 // AccessPolicyFromSpec turns an AccessPolicy's spec into the policy the
 // proxies evaluate, or says what is wrong with it.
 func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (policy.Policy, error) {
-	p := policy.Policy{Namespace: namespace, Name: name, DryRun: spec.DryRun}
+	p := policy.Policy{Namespace: namespace, Name: name, DryRun: spec.DryRun, CaseInsensitivePaths: spec.CaseInsensitivePaths}
 	switch spec.Action {
 	case "ALLOW", "Allow", "allow", "DENY", "Deny", "deny":
 		p.Action = policy.Action(strings.ToUpper(spec.Action))

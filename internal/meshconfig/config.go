@@ -90,7 +90,7 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 	if b.mesh != nil {
 		c.Mesh = *b.mesh
 	} else {
-		c.Mesh = Mesh{Tunnel: TunnelH2, TunnelPerNode: map[string]string{}}
+		c.Mesh = Mesh{Tunnel: TunnelH2, TunnelPerNode: map[string]string{}, PathNormalization: DefaultPathNormalization}
 	}
 	if c.Mesh.TrustDomain.IsZero() {
 		c.Mesh.TrustDomain = spiffeid.RequireTrustDomainFromString(DefaultTrustDomain)

@@ -49,6 +49,10 @@ type meshDoc struct {
 			Name   string `yaml:"name"`
 			Tunnel string `yaml:"tunnel"`
 		} `yaml:"nodes"`
+		// PathNormalization is Istio's meshConfig.pathNormalization.
+		PathNormalization struct {
+			Normalization string `yaml:"normalization"`
+		} `yaml:"pathNormalization"`
 	} `yaml:"spec"`
 }
 
@@ -593,7 +597,7 @@ func checkFields(n *yaml.Node, t reflect.Type, where, file string) error {
 }
 
 func (b *Builder) fileMesh(file string, n *yaml.Node, d *meshDoc) error {
-	m := Mesh{Tunnel: d.Spec.Tunnel, TunnelPerNode: map[string]string{}}
+	m := Mesh{Tunnel: d.Spec.Tunnel, TunnelPerNode: map[string]string{}, PathNormalization: PathNormalization(d.Spec.PathNormalization.Normalization)}
 	if d.Spec.TrustDomain != "" {
 		td, err := spiffeidTrustDomain(d.Spec.TrustDomain)
 		if err != nil {

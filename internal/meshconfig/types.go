@@ -12,7 +12,10 @@
 package meshconfig
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -76,6 +79,64 @@ type Mesh struct {
 	Tunnel string
 	// TunnelPerNode overrides Tunnel for tunnels to a node's proxies.
 	TunnelPerNode map[string]string
+	// PathNormalization is how waypoints normalize a request's path
+	// before routing, access policy and forwarding (Istio's
+	// meshConfig.pathNormalization.normalization). A built Config always
+	// has one of the four levels; "" given to the Builder is
+	// DefaultPathNormalization.
+	PathNormalization PathNormalization
+}
+
+// PathNormalization is a level of request path normalization, Istio's
+// names and meanings (internal/l7/authz implements them). Each level does
+// what the one before it does, and more; the path the waypoint forwards is
+// the normalized one, which is also the one routes and AccessPolicies
+// match.
+type PathNormalization string
+
+const (
+	// PathNormalizationNone leaves the path as the client sent it. Only a
+	// NUL (%00) is refused. Policies match the path as sent: /%61dmin,
+	// //admin or /public/../admin do not match /admin.
+	PathNormalizationNone PathNormalization = "NONE"
+	// PathNormalizationBase: RFC 3986 normalization. Escapes are checked
+	// (a '%' without two hex digits, or %00, is refused with 400),
+	// percent-encoded unreserved characters (A-Z a-z 0-9 - . _ ~) are
+	// decoded and other escapes upper-cased, a backslash becomes a slash,
+	// bytes that may not appear raw in a path are percent-encoded, and "."
+	// and ".." segments are removed (also "..;x", a ".." with path
+	// parameters, as Tomcat and Jetty read it). %2F and %5C stay encoded.
+	PathNormalizationBase PathNormalization = "BASE"
+	// PathNormalizationMergeSlashes is BASE, then repeated slashes merged
+	// (//admin is /admin).
+	PathNormalizationMergeSlashes PathNormalization = "MERGE_SLASHES"
+	// PathNormalizationDecodeAndMergeSlashes decodes %2F (slash) and %5C
+	// (backslash, then a slash) first, then does MERGE_SLASHES: /admin%2Fx
+	// is /admin/x. Ambit's default.
+	PathNormalizationDecodeAndMergeSlashes PathNormalization = "DECODE_AND_MERGE_SLASHES"
+
+	// DefaultPathNormalization is the strictest level: with any coarser
+	// one a DENY on /admin/* misses /admin%2Fx, which backends that decode
+	// %2F before routing (nginx, WSGI, PHP) serve as /admin/x. A backend
+	// that needs %2F kept encoded (a name with a slash in one segment)
+	// wants MERGE_SLASHES.
+	DefaultPathNormalization = PathNormalizationDecodeAndMergeSlashes
+)
+
+// PathNormalizations lists the levels, least first.
+var PathNormalizations = []PathNormalization{PathNormalizationNone, PathNormalizationBase, PathNormalizationMergeSlashes, PathNormalizationDecodeAndMergeSlashes}
+
+// ParsePathNormalization reads a level by its name, without case; ""
+// and Istio's "DEFAULT" are DefaultPathNormalization.
+func ParsePathNormalization(s string) (PathNormalization, error) {
+	u := PathNormalization(strings.ToUpper(s))
+	switch {
+	case u == "" || u == "DEFAULT":
+		return DefaultPathNormalization, nil
+	case slices.Contains(PathNormalizations, u):
+		return u, nil
+	}
+	return "", fmt.Errorf("path normalization %q: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES (the default)", s)
 }
 
 // Namespace is a Kubernetes namespace with Ambit's settings resolved.

@@ -37,6 +37,10 @@ type Policy struct {
 	Action   Action
 	// DryRun policies only report what they would have done.
 	DryRun bool
+	// CaseInsensitivePaths: the waypoint compares the rules' paths with
+	// the request's without ASCII case (for backends that serve /ADMIN as
+	// /admin). Node proxies do not see paths, so it changes nothing here.
+	CaseInsensitivePaths bool
 	// Rules: the policy matches a connection that matches any rule. With no
 	// rules it matches nothing (an ALLOW with no rules allows nothing).
 	Rules []Rule

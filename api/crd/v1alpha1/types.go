@@ -134,6 +134,13 @@ type AccessPolicySpec struct {
 	// DryRun policies are evaluated and reported, never enforced.
 	// +optional
 	DryRun bool `json:"dryRun,omitempty"`
+	// CaseInsensitivePaths compares the paths of the rules with the
+	// request's path without ASCII case, so a DENY of /admin/* also denies
+	// /ADMIN/x, for backends that do not tell case apart (IIS, some Spring
+	// and Windows file servers). The path is compared after the mesh's path
+	// normalization (MeshConfig pathNormalization). Waypoints only.
+	// +optional
+	CaseInsensitivePaths bool `json:"caseInsensitivePaths,omitempty"`
 	// Rules: with none, the policy matches nothing.
 	// +kubebuilder:validation:MaxItems=32
 	// +optional

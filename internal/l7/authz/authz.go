@@ -28,12 +28,17 @@
 //     anything else exact (a '*' elsewhere is literal; Istio's "{*}" and
 //     "{**}" templates are not supported). gRPC paths are
 //     "/package.Service/Method". The query string and fragment are not part
-//     of the path. The request's path is normalized first (NormalizePath,
-//     Istio's MERGE_SLASHES level): percent-encoded unreserved characters
-//     decoded, other escapes upper-cased, "." and ".." segments removed,
-//     repeated slashes merged; "%2F" and "%5C" stay encoded. The waypoint
-//     should forward the normalized path, as Envoy does, so the backend
-//     sees what was authorized.
+//     of the path. The request's path is normalized first, at the Set's
+//     level (NormalizePath; the mesh's pathNormalization, by default
+//     DECODE_AND_MERGE_SLASHES: escapes checked, unreserved ones and %2F
+//     %5C decoded, backslashes made slashes, "." and ".." segments
+//     removed, repeated slashes merged), and each segment's path
+//     parameters (";..." to the segment's end) are left out (MatchPath).
+//     A path NormalizePath refuses matches no policy: any policy with
+//     paths that applies denies it. The waypoint forwards the normalized
+//     path (parameters kept), as Envoy does, so the backend sees what was
+//     authorized. A policy with CaseInsensitivePaths compares its paths
+//     without ASCII case.
 //   - hosts: case-insensitive; "*" any host, "*.example.com" suffix,
 //     "example.*" prefix, else exact. A pattern without a port matches the
 //     request's host with any port or none; a pattern with a port
@@ -62,6 +67,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
@@ -79,6 +85,9 @@ type Policy struct {
 	Selector map[string]string
 	Action   policy.Action
 	DryRun   bool
+	// CaseInsensitivePaths: the rules' paths are compared without ASCII
+	// case.
+	CaseInsensitivePaths bool
 	// Rules: the policy matches a request that matches any rule.
 	Rules []Rule
 }
@@ -108,8 +117,9 @@ type Target struct {
 // Request is what Evaluate decides on.
 type Request struct {
 	// Method, Host (the :authority or Host header, with or without port)
-	// and Path (the request target's path; a query is ignored). Path need
-	// not be normalized: Evaluate does it.
+	// and Path (the request target's path as sent, escaped; a query is
+	// ignored). Path need not be normalized: Evaluate does it, at the
+	// Set's level.
 	Method, Host, Path string
 	// Header is the request's header, for header matches; keys are
 	// expected in canonical form (net/http's), others are found too.
@@ -161,8 +171,9 @@ type Decision struct {
 
 // Reasons when no single policy decided.
 const (
-	ReasonNoPolicy = "no policy applies"
-	ReasonNoAllow  = "no ALLOW policy matched"
+	ReasonNoPolicy    = "no policy applies"
+	ReasonNoAllow     = "no ALLOW policy matched"
+	ReasonInvalidPath = "invalid request path"
 )
 
 // Set is an immutable, compiled set of policies, safe for concurrent
@@ -171,12 +182,20 @@ const (
 type Set struct {
 	byNS map[string][]*compiled
 	n    int
+	norm meshconfig.PathNormalization
 }
 
-// NewSet compiles policies. Their order does not matter: within a
-// namespace they are evaluated in key order, as at L4.
+// NewSet compiles policies, for paths normalized at the default level
+// (meshconfig.DefaultPathNormalization). Their order does not matter:
+// within a namespace they are evaluated in key order, as at L4.
 func NewSet(policies []Policy) *Set {
-	s := &Set{byNS: map[string][]*compiled{}, n: len(policies)}
+	return NewSetWithPathNormalization(policies, meshconfig.DefaultPathNormalization)
+}
+
+// NewSetWithPathNormalization is NewSet for paths normalized at level n
+// (the mesh's pathNormalization).
+func NewSetWithPathNormalization(policies []Policy, n meshconfig.PathNormalization) *Set {
+	s := &Set{byNS: map[string][]*compiled{}, n: len(policies), norm: n}
 	for _, p := range policies {
 		c := compile(p)
 		s.byNS[p.Namespace] = append(s.byNS[p.Namespace], c)
@@ -203,12 +222,25 @@ func (s *Set) Evaluate(req *Request) Decision {
 		list = s.byNS[req.Destination.Namespace]
 	}
 	rc := reqCtx{req: req}
+	if s != nil {
+		rc.norm = s.norm
+	}
 	// Applicable policies, without allocating for the common case.
 	var buf [32]*compiled
 	applicable := buf[:0]
+	pathRules := false
 	for _, p := range list {
 		if p.appliesTo(&req.Destination) {
 			applicable = append(applicable, p)
+			pathRules = pathRules || p.hasPaths
+		}
+	}
+	if pathRules {
+		if _, ok := rc.path(); !ok {
+			// A path that cannot be normalized matches no pattern, for
+			// DENY as for ALLOW: refuse it rather than pick.
+			d.Reason = ReasonInvalidPath
+			return d
 		}
 	}
 	for _, p := range applicable {

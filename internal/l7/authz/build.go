@@ -16,7 +16,7 @@ func FromSpec(namespace, name string, spec crd.AccessPolicySpec) (Policy, error)
 	if err != nil {
 		return Policy{}, err
 	}
-	p := Policy{Namespace: namespace, Name: name, Selector: l4.Selector, Action: l4.Action, DryRun: l4.DryRun}
+	p := Policy{Namespace: namespace, Name: name, Selector: l4.Selector, Action: l4.Action, DryRun: l4.DryRun, CaseInsensitivePaths: l4.CaseInsensitivePaths}
 	for i, r := range spec.Rules {
 		rule := Rule{From: l4.Rules[i].From}
 		for j, t := range r.To {
@@ -42,7 +42,7 @@ func FromSpec(namespace, name string, spec crd.AccessPolicySpec) (Policy, error)
 // at L4: a DENY matches, an ALLOW does not. Rules without HTTP attributes
 // mean exactly what they mean at L4.
 func FromL4(p policy.Policy) Policy {
-	out := Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: p.Action, DryRun: p.DryRun}
+	out := Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: p.Action, DryRun: p.DryRun, CaseInsensitivePaths: p.CaseInsensitivePaths}
 	for _, r := range p.Rules {
 		rule := Rule{From: r.From}
 		switch {

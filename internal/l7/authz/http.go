@@ -3,6 +3,7 @@ package authz
 import (
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -10,11 +11,26 @@ import (
 )
 
 // FromHTTP fills a Request from an HTTP request (HTTP/1 Host or HTTP/2
-// :authority, the path as sent) and what the waypoint knows about the
-// connection: the original client's identity and address, and the
-// destination.
+// :authority, the path as sent: SentPath) and what the waypoint knows
+// about the connection: the original client's identity and address, and
+// the destination.
 func FromHTTP(r *http.Request, source spiffeid.ID, sourceIP netip.Addr, dst Destination) Request {
-	return Request{Method: r.Method, Host: r.Host, Path: r.URL.EscapedPath(), Header: r.Header, Source: source, SourceIP: sourceIP, Destination: dst}
+	return Request{Method: r.Method, Host: r.Host, Path: SentPath(r.URL), Header: r.Header, Source: source, SourceIP: sourceIP, Destination: dst}
+}
+
+// SentPath is u's path as the client sent it: RawPath, which Go's URL
+// parser keeps when the path is not in the encoding it would choose (a
+// raw backslash, %2F, a lower-case escape), else EscapedPath (which then
+// is the same). EscapedPath alone would re-encode what it does not like
+// in RawPath (a raw backslash as %5C), hiding it from normalization. A
+// RawPath that is not an encoding of Path (stale) is not used.
+func SentPath(u *url.URL) string {
+	if u.RawPath != "" {
+		if p, err := url.PathUnescape(u.RawPath); err == nil && p == u.Path {
+			return u.RawPath
+		}
+	}
+	return u.EscapedPath()
 }
 
 // IsGRPC reports whether a request's Content-Type is gRPC's

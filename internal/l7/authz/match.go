@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
@@ -15,6 +16,7 @@ type compiled struct {
 	key, reason, dryRunText string
 	selector                []label // Selector, without map iteration per request
 	rules                   []cRule
+	hasPaths                bool // a target names paths
 }
 
 type label struct{ k, v string }
@@ -40,11 +42,12 @@ type principalPattern struct {
 type saPattern struct{ ns, name string } // ns "" is any namespace
 
 type cTarget struct {
-	ports   []uint16
-	methods []string
-	paths   []strPattern
-	hosts   []hostPattern
-	headers []headerPattern
+	ports     []uint16
+	methods   []string
+	paths     []strPattern
+	foldPaths bool // paths are lower case, compared without ASCII case
+	hosts     []hostPattern
+	headers   []headerPattern
 }
 
 // headerPattern is a compiled policy.HeaderMatch.
@@ -102,9 +105,13 @@ func compile(p Policy) *compiled {
 			cr.from = append(cr.from, cs)
 		}
 		for _, t := range r.To {
-			ct := cTarget{ports: t.Ports, methods: t.Methods}
+			ct := cTarget{ports: t.Ports, methods: t.Methods, foldPaths: p.CaseInsensitivePaths}
 			for _, path := range t.Paths {
+				if ct.foldPaths {
+					path = asciiLower(path)
+				}
 				ct.paths = append(ct.paths, compileWildcard(path))
+				c.hasPaths = true
 			}
 			for _, h := range t.Hosts {
 				ct.hosts = append(ct.hosts, compileHost(h))
@@ -261,7 +268,50 @@ func (p *strPattern) match(s string) bool {
 	return s == p.s
 }
 
-// matchFold is match, ignoring ASCII case (patterns are lower case).
+// matchASCIIFold is match, ignoring ASCII case only (the pattern is
+// lower case).
+func (p *strPattern) matchASCIIFold(s string) bool {
+	switch p.kind {
+	case wildcard:
+		return s != ""
+	case prefix:
+		return len(s) >= len(p.s) && asciiEqualFold(s[:len(p.s)], p.s)
+	case suffix:
+		return len(s) >= len(p.s) && asciiEqualFold(s[len(s)-len(p.s):], p.s)
+	}
+	return asciiEqualFold(s, p.s)
+}
+
+// asciiEqualFold is strings.EqualFold for ASCII letters only: "K" (the
+// Kelvin sign) is not "k" in a path.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if asciiLowerByte(a[i]) != asciiLowerByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func asciiLowerByte(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		b[i] = asciiLowerByte(c)
+	}
+	return string(b)
+}
+
+// matchFold is match, ignoring case (patterns are lower case).
 func (p *strPattern) matchFold(s string) bool {
 	switch p.kind {
 	case wildcard:
@@ -423,10 +473,13 @@ func (t *cTarget) match(rc *reqCtx) bool {
 		}
 	}
 	if len(t.paths) > 0 {
-		p := rc.path()
+		p, valid := rc.path()
 		ok := false
 		for i := range t.paths {
-			if t.paths[i].match(p) {
+			if !valid {
+				break // Evaluate refuses it first
+			}
+			if t.foldPaths && t.paths[i].matchASCIIFold(p) || !t.foldPaths && t.paths[i].match(p) {
 				ok = true
 				break
 			}
@@ -460,10 +513,11 @@ func (t *cTarget) match(rc *reqCtx) bool {
 // reqCtx computes what rules need from the request once, when first
 // needed.
 type reqCtx struct {
-	req *Request
+	req  *Request
+	norm meshconfig.PathNormalization
 
-	pathDone bool
-	normPath string
+	pathDone, pathOK bool
+	matchPath        string
 
 	hostDone       bool
 	hostname, port string
@@ -476,11 +530,16 @@ type reqCtx struct {
 	isWorkload   bool
 }
 
-func (rc *reqCtx) path() string {
+// path is the request's path as policies match it (MatchPath), and
+// false when NormalizePath refuses it.
+func (rc *reqCtx) path() (string, bool) {
 	if !rc.pathDone {
-		rc.normPath, rc.pathDone = NormalizePath(rc.req.Path), true
+		rc.pathDone = true
+		if n, err := NormalizePath(rc.req.Path, rc.norm); err == nil {
+			rc.matchPath, rc.pathOK = MatchPath(n, rc.norm), true
+		}
 	}
-	return rc.normPath
+	return rc.matchPath, rc.pathOK
 }
 
 func (rc *reqCtx) host() (string, string) {
