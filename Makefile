@@ -70,6 +70,7 @@ test: lint check-generate kube-tools cluster-tools cluster-images ## lint, check
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshconfig:FuzzParse ./internal/tunnel:FuzzParseForwarded
 FUZZ_TARGETS += ./internal/controller:FuzzCreateCertificate
+FUZZ_TARGETS += ./internal/l7/authz:FuzzNormalizePath ./internal/kubesource:FuzzCustomResource
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); `make test` replays their seeds

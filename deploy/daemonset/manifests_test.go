@@ -211,7 +211,7 @@ func TestNodeProxyDaemonSet(t *testing.T) {
 		t.Errorf("node proxy declares ports %v; with hostNetwork and maxSurge they block the rollout", c.Ports)
 	}
 
-	checkProbes(t, "node proxy", c)
+	checkProbes(t, "node proxy", c, "/healthz/live")
 
 	var nodeName bool
 	for _, e := range c.Env {
@@ -310,18 +310,24 @@ func TestControllerDeployment(t *testing.T) {
 	if got := flagValue(c.Args, "--source"); got != "kubernetes" {
 		t.Errorf("controller --source %q, want kubernetes", got)
 	}
-	checkProbes(t, "controller", c)
+	checkProbes(t, "controller", c, "/healthz/ready")
 }
 
-func checkProbes(t *testing.T, who string, c corev1.Container) {
+// checkProbes checks readiness on /healthz/ready and liveness on
+// livePath, both on 15021.
+func checkProbes(t *testing.T, who string, c corev1.Container, livePath string) {
 	t.Helper()
-	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+	for name, want := range map[string]struct {
+		p    *corev1.Probe
+		path string
+	}{"readiness": {c.ReadinessProbe, "/healthz/ready"}, "liveness": {c.LivenessProbe, livePath}} {
+		p := want.p
 		if p == nil || p.HTTPGet == nil {
 			t.Errorf("%s has no HTTP %s probe", who, name)
 			continue
 		}
-		if p.HTTPGet.Port.IntValue() != 15021 || p.HTTPGet.Path != "/healthz/ready" {
-			t.Errorf("%s %s probe is %s on %s, want /healthz/ready on 15021", who, name, p.HTTPGet.Path, p.HTTPGet.Port.String())
+		if p.HTTPGet.Port.IntValue() != 15021 || p.HTTPGet.Path != want.path {
+			t.Errorf("%s %s probe is %s on %s, want %s on 15021", who, name, p.HTTPGet.Path, p.HTTPGet.Port.String(), want.path)
 		}
 	}
 }

@@ -22,6 +22,38 @@ const (
 // ReadyPath is where readiness is served.
 const ReadyPath = "/healthz/ready"
 
+// LivePath is where liveness is served, on the readiness listener: what a
+// kubelet's liveness probe asks. Unready is not dead: a proxy that cannot
+// serve one pod is unready, and restarting it would cut off the others.
+const LivePath = "/healthz/live"
+
+// LiveTimeout is how long LiveHandler waits for a Liveness answer.
+const LiveTimeout = 5 * time.Second
+
+// Liveness is a Source that can tell it is stuck.
+type Liveness interface {
+	// Live returns an error when the process no longer does its work
+	// (its control loop does not answer within timeout).
+	Live(timeout time.Duration) error
+}
+
+// LiveHandler answers 200 "alive" while the process serves HTTP and, when
+// src is a Liveness, its Live says so; else 503 with the reason.
+func LiveHandler(src Source) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if l, ok := src.(Liveness); ok {
+			if err := l.Live(LiveTimeout); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintln(w, err)
+				return
+			}
+		}
+		fmt.Fprintln(w, "alive")
+	})
+}
+
 // ReadyHandler answers 200 "ready" when src is ready, else 503 with the
 // reasons, one per line.
 func ReadyHandler(src Source) http.Handler {
@@ -122,6 +154,7 @@ func NewOpsServer(cfg OpsConfig, src Source, m *Metrics) (*OpsServer, error) {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET "+ReadyPath, ReadyHandler(src))
+		mux.Handle("GET "+LivePath, LiveHandler(src))
 		lns = append(lns, listener{"ready", ln, mux})
 	}
 	for _, l := range lns {

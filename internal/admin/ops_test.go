@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http/httptest"
 	"strings"
@@ -89,5 +90,27 @@ func TestOpsServerRefusesPublicAdmin(t *testing.T) {
 	_, err = NewOpsServer(OpsConfig{AdminAddr: "127.0.0.1:0", MetricsAddr: busy.Addr().String()}, &fakeSource{}, NewMetrics(""))
 	if err == nil || !strings.Contains(err.Error(), "metrics listener") {
 		t.Fatalf("busy metrics port: err = %v", err)
+	}
+}
+
+// stuckSource is a Source whose control loop does not answer.
+type stuckSource struct{ *fakeSource }
+
+func (stuckSource) Live(time.Duration) error { return errors.New("control loop stuck") }
+
+// Liveness is not readiness: an unready source is alive; one whose Live
+// fails is not.
+func TestLivenessIsNotReadiness(t *testing.T) {
+	src := &fakeSource{}
+	src.setReady(false, "pod demo/web: listeners not open")
+	srv := httptest.NewServer(LiveHandler(src))
+	defer srv.Close()
+	if resp, body := get(t, srv.URL+LivePath); resp.StatusCode != 200 || body != "alive\n" {
+		t.Errorf("unready source: %d %q; want 200 alive", resp.StatusCode, body)
+	}
+	stuck := httptest.NewServer(LiveHandler(stuckSource{src}))
+	defer stuck.Close()
+	if resp, body := get(t, stuck.URL+LivePath); resp.StatusCode != 503 || !strings.Contains(body, "control loop stuck") {
+		t.Errorf("stuck source: %d %q; want 503 with the reason", resp.StatusCode, body)
 	}
 }

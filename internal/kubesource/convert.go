@@ -147,16 +147,15 @@ func (s *Source) build() *state {
 
 	st.waypoints = s.list(crd.WaypointsResource)
 	for _, u := range st.waypoints {
-		var wp crd.Waypoint
-		if err := fromUnstructured(u, &wp); err != nil {
+		w, err := waypointFromUnstructured(u)
+		if err != nil {
 			st.invalid[objKey(meshconfig.KindWaypoint, u.GetNamespace(), u.GetName())] = err.Error()
 			continue
 		}
-		w := meshconfig.WaypointFromSpec(wp.Namespace, wp.Name, wp.Spec)
-		if svc, err := s.services.Services(wp.Namespace).Get(wp.Name); err == nil && ownedBy(svc.OwnerReferences, u) {
+		if svc, err := s.services.Services(w.Namespace).Get(w.Name); err == nil && ownedBy(svc.OwnerReferences, u) {
 			w.Addresses = serviceAddresses(svc)
 		}
-		if d, err := s.deploys.Deployments(wp.Namespace).Get(wp.Name); err == nil && ownedBy(d.OwnerReferences, u) {
+		if d, err := s.deploys.Deployments(w.Namespace).Get(w.Name); err == nil && ownedBy(d.OwnerReferences, u) {
 			w.Ready = d.Status.AvailableReplicas > 0
 		}
 		if err := b.AddWaypoint(w); err != nil {
@@ -166,24 +165,14 @@ func (s *Source) build() *state {
 
 	st.accessPolicies = s.list(crd.AccessPoliciesResource)
 	for _, u := range st.accessPolicies {
-		var ap crd.AccessPolicy
-		err := fromUnstructured(u, &ap)
-		if err == nil {
-			err = b.AddAccessPolicy(ap.Namespace, ap.Name, ap.Spec)
-		}
-		if err != nil {
+		if err := addAccessPolicy(b, u); err != nil {
 			st.invalid[objKey(meshconfig.KindAccessPolicy, u.GetNamespace(), u.GetName())] = err.Error()
 		}
 	}
 
 	st.trafficPolicies = s.list(crd.TrafficPoliciesResource)
 	for _, u := range st.trafficPolicies {
-		var tp crd.TrafficPolicy
-		err := fromUnstructured(u, &tp)
-		if err == nil {
-			err = b.AddTrafficPolicy(tp.Namespace, tp.Name, tp.CreationTimestamp.Time, tp.Spec)
-		}
-		if err != nil {
+		if err := addTrafficPolicy(b, u); err != nil {
 			st.invalid[objKey(meshconfig.KindTrafficPolicy, u.GetNamespace(), u.GetName())] = err.Error()
 		}
 	}
@@ -232,7 +221,46 @@ func (s *Source) build() *state {
 	return st
 }
 
-func fromUnstructured(u *unstructured.Unstructured, out any) error {
+// The custom resources as listed (unstructured) into the mesh's model,
+// with the checks the file parser applies: a resource that cannot be read
+// or is wrong is an error naming it, never a panic (FuzzCustomResource).
+
+// waypointFromUnstructured reads a Waypoint (its spec; addresses and
+// readiness come from its Service and Deployment).
+func waypointFromUnstructured(u *unstructured.Unstructured) (meshconfig.Waypoint, error) {
+	var wp crd.Waypoint
+	if err := fromUnstructured(u, &wp); err != nil {
+		return meshconfig.Waypoint{}, err
+	}
+	return meshconfig.WaypointFromSpec(wp.Namespace, wp.Name, wp.Spec), nil
+}
+
+// addAccessPolicy reads an AccessPolicy into b.
+func addAccessPolicy(b *meshconfig.Builder, u *unstructured.Unstructured) error {
+	var ap crd.AccessPolicy
+	if err := fromUnstructured(u, &ap); err != nil {
+		return err
+	}
+	return b.AddAccessPolicy(ap.Namespace, ap.Name, ap.Spec)
+}
+
+// addTrafficPolicy reads a TrafficPolicy into b.
+func addTrafficPolicy(b *meshconfig.Builder, u *unstructured.Unstructured) error {
+	var tp crd.TrafficPolicy
+	if err := fromUnstructured(u, &tp); err != nil {
+		return err
+	}
+	return b.AddTrafficPolicy(tp.Namespace, tp.Name, tp.CreationTimestamp.Time, tp.Spec)
+}
+
+func fromUnstructured(u *unstructured.Unstructured, out any) (err error) {
+	defer func() {
+		// The converter panics on some shapes it was not built for; a
+		// resource must never take the controller down.
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%s %s/%s cannot be read: %v", u.GetKind(), u.GetNamespace(), u.GetName(), p)
+		}
+	}()
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, out); err != nil {
 		return fmt.Errorf("%s %s/%s cannot be read: %v", u.GetKind(), u.GetNamespace(), u.GetName(), err)
 	}

@@ -250,6 +250,9 @@ func (b *Builder) AddAccessPolicy(namespace, name string, spec crd.AccessPolicyS
 		NS, Name string
 		Spec     crd.AccessPolicySpec
 	}{namespace, name, spec})
+	if err := checkMeta("AccessPolicy", name, namespace); err != nil {
+		return fieldErr("metadata", "%v", err)
+	}
 	p, err := AccessPolicyFromSpec(namespace, name, spec)
 	if err != nil {
 		return err

@@ -75,6 +75,10 @@ type Proxy struct {
 	conns    connTable
 	rr       sync.Map // service key -> *atomic.Uint64, round robin
 	lastErrs map[string]string
+	// unserved holds the pods whose capture this proxy attached but whose
+	// setup failed after that: still captured (fail closed) while they are
+	// to be served, released when they leave.
+	unserved map[string]bool
 	want     map[string]*meshconfig.Workload // the pods to serve, as resolved by the last reconcile
 	located  map[string]*located             // pods found by UID (Kubernetes), by UID
 	// unlocated counts the pods the last reconcile could not find yet.
@@ -113,6 +117,7 @@ func New(opts Options) (*Proxy, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		lastErrs: map[string]string{},
+		unserved: map[string]bool{},
 		located:  map[string]*located{},
 	}
 	p.dialer = &tunnel.Dialer{Bundle: opts.Bundle, Log: opts.Log}
@@ -185,6 +190,16 @@ func (p *Proxy) reconcile(cfg *meshconfig.Config) {
 		pd.close(true)
 		delete(p.pods, key)
 	}
+	for key := range p.unserved {
+		if _, ok := want[key]; ok {
+			continue
+		}
+		// Set up but never served: nothing else releases its capture.
+		if err := p.opts.Capture.Release(key); err != nil {
+			p.log.Warn("release capture of a pod that was never served", "pod", key, "err", err)
+		}
+		delete(p.unserved, key)
+	}
 	p.forgetLocated(uids)
 	ids := map[spiffeid.ID]bool{}
 	for key, w := range want {
@@ -204,11 +219,15 @@ func (p *Proxy) reconcile(cfg *meshconfig.Config) {
 		}
 		pd, err := p.openPod(w)
 		if err != nil {
+			if w.Cgroup != "" {
+				p.unserved[key] = true
+			}
 			p.lastErrs[key] = err.Error()
 			p.log.Error("cannot serve pod", "pod", key, "err", err)
 			continue
 		}
 		delete(p.lastErrs, key)
+		delete(p.unserved, key)
 		p.pods[key] = pd
 		p.log.Info("serving pod", "pod", key, "ips", fmt.Sprint(w.IPs), "identity", w.Identity.String())
 	}
@@ -275,6 +294,25 @@ func (p *Proxy) obtain(ctx context.Context, id spiffeid.ID) {
 
 // Ready reports whether every pod of this node that should be served is:
 // listeners open, capture attached, certificate issued.
+// Live tells whether the proxy's control loop still answers: it takes the
+// lock that configuration updates, pod setup and readiness take, within
+// timeout. A pod the proxy cannot serve makes it unready, never dead:
+// restarting the proxy would cut every other pod of the node off.
+func (p *Proxy) Live(timeout time.Duration) error {
+	got := make(chan struct{})
+	go func() {
+		p.mu.Lock()
+		p.mu.Unlock()
+		close(got)
+	}()
+	select {
+	case <-got:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("the node proxy's control loop has not answered for %s", timeout)
+	}
+}
+
 func (p *Proxy) Ready() (bool, []string) {
 	cfg := p.cfg.Load()
 	if cfg == nil {

@@ -213,7 +213,8 @@ spec: {serviceAccount: broken, node: node-1, addresses: [10.0.1.5], netns: /run/
 		t.Fatal(err)
 	}
 	var p *Proxy
-	p, err = New(Options{Node: "node-1", Capture: redirecttest.New(), Bundle: ca.Bundle(),
+	capture := redirecttest.New()
+	p, err = New(Options{Node: "node-1", Capture: capture, Bundle: ca.Bundle(),
 		Signer: &NodeAuthorizedSigner{CA: ca, Node: "node-1", Config: func() *meshconfig.Config { return p.Config() }}})
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +222,9 @@ spec: {serviceAccount: broken, node: node-1, addresses: [10.0.1.5], netns: /run/
 	defer p.Shutdown(context.Background())
 	p.Update(cfg)
 	// The certificate comes asynchronously; then the pod's setup runs and
-	// fails. The proxy stays up and says why.
+	// fails. The proxy stays up, unready, says why, and is alive (its
+	// liveness probe must not restart it: that would cut off every other
+	// pod of the node).
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ok, why := p.Ready()
@@ -233,5 +236,21 @@ spec: {serviceAccount: broken, node: node-1, addresses: [10.0.1.5], netns: /run/
 			t.Fatalf("readiness %v %q; want it to name the pod whose setup failed, and why", ok, why)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if err := p.Live(time.Second); err != nil {
+		t.Errorf("a proxy that cannot serve one pod is not alive: %v", err)
+	}
+	// The pod stays captured (fail closed) while it is to be served; when
+	// it leaves, its capture is released although it was never served.
+	if pods, _ := capture.Pods(); len(pods) != 1 || pods[0].Key != "demo/broken-1" {
+		t.Fatalf("captured %v while the pod's setup fails; want demo/broken-1", pods)
+	}
+	empty, err := meshconfig.Parse("m.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Update(empty)
+	if pods, _ := capture.Pods(); len(pods) != 0 {
+		t.Errorf("captured %v after the pod whose setup failed left; want its capture released", pods)
 	}
 }

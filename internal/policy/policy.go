@@ -165,7 +165,7 @@ func (p Policy) Key() string { return p.Namespace + "/" + p.Name }
 // Validate reports what is wrong with p.
 func (p Policy) Validate() error {
 	if p.Namespace == "" || p.Name == "" {
-		return fmt.Errorf("access policy needs a namespace and a name")
+		return fmt.Errorf("access policy %q in namespace %q: it needs both a namespace and a name", p.Name, p.Namespace)
 	}
 	if p.Action != Allow && p.Action != Deny {
 		return fmt.Errorf("access policy %s: action %q must be ALLOW or DENY", p.Key(), p.Action)
