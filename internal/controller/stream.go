@@ -85,22 +85,10 @@ func (s configServer) Stream(stream pb.Config_StreamServer) error {
 		return c.recvErr(err)
 	}
 	info := first.GetProxy()
-	wpKey, isWaypoint := ParseWaypointPrincipal(node)
-	switch {
-	case info == nil:
-		return status.Error(codes.InvalidArgument, "the first request of a Config stream must carry ProxyInfo")
-	case isWaypoint && (info.Kind != pb.ProxyKind_PROXY_KIND_WAYPOINT || info.Name != wpKey):
-		c.metrics.authFailures.Inc()
-		return status.Errorf(codes.PermissionDenied, "the credential belongs to waypoint %s, but the proxy says it is %v %q; check --name and --token-file", wpKey, info.Kind, info.Name)
-	case !isWaypoint && info.Kind == pb.ProxyKind_PROXY_KIND_WAYPOINT:
-		c.metrics.authFailures.Inc()
-		return status.Errorf(codes.PermissionDenied, "a node's credential (node %q) cannot run a waypoint; give the waypoint its own credential (bootstrap token %q, or its service account token)", node, WaypointPrincipal("<namespace>", "<name>"))
-	case !isWaypoint && info.Node != node:
-		c.metrics.authFailures.Inc()
-		return status.Errorf(codes.PermissionDenied, "the credential belongs to node %q, but the proxy says it is on node %q; check --node and --token-file", node, info.Node)
-	case info.Kind != pb.ProxyKind_PROXY_KIND_NODE && info.Kind != pb.ProxyKind_PROXY_KIND_WAYPOINT:
-		return status.Errorf(codes.InvalidArgument, "proxy kind %v: want node or waypoint", info.Kind)
+	if err := c.admitProxy(node, info); err != nil {
+		return err
 	}
+	_, isWaypoint := ParseWaypointPrincipal(node)
 	pc := c.register(info, ctx)
 	pc.viewer = info.Node
 	if isWaypoint {
@@ -230,6 +218,29 @@ func (c *Controller) answer(pc *proxyConn, req *pb.ConfigRequest, log interface 
 		log.Warn("proxy refused configuration (NACK); it keeps its previous one", "version", in.snap.version, "nonce", in.nonce, "reason", req.Error)
 	}
 	pc.poke()
+}
+
+// admitProxy checks the ProxyInfo that opens a Config stream against the
+// credential's principal (node, the authenticated node name or a waypoint
+// principal).
+func (c *Controller) admitProxy(node string, info *pb.ProxyInfo) error {
+	wpKey, isWaypoint := ParseWaypointPrincipal(node)
+	switch {
+	case info == nil:
+		return status.Error(codes.InvalidArgument, "the first request of a Config stream must carry ProxyInfo")
+	case isWaypoint && (info.Kind != pb.ProxyKind_PROXY_KIND_WAYPOINT || info.Name != wpKey):
+		c.metrics.authFailures.Inc()
+		return status.Errorf(codes.PermissionDenied, "the credential belongs to waypoint %s, but the proxy says it is %v %q; check --name and --token-file", wpKey, info.Kind, info.Name)
+	case !isWaypoint && info.Kind == pb.ProxyKind_PROXY_KIND_WAYPOINT:
+		c.metrics.authFailures.Inc()
+		return status.Errorf(codes.PermissionDenied, "a node's credential (node %q) cannot run a waypoint; give the waypoint its own credential (bootstrap token %q, or its service account token)", node, WaypointPrincipal("<namespace>", "<name>"))
+	case !isWaypoint && info.Node != node:
+		c.metrics.authFailures.Inc()
+		return status.Errorf(codes.PermissionDenied, "the credential belongs to node %q, but the proxy says it is on node %q; check --node and --token-file", node, info.Node)
+	case info.Kind != pb.ProxyKind_PROXY_KIND_NODE && info.Kind != pb.ProxyKind_PROXY_KIND_WAYPOINT:
+		return status.Errorf(codes.InvalidArgument, "proxy kind %v: want node or waypoint", info.Kind)
+	}
+	return nil
 }
 
 // ProxyStatus is one connected proxy as the admin endpoint shows it.
