@@ -52,6 +52,10 @@ const (
 	ReasonNoBackend         = "backend-not-found"
 	ReasonAborted           = "stream-aborted"
 	ReasonClientGone        = "client-gone"
+	// ReasonInvalidPath: the request's path is one the mesh's path
+	// normalization refuses (%00, a broken escape); answered 400, not a
+	// policy denial.
+	ReasonInvalidPath = "invalid-path"
 )
 
 type dialError struct{ err error }
@@ -250,13 +254,21 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if a := e.opts.Authorizer; a != nil {
 		if err := a.Authorize(r, h.info, dst); err != nil {
-			ri.Denial = err
 			d := &DirectResponse{Status: http.StatusForbidden, Body: "denied by access policy: " + err.Error()}
 			var rs Responder
 			if errors.As(err, &rs) {
 				d = rs.Response()
 			}
-			d.Reason = ReasonDenied
+			// A path the normalization refuses is a bad request (400),
+			// not a policy's decision: its own reason, so that it is
+			// neither labelled access-denied nor counted (flag DENY) as
+			// one.
+			if ip := (*InvalidPath)(nil); errors.As(err, &ip) {
+				d.Reason = ReasonInvalidPath
+			} else {
+				ri.Denial = err
+				d.Reason = ReasonDenied
+			}
 			e.answer(rec, st, d)
 			return
 		}
