@@ -9,13 +9,16 @@ import (
 )
 
 // httpHandler answers every request with 200 and "NAME\n", and /healthz with
-// 200 and "ok\n"; every answer carries X-Echo-Name: NAME and X-Echo-Remote:
-// the client address the server saw.
+// 200 and "ok\n"; every answer carries X-Echo-Name: NAME, X-Echo-Remote:
+// the client address the server saw, and X-Echo-Uri: the request target as
+// received (RequestURI: path and query, escapes as sent), so a test can see
+// what a proxy in between forwarded.
 func httpHandler(name string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("X-Echo-Name", name)
 		h.Set("X-Echo-Remote", r.RemoteAddr)
+		h.Set("X-Echo-Uri", r.RequestURI)
 		h.Set("Content-Type", "text/plain; charset=utf-8")
 		body := name + "\n"
 		if r.URL.Path == "/healthz" {

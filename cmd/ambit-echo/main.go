@@ -10,8 +10,8 @@
 //	    print the answer; exit 1 on error
 //	ambit-echo http [-name NAME] ADDR
 //	    HTTP/1.1 server: every request gets 200, body "NAME\n", headers
-//	    X-Echo-Name: NAME and X-Echo-Remote: <client address seen>;
-//	    /healthz gets 200 "ok\n"
+//	    X-Echo-Name: NAME, X-Echo-Remote: <client address seen> and
+//	    X-Echo-Uri: <request target as received>; /healthz gets 200 "ok\n"
 //	ambit-echo get [-n N] [-c CONCURRENCY] [-timeout D] [-json] URL
 //	    N GET requests over keep-alive connections; prints "NAME COUNT" per
 //	    distinct first body line of the 2xx answers, "status CODE COUNT" per

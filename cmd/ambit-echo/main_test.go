@@ -138,7 +138,9 @@ func TestHTTPServer(t *testing.T) {
 	t.Parallel()
 	addr := start(t, "http", "-name", "web")
 	c, br := dialT(t, addr)
-	for _, tc := range []struct{ path, body string }{{"/", "web\n"}, {"/any/path?q=1", "web\n"}, {"/healthz", "ok\n"}} {
+	// X-Echo-Uri is the target as sent: escapes, dot segments and doubled
+	// slashes untouched.
+	for _, tc := range []struct{ path, body string }{{"/", "web\n"}, {"/any/path?q=1", "web\n"}, {"/healthz", "ok\n"}, {"/a/./b//c%2fd/../e;p=1?q=%2F", "web\n"}} {
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", tc.path) // one keep-alive connection
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
@@ -153,6 +155,9 @@ func TestHTTPServer(t *testing.T) {
 		}
 		if got := resp.Header.Get("X-Echo-Remote"); got != c.LocalAddr().String() {
 			t.Errorf("GET %s: X-Echo-Remote %q, want %s", tc.path, got, c.LocalAddr())
+		}
+		if got := resp.Header.Get("X-Echo-Uri"); got != tc.path {
+			t.Errorf("GET %s: X-Echo-Uri %q, want the target as sent", tc.path, got)
 		}
 	}
 }
