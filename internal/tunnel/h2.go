@@ -33,7 +33,12 @@ import (
 const (
 	h2Preface = http2.ClientPreface
 	// h2MaxHeaderList bounds a peer's header block; CONNECT needs little.
-	h2MaxHeaderList = 16 << 10
+	// A larger block refuses its stream with 431, not the connection: it
+	// is decoded up to h2HeaderDecodeLimit, which keeps the connection's
+	// HPACK state in step (a field over that, or CONTINUATION after it,
+	// still ends the connection, as x/net's framer has it).
+	h2MaxHeaderList     = 16 << 10
+	h2HeaderDecodeLimit = 64 << 10
 	// h2MaxStreams is the concurrent streams a server allows per connection.
 	h2MaxStreams = 1000
 	// h2DefaultWindow is the protocol's initial window (RFC 9113 6.9.2).
@@ -180,7 +185,7 @@ func newH2conn(conn net.Conn, client bool) *h2conn {
 	c.fr.SetMaxReadFrameSize(maxFrameSize)
 	c.hdec = hpack.NewDecoder(4096, nil)
 	c.fr.ReadMetaHeaders = c.hdec
-	c.fr.MaxHeaderListSize = h2MaxHeaderList
+	c.fr.MaxHeaderListSize = h2HeaderDecodeLimit // h2MaxHeaderList is checked per stream (onHeaders)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -429,6 +434,7 @@ func (c *h2conn) readLoop() {
 			}
 			var se http2.StreamError
 			if errors.As(err, &se) {
+				c.noteStream(se.StreamID)
 				c.resetStream(se.StreamID, se.Code)
 				continue
 			}
@@ -589,15 +595,16 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		overrun = s.recvAvail < 0
 	}
 	var b []byte
+	chunk := false // b is a pool chunk of its own, not the scratch buffer
 	direct := alive && n > 0 && !overrun && s.sink != nil && s.parked && !s.directBusy && len(s.rbuf) == 0
 	if direct {
 		s.directBusy = true
-		b = getChunk()[:n]
+		b, chunk = getChunk(n), true
 	} else if alive && n > 0 && !overrun {
 		if k := len(s.rbuf); n <= h2SmallData && k > 0 && cap(s.rbuf[k-1])-len(s.rbuf[k-1]) >= n {
 			b = nil // appended to the last buffer below
 		} else {
-			b = getChunk()[:n]
+			b, chunk = getChunk(n), true
 		}
 	}
 	c.mu.Unlock()
@@ -618,7 +625,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 			s.rcond.Broadcast()
 			c.mu.Unlock()
 		}
-		if cap(b) == maxFrameSize {
+		if chunk {
 			putChunk(b)
 		}
 		return err
@@ -632,7 +639,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		// Nobody reads it: the connection window comes back at once.
 		c.recvConsumed += int64(n)
 		c.mu.Unlock()
-		if cap(b) == maxFrameSize {
+		if chunk {
 			putChunk(b)
 		}
 		c.returnConn()
@@ -648,7 +655,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	}
 	switch {
 	case n == 0:
-	case cap(b) == maxFrameSize:
+	case chunk:
 		s.rbuf = append(s.rbuf, b)
 	default:
 		s.push(b)
@@ -736,6 +743,26 @@ func (c *h2conn) knownStream(id uint32) bool {
 	return id <= c.lastID
 }
 
+// noteStream records, on a server, a stream refused before it opened (its
+// header block was invalid), so that its late DATA is not taken for DATA
+// on an idle stream, a connection error.
+func (c *h2conn) noteStream(id uint32) {
+	c.mu.Lock()
+	if !c.client && id%2 == 1 && id > c.lastID {
+		c.lastID = id
+	}
+	c.mu.Unlock()
+}
+
+// headerListSize is a header list's size as RFC 9113 6.5.2 counts it.
+func headerListSize(fields []hpack.HeaderField) int {
+	n := 0
+	for _, f := range fields {
+		n += int(f.Size())
+	}
+	return n
+}
+
 // returnConn sends a connection WINDOW_UPDATE once enough was consumed.
 func (c *h2conn) returnConn() {
 	c.mu.Lock()
@@ -760,26 +787,13 @@ func (s *h2stream) push(data []byte) {
 	}
 	var b []byte
 	if len(data) <= maxFrameSize {
-		b = getChunk()[:0]
+		b = getChunk(len(data))[:0]
 	}
 	s.rbuf = append(s.rbuf, append(b, data...))
 }
 
-// chunkPool holds receive buffers of one maximal frame each, as array
-// pointers: putting a slice's array back allocates nothing (a *[]byte
-// would, per frame).
-var chunkPool = sync.Pool{New: func() any { return new([maxFrameSize]byte) }}
-
-func getChunk() []byte { return chunkPool.Get().(*[maxFrameSize]byte)[:] }
-
-func putChunk(b []byte) {
-	if cap(b) == maxFrameSize {
-		chunkPool.Put((*[maxFrameSize]byte)(b[:maxFrameSize]))
-	}
-}
-
 func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	if f.Truncated {
+	if f.Truncated && c.client {
 		c.resetStream(f.StreamID, http2.ErrCodeProtocol)
 		return nil
 	}
@@ -814,6 +828,11 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	// Server: a new stream, or trailers of an open one.
 	c.mu.Lock()
 	if s := c.streams[f.StreamID]; s != nil {
+		if f.Truncated {
+			c.mu.Unlock()
+			c.resetStream(f.StreamID, http2.ErrCodeProtocol)
+			return nil
+		}
 		if f.StreamEnded() {
 			s.recvEnd = true
 			s.rcond.Broadcast()
@@ -834,6 +853,22 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if c.goAway || len(c.streams) >= h2MaxStreams {
 		c.mu.Unlock()
 		c.resetStream(f.StreamID, http2.ErrCodeRefusedStream)
+		return nil
+	}
+	if f.Truncated || headerListSize(f.Fields) > h2MaxHeaderList {
+		// RFC 9113 10.5.1: a header block over our
+		// SETTINGS_MAX_HEADER_LIST_SIZE may be refused as a stream: 431
+		// (RFC 6585). It was decoded whole, so the connection goes on.
+		c.mu.Unlock()
+		c.write(func() error {
+			if err := c.writeHeaders(f.StreamID, true, []hpack.HeaderField{{Name: ":status", Value: "431"}}); err != nil {
+				return err
+			}
+			if !f.StreamEnded() { // no more of its request, please (RFC 9113 8.1)
+				return c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeNo)
+			}
+			return nil
+		})
 		return nil
 	}
 	s := c.newStream(f.StreamID)
