@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -127,11 +128,26 @@ func New(opts Options) (*Proxy, error) {
 		CertExpiry:   p.certExpiry,
 		CapturedPods: p.servedPods,
 	})
+	registerTunnelLimits(p.metrics)
 	go p.certs.Run(ctx)
 	if opts.Finder != nil {
 		go p.rescanLoop(ctx)
 	}
 	return p, nil
+}
+
+// registerTunnelLimits exports the tunnel's idle timeouts and limits that
+// fired (every tunnel server and dialer of the process together) as
+// ambit_tunnel_limits_total{limit}. A registry that has them already
+// (another Proxy on the same Metrics) keeps them.
+func registerTunnelLimits(m *admin.Metrics) {
+	for _, l := range tunnel.Limits() {
+		m.Registry().Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "ambit_tunnel_limits_total",
+			Help:        "Tunnel idle timeouts and limits that fired (streams and connections ended or refused), by limit.",
+			ConstLabels: prometheus.Labels{"limit": l.String()},
+		}, func() float64 { return float64(tunnel.LimitCount(l)) }))
+	}
 }
 
 // Config is the configuration in force, nil before the first Update.

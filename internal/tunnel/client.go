@@ -54,7 +54,11 @@ type Dialer struct {
 	mu      sync.Mutex
 	pools   map[poolKey][]*h2conn
 	dialing map[poolKey]chan struct{} // one connection setup per key at a time
-	quic    quicPool                  // guarded by mu
+	// spreadFailed holds when spreading a key's streams last failed to
+	// open a connection: no new attempt for spreadRetry (a peer at its
+	// limit of connections from us is not asked at every stream).
+	spreadFailed map[poolKey]time.Time
+	quic         quicPool // guarded by mu
 }
 
 type poolKey struct {
@@ -118,6 +122,7 @@ func (d *Dialer) init() {
 	if d.pools == nil {
 		d.pools = map[poolKey][]*h2conn{}
 		d.dialing = map[poolKey]chan struct{}{}
+		d.spreadFailed = map[poolKey]time.Time{}
 	}
 }
 
@@ -225,7 +230,19 @@ func (d *Dialer) conn(ctx context.Context, k poolKey, dial netDialFunc, svid x50
 		if err != nil && cc != nil {
 			// Spreading failed: the connection we have still serves.
 			d.log().Warn("tunnel: another pooled connection could not be opened", "peer", k.addr, "err", err)
+			d.mu.Lock()
+			d.spreadFailed[k] = time.Now()
+			d.mu.Unlock()
 			return cc, nil
+		}
+		if err != nil {
+			// Every connection carries maxStreamsPerTLS and no other
+			// opens (the peer may be at its limit of connections from
+			// us): one that the peer still allows streams on takes it.
+			if oc := d.overflow(k); oc != nil {
+				d.log().Warn("tunnel: another pooled connection could not be opened; the stream shares a busy one", "peer", k.addr, "err", err)
+				return oc, nil
+			}
 		}
 		if cc != nil {
 			cc.unreserve()
@@ -262,7 +279,46 @@ func (d *Dialer) pick(k poolKey) (cc *h2conn, spread bool) {
 	if !ok {
 		return nil, false
 	}
-	return best, bestN > 0 && len(live) < maxConnsPerPeer
+	spread = bestN > 0 && len(live) < maxConnsPerPeer
+	if t, ok := d.spreadFailed[k]; ok && spread {
+		if time.Since(t) < spreadRetry {
+			spread = false
+		} else {
+			delete(d.spreadFailed, k)
+		}
+	}
+	return best, spread
+}
+
+// spreadRetry is how long a pool key whose spreading failed keeps to the
+// connections it has.
+const spreadRetry = time.Second
+
+// overflow reserves a stream on the live pooled connection with the
+// fewest streams that the peer's SETTINGS_MAX_CONCURRENT_STREAMS still
+// allows, past maxStreamsPerTLS; nil if none does.
+func (d *Dialer) overflow(k poolKey) *h2conn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var best *h2conn
+	bestN := 0
+	for _, c := range d.pools[k] {
+		c.mu.Lock()
+		if n := c.activeLocked(); c.err == nil && !c.goAway && uint32(n) < c.peerMaxStreams && (best == nil || n < bestN) {
+			best, bestN = c, n
+		}
+		c.mu.Unlock()
+	}
+	if best == nil {
+		return nil
+	}
+	best.mu.Lock()
+	ok := best.reserveLocked()
+	best.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return best
 }
 
 func (c *h2conn) unreserve() {
@@ -285,6 +341,7 @@ func (d *Dialer) open(ctx context.Context, k poolKey, dial netDialFunc, svid x50
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: connect to %s: %w (is something blocking port 15008?)", k.addr, err)
 	}
+	setKeepAlive(raw)
 	tc := tls.Client(RawIO(raw), cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()

@@ -121,6 +121,8 @@ type h2conn struct {
 
 	// onStream, on a server, starts serving a new CONNECT stream.
 	onStream func(*h2stream, *http2.MetaHeadersFrame)
+	// lim holds the limits and idle timeouts (limits.go).
+	lim *connLimits
 }
 
 // h2stream is one CONNECT stream as a byte stream both ways.
@@ -152,6 +154,13 @@ type h2stream struct {
 	sentEnd    bool       // under c.mu
 	reset      bool       // under c.mu: RST_STREAM sent or received
 
+	// Idle timeouts, under c.mu (see h2conn.sweep): traffic sets active;
+	// quiet counts the sweeps since it was last seen. abort is closed
+	// when the stream fails (see abortWith).
+	active bool
+	quiet  uint32
+	abort  interface{ Close() error }
+
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -176,6 +185,7 @@ func newH2conn(conn net.Conn, client bool) *h2conn {
 		recvAvail:      connWindow,
 		idleSince:      time.Now(),
 		done:           make(chan struct{}),
+		lim:            clientLimits,
 	}
 	c.lastRead.Store(time.Now().UnixNano())
 	c.wcond = sync.NewCond(&c.mu)
@@ -207,7 +217,7 @@ func (c *h2conn) start() error {
 		if c.client {
 			settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 		} else {
-			settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams})
+			settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: uint32(c.lim.maxStreams)})
 		}
 		if err := c.fr.WriteSettings(settings...); err != nil {
 			return err
@@ -326,6 +336,7 @@ func (c *h2conn) fail(err error) {
 		}
 		s.rcond.Broadcast()
 		s.cancel()
+		s.abortLocked(err)
 		if s.headers != nil {
 			select {
 			case s.headers <- h2response{err: err}:
@@ -557,6 +568,7 @@ func (c *h2conn) onData(f *http2.DataFrame) error {
 		c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
 		return nil
 	}
+	s.active = true
 	data := f.Data()
 	if len(data) > 0 {
 		s.push(data)
@@ -593,6 +605,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	if alive {
 		s.recvAvail -= int64(n)
 		overrun = s.recvAvail < 0
+		s.active = true
 	}
 	var b []byte
 	chunk := false // b is a pool chunk of its own, not the scratch buffer
@@ -850,8 +863,12 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	c.lastID = f.StreamID
-	if c.goAway || len(c.streams) >= h2MaxStreams {
+	if c.goAway || len(c.streams) >= c.lim.maxStreams {
+		full := !c.goAway
 		c.mu.Unlock()
+		if full {
+			c.lim.count(LimitConnStreams)
+		}
 		c.resetStream(f.StreamID, http2.ErrCodeRefusedStream)
 		return nil
 	}
@@ -860,6 +877,7 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		// SETTINGS_MAX_HEADER_LIST_SIZE may be refused as a stream: 431
 		// (RFC 6585). It was decoded whole, so the connection goes on.
 		c.mu.Unlock()
+		c.lim.count(LimitHeaderList)
 		c.write(func() error {
 			if err := c.writeHeaders(f.StreamID, true, []hpack.HeaderField{{Name: ":status", Value: "431"}}); err != nil {
 				return err
@@ -902,6 +920,7 @@ func (s *h2stream) fail(err error) {
 	s.reset = true
 	s.rcond.Broadcast()
 	s.c.wcond.Broadcast()
+	s.abortLocked(err)
 	if s.headers != nil {
 		select {
 		case s.headers <- h2response{err: err}:
@@ -980,6 +999,7 @@ func (s *h2stream) Read(p []byte) (int, error) {
 func (s *h2stream) consume(n int) {
 	c := s.c
 	c.mu.Lock()
+	s.active = s.active || n > 0
 	s.consumed += int64(n)
 	c.recvConsumed += int64(n)
 	var streamInc, connInc int64
@@ -1116,6 +1136,7 @@ func (s *h2stream) window(want int) (int, error) {
 		c.wcond.Wait()
 	}
 	n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
+	s.active = true
 	s.sendWindow -= n
 	c.sendWindow -= n
 	return int(n), nil
@@ -1382,11 +1403,17 @@ func (c *h2conn) idleFor(now time.Time) time.Duration {
 	return now.Sub(c.idleSince)
 }
 
-// keepalive closes the connection after idle with no streams, and, for a
-// client, pings a peer silent for pingAfter and closes the connection if
-// the answer takes longer than pingTimeout.
+// keepalive closes the connection after idle with no streams, pings a
+// peer silent for pingAfter and closes the connection if the answer takes
+// longer than pingTimeout, and, on a server, ends streams quiet too long
+// (sweep). A zero duration turns its part off.
 func (c *h2conn) keepalive(idle, pingAfter, pingTimeout time.Duration) {
-	tick := min(idle, pingAfter) / 4
+	tick := time.Duration(0)
+	for _, d := range []time.Duration{idle, pingAfter, c.lim.streamIdle, c.lim.halfClosedIdle} {
+		if d > 0 && (tick == 0 || d/4 < tick) {
+			tick = d / 4
+		}
+	}
 	if tick <= 0 {
 		tick = time.Second
 	}
@@ -1401,10 +1428,12 @@ func (c *h2conn) keepalive(idle, pingAfter, pingTimeout time.Duration) {
 		}
 		now := time.Now()
 		if idle > 0 && c.idleFor(now) >= idle {
+			c.lim.count(LimitConnIdle)
 			c.shutdown()
 			c.fail(errors.New("tunnel connection idle"))
 			return
 		}
+		c.sweep(tick)
 		if pingAfter <= 0 {
 			continue
 		}
@@ -1414,8 +1443,12 @@ func (c *h2conn) keepalive(idle, pingAfter, pingTimeout time.Duration) {
 			pingSent = time.Time{}
 		case pingSent.IsZero():
 			pingSent = now
-			c.write(func() error { return c.fr.WritePing(false, [8]byte{'a', 'm', 'b', 'i', 't'}) })
+			// In a goroutine of its own: a writer stuck on a peer that
+			// vanished holds the write lock, and the timeout below must
+			// still fire (its close frees the writer).
+			go c.write(func() error { return c.fr.WritePing(false, [8]byte{'a', 'm', 'b', 'i', 't'}) })
 		case now.Sub(pingSent) > pingTimeout:
+			c.lim.count(LimitPingTimeout)
 			c.fail(fmt.Errorf("tunnel peer did not answer a PING within %s", pingTimeout))
 			return
 		}

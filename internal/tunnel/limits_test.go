@@ -3,10 +3,18 @@ package tunnel
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
 	"net"
+	"net/netip"
+	"os"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -111,6 +119,7 @@ func TestSlowTargetMemoryFollowsBytes(t *testing.T) {
 // to end the connection (COMPRESSION_ERROR for one field over 16 KiB).
 func TestOversizedHeaderRefusesOnlyItsStream(t *testing.T) {
 	f := newFixture(t, nil)
+	before := LimitCount(LimitHeaderList)
 	dst := echo(t).String()
 	fr := rawH2(t, f)
 	fr.WriteSettings()
@@ -171,6 +180,9 @@ func TestOversizedHeaderRefusesOnlyItsStream(t *testing.T) {
 	if s := status(7); s != "200" {
 		t.Errorf("CONNECT after the refusals: %s", s)
 	}
+	if n, all := f.server.LimitCount(LimitHeaderList), LimitCount(LimitHeaderList)-before; n != 2 || all < 2 {
+		t.Errorf("header_list_size counted %d times by the server, %d in the process; want 2", n, all)
+	}
 }
 
 // Receive chunks come in power-of-two classes from 4 KiB to a maximal
@@ -194,5 +206,469 @@ func TestChunkClasses(t *testing.T) {
 	putChunk(nil)
 	if b := getChunk(4000); cap(b) != 4<<10 {
 		t.Errorf("a chunk of 4000 has cap %d", cap(b))
+	}
+}
+
+// dialRaw opens a frame-level HTTP/2 connection to f's server with the
+// client's certificate, sends the preface and SETTINGS, and reads until
+// the server acknowledges them; an error says the server refused it.
+func dialRaw(t *testing.T, f *fixture) (*tls.Conn, *http2.Framer, error) {
+	t.Helper()
+	svid := issue(t, f.ca, clientID)
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	tc, err := tls.Dial("tcp", f.addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}})
+	if err != nil {
+		return nil, nil, err
+	}
+	t.Cleanup(func() { tc.Close() })
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(tc, http2.ClientPreface)
+	fr := http2.NewFramer(tc, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings()
+	for {
+		fm, err := fr.ReadFrame()
+		if err != nil {
+			return tc, fr, err
+		}
+		if ga, ok := fm.(*http2.GoAwayFrame); ok {
+			return tc, fr, fmt.Errorf("GOAWAY %v: %s", ga.ErrCode, ga.DebugData())
+		}
+		if sf, ok := fm.(*http2.SettingsFrame); ok && sf.IsAck() {
+			return tc, fr, nil
+		}
+	}
+}
+
+// eventually polls cond until it holds or 10 s pass.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// socketsTo counts the process's TCP sockets connected to dst that are
+// still open (/proc/self/net/tcp: an inode; a closed one is gone or an
+// orphan, inode 0): the server's side of its target connections. Unlike
+// a probe from the target, it sends nothing that would wake a relay.
+func socketsTo(t *testing.T, dst netip.AddrPort) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/net/tcp")
+	if err != nil {
+		t.Skip("no /proc/self/net/tcp:", err)
+	}
+	a := dst.Addr().As4()
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], dst.Port())
+	n := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[2] == want && f[9] != "0" {
+			n++
+		}
+	}
+	return n
+}
+
+// targetClosed waits until the server has closed its connections to dst.
+func targetClosed(t *testing.T, dst netip.AddrPort) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("the server still holds connections to the target %s", dst), func() bool { return socketsTo(t, dst) == 0 })
+}
+
+// silentTarget is a target that reads until EOF and never writes; its
+// connections come on the returned channel, and only the test closes
+// them.
+func silentTarget(t *testing.T) (netip.AddrPort, chan net.Conn) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make(chan net.Conn, 64)
+	var mu sync.Mutex
+	var all []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range all {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			all = append(all, c)
+			mu.Unlock()
+			conns <- c
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort(), conns
+}
+
+// relayModes are the server's two ways of joining a stream and its target:
+// a TCP target is spliced (no goroutine while idle), any other net.Conn
+// relayed by two goroutines.
+var relayModes = []struct {
+	name string
+	dial DialFunc
+}{
+	{"splice", nil},
+	{"relay", func(ctx context.Context, r Request) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", r.Target.String())
+		if err != nil {
+			return nil, err
+		}
+		return opaqueConn{c}, nil
+	}},
+}
+
+// opaqueConn hides what its Conn is.
+type opaqueConn struct{ net.Conn }
+
+func forRelayModes(t *testing.T, test func(*testing.T, DialFunc)) {
+	for _, m := range relayModes {
+		t.Run(m.name, func(t *testing.T) { test(t, m.dial) })
+	}
+}
+
+// A stream with no bytes either way for StreamIdleTimeout is reset and
+// its target closed; one that keeps talking is not.
+func TestStreamIdleTimeout(t *testing.T) { forRelayModes(t, testStreamIdleTimeout) }
+
+func testStreamIdleTimeout(t *testing.T, dial DialFunc) {
+	const timeout = 150 * time.Millisecond
+	f := newFixtureWith(t, dial, func(c *ServerConfig) { c.StreamIdleTimeout = timeout })
+	svid := issue(t, f.ca, clientID)
+
+	// Busy for several timeouts: echo round trips back to back.
+	busy, err := f.dialer.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: echo(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	for start := time.Now(); time.Since(start) < 4*timeout; {
+		if _, err := busy.Write([]byte("ping")); err != nil {
+			t.Fatalf("a busy stream: %v", err)
+		}
+		if _, err := io.ReadFull(busy, buf); err != nil {
+			t.Fatalf("a busy stream: %v", err)
+		}
+	}
+	busy.Close()
+	if n := f.server.LimitCount(LimitStreamIdle); n != 0 {
+		t.Fatalf("a busy stream was timed out (stream_idle %d)", n)
+	}
+
+	dst, targets := silentTarget(t)
+	c, err := f.dialer.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	<-targets
+	ended := make(chan error, 1)
+	go func() { _, err := io.ReadAll(c); ended <- err }()
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Error("the idle stream ended cleanly; want a reset")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an idle stream was not timed out")
+	}
+	targetClosed(t, dst)
+	if n := f.server.LimitCount(LimitStreamIdle); n != 1 {
+		t.Errorf("stream_idle counted %d times, want 1", n)
+	}
+}
+
+// A stream the client has ended (END_STREAM: its application closed, or
+// shut down writing) towards a target that stays silent ends after
+// HalfClosedIdleTimeout, long before StreamIdleTimeout.
+func TestHalfClosedStreamIdleTimeout(t *testing.T) { forRelayModes(t, testHalfClosedStreamIdleTimeout) }
+
+func testHalfClosedStreamIdleTimeout(t *testing.T, dial DialFunc) {
+	f := newFixtureWith(t, dial, func(c *ServerConfig) { c.HalfClosedIdleTimeout = 200 * time.Millisecond })
+	dst, targets := silentTarget(t)
+	c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("bye"))
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	<-targets
+	ended := make(chan error, 1)
+	go func() { _, err := io.ReadAll(c); ended <- err }()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a half-closed stream with a silent target was not timed out")
+	}
+	targetClosed(t, dst)
+	if n := f.server.LimitCount(LimitHalfClosedIdle); n != 1 {
+		t.Errorf("half_closed_idle counted %d times, want 1", n)
+	}
+}
+
+// fdCount counts the process's open descriptors.
+func fdCount(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	return len(ents)
+}
+
+// A client that has sent END_STREAM (its application closed) and whose
+// connection then ends leaves no relay behind: the targets, silent and
+// never closing, are closed, and goroutines and descriptors come back to
+// where they were. The relay used to wait on the target for ever.
+func TestHalfClosedRelayEndsWithItsConnection(t *testing.T) {
+	forRelayModes(t, testHalfClosedRelayEndsWithItsConnection)
+}
+
+func testHalfClosedRelayEndsWithItsConnection(t *testing.T, dial DialFunc) {
+	f := newFixture(t, dial)
+	dst, targets := silentTarget(t)
+	svid := issue(t, f.ca, clientID)
+	goroutines, fds := runtime.NumGoroutine(), fdCount(t)
+	d := &Dialer{Bundle: f.ca.Bundle()}
+	var ups []net.Conn
+	for range 5 {
+		c, err := d.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.(interface{ CloseWrite() error }).CloseWrite()
+		ups = append(ups, <-targets)
+	}
+	d.Close() // the client's connections end
+	targetClosed(t, dst)
+	for _, up := range ups {
+		up.Close()
+	}
+	eventually(t, "goroutines are not back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
+	eventually(t, "descriptors are not back to where they were", func() bool { return fdCount(t) <= fds })
+}
+
+// freezer is a TCP relay that can go silent without closing anything, as
+// a client whose machine vanished does.
+type freezer struct {
+	ln     net.Listener
+	frozen atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newFreezer(t *testing.T, to string) *freezer {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := &freezer{ln: ln}
+	t.Cleanup(z.close)
+	go func() {
+		for {
+			a, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", to)
+			if err != nil {
+				a.Close()
+				continue
+			}
+			z.mu.Lock()
+			z.conns = append(z.conns, a, b)
+			z.mu.Unlock()
+			go z.pipe(a, b)
+			go z.pipe(b, a)
+		}
+	}()
+	return z
+}
+
+// pipe forwards until frozen; then it drops what comes and stops, leaving
+// both sockets open.
+func (z *freezer) pipe(from, to net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := from.Read(buf)
+		if err != nil || z.frozen.Load() {
+			return
+		}
+		if _, err := to.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+func (z *freezer) close() {
+	z.ln.Close()
+	z.mu.Lock()
+	for _, c := range z.conns {
+		c.Close()
+	}
+	z.conns = nil
+	z.mu.Unlock()
+}
+
+// A client whose connection goes silent without closing (its node died)
+// is found out by the server's PING: the connection ends, and with it its
+// streams and their targets, silent ones included. Goroutines and
+// descriptors come back to where they were. The server used not to ping,
+// so its relays waited on their targets for ever.
+func TestVanishedClientLeavesNoRelay(t *testing.T) { forRelayModes(t, testVanishedClientLeavesNoRelay) }
+
+func testVanishedClientLeavesNoRelay(t *testing.T, dial DialFunc) {
+	f := newFixtureWith(t, dial, func(c *ServerConfig) {
+		c.PingAfter, c.PingTimeout = 100*time.Millisecond, 200*time.Millisecond
+	})
+	dst, targets := silentTarget(t)
+	z := newFreezer(t, f.addr)
+	svid := issue(t, f.ca, clientID)
+	goroutines, fds := runtime.NumGoroutine(), fdCount(t)
+	d := &Dialer{Bundle: f.ca.Bundle()}
+	var ups []net.Conn
+	for i := range 5 {
+		c, err := d.Dial(context.Background(), svid, Target{Proxy: z.ln.Addr().String(), Identity: serverID, Dst: dst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 { // some half-closed, some open
+			c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		ups = append(ups, <-targets)
+	}
+	z.frozen.Store(true)
+	targetClosed(t, dst)
+	for _, up := range ups {
+		up.Close()
+	}
+	if n := f.server.LimitCount(LimitPingTimeout); n == 0 || n > 2 {
+		t.Errorf("ping_timeout counted %d times, want once per connection (1 or 2)", n)
+	}
+	z.close() // the client side goes too
+	d.Close()
+	eventually(t, "goroutines are not back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
+	eventually(t, "descriptors are not back to where they were", func() bool { return fdCount(t) <= fds })
+}
+
+// Connections per source address and per peer identity are bounded: the
+// one over the limit is refused and counted, and once one closes, a new
+// one is accepted.
+func TestPeerConnectionLimits(t *testing.T) {
+	t.Run("address", func(t *testing.T) {
+		f := newFixtureWith(t, nil, func(c *ServerConfig) { c.MaxConnsPerAddr = 2 })
+		first, _, err := dialRaw(t, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := dialRaw(t, f); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := dialRaw(t, f); err == nil {
+			t.Fatal("a third connection from the address was accepted; the limit is 2")
+		}
+		if n := f.server.LimitCount(LimitPeerAddrConns); n != 1 {
+			t.Errorf("peer_address_connections counted %d times, want 1", n)
+		}
+		first.Close()
+		eventually(t, "no connection accepted after one of two closed", func() bool {
+			_, _, err := dialRaw(t, f)
+			return err == nil
+		})
+	})
+	t.Run("identity", func(t *testing.T) {
+		f := newFixtureWith(t, nil, func(c *ServerConfig) { c.MaxConnsPerIdentity = 2 })
+		first, _, err := dialRaw(t, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := dialRaw(t, f); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = dialRaw(t, f)
+		if err == nil || !strings.Contains(err.Error(), "ENHANCE_YOUR_CALM") {
+			t.Fatalf("a third connection of the identity: %v; want GOAWAY ENHANCE_YOUR_CALM", err)
+		}
+		if n := f.server.LimitCount(LimitPeerIdentityConns); n != 1 {
+			t.Errorf("peer_identity_connections counted %d times, want 1", n)
+		}
+		first.Close()
+		eventually(t, "no connection accepted after one of two closed", func() bool {
+			_, _, err := dialRaw(t, f)
+			return err == nil
+		})
+	})
+}
+
+// Streams past MaxStreamsPerConn are refused with REFUSED_STREAM (which
+// the client retries elsewhere), and counted.
+func TestStreamsPerConnectionLimit(t *testing.T) {
+	f := newFixtureWith(t, nil, func(c *ServerConfig) { c.MaxStreamsPerConn = 2 })
+	dst := echo(t).String()
+	_, fr, err := dialRaw(t, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	answers := map[uint32]string{}
+	for _, id := range []uint32{1, 3, 5} {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: connectBlock(enc, &hbuf, dst), EndHeaders: true})
+	}
+	rawFrames(t, fr, "waiting for three answers", func(fm http2.Frame) bool {
+		switch fm := fm.(type) {
+		case *http2.MetaHeadersFrame:
+			answers[fm.StreamID] = fm.PseudoValue("status")
+		case *http2.RSTStreamFrame:
+			answers[fm.StreamID] = fm.ErrCode.String()
+		}
+		return len(answers) == 3
+	})
+	if answers[1] != "200" || answers[3] != "200" || answers[5] != "REFUSED_STREAM" {
+		t.Errorf("answers %v; want 200, 200, REFUSED_STREAM", answers)
+	}
+	if n := f.server.LimitCount(LimitConnStreams); n != 1 {
+		t.Errorf("connection_streams counted %d times, want 1", n)
+	}
+}
+
+// A Dialer whose peer takes no more connections from it keeps to the
+// connection it has, past its usual 100 streams per connection (the
+// server allows 1000): the 101st stream opens rather than fail.
+func TestDialerSharesBusyConnectionAtPeerLimit(t *testing.T) {
+	f := newFixtureWith(t, nil, func(c *ServerConfig) { c.MaxConnsPerAddr = 1 })
+	dst := echo(t)
+	svid := issue(t, f.ca, clientID)
+	for i := range maxStreamsPerTLS + 1 {
+		c, err := f.dialer.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+		if err != nil {
+			t.Fatalf("stream %d: %v", i+1, err)
+		}
+		defer c.Close()
+	}
+	if n := f.dialer.PoolSize(); n != 1 {
+		t.Errorf("%d pooled connections, want 1", n)
+	}
+	if f.server.LimitCount(LimitPeerAddrConns) == 0 {
+		t.Error("no connection was refused; the test did not reach the limit")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -38,6 +39,32 @@ type ServerConfig struct {
 	TrustDomain spiffeid.TrustDomain
 	Dial        DialFunc
 	Log         *slog.Logger
+
+	// Idle timeouts and limits of the HTTP/2 tunnel (limits.go); zero
+	// means the default, a negative value turns one off. Each firing is
+	// counted (Server.LimitCount).
+	//
+	// StreamIdleTimeout ends a stream with no bytes either way for this
+	// long: the stream is reset (CANCEL) and its target closed
+	// (DefaultStreamIdleTimeout, 1 h).
+	StreamIdleTimeout time.Duration
+	// HalfClosedIdleTimeout does the same, sooner, for a stream that one
+	// side has ended (DefaultHalfClosedIdleTimeout, 5 min).
+	HalfClosedIdleTimeout time.Duration
+	// PingAfter and PingTimeout: a connection whose client has been silent
+	// for PingAfter is pinged, and closed, with its streams and their
+	// targets, if the answer takes longer than PingTimeout (30 s and 10
+	// s, as the client's).
+	PingAfter, PingTimeout time.Duration
+	// MaxConnsPerAddr bounds the concurrent connections from one source
+	// address (DefaultMaxConnsPerAddr, 64): more are closed at accept.
+	// MaxConnsPerIdentity bounds those of one peer identity
+	// (DefaultMaxConnsPerIdentity, 1024): more get GOAWAY
+	// ENHANCE_YOUR_CALM after the handshake.
+	MaxConnsPerAddr, MaxConnsPerIdentity int
+	// MaxStreamsPerConn is SETTINGS_MAX_CONCURRENT_STREAMS: more streams
+	// on a connection are refused with REFUSED_STREAM (1000).
+	MaxStreamsPerConn int
 }
 
 // Server accepts HBONE tunnels.
@@ -52,6 +79,16 @@ type Server struct {
 	closing bool
 	wg      sync.WaitGroup // connections and their streams
 	quic    quicServer     // HTTP/3 over QUIC (quic.go); guarded by mu
+
+	// Limits: lim is what the connections apply; under mu, the open
+	// connections per source address and per peer identity.
+	lim        connLimits
+	counts     limitCounts
+	perAddr    map[netip.Addr]int
+	perPeer    map[spiffeid.ID]int
+	maxPerAddr int
+	maxPerPeer int
+	lastLimit  atomic.Int64 // unix nanoseconds of the last limit logged
 }
 
 // serverIdleTimeout closes a tunnel connection that carried no stream for
@@ -67,7 +104,21 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log.With("subsystem", "tunnel"), conns: map[*h2conn]struct{}{}}
+	s := &Server{cfg: cfg, log: log.With("subsystem", "tunnel"), conns: map[*h2conn]struct{}{},
+		perAddr: map[netip.Addr]int{}, perPeer: map[spiffeid.ID]int{}}
+	s.lim = connLimits{
+		maxStreams:     orDefault(cfg.MaxStreamsPerConn, h2MaxStreams),
+		streamIdle:     orDefault(cfg.StreamIdleTimeout, DefaultStreamIdleTimeout),
+		halfClosedIdle: orDefault(cfg.HalfClosedIdleTimeout, DefaultHalfClosedIdleTimeout),
+		pingAfter:      orDefault(cfg.PingAfter, pingAfter),
+		pingTimeout:    orDefault(cfg.PingTimeout, pingTimeout),
+		counts:         &s.counts,
+	}
+	if s.lim.maxStreams == 0 {
+		s.lim.maxStreams = h2MaxStreams // not "off": HTTP/2 needs a number
+	}
+	s.maxPerAddr = orDefault(cfg.MaxConnsPerAddr, DefaultMaxConnsPerAddr)
+	s.maxPerPeer = orDefault(cfg.MaxConnsPerIdentity, DefaultMaxConnsPerIdentity)
 	s.tls = tlsBase(tlsconfig.MTLSServerConfig(cfg.SVID, cfg.Bundle, tlsconfig.AuthorizeMemberOf(cfg.TrustDomain)))
 	return s, nil
 }
@@ -99,9 +150,15 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		addr, ok := s.admitAddr(c)
+		if !ok {
+			c.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer s.release(addr, spiffeid.ID{})
 			s.serveConn(c)
 		}()
 	}
@@ -109,6 +166,7 @@ func (s *Server) Serve(ln net.Listener) error {
 
 func (s *Server) serveConn(c net.Conn) {
 	remote := c.RemoteAddr().String()
+	setKeepAlive(c)
 	tc := tls.Server(RawIO(c), s.tls)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
@@ -128,6 +186,17 @@ func (s *Server) serveConn(c net.Conn) {
 		tc.Close()
 		return
 	}
+	if !s.admitPeer(peer, remote) {
+		refuseConn(tc, fmt.Sprintf("tunnel: %s has %d connections open here, the most one identity may", peer, s.maxPerPeer))
+		return
+	}
+	defer s.release(netip.Addr{}, peer)
+	s.serveH2(tc, peer, remote)
+}
+
+// serveH2 serves HTTP/2 on c, a connection from peer that has passed TLS,
+// until it ends.
+func (s *Server) serveH2(tc net.Conn, peer spiffeid.ID, remote string) {
 	// The client preface, then its SETTINGS (read by the connection), must
 	// come promptly.
 	tc.SetReadDeadline(time.Now().Add(handshakeTimeout))
@@ -138,6 +207,7 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	hc := newH2conn(tc, false)
+	hc.lim = &s.lim
 	hc.onStream = func(st *h2stream, f *http2.MetaHeadersFrame) {
 		s.wg.Add(1)
 		go func() {
@@ -161,7 +231,7 @@ func (s *Server) serveConn(c net.Conn) {
 	if closing {
 		hc.shutdown()
 	}
-	go hc.keepalive(serverIdleTimeout, 0, 0)
+	go hc.keepalive(serverIdleTimeout, s.lim.pingAfter, s.lim.pingTimeout)
 	<-hc.done
 }
 
@@ -197,6 +267,7 @@ func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiff
 		st.closeWith(http2.ErrCodeConnect)
 		return
 	}
+	st.abortWith(up) // a reset, the connection's end or an idle timeout closes the target
 	relay(st, up)
 }
 
@@ -244,22 +315,12 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBuffer); ret
 // On refusal it returns a nil conn and the status and message to answer
 // (405, 400, 403 or 503). Both transports use it.
 func (s *Server) accept(ctx context.Context, method, authority string, header func(string) string, peer spiffeid.ID, remote string, proto Protocol) (net.Conn, int, string) {
-	if method != http.MethodConnect {
-		return nil, http.StatusMethodNotAllowed, "HBONE accepts only CONNECT"
+	req, code, msg := parseConnect(method, authority, header)
+	if code != 0 {
+		return nil, code, msg
 	}
-	target, err := netip.ParseAddrPort(authority)
-	if err != nil {
-		return nil, http.StatusBadRequest, fmt.Sprintf(":authority %q is not ip:port", authority)
-	}
-	req := Request{Peer: peer, Target: target, TraceParent: header("traceparent"), RemoteAddr: remote, Protocol: proto}
-	if src, ok := parseForwarded(header("forwarded")); ok {
-		req.Source = src
-	}
-	if v := header(HeaderClientIdentity); v != "" {
-		if id, err := spiffeid.FromString(v); err == nil {
-			req.ClientIdentity = id
-		}
-	}
+	req.Peer, req.RemoteAddr, req.Protocol = peer, remote, proto
+	target := req.Target
 	up, err := s.cfg.Dial(ctx, req)
 	if err != nil {
 		code := http.StatusServiceUnavailable
@@ -272,7 +333,32 @@ func (s *Server) accept(ctx context.Context, method, authority string, header fu
 	if _, ok := up.(*Handoff); ok && proto != ProtocolH2 {
 		return nil, http.StatusServiceUnavailable, "this target takes streams over HTTP/2 only"
 	}
+	setKeepAlive(up) // a target that vanishes is noticed while its stream is quiet
 	return up, 0, ""
+}
+
+// parseConnect checks a request's method and :authority and reads its
+// headers into a Request (Peer, RemoteAddr and Protocol are the caller's
+// to fill). A refusal returns the status, 405 or 400, and its message.
+// Everything here comes from the peer.
+func parseConnect(method, authority string, header func(string) string) (Request, int, string) {
+	if method != http.MethodConnect {
+		return Request{}, http.StatusMethodNotAllowed, "HBONE accepts only CONNECT"
+	}
+	target, err := netip.ParseAddrPort(authority)
+	if err != nil {
+		return Request{}, http.StatusBadRequest, fmt.Sprintf(":authority %q is not ip:port", authority)
+	}
+	req := Request{Target: target, TraceParent: header("traceparent")}
+	if src, ok := parseForwarded(header("forwarded")); ok {
+		req.Source = src
+	}
+	if v := header(HeaderClientIdentity); v != "" {
+		if id, err := spiffeid.FromString(v); err == nil {
+			req.ClientIdentity = id
+		}
+	}
+	return req, 0, ""
 }
 
 // Shutdown drains: every connection is sent GOAWAY, so peers open no new

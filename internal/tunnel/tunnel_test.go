@@ -88,6 +88,13 @@ type fixture struct {
 
 func newFixture(t testing.TB, dial DialFunc) *fixture {
 	t.Helper()
+	return newFixtureWith(t, dial, nil)
+}
+
+// newFixtureWith is newFixture with the server's configuration adjusted
+// by config (limits, timeouts).
+func newFixtureWith(t testing.TB, dial DialFunc, config func(*ServerConfig)) *fixture {
+	t.Helper()
 	ca, err := identity.GenerateCA(td, 24*time.Hour, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +110,11 @@ func newFixture(t testing.TB, dial DialFunc) *fixture {
 			return d.DialContext(ctx, "tcp", r.Target.String())
 		}
 	}
-	srv, err := NewServer(ServerConfig{SVID: issue(t, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td, Dial: dial})
+	cfg := ServerConfig{SVID: issue(t, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td, Dial: dial}
+	if config != nil {
+		config(&cfg)
+	}
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
