@@ -71,6 +71,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshconfig:FuzzParse ./internal/tunnel:FuzzParseForwarded
 FUZZ_TARGETS += ./internal/controller:FuzzCreateCertificate
 FUZZ_TARGETS += ./internal/l7/authz:FuzzNormalizePath ./internal/kubesource:FuzzCustomResource
+FUZZ_TARGETS += ./internal/tunnel:FuzzConnectRequest ./internal/tunnel:FuzzServerFrames
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); `make test` replays their seeds
