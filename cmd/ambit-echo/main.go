@@ -8,10 +8,15 @@
 //	    back every byte the client sends until it closes
 //	ambit-echo dial [-timeout D] ADDR
 //	    print the answer; exit 1 on error
-//	ambit-echo http [-name NAME] ADDR
+//	ambit-echo http [-name NAME] [-forward URL] ADDR
 //	    HTTP/1.1 server: every request gets 200, body "NAME\n", headers
-//	    X-Echo-Name: NAME, X-Echo-Remote: <client address seen> and
-//	    X-Echo-Uri: <request target as received>; /healthz gets 200 "ok\n"
+//	    X-Echo-Name: NAME, X-Echo-Remote: <client address seen>,
+//	    X-Echo-Uri: <request target as received> and, when the request
+//	    carried one, X-Echo-Traceparent: <its W3C traceparent>; /healthz
+//	    gets 200 "ok\n". With -forward, each request first GETs URL with
+//	    the request's traceparent and tracestate (W3C Trace Context
+//	    propagation) and reports X-Echo-Forward: "<status> <first body
+//	    line>" (502 when the forward fails)
 //	ambit-echo get [-n N] [-c CONCURRENCY] [-timeout D] [-json] URL
 //	    N GET requests over keep-alive connections; prints "NAME COUNT" per
 //	    distinct first body line of the 2xx answers, "status CODE COUNT" per
@@ -33,13 +38,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 )
 
 const usage = "usage: ambit-echo serve [-name NAME] [-echo] ADDR | dial [-timeout D] ADDR" +
-	" | http [-name NAME] ADDR | get [-n N] [-c CONCURRENCY] [-timeout D] [-json] URL" +
+	" | http [-name NAME] [-forward URL] ADDR | get [-n N] [-c CONCURRENCY] [-timeout D] [-json] URL" +
 	" | hold -conns N -for D [-interval D] [-new-every D] [-timeout D] ADDR"
 
 func main() {
@@ -70,8 +76,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if args[0] == "serve" {
 		fs.BoolVar(&echo, "echo", false, "after the greeting, echo back what the client sends until it closes")
 	}
+	forward := ""
+	if args[0] == "http" {
+		fs.StringVar(&forward, "forward", "", "http:// URL to GET for every request (but /healthz), propagating its traceparent and tracestate")
+	}
 	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "ambit-echo: exactly one ADDR (host:port) is required")
+		return 2
+	}
+	if u, err := url.Parse(forward); forward != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+		fmt.Fprintf(stderr, "ambit-echo: -forward %q: want an http:// or https:// URL\n", forward)
 		return 2
 	}
 	addr := fs.Arg(0)
@@ -84,7 +98,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
 		if args[0] == "http" {
-			return serveHTTP(ln, *name, stderr)
+			return serveHTTP(ln, *name, forward, stderr)
 		}
 		return serveTCP(ln, *name, echo, stderr)
 	default: // dial
