@@ -69,7 +69,7 @@ test: lint check-generate kube-tools cluster-tools cluster-images ## lint, check
 
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshconfig:FuzzParse ./internal/tunnel:FuzzParseForwarded
-FUZZ_TARGETS += ./internal/controller:FuzzCreateCertificate
+FUZZ_TARGETS += ./internal/controller:FuzzCreateCertificate ./internal/controller:FuzzConfigStreamRequests
 FUZZ_TARGETS += ./internal/l7/authz:FuzzNormalizePath ./internal/kubesource:FuzzCustomResource
 FUZZ_TARGETS += ./internal/tunnel:FuzzConnectRequest ./internal/tunnel:FuzzServerFrames
 
@@ -88,10 +88,11 @@ demo: build ## bring the lab up, show capture at work, tear it down (as root)
 	./scripts/demo.sh
 
 .PHONY: bench
-bench: build ## Go benchmarks, then the lab benchmark: direct vs mesh (h2, QUIC) vs nginx mTLS (as root)
+bench: build ## Go benchmarks, then the lab benchmark: direct vs mesh (h2, QUIC) vs nginx mTLS, and 10,000 idle connections (as root)
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./internal/redirect/
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 3 ./internal/tunnel/
 	$(BIN)/ambit-bench -o bench/out/bench.json $(BENCH_FLAGS)
+	$(BIN)/ambit-bench -idle 10000 -o bench/out/idle.json
 
 # Images without Docker (cmd/ambit-image, internal/ociimage): static binaries in
 # bin/static/, one OCI archive per image in bin/images/ for

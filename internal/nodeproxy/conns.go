@@ -244,6 +244,28 @@ func pipe(r *connRecord, client, upstream net.Conn) error {
 	return first
 }
 
+// splice relays like pipe, between a socket and an HTTP/2 tunnel stream,
+// with no goroutine while the connection is idle (tunnel.Splice), and
+// calls finish with what pipe would return. It reports false, doing
+// nothing, for other pairs (QUIC streams, two sockets), which go through
+// pipe.
+func splice(r *connRecord, client, upstream net.Conn, finish func(error)) bool {
+	pc, ok := client.(tunnel.ParkConn)
+	if !ok {
+		return false
+	}
+	sent := func(k int) {
+		r.up.Add(uint64(k))
+		r.stats.AddSent(k)
+	}
+	received := func(k int) {
+		r.down.Add(uint64(k))
+		r.stats.AddReceived(k)
+	}
+	w := countingTryWriter{countingWriter{pc, received}, pc}
+	return tunnel.Splice(upstream, pc, w, sent, finish)
+}
+
 // tunnelStream is an HTTP/2 tunnel stream: it moves bytes between its
 // own buffers and a socket, without a relay buffer in between.
 type tunnelStream interface {

@@ -257,10 +257,18 @@ func (pd *pod) outbound(c *net.TCPConn) {
 		return
 	}
 	r := p.begin(info, l())
-	r.track(c)
+	client := tunnel.RawIO(c) // closed through this, so that a parked socket is let go
+	r.track(client)
 	r.track(up)
-	err = pipe(r, c, up)
-	c.Close()
+	if splice(r, client, up, func(err error) {
+		client.Close()
+		up.Close()
+		p.end(r, err)
+	}) {
+		return // relayed with no goroutine while idle
+	}
+	err = pipe(r, client, up)
+	client.Close()
 	up.Close()
 	p.end(r, err)
 }
@@ -332,7 +340,7 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 	}
 	r := p.begin(info, l)
 	raw := tunnel.RawIO(up)
-	return &deliveredConn{TCPConn: up, raw: raw, tw: tunnel.NewTryWriter(raw), r: r, p: p}, nil
+	return &deliveredConn{TCPConn: up, raw: raw.(tunnel.ParkConn), r: r, p: p}, nil
 }
 
 // refuseStream records a tunnel stream to target refused before policy
@@ -348,13 +356,13 @@ func (pd *pod) refuseStream(req tunnel.Request, target netip.AddrPort, src spiff
 }
 
 // deliveredConn is the connection to the application for a tunnel stream;
-// the tunnel server copies through it and closes it at the end.
+// the tunnel server relays through it (tunnel.ParkConn: with no goroutine
+// while idle) and closes it at the end.
 type deliveredConn struct {
 	*net.TCPConn
 	r    *connRecord
 	p    *Proxy
-	raw  net.Conn // the same socket with raw reads and small writes (tunnel.RawIO)
-	tw   tunnel.TryWriter
+	raw  tunnel.ParkConn // the same socket with raw reads and small writes (tunnel.RawIO)
 	done atomic.Bool
 }
 
@@ -368,7 +376,7 @@ func (c *deliveredConn) Write(b []byte) (int, error) {
 // TryWrite lets the tunnel write arriving data from its read loop (see
 // tunnel.TryWriter), counted like Write.
 func (c *deliveredConn) TryWrite(b []byte) (int, error) {
-	n, err := c.tw.TryWrite(b)
+	n, err := c.raw.TryWrite(b)
 	c.r.up.Add(uint64(n))
 	c.r.stats.AddSent(n)
 	return n, err
@@ -381,8 +389,19 @@ func (c *deliveredConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// TryRead and Park make the connection a tunnel.ParkConn; TryRead counts
+// like Read.
+func (c *deliveredConn) TryRead(b []byte) (int, error) {
+	n, err := c.raw.TryRead(b)
+	c.r.down.Add(uint64(n))
+	c.r.stats.AddReceived(n)
+	return n, err
+}
+
+func (c *deliveredConn) Park(fn func()) error { return c.raw.Park(fn) }
+
 func (c *deliveredConn) Close() error {
-	err := c.TCPConn.Close()
+	err := c.raw.Close()
 	if c.done.CompareAndSwap(false, true) {
 		c.p.end(c.r, nil)
 	}

@@ -147,6 +147,9 @@ type h2stream struct {
 	directBusy bool
 	sinkErr    error // sink's write error, for writeTo to return
 	delivered  int64 // bytes the read loop wrote to sink
+	// async is the pump state of a spliced stream (see Splice), nil
+	// otherwise.
+	async *streamAsync
 
 	// Sending.
 	wmu        sync.Mutex // one writer at a time keeps DATA in order
@@ -334,7 +337,7 @@ func (c *h2conn) fail(err error) {
 		if s.recvErr == nil {
 			s.recvErr = err
 		}
-		s.rcond.Broadcast()
+		s.signal()
 		s.cancel()
 		s.abortLocked(err)
 		if s.headers != nil {
@@ -579,7 +582,7 @@ func (c *h2conn) onData(f *http2.DataFrame) error {
 	if f.StreamEnded() {
 		s.recvEnd = true
 	}
-	s.rcond.Broadcast()
+	s.signal()
 	c.mu.Unlock()
 	return nil
 }
@@ -635,7 +638,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		if direct {
 			c.mu.Lock()
 			s.directBusy = false
-			s.rcond.Broadcast()
+			s.signal()
 			c.mu.Unlock()
 		}
 		if chunk {
@@ -676,7 +679,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	if fh.Flags.Has(http2.FlagDataEndStream) {
 		s.recvEnd = true
 	}
-	s.rcond.Broadcast()
+	s.signal()
 	c.mu.Unlock()
 	return nil
 }
@@ -710,7 +713,7 @@ func (c *h2conn) deliver(s *h2stream, b []byte, end bool) error {
 	// and waking it per frame would cost a goroutine switch for nothing.
 	// Not parked, it may be waiting for directBusy to clear.
 	if !s.parked || len(s.rbuf) > 0 || s.recvEnd || s.recvErr != nil || s.sinkErr != nil {
-		s.rcond.Broadcast()
+		s.signal()
 	}
 	c.mu.Unlock()
 	if b != nil {
@@ -822,7 +825,7 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		if f.StreamEnded() {
 			s.recvEnd = true
-			s.rcond.Broadcast()
+			s.signal()
 		}
 		ch := s.headers
 		s.headers = nil // later HEADERS are trailers
@@ -848,7 +851,7 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		if f.StreamEnded() {
 			s.recvEnd = true
-			s.rcond.Broadcast()
+			s.signal()
 		}
 		c.mu.Unlock()
 		return nil
@@ -918,7 +921,7 @@ func (s *h2stream) fail(err error) {
 		s.recvErr = err
 	}
 	s.reset = true
-	s.rcond.Broadcast()
+	s.signal()
 	s.c.wcond.Broadcast()
 	s.abortLocked(err)
 	if s.headers != nil {
@@ -1194,30 +1197,39 @@ func (s *h2stream) readFrom(r io.Reader) (total int64, rerr, werr error) {
 			copy(next, buf[:9+m])
 			buf = next
 		}
-		// Send buf[9:9+m] as frames the windows allow; each frame's header
-		// goes in the 9 bytes before its payload (already sent, for all
-		// frames but the first).
-		for off := 9; off < 9+m; {
-			s.wmu.Lock()
-			k, werr := s.window(9 + m - off)
-			if werr != nil {
-				s.wmu.Unlock()
-				return total, nil, werr
-			}
-			frame := buf[off-9 : off+k]
-			s.dataHeader(frame, k)
-			werr = s.c.write(func() error { _, err := s.c.bw.Write(frame); return err })
-			s.wmu.Unlock()
-			if werr != nil {
-				return total, nil, werr
-			}
-			off += k
-			total += int64(k)
+		k, werr := s.sendFrames(buf, m)
+		total += k
+		if werr != nil {
+			return total, nil, werr
 		}
 		if err != nil {
 			return total, err, nil
 		}
 	}
+}
+
+// sendFrames sends buf[9:9+m] as the DATA frames the windows allow; each
+// frame's header goes in the 9 bytes before its payload (already sent, for
+// all frames but the first).
+func (s *h2stream) sendFrames(buf []byte, m int) (total int64, err error) {
+	for off := 9; off < 9+m; {
+		s.wmu.Lock()
+		k, werr := s.window(9 + m - off)
+		if werr != nil {
+			s.wmu.Unlock()
+			return total, werr
+		}
+		frame := buf[off-9 : off+k]
+		s.dataHeader(frame, k)
+		werr = s.c.write(func() error { _, err := s.c.bw.Write(frame); return err })
+		s.wmu.Unlock()
+		if werr != nil {
+			return total, werr
+		}
+		off += k
+		total += int64(k)
+	}
+	return total, nil
 }
 
 // WriteTo writes what the stream receives to w until END_STREAM, handing w
@@ -1269,7 +1281,7 @@ func (s *h2stream) closeWith(code http2.ErrCode) {
 		if s.recvErr == nil {
 			s.recvErr = net.ErrClosed
 		}
-		s.rcond.Broadcast()
+		s.signal()
 		c.wcond.Broadcast()
 	}
 	c.forget(s)

@@ -59,6 +59,8 @@ type rawConn struct {
 	rn     int
 	rerrno syscall.Errno
 	readFn func(fd uintptr) bool // c.read, bound once: no closure per call
+
+	parkState
 }
 
 // RawIO returns c with reads and small writes done as raw system calls

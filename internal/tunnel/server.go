@@ -258,16 +258,30 @@ func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiff
 		st.closeWith(http2.ErrCodeNo)
 		return
 	}
-	defer up.Close()
 	if h, ok := up.(*Handoff); ok {
+		defer up.Close()
 		serveHandoff(st, h, f.PseudoValue("authority"), remote)
 		return
 	}
 	if err := st.respond(http.StatusOK, ""); err != nil {
 		st.closeWith(http2.ErrCodeConnect)
+		up.Close()
 		return
 	}
+	if tc, ok := up.(*net.TCPConn); ok {
+		up = RawIO(tc)
+	}
 	st.abortWith(up) // a reset, the connection's end or an idle timeout closes the target
+	if pc, ok := up.(ParkConn); ok {
+		// Relayed with no goroutine while idle; this one ends here.
+		s.wg.Add(1)
+		st.splice(pc, pc, nil, func(error) {
+			up.Close()
+			s.wg.Done()
+		})
+		return
+	}
+	defer up.Close()
 	relay(st, up)
 }
 
@@ -289,7 +303,7 @@ func relay(st *h2stream, up net.Conn) {
 			st.closeWith(http2.ErrCodeConnect)
 			up.Close()
 		default: // the peer reset the stream, or the connection died
-			up.Close()
+			abort(up, rerr)
 		}
 	}()
 	// Target to peer.
