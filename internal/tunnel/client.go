@@ -257,11 +257,21 @@ func (d *Dialer) conn(ctx context.Context, k poolKey, dial netDialFunc, svid x50
 func (d *Dialer) pick(k poolKey) (cc *h2conn, spread bool) {
 	live := d.pools[k][:0]
 	best, bestN := (*h2conn)(nil), 0
+	now := time.Now()
 	for _, c := range d.pools[k] {
 		c.mu.Lock()
 		if c.err != nil {
 			c.mu.Unlock()
 			continue
+		}
+		if !c.expires.IsZero() && !now.Before(c.expires) && !c.goAway {
+			// A certificate of the connection expired: new streams go on
+			// a connection whose certificates are valid now; the streams
+			// it carries go on, and it closes when the last one ends.
+			c.goAway = true
+			if len(c.streams) == 0 && c.reserved == 0 {
+				go c.fail(errors.New("tunnel connection retired: a certificate it was set up with expired"))
+			}
 		}
 		live = append(live, c)
 		if n := c.activeLocked(); !c.goAway && n < maxStreamsPerTLS && (best == nil || n < bestN) {
@@ -354,6 +364,10 @@ func (d *Dialer) open(ctx context.Context, k poolKey, dial netDialFunc, svid x50
 		return nil, fmt.Errorf("tunnel: %s did not negotiate h2", k.addr)
 	}
 	cc := newH2conn(tc, true)
+	cc.expires = tc.ConnectionState().PeerCertificates[0].NotAfter
+	if own, err := svid.GetX509SVID(); err == nil && own.Certificates[0].NotAfter.Before(cc.expires) {
+		cc.expires = own.Certificates[0].NotAfter
+	}
 	if err := cc.start(); err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("tunnel: HTTP/2 with %s: %w", k.addr, err)

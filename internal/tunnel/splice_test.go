@@ -139,3 +139,45 @@ func TestResetStreamResetsTarget(t *testing.T) {
 		t.Fatal("the target's connection did not end after the stream was reset")
 	}
 }
+
+// A pooled connection whose certificate expired carries no new stream: the
+// next Dial opens a connection with the certificate valid now, and the old
+// one closes once its streams end.
+func TestPooledConnectionRetiresAtCertificateExpiry(t *testing.T) {
+	f := newFixture(t, nil)
+	dst := echo(t)
+	f.ca.WithTTL(1500 * time.Millisecond)
+	short := issue(t, f.ca, clientID)
+	f.ca.WithTTL(time.Hour)
+	c1, err := f.dialer.Dial(context.Background(), short, Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip(t, c1, "before"); got != "before" {
+		t.Fatalf("echoed %q", got)
+	}
+	c1.Close()
+	f.dialer.mu.Lock()
+	var first *h2conn
+	for _, ccs := range f.dialer.pools {
+		first = ccs[0]
+	}
+	f.dialer.mu.Unlock()
+	time.Sleep(time.Until(short.Certificates[0].NotAfter) + 50*time.Millisecond)
+	c2, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if c2.(*streamConn).c == first {
+		t.Fatal("a new stream went on the pooled connection whose client certificate expired")
+	}
+	if got := roundTrip(t, c2, "after"); got != "after" {
+		t.Fatalf("echoed %q", got)
+	}
+	select {
+	case <-first.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the retired connection is still open with no stream on it")
+	}
+}
