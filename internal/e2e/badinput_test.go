@@ -30,11 +30,10 @@ import (
 )
 
 const (
-	// badCertTTL is the workload certificates' lifetime in this lab. The
-	// CA backdates NotBefore by a minute and the proxies renew at half of
-	// NotBefore..NotAfter, so a lifetime of a minute or less is renewed
-	// without pause (identity.Manager): 64s gives a renewal every 2s.
-	badCertTTL = 64 * time.Second
+	// badCertTTL is the workload certificates' lifetime in this lab:
+	// short, so that the expiry case waits little; the proxies renew
+	// halfway through it (identity.Manager).
+	badCertTTL = 20 * time.Second
 	// fdSlack and goroutineSlack are how far above its baseline a node
 	// proxy may settle after a case (pooled tunnel connections come and
 	// go; each costs a descriptor and three goroutines on each side).
