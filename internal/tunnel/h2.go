@@ -116,7 +116,7 @@ type h2conn struct {
 	goAwayID       uint32
 	err            error // set once the connection is dead
 	idleSince      time.Time
-	expires        time.Time // client: when the first certificate of the handshake expires
+	expires        time.Time    // client: when the first certificate of the handshake expires
 	lastRead       atomic.Int64 // unix nanoseconds of the last frame read
 	done           chan struct{}
 
