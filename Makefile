@@ -63,8 +63,12 @@ lint: ## gofmt, go vet
 kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached per version; cold 10-18 min)
 	@GO=$(GO) tools/kube/build.sh >/dev/null
 
+.PHONY: jaeger-tools
+jaeger-tools: ## build the Jaeger all-in-one that the tracing test exports the waypoint's spans to (tools/jaeger; cached per version; cold about 6 min)
+	@GO=$(GO) tools/jaeger/build.sh >/dev/null
+
 .PHONY: test
-test: lint check-generate kube-tools cluster-tools cluster-images ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
+test: lint check-generate kube-tools cluster-tools cluster-images jaeger-tools ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
 	$(GO) test -count=1 -timeout 20m ./...
 
 FUZZTIME ?= 30s
