@@ -4,6 +4,7 @@
 // proxies.
 //
 //	controller run --source file --config DIR --ca-cert FILE --ca-key FILE --bootstrap-tokens FILE [flags]
+//	controller console [--listen 127.0.0.1:15030] [--admin http://127.0.0.1:15000] [flags]
 package main
 
 import (
@@ -37,13 +38,17 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: controller run --source file --config DIR --ca-cert FILE --ca-key FILE --bootstrap-tokens FILE [flags]
-       (controller run -h lists the flags)
+       controller console [--listen 127.0.0.1:15030] [--admin http://127.0.0.1:15000] [flags]
+       (controller run -h, controller console -h list the flags)
 `)
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) >= 1 && args[0] == "run" {
 		return runController(args[1:], stderr)
+	}
+	if len(args) >= 1 && args[0] == "console" {
+		return runConsole(args[1:], stderr)
 	}
 	usage(stderr)
 	return 2
@@ -78,6 +83,8 @@ func runController(args []string, stderr io.Writer) int {
 	certRate := fs.Float64("cert-rate", float64(controller.DefaultSignRate), "certificate requests per second one node may make after its burst")
 	poll := fs.Duration("poll-interval", controller.DefaultPollInterval, "file source: how often the configuration is checked for changes")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	var cf consoleFlags
+	cf.register(fs, "console", "")
 	var kf kubeFlags
 	fs.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubernetes source: kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&kf.waypointImage, "waypoint-image", "", "kubernetes source: image of waypoint proxies (none: Waypoints are accepted, not deployed)")
@@ -172,6 +179,13 @@ func runController(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if err := cf.startInProcess(ctx, c.AdminHandler(), log); err != nil {
+		for _, s := range servers {
+			s.Close()
+		}
+		lis.Close()
+		return fail("%v", err)
+	}
 	log.Info("controller starting", "source", *source, "config", *config, "trustDomain", td.Name(), "roots", len(ca.Roots()))
 	errc := make(chan error, 3)
 	go func() { errc <- c.Run(ctx) }()

@@ -31,6 +31,7 @@ func usage(w io.Writer) {
        nodeproxy run --node NAME --config PATH --ca-cert FILE --ca-key FILE [flags]   (file mode; -h lists the flags)
        nodeproxy waypoint --name NAMESPACE/NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
        nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json] [--admin ADDR]
+       nodeproxy debug top [-o json] [--interval 1s] [--admin ADDR] [--metrics URL]
        nodeproxy capture list [--pin-path DIR] [-o json]
        nodeproxy capture uninstall [--pin-path DIR]
 `)
@@ -42,6 +43,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) >= 1 && args[0] == "waypoint" {
 		return runWaypoint(args[1:], stdout, stderr)
+	}
+	if len(args) >= 2 && args[0] == "debug" && args[1] == "top" {
+		return runTop(args[2:], stdout, stderr)
 	}
 	if len(args) >= 1 && args[0] == "debug" {
 		return admin.RunDebug(args[1:], stdout, stderr)
