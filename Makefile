@@ -18,6 +18,8 @@ APT_PKGS  += containernetworking-plugins
 APT_PKGS  += runc iptables conntrack
 # a real OCI tool that reads `make images`' archives (internal/ociimage)
 APT_PKGS  += skopeo
+# promtool and a Prometheus server for the observability tests (deploy/observability)
+APT_PKGS  += prometheus
 # headless Chromium for the mesh console's browser test (internal/e2e/console_test.go)
 APT_PKGS  += chromium
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
