@@ -27,6 +27,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/privtest"
 	"github.com/ambit-mesh/ambit/internal/toolcache"
 )
 
@@ -128,6 +129,7 @@ exporters:
 `
 
 func TestPrivilegedTracingJaeger(t *testing.T) {
+	privtest.Require(t) // before a Jaeger build that a skip would waste
 	jaegerBin := jaegerBinary(t)
 	echoBin := buildEcho(t)
 	topo := lab.DefaultTopology()
@@ -586,6 +588,9 @@ func jaegerBinary(t *testing.T) string {
 	bin := filepath.Join(dir, "jaeger")
 	if executableFile(bin) {
 		return bin
+	}
+	if testing.Short() {
+		t.Skipf("%s is missing and -short: run `make jaeger-tools` (or set AMBIT_JAEGER)", bin)
 	}
 	t.Logf("%s is missing: building it (tools/jaeger/build.sh, what `make jaeger-tools` runs; minutes when cold)", bin)
 	start := time.Now()
