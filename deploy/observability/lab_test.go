@@ -480,15 +480,16 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			}
 			for _, pn := range panels(d) {
 				panelsRun++
-				var nonZero bool
+				var nonZero, failed bool
 				var n int
-				for {
+				for !failed {
 					nonZero, n = false, 0
 					for _, qy := range pn.Queries {
 						q := resolve(d.UID, qy.Expr)
 						ss, err := p.queryRange(t.Context(), q, from, time.Second)
 						if err != nil {
 							t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
+							failed = true
 							continue
 						}
 						n += len(ss)
@@ -506,6 +507,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 					time.Sleep(500 * time.Millisecond)
 				}
 				switch {
+				case failed:
 				case n == 0:
 					t.Errorf("%s / %s: no series after the lab's traffic (%s)", d.Title, pn.Title, resolve(d.UID, pn.Queries[0].Expr))
 				case !nonZero && !pn.Quiet:
