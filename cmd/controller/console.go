@@ -53,14 +53,14 @@ func (f *consoleFlags) start(ctx context.Context, ctl console.Controller, log *s
 		return nil, fmt.Errorf("--console-window %s and --console-scrape-interval %s must be positive", f.window, f.scrapeInterval)
 	}
 	var m console.Metrics
+	var sc *console.Scraper
 	if f.prometheus != "" {
 		m = &console.Prometheus{URL: f.prometheus, Span: f.window}
 	} else {
-		sc := &console.Scraper{Interval: f.scrapeInterval, Span: f.window, Targets: func(ctx context.Context) ([]console.Target, error) {
+		sc = &console.Scraper{Interval: f.scrapeInterval, Span: f.window, Targets: func(ctx context.Context) ([]console.Target, error) {
 			ps, err := ctl.Proxies(ctx)
 			return console.ProxyTargets(ps, f.metricsPort), err
 		}}
-		go sc.Run(ctx)
 		m = sc
 	}
 	srv, err := console.New(console.Options{Controller: ctl, Metrics: m, Token: token, Log: log})
@@ -70,6 +70,9 @@ func (f *consoleFlags) start(ctx context.Context, ctl console.Controller, log *s
 	ln, err := net.Listen("tcp", f.addr)
 	if err != nil {
 		return nil, fmt.Errorf("console: %w", err)
+	}
+	if sc != nil {
+		go sc.Run(ctx)
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go func() {

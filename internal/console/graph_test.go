@@ -31,6 +31,8 @@ ambit_tcp_connections_opened_total{destination_identity="spiffe://cluster.local/
 ambit_tcp_sent_bytes_total{destination_identity="spiffe://cluster.local/ns/demo/sa/server",destination_namespace="demo",destination_workload="server-1",direction="inbound",source_identity="spiffe://cluster.local/ns/demo/sa/client",source_namespace="demo",source_workload="client-1",transport="hbone-h2",waypoint=""} %BYTES%
 ambit_tcp_connections_denied_total{destination_identity="spiffe://cluster.local/ns/demo/sa/server",destination_namespace="demo",destination_workload="server-1",direction="inbound",reason="policy",source_identity="spiffe://cluster.local/ns/demo/sa/batch",source_namespace="",source_workload="",transport="hbone-h2",waypoint=""} 3
 ambit_tcp_connections_denied_total{destination_identity="spiffe://cluster.local/ns/demo/sa/server",destination_namespace="demo",destination_workload="server-1",direction="inbound",reason="policy",source_identity="spiffe://cluster.local/ns/demo/sa/client",source_namespace="",source_workload="",transport="hbone-h2",waypoint=""} 1
+ambit_tcp_connections_denied_total{destination_identity="spiffe://cluster.local/ns/demo/sa/server",destination_namespace="demo",destination_workload="server-1",direction="outbound",reason="peer_policy",source_identity="spiffe://cluster.local/ns/demo/sa/batch",source_namespace="demo",source_workload="batch",transport="hbone-h2",waypoint=""} 3
+ambit_tcp_connections_denied_total{destination_identity="spiffe://cluster.local/ns/demo/sa/server",destination_namespace="demo",destination_workload="server-1",direction="inbound",reason="deliver_error",source_identity="spiffe://cluster.local/ns/demo/sa/client",source_namespace="demo",source_workload="client-1",transport="hbone-h2",waypoint=""} 1
 ambit_tcp_connections_opened_total{destination_identity="spiffe://cluster.local/ns/demo/sa/server",destination_namespace="demo",destination_workload="server-1",direction="inbound-plaintext",source_identity="",source_namespace="",source_workload="",transport="plaintext",waypoint=""} 2
 `
 
@@ -103,7 +105,8 @@ func TestBuildGraph(t *testing.T) {
 	// Inbound only: the outbound series of the same connections (99) is
 	// not counted again.
 	e := want("demo/client-1->demo/server-1|tcp")
-	if e.Conns != 30 || e.ConnRate != 2 || e.BytesRate != 500 || !e.MTLS || e.Waypoint != "" || e.Denied != 0 {
+	// deliver_error is a failure, not a denial.
+	if e.Conns != 30 || e.ConnRate != 2 || e.BytesRate != 500 || !e.MTLS || e.Waypoint != "" || e.Denied != 0 || e.Failed != 1 {
 		t.Errorf("client-1 -> server-1: %+v", e)
 	}
 	e = want("demo/client-2->demo/server-1|tcp|waypoint")
@@ -111,7 +114,9 @@ func TestBuildGraph(t *testing.T) {
 		t.Errorf("client-2 -> server-1 through the waypoint: %+v", e)
 	}
 	// A denial known by identity only: batch's identity is one workload's;
-	// client's is two workloads', so it stays an identity node.
+	// client's is two workloads', so it stays an identity node. The
+	// client side's peer_policy record of batch's denials is not counted
+	// again.
 	if e = want("demo/batch->demo/server-1|tcp"); e.Denied != 3 || e.DenyReasons[0] != "policy" || e.MTLS != true {
 		t.Errorf("batch -> server-1 denied: %+v", e)
 	}

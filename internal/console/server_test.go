@@ -147,3 +147,46 @@ func TestProxyTargets(t *testing.T) {
 		t.Errorf("targets: %+v", got)
 	}
 }
+
+// TestPrometheus reads the window from a Prometheus query API (a stand-in
+// answering as Prometheus does) and builds the graph from it.
+func TestPrometheus(t *testing.T) {
+	now := time.Unix(1_700_000_100, 0)
+	var asked []string
+	prom := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/query" || !strings.Contains(r.URL.Query().Get("query"), "ambit_requests_total") {
+			http.Error(w, "bad query", 400)
+			return
+		}
+		at := r.URL.Query().Get("time")
+		asked = append(asked, at)
+		v := "100"
+		if at == "1700000100.000" {
+			v = "160"
+		}
+		w.Write([]byte(`{"status":"success","data":{"resultType":"vector","result":[
+{"metric":{"__name__":"ambit_requests_total","instance":"10.1.0.9:15020","job":"ambit","source_namespace":"demo","source_workload":"client-1","destination_namespace":"demo","destination_service":"server.demo.svc.cluster.local","response_code":"200"},"value":[` + at + `,"` + v + `"]}]}}`))
+	}))
+	defer prom.Close()
+	p := &Prometheus{URL: prom.URL, Span: time.Minute, Now: func() time.Time { return now }}
+	cur, prev, errs, err := p.Window(context.Background())
+	if err != nil || len(errs) > 0 {
+		t.Fatal(err, errs)
+	}
+	if len(asked) != 2 || asked[0] != "1700000100.000" || asked[1] != "1700000040.000" {
+		t.Errorf("queried at %v, want now and a minute before", asked)
+	}
+	if len(cur.Samples) != 1 || cur.Samples[0].Instance != "10.1.0.9:15020" || cur.Samples[0].Labels["job"] != "" || cur.Samples[0].Value != 160 {
+		t.Fatalf("samples: %+v", cur.Samples)
+	}
+	g := BuildGraph(testInventory(), cur, prev, waypointInstances([]Proxy{{Kind: "waypoint", Peer: "10.1.0.9:41000"}}, cur, prev))
+	var e *Edge
+	for i := range g.Edges {
+		if g.Edges[i].ID == "demo/client-1->svc:demo/server|http" {
+			e = &g.Edges[i]
+		}
+	}
+	if e == nil || e.RequestRate != 1 || e.Requests != 160 || e.Waypoint != "demo/wp" || g.Window != 60 {
+		t.Errorf("edge from Prometheus: %+v (window %v)", e, g.Window)
+	}
+}

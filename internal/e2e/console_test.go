@@ -225,6 +225,7 @@ func TestPrivilegedConsole(t *testing.T) {
 
 	// The workload page: identity, certificate, the policy, the denials.
 	wdom := browse(t, chromium, ctl.NetNSPath, dir, "http://"+addr+"/#/workload/demo/server-2", "")
+	browse(t, chromium, ctl.NetNSPath, dir, "http://"+addr+"/#/workload/demo/server-2", filepath.Join(dir, "workload.png"))
 	for _, want := range []string{"spiffe://" + l.TrustDomain() + "/ns/demo/sa/server", "demo/no-8083", "DENY", "Recent denials", "demo/client-1", "policy"} {
 		if !strings.Contains(wdom, want) {
 			t.Errorf("the workload page lacks %q", want)
@@ -242,6 +243,15 @@ func TestPrivilegedConsole(t *testing.T) {
 	vdom := browse(t, chromium, ctl.NetNSPath, dir, "http://"+addr+"/#/validation", "")
 	if !strings.Contains(vdom, "1 refused") || !strings.Contains(vdom, "90-broken.yaml") {
 		t.Errorf("the configuration page does not show the refused file:\n%s", grep(vdom, "refused"))
+	}
+	browse(t, chromium, ctl.NetNSPath, dir, "http://"+addr+"/#/validation", filepath.Join(dir, "validation.png"))
+	// AMBIT_CONSOLE_SHOTS=DIR keeps every page's screenshot for a look.
+	if out := os.Getenv("AMBIT_CONSOLE_SHOTS"); out != "" {
+		for _, f := range []string{"console.png", "workload.png", "validation.png"} {
+			if data, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
+				os.WriteFile(filepath.Join(out, f), data, 0o644)
+			}
+		}
 	}
 }
 

@@ -232,9 +232,11 @@ async function showGraph() {
 
 function table(headers, rows) {
   const t = el("table");
-  const tr = el("tr");
-  for (const h of headers) tr.append(el("th", {}, h));
-  t.append(tr);
+  if (headers) {
+    const tr = el("tr");
+    for (const h of headers) tr.append(el("th", {}, h));
+    t.append(tr);
+  }
   for (const r of rows) {
     const row = el("tr");
     for (const c of r) {
@@ -255,7 +257,7 @@ async function showWorkload(ns, name) {
   const w = p.workload;
   const box = el("div", { id: "workload", "data-workload": w.namespace + "/" + w.name });
   box.append(el("h2", {}, `Workload ${w.namespace}/${w.name}`));
-  box.append(table(["", ""], [
+  box.append(table(null, [
     ["identity", w.identity || "–"], ["service account", w.serviceAccount || "–"], ["node", w.node || "–"],
     ["addresses", (w.ips || []).join(", ") || "–"], ["labels", labels(w.labels)],
   ]));
@@ -281,7 +283,7 @@ async function showValidation() {
   const box = el("div", { id: "validation" });
   box.append(el("h2", {}, "Configuration"));
   const state = v.refused.length ? el("span", { class: "bad" }, `${v.refused.length} refused`) : el("span", { class: "ok" }, "all accepted");
-  box.append(table(["", ""], [["version in force", v.version || "none yet"], ["state", state],
+  box.append(table(null, [["version in force", v.version || "none yet"], ["state", state],
     ["resources", Object.entries(v.counts || {}).map(([k, n]) => `${n} ${k}`).join(", ") || "–"]]));
   box.append(el("h3", {}, "Refused"));
   box.append(v.refused.length ? table(["refused by", "what", "why"], v.refused.map(r => [r.by, r.what || "–", r.reason]))
