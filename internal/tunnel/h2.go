@@ -442,6 +442,10 @@ func (c *h2conn) readLoop() {
 			f, err = c.fr.ReadFrameForHeader(fh)
 		}
 		if err != nil {
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				c.goAwayNow(http2.ErrCodeFrameSize, fmt.Errorf("tunnel peer sent a frame over our SETTINGS_MAX_FRAME_SIZE: %w", err))
+				return
+			}
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
 				c.goAwayNow(http2.ErrCode(ce), fmt.Errorf("tunnel peer broke HTTP/2: %w", err))
@@ -468,9 +472,21 @@ func (c *h2conn) readLoop() {
 		case *http2.SettingsFrame:
 			err = c.onSettings(f)
 		case *http2.WindowUpdateFrame:
+			if f.StreamID != 0 && !c.knownStream(f.StreamID) {
+				err = fmt.Errorf("tunnel peer sent WINDOW_UPDATE on idle stream %d", f.StreamID)
+				break
+			}
 			err = c.onWindowUpdate(f)
 		case *http2.RSTStreamFrame:
+			if !c.knownStream(f.StreamID) {
+				err = fmt.Errorf("tunnel peer sent RST_STREAM on idle stream %d", f.StreamID)
+				break
+			}
 			c.onReset(f.StreamID, f.ErrCode)
+		case *http2.PriorityFrame:
+			if f.StreamDep == f.StreamID { // RFC 9113 5.3.1
+				c.resetStream(f.StreamID, http2.ErrCodeProtocol)
+			}
 		case *http2.PingFrame:
 			if !f.IsAck() {
 				data := f.Data
@@ -482,10 +498,21 @@ func (c *h2conn) readLoop() {
 			err = errors.New("tunnel peer sent PUSH_PROMISE; push is disabled")
 		}
 		if err != nil {
-			c.goAwayNow(http2.ErrCodeProtocol, err)
+			code := http2.ErrCodeProtocol
+			var ce h2ConnError
+			if errors.As(err, &ce) {
+				code = ce.code
+			}
+			c.goAwayNow(code, err)
 			return
 		}
 	}
+}
+
+// h2ConnError is a connection error with a code other than PROTOCOL_ERROR.
+type h2ConnError struct {
+	code http2.ErrCode
+	error
 }
 
 func (c *h2conn) onSettings(f *http2.SettingsFrame) error {
@@ -537,10 +564,14 @@ func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if f.StreamID == 0 {
 		c.sendWindow += int64(f.Increment)
 		if c.sendWindow > 1<<31-1 {
-			return errors.New("tunnel peer overflowed the connection window")
+			return h2ConnError{http2.ErrCodeFlowControl, errors.New("tunnel peer overflowed the connection window")}
 		}
 	} else if s := c.streams[f.StreamID]; s != nil {
 		s.sendWindow += int64(f.Increment)
+		if s.sendWindow > 1<<31-1 { // RFC 9113 6.9.1: a stream error
+			s.fail(h2StreamError{http2.ErrCodeFlowControl})
+			go c.write(func() error { return c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeFlowControl) })
+		}
 	}
 	c.wcond.Broadcast()
 	return nil
@@ -562,7 +593,7 @@ func (c *h2conn) onData(f *http2.DataFrame) error {
 		if s == nil && !c.knownStream(f.StreamID) {
 			return fmt.Errorf("tunnel peer sent DATA on idle stream %d", f.StreamID)
 		}
-		if s != nil && s.recvEnd {
+		if s == nil || s.recvEnd { // closed, or half-closed (remote): RFC 9113 6.1
 			c.resetStream(f.StreamID, http2.ErrCodeStreamClosed)
 		}
 		return nil
@@ -665,7 +696,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 			c.resetStream(fh.StreamID, http2.ErrCodeFlowControl)
 		case s == nil && !c.knownStream(fh.StreamID):
 			return h2ProtocolError{fmt.Errorf("tunnel peer sent DATA on idle stream %d", fh.StreamID)}
-		case s != nil && s.recvEnd:
+		case s == nil || s.recvEnd: // closed, or half-closed (remote): RFC 9113 6.1
 			c.resetStream(fh.StreamID, http2.ErrCodeStreamClosed)
 		}
 		return nil
@@ -845,15 +876,20 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	// Server: a new stream, or trailers of an open one.
 	c.mu.Lock()
 	if s := c.streams[f.StreamID]; s != nil {
-		if f.Truncated {
+		switch {
+		case s.recvEnd: // half-closed (remote): RFC 9113 5.1
+			c.mu.Unlock()
+			c.resetStream(f.StreamID, http2.ErrCodeStreamClosed)
+			return nil
+		case f.Truncated || !f.StreamEnded() || len(f.PseudoFields()) > 0:
+			// Trailers end the stream and carry no pseudo-header (RFC
+			// 9113 8.1).
 			c.mu.Unlock()
 			c.resetStream(f.StreamID, http2.ErrCodeProtocol)
 			return nil
 		}
-		if f.StreamEnded() {
-			s.recvEnd = true
-			s.signal()
-		}
+		s.recvEnd = true
+		s.signal()
 		c.mu.Unlock()
 		return nil
 	}
@@ -861,9 +897,24 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		c.mu.Unlock()
 		return fmt.Errorf("tunnel client opened even stream %d", f.StreamID)
 	}
-	if f.StreamID <= c.lastID { // a stream already closed here
+	if f.StreamID < c.lastID {
 		c.mu.Unlock()
-		c.resetStream(f.StreamID, http2.ErrCodeStreamClosed)
+		return fmt.Errorf("tunnel client opened stream %d after stream %d (RFC 9113 5.1.1)", f.StreamID, c.lastID)
+	}
+	if f.StreamID == c.lastID { // the last stream, closed here
+		c.mu.Unlock()
+		return h2ConnError{http2.ErrCodeStreamClosed, fmt.Errorf("tunnel client sent HEADERS on closed stream %d", f.StreamID)}
+	}
+	if f.HasPriority() && f.Priority.StreamDep == f.StreamID { // RFC 9113 5.3.1
+		c.lastID = f.StreamID
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeProtocol)
+		return nil
+	}
+	if why := malformedRequest(f); why != "" {
+		c.lastID = f.StreamID
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeProtocol)
 		return nil
 	}
 	c.lastID = f.StreamID
@@ -900,6 +951,54 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.mu.Unlock()
 	c.onStream(s, f)
 	return nil
+}
+
+// malformedRequest says why a request head is malformed (RFC 9113 8.1.1,
+// 8.2.2, 8.3.1, 8.5), or "" when it is not: a stream error
+// PROTOCOL_ERROR, before any answer.
+func malformedRequest(f *http2.MetaHeadersFrame) string {
+	var method, scheme, path, authority, protocol bool
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			method = true
+		case ":scheme":
+			scheme = true
+		case ":path":
+			if hf.Value == "" {
+				return "empty :path"
+			}
+			path = true
+		case ":authority":
+			authority = true
+		case ":protocol":
+			protocol = true
+		default:
+			return "pseudo-header " + hf.Name + " in a request"
+		}
+	}
+	for _, hf := range f.RegularFields() {
+		switch hf.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return "connection-specific field " + hf.Name
+		case "te":
+			if hf.Value != "trailers" {
+				return "te other than trailers"
+			}
+		}
+	}
+	switch {
+	case !method:
+		return "no :method"
+	case f.PseudoValue("method") == "CONNECT" && !protocol:
+		// Plain CONNECT: :authority, and no :scheme or :path.
+		if !authority || scheme || path {
+			return "CONNECT with :scheme or :path, or without :authority"
+		}
+	case !scheme || !path:
+		return "no :scheme or :path"
+	}
+	return ""
 }
 
 func (c *h2conn) onReset(id uint32, code http2.ErrCode) {
@@ -1336,15 +1435,14 @@ func (s *h2stream) respond(status int, msg string) error {
 		return c.write(func() error { return c.writeHeaders(s.id, false, fields) })
 	}
 	fields = append(fields, hpack.HeaderField{Name: "content-type", Value: "text/plain; charset=utf-8"})
-	c.mu.Lock()
-	s.sentEnd = true
-	c.mu.Unlock()
-	return c.write(func() error {
-		if err := c.writeHeaders(s.id, false, fields); err != nil {
-			return err
-		}
-		return c.fr.WriteData(s.id, true, []byte(msg+"\n"))
-	})
+	if err := c.write(func() error { return c.writeHeaders(s.id, false, fields) }); err != nil {
+		return err
+	}
+	// The message is DATA like any other: within the peer's windows.
+	if _, err := s.Write([]byte(msg + "\n")); err != nil {
+		return err
+	}
+	return s.CloseWrite()
 }
 
 // usable tells whether the connection can take another stream, and
