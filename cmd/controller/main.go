@@ -90,6 +90,9 @@ func runController(args []string, stderr io.Writer) int {
 	fs.StringVar(&kf.waypointImage, "waypoint-image", "", "kubernetes source: image of waypoint proxies (none: Waypoints are accepted, not deployed)")
 	fs.StringVar(&kf.tunnel, "tunnel", meshconfig.TunnelH2, "kubernetes source: tunnel protocol between proxies, h2 or quic")
 	fs.StringVar(&kf.waypointController, "waypoint-controller", defaultWaypointController(), "kubernetes source: the controller's gRPC address waypoint pods dial")
+	fs.StringVar(&kf.pathNormalization, "path-normalization", string(meshconfig.DefaultPathNormalization), "kubernetes source: how waypoints normalize request paths before policy and routing, as Istio's meshConfig.pathNormalization: "+pathNormalizationNames())
+	fs.StringVar(&kf.otlpEndpoint, "waypoint-otlp-endpoint", "", "kubernetes source: OpenTelemetry collector (OTLP/gRPC, host:port or http(s)://host:port) the waypoints export request spans to (none: no export)")
+	fs.Float64Var(&kf.sampleRatio, "waypoint-trace-sample-ratio", 1, "kubernetes source: fraction of new traces the waypoints sample for export")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -342,4 +345,12 @@ func defaultWaypointController() string {
 		ns = "ambit-system"
 	}
 	return "ambit-controller." + ns + ".svc:15010"
+}
+
+func pathNormalizationNames() string {
+	var names []string
+	for _, n := range meshconfig.PathNormalizations {
+		names = append(names, string(n))
+	}
+	return strings.Join(names, ", ")
 }
