@@ -6,7 +6,7 @@
 
 #include <linux/types.h>
 
-/* Ports of the node proxy (DESIGN.md). */
+/* Ports of the node proxy's listeners in every enrolled pod. */
 enum ambit_port {
 	AMBIT_PORT_OUTBOUND = 15001,
 	AMBIT_PORT_INBOUND = 15006,

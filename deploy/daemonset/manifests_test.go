@@ -499,7 +499,7 @@ func applyInstall(c *kubetest.Cluster) error {
 		"-f", filepath.Join(std, "gateway.networking.k8s.io_httproutes.yaml"),
 		"-f", filepath.Join(std, "gateway.networking.k8s.io_grpcroutes.yaml"))
 
-	// The README's first step: the namespace and the mesh CA.
+	// The first step of docs/kubernetes.md: the namespace and the mesh CA.
 	ca, key, cerr := writeCA()
 	if cerr != nil {
 		return cerr

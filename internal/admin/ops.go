@@ -13,7 +13,8 @@ import (
 	"github.com/ambit-mesh/ambit/internal/reuseport"
 )
 
-// Default addresses of the operator listeners (see the design brief).
+// Default addresses of the operator listeners (ARCHITECTURE.md lists
+// every port and the network namespace it lives in).
 const (
 	DefaultMetricsAddr = ":15020"
 	DefaultReadyAddr   = ":15021"

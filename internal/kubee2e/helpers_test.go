@@ -299,7 +299,7 @@ func (e *env) accessLog(f func(map[string]any) bool) []map[string]any {
 }
 
 // writeCA makes the mesh CA (an ECDSA root for spiffe://cluster.local, as
-// the README's openssl command does) and returns its PEM files.
+// docs/kubernetes.md's openssl command does) and returns its PEM files.
 func writeCA(t *testing.T, dir string) (certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -331,7 +331,7 @@ func writeCA(t *testing.T, dir string) (certFile, keyFile string) {
 }
 
 // copyDeploy copies deploy/daemonset to dir with the images' tag set, as
-// the README tells users to (`images:` in kustomization.yaml).
+// docs/kubernetes.md tells users to (`images:` in kustomization.yaml).
 func copyDeploy(t *testing.T, repo, dir, tag string) {
 	t.Helper()
 	src := filepath.Join(repo, "deploy", "daemonset")

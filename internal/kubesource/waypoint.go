@@ -25,7 +25,8 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
-// Ports of a waypoint proxy (DESIGN.md).
+// Ports of a waypoint proxy, the same as a node proxy's: the tunnel
+// (HBONE), readiness and metrics.
 const (
 	WaypointTunnelPort  = 15008
 	WaypointReadyPort   = 15021

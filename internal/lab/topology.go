@@ -21,7 +21,7 @@ const (
 // DefaultTrustDomain is the SPIFFE trust domain when a topology names none.
 const DefaultTrustDomain = "cluster.local"
 
-// Enrollment labels (DESIGN.md): a namespace opts in with
+// Enrollment labels, as the mesh reads them: a namespace opts in with
 // ambit.dev/dataplane=ambient, a pod in it opts out with
 // ambit.dev/dataplane=none.
 const (

@@ -40,7 +40,8 @@ const (
 	KindGRPCRoute     = "GRPCRoute"
 )
 
-// Labels and annotations Ambit reads (DESIGN.md).
+// Labels and annotations Ambit reads (docs/configuration.md describes
+// them for users).
 const (
 	// DataplaneLabel on a namespace opts it in with DataplaneAmbient; on a
 	// workload, DataplaneNone opts it out.

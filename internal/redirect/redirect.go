@@ -34,7 +34,9 @@ import (
 	"strings"
 )
 
-// Well-known ports (DESIGN.md).
+// The node proxy's listener ports inside every enrolled pod: outbound
+// capture, inbound plaintext capture and the tunnel (HBONE). Capture's
+// eBPF programs carry the same values (bpf/include/ambit.h).
 const (
 	OutboundPort         = 15001
 	InboundPlaintextPort = 15006

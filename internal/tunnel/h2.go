@@ -1256,7 +1256,8 @@ func (s *h2stream) dataHeader(hdr []byte, n int) {
 
 // frameBuffers hold a frame header and a maximal DATA payload, for
 // readFrom; smallFrameBuffers hold a smaller one, for a stream that has
-// not shown it needs more: an idle connection waits on 16 KiB, not 64.
+// not shown it needs more: an idle connection waits on 16 KiB, not on a
+// maximal frame (maxFrameSize, 1 MiB).
 var (
 	frameBuffers      = sync.Pool{New: func() any { b := make([]byte, 9+maxFrameSize); return &b }}
 	smallFrameBuffers = sync.Pool{New: func() any { b := make([]byte, 9+smallFrame); return &b }}
