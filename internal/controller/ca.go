@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -66,7 +64,7 @@ func LoadCA(td spiffeid.TrustDomain, certPath, keyPath string, rootFiles []strin
 	if err != nil {
 		return nil, fmt.Errorf("--ca-key: %w", err)
 	}
-	key, err := parseKey(keyPEM)
+	key, err := identity.ParseKeyPEM(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("--ca-key %s: %w", keyPath, err)
 	}
@@ -200,57 +198,14 @@ func ReadCerts(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := ParseCertsPEM(data)
+	certs, err := identity.ParseCertsPEM(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return certs, nil
 }
 
-// ParseCertsPEM parses every CERTIFICATE block; anything else is an error.
-func ParseCertsPEM(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("PEM block %q where a CERTIFICATE was expected", block.Type)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no PEM CERTIFICATE block")
-	}
-	return out, nil
-}
-
 func isSelfSigned(c *x509.Certificate) bool {
 	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
-func parseKey(data []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM block")
-	}
-	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
-		if s, ok := k.(crypto.Signer); ok {
-			return s, nil
-		}
-		return nil, errors.New("PKCS#8 key cannot sign")
-	}
-	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	return nil, fmt.Errorf("unsupported key (PEM type %q); use PKCS#8, SEC1 EC or PKCS#1 RSA", block.Type)
-}

@@ -281,9 +281,11 @@ func openConfig(t testing.TB, h *harness, node string, info *pb.ProxyInfo) (*pb.
 	if err != nil {
 		return nil, cancel, err
 	}
-	if err := s.Send(&pb.ConfigRequest{Proxy: info}); err != nil {
+	if err := s.Send(&pb.ConfigRequest{Proxy: info}); err != nil && err != io.EOF {
 		return nil, cancel, err
 	}
+	// io.EOF from Send: the server already ended the stream (a refusal
+	// before reading ProxyInfo); Recv returns its status.
 	done := make(chan struct{})
 	var resp *pb.ConfigResponse
 	go func() { resp, err = s.Recv(); close(done) }()

@@ -68,7 +68,7 @@ func LoadCA(td spiffeid.TrustDomain, certPath, keyPath string, clk clock.Clock) 
 	if err != nil {
 		return nil, fmt.Errorf("read CA key: %w", err)
 	}
-	key, err := parseKey(keyPEM)
+	key, err := ParseKeyPEM(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("CA key %s: %w", keyPath, err)
 	}
@@ -186,35 +186,11 @@ func readCert(path string) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
 	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("CA certificate %s: no PEM CERTIFICATE block", path)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	certs, err := ParseCertsPEM(data)
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate %s: %w", path, err)
 	}
-	return cert, nil
-}
-
-func parseKey(data []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM block")
-	}
-	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
-		if s, ok := k.(crypto.Signer); ok {
-			return s, nil
-		}
-		return nil, errors.New("PKCS#8 key cannot sign")
-	}
-	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	return nil, fmt.Errorf("unsupported key (PEM type %q); use PKCS#8, SEC1 EC or PKCS#1 RSA", block.Type)
+	return certs[0], nil
 }
 
 func publicKeysEqual(a, b crypto.PublicKey) bool {
