@@ -75,7 +75,7 @@ func NewHandler(src Source) http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return guard(mux)
+	return LocalOnly(mux)
 }
 
 // The JSON shapes of the list endpoints: an object, so fields can be added.
@@ -100,8 +100,11 @@ type (
 	}
 )
 
-// guard enforces the admin's method and Host rules before the mux.
-func guard(next http.Handler) http.Handler {
+// LocalOnly enforces an admin endpoint's rules before next: read-only
+// (GET and HEAD; POST only for pprof's symbol lookup) and addressed to
+// localhost or an IP literal (LocalHost). The node proxy's, the
+// waypoint's and the controller's admin endpoints all go through it.
+func LocalOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodGet || r.Method == http.MethodHead:
@@ -112,7 +115,7 @@ func guard(next http.Handler) http.Handler {
 			http.Error(w, "the admin endpoint is read-only: use GET", http.StatusMethodNotAllowed)
 			return
 		}
-		if !localHost(r.Host) {
+		if !LocalHost(r.Host) {
 			http.Error(w, fmt.Sprintf("admin answers only requests addressed to localhost or an IP address, not %q", r.Host), http.StatusForbidden)
 			return
 		}
@@ -120,10 +123,10 @@ func guard(next http.Handler) http.Handler {
 	})
 }
 
-// localHost reports whether a Host header names localhost or an IP literal.
+// LocalHost reports whether a Host header names localhost or an IP literal.
 // A DNS name that resolves to loopback is how a web page in a browser on the
-// node would reach the admin; those are refused.
-func localHost(host string) bool {
+// node would reach a local endpoint (DNS rebinding); those are refused.
+func LocalHost(host string) bool {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}

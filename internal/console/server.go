@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ambit-mesh/ambit/internal/admin"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -83,7 +84,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.opts.Token == "" {
-		if !localHost(r.Host) {
+		if !admin.LocalHost(r.Host) {
 			http.Error(w, fmt.Sprintf("the console answers only requests addressed to localhost or an IP address, not %q (give it a token to serve other names)", r.Host), http.StatusForbidden)
 			return
 		}
@@ -114,18 +115,6 @@ func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="ambit-console"`)
 	http.Error(w, "the console needs its token: open /?token=<token> once, or send Authorization: Bearer <token>", http.StatusUnauthorized)
 	return false
-}
-
-func localHost(host string) bool {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if host == "" || strings.EqualFold(host, "localhost") {
-		return true
-	}
-	_, err := netip.ParseAddr(host)
-	return err == nil
 }
 
 // CheckListen refuses an address that is not loopback unless allowRemote,

@@ -208,4 +208,3 @@ func ReadCerts(path string) ([]*x509.Certificate, error) {
 func isSelfSigned(c *x509.Certificate) bool {
 	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
-
