@@ -52,7 +52,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 		t.Fatalf("code %d: %s", code, errb.String())
 	}
 	if strings.Join(cfg.Modes, ",") != "nginx,direct" || cfg.ReqSize != 512 || cfg.RespSize != 512 || cfg.ProxyCPUs != "2" ||
-		cfg.Duration != 8*time.Second || cfg.Omit != time.Second || cfg.Rounds != 1 || out != "bench/out/bench.json" || strict ||
+		cfg.Duration != 8*time.Second || cfg.Omit != time.Second || cfg.Rounds != 4 || out != "bench/out/bench.json" || strict ||
 		len(cfg.Helper) != 1 || !strings.HasSuffix(cfg.NodeProxy, "/nodeproxy") {
 		t.Errorf("config %+v, out %q, strict %v", cfg, out, strict)
 	}

@@ -252,6 +252,10 @@ type row struct {
 	// scope is the modes the row is for: the L4 modes, the L7 (HTTP)
 	// ones, or all.
 	scope int
+	// better says which way a mode beats another on the row: higher
+	// (+1), lower (-1); 0 for rows that are no contest (baselines,
+	// counters).
+	better int
 }
 
 const (
@@ -314,43 +318,43 @@ func tableRows(s Settings) []row {
 		return func(m, _ *ModeResult) (float64, bool) { return v(m.Proxy), true }
 	}
 	return []row{
-		{label: "throughput, 1 stream (Gbit/s)", key: "throughput1StreamGbps", format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.Throughput1 })},
-		{label: fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), key: "throughputNStreamsGbps", format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.ThroughputN })},
-		{label: fmt.Sprintf("latency p50 at %d req/s (µs)", s.Rate), key: "latencyP50Micros", format: "%.0f", value: lat(p50)},
-		{label: "latency p90 (µs)", key: "latencyP90Micros", format: "%.0f", value: lat(p90)},
-		{label: "latency p99 (µs)", key: "latencyP99Micros", format: "%.0f", value: lat(p99)},
-		{label: "  p50 added vs direct (µs)", key: "latencyP50AddedMicros", format: "%+.0f", value: added(p50), na: isDirect},
-		{label: "  p90 added vs direct (µs)", key: "latencyP90AddedMicros", format: "%+.0f", value: added(p90), na: isDirect},
-		{label: "  p99 added vs direct (µs)", key: "latencyP99AddedMicros", format: "%+.0f", value: added(p99), na: isDirect},
+		{label: "throughput, 1 stream (Gbit/s)", key: "throughput1StreamGbps", better: +1, format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.Throughput1 })},
+		{label: fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), key: "throughputNStreamsGbps", better: +1, format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.ThroughputN })},
+		{label: fmt.Sprintf("latency p50 at %d req/s (µs)", s.Rate), key: "latencyP50Micros", better: -1, format: "%.0f", value: lat(p50)},
+		{label: "latency p90 (µs)", key: "latencyP90Micros", better: -1, format: "%.0f", value: lat(p90)},
+		{label: "latency p99 (µs)", key: "latencyP99Micros", better: -1, format: "%.0f", value: lat(p99)},
+		{label: "  p50 added vs direct (µs)", key: "latencyP50AddedMicros", better: -1, format: "%+.0f", value: added(p50), na: isDirect},
+		{label: "  p90 added vs direct (µs)", key: "latencyP90AddedMicros", better: -1, format: "%+.0f", value: added(p90), na: isDirect},
+		{label: "  p99 added vs direct (µs)", key: "latencyP99AddedMicros", better: -1, format: "%+.0f", value: added(p99), na: isDirect},
 		{label: "requests answered (/s)", key: "requestsPerSecond", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) { return perSecondOf(m.Latency) }},
-		{label: fmt.Sprintf("new connections/s (%d workers)", s.ConnectWorkers), key: "connectionsPerSecond", format: "%.0f",
+		{label: fmt.Sprintf("new connections/s (%d workers)", s.ConnectWorkers), key: "connectionsPerSecond", better: +1, format: "%.0f",
 			value: func(m, _ *ModeResult) (float64, bool) { return perSecondOf(m.Connect) }},
-		{label: "  connection p50 (µs)", key: "connectionP50Micros", format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) { return latOf(m.Connect, p50) }},
-		{label: "proxy CPU, 1 stream (% of a core)", key: "proxyCPU1StreamPercent", format: "%.0f", value: cpu(PhaseStream1), na: noProxy},
-		{label: fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), key: "proxyCPUNStreamsPercent", format: "%.0f", value: cpu(PhaseStreamsN), na: noProxy},
-		{label: fmt.Sprintf("proxy CPU, %d req/s (%% of a core)", s.Rate), key: "proxyCPULatencyPercent", format: "%.0f", value: cpu(PhaseLatency), na: noProxy},
-		{label: "  per request (µs of CPU)", key: "proxyCPUPerRequestMicros", format: "%.0f", na: noProxy,
+		{label: "  connection p50 (µs)", key: "connectionP50Micros", better: -1, format: "%.0f", value: func(m, _ *ModeResult) (float64, bool) { return latOf(m.Connect, p50) }},
+		{label: "proxy CPU, 1 stream (% of a core)", key: "proxyCPU1StreamPercent", better: -1, format: "%.0f", value: cpu(PhaseStream1), na: noProxy},
+		{label: fmt.Sprintf("proxy CPU, %d streams (%% of a core)", s.Streams), key: "proxyCPUNStreamsPercent", better: -1, format: "%.0f", value: cpu(PhaseStreamsN), na: noProxy},
+		{label: fmt.Sprintf("proxy CPU, %d req/s (%% of a core)", s.Rate), key: "proxyCPULatencyPercent", better: -1, format: "%.0f", value: cpu(PhaseLatency), na: noProxy},
+		{label: "  per request (µs of CPU)", key: "proxyCPUPerRequestMicros", better: -1, format: "%.0f", na: noProxy,
 			value: perRequest(PhaseLatency, func(m *ModeResult) *RRResult { return m.Latency })},
-		{label: "proxy CPU, connections (% of a core)", key: "proxyCPUConnectPercent", format: "%.0f", value: cpu(PhaseConnect), na: noProxy},
-		{label: fmt.Sprintf("HTTP/1.1 p50 at %d req/s (µs)", s.Rate), key: "httpP50Micros", format: "%.0f", scope: scopeHTTP,
+		{label: "proxy CPU, connections (% of a core)", key: "proxyCPUConnectPercent", better: -1, format: "%.0f", value: cpu(PhaseConnect), na: noProxy},
+		{label: fmt.Sprintf("HTTP/1.1 p50 at %d req/s (µs)", s.Rate), key: "httpP50Micros", better: -1, format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, p50) })},
-		{label: "HTTP/1.1 p99 (µs)", key: "httpP99Micros", format: "%.0f", scope: scopeHTTP,
+		{label: "HTTP/1.1 p99 (µs)", key: "httpP99Micros", better: -1, format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return latOf(h.Latency, p99) })},
 		{label: "  direct in the same lab, p50 (µs)", key: "httpDirectP50Micros", format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.baseline(p50) })},
 		{label: "  direct in the same lab, p99 (µs)", key: "httpDirectP99Micros", format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.baseline(p99) })},
-		{label: "  HTTP p50 added (µs)", key: "httpP50AddedMicros", format: "%+.0f", scope: scopeHTTP,
+		{label: "  HTTP p50 added (µs)", key: "httpP50AddedMicros", better: -1, format: "%+.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.AddedP50Micros, h.Latency != nil && h.Direct != nil })},
-		{label: "  HTTP p99 added (µs)", key: "httpP99AddedMicros", format: "%+.0f", scope: scopeHTTP,
+		{label: "  HTTP p99 added (µs)", key: "httpP99AddedMicros", better: -1, format: "%+.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.AddedP99Micros, h.Latency != nil && h.Direct != nil })},
-		{label: fmt.Sprintf("HTTP/1.1 most req/s (%d conns)", s.MaxConns), key: "httpMaxPerSecond", format: "%.0f", scope: scopeHTTP,
+		{label: fmt.Sprintf("HTTP/1.1 most req/s (%d conns)", s.MaxConns), key: "httpMaxPerSecond", better: +1, format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return perSecondOf(h.Max) })},
 		{label: "  proxy CPU at most req/s (cores)", key: "httpProxyCores", format: "%.2f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.ProxyCores, h.ProxyCores > 0 })},
-		{label: "  HTTP req/s per proxy core", key: "httpRequestsPerCore", format: "%.0f", scope: scopeHTTP,
+		{label: "  HTTP req/s per proxy core", key: "httpRequestsPerCore", better: +1, format: "%.0f", scope: scopeHTTP,
 			value: httpValue(func(h *HTTPResult) (float64, bool) { return h.RequestsPerCore, h.RequestsPerCore > 0 })},
-		{label: fmt.Sprintf("  proxy CPU per request at %d req/s (µs)", s.Rate), key: "httpProxyCPUPerRequestMicros", format: "%.0f", scope: scopeHTTP,
+		{label: fmt.Sprintf("  proxy CPU per request at %d req/s (µs)", s.Rate), key: "httpProxyCPUPerRequestMicros", better: -1, format: "%.0f", scope: scopeHTTP,
 			value: perRequest(PhaseHTTPLatency, func(m *ModeResult) *RRResult {
 				if m.HTTP == nil {
 					return nil
@@ -361,7 +365,7 @@ func tableRows(s Settings) []row {
 			value: proxy(func(p *ProxyUsage) float64 { return p.CPUSeconds })},
 		{label: "proxy CPU, all runs (% of a core)", key: "proxyCPUPercent", format: "%.0f", scope: scopeAll, na: noProxy,
 			value: proxy(func(p *ProxyUsage) float64 { return p.CorePercent })},
-		{label: "proxy peak RSS, sum (MiB)", key: "proxyPeakRSSMiB", format: "%.1f", scope: scopeAll, na: noProxy,
+		{label: "proxy peak RSS, sum (MiB)", key: "proxyPeakRSSMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
 			value: proxy(func(p *ProxyUsage) float64 { return float64(p.PeakRSSBytes) / (1 << 20) })},
 		{label: "server's close reaches the client", text: func(m *ModeResult) string {
 			switch {
@@ -644,6 +648,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if len(r.Rounds) > 0 {
 		fmt.Fprintf(&b, "%d rounds, interleaved: median (min–max) over the rounds that measured each metric\n", len(r.Rounds))
+		b.WriteString(verdicts(r.Settings, cols))
+		for _, st := range stalledBaselines(r.Rounds) {
+			b.WriteString(st + "\n")
+		}
 	}
 	for _, m := range r.Modes {
 		if m.Path != "" {
@@ -714,6 +722,119 @@ func modeNames(ms []ModeResult) []string {
 	out := make([]string, len(ms))
 	for i, m := range ms {
 		out[i] = m.Mode
+	}
+	return out
+}
+
+// comparedPairs are the modes the table sets side by side: the mesh's
+// tunnel against the nginx pair, QUIC against HTTP/2, the waypoint against
+// nginx's HTTP proxy.
+var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP}}
+
+// verdicts says, for each compared pair both measured and each metric
+// with a better direction, in how many of the rounds that measured both
+// the first beat the second: a median can hide a lead that flips from
+// round to round.
+func verdicts(s Settings, cols []measured) string {
+	byName := map[string]measured{}
+	for _, md := range cols {
+		byName[md.mode] = md
+	}
+	var b strings.Builder
+	for _, pair := range comparedPairs {
+		a, okA := byName[pair[0]]
+		c, okC := byName[pair[1]]
+		if !okA || !okC {
+			continue
+		}
+		var lines []string
+		for _, rw := range tableRows(s) {
+			if rw.better == 0 || rw.value == nil || !rw.inScope(a.mode) || !rw.inScope(c.mode) {
+				continue
+			}
+			wins, losses, ties := 0, 0, 0
+			for i, round := range a.rounds {
+				j := slices.Index(c.rounds, round)
+				if j < 0 {
+					continue
+				}
+				va, okA := rw.roundValue(a, i)
+				vc, okC := rw.roundValue(c, j)
+				if !okA || !okC {
+					continue
+				}
+				switch d := (va - vc) * float64(rw.better); {
+				case d > 0:
+					wins++
+				case d < 0:
+					losses++
+				default:
+					ties++
+				}
+			}
+			n := wins + losses + ties
+			if n == 0 {
+				continue
+			}
+			line := fmt.Sprintf("  %s: ahead in %d of %d", strings.TrimSpace(rw.label), wins, n)
+			if ties > 0 {
+				line += fmt.Sprintf(" (level in %d)", ties)
+			}
+			lines = append(lines, line)
+		}
+		if len(lines) > 0 {
+			fmt.Fprintf(&b, "%s vs %s, rounds in which %s was ahead:\n%s\n", pair[0], pair[1], pair[0], strings.Join(lines, "\n"))
+		}
+	}
+	return b.String()
+}
+
+// roundValue is the row's value for md's i-th round, when that round
+// measured it.
+func (rw row) roundValue(md measured, i int) (float64, bool) {
+	m := md.results[i]
+	if m.Error != "" || (rw.na != nil && rw.na(m)) {
+		return 0, false
+	}
+	return rw.value(m, md.directs[i])
+}
+
+// stalledBaselines flags the rounds whose direct mode, the baseline every
+// added latency and ratio is taken against, stalled: one-stream
+// throughput under half its median over the rounds, or p50 latency over
+// twice it. Such a round's comparisons with direct say more about the
+// machine than about the proxies.
+func stalledBaselines(rounds []RoundResult) []string {
+	type sample struct {
+		round     int
+		gbps, p50 float64
+	}
+	var ss []sample
+	for _, rd := range rounds {
+		for _, m := range rd.Modes {
+			if m.Mode != ModeDirect || m.Error != "" || m.Throughput1 == nil || m.Latency == nil {
+				continue
+			}
+			ss = append(ss, sample{rd.Round, m.Throughput1.BitsPerSecond / 1e9, m.Latency.Latency.P50})
+		}
+	}
+	if len(ss) < 2 {
+		return nil
+	}
+	var gs, ps []float64
+	for _, s := range ss {
+		gs = append(gs, s.gbps)
+		ps = append(ps, s.p50)
+	}
+	gm, pm := summarizeRounds(gs).Median, summarizeRounds(ps).Median
+	var out []string
+	for _, s := range ss {
+		switch {
+		case s.gbps < gm/2:
+			out = append(out, fmt.Sprintf("round %d: the direct baseline stalled (1 stream %.2f Gbit/s against a median of %.2f): its comparisons with direct are suspect", s.round, s.gbps, gm))
+		case s.p50 > 2*pm:
+			out = append(out, fmt.Sprintf("round %d: the direct baseline stalled (p50 %.0f µs against a median of %.0f): its comparisons with direct are suspect", s.round, s.p50, pm))
+		}
 	}
 	return out
 }

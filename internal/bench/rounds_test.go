@@ -204,6 +204,11 @@ func TestWriteTableRounds(t *testing.T) {
 		"\nmesh-quic: ERROR: 3 of 3 rounds (rounds 1, 2, 3): no nodeproxy binary\n",
 		"\nnginx: N streams failed: 1 of 3 rounds (round 3): iperf3: boom\n",
 		"\nnginx: note: rounds 1, 3: a note\n",
+		// Round by round, over the rounds that measured both (mesh-h2
+		// failed round 2).
+		"\nmesh-h2 vs nginx, rounds in which mesh-h2 was ahead:\n  throughput, 1 stream (Gbit/s): ahead in 2 of 2\n",
+		"\n  p50 added vs direct (µs): ahead in 2 of 2\n",
+		"\n  proxy CPU, 1 stream (% of a core): ahead in 0 of 2\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
@@ -279,5 +284,26 @@ func TestWriteTableOneRound(t *testing.T) {
 func TestRunRoundsRefused(t *testing.T) {
 	if _, err := Run(context.Background(), Config{Rounds: -1, Helper: []string{"x"}}); err == nil || !strings.Contains(err.Error(), "at least 1") {
 		t.Errorf("Run with -1 rounds: %v", err)
+	}
+}
+
+// A round whose direct baseline stalled is flagged: its comparisons with
+// direct say more about the machine than the proxies.
+func TestStalledBaselineFlagged(t *testing.T) {
+	rep := threeRounds()
+	if got := stalledBaselines(rep.Rounds); len(got) != 0 {
+		t.Errorf("steady baselines flagged: %q", got)
+	}
+	rep.Rounds[1].Modes[0].Throughput1.BitsPerSecond = 2e9 // round 2's direct: 2 Gbit/s against 12
+	got := stalledBaselines(rep.Rounds)
+	if len(got) != 1 || !strings.HasPrefix(got[0], "round 2: the direct baseline stalled (1 stream 2.00 Gbit/s against a median of 10.00)") {
+		t.Errorf("stalled round 2: %q", got)
+	}
+	var b strings.Builder
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "\nround 2: the direct baseline stalled") {
+		t.Errorf("the table does not flag round 2:\n%s", b.String())
 	}
 }
