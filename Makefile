@@ -59,8 +59,9 @@ check-generate: generate ## fail when committed generated files (eBPF, protobuf,
 	@new=$$(git ls-files --others --exclude-standard -- 'api/*.pb.go' 'api/crd/*/zz_generated*.go' 'deploy/daemonset/crds/*.yaml'); if [ -n "$$new" ]; then echo "generated files not committed: $$new"; exit 1; fi
 
 .PHONY: lint
-lint: ## gofmt, go vet
+lint: ## gofmt, go mod tidy check, go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@$(GO) mod tidy -diff >/dev/null || { $(GO) mod tidy -diff; echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit go.mod and go.sum"; exit 1; }
 	$(GO) vet ./...
 
 .PHONY: kube-tools
