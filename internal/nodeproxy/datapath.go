@@ -333,7 +333,7 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 	if srcAddr.IsValid() && srcAddr.Is4() == target.Addr().Is4() {
 		from = netip.AddrPortFrom(srcAddr, 0)
 	}
-	up, err := pd.ns.Dial(ctx, from, target)
+	up, err := pd.net.DialAs(ctx, from, target)
 	if err != nil {
 		p.denied(info, l, reasonDeliver, err.Error())
 		return nil, fmt.Errorf("deliver to %s: %w", target, err)
@@ -447,7 +447,7 @@ func (pd *pod) inboundPlaintext(c *net.TCPConn) {
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
 	defer cancel()
-	up, err := pd.ns.Dial(ctx, netip.AddrPortFrom(client.Addr(), 0), dst)
+	up, err := pd.net.DialAs(ctx, netip.AddrPortFrom(client.Addr(), 0), dst)
 	if err != nil {
 		p.denied(info, l, reasonDeliver, err.Error())
 		reset(c)

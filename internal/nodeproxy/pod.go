@@ -11,10 +11,8 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
-	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/podnet"
 	"github.com/ambit-mesh/ambit/internal/redirect"
-	"github.com/ambit-mesh/ambit/internal/reuseport"
-	"github.com/ambit-mesh/ambit/internal/transparent"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
 
@@ -23,14 +21,19 @@ import (
 type pod struct {
 	p        *Proxy
 	w        atomic.Pointer[meshconfig.Workload]
-	ns       *transparent.Namespace
-	enrolled bool // this proxy attached capture (and releases it on removal)
+	net      podnet.Sockets // the pod's network (Options.PodNet)
+	enrolled bool           // this proxy attached capture (and releases it on removal)
 
 	listeners []net.Listener
 	udp       net.PacketConn
 	srv       *tunnel.Server
 	wg        sync.WaitGroup
 	stopOnce  sync.Once
+}
+
+// netPod is w as the pod network sees it.
+func netPod(w *meshconfig.Workload) podnet.Pod {
+	return podnet.Pod{Key: w.Key(), NetNS: w.NetNS, IPs: w.IPs}
 }
 
 // openPod attaches capture (idempotent: the CNI step or the lab may have
@@ -52,10 +55,7 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (_ *pod, err error) {
 		}
 		pd.enrolled = true
 	}
-	if err := transparent.Setup(w.NetNS); err != nil {
-		return nil, fmt.Errorf("source-preserving delivery: %w", err)
-	}
-	if pd.ns, err = transparent.Open(w.NetNS); err != nil {
+	if pd.net, err = p.opts.PodNet.Open(netPod(w)); err != nil {
 		return nil, err
 	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
@@ -71,13 +71,13 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (_ *pod, err error) {
 	pd.srv = srv
 	// Outbound: capture rewrites connects to the pod's loopback. IPv6
 	// loopback exists whenever the pod has IPv6 at all.
-	out4, err := pd.listen("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), redirect.OutboundPort))
+	out4, err := pd.listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), redirect.OutboundPort))
 	if err != nil {
 		return nil, err
 	}
 	pd.serve(out4, pd.outbound)
 	if hasV6(w.IPs) {
-		out6, err := pd.listen("tcp6", netip.AddrPortFrom(netip.IPv6Loopback(), redirect.OutboundPort))
+		out6, err := pd.listen(netip.AddrPortFrom(netip.IPv6Loopback(), redirect.OutboundPort))
 		if err != nil {
 			return nil, err
 		}
@@ -86,19 +86,19 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (_ *pod, err error) {
 	// Inbound plaintext: the TCX program assigns SYNs for the pod's
 	// addresses to this wildcard socket; the accepted connection keeps the
 	// original destination and source.
-	in, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.InboundPlaintextPort))
+	in, err := pd.listen(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.InboundPlaintextPort))
 	if err != nil {
 		return nil, err
 	}
 	pd.serve(in, pd.inboundPlaintext)
-	tun, err := pd.listen("tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort))
+	tun, err := pd.listen(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort))
 	if err != nil {
 		return nil, err
 	}
 	pd.wg.Add(1)
 	go func() { defer pd.wg.Done(); pd.srv.Serve(tun) }()
 	// The same tunnel over QUIC, on UDP 15008, for peers that prefer it.
-	if pd.udp, err = pd.listenTunnelPacket(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort)); err != nil {
+	if pd.udp, err = pd.net.ListenUDP(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort)); err != nil {
 		return nil, err
 	}
 	pd.wg.Add(1)
@@ -115,73 +115,22 @@ func hasV6(ips []netip.Addr) bool {
 	return false
 }
 
-// listen opens a listener inside the pod's network namespace. It binds
-// with SO_REUSEPORT, so during a rolling upgrade the new node proxy binds
-// the same ports while the old one still serves: new connections are
-// spread over both, and when the old one closes its listeners (SIGTERM)
-// the connections still queued on them move to the new one (AttachMigrate)
-// instead of being reset.
-func (pd *pod) listen(network string, addr netip.AddrPort) (net.Listener, error) {
-	var ln net.Listener
-	err := netnsx.Do(pd.w.Load().NetNS, func() error {
-		var err error
-		ln, err = reuseport.ListenConfig().Listen(context.Background(), network, addr.String())
-		return err
-	})
+// listen opens a listener in the pod (podnet.Sockets.ListenTCP: on Linux
+// inside its network namespace, sharing the port with a second node proxy
+// during an upgrade) and keeps it for stopAccepting.
+func (pd *pod) listen(addr netip.AddrPort) (net.Listener, error) {
+	ln, err := pd.net.ListenTCP(addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s in pod %s: %w", addr, pd.w.Load().Key(), err)
-	}
-	if err := redirect.AttachMigrate(ln.(*net.TCPListener)); err != nil {
-		// Upgrades still work; connections queued on the old process's
-		// listeners when it stops are reset rather than moved.
-		pd.p.migrateWarn.Do(func() { pd.p.log.Warn("listeners without connection migration", "err", err) })
+		return nil, err
 	}
 	pd.listeners = append(pd.listeners, ln)
 	return ln, nil
 }
 
-// listenTunnelPacket opens the tunnel's UDP socket (QUIC) inside the pod's
-// network namespace, with SO_REUSEPORT like the TCP listeners. A UDP
-// socket has no accept queue: every datagram is steered on its own, and a
-// QUIC connection's datagrams must keep reaching the process that holds
-// it. So the group sends everything to its oldest socket: the old node
-// proxy keeps its QUIC connections while a new one starts, and the new one
-// gets the port once the old one has drained and closed its socket.
-func (pd *pod) listenTunnelPacket(addr netip.AddrPort) (net.PacketConn, error) {
-	var pc net.PacketConn
-	err := netnsx.Do(pd.w.Load().NetNS, func() error {
-		var err error
-		pc, err = reuseport.ListenConfig().ListenPacket(context.Background(), "udp", addr.String())
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listen on udp %s in pod %s: %w", addr, pd.w.Load().Key(), err)
-	}
-	if err := reuseport.Steer(pc.(*net.UDPConn), reuseport.Oldest); err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("listen on udp %s in pod %s: %w", addr, pd.w.Load().Key(), err)
-	}
-	return pc, nil
-}
-
-// listenPacket opens a UDP socket inside the pod's network namespace.
-func (pd *pod) listenPacket(addr netip.AddrPort) (net.PacketConn, error) {
-	var pc net.PacketConn
-	err := netnsx.Do(pd.w.Load().NetNS, func() error {
-		var err error
-		pc, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listen on udp %s in pod %s: %w", addr, pd.w.Load().Key(), err)
-	}
-	return pc, nil
-}
-
 // clientPacketConn is a UDP socket in the pod's namespace for QUIC
 // tunnels the pod opens.
 func (pd *pod) clientPacketConn() (net.PacketConn, error) {
-	return pd.listenPacket(netip.AddrPortFrom(netip.IPv6Unspecified(), 0))
+	return pd.net.ClientUDP()
 }
 
 // serve accepts on ln until it is closed, handling each connection in its
@@ -217,7 +166,7 @@ func (pd *pod) dialFrom(ctx context.Context, network, addr string) (net.Conn, er
 	if err != nil {
 		return nil, err
 	}
-	return pd.ns.Dial(ctx, netip.AddrPort{}, ap)
+	return pd.net.Dial(ctx, ap)
 }
 
 func (pd *pod) stopAccepting() {
@@ -246,8 +195,8 @@ func (pd *pod) close(release bool) {
 	if pd.udp != nil {
 		pd.udp.Close()
 	}
-	if pd.ns != nil {
-		pd.ns.Close()
+	if pd.net != nil {
+		pd.net.Close()
 	}
 	pd.wg.Wait() // accept loops and tunnel servers have returned
 	if !release {
@@ -259,7 +208,7 @@ func (pd *pod) close(release bool) {
 			pd.p.log.Warn("release capture", "pod", w.Key(), "err", err)
 		}
 	}
-	if err := transparent.Teardown(w.NetNS); err != nil {
+	if err := pd.p.opts.PodNet.Teardown(netPod(w)); err != nil {
 		pd.p.log.Warn("remove delivery rules", "pod", w.Key(), "err", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sort"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/podnet"
 	"github.com/ambit-mesh/ambit/internal/redirect"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
@@ -50,6 +52,11 @@ type Options struct {
 	// say where they run (Kubernetes). Nil: only workloads with a network
 	// namespace in the configuration are served (the lab, file mode).
 	Finder *kubenode.Finder
+	// PodNet is what the proxy does in a pod's network: listen, dial from
+	// the pod, deliver with the client's address. Nil: the pods' real
+	// network namespaces (podnet.Linux, root only); tests use
+	// podnettest.Loopback.
+	PodNet podnet.Network
 	// DrainTimeout bounds how long Shutdown waits for connections.
 	DrainTimeout time.Duration
 	Log          *slog.Logger
@@ -84,8 +91,6 @@ type Proxy struct {
 	located  map[string]*located             // pods found by UID (Kubernetes), by UID
 	// unlocated counts the pods the last reconcile could not find yet.
 	unlocated int
-
-	migrateWarn sync.Once // listeners could not get the migration program
 }
 
 // New makes a Proxy; it serves nothing until Update gives it a
@@ -105,6 +110,12 @@ func New(opts Options) (*Proxy, error) {
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = admin.NewMetrics(Version)
+	}
+	if opts.PodNet == nil {
+		opts.PodNet = &podnet.Linux{
+			Migrate: func(ln *net.TCPListener) error { return redirect.AttachMigrate(ln) },
+			Log:     opts.Log.With("node", opts.Node),
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{

@@ -1,0 +1,277 @@
+// Package podnettest owns a podnet.Network for unit tests of the node
+// proxy: every pod's sockets are on the host's loopback, so no root and no
+// network namespace are needed. A port map stands in for the pods'
+// addresses: a listener a pod opens on its address (or on its loopback)
+// is a real listener on 127.0.0.1 with an ephemeral port, and a dial from
+// a pod to a pod address reaches the listener mapped to it. Dials as the
+// client's address record the requested source and connect from
+// 127.0.0.1.
+package podnettest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/ambit-mesh/ambit/internal/podnet"
+)
+
+// Loopback implements podnet.Network on the host's loopback.
+type Loopback struct {
+	mu    sync.Mutex
+	ports map[netip.AddrPort]netip.AddrPort // pod address -> real address
+	local map[string]netip.AddrPort         // "pod key|pod loopback address" -> real address
+	open  map[string]int                    // pod key -> delivery set up (Open count)
+	calls []Dial
+}
+
+// Dial is a connection a pod asked for.
+type Dial struct {
+	Pod string
+	Src netip.AddrPort // for DialAs: the client's address asked for; zero for Dial
+	Dst netip.AddrPort // the pod address dialled
+	As  bool           // DialAs (delivery) rather than Dial
+}
+
+var _ podnet.Network = (*Loopback)(nil)
+
+// New returns a Loopback with no pod and an empty port map.
+func New() *Loopback {
+	return &Loopback{ports: map[netip.AddrPort]netip.AddrPort{}, local: map[string]netip.AddrPort{}, open: map[string]int{}}
+}
+
+// Map makes dials to addr (a pod's application, or a destination outside
+// the mesh) reach real, a listener of the test's.
+func (l *Loopback) Map(addr netip.AddrPort, real netip.AddrPort) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ports[unmap(addr)] = real
+}
+
+// Addr is the real address of what a pod listens on at addr: one of its
+// addresses, or (for the outbound listeners) its own loopback, which only
+// the pod reaches.
+func (l *Loopback) Addr(pod string, addr netip.AddrPort) (netip.AddrPort, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if addr.Addr().IsLoopback() {
+		a, ok := l.local[pod+"|"+addr.String()]
+		return a, ok
+	}
+	a, ok := l.ports[unmap(addr)]
+	return a, ok
+}
+
+// Dials returns the dials made so far, in order.
+func (l *Loopback) Dials() []Dial {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.calls)
+}
+
+// Delivery reports whether delivery is set up in the pod: opened and not
+// torn down since.
+func (l *Loopback) Delivery(pod string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open[pod] > 0
+}
+
+// Capture dials the outbound listener of pod in family (its loopback,
+// 127.0.0.1 or ::1, port 15001's stand-in) as the pod's application would
+// after capture rewrote its connect. Before the connection is made, the
+// client's address is handed to origin, so the test can set the original
+// destination the proxy reads for it (redirecttest.Fake.SetOrigin).
+func (l *Loopback) Capture(ctx context.Context, pod string, listener netip.AddrPort, origin func(client netip.AddrPort)) (*net.TCPConn, error) {
+	real, ok := l.Addr(pod, listener)
+	if !ok {
+		return nil, fmt.Errorf("pod %s listens on no %s", pod, listener)
+	}
+	d := net.Dialer{ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
+		// Bind first, to learn the client's port before the proxy can
+		// accept the connection.
+		var err error
+		cerr := c.Control(func(fd uintptr) {
+			if err = syscall.Bind(int(fd), &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				return
+			}
+			var sa syscall.Sockaddr
+			if sa, err = syscall.Getsockname(int(fd)); err != nil {
+				return
+			}
+			origin(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port)))
+		})
+		return errors.Join(cerr, err)
+	}}
+	c, err := d.DialContext(ctx, "tcp4", real.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// Open records that delivery is set up in pod and returns its sockets.
+func (l *Loopback) Open(pod podnet.Pod) (podnet.Sockets, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open[pod.Key]++
+	return &sockets{l: l, pod: pod}, nil
+}
+
+// Teardown records that delivery is removed from pod.
+func (l *Loopback) Teardown(pod podnet.Pod) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.open, pod.Key)
+	return nil
+}
+
+type sockets struct {
+	l   *Loopback
+	pod podnet.Pod
+
+	mu     sync.Mutex
+	closed bool
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+// names are the addresses a listener on addr stands for: the pod's
+// loopback (its own, per pod) or the pod's addresses.
+func (s *sockets) names(addr netip.AddrPort) (local string, pod []netip.AddrPort) {
+	if addr.Addr().IsLoopback() {
+		return s.pod.Key + "|" + addr.String(), nil
+	}
+	for _, ip := range s.pod.IPs {
+		if addr.Addr().IsUnspecified() || ip == addr.Addr().Unmap() {
+			pod = append(pod, netip.AddrPortFrom(ip, addr.Port()))
+		}
+	}
+	return "", pod
+}
+
+func (s *sockets) register(addr netip.AddrPort, real netip.AddrPort) error {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	local, pod := s.names(addr)
+	if local != "" {
+		if _, ok := s.l.local[local]; ok {
+			return fmt.Errorf("listen on %s in pod %s: %w", addr, s.pod.Key, syscall.EADDRINUSE)
+		}
+		s.l.local[local] = real
+		return nil
+	}
+	for _, a := range pod {
+		if _, ok := s.l.ports[a]; ok {
+			return fmt.Errorf("listen on %s in pod %s: %w", a, s.pod.Key, syscall.EADDRINUSE)
+		}
+	}
+	for _, a := range pod {
+		s.l.ports[a] = real
+	}
+	return nil
+}
+
+func (s *sockets) unregister(addr, real netip.AddrPort) {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	local, pod := s.names(addr)
+	if local != "" && s.l.local[local] == real {
+		delete(s.l.local, local)
+	}
+	for _, a := range pod {
+		if s.l.ports[a] == real {
+			delete(s.l.ports, a)
+		}
+	}
+}
+
+func (s *sockets) check() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// ListenTCP listens on 127.0.0.1, an ephemeral port, mapped from addr.
+func (s *sockets) ListenTCP(addr netip.AddrPort) (net.Listener, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	real := ln.Addr().(*net.TCPAddr).AddrPort()
+	if err := s.register(addr, real); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &listener{TCPListener: ln, done: func() { s.unregister(addr, real) }}, nil
+}
+
+// listener removes its map entry when it closes: dials to it are refused
+// from then on, as they would be in a pod.
+type listener struct {
+	*net.TCPListener
+	once sync.Once
+	done func()
+}
+
+func (l *listener) Close() error {
+	l.once.Do(l.done)
+	return l.TCPListener.Close()
+}
+
+// ListenUDP opens a UDP socket on 127.0.0.1 (not mapped: dials from pods
+// are TCP only).
+func (s *sockets) ListenUDP(addr netip.AddrPort) (net.PacketConn, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	return net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+}
+
+func (s *sockets) ClientUDP() (net.PacketConn, error) { return s.ListenUDP(netip.AddrPort{}) }
+
+func (s *sockets) dial(ctx context.Context, src, dst netip.AddrPort, as bool) (*net.TCPConn, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	dst = unmap(dst)
+	s.l.mu.Lock()
+	s.l.calls = append(s.l.calls, Dial{Pod: s.pod.Key, Src: src, Dst: dst, As: as})
+	real, ok := s.l.ports[dst]
+	s.l.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("dial %s from pod %s: %w", dst, s.pod.Key, syscall.ECONNREFUSED)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp4", real.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+func (s *sockets) Dial(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	return s.dial(ctx, netip.AddrPort{}, dst, false)
+}
+
+func (s *sockets) DialAs(ctx context.Context, src, dst netip.AddrPort) (*net.TCPConn, error) {
+	return s.dial(ctx, src, dst, true)
+}
+
+func (s *sockets) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return nil
+}
