@@ -107,7 +107,12 @@ type loopCluster struct {
 
 func newLoopCluster(t *testing.T, drain time.Duration) *loopCluster {
 	t.Helper()
-	cfg, err := meshconfig.Parse("loop.yaml", []byte(loopMesh))
+	return newLoopClusterOf(t, drain, loopMesh)
+}
+
+func newLoopClusterOf(t *testing.T, drain time.Duration, mesh string) *loopCluster {
+	t.Helper()
+	cfg, err := meshconfig.Parse("loop.yaml", []byte(mesh))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,6 +329,32 @@ func TestTunnelBetweenProxies(t *testing.T) {
 	}
 	if len(c.deliveries("demo/server-1")) != 1 {
 		t.Errorf("deliveries in server-1: %+v", c.deliveries("demo/server-1"))
+	}
+}
+
+// The same over QUIC (MeshConfig tunnel: quic): the client's proxy opens
+// its UDP socket in the client's pod and reaches the server pod's UDP
+// 15008.
+func TestTunnelOverQUIC(t *testing.T) {
+	c := newLoopClusterOf(t, 5*time.Second, `apiVersion: ambit.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec: {trustDomain: cluster.local, tunnel: quic}
+---
+`+loopMesh)
+	conn := c.connect("node-1", "demo/client-1", "10.0.2.3:8080")
+	if name, err := hello(conn); err != nil || name != "server-1" {
+		t.Fatalf("reached %q, %v; want server-1", name, err)
+	}
+	client := "spiffe://cluster.local/ns/demo/sa/client"
+	if out := c.nodes["node-1"].p.Connections(); len(out) != 1 || out[0].Transport != admin.TransportHBONEQUIC {
+		t.Errorf("node-1 connections: %+v; want one over QUIC", out)
+	}
+	if in := c.nodes["node-2"].p.Connections(); len(in) != 1 || in[0].Transport != admin.TransportHBONEQUIC || in[0].SrcIdentity != client {
+		t.Errorf("node-2 connections: %+v; want one over QUIC from %s", in, client)
+	}
+	if ds := c.deliveries("demo/server-1"); len(ds) != 1 || ds[0].Src != netip.MustParseAddrPort("10.0.1.2:0") {
+		t.Errorf("deliveries in server-1: %+v; want one from 10.0.1.2", ds)
 	}
 }
 

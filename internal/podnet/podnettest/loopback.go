@@ -3,9 +3,12 @@
 // network namespace are needed. A port map stands in for the pods'
 // addresses: a listener a pod opens on its address (or on its loopback)
 // is a real listener on 127.0.0.1 with an ephemeral port, and a dial from
-// a pod to a pod address reaches the listener mapped to it. Dials as the
-// client's address record the requested source and connect from
-// 127.0.0.1.
+// a pod to a pod address reaches the listener mapped to it; the pods' UDP
+// sockets translate datagram addresses through the same kind of map, so
+// QUIC tunnels work too. Dials as the client's address record the
+// requested source and connect from 127.0.0.1. Not modelled: the original
+// destination of an accepted connection (the listener's real address) and
+// the source a peer sees (127.0.0.1).
 package podnettest
 
 import (
@@ -28,6 +31,8 @@ type Loopback struct {
 	local map[string]netip.AddrPort         // "pod key|pod loopback address" -> real address
 	open  map[string]int                    // pod key -> delivery set up (Open count)
 	calls []Dial
+	udp   map[netip.AddrPort]netip.AddrPort // pod address -> real address of its UDP socket
+	udpOf map[netip.AddrPort]netip.AddrPort // and back
 }
 
 // Dial is a connection a pod asked for.
@@ -42,7 +47,8 @@ var _ podnet.Network = (*Loopback)(nil)
 
 // New returns a Loopback with no pod and an empty port map.
 func New() *Loopback {
-	return &Loopback{ports: map[netip.AddrPort]netip.AddrPort{}, local: map[string]netip.AddrPort{}, open: map[string]int{}}
+	return &Loopback{ports: map[netip.AddrPort]netip.AddrPort{}, local: map[string]netip.AddrPort{}, open: map[string]int{},
+		udp: map[netip.AddrPort]netip.AddrPort{}, udpOf: map[netip.AddrPort]netip.AddrPort{}}
 }
 
 // Map makes dials to addr (a pod's application, or a destination outside
@@ -230,16 +236,98 @@ func (l *listener) Close() error {
 	return l.TCPListener.Close()
 }
 
-// ListenUDP opens a UDP socket on 127.0.0.1 (not mapped: dials from pods
-// are TCP only).
+// ListenUDP opens a UDP socket on 127.0.0.1, an ephemeral port, mapped
+// from addr: datagrams that pods' sockets send to addr reach it, and its
+// replies come from addr.
 func (s *sockets) ListenUDP(addr netip.AddrPort) (net.PacketConn, error) {
+	pc, err := s.udpSocket()
+	if err != nil {
+		return nil, err
+	}
+	real := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	_, names := s.names(addr)
+	s.l.mu.Lock()
+	for _, a := range names {
+		if _, ok := s.l.udp[a]; ok {
+			s.l.mu.Unlock()
+			pc.Close()
+			return nil, fmt.Errorf("listen on udp %s in pod %s: %w", a, s.pod.Key, syscall.EADDRINUSE)
+		}
+	}
+	for _, a := range names {
+		s.l.udp[a] = real
+		s.l.udpOf[real] = a
+	}
+	s.l.mu.Unlock()
+	return &packetConn{PacketConn: pc, l: s.l, done: func() {
+		s.l.mu.Lock()
+		defer s.l.mu.Unlock()
+		for _, a := range names {
+			if s.l.udp[a] == real {
+				delete(s.l.udp, a)
+			}
+		}
+		delete(s.l.udpOf, real)
+	}}, nil
+}
+
+// ClientUDP opens a UDP socket on 127.0.0.1 that reaches pods' UDP
+// sockets through the map.
+func (s *sockets) ClientUDP() (net.PacketConn, error) {
+	pc, err := s.udpSocket()
+	if err != nil {
+		return nil, err
+	}
+	return &packetConn{PacketConn: pc, l: s.l, done: func() {}}, nil
+}
+
+func (s *sockets) udpSocket() (*net.UDPConn, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
 	return net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 }
 
-func (s *sockets) ClientUDP() (net.PacketConn, error) { return s.ListenUDP(netip.AddrPort{}) }
+// packetConn translates addresses through the map: it sends to a pod
+// address's real socket, and names a real socket by its pod address.
+// (A plain net.PacketConn: QUIC over it does without the UDP socket's
+// offloads.)
+type packetConn struct {
+	net.PacketConn
+	l    *Loopback
+	once sync.Once
+	done func()
+}
+
+func (c *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if ua, ok := addr.(*net.UDPAddr); ok {
+		c.l.mu.Lock()
+		real, ok := c.l.udp[unmap(ua.AddrPort())]
+		c.l.mu.Unlock()
+		if ok {
+			addr = net.UDPAddrFromAddrPort(real)
+		}
+	}
+	return c.PacketConn.WriteTo(b, addr)
+}
+
+func (c *packetConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, addr, err := c.PacketConn.ReadFrom(b)
+	if ua, ok := addr.(*net.UDPAddr); ok {
+		c.l.mu.Lock()
+		name, ok := c.l.udpOf[unmap(ua.AddrPort())]
+		c.l.mu.Unlock()
+		if ok {
+			addr = net.UDPAddrFromAddrPort(name)
+		}
+	}
+	return n, addr, err
+}
+
+func (c *packetConn) Close() error {
+	c.once.Do(c.done)
+	return c.PacketConn.Close()
+}
 
 func (s *sockets) dial(ctx context.Context, src, dst netip.AddrPort, as bool) (*net.TCPConn, error) {
 	if err := s.check(); err != nil {
