@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -252,16 +251,7 @@ func runTop(args []string, stdout, stderr io.Writer) int {
 
 func readTop(ctx context.Context, addr, metricsURL string) (topReading, error) {
 	r := topReading{At: time.Now()}
-	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true}
-	base := "http://" + strings.TrimPrefix(addr, "http://")
-	if sock, ok := strings.CutPrefix(addr, "unix:"); ok {
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}
-		base = "http://localhost"
-	}
-	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	c, base := admin.Client(addr, 5*time.Second)
 	get := func(u string) ([]byte, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {

@@ -122,8 +122,9 @@ func parseExit(err error) int {
 	return 2
 }
 
-// fetch GETs path from the admin at addr.
-func fetch(addr, path string) ([]byte, error) {
+// Client is an HTTP client for the admin endpoint at addr (host:port,
+// http://host:port or unix:/path), and the base URL to put paths after.
+func Client(addr string, timeout time.Duration) (*http.Client, string) {
 	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true}
 	base := "http://" + strings.TrimPrefix(addr, "http://")
 	if sock, ok := strings.CutPrefix(addr, "unix:"); ok {
@@ -133,7 +134,12 @@ func fetch(addr, path string) ([]byte, error) {
 		}
 		base = "http://localhost"
 	}
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return &http.Client{Transport: tr, Timeout: timeout}, base
+}
+
+// fetch GETs path from the admin at addr.
+func fetch(addr, path string) ([]byte, error) {
+	client, base := Client(addr, 30*time.Second)
 	resp, err := client.Get(base + path)
 	if err != nil {
 		var ue *url.Error
