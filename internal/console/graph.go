@@ -418,8 +418,19 @@ func (b *builder) waypointOf(instance string, l map[string]string) string {
 		}
 		return ns + "/" + s.Waypoint
 	}
+	// The service is gone from the configuration (its requests are still
+	// in the counters): the namespace's waypoint when it has one.
+	var inNS []string
+	for _, wp := range b.inv.Waypoints {
+		if strings.HasPrefix(wp, ns+"/") {
+			inNS = append(inNS, wp)
+		}
+	}
+	if len(inNS) == 1 {
+		return inNS[0]
+	}
 	if instance != "" {
-		return instance
+		return "waypoint at " + instance
 	}
 	return "waypoint"
 }

@@ -188,3 +188,29 @@ func TestPoliciesFor(t *testing.T) {
 		t.Errorf("client-1: %+v", p)
 	}
 }
+
+// Requests to a Service the configuration no longer has (deleted while its
+// counters live on) are labelled with the namespace's waypoint, not with a
+// metrics URL.
+func TestWaypointOfAGoneService(t *testing.T) {
+	inv := testInventory()
+	inv.Services = nil
+	inv.Waypoints = []string{"demo/wp"}
+	t0 := time.Unix(1000, 0)
+	vars := map[string]string{"OPENED": "1", "BYTES": "1", "OK": "1", "ERR": "0", "B1": "1", "B2": "1", "B3": "1"}
+	prev := snap(t, t0, vars)
+	vars["OK"] = "11"
+	g := BuildGraph(inv, snap(t, t0.Add(10*time.Second), vars), prev, map[string]bool{"http://10.1.0.9:15020/metrics": true})
+	found := false
+	for _, e := range g.Edges {
+		if e.Protocol == "http" || e.Requests > 0 {
+			found = true
+			if e.Waypoint != "demo/wp" {
+				t.Errorf("edge %s: waypoint %q, want demo/wp", e.ID, e.Waypoint)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no HTTP edge in %+v", g.Edges)
+	}
+}
