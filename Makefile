@@ -58,11 +58,14 @@ check-generate: generate ## fail when committed generated files (eBPF, protobuf,
 	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated files are stale: run 'make generate' and commit them"; exit 1; }
 	@new=$$(git ls-files --others --exclude-standard -- 'api/*.pb.go' 'api/crd/*/zz_generated*.go' 'deploy/daemonset/crds/*.yaml'); if [ -n "$$new" ]; then echo "generated files not committed: $$new"; exit 1; fi
 
+# golangci-lint is pinned in tools/golangci/go.mod and built once into
+# /var/cache/ambit (cold: a few minutes); .golangci.yml lists its linters.
 .PHONY: lint
-lint: ## gofmt, go mod tidy check, go vet
+lint: ## gofmt, go mod tidy check, go vet, golangci-lint (.golangci.yml)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@$(GO) mod tidy -diff >/dev/null || { $(GO) mod tidy -diff; echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit go.mod and go.sum"; exit 1; }
 	$(GO) vet ./...
+	@dir=$$(GO=$(GO) tools/golangci/build.sh) && echo "golangci-lint run ./... ($$dir)" && PATH="$(dir $(GO)):$$PATH" "$$dir/golangci-lint" run ./...
 
 .PHONY: kube-tools
 kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached per version; cold 10-18 min)

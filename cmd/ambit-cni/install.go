@@ -416,7 +416,7 @@ func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
 		return err
 	}
 	if d, err := os.Open(dir); err == nil {
-		d.Sync()
+		_ = d.Sync() // best effort: the rename is done, this makes it durable sooner
 		d.Close()
 	}
 	return nil

@@ -93,7 +93,10 @@ func runGet(args []string, stdout, stderr io.Writer) int {
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetEscapeHTML(false)
-		enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintf(stderr, "get: %v\n", err)
+			return 1
+		}
 	} else {
 		printGetReport(stdout, rep)
 	}

@@ -119,7 +119,10 @@ func runHold(args []string, stdout, stderr io.Writer) int {
 	rep.NewFailed, rep.NewFirstError, rep.NewFailedAt = newFails.report()
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false)
-	enc.Encode(rep)
+	if err := enc.Encode(rep); err != nil {
+		fmt.Fprintf(stderr, "hold: %v\n", err)
+		return 1
+	}
 	if rep.LongFailed == 0 && rep.NewFailed == 0 {
 		return 0
 	}

@@ -85,7 +85,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
-			enc.Encode(map[string]any{"pods": pods})
+			if err := enc.Encode(map[string]any{"pods": pods}); err != nil {
+				fmt.Fprintf(stderr, "nodeproxy: %v\n", err)
+				return 1
+			}
 			return 0
 		}
 		printPods(stdout, pods)

@@ -163,7 +163,7 @@ func Listen(path string) (*net.UnixListener, error) {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", lock.Name(), err)
 	}
-	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+	defer func() { _ = unix.Flock(int(lock.Fd()), unix.LOCK_UN) }() // closing lock releases it too
 
 	switch fi, err := os.Lstat(path); {
 	case errors.Is(err, fs.ErrNotExist):
@@ -489,7 +489,9 @@ func Call(ctx context.Context, socketPath string, req Request) (Reply, error) {
 		if err != nil {
 			return Reply{}, fmt.Errorf("open the pod's network namespace: %w", err)
 		}
-		raw.Control(func(fd uintptr) { oob = unix.UnixRights(int(fd)) })
+		if err := raw.Control(func(fd uintptr) { oob = unix.UnixRights(int(fd)) }); err != nil {
+			return Reply{}, fmt.Errorf("open the pod's network namespace: %w", err)
+		}
 		// f stays open until the message is sent (deferred Close).
 	}
 	w := wireRequest{

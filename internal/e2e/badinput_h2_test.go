@@ -505,26 +505,6 @@ func (ps *probeServer) ended(tok string, timeout time.Duration) (time.Time, erro
 	}
 }
 
-// known waits until a connection named tok has arrived.
-func (ps *probeServer) known(tok string, timeout time.Duration) bool {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		ps.mu.Lock()
-		_, ok := ps.conns[tok]
-		ch := ps.changed
-		ps.mu.Unlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			return false
-		}
-	}
-}
-
 // The vanishing client runs as a process of a pod (in its cgroup, so
 // capture applies): E2E_BAD_DIAL=ip:port connects, sends "id=$E2E_BAD_ID",
 // prints every line it receives and, when the connection ends, "closed:

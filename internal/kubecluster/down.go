@@ -110,7 +110,7 @@ func teardown(st *State, log *slog.Logger) error {
 	// (removing files through a mount would reach outside).
 	if m := mountsBelow(st.StateDir); len(m) > 0 {
 		for _, p := range m {
-			unix.Unmount(p, unix.MNT_DETACH)
+			_ = unix.Unmount(p, unix.MNT_DETACH) // checked just below
 		}
 		if m = mountsBelow(st.StateDir); len(m) > 0 {
 			fail(fmt.Errorf("still mounted below %s: %v; files left", st.StateDir, m))

@@ -80,7 +80,7 @@ func withHostRegistry(fn func(r *hostRegistry) error) error {
 	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
 		return fmt.Errorf("host registry: lock %s: %w", lockDir, err)
 	}
-	defer unix.Flock(fd, unix.LOCK_UN)
+	defer func() { _ = unix.Flock(fd, unix.LOCK_UN) }() // closing fd releases it too
 
 	var r hostRegistry
 	data, err := os.ReadFile(hostRegistryPath)

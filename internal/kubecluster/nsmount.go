@@ -193,7 +193,8 @@ func cgroupPIDs(root string) map[int]bool {
 	pids := map[int]bool{}
 	mounts, _ := cgroupMounts()
 	for _, m := range mounts {
-		filepath.WalkDir(filepath.Join(m, root), func(p string, d fs.DirEntry, err error) error {
+		// The walk skips what it cannot read: it never returns an error.
+		_ = filepath.WalkDir(filepath.Join(m, root), func(p string, d fs.DirEntry, err error) error {
 			if err != nil || !d.IsDir() {
 				return nil
 			}
@@ -220,7 +221,8 @@ func removeCgroupRoot(root string) error {
 	for _, m := range mounts {
 		top := filepath.Join(m, root)
 		var dirs []string
-		filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+		// The walk skips what it cannot read: it never returns an error.
+		_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
 				dirs = append(dirs, p)
 			}

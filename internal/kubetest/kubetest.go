@@ -158,7 +158,7 @@ func start(b Binaries, opts Options) (c *Cluster, err error) {
 	c = &Cluster{Dir: dir, Kubectl: b.Kubectl, spawner: spawn.New()}
 	defer func() {
 		if err != nil {
-			c.Stop()
+			err = errors.Join(err, c.Stop())
 		}
 	}()
 	if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {

@@ -411,7 +411,7 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 // writeInterim sends an interim (1xx) response with header h at once.
 func writeInterim(bw *bufio.Writer, code int, h http.Header) error {
 	writeStatusLine(bw, code)
-	h.Write(bw)
+	_ = h.Write(bw) // a write error stays in bw; Flush returns it
 	bw.WriteString("\r\n")
 	return bw.Flush()
 }

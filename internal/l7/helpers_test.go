@@ -2,7 +2,6 @@ package l7
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -342,5 +341,3 @@ func settleGoroutines(t testing.TB, base int) {
 	buf = buf[:runtime.Stack(buf, true)]
 	t.Fatalf("%d goroutines still running, %d before:\n%s", n, base, buf)
 }
-
-var errTest = errors.New("test")

@@ -95,7 +95,7 @@ func (e *Engine) serveH1Std(ctx context.Context, c net.Conn, info ConnInfo) {
 			}
 		},
 	}
-	srv.Serve(l)
+	_ = srv.Serve(l) // returns once l has handed over its one connection
 	handlers.Wait()
 }
 
@@ -242,7 +242,7 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer e.finish(st, rec)
 	if _, fast := w.(*fastWriter); r.ProtoMajor == 1 && !fast {
 		// Let the upstream answer while the client still sends.
-		http.NewResponseController(w).EnableFullDuplex()
+		_ = http.NewResponseController(w).EnableFullDuplex() // unsupported: half duplex, as before
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		st.in = &countingBody{r: r.Body}

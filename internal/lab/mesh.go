@@ -475,7 +475,7 @@ func (l *Lab) waitVersion(ctx context.Context, v string) error {
 			resp, err := client.Get("http://127.0.0.1:15000/config_dump")
 			if err == nil {
 				var d struct{ Version string }
-				json.NewDecoder(resp.Body).Decode(&d)
+				_ = json.NewDecoder(resp.Body).Decode(&d) // no version yet: poll again
 				resp.Body.Close()
 				got = d.Version
 				if got == v {

@@ -416,7 +416,7 @@ func waitAdminVersion(ctx context.Context, who, netnsPath, v, logPath string) er
 		resp, err := client.Get("http://127.0.0.1:15000/config_dump")
 		if err == nil {
 			var d struct{ Version string }
-			json.NewDecoder(resp.Body).Decode(&d)
+			_ = json.NewDecoder(resp.Body).Decode(&d) // no version yet: poll again
 			resp.Body.Close()
 			if got = d.Version; got == v {
 				return nil
@@ -454,7 +454,9 @@ func (l *Lab) RemoveConfig(ctx context.Context, name string) error {
 	}
 	cfg, err := meshconfig.LoadPath(dir)
 	if err != nil {
-		os.Rename(tmp, path)
+		if rerr := os.Rename(tmp, path); rerr != nil {
+			return fmt.Errorf("remove: the mesh files would not load without %s: %w; putting it back: %w", name, err, rerr)
+		}
 		return fmt.Errorf("remove: the mesh files would not load without %s: %w", name, err)
 	}
 	os.Remove(tmp)

@@ -120,8 +120,8 @@ func newFixture(t testing.TB) *fixture {
 			}
 		}
 	}
-	setup(peerH, "peer0", "10.77.0.1/24", "fd00:77::1/64", "10.77.0.3/24", "10.77.0.4/24")
-	setup(podH, "eth0", "10.77.0.2/24", "fd00:77::2/64")
+	setup(peerH, "peer0", peerV4.String()+"/24", peerV6.String()+"/64", peerAltV4.String()+"/24", probeV4.String()+"/24")
+	setup(podH, "eth0", podV4.String()+"/24", podV6.String()+"/64")
 
 	if f.cgroupID, err = inode(f.cgroup); err != nil {
 		t.Fatal(err)

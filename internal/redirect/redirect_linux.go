@@ -342,7 +342,9 @@ func (c *linuxCapture) ensureCgroupLink(pod Pod, h cgroupHook, pin string, cgrou
 			return nil
 		}
 		c.log.Info("replacing stale capture link", "pin", pin)
-		detach(l)
+		if err := detach(l); err != nil {
+			c.log.Warn("detach stale capture link", "pin", pin, "err", err)
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("load pinned link: %w", err)
 	}
@@ -352,7 +354,7 @@ func (c *linuxCapture) ensureCgroupLink(pod Pod, h cgroupHook, pin string, cgrou
 	}
 	defer l.Close()
 	if err := l.Pin(pin); err != nil {
-		l.Detach()
+		_ = l.Detach() // best effort: closing the unpinned link detaches it too
 		return fmt.Errorf("pin %s: %w", pin, err)
 	}
 	return nil
@@ -382,7 +384,9 @@ func (c *linuxCapture) ensureIngressLinks(pod Pod, dir string) error {
 					continue
 				}
 				c.log.Info("replacing stale capture link", "pin", pin)
-				detach(l)
+				if err := detach(l); err != nil {
+					c.log.Warn("detach stale capture link", "pin", pin, "err", err)
+				}
 			}
 			l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: c.objs.AmbitInbound, Attach: ebpf.AttachTCXIngress})
 			if err != nil {
@@ -390,7 +394,7 @@ func (c *linuxCapture) ensureIngressLinks(pod Pod, dir string) error {
 			}
 			err = l.Pin(pin)
 			if err != nil {
-				l.Detach()
+				_ = l.Detach() // best effort: closing the unpinned link detaches it too
 			}
 			l.Close()
 			if err != nil {
@@ -412,7 +416,9 @@ func (c *linuxCapture) ensureIngressLinks(pod Pod, dir string) error {
 	for _, p := range pins {
 		if strings.HasPrefix(p.Name(), ingressPrefix) && !want[p.Name()] {
 			if l, err := link.LoadPinnedLink(filepath.Join(dir, p.Name()), nil); err == nil {
-				detach(l)
+				if err := detach(l); err != nil {
+					c.log.Warn("detach capture link", "pin", p.Name(), "err", err)
+				}
 			} else {
 				os.Remove(filepath.Join(dir, p.Name()))
 			}

@@ -239,20 +239,6 @@ func (f *fixture) open() *Namespace {
 	return n
 }
 
-func (f *fixture) sysctl(path string) string {
-	f.t.Helper()
-	var v string
-	err := netnsx.Do(f.pod, func() error {
-		b, err := os.ReadFile(path)
-		v = strings.TrimSpace(string(b))
-		return err
-	})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return v
-}
-
 func (f *fixture) setSysctl(path, v string) {
 	f.t.Helper()
 	if err := netnsx.Do(f.pod, func() error { return os.WriteFile(path, []byte(v), 0o644) }); err != nil {

@@ -521,7 +521,7 @@ func (c *h2conn) onSettings(f *http2.SettingsFrame) error {
 	}
 	var ferr error
 	c.mu.Lock()
-	f.ForeachSetting(func(s http2.Setting) error {
+	_ = f.ForeachSetting(func(s http2.Setting) error { // returns nil: ferr holds the first bad setting
 		// RFC 9113 6.5.2: a MAX_FRAME_SIZE outside 16384..16777215 (0
 		// made the proxy write empty frames without end), an
 		// INITIAL_WINDOW_SIZE over 2^31-1 or an ENABLE_PUSH other than 0

@@ -199,7 +199,7 @@ func (s *Server) serveQUICConn(h3 *http3.Server, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeGeneralProtocolError), "ALPN h3 required")
 		return
 	}
-	h3.ServeQUICConn(qc) // returns when the connection is done or the server closed
+	_ = h3.ServeQUICConn(qc) // returns when the connection is done or the server closed
 	qc.CloseWithError(h3NoError, "")
 }
 

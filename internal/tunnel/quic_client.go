@@ -204,7 +204,7 @@ func (d *Dialer) quicStream(ctx context.Context, qc *quicConn, t Target, src spi
 	}
 	// The caller's ctx bounds the wait for the answer; the stream outlives it.
 	stop := context.AfterFunc(ctx, abort)
-	resp, err := rs.ReadResponse()
+	resp, err := rs.ReadResponse() //nolint:bodyclose // the body is the stream: quicStreamConn reads it, abort cancels it
 	if !stop() {
 		return nil, false, fmt.Errorf("tunnel to %s via %s (QUIC): %w", t.Dst, t.Proxy, ctx.Err())
 	}

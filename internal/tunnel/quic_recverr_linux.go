@@ -24,9 +24,9 @@ func setRecvErr(pc net.PacketConn, on bool) {
 	if on {
 		v = 1
 	}
-	rc.Control(func(fd uintptr) {
+	_ = rc.Control(func(fd uintptr) {
 		// One of the two fails on a single-family socket; that is fine.
-		syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVERR, v)
-		syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_RECVERR, v)
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVERR, v)
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_RECVERR, v)
 	})
 }
