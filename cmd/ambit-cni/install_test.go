@@ -12,25 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
-
-// syncBuffer is a log sink safe for the installer goroutine and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 type nodeDirs struct{ bin, conf, markers, exe string }
 
@@ -55,7 +39,7 @@ func newNodeDirs(t *testing.T) nodeDirs {
 
 // startInstaller runs an installer named marker until the returned stop
 // function is called (or the test ends); stop returns run's error.
-func startInstaller(t *testing.T, d nodeDirs, marker string, logs *syncBuffer) (*installer, func() error) {
+func startInstaller(t *testing.T, d nodeDirs, marker string, logs *testutil.SyncBuffer) (*installer, func() error) {
 	t.Helper()
 	in := &installer{
 		binDir: d.bin, confDir: d.conf, entry: testEntry, exe: d.exe,
@@ -82,17 +66,6 @@ func startInstaller(t *testing.T, d nodeDirs, marker string, logs *syncBuffer) (
 	}
 	t.Cleanup(func() { stop() })
 	return in, stop
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func readFile(t *testing.T, path string) string {
@@ -132,15 +105,15 @@ const ptpList = `{"cniVersion":"1.0.0","name":"ptpnet","plugins":[{"type":"ptp",
 
 func TestInstallerLifecycle(t *testing.T) {
 	d := newNodeDirs(t)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	in, stop := startInstaller(t, d, "ambit-cni-abcde_uid-1", logs)
 
 	// No CNI configuration yet: the installer waits.
-	waitFor(t, "the waiting message", func() bool {
+	testutil.WaitFor(t, "the waiting message", func() bool {
 		return strings.Contains(logs.String(), "waiting for the node's CNI configuration in "+d.conf)
 	})
 	bin := filepath.Join(d.bin, pluginType)
-	waitFor(t, "the binary", func() bool { return exists(bin) })
+	testutil.WaitFor(t, "the binary", func() bool { return exists(bin) })
 	if fi, _ := os.Stat(bin); fi.Mode().Perm() != 0o755 || readFile(t, bin) != readFile(t, d.exe) {
 		t.Errorf("installed binary mode %v, content equal %v", fi.Mode(), readFile(t, bin) == readFile(t, d.exe))
 	}
@@ -156,31 +129,31 @@ func TestInstallerLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	list := filepath.Join(d.conf, "10-bridge.conflist")
-	waitFor(t, "the converted list", func() bool { return hasEntryLast(list) })
-	waitFor(t, "the .conf removed", func() bool { return !exists(filepath.Join(d.conf, "10-bridge.conf")) })
+	testutil.WaitFor(t, "the converted list", func() bool { return hasEntryLast(list) })
+	testutil.WaitFor(t, "the .conf removed", func() bool { return !exists(filepath.Join(d.conf, "10-bridge.conf")) })
 	if fi, _ := os.Stat(list); fi.Mode().Perm() != 0o600 {
 		t.Errorf("converted list has mode %v, want the original's 0600", fi.Mode().Perm())
 	}
-	waitFor(t, "the ready file", func() bool { return exists(in.readyFile) })
+	testutil.WaitFor(t, "the ready file", func() bool { return exists(in.readyFile) })
 
 	// The primary CNI rewrites its configuration: the entry comes back.
 	if err := os.WriteFile(filepath.Join(d.conf, "10-bridge.conf"), []byte(bridgeConf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the rewritten .conf converted again", func() bool {
+	testutil.WaitFor(t, "the rewritten .conf converted again", func() bool {
 		return !exists(filepath.Join(d.conf, "10-bridge.conf")) && hasEntryLast(list)
 	})
 	if err := os.WriteFile(list, []byte(ptpList), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the entry re-inserted into the rewritten list", func() bool { return hasEntryLast(list) })
+	testutil.WaitFor(t, "the entry re-inserted into the rewritten list", func() bool { return hasEntryLast(list) })
 
 	// A new primary appears (sorts first): the entry goes there too.
 	newPrimary := filepath.Join(d.conf, "05-cilium.conflist")
 	if err := os.WriteFile(newPrimary, []byte(ptpList), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the entry in the new primary", func() bool { return hasEntryLast(newPrimary) })
+	testutil.WaitFor(t, "the entry in the new primary", func() bool { return hasEntryLast(newPrimary) })
 
 	// A malformed primary is logged and left alone, and the node is not
 	// ready.
@@ -189,8 +162,8 @@ func TestInstallerLifecycle(t *testing.T) {
 	if err := os.WriteFile(bad, []byte(badContent), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the malformed file logged", func() bool { return strings.Contains(logs.String(), bad+": invalid JSON") })
-	waitFor(t, "not ready", func() bool { return !exists(in.readyFile) })
+	testutil.WaitFor(t, "the malformed file logged", func() bool { return strings.Contains(logs.String(), bad+": invalid JSON") })
+	testutil.WaitFor(t, "not ready", func() bool { return !exists(in.readyFile) })
 	time.Sleep(5 * in.poll)
 	if got := readFile(t, bad); got != badContent {
 		t.Errorf("malformed file changed to %s", got)
@@ -201,7 +174,7 @@ func TestInstallerLifecycle(t *testing.T) {
 	if err := os.Remove(bad); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "ready again", func() bool { return exists(in.readyFile) })
+	testutil.WaitFor(t, "ready again", func() bool { return exists(in.readyFile) })
 
 	// The last installer stops: everything it added goes.
 	if err := stop(); err != nil {
@@ -230,12 +203,12 @@ func TestInstallerLastInstallerRule(t *testing.T) {
 	}
 	list := filepath.Join(d.conf, "10-ptp.conflist")
 	bin := filepath.Join(d.bin, pluginType)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	// A rolling update: the new pod starts before the old one stops.
 	_, stopOld := startInstaller(t, d, "ambit-cni-old", logs)
-	waitFor(t, "the entry", func() bool { return hasEntryLast(list) })
+	testutil.WaitFor(t, "the entry", func() bool { return hasEntryLast(list) })
 	_, stopNew := startInstaller(t, d, "ambit-cni-new", logs)
-	waitFor(t, "the new marker", func() bool { return exists(filepath.Join(d.markers, "ambit-cni-new")) })
+	testutil.WaitFor(t, "the new marker", func() bool { return exists(filepath.Join(d.markers, "ambit-cni-new")) })
 	if err := stopOld(); err != nil {
 		t.Fatal(err)
 	}

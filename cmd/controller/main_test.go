@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // caFiles writes a fresh root CA for cluster.local.
@@ -80,7 +80,7 @@ func TestRunServesAndStops(t *testing.T) {
 	os.WriteFile(tokens, []byte("node-1: 0123456789abcdef0123\n"), 0o600)
 	ready, admin := freePort(t), freePort(t)
 	done := make(chan int, 1)
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	go func() {
 		done <- run([]string{"run", "--config", mesh, "--ca-cert", cert, "--ca-key", key, "--bootstrap-tokens", tokens,
 			"--listen", "127.0.0.1:0", "--admin", admin, "--metrics", "", "--ready", ready}, &bytes.Buffer{}, &stderr)
@@ -113,21 +113,4 @@ func TestRunServesAndStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("controller did not stop on SIGTERM")
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }

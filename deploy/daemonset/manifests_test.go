@@ -39,6 +39,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/kubesource"
 	"github.com/ambit-mesh/ambit/internal/kubetest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -646,7 +647,7 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	caCert, _, err := writeCA()
 	if err != nil {
 		t.Fatal(err)
@@ -739,7 +740,7 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eventually(t, "the pod captured in the controller's configuration", func() string {
+	testutil.Eventually(t, 15*time.Second, "the pod captured in the controller's configuration", func() string {
 		mu.Lock()
 		defer mu.Unlock()
 		if last == nil {
@@ -753,7 +754,7 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		return fmt.Sprintf("%d workloads, none is %s/cart-1 captured", len(last.Workloads), shop)
 	})
 	var wpDeploy *appsv1.Deployment
-	eventually(t, "the waypoint's ServiceAccount, Deployment and Service, owned by it", func() string {
+	testutil.Eventually(t, 15*time.Second, "the waypoint's ServiceAccount, Deployment and Service, owned by it", func() string {
 		var refs [][]metav1.OwnerReference
 		sa, err := cs.CoreV1().ServiceAccounts(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		if err != nil {
@@ -776,7 +777,7 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		}
 		return ""
 	})
-	eventually(t, "the waypoint's Programmed condition written", func() string {
+	testutil.Eventually(t, 15*time.Second, "the waypoint's Programmed condition written", func() string {
 		u, err := dyn.Resource(crd.WaypointsResource).Namespace(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{})
 		if err != nil {
 			return err.Error()
@@ -790,7 +791,7 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		return fmt.Sprintf("conditions %v", conds)
 	})
 
-	eventually(t, "the route's status written", func() string {
+	testutil.Eventually(t, 15*time.Second, "the route's status written", func() string {
 		u, err := dyn.Resource(kubesource.HTTPRoutesResource).Namespace(shop).Get(ctx, "cart", metav1.GetOptions{})
 		if err != nil {
 			return err.Error()
@@ -855,7 +856,7 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 	if err := dyn.Resource(crd.WaypointsResource).Namespace(shop).Delete(ctx, "shop-waypoint", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the deleted waypoint's Deployment removed", func() string {
+	testutil.Eventually(t, 15*time.Second, "the deleted waypoint's Deployment removed", func() string {
 		if _, err := cs.AppsV1().Deployments(shop).Get(ctx, "shop-waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			return fmt.Sprintf("get: %v", err)
 		}
@@ -883,38 +884,6 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 	if node, err := src.AuthenticateNode(ctx, npToken); err != nil || node != "node-7" {
 		t.Errorf("AuthenticateNode(node proxy token) = %q, %v; want node-7", node, err)
 	}
-}
-
-func eventually(t *testing.T, what string, check func() string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		msg := check()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 15s: %s", what, msg)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // The controller binary runs as the Deployment runs it: the manifest's
@@ -981,7 +950,7 @@ func TestControllerBinaryBecomesReady(t *testing.T) {
 
 type controllerProcess struct {
 	cmd    *exec.Cmd
-	logs   syncBuffer
+	logs   testutil.SyncBuffer
 	exited chan struct{}
 	err    error
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/controller"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -222,20 +223,9 @@ func (p *proxy) setFail(err error) {
 	p.mu.Unlock()
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func (p *proxy) waitVersion(t testing.TB, v string) *meshconfig.Config {
 	t.Helper()
-	waitFor(t, "version "+v, func() bool { c := p.last(); return c != nil && c.Version == v })
+	testutil.WaitFor(t, "version "+v, func() bool { c := p.last(); return c != nil && c.Version == v })
 	return p.last()
 }
 
@@ -272,7 +262,7 @@ func TestReceivesTheModelAndACKs(t *testing.T) {
 	if p, want := got.Policies[0], cfg.Policies[0]; fmt.Sprintf("%+v", p) != fmt.Sprintf("%+v", want) {
 		t.Errorf("policy\n got %+v\nwant %+v", p, want)
 	}
-	waitFor(t, "ACK at the controller", func() bool {
+	testutil.WaitFor(t, "ACK at the controller", func() bool {
 		ps := k.c.Proxies()
 		return len(ps) == 1 && ps[0].UpToDate && ps[0].AckedVersion == cfg.Version
 	})
@@ -292,7 +282,7 @@ func TestReceivesTheModelAndACKs(t *testing.T) {
 	a.setFail(errors.New("cannot open listeners"))
 	cfg3 := parse(t, strings.Replace(meshYAML, "10.96.0.10", "10.96.0.11", 1))
 	k.c.Update(cfg3)
-	waitFor(t, "NACK at the controller", func() bool {
+	testutil.WaitFor(t, "NACK at the controller", func() bool {
 		ps := k.c.Proxies()
 		return len(ps) == 1 && ps[0].LastNack != nil
 	})
@@ -342,7 +332,7 @@ func TestControllerRestart(t *testing.T) {
 	k.stop()
 	// The proxy keeps its configuration and its bundle while the controller
 	// is away; certificate requests fail.
-	waitFor(t, "disconnected", func() bool { return !a.c.Status().Connected })
+	testutil.WaitFor(t, "disconnected", func() bool { return !a.c.Status().Connected })
 	if a.last().Version != cfg.Version || len(a.c.Bundle().X509Authorities()) != 1 {
 		t.Error("configuration or bundle lost when the controller went away")
 	}
@@ -358,7 +348,7 @@ func TestControllerRestart(t *testing.T) {
 	if got.ServiceByAddr(mustAddr("10.96.0.20")) == nil || got.Workload("demo/client").NetNS == "" {
 		t.Error("resynchronised configuration incomplete")
 	}
-	waitFor(t, "connected again", func() bool { return a.c.Status().Connected && len(k2.c.Proxies()) == 1 && k2.c.Proxies()[0].UpToDate })
+	testutil.WaitFor(t, "connected again", func() bool { return a.c.Status().Connected && len(k2.c.Proxies()) == 1 && k2.c.Proxies()[0].UpToDate })
 }
 
 // TestRootRotation rolls the mesh from an old root to a new one: the bundle
@@ -391,7 +381,7 @@ func TestRootRotation(t *testing.T) {
 	}
 	k.c.RootsChanged()
 	for _, p := range []*proxy{a, b} {
-		waitFor(t, "bundle old+new", func() bool { return len(p.c.Bundle().X509Authorities()) == 2 })
+		testutil.WaitFor(t, "bundle old+new", func() bool { return len(p.c.Bundle().X509Authorities()) == 2 })
 	}
 
 	// Step 2: the controller restarts signing with the new root, the old
@@ -402,7 +392,7 @@ func TestRootRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	k2 := startController(t, newCA, addr, cfg)
-	waitFor(t, "reconnected", func() bool {
+	testutil.WaitFor(t, "reconnected", func() bool {
 		return len(k2.c.Proxies()) == 2 && k2.c.Proxies()[0].UpToDate && k2.c.Proxies()[1].UpToDate
 	})
 	mb := identity.NewManager(b.c, nil, nil)

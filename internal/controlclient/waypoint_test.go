@@ -18,6 +18,7 @@ import (
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/controlclient"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // The waypoint's bootstrap token (controller.WaypointPrincipal).
@@ -219,7 +220,7 @@ func TestWaypointAuthorization(t *testing.T) {
 	k := startController(t, ca, "127.0.0.1:0", cfg)
 
 	other := startWaypoint(t, k.addr, ca.Roots(), "shop/other")
-	waitFor(t, "refusal of another waypoint's name", func() bool {
+	testutil.WaitFor(t, "refusal of another waypoint's name", func() bool {
 		return strings.Contains(other.c.Status().LastError, "belongs to waypoint shop/wp")
 	})
 
@@ -248,7 +249,7 @@ func TestWaypointAuthorization(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; c.Close() })
-	waitFor(t, "refusal of a node credential as a waypoint", func() bool {
+	testutil.WaitFor(t, "refusal of a node credential as a waypoint", func() bool {
 		return strings.Contains(c.Status().LastError, "cannot run a waypoint")
 	})
 }

@@ -20,6 +20,7 @@ import (
 
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/controller"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const meshYAML = `
@@ -168,7 +169,7 @@ func TestIncrementalUpdatesAndACKs(t *testing.T) {
 	a.quiet(300 * time.Millisecond)
 
 	// The admin endpoint shows both proxies up to date.
-	waitFor(t, "proxies up to date", func() bool {
+	testutil.WaitFor(t, "proxies up to date", func() bool {
 		ps := h.c.Proxies()
 		return len(ps) == 2 && ps[0].UpToDate && ps[1].UpToDate && ps[0].AckedVersion == cfg3.Version
 	})
@@ -213,7 +214,7 @@ func TestNACKKeepsTheProxysStateAndIsReported(t *testing.T) {
 	a.nack(up, cfg1.Version, "service demo/server: cannot do that")
 	// Not sent again while it is the latest.
 	a.quiet(300 * time.Millisecond)
-	waitFor(t, "NACK shown", func() bool {
+	testutil.WaitFor(t, "NACK shown", func() bool {
 		ps := h.c.Proxies()
 		return len(ps) == 1 && ps[0].LastNack != nil
 	})
@@ -238,7 +239,7 @@ func TestNACKKeepsTheProxysStateAndIsReported(t *testing.T) {
 		t.Errorf("after NACK, next update carries %v", got)
 	}
 	a.ack(up)
-	waitFor(t, "ack of cfg3", func() bool { ps := h.c.Proxies(); return ps[0].AckedVersion == cfg3.Version && ps[0].UpToDate })
+	testutil.WaitFor(t, "ack of cfg3", func() bool { ps := h.c.Proxies(); return ps[0].AckedVersion == cfg3.Version && ps[0].UpToDate })
 }
 
 func TestBurstsCoalesceAndSlowProxiesDoNotBlock(t *testing.T) {
@@ -346,7 +347,7 @@ func TestCertificatesOnlyForTheNodesWorkloads(t *testing.T) {
 		t.Errorf("before any configuration: %v", err)
 	}
 	h.c.Update(parse(t, meshYAML))
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 	resp, err := certs.CreateCertificate(ctx, &pb.CreateCertificateRequest{Csr: der, SpiffeId: client})
 	if err != nil {
 		t.Fatal(err)
@@ -421,7 +422,7 @@ func TestAdminAndReadiness(t *testing.T) {
 	}
 	cfg := parse(t, meshYAML)
 	h.c.Update(cfg)
-	waitFor(t, "ready", func() bool { code, _ := httpGet(t, "http://"+h.admin+"/healthz/ready"); return code == 200 })
+	testutil.WaitFor(t, "ready", func() bool { code, _ := httpGet(t, "http://"+h.admin+"/healthz/ready"); return code == 200 })
 	code, body := httpGet(t, "http://"+h.admin+"/config_dump")
 	var d controller.ConfigDump
 	if err := json.Unmarshal([]byte(body), &d); err != nil || code != 200 {
@@ -436,7 +437,7 @@ func TestAdminAndReadiness(t *testing.T) {
 	// A configuration for another trust domain is refused; the last good
 	// one stays.
 	h.c.Update(parse(t, strings.Replace(meshYAML, "trustDomain: cluster.local", "trustDomain: other.example", 1)))
-	waitFor(t, "rejection", func() bool { return h.c.Dump().Rejected != nil })
+	testutil.WaitFor(t, "rejection", func() bool { return h.c.Dump().Rejected != nil })
 	if d := h.c.Dump(); d.Version != cfg.Version || !strings.Contains(d.Rejected.Reason, "other.example") {
 		t.Errorf("after a foreign trust domain: version %s, rejected %+v", d.Version, d.Rejected)
 	}
@@ -511,7 +512,7 @@ func TestCAWithIntermediate(t *testing.T) {
 	}
 	h := start(t, ca, nil)
 	h.c.Update(parse(t, meshYAML))
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 	der, _ := csr(t, "spiffe://cluster.local/ns/demo/sa/client")
 	resp, err := pb.NewCertificatesClient(h.conn(t)).CreateCertificate(authCtx(context.Background(), "node-a"), &pb.CreateCertificateRequest{Csr: der, SpiffeId: "spiffe://cluster.local/ns/demo/sa/client"})
 	if err != nil {

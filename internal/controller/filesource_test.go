@@ -9,6 +9,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/controller"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func TestFileSourceFollowsTheDirectory(t *testing.T) {
@@ -27,7 +28,7 @@ func TestFileSourceFollowsTheDirectory(t *testing.T) {
 	src := &controller.FileSource{Path: dir, Interval: 20 * time.Millisecond}
 	h := start(t, nil, src)
 	want, _ := meshconfig.LoadPath(dir)
-	waitFor(t, "first configuration", func() bool { c := h.c.Config(); return c != nil && c.Version == want.Version })
+	testutil.WaitFor(t, "first configuration", func() bool { c := h.c.Config(); return c != nil && c.Version == want.Version })
 	a := h.proxy(t, "node-a")
 	a.ack(a.recv())
 
@@ -44,7 +45,7 @@ func TestFileSourceFollowsTheDirectory(t *testing.T) {
 	// A broken edit: refused with file:line, the last good one stays.
 	good := h.c.Config().Version
 	write("10-extra.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: demo}\nspec: {clusterIP: 10.96.0.99, ports: [{port: 81}], colour: blue}\n")
-	waitFor(t, "error reported", func() bool { return src.LastError() != nil })
+	testutil.WaitFor(t, "error reported", func() bool { return src.LastError() != nil })
 	if err := src.LastError().Error(); !strings.Contains(err, "10-extra.yaml:4") || !strings.Contains(err, `unknown field "colour"`) {
 		t.Errorf("error: %s", err)
 	}
@@ -64,7 +65,7 @@ func TestFileSourceFollowsTheDirectory(t *testing.T) {
 	if len(up.Removed) != 1 || up.Removed[0].Name != "demo/extra" {
 		t.Errorf("after removing the file: removed %v", refNames(up.Removed))
 	}
-	waitFor(t, "error cleared", func() bool { return src.LastError() == nil })
+	testutil.WaitFor(t, "error cleared", func() bool { return src.LastError() == nil })
 }
 
 func TestFileSourceWaitsForAGoodStart(t *testing.T) {
@@ -72,10 +73,10 @@ func TestFileSourceWaitsForAGoodStart(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte("kind: Nope\n"), 0o644)
 	src := &controller.FileSource{Path: dir, Interval: 20 * time.Millisecond}
 	h := start(t, nil, src)
-	waitFor(t, "error", func() bool { return src.LastError() != nil })
+	testutil.WaitFor(t, "error", func() bool { return src.LastError() != nil })
 	if ok, why := h.c.Ready(); ok || !strings.Contains(why[0], "mesh.yaml:1") {
 		t.Errorf("ready=%v %v", ok, why)
 	}
 	os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(meshYAML), 0o644)
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 }

@@ -316,18 +316,6 @@ func httpGet(t testing.TB, url string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-// waitFor polls cond for up to 10s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 type x509Cert = x509.Certificate
 
 func parseChain(ders [][]byte) ([]*x509.Certificate, error) {

@@ -29,6 +29,7 @@ import (
 
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/controller"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const clientID = "spiffe://cluster.local/ns/demo/sa/client"
@@ -91,7 +92,7 @@ func paddedCSR(t testing.TB, uri string, size int) []byte {
 func TestUnauthenticatedCallsAreRefusedBeforeTheirBodyIsRead(t *testing.T) {
 	h := start(t, nil, nil)
 	h.c.Update(parse(t, meshYAML))
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 	conn := h.conn(t)
 
 	// Headers, and no message at all: the answer comes anyway.
@@ -154,7 +155,7 @@ func TestUnauthenticatedCallsAreRefusedBeforeTheirBodyIsRead(t *testing.T) {
 func TestOversizeCSRIsRefused(t *testing.T) {
 	h := start(t, nil, nil)
 	h.c.Update(parse(t, meshYAML))
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 	certs := pb.NewCertificatesClient(h.conn(t))
 	ctx := authCtx(context.Background(), "node-a")
 
@@ -185,7 +186,7 @@ func TestOversizeCSRIsRefused(t *testing.T) {
 func TestCertificateRateLimitPerNode(t *testing.T) {
 	h := startWith(t, nil, nil, func(o *controller.Options) { o.SignBurst, o.SignRate = 3, rate.Every(time.Hour) })
 	h.c.Update(parse(t, meshYAML))
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 	conn := h.conn(t)
 	certs := pb.NewCertificatesClient(conn)
 	der, _ := csr(t, clientID)
@@ -240,7 +241,7 @@ func TestCertificateRateLimitPerNode(t *testing.T) {
 func TestCertificateRateLimitDefaults(t *testing.T) {
 	h := start(t, nil, nil)
 	h.c.Update(parse(t, meshYAML))
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 	certs := pb.NewCertificatesClient(h.conn(t))
 	der, _ := csr(t, clientID)
 	const n = 200
@@ -309,7 +310,7 @@ kind: Waypoint
 metadata: {name: wp, namespace: demo}
 spec: {replicas: 2}
 `))
-	waitFor(t, "configuration", func() bool { return h.c.Config() != nil })
+	testutil.WaitFor(t, "configuration", func() bool { return h.c.Config() != nil })
 	node := &pb.ProxyInfo{Node: "node-a", Kind: pb.ProxyKind_PROXY_KIND_NODE}
 	var cancels []context.CancelFunc
 	for i := range controller.DefaultMaxConfigStreams {
@@ -330,7 +331,7 @@ spec: {replicas: 2}
 		t.Errorf("too_many_streams = %v, want 1", got)
 	}
 	cancels[0]()
-	waitFor(t, "room for a new node-a stream", func() bool {
+	testutil.WaitFor(t, "room for a new node-a stream", func() bool {
 		_, _, err := openConfig(t, h, "node-a", node)
 		return err == nil
 	})

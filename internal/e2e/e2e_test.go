@@ -34,6 +34,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // TestMain doubles as the client that tests run inside pods (in the pod's
@@ -658,7 +659,7 @@ func sniffFilter(t *testing.T, l *lab.Lab, filter string, fn func()) []byte {
 	ns, _ := l.Underlay() // every port of the bridge: the bridge device itself sees only its own traffic
 	file := filepath.Join(t.TempDir(), "underlay.pcap")
 	cmd := exec.Command("ip", "netns", "exec", filepath.Base(ns), "tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-U", "-s", "0", "-w", file, filter)
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("tcpdump: %v", err)
@@ -683,21 +684,4 @@ func sniffFilter(t *testing.T, l *lab.Lab, filter string, fn func()) []byte {
 		t.Fatalf("read capture: %v (tcpdump said %s)", err, stderr.String())
 	}
 	return data
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -34,6 +34,7 @@ import (
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/kubetest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
@@ -90,18 +91,20 @@ func ambitCRDs(t *testing.T) []string {
 	return files
 }
 
+// eventually waits up to 30 s (the API server's controllers) for ok,
+// which says whether it holds and, if not, what it saw last.
 func eventually(t *testing.T, what string, ok func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		var done bool
-		if done, last = ok(); done {
-			return
+	testutil.Eventually(t, 30*time.Second, what, func() string {
+		done, last := ok()
+		switch {
+		case done:
+			return ""
+		case last == "":
+			return "(nothing seen)"
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s; last: %s", what, last)
+		return last
+	})
 }
 
 // The CRDs and the file parser agree: every bad example the file parser

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // DENYs of /admin (case-sensitive) and /ops (caseInsensitivePaths) on
@@ -57,7 +59,7 @@ const refusedByParser = "refused by the parser"
 func runPathCases(t *testing.T, config string, cases []pathCase) {
 	for _, mode := range []string{"http1-fast", "http1", "h2c"} {
 		t.Run(mode, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testutil.SyncBuffer
 			e := newEnv(t, config, Options{Authorizer: NewAccessPolicies(slog.New(slog.NewTextHandler(&logs, nil))), DisableHTTP1FastPath: mode == "http1"})
 			var send func(target string) (int, string)
 			if mode == "h2c" {

@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // Policies of the web and grpc Services: demo clients may only GET under
@@ -51,25 +51,8 @@ spec:
   - to: [{paths: ["/test.Echo/Secret"]}]
 `
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAccessPolicies(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	e := newEnv(t, accessPolicies, Options{Authorizer: NewAccessPolicies(slog.New(slog.NewTextHandler(&logs, nil)))})
 	e.backend(web1, whoami("web-1"))
 	e.backend(web2, whoami("web-2"))
@@ -174,7 +157,7 @@ spec:
 // forwarded with a new span ID in the client's trace.
 func TestTelemetryObserver(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	tel, err := telemetry.New(context.Background(), telemetry.Config{Registerer: reg, AccessLog: slog.New(slog.NewJSONHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +187,7 @@ func TestTelemetryObserver(t *testing.T) {
 	if v, _ := gotTP.Load("/public/new"); len(v.(string)) != 55 {
 		t.Errorf("a request without traceparent was forwarded with %q, want a new trace", v)
 	}
-	waitFor(t, "3 requests counted", func() bool { return requests(t, reg, nil) == 3 })
+	testutil.WaitFor(t, "3 requests counted", func() bool { return requests(t, reg, nil) == 3 })
 	if n := requests(t, reg, map[string]string{"response_code": "403", "destination_service": "web.demo.svc.cluster.local", "source_workload": "client",
 		"source_namespace": "demo", "source_principal": "spiffe://cluster.local/ns/demo/sa/client"}); n != 1 {
 		t.Errorf("%v denied requests counted, want 1", n)
@@ -311,7 +294,7 @@ func TestAccessPolicyHeaders(t *testing.T) {
 	}
 	for _, mode := range []string{"http1-fast", "http1", "h2c"} {
 		t.Run(mode, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testutil.SyncBuffer
 			opts := Options{Authorizer: NewAccessPolicies(slog.New(slog.NewTextHandler(&logs, nil))), DisableHTTP1FastPath: mode == "http1"}
 			e := newEnv(t, headerPolicies, opts)
 			var c *http.Client

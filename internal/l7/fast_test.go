@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // echo answers with the method, path and request body; /chunked streams
@@ -205,7 +207,7 @@ func TestFastBackendCloses(t *testing.T) {
 	if b, err := io.ReadAll(res.Body); err != io.ErrUnexpectedEOF || string(b) != "short" {
 		t.Fatalf("closed mid-body: %q, %v", b, err)
 	}
-	waitFor(t, "the aborted request observed", func() bool {
+	testutil.WaitFor(t, "the aborted request observed", func() bool {
 		for _, ri := range e.obs.all() {
 			if ri.Path == "/mid" && ri.Error == ReasonAborted {
 				return true

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // h2cBackend serves HTTP/2 with prior knowledge only.
@@ -67,7 +69,7 @@ func TestH2C(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	waitFor(t, "observed requests", func() bool { return len(e.obs.all()) == 20 })
+	testutil.WaitFor(t, "observed requests", func() bool { return len(e.obs.all()) == 20 })
 	if ri := e.obs.all()[0]; ri.Protocol != ProtocolHTTP2 {
 		t.Errorf("observed protocol %s", ri.Protocol)
 	}
@@ -176,7 +178,7 @@ func TestGRPC(t *testing.T) {
 	if err := st.RecvMsg(new([]byte)); err != io.EOF {
 		t.Fatalf("end of stream: %v", err)
 	}
-	waitFor(t, "observed calls", func() bool { return len(e.obs.all()) == 3 })
+	testutil.WaitFor(t, "observed calls", func() bool { return len(e.obs.all()) == 3 })
 	codesSeen := map[string]int{}
 	for _, ri := range e.obs.all() {
 		if ri.Protocol != ProtocolGRPC {

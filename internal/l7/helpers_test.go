@@ -186,17 +186,6 @@ func (o *recordObserver) all() []RequestInfo {
 	return append([]RequestInfo(nil), o.infos...)
 }
 
-// waitFor polls cond for up to 5s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
-
 type env struct {
 	t   testing.TB
 	eng *Engine

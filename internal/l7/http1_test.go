@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // whoami answers with the endpoint's name and the request's protocol.
@@ -75,7 +77,7 @@ func TestHTTP1KeepAliveRoundRobin(t *testing.T) {
 		t.Errorf("upstream dials web-1 %d, web-2 %d; want 1 each (pooled)", n1, n2)
 	}
 	client.CloseIdleConnections()
-	waitFor(t, "6 observed requests", func() bool { return len(e.obs.all()) == 6 })
+	testutil.WaitFor(t, "6 observed requests", func() bool { return len(e.obs.all()) == 6 })
 	for _, ri := range e.obs.all() {
 		if ri.Protocol == ProtocolHTTP1 && (ri.Status != 200 || ri.Backend != "demo/web:80" || ri.SrcWorkload == nil || ri.SrcWorkload.Name != "client") {
 			t.Errorf("observed %+v", ri)
@@ -119,7 +121,7 @@ func TestHTTP1ChunkedUpload(t *testing.T) {
 	if te.Load() != "chunked" {
 		t.Errorf("upstream transfer-encoding %q, want chunked (streamed, not buffered)", te.Load())
 	}
-	waitFor(t, "observed upload", func() bool { return len(e.obs.all()) == 1 })
+	testutil.WaitFor(t, "observed upload", func() bool { return len(e.obs.all()) == 1 })
 	if ri := e.obs.all()[0]; ri.BytesIn != 32*65536 {
 		t.Errorf("observed BytesIn %d", ri.BytesIn)
 	}
@@ -242,7 +244,7 @@ func TestWebSocketEcho(t *testing.T) {
 		}
 	}
 	c.Close()
-	waitFor(t, "observed upgrade", func() bool { return len(e.obs.all()) == 1 })
+	testutil.WaitFor(t, "observed upgrade", func() bool { return len(e.obs.all()) == 1 })
 	if ri := e.obs.all()[0]; ri.Status != 101 {
 		t.Errorf("observed status %d, want 101", ri.Status)
 	}
@@ -338,7 +340,7 @@ func TestHTTP1PeerVanishesMidStream(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the upstream request was not cancelled when the client went away")
 	}
-	waitFor(t, "observed request", func() bool { return len(e.obs.all()) == 1 })
+	testutil.WaitFor(t, "observed request", func() bool { return len(e.obs.all()) == 1 })
 	e.eng.Close() // pooled upstream connections
 	settleGoroutines(t, base)
 }

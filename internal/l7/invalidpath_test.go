@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // teeObserver hands each RequestInfo to every observer in turn.
@@ -34,7 +35,7 @@ func (o teeObserver) Observe(ri *RequestInfo) {
 func TestInvalidPathIsNotADenial(t *testing.T) {
 	for _, mode := range []string{"http1-fast", "http1", "h2c"} {
 		t.Run(mode, func(t *testing.T) {
-			var accessLog syncBuffer
+			var accessLog testutil.SyncBuffer
 			tel, err := telemetry.New(context.Background(), telemetry.Config{AccessLog: slog.New(slog.NewJSONHandler(&accessLog, nil))})
 			if err != nil {
 				t.Fatal(err)
@@ -85,7 +86,7 @@ func TestInvalidPathIsNotADenial(t *testing.T) {
 				if tc.code == 400 && !strings.Contains(string(body), "invalid request path") {
 					t.Errorf("GET %s: body %q, want the reason (invalid request path)", tc.target, body)
 				}
-				waitFor(t, "the request's RequestInfo", func() bool { return len(rec.all()) == i+1 })
+				testutil.WaitFor(t, "the request's RequestInfo", func() bool { return len(rec.all()) == i+1 })
 				ri := rec.all()[i]
 				if ri.Error != tc.reason || ri.Status != tc.code {
 					t.Errorf("GET %s: RequestInfo.Error %q, Status %d; want %q, %d", tc.target, ri.Error, ri.Status, tc.reason, tc.code)

@@ -20,6 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/l7/resilience"
 	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func trafficPolicy(spec string) string {
@@ -66,7 +67,7 @@ func TestResilientRetries5xxWithBody(t *testing.T) {
 		t.Fatal("web-1 was never tried")
 	}
 	c.CloseIdleConnections()
-	waitFor(t, "4 observed requests", func() bool { return len(e.obs.all()) == 4 })
+	testutil.WaitFor(t, "4 observed requests", func() bool { return len(e.obs.all()) == 4 })
 	retried := 0
 	for _, ri := range e.obs.all() {
 		if ri.Attempts == 2 {
@@ -308,7 +309,7 @@ func TestResilienceOutcome(t *testing.T) {
 // The telemetry observer's flags from the Call: URX when a retryable
 // failure had no attempts left, DI for an injected delay.
 func TestResilientFlags(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	tel, err := telemetry.New(context.Background(), telemetry.Config{AccessLog: slog.New(slog.NewJSONHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +324,7 @@ func TestResilientFlags(t *testing.T) {
 		t.Fatalf("%s", res.Status)
 	}
 	c.CloseIdleConnections()
-	waitFor(t, "the access line", func() bool { return strings.Contains(logs.String(), `"msg":"request"`) })
+	testutil.WaitFor(t, "the access line", func() bool { return strings.Contains(logs.String(), `"msg":"request"`) })
 	if l := logs.String(); !strings.Contains(l, `"flags":"URX,DI"`) || !strings.Contains(l, `"retries":1`) {
 		t.Errorf("access log: %s", l)
 	}

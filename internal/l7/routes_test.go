@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const webRoute = `
@@ -79,7 +81,7 @@ func TestRoutes(t *testing.T) {
 	if res.Header.Get("X-Endpoint") != "canary" || res.Header.Get("X-Saw-Routed") != "canary" || res.Header.Get("X-Via") != "waypoint" {
 		t.Errorf("header route: %v", res.Header)
 	}
-	waitFor(t, "the mirrored request", func() bool { return mirrored.Load() == 1 })
+	testutil.WaitFor(t, "the mirrored request", func() bool { return mirrored.Load() == 1 })
 	if webHits.Load() != webBefore+1 {
 		t.Errorf("web got %d requests during the mirrored one, want 1 (the mirror)", webHits.Load()-webBefore)
 	}

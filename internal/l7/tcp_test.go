@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // Bytes that are not HTTP pass through to an endpoint, half-closes
@@ -31,7 +33,7 @@ func TestTCPPassthrough(t *testing.T) {
 	if err != nil || !bytes.Equal(got, append([]byte("got:"), msg...)) {
 		t.Fatalf("got %q %v", got, err)
 	}
-	waitFor(t, "observed connection", func() bool { return len(e.obs.all()) == 1 })
+	testutil.WaitFor(t, "observed connection", func() bool { return len(e.obs.all()) == 1 })
 	if ri := e.obs.all()[0]; ri.Protocol != ProtocolTCP || ri.BytesIn != int64(len(msg)) || ri.BytesOut != int64(len(msg)+4) || ri.Endpoint != db1 {
 		t.Errorf("observed %+v", ri)
 	}

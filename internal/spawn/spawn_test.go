@@ -1,12 +1,14 @@
 package spawn
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func TestStartTime(t *testing.T) {
@@ -32,12 +34,7 @@ func TestSpawnerZombie(t *testing.T) {
 	}
 	pid := cmd.Process.Pid
 	// Not reaped yet: once it exits it is a zombie.
-	for i := 0; !Zombie(pid); i++ {
-		if i > 500 {
-			t.Fatalf("pid %d never became a zombie", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, fmt.Sprintf("pid %d to become a zombie", pid), func() bool { return Zombie(pid) })
 	if err := cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/privtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // The fixture's own addresses: a pod wired by a veth to a peer that plays
@@ -92,7 +93,7 @@ func newFixture(t testing.TB) *fixture {
 	// notes that asynchronously): IPv6 restarts the state of addresses
 	// that exist when the link becomes ready, and a dial in that window
 	// picks the wrong source or no local route.
-	waitFor(t, "veth operationally up", func() bool {
+	testutil.WaitFor(t, "veth operationally up", func() bool {
 		a, errA := peerH.LinkByName("peer0")
 		b, errB := podH.LinkByName("eth0")
 		return errA == nil && errB == nil && a.Attrs().OperState == netlink.OperUp && b.Attrs().OperState == netlink.OperUp
@@ -112,7 +113,7 @@ func newFixture(t testing.TB) *fixture {
 	}
 	addAddrs(peerH, "peer0", "10.78.0.1/24", "fd00:78::1/64")
 	addAddrs(podH, "eth0", "10.78.0.2/24", "fd00:78::2/64")
-	waitFor(t, "pod addresses usable", func() bool {
+	testutil.WaitFor(t, "pod addresses usable", func() bool {
 		for _, ip := range []netip.Addr{podV4, podV6} {
 			fam := pick(ip.Is4(), unix.AF_INET, unix.AF_INET6)
 			routes, err := podH.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL},
@@ -160,15 +161,6 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatalf("rp_filter: %v", err)
 	}
 	return f
-}
-
-func waitFor(t testing.TB, what string, ok func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
 }
 
 func handle(t testing.TB, path string) *netlink.Handle {

@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // connectBlock is the HPACK block of a CONNECT to dst with extra fields.
@@ -243,18 +245,6 @@ func dialRaw(t *testing.T, f *fixture) (*tls.Conn, *http2.Framer, error) {
 	}
 }
 
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10 s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // socketsTo counts the process's TCP sockets connected to dst that are
 // still open (/proc/self/net/tcp: an inode; a closed one is gone or an
 // orphan, inode 0): the server's side of its target connections. Unlike
@@ -280,7 +270,7 @@ func socketsTo(t *testing.T, dst netip.AddrPort) int {
 // targetClosed waits until the server has closed its connections to dst.
 func targetClosed(t *testing.T, dst netip.AddrPort) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("the server still holds connections to the target %s", dst), func() bool { return socketsTo(t, dst) == 0 })
+	testutil.WaitFor(t, fmt.Sprintf("the server still holds connections to the target %s", dst), func() bool { return socketsTo(t, dst) == 0 })
 }
 
 // silentTarget is a target that reads until EOF and never writes; its
@@ -463,8 +453,8 @@ func testHalfClosedRelayEndsWithItsConnection(t *testing.T, dial DialFunc) {
 	for _, up := range ups {
 		up.Close()
 	}
-	eventually(t, "goroutines are not back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
-	eventually(t, "descriptors are not back to where they were", func() bool { return fdCount(t) <= fds })
+	testutil.WaitFor(t, "goroutines are not back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
+	testutil.WaitFor(t, "descriptors are not back to where they were", func() bool { return fdCount(t) <= fds })
 }
 
 // freezer is a TCP relay that can go silent without closing anything, as
@@ -566,8 +556,8 @@ func testVanishedClientLeavesNoRelay(t *testing.T, dial DialFunc) {
 	}
 	z.close() // the client side goes too
 	d.Close()
-	eventually(t, "goroutines are not back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
-	eventually(t, "descriptors are not back to where they were", func() bool { return fdCount(t) <= fds })
+	testutil.WaitFor(t, "goroutines are not back to where they were", func() bool { return runtime.NumGoroutine() <= goroutines })
+	testutil.WaitFor(t, "descriptors are not back to where they were", func() bool { return fdCount(t) <= fds })
 }
 
 // Connections per source address and per peer identity are bounded: the
@@ -590,7 +580,7 @@ func TestPeerConnectionLimits(t *testing.T) {
 			t.Errorf("peer_address_connections counted %d times, want 1", n)
 		}
 		first.Close()
-		eventually(t, "no connection accepted after one of two closed", func() bool {
+		testutil.WaitFor(t, "no connection accepted after one of two closed", func() bool {
 			_, _, err := dialRaw(t, f)
 			return err == nil
 		})
@@ -612,7 +602,7 @@ func TestPeerConnectionLimits(t *testing.T) {
 			t.Errorf("peer_identity_connections counted %d times, want 1", n)
 		}
 		first.Close()
-		eventually(t, "no connection accepted after one of two closed", func() bool {
+		testutil.WaitFor(t, "no connection accepted after one of two closed", func() bool {
 			_, _, err := dialRaw(t, f)
 			return err == nil
 		})

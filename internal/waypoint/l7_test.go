@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
 
@@ -120,7 +120,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	metrics := admin.NewMetrics("test")
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	tel, err := telemetry.New(context.Background(), telemetry.Config{Registerer: metrics.Registry(), AccessLog: log.With("log", "access")})
 	if err != nil {
@@ -233,21 +233,4 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 	if !strings.Contains(l, `"msg":"request denied"`) {
 		t.Errorf("denials are not logged:\n%s", l)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/privtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
 
@@ -216,13 +217,12 @@ func serveWaypoint(tb testing.TB, w *Waypoint, cfg *meshconfig.Config, ip string
 	}
 	go w.Serve(ln, nil)
 	tb.Cleanup(func() { w.Shutdown(context.Background()) })
-	deadline := time.Now().Add(5 * time.Second)
-	for ok, why := w.Ready(); !ok; ok, why = w.Ready() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("not ready: %v", why)
+	testutil.Eventually(tb, testutil.Timeout, "the waypoint ready", func() string {
+		if ok, why := w.Ready(); !ok {
+			return fmt.Sprint(why)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ""
+	})
 	return ln.Addr().String()
 }
 
