@@ -98,7 +98,12 @@ func upPromLab(t *testing.T) *promLab {
 	// first round creates every series the traffic makes and the second,
 	// after a scrape, moves them (rates above zero).
 	sendTraffic(t, l)
-	time.Sleep(2500 * time.Millisecond)
+	// Every target scraped at least a second after the first round (the
+	// proxies count a connection as it closes).
+	after := time.Now().Add(time.Second)
+	if v, err := p.waitSeries(t, fmt.Sprintf(`count(timestamp(up) > %.3f) == 4`, float64(after.UnixMilli())/1000), time.Now().Add(15*time.Second)); err != nil || len(v) == 0 {
+		t.Fatalf("prometheus did not scrape the 4 targets after the first round of traffic: %v", err)
+	}
 	traffic := time.Now()
 	sendTraffic(t, l)
 	t.Logf("traffic sent in %v", time.Since(traffic).Round(time.Millisecond))

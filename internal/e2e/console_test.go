@@ -20,6 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // consoleFiles: the waypoint of TestPrivilegedWaypoint in front of
@@ -239,7 +240,15 @@ func TestPrivilegedConsole(t *testing.T) {
 	bad := filepath.Join(lab.MeshDirPath(l.StateDir()), "90-broken.yaml")
 	writeAtomic(t, bad, []byte("apiVersion: ambit.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: x, namespace: demo}\nspec: {action: MAYBE}\n"))
 	t.Cleanup(func() { os.Remove(bad) })
-	time.Sleep(time.Second)
+	testutil.WaitFor(t, "the console's validation to refuse 90-broken.yaml", func() bool {
+		resp, err := client.Get("http://" + addr + "/api/validation")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(body), "90-broken.yaml")
+	})
 	vdom := browse(t, chromium, ctl.NetNSPath, dir, "http://"+addr+"/#/validation", "")
 	if !strings.Contains(vdom, "1 refused") || !strings.Contains(vdom, "90-broken.yaml") {
 		t.Errorf("the configuration page does not show the refused file:\n%s", grep(vdom, "refused"))
