@@ -490,7 +490,10 @@ func TestPrivilegedGracefulDrain(t *testing.T) {
 	if err := syscall.Kill(proxy.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	testutil.WaitFor(t, "node-1's proxy to start its drain", func() bool {
+		log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1"))
+		return bytes.Contains(log, []byte("msg=draining"))
+	})
 	if out, ok := dial(t, l, "client-1", server2, "new"); ok {
 		t.Errorf("a new connection during the drain got through: %q", out)
 	}
