@@ -14,6 +14,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // TestPrivilegedControllerFeedsTheLab checks the lab's control plane: the
@@ -132,10 +133,17 @@ spec:
 
 	// The controller goes away: the proxies keep their configuration and
 	// certificates and go on serving.
+	streamsEnded := func(node string) int {
+		log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), node))
+		return strings.Count(string(log), "controller stream ended")
+	}
+	ended1, ended2 := streamsEnded("node-1"), streamsEnded("node-2")
 	if err := syscall.Kill(ctlPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	testutil.WaitFor(t, "both node proxies to lose the controller", func() bool {
+		return streamsEnded("node-1") > ended1 && streamsEnded("node-2") > ended2
+	})
 	if out, ok := dial(t, l, "client-1", server2, "still"); !ok || !strings.Contains(out, "got=still") {
 		t.Errorf("without the controller: %q", out)
 	}
