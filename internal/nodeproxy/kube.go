@@ -44,8 +44,15 @@ func newLocated(netns *os.File, pod kubenode.Pod, ips []netip.Addr) *located {
 func (l *located) close(f *kubenode.Finder) {
 	l.netns.Close()
 	if f != nil {
-		f.Release(l.pod)
+		release(f, l.pod)
 	}
+}
+
+// release gives up what Find took for pod (a cgroup directory it may
+// have made); a failure leaves an empty directory behind, nothing else,
+// so it is not the caller's error.
+func release(f *kubenode.Finder, pod kubenode.Pod) {
+	_ = f.Release(pod)
 }
 
 // locate is w as the proxy serves it: w itself when the configuration
@@ -88,12 +95,12 @@ func (p *Proxy) scan(w *meshconfig.Workload) (*located, string) {
 		return nil, err.Error()
 	}
 	if pod.PID == 0 {
-		f.Release(pod)
+		release(f, pod)
 		return nil, "the pod has no process yet"
 	}
 	ns, err := f.OpenNetNS(pod.PID)
 	if err != nil {
-		f.Release(pod)
+		release(f, pod)
 		if errors.Is(err, kubenode.ErrHostNetwork) {
 			return nil, "a host-network pod is never captured"
 		}
@@ -193,7 +200,7 @@ func (p *Proxy) Handle(ctx context.Context, req cni.Request, netns *os.File) (cn
 	}
 	fd, err := unix.FcntlInt(netns.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		p.opts.Finder.Release(pod)
+		release(p.opts.Finder, pod)
 		return cni.Reply{}, fmt.Errorf("keep the pod's network namespace: %w", err)
 	}
 	l := newLocated(os.NewFile(uintptr(fd), req.Netns), pod, req.IPs)

@@ -96,13 +96,12 @@ type loopNode struct {
 // loopCluster is two node proxies sharing one CA and one loopback network,
 // each application a test listener mapped to its pod's address.
 type loopCluster struct {
-	t      *testing.T
-	cfg    *meshconfig.Config
-	ca     *identity.CA
-	net    *podnettest.Loopback
-	nodes  map[string]*loopNode
-	drain  time.Duration
-	served []string // the pods whose application answers
+	t     *testing.T
+	cfg   *meshconfig.Config
+	ca    *identity.CA
+	net   *podnettest.Loopback
+	nodes map[string]*loopNode
+	drain time.Duration
 }
 
 func newLoopCluster(t *testing.T, drain time.Duration) *loopCluster {

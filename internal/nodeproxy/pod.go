@@ -96,13 +96,15 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (_ *pod, err error) {
 		return nil, err
 	}
 	pd.wg.Add(1)
-	go func() { defer pd.wg.Done(); pd.srv.Serve(tun) }()
+	// Serve and ServeQUIC return when the pod is torn down (their
+	// listener closed); that is their only error.
+	go func() { defer pd.wg.Done(); _ = pd.srv.Serve(tun) }()
 	// The same tunnel over QUIC, on UDP 15008, for peers that prefer it.
 	if pd.udp, err = pd.net.ListenUDP(netip.AddrPortFrom(netip.IPv6Unspecified(), redirect.TunnelPort)); err != nil {
 		return nil, err
 	}
 	pd.wg.Add(1)
-	go func() { defer pd.wg.Done(); pd.srv.ServeQUIC(pd.udp) }()
+	go func() { defer pd.wg.Done(); _ = pd.srv.ServeQUIC(pd.udp) }()
 	return pd, nil
 }
 

@@ -153,7 +153,7 @@ func New(opts Options) (*Proxy, error) {
 // (another Proxy on the same Metrics) keeps them.
 func registerTunnelLimits(m *admin.Metrics) {
 	for _, l := range tunnel.Limits() {
-		m.Registry().Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		_ = m.Registry().Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name:        "ambit_tunnel_limits_total",
 			Help:        "Tunnel idle timeouts and limits that fired (streams and connections ended or refused), by limit.",
 			ConstLabels: prometheus.Labels{"limit": l.String()},
@@ -329,7 +329,7 @@ func (p *Proxy) Live(timeout time.Duration) error {
 	got := make(chan struct{})
 	go func() {
 		p.mu.Lock()
-		p.mu.Unlock()
+		p.mu.Unlock() //nolint:staticcheck // taking the lock is the check
 		close(got)
 	}()
 	select {
