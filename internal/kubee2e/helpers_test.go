@@ -352,7 +352,9 @@ func copyDeploy(t *testing.T, repo, dir, tag string) {
 			return err
 		}
 		if rel == "kustomization.yaml" {
-			b = regexp.MustCompile(`newTag: \S+`).ReplaceAll(b, []byte("newTag: "+tag))
+			// Quoted: a commit hash of digits only (0336409) is a number
+			// to YAML, and kustomize wants a string.
+			b = regexp.MustCompile(`newTag: \S+`).ReplaceAll(b, []byte(fmt.Sprintf("newTag: %q", tag)))
 		}
 		return os.WriteFile(dst, b, 0o644)
 	})
