@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
+	"github.com/ambit-mesh/ambit/internal/jaegertest"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
@@ -89,43 +90,6 @@ spec:
   parentRefs: [{group: "", kind: Service, name: back, port: 80}]
   rules:
   - backendRefs: [{name: back, port: 80}]
-`
-
-// jaegerConfig is the Jaeger v2 (OpenTelemetry Collector) configuration:
-// OTLP in, in-memory storage, the query API; everything on loopback.
-const jaegerConfig = `service:
-  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics: {level: none}
-    logs: {level: info}
-extensions:
-  healthcheckv2:
-    use_v2: true
-    http: {endpoint: "127.0.0.1:13133"}
-  jaeger_storage:
-    backends:
-      memstore:
-        memory: {max_traces: 10000}
-  jaeger_query:
-    storage: {traces: memstore}
-    enable_tracing: false
-    http: {endpoint: "127.0.0.1:16686"}
-    grpc: {endpoint: "127.0.0.1:16685"}
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:4317"}
-      http: {endpoint: "127.0.0.1:4318"}
-processors:
-  batch: {timeout: 100ms}
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
 `
 
 func TestPrivilegedTracingJaeger(t *testing.T) {
@@ -253,7 +217,7 @@ func TestPrivilegedTracingJaeger(t *testing.T) {
 		}
 		spans := jq.waitTrace(t, sc.TraceID().String(), 2)
 		logTrace(t, spans)
-		var wp *jaegerSpan
+		var wp *jaegertest.Span
 		for i := range spans {
 			if spans[i].Service == "ambit-waypoint" {
 				wp = &spans[i]
@@ -292,7 +256,7 @@ func TestPrivilegedTracingJaeger(t *testing.T) {
 
 // checkWaypointSpan checks a span of the waypoint: its service and
 // resource, that it is a server span, its parent (""; a root) and attrs.
-func checkWaypointSpan(t *testing.T, what string, s jaegerSpan, parent string, attrs map[string]string) {
+func checkWaypointSpan(t *testing.T, what string, s jaegertest.Span, parent string, attrs map[string]string) {
 	t.Helper()
 	if s.Service != "ambit-waypoint" || s.Resource["k8s.namespace.name"] != "demo" || s.Resource["ambit.waypoint"] != "wp" {
 		t.Errorf("%s: service %q resource %v, want ambit-waypoint in demo, waypoint wp", what, s.Service, s.Resource)
@@ -310,39 +274,6 @@ func checkWaypointSpan(t *testing.T, what string, s jaegerSpan, parent string, a
 	}
 }
 
-// jaegerSpan is a span as Jaeger's API v3 returns it (OTLP JSON), with
-// its resource's attributes.
-type jaegerSpan struct {
-	Service          string
-	Resource         map[string]string
-	TraceID, SpanID  string
-	Parent, Name     string
-	Kind, StatusCode int
-	Start, End       time.Time
-	Attrs            map[string]string
-}
-
-type otlpKV struct {
-	Key   string         `json:"key"`
-	Value map[string]any `json:"value"`
-}
-
-func otlpAttrs(kvs []otlpKV) map[string]string {
-	m := map[string]string{}
-	for _, kv := range kvs {
-		for _, v := range kv.Value { // one of stringValue, intValue ("200"), boolValue...
-			m[kv.Key] = fmt.Sprint(v)
-		}
-	}
-	return m
-}
-
-func unixNanos(s string) time.Time {
-	var n int64
-	fmt.Sscan(s, &n)
-	return time.Unix(0, n)
-}
-
 // jaegerQuery reaches Jaeger's query API inside the waypoint pod.
 type jaegerQuery struct {
 	c *http.Client
@@ -350,7 +281,7 @@ type jaegerQuery struct {
 
 func (q *jaegerQuery) getJSON(t *testing.T, path string, v any) int {
 	t.Helper()
-	resp, err := q.c.Get("http://127.0.0.1:16686" + path)
+	resp, err := q.c.Get("http://" + jaegertest.QueryAddr + path)
 	if err != nil {
 		t.Fatalf("Jaeger %s: %v", path, err)
 	}
@@ -364,60 +295,14 @@ func (q *jaegerQuery) getJSON(t *testing.T, path string, v any) int {
 	return resp.StatusCode
 }
 
-// waitTrace reads trace id from /api/v3/traces until it has n spans (the
-// waypoint exports in batches, every 5 s by default).
-func (q *jaegerQuery) waitTrace(t *testing.T, id string, n int) []jaegerSpan {
+// waitTrace reads trace id until it has n spans (the waypoint exports in
+// batches, every 5 s by default).
+func (q *jaegerQuery) waitTrace(t *testing.T, id string, n int) []jaegertest.Span {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	var spans []jaegerSpan
-	for {
-		var tr struct {
-			Result struct {
-				ResourceSpans []struct {
-					Resource struct {
-						Attributes []otlpKV `json:"attributes"`
-					} `json:"resource"`
-					ScopeSpans []struct {
-						Spans []struct {
-							TraceID    string   `json:"traceId"`
-							SpanID     string   `json:"spanId"`
-							Parent     string   `json:"parentSpanId"`
-							Name       string   `json:"name"`
-							Kind       int      `json:"kind"`
-							Start      string   `json:"startTimeUnixNano"`
-							End        string   `json:"endTimeUnixNano"`
-							Attributes []otlpKV `json:"attributes"`
-							Status     struct {
-								Code int `json:"code"`
-							} `json:"status"`
-						} `json:"spans"`
-					} `json:"scopeSpans"`
-				} `json:"resourceSpans"`
-			} `json:"result"`
-		}
-		code := q.getJSON(t, "/api/v3/traces/"+id, &tr)
-		spans = spans[:0]
-		for _, rs := range tr.Result.ResourceSpans {
-			res := otlpAttrs(rs.Resource.Attributes)
-			for _, ss := range rs.ScopeSpans {
-				for _, s := range ss.Spans {
-					spans = append(spans, jaegerSpan{Service: res["service.name"], Resource: res,
-						TraceID: s.TraceID, SpanID: s.SpanID, Parent: s.Parent, Name: s.Name, Kind: s.Kind, StatusCode: s.Status.Code,
-						Start: unixNanos(s.Start), End: unixNanos(s.End), Attrs: otlpAttrs(s.Attributes)})
-				}
-			}
-		}
-		if len(spans) >= n {
-			return spans
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Jaeger has %d spans of trace %s after 20 s (last answer %d), want %d", len(spans), id, code, n)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	return jaegertest.WaitTrace(t, q.c, id, n, 20*time.Second)
 }
 
-func spanByID(t *testing.T, spans []jaegerSpan, id string) jaegerSpan {
+func spanByID(t *testing.T, spans []jaegertest.Span, id string) jaegertest.Span {
 	t.Helper()
 	for _, s := range spans {
 		if s.SpanID == id {
@@ -425,10 +310,10 @@ func spanByID(t *testing.T, spans []jaegerSpan, id string) jaegerSpan {
 		}
 	}
 	t.Fatalf("no span %s in the trace", id)
-	return jaegerSpan{}
+	return jaegertest.Span{}
 }
 
-func logTrace(t *testing.T, spans []jaegerSpan) {
+func logTrace(t *testing.T, spans []jaegertest.Span) {
 	t.Helper()
 	for _, s := range spans {
 		t.Logf("span %s parent %-16s %-14s kind %d %q %v route=%q status=%s src=%s dst=%s",
@@ -494,7 +379,7 @@ func startJaeger(t *testing.T, l *lab.Lab, w lab.WaypointInfo, bin string) *jaeg
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "jaeger.yaml")
-	if err := os.WriteFile(cfg, []byte(jaegerConfig), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(jaegertest.Config("127.0.0.1:4317")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	logf, err := os.Create(filepath.Join(dir, "jaeger.log"))

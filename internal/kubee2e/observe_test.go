@@ -33,6 +33,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/deploy/observability"
 	"github.com/ambit-mesh/ambit/internal/console"
+	"github.com/ambit-mesh/ambit/internal/jaegertest"
 	"github.com/ambit-mesh/ambit/internal/kubecluster"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
@@ -735,44 +736,6 @@ func (e *env) clusterIP(name string) string {
 	return svc.Spec.ClusterIP
 }
 
-// jaegerConfigFor is Jaeger v2's configuration (as internal/e2e's): OTLP
-// over gRPC on otlp, memory storage, the query API on the loopback.
-func jaegerConfigFor(otlp string) string {
-	return `service:
-  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics: {level: none}
-    logs: {level: info}
-extensions:
-  healthcheckv2:
-    use_v2: true
-    http: {endpoint: "127.0.0.1:13133"}
-  jaeger_storage:
-    backends:
-      memstore:
-        memory: {max_traces: 10000}
-  jaeger_query:
-    storage: {traces: memstore}
-    enable_tracing: false
-    http: {endpoint: "127.0.0.1:16686"}
-    grpc: {endpoint: "127.0.0.1:16685"}
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "` + otlp + `"}
-processors:
-  batch: {timeout: 100ms}
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-`
-}
-
 // checkTraces: Jaeger runs in node-1's network namespace with OTLP on the
 // node's IP; the controller restarts with --waypoint-otlp-endpoint (and
 // --waypoint-trace-sample-ratio) pointing there, rewrites the waypoint's
@@ -794,7 +757,7 @@ func checkTraces(e *env, client corev1.Pod) {
 	otlp := net.JoinHostPort(node.IP, "4317")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "jaeger.yaml")
-	if err := os.WriteFile(cfg, []byte(jaegerConfigFor(otlp)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(jaegertest.Config(otlp)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	jp := startInNetNS(t, node.NetNS, filepath.Join(dir, "jaeger.log"), jaegerBin, "--config", "file:"+cfg)
@@ -803,7 +766,7 @@ func checkTraces(e *env, client corev1.Pod) {
 		if jp.done() {
 			t.Fatalf("Jaeger exited:\n%s", jp.logTail())
 		}
-		resp, err := jq.Get("http://127.0.0.1:16686/api/v3/services")
+		resp, err := jq.Get("http://" + jaegertest.QueryAddr + "/api/v3/services")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -865,8 +828,8 @@ func checkTraces(e *env, client corev1.Pod) {
 		t.Fatalf("GET /obs/trace: %d, the app got traceparent %q; want 200 and the client's trace %s with the waypoint's own span", res.StatusCode, got, sc.TraceID())
 	}
 	version := res.Header.Get("X-Echo-Name")
-	spans := waitTrace(t, jq, sc.TraceID().String(), 2)
-	var wpSpan, clientSpan *obsSpan
+	spans := jaegertest.WaitTrace(t, jq, sc.TraceID().String(), 2, 30*time.Second)
+	var wpSpan, clientSpan *jaegertest.Span
 	for i, s := range spans {
 		t.Logf("traces: span %s parent %-16s %-14s kind %d %q route=%q status=%s src=%s (%s) dst=%s (%s) node=%s",
 			s.SpanID, s.Parent, s.Service, s.Kind, s.Name, s.Attrs["ambit.route"], s.Attrs["http.response.status_code"],
@@ -951,87 +914,6 @@ func (e *env) waitWaypointArgs(ok func([]string) bool) corev1.Pod {
 		return true, ""
 	})
 	return pod
-}
-
-// obsSpan is a span as Jaeger's API v3 returns it (OTLP JSON).
-type obsSpan struct {
-	Service          string
-	Resource         map[string]string
-	SpanID, Parent   string
-	Name             string
-	Kind, StatusCode int
-	Attrs            map[string]string
-}
-
-type otlpKeyValue struct {
-	Key   string         `json:"key"`
-	Value map[string]any `json:"value"`
-}
-
-func otlpMap(kvs []otlpKeyValue) map[string]string {
-	m := map[string]string{}
-	for _, kv := range kvs {
-		for _, v := range kv.Value {
-			m[kv.Key] = fmt.Sprint(v)
-		}
-	}
-	return m
-}
-
-// waitTrace reads a trace from Jaeger's /api/v3/traces until it has n
-// spans (the waypoint exports in batches, every 5 s).
-func waitTrace(t interface {
-	Fatalf(string, ...any)
-}, c *http.Client, id string, n int) []obsSpan {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var tr struct {
-			Result struct {
-				ResourceSpans []struct {
-					Resource struct {
-						Attributes []otlpKeyValue `json:"attributes"`
-					} `json:"resource"`
-					ScopeSpans []struct {
-						Spans []struct {
-							SpanID     string         `json:"spanId"`
-							Parent     string         `json:"parentSpanId"`
-							Name       string         `json:"name"`
-							Kind       int            `json:"kind"`
-							Attributes []otlpKeyValue `json:"attributes"`
-							Status     struct {
-								Code int `json:"code"`
-							} `json:"status"`
-						} `json:"spans"`
-					} `json:"scopeSpans"`
-				} `json:"resourceSpans"`
-			} `json:"result"`
-		}
-		status := "no answer"
-		if resp, err := c.Get("http://127.0.0.1:16686/api/v3/traces/" + id); err == nil {
-			status = resp.Status
-			if resp.StatusCode == 200 {
-				json.NewDecoder(resp.Body).Decode(&tr)
-			}
-			resp.Body.Close()
-		}
-		var spans []obsSpan
-		for _, rs := range tr.Result.ResourceSpans {
-			res := otlpMap(rs.Resource.Attributes)
-			for _, ss := range rs.ScopeSpans {
-				for _, s := range ss.Spans {
-					spans = append(spans, obsSpan{Service: res["service.name"], Resource: res, SpanID: s.SpanID, Parent: s.Parent,
-						Name: s.Name, Kind: s.Kind, StatusCode: s.Status.Code, Attrs: otlpMap(s.Attributes)})
-				}
-			}
-		}
-		if len(spans) >= n {
-			return spans
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Jaeger has %d spans of trace %s after 30 s (last answer %s); want %d", len(spans), id, status, n)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
 }
 
 // obsClientTracer is the test's own tracer (service e2e-client) exporting
