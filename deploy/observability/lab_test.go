@@ -1,18 +1,12 @@
 package observability
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"math"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +14,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/promtest"
 )
 
 // The lab's mesh for the test: a waypoint for Service demo/server (TCP on
@@ -88,7 +83,7 @@ func upPromLab(t *testing.T) *promLab {
 	t.Logf("lab up with its waypoint in %v", time.Since(start).Round(time.Millisecond))
 	p := startPrometheus(t, l)
 	if v, err := p.waitSeries(t, `count(up == 1) == 4`, time.Now().Add(15*time.Second)); err != nil || len(v) == 0 {
-		all, _ := p.query(t.Context(), "up")
+		all, _ := p.Query(t.Context(), "up")
 		t.Fatalf("prometheus does not scrape all 4 targets of the lab: %v %v", err, all)
 	}
 	if err := l.ApplyConfig(t.Context(), "policy", []byte(policyFiles(l.TrustDomain()))); err != nil {
@@ -153,10 +148,9 @@ func sendTraffic(t *testing.T, l *lab.Lab) {
 // promServer is a Prometheus process running in a node's network
 // namespace, where every metrics listener of the lab is reachable.
 type promServer struct {
-	cmd    *exec.Cmd
-	client *http.Client
-	base   string
-	dir    string
+	promtest.Client
+	cmd *exec.Cmd
+	dir string
 }
 
 const promListen = "127.0.0.1:19090"
@@ -233,7 +227,7 @@ func startPrometheus(t *testing.T, l *lab.Lab) *promServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start prometheus: %v", err)
 	}
-	p := &promServer{cmd: cmd, client: lab.NodeHTTPClient(node.NetNSPath, 5*time.Second), base: "http://" + promListen, dir: dir}
+	p := &promServer{Client: promtest.Client{HTTP: lab.NodeHTTPClient(node.NetNSPath, 5*time.Second), Base: "http://" + promListen}, cmd: cmd, dir: dir}
 	t.Cleanup(func() {
 		// nsenter execs prometheus: the PID is Prometheus's own.
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -252,7 +246,7 @@ func startPrometheus(t *testing.T, l *lab.Lab) *promServer {
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := p.client.Get(p.base + "/-/ready")
+		resp, err := p.HTTP.Get(p.Base + "/-/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -276,57 +270,10 @@ func mustAbs(t *testing.T, p string) string {
 	return a
 }
 
-// sample is one series of an instant query's answer.
-type sample struct {
-	Metric map[string]string `json:"metric"`
-	Value  [2]any            `json:"value"`
-}
-
-func (s sample) value() string { v, _ := s.Value[1].(string); return v }
-
-// query runs an instant PromQL query.
-func (p *promServer) query(ctx context.Context, q string) ([]sample, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+"/api/v1/query?query="+url.QueryEscape(q), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-		Data   struct {
-			ResultType string          `json:"resultType"`
-			Result     json.RawMessage `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return nil, fmt.Errorf("query %q: %s: %w", q, body, err)
-	}
-	if r.Status != "success" {
-		return nil, fmt.Errorf("query %q: %s", q, r.Error)
-	}
-	switch r.Data.ResultType {
-	case "vector":
-		var v []sample
-		err := json.Unmarshal(r.Data.Result, &v)
-		return v, err
-	case "scalar":
-		var s [2]any
-		err := json.Unmarshal(r.Data.Result, &s)
-		return []sample{{Value: s}}, err
-	}
-	return nil, fmt.Errorf("query %q: result type %s", q, r.Data.ResultType)
-}
-
 // waitSeries polls q until it has a series or the deadline passes.
-func (p *promServer) waitSeries(t *testing.T, q string, until time.Time) ([]sample, error) {
+func (p *promServer) waitSeries(t *testing.T, q string, until time.Time) ([]promtest.Sample, error) {
 	for {
-		v, err := p.query(t.Context(), q)
+		v, err := p.Query(t.Context(), q)
 		if err != nil || len(v) > 0 || time.Now().After(until) {
 			return v, err
 		}
@@ -338,51 +285,6 @@ func (p *promServer) waitSeries(t *testing.T, q string, until time.Time) ([]samp
 var quietRules = map[string]bool{
 	"namespace_service:ambit_request_bytes:rate5m": true, // GETs send no body
 	"ambit:controller_refused:rate5m":              true, // nothing misbehaves
-}
-
-// series is one series of a range query's answer.
-type series struct {
-	Metric map[string]string `json:"metric"`
-	Values [][2]any          `json:"values"`
-}
-
-// queryRange runs q over [from, now] at step.
-func (p *promServer) queryRange(ctx context.Context, q string, from time.Time, step time.Duration) ([]series, error) {
-	v := url.Values{}
-	v.Set("query", q)
-	v.Set("start", fmt.Sprint(from.Unix()))
-	v.Set("end", fmt.Sprint(time.Now().Unix()))
-	v.Set("step", fmt.Sprint(step.Seconds()))
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+"/api/v1/query_range?"+v.Encode(), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-		Data   struct {
-			Result []series `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return nil, fmt.Errorf("query %q: %s: %w", q, body, err)
-	}
-	if r.Status != "success" {
-		return nil, fmt.Errorf("query %q: %s", q, r.Error)
-	}
-	return r.Data.Result, nil
-}
-
-// isNumber reports whether a sample value is a number (not NaN or ±Inf).
-func isNumber(v string) bool {
-	f, err := strconv.ParseFloat(v, 64)
-	return err == nil && !math.IsNaN(f) && !math.IsInf(f, 0)
 }
 
 // A real Prometheus scrapes a lab's node proxies, waypoint and controller
@@ -412,13 +314,13 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			// leaves at zero (GET requests have no body; nothing is
 			// refused) have one above zero.
 			mayBeZero := quietRules[r.Record]
-			ok := func(ss []sample) bool {
-				return slices.ContainsFunc(ss, func(s sample) bool { return isNumber(s.value()) && (mayBeZero || s.value() != "0") })
+			ok := func(ss []promtest.Sample) bool {
+				return slices.ContainsFunc(ss, func(s promtest.Sample) bool { return promtest.IsNumber(s.Val()) && (mayBeZero || s.Val() != "0") })
 			}
-			var got []sample
+			var got []promtest.Sample
 			var err error
 			for {
-				got, err = p.query(t.Context(), q)
+				got, err = p.Query(t.Context(), q)
 				if err != nil || ok(got) || time.Now().After(deadline) {
 					break
 				}
@@ -431,7 +333,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			var vals []string
 			for _, s := range got {
 				delete(s.Metric, "__name__")
-				vals = append(vals, fmt.Sprintf("%v=%s", s.Metric, s.value()))
+				vals = append(vals, fmt.Sprintf("%v=%s", s.Metric, s.Val()))
 			}
 			if !ok(got) {
 				t.Errorf("%s: no series with a value (above zero) after the traffic: %v", q, vals)
@@ -441,7 +343,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 		}
 		// No alert fires on a healthy lab, apart from the ones its traffic
 		// is made to trigger... which need minutes: none may fire here.
-		if v, err := p.query(t.Context(), `ALERTS{alertstate="firing"}`); err != nil || len(v) > 0 {
+		if v, err := p.Query(t.Context(), `ALERTS{alertstate="firing"}`); err != nil || len(v) > 0 {
 			t.Errorf("alerts firing on the healthy lab: %v %v", v, err)
 		}
 	})
@@ -474,12 +376,12 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			// Each variable's query offers the lab's value.
 			for _, v := range d.Vars {
 				q := resolve(d.UID, v.Metric)
-				got, err := p.query(t.Context(), q)
+				got, err := p.Query(t.Context(), q)
 				if err != nil {
 					t.Errorf("%s: variable %s: %v", d.UID, v.Name, err)
 					continue
 				}
-				if !slices.ContainsFunc(got, func(s sample) bool { return s.Metric[v.Label] == labVars[d.UID][v.Name] }) {
+				if !slices.ContainsFunc(got, func(s promtest.Sample) bool { return s.Metric[v.Label] == labVars[d.UID][v.Name] }) {
 					t.Errorf("%s: variable %s (label_values(%s, %s)) does not offer %q", d.UID, v.Name, q, v.Label, labVars[d.UID][v.Name])
 				}
 			}
@@ -491,7 +393,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 					nonZero, n = false, 0
 					for _, qy := range pn.Queries {
 						q := resolve(d.UID, qy.Expr)
-						ss, err := p.queryRange(t.Context(), q, from, time.Second)
+						ss, err := p.QueryRange(t.Context(), q, from, time.Second)
 						if err != nil {
 							t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
 							failed = true
@@ -500,7 +402,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 						n += len(ss)
 						for _, s := range ss {
 							for _, v := range s.Values {
-								if str, _ := v[1].(string); isNumber(str) && str != "0" {
+								if str, _ := v[1].(string); promtest.IsNumber(str) && str != "0" {
 									nonZero = true
 								}
 							}

@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +34,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/jaegertest"
 	"github.com/ambit-mesh/ambit/internal/kubecluster"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/promtest"
 )
 
 // Issue 20 on the real cluster: the checked-in Prometheus rules, scrape
@@ -193,18 +192,18 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		{`namespace_workload:ambit_tcp_connections_denied:rate5m{destination_namespace="shop", destination_workload="obs-fail", reason="policy"}`, false},
 		{"ambit:tcp_bytes:rate5m", false},
 	} {
-		ss, err := prom.waitQuery(c.q, 30*time.Second, func(ss []promSample) bool {
-			return len(ss) == 1 && isNumber(ss[0].value()) && (ss[0].value() == "0") == c.zero
+		ss, err := prom.waitQuery(c.q, 30*time.Second, func(ss []promtest.Sample) bool {
+			return len(ss) == 1 && promtest.IsNumber(ss[0].Val()) && (ss[0].Val() == "0") == c.zero
 		})
 		if err != nil {
 			t.Errorf("%s: %v", c.q, err)
 			continue
 		}
-		if len(ss) != 1 || !isNumber(ss[0].value()) || (ss[0].value() == "0") != c.zero {
+		if len(ss) != 1 || !promtest.IsNumber(ss[0].Val()) || (ss[0].Val() == "0") != c.zero {
 			t.Errorf("%s = %v; want one series, %s", c.q, ss, map[bool]string{true: "0", false: "above 0"}[c.zero])
 			continue
 		}
-		t.Logf("golden signal %s = %s", c.q, ss[0].value())
+		t.Logf("golden signal %s = %s", c.q, ss[0].Val())
 	}
 
 	// Every recording rule, as the lab test asks.
@@ -222,8 +221,8 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		}
 		slices.Sort(sel)
 		q := r.Record + "{" + strings.Join(sel, ",") + "}"
-		ok := func(ss []promSample) bool {
-			return slices.ContainsFunc(ss, func(s promSample) bool { return isNumber(s.value()) && (quiet[r.Record] || s.value() != "0") })
+		ok := func(ss []promtest.Sample) bool {
+			return slices.ContainsFunc(ss, func(s promtest.Sample) bool { return promtest.IsNumber(s.Val()) && (quiet[r.Record] || s.Val() != "0") })
 		}
 		ss, err := prom.waitQuery(q, time.Until(deadline), ok)
 		if err != nil {
@@ -245,7 +244,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 	}
 	// Over the whole traffic, from the policies' push on.
 	checkDashboards(e, prom, vars, pushed.Add(-5*time.Second))
-	if v, err := prom.query(`ALERTS{alertstate="firing"}`); err == nil && len(v) > 0 {
+	if v, err := prom.Query(context.Background(), `ALERTS{alertstate="firing"}`); err == nil && len(v) > 0 {
 		t.Logf("alerts firing (left alone: earlier subtests provoke refusals on purpose): %v", v)
 	}
 	t.Logf("prometheus check: %v", time.Since(start).Round(time.Millisecond))
@@ -312,12 +311,12 @@ func checkDashboards(e *env, prom *promProc, vars map[string]map[string]string, 
 	for _, d := range observability.Dashboards() {
 		for _, v := range d.Vars {
 			q := resolve(d.UID, v.Metric)
-			ss, err := prom.query(q)
+			ss, err := prom.Query(context.Background(), q)
 			if err != nil {
 				t.Errorf("%s: variable %s: %v", d.UID, v.Name, err)
 				continue
 			}
-			if !slices.ContainsFunc(ss, func(s promSample) bool { return s.Metric[v.Label] == vars[d.UID][v.Name] }) {
+			if !slices.ContainsFunc(ss, func(s promtest.Sample) bool { return s.Metric[v.Label] == vars[d.UID][v.Name] }) {
 				t.Errorf("%s: variable %s (label_values(%s, %s)) does not offer %q", d.UID, v.Name, q, v.Label, vars[d.UID][v.Name])
 			}
 		}
@@ -331,7 +330,7 @@ func checkDashboards(e *env, prom *promProc, vars map[string]map[string]string, 
 					nonZero, n = false, 0
 					for _, qy := range pn.Queries {
 						q := resolve(d.UID, qy.Expr)
-						ss, err := prom.queryRange(q, from, time.Second)
+						ss, err := prom.QueryRange(context.Background(), q, from, time.Second)
 						if err != nil {
 							t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
 							failed = true
@@ -340,7 +339,7 @@ func checkDashboards(e *env, prom *promProc, vars map[string]map[string]string, 
 						n += len(ss)
 						for _, s := range ss {
 							for _, v := range s.Values {
-								if str, _ := v[1].(string); isNumber(str) && str != "0" {
+								if str, _ := v[1].(string); promtest.IsNumber(str) && str != "0" {
 									nonZero, last = true, str
 								}
 							}
@@ -371,8 +370,8 @@ func checkDashboards(e *env, prom *promProc, vars map[string]map[string]string, 
 
 // promProc is the test's Prometheus, in a node's network namespace.
 type promProc struct {
+	promtest.Client
 	e          *env
-	c          *http.Client
 	discovered int
 }
 
@@ -394,12 +393,12 @@ func startPrometheus(e *env, node kubecluster.Node, repo string) *promProc {
 	p := startInNetNS(t, node.NetNS, filepath.Join(dir, "prometheus.log"), bin,
 		"--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+promAddr, "--log.level=warn")
-	prom := &promProc{e: e, c: netnsHTTPClient(node.NetNS, 5*time.Second), discovered: n}
+	prom := &promProc{Client: promtest.Client{HTTP: netnsHTTPClient(node.NetNS, 5*time.Second), Base: "http://" + promAddr}, e: e, discovered: n}
 	e.waitFor(30*time.Second, "Prometheus is ready", func() (bool, string) {
 		if p.done() {
 			t.Fatalf("prometheus exited:\n%s", p.logTail())
 		}
-		resp, err := prom.c.Get("http://" + promAddr + "/-/ready")
+		resp, err := prom.HTTP.Get("http://" + promAddr + "/-/ready")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -580,7 +579,7 @@ func (p *promProc) targets() []promTarget {
 			ActiveTargets []promTarget `json:"activeTargets"`
 		} `json:"data"`
 	}
-	resp, err := p.c.Get("http://" + promAddr + "/api/v1/targets?state=active")
+	resp, err := p.HTTP.Get("http://" + promAddr + "/api/v1/targets?state=active")
 	if err != nil {
 		return nil
 	}
@@ -589,93 +588,17 @@ func (p *promProc) targets() []promTarget {
 	return r.Data.ActiveTargets
 }
 
-// promSample is one series of an instant query's answer.
-type promSample struct {
-	Metric map[string]string `json:"metric"`
-	Value  [2]any            `json:"value"`
-}
-
-func (s promSample) value() string { v, _ := s.Value[1].(string); return v }
-
-func (s promSample) String() string {
-	delete(s.Metric, "__name__")
-	return fmt.Sprintf("%v=%s", s.Metric, s.value())
-}
-
-// promSeries is one series of a range query's answer.
-type promSeries struct {
-	Metric map[string]string `json:"metric"`
-	Values [][2]any          `json:"values"`
-}
-
-func (p *promProc) api(path string, v url.Values, result any) error {
-	resp, err := p.c.Get("http://" + promAddr + path + "?" + v.Encode())
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-		Data   struct {
-			ResultType string          `json:"resultType"`
-			Result     json.RawMessage `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return fmt.Errorf("%s: %w", body, err)
-	}
-	if r.Status != "success" {
-		return fmt.Errorf("%s", r.Error)
-	}
-	if r.Data.ResultType == "scalar" {
-		var s [2]any
-		if err := json.Unmarshal(r.Data.Result, &s); err != nil {
-			return err
-		}
-		r.Data.Result, _ = json.Marshal([]promSample{{Value: s}})
-	}
-	return json.Unmarshal(r.Data.Result, result)
-}
-
-// query runs an instant PromQL query.
-func (p *promProc) query(q string) ([]promSample, error) {
-	var ss []promSample
-	err := p.api("/api/v1/query", url.Values{"query": {q}}, &ss)
-	if err != nil {
-		err = fmt.Errorf("query %q: %w", q, err)
-	}
-	return ss, err
-}
-
 // waitQuery runs q until ok holds of its answer or wait passes; it
 // returns the last answer.
-func (p *promProc) waitQuery(q string, wait time.Duration, ok func([]promSample) bool) ([]promSample, error) {
+func (p *promProc) waitQuery(q string, wait time.Duration, ok func([]promtest.Sample) bool) ([]promtest.Sample, error) {
 	until := time.Now().Add(wait)
 	for {
-		ss, err := p.query(q)
+		ss, err := p.Query(context.Background(), q)
 		if err != nil || ok(ss) || time.Now().After(until) {
 			return ss, err
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-}
-
-// queryRange runs q over [from, now] at step.
-func (p *promProc) queryRange(q string, from time.Time, step time.Duration) ([]promSeries, error) {
-	var ss []promSeries
-	err := p.api("/api/v1/query_range", url.Values{"query": {q}, "start": {fmt.Sprint(from.Unix())},
-		"end": {fmt.Sprint(time.Now().Unix())}, "step": {fmt.Sprint(step.Seconds())}}, &ss)
-	if err != nil {
-		err = fmt.Errorf("query %q: %w", q, err)
-	}
-	return ss, err
-}
-
-func isNumber(v string) bool {
-	f, err := strconv.ParseFloat(v, 64)
-	return err == nil && !math.IsNaN(f) && !math.IsInf(f, 0)
 }
 
 // recordingRule is a recording rule of the checked-in rule files.

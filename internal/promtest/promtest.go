@@ -1,0 +1,111 @@
+// Package promtest queries a real Prometheus's HTTP API from tests: the
+// instant and range queries the lab's and the real cluster's
+// observability tests check rules and dashboards with.
+package promtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Client reaches a Prometheus at Base (http://host:port) through HTTP.
+type Client struct {
+	HTTP *http.Client
+	Base string
+}
+
+// Sample is one series of an instant query's answer.
+type Sample struct {
+	Metric map[string]string `json:"metric"`
+	Value  [2]any            `json:"value"`
+}
+
+// Val is the sample's value as Prometheus wrote it.
+func (s Sample) Val() string { v, _ := s.Value[1].(string); return v }
+
+// String is the sample's labels (without the metric name) and value, for
+// test logs.
+func (s Sample) String() string {
+	m := map[string]string{}
+	for k, v := range s.Metric {
+		if k != "__name__" {
+			m[k] = v
+		}
+	}
+	return fmt.Sprintf("%v=%s", m, s.Val())
+}
+
+// Series is one series of a range query's answer.
+type Series struct {
+	Metric map[string]string `json:"metric"`
+	Values [][2]any          `json:"values"`
+}
+
+// api GETs path with v and decodes the answer's result into result; a
+// scalar comes as one Sample.
+func (c Client) api(ctx context.Context, path string, v url.Values, result any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+path+"?"+v.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var r struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			ResultType string          `json:"resultType"`
+			Result     json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return fmt.Errorf("%s: %w", body, err)
+	}
+	if r.Status != "success" {
+		return fmt.Errorf("%s", r.Error)
+	}
+	if r.Data.ResultType == "scalar" {
+		var s [2]any
+		if err := json.Unmarshal(r.Data.Result, &s); err != nil {
+			return err
+		}
+		r.Data.Result, _ = json.Marshal([]Sample{{Value: s}})
+	}
+	return json.Unmarshal(r.Data.Result, result)
+}
+
+// Query runs an instant PromQL query.
+func (c Client) Query(ctx context.Context, q string) ([]Sample, error) {
+	var ss []Sample
+	if err := c.api(ctx, "/api/v1/query", url.Values{"query": {q}}, &ss); err != nil {
+		return nil, fmt.Errorf("query %q: %w", q, err)
+	}
+	return ss, nil
+}
+
+// QueryRange runs q over [from, now] at step.
+func (c Client) QueryRange(ctx context.Context, q string, from time.Time, step time.Duration) ([]Series, error) {
+	var ss []Series
+	v := url.Values{"query": {q}, "start": {fmt.Sprint(from.Unix())}, "end": {fmt.Sprint(time.Now().Unix())}, "step": {fmt.Sprint(step.Seconds())}}
+	if err := c.api(ctx, "/api/v1/query_range", v, &ss); err != nil {
+		return nil, fmt.Errorf("query %q: %w", q, err)
+	}
+	return ss, nil
+}
+
+// IsNumber reports whether a sample value is a number (not NaN or ±Inf).
+func IsNumber(v string) bool {
+	f, err := strconv.ParseFloat(v, 64)
+	return err == nil && !math.IsNaN(f) && !math.IsInf(f, 0)
+}
