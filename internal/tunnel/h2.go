@@ -431,9 +431,9 @@ func (c *h2conn) readLoop() {
 			if err = c.readData(fh); err == nil {
 				continue
 			}
-			var pe h2ProtocolError
-			if errors.As(err, &pe) {
-				c.goAwayNow(http2.ErrCodeProtocol, err)
+			var ce h2ConnError
+			if errors.As(err, &ce) {
+				c.goAwayNow(ce.code, err)
 				return
 			}
 		}
@@ -509,11 +509,15 @@ func (c *h2conn) readLoop() {
 	}
 }
 
-// h2ConnError is a connection error with a code other than PROTOCOL_ERROR.
+// h2ConnError is a peer's violation that ends the connection with code
+// (GOAWAY).
 type h2ConnError struct {
 	code http2.ErrCode
 	error
 }
+
+// protocolError is err as a connection error PROTOCOL_ERROR.
+func protocolError(err error) h2ConnError { return h2ConnError{http2.ErrCodeProtocol, err} }
 
 func (c *h2conn) onSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
@@ -619,20 +623,17 @@ func (c *h2conn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-// h2ProtocolError is a peer's violation found while reading DATA.
-type h2ProtocolError struct{ error }
-
 // readData reads an unpadded DATA frame's payload straight into the
 // stream's receive buffers (onData handles padded ones, which come parsed).
 func (c *h2conn) readData(fh http2.FrameHeader) error {
 	n := int(fh.Length)
 	if fh.StreamID == 0 {
-		return h2ProtocolError{errors.New("tunnel peer sent DATA on stream 0")}
+		return protocolError(errors.New("tunnel peer sent DATA on stream 0"))
 	}
 	c.mu.Lock()
 	if c.recvAvail -= int64(n); c.recvAvail < 0 {
 		c.mu.Unlock()
-		return h2ProtocolError{errors.New("tunnel peer overran the connection's flow-control window")}
+		return protocolError(errors.New("tunnel peer overran the connection's flow-control window"))
 	}
 	s := c.streams[fh.StreamID]
 	alive := s != nil && !s.recvEnd && s.recvErr == nil
@@ -695,7 +696,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		case overrun:
 			c.resetStream(fh.StreamID, http2.ErrCodeFlowControl)
 		case s == nil && !c.knownStream(fh.StreamID):
-			return h2ProtocolError{fmt.Errorf("tunnel peer sent DATA on idle stream %d", fh.StreamID)}
+			return protocolError(fmt.Errorf("tunnel peer sent DATA on idle stream %d", fh.StreamID))
 		case s == nil || s.recvEnd: // closed, or half-closed (remote): RFC 9113 6.1
 			c.resetStream(fh.StreamID, http2.ErrCodeStreamClosed)
 		}

@@ -26,8 +26,8 @@ import (
 
 // streamAsync is a spliced stream's pump state.
 type streamAsync struct {
-	// Drain, under c.mu: parked says the drain waits for an event.
-	parked    bool
+	// Drain, under c.mu; the stream's parked says the drain waits for an
+	// event.
 	w         io.Writer
 	drainDone func(rerr, werr error)
 	spare     [][]byte // drain goroutine only
@@ -108,7 +108,7 @@ func (s *h2stream) splice(sock ParkConn, w io.Writer, count func(int), finish fu
 	s.async = a
 	a.w = w
 	s.sink = NewTryWriter(w)
-	a.parked, s.parked = true, true
+	s.parked = true
 	s.signal() // data may have come already
 	c.mu.Unlock()
 	s.fillRun()
@@ -120,8 +120,8 @@ func (s *h2stream) splice(sock ParkConn, w io.Writer, count func(int), finish fu
 func (s *h2stream) signal() {
 	s.rcond.Broadcast()
 	a := s.async
-	if a != nil && a.parked && !s.directBusy && (len(s.rbuf) > 0 || s.recvEnd || s.recvErr != nil || s.sinkErr != nil) {
-		a.parked, s.parked = false, false
+	if a != nil && s.parked && !s.directBusy && (len(s.rbuf) > 0 || s.recvEnd || s.recvErr != nil || s.sinkErr != nil) {
+		s.parked = false
 		go s.drainRun()
 	}
 }
@@ -133,7 +133,7 @@ func (s *h2stream) drainRun() {
 	for {
 		c.mu.Lock()
 		if s.directBusy || (len(s.rbuf) == 0 && !s.recvEnd && s.recvErr == nil && s.sinkErr == nil) {
-			a.parked, s.parked = true, true
+			s.parked = true
 			a.spare = nil // an idle stream holds no slice
 			c.mu.Unlock()
 			return
