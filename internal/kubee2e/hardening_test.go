@@ -232,9 +232,16 @@ type getReport struct {
 	FirstError string         `json:"firstError"`
 }
 
-// get runs `ambit-echo get -n 1 -json url` in a pod (through capture).
+// get runs `ambit-echo get -n 1 -json url` in a pod of shop (through
+// capture).
 func (e *env) get(pod, url string) getReport {
-	out, _ := e.exec("shop", pod, "", "/ambit-echo", "get", "-n", "1", "-timeout", "3s", "-json", url)
+	return e.echoGet("shop", pod, "-n", "1", url)
+}
+
+// echoGet runs `ambit-echo get -timeout 3s -json ARGS...` in a pod and
+// returns its report (a non-2xx answer is a status, not a failure).
+func (e *env) echoGet(ns, pod string, args ...string) getReport {
+	out, _ := e.exec(ns, pod, "", append([]string{"/ambit-echo", "get", "-timeout", "3s", "-json"}, args...)...)
 	var r getReport
 	if err := json.Unmarshal([]byte(jsonLine(out)), &r); err != nil {
 		r.FirstError = "unreadable: " + out
@@ -905,7 +912,7 @@ spec:
 		}
 		ev, _ := e.try("-n", "ambit-system", "get", "events", "--field-selector", "involvedObject.name="+np.Name, "-o", "custom-columns=REASON:.reason,MESSAGE:.message")
 		if strings.Contains(ev, "failed liveness probe") {
-			why = append(why, "the kubelet killed it: the DaemonSet's livenessProbe is /healthz/ready (deploy/daemonset/nodeproxy.yaml), which fails while any one pod's setup fails")
+			why = append(why, "the kubelet killed it: the DaemonSet's livenessProbe is /healthz/ready (deploy/base/node/nodeproxy.yaml), which fails while any one pod's setup fails")
 		}
 		t.Errorf("the node proxy on %s went down while pod squatter's setup failed: pid %d -> %d, restarts %d -> %d; %s\nevents:\n%s",
 			node.Name, pid0, pid, restarts0, restarts(np), strings.Join(why, "; "), ev)

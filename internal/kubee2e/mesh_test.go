@@ -215,19 +215,26 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 		}
 	})
 	t.Logf("cluster up in %v (2 nodes: %v)", time.Since(start).Round(time.Second), c.NodeNames())
-	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "daemonset")}
+	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "deploy")}
 	repo := repoRoot(t)
 	copyDeploy(t, repo, e.deploy, tag)
 
-	// Install: the CA, then `kubectl apply -k`.
+	// Install: the CA, then `kubectl apply -k` of profile minimal (the
+	// control plane alone), then of default (the node proxies join).
 	start = time.Now()
 	caCert, caKey := writeCA(t, t.TempDir())
-	e.kubectl("apply", "-f", filepath.Join(e.deploy, "namespace.yaml"))
+	e.kubectl("apply", "-f", filepath.Join(e.deploy, "base", "control-plane", "namespace.yaml"))
 	e.kubectl("-n", "ambit-system", "create", "secret", "tls", "ambit-ca", "--cert="+caCert, "--key="+caKey)
 	e.kubectl("-n", "ambit-system", "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+caCert)
 	gw := gatewayCRDs(t, repo)
 	e.kubectl("apply", "-f", filepath.Join(gw, "gateway.networking.k8s.io_httproutes.yaml"), "-f", filepath.Join(gw, "gateway.networking.k8s.io_grpcroutes.yaml"))
-	e.kubectl("apply", "-k", e.deploy)
+	e.kubectl("apply", "-k", e.profile("minimal"))
+	e.kubectl("-n", "ambit-system", "rollout", "status", "deployment/ambit-controller", "--timeout=3m")
+	if ds := strings.TrimSpace(e.kubectl("-n", "ambit-system", "get", "daemonsets", "-o", "name")); ds != "" {
+		t.Fatalf("profile minimal installed %s; it is the control plane only", ds)
+	}
+	t.Logf("profile minimal: controller ready in %v, no DaemonSet", time.Since(start).Round(time.Second))
+	e.kubectl("apply", "-k", e.profile("default"))
 	e.kubectl("-n", "ambit-system", "rollout", "status", "deployment/ambit-controller", "--timeout=3m")
 	e.kubectl("-n", "ambit-system", "rollout", "status", "daemonset/ambit-nodeproxy", "--timeout=3m")
 	if nps := e.nodeProxies(); len(nps) != 2 {
@@ -292,6 +299,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	t.Run("prometheus", func(t *testing.T) { e.t = t; checkPrometheus(e, client, server) })
 	t.Run("console", func(t *testing.T) { e.t = t; checkConsole(e, client, server) })
 	t.Run("traces", func(t *testing.T) { e.t = t; checkTraces(e, client) })
+	t.Run("demo profile", func(t *testing.T) { e.t = t; checkDemoProfile(e) })
 	t.Run("new pod", func(t *testing.T) { e.t = t; checkNewPod(e) })
 	t.Run("opt out", func(t *testing.T) { e.t = t; checkOptOut(e, clients[1]) })
 	t.Run("fail closed", func(t *testing.T) { e.t = t; checkFailClosed(e) })
@@ -658,7 +666,7 @@ func checkUninstall(e *env, client, server corev1.Pod) {
 	e.kubectl("label", "namespace", "shop", "ambit.dev/dataplane-")
 	took := e.waitCaptured("shop", nil, 30*time.Second)
 	t.Logf("release: every pod released %v after removing the namespace label (goal 2s; includes polling)", took.Round(10*time.Millisecond))
-	e.kubectl("delete", "-k", e.deploy, "--wait=true", "--timeout=3m")
+	e.kubectl("delete", "-k", e.profile("default"), "--wait=true", "--timeout=3m")
 	e.waitFor(2*time.Minute, "node proxies gone", func() (bool, string) {
 		ps := e.pods("ambit-system", "")
 		return len(ps) == 0, fmt.Sprint(len(ps), " pods left in ambit-system")

@@ -640,13 +640,7 @@ func recordingRules(t interface{ Fatal(...any) }, repo string) []recordingRule {
 // getN runs `ambit-echo get -n N -json url` in a pod of shop and returns
 // its report (a non-2xx answer is a status, not a failure).
 func (e *env) getN(pod, url string, n int) getReport {
-	out, _ := e.exec("shop", pod, "", "/ambit-echo", "get", "-n", strconv.Itoa(n), "-timeout", "3s", "-json", url)
-	var r getReport
-	if err := json.Unmarshal([]byte(jsonLine(out)), &r); err != nil {
-		r.FirstError = "unreadable: " + out
-		r.Errors = -1
-	}
-	return r
+	return e.echoGet("shop", pod, "-n", strconv.Itoa(n), url)
 }
 
 // clusterIP is the ClusterIP of Service name in shop.

@@ -84,7 +84,7 @@ func installCRDs(t *testing.T, c *kubetest.Cluster, files ...string) {
 }
 
 func ambitCRDs(t *testing.T) []string {
-	files, err := filepath.Glob("../../deploy/daemonset/crds/*.yaml")
+	files, err := filepath.Glob("../../deploy/base/control-plane/crds/*.yaml")
 	if err != nil || len(files) != 3 {
 		t.Fatalf("CRD files: %v %v", files, err)
 	}
