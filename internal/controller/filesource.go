@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // DefaultPollInterval is how often FileSource looks for changes: edits are
@@ -19,7 +20,7 @@ import (
 const DefaultPollInterval = 200 * time.Millisecond
 
 // FileSource reads the mesh configuration from a YAML file or a directory
-// of them (meshconfig.LoadPath) and reads it again whenever a file changes.
+// of them (meshspec.LoadPath) and reads it again whenever a file changes.
 // A bad change is logged with file:line:reason and kept as LastError; the
 // last good configuration stays in force.
 type FileSource struct {
@@ -51,7 +52,7 @@ func (s *FileSource) Run(ctx context.Context, update func(*meshconfig.Config)) e
 	for {
 		if now := stamp(s.Path); now != last || first {
 			last = now
-			cfg, err := meshconfig.LoadPath(s.Path)
+			cfg, err := meshspec.LoadPath(s.Path)
 			s.mu.Lock()
 			s.lastErr = err
 			s.mu.Unlock()
