@@ -16,8 +16,8 @@ const DefaultTrustDomain = "cluster.local"
 // Config is a validated, indexed mesh configuration. It is immutable once
 // built: a change builds a new Config.
 type Config struct {
-	// Version names this configuration (a content hash in file mode, the
-	// controller's version otherwise).
+	// Version names this configuration: a hash of the resources built
+	// from (the controller's), or the controller's version (a proxy's).
 	Version    string
 	Mesh       Mesh
 	Namespaces map[string]*Namespace

@@ -8,7 +8,8 @@ import (
 	"strings"
 )
 
-// Error is a problem in a configuration file, with where it is.
+// Error is a problem in the configuration, with the file and line of the
+// resource when it came from a file (File is empty otherwise).
 type Error struct {
 	File string
 	Line int
