@@ -18,7 +18,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/lab"
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // Bad input, part of TestPrivilegedBadInput (badinput_test.go): the
@@ -115,7 +115,7 @@ func (s *badLab) controllerRestart(t *testing.T) {
 	file := filepath.Join(dir, "70-badinput-restart.yaml")
 	t.Cleanup(func() {
 		os.Remove(file)
-		if cfg, err := meshconfig.LoadPath(dir); err == nil {
+		if cfg, err := meshspec.LoadPath(dir); err == nil {
 			waitVersions(t, s.l, cfg.Version)
 		}
 	})
@@ -139,7 +139,7 @@ spec:
 		}
 		edit.Write(svc(fmt.Sprintf("restart-a-%d", i), fmt.Sprintf("10.96.%d.%d", 100+i/250, i%250+1)))
 	}
-	pushed, err := meshconfig.LoadPathOverlay(dir, map[string][]byte{file: edit.Bytes()})
+	pushed, err := meshspec.LoadPathOverlay(dir, map[string][]byte{file: edit.Bytes()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ spec:
 		}
 		downFor = time.Since(down)
 	})
-	want, err := meshconfig.LoadPath(dir)
+	want, err := meshspec.LoadPath(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
