@@ -13,9 +13,15 @@ import (
 func routeToPB(r *meshconfig.Route) *pb.Resource {
 	out := &pb.Route{Namespace: r.Namespace, Name: r.Name, CreatedUnixNano: unixNano(r.Created)}
 	for _, p := range r.Parents {
+		if p.Gateway != "" {
+			ns, name, _ := strings.Cut(p.Gateway, "/")
+			out.Parents = append(out.Parents, &pb.RouteParent{Namespace: ns, Name: name, Port: uint32(p.Port), Gateway: true, SectionName: p.SectionName})
+			continue
+		}
 		ns, name, _ := strings.Cut(p.Service, "/")
 		out.Parents = append(out.Parents, &pb.RouteParent{Namespace: ns, Name: name, Port: uint32(p.Port)})
 	}
+	out.Hostnames = r.Hostnames
 	for i := range r.Rules {
 		out.Rules = append(out.Rules, ruleToPB(&r.Rules[i]))
 	}

@@ -32,6 +32,8 @@ type Builder struct {
 	waypoints  []*Waypoint
 	traffic    []*TrafficPolicy
 	routes     []*Route
+	gateways   []*Gateway
+	secrets    map[string]*TLSSecret
 	seen       map[string]pos // kind/namespace/name of the newer kinds
 }
 
@@ -347,9 +349,18 @@ func (b *Builder) addRoute(in Route, at pos) error {
 		return fieldErr("spec.parentRefs", "%s %s: spec.parentRefs: empty; attach the route to a Service with parentRefs: [{group: \"\", kind: Service, name: <service>}]", r.Kind, r.Key())
 	}
 	for i, p := range r.Parents {
-		ns, name, ok := strings.Cut(p.Service, "/")
-		if !ok || ns == "" || name == "" {
-			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: Service %q is not namespace/name", r.Kind, r.Key(), i, p.Service)
+		what, key := "Service", p.Service
+		if p.Gateway != "" {
+			what, key = "Gateway", p.Gateway
+		}
+		ns, name, ok := strings.Cut(key, "/")
+		if !ok || ns == "" || name == "" || (p.Gateway != "" && p.Service != "") {
+			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: %s %q is not namespace/name", r.Kind, r.Key(), i, what, key)
+		}
+	}
+	for i, h := range r.Hostnames {
+		if err := CheckHostname(h); err != nil {
+			return fieldErr(fmt.Sprintf("spec.hostnames[%d]", i), "%s %s: spec.hostnames[%d]: %v", r.Kind, r.Key(), i, err)
 		}
 	}
 	if err := b.claim(r.Kind, r.Key(), at); err != nil {
@@ -390,6 +401,12 @@ func (b *Builder) AddAt(file string, line int, resource any) error {
 	case Route:
 		b.hash(r.Kind, r)
 		return b.addRoute(r, at)
+	case Gateway:
+		b.hash(KindGateway, r)
+		return b.addGateway(r, at)
+	case TLSSecret:
+		b.hash(KindSecret, r)
+		return b.addSecret(r, at)
 	}
 	return fmt.Errorf("%s:%d: %T is not a mesh resource", file, line, resource)
 }

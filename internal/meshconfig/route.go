@@ -11,10 +11,14 @@ import "time"
 type Route struct {
 	Kind            string // KindHTTPRoute or KindGRPCRoute
 	Namespace, Name string
-	// Parents are the route's Service parentRefs in the order declared;
-	// Build indexes the route under those that exist (RoutesFor).
+	// Parents are the route's Service and Gateway parentRefs in the
+	// order declared; Build indexes the route under the Services that
+	// exist (RoutesFor).
 	Parents []RouteParent
-	Rules   []RouteRule
+	// Hostnames (spec.hostnames) limit the Host a route on a Gateway
+	// serves; mesh (Service) parents ignore them, as GAMMA asks.
+	Hostnames []string
+	Rules     []RouteRule
 	// Created orders routes whose rules tie (the older wins, then the
 	// name), as the Gateway API asks.
 	Created time.Time
@@ -28,10 +32,15 @@ func (r *Route) Key() string { return r.Namespace + "/" + r.Name }
 // GRPC reports whether r is a GRPCRoute.
 func (r *Route) GRPC() bool { return r.Kind == KindGRPCRoute }
 
-// RouteParent is a Service a route attaches to, on one port or all.
+// RouteParent is a Service or a Gateway a route attaches to: a Service
+// on one port or all; a Gateway on one listener (SectionName), the
+// listeners of one port, or all.
 type RouteParent struct {
-	Service string // "namespace/name"
-	Port    uint16 // 0: every port of the service
+	Service string // "namespace/name", for a Service parent
+	Gateway string // "namespace/name", for a Gateway parent
+	// SectionName is a Gateway listener's name ("": any).
+	SectionName string
+	Port        uint16 // 0: every port
 }
 
 // RouteRule is one rule of a route.

@@ -22,10 +22,14 @@ import (
 // shape: YAML files (AddYAML), CRD specs and Gateway API routes.
 type Builder struct {
 	*meshconfig.Builder
+	classes  map[string]gatewayClass // GatewayClasses of the files, by name
+	gateways []pendingGateway        // Gateways of the files, added at Build
 }
 
 // NewBuilder returns an empty Builder.
-func NewBuilder() *Builder { return &Builder{meshconfig.NewBuilder()} }
+func NewBuilder() *Builder {
+	return &Builder{Builder: meshconfig.NewBuilder(), classes: map[string]gatewayClass{}}
+}
 
 // AddAccessPolicySpec adds an AccessPolicy resource's spec.
 func (b *Builder) AddAccessPolicySpec(namespace, name string, spec crd.AccessPolicySpec) error {
