@@ -405,10 +405,12 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 }
 
 // dialEndpoint opens a connection to a mesh endpoint: through the tunnel
-// to the endpoint's node proxy, as the gateway's own identity, the
-// gateway's address as the source (the client's is in X-Forwarded-For:
-// pooled connections carry many clients' requests). An address outside
-// the mesh is refused: a gateway sends only into the mesh.
+// to the endpoint's node proxy, as the gateway's own identity. It claims
+// no source address (no Forwarded): the destination takes the tunnel's
+// own source, the gateway's address, since pooled connections carry many
+// clients' requests; the client's address is in X-Forwarded-For. An
+// address outside the mesh is refused: a gateway sends only into the
+// mesh.
 func (g *Gateway) dialEndpoint(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
 	cfg := g.cfg.Load()
 	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
@@ -420,21 +422,9 @@ func (g *Gateway) dialEndpoint(ctx context.Context, ep netip.AddrPort) (net.Conn
 		Proxy:    netip.AddrPortFrom(ep.Addr(), TunnelPort).String(),
 		Identity: wl.Identity,
 		Dst:      ep,
-		Src:      netip.AddrPortFrom(localAddr(ep.Addr()), 0),
 		Via:      "gateway",
 		Protocol: tunnel.Protocol(cfg.TunnelFor(wl.Node)),
 	})
-}
-
-// localAddr is the gateway's own address towards dst (no packet is
-// sent), or the zero address.
-func localAddr(dst netip.Addr) netip.Addr {
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 9)))
-	if err != nil {
-		return netip.Addr{}
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
 }
 
 // portListener serves one listener port.
