@@ -104,6 +104,9 @@ const (
 	// An ingress gateway with its listeners' key pairs: sent only to that
 	// gateway's own proxy.
 	ResourceType_RESOURCE_TYPE_GATEWAY ResourceType = 11
+	// A gateway's TLSRoutes (passthrough by SNI) and TCPRoutes.
+	ResourceType_RESOURCE_TYPE_TLS_ROUTE ResourceType = 12
+	ResourceType_RESOURCE_TYPE_TCP_ROUTE ResourceType = 13
 )
 
 // Enum value maps for ResourceType.
@@ -121,6 +124,8 @@ var (
 		9:  "RESOURCE_TYPE_HTTP_ROUTE",
 		10: "RESOURCE_TYPE_GRPC_ROUTE",
 		11: "RESOURCE_TYPE_GATEWAY",
+		12: "RESOURCE_TYPE_TLS_ROUTE",
+		13: "RESOURCE_TYPE_TCP_ROUTE",
 	}
 	ResourceType_value = map[string]int32{
 		"RESOURCE_TYPE_UNSPECIFIED":    0,
@@ -135,6 +140,8 @@ var (
 		"RESOURCE_TYPE_HTTP_ROUTE":     9,
 		"RESOURCE_TYPE_GRPC_ROUTE":     10,
 		"RESOURCE_TYPE_GATEWAY":        11,
+		"RESOURCE_TYPE_TLS_ROUTE":      12,
+		"RESOURCE_TYPE_TCP_ROUTE":      13,
 	}
 )
 
@@ -731,6 +738,8 @@ type Resource struct {
 	//	*Resource_HttpRoute
 	//	*Resource_GrpcRoute
 	//	*Resource_Gateway
+	//	*Resource_TlsRoute
+	//	*Resource_TcpRoute
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -879,6 +888,24 @@ func (x *Resource) GetGateway() *Gateway {
 	return nil
 }
 
+func (x *Resource) GetTlsRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_TlsRoute); ok {
+			return x.TlsRoute
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetTcpRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_TcpRoute); ok {
+			return x.TcpRoute
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -927,6 +954,14 @@ type Resource_Gateway struct {
 	Gateway *Gateway `protobuf:"bytes,20,opt,name=gateway,proto3,oneof"`
 }
 
+type Resource_TlsRoute struct {
+	TlsRoute *Route `protobuf:"bytes,21,opt,name=tls_route,json=tlsRoute,proto3,oneof"`
+}
+
+type Resource_TcpRoute struct {
+	TcpRoute *Route `protobuf:"bytes,22,opt,name=tcp_route,json=tcpRoute,proto3,oneof"`
+}
+
 func (*Resource_Mesh) isResource_Kind() {}
 
 func (*Resource_Namespace) isResource_Kind() {}
@@ -948,6 +983,10 @@ func (*Resource_HttpRoute) isResource_Kind() {}
 func (*Resource_GrpcRoute) isResource_Kind() {}
 
 func (*Resource_Gateway) isResource_Kind() {}
+
+func (*Resource_TlsRoute) isResource_Kind() {}
+
+func (*Resource_TcpRoute) isResource_Kind() {}
 
 // Mesh is the mesh-wide settings (kind MeshConfig).
 type Mesh struct {
@@ -2832,7 +2871,7 @@ type GatewayListener struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Port  uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	// "HTTP" or "HTTPS".
+	// "HTTP", "HTTPS", "TLS" (passthrough) or "TCP".
 	Protocol string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	Hostname string `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// allowedRoutes.namespaces.from: "Same" or "All".
@@ -4028,7 +4067,7 @@ const file_config_proto_rawDesc = "" +
 	"\aremoved\x18\x05 \x03(\v2\x1b.ambit.v1alpha1.ResourceRefR\aremoved\"S\n" +
 	"\vResourceRef\x120\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1c.ambit.v1alpha1.ResourceTypeR\x04type\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xc1\x05\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xad\x06\n" +
 	"\bResource\x12-\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1b.ambit.v1alpha1.ResourceRefR\x03ref\x12*\n" +
 	"\x04mesh\x18\n" +
@@ -4044,7 +4083,9 @@ const file_config_proto_rawDesc = "" +
 	"http_route\x18\x12 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\thttpRoute\x126\n" +
 	"\n" +
 	"grpc_route\x18\x13 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\tgrpcRoute\x123\n" +
-	"\agateway\x18\x14 \x01(\v2\x17.ambit.v1alpha1.GatewayH\x00R\agatewayB\x06\n" +
+	"\agateway\x18\x14 \x01(\v2\x17.ambit.v1alpha1.GatewayH\x00R\agateway\x124\n" +
+	"\ttls_route\x18\x15 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\btlsRoute\x124\n" +
+	"\ttcp_route\x18\x16 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\btcpRouteB\x06\n" +
 	"\x04kind\"\xa6\x02\n" +
 	"\x04Mesh\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
@@ -4308,7 +4349,7 @@ const file_config_proto_rawDesc = "" +
 	"\x16PROXY_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROXY_KIND_NODE\x10\x01\x12\x17\n" +
 	"\x13PROXY_KIND_WAYPOINT\x10\x02\x12\x16\n" +
-	"\x12PROXY_KIND_GATEWAY\x10\x03*\xef\x02\n" +
+	"\x12PROXY_KIND_GATEWAY\x10\x03*\xa9\x03\n" +
 	"\fResourceType\x12\x1d\n" +
 	"\x19RESOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RESOURCE_TYPE_MESH\x10\x01\x12\x1b\n" +
@@ -4322,7 +4363,9 @@ const file_config_proto_rawDesc = "" +
 	"\x18RESOURCE_TYPE_HTTP_ROUTE\x10\t\x12\x1c\n" +
 	"\x18RESOURCE_TYPE_GRPC_ROUTE\x10\n" +
 	"\x12\x19\n" +
-	"\x15RESOURCE_TYPE_GATEWAY\x10\v*\xc8\x01\n" +
+	"\x15RESOURCE_TYPE_GATEWAY\x10\v\x12\x1b\n" +
+	"\x17RESOURCE_TYPE_TLS_ROUTE\x10\f\x12\x1b\n" +
+	"\x17RESOURCE_TYPE_TCP_ROUTE\x10\r*\xc8\x01\n" +
 	"\x11PathNormalization\x12\"\n" +
 	"\x1ePATH_NORMALIZATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17PATH_NORMALIZATION_NONE\x10\x01\x12\x1b\n" +
@@ -4447,63 +4490,65 @@ var file_config_proto_depIdxs = []int32{
 	32, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
 	32, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
 	34, // 16: ambit.v1alpha1.Resource.gateway:type_name -> ambit.v1alpha1.Gateway
-	53, // 17: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	2,  // 18: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
-	54, // 19: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	55, // 20: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	56, // 21: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
-	15, // 22: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	57, // 23: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	58, // 24: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
-	17, // 25: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	59, // 26: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
-	3,  // 27: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
-	19, // 28: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	22, // 29: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
-	20, // 30: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
-	21, // 31: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
-	26, // 32: ambit.v1alpha1.TrafficPolicy.retries:type_name -> ambit.v1alpha1.TrafficRetries
-	27, // 33: ambit.v1alpha1.TrafficPolicy.timeouts:type_name -> ambit.v1alpha1.TrafficTimeouts
-	28, // 34: ambit.v1alpha1.TrafficPolicy.circuit_breaker:type_name -> ambit.v1alpha1.CircuitBreaker
-	29, // 35: ambit.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambit.v1alpha1.OutlierDetection
-	30, // 36: ambit.v1alpha1.TrafficPolicy.rate_limit:type_name -> ambit.v1alpha1.RateLimit
-	31, // 37: ambit.v1alpha1.TrafficPolicy.fault:type_name -> ambit.v1alpha1.Fault
-	33, // 38: ambit.v1alpha1.Route.parents:type_name -> ambit.v1alpha1.RouteParent
-	37, // 39: ambit.v1alpha1.Route.rules:type_name -> ambit.v1alpha1.RouteRule
-	35, // 40: ambit.v1alpha1.Gateway.listeners:type_name -> ambit.v1alpha1.GatewayListener
-	36, // 41: ambit.v1alpha1.GatewayListener.certificates:type_name -> ambit.v1alpha1.GatewayCertificate
-	38, // 42: ambit.v1alpha1.RouteRule.matches:type_name -> ambit.v1alpha1.RouteMatch
-	42, // 43: ambit.v1alpha1.RouteRule.filters:type_name -> ambit.v1alpha1.RouteFilter
-	50, // 44: ambit.v1alpha1.RouteRule.backends:type_name -> ambit.v1alpha1.RouteBackend
-	51, // 45: ambit.v1alpha1.RouteRule.timeouts:type_name -> ambit.v1alpha1.RouteTimeouts
-	52, // 46: ambit.v1alpha1.RouteRule.retry:type_name -> ambit.v1alpha1.RouteRetry
-	39, // 47: ambit.v1alpha1.RouteMatch.path:type_name -> ambit.v1alpha1.PathMatch
-	40, // 48: ambit.v1alpha1.RouteMatch.query_params:type_name -> ambit.v1alpha1.ValueMatch
-	40, // 49: ambit.v1alpha1.RouteMatch.headers:type_name -> ambit.v1alpha1.ValueMatch
-	41, // 50: ambit.v1alpha1.RouteMatch.grpc_method:type_name -> ambit.v1alpha1.GRPCMethodMatch
-	4,  // 51: ambit.v1alpha1.PathMatch.type:type_name -> ambit.v1alpha1.MatchType
-	4,  // 52: ambit.v1alpha1.ValueMatch.type:type_name -> ambit.v1alpha1.MatchType
-	4,  // 53: ambit.v1alpha1.GRPCMethodMatch.type:type_name -> ambit.v1alpha1.MatchType
-	5,  // 54: ambit.v1alpha1.RouteFilter.type:type_name -> ambit.v1alpha1.FilterType
-	43, // 55: ambit.v1alpha1.RouteFilter.headers:type_name -> ambit.v1alpha1.HeaderFilter
-	45, // 56: ambit.v1alpha1.RouteFilter.redirect:type_name -> ambit.v1alpha1.RedirectFilter
-	46, // 57: ambit.v1alpha1.RouteFilter.rewrite:type_name -> ambit.v1alpha1.RewriteFilter
-	48, // 58: ambit.v1alpha1.RouteFilter.mirror:type_name -> ambit.v1alpha1.MirrorFilter
-	44, // 59: ambit.v1alpha1.HeaderFilter.set:type_name -> ambit.v1alpha1.HeaderValue
-	44, // 60: ambit.v1alpha1.HeaderFilter.add:type_name -> ambit.v1alpha1.HeaderValue
-	47, // 61: ambit.v1alpha1.RedirectFilter.path:type_name -> ambit.v1alpha1.PathModifier
-	47, // 62: ambit.v1alpha1.RewriteFilter.path:type_name -> ambit.v1alpha1.PathModifier
-	6,  // 63: ambit.v1alpha1.PathModifier.type:type_name -> ambit.v1alpha1.PathModifierType
-	49, // 64: ambit.v1alpha1.MirrorFilter.backend:type_name -> ambit.v1alpha1.ServiceRef
-	49, // 65: ambit.v1alpha1.RouteBackend.service:type_name -> ambit.v1alpha1.ServiceRef
-	42, // 66: ambit.v1alpha1.RouteBackend.filters:type_name -> ambit.v1alpha1.RouteFilter
-	8,  // 67: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	9,  // 68: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	68, // [68:69] is the sub-list for method output_type
-	67, // [67:68] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	32, // 17: ambit.v1alpha1.Resource.tls_route:type_name -> ambit.v1alpha1.Route
+	32, // 18: ambit.v1alpha1.Resource.tcp_route:type_name -> ambit.v1alpha1.Route
+	53, // 19: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	2,  // 20: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
+	54, // 21: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	55, // 22: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	56, // 23: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	15, // 24: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
+	57, // 25: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	58, // 26: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	17, // 27: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
+	59, // 28: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	3,  // 29: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
+	19, // 30: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
+	22, // 31: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	20, // 32: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
+	21, // 33: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
+	26, // 34: ambit.v1alpha1.TrafficPolicy.retries:type_name -> ambit.v1alpha1.TrafficRetries
+	27, // 35: ambit.v1alpha1.TrafficPolicy.timeouts:type_name -> ambit.v1alpha1.TrafficTimeouts
+	28, // 36: ambit.v1alpha1.TrafficPolicy.circuit_breaker:type_name -> ambit.v1alpha1.CircuitBreaker
+	29, // 37: ambit.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambit.v1alpha1.OutlierDetection
+	30, // 38: ambit.v1alpha1.TrafficPolicy.rate_limit:type_name -> ambit.v1alpha1.RateLimit
+	31, // 39: ambit.v1alpha1.TrafficPolicy.fault:type_name -> ambit.v1alpha1.Fault
+	33, // 40: ambit.v1alpha1.Route.parents:type_name -> ambit.v1alpha1.RouteParent
+	37, // 41: ambit.v1alpha1.Route.rules:type_name -> ambit.v1alpha1.RouteRule
+	35, // 42: ambit.v1alpha1.Gateway.listeners:type_name -> ambit.v1alpha1.GatewayListener
+	36, // 43: ambit.v1alpha1.GatewayListener.certificates:type_name -> ambit.v1alpha1.GatewayCertificate
+	38, // 44: ambit.v1alpha1.RouteRule.matches:type_name -> ambit.v1alpha1.RouteMatch
+	42, // 45: ambit.v1alpha1.RouteRule.filters:type_name -> ambit.v1alpha1.RouteFilter
+	50, // 46: ambit.v1alpha1.RouteRule.backends:type_name -> ambit.v1alpha1.RouteBackend
+	51, // 47: ambit.v1alpha1.RouteRule.timeouts:type_name -> ambit.v1alpha1.RouteTimeouts
+	52, // 48: ambit.v1alpha1.RouteRule.retry:type_name -> ambit.v1alpha1.RouteRetry
+	39, // 49: ambit.v1alpha1.RouteMatch.path:type_name -> ambit.v1alpha1.PathMatch
+	40, // 50: ambit.v1alpha1.RouteMatch.query_params:type_name -> ambit.v1alpha1.ValueMatch
+	40, // 51: ambit.v1alpha1.RouteMatch.headers:type_name -> ambit.v1alpha1.ValueMatch
+	41, // 52: ambit.v1alpha1.RouteMatch.grpc_method:type_name -> ambit.v1alpha1.GRPCMethodMatch
+	4,  // 53: ambit.v1alpha1.PathMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 54: ambit.v1alpha1.ValueMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 55: ambit.v1alpha1.GRPCMethodMatch.type:type_name -> ambit.v1alpha1.MatchType
+	5,  // 56: ambit.v1alpha1.RouteFilter.type:type_name -> ambit.v1alpha1.FilterType
+	43, // 57: ambit.v1alpha1.RouteFilter.headers:type_name -> ambit.v1alpha1.HeaderFilter
+	45, // 58: ambit.v1alpha1.RouteFilter.redirect:type_name -> ambit.v1alpha1.RedirectFilter
+	46, // 59: ambit.v1alpha1.RouteFilter.rewrite:type_name -> ambit.v1alpha1.RewriteFilter
+	48, // 60: ambit.v1alpha1.RouteFilter.mirror:type_name -> ambit.v1alpha1.MirrorFilter
+	44, // 61: ambit.v1alpha1.HeaderFilter.set:type_name -> ambit.v1alpha1.HeaderValue
+	44, // 62: ambit.v1alpha1.HeaderFilter.add:type_name -> ambit.v1alpha1.HeaderValue
+	47, // 63: ambit.v1alpha1.RedirectFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	47, // 64: ambit.v1alpha1.RewriteFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	6,  // 65: ambit.v1alpha1.PathModifier.type:type_name -> ambit.v1alpha1.PathModifierType
+	49, // 66: ambit.v1alpha1.MirrorFilter.backend:type_name -> ambit.v1alpha1.ServiceRef
+	49, // 67: ambit.v1alpha1.RouteBackend.service:type_name -> ambit.v1alpha1.ServiceRef
+	42, // 68: ambit.v1alpha1.RouteBackend.filters:type_name -> ambit.v1alpha1.RouteFilter
+	8,  // 69: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	9,  // 70: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	70, // [70:71] is the sub-list for method output_type
+	69, // [69:70] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -4523,6 +4568,8 @@ func file_config_proto_init() {
 		(*Resource_HttpRoute)(nil),
 		(*Resource_GrpcRoute)(nil),
 		(*Resource_Gateway)(nil),
+		(*Resource_TlsRoute)(nil),
+		(*Resource_TcpRoute)(nil),
 	}
 	file_config_proto_msgTypes[14].OneofWrappers = []any{
 		(*PolicyHeaderMatch_Exact)(nil),

@@ -25,15 +25,25 @@ func routeToPB(r *meshconfig.Route) *pb.Resource {
 	for i := range r.Rules {
 		out.Rules = append(out.Rules, ruleToPB(&r.Rules[i]))
 	}
-	if r.GRPC() {
+	switch r.Kind {
+	case meshconfig.KindGRPCRoute:
 		return &pb.Resource{Kind: &pb.Resource_GrpcRoute{GrpcRoute: out}}
+	case meshconfig.KindTLSRoute:
+		return &pb.Resource{Kind: &pb.Resource_TlsRoute{TlsRoute: out}}
+	case meshconfig.KindTCPRoute:
+		return &pb.Resource{Kind: &pb.Resource_TcpRoute{TcpRoute: out}}
 	}
 	return &pb.Resource{Kind: &pb.Resource_HttpRoute{HttpRoute: out}}
 }
 
 func routeType(r *meshconfig.Route) pb.ResourceType {
-	if r.GRPC() {
+	switch r.Kind {
+	case meshconfig.KindGRPCRoute:
 		return pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE
+	case meshconfig.KindTLSRoute:
+		return pb.ResourceType_RESOURCE_TYPE_TLS_ROUTE
+	case meshconfig.KindTCPRoute:
+		return pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE
 	}
 	return pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE
 }

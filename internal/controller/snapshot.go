@@ -318,7 +318,8 @@ func (s *snapshot) view(node string, k resKey, pols map[resKey]bool) (*res, bool
 			return nil, false
 		}
 		return s.policies[k.name].res, true
-	case pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE, pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE, pb.ResourceType_RESOURCE_TYPE_GATEWAY:
+	case pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE, pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE, pb.ResourceType_RESOURCE_TYPE_GATEWAY,
+		pb.ResourceType_RESOURCE_TYPE_TLS_ROUTE, pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE:
 		if !pols[k] {
 			return nil, false
 		}

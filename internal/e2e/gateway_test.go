@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -47,6 +48,8 @@ spec:
   - {name: shop, port: 443, protocol: HTTPS, hostname: shop.example.com, tls: {certificateRefs: [{name: shop-cert}]}}
   - {name: any, port: 443, protocol: HTTPS, hostname: "*.example.com", tls: {certificateRefs: [{name: wildcard-cert}]}}
   - {name: http, port: 80, protocol: HTTP}
+  - {name: passthrough, port: 8443, protocol: TLS, tls: {mode: Passthrough}}
+  - {name: tcp, port: 9000, protocol: TCP}
 ---
 apiVersion: v1
 kind: Secret
@@ -87,6 +90,37 @@ spec:
     backendRefs: [{name: canary, port: 80}]
   - backendRefs: [{name: stable, port: 80, weight: 80}, {name: canary, port: 80, weight: 20}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: demo}
+spec:
+  clusterIP: 10.96.0.32
+  selector: {track: stable}
+  ports: [{name: tls, port: 443, targetPort: 9443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec:
+  clusterIP: 10.96.0.33
+  selector: {track: stable}
+  ports: [{name: tcp, port: 7, targetPort: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: secure, namespace: demo}
+spec:
+  parentRefs: [{name: ingress, sectionName: passthrough}]
+  hostnames: [secure.example.com]
+  rules: [{backendRefs: [{name: secure, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{name: ingress, sectionName: tcp}]
+  rules: [{backendRefs: [{name: echo, port: 7}]}]
+---
 apiVersion: ambit.dev/v1alpha1
 kind: AccessPolicy
 metadata: {name: only-the-gateway, namespace: demo}
@@ -125,6 +159,31 @@ func TestPrivilegedGateway(t *testing.T) {
 	}
 	ca := newTestCA(t)
 	shop, wild := ca.issue(t, "shop.example.com"), ca.issue(t, "*.example.com")
+	// server-1 also serves TLS itself on 9443 (for passthrough) and a
+	// line echo on 8080 (for TCP).
+	secure := ca.issue(t, "secure.example.com")
+	serve(t, l, "server-1", 8080)
+	{
+		kp, err := tls.X509KeyPair([]byte(secure.cert), []byte(secure.key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tlsLn := tls.NewListener(listenIn(t, l, "server-1", 9443), &tls.Config{Certificates: []tls.Certificate{kp}})
+		go func() {
+			for {
+				c, err := tlsLn.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					buf := make([]byte, 64)
+					n, _ := c.Read(buf)
+					fmt.Fprintf(c, "server-1 over its own TLS got %s", buf[:n])
+				}()
+			}
+		}()
+	}
 	files := func(shop issued) []byte {
 		q := strconv.Quote
 		return []byte(fmt.Sprintf(gatewayFiles, q(shop.cert), q(shop.key), q(wild.cert), q(wild.key)))
@@ -320,6 +379,37 @@ func TestPrivilegedGateway(t *testing.T) {
 		}
 		if keep.served[0].SerialNumber.Cmp(shop.serial) != 0 {
 			t.Errorf("the keep-alive connection was not the one opened before the rotation")
+		}
+	})
+
+	t.Run("TLSRoute passes TLS through untouched, TCPRoute carries TCP", func(t *testing.T) {
+		c, err := l.DialFromPod(t.Context(), "outside-1", "tcp", net.JoinHostPort(gw.IPv4.String(), "8443"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: "secure.example.com", RootCAs: ca.pool})
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("TLS through the gateway's passthrough listener: %v", err)
+		}
+		if got := tc.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(secure.serial) != 0 {
+			t.Errorf("served serial %v; want server-1's own certificate %v (the gateway must not terminate)", got, secure.serial)
+		}
+		fmt.Fprint(tc, "hello")
+		if b, _ := io.ReadAll(tc); string(b) != "server-1 over its own TLS got hello" {
+			t.Errorf("over TLS passthrough: %q", b)
+		}
+		tc.Close()
+		c, err = l.DialFromPod(t.Context(), "outside-1", "tcp", net.JoinHostPort(gw.IPv4.String(), "9000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintln(c, "over-tcp")
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if !strings.HasPrefix(line, "server-1 ") || !strings.Contains(line, "got=over-tcp") {
+			t.Errorf("through the TCP listener: %q", line)
 		}
 	})
 

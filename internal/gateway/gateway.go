@@ -1,10 +1,12 @@
 // Package gateway runs an ingress gateway: the proxy of one Gateway API
 // Gateway (of a GatewayClass with controllerName
-// ambit.dev/gateway-controller). It owns the listeners (HTTP, and HTTPS
+// ambit.dev/gateway-controller). It owns the listeners (HTTP; HTTPS
 // terminating TLS with the certificate chosen by SNI among the listener's
-// Secrets, swapped in place when a Secret changes), hands each accepted
-// connection to the same L7 engine as the waypoint (internal/l7, with
-// l7.GatewayRoutes for the routes attached to the Gateway), and sends
+// Secrets, swapped in place when a Secret changes; TLS passed through to
+// the TLSRoute its ClientHello's server name selects; TCP to its
+// TCPRoute), hands each accepted connection to the same L7 engine as the
+// waypoint (internal/l7, with l7.GatewayRoutes for the routes attached to
+// the Gateway; Engine.ServeTCPTo for TLS and TCP), and sends
 // requests into the mesh through the tunnel (HBONE) with the gateway's own
 // SPIFFE identity, spiffe://<td>/ns/<ns>/sa/<name>, so AccessPolicies can
 // name it. Its configuration, listener key pairs included, and its
@@ -13,6 +15,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -187,11 +190,11 @@ func (g *Gateway) Update(cfg *meshconfig.Config) error {
 	return g.reconcile(want)
 }
 
-// portSpec is what one port serves: plaintext HTTP, or TLS with the
-// certificates of the HTTPS listeners on it.
+// portSpec is what one port serves: plaintext HTTP, HTTPS with the
+// certificates of the HTTPS listeners on it, TLS passed through, or TCP.
 type portSpec struct {
-	tls   bool
-	certs *certSet
+	protocol string // a meshconfig.Protocol*
+	certs    *certSet
 }
 
 // desiredPorts groups gw's listeners by port. Listeners on one port must
@@ -204,17 +207,16 @@ func desiredPorts(gw *meshconfig.Gateway) (map[uint16]portSpec, []string, error)
 		return want, nil, nil
 	}
 	for _, l := range gw.Listeners {
-		isTLS := l.Protocol == meshconfig.ProtocolHTTPS
 		if l.Problem != "" {
 			problems = append(problems, fmt.Sprintf("listener %s: %s", l.Name, l.Problem))
 		}
 		prev, ok := want[l.Port]
-		if ok && prev.tls != isTLS {
-			problems = append(problems, fmt.Sprintf("listener %s: port %d is already %s (another listener); Conflicted", l.Name, l.Port, map[bool]string{true: "HTTPS", false: "HTTP"}[prev.tls]))
+		if ok && prev.protocol != l.Protocol {
+			problems = append(problems, fmt.Sprintf("listener %s: port %d is already %s (another listener); Conflicted", l.Name, l.Port, prev.protocol))
 			continue
 		}
-		if !isTLS {
-			want[l.Port] = portSpec{}
+		if l.Protocol != meshconfig.ProtocolHTTPS {
+			want[l.Port] = portSpec{protocol: l.Protocol}
 			continue
 		}
 		var pairs []tls.Certificate
@@ -234,7 +236,7 @@ func desiredPorts(gw *meshconfig.Gateway) (map[uint16]portSpec, []string, error)
 			cs = &certSet{}
 		}
 		cs.listeners = append(cs.listeners, certListener{hostname: l.Hostname, certs: pairs})
-		want[l.Port] = portSpec{tls: true, certs: cs}
+		want[l.Port] = portSpec{protocol: l.Protocol, certs: cs}
 	}
 	for _, spec := range want {
 		if spec.certs != nil {
@@ -257,7 +259,7 @@ func (g *Gateway) reconcile(want map[uint16]portSpec) error {
 	}
 	var errs []error
 	for port, pl := range g.ports {
-		if spec, ok := want[port]; !ok || spec.tls != pl.tls {
+		if spec, ok := want[port]; !ok || spec.protocol != pl.protocol {
 			pl.ln.Close()
 			delete(g.ports, port)
 			g.log.Info("listener closed", "port", port)
@@ -265,7 +267,7 @@ func (g *Gateway) reconcile(want map[uint16]portSpec) error {
 	}
 	for port, spec := range want {
 		if pl, ok := g.ports[port]; ok {
-			if spec.tls {
+			if spec.certs != nil {
 				pl.certs.Store(spec.certs)
 			}
 			continue
@@ -276,14 +278,14 @@ func (g *Gateway) reconcile(want map[uint16]portSpec) error {
 			errs = append(errs, fmt.Errorf("gateway listener %s: %w", addr, err))
 			continue
 		}
-		pl := &portListener{g: g, port: port, tls: spec.tls, ln: ln}
-		if spec.tls {
+		pl := &portListener{g: g, port: port, protocol: spec.protocol, ln: ln}
+		if spec.certs != nil {
 			pl.certs.Store(spec.certs)
 		}
 		g.ports[port] = pl
 		g.wg.Add(1)
 		go pl.serve()
-		g.log.Info("listener open", "addr", ln.Addr().String(), "tls", spec.tls)
+		g.log.Info("listener open", "addr", ln.Addr().String(), "protocol", spec.protocol)
 	}
 	// A port that cannot be opened is reported by readiness and the log,
 	// not by refusing the configuration: the other listeners serve.
@@ -429,11 +431,11 @@ func (g *Gateway) dialEndpoint(ctx context.Context, ep netip.AddrPort) (net.Conn
 
 // portListener serves one listener port.
 type portListener struct {
-	g     *Gateway
-	port  uint16
-	tls   bool
-	ln    net.Listener
-	certs atomic.Pointer[certSet]
+	g        *Gateway
+	port     uint16
+	protocol string // a meshconfig.Protocol*
+	ln       net.Listener
+	certs    atomic.Pointer[certSet]
 }
 
 func (pl *portListener) serve() {
@@ -457,11 +459,14 @@ func (pl *portListener) serveConn(c net.Conn) {
 	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	local, _ := netip.ParseAddrPort(c.LocalAddr().String())
 	info := l7.ConnInfo{
-		Dst:         netip.AddrPortFrom(local.Addr().Unmap(), pl.port),
-		Src:         netip.AddrPortFrom(src.Addr().Unmap(), src.Port()),
-		AppProtocol: "http",
+		Dst: netip.AddrPortFrom(local.Addr().Unmap(), pl.port),
+		Src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()),
 	}
-	if pl.tls {
+	switch pl.protocol {
+	case meshconfig.ProtocolTLS, meshconfig.ProtocolTCP:
+		pl.serveL4(c, info)
+		return
+	case meshconfig.ProtocolHTTPS:
 		tc := tls.Server(c, &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			NextProtos:     []string{"h2", "http/1.1"},
@@ -478,7 +483,98 @@ func (pl *portListener) serveConn(c net.Conn) {
 		info.TLS = true
 		c = tc
 	}
+	info.AppProtocol = "http"
 	pl.g.engine.ServeConn(pl.g.ctx, c, info)
+}
+
+// serveL4 serves a connection to a TLS (passthrough) or TCP listener: the
+// route is chosen by the ClientHello's server name (TLS, read without
+// answering it) or by the listener (TCP), and the bytes, the ClientHello
+// included, go untouched to a backend of the route.
+func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
+	sni := ""
+	if pl.protocol == meshconfig.ProtocolTLS {
+		var err error
+		sni, c, err = peekSNI(c, HandshakeTimeout)
+		if err != nil {
+			pl.g.log.Debug("no TLS ClientHello", "client", info.Src, "port", pl.port, "err", err)
+			c.Close()
+			return
+		}
+	}
+	l, rt := pl.g.routes.Table().LookupL4(pl.port, sni)
+	var be *meshconfig.RouteBackend
+	if rt != nil {
+		be = rt.Pick(nil)
+	}
+	if be == nil {
+		what := "listener"
+		if l != nil {
+			what = "route of listener " + l.Name
+		}
+		pl.g.log.Info("connection refused", "log", "access", "gateway", pl.g.Key(), "client", info.Src.String(), "port", pl.port, "sni", sni,
+			"reason", fmt.Sprintf("no %s of gateway %s takes port %d, server name %q", what, pl.g.Key(), pl.port, sni))
+		c.Close()
+		return
+	}
+	pl.g.engine.ServeTCPTo(pl.g.ctx, c, info, be.Key(), be.Port)
+}
+
+// peekSNI reads c's TLS ClientHello (without answering it) and returns
+// its server name and a connection that replays what was read.
+func peekSNI(c net.Conn, timeout time.Duration) (string, net.Conn, error) {
+	rec := &recordingConn{Conn: c}
+	var sni string
+	errDone := errors.New("ClientHello read")
+	c.SetReadDeadline(time.Now().Add(timeout))
+	err := tls.Server(rec, &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		sni = h.ServerName
+		return nil, errDone
+	}}).Handshake()
+	c.SetReadDeadline(time.Time{})
+	pc := &prefixConn{Conn: c, prefix: rec.buf.Bytes()}
+	if !errors.Is(err, errDone) {
+		return "", pc, fmt.Errorf("not a TLS ClientHello: %v", err)
+	}
+	return sni, pc, nil
+}
+
+// recordingConn keeps what is read and writes nothing (the TLS server
+// that reads the ClientHello must not answer it).
+type recordingConn struct {
+	net.Conn
+	buf bytes.Buffer
+}
+
+func (r *recordingConn) Read(b []byte) (int, error) {
+	n, err := r.Conn.Read(b)
+	r.buf.Write(b[:n])
+	return n, err
+}
+
+func (r *recordingConn) Write(b []byte) (int, error) { return len(b), nil }
+
+// prefixConn reads prefix before the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// CloseWrite half-closes the connection underneath.
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
 }
 
 // certSet is the certificates of the HTTPS listeners on one port, the

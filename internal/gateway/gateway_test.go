@@ -360,3 +360,139 @@ func startNodeProxy(tb testing.TB, ca *identity.CA, certs *identity.Manager, id 
 	go node.Serve(ln)
 	tb.Cleanup(func() { node.Close(); ln.Close() })
 }
+
+const l4YAML = `apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ambit}
+spec: {controllerName: ambit.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: demo}
+spec:
+  gatewayClassName: ambit
+  listeners:
+  - {name: tls, port: %[1]d, protocol: TLS, tls: {mode: Passthrough}}
+  - {name: tcp, port: %[2]d, protocol: TCP}
+---
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: web-1, namespace: demo, labels: {app: web}}
+spec: {serviceAccount: web, node: node-1, addresses: [` + podIP + `]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: demo}
+spec: {clusterIP: 10.96.0.3, selector: {app: web}, ports: [{port: 443, targetPort: %[3]d}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec: {clusterIP: 10.96.0.4, selector: {app: web}, ports: [{port: 7, targetPort: %[4]d}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: secure, namespace: demo}
+spec:
+  parentRefs: [{name: ingress, sectionName: tls}]
+  hostnames: [secure.example.com]
+  rules: [{backendRefs: [{name: secure, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{name: ingress, sectionName: tcp}]
+  rules: [{backendRefs: [{name: echo, port: 7}]}]
+`
+
+// A TLS listener passes the TLS stream through untouched to the backend
+// of the TLSRoute that its SNI names (the client completes its handshake
+// with the backend's own certificate); an SNI no route takes is closed; a
+// TCP listener sends its bytes to the TCPRoute's backend.
+func TestGatewayPassthrough(t *testing.T) {
+	webID := testID("demo", "web")
+	ca, certs := testCA(t, webID)
+	startNodeProxy(t, ca, certs, webID, podIP, func(tunnel.Request) {})
+	backendCert := newCert(t, "secure.example.com")
+	kp, err := tls.X509KeyPair([]byte(backendCert.cert), []byte(backendCert.key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLn, err := tls.Listen("tcp", podIP+":0", &tls.Config{Certificates: []tls.Certificate{kp}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tlsLn.Close() })
+	echoLn, err := net.Listen("tcp", podIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echoLn.Close() })
+	for _, ln := range []net.Listener{tlsLn, echoLn} {
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					buf := make([]byte, 64)
+					n, _ := c.Read(buf)
+					fmt.Fprintf(c, "backend got %s", buf[:n])
+				}()
+			}
+		}()
+	}
+	tlsPort, tcpPort := freePort(t), freePort(t)
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(fmt.Sprintf(l4YAML, tlsPort, tcpPort, tlsLn.Addr().(*net.TCPAddr).Port, echoLn.Addr().(*net.TCPAddr).Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Namespace: "demo", Name: "ingress", Signer: ca, Bundle: ca.Bundle(), ListenHost: gwIP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Shutdown(context.Background()) })
+	if err := g.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, testutil.Timeout, "the gateway ready", func() string {
+		if ok, why := g.Ready(); !ok {
+			return fmt.Sprint(why)
+		}
+		return ""
+	})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(backendCert.cert))
+	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(gwIP, strconv.Itoa(int(tlsPort))), &tls.Config{ServerName: "secure.example.com", RootCAs: pool})
+	if err != nil {
+		t.Fatalf("TLS through the gateway to the backend: %v", err)
+	}
+	if got := tc.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(backendCert.serial) != 0 {
+		t.Errorf("served serial %v; want the backend's own %v (passthrough)", got, backendCert.serial)
+	}
+	fmt.Fprint(tc, "hello")
+	if b, _ := io.ReadAll(tc); string(b) != "backend got hello" {
+		t.Errorf("through TLS passthrough: %q", b)
+	}
+	tc.Close()
+	if _, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(gwIP, strconv.Itoa(int(tlsPort))), &tls.Config{ServerName: "other.example.com", RootCAs: pool}); err == nil {
+		t.Errorf("an SNI no TLSRoute takes reached a backend")
+	}
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(gwIP, strconv.Itoa(int(tcpPort))), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(c, "ping")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(c); string(b) != "backend got ping" {
+		t.Errorf("through the TCP listener: %q", b)
+	}
+	c.Close()
+}

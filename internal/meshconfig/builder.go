@@ -337,8 +337,10 @@ func (b *Builder) AddRoute(r Route) error {
 }
 
 func (b *Builder) addRoute(in Route, at pos) error {
-	if in.Kind != KindHTTPRoute && in.Kind != KindGRPCRoute {
-		return fieldErr("kind", "route %s/%s: kind %q; use %s or %s", in.Namespace, in.Name, in.Kind, KindHTTPRoute, KindGRPCRoute)
+	switch in.Kind {
+	case KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute:
+	default:
+		return fieldErr("kind", "route %s/%s: kind %q; use %s, %s, %s or %s", in.Namespace, in.Name, in.Kind, KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute)
 	}
 	if err := CheckMeta(in.Kind, in.Name, in.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
@@ -356,6 +358,9 @@ func (b *Builder) addRoute(in Route, at pos) error {
 		ns, name, ok := strings.Cut(key, "/")
 		if !ok || ns == "" || name == "" || (p.Gateway != "" && p.Service != "") {
 			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: %s %q is not namespace/name", r.Kind, r.Key(), i, what, key)
+		}
+		if r.L4() && p.Gateway == "" {
+			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: a %s attaches to a Gateway's listener, not to a Service", r.Kind, r.Key(), i, r.Kind)
 		}
 	}
 	for i, h := range r.Hostnames {

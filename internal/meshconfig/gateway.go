@@ -19,10 +19,13 @@ const (
 // GatewayControllerName is the GatewayClass controllerName Ambit serves.
 const GatewayControllerName = "ambit.dev/gateway-controller"
 
-// Listener protocols a gateway serves.
+// Listener protocols a gateway serves: HTTP, HTTPS (TLS terminated),
+// TLS (passed through, routed by SNI with TLSRoutes) and TCP (TCPRoutes).
 const (
 	ProtocolHTTP  = "HTTP"
 	ProtocolHTTPS = "HTTPS"
+	ProtocolTLS   = "TLS"
+	ProtocolTCP   = "TCP"
 )
 
 // Which namespaces' routes a listener takes (allowedRoutes.namespaces.from).
@@ -140,9 +143,9 @@ func (b *Builder) addGateway(in Gateway, at pos) error {
 			return fieldErr(f+".port", "Gateway %s: %s.port is missing", g.Key(), f)
 		}
 		switch l.Protocol {
-		case ProtocolHTTP, ProtocolHTTPS:
+		case ProtocolHTTP, ProtocolHTTPS, ProtocolTLS, ProtocolTCP:
 		default:
-			return fieldErr(f+".protocol", "Gateway %s: %s.protocol %q; Ambit's gateway serves %s and %s", g.Key(), f, l.Protocol, ProtocolHTTP, ProtocolHTTPS)
+			return fieldErr(f+".protocol", "Gateway %s: %s.protocol %q; Ambit's gateway serves %s, %s, %s (passthrough) and %s", g.Key(), f, l.Protocol, ProtocolHTTP, ProtocolHTTPS, ProtocolTLS, ProtocolTCP)
 		}
 		if l.Hostname != "" {
 			if err := CheckHostname(l.Hostname); err != nil {
@@ -156,8 +159,8 @@ func (b *Builder) addGateway(in Gateway, at pos) error {
 		default:
 			return fieldErr(f+".allowedRoutes.namespaces.from", "Gateway %s: %s.allowedRoutes.namespaces.from %q; use %s or %s", g.Key(), f, l.RoutesFrom, RoutesFromSame, RoutesFromAll)
 		}
-		if l.Protocol == ProtocolHTTP && len(l.CertificateRefs)+len(l.Certificates) > 0 {
-			return fieldErr(f+".tls", "Gateway %s: %s is HTTP and has tls; use protocol HTTPS to terminate TLS", g.Key(), f)
+		if l.Protocol != ProtocolHTTPS && len(l.CertificateRefs)+len(l.Certificates) > 0 {
+			return fieldErr(f+".tls", "Gateway %s: %s is %s and has certificates; use protocol HTTPS to terminate TLS", g.Key(), f, l.Protocol)
 		}
 		for _, r := range l.CertificateRefs {
 			if ns, n, ok := strings.Cut(r, "/"); !ok || ns == "" || n == "" {

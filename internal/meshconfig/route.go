@@ -9,7 +9,10 @@ import "time"
 // the API's defaults applied; the waypoint's L7 engine compiles it
 // (internal/l7/route).
 type Route struct {
-	Kind            string // KindHTTPRoute or KindGRPCRoute
+	// Kind is KindHTTPRoute or KindGRPCRoute, or KindTLSRoute or
+	// KindTCPRoute (Gateway parents only; their rules have backends
+	// only).
+	Kind            string
 	Namespace, Name string
 	// Parents are the route's Service and Gateway parentRefs in the
 	// order declared; Build indexes the route under the Services that
@@ -31,6 +34,10 @@ func (r *Route) Key() string { return r.Namespace + "/" + r.Name }
 
 // GRPC reports whether r is a GRPCRoute.
 func (r *Route) GRPC() bool { return r.Kind == KindGRPCRoute }
+
+// L4 reports whether r is a TLSRoute or a TCPRoute: routed by SNI or by
+// listener, never at the request level.
+func (r *Route) L4() bool { return r.Kind == KindTLSRoute || r.Kind == KindTCPRoute }
 
 // RouteParent is a Service or a Gateway a route attaches to: a Service
 // on one port or all; a Gateway on one listener (SectionName), the

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -81,13 +82,20 @@ func GatewayFromSpec(namespace, name string, spec *gatewayv1.GatewaySpec) (meshc
 			ml.Hostname = string(*l.Hostname)
 		}
 		switch l.Protocol {
-		case gatewayv1.HTTPProtocolType, gatewayv1.HTTPSProtocolType:
+		case gatewayv1.HTTPProtocolType, gatewayv1.HTTPSProtocolType, gatewayv1.TCPProtocolType:
+		case gatewayv1.TLSProtocolType:
+			if l.TLS == nil || l.TLS.Mode == nil || *l.TLS.Mode != gatewayv1.TLSModePassthrough || len(l.TLS.CertificateRefs) > 0 {
+				return g, fieldErr(f+".tls", "Gateway %s: %s is TLS: Ambit's gateway passes TLS through (tls: {mode: Passthrough}, no certificateRefs) to the backends of TLSRoutes; to terminate TLS use protocol HTTPS", key, f)
+			}
 		default:
-			return g, fieldErr(f+".protocol", "Gateway %s: %s.protocol %q is not served by Ambit's gateway yet; use HTTP or HTTPS", key, f, l.Protocol)
+			return g, fieldErr(f+".protocol", "Gateway %s: %s.protocol %q is not served by Ambit's gateway; use HTTP, HTTPS, TLS (passthrough) or TCP", key, f, l.Protocol)
 		}
-		if t := l.TLS; t != nil {
+		if t := l.TLS; t != nil && l.Protocol != gatewayv1.TLSProtocolType {
+			if l.Protocol != gatewayv1.HTTPSProtocolType {
+				return g, fieldErr(f+".tls", "Gateway %s: %s is %s and has tls; only HTTPS (terminate) and TLS (passthrough) listeners take it", key, f, l.Protocol)
+			}
 			if t.Mode != nil && *t.Mode != gatewayv1.TLSModeTerminate {
-				return g, fieldErr(f+".tls.mode", "Gateway %s: %s.tls.mode %q: an HTTPS listener terminates TLS; leave mode unset or Terminate", key, f, *t.Mode)
+				return g, fieldErr(f+".tls.mode", "Gateway %s: %s.tls.mode %q: an HTTPS listener terminates TLS; leave mode unset or Terminate (for passthrough use protocol TLS)", key, f, *t.Mode)
 			}
 			for j, ref := range t.CertificateRefs {
 				rf := fmt.Sprintf("%s.tls.certificateRefs[%d]", f, j)
@@ -114,14 +122,25 @@ func GatewayFromSpec(namespace, name string, spec *gatewayv1.GatewaySpec) (meshc
 				}
 			}
 			for j, k := range ar.Kinds {
-				if k.Kind != meshconfig.KindHTTPRoute && k.Kind != meshconfig.KindGRPCRoute {
-					return g, fieldErr(fmt.Sprintf("%s.allowedRoutes.kinds[%d]", f, j), "Gateway %s: route kind %q cannot attach to an HTTP or HTTPS listener; use HTTPRoute or GRPCRoute", key, k.Kind)
+				if want := routeKindsFor(string(l.Protocol)); !slices.Contains(want, string(k.Kind)) {
+					return g, fieldErr(fmt.Sprintf("%s.allowedRoutes.kinds[%d]", f, j), "Gateway %s: route kind %q cannot attach to a %s listener; use %s", key, k.Kind, l.Protocol, strings.Join(want, " or "))
 				}
 			}
 		}
 		g.Listeners = append(g.Listeners, ml)
 	}
 	return g, nil
+}
+
+// routeKindsFor lists the route kinds a listener of protocol takes.
+func routeKindsFor(protocol string) []string {
+	switch protocol {
+	case meshconfig.ProtocolTLS:
+		return []string{meshconfig.KindTLSRoute}
+	case meshconfig.ProtocolTCP:
+		return []string{meshconfig.KindTCPRoute}
+	}
+	return []string{meshconfig.KindHTTPRoute, meshconfig.KindGRPCRoute}
 }
 
 func deref[T ~string](p *T) string {

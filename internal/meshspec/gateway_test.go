@@ -12,7 +12,10 @@ func TestGatewayFiles(t *testing.T) {
 	doc := func(class, listeners string) string { return strings.Replace(gw, "%s", class, 1) + listeners }
 	for _, tc := range []struct{ name, yaml, want string }{
 		{"no class", doc("ambit", "  - {name: http, port: 80, protocol: HTTP}\n"), `x.yaml:1: Gateway edge/gw: GatewayClass "ambit" is not defined; add one with spec.controllerName: ambit.dev/gateway-controller`},
-		{"protocol", gwClass + doc("ambit", "  - {name: t, port: 443, protocol: TLS}\n"), `x.yaml:12: Gateway edge/gw: spec.listeners[0].protocol "TLS" is not served by Ambit's gateway yet; use HTTP or HTTPS`},
+		{"protocol", gwClass + doc("ambit", "  - {name: u, port: 53, protocol: UDP}\n"), `x.yaml:12: Gateway edge/gw: spec.listeners[0].protocol "UDP" is not served by Ambit's gateway; use HTTP, HTTPS, TLS (passthrough) or TCP`},
+		{"tls terminate", gwClass + doc("ambit", "  - {name: t, port: 443, protocol: TLS}\n"), "spec.listeners[0] is TLS: Ambit's gateway passes TLS through (tls: {mode: Passthrough}"},
+		{"kinds", gwClass + doc("ambit", "  - {name: t, port: 9000, protocol: TCP, allowedRoutes: {kinds: [{kind: HTTPRoute}]}}\n"), `route kind "HTTPRoute" cannot attach to a TCP listener; use TCPRoute`},
+		{"tls route on a service", "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {name: t, namespace: edge}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: s}]\n  rules: [{backendRefs: [{name: s, port: 443}]}]\n", "a TLSRoute attaches to a Gateway's listener"},
 		{"https without tls", gwClass + doc("ambit", "  - {name: s, port: 443, protocol: HTTPS}\n"), "spec.listeners[0] is HTTPS: give it tls.certificateRefs"},
 		{"passthrough", gwClass + doc("ambit", "  - {name: s, port: 443, protocol: HTTPS, tls: {mode: Passthrough, certificateRefs: [{name: c}]}}\n"), `tls.mode "Passthrough"`},
 		{"foreign secret", gwClass + doc("ambit", "  - {name: s, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c, namespace: other}]}}\n"), "ReferenceGrant is not supported yet"},

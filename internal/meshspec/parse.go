@@ -136,6 +136,18 @@ type httpRouteDoc struct {
 	Spec     gatewayv1.HTTPRouteSpec `yaml:"spec" json:"spec"`
 }
 
+type tlsRouteDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta                   `yaml:"metadata" json:"metadata"`
+	Spec     gatewayv1.TLSRouteSpec `yaml:"spec" json:"spec"`
+}
+
+type tcpRouteDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta                   `yaml:"metadata" json:"metadata"`
+	Spec     gatewayv1.TCPRouteSpec `yaml:"spec" json:"spec"`
+}
+
 type grpcRouteDoc struct {
 	header   `yaml:",inline"`
 	Metadata meta                    `yaml:"metadata" json:"metadata"`
@@ -156,6 +168,8 @@ var kinds = map[string]struct {
 	meshconfig.KindTrafficPolicy: {AmbitAPIVersion, func() any { return new(trafficPolicyDoc) }, true},
 	meshconfig.KindHTTPRoute:     {GatewayAPIVersion, func() any { return new(httpRouteDoc) }, true},
 	meshconfig.KindGRPCRoute:     {GatewayAPIVersion, func() any { return new(grpcRouteDoc) }, true},
+	meshconfig.KindTLSRoute:      {GatewayAPIVersion, func() any { return new(tlsRouteDoc) }, true},
+	meshconfig.KindTCPRoute:      {GatewayAPIVersion, func() any { return new(tcpRouteDoc) }, true},
 	KindGatewayClass:             {GatewayAPIVersion, func() any { return new(gatewayClassDoc) }, true},
 	meshconfig.KindGateway:       {GatewayAPIVersion, func() any { return new(gatewayDoc) }, true},
 	meshconfig.KindSecret:        {CoreAPIVersion, func() any { return new(secretDoc) }, false},
@@ -479,6 +493,10 @@ func fromDoc(file string, n *yaml.Node, doc any) (any, error) {
 		return httpRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
 	case *grpcRouteDoc:
 		return grpcRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
+	case *tlsRouteDoc:
+		return tlsRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
+	case *tcpRouteDoc:
+		return tcpRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
 	case *gatewayClassDoc:
 		if d.Metadata.Name == "" {
 			return nil, fieldErr("metadata.name", "GatewayClass has no metadata.name")

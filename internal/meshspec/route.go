@@ -85,6 +85,59 @@ func grpcRoute(namespace, name string, created time.Time, spec *gatewayv1.GRPCRo
 	return r, nil
 }
 
+// l4Route converts a TLSRoute's or TCPRoute's parents, hostnames and
+// rules: Gateway parents only, one rule of weighted backends.
+func l4Route(kind, namespace, name string, created time.Time, refs []gatewayv1.ParentReference, hosts []gatewayv1.Hostname, backends [][]gatewayv1.BackendRef) (meshconfig.Route, error) {
+	r, rc, err := newRoute(kind, namespace, name, created)
+	if err != nil {
+		return r, err
+	}
+	if r.Parents, err = rc.parents(refs); err != nil {
+		return r, err
+	}
+	for i, p := range r.Parents {
+		if p.Gateway == "" {
+			return r, rc.err(fmt.Sprintf("spec.parentRefs[%d]", i), "a %s attaches to a Gateway's listener; drop group and kind (or use kind: Gateway)", kind)
+		}
+	}
+	r.Hostnames = hostnames(hosts)
+	if len(backends) != 1 {
+		return r, rc.err("spec.rules", "%d rules; a %s takes exactly one rule with its backendRefs", len(backends), kind)
+	}
+	var rule meshconfig.RouteRule
+	for i := range backends[0] {
+		ref := &backends[0][i]
+		be, err := rc.backend(fmt.Sprintf("spec.rules[0].backendRefs[%d]", i), &ref.BackendObjectReference, ref.Weight, func(string) ([]meshconfig.RouteFilter, error) { return nil, nil })
+		if err != nil {
+			return r, err
+		}
+		rule.Backends = append(rule.Backends, be)
+	}
+	if len(rule.Backends) == 0 {
+		return r, rc.err("spec.rules[0].backendRefs", "empty; name the Service (and port) to send the connections to")
+	}
+	r.Rules = []meshconfig.RouteRule{rule}
+	return r, nil
+}
+
+// tlsRoute converts a TLSRoute's spec (passthrough, routed by SNI).
+func tlsRoute(namespace, name string, created time.Time, spec *gatewayv1.TLSRouteSpec) (meshconfig.Route, error) {
+	var bs [][]gatewayv1.BackendRef
+	for _, rule := range spec.Rules {
+		bs = append(bs, rule.BackendRefs)
+	}
+	return l4Route(meshconfig.KindTLSRoute, namespace, name, created, spec.ParentRefs, spec.Hostnames, bs)
+}
+
+// tcpRoute converts a TCPRoute's spec.
+func tcpRoute(namespace, name string, created time.Time, spec *gatewayv1.TCPRouteSpec) (meshconfig.Route, error) {
+	var bs [][]gatewayv1.BackendRef
+	for _, rule := range spec.Rules {
+		bs = append(bs, rule.BackendRefs)
+	}
+	return l4Route(meshconfig.KindTCPRoute, namespace, name, created, spec.ParentRefs, nil, bs)
+}
+
 // parents converts the parentRefs: Services (GAMMA: the waypoint serves
 // the route) and Gateways (an ingress gateway serves it), with the
 // Gateway API's defaults (a parentRef without group and kind names a

@@ -30,6 +30,34 @@ type GatewayTable struct {
 type gatewayListener struct {
 	l     meshconfig.Listener
 	hosts []*hostRouter // most specific first
+	l4    []*L4Route    // a TLS or TCP listener's routes, most specific host first, then oldest
+}
+
+// L4Route is a TLSRoute or TCPRoute as a listener serves it: the host
+// (SNI) it takes there ("" any) and its weighted backends.
+type L4Route struct {
+	// Route is "namespace/name".
+	Route    string
+	Host     string
+	Backends []meshconfig.RouteBackend
+}
+
+// Pick chooses a backend by weight; nil when every weight is 0.
+func (r *L4Route) Pick(rnd Rand) *meshconfig.RouteBackend {
+	var total int64
+	for _, b := range r.Backends {
+		total += int64(max(b.Weight, 0))
+	}
+	if total == 0 {
+		return nil
+	}
+	x := randInt64N(rnd, total)
+	for i := range r.Backends {
+		if x -= int64(max(r.Backends[i].Weight, 0)); x < 0 {
+			return &r.Backends[i]
+		}
+	}
+	return nil
 }
 
 type hostRouter struct {
@@ -47,6 +75,15 @@ func CompileGateway(cfg *meshconfig.Config, gw *meshconfig.Gateway) *GatewayTabl
 		for _, r := range cfg.Routes {
 			hosts := attach(gw, &l, r)
 			if len(hosts) == 0 {
+				continue
+			}
+			if r.L4() {
+				if l.Protocol == meshconfig.ProtocolTCP {
+					hosts = []string{""} // a TCP listener has no host to route by
+				}
+				for _, h := range hosts {
+					gl.l4 = append(gl.l4, &L4Route{Route: r.Key(), Host: h, Backends: r.Rules[0].Backends})
+				}
 				continue
 			}
 			c := compileRoute(cfg, r)
@@ -72,6 +109,7 @@ func CompileGateway(cfg *meshconfig.Config, gw *meshconfig.Gateway) *GatewayTabl
 			gl.hosts = append(gl.hosts, &hostRouter{host: h, rt: rt})
 		}
 		sort.SliceStable(gl.hosts, func(i, j int) bool { return MoreSpecific(gl.hosts[i].host, gl.hosts[j].host) })
+		sort.SliceStable(gl.l4, func(i, j int) bool { return MoreSpecific(gl.l4[i].Host, gl.l4[j].Host) })
 		t.ports[l.Port] = append(t.ports[l.Port], gl)
 	}
 	for _, ls := range t.ports {
@@ -98,10 +136,18 @@ func attach(gw *meshconfig.Gateway, l *meshconfig.Listener, r *meshconfig.Route)
 }
 
 // RoutesAllowed reports whether listener l of gw takes routes of r's
-// namespace and kind (allowedRoutes).
+// namespace and kind (allowedRoutes; the kinds its protocol carries:
+// HTTPRoute and GRPCRoute on HTTP and HTTPS, TLSRoute on TLS, TCPRoute
+// on TCP).
 func RoutesAllowed(gw *meshconfig.Gateway, l *meshconfig.Listener, r *meshconfig.Route) bool {
 	if l.RoutesFrom != meshconfig.RoutesFromAll && r.Namespace != gw.Namespace {
 		return false
+	}
+	switch l.Protocol {
+	case meshconfig.ProtocolTLS:
+		return r.Kind == meshconfig.KindTLSRoute
+	case meshconfig.ProtocolTCP:
+		return r.Kind == meshconfig.KindTCPRoute
 	}
 	return r.Kind == meshconfig.KindHTTPRoute || r.Kind == meshconfig.KindGRPCRoute
 }
@@ -184,6 +230,30 @@ func (t *GatewayTable) Lookup(port uint16, host string) (*meshconfig.Listener, *
 		for _, hr := range gl.hosts {
 			if HostMatches(hr.host, host) {
 				return &gl.l, hr.rt
+			}
+		}
+		return &gl.l, nil
+	}
+	return nil, nil
+}
+
+// LookupL4 finds the TLS or TCP listener on port for sni (a TLS
+// ClientHello's server name; "" for TCP or a client that sends none) and
+// the route that takes the connection there: for TLS the most specific
+// route hostname that matches sni, for TCP the oldest route. A nil route
+// means no route takes it (the connection is closed).
+func (t *GatewayTable) LookupL4(port uint16, sni string) (*meshconfig.Listener, *L4Route) {
+	if t == nil {
+		return nil, nil
+	}
+	sni = strings.ToLower(strings.TrimSuffix(sni, "."))
+	for _, gl := range t.ports[port] {
+		if gl.l.Protocol == meshconfig.ProtocolTLS && gl.l.Hostname != "" && !HostMatches(gl.l.Hostname, sni) {
+			continue
+		}
+		for _, r := range gl.l4 {
+			if HostMatches(r.Host, sni) {
+				return &gl.l, r
 			}
 		}
 		return &gl.l, nil

@@ -3,6 +3,7 @@ package route
 import (
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
@@ -74,5 +75,45 @@ func TestCompileGateway(t *testing.T) {
 		if gotL != tc.listener || gotR != tc.routes {
 			t.Errorf("port %d host %q: listener %q routes %q; want %q %q", tc.port, tc.host, gotL, gotR, tc.listener, tc.routes)
 		}
+	}
+}
+
+// TLSRoutes attach to TLS listeners and are chosen by SNI, most specific
+// hostname first; a TCPRoute takes its TCP listener whatever the name;
+// an HTTPRoute does not attach to either.
+func TestLookupL4(t *testing.T) {
+	gw := &meshconfig.Gateway{Namespace: "edge", Name: "gw", Listeners: []meshconfig.Listener{
+		{Name: "tls", Port: 443, Protocol: meshconfig.ProtocolTLS, RoutesFrom: meshconfig.RoutesFromSame},
+		{Name: "tcp", Port: 9000, Protocol: meshconfig.ProtocolTCP, RoutesFrom: meshconfig.RoutesFromSame},
+	}}
+	be := func(name string) []meshconfig.RouteRule {
+		return []meshconfig.RouteRule{{Backends: []meshconfig.RouteBackend{{ServiceRef: meshconfig.ServiceRef{Namespace: "edge", Name: name, Port: 443}, Weight: 1}}}}
+	}
+	cfg := &meshconfig.Config{Routes: []*meshconfig.Route{
+		{Kind: meshconfig.KindTLSRoute, Namespace: "edge", Name: "wild", Parents: []meshconfig.RouteParent{{Gateway: "edge/gw"}}, Hostnames: []string{"*.example.com"}, Rules: be("wild")},
+		{Kind: meshconfig.KindTLSRoute, Namespace: "edge", Name: "exact", Parents: []meshconfig.RouteParent{{Gateway: "edge/gw"}}, Hostnames: []string{"a.example.com"}, Rules: be("exact")},
+		{Kind: meshconfig.KindTCPRoute, Namespace: "edge", Name: "tcp", Parents: []meshconfig.RouteParent{{Gateway: "edge/gw", SectionName: "tcp"}}, Rules: be("tcp")},
+		{Kind: meshconfig.KindHTTPRoute, Namespace: "edge", Name: "http", Parents: []meshconfig.RouteParent{{Gateway: "edge/gw"}}, Rules: be("http")},
+	}}
+	tb := CompileGateway(cfg, gw)
+	for _, tc := range []struct {
+		port uint16
+		sni  string
+		want string
+	}{{443, "a.example.com", "edge/exact"}, {443, "b.example.com", "edge/wild"}, {443, "example.org", ""}, {9000, "", "edge/tcp"}} {
+		_, r := tb.LookupL4(tc.port, tc.sni)
+		got := ""
+		if r != nil {
+			got = r.Route
+			if b := r.Pick(nil); b == nil || b.Name != strings.TrimPrefix(got, "edge/") {
+				t.Errorf("%s: picked %v", got, b)
+			}
+		}
+		if got != tc.want {
+			t.Errorf("port %d SNI %q: route %q, want %q", tc.port, tc.sni, got, tc.want)
+		}
+	}
+	if _, rt := tb.Lookup(443, "a.example.com"); rt != nil {
+		t.Errorf("an HTTPRoute attached to a TLS listener")
 	}
 }
