@@ -75,6 +75,17 @@ func (b *Builder) AddGRPCRoute(r *gatewayv1.GRPCRoute) error {
 	return b.AddRoute(m)
 }
 
+// TLSRoute converts a TLSRoute (a gateway's TLS passthrough) into the
+// model, or says what is wrong with it.
+func TLSRoute(r *gatewayv1.TLSRoute) (meshconfig.Route, error) {
+	return tlsRoute(r.Namespace, r.Name, r.CreationTimestamp.Time, &r.Spec)
+}
+
+// TCPRoute converts a TCPRoute into the model, as TLSRoute.
+func TCPRoute(r *gatewayv1.TCPRoute) (meshconfig.Route, error) {
+	return tcpRoute(r.Namespace, r.Name, r.CreationTimestamp.Time, &r.Spec)
+}
+
 // HTTPRoute converts an HTTPRoute into the model, with the Gateway API's
 // defaults applied, or says what is wrong with it.
 func HTTPRoute(r *gatewayv1.HTTPRoute) (meshconfig.Route, error) {

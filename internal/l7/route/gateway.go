@@ -135,6 +135,12 @@ func attach(gw *meshconfig.Gateway, l *meshconfig.Listener, r *meshconfig.Route)
 	return IntersectHostnames(l.Hostname, r.Hostnames)
 }
 
+// Attaches reports whether r attaches to listener l of gw (parentRef,
+// allowedRoutes, hostnames).
+func Attaches(gw *meshconfig.Gateway, l *meshconfig.Listener, r *meshconfig.Route) bool {
+	return len(attach(gw, l, r)) > 0
+}
+
 // RoutesAllowed reports whether listener l of gw takes routes of r's
 // namespace and kind (allowedRoutes; the kinds its protocol carries:
 // HTTPRoute and GRPCRoute on HTTP and HTTPS, TLSRoute on TLS, TCPRoute
