@@ -1,6 +1,6 @@
 // Package testutil holds the helpers tests share: waiting for a condition
-// instead of sleeping, and a buffer that a server's goroutines can log into
-// while the test reads it.
+// instead of sleeping, a buffer that a server's goroutines can log into
+// while the test reads it, free loopback ports and a mesh CA in files.
 package testutil
 
 import (
