@@ -213,7 +213,6 @@ spec:
 	// Existing connections were not touched.
 	s.say(t, "controller back")
 	// The new controller process is the one to watch from now on.
-	time.Sleep(300 * time.Millisecond)
 	s.baseline(t, "controller")
 }
 
@@ -294,7 +293,7 @@ func (s *badLab) tunnels(t *testing.T) map[uint16]bool {
 func (s *badLab) certExpiry(t *testing.T) {
 	wait := time.Until(s.certsNotAfter) + time.Second
 	t.Logf("waiting %s for every certificate of the start (latest NotAfter %s) to expire", wait.Round(time.Millisecond), s.certsNotAfter.Format(time.TimeOnly))
-	time.Sleep(wait)
+	time.Sleep(wait) // the condition is the wall clock passing NotAfter
 	// The connection opened at the start rides a tunnel whose
 	// certificates (both ends) have expired: it keeps working.
 	s.say(t, "after expiry")

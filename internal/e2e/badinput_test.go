@@ -165,7 +165,6 @@ func newBadLab(t *testing.T) *badLab {
 	if len(s.earlyTunnels) == 0 {
 		t.Fatal("client-1 has no tunnel connection to server-2 although the held connection is open")
 	}
-	time.Sleep(500 * time.Millisecond)
 	for _, d := range daemons {
 		s.baseline(t, d)
 	}
@@ -176,12 +175,26 @@ func newBadLab(t *testing.T) *badLab {
 // checks: the node proxies and the controller.
 var daemons = []string{"node-1", "node-2", "controller"}
 
-// baseline records daemon's descriptors and goroutines now.
+// baseline records daemon's descriptors and goroutines once they stop
+// changing.
 func (s *badLab) baseline(t *testing.T, daemon string) {
 	t.Helper()
-	u, err := s.usage(daemon)
-	if err != nil {
-		t.Fatal(err)
+	// What the warm-up or a restart set going (closing connections,
+	// finishing goroutines) is over once two readings in a row agree.
+	var u, prev usage
+	steady := false
+	for deadline := time.Now().Add(settleWithin); ; time.Sleep(200 * time.Millisecond) {
+		var err error
+		if u, err = s.usage(daemon); err != nil {
+			t.Fatal(err)
+		}
+		if steady = u == prev; steady || time.Now().After(deadline) {
+			break
+		}
+		prev = u
+	}
+	if !steady {
+		t.Logf("%s still changing after %v (last %d descriptors, %d goroutines before): the baseline is the last reading", daemon, settleWithin, prev.fds, prev.goroutines)
 	}
 	s.base[daemon] = u
 	t.Logf("%s baseline: %d descriptors, %d goroutines", daemon, u.fds, u.goroutines)

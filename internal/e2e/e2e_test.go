@@ -675,11 +675,11 @@ func sniffFilter(t *testing.T, l *lab.Lab, filter string, fn func()) []byte {
 		})
 	}
 	t.Cleanup(stop)
-	// Wait until tcpdump listens.
-	for i := 0; i < 100 && !strings.Contains(stderr.String(), "listening on"); i++ {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.WaitFor(t, "tcpdump to listen", func() bool { return strings.Contains(stderr.String(), "listening on") })
 	fn()
+	// A grace, not a wait on an event: packets fn's traffic put on the
+	// wire are written out before tcpdump is interrupted (nothing tells
+	// when tcpdump has read the last of them).
 	time.Sleep(200 * time.Millisecond)
 	stop()
 	data, err := os.ReadFile(file)

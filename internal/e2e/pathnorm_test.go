@@ -260,7 +260,10 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 			}
 		}
 		// The backend received the one allowed request, normalized, and
-		// nothing of the others.
+		// nothing of the others. It records a request before it answers,
+		// so the 200 means the allowed one is in; the sleep is a
+		// deliberate hold in which a denied request that the waypoint
+		// passed on anyway (answering 403 all the same) would arrive too.
 		time.Sleep(200 * time.Millisecond)
 		seen := backend.take()
 		if len(seen) != 1 || !strings.HasSuffix(seen[0], " /public/a/b/c") {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // held is a long-lived connection from a pod (the E2E_HOLD helper).
@@ -243,10 +244,19 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 	}
 
 	t.Run("both run: new connections succeed, both processes serve", func(t *testing.T) {
+		dst := "dst=" + server2
+		logged := func() int {
+			return countAccess(oldLog, "direction=outbound", dst) + countAccess(newLog, "direction=outbound", dst)
+		}
+		before := logged()
 		checkNew(t, "both run", 12)
 		// The access log line comes at close, just after the client's exit.
-		time.Sleep(300 * time.Millisecond)
-		dst := "dst=" + server2
+		testutil.Eventually(t, testutil.Timeout, "the 12 outbound connections to server-2 in the access logs", func() string {
+			if got := logged() - before; got < 12 {
+				return fmt.Sprintf("%d logged", got)
+			}
+			return ""
+		})
 		o, n := countAccess(oldLog, "direction=outbound", dst), countAccess(newLog, "direction=outbound", dst)
 		t.Logf("client-1 -> server-2 connections closed while both run: old %d, new %d", o, n)
 		if n == 0 {
@@ -290,15 +300,43 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	made := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return total
+	}
+	// burst lets the workers make n more connections, for at most within.
+	burst := func(n int, within time.Duration) bool {
+		from := made()
+		for deadline := time.Now().Add(within); made() < from+n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				return false
+			}
+		}
+		return true
+	}
+	// Connections before the SIGTERM, while the old process closes its
+	// listeners (it logs "draining" just before), and after.
+	burstOK := burst(8, 5*time.Second)
 	sigterm := time.Now()
 	if err := syscall.Kill(old.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	drainLogged := false
+	for deadline := time.Now().Add(time.Second); !drainLogged && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		log, _ := os.ReadFile(oldLog)
+		drainLogged = bytes.Contains(log, []byte("msg=draining"))
+	}
+	burstOK = burstOK && burst(8, time.Second)
 	close(stop)
 	wg.Wait()
 	t.Logf("%d connections around the SIGTERM, %d failed", total, len(failures))
+	if !drainLogged {
+		t.Errorf("the old node proxy did not log the start of its drain within 1s of SIGTERM")
+	}
+	if !burstOK {
+		t.Errorf("too few connections around the SIGTERM (%d) to show none fails", total)
+	}
 	for _, f := range failures {
 		t.Errorf("connection around the SIGTERM failed: %s", f)
 	}
@@ -309,10 +347,14 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 		}
 		before := countAccess(newLog, "direction=outbound", "dst="+server2)
 		checkNew(t, "old draining", 3)
-		time.Sleep(300 * time.Millisecond)
-		if after := countAccess(newLog, "direction=outbound", "dst="+server2); after < before+3 {
-			t.Errorf("the new node proxy logged %d of the 3 new outbound connections", after-before)
-		}
+		// Within a second: the next check must still fall inside the
+		// old process's drain.
+		testutil.Eventually(t, time.Second, "the new node proxy to log the 3 new outbound connections", func() string {
+			if got := countAccess(newLog, "direction=outbound", "dst="+server2) - before; got < 3 {
+				return fmt.Sprintf("%d logged", got)
+			}
+			return ""
+		})
 	})
 
 	t.Run("held connections carry data until the old drain deadline", func(t *testing.T) {
