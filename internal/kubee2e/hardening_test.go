@@ -949,6 +949,17 @@ func checkFailedPodDeleted(e *env, node kubecluster.Node) {
 		}
 		return strings.Join(strings.Fields(string(out)), " ")
 	}
+	// pinsWithout waits up to within for pins to lose name (the node
+	// proxy releases a pod's pins when it learns the pod is gone) and
+	// returns the last listing.
+	pinsWithout := func(name string, within time.Duration) string {
+		var left string
+		for deadline := time.Now().Add(within); ; time.Sleep(200 * time.Millisecond) {
+			if left = pins(); !strings.Contains(left, name) || time.Now().After(deadline) {
+				return left
+			}
+		}
+	}
 	pod := strings.ReplaceAll(strings.ReplaceAll(`apiVersion: v1
 kind: Pod
 metadata: {name: squatter2, namespace: shop, labels: {app: squatter2, ambit.dev/dataplane: none}}
@@ -988,8 +999,7 @@ spec:
 		code, b, err := nodeGet(node, 15021, "/healthz/ready")
 		return err == nil && code == http.StatusOK, fmt.Sprintf("%d %q %v", code, b, err)
 	})
-	time.Sleep(2 * time.Second)
-	left := pins()
+	left := pinsWithout("shop_squatter2", 10*time.Second)
 	t.Logf("setup failure: %s's capture pins while squatter2's setup failed: %s; after it was deleted: %s", node.Name, during, left)
 	if !strings.Contains(left, "shop_squatter2") {
 		return
@@ -1004,8 +1014,7 @@ spec:
 		return got[node.Name+"/squatter2"], why
 	})
 	e.kubectl("-n", "shop", "delete", "pod", "squatter2", "--wait=true", "--timeout=90s")
-	time.Sleep(2 * time.Second)
-	if left := pins(); strings.Contains(left, "shop_squatter2") {
+	if left := pinsWithout("shop_squatter2", 10*time.Second); strings.Contains(left, "shop_squatter2") {
 		t.Errorf("cleanup: %s still pins shop_squatter2 (%s); the uninstall check may find capture left", node.Name, left)
 	}
 }

@@ -608,12 +608,26 @@ func checkRollout(e *env, repo string, client, server corev1.Pod) {
 		out string
 		err error
 	}
+	// The client's connections open at the server's node proxy: opened
+	// minus closed, by the client's identity.
+	sn := e.node(server.Spec.NodeName)
+	clientID := `source_identity="spiffe://cluster.local/ns/shop/sa/` + client.Spec.ServiceAccountName + `"`
+	openFromClient := func() float64 {
+		body := e.nodeMetrics(sn)
+		opened, _ := metricSum(body, "ambit_tcp_connections_opened_total", `direction="inbound"`, clientID)
+		closed, _ := metricSum(body, "ambit_tcp_connections_closed_total", `direction="inbound"`, clientID)
+		return opened - closed
+	}
+	open0 := openFromClient()
 	res := make(chan result, 1)
 	go func() {
 		out, err := e.exec("shop", client.Name, "", "/ambit-echo", "hold", "-conns", "50", "-for", holdFor.String(), server.Status.PodIP+":8080")
 		res <- result{out, err}
 	}()
-	time.Sleep(5 * time.Second) // the long-lived connections are open
+	e.waitFor(30*time.Second, "the 50 long-lived connections open at the server's node proxy", func() (bool, string) {
+		n := openFromClient() - open0
+		return n >= 50, fmt.Sprintf("%v open", n)
+	})
 	start := time.Now()
 	e.kubectl("-n", "ambit-system", "set", "image", "daemonset/ambit-nodeproxy", "nodeproxy="+next)
 	// The new proxies take over on both nodes while the load runs.

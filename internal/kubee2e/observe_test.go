@@ -169,7 +169,16 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 	// first round makes the series and the second, after a scrape, moves
 	// them.
 	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr)
-	time.Sleep(2500 * time.Millisecond)
+	firstRound := time.Now()
+	e.waitFor(time.Minute, "Prometheus scrapes every target after the first round", func() (bool, string) {
+		ts := prom.targets()
+		for _, tg := range ts {
+			if !tg.LastScrape.After(firstRound) {
+				return false, fmt.Sprintf("%s last scraped %s", tg.ScrapeURL, tg.LastScrape.Format(time.StampMilli))
+			}
+		}
+		return len(ts) > 0, "no targets"
+	})
 	traffic := time.Now()
 	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr)
 	t.Logf("prometheus: traffic sent twice (second round %v)", time.Since(traffic).Round(time.Millisecond))
@@ -563,9 +572,10 @@ func expectedTargets(e *env) []string {
 
 // promTarget is an active target of /api/v1/targets.
 type promTarget struct {
-	Labels    map[string]string `json:"labels"`
-	ScrapeURL string            `json:"scrapeUrl"`
-	Health    string            `json:"health"`
+	Labels     map[string]string `json:"labels"`
+	ScrapeURL  string            `json:"scrapeUrl"`
+	Health     string            `json:"health"`
+	LastScrape time.Time         `json:"lastScrape"`
 }
 
 func (p promTarget) key() string {
