@@ -121,7 +121,7 @@ func sendTraffic(t *testing.T, l *lab.Lab) {
 		path, code string
 		n          int
 	}{{"/hello", "200", 20}, {"/slow", "200", 5}, {"/fail", "503", 4}, {"/admin/x", "403", 3}} {
-		out, ok := inPod(t, l, "client-1", "OBS_GET=http://10.96.0.20:81"+c.path, fmt.Sprint("OBS_COUNT=", c.n))
+		out, ok := labtest.RunSelf(t, l, "client-1", "OBS_GET=http://10.96.0.20:81"+c.path, fmt.Sprint("OBS_COUNT=", c.n))
 		if got := codes(out); !ok || got[c.code] != c.n {
 			t.Errorf("client-1 GET %s x%d through the waypoint: %q, want %d x %s", c.path, c.n, out, c.n, c.code)
 		}
@@ -130,17 +130,17 @@ func sendTraffic(t *testing.T, l *lab.Lab) {
 	// tunnel to a pod (db-2, no policy) on the other and on the same node.
 	for _, dst := range []string{"10.96.0.20:80", db2.IPv4.String() + ":8080"} {
 		for _, pod := range []string{"client-1", "client-2"} {
-			if out, ok := inPod(t, l, pod, "OBS_DIAL="+dst); !ok || !strings.Contains(out, "got=hello") {
+			if out, ok := labtest.RunSelf(t, l, pod, "OBS_DIAL="+dst); !ok || !strings.Contains(out, "got=hello") {
 				t.Errorf("%s -> %s: %q", pod, dst, out)
 			}
 		}
 	}
 	// server-1 as a client too, so its outbound side has traffic.
-	if out, ok := inPod(t, l, "server-1", "OBS_DIAL="+db2.IPv4.String()+":8080"); !ok || !strings.Contains(out, "got=hello") {
+	if out, ok := labtest.RunSelf(t, l, "server-1", "OBS_DIAL="+db2.IPv4.String()+":8080"); !ok || !strings.Contains(out, "got=hello") {
 		t.Errorf("server-1 -> db-2: %q", out)
 	}
 	// A connection the servers' node proxy refuses (AccessPolicy no-other).
-	if out, ok := inPod(t, l, "other-1", "OBS_DIAL="+server1.IPv4.String()+":8080"); ok && strings.Contains(out, "got=") {
+	if out, ok := labtest.RunSelf(t, l, "other-1", "OBS_DIAL="+server1.IPv4.String()+":8080"); ok && strings.Contains(out, "got=") {
 		t.Errorf("other-1 -> server-1 was not denied: %q", out)
 	}
 }

@@ -42,30 +42,12 @@ import (
 // newline, and prints the server's one-line answer.
 func TestMain(m *testing.M) {
 	if addr := os.Getenv("E2E_DIAL"); addr != "" {
-		os.Exit(helperDial(addr, os.Getenv("E2E_SEND")))
+		os.Exit(labtest.DialLine(addr, os.Getenv("E2E_SEND")))
 	}
 	if addr := os.Getenv("E2E_HOLD"); addr != "" {
 		os.Exit(helperHold(addr))
 	}
 	os.Exit(m.Run())
-}
-
-func helperDial(addr, send string) int {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		fmt.Println("dial error:", err)
-		return 1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintln(c, send)
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		fmt.Println("read error:", err)
-		return 1
-	}
-	fmt.Print(line)
-	return 0
 }
 
 // helperHold keeps one connection open: for each line on stdin it sends
@@ -147,19 +129,7 @@ func serve(t *testing.T, l *lab.Lab, pod string, port int) {
 // dial runs the client helper as a process of pod.
 func dial(t *testing.T, l *lab.Lab, pod string, dst string, send string) (string, bool) {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_DIAL="+dst, "E2E_SEND="+send)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err = l.Run(cmd)
-	return strings.TrimSpace(out.String()), err == nil
+	return labtest.RunSelf(t, l, pod, "E2E_DIAL="+dst, "E2E_SEND="+send)
 }
 
 func ip4(t *testing.T, l *lab.Lab, pod string) netip.Addr {
@@ -454,12 +424,7 @@ func TestPrivilegedGracefulDrain(t *testing.T) {
 	l := labtest.New(t, nil, labtest.WithMesh())
 	serve(t, l, "server-2", 8080)
 	server2 := net.JoinHostPort(ip4(t, l, "server-2").String(), "8080")
-	self, _ := os.Executable()
-	cmd, err := l.Command(t.Context(), "client-1", self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_HOLD="+server2)
+	cmd := labtest.SelfCommand(t, l, "client-1", "E2E_HOLD="+server2)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := l.Start(cmd); err != nil {

@@ -93,12 +93,7 @@ func pathRequest(addr, host, target string) pathAnswer {
 func pathGets(t *testing.T, l *lab.Lab, pod, addr string, targets ...string) []pathAnswer {
 	t.Helper()
 	spec, _ := json.Marshal(pathJob{Addr: addr, Host: "pathnorm.demo", Targets: targets})
-	self, _ := os.Executable()
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), pathNormEnv+"="+string(spec))
+	cmd := labtest.SelfCommand(t, l, pod, pathNormEnv+"="+string(spec))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := l.Run(cmd); err != nil {
@@ -121,7 +116,7 @@ type uriRecorder struct {
 
 func (u *uriRecorder) serve(t *testing.T, l *lab.Lab, pod string, port int) {
 	t.Helper()
-	ln := listenIn(t, l, pod, port)
+	ln := labtest.ListenIn(t, l, pod, port)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		u.seen = append(u.seen, pod+" "+r.RequestURI)

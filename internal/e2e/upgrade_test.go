@@ -32,15 +32,7 @@ type held struct {
 // ends; say sends a line on it and returns the answer.
 func hold(t *testing.T, l *lab.Lab, pod, dst string) *held {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_HOLD="+dst)
+	cmd := labtest.SelfCommand(t, l, pod, "E2E_HOLD="+dst)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := l.Start(cmd); err != nil {

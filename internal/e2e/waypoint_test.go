@@ -47,7 +47,7 @@ func init() {
 // "<pod> <method> <path> x-via=<header>".
 func serveHTTP(t *testing.T, l *lab.Lab, pod string, port int) {
 	t.Helper()
-	ln := listenIn(t, l, pod, port)
+	ln := labtest.ListenIn(t, l, pod, port)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s %s x-via=%s", pod, r.Method, r.URL.Path, r.Header.Get("x-via"))
 	})}
@@ -57,16 +57,7 @@ func serveHTTP(t *testing.T, l *lab.Lab, pod string, port int) {
 
 func httpGet(t *testing.T, l *lab.Lab, pod, url, header string) (string, bool) {
 	t.Helper()
-	self, _ := os.Executable()
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_GET="+url, "E2E_HEADER="+header)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err = l.Run(cmd)
-	return strings.TrimSpace(out.String()), err == nil
+	return labtest.RunSelf(t, l, pod, "E2E_GET="+url, "E2E_HEADER="+header)
 }
 
 // waypointGet fetches a path of the waypoint's admin (127.0.0.1:15000) or
@@ -242,12 +233,7 @@ spec:
 	})
 
 	t.Run("removing the label takes new traffic off the waypoint, established connections stay", func(t *testing.T) {
-		self, _ := os.Executable()
-		cmd, err := l.Command(t.Context(), "client-1", self, "-test.run=^$")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Env = append(os.Environ(), "E2E_HOLD=10.96.0.20:80")
+		cmd := labtest.SelfCommand(t, l, "client-1", "E2E_HOLD=10.96.0.20:80")
 		stdin, _ := cmd.StdinPipe()
 		stdout, _ := cmd.StdoutPipe()
 		if err := l.Start(cmd); err != nil {
