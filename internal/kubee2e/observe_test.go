@@ -19,12 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -735,7 +730,7 @@ func checkTraces(e *env, client corev1.Pod) {
 	t.Logf("traces: controller restarted with --waypoint-otlp-endpoint=%s; waypoint pod %s on %s exports, serving %v after the patch", endpoint, wp.Name, wp.Spec.NodeName, time.Since(start).Round(100*time.Millisecond))
 
 	// The client's span, exported by the test to the same Jaeger.
-	tracer, flush := obsClientTracer(t, node)
+	tracer, flush := jaegertest.ClientTracer(t, node.NetNS, net.JoinHostPort(node.IP, "4317"), "github.com/ambit-mesh/ambit/internal/kubee2e")
 	_, span := tracer.Start(context.Background(), "GET /obs/trace", trace.WithSpanKind(trace.SpanKindClient))
 	sc := span.SpanContext()
 	tp := fmt.Sprintf("00-%s-%s-01", sc.TraceID(), sc.SpanID())
@@ -841,41 +836,6 @@ func (e *env) waitWaypointArgs(ok func([]string) bool) corev1.Pod {
 		return true, ""
 	})
 	return pod
-}
-
-// obsClientTracer is the test's own tracer (service e2e-client) exporting
-// by OTLP to the Jaeger on node's IP, dialled from node's namespace.
-func obsClientTracer(t interface {
-	Fatal(...any)
-	Cleanup(func())
-}, node kubecluster.Node) (trace.Tracer, func() error) {
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := netnsx.Do(node.NetNS, func() (err error) {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
-	exp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(net.JoinHostPort(node.IP, "4317")), otlptracegrpc.WithInsecure(),
-		otlptracegrpc.WithDialOption(grpc.WithContextDialer(dial)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp),
-		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "e2e-client"))))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
-	flush := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return p.ForceFlush(ctx)
-	}
-	return p.Tracer("github.com/ambit-mesh/ambit/internal/kubee2e"), flush
 }
 
 // checkConsole: `controller console` (the repository's build of the
