@@ -12,9 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,13 +25,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/net/http2"
 
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
-	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -507,49 +503,14 @@ func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrP
 // address (Forwarded: for=); it returns the server's answer.
 func connectHBONEFrom(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrPort, forwarded, send string) (string, error) {
 	p, _ := l.Pod(pod)
-	tr := &http2.Transport{TLSClientConfig: cfg, DialTLSContext: func(ctx context.Context, network, a string, c *tls.Config) (net.Conn, error) {
-		var raw net.Conn
-		err := netnsx.Do(p.NetNSPath, func() error {
-			var err error
-			raw, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, network, a)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		tc := tls.Client(raw, c)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
-			return nil, err
-		}
-		return tc, nil
-	}}
-	defer tr.CloseIdleConnections()
-	target := dst.String()
-	pr, pw := io.Pipe()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodConnect, "https://"+addr, pr)
-	req.Host, req.URL = target, &url.URL{Scheme: "https", Host: addr}
-	req.Header.Set("Forwarded", fmt.Sprintf("for=%q", forwarded))
-	go func() { fmt.Fprintln(pw, send) }()
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %d", resp.StatusCode)
-	}
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	line, err := testutil.HBONEConnect(p.NetNSPath, cfg, addr, dst.String(), forwarded, send, 5*time.Second)
 	if err != nil {
 		return "", err
 	}
 	if !strings.Contains(line, "got="+send) {
 		return line, fmt.Errorf("answer %q", line)
 	}
-	pw.Close()
-	return strings.TrimSpace(line), nil
+	return line, nil
 }
 
 // plaintext speaks HTTP/1.1 to addr from pod and returns what came back.
