@@ -387,38 +387,18 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			}
 			for _, pn := range panels(d) {
 				panelsRun++
-				var nonZero, failed bool
-				var n int
-				for !failed {
-					nonZero, n = false, 0
-					for _, qy := range pn.Queries {
-						q := resolve(d.UID, qy.Expr)
-						ss, err := p.QueryRange(t.Context(), q, from, time.Second)
-						if err != nil {
-							t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
-							failed = true
-							continue
-						}
-						n += len(ss)
-						for _, s := range ss {
-							for _, v := range s.Values {
-								if str, _ := v[1].(string); promtest.IsNumber(str) && str != "0" {
-									nonZero = true
-								}
-							}
-						}
-					}
-					if n > 0 && (nonZero || pn.Quiet) || time.Now().After(deadline) {
-						break
-					}
-					time.Sleep(500 * time.Millisecond)
+				qs := make([]string, len(pn.Queries))
+				for i, qy := range pn.Queries {
+					qs[i] = resolve(d.UID, qy.Expr)
 				}
+				got, err := p.WaitRangeData(t.Context(), qs, from, time.Second, pn.Quiet, deadline)
 				switch {
-				case failed:
-				case n == 0:
-					t.Errorf("%s / %s: no series after the lab's traffic (%s)", d.Title, pn.Title, resolve(d.UID, pn.Queries[0].Expr))
-				case !nonZero && !pn.Quiet:
-					t.Errorf("%s / %s: %d series, all zero over the lab's traffic (%s)", d.Title, pn.Title, n, resolve(d.UID, pn.Queries[0].Expr))
+				case err != nil:
+					t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
+				case got.Series == 0:
+					t.Errorf("%s / %s: no series after the lab's traffic (%s)", d.Title, pn.Title, qs[0])
+				case got.NonZero == "" && !pn.Quiet:
+					t.Errorf("%s / %s: %d series, all zero over the lab's traffic (%s)", d.Title, pn.Title, got.Series, qs[0])
 				}
 			}
 		}

@@ -327,43 +327,22 @@ func checkDashboards(e *env, prom *promProc, vars map[string]map[string]string, 
 		for _, r := range d.Rows {
 			for _, pn := range r.Panels {
 				panels++
-				var nonZero, failed bool
-				var n int
-				var last string
-				for !failed {
-					nonZero, n = false, 0
-					for _, qy := range pn.Queries {
-						q := resolve(d.UID, qy.Expr)
-						ss, err := prom.QueryRange(context.Background(), q, from, time.Second)
-						if err != nil {
-							t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
-							failed = true
-							break
-						}
-						n += len(ss)
-						for _, s := range ss {
-							for _, v := range s.Values {
-								if str, _ := v[1].(string); promtest.IsNumber(str) && str != "0" {
-									nonZero, last = true, str
-								}
-							}
-						}
-					}
-					if n > 0 && (nonZero || pn.Quiet) || time.Now().After(deadline) {
-						break
-					}
-					time.Sleep(500 * time.Millisecond)
+				qs := make([]string, len(pn.Queries))
+				for i, qy := range pn.Queries {
+					qs[i] = resolve(d.UID, qy.Expr)
 				}
+				got, err := prom.WaitRangeData(context.Background(), qs, from, time.Second, pn.Quiet, deadline)
 				switch {
-				case failed:
-				case n == 0:
-					t.Errorf("%s / %s: no series after the traffic (%s)", d.Title, pn.Title, resolve(d.UID, pn.Queries[0].Expr))
-				case !nonZero && !pn.Quiet:
-					t.Errorf("%s / %s: %d series, all zero over the traffic (%s)", d.Title, pn.Title, n, resolve(d.UID, pn.Queries[0].Expr))
+				case err != nil:
+					t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
+				case got.Series == 0:
+					t.Errorf("%s / %s: no series after the traffic (%s)", d.Title, pn.Title, qs[0])
+				case got.NonZero == "" && !pn.Quiet:
+					t.Errorf("%s / %s: %d series, all zero over the traffic (%s)", d.Title, pn.Title, got.Series, qs[0])
 				default:
 					withData++
 					if strings.Contains(pn.Title, "p99") || pn.Title == "Requests" || pn.Title == "TCP throughput" {
-						t.Logf("dashboard %s / %s: %d series, last value above zero %s", d.Title, pn.Title, n, last)
+						t.Logf("dashboard %s / %s: %d series, last value above zero %s", d.Title, pn.Title, got.Series, got.NonZero)
 					}
 				}
 			}
