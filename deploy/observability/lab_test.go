@@ -82,7 +82,7 @@ func upPromLab(t *testing.T) *promLab {
 	}
 	t.Logf("lab up with its waypoint in %v", time.Since(start).Round(time.Millisecond))
 	p := startPrometheus(t, l)
-	if v, err := p.waitSeries(t, `count(up == 1) == 4`, time.Now().Add(15*time.Second)); err != nil || len(v) == 0 {
+	if v, err := p.WaitQuery(t.Context(), `count(up == 1) == 4`, time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
 		all, _ := p.Query(t.Context(), "up")
 		t.Fatalf("prometheus does not scrape all 4 targets of the lab: %v %v", err, all)
 	}
@@ -96,7 +96,7 @@ func upPromLab(t *testing.T) *promLab {
 	// Every target scraped at least a second after the first round (the
 	// proxies count a connection as it closes).
 	after := time.Now().Add(time.Second)
-	if v, err := p.waitSeries(t, fmt.Sprintf(`count(timestamp(up) > %.3f) == 4`, float64(after.UnixMilli())/1000), time.Now().Add(15*time.Second)); err != nil || len(v) == 0 {
+	if v, err := p.WaitQuery(t.Context(), fmt.Sprintf(`count(timestamp(up) > %.3f) == 4`, float64(after.UnixMilli())/1000), time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
 		t.Fatalf("prometheus did not scrape the 4 targets after the first round of traffic: %v", err)
 	}
 	traffic := time.Now()
@@ -262,23 +262,16 @@ func startPrometheus(t *testing.T, l *lab.Lab) *promServer {
 	return p
 }
 
+// hasSeries is the condition of a query that holds when it has an answer
+// at all (a comparison such as count(...) == 4 has none while false).
+func hasSeries(ss []promtest.Sample) bool { return len(ss) > 0 }
+
 func mustAbs(t *testing.T, p string) string {
 	a, err := filepath.Abs(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return a
-}
-
-// waitSeries polls q until it has a series or the deadline passes.
-func (p *promServer) waitSeries(t *testing.T, q string, until time.Time) ([]promtest.Sample, error) {
-	for {
-		v, err := p.Query(t.Context(), q)
-		if err != nil || len(v) > 0 || time.Now().After(until) {
-			return v, err
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
 }
 
 // quietRules are the recording rules the lab's traffic leaves at zero.
@@ -317,15 +310,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			ok := func(ss []promtest.Sample) bool {
 				return slices.ContainsFunc(ss, func(s promtest.Sample) bool { return promtest.IsNumber(s.Val()) && (mayBeZero || s.Val() != "0") })
 			}
-			var got []promtest.Sample
-			var err error
-			for {
-				got, err = p.Query(t.Context(), q)
-				if err != nil || ok(got) || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
+			got, err := p.WaitQuery(t.Context(), q, deadline, ok)
 			if err != nil {
 				t.Errorf("%s: %v", q, err)
 				continue

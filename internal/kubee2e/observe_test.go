@@ -196,7 +196,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		{`namespace_workload:ambit_tcp_connections_denied:rate5m{destination_namespace="shop", destination_workload="obs-fail", reason="policy"}`, false},
 		{"ambit:tcp_bytes:rate5m", false},
 	} {
-		ss, err := prom.waitQuery(c.q, 30*time.Second, func(ss []promtest.Sample) bool {
+		ss, err := prom.WaitQuery(context.Background(), c.q, time.Now().Add(30*time.Second), func(ss []promtest.Sample) bool {
 			return len(ss) == 1 && promtest.IsNumber(ss[0].Val()) && (ss[0].Val() == "0") == c.zero
 		})
 		if err != nil {
@@ -228,7 +228,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		ok := func(ss []promtest.Sample) bool {
 			return slices.ContainsFunc(ss, func(s promtest.Sample) bool { return promtest.IsNumber(s.Val()) && (quiet[r.Record] || s.Val() != "0") })
 		}
-		ss, err := prom.waitQuery(q, time.Until(deadline), ok)
+		ss, err := prom.WaitQuery(context.Background(), q, deadline, ok)
 		if err != nil {
 			t.Errorf("%s: %v", q, err)
 			continue
@@ -570,19 +570,6 @@ func (p *promProc) targets() []promTarget {
 	defer resp.Body.Close()
 	json.NewDecoder(resp.Body).Decode(&r)
 	return r.Data.ActiveTargets
-}
-
-// waitQuery runs q until ok holds of its answer or wait passes; it
-// returns the last answer.
-func (p *promProc) waitQuery(q string, wait time.Duration, ok func([]promtest.Sample) bool) ([]promtest.Sample, error) {
-	until := time.Now().Add(wait)
-	for {
-		ss, err := p.Query(context.Background(), q)
-		if err != nil || ok(ss) || time.Now().After(until) {
-			return ss, err
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
 }
 
 // recordingRule is a recording rule of the checked-in rule files.

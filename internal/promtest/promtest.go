@@ -1,6 +1,6 @@
 // Package promtest queries a real Prometheus's HTTP API from tests: the
-// instant and range queries (and the wait for a dashboard panel's data)
-// the lab's and the real cluster's observability tests check rules and
+// instant and range queries, and the waits for their answers, that the
+// lab's and the real cluster's observability tests check rules and
 // dashboards with.
 package promtest
 
@@ -103,6 +103,23 @@ func (c Client) QueryRange(ctx context.Context, q string, from time.Time, step t
 		return nil, fmt.Errorf("query %q: %w", q, err)
 	}
 	return ss, nil
+}
+
+// WaitQuery runs the instant query q until ok holds of its answer, or
+// until deadline, and returns the last answer. A query's error ends the
+// wait.
+func (c Client) WaitQuery(ctx context.Context, q string, deadline time.Time, ok func([]Sample) bool) ([]Sample, error) {
+	for {
+		ss, err := c.Query(ctx, q)
+		if err != nil || ok(ss) || time.Now().After(deadline) {
+			return ss, err
+		}
+		select {
+		case <-ctx.Done():
+			return ss, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // RangeData is what a round of range queries found: how many series, and

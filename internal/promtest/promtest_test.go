@@ -78,3 +78,25 @@ func TestWaitRangeDataStopsAtAnError(t *testing.T) {
 		t.Fatalf("err = %v, want the failed query named", err)
 	}
 }
+
+func TestWaitQueryPollsUntilOK(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) < 3 {
+			fmt.Fprint(w, `{"status":"success","data":{"resultType":"vector","result":[]}}`)
+			return
+		}
+		fmt.Fprint(w, `{"status":"success","data":{"resultType":"vector","result":[{"metric":{"job":"x"},"value":[1,"4"]}]}}`)
+	}))
+	defer srv.Close()
+	c := Client{Base: srv.URL, HTTP: srv.Client()}
+	ss, err := c.WaitQuery(t.Context(), "count(up)", time.Now().Add(10*time.Second), func(ss []Sample) bool { return len(ss) > 0 })
+	if err != nil || len(ss) != 1 || ss[0].Val() != "4" || calls.Load() != 3 {
+		t.Fatalf("WaitQuery = %v, %v after %d queries; want the third answer, 4", ss, err, calls.Load())
+	}
+	start := time.Now()
+	ss, err = c.WaitQuery(t.Context(), "count(up)", time.Now().Add(time.Second), func([]Sample) bool { return false })
+	if err != nil || len(ss) != 1 || time.Since(start) < time.Second {
+		t.Fatalf("WaitQuery with a condition that never holds = %v, %v after %v; want the last answer at the 1s deadline", ss, err, time.Since(start))
+	}
+}
