@@ -164,14 +164,8 @@ func TestPrivilegedMesh(t *testing.T) {
 		}
 		// The access log line is written when the connection has closed on
 		// both sides, which may come just after the client's exit.
-		var log []byte
-		for range 40 {
-			if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1")); bytes.Contains(log, []byte("direction=inbound src="+client1.String())) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if !bytes.Contains(log, []byte("direction=inbound src="+client1.String())) || !bytes.Contains(log, []byte("transport=hbone-h2")) {
+		log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "direction=inbound src="+client1.String())
+		if !strings.Contains(log, "direction=inbound src="+client1.String()) || !strings.Contains(log, "transport=hbone-h2") {
 			t.Errorf("node-1's access log shows no tunnelled inbound connection from client-1:\n%s", log)
 		}
 	})
@@ -190,14 +184,7 @@ func TestPrivilegedMesh(t *testing.T) {
 				t.Errorf("client-1 -> %s answered %q; want it refused", dst, out)
 			}
 		}
-		var log []byte
-		for range 40 {
-			if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1")); bytes.Contains(log, []byte("reason=proxy_port")) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if !bytes.Contains(log, []byte("reason=proxy_port")) {
+		if log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "reason=proxy_port"); !strings.Contains(log, "reason=proxy_port") {
 			t.Errorf("node-1's access log gives no proxy_port refusal")
 		}
 		// Both nodes keep serving.
@@ -401,14 +388,8 @@ func TestPrivilegedMeshQUIC(t *testing.T) {
 	if len(udp) == 0 || len(tcp) != 0 {
 		t.Errorf("want QUIC on UDP 15008 and no tunnel TCP on the underlay; udp:\n%s\ntcp:\n%s", udp, tcp)
 	}
-	var log []byte
-	for range 40 {
-		if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-2")); bytes.Contains(log, []byte("transport=hbone-quic")) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !bytes.Contains(log, []byte("direction=inbound src="+client1.String())) || !bytes.Contains(log, []byte("transport=hbone-quic")) {
+	log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-2"), "transport=hbone-quic")
+	if !strings.Contains(log, "direction=inbound src="+client1.String()) || !strings.Contains(log, "transport=hbone-quic") {
 		t.Errorf("node-2's access log shows no QUIC inbound connection:\n%s", log)
 	}
 }
@@ -563,6 +544,28 @@ func get(t *testing.T, l *lab.Lab, node, url string) string {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return string(body)
+}
+
+// logWait is how long a test waits for a log line: a connection's access
+// log line comes when it has closed on both sides, which may be just after
+// the client's exit.
+const logWait = 3 * time.Second
+
+// waitLog reads the log file at path until ok holds of its content, for
+// at most logWait, and returns the last content read.
+func waitLog(path string, ok func(log string) bool) string {
+	var log string
+	for deadline := time.Now().Add(logWait); ; time.Sleep(50 * time.Millisecond) {
+		data, _ := os.ReadFile(path)
+		if log = string(data); ok(log) || time.Now().After(deadline) {
+			return log
+		}
+	}
+}
+
+// waitLogFor is waitLog until the log contains want.
+func waitLogFor(path, want string) string {
+	return waitLog(path, func(log string) bool { return strings.Contains(log, want) })
 }
 
 func grep(s, sub string) string {

@@ -266,15 +266,11 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 		}
 		// The waypoint's access log: the 403s are denials (DENY, the
 		// policy), the 400 is not.
-		var logData []byte
-		for range 60 {
-			logData, _ = os.ReadFile(wpLog)
-			if strings.Count(grep(string(logData), "msg=request"), "code=403") >= len(denied) && strings.Contains(grep(string(logData), "msg=request"), "code=400") {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		for _, line := range strings.Split(grep(string(logData), "msg=request"), "\n") {
+		logData := waitLog(wpLog, func(log string) bool {
+			requests := grep(log, "msg=request")
+			return strings.Count(requests, "code=403") >= len(denied) && strings.Contains(requests, "code=400")
+		})
+		for _, line := range strings.Split(grep(logData, "msg=request"), "\n") {
 			switch {
 			case strings.Contains(line, "code=400") && (!strings.Contains(line, "flags=-") || strings.Contains(line, "DENY")):
 				t.Errorf("waypoint access log counts the 400 for %%00 as a denial: %s", line)
@@ -282,11 +278,11 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 				t.Errorf("waypoint access log: a 403 without flags=DENY and the policy: %s", line)
 			}
 		}
-		if n := strings.Count(grep(string(logData), "msg=request"), "code=400"); n != 1 {
-			t.Errorf("waypoint access log has %d lines with code=400; want 1:\n%s", n, grep(string(logData), "msg=request"))
+		if n := strings.Count(grep(logData, "msg=request"), "code=400"); n != 1 {
+			t.Errorf("waypoint access log has %d lines with code=400; want 1:\n%s", n, grep(logData, "msg=request"))
 		}
 		for _, code := range []string{"code=400", "code=403"} {
-			line, _, _ := strings.Cut(grep(grep(string(logData), "msg=request"), code), "\n")
+			line, _, _ := strings.Cut(grep(grep(logData, "msg=request"), code), "\n")
 			flags, policy := logField(line, "flags"), logField(line, "policy")
 			t.Logf("waypoint access log, first %s line: flags=%s policy=%s", code, flags, policy)
 		}

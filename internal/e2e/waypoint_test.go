@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -162,24 +161,14 @@ func TestPrivilegedWaypoint(t *testing.T) {
 		// waypoint's identity; the servers' node proxies got the stream
 		// from the waypoint's identity, relaying for the client's (policy
 		// applies to the client: TestPrivilegedWaypointPolicy).
-		waitLog := func(path, want string) string {
-			var data []byte
-			for range 60 {
-				if data, _ = os.ReadFile(path); bytes.Contains(data, []byte(want)) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			return string(data)
-		}
 		wantWP := "src_identity=spiffe://" + l.TrustDomain() + "/ns/demo/sa/client"
-		if log := waitLog(wpLog, wantWP); !strings.Contains(grep(log, "log=access"), "dst=10.96.0.20:80") || !strings.Contains(log, wantWP) {
+		if log := waitLogFor(wpLog, wantWP); !strings.Contains(grep(log, "log=access"), "dst=10.96.0.20:80") || !strings.Contains(log, wantWP) {
 			t.Errorf("waypoint access log has no stream from client-1 to 10.96.0.20:80:\n%s", grep(log, "log=access"))
 		}
-		if log := waitLog(lab.NodeProxyLog(l.StateDir(), "node-1"), "dst_identity="+wpID); !strings.Contains(log, "dst=10.96.0.20:80") || !strings.Contains(log, "dst_identity="+wpID) {
+		if log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "dst_identity="+wpID); !strings.Contains(log, "dst=10.96.0.20:80") || !strings.Contains(log, "dst_identity="+wpID) {
 			t.Errorf("client node proxy did not tunnel to the waypoint:\n%s", grep(log, "10.96.0.20"))
 		}
-		servers := waitLog(lab.NodeProxyLog(l.StateDir(), "node-1"), "waypoint="+wpID) + waitLog(lab.NodeProxyLog(l.StateDir(), "node-2"), "waypoint="+wpID)
+		servers := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "waypoint="+wpID) + waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-2"), "waypoint="+wpID)
 		if !strings.Contains(grep(servers, "waypoint="+wpID), "src_identity=spiffe://"+l.TrustDomain()+"/ns/demo/sa/client ") {
 			t.Errorf("no server node proxy received a stream from the waypoint's identity relaying for client-1's:\n%s", grep(servers, "inbound"))
 		}
