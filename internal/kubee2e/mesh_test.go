@@ -1,7 +1,6 @@
 package kubee2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +24,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/ociimage"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // marker is what the server pods answer with; it must never cross the
@@ -326,8 +326,7 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var captured strings.Builder
-	var mu sync.Mutex
+	var captured testutil.SyncBuffer
 	listening := make(chan struct{})
 	dump.Stderr = &lineWatch{want: "listening on", ch: listening}
 	if err := dump.Start(); err != nil {
@@ -336,16 +335,7 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r := bufio.NewReader(stdout)
-		for {
-			line, err := r.ReadString('\n')
-			mu.Lock()
-			captured.WriteString(line)
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
+		io.Copy(&captured, stdout)
 	}()
 	select {
 	case <-listening:
@@ -361,13 +351,13 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 			t.Errorf("the server answered %q and saw %s; want %s and the client pod's own address %s", name, remote, marker, client.Status.PodIP)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // the last packets reach tcpdump
+	// A grace, not a wait on an event: the last packets reach tcpdump
+	// (nothing tells when it has read them).
+	time.Sleep(500 * time.Millisecond)
 	stop()
 	dump.Wait()
 	<-done
-	mu.Lock()
 	text := captured.String()
-	mu.Unlock()
 	if strings.Contains(text, marker) {
 		t.Errorf("the payload crossed the link between the nodes in the clear")
 	}
