@@ -443,13 +443,7 @@ func TestPrivilegedGracefulDrain(t *testing.T) {
 		t.Errorf("the open connection did not survive the start of the drain: %q", got)
 	}
 	// After the deadline the proxy has closed it and exited.
-	deadline := time.Now().Add(10 * time.Second)
-	for processAlive(proxy.PID) && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if processAlive(proxy.PID) {
-		t.Fatal("node proxy still running 10s after SIGTERM")
-	}
+	testutil.WaitFor(t, "the node proxy to exit after SIGTERM", func() bool { return !processAlive(proxy.PID) })
 	if got := say("three"); strings.HasSuffix(got, "got=three") {
 		t.Errorf("connection still carried data after the proxy exited: %q", got)
 	}

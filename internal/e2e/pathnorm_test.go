@@ -20,6 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // The raw HTTP/1.1 client of the path normalization test, run inside a pod
@@ -420,13 +421,12 @@ func withPathNormalization(t *testing.T, data []byte, level string) []byte {
 // version v.
 func waitWaypointVersion(t *testing.T, l *lab.Lab, v string) {
 	t.Helper()
-	var got string
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	testutil.Eventually(t, 15*time.Second, "the waypoint to run configuration version "+v, func() string {
 		var d struct{ Version string }
 		json.Unmarshal([]byte(waypointGet(t, l, "http://127.0.0.1:15000/config_dump")), &d)
-		if got = d.Version; got == v {
-			return
+		if d.Version != v {
+			return fmt.Sprintf("it runs version %q", d.Version)
 		}
-	}
-	t.Fatalf("the waypoint runs configuration version %q, not %q", got, v)
+		return ""
+	})
 }

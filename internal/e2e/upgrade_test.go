@@ -358,13 +358,7 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 				t.Errorf("%s, held connection %s after SIGTERM: %q", f.name, time.Since(sigterm).Round(time.Millisecond), got)
 			}
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for processAlive(old.PID) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if processAlive(old.PID) {
-			t.Fatal("the old node proxy still runs 10s after SIGTERM")
-		}
+		testutil.WaitFor(t, "the old node proxy to exit after SIGTERM", func() bool { return !processAlive(old.PID) })
 		t.Logf("old node proxy exited %s after SIGTERM", time.Since(sigterm).Round(time.Millisecond))
 		// They were the old process's: its deadline closed them.
 		for i, f := range flows {
