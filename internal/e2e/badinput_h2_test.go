@@ -405,16 +405,7 @@ type probeConn struct {
 func serveProbe(t *testing.T, l *lab.Lab, pod string, port int) *probeServer {
 	t.Helper()
 	ps := &probeServer{pod: pod, changed: make(chan struct{}), conns: map[string]*probeConn{}}
-	var ln net.Listener
-	err := l.DoInPod(pod, func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := labtest.ListenIn(t, l, pod, port)
 	go func() {
 		for {
 			c, err := ln.Accept()

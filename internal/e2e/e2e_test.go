@@ -87,39 +87,28 @@ func topology() *lab.Topology {
 // "<pod> remote=<client ip> got=<line>".
 func serve(t *testing.T, l *lab.Lab, pod string, port int) {
 	t.Helper()
-	var lns []net.Listener
-	err := l.DoInPod(pod, func() error {
-		ln, err := net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		lns = append(lns, ln)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ln := range lns {
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(30 * time.Second))
-					r := bufio.NewReader(c)
-					ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-					for {
-						line, err := r.ReadString('\n')
-						if err != nil {
-							return
-						}
-						fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
-					}
-				}()
+	ln := labtest.ListenIn(t, l, pod, port)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
 			}
-		}()
-	}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				r := bufio.NewReader(c)
+				ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
+				}
+			}()
+		}
+	}()
 }
 
 // dial runs the client helper as a process of pod.
