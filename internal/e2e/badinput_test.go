@@ -27,6 +27,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const (
@@ -289,19 +290,12 @@ func (s *badLab) settle(t *testing.T) {
 	t.Helper()
 	for _, node := range daemons {
 		base := s.base[node]
-		deadline := time.Now().Add(settleWithin)
 		var u usage
 		var err error
-		for {
+		testutil.Poll(settleWithin, 200*time.Millisecond, func() bool {
 			u, err = s.usage(node)
-			if err == nil && u.fds <= base.fds+fdSlack && u.goroutines <= base.goroutines+goroutineSlack {
-				break
-			}
-			if time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return err == nil && u.fds <= base.fds+fdSlack && u.goroutines <= base.goroutines+goroutineSlack
+		})
 		switch {
 		case err != nil:
 			t.Errorf("%s: %v", node, err)
@@ -370,18 +364,17 @@ func (s *badLab) logSince(node string, mark int64) string {
 // waitLogLine waits up to 3s for a line after mark in node's log that
 // contains every one of subs, and returns it.
 func (s *badLab) waitLogLine(node string, mark int64, subs ...string) (string, bool) {
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	var found string
+	ok := testutil.Poll(3*time.Second, 50*time.Millisecond, func() bool {
 		for _, line := range strings.Split(s.logSince(node, mark), "\n") {
 			if containsAll(line, subs...) {
-				return line, true
+				found = line
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			return "", false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	})
+	return found, ok
 }
 
 func containsAll(s string, subs ...string) bool {
@@ -414,14 +407,9 @@ func (s *badLab) denied(t *testing.T, node, reason string) float64 {
 // want, and returns the last count.
 func (s *badLab) waitDenied(t *testing.T, node, reason string, want float64) float64 {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		got := s.denied(t, node, reason)
-		if got >= want || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var got float64
+	testutil.Poll(3*time.Second, 50*time.Millisecond, func() bool { got = s.denied(t, node, reason); return got >= want })
+	return got
 }
 
 // meshTLS is a client configuration with a mesh certificate of the lab

@@ -538,12 +538,12 @@ const logWait = 3 * time.Second
 // at most logWait, and returns the last content read.
 func waitLog(path string, ok func(log string) bool) string {
 	var log string
-	for deadline := time.Now().Add(logWait); ; time.Sleep(50 * time.Millisecond) {
+	testutil.Poll(logWait, 50*time.Millisecond, func() bool {
 		data, _ := os.ReadFile(path)
-		if log = string(data); ok(log) || time.Now().After(deadline) {
-			return log
-		}
-	}
+		log = string(data)
+		return ok(log)
+	})
+	return log
 }
 
 // waitLogFor is waitLog until the log contains want.

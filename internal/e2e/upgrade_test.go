@@ -300,12 +300,7 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 	// burst lets the workers make n more connections, for at most within.
 	burst := func(n int, within time.Duration) bool {
 		from := made()
-		for deadline := time.Now().Add(within); made() < from+n; time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				return false
-			}
-		}
-		return true
+		return testutil.Poll(within, 5*time.Millisecond, func() bool { return made() >= from+n })
 	}
 	// Connections before the SIGTERM, while the old process closes its
 	// listeners (it logs "draining" just before), and after.
@@ -314,11 +309,10 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 	if err := syscall.Kill(old.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	drainLogged := false
-	for deadline := time.Now().Add(time.Second); !drainLogged && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	drainLogged := testutil.Poll(time.Second, 5*time.Millisecond, func() bool {
 		log, _ := os.ReadFile(oldLog)
-		drainLogged = bytes.Contains(log, []byte("msg=draining"))
-	}
+		return bytes.Contains(log, []byte("msg=draining"))
+	})
 	burstOK = burstOK && burst(8, time.Second)
 	close(stop)
 	wg.Wait()

@@ -13,6 +13,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // E2E_GET=url makes the test binary an HTTP client (run inside a pod by
@@ -271,13 +272,7 @@ spec:
 		if _, ok := l.Waypoint("demo", "wp"); ok {
 			t.Error("the lab still lists the waypoint")
 		}
-		for range 100 {
-			if !processAlive(wp.PID) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if processAlive(wp.PID) {
+		if !testutil.Poll(2*time.Second, 20*time.Millisecond, func() bool { return !processAlive(wp.PID) }) {
 			t.Errorf("waypoint process %d still runs", wp.PID)
 		}
 		if _, err := os.Stat(netnsx.Path(wp.NetNS)); err == nil {

@@ -907,11 +907,8 @@ func checkFailedPodDeleted(e *env, node kubecluster.Node) {
 	// returns the last listing.
 	pinsWithout := func(name string, within time.Duration) string {
 		var left string
-		for deadline := time.Now().Add(within); ; time.Sleep(200 * time.Millisecond) {
-			if left = pins(); !strings.Contains(left, name) || time.Now().After(deadline) {
-				return left
-			}
-		}
+		testutil.Poll(within, 200*time.Millisecond, func() bool { left = pins(); return !strings.Contains(left, name) })
+		return left
 	}
 	pod := strings.ReplaceAll(strings.ReplaceAll(`apiVersion: v1
 kind: Pod

@@ -40,6 +40,20 @@ func TestWaitForReturnsOnceTheConditionHolds(t *testing.T) {
 	WaitFor(t, "three increments", func() bool { return n.Load() == 3 })
 }
 
+func TestPoll(t *testing.T) {
+	calls := 0
+	if !Poll(time.Second, time.Millisecond, func() bool { calls++; return calls == 3 }) || calls != 3 {
+		t.Errorf("Poll of a condition that holds at the third check: %d checks", calls)
+	}
+	start := time.Now()
+	if Poll(30*time.Millisecond, time.Millisecond, func() bool { return false }) {
+		t.Error("Poll of a condition that never holds reported true")
+	}
+	if d := time.Since(start); d < 30*time.Millisecond {
+		t.Errorf("Poll gave up after %v, before its 30ms", d)
+	}
+}
+
 func TestEventuallyFailsWithTheLastMessage(t *testing.T) {
 	f := &fakeTB{TB: t}
 	calls := 0
