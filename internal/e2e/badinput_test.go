@@ -183,16 +183,14 @@ func (s *badLab) baseline(t *testing.T, daemon string) {
 	// What the warm-up or a restart set going (closing connections,
 	// finishing goroutines) is over once two readings in a row agree.
 	var u, prev usage
-	steady := false
-	for deadline := time.Now().Add(settleWithin); ; time.Sleep(200 * time.Millisecond) {
-		var err error
-		if u, err = s.usage(daemon); err != nil {
-			t.Fatal(err)
-		}
-		if steady = u == prev; steady || time.Now().After(deadline) {
-			break
-		}
+	var err error
+	steady := testutil.Poll(settleWithin, 200*time.Millisecond, func() bool {
 		prev = u
+		u, err = s.usage(daemon)
+		return err != nil || u == prev
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	if !steady {
 		t.Logf("%s still changing after %v (last %d descriptors, %d goroutines before): the baseline is the last reading", daemon, settleWithin, prev.fds, prev.goroutines)
