@@ -1,13 +1,11 @@
 package observability
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -44,27 +42,6 @@ func helperGet(url string) int {
 		fmt.Println(resp.StatusCode)
 	}
 	return 0
-}
-
-// serveEcho answers each connection's first line with "<pod> got=<line>".
-func serveEcho(t *testing.T, l *lab.Lab, pod string, port int) {
-	ln := labtest.ListenIn(t, l, pod, port)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err == nil {
-					fmt.Fprintf(c, "%s got=%s\n", pod, strings.TrimSpace(line))
-				}
-			}()
-		}
-	}()
 }
 
 // serveHTTP answers 200, except /fail (503) and /slow (200 after 30 ms).

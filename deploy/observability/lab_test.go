@@ -73,10 +73,10 @@ func upPromLab(t *testing.T) *promLab {
 		lab.Pod{Name: "db-2", Namespace: "demo", Node: "node-2", ServiceAccount: "db", Labels: map[string]string{"app": "db"}})
 	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serveEcho(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 		serveHTTP(t, l, p, 8081)
 	}
-	serveEcho(t, l, "db-2", 8080)
+	labtest.ServeEcho(t, l, "db-2", 8080)
 	if err := l.ApplyConfig(t.Context(), "waypoint", []byte(waypointFiles)); err != nil {
 		t.Fatal(err)
 	}

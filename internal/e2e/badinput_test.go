@@ -151,7 +151,7 @@ func newBadLab(t *testing.T) *badLab {
 	s.clientSVID = svid(t, s.labCA, s.clientID)
 
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 	}
 	s.probe = serveProbe(t, l, "server-2", probePort)
 	s.held = hold(t, l, "client-1", s.addr(s.server2, probePort))

@@ -24,7 +24,7 @@ import (
 // the proxies keep serving when the controller is gone.
 func TestPrivilegedControllerFeedsTheLab(t *testing.T) {
 	l := labtest.New(t, nil, labtest.WithMesh())
-	serve(t, l, "server-2", 8080)
+	labtest.ServeEcho(t, l, "server-2", 8080)
 	server2 := net.JoinHostPort(ip4(t, l, "server-2").String(), "8080")
 	ctl, ok := l.Controller()
 	if !ok {

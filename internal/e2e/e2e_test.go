@@ -83,34 +83,6 @@ func topology() *lab.Topology {
 	return t
 }
 
-// serve runs an echo server inside pod on port: each connection gets
-// "<pod> remote=<client ip> got=<line>".
-func serve(t *testing.T, l *lab.Lab, pod string, port int) {
-	t.Helper()
-	ln := labtest.ListenIn(t, l, pod, port)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				r := bufio.NewReader(c)
-				ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
-				}
-			}()
-		}
-	}()
-}
-
 // dial runs the client helper as a process of pod.
 func dial(t *testing.T, l *lab.Lab, pod string, dst string, send string) (string, bool) {
 	t.Helper()
@@ -128,7 +100,7 @@ func ip4(t *testing.T, l *lab.Lab, pod string) netip.Addr {
 func TestPrivilegedMesh(t *testing.T) {
 	l := labtest.New(t, topology(), labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2", "safe-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 	}
 	client1 := ip4(t, l, "client-1")
 	server2 := ip4(t, l, "server-2")
@@ -354,7 +326,7 @@ func TestPrivilegedMeshQUIC(t *testing.T) {
 	topo := lab.DefaultTopology()
 	topo.Mesh.Tunnel = lab.TunnelQUIC
 	l := labtest.New(t, topo, labtest.WithMesh())
-	serve(t, l, "server-2", 8080)
+	labtest.ServeEcho(t, l, "server-2", 8080)
 	client1 := ip4(t, l, "client-1")
 	secret := "quic-secret-" + fmt.Sprint(time.Now().UnixNano())
 	var out string
@@ -388,7 +360,7 @@ func TestPrivilegedMeshQUIC(t *testing.T) {
 // drain deadline (2s in the lab), then closes them.
 func TestPrivilegedGracefulDrain(t *testing.T) {
 	l := labtest.New(t, nil, labtest.WithMesh())
-	serve(t, l, "server-2", 8080)
+	labtest.ServeEcho(t, l, "server-2", 8080)
 	server2 := net.JoinHostPort(ip4(t, l, "server-2").String(), "8080")
 	cmd := labtest.SelfCommand(t, l, "client-1", "E2E_HOLD="+server2)
 	stdin, _ := cmd.StdinPipe()

@@ -152,7 +152,7 @@ func dialOK(l *lab.Lab, self, pod, dst, send, want string) (string, bool) {
 func TestPrivilegedRollingUpgrade(t *testing.T) {
 	l := labtest.New(t, nil, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -124,7 +124,7 @@ func TestPrivilegedWaypoint(t *testing.T) {
 	}
 	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 		serveHTTP(t, l, p, 8081)
 	}
 	if err := l.ApplyConfig(t.Context(), "waypoint", []byte(waypointFiles)); err != nil {

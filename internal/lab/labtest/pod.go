@@ -18,7 +18,7 @@ import (
 // capture applies) re-run their own test binary there: its TestMain sees
 // an environment variable of the test's choosing and acts as the client
 // instead of running tests. SelfCommand and RunSelf start that process;
-// DialLine is the usual client.
+// DialLine is the usual client, and ServeEcho the usual server.
 
 // SelfCommand is this test binary as a process of pod, running no tests,
 // with env added to the test's environment. Start it with l.Start or
@@ -82,4 +82,34 @@ func ListenIn(tb testing.TB, l *lab.Lab, pod string, port int) net.Listener {
 	}
 	tb.Cleanup(func() { ln.Close() })
 	return ln
+}
+
+// ServeEcho runs an echo server on port inside pod until the test ends:
+// each line a connection sends is answered with "<pod> remote=<client
+// ip> got=<line>", so a test sees which pod answered and the client
+// address it saw.
+func ServeEcho(tb testing.TB, l *lab.Lab, pod string, port int) {
+	tb.Helper()
+	ln := ListenIn(tb, l, pod, port)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				r := bufio.NewReader(c)
+				ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
+				}
+			}()
+		}
+	}()
 }
