@@ -80,7 +80,7 @@ test: lint check-generate kube-tools cluster-tools cluster-images jaeger-tools #
 	$(GO) test -count=1 -timeout 20m ./...
 
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshconfig:FuzzParse ./internal/tunnel:FuzzParseForwarded
+FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshspec:FuzzParse ./internal/tunnel:FuzzParseForwarded
 FUZZ_TARGETS += ./internal/controller:FuzzCreateCertificate ./internal/controller:FuzzConfigStreamRequests
 FUZZ_TARGETS += ./internal/l7/authz:FuzzNormalizePath ./internal/kubesource:FuzzCustomResource
 FUZZ_TARGETS += ./internal/tunnel:FuzzConnectRequest ./internal/tunnel:FuzzServerFrames

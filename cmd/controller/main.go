@@ -282,44 +282,21 @@ func watchRoots(ctx context.Context, ca *controller.CA, c *controller.Controller
 	if len(files) == 0 {
 		return
 	}
-	last := rootsStamp(files)
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := rootsStamp(files)
-		if now == last {
-			continue
-		}
-		last = now
+	controller.WatchFiles(ctx, files, time.Second, false, func() {
 		extra, err := controller.ReadRootFiles(files)
 		if err == nil {
 			err = ca.SetRoots(extra)
 		}
 		if err != nil {
 			log.Error("trust bundle change refused; the bundle in force stays", "err", err)
-			continue
+			return
 		}
 		log.Info("trust bundle reloaded", "roots", len(ca.Roots()), "subjects", subjects(ca.Roots()))
 		c.RootsChanged()
 		if changed != nil {
 			changed()
 		}
-	}
-}
-
-func rootsStamp(files []string) string {
-	var b strings.Builder
-	for _, f := range files {
-		if fi, err := os.Stat(f); err == nil {
-			fmt.Fprintf(&b, "%s %d %d;", f, fi.ModTime().UnixNano(), fi.Size())
-		}
-	}
-	return b.String()
+	})
 }
 
 func subjects(certs []*x509.Certificate) string {

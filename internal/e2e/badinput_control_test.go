@@ -18,7 +18,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/lab"
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -106,7 +106,7 @@ func (s *badLab) controllerRestart(t *testing.T) {
 	file := filepath.Join(dir, "70-badinput-restart.yaml")
 	t.Cleanup(func() {
 		os.Remove(file)
-		if cfg, err := meshconfig.LoadPath(dir); err == nil {
+		if cfg, err := meshspec.LoadPath(dir); err == nil {
 			waitVersions(t, s.l, cfg.Version)
 		}
 	})
@@ -130,7 +130,7 @@ spec:
 		}
 		edit.Write(svc(fmt.Sprintf("restart-a-%d", i), fmt.Sprintf("10.96.%d.%d", 100+i/250, i%250+1)))
 	}
-	pushed, err := meshconfig.LoadPathOverlay(dir, map[string][]byte{file: edit.Bytes()})
+	pushed, err := meshspec.LoadPathOverlay(dir, map[string][]byte{file: edit.Bytes()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ spec:
 		}
 		downFor = time.Since(down)
 	})
-	want, err := meshconfig.LoadPath(dir)
+	want, err := meshspec.LoadPath(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

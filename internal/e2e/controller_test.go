@@ -13,7 +13,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -102,7 +102,7 @@ spec:
   action: DENY
   rules: [{from: [{serviceAccounts: [demo/client]}]}]
 `)
-	want, err := meshconfig.LoadPathOverlay(dir, map[string][]byte{deny: policy})
+	want, err := meshspec.LoadPathOverlay(dir, map[string][]byte{deny: policy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ spec:
 		t.Errorf("client-1 -> server-2 allowed after the DENY edit: %q", out)
 	}
 	os.Remove(deny)
-	want, _ = meshconfig.LoadPath(dir)
+	want, _ = meshspec.LoadPath(dir)
 	waitVersions(t, l, want.Version)
 	if out, ok := dial(t, l, "client-1", server2, "again"); !ok {
 		t.Errorf("after removing the DENY: %q", out)

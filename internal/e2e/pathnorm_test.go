@@ -20,6 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -308,7 +309,7 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 			}
 			restored = true
 			writeAtomic(t, labFile, orig)
-			want, err := meshconfig.LoadPath(dir)
+			want, err := meshspec.LoadPath(dir)
 			if err != nil {
 				t.Fatalf("the lab's files after restoring 00-lab.yaml: %v", err)
 			}
@@ -316,7 +317,7 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 		}
 		t.Cleanup(restore)
 		merge := withPathNormalization(t, orig, "MERGE_SLASHES")
-		want, err := meshconfig.LoadPathOverlay(dir, map[string][]byte{labFile: merge})
+		want, err := meshspec.LoadPathOverlay(dir, map[string][]byte{labFile: merge})
 		if err != nil {
 			t.Fatalf("the lab's files with MERGE_SLASHES: %v\n%s", err, merge)
 		}
