@@ -42,8 +42,7 @@ const (
 	streamWindow     = 4 << 20  // per stream receive window
 	connWindow       = 16 << 20 // per connection receive window
 	maxFrameSize     = 1 << 20  // largest DATA frame we accept
-	copyBuffer       = 256 << 10
-	maxStreamsPerTLS = 100 // streams per connection before the pool opens another
+	maxStreamsPerTLS = 100      // streams per connection before the pool opens another
 )
 
 // Request is an accepted tunnel stream, as the server's Dial callback sees

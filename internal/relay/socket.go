@@ -1,4 +1,4 @@
-package tunnel
+package relay
 
 import (
 	"io"
@@ -198,4 +198,26 @@ func (w *rawWriter) TryWrite(p []byte) (int, error) {
 		return 0, os.NewSyscallError("write", errno)
 	}
 	return n, nil
+}
+
+// TryWriter writes what it can without blocking: n < len(p) with a nil
+// error means the rest would block.
+type TryWriter interface {
+	TryWrite(p []byte) (n int, err error)
+}
+
+// NewTryWriter returns a TryWriter for w: w itself if it is one, a
+// non-blocking writer on a socket's file descriptor, or nil.
+func NewTryWriter(w io.Writer) TryWriter {
+	if tw, ok := w.(TryWriter); ok {
+		return tw
+	}
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rw := &rawWriter{}
+			rw.init(rc)
+			return rw
+		}
+	}
+	return nil
 }
