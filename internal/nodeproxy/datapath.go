@@ -347,8 +347,7 @@ func (pd *pod) inboundPlaintext(c *net.TCPConn) {
 	p := pd.p
 	cfg := p.cfg.Load()
 	w := pd.w.Load()
-	dst := addrPort(c.LocalAddr())
-	client := addrPort(c.RemoteAddr())
+	client, dst := pd.net.Inbound(c)
 	srcW := cfg.WorkloadByIP(client.Addr())
 	info := admin.Connection{
 		Direction: admin.DirectionInboundPlaintext, Src: client.String(), Dst: dst.String(),
@@ -386,12 +385,4 @@ func (pd *pod) inboundPlaintext(c *net.TCPConn) {
 		return
 	}
 	p.relay(p.begin(info, l), c, up)
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return netip.AddrPort{}
 }
