@@ -72,9 +72,11 @@ func (e *Engine) serveTCP(ctx context.Context, c net.Conn, info ConnInfo, dst *D
 		}
 	}
 	var in, out atomic.Int64
-	relay.Join(c, up, relay.Counts{
+	if err := relay.Join(c, up, relay.Counts{
 		ToB: func(n int) { in.Add(int64(n)) },
 		ToA: func(n int) { out.Add(int64(n)) },
-	})
+	}); err != nil {
+		e.log.Debug("tcp passthrough: a side broke", "dst", info.Dst.String(), "endpoint", ri.Endpoint.String(), "err", err)
+	}
 	ri.BytesIn, ri.BytesOut = in.Load(), out.Load()
 }
