@@ -109,7 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	}
 	modes := fs.String("modes", strings.Join(bench.AllModes, ","), "modes to measure, in table order")
 	fs.DurationVar(&cfg.Duration, "duration", 8*time.Second, "length of each measurement (iperf3 uses whole seconds)")
-	fs.IntVar(&cfg.Rounds, "rounds", 4, "measure the whole mode list this many times, interleaved (round 1: every mode, each in its labs; round 2: the same; ...); the table shows each metric's median (min–max) over the rounds, bench.json every round")
+	fs.IntVar(&cfg.Rounds, "rounds", 4, "measure the whole mode list this many times, interleaved (round 1: every mode, each in its labs; round 2: the same, the mesh labs in reverse order; ...); the table shows each metric's median (min–max) over the rounds, bench.json every round")
 	fs.DurationVar(&cfg.Omit, "omit", time.Second, "iperf3: run this much longer and leave it out (TCP slow start)")
 	fs.DurationVar(&cfg.Warmup, "warmup", 500*time.Millisecond, "unmeasured lead-in of the request/response and connection runs")
 	fs.IntVar(&cfg.Streams, "streams", 8, "parallel streams for the multi-stream throughput run")

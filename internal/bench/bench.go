@@ -54,7 +54,7 @@ type Config struct {
 	Modes []string
 	// Rounds is how many times the whole mode list is measured,
 	// interleaved (round 1: every mode in its order, each in its labs;
-	// then round 2 the same; ...), so that every mode sees the same
+	// then round 2 the same, the mesh labs in reverse order; ...), so that every mode sees the same
 	// slices of the machine's time; 1 when 0. With more than one, the
 	// report's modes carry the median of each metric over the rounds and
 	// the rounds themselves are kept (Report.Rounds).
@@ -295,7 +295,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // runRound measures every mode once, in cfg.Modes order: the modes
 // without a proxy of their own in one lab (plain pods), then each mesh
-// mode in a lab of its own. The labs are gone when it returns.
+// mode in a lab of its own, in reverse order in even rounds, so that
+// neither of two compared mesh modes always runs first. The labs are gone
+// when it returns.
 func (h *harness) runRound(ctx context.Context) []ModeResult {
 	cfg := h.cfg
 	results := map[string]ModeResult{}
@@ -330,7 +332,11 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 			failAll(plain, err)
 		}
 	}
-	for _, m := range cfg.Modes {
+	meshOrder := slices.Clone(cfg.Modes)
+	if h.round%2 == 0 {
+		slices.Reverse(meshOrder)
+	}
+	for _, m := range meshOrder {
 		if !isMesh(m) || ctx.Err() != nil {
 			continue
 		}
