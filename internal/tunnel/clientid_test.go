@@ -9,7 +9,7 @@ import (
 )
 
 // A waypoint names the original client on its CONNECT; the server hands
-// the claim to its Dial callback (which decides whether to believe it),
+// the claim to its AcceptFunc (which decides whether to believe it),
 // on both transports, per stream on a shared connection.
 func TestClientIdentityHeader(t *testing.T) {
 	alice := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/alice")
