@@ -66,12 +66,19 @@ func Join(a, b net.Conn, n Counts) error {
 
 // Start is Join without waiting: it relays between a and b, closes both
 // when both directions have ended, and then calls done with Join's result.
-// A *net.TCPConn end is used through RawIO; closing it through the
-// returned Relay (not the *net.TCPConn itself) lets go of a parked socket.
+// A *net.TCPConn end gets TCP keepalive (KeepAlive: a far side that
+// vanished is noticed while the connection is idle) and is used through
+// RawIO; closing it through the returned Relay (not the *net.TCPConn
+// itself) lets go of a parked socket.
 // A socket joined to an HTTP/2 tunnel stream (PushStream) is spliced: no
 // goroutine waits while the connection is idle. Other pairs are copied by
 // a goroutine per direction.
 func Start(a, b net.Conn, n Counts, done func(error)) *Relay {
+	for _, c := range []net.Conn{a, b} {
+		if _, ok := c.(*net.TCPConn); ok {
+			KeepAlive(c)
+		}
+	}
 	a, b = RawIO(a), RawIO(b)
 	r := &Relay{a: a, b: b}
 	finish := func(err error) {

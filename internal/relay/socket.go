@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -220,4 +221,21 @@ func NewTryWriter(w io.Writer) TryWriter {
 		}
 	}
 	return nil
+}
+
+// keepAlive is the TCP keepalive of the mesh's long-lived sockets:
+// probes after 30 s of silence, every 10 s, and three unanswered end the
+// connection, so a peer or target that vanished without a FIN or RST is
+// noticed within about a minute even while the connection is idle.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
+
+// KeepAlive turns that keepalive on for c if it is a TCP socket (or wraps
+// one); anything else is left alone. The tunnel's connections use it at
+// both ends, and Start for every socket it relays.
+func KeepAlive(c any) {
+	if ka, ok := c.(interface {
+		SetKeepAliveConfig(net.KeepAliveConfig) error
+	}); ok {
+		ka.SetKeepAliveConfig(keepAlive)
+	}
 }

@@ -352,7 +352,7 @@ func (d *Dialer) open(ctx context.Context, k poolKey, dial netDialFunc, svid x50
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: connect to %s: %w (is something blocking port 15008?)", k.addr, err)
 	}
-	setKeepAlive(raw)
+	relay.KeepAlive(raw)
 	tc := tls.Client(relay.RawIO(raw), cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()

@@ -113,23 +113,6 @@ const (
 	DefaultMaxConnsPerIdentity = 1024
 )
 
-// tcpKeepAlive is the TCP keepalive of the tunnel's connections, both
-// ends, and of the targets the server dials: probes after 30 s of
-// silence, every 10 s, and three unanswered end the connection, so a peer
-// or target that vanished without a FIN or RST is noticed within about a
-// minute even while no stream has anything to say.
-var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
-
-// setKeepAlive turns tcpKeepAlive on for c if it is a TCP socket (or wraps
-// one); anything else is left alone.
-func setKeepAlive(c any) {
-	if ka, ok := c.(interface {
-		SetKeepAliveConfig(net.KeepAliveConfig) error
-	}); ok {
-		ka.SetKeepAliveConfig(tcpKeepAlive)
-	}
-}
-
 // connLimits are the limits an h2conn applies, shared by the connections
 // of a Server (or all client connections).
 type connLimits struct {

@@ -176,7 +176,7 @@ func (s *Server) Serve(ln net.Listener) error {
 
 func (s *Server) serveConn(c net.Conn) {
 	remote := c.RemoteAddr().String()
-	setKeepAlive(c)
+	relay.KeepAlive(c)
 	tc := tls.Server(relay.RawIO(c), s.tls)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
