@@ -13,9 +13,10 @@
 //
 // With -rounds N the whole mode list is measured N times, interleaved, and
 // each cell of the table is the median (min–max) over the rounds. With
-// -baseline-nodeproxy BIN the modes mesh-h2-base and mesh-quic-base run
-// the tunnel modes with BIN, another version of the node proxy, in the
-// same rounds, and the table says in how many rounds each was ahead.
+// -baseline-nodeproxy BIN the modes mesh-h2-base, mesh-quic-base and
+// waypoint-base run those modes with BIN, another version of the node
+// proxy, in the same rounds, and the table says in how many rounds each
+// was ahead.
 //
 // The same binary is what the harness runs inside the pods:
 //
@@ -119,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.IntVar(&cfg.MaxConns, "max-conns", 8, "L7 modes: connections sending HTTP requests back to back for the most requests per second")
 	fs.IntVar(&cfg.ConnectWorkers, "connect-workers", 4, "connection rate: workers that connect, send one request and wait for the close, in a loop")
 	fs.StringVar(&cfg.NodeProxy, "nodeproxy", "", "nodeproxy binary for the mesh modes (default: next to this binary)")
-	fs.StringVar(&cfg.BaselineNodeProxy, "baseline-nodeproxy", "", "nodeproxy binary to compare with: the modes mesh-h2-base and mesh-quic-base (added to the default modes when given) run it, in the same rounds")
+	fs.StringVar(&cfg.BaselineNodeProxy, "baseline-nodeproxy", "", "nodeproxy binary to compare with: the modes mesh-h2-base, mesh-quic-base and waypoint-base (added to the default modes when -modes is not given) run it, in the same rounds")
 	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies' GOMAXPROCS (auto: one per CPU of the machine for both)")
 	fs.BoolVar(&cfg.AccessLog, "access-log", false, "L7 modes: the waypoint and nginx http log one line per request (the waypoint's default outside the benchmark); off: neither does")
 	fs.StringVar(&cfg.SamplesDir, "samples", "", "write every request of the fixed-rate runs (when it was due, latency and service time, tab-separated) to this directory, one file per mode, round and run")

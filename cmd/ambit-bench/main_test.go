@@ -51,7 +51,7 @@ func TestUsageAndFlags(t *testing.T) {
 func TestParseFlagsBaseline(t *testing.T) {
 	var errb bytes.Buffer
 	cfg, _, _, code := parseFlags([]string{"-baseline-nodeproxy", "/tmp/old-nodeproxy"}, &errb)
-	if code != -1 || cfg.BaselineNodeProxy != "/tmp/old-nodeproxy" || !strings.HasSuffix(strings.Join(cfg.Modes, ","), ",mesh-h2-base,mesh-quic-base") {
+	if code != -1 || cfg.BaselineNodeProxy != "/tmp/old-nodeproxy" || !strings.HasSuffix(strings.Join(cfg.Modes, ","), ",mesh-h2-base,mesh-quic-base,waypoint-base") {
 		t.Errorf("code %d (%s), config %+v", code, errb.String(), cfg)
 	}
 	cfg, _, _, code = parseFlags([]string{"-baseline-nodeproxy", "/tmp/old-nodeproxy", "-modes", "mesh-h2,mesh-h2-base"}, &errb)

@@ -81,7 +81,7 @@ type Config struct {
 	// NodeProxy is the nodeproxy binary for the mesh modes.
 	NodeProxy string
 	// BaselineNodeProxy is the nodeproxy binary for the baseline modes
-	// (mesh-h2-base, mesh-quic-base): another version to compare with.
+	// (BaselineModes): another version to compare with.
 	BaselineNodeProxy string
 	// Helper is the command that runs HelperMain: the ambit-bench binary
 	// (argv prefix); HelperEnv is added to its environment.

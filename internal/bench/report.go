@@ -24,12 +24,13 @@ const (
 	ModeNginxHTTP = "nginx-http"
 )
 
-// The baseline modes: mesh-h2 and mesh-quic with another node proxy
-// binary (Config.BaselineNodeProxy), measured in the same rounds, to
+// The baseline modes: mesh-h2, mesh-quic and waypoint with another node
+// proxy binary (Config.BaselineNodeProxy), measured in the same rounds, to
 // compare two versions of the node proxy.
 const (
 	ModeMeshH2Base   = "mesh-h2-base"
 	ModeMeshQUICBase = "mesh-quic-base"
+	ModeWaypointBase = "waypoint-base"
 )
 
 // AllModes is every mode, in table order.
@@ -37,7 +38,7 @@ var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshQUIC, ModeNginx, ModeWay
 
 // BaselineModes are the modes that need Config.BaselineNodeProxy; they
 // are not in AllModes, so they run only when asked for.
-var BaselineModes = []string{ModeMeshH2Base, ModeMeshQUICBase}
+var BaselineModes = []string{ModeMeshH2Base, ModeMeshQUICBase, ModeWaypointBase}
 
 // knownMode: one of AllModes or BaselineModes.
 func knownMode(m string) bool {
@@ -52,6 +53,8 @@ func meshMode(m string) string {
 		return ModeMeshH2
 	case ModeMeshQUICBase:
 		return ModeMeshQUIC
+	case ModeWaypointBase:
+		return ModeWaypoint
 	}
 	return m
 }
@@ -761,7 +764,7 @@ func modeNames(ms []ModeResult) []string {
 // tunnel against the nginx pair, QUIC against HTTP/2, the waypoint against
 // nginx's HTTP proxy, and each tunnel against its baseline binary.
 var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP},
-	{ModeMeshH2, ModeMeshH2Base}, {ModeMeshQUIC, ModeMeshQUICBase}}
+	{ModeMeshH2, ModeMeshH2Base}, {ModeMeshQUIC, ModeMeshQUICBase}, {ModeWaypoint, ModeWaypointBase}}
 
 // verdicts says, for each compared pair both measured and each metric
 // with a better direction, in how many of the rounds that measured both
