@@ -8,7 +8,7 @@
 # lab's ambit-echo and the ambit-pause sandbox image) and writes each image
 # as an OCI archive in bin/images/ for `ctr -n k8s.io images import`
 # (cmd/ambit-image). The binaries are static Go (CGO off); the eBPF objects
-# are committed and embedded, so the build needs no clang. deploy/daemonset
+# are committed and embedded, so the build needs no clang. deploy/profiles
 # sets the tags.
 
 FROM golang:1.26-bookworm AS build
@@ -37,7 +37,7 @@ ENTRYPOINT ["/ambit-cni"]
 CMD ["install"]
 
 # The node proxy runs as root with the capabilities the DaemonSet grants
-# (see deploy/daemonset/nodeproxy.yaml); the debug CLI is the same binary:
+# (see deploy/base/node/nodeproxy.yaml); the debug CLI is the same binary:
 # kubectl exec ds/ambit-nodeproxy -n ambit-system -- /nodeproxy debug workloads
 FROM gcr.io/distroless/static-debian12 AS nodeproxy
 COPY --from=build /out/nodeproxy /nodeproxy

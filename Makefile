@@ -25,7 +25,7 @@ APT_PKGS  += chromium
 GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
 GENERATED += $(wildcard api/v1alpha1/*.pb.go)
 # CRDs and deep-copy functions from api/crd (controller-gen, pinned in go.mod)
-GENERATED += deploy/daemonset/crds $(wildcard api/crd/*/zz_generated.deepcopy.go)
+GENERATED += deploy/base/control-plane/crds $(wildcard api/crd/*/zz_generated.deepcopy.go)
 
 .DEFAULT_GOAL := help
 
@@ -50,13 +50,13 @@ generate: ## regenerate eBPF objects and Go bindings (clang, libbpf-dev), the co
 	PATH="$(dir $(GO)):$$PATH" $(GO) generate ./...
 
 .PHONY: crds
-crds: ## regenerate the CRDs (deploy/daemonset/crds) and deep-copy functions from api/crd (controller-gen)
+crds: ## regenerate the CRDs (deploy/base/control-plane/crds) and deep-copy functions from api/crd (controller-gen)
 	PATH="$(dir $(GO)):$$PATH" $(GO) generate ./api/crd/...
 
 .PHONY: check-generate
 check-generate: generate ## fail when committed generated files (eBPF, protobuf, CRDs) are stale or the C no longer builds
 	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated files are stale: run 'make generate' and commit them"; exit 1; }
-	@new=$$(git ls-files --others --exclude-standard -- 'api/*.pb.go' 'api/crd/*/zz_generated*.go' 'deploy/daemonset/crds/*.yaml'); if [ -n "$$new" ]; then echo "generated files not committed: $$new"; exit 1; fi
+	@new=$$(git ls-files --others --exclude-standard -- 'api/*.pb.go' 'api/crd/*/zz_generated*.go' 'deploy/base/control-plane/crds/*.yaml'); if [ -n "$$new" ]; then echo "generated files not committed: $$new"; exit 1; fi
 
 # golangci-lint is pinned in tools/golangci/go.mod and built once into
 # /var/cache/ambit (cold: a few minutes); .golangci.yml lists its linters.
@@ -80,7 +80,7 @@ test: lint check-generate kube-tools cluster-tools cluster-images jaeger-tools #
 	$(GO) test -count=1 -timeout 20m ./...
 
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshconfig:FuzzParse ./internal/tunnel:FuzzParseForwarded
+FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshspec:FuzzParse ./internal/tunnel:FuzzParseForwarded
 FUZZ_TARGETS += ./internal/controller:FuzzCreateCertificate ./internal/controller:FuzzConfigStreamRequests
 FUZZ_TARGETS += ./internal/l7/authz:FuzzNormalizePath ./internal/kubesource:FuzzCustomResource
 FUZZ_TARGETS += ./internal/tunnel:FuzzConnectRequest ./internal/tunnel:FuzzServerFrames

@@ -262,6 +262,165 @@ func (PolicyAction) EnumDescriptor() ([]byte, []int) {
 	return file_config_proto_rawDescGZIP(), []int{3}
 }
 
+type MatchType int32
+
+const (
+	MatchType_MATCH_TYPE_UNSPECIFIED        MatchType = 0
+	MatchType_MATCH_TYPE_EXACT              MatchType = 1
+	MatchType_MATCH_TYPE_PATH_PREFIX        MatchType = 2
+	MatchType_MATCH_TYPE_REGULAR_EXPRESSION MatchType = 3
+)
+
+// Enum value maps for MatchType.
+var (
+	MatchType_name = map[int32]string{
+		0: "MATCH_TYPE_UNSPECIFIED",
+		1: "MATCH_TYPE_EXACT",
+		2: "MATCH_TYPE_PATH_PREFIX",
+		3: "MATCH_TYPE_REGULAR_EXPRESSION",
+	}
+	MatchType_value = map[string]int32{
+		"MATCH_TYPE_UNSPECIFIED":        0,
+		"MATCH_TYPE_EXACT":              1,
+		"MATCH_TYPE_PATH_PREFIX":        2,
+		"MATCH_TYPE_REGULAR_EXPRESSION": 3,
+	}
+)
+
+func (x MatchType) Enum() *MatchType {
+	p := new(MatchType)
+	*p = x
+	return p
+}
+
+func (x MatchType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MatchType) Descriptor() protoreflect.EnumDescriptor {
+	return file_config_proto_enumTypes[4].Descriptor()
+}
+
+func (MatchType) Type() protoreflect.EnumType {
+	return &file_config_proto_enumTypes[4]
+}
+
+func (x MatchType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MatchType.Descriptor instead.
+func (MatchType) EnumDescriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{4}
+}
+
+type FilterType int32
+
+const (
+	FilterType_FILTER_TYPE_UNSPECIFIED              FilterType = 0
+	FilterType_FILTER_TYPE_REQUEST_HEADER_MODIFIER  FilterType = 1
+	FilterType_FILTER_TYPE_RESPONSE_HEADER_MODIFIER FilterType = 2
+	FilterType_FILTER_TYPE_REQUEST_REDIRECT         FilterType = 3
+	FilterType_FILTER_TYPE_URL_REWRITE              FilterType = 4
+	FilterType_FILTER_TYPE_REQUEST_MIRROR           FilterType = 5
+)
+
+// Enum value maps for FilterType.
+var (
+	FilterType_name = map[int32]string{
+		0: "FILTER_TYPE_UNSPECIFIED",
+		1: "FILTER_TYPE_REQUEST_HEADER_MODIFIER",
+		2: "FILTER_TYPE_RESPONSE_HEADER_MODIFIER",
+		3: "FILTER_TYPE_REQUEST_REDIRECT",
+		4: "FILTER_TYPE_URL_REWRITE",
+		5: "FILTER_TYPE_REQUEST_MIRROR",
+	}
+	FilterType_value = map[string]int32{
+		"FILTER_TYPE_UNSPECIFIED":              0,
+		"FILTER_TYPE_REQUEST_HEADER_MODIFIER":  1,
+		"FILTER_TYPE_RESPONSE_HEADER_MODIFIER": 2,
+		"FILTER_TYPE_REQUEST_REDIRECT":         3,
+		"FILTER_TYPE_URL_REWRITE":              4,
+		"FILTER_TYPE_REQUEST_MIRROR":           5,
+	}
+)
+
+func (x FilterType) Enum() *FilterType {
+	p := new(FilterType)
+	*p = x
+	return p
+}
+
+func (x FilterType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FilterType) Descriptor() protoreflect.EnumDescriptor {
+	return file_config_proto_enumTypes[5].Descriptor()
+}
+
+func (FilterType) Type() protoreflect.EnumType {
+	return &file_config_proto_enumTypes[5]
+}
+
+func (x FilterType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FilterType.Descriptor instead.
+func (FilterType) EnumDescriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{5}
+}
+
+type PathModifierType int32
+
+const (
+	PathModifierType_PATH_MODIFIER_TYPE_UNSPECIFIED          PathModifierType = 0
+	PathModifierType_PATH_MODIFIER_TYPE_REPLACE_FULL_PATH    PathModifierType = 1
+	PathModifierType_PATH_MODIFIER_TYPE_REPLACE_PREFIX_MATCH PathModifierType = 2
+)
+
+// Enum value maps for PathModifierType.
+var (
+	PathModifierType_name = map[int32]string{
+		0: "PATH_MODIFIER_TYPE_UNSPECIFIED",
+		1: "PATH_MODIFIER_TYPE_REPLACE_FULL_PATH",
+		2: "PATH_MODIFIER_TYPE_REPLACE_PREFIX_MATCH",
+	}
+	PathModifierType_value = map[string]int32{
+		"PATH_MODIFIER_TYPE_UNSPECIFIED":          0,
+		"PATH_MODIFIER_TYPE_REPLACE_FULL_PATH":    1,
+		"PATH_MODIFIER_TYPE_REPLACE_PREFIX_MATCH": 2,
+	}
+)
+
+func (x PathModifierType) Enum() *PathModifierType {
+	p := new(PathModifierType)
+	*p = x
+	return p
+}
+
+func (x PathModifierType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathModifierType) Descriptor() protoreflect.EnumDescriptor {
+	return file_config_proto_enumTypes[6].Descriptor()
+}
+
+func (PathModifierType) Type() protoreflect.EnumType {
+	return &file_config_proto_enumTypes[6]
+}
+
+func (x PathModifierType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathModifierType.Descriptor instead.
+func (PathModifierType) EnumDescriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{6}
+}
+
 // ProxyInfo says who the proxy is. The node must be the one its credential
 // proves.
 type ProxyInfo struct {
@@ -1857,7 +2016,8 @@ func (x *Waypoint) GetReady() bool {
 }
 
 // TrafficPolicy is the resilience settings a waypoint applies to requests
-// to its target Services.
+// to its target Services, defaults filled in. A zero number or duration is
+// "not set" (the waypoint's default), as in the model.
 type TrafficPolicy struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -1865,9 +2025,16 @@ type TrafficPolicy struct {
 	// Creation time (Unix nanoseconds; 0 when unknown): the older of two
 	// policies for one Service wins.
 	CreatedUnixNano int64 `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	// The ambit.dev/v1alpha1 TrafficPolicySpec as JSON, with its targetRefs
-	// reduced to the Services it is in force for and its defaults filled in.
-	SpecJson      []byte `protobuf:"bytes,4,opt,name=spec_json,json=specJson,proto3" json:"spec_json,omitempty"`
+	// Names of the Services, in the policy's namespace, it is in force for.
+	Targets          []string          `protobuf:"bytes,5,rep,name=targets,proto3" json:"targets,omitempty"`
+	Retries          *TrafficRetries   `protobuf:"bytes,6,opt,name=retries,proto3" json:"retries,omitempty"`
+	Timeouts         *TrafficTimeouts  `protobuf:"bytes,7,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	CircuitBreaker   *CircuitBreaker   `protobuf:"bytes,8,opt,name=circuit_breaker,json=circuitBreaker,proto3" json:"circuit_breaker,omitempty"`
+	OutlierDetection *OutlierDetection `protobuf:"bytes,9,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	RateLimit        *RateLimit        `protobuf:"bytes,10,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	Fault            *Fault            `protobuf:"bytes,11,opt,name=fault,proto3" json:"fault,omitempty"`
+	// "roundRobin", "leastRequest" or "" (the default).
+	LoadBalancing string `protobuf:"bytes,12,opt,name=load_balancing,json=loadBalancing,proto3" json:"load_balancing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1923,33 +2090,497 @@ func (x *TrafficPolicy) GetCreatedUnixNano() int64 {
 	return 0
 }
 
-func (x *TrafficPolicy) GetSpecJson() []byte {
+func (x *TrafficPolicy) GetTargets() []string {
 	if x != nil {
-		return x.SpecJson
+		return x.Targets
 	}
 	return nil
 }
 
+func (x *TrafficPolicy) GetRetries() *TrafficRetries {
+	if x != nil {
+		return x.Retries
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetTimeouts() *TrafficTimeouts {
+	if x != nil {
+		return x.Timeouts
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetCircuitBreaker() *CircuitBreaker {
+	if x != nil {
+		return x.CircuitBreaker
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetRateLimit() *RateLimit {
+	if x != nil {
+		return x.RateLimit
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetLoadBalancing() string {
+	if x != nil {
+		return x.LoadBalancing
+	}
+	return ""
+}
+
+type TrafficRetries struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Attempts           int32                  `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	PerTryTimeoutNanos int64                  `protobuf:"varint,2,opt,name=per_try_timeout_nanos,json=perTryTimeoutNanos,proto3" json:"per_try_timeout_nanos,omitempty"`
+	BackoffNanos       int64                  `protobuf:"varint,3,opt,name=backoff_nanos,json=backoffNanos,proto3" json:"backoff_nanos,omitempty"`
+	// Failures retried: "5xx", "connect-failure", "unavailable", ...
+	RetryOn []string `protobuf:"bytes,4,rep,name=retry_on,json=retryOn,proto3" json:"retry_on,omitempty"`
+	// Retries are capped at this percent of the active requests (0: no
+	// budget); min_retries_per_second are always allowed.
+	BudgetPercent       int32 `protobuf:"varint,5,opt,name=budget_percent,json=budgetPercent,proto3" json:"budget_percent,omitempty"`
+	MinRetriesPerSecond int32 `protobuf:"varint,6,opt,name=min_retries_per_second,json=minRetriesPerSecond,proto3" json:"min_retries_per_second,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *TrafficRetries) Reset() {
+	*x = TrafficRetries{}
+	mi := &file_config_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficRetries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficRetries) ProtoMessage() {}
+
+func (x *TrafficRetries) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficRetries.ProtoReflect.Descriptor instead.
+func (*TrafficRetries) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TrafficRetries) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *TrafficRetries) GetPerTryTimeoutNanos() int64 {
+	if x != nil {
+		return x.PerTryTimeoutNanos
+	}
+	return 0
+}
+
+func (x *TrafficRetries) GetBackoffNanos() int64 {
+	if x != nil {
+		return x.BackoffNanos
+	}
+	return 0
+}
+
+func (x *TrafficRetries) GetRetryOn() []string {
+	if x != nil {
+		return x.RetryOn
+	}
+	return nil
+}
+
+func (x *TrafficRetries) GetBudgetPercent() int32 {
+	if x != nil {
+		return x.BudgetPercent
+	}
+	return 0
+}
+
+func (x *TrafficRetries) GetMinRetriesPerSecond() int32 {
+	if x != nil {
+		return x.MinRetriesPerSecond
+	}
+	return 0
+}
+
+type TrafficTimeouts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestNanos  int64                  `protobuf:"varint,1,opt,name=request_nanos,json=requestNanos,proto3" json:"request_nanos,omitempty"`
+	IdleNanos     int64                  `protobuf:"varint,2,opt,name=idle_nanos,json=idleNanos,proto3" json:"idle_nanos,omitempty"`
+	ConnectNanos  int64                  `protobuf:"varint,3,opt,name=connect_nanos,json=connectNanos,proto3" json:"connect_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficTimeouts) Reset() {
+	*x = TrafficTimeouts{}
+	mi := &file_config_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficTimeouts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficTimeouts) ProtoMessage() {}
+
+func (x *TrafficTimeouts) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficTimeouts.ProtoReflect.Descriptor instead.
+func (*TrafficTimeouts) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TrafficTimeouts) GetRequestNanos() int64 {
+	if x != nil {
+		return x.RequestNanos
+	}
+	return 0
+}
+
+func (x *TrafficTimeouts) GetIdleNanos() int64 {
+	if x != nil {
+		return x.IdleNanos
+	}
+	return 0
+}
+
+func (x *TrafficTimeouts) GetConnectNanos() int64 {
+	if x != nil {
+		return x.ConnectNanos
+	}
+	return 0
+}
+
+type CircuitBreaker struct {
+	state                    protoimpl.MessageState `protogen:"open.v1"`
+	MaxConnections           int32                  `protobuf:"varint,1,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	MaxPendingRequests       int32                  `protobuf:"varint,2,opt,name=max_pending_requests,json=maxPendingRequests,proto3" json:"max_pending_requests,omitempty"`
+	MaxRequestsPerConnection int32                  `protobuf:"varint,3,opt,name=max_requests_per_connection,json=maxRequestsPerConnection,proto3" json:"max_requests_per_connection,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *CircuitBreaker) Reset() {
+	*x = CircuitBreaker{}
+	mi := &file_config_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CircuitBreaker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CircuitBreaker) ProtoMessage() {}
+
+func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CircuitBreaker.ProtoReflect.Descriptor instead.
+func (*CircuitBreaker) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CircuitBreaker) GetMaxConnections() int32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *CircuitBreaker) GetMaxPendingRequests() int32 {
+	if x != nil {
+		return x.MaxPendingRequests
+	}
+	return 0
+}
+
+func (x *CircuitBreaker) GetMaxRequestsPerConnection() int32 {
+	if x != nil {
+		return x.MaxRequestsPerConnection
+	}
+	return 0
+}
+
+type OutlierDetection struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	ConsecutiveErrors     int32                  `protobuf:"varint,1,opt,name=consecutive_errors,json=consecutiveErrors,proto3" json:"consecutive_errors,omitempty"`
+	IntervalNanos         int64                  `protobuf:"varint,2,opt,name=interval_nanos,json=intervalNanos,proto3" json:"interval_nanos,omitempty"`
+	BaseEjectionTimeNanos int64                  `protobuf:"varint,3,opt,name=base_ejection_time_nanos,json=baseEjectionTimeNanos,proto3" json:"base_ejection_time_nanos,omitempty"`
+	MaxEjectionPercent    int32                  `protobuf:"varint,4,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_config_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *OutlierDetection) GetConsecutiveErrors() int32 {
+	if x != nil {
+		return x.ConsecutiveErrors
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetIntervalNanos() int64 {
+	if x != nil {
+		return x.IntervalNanos
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetBaseEjectionTimeNanos() int64 {
+	if x != nil {
+		return x.BaseEjectionTimeNanos
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() int32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
+// RateLimit is a token bucket: requests per interval, bursts up to burst.
+type RateLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      int32                  `protobuf:"varint,1,opt,name=requests,proto3" json:"requests,omitempty"`
+	IntervalNanos int64                  `protobuf:"varint,2,opt,name=interval_nanos,json=intervalNanos,proto3" json:"interval_nanos,omitempty"`
+	Burst         int32                  `protobuf:"varint,3,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimit) Reset() {
+	*x = RateLimit{}
+	mi := &file_config_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimit) ProtoMessage() {}
+
+func (x *RateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
+func (*RateLimit) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RateLimit) GetRequests() int32 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *RateLimit) GetIntervalNanos() int64 {
+	if x != nil {
+		return x.IntervalNanos
+	}
+	return 0
+}
+
+func (x *RateLimit) GetBurst() int32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+// Fault injection; a percent of 0 turns that fault off.
+type Fault struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DelayPercent int32                  `protobuf:"varint,1,opt,name=delay_percent,json=delayPercent,proto3" json:"delay_percent,omitempty"`
+	DelayNanos   int64                  `protobuf:"varint,2,opt,name=delay_nanos,json=delayNanos,proto3" json:"delay_nanos,omitempty"`
+	AbortPercent int32                  `protobuf:"varint,3,opt,name=abort_percent,json=abortPercent,proto3" json:"abort_percent,omitempty"`
+	// One of the two is set when abort_percent is.
+	AbortHttpStatus int32 `protobuf:"varint,4,opt,name=abort_http_status,json=abortHttpStatus,proto3" json:"abort_http_status,omitempty"`
+	AbortGrpcStatus int32 `protobuf:"varint,5,opt,name=abort_grpc_status,json=abortGrpcStatus,proto3" json:"abort_grpc_status,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Fault) Reset() {
+	*x = Fault{}
+	mi := &file_config_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fault) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fault) ProtoMessage() {}
+
+func (x *Fault) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fault.ProtoReflect.Descriptor instead.
+func (*Fault) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Fault) GetDelayPercent() int32 {
+	if x != nil {
+		return x.DelayPercent
+	}
+	return 0
+}
+
+func (x *Fault) GetDelayNanos() int64 {
+	if x != nil {
+		return x.DelayNanos
+	}
+	return 0
+}
+
+func (x *Fault) GetAbortPercent() int32 {
+	if x != nil {
+		return x.AbortPercent
+	}
+	return 0
+}
+
+func (x *Fault) GetAbortHttpStatus() int32 {
+	if x != nil {
+		return x.AbortHttpStatus
+	}
+	return 0
+}
+
+func (x *Fault) GetAbortGrpcStatus() int32 {
+	if x != nil {
+		return x.AbortGrpcStatus
+	}
+	return 0
+}
+
 // Route is a Gateway API HTTPRoute or GRPCRoute attached to Services
-// (GAMMA). The spec travels as the Gateway API's own JSON
-// (gateway.networking.k8s.io/v1 HTTPRouteSpec or GRPCRouteSpec, defaults
-// applied), so the waypoint reads exactly what the user wrote and the
-// control API need not mirror the Gateway API's schema.
+// (GAMMA), in Ambit's own form: the controller has applied the Gateway
+// API's defaults and refused what the waypoint cannot serve, so the
+// waypoint compiles it as it is.
 type Route struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Creation time (Unix nanoseconds; 0 when unknown): ties between rules
 	// go to the older route.
-	CreatedUnixNano int64  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	SpecJson        []byte `protobuf:"bytes,4,opt,name=spec_json,json=specJson,proto3" json:"spec_json,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	CreatedUnixNano int64 `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// The route's Service parentRefs, in the order declared.
+	Parents       []*RouteParent `protobuf:"bytes,5,rep,name=parents,proto3" json:"parents,omitempty"`
+	Rules         []*RouteRule   `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_config_proto_msgTypes[19]
+	mi := &file_config_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2592,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[19]
+	mi := &file_config_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2605,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{19}
+	return file_config_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Route) GetNamespace() string {
@@ -1998,9 +2629,1099 @@ func (x *Route) GetCreatedUnixNano() int64 {
 	return 0
 }
 
-func (x *Route) GetSpecJson() []byte {
+func (x *Route) GetParents() []*RouteParent {
 	if x != nil {
-		return x.SpecJson
+		return x.Parents
+	}
+	return nil
+}
+
+func (x *Route) GetRules() []*RouteRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// RouteParent is a Service a route attaches to.
+type RouteParent struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// 0: every port of the Service.
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteParent) Reset() {
+	*x = RouteParent{}
+	mi := &file_config_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteParent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteParent) ProtoMessage() {}
+
+func (x *RouteParent) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteParent.ProtoReflect.Descriptor instead.
+func (*RouteParent) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RouteParent) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RouteParent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RouteParent) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type RouteRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rule's sectionName, if any.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A request matching any one takes the rule; none matches every request.
+	Matches  []*RouteMatch   `protobuf:"bytes,2,rep,name=matches,proto3" json:"matches,omitempty"`
+	Filters  []*RouteFilter  `protobuf:"bytes,3,rep,name=filters,proto3" json:"filters,omitempty"`
+	Backends []*RouteBackend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	// HTTPRoute only; unset when the route sets none.
+	Timeouts *RouteTimeouts `protobuf:"bytes,5,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	Retry    *RouteRetry    `protobuf:"bytes,6,opt,name=retry,proto3" json:"retry,omitempty"`
+	// Set when the rule asks what the waypoint does not do: the rule is left
+	// out and reported.
+	Unsupported   string `protobuf:"bytes,7,opt,name=unsupported,proto3" json:"unsupported,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteRule) Reset() {
+	*x = RouteRule{}
+	mi := &file_config_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteRule) ProtoMessage() {}
+
+func (x *RouteRule) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
+func (*RouteRule) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RouteRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RouteRule) GetMatches() []*RouteMatch {
+	if x != nil {
+		return x.Matches
+	}
+	return nil
+}
+
+func (x *RouteRule) GetFilters() []*RouteFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+func (x *RouteRule) GetBackends() []*RouteBackend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *RouteRule) GetTimeouts() *RouteTimeouts {
+	if x != nil {
+		return x.Timeouts
+	}
+	return nil
+}
+
+func (x *RouteRule) GetRetry() *RouteRetry {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *RouteRule) GetUnsupported() string {
+	if x != nil {
+		return x.Unsupported
+	}
+	return ""
+}
+
+// RouteMatch: every part that is set must match.
+type RouteMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// HTTPRoute: the path (unset: every path), the method ("" any) and query
+	// parameters.
+	Path        *PathMatch    `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Method      string        `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	QueryParams []*ValueMatch `protobuf:"bytes,3,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
+	// Both kinds: request headers.
+	Headers []*ValueMatch `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"`
+	// GRPCRoute: the service and method (unset: every method).
+	GrpcMethod    *GRPCMethodMatch `protobuf:"bytes,5,opt,name=grpc_method,json=grpcMethod,proto3" json:"grpc_method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteMatch) Reset() {
+	*x = RouteMatch{}
+	mi := &file_config_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteMatch) ProtoMessage() {}
+
+func (x *RouteMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
+func (*RouteMatch) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RouteMatch) GetPath() *PathMatch {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetQueryParams() []*ValueMatch {
+	if x != nil {
+		return x.QueryParams
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetHeaders() []*ValueMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetGrpcMethod() *GRPCMethodMatch {
+	if x != nil {
+		return x.GrpcMethod
+	}
+	return nil
+}
+
+type PathMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          MatchType              `protobuf:"varint,1,opt,name=type,proto3,enum=ambit.v1alpha1.MatchType" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathMatch) Reset() {
+	*x = PathMatch{}
+	mi := &file_config_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathMatch) ProtoMessage() {}
+
+func (x *PathMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
+func (*PathMatch) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PathMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_TYPE_UNSPECIFIED
+}
+
+func (x *PathMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// ValueMatch matches a header or query parameter (exact or regular
+// expression).
+type ValueMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          MatchType              `protobuf:"varint,1,opt,name=type,proto3,enum=ambit.v1alpha1.MatchType" json:"type,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValueMatch) Reset() {
+	*x = ValueMatch{}
+	mi := &file_config_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValueMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValueMatch) ProtoMessage() {}
+
+func (x *ValueMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValueMatch.ProtoReflect.Descriptor instead.
+func (*ValueMatch) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ValueMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_TYPE_UNSPECIFIED
+}
+
+func (x *ValueMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ValueMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type GRPCMethodMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          MatchType              `protobuf:"varint,1,opt,name=type,proto3,enum=ambit.v1alpha1.MatchType" json:"type,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Method        string                 `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GRPCMethodMatch) Reset() {
+	*x = GRPCMethodMatch{}
+	mi := &file_config_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GRPCMethodMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GRPCMethodMatch) ProtoMessage() {}
+
+func (x *GRPCMethodMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GRPCMethodMatch.ProtoReflect.Descriptor instead.
+func (*GRPCMethodMatch) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GRPCMethodMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_TYPE_UNSPECIFIED
+}
+
+func (x *GRPCMethodMatch) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *GRPCMethodMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+// RouteFilter is one filter; the field of its type is set.
+type RouteFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  FilterType             `protobuf:"varint,1,opt,name=type,proto3,enum=ambit.v1alpha1.FilterType" json:"type,omitempty"`
+	// Both header modifiers.
+	Headers       *HeaderFilter   `protobuf:"bytes,2,opt,name=headers,proto3" json:"headers,omitempty"`
+	Redirect      *RedirectFilter `protobuf:"bytes,3,opt,name=redirect,proto3" json:"redirect,omitempty"`
+	Rewrite       *RewriteFilter  `protobuf:"bytes,4,opt,name=rewrite,proto3" json:"rewrite,omitempty"`
+	Mirror        *MirrorFilter   `protobuf:"bytes,5,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteFilter) Reset() {
+	*x = RouteFilter{}
+	mi := &file_config_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteFilter) ProtoMessage() {}
+
+func (x *RouteFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteFilter.ProtoReflect.Descriptor instead.
+func (*RouteFilter) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RouteFilter) GetType() FilterType {
+	if x != nil {
+		return x.Type
+	}
+	return FilterType_FILTER_TYPE_UNSPECIFIED
+}
+
+func (x *RouteFilter) GetHeaders() *HeaderFilter {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRedirect() *RedirectFilter {
+	if x != nil {
+		return x.Redirect
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRewrite() *RewriteFilter {
+	if x != nil {
+		return x.Rewrite
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetMirror() *MirrorFilter {
+	if x != nil {
+		return x.Mirror
+	}
+	return nil
+}
+
+type HeaderFilter struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*HeaderValue         `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*HeaderValue         `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderFilter) Reset() {
+	*x = HeaderFilter{}
+	mi := &file_config_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderFilter) ProtoMessage() {}
+
+func (x *HeaderFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderFilter.ProtoReflect.Descriptor instead.
+func (*HeaderFilter) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *HeaderFilter) GetSet() []*HeaderValue {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderFilter) GetAdd() []*HeaderValue {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderFilter) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type HeaderValue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderValue) Reset() {
+	*x = HeaderValue{}
+	mi := &file_config_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderValue) ProtoMessage() {}
+
+func (x *HeaderValue) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderValue.ProtoReflect.Descriptor instead.
+func (*HeaderValue) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *HeaderValue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderValue) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// RedirectFilter: empty or zero fields keep the request's value (a status
+// code of 0 is 302).
+type RedirectFilter struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Scheme        string                 `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	StatusCode    int32                  `protobuf:"varint,4,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	Path          *PathModifier          `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedirectFilter) Reset() {
+	*x = RedirectFilter{}
+	mi := &file_config_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedirectFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedirectFilter) ProtoMessage() {}
+
+func (x *RedirectFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedirectFilter.ProtoReflect.Descriptor instead.
+func (*RedirectFilter) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RedirectFilter) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *RedirectFilter) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RedirectFilter) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RedirectFilter) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *RedirectFilter) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+type RewriteFilter struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path          *PathModifier          `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewriteFilter) Reset() {
+	*x = RewriteFilter{}
+	mi := &file_config_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewriteFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewriteFilter) ProtoMessage() {}
+
+func (x *RewriteFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewriteFilter.ProtoReflect.Descriptor instead.
+func (*RewriteFilter) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RewriteFilter) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RewriteFilter) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+type PathModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          PathModifierType       `protobuf:"varint,1,opt,name=type,proto3,enum=ambit.v1alpha1.PathModifierType" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathModifier) Reset() {
+	*x = PathModifier{}
+	mi := &file_config_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathModifier) ProtoMessage() {}
+
+func (x *PathModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
+func (*PathModifier) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *PathModifier) GetType() PathModifierType {
+	if x != nil {
+		return x.Type
+	}
+	return PathModifierType_PATH_MODIFIER_TYPE_UNSPECIFIED
+}
+
+func (x *PathModifier) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// MirrorFilter copies numerator out of denominator requests to a Service
+// port.
+type MirrorFilter struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Backend       *ServiceRef            `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	Numerator     int64                  `protobuf:"varint,2,opt,name=numerator,proto3" json:"numerator,omitempty"`
+	Denominator   int64                  `protobuf:"varint,3,opt,name=denominator,proto3" json:"denominator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorFilter) Reset() {
+	*x = MirrorFilter{}
+	mi := &file_config_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorFilter) ProtoMessage() {}
+
+func (x *MirrorFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorFilter.ProtoReflect.Descriptor instead.
+func (*MirrorFilter) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *MirrorFilter) GetBackend() *ServiceRef {
+	if x != nil {
+		return x.Backend
+	}
+	return nil
+}
+
+func (x *MirrorFilter) GetNumerator() int64 {
+	if x != nil {
+		return x.Numerator
+	}
+	return 0
+}
+
+func (x *MirrorFilter) GetDenominator() int64 {
+	if x != nil {
+		return x.Denominator
+	}
+	return 0
+}
+
+type ServiceRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceRef) Reset() {
+	*x = ServiceRef{}
+	mi := &file_config_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceRef) ProtoMessage() {}
+
+func (x *ServiceRef) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceRef.ProtoReflect.Descriptor instead.
+func (*ServiceRef) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ServiceRef) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ServiceRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServiceRef) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type RouteBackend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       *ServiceRef            `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Weight        int32                  `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	Filters       []*RouteFilter         `protobuf:"bytes,3,rep,name=filters,proto3" json:"filters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteBackend) Reset() {
+	*x = RouteBackend{}
+	mi := &file_config_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteBackend) ProtoMessage() {}
+
+func (x *RouteBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteBackend.ProtoReflect.Descriptor instead.
+func (*RouteBackend) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RouteBackend) GetService() *ServiceRef {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+func (x *RouteBackend) GetWeight() int32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *RouteBackend) GetFilters() []*RouteFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+// RouteTimeouts: an unset field is not set by the route; 0 is no timeout.
+type RouteTimeouts struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	RequestNanos        *int64                 `protobuf:"varint,1,opt,name=request_nanos,json=requestNanos,proto3,oneof" json:"request_nanos,omitempty"`
+	BackendRequestNanos *int64                 `protobuf:"varint,2,opt,name=backend_request_nanos,json=backendRequestNanos,proto3,oneof" json:"backend_request_nanos,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *RouteTimeouts) Reset() {
+	*x = RouteTimeouts{}
+	mi := &file_config_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteTimeouts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteTimeouts) ProtoMessage() {}
+
+func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteTimeouts.ProtoReflect.Descriptor instead.
+func (*RouteTimeouts) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RouteTimeouts) GetRequestNanos() int64 {
+	if x != nil && x.RequestNanos != nil {
+		return *x.RequestNanos
+	}
+	return 0
+}
+
+func (x *RouteTimeouts) GetBackendRequestNanos() int64 {
+	if x != nil && x.BackendRequestNanos != nil {
+		return *x.BackendRequestNanos
+	}
+	return 0
+}
+
+type RouteRetry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0: not set.
+	Attempts     int32 `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	BackoffNanos int64 `protobuf:"varint,2,opt,name=backoff_nanos,json=backoffNanos,proto3" json:"backoff_nanos,omitempty"`
+	// HTTP statuses retried.
+	Codes         []int32 `protobuf:"varint,3,rep,packed,name=codes,proto3" json:"codes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteRetry) Reset() {
+	*x = RouteRetry{}
+	mi := &file_config_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteRetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteRetry) ProtoMessage() {}
+
+func (x *RouteRetry) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteRetry.ProtoReflect.Descriptor instead.
+func (*RouteRetry) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RouteRetry) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *RouteRetry) GetBackoffNanos() int64 {
+	if x != nil {
+		return x.BackoffNanos
+	}
+	return 0
+}
+
+func (x *RouteRetry) GetCodes() []int32 {
+	if x != nil {
+		return x.Codes
 	}
 	return nil
 }
@@ -2148,17 +3869,140 @@ const file_config_proto_rawDesc = "" +
 	"\breplicas\x18\x03 \x01(\x05R\breplicas\x12!\n" +
 	"\ftraffic_type\x18\x04 \x01(\tR\vtrafficType\x12\x1c\n" +
 	"\taddresses\x18\x05 \x03(\fR\taddresses\x12\x14\n" +
-	"\x05ready\x18\x06 \x01(\bR\x05ready\"\x8a\x01\n" +
+	"\x05ready\x18\x06 \x01(\bR\x05ready\"\xb5\x04\n" +
 	"\rTrafficPolicy\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x1b\n" +
-	"\tspec_json\x18\x04 \x01(\fR\bspecJson\"\x82\x01\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x18\n" +
+	"\atargets\x18\x05 \x03(\tR\atargets\x128\n" +
+	"\aretries\x18\x06 \x01(\v2\x1e.ambit.v1alpha1.TrafficRetriesR\aretries\x12;\n" +
+	"\btimeouts\x18\a \x01(\v2\x1f.ambit.v1alpha1.TrafficTimeoutsR\btimeouts\x12G\n" +
+	"\x0fcircuit_breaker\x18\b \x01(\v2\x1e.ambit.v1alpha1.CircuitBreakerR\x0ecircuitBreaker\x12M\n" +
+	"\x11outlier_detection\x18\t \x01(\v2 .ambit.v1alpha1.OutlierDetectionR\x10outlierDetection\x128\n" +
+	"\n" +
+	"rate_limit\x18\n" +
+	" \x01(\v2\x19.ambit.v1alpha1.RateLimitR\trateLimit\x12+\n" +
+	"\x05fault\x18\v \x01(\v2\x15.ambit.v1alpha1.FaultR\x05fault\x12%\n" +
+	"\x0eload_balancing\x18\f \x01(\tR\rloadBalancingJ\x04\b\x04\x10\x05R\tspec_json\"\xfb\x01\n" +
+	"\x0eTrafficRetries\x12\x1a\n" +
+	"\battempts\x18\x01 \x01(\x05R\battempts\x121\n" +
+	"\x15per_try_timeout_nanos\x18\x02 \x01(\x03R\x12perTryTimeoutNanos\x12#\n" +
+	"\rbackoff_nanos\x18\x03 \x01(\x03R\fbackoffNanos\x12\x19\n" +
+	"\bretry_on\x18\x04 \x03(\tR\aretryOn\x12%\n" +
+	"\x0ebudget_percent\x18\x05 \x01(\x05R\rbudgetPercent\x123\n" +
+	"\x16min_retries_per_second\x18\x06 \x01(\x05R\x13minRetriesPerSecond\"z\n" +
+	"\x0fTrafficTimeouts\x12#\n" +
+	"\rrequest_nanos\x18\x01 \x01(\x03R\frequestNanos\x12\x1d\n" +
+	"\n" +
+	"idle_nanos\x18\x02 \x01(\x03R\tidleNanos\x12#\n" +
+	"\rconnect_nanos\x18\x03 \x01(\x03R\fconnectNanos\"\xaa\x01\n" +
+	"\x0eCircuitBreaker\x12'\n" +
+	"\x0fmax_connections\x18\x01 \x01(\x05R\x0emaxConnections\x120\n" +
+	"\x14max_pending_requests\x18\x02 \x01(\x05R\x12maxPendingRequests\x12=\n" +
+	"\x1bmax_requests_per_connection\x18\x03 \x01(\x05R\x18maxRequestsPerConnection\"\xd3\x01\n" +
+	"\x10OutlierDetection\x12-\n" +
+	"\x12consecutive_errors\x18\x01 \x01(\x05R\x11consecutiveErrors\x12%\n" +
+	"\x0einterval_nanos\x18\x02 \x01(\x03R\rintervalNanos\x127\n" +
+	"\x18base_ejection_time_nanos\x18\x03 \x01(\x03R\x15baseEjectionTimeNanos\x120\n" +
+	"\x14max_ejection_percent\x18\x04 \x01(\x05R\x12maxEjectionPercent\"d\n" +
+	"\tRateLimit\x12\x1a\n" +
+	"\brequests\x18\x01 \x01(\x05R\brequests\x12%\n" +
+	"\x0einterval_nanos\x18\x02 \x01(\x03R\rintervalNanos\x12\x14\n" +
+	"\x05burst\x18\x03 \x01(\x05R\x05burst\"\xca\x01\n" +
+	"\x05Fault\x12#\n" +
+	"\rdelay_percent\x18\x01 \x01(\x05R\fdelayPercent\x12\x1f\n" +
+	"\vdelay_nanos\x18\x02 \x01(\x03R\n" +
+	"delayNanos\x12#\n" +
+	"\rabort_percent\x18\x03 \x01(\x05R\fabortPercent\x12*\n" +
+	"\x11abort_http_status\x18\x04 \x01(\x05R\x0fabortHttpStatus\x12*\n" +
+	"\x11abort_grpc_status\x18\x05 \x01(\x05R\x0fabortGrpcStatus\"\xde\x01\n" +
 	"\x05Route\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x1b\n" +
-	"\tspec_json\x18\x04 \x01(\fR\bspecJson*U\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x125\n" +
+	"\aparents\x18\x05 \x03(\v2\x1b.ambit.v1alpha1.RouteParentR\aparents\x12/\n" +
+	"\x05rules\x18\x06 \x03(\v2\x19.ambit.v1alpha1.RouteRuleR\x05rulesJ\x04\b\x04\x10\x05R\tspec_json\"S\n" +
+	"\vRouteParent\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\xd5\x02\n" +
+	"\tRouteRule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\amatches\x18\x02 \x03(\v2\x1a.ambit.v1alpha1.RouteMatchR\amatches\x125\n" +
+	"\afilters\x18\x03 \x03(\v2\x1b.ambit.v1alpha1.RouteFilterR\afilters\x128\n" +
+	"\bbackends\x18\x04 \x03(\v2\x1c.ambit.v1alpha1.RouteBackendR\bbackends\x129\n" +
+	"\btimeouts\x18\x05 \x01(\v2\x1d.ambit.v1alpha1.RouteTimeoutsR\btimeouts\x120\n" +
+	"\x05retry\x18\x06 \x01(\v2\x1a.ambit.v1alpha1.RouteRetryR\x05retry\x12 \n" +
+	"\vunsupported\x18\a \x01(\tR\vunsupported\"\x8a\x02\n" +
+	"\n" +
+	"RouteMatch\x12-\n" +
+	"\x04path\x18\x01 \x01(\v2\x19.ambit.v1alpha1.PathMatchR\x04path\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12=\n" +
+	"\fquery_params\x18\x03 \x03(\v2\x1a.ambit.v1alpha1.ValueMatchR\vqueryParams\x124\n" +
+	"\aheaders\x18\x04 \x03(\v2\x1a.ambit.v1alpha1.ValueMatchR\aheaders\x12@\n" +
+	"\vgrpc_method\x18\x05 \x01(\v2\x1f.ambit.v1alpha1.GRPCMethodMatchR\n" +
+	"grpcMethod\"P\n" +
+	"\tPathMatch\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.ambit.v1alpha1.MatchTypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"e\n" +
+	"\n" +
+	"ValueMatch\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.ambit.v1alpha1.MatchTypeR\x04type\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"r\n" +
+	"\x0fGRPCMethodMatch\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.ambit.v1alpha1.MatchTypeR\x04type\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\"\xa0\x02\n" +
+	"\vRouteFilter\x12.\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1a.ambit.v1alpha1.FilterTypeR\x04type\x126\n" +
+	"\aheaders\x18\x02 \x01(\v2\x1c.ambit.v1alpha1.HeaderFilterR\aheaders\x12:\n" +
+	"\bredirect\x18\x03 \x01(\v2\x1e.ambit.v1alpha1.RedirectFilterR\bredirect\x127\n" +
+	"\arewrite\x18\x04 \x01(\v2\x1d.ambit.v1alpha1.RewriteFilterR\arewrite\x124\n" +
+	"\x06mirror\x18\x05 \x01(\v2\x1c.ambit.v1alpha1.MirrorFilterR\x06mirror\"\x84\x01\n" +
+	"\fHeaderFilter\x12-\n" +
+	"\x03set\x18\x01 \x03(\v2\x1b.ambit.v1alpha1.HeaderValueR\x03set\x12-\n" +
+	"\x03add\x18\x02 \x03(\v2\x1b.ambit.v1alpha1.HeaderValueR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"7\n" +
+	"\vHeaderValue\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xab\x01\n" +
+	"\x0eRedirectFilter\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x1f\n" +
+	"\vstatus_code\x18\x04 \x01(\x05R\n" +
+	"statusCode\x120\n" +
+	"\x04path\x18\x05 \x01(\v2\x1c.ambit.v1alpha1.PathModifierR\x04path\"]\n" +
+	"\rRewriteFilter\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x120\n" +
+	"\x04path\x18\x02 \x01(\v2\x1c.ambit.v1alpha1.PathModifierR\x04path\"Z\n" +
+	"\fPathModifier\x124\n" +
+	"\x04type\x18\x01 \x01(\x0e2 .ambit.v1alpha1.PathModifierTypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x84\x01\n" +
+	"\fMirrorFilter\x124\n" +
+	"\abackend\x18\x01 \x01(\v2\x1a.ambit.v1alpha1.ServiceRefR\abackend\x12\x1c\n" +
+	"\tnumerator\x18\x02 \x01(\x03R\tnumerator\x12 \n" +
+	"\vdenominator\x18\x03 \x01(\x03R\vdenominator\"R\n" +
+	"\n" +
+	"ServiceRef\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\x93\x01\n" +
+	"\fRouteBackend\x124\n" +
+	"\aservice\x18\x01 \x01(\v2\x1a.ambit.v1alpha1.ServiceRefR\aservice\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\x05R\x06weight\x125\n" +
+	"\afilters\x18\x03 \x03(\v2\x1b.ambit.v1alpha1.RouteFilterR\afilters\"\x9e\x01\n" +
+	"\rRouteTimeouts\x12(\n" +
+	"\rrequest_nanos\x18\x01 \x01(\x03H\x00R\frequestNanos\x88\x01\x01\x127\n" +
+	"\x15backend_request_nanos\x18\x02 \x01(\x03H\x01R\x13backendRequestNanos\x88\x01\x01B\x10\n" +
+	"\x0e_request_nanosB\x18\n" +
+	"\x16_backend_request_nanos\"c\n" +
+	"\n" +
+	"RouteRetry\x12\x1a\n" +
+	"\battempts\x18\x01 \x01(\x05R\battempts\x12#\n" +
+	"\rbackoff_nanos\x18\x02 \x01(\x03R\fbackoffNanos\x12\x14\n" +
+	"\x05codes\x18\x03 \x03(\x05R\x05codes*U\n" +
 	"\tProxyKind\x12\x1a\n" +
 	"\x16PROXY_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROXY_KIND_NODE\x10\x01\x12\x17\n" +
@@ -2185,7 +4029,24 @@ const file_config_proto_rawDesc = "" +
 	"\fPolicyAction\x12\x1d\n" +
 	"\x19POLICY_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13POLICY_ACTION_ALLOW\x10\x01\x12\x16\n" +
-	"\x12POLICY_ACTION_DENY\x10\x022U\n" +
+	"\x12POLICY_ACTION_DENY\x10\x02*|\n" +
+	"\tMatchType\x12\x1a\n" +
+	"\x16MATCH_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10MATCH_TYPE_EXACT\x10\x01\x12\x1a\n" +
+	"\x16MATCH_TYPE_PATH_PREFIX\x10\x02\x12!\n" +
+	"\x1dMATCH_TYPE_REGULAR_EXPRESSION\x10\x03*\xdb\x01\n" +
+	"\n" +
+	"FilterType\x12\x1b\n" +
+	"\x17FILTER_TYPE_UNSPECIFIED\x10\x00\x12'\n" +
+	"#FILTER_TYPE_REQUEST_HEADER_MODIFIER\x10\x01\x12(\n" +
+	"$FILTER_TYPE_RESPONSE_HEADER_MODIFIER\x10\x02\x12 \n" +
+	"\x1cFILTER_TYPE_REQUEST_REDIRECT\x10\x03\x12\x1b\n" +
+	"\x17FILTER_TYPE_URL_REWRITE\x10\x04\x12\x1e\n" +
+	"\x1aFILTER_TYPE_REQUEST_MIRROR\x10\x05*\x8d\x01\n" +
+	"\x10PathModifierType\x12\"\n" +
+	"\x1ePATH_MODIFIER_TYPE_UNSPECIFIED\x10\x00\x12(\n" +
+	"$PATH_MODIFIER_TYPE_REPLACE_FULL_PATH\x10\x01\x12+\n" +
+	"'PATH_MODIFIER_TYPE_REPLACE_PREFIX_MATCH\x10\x022U\n" +
 	"\x06Config\x12K\n" +
 	"\x06Stream\x12\x1d.ambit.v1alpha1.ConfigRequest\x1a\x1e.ambit.v1alpha1.ConfigResponse(\x010\x01B3Z1github.com/ambit-mesh/ambit/api/v1alpha1;v1alpha1b\x06proto3"
 
@@ -2201,80 +4062,139 @@ func file_config_proto_rawDescGZIP() []byte {
 	return file_config_proto_rawDescData
 }
 
-var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_config_proto_goTypes = []any{
 	(ProxyKind)(0),            // 0: ambit.v1alpha1.ProxyKind
 	(ResourceType)(0),         // 1: ambit.v1alpha1.ResourceType
 	(PathNormalization)(0),    // 2: ambit.v1alpha1.PathNormalization
 	(PolicyAction)(0),         // 3: ambit.v1alpha1.PolicyAction
-	(*ProxyInfo)(nil),         // 4: ambit.v1alpha1.ProxyInfo
-	(*ConfigRequest)(nil),     // 5: ambit.v1alpha1.ConfigRequest
-	(*ConfigResponse)(nil),    // 6: ambit.v1alpha1.ConfigResponse
-	(*ResourceRef)(nil),       // 7: ambit.v1alpha1.ResourceRef
-	(*Resource)(nil),          // 8: ambit.v1alpha1.Resource
-	(*Mesh)(nil),              // 9: ambit.v1alpha1.Mesh
-	(*Namespace)(nil),         // 10: ambit.v1alpha1.Namespace
-	(*Workload)(nil),          // 11: ambit.v1alpha1.Workload
-	(*LocalWorkload)(nil),     // 12: ambit.v1alpha1.LocalWorkload
-	(*Service)(nil),           // 13: ambit.v1alpha1.Service
-	(*ServicePort)(nil),       // 14: ambit.v1alpha1.ServicePort
-	(*AccessPolicy)(nil),      // 15: ambit.v1alpha1.AccessPolicy
-	(*PolicyRule)(nil),        // 16: ambit.v1alpha1.PolicyRule
-	(*PolicyTarget)(nil),      // 17: ambit.v1alpha1.PolicyTarget
-	(*PolicyHeaderMatch)(nil), // 18: ambit.v1alpha1.PolicyHeaderMatch
-	(*PolicySource)(nil),      // 19: ambit.v1alpha1.PolicySource
-	(*TrustBundle)(nil),       // 20: ambit.v1alpha1.TrustBundle
-	(*Waypoint)(nil),          // 21: ambit.v1alpha1.Waypoint
-	(*TrafficPolicy)(nil),     // 22: ambit.v1alpha1.TrafficPolicy
-	(*Route)(nil),             // 23: ambit.v1alpha1.Route
-	nil,                       // 24: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	nil,                       // 25: ambit.v1alpha1.Namespace.LabelsEntry
-	nil,                       // 26: ambit.v1alpha1.Namespace.AnnotationsEntry
-	nil,                       // 27: ambit.v1alpha1.Workload.LabelsEntry
-	nil,                       // 28: ambit.v1alpha1.Service.LabelsEntry
-	nil,                       // 29: ambit.v1alpha1.Service.SelectorEntry
-	nil,                       // 30: ambit.v1alpha1.AccessPolicy.SelectorEntry
+	(MatchType)(0),            // 4: ambit.v1alpha1.MatchType
+	(FilterType)(0),           // 5: ambit.v1alpha1.FilterType
+	(PathModifierType)(0),     // 6: ambit.v1alpha1.PathModifierType
+	(*ProxyInfo)(nil),         // 7: ambit.v1alpha1.ProxyInfo
+	(*ConfigRequest)(nil),     // 8: ambit.v1alpha1.ConfigRequest
+	(*ConfigResponse)(nil),    // 9: ambit.v1alpha1.ConfigResponse
+	(*ResourceRef)(nil),       // 10: ambit.v1alpha1.ResourceRef
+	(*Resource)(nil),          // 11: ambit.v1alpha1.Resource
+	(*Mesh)(nil),              // 12: ambit.v1alpha1.Mesh
+	(*Namespace)(nil),         // 13: ambit.v1alpha1.Namespace
+	(*Workload)(nil),          // 14: ambit.v1alpha1.Workload
+	(*LocalWorkload)(nil),     // 15: ambit.v1alpha1.LocalWorkload
+	(*Service)(nil),           // 16: ambit.v1alpha1.Service
+	(*ServicePort)(nil),       // 17: ambit.v1alpha1.ServicePort
+	(*AccessPolicy)(nil),      // 18: ambit.v1alpha1.AccessPolicy
+	(*PolicyRule)(nil),        // 19: ambit.v1alpha1.PolicyRule
+	(*PolicyTarget)(nil),      // 20: ambit.v1alpha1.PolicyTarget
+	(*PolicyHeaderMatch)(nil), // 21: ambit.v1alpha1.PolicyHeaderMatch
+	(*PolicySource)(nil),      // 22: ambit.v1alpha1.PolicySource
+	(*TrustBundle)(nil),       // 23: ambit.v1alpha1.TrustBundle
+	(*Waypoint)(nil),          // 24: ambit.v1alpha1.Waypoint
+	(*TrafficPolicy)(nil),     // 25: ambit.v1alpha1.TrafficPolicy
+	(*TrafficRetries)(nil),    // 26: ambit.v1alpha1.TrafficRetries
+	(*TrafficTimeouts)(nil),   // 27: ambit.v1alpha1.TrafficTimeouts
+	(*CircuitBreaker)(nil),    // 28: ambit.v1alpha1.CircuitBreaker
+	(*OutlierDetection)(nil),  // 29: ambit.v1alpha1.OutlierDetection
+	(*RateLimit)(nil),         // 30: ambit.v1alpha1.RateLimit
+	(*Fault)(nil),             // 31: ambit.v1alpha1.Fault
+	(*Route)(nil),             // 32: ambit.v1alpha1.Route
+	(*RouteParent)(nil),       // 33: ambit.v1alpha1.RouteParent
+	(*RouteRule)(nil),         // 34: ambit.v1alpha1.RouteRule
+	(*RouteMatch)(nil),        // 35: ambit.v1alpha1.RouteMatch
+	(*PathMatch)(nil),         // 36: ambit.v1alpha1.PathMatch
+	(*ValueMatch)(nil),        // 37: ambit.v1alpha1.ValueMatch
+	(*GRPCMethodMatch)(nil),   // 38: ambit.v1alpha1.GRPCMethodMatch
+	(*RouteFilter)(nil),       // 39: ambit.v1alpha1.RouteFilter
+	(*HeaderFilter)(nil),      // 40: ambit.v1alpha1.HeaderFilter
+	(*HeaderValue)(nil),       // 41: ambit.v1alpha1.HeaderValue
+	(*RedirectFilter)(nil),    // 42: ambit.v1alpha1.RedirectFilter
+	(*RewriteFilter)(nil),     // 43: ambit.v1alpha1.RewriteFilter
+	(*PathModifier)(nil),      // 44: ambit.v1alpha1.PathModifier
+	(*MirrorFilter)(nil),      // 45: ambit.v1alpha1.MirrorFilter
+	(*ServiceRef)(nil),        // 46: ambit.v1alpha1.ServiceRef
+	(*RouteBackend)(nil),      // 47: ambit.v1alpha1.RouteBackend
+	(*RouteTimeouts)(nil),     // 48: ambit.v1alpha1.RouteTimeouts
+	(*RouteRetry)(nil),        // 49: ambit.v1alpha1.RouteRetry
+	nil,                       // 50: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	nil,                       // 51: ambit.v1alpha1.Namespace.LabelsEntry
+	nil,                       // 52: ambit.v1alpha1.Namespace.AnnotationsEntry
+	nil,                       // 53: ambit.v1alpha1.Workload.LabelsEntry
+	nil,                       // 54: ambit.v1alpha1.Service.LabelsEntry
+	nil,                       // 55: ambit.v1alpha1.Service.SelectorEntry
+	nil,                       // 56: ambit.v1alpha1.AccessPolicy.SelectorEntry
 }
 var file_config_proto_depIdxs = []int32{
 	0,  // 0: ambit.v1alpha1.ProxyInfo.kind:type_name -> ambit.v1alpha1.ProxyKind
-	4,  // 1: ambit.v1alpha1.ConfigRequest.proxy:type_name -> ambit.v1alpha1.ProxyInfo
-	8,  // 2: ambit.v1alpha1.ConfigResponse.resources:type_name -> ambit.v1alpha1.Resource
-	7,  // 3: ambit.v1alpha1.ConfigResponse.removed:type_name -> ambit.v1alpha1.ResourceRef
+	7,  // 1: ambit.v1alpha1.ConfigRequest.proxy:type_name -> ambit.v1alpha1.ProxyInfo
+	11, // 2: ambit.v1alpha1.ConfigResponse.resources:type_name -> ambit.v1alpha1.Resource
+	10, // 3: ambit.v1alpha1.ConfigResponse.removed:type_name -> ambit.v1alpha1.ResourceRef
 	1,  // 4: ambit.v1alpha1.ResourceRef.type:type_name -> ambit.v1alpha1.ResourceType
-	7,  // 5: ambit.v1alpha1.Resource.ref:type_name -> ambit.v1alpha1.ResourceRef
-	9,  // 6: ambit.v1alpha1.Resource.mesh:type_name -> ambit.v1alpha1.Mesh
-	10, // 7: ambit.v1alpha1.Resource.namespace:type_name -> ambit.v1alpha1.Namespace
-	11, // 8: ambit.v1alpha1.Resource.workload:type_name -> ambit.v1alpha1.Workload
-	13, // 9: ambit.v1alpha1.Resource.service:type_name -> ambit.v1alpha1.Service
-	15, // 10: ambit.v1alpha1.Resource.access_policy:type_name -> ambit.v1alpha1.AccessPolicy
-	20, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
-	21, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
-	22, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
-	23, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
-	23, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
-	24, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	10, // 5: ambit.v1alpha1.Resource.ref:type_name -> ambit.v1alpha1.ResourceRef
+	12, // 6: ambit.v1alpha1.Resource.mesh:type_name -> ambit.v1alpha1.Mesh
+	13, // 7: ambit.v1alpha1.Resource.namespace:type_name -> ambit.v1alpha1.Namespace
+	14, // 8: ambit.v1alpha1.Resource.workload:type_name -> ambit.v1alpha1.Workload
+	16, // 9: ambit.v1alpha1.Resource.service:type_name -> ambit.v1alpha1.Service
+	18, // 10: ambit.v1alpha1.Resource.access_policy:type_name -> ambit.v1alpha1.AccessPolicy
+	23, // 11: ambit.v1alpha1.Resource.trust_bundle:type_name -> ambit.v1alpha1.TrustBundle
+	24, // 12: ambit.v1alpha1.Resource.waypoint:type_name -> ambit.v1alpha1.Waypoint
+	25, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
+	32, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
+	32, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
+	50, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
 	2,  // 17: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
-	25, // 18: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	26, // 19: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	27, // 20: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
-	12, // 21: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	28, // 22: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	29, // 23: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
-	14, // 24: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	30, // 25: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	51, // 18: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	52, // 19: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	53, // 20: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	15, // 21: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
+	54, // 22: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	55, // 23: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	17, // 24: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
+	56, // 25: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
 	3,  // 26: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
-	16, // 27: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	19, // 28: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
-	17, // 29: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
-	18, // 30: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
-	5,  // 31: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	6,  // 32: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	32, // [32:33] is the sub-list for method output_type
-	31, // [31:32] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	19, // 27: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
+	22, // 28: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	20, // 29: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
+	21, // 30: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
+	26, // 31: ambit.v1alpha1.TrafficPolicy.retries:type_name -> ambit.v1alpha1.TrafficRetries
+	27, // 32: ambit.v1alpha1.TrafficPolicy.timeouts:type_name -> ambit.v1alpha1.TrafficTimeouts
+	28, // 33: ambit.v1alpha1.TrafficPolicy.circuit_breaker:type_name -> ambit.v1alpha1.CircuitBreaker
+	29, // 34: ambit.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambit.v1alpha1.OutlierDetection
+	30, // 35: ambit.v1alpha1.TrafficPolicy.rate_limit:type_name -> ambit.v1alpha1.RateLimit
+	31, // 36: ambit.v1alpha1.TrafficPolicy.fault:type_name -> ambit.v1alpha1.Fault
+	33, // 37: ambit.v1alpha1.Route.parents:type_name -> ambit.v1alpha1.RouteParent
+	34, // 38: ambit.v1alpha1.Route.rules:type_name -> ambit.v1alpha1.RouteRule
+	35, // 39: ambit.v1alpha1.RouteRule.matches:type_name -> ambit.v1alpha1.RouteMatch
+	39, // 40: ambit.v1alpha1.RouteRule.filters:type_name -> ambit.v1alpha1.RouteFilter
+	47, // 41: ambit.v1alpha1.RouteRule.backends:type_name -> ambit.v1alpha1.RouteBackend
+	48, // 42: ambit.v1alpha1.RouteRule.timeouts:type_name -> ambit.v1alpha1.RouteTimeouts
+	49, // 43: ambit.v1alpha1.RouteRule.retry:type_name -> ambit.v1alpha1.RouteRetry
+	36, // 44: ambit.v1alpha1.RouteMatch.path:type_name -> ambit.v1alpha1.PathMatch
+	37, // 45: ambit.v1alpha1.RouteMatch.query_params:type_name -> ambit.v1alpha1.ValueMatch
+	37, // 46: ambit.v1alpha1.RouteMatch.headers:type_name -> ambit.v1alpha1.ValueMatch
+	38, // 47: ambit.v1alpha1.RouteMatch.grpc_method:type_name -> ambit.v1alpha1.GRPCMethodMatch
+	4,  // 48: ambit.v1alpha1.PathMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 49: ambit.v1alpha1.ValueMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 50: ambit.v1alpha1.GRPCMethodMatch.type:type_name -> ambit.v1alpha1.MatchType
+	5,  // 51: ambit.v1alpha1.RouteFilter.type:type_name -> ambit.v1alpha1.FilterType
+	40, // 52: ambit.v1alpha1.RouteFilter.headers:type_name -> ambit.v1alpha1.HeaderFilter
+	42, // 53: ambit.v1alpha1.RouteFilter.redirect:type_name -> ambit.v1alpha1.RedirectFilter
+	43, // 54: ambit.v1alpha1.RouteFilter.rewrite:type_name -> ambit.v1alpha1.RewriteFilter
+	45, // 55: ambit.v1alpha1.RouteFilter.mirror:type_name -> ambit.v1alpha1.MirrorFilter
+	41, // 56: ambit.v1alpha1.HeaderFilter.set:type_name -> ambit.v1alpha1.HeaderValue
+	41, // 57: ambit.v1alpha1.HeaderFilter.add:type_name -> ambit.v1alpha1.HeaderValue
+	44, // 58: ambit.v1alpha1.RedirectFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	44, // 59: ambit.v1alpha1.RewriteFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	6,  // 60: ambit.v1alpha1.PathModifier.type:type_name -> ambit.v1alpha1.PathModifierType
+	46, // 61: ambit.v1alpha1.MirrorFilter.backend:type_name -> ambit.v1alpha1.ServiceRef
+	46, // 62: ambit.v1alpha1.RouteBackend.service:type_name -> ambit.v1alpha1.ServiceRef
+	39, // 63: ambit.v1alpha1.RouteBackend.filters:type_name -> ambit.v1alpha1.RouteFilter
+	8,  // 64: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	9,  // 65: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	65, // [65:66] is the sub-list for method output_type
+	64, // [64:65] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -2300,13 +4220,14 @@ func file_config_proto_init() {
 		(*PolicyHeaderMatch_Regex)(nil),
 		(*PolicyHeaderMatch_Present)(nil),
 	}
+	file_config_proto_msgTypes[41].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   27,
+			NumEnums:      7,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,15 @@ func runGet(args []string, stdout, stderr io.Writer) int {
 	conc := fs.Int("c", 1, "requests in flight at once (keep-alive connections)")
 	timeout := fs.Duration("timeout", 3*time.Second, "timeout of each request, body included")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of lines")
+	hdr := http.Header{}
+	fs.Func("H", "request header `name:value` (repeatable)", func(v string) error {
+		name, value, ok := strings.Cut(v, ":")
+		if !ok || strings.TrimSpace(name) == "" {
+			return fmt.Errorf("%q: want name:value", v)
+		}
+		hdr.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+		return nil
+	})
 	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "ambit-echo: exactly one URL is required")
 		return 2
@@ -71,7 +80,7 @@ func runGet(args []string, stdout, stderr io.Writer) int {
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= int64(*n) {
-				status, first, err := getOnce(client, target)
+				status, first, err := getOnce(client, target, hdr)
 				mu.Lock()
 				switch {
 				case err != nil:
@@ -106,12 +115,23 @@ func runGet(args []string, stdout, stderr io.Writer) int {
 	return 1
 }
 
-// getOnce sends one GET and reads the whole answer, so that its connection
-// is reused; it returns the status and the trimmed first line of the body.
+// getOnce sends one GET with the headers hdr (a Host entry sets the
+// request's host) and reads the whole answer, so that its connection is
+// reused; it returns the status and the trimmed first line of the body.
 // An error means no complete answer (for a non-2xx status, the status is
 // enough and a broken body is ignored).
-func getOnce(client *http.Client, target string) (int, string, error) {
-	resp, err := client.Get(target)
+func getOnce(client *http.Client, target string, hdr http.Header) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, target, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if h := hdr.Get("Host"); h != "" {
+		req.Host = h
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, "", err
 	}

@@ -207,6 +207,24 @@ func TestGetCountsBodiesFromTwoServers(t *testing.T) {
 	}
 }
 
+func TestGetSendsHeaders(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s %s\n", r.Host, r.Header.Get("X-Canary"), strings.Join(r.Header.Values("X-Two"), ","))
+	}))
+	t.Cleanup(srv.Close)
+	var out, errs bytes.Buffer
+	args := []string{"get", "-H", "x-canary: true", "-H", "X-Two:a", "-H", "x-two:b", "-H", "host:shop.example", srv.URL + "/"}
+	if code := run(args, &out, &errs); code != 0 || out.String() != "shop.example true a,b 1\n" {
+		t.Errorf("get -H: %d %q (stderr %q); want 0 \"shop.example true a,b 1\\n\"", code, out.String(), errs.String())
+	}
+	out.Reset()
+	errs.Reset()
+	if code := run([]string{"get", "-H", "nocolon", srv.URL}, &out, &errs); code != 2 || !strings.Contains(errs.String(), "want name:value") {
+		t.Errorf("get -H nocolon: %d, stderr %q; want 2 and a usage error", code, errs.String())
+	}
+}
+
 func TestGetReportsStatuses(t *testing.T) {
 	t.Parallel()
 	forbidden := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

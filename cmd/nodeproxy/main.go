@@ -1,7 +1,6 @@
 // Command nodeproxy is Ambit's per-node proxy, run by the DaemonSet.
 //
 //	nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE   serve the node's pods
-//	nodeproxy run --node NAME --config PATH --ca-cert FILE --ca-key FILE            file mode, no controller
 //	nodeproxy waypoint --name NS/NAME --controller ADDR --controller-ca FILE --token-file FILE   a waypoint (L7) proxy
 //	nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json]
 //	nodeproxy capture list [-o json]   what capture has attached, per pod
@@ -28,7 +27,6 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
-       nodeproxy run --node NAME --config PATH --ca-cert FILE --ca-key FILE [flags]   (file mode; -h lists the flags)
        nodeproxy waypoint --name NAMESPACE/NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
        nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json] [--admin ADDR]
        nodeproxy debug top [-o json] [--interval 1s] [--admin ADDR] [--metrics URL]

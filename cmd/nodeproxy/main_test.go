@@ -91,3 +91,18 @@ func TestPrivilegedListAndUninstall(t *testing.T) {
 		t.Errorf("pin path left after uninstall: %v", err)
 	}
 }
+
+// TestRunRefusesFileMode: the node proxy reads no YAML; --config says how
+// to get the same result through the controller.
+func TestRunRefusesFileMode(t *testing.T) {
+	var out bytes.Buffer
+	var stdout bytes.Buffer
+	if code := run([]string{"run", "--node", "n1", "--config", "mesh/"}, &stdout, &out); code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	for _, want := range []string{"--config mesh/", "controller run --source file --config DIR", "--controller"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("error lacks %q:\n%s", want, out.String())
+		}
+	}
+}

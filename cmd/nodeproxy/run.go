@@ -15,14 +15,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
-	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/cni"
 	"github.com/ambit-mesh/ambit/internal/controlclient"
-	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/nodeproxy"
@@ -30,132 +27,146 @@ import (
 	"github.com/ambit-mesh/ambit/internal/transparent"
 )
 
-// runProxy is `nodeproxy run`. With --controller the node proxy gets its
-// configuration, certificates and trust bundle from the controller's gRPC
-// API; in file mode (--config, --ca-cert, --ca-key) it reads the mesh
-// configuration from YAML and signs certificates with a CA given as files
-// (only for identities with a workload on this node).
-func runProxy(args []string, stdout, stderr io.Writer) int {
+// fileModeHelp answers the flags of a node proxy reading YAML itself: the
+// controller reads the files (`controller run --source file`) and the
+// node proxy follows the controller.
+const fileModeHelp = "the node proxy reads no YAML: run `controller run --source file --config DIR --ca-cert FILE --ca-key FILE --bootstrap-tokens FILE` and point the node proxy at it with --controller ADDR --controller-ca FILE --token-file FILE"
+
+// runFlags are the flags of `nodeproxy run`.
+type runFlags struct {
+	node, config, pinPath                      string
+	adminAddr, metricsAddr, readyAddr          string
+	drain                                      time.Duration
+	excludePorts, excludeCIDRs, excludeSources string
+	logFormat                                  string
+	ctrlAddr, ctrlCA, tokenFile, ctrlID        string
+	cniSocket, procSys, lockFile               string
+	excludeNode                                bool
+}
+
+// parseRunFlags reads and checks the flags; a non-zero code means exit
+// with it.
+func parseRunFlags(args []string, stderr io.Writer) (runFlags, int) {
+	var f runFlags
 	fs := flag.NewFlagSet("nodeproxy run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	node := fs.String("node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
-	config := fs.String("config", "", "mesh configuration: a YAML file or a directory of them (Kubernetes shape)")
-	caCert := fs.String("ca-cert", "", "CA certificate (PEM) that signs workload certificates in file mode")
-	caKey := fs.String("ca-key", "", "the CA's private key (PEM)")
-	certTTL := fs.Duration("cert-ttl", identity.DefaultTTL, "lifetime of workload certificates")
-	pinPath := fs.String("pin-path", redirect.DefaultPinPath, "bpffs directory holding Ambit's pinned capture state")
-	adminAddr := fs.String("admin", admin.DefaultAdminAddr, "admin endpoint: loopback ip:port or unix:/path")
-	metricsAddr := fs.String("metrics", admin.DefaultMetricsAddr, "Prometheus metrics listener (empty: off)")
-	readyAddr := fs.String("ready", admin.DefaultReadyAddr, "readiness listener, /healthz/ready (empty: off)")
-	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish")
-	reload := fs.Duration("reload-interval", time.Second, "how often the configuration is checked for changes")
-	excludePorts := fs.String("exclude-ports", "", "comma-separated TCP ports that bypass capture")
-	excludeCIDRs := fs.String("exclude-cidrs", "", "comma-separated outbound destination CIDRs that bypass capture")
-	excludeSources := fs.String("exclude-inbound-sources", "", "comma-separated source CIDRs (the node's probes) whose connections to pods bypass capture")
-	logFormat := fs.String("log-format", "text", "log format: text or json")
-	ctrlAddr := fs.String("controller", "", "controller mode: the controller's gRPC API, host:port (instead of --config, --ca-cert and --ca-key)")
-	ctrlCA := fs.String("controller-ca", "", "controller mode: PEM roots the controller's certificate is checked against (until the controller's trust bundle arrives)")
-	tokenFile := fs.String("token-file", "", "controller mode: file holding this node's bearer token (re-read at every call)")
-	cniSocket := fs.String("cni-socket", "", "Kubernetes: serve the ambit-cni plugin on this unix socket (e.g. "+cni.DefaultSocket+"); empty: off")
-	procSys := fs.String("proc-sys", "/proc/sys", "where per-pod sysctls are written (from inside each pod's network namespace); a container sees /proc/sys read-only, so the DaemonSet mounts the host's /proc/sys/net writable elsewhere")
-	excludeNode := fs.Bool("exclude-node-addresses", false, "Kubernetes: connections to pods from the node's own addresses (the kubelet's probes) bypass inbound capture; the list follows the node's interfaces")
-	lockFile := fs.String("node-lock", "", "Kubernetes: a file every node proxy of the node holds a shared lock on; the last one to stop with no pod enrolled removes capture's pins (kubectl delete leaves nothing behind, a rollout keeps them)")
-	ctrlID := fs.String("controller-identity", "", "controller mode: SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
+	fs.StringVar(&f.node, "node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	fs.StringVar(&f.config, "config", "", "not supported: the controller reads YAML files (controller run --source file --config DIR); give --controller")
+	fs.StringVar(&f.pinPath, "pin-path", redirect.DefaultPinPath, "bpffs directory holding Ambit's pinned capture state")
+	fs.StringVar(&f.adminAddr, "admin", admin.DefaultAdminAddr, "admin endpoint: loopback ip:port or unix:/path")
+	fs.StringVar(&f.metricsAddr, "metrics", admin.DefaultMetricsAddr, "Prometheus metrics listener (empty: off)")
+	fs.StringVar(&f.readyAddr, "ready", admin.DefaultReadyAddr, "readiness listener, /healthz/ready (empty: off)")
+	fs.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish")
+	fs.StringVar(&f.excludePorts, "exclude-ports", "", "comma-separated TCP ports that bypass capture")
+	fs.StringVar(&f.excludeCIDRs, "exclude-cidrs", "", "comma-separated outbound destination CIDRs that bypass capture")
+	fs.StringVar(&f.excludeSources, "exclude-inbound-sources", "", "comma-separated source CIDRs (the node's probes) whose connections to pods bypass capture")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.ctrlAddr, "controller", "", "the controller's gRPC API, host:port")
+	fs.StringVar(&f.ctrlCA, "controller-ca", "", "PEM roots the controller's certificate is checked against (until the controller's trust bundle arrives)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding this node's bearer token (re-read at every call)")
+	fs.StringVar(&f.cniSocket, "cni-socket", "", "Kubernetes: serve the ambit-cni plugin on this unix socket (e.g. "+cni.DefaultSocket+"); empty: off")
+	fs.StringVar(&f.procSys, "proc-sys", "/proc/sys", "where per-pod sysctls are written (from inside each pod's network namespace); a container sees /proc/sys read-only, so the DaemonSet mounts the host's /proc/sys/net writable elsewhere")
+	fs.BoolVar(&f.excludeNode, "exclude-node-addresses", false, "Kubernetes: connections to pods from the node's own addresses (the kubelet's probes) bypass inbound capture; the list follows the node's interfaces")
+	fs.StringVar(&f.lockFile, "node-lock", "", "Kubernetes: a file every node proxy of the node holds a shared lock on; the last one to stop with no pod enrolled removes capture's pins (kubectl delete leaves nothing behind, a rollout keeps them)")
+	fs.StringVar(&f.ctrlID, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return f, 2
+	}
+	switch {
+	case f.config != "":
+		fmt.Fprintf(stderr, "nodeproxy run: --config %s: %s\n", f.config, fileModeHelp)
+		return f, 2
+	case f.node == "":
+		fmt.Fprintln(stderr, "nodeproxy run: --node (or $NODE_NAME) is required")
+		fs.Usage()
+		return f, 2
+	case f.ctrlAddr == "":
+		fmt.Fprintln(stderr, "nodeproxy run: --controller is required; "+fileModeHelp)
+		fs.Usage()
+		return f, 2
+	case f.ctrlCA == "" || f.tokenFile == "":
+		fmt.Fprintln(stderr, "nodeproxy run: --controller needs --controller-ca and --token-file")
+		return f, 2
+	}
+	return f, 0
+}
+
+// captureConfig is capture's configuration from the flags.
+func (f *runFlags) captureConfig() (redirect.Config, error) {
+	rcfg := redirect.Config{PinPath: f.pinPath}
+	var err error
+	if rcfg.ExcludePorts, err = parsePorts(f.excludePorts); err != nil {
+		return rcfg, fmt.Errorf("--exclude-ports: %v", err)
+	}
+	if rcfg.ExcludeCIDRs, err = parseCIDRs(f.excludeCIDRs); err != nil {
+		return rcfg, fmt.Errorf("--exclude-cidrs: %v", err)
+	}
+	if rcfg.ExcludeInboundSources, err = parseCIDRs(f.excludeSources); err != nil {
+		return rcfg, fmt.Errorf("--exclude-inbound-sources: %v", err)
+	}
+	return rcfg, nil
+}
+
+// controlClient is the node proxy's client of the controller, handing each
+// configuration to apply.
+func (f *runFlags) controlClient(log *slog.Logger, apply func(*meshconfig.Config)) (*controlclient.Client, error) {
+	roots, err := controlclient.ReadRoots(f.ctrlCA)
+	if err != nil {
+		return nil, fmt.Errorf("--controller-ca: %v", err)
+	}
+	var id spiffeid.ID
+	if f.ctrlID != "" {
+		if id, err = spiffeid.FromString(f.ctrlID); err != nil {
+			return nil, fmt.Errorf("--controller-identity %q: %v", f.ctrlID, err)
+		}
+	}
+	return controlclient.New(controlclient.Options{
+		Addr: f.ctrlAddr, Node: f.node, BuildVersion: nodeproxy.Version, TokenFile: f.tokenFile,
+		Roots: roots, TrustDomain: id.TrustDomain(), ControllerID: id, Log: log,
+		Apply: func(cfg *meshconfig.Config) error { apply(cfg); return nil },
+	})
+}
+
+// runProxy is `nodeproxy run`: the node proxy gets its configuration,
+// certificates and trust bundle from the controller's gRPC API
+// (--controller) and serves the node's pods.
+func runProxy(args []string, stdout, stderr io.Writer) int {
+	f, code := parseRunFlags(args, stderr)
+	if code != 0 {
+		return code
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "nodeproxy run: "+format+"\n", a...)
 		return 1
 	}
-	controllerMode := *ctrlAddr != ""
-	switch {
-	case *node == "":
-		fmt.Fprintln(stderr, "nodeproxy run: --node (or $NODE_NAME) is required")
-		fs.Usage()
-		return 2
-	case controllerMode && (*ctrlCA == "" || *tokenFile == ""):
-		fmt.Fprintln(stderr, "nodeproxy run: --controller needs --controller-ca and --token-file")
-		return 2
-	case controllerMode && (*config != "" || *caCert != "" || *caKey != ""):
-		fmt.Fprintln(stderr, "nodeproxy run: --controller replaces --config, --ca-cert and --ca-key; give one mode")
-		return 2
-	case !controllerMode && (*config == "" || *caCert == "" || *caKey == ""):
-		fmt.Fprintln(stderr, "nodeproxy run: give --controller ADDR --controller-ca FILE --token-file FILE, or (file mode) --config, --ca-cert and --ca-key")
-		fs.Usage()
-		return 2
-	}
 	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
-	if *logFormat == "json" {
+	if f.logFormat == "json" {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
 	log := slog.New(handler)
 
-	rcfg := redirect.Config{PinPath: *pinPath}
-	var err error
-	if rcfg.ExcludePorts, err = parsePorts(*excludePorts); err != nil {
-		return fail("--exclude-ports: %v", err)
+	rcfg, err := f.captureConfig()
+	if err != nil {
+		return fail("%v", err)
 	}
-	if rcfg.ExcludeCIDRs, err = parseCIDRs(*excludeCIDRs); err != nil {
-		return fail("--exclude-cidrs: %v", err)
-	}
-	if rcfg.ExcludeInboundSources, err = parseCIDRs(*excludeSources); err != nil {
-		return fail("--exclude-inbound-sources: %v", err)
-	}
-
 	var proxy *nodeproxy.Proxy
-	var (
-		signer identity.Signer
-		bundle x509bundle.Source
-		first  *meshconfig.Config
-		client *controlclient.Client
-	)
-	if controllerMode {
-		roots, err := controlclient.ReadRoots(*ctrlCA)
-		if err != nil {
-			return fail("--controller-ca: %v", err)
-		}
-		var id spiffeid.ID
-		if *ctrlID != "" {
-			if id, err = spiffeid.FromString(*ctrlID); err != nil {
-				return fail("--controller-identity %q: %v", *ctrlID, err)
-			}
-		}
-		client, err = controlclient.New(controlclient.Options{
-			Addr: *ctrlAddr, Node: *node, BuildVersion: nodeproxy.Version, TokenFile: *tokenFile,
-			Roots: roots, TrustDomain: id.TrustDomain(), ControllerID: id, Log: log,
-			Apply: func(cfg *meshconfig.Config) error { proxy.Update(cfg); return nil },
-		})
-		if err != nil {
-			return fail("%v", err)
-		}
-		defer client.Close()
-		signer, bundle = client, client.Bundle()
-	} else {
-		var err error
-		if first, err = meshconfig.LoadPath(*config); err != nil {
-			return fail("%v", err)
-		}
-		ca, err := identity.LoadCA(first.Mesh.TrustDomain, *caCert, *caKey, clock.Real{})
-		if err != nil {
-			return fail("%v", err)
-		}
-		ca.WithTTL(*certTTL)
-		signer = &nodeproxy.NodeAuthorizedSigner{CA: ca, Node: *node, Config: func() *meshconfig.Config { return proxy.Config() }}
-		bundle = ca.Bundle()
+	client, err := f.controlClient(log, func(cfg *meshconfig.Config) { proxy.Update(cfg) })
+	if err != nil {
+		return fail("%v", err)
 	}
+	defer client.Close()
 	static := rcfg.ExcludeInboundSources
 	var nodeAddrs []netip.Prefix
-	if *excludeNode {
+	if f.excludeNode {
 		if nodeAddrs, err = nodeAddresses(); err != nil {
 			return fail("--exclude-node-addresses: %v", err)
 		}
 		rcfg.ExcludeInboundSources = append(slices.Clone(static), nodeAddrs...)
 	}
-	transparent.SetProcSys(*procSys)
+	transparent.SetProcSys(f.procSys)
 	var lock *nodeLock
-	if *lockFile != "" {
-		if lock, err = lockNode(*lockFile); err != nil {
+	if f.lockFile != "" {
+		if lock, err = lockNode(f.lockFile); err != nil {
 			return fail("--node-lock: %v", err)
 		}
 	}
@@ -166,35 +177,33 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	defer capture.Close()
 	// Pods found by UID (Kubernetes): the controller names them, the node
 	// proxy finds their cgroups and network namespaces.
-	var finder *kubenode.Finder
-	if controllerMode {
-		if finder, err = kubenode.New(); err != nil {
-			return fail("%v", err)
-		}
+	finder, err := kubenode.New()
+	if err != nil {
+		return fail("%v", err)
 	}
 
 	metrics := admin.NewMetrics(nodeproxy.Version)
 	proxy, err = nodeproxy.New(nodeproxy.Options{
-		Node: *node, Capture: capture, Signer: signer, Bundle: bundle,
-		Metrics: metrics, DrainTimeout: *drain, Log: log, Finder: finder,
+		Node: f.node, Capture: capture, Signer: client, Bundle: client.Bundle(),
+		Metrics: metrics, DrainTimeout: f.drain, Log: log, Finder: finder,
 	})
 	if err != nil {
 		return fail("%v", err)
 	}
 	// ReusePort: during a rolling upgrade the next version binds the same
 	// ports while this one drains.
-	ops, err := admin.NewOpsServer(admin.OpsConfig{AdminAddr: *adminAddr, MetricsAddr: *metricsAddr, ReadyAddr: *readyAddr, ReusePort: true, Log: log}, proxy, metrics)
+	ops, err := admin.NewOpsServer(admin.OpsConfig{AdminAddr: f.adminAddr, MetricsAddr: f.metricsAddr, ReadyAddr: f.readyAddr, ReusePort: true, Log: log}, proxy, metrics)
 	if err != nil {
 		return fail("%v", err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if *excludeNode {
+	if f.excludeNode {
 		go followNodeAddresses(ctx, capture, static, nodeAddrs, log)
 	}
-	if *cniSocket != "" {
-		ln, err := cni.Listen(*cniSocket)
+	if f.cniSocket != "" {
+		ln, err := cni.Listen(f.cniSocket)
 		if err != nil {
 			return fail("--cni-socket: %v", err)
 		}
@@ -205,17 +214,12 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 				log.Error("CNI socket stopped", "err", err)
 			}
 		}()
-		log.Info("serving the CNI plugin", "socket", *cniSocket)
+		log.Info("serving the CNI plugin", "socket", f.cniSocket)
 	}
-	if controllerMode {
-		log.Info("node proxy starting", "node", *node, "controller", *ctrlAddr, "version", nodeproxy.Version)
-		client.Run(ctx) // until SIGTERM; the proxy keeps its last configuration when the controller is away
-	} else {
-		log.Info("node proxy starting", "node", *node, "config", *config, "version", nodeproxy.Version)
-		nodeproxy.WatchFile(ctx, *config, *reload, first, proxy.Update, log)
-	}
+	log.Info("node proxy starting", "node", f.node, "controller", f.ctrlAddr, "version", nodeproxy.Version)
+	client.Run(ctx) // until SIGTERM; the proxy keeps its last configuration when the controller is away
 	stop()
-	sctx, cancel := context.WithTimeout(context.Background(), *drain+5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), f.drain+5*time.Second)
 	defer cancel()
 	proxy.Shutdown(sctx)
 	ops.Shutdown(sctx)

@@ -281,10 +281,10 @@ func discover(p podSpec) []map[string]string {
 }
 
 // manifestPod reads the pod template of the workload named name from a
-// file of deploy/daemonset.
+// file of deploy/base (e.g. "node/nodeproxy.yaml").
 func manifestPod(t *testing.T, file, name string) podSpec {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "daemonset", file))
+	data, err := os.ReadFile(filepath.Join("..", "base", file))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func manifestPod(t *testing.T, file, name string) podSpec {
 	}
 }
 
-// prometheus.yaml's relabeling, run on the pods deploy/daemonset and the
+// prometheus.yaml's relabeling, run on the pods the default profile and the
 // controller's waypoints make, keeps exactly one target per pod, on port
 // 15020, with the labels the rules use; and leaves other pods alone.
 func TestScrapeConfigTargets(t *testing.T) {
@@ -335,9 +335,9 @@ func TestScrapeConfigTargets(t *testing.T) {
 			t.Errorf("rule_files: %v", err)
 		}
 	}
-	np := manifestPod(t, "nodeproxy.yaml", "ambit-nodeproxy")
+	np := manifestPod(t, "node/nodeproxy.yaml", "ambit-nodeproxy")
 	np.Namespace, np.Name, np.Node, np.IP = "ambit-system", "ambit-nodeproxy-x7k2p", "node-a", "192.0.2.10"
-	ctl := manifestPod(t, "controller.yaml", "ambit-controller")
+	ctl := manifestPod(t, "control-plane/controller.yaml", "ambit-controller")
 	ctl.Namespace, ctl.Name, ctl.Node, ctl.IP = "ambit-system", "ambit-controller-5d8f-abcde", "node-b", "10.244.1.7"
 	// What kubesource's waypoint Deployment declares (waypoint.go).
 	wp := podSpec{Namespace: "shop", Name: "wp-6b7c-xyz", Node: "node-a", IP: "10.244.0.9",

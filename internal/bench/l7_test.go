@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 func TestHTTPRequestAndResponse(t *testing.T) {
@@ -128,7 +129,7 @@ func TestHTTPLoopback(t *testing.T) {
 }
 
 func TestWaypointConfig(t *testing.T) {
-	cfg, err := meshconfig.Parse("bench-waypoint.yaml", []byte(WaypointConfig()))
+	cfg, err := meshspec.Parse("bench-waypoint.yaml", []byte(WaypointConfig()))
 	if err != nil {
 		t.Fatal(err)
 	}

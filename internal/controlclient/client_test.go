@@ -25,6 +25,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/controller"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -148,7 +149,7 @@ func (k *ctrl) stop() {
 
 func parse(t testing.TB, y string) *meshconfig.Config {
 	t.Helper()
-	cfg, err := meshconfig.Parse("test.yaml", []byte(y))
+	cfg, err := meshspec.Parse("test.yaml", []byte(y))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package controlclient
 
 import (
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -10,10 +9,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
-	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
@@ -114,26 +110,11 @@ func addResource(b *meshconfig.Builder, r *pb.Resource, all map[Ref]*pb.Resource
 		}
 		return b.AddWaypoint(meshconfig.Waypoint{Namespace: w.Namespace, Name: w.Name, Replicas: int(w.Replicas), TrafficType: w.TrafficType, Addresses: ips, Ready: w.Ready})
 	case *pb.Resource_TrafficPolicy:
-		tp := k.TrafficPolicy
-		var spec crd.TrafficPolicySpec
-		if err := json.Unmarshal(tp.SpecJson, &spec); err != nil {
-			return fmt.Errorf("spec: %v", err)
-		}
-		return b.AddTrafficPolicy(tp.Namespace, tp.Name, fromUnixNano(tp.CreatedUnixNano), spec)
+		return b.AddTrafficPolicy(trafficPolicyFromPB(k.TrafficPolicy))
 	case *pb.Resource_HttpRoute:
-		rt := k.HttpRoute
-		hr := &gatewayv1.HTTPRoute{ObjectMeta: routeMeta(rt)}
-		if err := json.Unmarshal(rt.SpecJson, &hr.Spec); err != nil {
-			return fmt.Errorf("spec: %v", err)
-		}
-		return b.AddHTTPRoute(hr)
+		return b.AddRoute(routeFromPB(meshconfig.KindHTTPRoute, k.HttpRoute))
 	case *pb.Resource_GrpcRoute:
-		rt := k.GrpcRoute
-		gr := &gatewayv1.GRPCRoute{ObjectMeta: routeMeta(rt)}
-		if err := json.Unmarshal(rt.SpecJson, &gr.Spec); err != nil {
-			return fmt.Errorf("spec: %v", err)
-		}
-		return b.AddGRPCRoute(gr)
+		return b.AddRoute(routeFromPB(meshconfig.KindGRPCRoute, k.GrpcRoute))
 	case nil:
 		return errors.New("resource has no kind set")
 	}
@@ -145,10 +126,6 @@ func fromUnixNano(n int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n)
-}
-
-func routeMeta(r *pb.Route) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Namespace: r.Namespace, Name: r.Name, CreationTimestamp: metav1.NewTime(fromUnixNano(r.CreatedUnixNano))}
 }
 
 func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {

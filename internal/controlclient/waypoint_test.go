@@ -105,6 +105,17 @@ spec:
     backendRefs: [{name: cart-canary, port: 80}]
   - backendRefs: [{name: cart, port: 80, weight: 90}, {name: cart-canary, port: 80, weight: 10}]
     timeouts: {request: 2s}
+  - name: rewrite
+    matches: [{path: {type: Exact, value: /old}, method: POST, queryParams: [{name: v, type: RegularExpression, value: "[0-9]+"}]}]
+    filters:
+    - {type: URLRewrite, urlRewrite: {hostname: cart.internal, path: {type: ReplaceFullPath, replaceFullPath: /new}}}
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-served, value: wp}], remove: [server]}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: cart-canary, port: 80}, fraction: {numerator: 1, denominator: 8}}}
+    backendRefs: [{name: cart, port: 80, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-backend, value: cart}]}}]}]
+    timeouts: {request: 3s, backendRequest: 0s}
+    retry: {attempts: 2, backoff: 50ms, codes: [502, 503]}
+  - matches: [{path: {type: PathPrefix, value: /legacy}}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, hostname: shop.example, port: 8443, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -113,6 +124,9 @@ spec:
   parentRefs: [{group: "", kind: Service, name: cart, port: 9090}]
   rules:
   - matches: [{method: {service: shop.Cart, method: Get}}]
+    backendRefs: [{name: cart, port: 9090}]
+  - matches: [{method: {type: RegularExpression, service: "shop\\..*"}, headers: [{name: x-tenant, type: RegularExpression, value: "team-.*"}]}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: cart-canary, port: 80}, percent: 10}}]
     backendRefs: [{name: cart, port: 9090}]
 `
 
@@ -174,7 +188,8 @@ func TestWaypointKindsRoundTrip(t *testing.T) {
 	k := startController(t, ca, "127.0.0.1:0", cfg)
 	wp := startWaypoint(t, k.addr, ca.Roots(), "shop/wp")
 	got := wp.waitVersion(t, cfg.Version)
-	if g, w := model(t, got), model(t, cfg); g != w || !strings.Contains(w, "x-canary") || !strings.Contains(w, "leastRequest") || !strings.Contains(w, `"/cart/*"`) || !strings.Contains(w, `"Type": "absent"`) || !strings.Contains(w, `"Value": "v[0-9]+"`) {
+	if g, w := model(t, got), model(t, cfg); g != w || !strings.Contains(w, "x-canary") || !strings.Contains(w, "leastRequest") || !strings.Contains(w, `"/cart/*"`) || !strings.Contains(w, `"Type": "absent"`) || !strings.Contains(w, `"Value": "v[0-9]+"`) ||
+		!strings.Contains(w, "ReplacePrefixMatch") || !strings.Contains(w, `"Denominator": 8`) || !strings.Contains(w, `"x-backend"`) {
 		t.Errorf("the waypoint's model differs from the file's\n got %s\nwant %s", g, w)
 	}
 	if s := got.Service("shop/cart"); s.Waypoint != "wp" || len(got.RoutesFor(s)) != 2 || got.TrafficPolicyFor(s) == nil {

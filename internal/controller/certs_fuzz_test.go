@@ -22,6 +22,7 @@ import (
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // fuzzNodeA is node-a's configuration: client and server run there.
@@ -75,7 +76,7 @@ func FuzzCreateCertificate(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(fuzzNodeA))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(fuzzNodeA))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // DefaultPollInterval is how often FileSource looks for changes: edits are
@@ -19,7 +20,7 @@ import (
 const DefaultPollInterval = 200 * time.Millisecond
 
 // FileSource reads the mesh configuration from a YAML file or a directory
-// of them (meshconfig.LoadPath) and reads it again whenever a file changes.
+// of them (meshspec.LoadPath) and reads it again whenever a file changes.
 // A bad change is logged with file:line:reason and kept as LastError; the
 // last good configuration stays in force.
 type FileSource struct {
@@ -44,37 +45,27 @@ func (s *FileSource) Run(ctx context.Context, update func(*meshconfig.Config)) e
 	if interval <= 0 {
 		interval = DefaultPollInterval
 	}
-	var last, version string
-	first := true
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if now := stamp(s.Path); now != last || first {
-			last = now
-			cfg, err := meshconfig.LoadPath(s.Path)
-			s.mu.Lock()
-			s.lastErr = err
-			s.mu.Unlock()
-			switch {
-			case err != nil && version == "":
-				log.Error("mesh configuration unusable; waiting for a fix", "err", err)
-			case err != nil:
-				log.Error("configuration change refused; the last good configuration stays in force", "version", version, "err", err)
-			case cfg.Version != version:
-				if version != "" {
-					log.Info("configuration changed", "version", cfg.Version, "previous", version)
-				}
-				version = cfg.Version
-				update(cfg)
+	var version string
+	load := func() {
+		cfg, err := meshspec.LoadPath(s.Path)
+		s.mu.Lock()
+		s.lastErr = err
+		s.mu.Unlock()
+		switch {
+		case err != nil && version == "":
+			log.Error("mesh configuration unusable; waiting for a fix", "err", err)
+		case err != nil:
+			log.Error("configuration change refused; the last good configuration stays in force", "version", version, "err", err)
+		case cfg.Version != version:
+			if version != "" {
+				log.Info("configuration changed", "version", cfg.Version, "previous", version)
 			}
-			first = false
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
+			version = cfg.Version
+			update(cfg)
 		}
 	}
+	WatchFiles(ctx, []string{s.Path}, interval, true, load)
+	return nil
 }
 
 // LastError is why the files on disk are not in force, nil when they are.
@@ -84,27 +75,55 @@ func (s *FileSource) LastError() error {
 	return s.lastErr
 }
 
-// stamp summarises names, modification times and sizes of the YAML files
-// under path (a rename or an edit of the same size in the same nanosecond
-// is the only change it misses).
-func stamp(path string) string {
+// WatchFiles calls changed each time the files under paths (files, or
+// directories walked) change name, modification time or size, looking
+// every interval, until ctx ends; with callFirst, also once at the start
+// (after taking the first look, so no change is missed). It is the one
+// file watcher: the mesh configuration (FileSource) and the controller's
+// trust bundle files use it.
+func WatchFiles(ctx context.Context, paths []string, interval time.Duration, callFirst bool, changed func()) {
+	last := stamp(paths)
+	if callFirst {
+		changed()
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if now := stamp(paths); now != last {
+			last = now
+			changed()
+		}
+	}
+}
+
+// stamp summarises names, modification times and sizes of the files under
+// paths (a rename or an edit of the same size in the same nanosecond is
+// the only change it misses).
+func stamp(paths []string) string {
 	var b strings.Builder
-	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+	for _, path := range paths {
+		err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				fmt.Fprintf(&b, "%s error %v;", p, err)
+				return nil
+			}
+			if d.IsDir() {
+				return nil
+			}
+			if fi, err := d.Info(); err == nil {
+				fmt.Fprintf(&b, "%s %d %d;", p, fi.ModTime().UnixNano(), fi.Size())
+			}
+			return nil
+		})
 		if err != nil {
-			fmt.Fprintf(&b, "%s error %v;", p, err)
-			return nil
-		}
-		if d.IsDir() {
-			return nil
-		}
-		if fi, err := d.Info(); err == nil {
-			fmt.Fprintf(&b, "%s %d %d;", p, fi.ModTime().UnixNano(), fi.Size())
-		}
-		return nil
-	})
-	if err != nil {
-		if _, serr := os.Stat(path); serr != nil {
-			return "missing"
+			if _, serr := os.Stat(path); serr != nil {
+				fmt.Fprintf(&b, "%s missing;", path)
+			}
 		}
 	}
 	return b.String()

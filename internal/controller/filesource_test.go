@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/controller"
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -27,7 +27,7 @@ func TestFileSourceFollowsTheDirectory(t *testing.T) {
 	write("00-mesh.yaml", meshYAML)
 	src := &controller.FileSource{Path: dir, Interval: 20 * time.Millisecond}
 	h := start(t, nil, src)
-	want, _ := meshconfig.LoadPath(dir)
+	want, _ := meshspec.LoadPath(dir)
 	testutil.WaitFor(t, "first configuration", func() bool { c := h.c.Config(); return c != nil && c.Version == want.Version })
 	a := h.proxy(t, "node-a")
 	a.ack(a.recv())

@@ -32,6 +32,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/controller"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -260,7 +261,7 @@ func (p *rawProxy) nack(r *pb.ConfigResponse, prev, why string) {
 
 func parse(t testing.TB, yaml string) *meshconfig.Config {
 	t.Helper()
-	cfg, err := meshconfig.Parse("test.yaml", []byte(yaml))
+	cfg, err := meshspec.Parse("test.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,11 +7,12 @@ import (
 
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 func mustParse(t *testing.T, yaml string) *meshconfig.Config {
 	t.Helper()
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(yaml))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}

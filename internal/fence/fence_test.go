@@ -59,3 +59,20 @@ func TestCaptureStaysLeaf(t *testing.T) {
 		}
 	}
 }
+
+// The node proxy (and the waypoint, the same binary) reads Ambit's own
+// configuration types from the control API: the Kubernetes and Gateway
+// API types, the ambit.dev CRD types and the YAML parser of file mode stay
+// in the controller (internal/meshspec, internal/kubesource).
+func TestNodeProxyLinksNoKubernetesTypes(t *testing.T) {
+	banned := []string{"k8s.io/", "sigs.k8s.io/", "github.com/ambit-mesh/ambit/api/crd/", "github.com/ambit-mesh/ambit/internal/meshspec", "gopkg.in/yaml"}
+	for _, pkg := range []string{"github.com/ambit-mesh/ambit/cmd/nodeproxy", "github.com/ambit-mesh/ambit/internal/meshconfig", "github.com/ambit-mesh/ambit/internal/l7/route"} {
+		for _, d := range deps(t, pkg) {
+			for _, b := range banned {
+				if strings.HasPrefix(d, b) {
+					t.Errorf("%s links %s; Kubernetes-shaped configuration belongs to the controller (internal/meshspec)", pkg, d)
+				}
+			}
+		}
+	}
+}

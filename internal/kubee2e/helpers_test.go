@@ -32,7 +32,8 @@ type env struct {
 	t   *testing.T
 	c   *kubecluster.Cluster
 	ctx context.Context
-	// deploy is the test's copy of deploy/daemonset with the images' tag.
+	// deploy is the test's copy of deploy/ with the images' tag set in
+	// every kustomization.
 	deploy string
 	tag    string
 }
@@ -330,11 +331,17 @@ func writeCA(t *testing.T, dir string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
-// copyDeploy copies deploy/daemonset to dir with the images' tag set, as
-// docs/kubernetes.md tells users to (`images:` in kustomization.yaml).
+// profile is the test's copy of deploy/profiles/<name>.
+func (e *env) profile(name string) string {
+	return filepath.Join(e.deploy, "profiles", name)
+}
+
+// copyDeploy copies the YAML of deploy/ to dir with the images' tag set, as
+// docs/kubernetes.md tells users to (`images:` in a profile's
+// kustomization.yaml).
 func copyDeploy(t *testing.T, repo, dir, tag string) {
 	t.Helper()
-	src := filepath.Join(repo, "deploy", "daemonset")
+	src := filepath.Join(repo, "deploy")
 	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -351,7 +358,7 @@ func copyDeploy(t *testing.T, repo, dir, tag string) {
 		if err != nil {
 			return err
 		}
-		if rel == "kustomization.yaml" {
+		if d.Name() == "kustomization.yaml" {
 			// Quoted: a commit hash of digits only (0336409) is a number
 			// to YAML, and kustomize wants a string.
 			b = regexp.MustCompile(`newTag: \S+`).ReplaceAll(b, []byte(fmt.Sprintf("newTag: %q", tag)))

@@ -1,7 +1,6 @@
 package kubee2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +24,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/ociimage"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // marker is what the server pods answer with; it must never cross the
@@ -215,19 +215,26 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 		}
 	})
 	t.Logf("cluster up in %v (2 nodes: %v)", time.Since(start).Round(time.Second), c.NodeNames())
-	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "daemonset")}
+	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "deploy")}
 	repo := repoRoot(t)
 	copyDeploy(t, repo, e.deploy, tag)
 
-	// Install: the CA, then `kubectl apply -k`.
+	// Install: the CA, then `kubectl apply -k` of profile minimal (the
+	// control plane alone), then of default (the node proxies join).
 	start = time.Now()
 	caCert, caKey := writeCA(t, t.TempDir())
-	e.kubectl("apply", "-f", filepath.Join(e.deploy, "namespace.yaml"))
+	e.kubectl("apply", "-f", filepath.Join(e.deploy, "base", "control-plane", "namespace.yaml"))
 	e.kubectl("-n", "ambit-system", "create", "secret", "tls", "ambit-ca", "--cert="+caCert, "--key="+caKey)
 	e.kubectl("-n", "ambit-system", "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+caCert)
 	gw := gatewayCRDs(t, repo)
 	e.kubectl("apply", "-f", filepath.Join(gw, "gateway.networking.k8s.io_httproutes.yaml"), "-f", filepath.Join(gw, "gateway.networking.k8s.io_grpcroutes.yaml"))
-	e.kubectl("apply", "-k", e.deploy)
+	e.kubectl("apply", "-k", e.profile("minimal"))
+	e.kubectl("-n", "ambit-system", "rollout", "status", "deployment/ambit-controller", "--timeout=3m")
+	if ds := strings.TrimSpace(e.kubectl("-n", "ambit-system", "get", "daemonsets", "-o", "name")); ds != "" {
+		t.Fatalf("profile minimal installed %s; it is the control plane only", ds)
+	}
+	t.Logf("profile minimal: controller ready in %v, no DaemonSet", time.Since(start).Round(time.Second))
+	e.kubectl("apply", "-k", e.profile("default"))
 	e.kubectl("-n", "ambit-system", "rollout", "status", "deployment/ambit-controller", "--timeout=3m")
 	e.kubectl("-n", "ambit-system", "rollout", "status", "daemonset/ambit-nodeproxy", "--timeout=3m")
 	if nps := e.nodeProxies(); len(nps) != 2 {
@@ -292,6 +299,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	t.Run("prometheus", func(t *testing.T) { e.t = t; checkPrometheus(e, client, server) })
 	t.Run("console", func(t *testing.T) { e.t = t; checkConsole(e, client, server) })
 	t.Run("traces", func(t *testing.T) { e.t = t; checkTraces(e, client) })
+	t.Run("demo profile", func(t *testing.T) { e.t = t; checkDemoProfile(e) })
 	t.Run("new pod", func(t *testing.T) { e.t = t; checkNewPod(e) })
 	t.Run("opt out", func(t *testing.T) { e.t = t; checkOptOut(e, clients[1]) })
 	t.Run("fail closed", func(t *testing.T) { e.t = t; checkFailClosed(e) })
@@ -318,8 +326,7 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var captured strings.Builder
-	var mu sync.Mutex
+	var captured testutil.SyncBuffer
 	listening := make(chan struct{})
 	dump.Stderr = &lineWatch{want: "listening on", ch: listening}
 	if err := dump.Start(); err != nil {
@@ -328,16 +335,7 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r := bufio.NewReader(stdout)
-		for {
-			line, err := r.ReadString('\n')
-			mu.Lock()
-			captured.WriteString(line)
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
+		io.Copy(&captured, stdout)
 	}()
 	select {
 	case <-listening:
@@ -353,13 +351,13 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 			t.Errorf("the server answered %q and saw %s; want %s and the client pod's own address %s", name, remote, marker, client.Status.PodIP)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // the last packets reach tcpdump
+	// A grace, not a wait on an event: the last packets reach tcpdump
+	// (nothing tells when it has read them).
+	time.Sleep(500 * time.Millisecond)
 	stop()
 	dump.Wait()
 	<-done
-	mu.Lock()
 	text := captured.String()
-	mu.Unlock()
 	if strings.Contains(text, marker) {
 		t.Errorf("the payload crossed the link between the nodes in the clear")
 	}
@@ -600,12 +598,26 @@ func checkRollout(e *env, repo string, client, server corev1.Pod) {
 		out string
 		err error
 	}
+	// The client's connections open at the server's node proxy: opened
+	// minus closed, by the client's identity.
+	sn := e.node(server.Spec.NodeName)
+	clientID := `source_identity="spiffe://cluster.local/ns/shop/sa/` + client.Spec.ServiceAccountName + `"`
+	openFromClient := func() float64 {
+		body := e.nodeMetrics(sn)
+		opened, _ := metricSum(body, "ambit_tcp_connections_opened_total", `direction="inbound"`, clientID)
+		closed, _ := metricSum(body, "ambit_tcp_connections_closed_total", `direction="inbound"`, clientID)
+		return opened - closed
+	}
+	open0 := openFromClient()
 	res := make(chan result, 1)
 	go func() {
 		out, err := e.exec("shop", client.Name, "", "/ambit-echo", "hold", "-conns", "50", "-for", holdFor.String(), server.Status.PodIP+":8080")
 		res <- result{out, err}
 	}()
-	time.Sleep(5 * time.Second) // the long-lived connections are open
+	e.waitFor(30*time.Second, "the 50 long-lived connections open at the server's node proxy", func() (bool, string) {
+		n := openFromClient() - open0
+		return n >= 50, fmt.Sprintf("%v open", n)
+	})
 	start := time.Now()
 	e.kubectl("-n", "ambit-system", "set", "image", "daemonset/ambit-nodeproxy", "nodeproxy="+next)
 	// The new proxies take over on both nodes while the load runs.
@@ -658,7 +670,7 @@ func checkUninstall(e *env, client, server corev1.Pod) {
 	e.kubectl("label", "namespace", "shop", "ambit.dev/dataplane-")
 	took := e.waitCaptured("shop", nil, 30*time.Second)
 	t.Logf("release: every pod released %v after removing the namespace label (goal 2s; includes polling)", took.Round(10*time.Millisecond))
-	e.kubectl("delete", "-k", e.deploy, "--wait=true", "--timeout=3m")
+	e.kubectl("delete", "-k", e.profile("default"), "--wait=true", "--timeout=3m")
 	e.waitFor(2*time.Minute, "node proxies gone", func() (bool, string) {
 		ps := e.pods("ambit-system", "")
 		return len(ps) == 0, fmt.Sprint(len(ps), " pods left in ambit-system")

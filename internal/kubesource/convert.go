@@ -18,6 +18,7 @@ import (
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // WaypointLabel marks what the controller made for a Waypoint; its value is
@@ -85,7 +86,7 @@ func (s *Source) list(gvr schema.GroupVersionResource) []*unstructured.Unstructu
 // build makes a Config from the informers' caches.
 func (s *Source) build() *state {
 	st := &state{invalid: map[string]string{}}
-	b := meshconfig.NewBuilder()
+	b := meshspec.NewBuilder()
 	mesh := s.opts.Mesh
 	if mesh.TunnelPerNode == nil {
 		mesh.TunnelPerNode = map[string]string{}
@@ -232,25 +233,25 @@ func waypointFromUnstructured(u *unstructured.Unstructured) (meshconfig.Waypoint
 	if err := fromUnstructured(u, &wp); err != nil {
 		return meshconfig.Waypoint{}, err
 	}
-	return meshconfig.WaypointFromSpec(wp.Namespace, wp.Name, wp.Spec), nil
+	return meshspec.WaypointFromSpec(wp.Namespace, wp.Name, wp.Spec), nil
 }
 
 // addAccessPolicy reads an AccessPolicy into b.
-func addAccessPolicy(b *meshconfig.Builder, u *unstructured.Unstructured) error {
+func addAccessPolicy(b *meshspec.Builder, u *unstructured.Unstructured) error {
 	var ap crd.AccessPolicy
 	if err := fromUnstructured(u, &ap); err != nil {
 		return err
 	}
-	return b.AddAccessPolicy(ap.Namespace, ap.Name, ap.Spec)
+	return b.AddAccessPolicySpec(ap.Namespace, ap.Name, ap.Spec)
 }
 
 // addTrafficPolicy reads a TrafficPolicy into b.
-func addTrafficPolicy(b *meshconfig.Builder, u *unstructured.Unstructured) error {
+func addTrafficPolicy(b *meshspec.Builder, u *unstructured.Unstructured) error {
 	var tp crd.TrafficPolicy
 	if err := fromUnstructured(u, &tp); err != nil {
 		return err
 	}
-	return b.AddTrafficPolicy(tp.Namespace, tp.Name, tp.CreationTimestamp.Time, tp.Spec)
+	return b.AddTrafficPolicySpec(tp.Namespace, tp.Name, tp.CreationTimestamp.Time, tp.Spec)
 }
 
 func fromUnstructured(u *unstructured.Unstructured, out any) (err error) {

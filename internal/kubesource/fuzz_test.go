@@ -14,13 +14,14 @@ import (
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // convertCR runs the controller's conversion of a custom resource as
 // listed (unstructured) as kind (the informers list by resource, so any
 // object may come as any kind), into a Config.
 func convertCR(u *unstructured.Unstructured, kind string) (*meshconfig.Config, error) {
-	b := meshconfig.NewBuilder()
+	b := meshspec.NewBuilder()
 	// A Service for a TrafficPolicy's targetRefs, in the resource's
 	// namespace, so valid input gets all the way into the Config.
 	_ = b.AddService(meshconfig.Service{Namespace: u.GetNamespace(), Name: "cart", Ports: []meshconfig.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}}})
@@ -59,7 +60,7 @@ func model(c *meshconfig.Config) string {
 // valid and invalid examples among them) and testdata/fuzz; `make fuzz`
 // explores.
 func FuzzCustomResource(f *testing.F) {
-	files, _ := filepath.Glob("../meshconfig/testdata/*/*.yaml")
+	files, _ := filepath.Glob("../meshspec/testdata/*/*.yaml")
 	for _, file := range files {
 		data, err := os.ReadFile(file)
 		if err != nil {
@@ -135,7 +136,7 @@ func FuzzCustomResource(f *testing.F) {
 // are taken by the controller's conversion for their own kind, and come
 // out as the file parser reads them.
 func TestCustomResourceExamples(t *testing.T) {
-	files, _ := filepath.Glob("../meshconfig/testdata/valid/*.yaml")
+	files, _ := filepath.Glob("../meshspec/testdata/valid/*.yaml")
 	if len(files) < 3 {
 		t.Fatalf("found %d examples", len(files))
 	}
@@ -156,7 +157,7 @@ func TestCustomResourceExamples(t *testing.T) {
 			continue
 		}
 		if u.GetKind() == meshconfig.KindAccessPolicy {
-			fromFile, err := meshconfig.Parse(file, data)
+			fromFile, err := meshspec.Parse(file, data)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -34,6 +34,7 @@ import (
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/kubetest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -84,7 +85,7 @@ func installCRDs(t *testing.T, c *kubetest.Cluster, files ...string) {
 }
 
 func ambitCRDs(t *testing.T) []string {
-	files, err := filepath.Glob("../../deploy/daemonset/crds/*.yaml")
+	files, err := filepath.Glob("../../deploy/base/control-plane/crds/*.yaml")
 	if err != nil || len(files) != 3 {
 		t.Fatalf("CRD files: %v %v", files, err)
 	}
@@ -108,7 +109,7 @@ func eventually(t *testing.T, what string, ok func() (bool, string)) {
 }
 
 // The CRDs and the file parser agree: every bad example the file parser
-// refuses (internal/meshconfig/testdata/invalid) the API server refuses
+// refuses (internal/meshspec/testdata/invalid) the API server refuses
 // too, with the message a user of kubectl sees; the good ones pass both.
 func TestPrivilegedCRDValidationAgreesWithFiles(t *testing.T) {
 	c := kubetest.Shared(t)
@@ -130,7 +131,7 @@ func TestPrivilegedCRDValidationAgreesWithFiles(t *testing.T) {
 		_, err := dyn.Resource(gvr).Namespace(ns).Create(ctx, u, metav1.CreateOptions{FieldValidation: "Strict"})
 		return err
 	}
-	bad, _ := filepath.Glob("../meshconfig/testdata/invalid/*.yaml")
+	bad, _ := filepath.Glob("../meshspec/testdata/invalid/*.yaml")
 	if len(bad) < 20 {
 		t.Fatalf("found %d bad examples", len(bad))
 	}
@@ -146,7 +147,7 @@ func TestPrivilegedCRDValidationAgreesWithFiles(t *testing.T) {
 					want = v
 				}
 			}
-			if _, ferr := meshconfig.Parse(f, data); ferr == nil {
+			if _, ferr := meshspec.Parse(f, data); ferr == nil {
 				t.Fatal("the file parser accepts it")
 			}
 			err = create(t, data)
@@ -158,7 +159,7 @@ func TestPrivilegedCRDValidationAgreesWithFiles(t *testing.T) {
 			}
 		})
 	}
-	good, _ := filepath.Glob("../meshconfig/testdata/valid/*.yaml")
+	good, _ := filepath.Glob("../meshspec/testdata/valid/*.yaml")
 	for _, f := range good {
 		data, _ := os.ReadFile(f)
 		if err := create(t, data); err != nil {
@@ -176,7 +177,7 @@ func TestPrivilegedCRDValidationAgreesWithFiles(t *testing.T) {
 	if err := fromUnstructured(wp, &w); err != nil {
 		t.Fatal(err)
 	}
-	fromFile := meshconfig.WaypointFromSpec(ns, "defaults", crd.WaypointSpec{})
+	fromFile := meshspec.WaypointFromSpec(ns, "defaults", crd.WaypointSpec{})
 	if *w.Spec.Replicas != int32(fromFile.Replicas) || w.Spec.TrafficType != fromFile.TrafficType {
 		t.Errorf("API server defaults %+v, file defaults %+v", w.Spec, fromFile)
 	}
@@ -698,7 +699,8 @@ func testRouteStatus(t *testing.T, c *kubetest.Cluster, ns string) {
 	waitStatus(HTTPRoutesResource, "orphan", "nowhere:80 Accepted=False/NoMatchingParent@1")
 
 	// Written only when it changed: the source's own writes bring new
-	// rounds, which write nothing.
+	// rounds, which write nothing. The sleep is a deliberate hold: rounds
+	// that wrongly wrote again would do so within it.
 	before := map[string]string{}
 	for _, n := range []string{"canary", "api-http", "orphan"} {
 		_, _, u := routeParentStatus(t, dyn, HTTPRoutesResource, ns, n)

@@ -50,7 +50,7 @@ func (s *Source) writeRouteStatus(ctx context.Context, st *state) (failed bool) 
 		case len(ro.parents) == 0:
 			// A Gateway's route (now): Ambit's entries, if any, go.
 		case r != nil:
-			want = table.Status(r, ControllerName, gen, now)
+			want = parentStatuses(table.Status(r), ro.parents, gen, now)
 		default:
 			// Refused by the builder, or left out because none of its
 			// parent Services (ports) exists.
@@ -71,6 +71,33 @@ func (s *Source) writeRouteStatus(ctx context.Context, st *state) (failed bool) 
 		failed = s.setRouteStatus(ctx, ro, want) || failed
 	}
 	return failed
+}
+
+// parentStatuses writes the route package's verdicts as the Gateway
+// API's status.parents entries: each for its parentRef (parents are the
+// route's Service parentRefs, in the order the model's route has them),
+// with generation and now as observedGeneration and lastTransitionTime
+// (setRouteStatus keeps the old time of a condition that did not change).
+func parentStatuses(verdicts []route.ParentStatus, parents []gatewayv1.ParentReference, generation int64, now time.Time) []gatewayv1.RouteParentStatus {
+	var out []gatewayv1.RouteParentStatus
+	for _, v := range verdicts {
+		if v.Parent >= len(parents) {
+			continue
+		}
+		ps := gatewayv1.RouteParentStatus{ParentRef: parents[v.Parent], ControllerName: ControllerName}
+		for _, c := range v.Conditions {
+			st := metav1.ConditionFalse
+			if c.True {
+				st = metav1.ConditionTrue
+			}
+			ps.Conditions = append(ps.Conditions, metav1.Condition{
+				Type: c.Type, Status: st, Reason: c.Reason, Message: c.Message,
+				ObservedGeneration: generation, LastTransitionTime: metav1.NewTime(now),
+			})
+		}
+		out = append(out, ps)
+	}
+	return out
 }
 
 // setRouteStatus replaces Ambit's entries in the route's status.parents by

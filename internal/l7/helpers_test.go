@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // testMesh: services whose endpoints the tests back with loopback
@@ -125,7 +126,7 @@ var (
 
 func parseMesh(t testing.TB, extra string) *meshconfig.Config {
 	t.Helper()
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(testMesh+extra))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(testMesh+extra))
 	if err != nil {
 		t.Fatal(err)
 	}

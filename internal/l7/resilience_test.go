@@ -19,7 +19,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/l7/resilience"
 	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -269,7 +269,7 @@ func TestResilientUpdate(t *testing.T) {
 	}
 
 	// The canary Service goes away.
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(strings.Replace(testMesh, "metadata: {name: canary, namespace: demo}", "metadata: {name: canary2, namespace: demo}", 1)))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(strings.Replace(testMesh, "metadata: {name: canary, namespace: demo}", "metadata: {name: canary2, namespace: demo}", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,9 +57,6 @@ func (rs *Routes) Route(r *http.Request, info ConnInfo, dst *Destination) *Route
 		out.Direct = &DirectResponse{Status: http.StatusInternalServerError, Body: out.Name + ": " + msg, Reason: ReasonRouteUnsupported}
 		return out
 	}
-	if rule.Unsupported != "" {
-		return fail(rule.Unsupported)
-	}
 	redirect := func(f *route.Filters) bool {
 		loc, code, ok := f.RedirectLocation(r, m, "http", dst.Addr.Port())
 		if ok {

@@ -24,6 +24,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
 
@@ -95,14 +96,14 @@ func meshConfig(st *State) ([]byte, error) {
 		Metadata   meta   `yaml:"metadata"`
 		Spec       any    `yaml:"spec,omitempty"`
 	}
-	docs = append(docs, doc{meshconfig.AmbitAPIVersion, meshconfig.KindMeshConfig, meta{Name: "mesh"}, map[string]any{
+	docs = append(docs, doc{meshspec.AmbitAPIVersion, meshconfig.KindMeshConfig, meta{Name: "mesh"}, map[string]any{
 		"trustDomain": st.Topology.TrustDomain, "tunnel": st.Topology.Mesh.Tunnel,
 	}})
 	for _, ns := range st.Topology.Namespaces {
-		docs = append(docs, doc{meshconfig.CoreAPIVersion, meshconfig.KindNamespace, meta{Name: ns.Name, Labels: ns.Labels, Annotations: ns.Annotations}, nil})
+		docs = append(docs, doc{meshspec.CoreAPIVersion, meshconfig.KindNamespace, meta{Name: ns.Name, Labels: ns.Labels, Annotations: ns.Annotations}, nil})
 	}
 	for _, p := range st.Pods {
-		docs = append(docs, doc{meshconfig.AmbitAPIVersion, meshconfig.KindWorkload, meta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels}, map[string]any{
+		docs = append(docs, doc{meshspec.AmbitAPIVersion, meshconfig.KindWorkload, meta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels}, map[string]any{
 			"serviceAccount": p.ServiceAccount, "node": p.Node,
 			"addresses": []string{p.IPv4.String(), p.IPv6.String()},
 			"netns":     p.NetNSPath, "cgroup": p.CgroupPath,
@@ -441,7 +442,7 @@ func (l *Lab) ApplyConfig(ctx context.Context, name string, data []byte) error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	// Check the directory as the proxies will read it.
-	cfg, err := meshconfig.LoadPathOverlay(dir, map[string][]byte{path: data})
+	cfg, err := meshspec.LoadPathOverlay(dir, map[string][]byte{path: data})
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 )
 
@@ -115,7 +116,7 @@ func (l *Lab) withWaypointAddresses(ctx context.Context, data []byte) ([]byte, [
 			continue
 		}
 		m := d.Content[0]
-		if field(m, "kind").scalar() != meshconfig.KindWaypoint || field(m, "apiVersion").scalar() != meshconfig.AmbitAPIVersion {
+		if field(m, "kind").scalar() != meshconfig.KindWaypoint || field(m, "apiVersion").scalar() != meshspec.AmbitAPIVersion {
 			continue
 		}
 		meta := field(m, "metadata")
@@ -452,7 +453,7 @@ func (l *Lab) RemoveConfig(ctx context.Context, name string) error {
 	if err := os.Rename(path, tmp); err != nil {
 		return err
 	}
-	cfg, err := meshconfig.LoadPath(dir)
+	cfg, err := meshspec.LoadPath(dir)
 	if err != nil {
 		if rerr := os.Rename(tmp, path); rerr != nil {
 			return fmt.Errorf("remove: the mesh files would not load without %s: %w; putting it back: %w", name, err, rerr)

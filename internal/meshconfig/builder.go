@@ -5,20 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash"
+	"regexp"
 	"slices"
 	"strings"
-	"time"
 
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-
-	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
-// Builder collects resources and builds a validated Config. Files go in
-// with AddYAML; other sources add resources one by one with the Add
-// methods, which validate each resource as the file parser does and return
-// an error that says what is wrong (a *FieldError). Derived fields
+// Builder collects resources and builds a validated Config. Sources add
+// resources one by one with the Add methods (a file source with AddAt, so
+// errors name file and line), which validate each resource and return an
+// error that says what is wrong (a *FieldError). Derived fields
 // (Namespace.Ambient, Workload.Captured/Identity/Waypoint, Service.Waypoint,
 // endpoints, Version) are computed by Build; what a caller sets in them is
 // ignored.
@@ -178,7 +175,7 @@ func (b *Builder) addWorkload(in Workload, at pos) error {
 		Namespace: in.Namespace, Name: in.Name, Labels: in.Labels, ServiceAccount: in.ServiceAccount,
 		Node: in.Node, Ready: in.Ready, NetNS: in.NetNS, Cgroup: in.Cgroup, UID: in.UID, file: at.file, line: at.line,
 	}
-	if err := checkMeta("Workload", in.Name, in.Namespace); err != nil {
+	if err := CheckMeta("Workload", in.Name, in.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
 	}
 	if w.ServiceAccount == "" {
@@ -209,7 +206,7 @@ func (b *Builder) AddService(s Service) error {
 
 func (b *Builder) addService(in Service, at pos) error {
 	s := &Service{Namespace: in.Namespace, Name: in.Name, Labels: in.Labels, Selector: in.Selector, file: at.file, line: at.line}
-	if err := checkMeta("Service", in.Name, in.Namespace); err != nil {
+	if err := CheckMeta("Service", in.Name, in.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
 	}
 	for _, a := range in.Addresses {
@@ -244,24 +241,8 @@ func (b *Builder) AddPolicy(p policy.Policy) error {
 	return b.addPolicy(p, pos{})
 }
 
-// AddAccessPolicy adds an AccessPolicy resource's spec.
-func (b *Builder) AddAccessPolicy(namespace, name string, spec crd.AccessPolicySpec) error {
-	b.hash(KindAccessPolicy, struct {
-		NS, Name string
-		Spec     crd.AccessPolicySpec
-	}{namespace, name, spec})
-	if err := checkMeta("AccessPolicy", name, namespace); err != nil {
-		return fieldErr("metadata", "%v", err)
-	}
-	p, err := AccessPolicyFromSpec(namespace, name, spec)
-	if err != nil {
-		return err
-	}
-	return b.addPolicy(p, pos{})
-}
-
 func (b *Builder) addPolicy(p policy.Policy, at pos) error {
-	if err := checkMeta("AccessPolicy", p.Name, p.Namespace); err != nil {
+	if err := CheckMeta("AccessPolicy", p.Name, p.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
 	}
 	if err := p.Validate(); err != nil {
@@ -275,163 +256,18 @@ func (b *Builder) addPolicy(p policy.Policy, at pos) error {
 	return nil
 }
 
-// AccessPolicyFromSpec turns an AccessPolicy's spec into the policy the
-// proxies evaluate, or says what is wrong with it.
-func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (policy.Policy, error) {
-	p := policy.Policy{Namespace: namespace, Name: name, DryRun: spec.DryRun, CaseInsensitivePaths: spec.CaseInsensitivePaths}
-	switch spec.Action {
-	case "ALLOW", "Allow", "allow", "DENY", "Deny", "deny":
-		p.Action = policy.Action(strings.ToUpper(spec.Action))
-	default:
-		return p, fieldErr("spec.action", "access policy %s: action %q must be ALLOW or DENY", p.Key(), spec.Action)
-	}
-	if spec.Selector != nil {
-		p.Selector = spec.Selector.MatchLabels
-	}
-	// The CRD's limits (they bound the cost of its CEL rules).
-	tooMany := func(field string, n, most int) error {
-		if n > most {
-			return fieldErr(field, "AccessPolicy %s: %s has %d entries, at most %d", p.Key(), field, n, most)
-		}
-		return nil
-	}
-	if err := tooMany("spec.rules", len(spec.Rules), 32); err != nil {
-		return p, err
-	}
-	for ri, r := range spec.Rules {
-		rf := fmt.Sprintf("spec.rules[%d]", ri)
-		if err := firstErr(tooMany(rf+".from", len(r.From), 16), tooMany(rf+".to", len(r.To), 16)); err != nil {
-			return p, err
-		}
-		for fi, f := range r.From {
-			ff := fmt.Sprintf("%s.from[%d]", rf, fi)
-			if err := firstErr(tooMany(ff+".principals", len(f.Principals), 32), tooMany(ff+".namespaces", len(f.Namespaces), 32),
-				tooMany(ff+".serviceAccounts", len(f.ServiceAccounts), 32), tooMany(ff+".ipBlocks", len(f.IPBlocks), 32)); err != nil {
-				return p, err
-			}
-		}
-		for ti, t := range r.To {
-			tf := fmt.Sprintf("%s.to[%d]", rf, ti)
-			if err := firstErr(tooMany(tf+".ports", len(t.Ports), 32), tooMany(tf+".methods", len(t.Methods), 32),
-				tooMany(tf+".paths", len(t.Paths), 32), tooMany(tf+".hosts", len(t.Hosts), 32), tooMany(tf+".headers", len(t.Headers), 16)); err != nil {
-				return p, err
-			}
-		}
-	}
-	for ri, r := range spec.Rules {
-		var rule policy.Rule
-		for fi, f := range r.From {
-			src := policy.Source{Namespaces: f.Namespaces, ServiceAccounts: f.ServiceAccounts}
-			for _, pr := range f.Principals {
-				src.Principals = append(src.Principals, string(pr))
-			}
-			for _, c := range f.IPBlocks {
-				pfx, err := ParsePrefix(string(c))
-				if err != nil {
-					return p, fieldErr(fmt.Sprintf("spec.rules[%d].from[%d].ipBlocks", ri, fi), "AccessPolicy %s rule %d: ipBlock %q: %v", p.Key(), ri, c, err)
-				}
-				src.IPBlocks = append(src.IPBlocks, pfx)
-			}
-			rule.From = append(rule.From, src)
-		}
-		var targets []policy.Target
-		for ti, t := range r.To {
-			tg := policy.Target{Methods: t.Methods, Paths: t.Paths, Hosts: t.Hosts}
-			for _, port := range t.Ports {
-				if port < 1 || port > 65535 {
-					return p, fieldErr(fmt.Sprintf("spec.rules[%d].to[%d].ports", ri, ti), "AccessPolicy %s rule %d: port %d out of range 1-65535", p.Key(), ri, port)
-				}
-				rule.Ports = append(rule.Ports, uint16(port))
-				tg.Ports = append(tg.Ports, uint16(port))
-			}
-			for hi, h := range t.Headers {
-				hm, err := headerMatchFromSpec(h)
-				if err != nil {
-					return p, fieldErr(fmt.Sprintf("spec.rules[%d].to[%d].headers[%d]", ri, ti, hi), "AccessPolicy %s rule %d: %v", p.Key(), ri, err)
-				}
-				tg.Headers = append(tg.Headers, hm)
-			}
-			if tg.HasHTTP() {
-				rule.L7 = true
-			}
-			targets = append(targets, tg)
-		}
-		if rule.L7 {
-			// The waypoint checks these; a node proxy fails closed on
-			// the rule (L7) and reads only the merged Ports.
-			rule.To = targets
-		}
-		p.Rules = append(p.Rules, rule)
-	}
-	if err := p.Validate(); err != nil {
-		return p, fieldErr("spec.rules", "%v", err)
-	}
-	return p, nil
-}
-
-// headerMatchFromSpec reads one header match of a "to" entry, or says what
-// to fix.
-func headerMatchFromSpec(h crd.HeaderMatch) (policy.HeaderMatch, error) {
-	m := policy.HeaderMatch{Name: h.Name}
-	var kinds []string
-	if h.Exact != nil {
-		m.Type, m.Value = policy.HeaderExact, *h.Exact
-		kinds = append(kinds, "exact")
-	}
-	if h.Prefix != nil {
-		m.Type, m.Value = policy.HeaderPrefix, *h.Prefix
-		kinds = append(kinds, "prefix")
-	}
-	if h.Regex != nil {
-		m.Type, m.Value = policy.HeaderRegex, *h.Regex
-		kinds = append(kinds, "regex")
-	}
-	if h.Present != nil {
-		m.Type, m.Value = policy.HeaderPresent, ""
-		if !*h.Present {
-			m.Type = policy.HeaderAbsent
-		}
-		kinds = append(kinds, "present")
-	}
-	if h.Name == "" {
-		return m, fmt.Errorf("header match has no name; set name to the header to match, such as x-user")
-	}
-	switch len(kinds) {
-	case 0:
-		return m, fmt.Errorf("header %s: set one of exact, prefix, regex or present", h.Name)
-	case 1:
-	default:
-		return m, fmt.Errorf("header %s: sets %s; a header match sets exactly one of exact, prefix, regex or present (use two entries to require both)", h.Name, strings.Join(kinds, " and "))
-	}
-	return m, m.Validate()
-}
-
-// WaypointFromSpec is the waypoint a Waypoint resource's spec asks for,
-// with defaults applied (one replica, service traffic). Its addresses and
-// readiness are the source's to fill in.
-func WaypointFromSpec(namespace, name string, spec crd.WaypointSpec) Waypoint {
-	w := Waypoint{Namespace: namespace, Name: name, Replicas: 1, TrafficType: spec.TrafficType}
-	if spec.Replicas != nil {
-		w.Replicas = int(*spec.Replicas)
-	}
-	if w.TrafficType == "" {
-		w.TrafficType = WaypointForService
-	}
-	return w
-}
-
 // AddWaypoint adds a waypoint.
 func (b *Builder) AddWaypoint(w Waypoint) error {
 	b.hash(KindWaypoint, w)
 	return b.addWaypoint(w, pos{})
 }
 
-var waypointName = regexpMust(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
+var waypointName = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
 
 func (b *Builder) addWaypoint(in Waypoint, at pos) error {
 	w := in
 	w.at = at
-	if err := checkMeta("Waypoint", w.Name, w.Namespace); err != nil {
+	if err := CheckMeta("Waypoint", w.Name, w.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
 	}
 	if len(w.Name) > 63 || !waypointName.MatchString(w.Name) {
@@ -469,98 +305,93 @@ func (b *Builder) claim(kind, key string, at pos) error {
 	return nil
 }
 
-// AddTrafficPolicy adds a TrafficPolicy resource's spec; created orders it
-// against other policies for the same service (the older wins).
-func (b *Builder) AddTrafficPolicy(namespace, name string, created time.Time, spec crd.TrafficPolicySpec) error {
-	b.hash(KindTrafficPolicy, struct {
-		NS, Name string
-		Created  time.Time
-		Spec     crd.TrafficPolicySpec
-	}{namespace, name, created, spec})
-	return b.addTrafficPolicy(namespace, name, created, spec, pos{})
+// AddTrafficPolicy adds a traffic policy; its Created orders it against
+// other policies for the same service (the older wins).
+func (b *Builder) AddTrafficPolicy(p TrafficPolicy) error {
+	b.hash(KindTrafficPolicy, p)
+	return b.addTrafficPolicy(p, pos{})
 }
 
-func (b *Builder) addTrafficPolicy(namespace, name string, created time.Time, spec crd.TrafficPolicySpec, at pos) error {
-	if err := checkMeta("TrafficPolicy", name, namespace); err != nil {
+func (b *Builder) addTrafficPolicy(in TrafficPolicy, at pos) error {
+	if err := CheckMeta(KindTrafficPolicy, in.Name, in.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
 	}
-	p, err := TrafficPolicyFromSpec(namespace, name, spec)
-	if err != nil {
+	p := in
+	p.TargetNames, p.Targets, p.at = slices.Clone(in.TargetNames), nil, at
+	if err := p.Validate(); err != nil {
 		return err
 	}
-	p.Created, p.at = created, at
 	if err := b.claim(KindTrafficPolicy, p.Key(), at); err != nil {
 		return err
 	}
-	b.traffic = append(b.traffic, p)
+	b.traffic = append(b.traffic, &p)
 	return nil
 }
 
-// AddHTTPRoute adds a Gateway API HTTPRoute. Only parentRefs to Services
-// (group "", kind Service) are Ambit's; a source that also sees routes for
-// gateways should pass only the routes with such a parent, and may drop
-// the other parentRefs first.
-func (b *Builder) AddHTTPRoute(r *gatewayv1.HTTPRoute) error {
-	b.hash(KindHTTPRoute, struct {
-		NS, Name string
-		Created  time.Time
-		Spec     gatewayv1.HTTPRouteSpec
-	}{r.Namespace, r.Name, r.CreationTimestamp.Time, r.Spec})
-	return b.addHTTPRoute(r.Namespace, r.Name, r.CreationTimestamp.Time, r.Spec, pos{})
+// AddRoute adds an HTTPRoute or GRPCRoute.
+func (b *Builder) AddRoute(r Route) error {
+	b.hash(r.Kind, r)
+	return b.addRoute(r, pos{})
 }
 
-// AddGRPCRoute adds a Gateway API GRPCRoute, as AddHTTPRoute.
-func (b *Builder) AddGRPCRoute(r *gatewayv1.GRPCRoute) error {
-	b.hash(KindGRPCRoute, struct {
-		NS, Name string
-		Created  time.Time
-		Spec     gatewayv1.GRPCRouteSpec
-	}{r.Namespace, r.Name, r.CreationTimestamp.Time, r.Spec})
-	return b.addGRPCRoute(r.Namespace, r.Name, r.CreationTimestamp.Time, r.Spec, pos{})
-}
-
-func (b *Builder) addHTTPRoute(namespace, name string, created time.Time, spec gatewayv1.HTTPRouteSpec, at pos) error {
-	if err := checkMeta(KindHTTPRoute, name, namespace); err != nil {
+func (b *Builder) addRoute(in Route, at pos) error {
+	if in.Kind != KindHTTPRoute && in.Kind != KindGRPCRoute {
+		return fieldErr("kind", "route %s/%s: kind %q; use %s or %s", in.Namespace, in.Name, in.Kind, KindHTTPRoute, KindGRPCRoute)
+	}
+	if err := CheckMeta(in.Kind, in.Name, in.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
 	}
-	r := &Route{Kind: KindHTTPRoute, Namespace: namespace, Name: name, Created: created, at: at}
-	spec = *spec.DeepCopy()
-	parents, err := routeParents(r, spec.ParentRefs)
-	if err != nil {
+	r := in
+	r.at = at
+	if len(r.Parents) == 0 {
+		return fieldErr("spec.parentRefs", "%s %s: spec.parentRefs: empty; attach the route to a Service with parentRefs: [{group: \"\", kind: Service, name: <service>}]", r.Kind, r.Key())
+	}
+	for i, p := range r.Parents {
+		ns, name, ok := strings.Cut(p.Service, "/")
+		if !ok || ns == "" || name == "" {
+			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: Service %q is not namespace/name", r.Kind, r.Key(), i, p.Service)
+		}
+	}
+	if err := b.claim(r.Kind, r.Key(), at); err != nil {
 		return err
 	}
-	r.Parents = parents
-	if err := normalizeHTTPRoute(r, &spec); err != nil {
-		return err
-	}
-	r.HTTP = &spec
-	if err := b.claim(KindHTTPRoute, r.Key(), at); err != nil {
-		return err
-	}
-	b.routes = append(b.routes, r)
+	b.routes = append(b.routes, &r)
 	return nil
 }
 
-func (b *Builder) addGRPCRoute(namespace, name string, created time.Time, spec gatewayv1.GRPCRouteSpec, at pos) error {
-	if err := checkMeta(KindGRPCRoute, name, namespace); err != nil {
-		return fieldErr("metadata", "%v", err)
+// AddAt adds one resource (a Mesh, Namespace, Workload, Service,
+// policy.Policy, Waypoint, TrafficPolicy or Route) as declared at
+// file:line, which Build's errors name. It is for sources that read files;
+// the other Add methods are the same without a place.
+func (b *Builder) AddAt(file string, line int, resource any) error {
+	at := pos{file, line}
+	switch r := resource.(type) {
+	case Mesh:
+		b.hash(KindMeshConfig, r)
+		return b.addMesh(r, at)
+	case Namespace:
+		b.hash(KindNamespace, r)
+		return b.addNamespace(r, at)
+	case Workload:
+		b.hash(KindWorkload, r)
+		return b.addWorkload(r, at)
+	case Service:
+		b.hash(KindService, r)
+		return b.addService(r, at)
+	case policy.Policy:
+		b.hash(KindAccessPolicy, r)
+		return b.addPolicy(r, at)
+	case Waypoint:
+		b.hash(KindWaypoint, r)
+		return b.addWaypoint(r, at)
+	case TrafficPolicy:
+		b.hash(KindTrafficPolicy, r)
+		return b.addTrafficPolicy(r, at)
+	case Route:
+		b.hash(r.Kind, r)
+		return b.addRoute(r, at)
 	}
-	r := &Route{Kind: KindGRPCRoute, Namespace: namespace, Name: name, Created: created, at: at}
-	spec = *spec.DeepCopy()
-	parents, err := routeParents(r, spec.ParentRefs)
-	if err != nil {
-		return err
-	}
-	r.Parents = parents
-	if err := normalizeGRPCRoute(r, &spec); err != nil {
-		return err
-	}
-	r.GRPC = &spec
-	if err := b.claim(KindGRPCRoute, r.Key(), at); err != nil {
-		return err
-	}
-	b.routes = append(b.routes, r)
-	return nil
+	return fmt.Errorf("%s:%d: %T is not a mesh resource", file, line, resource)
 }
 
 func firstErr(errs ...error) error {

@@ -6,10 +6,8 @@ import (
 	"slices"
 	"sort"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-
 	"github.com/ambit-mesh/ambit/internal/policy"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // DefaultTrustDomain applies when no MeshConfig names one.
@@ -18,8 +16,8 @@ const DefaultTrustDomain = "cluster.local"
 // Config is a validated, indexed mesh configuration. It is immutable once
 // built: a change builds a new Config.
 type Config struct {
-	// Version names this configuration (a content hash in file mode, the
-	// controller's version otherwise).
+	// Version names this configuration: a hash of the resources built
+	// from (the controller's), or the controller's version (a proxy's).
 	Version    string
 	Mesh       Mesh
 	Namespaces map[string]*Namespace
@@ -40,10 +38,6 @@ type Config struct {
 	waypoints  map[string]*Waypoint
 	trafficFor map[string]*TrafficPolicy
 	routesFor  map[string][]*Route
-}
-
-func spiffeidTrustDomain(s string) (spiffeid.TrustDomain, error) {
-	return spiffeid.TrustDomainFromString(s)
 }
 
 // Build checks the resources against each other and indexes them; the
@@ -77,16 +71,6 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 		trafficFor: map[string]*TrafficPolicy{},
 		routesFor:  map[string][]*Route{},
 	}
-	var problems []Problem
-	// fail reports a conflict: an error in strict mode, a Problem otherwise.
-	fail := func(at pos, kind, ns, name, reason string, dropped bool, format string, args ...any) error {
-		msg := fmt.Sprintf(format, args...)
-		if !lenient {
-			return &Error{at.file, at.line, msg}
-		}
-		problems = append(problems, Problem{Kind: kind, Namespace: ns, Name: name, Reason: reason, Message: msg, Dropped: dropped})
-		return nil
-	}
 	if b.mesh != nil {
 		c.Mesh = *b.mesh
 	} else {
@@ -99,30 +83,74 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 		c.waypoints[wp.Key()] = wp
 		c.Waypoints = append(c.Waypoints, wp)
 	}
-	// waypointFor keeps a use-waypoint name unless that Waypoint is declared
-	// and does not take this kind of traffic.
-	waypointFor := func(ns, name string, service bool) string {
-		if name == "" {
-			return ""
+	bs := &buildState{c: c, lenient: lenient}
+	for _, step := range []func(*buildState) error{b.buildWorkloads, b.buildServices, b.buildTraffic, b.buildRoutes} {
+		if err := step(bs); err != nil {
+			return nil, nil, err
 		}
-		if wp, ok := c.waypoints[ns+"/"+name]; ok && ((service && !wp.ForServices()) || (!service && !wp.ForWorkloads())) {
-			return ""
-		}
-		return name
 	}
+	sort.Slice(c.Workloads, func(i, j int) bool { return c.Workloads[i].Key() < c.Workloads[j].Key() })
+	sort.Slice(c.Services, func(i, j int) bool { return c.Services[i].Key() < c.Services[j].Key() })
+	sort.Slice(c.Policies, func(i, j int) bool { return c.Policies[i].Key() < c.Policies[j].Key() })
+	sort.Slice(c.Waypoints, func(i, j int) bool { return c.Waypoints[i].Key() < c.Waypoints[j].Key() })
+	sort.Slice(c.TrafficPolicies, func(i, j int) bool { return c.TrafficPolicies[i].Key() < c.TrafficPolicies[j].Key() })
+	sortRoutes(c.Routes)
+	return c, bs.problems, nil
+}
+
+// buildState is a Config being built and the problems found so far.
+type buildState struct {
+	c        *Config
+	lenient  bool
+	problems []Problem
+}
+
+// fail reports a conflict: an error in strict mode, a Problem otherwise.
+func (bs *buildState) fail(at pos, kind, ns, name, reason string, dropped bool, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if !bs.lenient {
+		return &Error{at.file, at.line, msg}
+	}
+	bs.problems = append(bs.problems, Problem{Kind: kind, Namespace: ns, Name: name, Reason: reason, Message: msg, Dropped: dropped})
+	return nil
+}
+
+// dropLast marks the last Problem's resource as left out entirely.
+func (bs *buildState) dropLast() {
+	if bs.lenient {
+		bs.problems[len(bs.problems)-1].Dropped = true
+	}
+}
+
+// waypointFor keeps a use-waypoint name unless that Waypoint is declared
+// and does not take this kind of traffic.
+func (c *Config) waypointFor(ns, name string, service bool) string {
+	if name == "" {
+		return ""
+	}
+	if wp, ok := c.waypoints[ns+"/"+name]; ok && ((service && !wp.ForServices()) || (!service && !wp.ForWorkloads())) {
+		return ""
+	}
+	return name
+}
+
+// buildWorkloads indexes the workloads by key and address and derives
+// their identity, capture and waypoint.
+func (b *Builder) buildWorkloads(bs *buildState) error {
+	c := bs.c
 workloads:
 	for _, w := range b.workloads {
 		at := pos{w.file, w.line}
 		if prev, dup := c.byKey[w.Key()]; dup {
-			if err := fail(at, KindWorkload, w.Namespace, w.Name, ReasonDuplicate, true, "Workload %s is defined twice (first at %s:%d)", w.Key(), prev.file, prev.line); err != nil {
-				return nil, nil, err
+			if err := bs.fail(at, KindWorkload, w.Namespace, w.Name, ReasonDuplicate, true, "Workload %s is defined twice (first at %s:%d)", w.Key(), prev.file, prev.line); err != nil {
+				return err
 			}
 			continue
 		}
 		for _, ip := range w.IPs {
 			if prev, dup := c.byIP[ip]; dup {
-				if err := fail(at, KindWorkload, w.Namespace, w.Name, ReasonConflicted, true, "Workload %s: address %s is also %s's (%s); addresses must be unique", w.Key(), ip, prev.Key(), pos{prev.file, prev.line}.orFirst()); err != nil {
-					return nil, nil, err
+				if err := bs.fail(at, KindWorkload, w.Namespace, w.Name, ReasonConflicted, true, "Workload %s: address %s is also %s's (%s); addresses must be unique", w.Key(), ip, prev.Key(), pos{prev.file, prev.line}.orFirst()); err != nil {
+					return err
 				}
 				continue workloads
 			}
@@ -136,12 +164,19 @@ workloads:
 		id, err := spiffeid.FromSegments(c.Mesh.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount)
 		if err != nil {
 			// Not a conflict: the workload itself is wrong, in both modes.
-			return nil, nil, &Error{w.file, w.line, fmt.Sprintf("Workload %s: serviceAccount %q does not make a SPIFFE ID: %v", w.Key(), w.ServiceAccount, err)}
+			return &Error{w.file, w.line, fmt.Sprintf("Workload %s: serviceAccount %q does not make a SPIFFE ID: %v", w.Key(), w.ServiceAccount, err)}
 		}
 		w.Identity = id
-		w.Waypoint = waypointFor(w.Namespace, ns.Labels[WaypointLabel], false)
+		w.Waypoint = c.waypointFor(w.Namespace, ns.Labels[WaypointLabel], false)
 		c.Workloads = append(c.Workloads, w)
 	}
+	return nil
+}
+
+// buildServices indexes the services by key and address, derives their
+// waypoint and finds their endpoints.
+func (b *Builder) buildServices(bs *buildState) error {
+	c := bs.c
 	byNS := map[string][]*Workload{}
 	for _, w := range c.Workloads {
 		byNS[w.Namespace] = append(byNS[w.Namespace], w)
@@ -150,21 +185,21 @@ services:
 	for _, s := range b.services {
 		at := pos{s.file, s.line}
 		if prev, dup := c.svcByKey[s.Key()]; dup {
-			if err := fail(at, KindService, s.Namespace, s.Name, ReasonDuplicate, true, "Service %s is defined twice (first at %s)", s.Key(), pos{prev.file, prev.line}.orFirst()); err != nil {
-				return nil, nil, err
+			if err := bs.fail(at, KindService, s.Namespace, s.Name, ReasonDuplicate, true, "Service %s is defined twice (first at %s)", s.Key(), pos{prev.file, prev.line}.orFirst()); err != nil {
+				return err
 			}
 			continue
 		}
 		for _, a := range s.Addresses {
 			if w, clash := c.byIP[a]; clash {
-				if err := fail(at, KindService, s.Namespace, s.Name, ReasonConflicted, true, "Service %s: clusterIP %s is Workload %s's address; pick a free service address", s.Key(), a, w.Key()); err != nil {
-					return nil, nil, err
+				if err := bs.fail(at, KindService, s.Namespace, s.Name, ReasonConflicted, true, "Service %s: clusterIP %s is Workload %s's address; pick a free service address", s.Key(), a, w.Key()); err != nil {
+					return err
 				}
 				continue services
 			}
 			if prev, dup := c.svcByAddr[a]; dup {
-				if err := fail(at, KindService, s.Namespace, s.Name, ReasonConflicted, true, "Service %s: clusterIP %s is also Service %s's", s.Key(), a, prev.Key()); err != nil {
-					return nil, nil, err
+				if err := bs.fail(at, KindService, s.Namespace, s.Name, ReasonConflicted, true, "Service %s: clusterIP %s is also Service %s's", s.Key(), a, prev.Key()); err != nil {
+					return err
 				}
 				continue services
 			}
@@ -172,7 +207,7 @@ services:
 		seenPort := map[uint16]bool{}
 		for _, p := range s.Ports {
 			if seenPort[p.Port] {
-				return nil, nil, &Error{s.file, s.line, fmt.Sprintf("Service %s: port %d is listed twice", s.Key(), p.Port)}
+				return &Error{s.file, s.line, fmt.Sprintf("Service %s: port %d is listed twice", s.Key(), p.Port)}
 			}
 			seenPort[p.Port] = true
 		}
@@ -184,7 +219,7 @@ services:
 		if wp == "" {
 			wp = c.Namespace(s.Namespace).Labels[WaypointLabel]
 		}
-		s.Waypoint = waypointFor(s.Namespace, wp, true)
+		s.Waypoint = c.waypointFor(s.Namespace, wp, true)
 		switch {
 		case s.Endpoints != nil:
 			for _, k := range s.Endpoints {
@@ -202,37 +237,39 @@ services:
 		}
 		c.Services = append(c.Services, s)
 	}
-	sortEndpoints := func(ws []*Workload) {
+	for _, ws := range c.endpoints {
 		sort.Slice(ws, func(i, j int) bool { return ws[i].Key() < ws[j].Key() })
 	}
-	for _, ws := range c.endpoints {
-		sortEndpoints(ws)
-	}
+	return nil
+}
 
-	// Traffic policies: the older wins a service that two target.
-	traffic := slices.Clone(b.traffic)
-	sort.SliceStable(traffic, func(i, j int) bool {
-		if !traffic[i].Created.Equal(traffic[j].Created) {
-			return traffic[i].Created.Before(traffic[j].Created)
-		}
-		return traffic[i].Key() < traffic[j].Key()
-	})
-	if !lenient {
-		traffic = b.traffic // files: keep the order of definition for errors
+// buildTraffic resolves the traffic policies' targets: the older policy
+// wins a service that two target.
+func (b *Builder) buildTraffic(bs *buildState) error {
+	c := bs.c
+	traffic := b.traffic // files: keep the order of definition for errors
+	if bs.lenient {
+		traffic = slices.Clone(b.traffic)
+		sort.SliceStable(traffic, func(i, j int) bool {
+			if !traffic[i].Created.Equal(traffic[j].Created) {
+				return traffic[i].Created.Before(traffic[j].Created)
+			}
+			return traffic[i].Key() < traffic[j].Key()
+		})
 	}
 	for _, tp := range traffic {
 		tp.Targets = nil
-		for i, name := range tp.targetNames {
+		for i, name := range tp.TargetNames {
 			key := tp.Namespace + "/" + name
 			if c.svcByKey[key] == nil {
-				if err := fail(tp.at, KindTrafficPolicy, tp.Namespace, tp.Name, ReasonTargetNotFound, false, "TrafficPolicy %s: spec.targetRefs[%d]: Service %s is not defined", tp.Key(), i, key); err != nil {
-					return nil, nil, err
+				if err := bs.fail(tp.at, KindTrafficPolicy, tp.Namespace, tp.Name, ReasonTargetNotFound, false, "TrafficPolicy %s: spec.targetRefs[%d]: Service %s is not defined", tp.Key(), i, key); err != nil {
+					return err
 				}
 				continue
 			}
 			if prev, taken := c.trafficFor[key]; taken {
-				if err := fail(tp.at, KindTrafficPolicy, tp.Namespace, tp.Name, ReasonConflicted, false, "TrafficPolicy %s: Service %s already has TrafficPolicy %s; a Service takes one (the older wins), so merge them", tp.Key(), key, prev.Key()); err != nil {
-					return nil, nil, err
+				if err := bs.fail(tp.at, KindTrafficPolicy, tp.Namespace, tp.Name, ReasonConflicted, false, "TrafficPolicy %s: Service %s already has TrafficPolicy %s; a Service takes one (the older wins), so merge them", tp.Key(), key, prev.Key()); err != nil {
+					return err
 				}
 				continue
 			}
@@ -241,24 +278,30 @@ services:
 		}
 		if len(tp.Targets) > 0 {
 			c.TrafficPolicies = append(c.TrafficPolicies, tp)
-		} else if lenient {
-			problems[len(problems)-1].Dropped = true
+		} else {
+			bs.dropLast()
 		}
 	}
+	return nil
+}
 
+// buildRoutes indexes each route under the parent Services that exist; a
+// route with none is left out.
+func (b *Builder) buildRoutes(bs *buildState) error {
+	c := bs.c
 	for _, r := range b.routes {
 		var parents []RouteParent
 		for i, p := range r.Parents {
 			s := c.svcByKey[p.Service]
 			if s == nil {
-				if err := fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Service %s is not defined", r.Kind, r.Key(), i, p.Service); err != nil {
-					return nil, nil, err
+				if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Service %s is not defined", r.Kind, r.Key(), i, p.Service); err != nil {
+					return err
 				}
 				continue
 			}
 			if _, ok := s.Port(p.Port); p.Port != 0 && !ok {
-				if err := fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Service %s has no port %d", r.Kind, r.Key(), i, p.Service, p.Port); err != nil {
-					return nil, nil, err
+				if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Service %s has no port %d", r.Kind, r.Key(), i, p.Service, p.Port); err != nil {
+					return err
 				}
 				continue
 			}
@@ -266,18 +309,15 @@ services:
 		}
 		for _, be := range routeBackends(r) {
 			if c.svcByKey[be] == nil {
-				if err := fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: backend Service %s is not defined (requests to it will fail with 500)", r.Kind, r.Key(), be); err != nil {
-					return nil, nil, err
+				if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: backend Service %s is not defined (requests to it will fail with 500)", r.Kind, r.Key(), be); err != nil {
+					return err
 				}
 			}
 		}
 		if len(parents) == 0 {
-			if lenient {
-				problems[len(problems)-1].Dropped = true
-			}
+			bs.dropLast()
 			continue
 		}
-		r.Parents = parents
 		c.Routes = append(c.Routes, r)
 		for _, p := range parents {
 			if !slices.Contains(c.routesFor[p.Service], r) {
@@ -288,14 +328,7 @@ services:
 	for _, rs := range c.routesFor {
 		sortRoutes(rs)
 	}
-
-	sort.Slice(c.Workloads, func(i, j int) bool { return c.Workloads[i].Key() < c.Workloads[j].Key() })
-	sort.Slice(c.Services, func(i, j int) bool { return c.Services[i].Key() < c.Services[j].Key() })
-	sort.Slice(c.Policies, func(i, j int) bool { return c.Policies[i].Key() < c.Policies[j].Key() })
-	sort.Slice(c.Waypoints, func(i, j int) bool { return c.Waypoints[i].Key() < c.Waypoints[j].Key() })
-	sort.Slice(c.TrafficPolicies, func(i, j int) bool { return c.TrafficPolicies[i].Key() < c.TrafficPolicies[j].Key() })
-	sortRoutes(c.Routes)
-	return c, problems, nil
+	return nil
 }
 
 // sortRoutes orders routes as the Gateway API breaks ties: older first,
@@ -312,23 +345,10 @@ func sortRoutes(rs []*Route) {
 // routeBackends lists the keys of the services a route sends to.
 func routeBackends(r *Route) []string {
 	var out []string
-	add := func(ref gatewayv1.BackendObjectReference) {
-		k := r.Namespace + "/" + string(ref.Name)
-		if !slices.Contains(out, k) {
-			out = append(out, k)
-		}
-	}
-	if r.HTTP != nil {
-		for _, rule := range r.HTTP.Rules {
-			for _, be := range rule.BackendRefs {
-				add(be.BackendObjectReference)
-			}
-		}
-	}
-	if r.GRPC != nil {
-		for _, rule := range r.GRPC.Rules {
-			for _, be := range rule.BackendRefs {
-				add(be.BackendObjectReference)
+	for _, rule := range r.Rules {
+		for _, be := range rule.Backends {
+			if k := be.Key(); !slices.Contains(out, k) {
+				out = append(out, k)
 			}
 		}
 	}

@@ -3,8 +3,6 @@ package meshconfig
 import (
 	"net/netip"
 	"time"
-
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // Traffic a waypoint takes.
@@ -52,8 +50,11 @@ func (w *Waypoint) ForWorkloads() bool {
 // defaults apply.
 type TrafficPolicy struct {
 	Namespace, Name string
-	// Targets are the keys of the services the policy applies to ("ns/name",
-	// in the policy's namespace), those that exist.
+	// TargetNames are the names of the Services, in the policy's
+	// namespace, that the policy is declared for.
+	TargetNames []string
+	// Targets (derived by Build) are the keys ("ns/name") of those
+	// Services that exist and that no older policy holds.
 	Targets []string
 
 	Retries          *Retries
@@ -69,8 +70,7 @@ type TrafficPolicy struct {
 	// wins (then the name). Zero in files, where two are an error.
 	Created time.Time
 
-	targetNames []string
-	at          pos
+	at pos
 }
 
 // Key is "namespace/name".
@@ -130,32 +130,6 @@ type Fault struct {
 	AbortPercent    int
 	AbortHTTPStatus int // 0 when aborting with a gRPC status
 	AbortGRPCStatus int // 0 when aborting with an HTTP status
-}
-
-// Route is a Gateway API HTTPRoute or GRPCRoute attached to services (the
-// GAMMA pattern): requests to a parent service that match the route's rules
-// are handled by them. The spec is kept as the Gateway API types, with
-// defaults applied, for the waypoint's L7 engine.
-type Route struct {
-	Kind            string // KindHTTPRoute or KindGRPCRoute
-	Namespace, Name string
-	Parents         []RouteParent
-	HTTP            *gatewayv1.HTTPRouteSpec // when Kind is KindHTTPRoute
-	GRPC            *gatewayv1.GRPCRouteSpec // when Kind is KindGRPCRoute
-	// Created orders routes whose rules tie (the older wins, then the
-	// name), as the Gateway API asks.
-	Created time.Time
-
-	at pos
-}
-
-// Key is "namespace/name".
-func (r *Route) Key() string { return r.Namespace + "/" + r.Name }
-
-// RouteParent is a service a route attaches to, on one port or all.
-type RouteParent struct {
-	Service string // "namespace/name"
-	Port    uint16 // 0: every port of the service
 }
 
 // pos is where a resource was declared, for errors.

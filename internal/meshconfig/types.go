@@ -1,14 +1,14 @@
-// Package meshconfig owns the mesh configuration as Ambit's proxies see it:
-// the resources users declare in Kubernetes shape (Namespace, Service,
-// Workload, AccessPolicy, Waypoint, TrafficPolicy, the Gateway API's
-// HTTPRoute and GRPCRoute, and the mesh-wide MeshConfig), their parsing
-// from YAML files with errors that name file, line and fix, their
-// validation, and the indexes the data path looks things up in (workload by
-// IP, service by address, endpoints of a service, policies of a workload,
-// routes and traffic policy of a service). The node proxy's file mode reads
-// files directly; a source that is not files (the controller's Kubernetes
-// source) adds the same resources through the Builder's methods, which
-// apply the same validation and derive the same fields.
+// Package meshconfig owns the mesh configuration as Ambit's proxies see it,
+// in Ambit's own types: the mesh-wide settings, namespaces, workloads,
+// services, access policies, waypoints, traffic policies and HTTP and gRPC
+// routes; the Builder that validates them against each other and derives
+// what follows from them (identities, capture, waypoints, endpoints); and
+// the indexes the data path looks things up in (workload by IP, service by
+// address, endpoints of a service, routes and traffic policy of a
+// service). It links no Kubernetes or Gateway API types: the controller
+// converts those (internal/meshspec, from YAML files or the Kubernetes
+// API) and the proxies rebuild the same Config from the control API's
+// messages.
 package meshconfig
 
 import (
@@ -20,11 +20,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// API versions and kinds understood in files.
+// Kinds of resources, the names users write.
 const (
-	AmbitAPIVersion = "ambit.dev/v1alpha1"
-	CoreAPIVersion  = "v1"
-
 	KindMeshConfig   = "MeshConfig"
 	KindNamespace    = "Namespace"
 	KindService      = "Service"
@@ -35,9 +32,8 @@ const (
 	KindTrafficPolicy = "TrafficPolicy"
 
 	// Gateway API routes (GAMMA: attached to a Service).
-	GatewayAPIVersion = "gateway.networking.k8s.io/v1"
-	KindHTTPRoute     = "HTTPRoute"
-	KindGRPCRoute     = "GRPCRoute"
+	KindHTTPRoute = "HTTPRoute"
+	KindGRPCRoute = "GRPCRoute"
 )
 
 // Labels and annotations Ambit reads (docs/configuration.md describes

@@ -23,6 +23,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/podnet/podnettest"
 	"github.com/ambit-mesh/ambit/internal/redirect"
 	"github.com/ambit-mesh/ambit/internal/redirect/redirecttest"
@@ -111,7 +112,7 @@ func newLoopCluster(t *testing.T, drain time.Duration) *loopCluster {
 
 func newLoopClusterOf(t *testing.T, drain time.Duration, mesh string) *loopCluster {
 	t.Helper()
-	cfg, err := meshconfig.Parse("loop.yaml", []byte(mesh))
+	cfg, err := meshspec.Parse("loop.yaml", []byte(mesh))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -536,7 +537,7 @@ func TestDrainOnShutdown(t *testing.T) {
 	if !c.net.Delivery("demo/server-1") {
 		t.Fatal("server-1 has no delivery set up")
 	}
-	without, err := meshconfig.Parse("loop.yaml", []byte(strings.Replace(loopMesh, "metadata: {name: server-1,", "metadata: {name: server-9,", 1)))
+	without, err := meshspec.Parse("loop.yaml", []byte(strings.Replace(loopMesh, "metadata: {name: server-1,", "metadata: {name: server-9,", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}

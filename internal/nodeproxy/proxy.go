@@ -42,7 +42,7 @@ type Options struct {
 	// Capture is the node's traffic capture (package redirect).
 	Capture redirect.Capture
 	// Signer issues workload certificates (the controller's CA, or a local
-	// CA in file mode wrapped by NodeAuthorizedSigner).
+	// CA in tests).
 	Signer identity.Signer
 	// Bundle holds the mesh's trust anchors.
 	Bundle x509bundle.Source

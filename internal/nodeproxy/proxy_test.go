@@ -17,6 +17,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/redirect/redirecttest"
 )
 
@@ -71,7 +72,7 @@ spec: {clusterIP: 10.96.0.2, selector: {app: nobody}, ports: [{port: 80}]}
 
 func testProxy(t *testing.T, node string) (*Proxy, *meshconfig.Config, *identity.CA) {
 	t.Helper()
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(mesh))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(mesh))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +173,7 @@ func TestNodeAuthorizedSigner(t *testing.T) {
 }
 
 func TestReadyNeedsConfigAndCertificates(t *testing.T) {
-	cfg, _ := meshconfig.Parse("m.yaml", []byte(mesh))
+	cfg, _ := meshspec.Parse("m.yaml", []byte(mesh))
 	ca, _ := identity.GenerateCA(cfg.Mesh.TrustDomain, time.Hour, clock.Real{})
 	p, err := New(Options{Node: "node-1", Capture: redirecttest.New(), Bundle: ca.Bundle(), Signer: ca})
 	if err != nil {
@@ -196,7 +197,7 @@ func TestReadyNeedsConfigAndCertificates(t *testing.T) {
 // in readiness; it never takes the proxy down (openPod once closed a nil pod
 // after such an error and panicked).
 func TestPodSetupFailureIsReportedNotFatal(t *testing.T) {
-	cfg, err := meshconfig.Parse("m.yaml", []byte(`apiVersion: v1
+	cfg, err := meshspec.Parse("m.yaml", []byte(`apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}
 ---
@@ -245,7 +246,7 @@ spec: {serviceAccount: broken, node: node-1, addresses: [10.0.1.5], netns: /run/
 	if pods, _ := capture.Pods(); len(pods) != 1 || pods[0].Key != "demo/broken-1" {
 		t.Fatalf("captured %v while the pod's setup fails; want demo/broken-1", pods)
 	}
-	empty, err := meshconfig.Parse("m.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}\n"))
+	empty, err := meshspec.Parse("m.yaml", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/redirect/redirecttest"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
@@ -23,7 +23,7 @@ import (
 // A waypoint's claim of the original client is believed only from the
 // waypoint the destination's traffic is configured to go through.
 func TestSourceIdentity(t *testing.T) {
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(waypointMesh))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(waypointMesh))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func (s *syncBuf) String() string {
 // log shows the client and the waypoint; a workload peer that sends the
 // header is judged as itself.
 func TestInboundPolicyThroughWaypoint(t *testing.T) {
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(waypointMesh+`---
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(waypointMesh+`---
 apiVersion: ambit.dev/v1alpha1
 kind: AccessPolicy
 metadata: {name: no-alice, namespace: demo}
@@ -151,7 +151,7 @@ spec:
 // appear as 127.0.0.1, the node's probe address or another pod, and dodge
 // an ipBlocks DENY.)
 func TestSourceAddressClaims(t *testing.T) {
-	cfg, err := meshconfig.Parse("m.yaml", []byte(mesh))
+	cfg, err := meshspec.Parse("m.yaml", []byte(mesh))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 const waypointMesh = mesh + `---
@@ -59,7 +60,7 @@ spec: {clusterIP: 10.96.5.4, selector: {app: server}, ports: [{port: 80, targetP
 `
 
 func TestResolveWaypoint(t *testing.T) {
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(waypointMesh))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(waypointMesh))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
 
@@ -73,7 +73,7 @@ func benchWaypoint(b *testing.B, pipe bool) {
 	})}
 	go srv.Serve(app)
 	defer srv.Close()
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(fmt.Sprintf(benchMesh, app.Addr().(*net.TCPAddr).Port)))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(fmt.Sprintf(benchMesh, app.Addr().(*net.TCPAddr).Port)))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
-	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
@@ -115,7 +115,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 		startNodeProxy(t, ca, certs, webID, ip, nil)
 	}
 
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(fmt.Sprintf(l7Mesh, port)))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(fmt.Sprintf(l7Mesh, port)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/privtest"
 	"github.com/ambit-mesh/ambit/internal/relay"
 	"github.com/ambit-mesh/ambit/internal/testutil"
@@ -74,7 +75,7 @@ func TestPassthrough(t *testing.T) {
 			}()
 		}
 	}()
-	cfg, err := meshconfig.Parse("mesh.yaml", []byte(fmt.Sprintf(testMesh, app.Addr().(*net.TCPAddr).Port)))
+	cfg, err := meshspec.Parse("mesh.yaml", []byte(fmt.Sprintf(testMesh, app.Addr().(*net.TCPAddr).Port)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 // Package v1alpha1 owns the Go types of Ambit's custom resources in the
 // ambit.dev/v1alpha1 API group (Waypoint, AccessPolicy, TrafficPolicy). The
-// CRDs in deploy/daemonset/crds/ are generated from them (`make crds`, which
+// CRDs in deploy/base/control-plane/crds/ are generated from them (`make crds`, which
 // runs controller-gen), the Kubernetes source (internal/kubesource) reads
 // them, and the file-mode parser (internal/meshconfig) decodes the same
 // types, so a resource means the same thing in a file and in a cluster.

@@ -78,7 +78,7 @@ const (
 )
 
 // Policy is one AccessPolicy as the waypoint evaluates it. Build it with
-// FromSpec (the full resource) or FromL4 (the evaluated L4 model).
+// FromL4 from the configuration's model.
 type Policy struct {
 	Namespace, Name string
 	// Selector picks destinations in Namespace by label; empty picks all.

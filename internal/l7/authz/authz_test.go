@@ -12,6 +12,7 @@ import (
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/policy"
 )
 
@@ -237,7 +238,7 @@ func TestFromSpec(t *testing.T) {
 	}
 	// The configuration's model (what the control API carries to the
 	// waypoint) keeps the same targets, so FromL4 decides the same.
-	l4, err := meshconfig.AccessPolicyFromSpec("demo", "web-read", spec)
+	l4, err := meshspec.AccessPolicyFromSpec("demo", "web-read", spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,7 +402,7 @@ func TestHeadersFromSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l4, err := meshconfig.AccessPolicyFromSpec("demo", "h", spec)
+	l4, err := meshspec.AccessPolicyFromSpec("demo", "h", spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +428,7 @@ func TestHeadersFromSpec(t *testing.T) {
 		t.Errorf("node proxy allowed by an ALLOW rule with headers: %+v", d)
 	}
 	spec.Action = "DENY"
-	l4deny, _ := meshconfig.AccessPolicyFromSpec("demo", "h", spec)
+	l4deny, _ := meshspec.AccessPolicyFromSpec("demo", "h", spec)
 	if d := policy.Evaluate([]policy.Policy{l4deny}, l4req); d.Allowed {
 		t.Errorf("node proxy did not fail closed on a DENY rule with headers: %+v", d)
 	}

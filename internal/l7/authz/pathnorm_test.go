@@ -7,6 +7,7 @@ import (
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 const (
@@ -208,7 +209,7 @@ func TestCaseInsensitivePathsFromSpecAndL4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l4, err := meshconfig.AccessPolicyFromSpec("demo", "no-admin", spec)
+	l4, err := meshspec.AccessPolicyFromSpec("demo", "no-admin", spec)
 	if err != nil || !l4.CaseInsensitivePaths {
 		t.Fatalf("the model lost caseInsensitivePaths: %+v %v", l4, err)
 	}

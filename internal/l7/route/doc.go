@@ -1,7 +1,9 @@
-// Package route owns the waypoint's routing table: the Gateway API
-// HTTPRoutes and GRPCRoutes attached to Services (GAMMA), compiled from a
-// *meshconfig.Config into an immutable Table that the L7 engine asks once
-// per request.
+// Package route owns the waypoint's routing table: the HTTPRoutes and
+// GRPCRoutes attached to Services (GAMMA), in the model's own form
+// (meshconfig.Route: the controller converted the Gateway API objects and
+// applied their defaults), compiled from a *meshconfig.Config into an
+// immutable Table that the L7 engine asks once per request. HTTP and gRPC
+// rules share one compiler; they differ only in how a match is read.
 //
 // It owns the Gateway API semantics and nothing else: which routes attach
 // to which (service, port) and for which clients (producer routes in the
@@ -11,9 +13,10 @@
 // port; the HTTPRoute is Conflicted), match precedence and tie-breaking,
 // the filters as pure functions on requests and response headers, weighted
 // backends with an injectable random source, rule timeouts and retries,
-// and the route status conditions a controller writes. It does no I/O and
-// keeps no per-request state: the engine (internal/l7) forwards, mirrors,
-// retries and times out.
+// and the route status conditions a controller writes (Status, in the
+// Gateway API's words; internal/kubesource writes them to the API). It
+// does no I/O and keeps no per-request state: the engine (internal/l7)
+// forwards, mirrors, retries and times out.
 //
 // Per request the engine does:
 //
@@ -22,7 +25,6 @@
 //	m := rt.Match(req)
 //	if m == nil { /* routes attach but none matches: 404 */ }
 //	rule := m.Rule
-//	if rule.Unsupported != "" { /* 500 */ }
 //	if loc, code, ok := rule.Filters.RedirectLocation(req, m, "http", port); ok { /* answer */ }
 //	rule.Filters.ApplyRequest(req, m)
 //	be := rule.Pick(rnd)          // nil: 500

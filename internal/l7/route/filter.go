@@ -20,10 +20,6 @@ type Filters struct {
 	Redirect        *Redirect
 	Rewrite         *Rewrite
 	Mirrors         []Mirror
-	// Unsupported, when not empty, names a filter this waypoint cannot
-	// apply (an ExtensionRef). The Gateway API forbids skipping it:
-	// requests that reach it get 500.
-	Unsupported string
 
 	rewriteFirst bool // URLRewrite was listed before RequestHeaderModifier
 }

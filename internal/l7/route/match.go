@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 // Match is the answer of Router.Match: the rule that takes the request,
@@ -62,31 +62,56 @@ type queryMatch struct {
 	re    *regexp.Regexp
 }
 
-func compileHTTPMatch(m *gatewayv1.HTTPRouteMatch) (*entry, error) {
-	e := &entry{pathKind: pathPrefix}
-	kind, value := gatewayv1.PathMatchPathPrefix, "/"
-	if m.Path != nil {
-		if m.Path.Type != nil {
-			kind = *m.Path.Type
-		}
-		if m.Path.Value != nil {
-			value = *m.Path.Value
+// compileMatch compiles one match of an HTTPRoute rule (grpc false) or a
+// GRPCRoute rule.
+func compileMatch(m *meshconfig.RouteMatch, grpc bool) (*entry, error) {
+	var e *entry
+	var err error
+	if grpc {
+		e, err = compileGRPCMethod(m.GRPCMethod)
+	} else {
+		e, err = compileHTTPMatch(m)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.headers, err = compileHeaders(len(m.Headers), func(i int) (string, string, bool) {
+		h := m.Headers[i]
+		return h.Name, h.Value, h.Type == meshconfig.MatchRegularExpression
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range m.Headers {
+		if h.Type != meshconfig.MatchExact && h.Type != meshconfig.MatchRegularExpression {
+			return nil, fmt.Errorf("header match type %q is not supported", h.Type)
 		}
 	}
+	return e, nil
+}
+
+// compileHTTPMatch compiles the path, method and query parameters of an
+// HTTPRoute match (no path: every path).
+func compileHTTPMatch(m *meshconfig.RouteMatch) (*entry, error) {
+	e := &entry{pathKind: pathPrefix}
+	kind, value := meshconfig.MatchPathPrefix, "/"
+	if m.Path != nil {
+		kind, value = m.Path.Type, m.Path.Value
+	}
 	switch kind {
-	case gatewayv1.PathMatchExact:
+	case meshconfig.MatchExact:
 		if !strings.HasPrefix(value, "/") {
 			return nil, fmt.Errorf("path %q must start with '/'", value)
 		}
 		e.pathKind, e.path, e.pathLen = pathExact, value, len(value)
-	case gatewayv1.PathMatchPathPrefix:
+	case meshconfig.MatchPathPrefix:
 		if !strings.HasPrefix(value, "/") {
 			return nil, fmt.Errorf("path %q must start with '/'", value)
 		}
 		e.path = strings.TrimRight(value, "/")
 		e.pathLen = len(e.path)
 		e.match.PathPrefix = e.path
-	case gatewayv1.PathMatchRegularExpression:
+	case meshconfig.MatchRegularExpression:
 		re, err := anchored(value)
 		if err != nil {
 			return nil, fmt.Errorf("path: %v", err)
@@ -95,92 +120,61 @@ func compileHTTPMatch(m *gatewayv1.HTTPRouteMatch) (*entry, error) {
 	default:
 		return nil, fmt.Errorf("path type %q is not supported", kind)
 	}
-	if m.Method != nil {
-		e.method = string(*m.Method)
-	}
-	var err error
-	e.headers, err = compileHeaders(len(m.Headers), func(i int) (string, string, bool) {
-		h := m.Headers[i]
-		return string(h.Name), h.Value, h.Type != nil && *h.Type == gatewayv1.HeaderMatchRegularExpression
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, h := range m.Headers {
-		if t := h.Type; t != nil && *t != gatewayv1.HeaderMatchExact && *t != gatewayv1.HeaderMatchRegularExpression {
-			return nil, fmt.Errorf("header match type %q is not supported", *t)
-		}
-	}
+	e.method = m.Method
 	seen := map[string]bool{}
 	for i, q := range m.QueryParams {
-		if seen[string(q.Name)] {
+		if seen[q.Name] {
 			continue // the first entry of a name wins
 		}
-		seen[string(q.Name)] = true
-		qm := queryMatch{name: string(q.Name), exact: q.Value}
-		if q.Type != nil {
-			switch *q.Type {
-			case gatewayv1.QueryParamMatchExact:
-			case gatewayv1.QueryParamMatchRegularExpression:
-				if qm.re, err = anchored(q.Value); err != nil {
-					return nil, fmt.Errorf("queryParams[%d]: %v", i, err)
-				}
-			default:
-				return nil, fmt.Errorf("query param match type %q is not supported", *q.Type)
+		seen[q.Name] = true
+		qm := queryMatch{name: q.Name, exact: q.Value}
+		switch q.Type {
+		case meshconfig.MatchExact:
+		case meshconfig.MatchRegularExpression:
+			var err error
+			if qm.re, err = anchored(q.Value); err != nil {
+				return nil, fmt.Errorf("queryParams[%d]: %v", i, err)
 			}
+		default:
+			return nil, fmt.Errorf("query param match type %q is not supported", q.Type)
 		}
 		e.queries = append(e.queries, qm)
 	}
 	return e, nil
 }
 
-func compileGRPCMatch(m *gatewayv1.GRPCRouteMatch) (*entry, error) {
+// compileGRPCMethod compiles the method match of a GRPCRoute match (nil:
+// every method).
+func compileGRPCMethod(mm *meshconfig.GRPCMethodMatch) (*entry, error) {
 	e := &entry{grpc: true}
-	if mm := m.Method; mm != nil {
-		svc, meth := "", ""
-		if mm.Service != nil {
-			svc = *mm.Service
-		}
-		if mm.Method != nil {
-			meth = *mm.Method
-		}
-		if svc == "" && meth == "" {
-			return nil, fmt.Errorf("method: set service, method or both")
-		}
-		e.svcLen, e.mLen = len(svc), len(meth)
-		if mm.Type == nil || *mm.Type == gatewayv1.GRPCMethodMatchExact {
-			if strings.Contains(svc, "/") || strings.Contains(meth, "/") {
-				return nil, fmt.Errorf("method: an Exact service or method must not contain '/'")
-			}
-			e.svcExact, e.mExact = svc, meth
-		} else if *mm.Type == gatewayv1.GRPCMethodMatchRegularExpression {
-			var err error
-			if svc != "" {
-				if e.svcRe, err = anchored(svc); err != nil {
-					return nil, fmt.Errorf("method.service: %v", err)
-				}
-			}
-			if meth != "" {
-				if e.mRe, err = anchored(meth); err != nil {
-					return nil, fmt.Errorf("method.method: %v", err)
-				}
-			}
-		} else {
-			return nil, fmt.Errorf("method match type %q is not supported", *mm.Type)
-		}
+	if mm == nil {
+		return e, nil
 	}
-	var err error
-	e.headers, err = compileHeaders(len(m.Headers), func(i int) (string, string, bool) {
-		h := m.Headers[i]
-		return string(h.Name), h.Value, h.Type != nil && *h.Type == gatewayv1.GRPCHeaderMatchRegularExpression
-	})
-	if err != nil {
-		return nil, err
+	svc, meth := mm.Service, mm.Method
+	if svc == "" && meth == "" {
+		return nil, fmt.Errorf("method: set service, method or both")
 	}
-	for _, h := range m.Headers {
-		if t := h.Type; t != nil && *t != gatewayv1.GRPCHeaderMatchExact && *t != gatewayv1.GRPCHeaderMatchRegularExpression {
-			return nil, fmt.Errorf("header match type %q is not supported", *t)
+	e.svcLen, e.mLen = len(svc), len(meth)
+	switch mm.Type {
+	case meshconfig.MatchExact:
+		if strings.Contains(svc, "/") || strings.Contains(meth, "/") {
+			return nil, fmt.Errorf("method: an Exact service or method must not contain '/'")
 		}
+		e.svcExact, e.mExact = svc, meth
+	case meshconfig.MatchRegularExpression:
+		var err error
+		if svc != "" {
+			if e.svcRe, err = anchored(svc); err != nil {
+				return nil, fmt.Errorf("method.service: %v", err)
+			}
+		}
+		if meth != "" {
+			if e.mRe, err = anchored(meth); err != nil {
+				return nil, fmt.Errorf("method.method: %v", err)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("method match type %q is not supported", mm.Type)
 	}
 	return e, nil
 }

@@ -4,11 +4,10 @@ import (
 	"fmt"
 	"net/textproto"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
-
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
@@ -28,9 +27,6 @@ type Rule struct {
 	Timeouts Timeouts
 	// Retry is the rule's retry stanza (HTTPRoute only), or nil.
 	Retry *Retry
-	// Unsupported, when not empty, says why every request matching this
-	// rule gets 500 (a filter this waypoint cannot apply).
-	Unsupported string
 
 	cum   []int64 // cumulative weights of Backends
 	total int64
@@ -64,7 +60,7 @@ type Backend struct {
 	// Invalid says why the ref did not resolve ("" when it did); Reason is
 	// the ResolvedRefs reason. Requests sent to it get 500.
 	Invalid string
-	Reason  gatewayv1.RouteConditionReason
+	Reason  string
 }
 
 // Service is "namespace/name".
@@ -86,7 +82,7 @@ type Retry struct {
 
 // problem is a reason a rule, backend or parent is not what it asks.
 type problem struct {
-	reason gatewayv1.RouteConditionReason
+	reason string
 	msg    string
 }
 
@@ -105,44 +101,34 @@ type compiledRoute struct {
 func (c *compiledRoute) label() string { return c.route.Kind + " " + c.route.Key() }
 
 func compileRoute(cfg *meshconfig.Config, r *meshconfig.Route) *compiledRoute {
-	c := &compiledRoute{route: r}
-	switch {
-	case r.HTTP != nil:
-		for i := range r.HTTP.Rules {
-			c.addHTTPRule(cfg, i, &r.HTTP.Rules[i])
-		}
-	case r.GRPC != nil:
-		c.grpc = true
-		for i := range r.GRPC.Rules {
-			c.addGRPCRule(cfg, i, &r.GRPC.Rules[i])
-		}
+	c := &compiledRoute{route: r, grpc: r.GRPC()}
+	for i := range r.Rules {
+		c.addRule(cfg, i, &r.Rules[i])
 	}
 	return c
 }
 
-func (c *compiledRoute) ruleInvalid(i int, reason gatewayv1.RouteConditionReason, format string, args ...any) {
+func (c *compiledRoute) ruleInvalid(i int, reason string, format string, args ...any) {
 	c.invalid = append(c.invalid, problem{reason, fmt.Sprintf("spec.rules[%d]: ", i) + fmt.Sprintf(format, args...)})
 }
 
-func (c *compiledRoute) newRule(i int, name *gatewayv1.SectionName) *Rule {
-	rule := &Rule{Route: c.label(), Index: i}
-	if name != nil {
-		rule.Name = string(*name)
+// addRule compiles rule i of an HTTPRoute or a GRPCRoute; a rule that
+// cannot be served as written is left out and reported.
+func (c *compiledRoute) addRule(cfg *meshconfig.Config, i int, spec *meshconfig.RouteRule) {
+	rule := &Rule{Route: c.label(), Index: i, Name: spec.Name}
+	if spec.Unsupported != "" {
+		c.ruleInvalid(i, ReasonUnsupportedValue, "%s", spec.Unsupported)
+		return
 	}
-	return rule
-}
-
-func (c *compiledRoute) addHTTPRule(cfg *meshconfig.Config, i int, spec *gatewayv1.HTTPRouteRule) {
-	rule := c.newRule(i, spec.Name)
 	matches := spec.Matches
 	if len(matches) == 0 {
-		matches = []gatewayv1.HTTPRouteMatch{{}}
+		matches = []meshconfig.RouteMatch{{}}
 	}
 	var entries []*entry
 	for mi := range matches {
-		e, err := compileHTTPMatch(&matches[mi])
+		e, err := compileMatch(&matches[mi], c.grpc)
 		if err != nil {
-			c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "matches[%d]: %v", mi, err)
+			c.ruleInvalid(i, ReasonUnsupportedValue, "matches[%d]: %v", mi, err)
 			return
 		}
 		e.rule, e.match.Rule, e.match.Index = rule, rule, mi
@@ -150,123 +136,55 @@ func (c *compiledRoute) addHTTPRule(cfg *meshconfig.Config, i int, spec *gateway
 	}
 	// ReplacePrefixMatch needs exactly one PathPrefix match (the CRD's CEL
 	// rule; files do not pass through it).
-	onePrefix := len(matches) == 1 && entries[0].pathKind == pathPrefix
-	f, p := c.httpFilters(cfg, spec.Filters, onePrefix)
+	onePrefix := !c.grpc && len(matches) == 1 && entries[0].pathKind == pathPrefix
+	f, p := c.filters(cfg, spec.Filters, onePrefix)
 	if p != nil {
 		c.ruleInvalid(i, p.reason, "filters: %s", p.msg)
 		return
 	}
 	rule.Filters = f
-	if f != nil && f.Redirect != nil && len(spec.BackendRefs) > 0 {
-		c.ruleInvalid(i, gatewayv1.RouteReasonIncompatibleFilters, "a RequestRedirect filter cannot be used together with backendRefs")
+	if f != nil && f.Redirect != nil && len(spec.Backends) > 0 {
+		c.ruleInvalid(i, ReasonIncompatibleFilters, "a RequestRedirect filter cannot be used together with backendRefs")
 		return
 	}
-	for bi := range spec.BackendRefs {
-		be := &spec.BackendRefs[bi]
-		b := c.backend(cfg, fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, bi), be.BackendObjectReference, be.Weight)
-		bf, p := c.httpFilters(cfg, be.Filters, onePrefix)
+	for bi := range spec.Backends {
+		be := &spec.Backends[bi]
+		b := c.backend(cfg, fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, bi), be.ServiceRef, be.Weight)
+		bf, p := c.filters(cfg, be.Filters, onePrefix)
 		if p != nil {
 			c.ruleInvalid(i, p.reason, "backendRefs[%d].filters: %s", bi, p.msg)
 			return
-		}
-		if bf != nil && bf.Unsupported != "" && b.Invalid == "" {
-			b.Invalid, b.Reason = bf.Unsupported, gatewayv1.RouteReasonInvalidKind
 		}
 		b.Filters = bf
 		rule.Backends = append(rule.Backends, b)
 	}
 	if t := spec.Timeouts; t != nil {
-		var err error
 		if t.Request != nil {
-			rule.Timeouts.HasRequest = true
-			if rule.Timeouts.Request, err = meshconfig.ParseDuration(string(*t.Request)); err != nil {
-				c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "timeouts.request: %v", err)
-				return
-			}
+			rule.Timeouts.HasRequest, rule.Timeouts.Request = true, *t.Request
 		}
 		if t.BackendRequest != nil {
-			rule.Timeouts.HasBackendRequest = true
-			if rule.Timeouts.BackendRequest, err = meshconfig.ParseDuration(string(*t.BackendRequest)); err != nil {
-				c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "timeouts.backendRequest: %v", err)
-				return
-			}
+			rule.Timeouts.HasBackendRequest, rule.Timeouts.BackendRequest = true, *t.BackendRequest
+		}
+		if rule.Timeouts.Request < 0 || rule.Timeouts.BackendRequest < 0 {
+			c.ruleInvalid(i, ReasonUnsupportedValue, "timeouts: a timeout is negative")
+			return
 		}
 		if rule.Timeouts.Request != 0 && rule.Timeouts.BackendRequest > rule.Timeouts.Request {
-			c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "timeouts.backendRequest %s is longer than timeouts.request %s", rule.Timeouts.BackendRequest, rule.Timeouts.Request)
+			c.ruleInvalid(i, ReasonUnsupportedValue, "timeouts.backendRequest %s is longer than timeouts.request %s", rule.Timeouts.BackendRequest, rule.Timeouts.Request)
 			return
 		}
 	}
 	if rt := spec.Retry; rt != nil {
-		rule.Retry = &Retry{}
-		if rt.Attempts != nil {
-			rule.Retry.Attempts = *rt.Attempts
-		}
-		if rt.Backoff != nil {
-			d, err := meshconfig.ParseDuration(string(*rt.Backoff))
-			if err != nil {
-				c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "retry.backoff: %v", err)
-				return
-			}
-			rule.Retry.Backoff = d
-		}
-		for _, code := range rt.Codes {
-			rule.Retry.Codes = append(rule.Retry.Codes, int(code))
-		}
-	}
-	if spec.SessionPersistence != nil {
-		c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "sessionPersistence is not supported by Ambit's waypoint")
-		return
-	}
-	c.finishRule(rule, entries)
-}
-
-func (c *compiledRoute) addGRPCRule(cfg *meshconfig.Config, i int, spec *gatewayv1.GRPCRouteRule) {
-	rule := c.newRule(i, spec.Name)
-	matches := spec.Matches
-	if len(matches) == 0 {
-		matches = []gatewayv1.GRPCRouteMatch{{}}
-	}
-	var entries []*entry
-	for mi := range matches {
-		e, err := compileGRPCMatch(&matches[mi])
-		if err != nil {
-			c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "matches[%d]: %v", mi, err)
+		if rt.Attempts < 0 || rt.Backoff < 0 {
+			c.ruleInvalid(i, ReasonUnsupportedValue, "retry: attempts %d and backoff %s must not be negative", rt.Attempts, rt.Backoff)
 			return
 		}
-		e.rule, e.match.Rule, e.match.Index = rule, rule, mi
-		entries = append(entries, e)
-	}
-	f, p := c.grpcFilters(cfg, spec.Filters)
-	if p != nil {
-		c.ruleInvalid(i, p.reason, "filters: %s", p.msg)
-		return
-	}
-	rule.Filters = f
-	for bi := range spec.BackendRefs {
-		be := &spec.BackendRefs[bi]
-		b := c.backend(cfg, fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, bi), be.BackendObjectReference, be.Weight)
-		bf, p := c.grpcFilters(cfg, be.Filters)
-		if p != nil {
-			c.ruleInvalid(i, p.reason, "backendRefs[%d].filters: %s", bi, p.msg)
-			return
-		}
-		if bf != nil && bf.Unsupported != "" && b.Invalid == "" {
-			b.Invalid, b.Reason = bf.Unsupported, gatewayv1.RouteReasonInvalidKind
-		}
-		b.Filters = bf
-		rule.Backends = append(rule.Backends, b)
-	}
-	if spec.SessionPersistence != nil {
-		c.ruleInvalid(i, gatewayv1.RouteReasonUnsupportedValue, "sessionPersistence is not supported by Ambit's waypoint")
-		return
+		rule.Retry = &Retry{Attempts: rt.Attempts, Backoff: rt.Backoff, Codes: slices.Clone(rt.Codes)}
 	}
 	c.finishRule(rule, entries)
 }
 
 func (c *compiledRoute) finishRule(rule *Rule, entries []*entry) {
-	if rule.Filters != nil && rule.Filters.Unsupported != "" {
-		rule.Unsupported = rule.Filters.Unsupported
-	}
 	for _, b := range rule.Backends {
 		rule.total += int64(b.Weight)
 		rule.cum = append(rule.cum, rule.total)
@@ -280,231 +198,136 @@ func (c *compiledRoute) finishRule(rule *Rule, entries []*entry) {
 
 // backend resolves a backendRef. GEP-1426: mesh routes may send to
 // Services in any namespace without a ReferenceGrant.
-func (c *compiledRoute) backend(cfg *meshconfig.Config, field string, ref gatewayv1.BackendObjectReference, weight *int32) Backend {
-	b := Backend{Namespace: c.route.Namespace, Name: string(ref.Name), Weight: 1}
-	if weight != nil {
-		b.Weight = max(*weight, 0)
+func (c *compiledRoute) backend(cfg *meshconfig.Config, field string, ref meshconfig.ServiceRef, weight int32) Backend {
+	b := Backend{Namespace: ref.Namespace, Name: ref.Name, Port: ref.Port, Weight: max(weight, 0)}
+	if b.Namespace == "" {
+		b.Namespace = c.route.Namespace
 	}
-	if ref.Namespace != nil && *ref.Namespace != "" {
-		b.Namespace = string(*ref.Namespace)
-	}
-	if ref.Port != nil {
-		b.Port = uint16(*ref.Port)
-	}
-	fail := func(reason gatewayv1.RouteConditionReason, format string, args ...any) Backend {
+	fail := func(reason string, format string, args ...any) Backend {
 		b.Invalid, b.Reason = fmt.Sprintf(field+": "+format, args...), reason
 		c.refs = append(c.refs, problem{reason, b.Invalid})
 		return b
 	}
-	group, kind := "", "Service"
-	if ref.Group != nil {
-		group = string(*ref.Group)
-	}
-	if ref.Kind != nil {
-		kind = string(*ref.Kind)
-	}
-	if group != "" || kind != "Service" {
-		return fail(gatewayv1.RouteReasonInvalidKind, "%s (group %q) is not a backend Ambit can send to; use a Service", kind, group)
-	}
 	svc := cfg.Service(b.Service())
 	if svc == nil {
-		return fail(gatewayv1.RouteReasonBackendNotFound, "Service %s not found", b.Service())
+		return fail(ReasonBackendNotFound, "Service %s not found", b.Service())
 	}
-	if ref.Port == nil || *ref.Port < 1 || *ref.Port > 65535 {
-		return fail(gatewayv1.RouteReasonBackendNotFound, "Service %s: a Service backendRef needs its port", b.Service())
+	if b.Port == 0 {
+		return fail(ReasonBackendNotFound, "Service %s: a Service backendRef needs its port", b.Service())
 	}
 	if _, ok := svc.Port(b.Port); !ok {
-		return fail(gatewayv1.RouteReasonBackendNotFound, "Service %s has no port %d", b.Service(), b.Port)
+		return fail(ReasonBackendNotFound, "Service %s has no port %d", b.Service(), b.Port)
 	}
 	return b
 }
 
-func (c *compiledRoute) mirror(cfg *meshconfig.Config, m *gatewayv1.HTTPRequestMirrorFilter) (Mirror, *problem) {
-	out := Mirror{Backend: c.backend(cfg, "requestMirror.backendRef", m.BackendRef, nil), Numerator: 100, Denominator: 100}
-	switch {
-	case m.Percent != nil && m.Fraction != nil:
-		return out, &problem{gatewayv1.RouteReasonUnsupportedValue, "requestMirror: only one of percent or fraction may be set"}
-	case m.Percent != nil:
-		if *m.Percent < 0 || *m.Percent > 100 {
-			return out, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("requestMirror.percent %d is out of range 0-100", *m.Percent)}
-		}
-		out.Numerator = int64(*m.Percent)
-	case m.Fraction != nil:
-		out.Numerator = int64(m.Fraction.Numerator)
-		if m.Fraction.Denominator != nil {
-			out.Denominator = int64(*m.Fraction.Denominator)
-		}
-		if out.Numerator < 0 || out.Denominator < 1 || out.Numerator > out.Denominator {
-			return out, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("requestMirror.fraction %d/%d: need 0 <= numerator <= denominator, denominator >= 1", out.Numerator, out.Denominator)}
-		}
+func (c *compiledRoute) mirror(cfg *meshconfig.Config, m *meshconfig.MirrorFilter) (Mirror, *problem) {
+	out := Mirror{Backend: c.backend(cfg, "requestMirror.backendRef", m.Backend, 0), Numerator: m.Numerator, Denominator: m.Denominator}
+	if out.Numerator < 0 || out.Denominator < 1 || out.Numerator > out.Denominator {
+		return out, &problem{ReasonUnsupportedValue, fmt.Sprintf("requestMirror mirrors %d of %d requests: need 0 <= numerator <= denominator, denominator >= 1 (a percent is out of 100)", out.Numerator, out.Denominator)}
 	}
 	return out, nil
 }
 
-func compileHeaderFilter(h *gatewayv1.HTTPHeaderFilter) (*HeaderModifier, *problem) {
+func compileHeaderFilter(h *meshconfig.HeaderFilter) (*HeaderModifier, *problem) {
 	if h == nil {
-		return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "header modifier without settings"}
+		return nil, &problem{ReasonUnsupportedValue, "header modifier without settings"}
 	}
 	var names, values []string
 	for _, s := range h.Set {
-		names, values = append(names, string(s.Name)), append(values, s.Value)
+		names, values = append(names, s.Name), append(values, s.Value)
 	}
 	var adds []Header
 	for _, a := range h.Add {
-		adds = append(adds, Header{string(a.Name), a.Value})
+		adds = append(adds, Header{a.Name, a.Value})
 	}
 	return compileHeaderModifier(names, values, adds, h.Remove), nil
 }
 
-func compilePathModifier(pm *gatewayv1.HTTPPathModifier, onePrefix bool) (*PathModifier, *problem) {
+func compilePathModifier(pm *meshconfig.PathModifier, onePrefix bool) (*PathModifier, *problem) {
 	if pm == nil {
 		return nil, nil
 	}
 	switch pm.Type {
-	case gatewayv1.FullPathHTTPPathModifier:
-		if pm.ReplaceFullPath == nil {
-			return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "path: replaceFullPath must be set for type ReplaceFullPath"}
-		}
-		return &PathModifier{Value: *pm.ReplaceFullPath}, nil
-	case gatewayv1.PrefixMatchHTTPPathModifier:
-		if pm.ReplacePrefixMatch == nil {
-			return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "path: replacePrefixMatch must be set for type ReplacePrefixMatch"}
-		}
+	case meshconfig.PathReplaceFullPath:
+		return &PathModifier{Value: pm.Value}, nil
+	case meshconfig.PathReplacePrefixMatch:
 		if !onePrefix {
-			return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "path: ReplacePrefixMatch needs exactly one match in the rule, of type PathPrefix"}
+			return nil, &problem{ReasonUnsupportedValue, "path: ReplacePrefixMatch needs exactly one match in the rule, of type PathPrefix"}
 		}
-		return &PathModifier{Prefix: true, Value: *pm.ReplacePrefixMatch}, nil
+		return &PathModifier{Prefix: true, Value: pm.Value}, nil
 	}
-	return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("path: type %q is not supported; use ReplaceFullPath or ReplacePrefixMatch", pm.Type)}
+	return nil, &problem{ReasonUnsupportedValue, fmt.Sprintf("path: type %q is not supported; use ReplaceFullPath or ReplacePrefixMatch", pm.Type)}
 }
 
-func (c *compiledRoute) httpFilters(cfg *meshconfig.Config, fs []gatewayv1.HTTPRouteFilter, onePrefix bool) (*Filters, *problem) {
+func compileRedirect(rr *meshconfig.RedirectFilter, onePrefix bool) (*Redirect, *problem) {
+	if rr == nil {
+		return nil, &problem{ReasonUnsupportedValue, "requestRedirect without settings"}
+	}
+	rd := &Redirect{StatusCode: 302, Scheme: rr.Scheme, Hostname: rr.Hostname, Port: rr.Port}
+	if rd.Scheme != "" && rd.Scheme != "http" && rd.Scheme != "https" {
+		return nil, &problem{ReasonUnsupportedValue, fmt.Sprintf("requestRedirect.scheme %q; use http or https", rr.Scheme)}
+	}
+	switch rr.StatusCode {
+	case 0:
+	case 301, 302, 303, 307, 308:
+		rd.StatusCode = rr.StatusCode
+	default:
+		return nil, &problem{ReasonUnsupportedValue, fmt.Sprintf("requestRedirect.statusCode %d; use 301, 302, 303, 307 or 308", rr.StatusCode)}
+	}
+	var p *problem
+	rd.Path, p = compilePathModifier(rr.Path, onePrefix)
+	return rd, p
+}
+
+// filters compiles the filters of a rule or backendRef, HTTP and gRPC
+// alike (a GRPCRoute's converter admits only the header modifiers and
+// mirrors).
+func (c *compiledRoute) filters(cfg *meshconfig.Config, fs []meshconfig.RouteFilter, onePrefix bool) (*Filters, *problem) {
 	if len(fs) == 0 {
 		return nil, nil
 	}
 	out := &Filters{}
-	seen := map[gatewayv1.HTTPRouteFilterType]bool{}
+	seen := map[string]bool{}
 	for i := range fs {
 		f := &fs[i]
-		if seen[f.Type] && f.Type != gatewayv1.HTTPRouteFilterRequestMirror && f.Type != gatewayv1.HTTPRouteFilterExtensionRef {
-			return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("%s filter cannot be repeated", f.Type)}
+		if seen[f.Type] && f.Type != meshconfig.FilterRequestMirror {
+			return nil, &problem{ReasonUnsupportedValue, fmt.Sprintf("%s filter cannot be repeated", f.Type)}
 		}
 		seen[f.Type] = true
 		var p *problem
 		switch f.Type {
-		case gatewayv1.HTTPRouteFilterRequestHeaderModifier:
-			out.RequestHeaders, p = compileHeaderFilter(f.RequestHeaderModifier)
-		case gatewayv1.HTTPRouteFilterResponseHeaderModifier:
-			out.ResponseHeaders, p = compileHeaderFilter(f.ResponseHeaderModifier)
-		case gatewayv1.HTTPRouteFilterRequestRedirect:
-			rr := f.RequestRedirect
-			if rr == nil {
-				return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "requestRedirect without settings"}
+		case meshconfig.FilterRequestHeaderModifier:
+			out.RequestHeaders, p = compileHeaderFilter(f.Headers)
+		case meshconfig.FilterResponseHeaderModifier:
+			out.ResponseHeaders, p = compileHeaderFilter(f.Headers)
+		case meshconfig.FilterRequestRedirect:
+			out.Redirect, p = compileRedirect(f.Redirect, onePrefix)
+		case meshconfig.FilterURLRewrite:
+			if f.Rewrite == nil {
+				return nil, &problem{ReasonUnsupportedValue, "urlRewrite without settings"}
 			}
-			rd := &Redirect{StatusCode: 302}
-			if rr.Scheme != nil {
-				if *rr.Scheme != "http" && *rr.Scheme != "https" {
-					return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("requestRedirect.scheme %q; use http or https", *rr.Scheme)}
-				}
-				rd.Scheme = *rr.Scheme
-			}
-			if rr.Hostname != nil {
-				rd.Hostname = string(*rr.Hostname)
-			}
-			if rr.Port != nil {
-				rd.Port = uint16(*rr.Port)
-			}
-			if rr.StatusCode != nil {
-				switch *rr.StatusCode {
-				case 301, 302, 303, 307, 308:
-					rd.StatusCode = *rr.StatusCode
-				default:
-					return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("requestRedirect.statusCode %d; use 301, 302, 303, 307 or 308", *rr.StatusCode)}
-				}
-			}
-			rd.Path, p = compilePathModifier(rr.Path, onePrefix)
-			out.Redirect = rd
-		case gatewayv1.HTTPRouteFilterURLRewrite:
-			uw := f.URLRewrite
-			if uw == nil {
-				return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "urlRewrite without settings"}
-			}
-			rw := &Rewrite{}
-			if uw.Hostname != nil {
-				rw.Hostname = string(*uw.Hostname)
-			}
-			rw.Path, p = compilePathModifier(uw.Path, onePrefix)
-			out.Rewrite = rw
+			out.Rewrite = &Rewrite{Hostname: f.Rewrite.Hostname}
+			out.Rewrite.Path, p = compilePathModifier(f.Rewrite.Path, onePrefix)
 			out.rewriteFirst = out.RequestHeaders == nil
-		case gatewayv1.HTTPRouteFilterRequestMirror:
-			if f.RequestMirror == nil {
-				return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "requestMirror without settings"}
+		case meshconfig.FilterRequestMirror:
+			if f.Mirror == nil {
+				return nil, &problem{ReasonUnsupportedValue, "requestMirror without settings"}
 			}
 			var m Mirror
-			m, p = c.mirror(cfg, f.RequestMirror)
+			m, p = c.mirror(cfg, f.Mirror)
 			out.Mirrors = append(out.Mirrors, m)
-		case gatewayv1.HTTPRouteFilterExtensionRef:
-			out.Unsupported = c.extensionRef(f.ExtensionRef)
 		default:
-			return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("filter type %q is not supported by Ambit's waypoint", f.Type)}
+			return nil, &problem{ReasonUnsupportedValue, fmt.Sprintf("filter type %q is not supported by Ambit's waypoint", f.Type)}
 		}
 		if p != nil {
 			return nil, p
 		}
 	}
 	if out.Redirect != nil && out.Rewrite != nil {
-		return nil, &problem{gatewayv1.RouteReasonIncompatibleFilters, "RequestRedirect and URLRewrite cannot be combined"}
+		return nil, &problem{ReasonIncompatibleFilters, "RequestRedirect and URLRewrite cannot be combined"}
 	}
 	return out, nil
-}
-
-func (c *compiledRoute) grpcFilters(cfg *meshconfig.Config, fs []gatewayv1.GRPCRouteFilter) (*Filters, *problem) {
-	if len(fs) == 0 {
-		return nil, nil
-	}
-	out := &Filters{}
-	seen := map[gatewayv1.GRPCRouteFilterType]bool{}
-	for i := range fs {
-		f := &fs[i]
-		if seen[f.Type] && f.Type != gatewayv1.GRPCRouteFilterRequestMirror && f.Type != gatewayv1.GRPCRouteFilterExtensionRef {
-			return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("%s filter cannot be repeated", f.Type)}
-		}
-		seen[f.Type] = true
-		var p *problem
-		switch f.Type {
-		case gatewayv1.GRPCRouteFilterRequestHeaderModifier:
-			out.RequestHeaders, p = compileHeaderFilter(f.RequestHeaderModifier)
-		case gatewayv1.GRPCRouteFilterResponseHeaderModifier:
-			out.ResponseHeaders, p = compileHeaderFilter(f.ResponseHeaderModifier)
-		case gatewayv1.GRPCRouteFilterRequestMirror:
-			if f.RequestMirror == nil {
-				return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, "requestMirror without settings"}
-			}
-			var m Mirror
-			m, p = c.mirror(cfg, f.RequestMirror)
-			out.Mirrors = append(out.Mirrors, m)
-		case gatewayv1.GRPCRouteFilterExtensionRef:
-			out.Unsupported = c.extensionRef(f.ExtensionRef)
-		default:
-			return nil, &problem{gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf("filter type %q is not supported by Ambit's waypoint", f.Type)}
-		}
-		if p != nil {
-			return nil, p
-		}
-	}
-	return out, nil
-}
-
-// extensionRef records a filter Ambit has no extension for: the
-// reference does not resolve (InvalidKind), and the requests that reach
-// the filter get 500 rather than skip it.
-func (c *compiledRoute) extensionRef(ref *gatewayv1.LocalObjectReference) string {
-	what := "ExtensionRef filter without a reference"
-	if ref != nil {
-		what = fmt.Sprintf("ExtensionRef filter %s %q (group %q): Ambit has no extension filters", ref.Kind, ref.Name, ref.Group)
-	}
-	c.refs = append(c.refs, problem{gatewayv1.RouteReasonInvalidKind, what})
-	return what
 }
 
 // Header matching shared by HTTP and gRPC matches.

@@ -7,8 +7,6 @@ import (
 	"sort"
 	"strings"
 
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
@@ -182,7 +180,7 @@ func (rt *Router) Len() int { return len(rt.entries) }
 
 // parent is one Service parentRef of a route, resolved.
 type parent struct {
-	ref   gatewayv1.ParentReference
+	index int // in the route's Parents
 	svc   *meshconfig.Service
 	group string
 	// ports the route attaches to; skipped those of the parent that carry
@@ -191,49 +189,32 @@ type parent struct {
 	problem        *problem // not accepted on this parent
 }
 
-// parentsOf resolves the Service parentRefs of r (others belong to a
-// gateway and are not Ambit's).
+// parentsOf resolves the Service parents of r.
 func parentsOf(cfg *meshconfig.Config, r *meshconfig.Route) []parent {
-	var refs []gatewayv1.ParentReference
-	switch {
-	case r.HTTP != nil:
-		refs = r.HTTP.ParentRefs
-	case r.GRPC != nil:
-		refs = r.GRPC.ParentRefs
-	}
 	var out []parent
-	for _, ref := range refs {
-		if ref.Group == nil || *ref.Group != "" || ref.Kind == nil || *ref.Kind != "Service" {
-			continue
-		}
-		ns := r.Namespace
-		if ref.Namespace != nil && *ref.Namespace != "" {
-			ns = string(*ref.Namespace)
-		}
-		p := parent{ref: ref}
-		if ns != r.Namespace {
+	for i, ref := range r.Parents {
+		p := parent{index: i}
+		if ns, _, _ := strings.Cut(ref.Service, "/"); ns != r.Namespace {
 			p.group = r.Namespace // a consumer route
 		}
-		key := ns + "/" + string(ref.Name)
-		fail := func(reason gatewayv1.RouteConditionReason, format string, args ...any) {
+		key := ref.Service
+		fail := func(reason string, format string, args ...any) {
 			p.problem = &problem{reason, fmt.Sprintf(format, args...)}
 		}
 		p.svc = cfg.Service(key)
 		switch {
 		case p.svc == nil:
-			fail(gatewayv1.RouteReasonNoMatchingParent, "Service %s not found", key)
-		case ref.SectionName != nil:
-			fail(gatewayv1.RouteReasonUnsupportedValue, "a Service parentRef takes port, not sectionName")
+			fail(ReasonNoMatchingParent, "Service %s not found", key)
 		case p.svc.Waypoint == "":
 			// The mesh's "listener" for L7 routes is a waypoint.
-			fail(gatewayv1.RouteReasonNotAllowedByListeners, "Service %s has no waypoint: label it (or its namespace) %s=<waypoint> for its routes to apply", key, meshconfig.WaypointLabel)
-		case ref.Port != nil:
-			sp, ok := p.svc.Port(uint16(*ref.Port))
+			fail(ReasonNotAllowedByListeners, "Service %s has no waypoint: label it (or its namespace) %s=<waypoint> for its routes to apply", key, meshconfig.WaypointLabel)
+		case ref.Port != 0:
+			sp, ok := p.svc.Port(ref.Port)
 			switch {
 			case !ok:
-				fail(gatewayv1.RouteReasonNoMatchingParent, "Service %s has no port %d", key, *ref.Port)
+				fail(ReasonNoMatchingParent, "Service %s has no port %d", key, ref.Port)
 			case !CarriesHTTP(sp.AppProtocol):
-				fail(gatewayv1.RouteReasonNotAllowedByListeners, "Service %s port %d has appProtocol %q, which carries no HTTP", key, sp.Port, sp.AppProtocol)
+				fail(ReasonNotAllowedByListeners, "Service %s port %d has appProtocol %q, which carries no HTTP", key, sp.Port, sp.AppProtocol)
 			default:
 				p.ports = []uint16{sp.Port}
 			}
@@ -246,7 +227,7 @@ func parentsOf(cfg *meshconfig.Config, r *meshconfig.Route) []parent {
 				}
 			}
 			if len(p.ports) == 0 {
-				fail(gatewayv1.RouteReasonNotAllowedByListeners, "no port of Service %s carries HTTP (appProtocol)", key)
+				fail(ReasonNotAllowedByListeners, "no port of Service %s carries HTTP (appProtocol)", key)
 			}
 		}
 		out = append(out, p)

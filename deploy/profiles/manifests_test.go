@@ -1,4 +1,4 @@
-package daemonset
+package profiles
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
@@ -35,7 +33,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
-	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/kubesource"
 	"github.com/ambit-mesh/ambit/internal/kubetest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
@@ -60,12 +57,25 @@ type install struct {
 	tag        string // the kustomization's image tag
 }
 
+// render renders the default profile, the production install, which has
+// the controller and the node proxy.
 func render(t *testing.T) *install {
 	t.Helper()
+	in := renderProfile(t, "default")
+	if in.controller == nil || in.nodeproxy == nil {
+		t.Fatal("the default profile lacks Deployment ambit-controller or DaemonSet ambit-nodeproxy")
+	}
+	return in
+}
+
+// renderProfile renders deploy/profiles/<name> with kustomize, as `kubectl
+// apply -k` would, and reads the image tag its kustomization sets.
+func renderProfile(t *testing.T, name string) *install {
+	t.Helper()
 	b := kubetest.Require(t)
-	out, err := exec.Command(b.Kubectl, "kustomize", ".").CombinedOutput()
+	out, err := exec.Command(b.Kubectl, "kustomize", name).CombinedOutput()
 	if err != nil {
-		t.Fatalf("kubectl kustomize deploy/daemonset: %v\n%s", err, out)
+		t.Fatalf("kubectl kustomize deploy/profiles/%s: %v\n%s", name, err, out)
 	}
 	in := &install{}
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
@@ -91,8 +101,8 @@ func render(t *testing.T) *install {
 			convert(t, o, in.nodeproxy)
 		}
 	}
-	if in.controller == nil || in.nodeproxy == nil {
-		t.Fatalf("rendered install lacks Deployment ambit-controller or DaemonSet ambit-nodeproxy:\n%s", out)
+	if in.controller == nil {
+		t.Fatalf("profile %s lacks Deployment ambit-controller:\n%s", name, out)
 	}
 
 	var k struct {
@@ -101,7 +111,7 @@ func render(t *testing.T) *install {
 			NewTag string `json:"newTag"`
 		} `json:"images"`
 	}
-	raw, err := os.ReadFile("kustomization.yaml")
+	raw, err := os.ReadFile(filepath.Join(name, "kustomization.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,11 +122,11 @@ func render(t *testing.T) *install {
 		if in.tag == "" {
 			in.tag = img.NewTag
 		} else if img.NewTag != in.tag {
-			t.Errorf("kustomization images: %s has tag %q, others %q; release them together", img.Name, img.NewTag, in.tag)
+			t.Errorf("profile %s images: %s has tag %q, others %q; release them together", name, img.Name, img.NewTag, in.tag)
 		}
 	}
 	if in.tag == "" {
-		t.Fatal("kustomization.yaml sets no image tag (images: newTag)")
+		t.Fatalf("profile %s sets no image tag (images: newTag)", name)
 	}
 	return in
 }
@@ -427,7 +437,7 @@ func TestRBACHasNoWildcards(t *testing.T) {
 	}
 }
 
-// Every CRD file engineer B's generator writes to crds/ must be installed.
+// Every CRD file the generator writes (make crds) must be installed.
 func TestEveryCRDIsInstalled(t *testing.T) {
 	in := render(t)
 	rendered := map[string]bool{}
@@ -436,12 +446,12 @@ func TestEveryCRDIsInstalled(t *testing.T) {
 			rendered[o.GetName()] = true
 		}
 	}
-	files, err := filepath.Glob("crds/*.yaml")
+	files, err := filepath.Glob(filepath.Join("..", "base", "control-plane", "crds", "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(files) == 0 {
-		t.Fatal("no CRDs in crds/")
+		t.Fatal("no CRDs in deploy/base/control-plane/crds/")
 	}
 	for _, f := range files {
 		raw, err := os.ReadFile(f)
@@ -453,7 +463,7 @@ func TestEveryCRDIsInstalled(t *testing.T) {
 			t.Fatalf("%s: %v", f, err)
 		}
 		if !rendered[crd.Name] {
-			t.Errorf("%s (CRD %s) is not in kustomization.yaml's resources", f, crd.Name)
+			t.Errorf("%s (CRD %s) is not in the default profile", f, crd.Name)
 		}
 	}
 }
@@ -501,24 +511,28 @@ func applyInstall(c *kubetest.Cluster) error {
 		"-f", filepath.Join(std, "gateway.networking.k8s.io_grpcroutes.yaml"))
 
 	// The first step of docs/kubernetes.md: the namespace and the mesh CA.
-	ca, key, cerr := writeCA()
+	caDir, cerr := os.MkdirTemp("", "ambit-ca-")
 	if cerr != nil {
 		return cerr
 	}
-	defer os.RemoveAll(filepath.Dir(ca))
-	kubectl("apply", "-f", "namespace.yaml")
+	defer os.RemoveAll(caDir)
+	ca, key, cerr := testutil.WriteCA(caDir)
+	if cerr != nil {
+		return cerr
+	}
+	kubectl("apply", "-f", filepath.Join("..", "base", "control-plane", "namespace.yaml"))
 	kubectl("-n", namespace, "create", "secret", "tls", "ambit-ca", "--cert="+ca, "--key="+key)
 	kubectl("-n", namespace, "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+ca)
 
-	kubectl("apply", "--dry-run=server", "-k", ".")
+	kubectl("apply", "--dry-run=server", "-k", "default")
 	if err != nil {
 		return err
 	}
 	if _, derr := c.Client().AppsV1().DaemonSets(namespace).Get(ctx, "ambit-nodeproxy", metav1.GetOptions{}); derr == nil {
 		return errors.New("a server-side dry run created the DaemonSet")
 	}
-	kubectl("apply", "-k", ".")
-	again := kubectl("apply", "-k", ".")
+	kubectl("apply", "-k", "default")
+	again := kubectl("apply", "-k", "default")
 	kubectl("wait", "--for=condition=Established", "--timeout=60s",
 		"crd/waypoints.ambit.dev", "crd/accesspolicies.ambit.dev", "crd/trafficpolicies.ambit.dev",
 		"crd/httproutes.gateway.networking.k8s.io", "crd/grpcroutes.gateway.networking.k8s.io")
@@ -533,7 +547,14 @@ func applyInstall(c *kubetest.Cluster) error {
 	if _, derr := c.Client().AppsV1().DaemonSets(namespace).Get(ctx, "ambit-nodeproxy", metav1.GetOptions{}); derr != nil {
 		return fmt.Errorf("after apply: %w", derr)
 	}
-	return nil
+	// The demo profile's sample application against the API server's
+	// schemas (its Waypoint, HTTPRoute and AccessPolicy included), as a
+	// server-side dry run: its namespace must exist for that, but nothing
+	// of the sample is created, so the package's controller tests do not
+	// see it.
+	kubectl("create", "namespace", "ambit-demo")
+	kubectl("apply", "--dry-run=server", "-k", filepath.Join("..", "samples", "store"))
+	return err
 }
 
 // The RBAC the install creates grants what each component needs and
@@ -609,28 +630,6 @@ func TestApplyToAPIServer(t *testing.T) {
 	})
 }
 
-// writeCA makes a mesh CA for trust domain cluster.local in a new
-// temporary directory.
-func writeCA() (cert, key string, err error) {
-	ca, err := identity.GenerateCA(spiffeid.RequireTrustDomainFromString("cluster.local"), 24*time.Hour, nil)
-	if err != nil {
-		return "", "", err
-	}
-	keyPEM, err := identity.EncodeKey(ca.Key())
-	if err != nil {
-		return "", "", err
-	}
-	dir, err := os.MkdirTemp("", "ambit-ca-")
-	if err != nil {
-		return "", "", err
-	}
-	cert, key = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-	if err := os.WriteFile(cert, identity.EncodeCert(ca.Certificate()), 0o600); err != nil {
-		return "", "", err
-	}
-	return cert, key, os.WriteFile(key, keyPEM, 0o600)
-}
-
 // The controller's RBAC is enough for the controller's real Kubernetes
 // code: run the Kubernetes source as the ambit-controller service account
 // the install creates and check that it builds the configuration, runs a
@@ -648,11 +647,10 @@ func TestControllerWorksWithItsRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &testutil.SyncBuffer{}
-	caCert, _, err := writeCA()
+	caCert, _, err := testutil.WriteCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(caCert)) })
 	caPEM, err := os.ReadFile(caCert)
 	if err != nil {
 		t.Fatal(err)
@@ -901,18 +899,17 @@ func TestControllerBinaryBecomesReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, key, err := writeCA()
+	ca, key, err := testutil.WriteCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(ca)) })
 	kubeconfig := c.KubeconfigForToken(t, token)
 
 	// Free ports are found by binding and closing, so a test running beside
 	// this one can take one first: then start again on new ones.
 	var p *controllerProcess
 	for attempt := 0; ; attempt++ {
-		ports := freePorts(t, 4)
+		ports := testutil.FreeAddrs(t, 4)
 		replace := map[string]string{"--ca-cert": ca, "--ca-key": key, "--listen": ports[0]}
 		var args []string
 		for _, a := range in.controller.Spec.Template.Spec.Containers[0].Args {
@@ -998,20 +995,91 @@ func (p *controllerProcess) waitReady(url string) error {
 	}
 }
 
-func freePorts(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+// objectKey names an object across kinds and namespaces.
+func objectKey(o *unstructured.Unstructured) string {
+	return o.GetKind() + " " + o.GetNamespace() + "/" + o.GetName()
+}
+
+// The profiles install what the README's table says, each larger one
+// everything of the one below it unchanged (they are composed from
+// deploy/base, not copied), and a profile directory holds nothing but its
+// kustomization.
+func TestProfiles(t *testing.T) {
+	minimal, def, demo := renderProfile(t, "minimal"), render(t), renderProfile(t, "demo")
+
+	if minimal.nodeproxy != nil {
+		t.Error("profile minimal installs the node proxy DaemonSet; it is the control plane only")
+	}
+	for _, o := range minimal.objects {
+		if strings.Contains(o.GetName(), "nodeproxy") {
+			t.Errorf("profile minimal installs %s", objectKey(o))
+		}
+	}
+	// With no DaemonSet to copy it from, waypoints still get the node
+	// proxy image of the controller's release.
+	wantWaypoint := "--waypoint-image=ghcr.io/ambit-mesh/ambit-nodeproxy:" + minimal.tag
+	if args := minimal.controller.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, wantWaypoint) {
+		t.Errorf("profile minimal: controller args %q lack %q", args, wantWaypoint)
+	}
+
+	contains := func(small, big *install, smallName, bigName string) {
+		t.Helper()
+		have := map[string]*unstructured.Unstructured{}
+		for _, o := range big.objects {
+			have[objectKey(o)] = o
+		}
+		for _, o := range small.objects {
+			b, ok := have[objectKey(o)]
+			switch {
+			case !ok:
+				t.Errorf("profile %s lacks %s of profile %s", bigName, objectKey(o), smallName)
+			case o.GetKind() == "Deployment" && o.GetName() == "ambit-controller":
+				// Only --waypoint-image may differ: default copies the
+				// DaemonSet's image, minimal the controller's tag.
+			case !equalObjects(o, b):
+				t.Errorf("profile %s changes %s of profile %s", bigName, objectKey(o), smallName)
+			}
+		}
+	}
+	contains(minimal, def, "minimal", "default")
+	contains(def, demo, "default", "demo")
+
+	var demoPods int
+	for _, o := range demo.objects {
+		switch {
+		case o.GetKind() == "Namespace" && o.GetName() == "ambit-demo":
+			if o.GetLabels()["ambit.dev/dataplane"] != "ambient" {
+				t.Errorf("the demo namespace is not enrolled: labels %v", o.GetLabels())
+			}
+		case o.GetKind() == "Deployment" && o.GetNamespace() == "ambit-demo":
+			var d appsv1.Deployment
+			convert(t, o, &d)
+			demoPods++
+			if img := d.Spec.Template.Spec.Containers[0].Image; img != "ghcr.io/ambit-mesh/ambit-echo:"+demo.tag {
+				t.Errorf("demo Deployment %s image %q; want the locally built ambit-echo with the profile's tag %s", d.Name, img, demo.tag)
+			}
+		}
+	}
+	if demoPods != 3 {
+		t.Errorf("profile demo has %d sample Deployments; want frontend, catalog-v1, catalog-v2", demoPods)
+	}
+
+	for _, p := range []string{"minimal", "default", "demo"} {
+		entries, err := os.ReadDir(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
+		for _, e := range entries {
+			if e.Name() != "kustomization.yaml" {
+				t.Errorf("deploy/profiles/%s/%s: a profile composes deploy/base and deploy/samples and holds no manifests of its own", p, e.Name())
+			}
+		}
 	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return addrs
+}
+
+// equalObjects compares two rendered objects field by field.
+func equalObjects(a, b *unstructured.Unstructured) bool {
+	ja, err1 := a.MarshalJSON()
+	jb, err2 := b.MarshalJSON()
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }

@@ -1,4 +1,4 @@
-package meshconfig
+package meshspec
 
 import (
 	"net/netip"
@@ -14,6 +14,8 @@ import (
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/policy"
+
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 const l7Sample = `apiVersion: v1
@@ -92,7 +94,7 @@ func TestParseL7(t *testing.T) {
 		t.Fatal(err)
 	}
 	wp := c.Waypoint("shop", "shop-waypoint")
-	if wp == nil || wp.Replicas != 2 || wp.TrafficType != WaypointForService || !wp.Ready || len(wp.Addresses) != 1 || wp.Addresses[0] != netip.MustParseAddr("10.96.1.100") {
+	if wp == nil || wp.Replicas != 2 || wp.TrafficType != meshconfig.WaypointForService || !wp.Ready || len(wp.Addresses) != 1 || wp.Addresses[0] != netip.MustParseAddr("10.96.1.100") {
 		t.Fatalf("waypoint: %+v", wp)
 	}
 	cart := c.Service("shop/cart")
@@ -109,36 +111,36 @@ func TestParseL7(t *testing.T) {
 	if tp == nil || tp.Key() != "shop/cart" || !reflect.DeepEqual(tp.Targets, []string{"shop/cart"}) {
 		t.Fatalf("traffic policy: %+v", tp)
 	}
-	if tp.Retries.Attempts != 2 || tp.Retries.PerTryTimeout != 500*time.Millisecond || tp.Retries.BudgetPercent != 20 || !reflect.DeepEqual(tp.Retries.RetryOn, DefaultRetryOn) {
+	if tp.Retries.Attempts != 2 || tp.Retries.PerTryTimeout != 500*time.Millisecond || tp.Retries.BudgetPercent != 20 || !reflect.DeepEqual(tp.Retries.RetryOn, meshconfig.DefaultRetryOn) {
 		t.Errorf("retries: %+v", tp.Retries)
 	}
 	if tp.Timeouts.Request != 3*time.Second || tp.LoadBalancing != "leastRequest" || tp.Fault.AbortHTTPStatus != 503 || tp.Fault.AbortPercent != 10 {
 		t.Errorf("policy: %+v %+v", tp.Timeouts, tp.Fault)
 	}
-	if od := tp.OutlierDetection; od.ConsecutiveErrors != 3 || od.Interval != DefaultOutlierInterval || od.MaxEjectionPercent != DefaultOutlierMaxEjectionPercent {
+	if od := tp.OutlierDetection; od.ConsecutiveErrors != 3 || od.Interval != meshconfig.DefaultOutlierInterval || od.MaxEjectionPercent != meshconfig.DefaultOutlierMaxEjectionPercent {
 		t.Errorf("outlier detection defaults: %+v", od)
 	}
 	if c.TrafficPolicyFor(c.Service("shop/cart-canary")) != nil {
 		t.Error("cart-canary has no traffic policy")
 	}
 	routes := c.RoutesFor(cart)
-	if len(routes) != 2 || routes[0].Key() != "shop/cart-canary" || routes[1].Kind != KindGRPCRoute {
+	if len(routes) != 2 || routes[0].Key() != "shop/cart-canary" || routes[1].Kind != meshconfig.KindGRPCRoute {
 		t.Fatalf("routes of cart: %+v", routes)
 	}
 	h := routes[0]
-	if !reflect.DeepEqual(h.Parents, []RouteParent{{Service: "shop/cart", Port: 80}}) {
+	if !reflect.DeepEqual(h.Parents, []meshconfig.RouteParent{{Service: "shop/cart", Port: 80}}) {
 		t.Errorf("parents: %+v", h.Parents)
 	}
 	// Gateway API defaults are applied, as the API server would.
-	m := h.HTTP.Rules[0].Matches[0]
-	if *m.Path.Type != gatewayv1.PathMatchPathPrefix || *m.Path.Value != "/" || *m.Headers[0].Type != gatewayv1.HeaderMatchExact {
+	m := h.Rules[0].Matches[0]
+	if m.Path.Type != meshconfig.MatchPathPrefix || m.Path.Value != "/" || m.Headers[0].Type != meshconfig.MatchExact {
 		t.Errorf("defaults: %+v", m)
 	}
-	be := h.HTTP.Rules[1].BackendRefs
-	if *be[0].Weight != 90 || *be[1].Kind != "Service" || *h.HTTP.Rules[0].BackendRefs[0].Weight != 1 {
+	be := h.Rules[1].Backends
+	if be[0].Weight != 90 || be[1].Key() != "shop/cart-canary" || h.Rules[0].Backends[0].Weight != 1 {
 		t.Errorf("backends: %+v", be)
 	}
-	if g := routes[1].GRPC.Rules[0].Matches[0].Method; *g.Type != gatewayv1.GRPCMethodMatchExact || *g.Service != "shop.Cart" {
+	if g := routes[1].Rules[0].Matches[0].GRPCMethod; g.Type != meshconfig.MatchExact || g.Service != "shop.Cart" {
 		t.Errorf("grpc method match: %+v", g)
 	}
 }
@@ -176,7 +178,7 @@ func TestInvalidExamples(t *testing.T) {
 			if !strings.Contains(err.Error(), want["want-file"]) {
 				t.Errorf("got  %v\nwant %q", err, want["want-file"])
 			}
-			if e, ok := err.(*Error); !ok || e.Line < 4 {
+			if e, ok := err.(*meshconfig.Error); !ok || e.Line < 4 {
 				t.Errorf("error without the line of the resource: %#v", err)
 			}
 		})
@@ -251,13 +253,13 @@ func TestBuilderMatchesFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(b.AddMesh(Mesh{TrustDomain: fromFile.Mesh.TrustDomain, Tunnel: TunnelQUIC, TunnelPerNode: map[string]string{"node-2": TunnelH2}}))
-	must(b.AddNamespace(Namespace{Name: "demo", Labels: map[string]string{DataplaneLabel: DataplaneAmbient}, Annotations: map[string]string{InboundAnnotation: InboundStrict, OutboundAnnotation: OutboundRefuse}}))
-	must(b.AddWorkload(Workload{Namespace: "demo", Name: "server-1", Labels: map[string]string{"app": "server"}, ServiceAccount: "server", Node: "node-1", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.3"), netip.MustParseAddr("fd00:a:1::3")}, Ready: true, NetNS: "/run/netns/x"}))
-	must(b.AddWorkload(Workload{Namespace: "demo", Name: "server-2", Labels: map[string]string{"app": "server", DataplaneLabel: DataplaneNone}, ServiceAccount: "server", Node: "node-2", IPs: []netip.Addr{netip.MustParseAddr("10.244.2.3")}}))
-	must(b.AddWorkload(Workload{Namespace: "legacy", Name: "outside-1", Node: "node-2", IPs: []netip.Addr{netip.MustParseAddr("::ffff:10.244.2.9")}, Ready: true}))
-	must(b.AddService(Service{Namespace: "demo", Name: "server", Selector: map[string]string{"app": "server"}, Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Ports: []ServicePort{{Name: "tcp", Port: 80, TargetPort: 8080}}}))
-	must(b.AddAccessPolicy("demo", "deny-legacy", crd.AccessPolicySpec{
+	must(b.AddMesh(meshconfig.Mesh{TrustDomain: fromFile.Mesh.TrustDomain, Tunnel: meshconfig.TunnelQUIC, TunnelPerNode: map[string]string{"node-2": meshconfig.TunnelH2}}))
+	must(b.AddNamespace(meshconfig.Namespace{Name: "demo", Labels: map[string]string{meshconfig.DataplaneLabel: meshconfig.DataplaneAmbient}, Annotations: map[string]string{meshconfig.InboundAnnotation: meshconfig.InboundStrict, meshconfig.OutboundAnnotation: meshconfig.OutboundRefuse}}))
+	must(b.AddWorkload(meshconfig.Workload{Namespace: "demo", Name: "server-1", Labels: map[string]string{"app": "server"}, ServiceAccount: "server", Node: "node-1", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.3"), netip.MustParseAddr("fd00:a:1::3")}, Ready: true, NetNS: "/run/netns/x"}))
+	must(b.AddWorkload(meshconfig.Workload{Namespace: "demo", Name: "server-2", Labels: map[string]string{"app": "server", meshconfig.DataplaneLabel: meshconfig.DataplaneNone}, ServiceAccount: "server", Node: "node-2", IPs: []netip.Addr{netip.MustParseAddr("10.244.2.3")}}))
+	must(b.AddWorkload(meshconfig.Workload{Namespace: "legacy", Name: "outside-1", Node: "node-2", IPs: []netip.Addr{netip.MustParseAddr("::ffff:10.244.2.9")}, Ready: true}))
+	must(b.AddService(meshconfig.Service{Namespace: "demo", Name: "server", Selector: map[string]string{"app": "server"}, Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Ports: []meshconfig.ServicePort{{Name: "tcp", Port: 80, TargetPort: 8080}}}))
+	must(b.AddAccessPolicySpec("demo", "deny-legacy", crd.AccessPolicySpec{
 		Selector: &crd.Selector{MatchLabels: map[string]string{"app": "server"}}, Action: "deny",
 		Rules: []crd.AccessRule{
 			{From: []crd.AccessSource{{Namespaces: []string{"legacy"}, IPBlocks: []crd.IPBlock{"10.244.2.0/24", "10.1.1.1"}}}, To: []crd.AccessTarget{{Ports: []crd.Port{8080}}}},
@@ -287,7 +289,7 @@ func TestBuilderMatchesFile(t *testing.T) {
 	if !reflect.DeepEqual(c.Policies, fromFile.Policies) {
 		t.Errorf("policies:\n%+v\n%+v", c.Policies, fromFile.Policies)
 	}
-	if ns := c.Namespace("demo"); !ns.Ambient || ns.Inbound != InboundStrict || ns.Outbound != OutboundRefuse {
+	if ns := c.Namespace("demo"); !ns.Ambient || ns.Inbound != meshconfig.InboundStrict || ns.Outbound != meshconfig.OutboundRefuse {
 		t.Errorf("namespace: %+v", ns)
 	}
 	if c.Version == "" || c.Version == fromFile.Version {
@@ -296,13 +298,13 @@ func TestBuilderMatchesFile(t *testing.T) {
 
 	// The same input gives the same version; a change gives another.
 	again := NewBuilder()
-	must(again.AddNamespace(Namespace{Name: "demo", Labels: map[string]string{DataplaneLabel: DataplaneAmbient}}))
+	must(again.AddNamespace(meshconfig.Namespace{Name: "demo", Labels: map[string]string{meshconfig.DataplaneLabel: meshconfig.DataplaneAmbient}}))
 	v1, _ := again.Build()
 	again = NewBuilder()
-	must(again.AddNamespace(Namespace{Name: "demo", Labels: map[string]string{DataplaneLabel: DataplaneAmbient}}))
+	must(again.AddNamespace(meshconfig.Namespace{Name: "demo", Labels: map[string]string{meshconfig.DataplaneLabel: meshconfig.DataplaneAmbient}}))
 	v2, _ := again.Build()
 	again = NewBuilder()
-	must(again.AddNamespace(Namespace{Name: "demo"}))
+	must(again.AddNamespace(meshconfig.Namespace{Name: "demo"}))
 	v3, _ := again.Build()
 	if v1.Version != v2.Version || v1.Version == v3.Version {
 		t.Errorf("versions %s %s %s", v1.Version, v2.Version, v3.Version)
@@ -315,20 +317,20 @@ func TestBuilderRefuses(t *testing.T) {
 		err  error
 		want string
 	}{
-		{b.AddWorkload(Workload{Namespace: "demo", Name: "w", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}), "Workload demo/w: spec.node is empty"},
-		{b.AddWorkload(Workload{Name: "w", Node: "n"}), "Workload w has no metadata.namespace"},
-		{b.AddService(Service{Namespace: "demo", Name: "s"}), "spec.ports is empty"},
-		{b.AddNamespace(Namespace{Name: "Demo"}), "must be a DNS label"},
-		{b.AddNamespace(Namespace{Name: "demo", Annotations: map[string]string{OutboundAnnotation: "drop"}}), `annotation ambit.dev/outbound="drop"`},
+		{b.AddWorkload(meshconfig.Workload{Namespace: "demo", Name: "w", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}), "Workload demo/w: spec.node is empty"},
+		{b.AddWorkload(meshconfig.Workload{Name: "w", Node: "n"}), "Workload w has no metadata.namespace"},
+		{b.AddService(meshconfig.Service{Namespace: "demo", Name: "s"}), "spec.ports is empty"},
+		{b.AddNamespace(meshconfig.Namespace{Name: "Demo"}), "must be a DNS label"},
+		{b.AddNamespace(meshconfig.Namespace{Name: "demo", Annotations: map[string]string{meshconfig.OutboundAnnotation: "drop"}}), `annotation ambit.dev/outbound="drop"`},
 		{b.AddPolicy(policy.Policy{Namespace: "demo", Name: "p", Action: "MAYBE"}), `action "MAYBE" must be ALLOW or DENY`},
-		{b.AddWaypoint(Waypoint{Namespace: "demo", Name: "w", TrafficType: "mesh"}), `spec.trafficType "mesh"`},
-		{b.AddTrafficPolicy("demo", "p", time.Time{}, crd.TrafficPolicySpec{TargetRefs: []crd.TargetRef{{Name: "s"}}}), "set at least one of"},
+		{b.AddWaypoint(meshconfig.Waypoint{Namespace: "demo", Name: "w", TrafficType: "mesh"}), `spec.trafficType "mesh"`},
+		{b.AddTrafficPolicySpec("demo", "p", time.Time{}, crd.TrafficPolicySpec{TargetRefs: []crd.TargetRef{{Name: "s"}}}), "set at least one of"},
 		{b.AddHTTPRoute(&gatewayv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "r"}}), "spec.parentRefs: empty"},
 	} {
 		if tc.err == nil || !strings.Contains(tc.err.Error(), tc.want) {
 			t.Errorf("got %v, want %q", tc.err, tc.want)
 		}
-		if _, ok := tc.err.(*FieldError); tc.err != nil && !ok {
+		if _, ok := tc.err.(*meshconfig.FieldError); tc.err != nil && !ok {
 			t.Errorf("%v is a %T, not a *FieldError", tc.err, tc.err)
 		}
 	}
@@ -345,9 +347,9 @@ func TestBuildLenient(t *testing.T) {
 		}
 	}
 	ip := []netip.Addr{netip.MustParseAddr("10.0.0.1")}
-	add(b.AddWorkload(Workload{Namespace: "shop", Name: "old", Node: "n", IPs: ip}))
-	add(b.AddWorkload(Workload{Namespace: "shop", Name: "new", Node: "n", IPs: ip}))
-	add(b.AddService(Service{Namespace: "shop", Name: "cart", Ports: []ServicePort{{Port: 80}}}))
+	add(b.AddWorkload(meshconfig.Workload{Namespace: "shop", Name: "old", Node: "n", IPs: ip}))
+	add(b.AddWorkload(meshconfig.Workload{Namespace: "shop", Name: "new", Node: "n", IPs: ip}))
+	add(b.AddService(meshconfig.Service{Namespace: "shop", Name: "cart", Ports: []meshconfig.ServicePort{{Port: 80}}}))
 	t0 := time.Unix(1000, 0)
 	spec := func(names ...string) crd.TrafficPolicySpec {
 		s := crd.TrafficPolicySpec{LoadBalancing: "roundRobin"}
@@ -356,9 +358,9 @@ func TestBuildLenient(t *testing.T) {
 		}
 		return s
 	}
-	add(b.AddTrafficPolicy("shop", "young", t0.Add(time.Hour), spec("cart")))
-	add(b.AddTrafficPolicy("shop", "old", t0, spec("cart", "gone")))
-	add(b.AddTrafficPolicy("shop", "lost", t0, spec("gone")))
+	add(b.AddTrafficPolicySpec("shop", "young", t0.Add(time.Hour), spec("cart")))
+	add(b.AddTrafficPolicySpec("shop", "old", t0, spec("cart", "gone")))
+	add(b.AddTrafficPolicySpec("shop", "lost", t0, spec("gone")))
 	svcRef := func(name string) gatewayv1.ParentReference {
 		g, k := gatewayv1.Group(""), gatewayv1.Kind("Service")
 		return gatewayv1.ParentReference{Group: &g, Kind: &k, Name: gatewayv1.ObjectName(name)}
@@ -379,7 +381,7 @@ func TestBuildLenient(t *testing.T) {
 	if len(c.TrafficPolicies) != 1 {
 		t.Errorf("policies with no target left are dropped: %v", c.TrafficPolicies)
 	}
-	if len(c.Routes) != 1 || c.Routes[0].Name != "half" || len(c.Routes[0].Parents) != 1 {
+	if len(c.Routes) != 1 || c.Routes[0].Name != "half" || len(c.RoutesFor(c.Service("shop/cart"))) != 1 {
 		t.Errorf("routes: %+v", c.Routes)
 	}
 	var got []string

@@ -1,4 +1,4 @@
-package meshconfig
+package meshspec
 
 import (
 	"bytes"
@@ -18,11 +18,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
-	"github.com/ambit-mesh/ambit/internal/policy"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+)
+
+// API versions understood in files.
+const (
+	AmbitAPIVersion   = "ambit.dev/v1alpha1"
+	CoreAPIVersion    = "v1"
+	GatewayAPIVersion = "gateway.networking.k8s.io/v1"
 )
 
 // The documents as they appear in files, in Kubernetes shape.
@@ -139,42 +147,25 @@ var kinds = map[string]struct {
 	doc        func() any
 	json       bool // decoded through JSON into API types
 }{
-	KindMeshConfig:    {AmbitAPIVersion, func() any { return new(meshDoc) }, false},
-	KindNamespace:     {CoreAPIVersion, func() any { return new(namespaceDoc) }, false},
-	KindService:       {CoreAPIVersion, func() any { return new(serviceDoc) }, false},
-	KindWorkload:      {AmbitAPIVersion, func() any { return new(workloadDoc) }, false},
-	KindAccessPolicy:  {AmbitAPIVersion, func() any { return new(accessPolicyDoc) }, true},
-	KindWaypoint:      {AmbitAPIVersion, func() any { return new(waypointDoc) }, true},
-	KindTrafficPolicy: {AmbitAPIVersion, func() any { return new(trafficPolicyDoc) }, true},
-	KindHTTPRoute:     {GatewayAPIVersion, func() any { return new(httpRouteDoc) }, true},
-	KindGRPCRoute:     {GatewayAPIVersion, func() any { return new(grpcRouteDoc) }, true},
-}
-
-// Error is a problem in a configuration file, with where it is.
-type Error struct {
-	File string
-	Line int
-	Msg  string
-}
-
-func (e *Error) Error() string {
-	if e.File == "" {
-		return e.Msg
-	}
-	if e.Line > 0 {
-		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
-	}
-	return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	meshconfig.KindMeshConfig:    {AmbitAPIVersion, func() any { return new(meshDoc) }, false},
+	meshconfig.KindNamespace:     {CoreAPIVersion, func() any { return new(namespaceDoc) }, false},
+	meshconfig.KindService:       {CoreAPIVersion, func() any { return new(serviceDoc) }, false},
+	meshconfig.KindWorkload:      {AmbitAPIVersion, func() any { return new(workloadDoc) }, false},
+	meshconfig.KindAccessPolicy:  {AmbitAPIVersion, func() any { return new(accessPolicyDoc) }, true},
+	meshconfig.KindWaypoint:      {AmbitAPIVersion, func() any { return new(waypointDoc) }, true},
+	meshconfig.KindTrafficPolicy: {AmbitAPIVersion, func() any { return new(trafficPolicyDoc) }, true},
+	meshconfig.KindHTTPRoute:     {GatewayAPIVersion, func() any { return new(httpRouteDoc) }, true},
+	meshconfig.KindGRPCRoute:     {GatewayAPIVersion, func() any { return new(grpcRouteDoc) }, true},
 }
 
 // LoadPath reads a configuration file, or every *.yaml/*.yml file of a
 // directory (in name order), and builds the Config.
-func LoadPath(path string) (*Config, error) { return LoadPathOverlay(path, nil) }
+func LoadPath(path string) (*meshconfig.Config, error) { return LoadPathOverlay(path, nil) }
 
 // LoadPathOverlay is LoadPath as if the files in overlay (path to content)
 // were written first: a writer checks a change, and learns the version
 // readers will report, before it writes.
-func LoadPathOverlay(path string, overlay map[string][]byte) (*Config, error) {
+func LoadPathOverlay(path string, overlay map[string][]byte) (*meshconfig.Config, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("mesh configuration: %w", err)
@@ -218,7 +209,7 @@ func LoadPathOverlay(path string, overlay map[string][]byte) (*Config, error) {
 }
 
 // Parse builds a Config from one YAML stream; name is used in errors.
-func Parse(name string, data []byte) (*Config, error) {
+func Parse(name string, data []byte) (*meshconfig.Config, error) {
 	b := NewBuilder()
 	if err := b.AddYAML(name, data); err != nil {
 		return nil, err
@@ -369,10 +360,8 @@ const (
 // AddYAML adds every document of a YAML stream.
 func (b *Builder) AddYAML(name string, data []byte) error {
 	if len(data) > MaxFileBytes {
-		return &Error{name, 0, fmt.Sprintf("the file is %d bytes, over the limit of %d; split it into several files", len(data), MaxFileBytes)}
+		return &meshconfig.Error{File: name, Line: 0, Msg: fmt.Sprintf("the file is %d bytes, over the limit of %d; split it into several files", len(data), MaxFileBytes)}
 	}
-	b.sum.Write([]byte(name))
-	b.sum.Write(data)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node
@@ -382,7 +371,7 @@ func (b *Builder) AddYAML(name string, data []byte) error {
 		}
 		if err != nil {
 			line, msg := YAMLSyntaxLine(data, err)
-			return &Error{name, line, msg + "; fix the YAML syntax"}
+			return &meshconfig.Error{File: name, Line: line, Msg: msg + "; fix the YAML syntax"}
 		}
 		if len(doc.Content) == 0 || (doc.Content[0].Kind == yaml.ScalarNode && doc.Content[0].ShortTag() == "!!null") {
 			continue // empty document
@@ -398,7 +387,7 @@ func (b *Builder) AddYAML(name string, data []byte) error {
 
 func (b *Builder) addDoc(file string, n *yaml.Node) error {
 	at := func(node *yaml.Node, format string, args ...any) error {
-		return &Error{file, node.Line, fmt.Sprintf(format, args...)}
+		return &meshconfig.Error{File: file, Line: node.Line, Msg: fmt.Sprintf(format, args...)}
 	}
 	if n.Kind != yaml.MappingNode {
 		return at(n, "expected a resource (a mapping with apiVersion, kind, metadata), found %s", kindName(n))
@@ -423,13 +412,13 @@ func (b *Builder) addDoc(file string, n *yaml.Node) error {
 	}
 	if k.json {
 		if err := decodeJSON(n, doc); err != nil {
-			return &Error{file, lineOf(n, err.Field), fmt.Sprintf("%s: %s", h.Kind, err.Msg)}
+			return &meshconfig.Error{File: file, Line: lineOf(n, err.Field), Msg: fmt.Sprintf("%s: %s", h.Kind, err.Msg)}
 		}
 	} else if err := n.Decode(doc); err != nil {
 		msg := err.Error()
 		if m := yamlLine.FindStringSubmatch(strings.TrimPrefix(msg, "yaml: unmarshal errors:\n  ")); m != nil {
 			line, _ := strconv.Atoi(m[1])
-			return &Error{file, line, fmt.Sprintf("%s: %s", h.Kind, m[2])}
+			return &meshconfig.Error{File: file, Line: line, Msg: fmt.Sprintf("%s: %s", h.Kind, m[2])}
 		}
 		return at(n, "%s: %v", h.Kind, err)
 	}
@@ -437,41 +426,48 @@ func (b *Builder) addDoc(file string, n *yaml.Node) error {
 	if md == nil {
 		return at(n, "%s has no metadata; give it metadata.name", h.Kind)
 	}
-	var err error
-	switch d := doc.(type) {
-	case *meshDoc:
-		err = b.fileMesh(file, n, d)
-	case *namespaceDoc:
-		err = b.addNamespace(Namespace{Name: d.Metadata.Name, Labels: d.Metadata.Labels, Annotations: d.Metadata.Annotations}, pos{file, n.Line})
-	case *workloadDoc:
-		err = b.fileWorkload(file, n, d)
-	case *serviceDoc:
-		err = b.fileService(file, n, d)
-	case *accessPolicyDoc:
-		var p policy.Policy
-		if p, err = AccessPolicyFromSpec(d.Metadata.Namespace, d.Metadata.Name, d.Spec); err == nil {
-			err = b.addPolicy(p, pos{file, n.Line})
-		} else if e := checkMeta("AccessPolicy", d.Metadata.Name, d.Metadata.Namespace); e != nil {
-			err = fieldErr("metadata", "%v", e)
-		}
-	case *waypointDoc:
-		err = b.fileWaypoint(file, n, d)
-	case *trafficPolicyDoc:
-		err = b.addTrafficPolicy(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, d.Spec, pos{file, n.Line})
-	case *httpRouteDoc:
-		err = b.addHTTPRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, d.Spec, pos{file, n.Line})
-	case *grpcRouteDoc:
-		err = b.addGRPCRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, d.Spec, pos{file, n.Line})
+	res, err := fromDoc(file, n, doc)
+	if err == nil {
+		err = b.AddAt(file, n.Line, res)
 	}
-	var fe *FieldError
+	var fe *meshconfig.FieldError
 	if errors.As(err, &fe) {
 		line := n.Line
 		if fe.Field != "" {
 			line = lineOf(n, fe.Field)
 		}
-		return &Error{file, line, fe.Msg}
+		return &meshconfig.Error{File: file, Line: line, Msg: fe.Msg}
 	}
 	return err
+}
+
+// fromDoc converts a decoded document into the model resource the
+// Builder takes.
+func fromDoc(file string, n *yaml.Node, doc any) (any, error) {
+	switch d := doc.(type) {
+	case *meshDoc:
+		return fileMesh(file, n, d)
+	case *namespaceDoc:
+		return meshconfig.Namespace{Name: d.Metadata.Name, Labels: d.Metadata.Labels, Annotations: d.Metadata.Annotations}, nil
+	case *workloadDoc:
+		return fileWorkload(file, n, d)
+	case *serviceDoc:
+		return fileService(file, n, d)
+	case *accessPolicyDoc:
+		if err := meshconfig.CheckMeta(meshconfig.KindAccessPolicy, d.Metadata.Name, d.Metadata.Namespace); err != nil {
+			return nil, fieldErr("metadata", "%v", err)
+		}
+		return AccessPolicyFromSpec(d.Metadata.Namespace, d.Metadata.Name, d.Spec)
+	case *waypointDoc:
+		return fileWaypoint(file, n, d)
+	case *trafficPolicyDoc:
+		return TrafficPolicyFromSpec(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, d.Spec)
+	case *httpRouteDoc:
+		return httpRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
+	case *grpcRouteDoc:
+		return grpcRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
+	}
+	return nil, fmt.Errorf("%T is not a document Ambit reads", doc)
 }
 
 func kindNames() []string {
@@ -580,10 +576,10 @@ func checkFields(n *yaml.Node, t reflect.Type, where, file string) error {
 				names = append(names, name)
 			}
 			sort.Strings(names)
-			return &Error{file, k.Line, fmt.Sprintf("%s: unknown field %q; known fields are %s", where, k.Value, strings.Join(names, ", "))}
+			return &meshconfig.Error{File: file, Line: k.Line, Msg: fmt.Sprintf("%s: unknown field %q; known fields are %s", where, k.Value, strings.Join(names, ", "))}
 		}
 		if prev, dup := seen[k.Value]; dup {
-			return &Error{file, k.Line, fmt.Sprintf("%s: field %q is repeated (first at line %d); keep one", where, k.Value, prev)}
+			return &meshconfig.Error{File: file, Line: k.Line, Msg: fmt.Sprintf("%s: field %q is repeated (first at line %d); keep one", where, k.Value, prev)}
 		}
 		seen[k.Value] = k.Line
 		if ft.Kind() == reflect.Map {
@@ -596,46 +592,46 @@ func checkFields(n *yaml.Node, t reflect.Type, where, file string) error {
 	return nil
 }
 
-func (b *Builder) fileMesh(file string, n *yaml.Node, d *meshDoc) error {
-	m := Mesh{Tunnel: d.Spec.Tunnel, TunnelPerNode: map[string]string{}, PathNormalization: PathNormalization(d.Spec.PathNormalization.Normalization)}
+func fileMesh(file string, n *yaml.Node, d *meshDoc) (meshconfig.Mesh, error) {
+	m := meshconfig.Mesh{Tunnel: d.Spec.Tunnel, TunnelPerNode: map[string]string{}, PathNormalization: meshconfig.PathNormalization(d.Spec.PathNormalization.Normalization)}
 	if d.Spec.TrustDomain != "" {
-		td, err := spiffeidTrustDomain(d.Spec.TrustDomain)
+		td, err := spiffeid.TrustDomainFromString(d.Spec.TrustDomain)
 		if err != nil {
-			return &Error{file, path(n, "spec", "trustDomain").Line, fmt.Sprintf("MeshConfig: trustDomain %q: %v", d.Spec.TrustDomain, err)}
+			return m, &meshconfig.Error{File: file, Line: path(n, "spec", "trustDomain").Line, Msg: fmt.Sprintf("MeshConfig: trustDomain %q: %v", d.Spec.TrustDomain, err)}
 		}
 		m.TrustDomain = td
 	}
 	for _, nd := range d.Spec.Nodes {
-		if nd.Name == "" || (nd.Tunnel != TunnelH2 && nd.Tunnel != TunnelQUIC) {
-			return &Error{file, path(n, "spec", "nodes").Line, fmt.Sprintf("MeshConfig: each of spec.nodes needs a name and a tunnel of %q or %q", TunnelH2, TunnelQUIC)}
+		if nd.Name == "" || (nd.Tunnel != meshconfig.TunnelH2 && nd.Tunnel != meshconfig.TunnelQUIC) {
+			return m, &meshconfig.Error{File: file, Line: path(n, "spec", "nodes").Line, Msg: fmt.Sprintf("MeshConfig: each of spec.nodes needs a name and a tunnel of %q or %q", meshconfig.TunnelH2, meshconfig.TunnelQUIC)}
 		}
 		m.TunnelPerNode[nd.Name] = nd.Tunnel
 	}
-	return b.addMesh(m, pos{file, n.Line})
+	return m, nil
 }
 
-func (b *Builder) fileWorkload(file string, n *yaml.Node, d *workloadDoc) error {
-	w := Workload{
+func fileWorkload(file string, n *yaml.Node, d *workloadDoc) (meshconfig.Workload, error) {
+	w := meshconfig.Workload{
 		Namespace: d.Metadata.Namespace, Name: d.Metadata.Name, Labels: d.Metadata.Labels,
 		ServiceAccount: d.Spec.ServiceAccount, Node: d.Spec.Node, NetNS: d.Spec.NetNS, Cgroup: d.Spec.Cgroup,
 		Ready: d.Status.Ready == nil || *d.Status.Ready,
 	}
-	if err := checkMeta("Workload", w.Name, w.Namespace); err == nil {
+	if err := meshconfig.CheckMeta(meshconfig.KindWorkload, w.Name, w.Namespace); err == nil {
 		for _, a := range d.Spec.Addresses {
 			ip, err := netip.ParseAddr(a)
 			if err != nil {
-				return &Error{file, path(n, "spec", "addresses").Line, fmt.Sprintf("Workload %s: address %q is not an IP address", w.Key(), a)}
+				return w, &meshconfig.Error{File: file, Line: path(n, "spec", "addresses").Line, Msg: fmt.Sprintf("Workload %s: address %q is not an IP address", w.Key(), a)}
 			}
 			w.IPs = append(w.IPs, ip)
 		}
 	}
-	return b.addWorkload(w, pos{file, n.Line})
+	return w, nil
 }
 
-func (b *Builder) fileService(file string, n *yaml.Node, d *serviceDoc) error {
-	s := Service{Namespace: d.Metadata.Namespace, Name: d.Metadata.Name, Labels: d.Metadata.Labels, Selector: d.Spec.Selector}
-	if err := checkMeta("Service", s.Name, s.Namespace); err != nil {
-		return &Error{file, path(n, "metadata").Line, err.Error()}
+func fileService(file string, n *yaml.Node, d *serviceDoc) (meshconfig.Service, error) {
+	s := meshconfig.Service{Namespace: d.Metadata.Namespace, Name: d.Metadata.Name, Labels: d.Metadata.Labels, Selector: d.Spec.Selector}
+	if err := meshconfig.CheckMeta(meshconfig.KindService, s.Name, s.Namespace); err != nil {
+		return s, &meshconfig.Error{File: file, Line: path(n, "metadata").Line, Msg: err.Error()}
 	}
 	ips := d.Spec.ClusterIPs
 	if d.Spec.ClusterIP != "" && !slices.Contains(ips, d.Spec.ClusterIP) {
@@ -647,28 +643,28 @@ func (b *Builder) fileService(file string, n *yaml.Node, d *serviceDoc) error {
 		}
 		ip, err := netip.ParseAddr(a)
 		if err != nil {
-			return &Error{file, path(n, "spec", "clusterIP").Line, fmt.Sprintf("Service %s: clusterIP %q is not an IP address", s.Key(), a)}
+			return s, &meshconfig.Error{File: file, Line: path(n, "spec", "clusterIP").Line, Msg: fmt.Sprintf("Service %s: clusterIP %q is not an IP address", s.Key(), a)}
 		}
 		s.Addresses = append(s.Addresses, ip)
 	}
 	for _, p := range d.Spec.Ports {
 		if p.Protocol != "" && p.Protocol != "TCP" {
-			return &Error{file, path(n, "spec", "ports").Line, fmt.Sprintf("Service %s: port %d protocol %s; Ambit carries TCP only", s.Key(), p.Port, p.Protocol)}
+			return s, &meshconfig.Error{File: file, Line: path(n, "spec", "ports").Line, Msg: fmt.Sprintf("Service %s: port %d protocol %s; Ambit carries TCP only", s.Key(), p.Port, p.Protocol)}
 		}
 		if p.Port < 1 || p.Port > 65535 || p.TargetPort < 0 || p.TargetPort > 65535 {
-			return &Error{file, path(n, "spec", "ports").Line, fmt.Sprintf("Service %s: port %d/targetPort %d out of range 1-65535", s.Key(), p.Port, p.TargetPort)}
+			return s, &meshconfig.Error{File: file, Line: path(n, "spec", "ports").Line, Msg: fmt.Sprintf("Service %s: port %d/targetPort %d out of range 1-65535", s.Key(), p.Port, p.TargetPort)}
 		}
-		s.Ports = append(s.Ports, ServicePort{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
+		s.Ports = append(s.Ports, meshconfig.ServicePort{Name: p.Name, Port: uint16(p.Port), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
 	}
-	return b.addService(s, pos{file, n.Line})
+	return s, nil
 }
 
-func (b *Builder) fileWaypoint(file string, n *yaml.Node, d *waypointDoc) error {
+func fileWaypoint(file string, n *yaml.Node, d *waypointDoc) (meshconfig.Waypoint, error) {
 	w := WaypointFromSpec(d.Metadata.Namespace, d.Metadata.Name, d.Spec)
 	for _, a := range d.Status.Addresses {
 		ip, err := netip.ParseAddr(a)
 		if err != nil {
-			return &Error{file, path(n, "status", "addresses").Line, fmt.Sprintf("Waypoint %s: address %q is not an IP address", w.Key(), a)}
+			return w, &meshconfig.Error{File: file, Line: path(n, "status", "addresses").Line, Msg: fmt.Sprintf("Waypoint %s: address %q is not an IP address", w.Key(), a)}
 		}
 		w.Addresses = append(w.Addresses, ip)
 	}
@@ -676,13 +672,13 @@ func (b *Builder) fileWaypoint(file string, n *yaml.Node, d *waypointDoc) error 
 	if d.Status.Ready != nil {
 		w.Ready = *d.Status.Ready
 	}
-	return b.addWaypoint(w, pos{file, n.Line})
+	return w, nil
 }
 
 // decodeJSON decodes n into doc the way the API server would: through
 // JSON, refusing unknown fields (checkFields has already named them with
 // their line).
-func decodeJSON(n *yaml.Node, doc any) *FieldError {
+func decodeJSON(n *yaml.Node, doc any) *meshconfig.FieldError {
 	v, err := nodeValue(n)
 	if err != nil {
 		return err
@@ -735,7 +731,7 @@ func typeWord(t reflect.Type) string {
 
 // nodeValue turns a YAML node into the value JSON would carry, keeping
 // YAML's scalar types (an unquoted 80 is a number, "80" a string).
-func nodeValue(n *yaml.Node) (any, *FieldError) {
+func nodeValue(n *yaml.Node) (any, *meshconfig.FieldError) {
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) == 0 {
@@ -800,54 +796,6 @@ func lineOf(n *yaml.Node, fieldPath string) int {
 	return cur.Line
 }
 
-func fmtPos(file string, line int) string {
-	if line > 0 {
-		return fmt.Sprintf("%s:%d", file, line)
-	}
-	return file
-}
-
-// ParsePrefix reads a CIDR, or a single IP as a host prefix, masked.
-func ParsePrefix(s string) (netip.Prefix, error) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return p, errors.New("not a CIDR such as 10.0.0.0/8")
-		}
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, errors.New("not an IP or CIDR")
-	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
-}
-
-func checkMeta(kind, name, namespace string) error {
-	if name == "" {
-		return fmt.Errorf("%s has no metadata.name", kind)
-	}
-	if namespace == "" {
-		return fmt.Errorf("%s %s has no metadata.namespace", kind, name)
-	}
-	if err := checkDNSLabel(namespace); err != nil {
-		return fmt.Errorf("%s %s: namespace %q: %v", kind, name, namespace, err)
-	}
-	return nil
-}
-
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
-func checkDNSLabel(s string) error {
-	if s == "" {
-		return errors.New("empty; give it a name")
-	}
-	if len(s) > 63 || !dnsLabel.MatchString(s) {
-		return errors.New("must be a DNS label (lower case letters, digits and '-', at most 63 characters)")
-	}
-	return nil
-}
-
 // checkTree refuses what the rest of the loader must never walk: YAML
 // aliases (one that refers to itself would recurse without end, and a
 // few nested ones expand to billions of nodes), documents over
@@ -861,14 +809,14 @@ func checkTree(file string, root *yaml.Node) error {
 		stack = stack[:len(stack)-1]
 		count++
 		if count > MaxDocumentNodes {
-			return &Error{file, root.Line, fmt.Sprintf("the document holds more than %d YAML nodes; split it into several resources", MaxDocumentNodes)}
+			return &meshconfig.Error{File: file, Line: root.Line, Msg: fmt.Sprintf("the document holds more than %d YAML nodes; split it into several resources", MaxDocumentNodes)}
 		}
 		switch n.Kind {
 		case yaml.AliasNode:
-			return &Error{file, n.Line, fmt.Sprintf("YAML alias *%s: aliases are not accepted in mesh configuration (a self-reference or an alias bomb would stall the loader); write the value out", n.Value)}
+			return &meshconfig.Error{File: file, Line: n.Line, Msg: fmt.Sprintf("YAML alias *%s: aliases are not accepted in mesh configuration (a self-reference or an alias bomb would stall the loader); write the value out", n.Value)}
 		case yaml.MappingNode:
 			if len(n.Content)/2 > MaxMappingKeys {
-				return &Error{file, n.Line, fmt.Sprintf("a mapping of %d keys, over the limit of %d", len(n.Content)/2, MaxMappingKeys)}
+				return &meshconfig.Error{File: file, Line: n.Line, Msg: fmt.Sprintf("a mapping of %d keys, over the limit of %d", len(n.Content)/2, MaxMappingKeys)}
 			}
 		}
 		for i := len(n.Content) - 1; i >= 0; i-- { // document order: the first problem is reported

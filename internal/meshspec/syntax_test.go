@@ -1,8 +1,10 @@
-package meshconfig
+package meshspec
 
 import (
 	"errors"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 // YAML syntax errors name the line the problem is on. yaml.v3 counts a
@@ -34,7 +36,7 @@ func TestSyntaxErrorLines(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("x.yaml", []byte(tc.doc))
-			var e *Error
+			var e *meshconfig.Error
 			if !errors.As(err, &e) {
 				t.Fatalf("got %v, want a *Error", err)
 			}

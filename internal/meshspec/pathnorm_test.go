@@ -1,8 +1,10 @@
-package meshconfig
+package meshspec
 
 import (
 	"strings"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 func meshYAML(spec string) string {
@@ -14,15 +16,15 @@ func meshYAML(spec string) string {
 // DECODE_AND_MERGE_SLASHES; "DEFAULT" is the default too; names without
 // case; anything else refused at its line.
 func TestMeshPathNormalization(t *testing.T) {
-	for doc, want := range map[string]PathNormalization{
-		"":                                    DefaultPathNormalization,
-		meshYAML("  tunnel: h2\n"):            DefaultPathNormalization,
-		meshYAML("  pathNormalization: {}\n"): DefaultPathNormalization,
-		meshYAML("  pathNormalization:\n    normalization: NONE\n"):                  PathNormalizationNone,
-		meshYAML("  pathNormalization: {normalization: BASE}\n"):                     PathNormalizationBase,
-		meshYAML("  pathNormalization: {normalization: merge_slashes}\n"):            PathNormalizationMergeSlashes,
-		meshYAML("  pathNormalization: {normalization: DECODE_AND_MERGE_SLASHES}\n"): PathNormalizationDecodeAndMergeSlashes,
-		meshYAML("  pathNormalization: {normalization: DEFAULT}\n"):                  DefaultPathNormalization,
+	for doc, want := range map[string]meshconfig.PathNormalization{
+		"":                                    meshconfig.DefaultPathNormalization,
+		meshYAML("  tunnel: h2\n"):            meshconfig.DefaultPathNormalization,
+		meshYAML("  pathNormalization: {}\n"): meshconfig.DefaultPathNormalization,
+		meshYAML("  pathNormalization:\n    normalization: NONE\n"):                  meshconfig.PathNormalizationNone,
+		meshYAML("  pathNormalization: {normalization: BASE}\n"):                     meshconfig.PathNormalizationBase,
+		meshYAML("  pathNormalization: {normalization: merge_slashes}\n"):            meshconfig.PathNormalizationMergeSlashes,
+		meshYAML("  pathNormalization: {normalization: DECODE_AND_MERGE_SLASHES}\n"): meshconfig.PathNormalizationDecodeAndMergeSlashes,
+		meshYAML("  pathNormalization: {normalization: DEFAULT}\n"):                  meshconfig.DefaultPathNormalization,
 	} {
 		c, err := Parse("x.yaml", []byte(doc))
 		if err != nil {
@@ -32,8 +34,8 @@ func TestMeshPathNormalization(t *testing.T) {
 			t.Errorf("%q: %q, want %q", doc, c.Mesh.PathNormalization, want)
 		}
 	}
-	if DefaultPathNormalization != PathNormalizationDecodeAndMergeSlashes {
-		t.Errorf("the default is %s", DefaultPathNormalization)
+	if meshconfig.DefaultPathNormalization != meshconfig.PathNormalizationDecodeAndMergeSlashes {
+		t.Errorf("the default is %s", meshconfig.DefaultPathNormalization)
 	}
 	for doc, want := range map[string]string{
 		meshYAML("  pathNormalization:\n    normalization: STRICT\n"): `x.yaml:6: MeshConfig: path normalization "STRICT": use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES (the default)`,
@@ -47,14 +49,14 @@ func TestMeshPathNormalization(t *testing.T) {
 	}
 	// The Builder (the Kubernetes source, the control client) checks it too.
 	b := NewBuilder()
-	if err := b.AddMesh(Mesh{PathNormalization: "SOMETIMES"}); err == nil {
+	if err := b.AddMesh(meshconfig.Mesh{PathNormalization: "SOMETIMES"}); err == nil {
 		t.Error("AddMesh took an unknown level")
 	}
 	b = NewBuilder()
-	if err := b.AddMesh(Mesh{}); err != nil {
+	if err := b.AddMesh(meshconfig.Mesh{}); err != nil {
 		t.Fatal(err)
 	}
-	if c, _ := b.Build(); c.Mesh.PathNormalization != DefaultPathNormalization {
+	if c, _ := b.Build(); c.Mesh.PathNormalization != meshconfig.DefaultPathNormalization {
 		t.Errorf("AddMesh without a level: %q", c.Mesh.PathNormalization)
 	}
 	// A different level is a different configuration version.

@@ -1,4 +1,4 @@
-package meshconfig
+package meshspec
 
 import (
 	"fmt"
@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/policy"
+
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 const sample = `apiVersion: ambit.dev/v1alpha1
@@ -67,7 +69,7 @@ func TestParseSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Mesh.TrustDomain.String() != "example.org" || c.TunnelFor("node-1") != TunnelQUIC || c.TunnelFor("node-2") != TunnelH2 {
+	if c.Mesh.TrustDomain.String() != "example.org" || c.TunnelFor("node-1") != meshconfig.TunnelQUIC || c.TunnelFor("node-2") != meshconfig.TunnelH2 {
 		t.Errorf("mesh: %+v", c.Mesh)
 	}
 	s1 := c.WorkloadByIP(netip.MustParseAddr("fd00:a:1::3"))
@@ -89,10 +91,10 @@ func TestParseSample(t *testing.T) {
 		t.Errorf("port: %+v", p)
 	}
 	ns := c.Namespace("demo")
-	if !ns.Ambient || ns.Inbound != InboundStrict || ns.Outbound != OutboundRefuse {
+	if !ns.Ambient || ns.Inbound != meshconfig.InboundStrict || ns.Outbound != meshconfig.OutboundRefuse {
 		t.Errorf("namespace: %+v", ns)
 	}
-	if d := c.Namespace("nowhere"); d.Ambient || d.Inbound != InboundPermissive || d.Outbound != OutboundPassthrough {
+	if d := c.Namespace("nowhere"); d.Ambient || d.Inbound != meshconfig.InboundPermissive || d.Outbound != meshconfig.OutboundPassthrough {
 		t.Errorf("default namespace: %+v", d)
 	}
 	if len(c.Policies) != 1 || c.Policies[0].Action != "DENY" || len(c.Policies[0].Rules) != 2 || !c.Policies[0].Rules[1].L7 || c.Policies[0].Rules[0].L7 {
@@ -191,11 +193,11 @@ func TestWorkloadWithoutAddressYet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(b.AddNamespace(Namespace{Name: "shop", Labels: map[string]string{DataplaneLabel: DataplaneAmbient}}))
-	must(b.AddWorkload(Workload{Namespace: "shop", Name: "cart-new", Labels: map[string]string{"app": "cart"}, Node: "node-1", UID: "0b7c9a3e"}))
-	must(b.AddWorkload(Workload{Namespace: "shop", Name: "cart-1", Labels: map[string]string{"app": "cart"}, Node: "node-2", UID: "1c8d0b4f", IPs: []netip.Addr{netip.MustParseAddr("10.0.2.5")}, Ready: true}))
-	must(b.AddService(Service{Namespace: "shop", Name: "cart", Selector: map[string]string{"app": "cart"}, Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.9")}, Ports: []ServicePort{{Port: 80}}}))
-	err := b.AddWorkload(Workload{Namespace: "shop", Name: "no-uid", Node: "node-1"})
+	must(b.AddNamespace(meshconfig.Namespace{Name: "shop", Labels: map[string]string{meshconfig.DataplaneLabel: meshconfig.DataplaneAmbient}}))
+	must(b.AddWorkload(meshconfig.Workload{Namespace: "shop", Name: "cart-new", Labels: map[string]string{"app": "cart"}, Node: "node-1", UID: "0b7c9a3e"}))
+	must(b.AddWorkload(meshconfig.Workload{Namespace: "shop", Name: "cart-1", Labels: map[string]string{"app": "cart"}, Node: "node-2", UID: "1c8d0b4f", IPs: []netip.Addr{netip.MustParseAddr("10.0.2.5")}, Ready: true}))
+	must(b.AddService(meshconfig.Service{Namespace: "shop", Name: "cart", Selector: map[string]string{"app": "cart"}, Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.9")}, Ports: []meshconfig.ServicePort{{Port: 80}}}))
+	err := b.AddWorkload(meshconfig.Workload{Namespace: "shop", Name: "no-uid", Node: "node-1"})
 	if err == nil || !strings.Contains(err.Error(), "spec.addresses is empty") {
 		t.Fatalf("a workload with neither addresses nor UID: %v; want the empty-addresses error", err)
 	}

@@ -1,4 +1,4 @@
-package meshconfig
+package meshspec
 
 import (
 	"strings"
