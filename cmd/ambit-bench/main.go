@@ -12,7 +12,11 @@
 //	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx,waypoint,nginx-http] [-duration 8s] [-rounds 1] [-o bench/out/bench.json]
 //
 // With -rounds N the whole mode list is measured N times, interleaved, and
-// each cell of the table is the median (min–max) over the rounds.
+// each cell of the table is the median (min–max) over the rounds. With
+// -baseline-nodeproxy BIN the modes mesh-h2-base, mesh-quic-base and
+// waypoint-base run those modes with BIN, another version of the node
+// proxy, in the same rounds, and the table says in how many rounds each
+// was ahead.
 //
 // The same binary is what the harness runs inside the pods:
 //
@@ -106,7 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	}
 	modes := fs.String("modes", strings.Join(bench.AllModes, ","), "modes to measure, in table order")
 	fs.DurationVar(&cfg.Duration, "duration", 8*time.Second, "length of each measurement (iperf3 uses whole seconds)")
-	fs.IntVar(&cfg.Rounds, "rounds", 4, "measure the whole mode list this many times, interleaved (round 1: every mode, each in its labs; round 2: the same; ...); the table shows each metric's median (min–max) over the rounds, bench.json every round")
+	fs.IntVar(&cfg.Rounds, "rounds", 4, "measure the whole mode list this many times, interleaved (round 1: every mode, each in its labs; round 2: the same, the mesh labs in reverse order; ...); the table shows each metric's median (min–max) over the rounds, bench.json every round")
 	fs.DurationVar(&cfg.Omit, "omit", time.Second, "iperf3: run this much longer and leave it out (TCP slow start)")
 	fs.DurationVar(&cfg.Warmup, "warmup", 500*time.Millisecond, "unmeasured lead-in of the request/response and connection runs")
 	fs.IntVar(&cfg.Streams, "streams", 8, "parallel streams for the multi-stream throughput run")
@@ -116,6 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.IntVar(&cfg.MaxConns, "max-conns", 8, "L7 modes: connections sending HTTP requests back to back for the most requests per second")
 	fs.IntVar(&cfg.ConnectWorkers, "connect-workers", 4, "connection rate: workers that connect, send one request and wait for the close, in a loop")
 	fs.StringVar(&cfg.NodeProxy, "nodeproxy", "", "nodeproxy binary for the mesh modes (default: next to this binary)")
+	fs.StringVar(&cfg.BaselineNodeProxy, "baseline-nodeproxy", "", "nodeproxy binary to compare with: the modes mesh-h2-base, mesh-quic-base and waypoint-base (added to the default modes when -modes is not given) run it, in the same rounds")
 	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies' GOMAXPROCS (auto: one per CPU of the machine for both)")
 	fs.BoolVar(&cfg.AccessLog, "access-log", false, "L7 modes: the waypoint and nginx http log one line per request (the waypoint's default outside the benchmark); off: neither does")
 	fs.StringVar(&cfg.SamplesDir, "samples", "", "write every request of the fixed-rate runs (when it was due, latency and service time, tab-separated) to this directory, one file per mode, round and run")
@@ -138,6 +143,9 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	if cfg.Rounds < 1 {
 		fmt.Fprintf(stderr, "ambit-bench: -rounds must be at least 1 (how many times every mode is measured), not %d\n", cfg.Rounds)
 		return cfg, "", false, 2
+	}
+	if cfg.BaselineNodeProxy != "" && !modesSet(fs) {
+		*modes += "," + strings.Join(bench.BaselineModes, ",")
 	}
 	var err error
 	if cfg.Modes, err = bench.ParseModes(*modes); err != nil {
@@ -167,9 +175,14 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	return cfg, out, strict, -1
 }
 
-func oSet(fs *flag.FlagSet) bool {
+func oSet(fs *flag.FlagSet) bool { return flagSet(fs, "o") }
+
+func modesSet(fs *flag.FlagSet) bool { return flagSet(fs, "modes") }
+
+// flagSet reports whether the command line gave the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
 	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "o" })
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
 }
 

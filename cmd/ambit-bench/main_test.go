@@ -27,6 +27,7 @@ func TestUsageAndFlags(t *testing.T) {
 	}{
 		{[]string{"-h"}, 0, "rr-client [flags] ADDR"},
 		{[]string{"-modes", "direct,bogus"}, 2, `unknown mode "bogus"`},
+		{[]string{"-modes", "direct,mesh-h2-base", "-rounds", "x"}, 2, `invalid value "x"`},
 		{[]string{"-modes", ""}, 2, "no modes given"},
 		{[]string{"-duration", "100ms"}, 2, "-duration must be at least 1s"},
 		{[]string{"-size", "0"}, 2, "at least 1"},
@@ -43,6 +44,20 @@ func TestUsageAndFlags(t *testing.T) {
 		if code != tt.code || !strings.Contains(errs, tt.stderr) {
 			t.Errorf("ambit-bench %q: code %d, stderr %q; want %d and %q", tt.args, code, errs, tt.code, tt.stderr)
 		}
+	}
+}
+
+// -baseline-nodeproxy adds the baseline modes to the default list, and
+// leaves a list given with -modes as it is.
+func TestParseFlagsBaseline(t *testing.T) {
+	var errb bytes.Buffer
+	cfg, _, _, code := parseFlags([]string{"-baseline-nodeproxy", "/tmp/old-nodeproxy"}, &errb)
+	if code != -1 || cfg.BaselineNodeProxy != "/tmp/old-nodeproxy" || !strings.HasSuffix(strings.Join(cfg.Modes, ","), ",mesh-h2-base,mesh-quic-base,waypoint-base") {
+		t.Errorf("code %d (%s), config %+v", code, errb.String(), cfg)
+	}
+	cfg, _, _, code = parseFlags([]string{"-baseline-nodeproxy", "/tmp/old-nodeproxy", "-modes", "mesh-h2,mesh-h2-base"}, &errb)
+	if code != -1 || strings.Join(cfg.Modes, ",") != "mesh-h2,mesh-h2-base" {
+		t.Errorf("code %d (%s), modes %q", code, errb.String(), cfg.Modes)
 	}
 }
 

@@ -54,7 +54,7 @@ type Config struct {
 	Modes []string
 	// Rounds is how many times the whole mode list is measured,
 	// interleaved (round 1: every mode in its order, each in its labs;
-	// then round 2 the same; ...), so that every mode sees the same
+	// then round 2 the same, the mesh labs in reverse order; ...), so that every mode sees the same
 	// slices of the machine's time; 1 when 0. With more than one, the
 	// report's modes carry the median of each metric over the rounds and
 	// the rounds themselves are kept (Report.Rounds).
@@ -80,6 +80,9 @@ type Config struct {
 	MaxConns int
 	// NodeProxy is the nodeproxy binary for the mesh modes.
 	NodeProxy string
+	// BaselineNodeProxy is the nodeproxy binary for the baseline modes
+	// (BaselineModes): another version to compare with.
+	BaselineNodeProxy string
 	// Helper is the command that runs HelperMain: the ambit-bench binary
 	// (argv prefix); HelperEnv is added to its environment.
 	Helper    []string
@@ -158,8 +161,8 @@ func ParseModes(s string) ([]string, error) {
 		if m == "" {
 			continue
 		}
-		if !slices.Contains(AllModes, m) {
-			return nil, fmt.Errorf("unknown mode %q; modes are %s", m, strings.Join(AllModes, ","))
+		if !knownMode(m) {
+			return nil, fmt.Errorf("unknown mode %q; modes are %s, and with a baseline binary %s", m, strings.Join(AllModes, ","), strings.Join(BaselineModes, ","))
 		}
 		if slices.Contains(out, m) {
 			return nil, fmt.Errorf("mode %q is listed twice", m)
@@ -175,6 +178,7 @@ func ParseModes(s string) ([]string, error) {
 // isMesh: the mode's pods are mesh pods, in a lab of its own with node
 // proxies capturing their traffic (the waypoint mode too).
 func isMesh(mode string) bool {
+	mode = meshMode(mode)
 	return mode == ModeMeshH2 || mode == ModeMeshQUIC || mode == ModeWaypoint
 }
 
@@ -216,8 +220,11 @@ func (h *harness) filePrefix(mode string) string {
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	for _, m := range cfg.Modes {
-		if !slices.Contains(AllModes, m) {
-			return nil, fmt.Errorf("unknown mode %q; modes are %s", m, strings.Join(AllModes, ","))
+		if !knownMode(m) {
+			return nil, fmt.Errorf("unknown mode %q; modes are %s, and with a baseline binary %s", m, strings.Join(AllModes, ","), strings.Join(BaselineModes, ","))
+		}
+		if slices.Contains(BaselineModes, m) && cfg.BaselineNodeProxy == "" {
+			return nil, fmt.Errorf("mode %s measures a baseline node proxy: give its binary (Config.BaselineNodeProxy, ambit-bench -baseline-nodeproxy)", m)
 		}
 	}
 	if cfg.Rounds < 1 {
@@ -246,7 +253,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Settings: Settings{
 			Duration: cfg.Duration.String(), Omit: cfg.Omit.String(), Streams: cfg.Streams, Rate: cfg.Rate,
 			Conns: cfg.Conns, ReqSize: cfg.ReqSize, RespSize: cfg.RespSize, ConnectWorkers: cfg.ConnectWorkers, MaxConns: cfg.MaxConns,
-			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy, AccessLog: cfg.AccessLog, Rounds: cfg.Rounds,
+			ProxyCPUs: cfg.ProxyCPUs, NodeProxy: cfg.NodeProxy, BaselineNodeProxy: cfg.BaselineNodeProxy, AccessLog: cfg.AccessLog, Rounds: cfg.Rounds,
 		},
 	}
 	rep.Host = hostInfo()
@@ -288,7 +295,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // runRound measures every mode once, in cfg.Modes order: the modes
 // without a proxy of their own in one lab (plain pods), then each mesh
-// mode in a lab of its own. The labs are gone when it returns.
+// mode in a lab of its own, in reverse order in even rounds, so that
+// neither of two compared mesh modes always runs first. The labs are gone
+// when it returns.
 func (h *harness) runRound(ctx context.Context) []ModeResult {
 	cfg := h.cfg
 	results := map[string]ModeResult{}
@@ -323,19 +332,27 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 			failAll(plain, err)
 		}
 	}
-	for _, m := range cfg.Modes {
+	meshOrder := slices.Clone(cfg.Modes)
+	if h.round%2 == 0 {
+		slices.Reverse(meshOrder)
+	}
+	for _, m := range meshOrder {
 		if !isMesh(m) || ctx.Err() != nil {
 			continue
 		}
-		if _, err := os.Stat(cfg.NodeProxy); cfg.NodeProxy == "" || err != nil {
-			failAll([]string{m}, fmt.Errorf("no nodeproxy binary at %q: run `make build` or pass -nodeproxy", cfg.NodeProxy))
+		bin, flagName := cfg.NodeProxy, "-nodeproxy"
+		if m != meshMode(m) {
+			bin, flagName = cfg.BaselineNodeProxy, "-baseline-nodeproxy"
+		}
+		if _, err := os.Stat(bin); bin == "" || err != nil {
+			failAll([]string{m}, fmt.Errorf("no nodeproxy binary at %q: run `make build` or pass %s", bin, flagName))
 			continue
 		}
 		tunnel := lab.TunnelH2
-		if m == ModeMeshQUIC {
+		if meshMode(m) == ModeMeshQUIC {
 			tunnel = lab.TunnelQUIC
 		}
-		opts := lab.Options{Topology: Topology(tunnel), Capture: true, NodeProxy: cfg.NodeProxy}
+		opts := lab.Options{Topology: Topology(tunnel), Capture: true, NodeProxy: bin}
 		if cfg.ProxyCPUs != "auto" {
 			opts.NodeProxyEnv = []string{"GOMAXPROCS=" + cfg.ProxyCPUs}
 		}
@@ -710,9 +727,9 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 	if u := res.UDPDatagrams1; u != nil && res.Throughput1 != nil {
 		const few = 1000
 		switch {
-		case mode == ModeMeshQUIC && *u < few:
+		case meshMode(mode) == ModeMeshQUIC && *u < few:
 			res.Notes = append(res.Notes, fmt.Sprintf("only %d UDP datagrams left the client's pod and node during the 1-stream run: the tunnel did not use QUIC (fell back to HTTP/2 over TCP?)", *u))
-		case mode != ModeMeshQUIC && *u >= few:
+		case meshMode(mode) != ModeMeshQUIC && *u >= few:
 			res.Notes = append(res.Notes, fmt.Sprintf("%d UDP datagrams left the client's pod and node during the 1-stream run of a TCP path", *u))
 		}
 	}

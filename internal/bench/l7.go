@@ -65,7 +65,10 @@ func onOff(b bool) string {
 	return "off"
 }
 
-func isHTTPMode(mode string) bool { return mode == ModeWaypoint || mode == ModeNginxHTTP }
+func isHTTPMode(mode string) bool {
+	mode = meshMode(mode)
+	return mode == ModeWaypoint || mode == ModeNginxHTTP
+}
 
 // WaypointConfig is the mesh file the waypoint mode applies: a Waypoint in
 // the enrolled namespace and a Service for the server pod that uses it,
@@ -217,7 +220,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	var target string
 	n1, _ := l.Node(NodeClient)
 	n2, _ := l.Node(NodeServer)
-	switch mode {
+	switch meshMode(mode) {
 	case ModeWaypoint:
 		h.logf("%s: applying Waypoint %s/%s and Service %s (%s) labelled to use it", mode, NamespaceMesh, WaypointName, ServiceName, ServiceVIP)
 		if err := l.ApplyConfig(ctx, "bench-waypoint", []byte(WaypointConfig())); err != nil {
@@ -299,7 +302,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	})
 	phase(PhaseHTTPMax, func() error {
 		h.logf("%s: HTTP most requests/s, %d connections back to back, %s", mode, h.cfg.MaxConns, h.cfg.Duration)
-		if h.cfg.ProfileDir != "" && mode == ModeWaypoint {
+		if h.cfg.ProfileDir != "" && meshMode(mode) == ModeWaypoint {
 			var p profiler
 			p.start(l, h.cfg.ProfileDir, h.filePrefix(mode), h.cfg.Warmup+h.cfg.Duration)
 			defer func() {
@@ -327,7 +330,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	if gone := proxies.gone(); len(gone) > 0 {
 		res.Notes = append(res.Notes, "proxy exited during the run: "+strings.Join(gone, ", "))
 	}
-	if mode == ModeWaypoint && res.HTTP.Max != nil {
+	if meshMode(mode) == ModeWaypoint && res.HTTP.Max != nil {
 		wp := res.HTTP.CPUByProxy[lab.RoleWaypoint+" on "+NodeClient]
 		if wp < 1 {
 			res.Notes = append(res.Notes, fmt.Sprintf("the waypoint used %.1f%% of a core during the max run: is the traffic going through it?", wp))

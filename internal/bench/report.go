@@ -24,8 +24,40 @@ const (
 	ModeNginxHTTP = "nginx-http"
 )
 
+// The baseline modes: mesh-h2, mesh-quic and waypoint with another node
+// proxy binary (Config.BaselineNodeProxy), measured in the same rounds, to
+// compare two versions of the node proxy.
+const (
+	ModeMeshH2Base   = "mesh-h2-base"
+	ModeMeshQUICBase = "mesh-quic-base"
+	ModeWaypointBase = "waypoint-base"
+)
+
 // AllModes is every mode, in table order.
 var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshQUIC, ModeNginx, ModeWaypoint, ModeNginxHTTP}
+
+// BaselineModes are the modes that need Config.BaselineNodeProxy; they
+// are not in AllModes, so they run only when asked for.
+var BaselineModes = []string{ModeMeshH2Base, ModeMeshQUICBase, ModeWaypointBase}
+
+// knownMode: one of AllModes or BaselineModes.
+func knownMode(m string) bool {
+	return slices.Contains(AllModes, m) || slices.Contains(BaselineModes, m)
+}
+
+// meshMode is the mode a baseline mode measures with the baseline binary,
+// and any other mode itself.
+func meshMode(m string) string {
+	switch m {
+	case ModeMeshH2Base:
+		return ModeMeshH2
+	case ModeMeshQUICBase:
+		return ModeMeshQUIC
+	case ModeWaypointBase:
+		return ModeWaypoint
+	}
+	return m
+}
 
 // Measurement names, used for per-phase CPU and failures. PhaseStreamsN
 // is the multi-stream run (Settings.Streams streams).
@@ -106,6 +138,8 @@ type Settings struct {
 	MaxConns       int    `json:"maxConns"`
 	ProxyCPUs      string `json:"proxyCPUs"`
 	NodeProxy      string `json:"nodeProxy,omitempty"`
+	// BaselineNodeProxy is the binary of the baseline modes.
+	BaselineNodeProxy string `json:"baselineNodeProxy,omitempty"`
 	// AccessLog: the L7 modes' proxies logged every request.
 	AccessLog bool `json:"accessLog"`
 	// Rounds is how many times every mode was measured, interleaved.
@@ -728,8 +762,9 @@ func modeNames(ms []ModeResult) []string {
 
 // comparedPairs are the modes the table sets side by side: the mesh's
 // tunnel against the nginx pair, QUIC against HTTP/2, the waypoint against
-// nginx's HTTP proxy.
-var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP}}
+// nginx's HTTP proxy, and each tunnel against its baseline binary.
+var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP},
+	{ModeMeshH2, ModeMeshH2Base}, {ModeMeshQUIC, ModeMeshQUICBase}, {ModeWaypoint, ModeWaypointBase}}
 
 // verdicts says, for each compared pair both measured and each metric
 // with a better direction, in how many of the rounds that measured both

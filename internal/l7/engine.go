@@ -288,10 +288,9 @@ func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info ConnInfo) {
 }
 
 // Pipe starts serving a new stream and returns the other end of it: a
-// connection whose bytes the engine serves as a stream to info.Dst. It is
-// what a tunnel server's DialFunc returns (the tunnel relays the CONNECT
-// stream into it, half-closes included). Closing the returned connection
-// ends the stream.
+// connection whose bytes the engine serves as a stream to info.Dst, to
+// which a waypoint relays a tunnel stream (package relay, half-closes
+// included). Closing the returned connection ends the stream.
 func (e *Engine) Pipe(ctx context.Context, info ConnInfo) (net.Conn, error) {
 	outer, inner, err := socketPair()
 	if err != nil {

@@ -2,16 +2,17 @@ package l7
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
 // serveTCP passes a stream through to an endpoint of its destination,
 // trying other endpoints when a connection cannot be opened, and relays
-// bytes both ways with half-closes.
+// bytes both ways (package relay).
 func (e *Engine) serveTCP(ctx context.Context, c net.Conn, info ConnInfo, dst *Destination) {
 	e.serveTCPTo(ctx, c, info, dst, "", 0)
 }
@@ -89,41 +90,12 @@ func (e *Engine) serveTCPTo(ctx context.Context, c net.Conn, info ConnInfo, dst 
 			time.Sleep(backoff)
 		}
 	}
-	defer up.Close()
-	ri.BytesIn, ri.BytesOut = relay(c, up)
-}
-
-// relay copies both ways until both directions ended; a FIN is passed on
-// as a half-close, an error closes both connections.
-func relay(client, up net.Conn) (in, out int64) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var err error
-		in, err = io.Copy(up, client)
-		if err == nil || errors.Is(err, io.EOF) {
-			closeWrite(up)
-		} else {
-			up.Close()
-			client.Close()
-		}
-	}()
-	var err error
-	out, err = io.Copy(client, up)
-	if err == nil {
-		closeWrite(client)
-	} else {
-		up.Close()
-		client.Close()
+	var in, out atomic.Int64
+	if err := relay.Join(c, up, relay.Counts{
+		ToB: func(n int) { in.Add(int64(n)) },
+		ToA: func(n int) { out.Add(int64(n)) },
+	}); err != nil {
+		e.log.Debug("tcp passthrough: a side broke", "dst", info.Dst.String(), "endpoint", ri.Endpoint.String(), "err", err)
 	}
-	<-done
-	return in, out
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	} else {
-		c.Close()
-	}
+	ri.BytesIn, ri.BytesOut = in.Load(), out.Load()
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/redirect"
-	"github.com/ambit-mesh/ambit/internal/tunnel"
+	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
 // connRecord is one proxied connection, for the admin API, metrics and the
@@ -217,143 +217,24 @@ func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
-// closeWriter is a connection that can half-close.
-type closeWriter interface{ CloseWrite() error }
-
-// pipe copies between the client side and the upstream side until both
-// directions end, half-closing each as its source finishes, and counts
-// bytes into r. It returns the first error that was not a normal close.
-func pipe(r *connRecord, client, upstream net.Conn) error {
-	// Reads and small writes as raw system calls: no thread hand-off per
-	// request at GOMAXPROCS=1 (see tunnel.RawIO).
-	client, upstream = tunnel.RawIO(client), tunnel.RawIO(upstream)
-	errc := make(chan error, 2)
-	go func() { errc <- copyCounting(upstream, client, &r.up, r.stats.AddSent) }()
-	go func() { errc <- copyCounting(client, upstream, &r.down, r.stats.AddReceived) }()
-	var first error
-	for range 2 {
-		if err := <-errc; err != nil && first == nil && !isClosedErr(err) {
-			first = err
-			// One side broke: tear down both so the other copy ends.
-			client.Close()
-			upstream.Close()
-		}
-	}
-	return first
-}
-
-// splice relays like pipe, between a socket and an HTTP/2 tunnel stream,
-// with no goroutine while the connection is idle (tunnel.Splice), and
-// calls finish with what pipe would return. It reports false, doing
-// nothing, for other pairs (QUIC streams, two sockets), which go through
-// pipe.
-func splice(r *connRecord, client, upstream net.Conn, finish func(error)) bool {
-	pc, ok := client.(tunnel.ParkConn)
-	if !ok {
-		return false
-	}
-	sent := func(k int) {
-		r.up.Add(uint64(k))
-		r.stats.AddSent(k)
-	}
-	received := func(k int) {
-		r.down.Add(uint64(k))
-		r.stats.AddReceived(k)
-	}
-	w := countingTryWriter{countingWriter{pc, received}, pc}
-	return tunnel.Splice(upstream, pc, w, sent, finish)
-}
-
-// tunnelStream is an HTTP/2 tunnel stream: it moves bytes between its
-// own buffers and a socket, without a relay buffer in between.
-type tunnelStream interface {
-	io.WriterTo
-	io.ReaderFrom
-	Protocol() tunnel.Protocol
-}
-
-func copyCounting(dst, src net.Conn, n *atomic.Uint64, add func(int)) error {
-	count := func(k int) {
-		n.Add(uint64(k))
-		add(k)
-	}
-	var err error
-	if ts, ok := src.(tunnelStream); ok {
-		var w io.Writer = countingWriter{dst, count}
-		if tw := tunnel.NewTryWriter(dst); tw != nil {
-			// The tunnel may then write arriving data to dst from its
-			// read loop, without waking this goroutine.
-			w = countingTryWriter{countingWriter{dst, count}, tw}
-		}
-		_, err = ts.WriteTo(w)
-	} else if ts, ok := dst.(tunnelStream); ok {
-		_, err = ts.ReadFrom(countingReader{src, count})
-	} else {
-		err = copyBuffered(dst, src, count)
-	}
-	if cw, ok := dst.(closeWriter); ok && err == nil {
-		cw.CloseWrite()
-	} else if err != nil {
-		dst.Close()
-	}
-	return err
-}
-
-// copyBuffered copies src to dst through a pooled buffer until src ends
-// (io.EOF is no error).
-func copyBuffered(dst io.Writer, src io.Reader, count func(int)) error {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	for {
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
-			count(nw)
-			if werr != nil {
-				return werr
-			}
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return rerr
-		}
+// counts are the relay's byte counters for r: towards the destination
+// (sent) and back to the client (received).
+func (r *connRecord) counts() relay.Counts {
+	return relay.Counts{
+		ToB: func(k int) {
+			r.up.Add(uint64(k))
+			r.stats.AddSent(k)
+		},
+		ToA: func(k int) {
+			r.down.Add(uint64(k))
+			r.stats.AddReceived(k)
+		},
 	}
 }
 
-type countingWriter struct {
-	w     io.Writer
-	count func(int)
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.count(n)
-	return n, err
-}
-
-type countingTryWriter struct {
-	countingWriter
-	tw tunnel.TryWriter
-}
-
-func (c countingTryWriter) TryWrite(p []byte) (int, error) {
-	n, err := c.tw.TryWrite(p)
-	c.count(n)
-	return n, err
-}
-
-type countingReader struct {
-	r     io.Reader
-	count func(int)
-}
-
-func (c countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.count(n)
-	return n, err
+// relay joins client (the side that opened the connection) and upstream
+// (the side towards the destination), counting into r, and ends r when
+// both directions are done. It does not wait.
+func (p *Proxy) relay(r *connRecord, client, upstream net.Conn) {
+	r.track(relay.Start(client, upstream, r.counts(), func(err error) { p.end(r, err) }))
 }

@@ -256,29 +256,15 @@ func (pd *pod) outbound(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	r := p.begin(info, l())
-	client := tunnel.RawIO(c) // closed through this, so that a parked socket is let go
-	r.track(client)
-	r.track(up)
-	if splice(r, client, up, func(err error) {
-		client.Close()
-		up.Close()
-		p.end(r, err)
-	}) {
-		return // relayed with no goroutine while idle
-	}
-	err = pipe(r, client, up)
-	client.Close()
-	up.Close()
-	p.end(r, err)
+	p.relay(p.begin(info, l()), c, up)
 }
 
 // inboundTunnel is the tunnel server's callback for a stream to this pod:
 // the target must be this pod, policy must allow the source (the peer, or
 // the client a waypoint this pod uses relays for: sourceIdentity), then
 // the connection is delivered with the original client's address as
-// source.
-func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn, error) {
+// source, and the stream relayed to it once the server has answered.
+func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (tunnel.ServeFunc, error) {
 	p := pd.p
 	cfg := p.cfg.Load()
 	w := pd.w.Load()
@@ -339,8 +325,7 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (net.Conn,
 		return nil, fmt.Errorf("deliver to %s: %w", target, err)
 	}
 	r := p.begin(info, l)
-	raw := tunnel.RawIO(up)
-	return &deliveredConn{TCPConn: up, raw: raw.(tunnel.ParkConn), r: r, p: p}, nil
+	return func(st tunnel.Stream) { p.relay(r, st, up) }, nil
 }
 
 // refuseStream records a tunnel stream to target refused before policy
@@ -355,59 +340,6 @@ func (pd *pod) refuseStream(req tunnel.Request, target netip.AddrPort, src spiff
 	return fmt.Errorf("%w: %s", tunnel.ErrForbidden, detail)
 }
 
-// deliveredConn is the connection to the application for a tunnel stream;
-// the tunnel server relays through it (tunnel.ParkConn: with no goroutine
-// while idle) and closes it at the end.
-type deliveredConn struct {
-	*net.TCPConn
-	r    *connRecord
-	p    *Proxy
-	raw  tunnel.ParkConn // the same socket with raw reads and small writes (tunnel.RawIO)
-	done atomic.Bool
-}
-
-func (c *deliveredConn) Write(b []byte) (int, error) {
-	n, err := c.raw.Write(b)
-	c.r.up.Add(uint64(n))
-	c.r.stats.AddSent(n)
-	return n, err
-}
-
-// TryWrite lets the tunnel write arriving data from its read loop (see
-// tunnel.TryWriter), counted like Write.
-func (c *deliveredConn) TryWrite(b []byte) (int, error) {
-	n, err := c.raw.TryWrite(b)
-	c.r.up.Add(uint64(n))
-	c.r.stats.AddSent(n)
-	return n, err
-}
-
-func (c *deliveredConn) Read(b []byte) (int, error) {
-	n, err := c.raw.Read(b)
-	c.r.down.Add(uint64(n))
-	c.r.stats.AddReceived(n)
-	return n, err
-}
-
-// TryRead and Park make the connection a tunnel.ParkConn; TryRead counts
-// like Read.
-func (c *deliveredConn) TryRead(b []byte) (int, error) {
-	n, err := c.raw.TryRead(b)
-	c.r.down.Add(uint64(n))
-	c.r.stats.AddReceived(n)
-	return n, err
-}
-
-func (c *deliveredConn) Park(fn func()) error { return c.raw.Park(fn) }
-
-func (c *deliveredConn) Close() error {
-	err := c.raw.Close()
-	if c.done.CompareAndSwap(false, true) {
-		c.p.end(c.r, nil)
-	}
-	return err
-}
-
 // inboundPlaintext handles a connection from outside the mesh, steered to
 // 15006 by capture: strict namespaces refuse it, permissive ones apply
 // policy (no identity) and deliver it.
@@ -415,8 +347,7 @@ func (pd *pod) inboundPlaintext(c *net.TCPConn) {
 	p := pd.p
 	cfg := p.cfg.Load()
 	w := pd.w.Load()
-	dst := addrPort(c.LocalAddr())
-	client := addrPort(c.RemoteAddr())
+	client, dst := pd.net.Inbound(c)
 	srcW := cfg.WorkloadByIP(client.Addr())
 	info := admin.Connection{
 		Direction: admin.DirectionInboundPlaintext, Src: client.String(), Dst: dst.String(),
@@ -453,19 +384,5 @@ func (pd *pod) inboundPlaintext(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	r := p.begin(info, l)
-	r.track(c)
-	r.track(up)
-	err = pipe(r, c, up)
-	c.Close()
-	up.Close()
-	p.end(r, err)
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return netip.AddrPort{}
+	p.relay(p.begin(info, l), c, up)
 }

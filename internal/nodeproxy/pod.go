@@ -62,7 +62,7 @@ func (p *Proxy) openPod(w *meshconfig.Workload) (_ *pod, err error) {
 		SVID:        p.certs.Source(w.Identity),
 		Bundle:      p.opts.Bundle,
 		TrustDomain: w.Identity.TrustDomain(),
-		Dial:        pd.inboundTunnel,
+		Accept:      pd.inboundTunnel,
 		Log:         p.log.With("pod", w.Key()),
 	})
 	if err != nil {

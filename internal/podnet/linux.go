@@ -114,6 +114,11 @@ func (p *linuxPod) ClientUDP() (net.PacketConn, error) {
 	return pc, nil
 }
 
+// Inbound: the connection's own addresses (see Sockets).
+func (p *linuxPod) Inbound(c net.Conn) (client, dst netip.AddrPort) {
+	return addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
+}
+
 func (p *linuxPod) Dial(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 	return p.ns.Dial(ctx, netip.AddrPort{}, dst)
 }

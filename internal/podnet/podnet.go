@@ -1,8 +1,9 @@
 // Package podnet owns what the node proxy does in a pod's network: it
 // listens there (outbound capture, inbound plaintext, the tunnel on TCP and
-// UDP), dials from the pod's own address (tunnels, passthrough), and
-// delivers connections to the pod's application with the client's address
-// as source (set up when the pod is served, torn down when it leaves).
+// UDP), tells an inbound plaintext connection's original addresses, dials
+// from the pod's own address (tunnels, passthrough), and delivers
+// connections to the pod's application with the client's address as
+// source (set up when the pod is served, torn down when it leaves).
 //
 // Network is the seam: Linux does it over the kernel packages
 // (internal/transparent, internal/netnsx, internal/reuseport) and needs
@@ -15,6 +16,15 @@ import (
 	"net"
 	"net/netip"
 )
+
+// addrPort is a's address and port, an IPv4-mapped address unmapped.
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
 
 // Pod is a pod as the network sees it.
 type Pod struct {
@@ -39,6 +49,12 @@ type Sockets interface {
 	// its port with a second node proxy (SO_REUSEPORT), so an upgrade can
 	// start beside the running one.
 	ListenTCP(addr netip.AddrPort) (net.Listener, error)
+	// Inbound tells, for a connection accepted on the inbound plaintext
+	// listener, the client's address and the original destination (an
+	// address of the pod and the application's port). On Linux they are
+	// the connection's own addresses: the capture assigns the client's SYN
+	// to the listener (bpf_sk_assign) without rewriting it.
+	Inbound(c net.Conn) (client, dst netip.AddrPort)
 	// ListenUDP opens the tunnel's UDP socket (QUIC) on addr in the pod,
 	// shared like ListenTCP's listeners; on Linux its group sends every
 	// datagram to its oldest member, so QUIC connections stay with the

@@ -23,6 +23,8 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/internal/clock"
+
+	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
 // Dialer opens tunnel streams, pooling TLS connections per (source
@@ -127,10 +129,9 @@ func (d *Dialer) init() {
 }
 
 // Dial opens a stream from identity src (whose certificate svid provides) to
-// t. The returned conn is the tunnelled TCP connection; CloseWrite sends a
-// half-close, and Protocol (see ProtocolOf) tells which transport carries
-// it.
-func (d *Dialer) Dial(ctx context.Context, svid x509svid.Source, t Target) (net.Conn, error) {
+// t: the tunnelled TCP connection, to relay (relay.Start) or use in
+// process. Its Protocol tells which transport carries it.
+func (d *Dialer) Dial(ctx context.Context, svid x509svid.Source, t Target) (Stream, error) {
 	src, err := svid.GetX509SVID()
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: no certificate for the source: %w", err)
@@ -351,8 +352,8 @@ func (d *Dialer) open(ctx context.Context, k poolKey, dial netDialFunc, svid x50
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: connect to %s: %w (is something blocking port 15008?)", k.addr, err)
 	}
-	setKeepAlive(raw)
-	tc := tls.Client(RawIO(raw), cfg)
+	relay.KeepAlive(raw)
+	tc := tls.Client(relay.RawIO(raw), cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {

@@ -9,7 +9,7 @@ import (
 )
 
 // A waypoint names the original client on its CONNECT; the server hands
-// the claim to its Dial callback (which decides whether to believe it),
+// the claim to its AcceptFunc (which decides whether to believe it),
 // on both transports, per stream on a shared connection.
 func TestClientIdentityHeader(t *testing.T) {
 	alice := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/alice")
@@ -47,7 +47,11 @@ func TestClientIdentityHeader(t *testing.T) {
 
 // A header value that is not a SPIFFE ID is no claim at all.
 func TestClientIdentityHeaderGarbage(t *testing.T) {
-	f := newFixture(t, nil)
+	requests := make(chan Request, 1)
+	f := newAcceptFixture(t, func(ctx context.Context, r Request) (ServeFunc, error) {
+		requests <- r
+		return func(st Stream) { st.Close() }, nil
+	})
 	dst := echo(t)
 	for _, v := range []string{"", "alice", "spiffe://", "https://cluster.local/ns/demo/sa/alice"} {
 		h := http.Header{}
@@ -56,8 +60,7 @@ func TestClientIdentityHeaderGarbage(t *testing.T) {
 		if up == nil {
 			t.Fatalf("%q: refused %d %s", v, code, msg)
 		}
-		up.Close()
-		if r := <-f.requests; !r.ClientIdentity.IsZero() {
+		if r := <-requests; !r.ClientIdentity.IsZero() {
 			t.Errorf("header %q became client identity %s", v, r.ClientIdentity)
 		}
 	}

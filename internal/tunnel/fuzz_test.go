@@ -1,6 +1,8 @@
 package tunnel
 
 import (
+	"github.com/ambit-mesh/ambit/internal/relay"
+
 	"bytes"
 	"context"
 	"errors"
@@ -133,24 +135,24 @@ func fuzzHeaders(enc *hpack.Encoder, block *bytes.Buffer, kv ...string) []byte {
 	return bytes.Clone(block.Bytes())
 }
 
-// fuzzDial is FuzzServerFrames' DialFunc, by the target's port: 403 and
-// 503 refuse, 2 hands the stream over to an echo, anything else is an
+// fuzzAccept is FuzzServerFrames' AcceptFunc, by the target's port: 403 and
+// 503 refuse, 2 serves the stream with an echo, anything else is an
 // in-memory echo target (net.Pipe) that closes when the server does.
-func fuzzDial(ctx context.Context, r Request) (net.Conn, error) {
+func fuzzAccept(ctx context.Context, r Request) (ServeFunc, error) {
 	switch r.Target.Port() {
 	case 403:
 		return nil, fmt.Errorf("%w: fuzz", ErrForbidden)
 	case 503:
 		return nil, errors.New("fuzz: unreachable")
 	case 2:
-		return &Handoff{Serve: func(c net.Conn) { io.Copy(c, c) }}, nil
+		return func(c Stream) { io.Copy(c, c); c.Close() }, nil
 	}
 	a, b := net.Pipe()
 	go func() {
 		io.Copy(b, b)
 		b.Close()
 	}()
-	return a, nil
+	return func(st Stream) { relay.Start(st, a, relay.Counts{}, func(error) {}) }, nil
 }
 
 // FuzzServerFrames feeds arbitrary frames, after a valid preface and
@@ -228,7 +230,7 @@ func FuzzServerFrames(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	srv, err := NewServer(ServerConfig{SVID: issue(f, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td, Dial: fuzzDial})
+	srv, err := NewServer(ServerConfig{SVID: issue(f, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td, Accept: fuzzAccept})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -12,11 +12,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
 // This file is HBONE's HTTP/2 layer, both ends: a connection that carries
@@ -140,17 +141,20 @@ type h2stream struct {
 	recvAvail int64    // what the peer may still send on the stream
 	headers   chan h2response
 
-	// Direct delivery, under c.mu: while writeTo waits with nothing
-	// buffered (parked), the read loop writes arriving DATA to sink
-	// itself (directBusy), saving a goroutine hand-off per frame.
-	sink       TryWriter
+	// Direct delivery, under c.mu: while writeTo or a relay's drain waits
+	// with nothing buffered (parked), the read loop writes arriving DATA
+	// to sink itself (directBusy), saving a goroutine hand-off per frame.
+	sink       relay.TryWriter
 	parked     bool
 	directBusy bool
-	sinkErr    error // sink's write error, for writeTo to return
+	sinkErr    error // sink's write error, for writeTo or the drain to return
 	delivered  int64 // bytes the read loop wrote to sink
-	// async is the pump state of a spliced stream (see Splice), nil
-	// otherwise.
-	async *streamAsync
+	// A relay's drain (Push), under c.mu: it writes to drainTo (the sink,
+	// as a writer that waits); wake starts it when there is work; spare is
+	// the array of the chunks it took last (drain only).
+	drainTo relay.Sink
+	wake    func()
+	spare   [][]byte
 
 	// Sending.
 	wmu        sync.Mutex // one writer at a time keeps DATA in order
@@ -159,11 +163,11 @@ type h2stream struct {
 	reset      bool       // under c.mu: RST_STREAM sent or received
 
 	// Idle timeouts, under c.mu (see h2conn.sweep): traffic sets active;
-	// quiet counts the sweeps since it was last seen. abort is closed
-	// when the stream fails (see abortWith).
+	// quiet counts the sweeps since it was last seen. onFail is the
+	// relay's, told when the stream fails (see failedLocked).
 	active bool
 	quiet  uint32
-	abort  interface{ Close() error }
+	onFail func(error)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -340,7 +344,7 @@ func (c *h2conn) fail(err error) {
 		}
 		s.signal()
 		s.cancel()
-		s.abortLocked(err)
+		s.failedLocked(err)
 		if s.headers != nil {
 			select {
 			case s.headers <- h2response{err: err}:
@@ -759,28 +763,6 @@ func (c *h2conn) deliver(s *h2stream, b []byte, end bool) error {
 	return nil
 }
 
-// TryWriter writes what it can without blocking: n < len(p) with a nil
-// error means the rest would block.
-type TryWriter interface {
-	TryWrite(p []byte) (n int, err error)
-}
-
-// NewTryWriter returns a TryWriter for w: w itself if it is one, a
-// non-blocking writer on a socket's file descriptor, or nil.
-func NewTryWriter(w io.Writer) TryWriter {
-	if tw, ok := w.(TryWriter); ok {
-		return tw
-	}
-	if sc, ok := w.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			rw := &rawWriter{}
-			rw.init(rc)
-			return rw
-		}
-	}
-	return nil
-}
-
 // knownStream tells whether id was ever opened (so DATA on it is late,
 // not a protocol error). c.mu is not held.
 func (c *h2conn) knownStream(id uint32) bool {
@@ -1024,7 +1006,7 @@ func (s *h2stream) fail(err error) {
 	s.reset = true
 	s.signal()
 	s.c.wcond.Broadcast()
-	s.abortLocked(err)
+	s.failedLocked(err)
 	if s.headers != nil {
 		select {
 		case s.headers <- h2response{err: err}:
@@ -1136,7 +1118,7 @@ func (s *h2stream) consume(n int) {
 func (s *h2stream) writeTo(w io.Writer) (total int64, rerr, werr error) {
 	c := s.c
 	c.mu.Lock()
-	s.sink = NewTryWriter(w)
+	s.sink = relay.NewTryWriter(w)
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()

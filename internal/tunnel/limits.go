@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -114,23 +113,6 @@ const (
 	DefaultMaxConnsPerIdentity = 1024
 )
 
-// tcpKeepAlive is the TCP keepalive of the tunnel's connections, both
-// ends, and of the targets the server dials: probes after 30 s of
-// silence, every 10 s, and three unanswered end the connection, so a peer
-// or target that vanished without a FIN or RST is noticed within about a
-// minute even while no stream has anything to say.
-var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
-
-// setKeepAlive turns tcpKeepAlive on for c if it is a TCP socket (or wraps
-// one); anything else is left alone.
-func setKeepAlive(c any) {
-	if ka, ok := c.(interface {
-		SetKeepAliveConfig(net.KeepAliveConfig) error
-	}); ok {
-		ka.SetKeepAliveConfig(tcpKeepAlive)
-	}
-}
-
 // connLimits are the limits an h2conn applies, shared by the connections
 // of a Server (or all client connections).
 type connLimits struct {
@@ -205,41 +187,8 @@ func (c *h2conn) sweep(tick time.Duration) {
 	c.mu.Unlock()
 	for _, e := range expired {
 		l.count(e.limit)
-		c.resetStream(e.id, http2.ErrCodeCancel) // and its target is closed (abortWith)
+		c.resetStream(e.id, http2.ErrCodeCancel) // and its relay told (failedLocked)
 	}
-}
-
-// abortWith makes a failure of the stream (a reset either way, its
-// connection's end, an idle timeout) close target, so that a relay
-// blocked reading a silent target ends too: once the client's
-// END_STREAM has been passed on, nothing else would. A stream that has
-// failed already closes target at once.
-func (s *h2stream) abortWith(target interface{ Close() error }) {
-	c := s.c
-	c.mu.Lock()
-	s.abort = target
-	if s.reset || s.recvErr != nil {
-		s.abortLocked(s.recvErr)
-	}
-	c.mu.Unlock()
-}
-
-// abortLocked closes the stream's target, if it has one, after the
-// stream failed with err: with a TCP RST (RFC 9113 8.5), unless this side
-// closed it (net.ErrClosed). The close runs in a goroutine of its own (it
-// may take locks of its own). c.mu is held.
-func (s *h2stream) abortLocked(err error) {
-	a := s.abort
-	if a == nil {
-		return
-	}
-	s.abort = nil
-	go func() {
-		if l, ok := a.(interface{ SetLinger(int) error }); ok && !errors.Is(err, net.ErrClosed) {
-			l.SetLinger(0)
-		}
-		a.Close()
-	}()
 }
 
 // LimitCount tells how often l fired on this server's connections.

@@ -313,7 +313,7 @@ func silentTarget(t *testing.T) (netip.AddrPort, chan net.Conn) {
 // relayed by two goroutines.
 var relayModes = []struct {
 	name string
-	dial DialFunc
+	dial dialFunc
 }{
 	{"splice", nil},
 	{"relay", func(ctx context.Context, r Request) (net.Conn, error) {
@@ -329,7 +329,7 @@ var relayModes = []struct {
 // opaqueConn hides what its Conn is.
 type opaqueConn struct{ net.Conn }
 
-func forRelayModes(t *testing.T, test func(*testing.T, DialFunc)) {
+func forRelayModes(t *testing.T, test func(*testing.T, dialFunc)) {
 	for _, m := range relayModes {
 		t.Run(m.name, func(t *testing.T) { test(t, m.dial) })
 	}
@@ -339,7 +339,7 @@ func forRelayModes(t *testing.T, test func(*testing.T, DialFunc)) {
 // its target closed; one that keeps talking is not.
 func TestStreamIdleTimeout(t *testing.T) { forRelayModes(t, testStreamIdleTimeout) }
 
-func testStreamIdleTimeout(t *testing.T, dial DialFunc) {
+func testStreamIdleTimeout(t *testing.T, dial dialFunc) {
 	const timeout = 150 * time.Millisecond
 	f := newFixtureWith(t, dial, func(c *ServerConfig) { c.StreamIdleTimeout = timeout })
 	svid := issue(t, f.ca, clientID)
@@ -392,7 +392,7 @@ func testStreamIdleTimeout(t *testing.T, dial DialFunc) {
 // HalfClosedIdleTimeout, long before StreamIdleTimeout.
 func TestHalfClosedStreamIdleTimeout(t *testing.T) { forRelayModes(t, testHalfClosedStreamIdleTimeout) }
 
-func testHalfClosedStreamIdleTimeout(t *testing.T, dial DialFunc) {
+func testHalfClosedStreamIdleTimeout(t *testing.T, dial dialFunc) {
 	f := newFixtureWith(t, dial, func(c *ServerConfig) { c.HalfClosedIdleTimeout = 200 * time.Millisecond })
 	dst, targets := silentTarget(t)
 	c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: dst})
@@ -433,7 +433,7 @@ func TestHalfClosedRelayEndsWithItsConnection(t *testing.T) {
 	forRelayModes(t, testHalfClosedRelayEndsWithItsConnection)
 }
 
-func testHalfClosedRelayEndsWithItsConnection(t *testing.T, dial DialFunc) {
+func testHalfClosedRelayEndsWithItsConnection(t *testing.T, dial dialFunc) {
 	f := newFixture(t, dial)
 	dst, targets := silentTarget(t)
 	svid := issue(t, f.ca, clientID)
@@ -526,7 +526,7 @@ func (z *freezer) close() {
 // so its relays waited on their targets for ever.
 func TestVanishedClientLeavesNoRelay(t *testing.T) { forRelayModes(t, testVanishedClientLeavesNoRelay) }
 
-func testVanishedClientLeavesNoRelay(t *testing.T, dial DialFunc) {
+func testVanishedClientLeavesNoRelay(t *testing.T, dial dialFunc) {
 	f := newFixtureWith(t, dial, func(c *ServerConfig) {
 		c.PingAfter, c.PingTimeout = 100*time.Millisecond, 200*time.Millisecond
 	})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -219,93 +218,105 @@ func (s *Server) handleH3(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "HBONE accepts only plain CONNECT", http.StatusBadRequest)
 		return
 	}
-	up, code, msg := s.accept(r.Context(), r.Method, r.Host, r.Header.Get, peer, r.RemoteAddr, ProtocolQUIC)
-	if up == nil {
+	serve, code, msg := s.accept(r.Context(), r.Method, r.Host, r.Header.Get, peer, r.RemoteAddr, ProtocolQUIC)
+	if serve == nil {
 		http.Error(w, msg, code)
 		return
 	}
-	defer up.Close()
 	w.Header()["Date"] = nil
 	w.WriteHeader(http.StatusOK)
-	hs, ok := w.(http3.HTTPStreamer)
-	if !ok {
-		return
+	var str *http3.Stream // nil, a failed stream, if the 200 was not sent
+	if hs, ok := w.(http3.HTTPStreamer); ok {
+		str, _ = hs.HTTPStream() // sends the 200
 	}
-	str, err := hs.HTTPStream() // sends the 200
-	if err != nil {
-		return
-	}
-	// A handler blocked reading an idle target must not outlive the QUIC
-	// connection: closing the target unblocks it.
+	st := &quicServerStream{str: str, local: r.Host, remote: r.RemoteAddr, closed: make(chan struct{})}
+	// A stream whose QUIC connection ends is reset, so that whoever
+	// serves it stops.
 	if qc, ok := r.Context().Value(quicConnKey{}).(*quic.Conn); ok {
-		stop := context.AfterFunc(qc.Context(), func() { up.Close() })
+		stop := context.AfterFunc(qc.Context(), st.Reset)
 		defer stop()
 	}
-	splice(str, up)
+	serve(st)
+	<-st.closed // the handler's goroutine lasts as long as the stream
 }
 
-// h3Stream is the part of an HTTP/3 stream the byte pump needs, on either
-// end.
-type h3Stream interface {
-	io.ReadWriter
-	Close() error // FIN
-	CancelRead(quic.StreamErrorCode)
-	CancelWrite(quic.StreamErrorCode)
+// quicServerStream is an accepted HTTP/3 stream as the ServeFunc gets it.
+type quicServerStream struct {
+	str           *http3.Stream // nil when the 200 could not be sent
+	local, remote string
+	once          sync.Once
+	closed        chan struct{}
 }
 
-// splice joins a QUIC tunnel stream and a TCP connection until both
-// directions are done. A FIN becomes a half-close (CloseWrite) and the
-// other way round; an error in one direction aborts both, with
-// H3_CONNECT_ERROR towards the peer (RFC 9114 section 4.4).
-func splice(str h3Stream, up net.Conn) {
-	done := make(chan struct{})
-	go func() { // peer to target
-		defer close(done)
-		rerr, werr := copyHalf(up, str)
-		switch {
-		case rerr == io.EOF && werr == nil:
-			if cw, ok := up.(interface{ CloseWrite() error }); ok {
-				cw.CloseWrite()
-			}
-		case werr != nil:
-			str.CancelRead(h3ConnectError)
-			up.Close()
-		default: // the peer reset the stream, or the connection died
-			up.Close()
-		}
-	}()
-	// Target to peer.
-	rerr, werr := copyHalf(str, up)
-	switch {
-	case rerr == io.EOF && werr == nil:
-		str.Close()
-	default:
-		str.CancelWrite(h3ConnectError)
-		if werr != nil {
-			up.Close() // the peer is gone: stop the target too
-		}
+var errStreamFailed = errors.New("tunnel stream failed before it was answered")
+
+func (s *quicServerStream) Read(p []byte) (int, error) {
+	if s.str == nil {
+		return 0, errStreamFailed
 	}
-	<-done
-	str.CancelRead(h3StreamNoError) // a no-op once the FIN was read
+	return s.str.Read(p)
 }
 
-// copyHalf copies src to dst until src ends, reporting the read error (io.EOF
-// at a clean end) and the write error apart.
-func copyHalf(dst io.Writer, src io.Reader) (rerr, werr error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr = dst.Write(buf[:n]); werr != nil {
-				return err, werr
-			}
-		}
-		if err != nil {
-			return err, nil
-		}
+func (s *quicServerStream) Write(p []byte) (int, error) {
+	if s.str == nil {
+		return 0, errStreamFailed
 	}
+	return s.str.Write(p)
+}
+
+// CloseWrite sends the stream's FIN.
+func (s *quicServerStream) CloseWrite() error {
+	if s.str == nil {
+		return nil
+	}
+	return s.str.Close()
+}
+
+// Reset resets both directions with H3_CONNECT_ERROR (RFC 9114 4.4).
+func (s *quicServerStream) Reset() {
+	if s.str == nil {
+		return
+	}
+	s.str.CancelWrite(h3ConnectError)
+	s.str.CancelRead(h3ConnectError)
+}
+
+// Close ends the stream: a FIN unless sent, and reading stops (a no-op
+// once the peer's FIN was read).
+func (s *quicServerStream) Close() error {
+	s.once.Do(func() {
+		if s.str != nil {
+			s.str.Close()
+			s.str.CancelRead(h3StreamNoError)
+		}
+		close(s.closed)
+	})
+	return nil
+}
+
+func (s *quicServerStream) Protocol() Protocol   { return ProtocolQUIC }
+func (s *quicServerStream) LocalAddr() net.Addr  { return hboneAddr(s.local) }
+func (s *quicServerStream) RemoteAddr() net.Addr { return hboneAddr(s.remote) }
+
+func (s *quicServerStream) SetDeadline(t time.Time) error {
+	if s.str == nil {
+		return nil
+	}
+	return s.str.SetDeadline(t)
+}
+
+func (s *quicServerStream) SetReadDeadline(t time.Time) error {
+	if s.str == nil {
+		return nil
+	}
+	return s.str.SetReadDeadline(t)
+}
+
+func (s *quicServerStream) SetWriteDeadline(t time.Time) error {
+	if s.str == nil {
+		return nil
+	}
+	return s.str.SetWriteDeadline(t)
 }
 
 // shutdownQUIC refuses new QUIC connections and starts the HTTP/3

@@ -147,7 +147,7 @@ func (d *Dialer) quicState() *quicPool {
 // dialQUIC opens a stream over QUIC. fallback is true when the caller
 // should use HTTP/2 instead: the peer is known not to answer over UDP, or
 // has just failed to.
-func (d *Dialer) dialQUIC(ctx context.Context, svid x509svid.Source, src spiffeid.ID, t Target) (c net.Conn, fallback bool, err error) {
+func (d *Dialer) dialQUIC(ctx context.Context, svid x509svid.Source, src spiffeid.ID, t Target) (c Stream, fallback bool, err error) {
 	k := poolKey{src, t.Identity, t.Proxy, t.Via}
 	for attempt := 0; ; attempt++ {
 		qc, fallback, err := d.quicConn(ctx, k, t, svid)
@@ -169,7 +169,7 @@ func (d *Dialer) dialQUIC(ctx context.Context, svid x509svid.Source, src spiffei
 
 // quicStream opens one CONNECT stream on qc, on which a stream is reserved.
 // retry reports that qc could not take it and another connection may.
-func (d *Dialer) quicStream(ctx context.Context, qc *quicConn, t Target, src spiffeid.ID) (c net.Conn, retry bool, err error) {
+func (d *Dialer) quicStream(ctx context.Context, qc *quicConn, t Target, src spiffeid.ID) (c Stream, retry bool, err error) {
 	rs, err := qc.h3.OpenRequestStream(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -500,6 +500,12 @@ func (c *quicStreamConn) Close() error {
 		c.d.releaseQUIC(c.qc)
 	})
 	return nil
+}
+
+// Reset resets both directions with H3_CONNECT_ERROR (RFC 9114 4.4).
+func (c *quicStreamConn) Reset() {
+	c.rs.CancelWrite(h3ConnectError)
+	c.rs.CancelRead(h3ConnectError)
 }
 
 func (c *quicStreamConn) LocalAddr() net.Addr  { return hboneAddr(c.local.String()) }

@@ -32,7 +32,7 @@ type quicFixture struct {
 	served chan error // ServeQUIC's result
 }
 
-func newQUICFixture(t testing.TB, dial DialFunc) *quicFixture {
+func newQUICFixture(t testing.TB, dial dialFunc) *quicFixture {
 	t.Helper()
 	f := newFixture(t, dial)
 	pc, err := net.ListenPacket("udp4", f.addr)

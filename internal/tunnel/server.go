@@ -19,12 +19,22 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+
+	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
-// DialFunc connects an accepted stream to its target. It is where the caller
-// checks that the target is a local workload and applies policy; an error
-// wrapping ErrForbidden answers 403, others 503.
-type DialFunc func(ctx context.Context, req Request) (net.Conn, error)
+// AcceptFunc decides on an accepted stream: it is where the caller checks
+// that the target is a local workload, applies policy and opens the
+// target. An error wrapping ErrForbidden answers 403, others 503;
+// otherwise the server answers 200 and calls the ServeFunc it returned.
+type AcceptFunc func(ctx context.Context, req Request) (ServeFunc, error)
+
+// ServeFunc serves an accepted stream, typically by relaying it to its
+// target (relay.Start) or serving it in process (a waypoint's L7 engine).
+// It owns the stream and closes it when done, before returning or later:
+// Shutdown waits for that. It is called also when the 200 could not be
+// sent; the stream has failed then, and the relay ends at once.
+type ServeFunc func(st Stream)
 
 // ErrForbidden marks a refusal by policy.
 var ErrForbidden = errors.New("forbidden")
@@ -37,7 +47,7 @@ type ServerConfig struct {
 	Bundle x509bundle.Source
 	// TrustDomain is the only domain whose clients are accepted.
 	TrustDomain spiffeid.TrustDomain
-	Dial        DialFunc
+	Accept      AcceptFunc
 	Log         *slog.Logger
 
 	// Idle timeouts and limits of the HTTP/2 tunnel (limits.go); zero
@@ -97,8 +107,8 @@ const serverIdleTimeout = 10 * time.Minute
 
 // NewServer checks cfg and returns a Server.
 func NewServer(cfg ServerConfig) (*Server, error) {
-	if cfg.SVID == nil || cfg.Bundle == nil || cfg.Dial == nil || cfg.TrustDomain.IsZero() {
-		return nil, errors.New("tunnel server needs SVID, Bundle, TrustDomain and Dial")
+	if cfg.SVID == nil || cfg.Bundle == nil || cfg.Accept == nil || cfg.TrustDomain.IsZero() {
+		return nil, errors.New("tunnel server needs SVID, Bundle, TrustDomain and Accept")
 	}
 	log := cfg.Log
 	if log == nil {
@@ -166,8 +176,8 @@ func (s *Server) Serve(ln net.Listener) error {
 
 func (s *Server) serveConn(c net.Conn) {
 	remote := c.RemoteAddr().String()
-	setKeepAlive(c)
-	tc := tls.Server(RawIO(c), s.tls)
+	relay.KeepAlive(c)
+	tc := tls.Server(relay.RawIO(c), s.tls)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -235,7 +245,7 @@ func (s *Server) serveH2(tc net.Conn, peer spiffeid.ID, remote string) {
 	<-hc.done
 }
 
-// serveStream answers one CONNECT and relays it until both directions end.
+// serveStream answers one CONNECT and hands the stream to its ServeFunc.
 func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiffeid.ID, remote string) {
 	header := func(name string) string {
 		for _, hf := range f.RegularFields() {
@@ -252,90 +262,30 @@ func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiff
 		st.closeWith(http2.ErrCodeNo)
 		return
 	}
-	up, code, msg := s.accept(st.ctx, method, f.PseudoValue("authority"), header, peer, remote, ProtocolH2)
-	if up == nil {
+	serve, code, msg := s.accept(st.ctx, method, f.PseudoValue("authority"), header, peer, remote, ProtocolH2)
+	if serve == nil {
 		st.respond(code, msg)
 		st.closeWith(http2.ErrCodeNo)
 		return
 	}
-	if h, ok := up.(*Handoff); ok {
-		defer up.Close()
-		serveHandoff(st, h, f.PseudoValue("authority"), remote)
-		return
-	}
 	if err := st.respond(http.StatusOK, ""); err != nil {
 		st.closeWith(http2.ErrCodeConnect)
-		up.Close()
-		return
 	}
-	if tc, ok := up.(*net.TCPConn); ok {
-		up = RawIO(tc)
-	}
-	st.abortWith(up) // a reset, the connection's end or an idle timeout closes the target
-	if pc, ok := up.(ParkConn); ok {
-		// Relayed with no goroutine while idle; this one ends here.
-		s.wg.Add(1)
-		st.splice(pc, pc, nil, func(error) {
-			up.Close()
-			s.wg.Done()
-		})
-		return
-	}
-	defer up.Close()
-	relay(st, up)
+	s.wg.Add(1) // done when the stream is closed
+	serve(&serverStream{h2stream: st, local: f.PseudoValue("authority"), remote: remote, done: s.wg.Done})
 }
 
-// relay joins a tunnel stream and a TCP connection until both directions
-// are done. A FIN becomes END_STREAM (a half-close) and the other way
-// round (RFC 9113 8.5); a broken TCP side resets the stream with
-// CONNECT_ERROR, and a reset stream closes the TCP side.
-func relay(st *h2stream, up net.Conn) {
-	done := make(chan struct{})
-	go func() { // peer to target
-		defer close(done)
-		_, rerr, werr := st.writeTo(up)
-		switch {
-		case rerr == io.EOF && werr == nil:
-			if cw, ok := up.(interface{ CloseWrite() error }); ok {
-				cw.CloseWrite()
-			}
-		case werr != nil:
-			st.closeWith(http2.ErrCodeConnect)
-			up.Close()
-		default: // the peer reset the stream, or the connection died
-			abort(up, rerr)
-		}
-	}()
-	// Target to peer.
-	_, rerr, werr := st.readFrom(up)
-	switch {
-	case rerr == io.EOF && werr == nil:
-		st.CloseWrite()
-	default:
-		st.closeWith(http2.ErrCodeConnect)
-		if werr != nil {
-			up.Close() // the peer is gone: stop the target too
-		}
-	}
-	<-done
-	st.closeWith(http2.ErrCodeConnect) // a no-op once both ways ended cleanly
-}
-
-// copyBuffers are the relay buffers of tunnel streams, shared so that idle
-// and finished streams hold none.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBuffer); return &b }}
-
-// accept checks a CONNECT request and dials its target through cfg.Dial.
-// On refusal it returns a nil conn and the status and message to answer
-// (405, 400, 403 or 503). Both transports use it.
-func (s *Server) accept(ctx context.Context, method, authority string, header func(string) string, peer spiffeid.ID, remote string, proto Protocol) (net.Conn, int, string) {
+// accept checks a CONNECT request and asks cfg.Accept for its ServeFunc.
+// On refusal it returns a nil ServeFunc and the status and message to
+// answer (405, 400, 403 or 503). Both transports use it.
+func (s *Server) accept(ctx context.Context, method, authority string, header func(string) string, peer spiffeid.ID, remote string, proto Protocol) (ServeFunc, int, string) {
 	req, code, msg := parseConnect(method, authority, header)
 	if code != 0 {
 		return nil, code, msg
 	}
 	req.Peer, req.RemoteAddr, req.Protocol = peer, remote, proto
 	target := req.Target
-	up, err := s.cfg.Dial(ctx, req)
+	serve, err := s.cfg.Accept(ctx, req)
 	if err != nil {
 		code := http.StatusServiceUnavailable
 		if errors.Is(err, ErrForbidden) {
@@ -344,11 +294,7 @@ func (s *Server) accept(ctx context.Context, method, authority string, header fu
 		s.log.Info("tunnel stream refused", "peer", peer.String(), "target", target.String(), "protocol", string(proto), "code", code, "err", err)
 		return nil, code, err.Error()
 	}
-	if _, ok := up.(*Handoff); ok && proto != ProtocolH2 {
-		return nil, http.StatusServiceUnavailable, "this target takes streams over HTTP/2 only"
-	}
-	setKeepAlive(up) // a target that vanishes is noticed while its stream is quiet
-	return up, 0, ""
+	return serve, 0, ""
 }
 
 // parseConnect checks a request's method and :authority and reads its

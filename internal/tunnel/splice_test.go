@@ -11,15 +11,15 @@ import (
 	"time"
 )
 
-// tunnelGoroutines counts the goroutines running the tunnel package's own
-// code (not this test's).
+// tunnelGoroutines counts the goroutines running the tunnel's or the
+// relay's code (not this test's).
 func tunnelGoroutines() int {
 	buf := make([]byte, 8<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
 		s := string(g)
-		if strings.Contains(s, "ambit/internal/tunnel.") && !strings.Contains(s, "_test.go") {
+		if (strings.Contains(s, "ambit/internal/tunnel.") || strings.Contains(s, "ambit/internal/relay.")) && !strings.Contains(s, "_test.go") {
 			n++
 		}
 	}

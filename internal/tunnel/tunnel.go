@@ -8,7 +8,10 @@
 // HTTP/2 when UDP does not get through. Both ends check SPIFFE identities
 // on both transports: the server accepts any identity of the trust domain
 // (policy decides the rest), the client accepts exactly the identity it
-// expects for the destination.
+// expects for the destination. The package exports streams and moves no
+// bytes between a stream and anything else: the Dialer's Dial returns a
+// Stream, the Server hands each one it accepts to the ServeFunc its
+// AcceptFunc returned, and package relay joins them to sockets.
 package tunnel
 
 import (
@@ -42,11 +45,10 @@ const (
 	streamWindow     = 4 << 20  // per stream receive window
 	connWindow       = 16 << 20 // per connection receive window
 	maxFrameSize     = 1 << 20  // largest DATA frame we accept
-	copyBuffer       = 256 << 10
-	maxStreamsPerTLS = 100 // streams per connection before the pool opens another
+	maxStreamsPerTLS = 100      // streams per connection before the pool opens another
 )
 
-// Request is an accepted tunnel stream, as the server's Dial callback sees
+// Request is an accepted tunnel stream, as the server's AcceptFunc sees
 // it.
 type Request struct {
 	// Peer is the client's verified SPIFFE identity.

@@ -1,6 +1,8 @@
 package tunnel
 
 import (
+	"github.com/ambit-mesh/ambit/internal/relay"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -86,31 +88,63 @@ type fixture struct {
 	dialer   *Dialer
 }
 
-func newFixture(t testing.TB, dial DialFunc) *fixture {
+// dialFunc opens an accepted stream's target, which relayTo relays the
+// stream to.
+type dialFunc func(ctx context.Context, r Request) (net.Conn, error)
+
+// relayTo is an AcceptFunc that opens the target with dial and relays the
+// stream to it, as the node proxy does.
+func relayTo(dial dialFunc) AcceptFunc {
+	return func(ctx context.Context, r Request) (ServeFunc, error) {
+		up, err := dial(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		return func(st Stream) { relay.Start(st, up, relay.Counts{}, func(error) {}) }, nil
+	}
+}
+
+// newFixture serves streams by relaying them to what dial opens (by
+// default a TCP connection to the target).
+func newFixture(t testing.TB, dial dialFunc) *fixture {
 	t.Helper()
 	return newFixtureWith(t, dial, nil)
 }
 
+// newAcceptFixture serves streams with accept.
+func newAcceptFixture(t testing.TB, accept AcceptFunc) *fixture {
+	t.Helper()
+	return newServerFixture(t, accept, nil)
+}
+
 // newFixtureWith is newFixture with the server's configuration adjusted
 // by config (limits, timeouts).
-func newFixtureWith(t testing.TB, dial DialFunc, config func(*ServerConfig)) *fixture {
+func newFixtureWith(t testing.TB, dial dialFunc, config func(*ServerConfig)) *fixture {
 	t.Helper()
-	ca, err := identity.GenerateCA(td, 24*time.Hour, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{ca: ca, requests: make(chan Request, 64)}
+	requests := make(chan Request, 64)
 	if dial == nil {
 		dial = func(ctx context.Context, r Request) (net.Conn, error) {
 			select {
-			case f.requests <- r:
+			case requests <- r:
 			default:
 			}
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", r.Target.String())
 		}
 	}
-	cfg := ServerConfig{SVID: issue(t, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td, Dial: dial}
+	f := newServerFixture(t, relayTo(dial), config)
+	f.requests = requests
+	return f
+}
+
+func newServerFixture(t testing.TB, accept AcceptFunc, config func(*ServerConfig)) *fixture {
+	t.Helper()
+	ca, err := identity.GenerateCA(td, 24*time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{ca: ca, requests: make(chan Request, 64)}
+	cfg := ServerConfig{SVID: issue(t, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td, Accept: accept}
 	if config != nil {
 		config(&cfg)
 	}
@@ -526,10 +560,10 @@ func TestServeRetriesFailedAccept(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, err := NewServer(ServerConfig{SVID: issue(t, ca, serverID), Bundle: ca.Bundle(), TrustDomain: td,
-		Dial: func(ctx context.Context, r Request) (net.Conn, error) {
+		Accept: relayTo(func(ctx context.Context, r Request) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", r.Target.String())
-		}})
+		})})
 	if err != nil {
 		t.Fatal(err)
 	}

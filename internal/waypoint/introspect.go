@@ -1,12 +1,12 @@
 package waypoint
 
 import (
-	"net"
 	"sort"
 	"sync/atomic"
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
 // conn is one stream the waypoint serves, for admin and metrics.
@@ -40,43 +40,19 @@ func (w *Waypoint) end(c *conn) {
 		"sent", c.sent.Load(), "received", c.recv.Load(), "duration", time.Since(c.started).Round(time.Millisecond))
 }
 
-// trackedConn counts the bytes the tunnel relays through the handler's
-// connection and ends the record when the tunnel closes it.
-type trackedConn struct {
-	net.Conn
-	c    *conn
-	w    *Waypoint
-	done atomic.Bool
-}
-
-func (t *trackedConn) Write(b []byte) (int, error) { // client to destination
-	n, err := t.Conn.Write(b)
-	t.c.sent.Add(uint64(n))
-	t.c.stats.AddSent(n)
-	return n, err
-}
-
-func (t *trackedConn) Read(b []byte) (int, error) { // destination to client
-	n, err := t.Conn.Read(b)
-	t.c.recv.Add(uint64(n))
-	t.c.stats.AddReceived(n)
-	return n, err
-}
-
-// CloseWrite passes the client's half-close on.
-func (t *trackedConn) CloseWrite() error {
-	if cw, ok := t.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+// counts are the relay's byte counters for c: client to destination
+// (sent) and back (received).
+func (c *conn) counts() relay.Counts {
+	return relay.Counts{
+		ToB: func(n int) {
+			c.sent.Add(uint64(n))
+			c.stats.AddSent(n)
+		},
+		ToA: func(n int) {
+			c.recv.Add(uint64(n))
+			c.stats.AddReceived(n)
+		},
 	}
-	return nil
-}
-
-func (t *trackedConn) Close() error {
-	err := t.Conn.Close()
-	if t.done.CompareAndSwap(false, true) {
-		t.w.end(t.c)
-	}
-	return err
 }
 
 // The Waypoint is the admin.Source of its admin endpoint.

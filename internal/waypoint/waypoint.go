@@ -34,6 +34,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/l7"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/relay"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
 
@@ -52,8 +53,7 @@ type Stream struct {
 }
 
 // Handler serves the streams a waypoint accepts: it returns the
-// connection the tunnel relays the stream into (and the answers out of);
-// closing it ends the stream. The L7 engine (its Pipe) is one; Passthrough
+// connection the stream is relayed to (package relay), both ways. The L7 engine (its Pipe) is one; Passthrough
 // is the other. A Handler that also has Update(*meshconfig.Config) error is
 // given every configuration before it is used; an error refuses it.
 type Handler interface {
@@ -235,7 +235,7 @@ func (w *Waypoint) Serve(ln net.Listener, pc net.PacketConn) error {
 	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
 		SVID: w.certs.Source(w.Identity()), Bundle: w.opts.Bundle, TrustDomain: cfg.Mesh.TrustDomain,
-		Dial: w.accept, Log: w.log,
+		Accept: w.accept, Log: w.log,
 	})
 	if err != nil {
 		return err
@@ -284,7 +284,7 @@ func (w *Waypoint) serves(cfg *meshconfig.Config, dst netip.Addr) (svc *meshconf
 // accept is the tunnel server's callback: a stream for something this
 // waypoint serves goes to the handler; anything else is refused (a
 // waypoint is not an open relay).
-func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (net.Conn, error) {
+func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (tunnel.ServeFunc, error) {
 	cfg := w.cfg.Load()
 	dst := netip.AddrPortFrom(req.Target.Addr().Unmap(), req.Target.Port())
 	svc, wl, ok := w.serves(cfg, dst.Addr())
@@ -316,13 +316,13 @@ func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (net.Conn, er
 	}
 	s := Stream{Dst: dst, Src: req.Source, Peer: req.Peer}
 	if ss, ok := w.opts.Handler.(StreamServer); ok && req.Protocol == tunnel.ProtocolH2 {
-		// The handler takes the stream itself: no relay.
-		return &tunnel.Handoff{Serve: func(stream net.Conn) {
+		// The handler serves the stream itself: no relay.
+		return func(st tunnel.Stream) {
 			w.begin(c)
-			hc := &handoffConn{trackedConn{Conn: stream, c: c, w: w}}
-			defer hc.Close()
-			ss.ServeStream(w.ctx, s, hc)
-		}}, nil
+			sc := &servedConn{Conn: st, c: c, w: w}
+			defer sc.Close()
+			ss.ServeStream(w.ctx, s, sc)
+		}, nil
 	}
 	up, err := w.opts.Handler.Stream(w.ctx, s)
 	if err != nil {
@@ -330,8 +330,10 @@ func (w *Waypoint) accept(ctx context.Context, req tunnel.Request) (net.Conn, er
 		w.log.Info("stream failed", "log", "access", "src", c.info.Src, "src_identity", c.info.SrcIdentity, "dst", c.info.Dst, "err", err)
 		return nil, err
 	}
-	w.begin(c)
-	return &trackedConn{Conn: up, c: c, w: w}, nil
+	return func(st tunnel.Stream) {
+		w.begin(c)
+		relay.Start(st, up, c.counts(), func(error) { w.end(c) })
+	}, nil
 }
 
 // Upstream dials endpoints for a handler: a mesh workload's address through

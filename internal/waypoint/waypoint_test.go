@@ -19,6 +19,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/privtest"
+	"github.com/ambit-mesh/ambit/internal/relay"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
 )
@@ -187,12 +188,16 @@ func testCA(tb testing.TB, ids ...spiffeid.ID) (*identity.CA, *identity.Manager)
 func startNodeProxy(tb testing.TB, ca *identity.CA, certs *identity.Manager, id spiffeid.ID, ip string, seen func(tunnel.Request)) {
 	tb.Helper()
 	node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(id), Bundle: ca.Bundle(), TrustDomain: testTD,
-		Dial: func(ctx context.Context, req tunnel.Request) (net.Conn, error) {
+		Accept: func(ctx context.Context, req tunnel.Request) (tunnel.ServeFunc, error) {
 			if seen != nil {
 				seen(req)
 			}
 			var d net.Dialer
-			return d.DialContext(ctx, "tcp", req.Target.String())
+			up, err := d.DialContext(ctx, "tcp", req.Target.String())
+			if err != nil {
+				return nil, err
+			}
+			return func(st tunnel.Stream) { relay.Start(st, up, relay.Counts{}, func(error) {}) }, nil
 		}})
 	if err != nil {
 		tb.Fatal(err)

@@ -6,9 +6,10 @@
 // a pod to a pod address reaches the listener mapped to it; the pods' UDP
 // sockets translate datagram addresses through the same kind of map, so
 // QUIC tunnels work too. Dials as the client's address record the
-// requested source and connect from 127.0.0.1. Not modelled: the original
-// destination of an accepted connection (the listener's real address) and
-// the source a peer sees (127.0.0.1).
+// requested source and connect from 127.0.0.1. Plaintext connects to a
+// pod's inbound plaintext listener as a client outside the mesh would,
+// with the addresses the test names. Not modelled: the source a peer sees
+// (127.0.0.1).
 package podnettest
 
 import (
@@ -33,7 +34,11 @@ type Loopback struct {
 	calls []Dial
 	udp   map[netip.AddrPort]netip.AddrPort // pod address -> real address of its UDP socket
 	udpOf map[netip.AddrPort]netip.AddrPort // and back
+	plain map[netip.AddrPort]inbound        // real client address of a Plaintext connection -> its addresses
 }
+
+// inbound is what a Plaintext connection stands for.
+type inbound struct{ client, dst netip.AddrPort }
 
 // Dial is a connection a pod asked for.
 type Dial struct {
@@ -48,7 +53,7 @@ var _ podnet.Network = (*Loopback)(nil)
 // New returns a Loopback with no pod and an empty port map.
 func New() *Loopback {
 	return &Loopback{ports: map[netip.AddrPort]netip.AddrPort{}, local: map[string]netip.AddrPort{}, open: map[string]int{},
-		udp: map[netip.AddrPort]netip.AddrPort{}, udpOf: map[netip.AddrPort]netip.AddrPort{}}
+		udp: map[netip.AddrPort]netip.AddrPort{}, udpOf: map[netip.AddrPort]netip.AddrPort{}, plain: map[netip.AddrPort]inbound{}}
 }
 
 // Map makes dials to addr (a pod's application, or a destination outside
@@ -98,6 +103,31 @@ func (l *Loopback) Capture(ctx context.Context, pod string, listener netip.AddrP
 	if !ok {
 		return nil, fmt.Errorf("pod %s listens on no %s", pod, listener)
 	}
+	return dialBound(ctx, real, origin)
+}
+
+// Plaintext connects to the inbound plaintext listener of the pod that
+// has listener (one of its addresses and the listener's port) as a client
+// outside the mesh at client would connect to dst, an address of the pod
+// and the application's port, after capture steered it: the proxy learns
+// client and dst from Sockets.Inbound.
+func (l *Loopback) Plaintext(ctx context.Context, listener, client, dst netip.AddrPort) (*net.TCPConn, error) {
+	l.mu.Lock()
+	real, ok := l.ports[unmap(listener)]
+	l.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("no pod listens on %s", listener)
+	}
+	return dialBound(ctx, real, func(local netip.AddrPort) {
+		l.mu.Lock()
+		l.plain[local] = inbound{client: unmap(client), dst: unmap(dst)}
+		l.mu.Unlock()
+	})
+}
+
+// dialBound connects to real from 127.0.0.1, handing the connection's
+// local address to bound before it connects.
+func dialBound(ctx context.Context, real netip.AddrPort, bound func(local netip.AddrPort)) (*net.TCPConn, error) {
 	d := net.Dialer{ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
 		// Bind first, to learn the client's port before the proxy can
 		// accept the connection.
@@ -110,7 +140,7 @@ func (l *Loopback) Capture(ctx context.Context, pod string, listener netip.AddrP
 			if sa, err = syscall.Getsockname(int(fd)); err != nil {
 				return
 			}
-			origin(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port)))
+			bound(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port)))
 		})
 		return errors.Join(cerr, err)
 	}}
@@ -347,6 +377,20 @@ func (s *sockets) dial(ctx context.Context, src, dst netip.AddrPort, as bool) (*
 		return nil, err
 	}
 	return c.(*net.TCPConn), nil
+}
+
+// Inbound reports the addresses Plaintext named for c; a connection made
+// otherwise has its real ones.
+func (s *sockets) Inbound(c net.Conn) (client, dst netip.AddrPort) {
+	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	s.l.mu.Lock()
+	in, ok := s.l.plain[unmap(remote)]
+	delete(s.l.plain, unmap(remote))
+	s.l.mu.Unlock()
+	if ok {
+		return in.client, in.dst
+	}
+	return unmap(remote), unmap(c.LocalAddr().(*net.TCPAddr).AddrPort())
 }
 
 func (s *sockets) Dial(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {

@@ -99,3 +99,52 @@ func TestLoopbackPortMap(t *testing.T) {
 		t.Error("delivery after Teardown")
 	}
 }
+
+// Plaintext connects to a pod's inbound plaintext listener with the
+// addresses the test names, and Inbound reports them for the accepted
+// connection; any other connection has its real ones.
+func TestLoopbackPlaintext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l := New()
+	ap := netip.MustParseAddrPort
+	s, err := l.Open(podnet.Pod{Key: "demo/a", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := s.ListenTCP(ap("[::]:15006"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	c, err := l.Plaintext(ctx, ap("10.0.0.2:15006"), ap("192.0.2.9:41000"), ap("10.0.0.2:8080"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	acc, err := in.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	if client, dst := s.Inbound(acc); client != ap("192.0.2.9:41000") || dst != ap("10.0.0.2:8080") {
+		t.Errorf("Inbound = %v, %v; want 192.0.2.9:41000, 10.0.0.2:8080", client, dst)
+	}
+	real, _ := l.Addr("demo/a", ap("10.0.0.2:15006"))
+	d, err := net.Dial("tcp4", real.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	acc2, err := in.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc2.Close()
+	if client, dst := s.Inbound(acc2); client != d.LocalAddr().(*net.TCPAddr).AddrPort() || dst != real {
+		t.Errorf("Inbound of a plain connection = %v, %v; want its own addresses %v, %v", client, dst, d.LocalAddr(), real)
+	}
+	if _, err := l.Plaintext(ctx, ap("10.0.0.3:15006"), ap("192.0.2.9:41000"), ap("10.0.0.3:8080")); err == nil {
+		t.Error("Plaintext to an address no pod listens on succeeded")
+	}
+}

@@ -1,4 +1,4 @@
-package tunnel
+package relay
 
 import (
 	"errors"
@@ -28,13 +28,14 @@ import (
 // takes it out of the epoll set before the descriptor closes, then runs
 // the callback, which finds the socket closed and ends the relay.
 //
-// The other direction needs no parking of its own: the HTTP/2 read loop
-// delivers a stream's DATA to the socket itself, and starts a goroutine
-// only when the socket cannot take it all at once (see h2stream.signal).
+// The other direction needs no parking of its own: the stream's receiver
+// (the HTTP/2 read loop) writes arriving bytes to the socket itself, and
+// wakes the relay's drain only when the socket cannot take them all at
+// once (see PushStream).
 
-// ParkConn is a socket a tunnel stream can relay without a goroutine
-// waiting on it: rawConn (RawIO of a *net.TCPConn), or a wrapper of one.
-type ParkConn interface {
+// Socket is a TCP socket the relay moves bytes through without a
+// goroutine waiting on it: RawIO of a *net.TCPConn.
+type Socket interface {
 	net.Conn
 	TryWriter
 	CloseWrite() error
@@ -101,7 +102,7 @@ type parkState struct {
 	id     uint64
 }
 
-// TryRead reads into p without waiting (see ParkConn).
+// TryRead reads into p without waiting (see Socket).
 func (c *rawConn) TryRead(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
@@ -131,7 +132,7 @@ func (c *rawConn) TryRead(p []byte) (int, error) {
 	return n, nil
 }
 
-// Park arms the parker for the socket (see ParkConn). Should epoll fail,
+// Park arms the parker for the socket (see Socket). Should epoll fail,
 // a goroutine waits in Go's netpoller instead.
 func (c *rawConn) Park(fn func()) error {
 	c.pmu.Lock()

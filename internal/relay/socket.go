@@ -1,4 +1,4 @@
-package tunnel
+package relay
 
 import (
 	"io"
@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -198,4 +199,43 @@ func (w *rawWriter) TryWrite(p []byte) (int, error) {
 		return 0, os.NewSyscallError("write", errno)
 	}
 	return n, nil
+}
+
+// TryWriter writes what it can without blocking: n < len(p) with a nil
+// error means the rest would block.
+type TryWriter interface {
+	TryWrite(p []byte) (n int, err error)
+}
+
+// NewTryWriter returns a TryWriter for w: w itself if it is one, a
+// non-blocking writer on a socket's file descriptor, or nil.
+func NewTryWriter(w io.Writer) TryWriter {
+	if tw, ok := w.(TryWriter); ok {
+		return tw
+	}
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rw := &rawWriter{}
+			rw.init(rc)
+			return rw
+		}
+	}
+	return nil
+}
+
+// keepAlive is the TCP keepalive of the mesh's long-lived sockets:
+// probes after 30 s of silence, every 10 s, and three unanswered end the
+// connection, so a peer or target that vanished without a FIN or RST is
+// noticed within about a minute even while the connection is idle.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
+
+// KeepAlive turns that keepalive on for c if it is a TCP socket (or wraps
+// one); anything else is left alone. The tunnel's connections use it at
+// both ends, and Start for every socket it relays.
+func KeepAlive(c any) {
+	if ka, ok := c.(interface {
+		SetKeepAliveConfig(net.KeepAliveConfig) error
+	}); ok {
+		ka.SetKeepAliveConfig(keepAlive)
+	}
 }

@@ -13,13 +13,14 @@ import (
 	"time"
 )
 
-// A DialFunc that returns a Handoff serves the stream itself: bytes both
-// ways, the peer's END_STREAM as io.EOF, CloseWrite as END_STREAM, read
-// deadlines (expired, future, cleared), Close waking a waiting Read.
-func TestHandoffServesStream(t *testing.T) {
+// A ServeFunc serves the stream in process: bytes both ways, the peer's
+// END_STREAM as io.EOF, CloseWrite as END_STREAM, read deadlines
+// (expired, future, cleared).
+func TestServeFuncServesStream(t *testing.T) {
 	served := make(chan error, 1)
-	f := newFixture(t, func(ctx context.Context, r Request) (net.Conn, error) {
-		return &Handoff{Serve: func(c net.Conn) {
+	f := newAcceptFixture(t, func(ctx context.Context, r Request) (ServeFunc, error) {
+		return func(c Stream) {
+			defer c.Close()
 			served <- func() error {
 				if c.RemoteAddr().String() == "" || c.LocalAddr().String() != r.Target.String() {
 					return errors.New("addresses " + c.LocalAddr().String() + " " + c.RemoteAddr().String())
@@ -43,9 +44,9 @@ func TestHandoffServesStream(t *testing.T) {
 				if _, err := c.Write([]byte("got " + string(b))); err != nil {
 					return err
 				}
-				return c.(interface{ CloseWrite() error }).CloseWrite()
+				return c.CloseWrite()
 			}()
-		}}, nil
+		}, nil
 	})
 	dst := echo(t)
 	c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: dst})
@@ -62,12 +63,12 @@ func TestHandoffServesStream(t *testing.T) {
 	}
 }
 
-// net/http serves HTTP/1.1 keep-alive on a handed-over stream (it needs
-// read deadlines for its background reads), and Close from the handler's
-// side reaches the client as a clean end.
-func TestHandoffNetHTTP(t *testing.T) {
-	f := newFixture(t, func(ctx context.Context, r Request) (net.Conn, error) {
-		return &Handoff{Serve: func(c net.Conn) {
+// net/http serves HTTP/1.1 keep-alive on a stream served in process (it
+// needs read deadlines for its background reads), and Close from the
+// handler's side reaches the client as a clean end.
+func TestServeFuncNetHTTP(t *testing.T) {
+	f := newAcceptFixture(t, func(ctx context.Context, r Request) (ServeFunc, error) {
+		return func(c Stream) {
 			l := &oneShot{c: c, done: make(chan struct{})}
 			srv := &http.Server{
 				Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -81,7 +82,7 @@ func TestHandoffNetHTTP(t *testing.T) {
 				},
 			}
 			srv.Serve(l)
-		}}, nil
+		}, nil
 	})
 	c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: echo(t)})
 	if err != nil {
@@ -119,20 +120,32 @@ func TestHandoffNetHTTP(t *testing.T) {
 	}
 }
 
-// Over QUIC a Handoff is refused (the server does not hand QUIC streams
-// over).
-func TestHandoffOnlyOverH2(t *testing.T) {
-	f := newFixture(t, func(ctx context.Context, r Request) (net.Conn, error) {
-		return &Handoff{Serve: func(c net.Conn) {}}, nil
+// A QUIC stream is served in process the same way.
+func TestServeFuncOverQUIC(t *testing.T) {
+	f := newAcceptFixture(t, func(ctx context.Context, r Request) (ServeFunc, error) {
+		return func(c Stream) {
+			defer c.Close()
+			b, _ := io.ReadAll(c)
+			c.Write(append([]byte("got "), b...))
+			c.CloseWrite()
+		}, nil
 	})
 	pc, err := net.ListenPacket("udp4", f.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	go f.server.ServeQUIC(pc)
-	_, err = f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: echo(t), Protocol: ProtocolQUIC})
-	if err == nil || !strings.Contains(err.Error(), "503") {
-		t.Errorf("QUIC dial to a Handoff: %v, want a 503 refusal", err)
+	t.Cleanup(func() { f.server.Close(); pc.Close() })
+	c, err := f.dialer.Dial(context.Background(), issue(t, f.ca, clientID), Target{Proxy: f.addr, Identity: serverID, Dst: echo(t), Protocol: ProtocolQUIC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Protocol() != ProtocolQUIC {
+		t.Fatalf("protocol %s, want quic", c.Protocol())
+	}
+	if got := roundTrip(t, c, "hello"); got != "got hello" {
+		t.Errorf("answer %q", got)
 	}
 }
 
