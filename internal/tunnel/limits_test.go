@@ -662,3 +662,74 @@ func TestDialerSharesBusyConnectionAtPeerLimit(t *testing.T) {
 		t.Error("no connection was refused; the test did not reach the limit")
 	}
 }
+
+// A refused request's stream stays open while the client may still be
+// sending it (RFC 9113 8.1): a WINDOW_UPDATE that overflows its window,
+// sent after the refusal was read, is still a FLOW_CONTROL_ERROR on that
+// stream (h2spec http2/6.9.1 against a server that refuses every GET), and
+// the client's DATA is taken and dropped until it ends the stream, which
+// closes it without a reset.
+func TestRefusedStreamStaysOpenForTheRequest(t *testing.T) {
+	f := newFixture(t, nil)
+	_, fr, err := dialRaw(t, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	get := func(id uint32) {
+		hbuf.Reset()
+		for _, hf := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"}, {Name: ":authority", Value: "example.test"}, {Name: ":path", Value: "/"}} {
+			enc.WriteField(hf)
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: bytes.Clone(hbuf.Bytes()), EndHeaders: true})
+	}
+	answered := func(id uint32) {
+		var status string
+		rawFrames(t, fr, "waiting for the refusal", func(fm http2.Frame) bool {
+			switch fm := fm.(type) {
+			case *http2.MetaHeadersFrame:
+				status = fm.PseudoValue("status")
+			case *http2.RSTStreamFrame:
+				t.Fatalf("stream %d reset %v before the client ended its request", fm.StreamID, fm.ErrCode)
+			case *http2.DataFrame:
+				return fm.StreamID == id && fm.StreamEnded()
+			}
+			return false
+		})
+		if status != "405" {
+			t.Fatalf("stream %d answered %q, want 405", id, status)
+		}
+	}
+
+	get(1)
+	answered(1)
+	fr.WriteWindowUpdate(1, 1<<31-1)
+	fr.WriteWindowUpdate(1, 1<<31-1)
+	var code http2.ErrCode
+	rawFrames(t, fr, "waiting for the stream's reset", func(fm http2.Frame) bool {
+		if rst, ok := fm.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
+			code = rst.ErrCode
+			return true
+		}
+		return false
+	})
+	if code != http2.ErrCodeFlowControl {
+		t.Errorf("overflowing WINDOW_UPDATE after the refusal: RST_STREAM %v, want FLOW_CONTROL_ERROR", code)
+	}
+
+	get(3)
+	answered(3)
+	fr.WriteData(3, false, []byte("the rest of the request"))
+	fr.WriteData(3, true, nil)
+	fr.WritePing(false, [8]byte{1})
+	rawFrames(t, fr, "waiting for the PING answer", func(fm http2.Frame) bool {
+		switch fm := fm.(type) {
+		case *http2.RSTStreamFrame:
+			t.Errorf("stream %d reset %v after the client ended it", fm.StreamID, fm.ErrCode)
+		case *http2.PingFrame:
+			return fm.IsAck()
+		}
+		return false
+	})
+}

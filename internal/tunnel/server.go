@@ -264,7 +264,9 @@ func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiff
 	}
 	serve, code, msg := s.accept(st.ctx, method, f.PseudoValue("authority"), header, peer, remote, ProtocolH2)
 	if serve == nil {
-		st.respond(code, msg)
+		if st.respond(code, msg) == nil {
+			lingerRefused(st, refusedLinger)
+		}
 		st.closeWith(http2.ErrCodeNo)
 		return
 	}
@@ -273,6 +275,27 @@ func (s *Server) serveStream(st *h2stream, f *http2.MetaHeadersFrame, peer spiff
 	}
 	s.wg.Add(1) // done when the stream is closed
 	serve(&serverStream{h2stream: st, local: f.PseudoValue("authority"), remote: remote, done: s.wg.Done})
+}
+
+// refusedLinger is how long a refused stream stays open for the rest of
+// its request.
+const refusedLinger = time.Second
+
+// lingerRefused keeps a stream whose request was refused open while the
+// client may still be sending that request (RFC 9113 8.1), at most d: its
+// DATA is read and dropped (so its window comes back) and its other frames
+// are handled as on any open stream, so that a stream error in them (a
+// WINDOW_UPDATE overflowing the window, say) is still reported as one. The
+// caller then resets it with NO_ERROR unless the client has ended it.
+func lingerRefused(st *h2stream, d time.Duration) {
+	t := time.AfterFunc(d, func() { st.closeWith(http2.ErrCodeNo) })
+	defer t.Stop()
+	var buf [512]byte
+	for {
+		if _, err := st.Read(buf[:]); err != nil {
+			return
+		}
+	}
 }
 
 // accept checks a CONNECT request and asks cfg.Accept for its ServeFunc.
