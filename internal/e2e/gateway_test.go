@@ -150,7 +150,7 @@ func TestPrivilegedGateway(t *testing.T) {
 	}
 	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		ln := listenIn(t, l, p, 8081)
+		ln := labtest.ListenIn(t, l, p, 8081)
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "%s %s xff=%s proto=%s", p, r.URL.Path, r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"))
 		})}
@@ -162,13 +162,13 @@ func TestPrivilegedGateway(t *testing.T) {
 	// server-1 also serves TLS itself on 9443 (for passthrough) and a
 	// line echo on 8080 (for TCP).
 	secure := ca.issue(t, "secure.example.com")
-	serve(t, l, "server-1", 8080)
+	labtest.ServeEcho(t, l, "server-1", 8080)
 	{
 		kp, err := tls.X509KeyPair([]byte(secure.cert), []byte(secure.key))
 		if err != nil {
 			t.Fatal(err)
 		}
-		tlsLn := tls.NewListener(listenIn(t, l, "server-1", 9443), &tls.Config{Certificates: []tls.Certificate{kp}})
+		tlsLn := tls.NewListener(labtest.ListenIn(t, l, "server-1", 9443), &tls.Config{Certificates: []tls.Certificate{kp}})
 		go func() {
 			for {
 				c, err := tlsLn.Accept()
