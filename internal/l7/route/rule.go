@@ -53,7 +53,10 @@ func (r *Rule) Pick(rnd Rand) *Backend {
 type Backend struct {
 	Namespace, Name string
 	Port            uint16
-	Weight          int32
+	// External: the backend is an ExternalBackend (a gateway's route to
+	// a host outside the mesh), not a Service.
+	External bool
+	Weight   int32
 	// Filters that apply only when this backend is chosen (after the
 	// rule's); nil when none.
 	Filters *Filters
@@ -199,13 +202,23 @@ func (c *compiledRoute) finishRule(rule *Rule, entries []*entry) {
 // backend resolves a backendRef. GEP-1426: mesh routes may send to
 // Services in any namespace without a ReferenceGrant.
 func (c *compiledRoute) backend(cfg *meshconfig.Config, field string, ref meshconfig.ServiceRef, weight int32) Backend {
-	b := Backend{Namespace: ref.Namespace, Name: ref.Name, Port: ref.Port, Weight: max(weight, 0)}
+	b := Backend{Namespace: ref.Namespace, Name: ref.Name, Port: ref.Port, External: ref.External(), Weight: max(weight, 0)}
 	if b.Namespace == "" {
 		b.Namespace = c.route.Namespace
 	}
 	fail := func(reason string, format string, args ...any) Backend {
 		b.Invalid, b.Reason = fmt.Sprintf(field+": "+format, args...), reason
 		c.refs = append(c.refs, problem{reason, b.Invalid})
+		return b
+	}
+	if b.External {
+		x := cfg.ExternalBackend(b.Service())
+		if x == nil {
+			return fail(ReasonBackendNotFound, "ExternalBackend %s not found", b.Service())
+		}
+		if _, ok := x.Port(b.Port); !ok {
+			return fail(ReasonBackendNotFound, "ExternalBackend %s has no port %d (list it in spec.ports)", b.Service(), b.Port)
+		}
 		return b
 	}
 	svc := cfg.Service(b.Service())
