@@ -71,7 +71,7 @@ func (g *Gateway) acceptEgress(_ context.Context, req tunnel.Request) (net.Conn,
 	pl := g.ports[target.Port()]
 	g.mu.Unlock()
 	refuse := func(reason string) (net.Conn, error) {
-		g.log.Info("stream refused", "log", "access", "gateway", g.Key(), "src_identity", req.Peer.String(), "src", req.Source.String(), "dst", target.String(), "reason", reason)
+		g.log.Info("stream refused", "log", "access", "src_identity", req.Peer.String(), "src", req.Source.String(), "dst", target.String(), "reason", reason)
 		return nil, fmt.Errorf("%w: %s", tunnel.ErrForbidden, reason)
 	}
 	switch {
@@ -180,8 +180,9 @@ func (g *Gateway) dialExternal(ctx context.Context, b *l7.Backend, h2 bool, ep n
 
 // externalAddrAllowed refuses to connect, on a mesh workload's behalf, to
 // an address that is not an external host's: the gateway's own host
-// (loopback, link-local: cloud metadata), or a workload or Service of the
-// mesh (a DNS name that resolves into the mesh would bypass its tunnel).
+// (loopback, link-local: cloud metadata), or a captured workload or a
+// Service of the mesh (a DNS name that resolves into the mesh would
+// bypass its tunnel).
 func externalAddrAllowed(cfg *meshconfig.Config, x *meshconfig.ExternalBackend, address string) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
@@ -191,11 +192,13 @@ func externalAddrAllowed(cfg *meshconfig.Config, x *meshconfig.ExternalBackend, 
 	switch {
 	case a.IsLoopback(), a.IsUnspecified(), a.IsLinkLocalUnicast(), a.IsMulticast():
 		return fmt.Errorf("ExternalBackend %s: %s resolves to %s, a loopback, link-local or unspecified address: refused", x.Key(), x.Hostname, a)
-	case cfg != nil && (cfg.WorkloadByIP(a) != nil || cfg.ServiceByAddr(a) != nil):
+	case cfg != nil && (inMesh(cfg.WorkloadByIP(a)) || cfg.ServiceByAddr(a) != nil):
 		return fmt.Errorf("ExternalBackend %s: %s resolves to %s, inside the mesh: refused (route to the Service itself)", x.Key(), x.Hostname, a)
 	}
 	return nil
 }
+
+func inMesh(w *meshconfig.Workload) bool { return w != nil && w.Captured }
 
 // rootsFor is the pool x's certificate is checked against: its CA
 // bundle, or nil (the system's roots).

@@ -570,7 +570,7 @@ func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
 	ctx := pl.g.ctx
 	if be != nil && be.External() {
 		if reason, ok := pl.g.allowExternalConn(info, be); !ok {
-			pl.g.log.Info("connection denied", "log", "access", "gateway", pl.g.Key(), "client", info.Src.String(), "src_identity", info.SrcIdentity,
+			pl.g.log.Info("connection denied", "log", "access", "client", info.Src.String(), "src_identity", info.SrcIdentity,
 				"port", pl.port, "sni", sni, "external_backend", be.Key(), "reason", reason)
 			c.Close()
 			return
