@@ -345,8 +345,9 @@ func parseCABundle(data []byte) ([]*x509.Certificate, error) {
 }
 
 // buildExternal indexes the external backends and resolves their CA
-// bundles. An address that is also a workload's or a Service's is a
-// conflict: the mesh's own address wins.
+// bundles. An address that is also a captured workload's or a Service's
+// is a conflict: the mesh's own address wins. (A workload that is not
+// captured, a pod outside the mesh, may be an external host.)
 func (b *Builder) buildExternal(bs *buildState) error {
 	c := bs.c
 externals:
@@ -359,7 +360,7 @@ externals:
 		}
 		for _, a := range x.Addresses {
 			what := ""
-			if w := c.byIP[a]; w != nil {
+			if w := c.byIP[a]; w != nil && w.Captured {
 				what = "Workload " + w.Key()
 			} else if s := c.svcByAddr[a]; s != nil {
 				what = "Service " + s.Key()

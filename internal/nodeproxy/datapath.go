@@ -85,7 +85,7 @@ func (p *Proxy) resolve(cfg *meshconfig.Config, src *meshconfig.Workload, dst ne
 		return rt
 	}
 	var ext *meshconfig.ExternalBackend
-	if rt.w == nil && rt.svc == nil {
+	if rt.svc == nil { // an address outside the mesh (a pod outside it too)
 		x, e, ok := p.egressFor(cfg, dst)
 		if ok {
 			return viaEgress(cfg, x, e, dst)
