@@ -265,4 +265,3 @@ func TestGatewayEgress(t *testing.T) {
 	}
 	mu.Unlock()
 }
-

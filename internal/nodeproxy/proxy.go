@@ -62,8 +62,8 @@ type Options struct {
 	// Resolver looks up the host names of ExternalBackends that go
 	// through an egress gateway (egress.go); nil is the system's.
 	Resolver *net.Resolver
-	Log          *slog.Logger
-	Clock        clock.Clock
+	Log      *slog.Logger
+	Clock    clock.Clock
 }
 
 // Proxy is a running node proxy.
