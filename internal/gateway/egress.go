@@ -56,9 +56,20 @@ func (g *Gateway) serveTunnel(td spiffeid.TrustDomain, id spiffeid.ID) {
 		g.tunnelErr = fmt.Sprintf("gateway tunnel: %v", err)
 		return
 	}
-	g.tunnel, g.tunnelErr, g.tunnelAddr = srv, "", ln.Addr()
-	go srv.Serve(ln)
+	g.tunnel, g.tunnelErr, g.tunnelLn = srv, "", ln
+	go func() {
+		if err := srv.Serve(ln); err != nil && !g.closing() {
+			g.log.Error("tunnel stopped serving", "err", err)
+		}
+	}()
 	g.log.Info("tunnel open", "addr", ln.Addr().String())
+}
+
+// closing reports whether Shutdown has begun.
+func (g *Gateway) closing() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.shutdown
 }
 
 // acceptEgress is the tunnel server's callback: a stream to a port this

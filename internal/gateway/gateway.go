@@ -109,15 +109,15 @@ type Gateway struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu         sync.Mutex
-	id         spiffeid.ID
-	certOK     bool
-	lastErr    string
-	ports      map[uint16]*portListener
-	problems   []string // listeners not served, and why
-	tunnelErr  string   // why the tunnel is not open
-	tunnelAddr net.Addr // where it is
-	shutdown   bool
+	mu        sync.Mutex
+	id        spiffeid.ID
+	certOK    bool
+	lastErr   string
+	ports     map[uint16]*portListener
+	problems  []string     // listeners not served, and why
+	tunnelErr string       // why the tunnel is not open
+	tunnelLn  net.Listener // where it is served
+	shutdown  bool
 }
 
 // New makes a Gateway; listeners open with the first configuration that
@@ -412,7 +412,7 @@ func (g *Gateway) TunnelAddr() net.Addr {
 	if g.tunnel == nil {
 		return nil
 	}
-	return g.tunnelAddr
+	return g.tunnelLn.Addr()
 }
 
 // Addrs lists the open listeners' addresses by port.
@@ -434,6 +434,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	srv := g.tunnel
 	g.mu.Unlock()
 	if srv != nil {
+		g.tunnelLn.Close()
 		srv.Shutdown(ctx) // streams from the mesh finish first
 		srv.Close()
 	}
