@@ -636,7 +636,7 @@ type ExternalTLSValidation struct {
 
 // LocalObjectReference names an object of the referrer's namespace.
 //
-// +kubebuilder:validation:XValidation:rule="self.group == ” && self.kind == 'ConfigMap'",message="a CA certificate reference names a ConfigMap (group \"\", kind ConfigMap)"
+// +kubebuilder:validation:XValidation:rule="self.group.size() == 0 && self.kind == 'ConfigMap'",message="a CA certificate reference names a ConfigMap (group \"\", kind ConfigMap)"
 type LocalObjectReference struct {
 	// +kubebuilder:default=""
 	// +optional
