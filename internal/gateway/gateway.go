@@ -529,7 +529,7 @@ func (pl *portListener) serveWith(c net.Conn, info l7.ConnInfo) {
 		return
 	case meshconfig.ProtocolHTTPS:
 		tc := tls.Server(c, &tls.Config{
-			MinVersion:     tls.VersionTLS12,
+			MinVersion:     tls.VersionTLS13,
 			NextProtos:     []string{"h2", "http/1.1"},
 			GetCertificate: pl.certs.Load().get,
 		})
