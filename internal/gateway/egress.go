@@ -141,7 +141,8 @@ func (g *Gateway) allowExternalConn(info l7.ConnInfo, be *meshconfig.RouteBacken
 // looked up now); never to an address of the mesh or of the gateway's
 // own host (loopback, link-local). On a TLS port it originates TLS, with
 // the backend's server name, checked against its CA bundle (or the
-// system's roots), ALPN http/1.1 or h2 for HTTPS as the engine speaks.
+// system's roots), TLS 1.3 only (as every TLS in Ambit), ALPN
+// http/1.1 or h2 for HTTPS as the engine speaks.
 func (g *Gateway) dialExternal(ctx context.Context, b *l7.Backend, h2 bool, ep netip.AddrPort) (net.Conn, error) {
 	x := b.External
 	p, _ := x.Port(b.Port)
@@ -170,7 +171,7 @@ func (g *Gateway) dialExternal(ctx context.Context, b *l7.Backend, h2 bool, ep n
 		c.Close()
 		return nil, fmt.Errorf("ExternalBackend %s: no TLS originated: %s", x.Key(), x.TLS.Problem)
 	}
-	tcfg := &tls.Config{ServerName: x.ServerName(), RootCAs: g.rootsFor(x), MinVersion: tls.VersionTLS12}
+	tcfg := &tls.Config{ServerName: x.ServerName(), RootCAs: g.rootsFor(x), MinVersion: tls.VersionTLS13}
 	if p.Protocol == meshconfig.ProtocolHTTPS {
 		tcfg.NextProtos = []string{"http/1.1"}
 		if h2 {

@@ -146,11 +146,30 @@ func TestGatewayEgress(t *testing.T) {
 			}()
 		}
 	}()
+	// A host that speaks TLS 1.2 at most, with a certificate of its own.
+	old := newCert(t, "api.example.com")
+	oldKP, err := tls.X509KeyPair([]byte(old.cert), []byte(old.key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls12Ln, err := tls.Listen("tcp", extServerIP+":0", &tls.Config{Certificates: []tls.Certificate{oldKP}, MaxVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs12 := &http.Server{ErrorLog: log.New(io.Discard, "", 0), Handler: hs.Handler}
+	go hs12.Serve(tls12Ln)
+	t.Cleanup(func() { hs12.Close() })
 	var dialed []string
+	only12 := false
 	dialExternal := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		mu.Lock()
 		dialed = append(dialed, addr)
+		to12 := only12
 		mu.Unlock()
+		if to12 {
+			var d net.Dialer
+			return d.DialContext(ctx, network, tls12Ln.Addr().String())
+		}
 		to := map[string]string{extIP + ":443": httpsLn.Addr().String(), extIP + ":5433": tlsLn.Addr().String()}[addr]
 		if to == "" {
 			return nil, fmt.Errorf("the test's external host has nothing at %s", addr)
@@ -263,5 +282,14 @@ func TestGatewayEgress(t *testing.T) {
 	if len(dialed) == before {
 		t.Errorf("the gateway did not even try the host")
 	}
+	only12 = true
 	mu.Unlock()
+
+	// A host that cannot speak TLS 1.3 gets nothing either.
+	if err := g.Update(mesh(old.cert)); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(checkoutID); code < 500 || strings.HasPrefix(body, "external") {
+		t.Errorf("a host that speaks TLS 1.2 at most: %d %q; want a 5xx from the gateway (TLS 1.3 only)", code, body)
+	}
 }
