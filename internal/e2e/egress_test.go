@@ -264,7 +264,7 @@ func TestPrivilegedEgressGateway(t *testing.T) {
 	t.Run("the gateway's access log names the client and the external host", func(t *testing.T) {
 		data, _ := os.ReadFile(lab.GatewayLog(l.StateDir(), "demo", "egress"))
 		access := grep(grep(grep(string(data), "log=access"), "gateway=demo/egress"), "upstream="+extIP+":8443")
-		if !strings.Contains(access, "src_principal=spiffe://"+l.TrustDomain()+"/ns/demo/sa/client") || !strings.Contains(access, "code=200") {
+		if !strings.Contains(access, "src_principal=spiffe://"+l.TrustDomain()+"/ns/demo/sa/client") || !strings.Contains(access, "code=200") || !strings.Contains(access, "dst_service=external.test") {
 			t.Errorf("no access line of demo/client's request to the external host in the gateway's log:\n%s", tailLines(string(data), 10))
 		}
 	})

@@ -91,11 +91,19 @@ func (o *TelemetryObserver) Observe(ri *RequestInfo) {
 			// An ingress gateway's request: the connection was addressed
 			// to the gateway itself; the destination is the Service its
 			// route chose ("namespace/name:port") and the endpoint tried.
-			if key, _, ok := strings.Cut(ri.Backend, ":"); ok {
-				if svc := d.Config.Service(key); svc != nil {
-					r.Destination.Namespace = svc.Namespace
-					r.Destination.Service = svc.Name + "." + svc.Namespace + ".svc." + o.ClusterDomain
+			// An egress gateway's, to an ExternalBackend
+			// ("external/namespace/name:port"): the destination service is
+			// the external host's name, and no workload.
+			key, _, _ := strings.Cut(ri.Backend, ":")
+			if ext, ok := strings.CutPrefix(key, "external/"); ok {
+				if x := d.Config.ExternalBackend(ext); x != nil {
+					r.Destination.Namespace, r.Destination.Service = x.Namespace, x.Hostname
 				}
+				break
+			}
+			if svc := d.Config.Service(key); svc != nil {
+				r.Destination.Namespace = svc.Namespace
+				r.Destination.Service = svc.Name + "." + svc.Namespace + ".svc." + o.ClusterDomain
 			}
 			if ri.Endpoint.IsValid() {
 				w = d.Config.WorkloadByIP(ri.Endpoint.Addr())
