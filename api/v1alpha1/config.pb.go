@@ -107,6 +107,9 @@ const (
 	// A gateway's TLSRoutes (passthrough by SNI) and TCPRoutes.
 	ResourceType_RESOURCE_TYPE_TLS_ROUTE ResourceType = 12
 	ResourceType_RESOURCE_TYPE_TCP_ROUTE ResourceType = 13
+	// A host outside the mesh, with the gateways mesh traffic to it goes
+	// through: every proxy gets them.
+	ResourceType_RESOURCE_TYPE_EXTERNAL_BACKEND ResourceType = 14
 )
 
 // Enum value maps for ResourceType.
@@ -126,22 +129,24 @@ var (
 		11: "RESOURCE_TYPE_GATEWAY",
 		12: "RESOURCE_TYPE_TLS_ROUTE",
 		13: "RESOURCE_TYPE_TCP_ROUTE",
+		14: "RESOURCE_TYPE_EXTERNAL_BACKEND",
 	}
 	ResourceType_value = map[string]int32{
-		"RESOURCE_TYPE_UNSPECIFIED":    0,
-		"RESOURCE_TYPE_MESH":           1,
-		"RESOURCE_TYPE_NAMESPACE":      2,
-		"RESOURCE_TYPE_WORKLOAD":       3,
-		"RESOURCE_TYPE_SERVICE":        4,
-		"RESOURCE_TYPE_ACCESS_POLICY":  5,
-		"RESOURCE_TYPE_TRUST_BUNDLE":   6,
-		"RESOURCE_TYPE_WAYPOINT":       7,
-		"RESOURCE_TYPE_TRAFFIC_POLICY": 8,
-		"RESOURCE_TYPE_HTTP_ROUTE":     9,
-		"RESOURCE_TYPE_GRPC_ROUTE":     10,
-		"RESOURCE_TYPE_GATEWAY":        11,
-		"RESOURCE_TYPE_TLS_ROUTE":      12,
-		"RESOURCE_TYPE_TCP_ROUTE":      13,
+		"RESOURCE_TYPE_UNSPECIFIED":      0,
+		"RESOURCE_TYPE_MESH":             1,
+		"RESOURCE_TYPE_NAMESPACE":        2,
+		"RESOURCE_TYPE_WORKLOAD":         3,
+		"RESOURCE_TYPE_SERVICE":          4,
+		"RESOURCE_TYPE_ACCESS_POLICY":    5,
+		"RESOURCE_TYPE_TRUST_BUNDLE":     6,
+		"RESOURCE_TYPE_WAYPOINT":         7,
+		"RESOURCE_TYPE_TRAFFIC_POLICY":   8,
+		"RESOURCE_TYPE_HTTP_ROUTE":       9,
+		"RESOURCE_TYPE_GRPC_ROUTE":       10,
+		"RESOURCE_TYPE_GATEWAY":          11,
+		"RESOURCE_TYPE_TLS_ROUTE":        12,
+		"RESOURCE_TYPE_TCP_ROUTE":        13,
+		"RESOURCE_TYPE_EXTERNAL_BACKEND": 14,
 	}
 )
 
@@ -740,6 +745,7 @@ type Resource struct {
 	//	*Resource_Gateway
 	//	*Resource_TlsRoute
 	//	*Resource_TcpRoute
+	//	*Resource_ExternalBackend
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -906,6 +912,15 @@ func (x *Resource) GetTcpRoute() *Route {
 	return nil
 }
 
+func (x *Resource) GetExternalBackend() *ExternalBackend {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_ExternalBackend); ok {
+			return x.ExternalBackend
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -962,6 +977,10 @@ type Resource_TcpRoute struct {
 	TcpRoute *Route `protobuf:"bytes,22,opt,name=tcp_route,json=tcpRoute,proto3,oneof"`
 }
 
+type Resource_ExternalBackend struct {
+	ExternalBackend *ExternalBackend `protobuf:"bytes,23,opt,name=external_backend,json=externalBackend,proto3,oneof"`
+}
+
 func (*Resource_Mesh) isResource_Kind() {}
 
 func (*Resource_Namespace) isResource_Kind() {}
@@ -987,6 +1006,8 @@ func (*Resource_Gateway) isResource_Kind() {}
 func (*Resource_TlsRoute) isResource_Kind() {}
 
 func (*Resource_TcpRoute) isResource_Kind() {}
+
+func (*Resource_ExternalBackend) isResource_Kind() {}
 
 // Mesh is the mesh-wide settings (kind MeshConfig).
 type Mesh struct {
@@ -1475,8 +1496,10 @@ func (x *ServicePort) GetAppProtocol() string {
 }
 
 // AccessPolicy is an identity-based access rule for the workloads its
-// selector picks in its namespace. A node proxy receives the policies that
-// apply to its own workloads.
+// selector picks in its namespace, or (external_backends set) for the
+// ExternalBackends of its namespace it names. A node proxy receives the
+// policies that apply to its own workloads, a gateway those that name
+// ExternalBackends.
 type AccessPolicy struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -1490,8 +1513,11 @@ type AccessPolicy struct {
 	// that predates the field compares them exactly, so a DENY it applies
 	// misses /ADMIN: upgrade waypoints before relying on it.
 	CaseInsensitivePaths bool `protobuf:"varint,7,opt,name=case_insensitive_paths,json=caseInsensitivePaths,proto3" json:"case_insensitive_paths,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Names of ExternalBackends in the namespace (spec.targetRefs); the
+	// policy then applies to no workload.
+	ExternalBackends []string `protobuf:"bytes,8,rep,name=external_backends,json=externalBackends,proto3" json:"external_backends,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AccessPolicy) Reset() {
@@ -1571,6 +1597,13 @@ func (x *AccessPolicy) GetCaseInsensitivePaths() bool {
 		return x.CaseInsensitivePaths
 	}
 	return false
+}
+
+func (x *AccessPolicy) GetExternalBackends() []string {
+	if x != nil {
+		return x.ExternalBackends
+	}
+	return nil
 }
 
 // PolicyRule matches when every non-empty part matches.
@@ -2962,6 +2995,317 @@ func (x *GatewayListener) GetProblem() string {
 	return ""
 }
 
+// ExternalBackend is a host outside the mesh (kind ExternalBackend).
+type ExternalBackend struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Hostname  string                 `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Ports     []*ExternalPort        `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	// "DNS" or "Static".
+	Resolution string `protobuf:"bytes,5,opt,name=resolution,proto3" json:"resolution,omitempty"`
+	// IPv4 (4 bytes) or IPv6 (16 bytes) addresses (Static).
+	Addresses [][]byte     `protobuf:"bytes,6,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Tls       *ExternalTLS `protobuf:"bytes,7,opt,name=tls,proto3" json:"tls,omitempty"`
+	// The gateways mesh traffic to each port goes through, as the
+	// controller derived them from the routes.
+	Egress        []*Egress `protobuf:"bytes,8,rep,name=egress,proto3" json:"egress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalBackend) Reset() {
+	*x = ExternalBackend{}
+	mi := &file_config_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalBackend) ProtoMessage() {}
+
+func (x *ExternalBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalBackend.ProtoReflect.Descriptor instead.
+func (*ExternalBackend) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ExternalBackend) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ExternalBackend) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExternalBackend) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *ExternalBackend) GetPorts() []*ExternalPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *ExternalBackend) GetResolution() string {
+	if x != nil {
+		return x.Resolution
+	}
+	return ""
+}
+
+func (x *ExternalBackend) GetAddresses() [][]byte {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *ExternalBackend) GetTls() *ExternalTLS {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+func (x *ExternalBackend) GetEgress() []*Egress {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+type ExternalPort struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Port  uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// "HTTP", "HTTPS", "TLS" or "TCP".
+	Protocol      string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalPort) Reset() {
+	*x = ExternalPort{}
+	mi := &file_config_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalPort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalPort) ProtoMessage() {}
+
+func (x *ExternalPort) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalPort.ProtoReflect.Descriptor instead.
+func (*ExternalPort) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ExternalPort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExternalPort) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ExternalPort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+// ExternalTLS is how a gateway checks the host's certificate.
+type ExternalTLS struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server name sent and checked, if not the hostname.
+	ServerName string `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	// Trust the system's roots (also when ca_pem is empty).
+	System bool `protobuf:"varint,2,opt,name=system,proto3" json:"system,omitempty"`
+	// PEM roots from the CA bundles the backend names.
+	CaPem []byte `protobuf:"bytes,3,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	// Which CA bundle could not be used: no TLS is originated to the host.
+	Problem       string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalTLS) Reset() {
+	*x = ExternalTLS{}
+	mi := &file_config_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalTLS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalTLS) ProtoMessage() {}
+
+func (x *ExternalTLS) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalTLS.ProtoReflect.Descriptor instead.
+func (*ExternalTLS) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ExternalTLS) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *ExternalTLS) GetSystem() bool {
+	if x != nil {
+		return x.System
+	}
+	return false
+}
+
+func (x *ExternalTLS) GetCaPem() []byte {
+	if x != nil {
+		return x.CaPem
+	}
+	return nil
+}
+
+func (x *ExternalTLS) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+// Egress is the gateway that mesh connections to one port go through.
+type Egress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Port  uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	// The Gateway, "namespace/name".
+	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// Its listener on port.
+	Listener string `protobuf:"bytes,3,opt,name=listener,proto3" json:"listener,omitempty"`
+	// IPv4 (4 bytes) or IPv6 (16 bytes) addresses of the gateway.
+	Addresses     [][]byte `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Egress) Reset() {
+	*x = Egress{}
+	mi := &file_config_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Egress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Egress) ProtoMessage() {}
+
+func (x *Egress) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Egress.ProtoReflect.Descriptor instead.
+func (*Egress) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *Egress) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Egress) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *Egress) GetListener() string {
+	if x != nil {
+		return x.Listener
+	}
+	return ""
+}
+
+func (x *Egress) GetAddresses() [][]byte {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
 type GatewayCertificate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The Secret, "namespace/name".
@@ -2974,7 +3318,7 @@ type GatewayCertificate struct {
 
 func (x *GatewayCertificate) Reset() {
 	*x = GatewayCertificate{}
-	mi := &file_config_proto_msgTypes[29]
+	mi := &file_config_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2986,7 +3330,7 @@ func (x *GatewayCertificate) String() string {
 func (*GatewayCertificate) ProtoMessage() {}
 
 func (x *GatewayCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[29]
+	mi := &file_config_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2999,7 +3343,7 @@ func (x *GatewayCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayCertificate.ProtoReflect.Descriptor instead.
 func (*GatewayCertificate) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{29}
+	return file_config_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GatewayCertificate) GetSecret() string {
@@ -3043,7 +3387,7 @@ type RouteRule struct {
 
 func (x *RouteRule) Reset() {
 	*x = RouteRule{}
-	mi := &file_config_proto_msgTypes[30]
+	mi := &file_config_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3055,7 +3399,7 @@ func (x *RouteRule) String() string {
 func (*RouteRule) ProtoMessage() {}
 
 func (x *RouteRule) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[30]
+	mi := &file_config_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3068,7 +3412,7 @@ func (x *RouteRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
 func (*RouteRule) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{30}
+	return file_config_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RouteRule) GetName() string {
@@ -3138,7 +3482,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_config_proto_msgTypes[31]
+	mi := &file_config_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3494,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[31]
+	mi := &file_config_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3507,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{31}
+	return file_config_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RouteMatch) GetPath() *PathMatch {
@@ -3211,7 +3555,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_config_proto_msgTypes[32]
+	mi := &file_config_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +3567,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[32]
+	mi := &file_config_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +3580,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{32}
+	return file_config_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PathMatch) GetType() MatchType {
@@ -3266,7 +3610,7 @@ type ValueMatch struct {
 
 func (x *ValueMatch) Reset() {
 	*x = ValueMatch{}
-	mi := &file_config_proto_msgTypes[33]
+	mi := &file_config_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3278,7 +3622,7 @@ func (x *ValueMatch) String() string {
 func (*ValueMatch) ProtoMessage() {}
 
 func (x *ValueMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[33]
+	mi := &file_config_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3291,7 +3635,7 @@ func (x *ValueMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValueMatch.ProtoReflect.Descriptor instead.
 func (*ValueMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{33}
+	return file_config_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ValueMatch) GetType() MatchType {
@@ -3326,7 +3670,7 @@ type GRPCMethodMatch struct {
 
 func (x *GRPCMethodMatch) Reset() {
 	*x = GRPCMethodMatch{}
-	mi := &file_config_proto_msgTypes[34]
+	mi := &file_config_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3338,7 +3682,7 @@ func (x *GRPCMethodMatch) String() string {
 func (*GRPCMethodMatch) ProtoMessage() {}
 
 func (x *GRPCMethodMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[34]
+	mi := &file_config_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3351,7 +3695,7 @@ func (x *GRPCMethodMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GRPCMethodMatch.ProtoReflect.Descriptor instead.
 func (*GRPCMethodMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{34}
+	return file_config_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GRPCMethodMatch) GetType() MatchType {
@@ -3390,7 +3734,7 @@ type RouteFilter struct {
 
 func (x *RouteFilter) Reset() {
 	*x = RouteFilter{}
-	mi := &file_config_proto_msgTypes[35]
+	mi := &file_config_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3402,7 +3746,7 @@ func (x *RouteFilter) String() string {
 func (*RouteFilter) ProtoMessage() {}
 
 func (x *RouteFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[35]
+	mi := &file_config_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3415,7 +3759,7 @@ func (x *RouteFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteFilter.ProtoReflect.Descriptor instead.
 func (*RouteFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{35}
+	return file_config_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RouteFilter) GetType() FilterType {
@@ -3464,7 +3808,7 @@ type HeaderFilter struct {
 
 func (x *HeaderFilter) Reset() {
 	*x = HeaderFilter{}
-	mi := &file_config_proto_msgTypes[36]
+	mi := &file_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3476,7 +3820,7 @@ func (x *HeaderFilter) String() string {
 func (*HeaderFilter) ProtoMessage() {}
 
 func (x *HeaderFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[36]
+	mi := &file_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3489,7 +3833,7 @@ func (x *HeaderFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderFilter.ProtoReflect.Descriptor instead.
 func (*HeaderFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{36}
+	return file_config_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *HeaderFilter) GetSet() []*HeaderValue {
@@ -3523,7 +3867,7 @@ type HeaderValue struct {
 
 func (x *HeaderValue) Reset() {
 	*x = HeaderValue{}
-	mi := &file_config_proto_msgTypes[37]
+	mi := &file_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3535,7 +3879,7 @@ func (x *HeaderValue) String() string {
 func (*HeaderValue) ProtoMessage() {}
 
 func (x *HeaderValue) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[37]
+	mi := &file_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3548,7 +3892,7 @@ func (x *HeaderValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderValue.ProtoReflect.Descriptor instead.
 func (*HeaderValue) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{37}
+	return file_config_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *HeaderValue) GetName() string {
@@ -3580,7 +3924,7 @@ type RedirectFilter struct {
 
 func (x *RedirectFilter) Reset() {
 	*x = RedirectFilter{}
-	mi := &file_config_proto_msgTypes[38]
+	mi := &file_config_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3592,7 +3936,7 @@ func (x *RedirectFilter) String() string {
 func (*RedirectFilter) ProtoMessage() {}
 
 func (x *RedirectFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[38]
+	mi := &file_config_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3605,7 +3949,7 @@ func (x *RedirectFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedirectFilter.ProtoReflect.Descriptor instead.
 func (*RedirectFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{38}
+	return file_config_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RedirectFilter) GetScheme() string {
@@ -3653,7 +3997,7 @@ type RewriteFilter struct {
 
 func (x *RewriteFilter) Reset() {
 	*x = RewriteFilter{}
-	mi := &file_config_proto_msgTypes[39]
+	mi := &file_config_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3665,7 +4009,7 @@ func (x *RewriteFilter) String() string {
 func (*RewriteFilter) ProtoMessage() {}
 
 func (x *RewriteFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[39]
+	mi := &file_config_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3678,7 +4022,7 @@ func (x *RewriteFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewriteFilter.ProtoReflect.Descriptor instead.
 func (*RewriteFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{39}
+	return file_config_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RewriteFilter) GetHostname() string {
@@ -3705,7 +4049,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_config_proto_msgTypes[40]
+	mi := &file_config_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3717,7 +4061,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[40]
+	mi := &file_config_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3730,7 +4074,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{40}
+	return file_config_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PathModifier) GetType() PathModifierType {
@@ -3760,7 +4104,7 @@ type MirrorFilter struct {
 
 func (x *MirrorFilter) Reset() {
 	*x = MirrorFilter{}
-	mi := &file_config_proto_msgTypes[41]
+	mi := &file_config_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3772,7 +4116,7 @@ func (x *MirrorFilter) String() string {
 func (*MirrorFilter) ProtoMessage() {}
 
 func (x *MirrorFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[41]
+	mi := &file_config_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3785,7 +4129,7 @@ func (x *MirrorFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorFilter.ProtoReflect.Descriptor instead.
 func (*MirrorFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{41}
+	return file_config_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *MirrorFilter) GetBackend() *ServiceRef {
@@ -3810,17 +4154,19 @@ func (x *MirrorFilter) GetDenominator() int64 {
 }
 
 type ServiceRef struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Port      uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// "" for a Service, "ExternalBackend" for a host outside the mesh.
+	Kind          string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceRef) Reset() {
 	*x = ServiceRef{}
-	mi := &file_config_proto_msgTypes[42]
+	mi := &file_config_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3832,7 +4178,7 @@ func (x *ServiceRef) String() string {
 func (*ServiceRef) ProtoMessage() {}
 
 func (x *ServiceRef) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[42]
+	mi := &file_config_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3845,7 +4191,7 @@ func (x *ServiceRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRef.ProtoReflect.Descriptor instead.
 func (*ServiceRef) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{42}
+	return file_config_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ServiceRef) GetNamespace() string {
@@ -3869,6 +4215,13 @@ func (x *ServiceRef) GetPort() uint32 {
 	return 0
 }
 
+func (x *ServiceRef) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
 type RouteBackend struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       *ServiceRef            `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
@@ -3880,7 +4233,7 @@ type RouteBackend struct {
 
 func (x *RouteBackend) Reset() {
 	*x = RouteBackend{}
-	mi := &file_config_proto_msgTypes[43]
+	mi := &file_config_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3892,7 +4245,7 @@ func (x *RouteBackend) String() string {
 func (*RouteBackend) ProtoMessage() {}
 
 func (x *RouteBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[43]
+	mi := &file_config_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3905,7 +4258,7 @@ func (x *RouteBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteBackend.ProtoReflect.Descriptor instead.
 func (*RouteBackend) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{43}
+	return file_config_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RouteBackend) GetService() *ServiceRef {
@@ -3940,7 +4293,7 @@ type RouteTimeouts struct {
 
 func (x *RouteTimeouts) Reset() {
 	*x = RouteTimeouts{}
-	mi := &file_config_proto_msgTypes[44]
+	mi := &file_config_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3952,7 +4305,7 @@ func (x *RouteTimeouts) String() string {
 func (*RouteTimeouts) ProtoMessage() {}
 
 func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[44]
+	mi := &file_config_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3965,7 +4318,7 @@ func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTimeouts.ProtoReflect.Descriptor instead.
 func (*RouteTimeouts) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{44}
+	return file_config_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RouteTimeouts) GetRequestNanos() int64 {
@@ -3995,7 +4348,7 @@ type RouteRetry struct {
 
 func (x *RouteRetry) Reset() {
 	*x = RouteRetry{}
-	mi := &file_config_proto_msgTypes[45]
+	mi := &file_config_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4007,7 +4360,7 @@ func (x *RouteRetry) String() string {
 func (*RouteRetry) ProtoMessage() {}
 
 func (x *RouteRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[45]
+	mi := &file_config_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4020,7 +4373,7 @@ func (x *RouteRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRetry.ProtoReflect.Descriptor instead.
 func (*RouteRetry) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{45}
+	return file_config_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RouteRetry) GetAttempts() int32 {
@@ -4067,7 +4420,7 @@ const file_config_proto_rawDesc = "" +
 	"\aremoved\x18\x05 \x03(\v2\x1b.ambit.v1alpha1.ResourceRefR\aremoved\"S\n" +
 	"\vResourceRef\x120\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1c.ambit.v1alpha1.ResourceTypeR\x04type\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xad\x06\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xfb\x06\n" +
 	"\bResource\x12-\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1b.ambit.v1alpha1.ResourceRefR\x03ref\x12*\n" +
 	"\x04mesh\x18\n" +
@@ -4085,7 +4438,8 @@ const file_config_proto_rawDesc = "" +
 	"grpc_route\x18\x13 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\tgrpcRoute\x123\n" +
 	"\agateway\x18\x14 \x01(\v2\x17.ambit.v1alpha1.GatewayH\x00R\agateway\x124\n" +
 	"\ttls_route\x18\x15 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\btlsRoute\x124\n" +
-	"\ttcp_route\x18\x16 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\btcpRouteB\x06\n" +
+	"\ttcp_route\x18\x16 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\btcpRoute\x12L\n" +
+	"\x10external_backend\x18\x17 \x01(\v2\x1f.ambit.v1alpha1.ExternalBackendH\x00R\x0fexternalBackendB\x06\n" +
 	"\x04kind\"\xa6\x02\n" +
 	"\x04Mesh\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
@@ -4141,7 +4495,7 @@ const file_config_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
 	"\vtarget_port\x18\x03 \x01(\rR\n" +
 	"targetPort\x12!\n" +
-	"\fapp_protocol\x18\x04 \x01(\tR\vappProtocol\"\xfc\x02\n" +
+	"\fapp_protocol\x18\x04 \x01(\tR\vappProtocol\"\xa9\x03\n" +
 	"\fAccessPolicy\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12F\n" +
@@ -4149,7 +4503,8 @@ const file_config_proto_rawDesc = "" +
 	"\x06action\x18\x04 \x01(\x0e2\x1c.ambit.v1alpha1.PolicyActionR\x06action\x12\x17\n" +
 	"\adry_run\x18\x05 \x01(\bR\x06dryRun\x120\n" +
 	"\x05rules\x18\x06 \x03(\v2\x1a.ambit.v1alpha1.PolicyRuleR\x05rules\x124\n" +
-	"\x16case_insensitive_paths\x18\a \x01(\bR\x14caseInsensitivePaths\x1a;\n" +
+	"\x16case_insensitive_paths\x18\a \x01(\bR\x14caseInsensitivePaths\x12+\n" +
+	"\x11external_backends\x18\b \x03(\tR\x10externalBackends\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x01\n" +
@@ -4263,7 +4618,33 @@ const file_config_proto_rawDesc = "" +
 	"\vroutes_from\x18\x05 \x01(\tR\n" +
 	"routesFrom\x12F\n" +
 	"\fcertificates\x18\x06 \x03(\v2\".ambit.v1alpha1.GatewayCertificateR\fcertificates\x12\x18\n" +
-	"\aproblem\x18\a \x01(\tR\aproblem\"`\n" +
+	"\aproblem\x18\a \x01(\tR\aproblem\"\xb0\x02\n" +
+	"\x0fExternalBackend\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bhostname\x18\x03 \x01(\tR\bhostname\x122\n" +
+	"\x05ports\x18\x04 \x03(\v2\x1c.ambit.v1alpha1.ExternalPortR\x05ports\x12\x1e\n" +
+	"\n" +
+	"resolution\x18\x05 \x01(\tR\n" +
+	"resolution\x12\x1c\n" +
+	"\taddresses\x18\x06 \x03(\fR\taddresses\x12-\n" +
+	"\x03tls\x18\a \x01(\v2\x1b.ambit.v1alpha1.ExternalTLSR\x03tls\x12.\n" +
+	"\x06egress\x18\b \x03(\v2\x16.ambit.v1alpha1.EgressR\x06egress\"R\n" +
+	"\fExternalPort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"w\n" +
+	"\vExternalTLS\x12\x1f\n" +
+	"\vserver_name\x18\x01 \x01(\tR\n" +
+	"serverName\x12\x16\n" +
+	"\x06system\x18\x02 \x01(\bR\x06system\x12\x15\n" +
+	"\x06ca_pem\x18\x03 \x01(\fR\x05caPem\x12\x18\n" +
+	"\aproblem\x18\x04 \x01(\tR\aproblem\"p\n" +
+	"\x06Egress\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1a\n" +
+	"\blistener\x18\x03 \x01(\tR\blistener\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\fR\taddresses\"`\n" +
 	"\x12GatewayCertificate\x12\x16\n" +
 	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x19\n" +
 	"\bcert_pem\x18\x02 \x01(\fR\acertPem\x12\x17\n" +
@@ -4325,12 +4706,13 @@ const file_config_proto_rawDesc = "" +
 	"\fMirrorFilter\x124\n" +
 	"\abackend\x18\x01 \x01(\v2\x1a.ambit.v1alpha1.ServiceRefR\abackend\x12\x1c\n" +
 	"\tnumerator\x18\x02 \x01(\x03R\tnumerator\x12 \n" +
-	"\vdenominator\x18\x03 \x01(\x03R\vdenominator\"R\n" +
+	"\vdenominator\x18\x03 \x01(\x03R\vdenominator\"f\n" +
 	"\n" +
 	"ServiceRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04port\x18\x03 \x01(\rR\x04port\"\x93\x01\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\"\x93\x01\n" +
 	"\fRouteBackend\x124\n" +
 	"\aservice\x18\x01 \x01(\v2\x1a.ambit.v1alpha1.ServiceRefR\aservice\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\x05R\x06weight\x125\n" +
@@ -4349,7 +4731,7 @@ const file_config_proto_rawDesc = "" +
 	"\x16PROXY_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROXY_KIND_NODE\x10\x01\x12\x17\n" +
 	"\x13PROXY_KIND_WAYPOINT\x10\x02\x12\x16\n" +
-	"\x12PROXY_KIND_GATEWAY\x10\x03*\xa9\x03\n" +
+	"\x12PROXY_KIND_GATEWAY\x10\x03*\xcd\x03\n" +
 	"\fResourceType\x12\x1d\n" +
 	"\x19RESOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RESOURCE_TYPE_MESH\x10\x01\x12\x1b\n" +
@@ -4365,7 +4747,8 @@ const file_config_proto_rawDesc = "" +
 	"\x12\x19\n" +
 	"\x15RESOURCE_TYPE_GATEWAY\x10\v\x12\x1b\n" +
 	"\x17RESOURCE_TYPE_TLS_ROUTE\x10\f\x12\x1b\n" +
-	"\x17RESOURCE_TYPE_TCP_ROUTE\x10\r*\xc8\x01\n" +
+	"\x17RESOURCE_TYPE_TCP_ROUTE\x10\r\x12\"\n" +
+	"\x1eRESOURCE_TYPE_EXTERNAL_BACKEND\x10\x0e*\xc8\x01\n" +
 	"\x11PathNormalization\x12\"\n" +
 	"\x1ePATH_NORMALIZATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17PATH_NORMALIZATION_NONE\x10\x01\x12\x1b\n" +
@@ -4409,7 +4792,7 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_config_proto_goTypes = []any{
 	(ProxyKind)(0),             // 0: ambit.v1alpha1.ProxyKind
 	(ResourceType)(0),          // 1: ambit.v1alpha1.ResourceType
@@ -4447,30 +4830,34 @@ var file_config_proto_goTypes = []any{
 	(*RouteParent)(nil),        // 33: ambit.v1alpha1.RouteParent
 	(*Gateway)(nil),            // 34: ambit.v1alpha1.Gateway
 	(*GatewayListener)(nil),    // 35: ambit.v1alpha1.GatewayListener
-	(*GatewayCertificate)(nil), // 36: ambit.v1alpha1.GatewayCertificate
-	(*RouteRule)(nil),          // 37: ambit.v1alpha1.RouteRule
-	(*RouteMatch)(nil),         // 38: ambit.v1alpha1.RouteMatch
-	(*PathMatch)(nil),          // 39: ambit.v1alpha1.PathMatch
-	(*ValueMatch)(nil),         // 40: ambit.v1alpha1.ValueMatch
-	(*GRPCMethodMatch)(nil),    // 41: ambit.v1alpha1.GRPCMethodMatch
-	(*RouteFilter)(nil),        // 42: ambit.v1alpha1.RouteFilter
-	(*HeaderFilter)(nil),       // 43: ambit.v1alpha1.HeaderFilter
-	(*HeaderValue)(nil),        // 44: ambit.v1alpha1.HeaderValue
-	(*RedirectFilter)(nil),     // 45: ambit.v1alpha1.RedirectFilter
-	(*RewriteFilter)(nil),      // 46: ambit.v1alpha1.RewriteFilter
-	(*PathModifier)(nil),       // 47: ambit.v1alpha1.PathModifier
-	(*MirrorFilter)(nil),       // 48: ambit.v1alpha1.MirrorFilter
-	(*ServiceRef)(nil),         // 49: ambit.v1alpha1.ServiceRef
-	(*RouteBackend)(nil),       // 50: ambit.v1alpha1.RouteBackend
-	(*RouteTimeouts)(nil),      // 51: ambit.v1alpha1.RouteTimeouts
-	(*RouteRetry)(nil),         // 52: ambit.v1alpha1.RouteRetry
-	nil,                        // 53: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	nil,                        // 54: ambit.v1alpha1.Namespace.LabelsEntry
-	nil,                        // 55: ambit.v1alpha1.Namespace.AnnotationsEntry
-	nil,                        // 56: ambit.v1alpha1.Workload.LabelsEntry
-	nil,                        // 57: ambit.v1alpha1.Service.LabelsEntry
-	nil,                        // 58: ambit.v1alpha1.Service.SelectorEntry
-	nil,                        // 59: ambit.v1alpha1.AccessPolicy.SelectorEntry
+	(*ExternalBackend)(nil),    // 36: ambit.v1alpha1.ExternalBackend
+	(*ExternalPort)(nil),       // 37: ambit.v1alpha1.ExternalPort
+	(*ExternalTLS)(nil),        // 38: ambit.v1alpha1.ExternalTLS
+	(*Egress)(nil),             // 39: ambit.v1alpha1.Egress
+	(*GatewayCertificate)(nil), // 40: ambit.v1alpha1.GatewayCertificate
+	(*RouteRule)(nil),          // 41: ambit.v1alpha1.RouteRule
+	(*RouteMatch)(nil),         // 42: ambit.v1alpha1.RouteMatch
+	(*PathMatch)(nil),          // 43: ambit.v1alpha1.PathMatch
+	(*ValueMatch)(nil),         // 44: ambit.v1alpha1.ValueMatch
+	(*GRPCMethodMatch)(nil),    // 45: ambit.v1alpha1.GRPCMethodMatch
+	(*RouteFilter)(nil),        // 46: ambit.v1alpha1.RouteFilter
+	(*HeaderFilter)(nil),       // 47: ambit.v1alpha1.HeaderFilter
+	(*HeaderValue)(nil),        // 48: ambit.v1alpha1.HeaderValue
+	(*RedirectFilter)(nil),     // 49: ambit.v1alpha1.RedirectFilter
+	(*RewriteFilter)(nil),      // 50: ambit.v1alpha1.RewriteFilter
+	(*PathModifier)(nil),       // 51: ambit.v1alpha1.PathModifier
+	(*MirrorFilter)(nil),       // 52: ambit.v1alpha1.MirrorFilter
+	(*ServiceRef)(nil),         // 53: ambit.v1alpha1.ServiceRef
+	(*RouteBackend)(nil),       // 54: ambit.v1alpha1.RouteBackend
+	(*RouteTimeouts)(nil),      // 55: ambit.v1alpha1.RouteTimeouts
+	(*RouteRetry)(nil),         // 56: ambit.v1alpha1.RouteRetry
+	nil,                        // 57: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	nil,                        // 58: ambit.v1alpha1.Namespace.LabelsEntry
+	nil,                        // 59: ambit.v1alpha1.Namespace.AnnotationsEntry
+	nil,                        // 60: ambit.v1alpha1.Workload.LabelsEntry
+	nil,                        // 61: ambit.v1alpha1.Service.LabelsEntry
+	nil,                        // 62: ambit.v1alpha1.Service.SelectorEntry
+	nil,                        // 63: ambit.v1alpha1.AccessPolicy.SelectorEntry
 }
 var file_config_proto_depIdxs = []int32{
 	0,  // 0: ambit.v1alpha1.ProxyInfo.kind:type_name -> ambit.v1alpha1.ProxyKind
@@ -4492,63 +4879,67 @@ var file_config_proto_depIdxs = []int32{
 	34, // 16: ambit.v1alpha1.Resource.gateway:type_name -> ambit.v1alpha1.Gateway
 	32, // 17: ambit.v1alpha1.Resource.tls_route:type_name -> ambit.v1alpha1.Route
 	32, // 18: ambit.v1alpha1.Resource.tcp_route:type_name -> ambit.v1alpha1.Route
-	53, // 19: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	2,  // 20: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
-	54, // 21: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	55, // 22: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	56, // 23: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
-	15, // 24: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	57, // 25: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	58, // 26: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
-	17, // 27: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	59, // 28: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
-	3,  // 29: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
-	19, // 30: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	22, // 31: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
-	20, // 32: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
-	21, // 33: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
-	26, // 34: ambit.v1alpha1.TrafficPolicy.retries:type_name -> ambit.v1alpha1.TrafficRetries
-	27, // 35: ambit.v1alpha1.TrafficPolicy.timeouts:type_name -> ambit.v1alpha1.TrafficTimeouts
-	28, // 36: ambit.v1alpha1.TrafficPolicy.circuit_breaker:type_name -> ambit.v1alpha1.CircuitBreaker
-	29, // 37: ambit.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambit.v1alpha1.OutlierDetection
-	30, // 38: ambit.v1alpha1.TrafficPolicy.rate_limit:type_name -> ambit.v1alpha1.RateLimit
-	31, // 39: ambit.v1alpha1.TrafficPolicy.fault:type_name -> ambit.v1alpha1.Fault
-	33, // 40: ambit.v1alpha1.Route.parents:type_name -> ambit.v1alpha1.RouteParent
-	37, // 41: ambit.v1alpha1.Route.rules:type_name -> ambit.v1alpha1.RouteRule
-	35, // 42: ambit.v1alpha1.Gateway.listeners:type_name -> ambit.v1alpha1.GatewayListener
-	36, // 43: ambit.v1alpha1.GatewayListener.certificates:type_name -> ambit.v1alpha1.GatewayCertificate
-	38, // 44: ambit.v1alpha1.RouteRule.matches:type_name -> ambit.v1alpha1.RouteMatch
-	42, // 45: ambit.v1alpha1.RouteRule.filters:type_name -> ambit.v1alpha1.RouteFilter
-	50, // 46: ambit.v1alpha1.RouteRule.backends:type_name -> ambit.v1alpha1.RouteBackend
-	51, // 47: ambit.v1alpha1.RouteRule.timeouts:type_name -> ambit.v1alpha1.RouteTimeouts
-	52, // 48: ambit.v1alpha1.RouteRule.retry:type_name -> ambit.v1alpha1.RouteRetry
-	39, // 49: ambit.v1alpha1.RouteMatch.path:type_name -> ambit.v1alpha1.PathMatch
-	40, // 50: ambit.v1alpha1.RouteMatch.query_params:type_name -> ambit.v1alpha1.ValueMatch
-	40, // 51: ambit.v1alpha1.RouteMatch.headers:type_name -> ambit.v1alpha1.ValueMatch
-	41, // 52: ambit.v1alpha1.RouteMatch.grpc_method:type_name -> ambit.v1alpha1.GRPCMethodMatch
-	4,  // 53: ambit.v1alpha1.PathMatch.type:type_name -> ambit.v1alpha1.MatchType
-	4,  // 54: ambit.v1alpha1.ValueMatch.type:type_name -> ambit.v1alpha1.MatchType
-	4,  // 55: ambit.v1alpha1.GRPCMethodMatch.type:type_name -> ambit.v1alpha1.MatchType
-	5,  // 56: ambit.v1alpha1.RouteFilter.type:type_name -> ambit.v1alpha1.FilterType
-	43, // 57: ambit.v1alpha1.RouteFilter.headers:type_name -> ambit.v1alpha1.HeaderFilter
-	45, // 58: ambit.v1alpha1.RouteFilter.redirect:type_name -> ambit.v1alpha1.RedirectFilter
-	46, // 59: ambit.v1alpha1.RouteFilter.rewrite:type_name -> ambit.v1alpha1.RewriteFilter
-	48, // 60: ambit.v1alpha1.RouteFilter.mirror:type_name -> ambit.v1alpha1.MirrorFilter
-	44, // 61: ambit.v1alpha1.HeaderFilter.set:type_name -> ambit.v1alpha1.HeaderValue
-	44, // 62: ambit.v1alpha1.HeaderFilter.add:type_name -> ambit.v1alpha1.HeaderValue
-	47, // 63: ambit.v1alpha1.RedirectFilter.path:type_name -> ambit.v1alpha1.PathModifier
-	47, // 64: ambit.v1alpha1.RewriteFilter.path:type_name -> ambit.v1alpha1.PathModifier
-	6,  // 65: ambit.v1alpha1.PathModifier.type:type_name -> ambit.v1alpha1.PathModifierType
-	49, // 66: ambit.v1alpha1.MirrorFilter.backend:type_name -> ambit.v1alpha1.ServiceRef
-	49, // 67: ambit.v1alpha1.RouteBackend.service:type_name -> ambit.v1alpha1.ServiceRef
-	42, // 68: ambit.v1alpha1.RouteBackend.filters:type_name -> ambit.v1alpha1.RouteFilter
-	8,  // 69: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	9,  // 70: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	70, // [70:71] is the sub-list for method output_type
-	69, // [69:70] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	36, // 19: ambit.v1alpha1.Resource.external_backend:type_name -> ambit.v1alpha1.ExternalBackend
+	57, // 20: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	2,  // 21: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
+	58, // 22: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	59, // 23: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	60, // 24: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	15, // 25: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
+	61, // 26: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	62, // 27: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	17, // 28: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
+	63, // 29: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	3,  // 30: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
+	19, // 31: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
+	22, // 32: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	20, // 33: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
+	21, // 34: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
+	26, // 35: ambit.v1alpha1.TrafficPolicy.retries:type_name -> ambit.v1alpha1.TrafficRetries
+	27, // 36: ambit.v1alpha1.TrafficPolicy.timeouts:type_name -> ambit.v1alpha1.TrafficTimeouts
+	28, // 37: ambit.v1alpha1.TrafficPolicy.circuit_breaker:type_name -> ambit.v1alpha1.CircuitBreaker
+	29, // 38: ambit.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambit.v1alpha1.OutlierDetection
+	30, // 39: ambit.v1alpha1.TrafficPolicy.rate_limit:type_name -> ambit.v1alpha1.RateLimit
+	31, // 40: ambit.v1alpha1.TrafficPolicy.fault:type_name -> ambit.v1alpha1.Fault
+	33, // 41: ambit.v1alpha1.Route.parents:type_name -> ambit.v1alpha1.RouteParent
+	41, // 42: ambit.v1alpha1.Route.rules:type_name -> ambit.v1alpha1.RouteRule
+	35, // 43: ambit.v1alpha1.Gateway.listeners:type_name -> ambit.v1alpha1.GatewayListener
+	40, // 44: ambit.v1alpha1.GatewayListener.certificates:type_name -> ambit.v1alpha1.GatewayCertificate
+	37, // 45: ambit.v1alpha1.ExternalBackend.ports:type_name -> ambit.v1alpha1.ExternalPort
+	38, // 46: ambit.v1alpha1.ExternalBackend.tls:type_name -> ambit.v1alpha1.ExternalTLS
+	39, // 47: ambit.v1alpha1.ExternalBackend.egress:type_name -> ambit.v1alpha1.Egress
+	42, // 48: ambit.v1alpha1.RouteRule.matches:type_name -> ambit.v1alpha1.RouteMatch
+	46, // 49: ambit.v1alpha1.RouteRule.filters:type_name -> ambit.v1alpha1.RouteFilter
+	54, // 50: ambit.v1alpha1.RouteRule.backends:type_name -> ambit.v1alpha1.RouteBackend
+	55, // 51: ambit.v1alpha1.RouteRule.timeouts:type_name -> ambit.v1alpha1.RouteTimeouts
+	56, // 52: ambit.v1alpha1.RouteRule.retry:type_name -> ambit.v1alpha1.RouteRetry
+	43, // 53: ambit.v1alpha1.RouteMatch.path:type_name -> ambit.v1alpha1.PathMatch
+	44, // 54: ambit.v1alpha1.RouteMatch.query_params:type_name -> ambit.v1alpha1.ValueMatch
+	44, // 55: ambit.v1alpha1.RouteMatch.headers:type_name -> ambit.v1alpha1.ValueMatch
+	45, // 56: ambit.v1alpha1.RouteMatch.grpc_method:type_name -> ambit.v1alpha1.GRPCMethodMatch
+	4,  // 57: ambit.v1alpha1.PathMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 58: ambit.v1alpha1.ValueMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 59: ambit.v1alpha1.GRPCMethodMatch.type:type_name -> ambit.v1alpha1.MatchType
+	5,  // 60: ambit.v1alpha1.RouteFilter.type:type_name -> ambit.v1alpha1.FilterType
+	47, // 61: ambit.v1alpha1.RouteFilter.headers:type_name -> ambit.v1alpha1.HeaderFilter
+	49, // 62: ambit.v1alpha1.RouteFilter.redirect:type_name -> ambit.v1alpha1.RedirectFilter
+	50, // 63: ambit.v1alpha1.RouteFilter.rewrite:type_name -> ambit.v1alpha1.RewriteFilter
+	52, // 64: ambit.v1alpha1.RouteFilter.mirror:type_name -> ambit.v1alpha1.MirrorFilter
+	48, // 65: ambit.v1alpha1.HeaderFilter.set:type_name -> ambit.v1alpha1.HeaderValue
+	48, // 66: ambit.v1alpha1.HeaderFilter.add:type_name -> ambit.v1alpha1.HeaderValue
+	51, // 67: ambit.v1alpha1.RedirectFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	51, // 68: ambit.v1alpha1.RewriteFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	6,  // 69: ambit.v1alpha1.PathModifier.type:type_name -> ambit.v1alpha1.PathModifierType
+	53, // 70: ambit.v1alpha1.MirrorFilter.backend:type_name -> ambit.v1alpha1.ServiceRef
+	53, // 71: ambit.v1alpha1.RouteBackend.service:type_name -> ambit.v1alpha1.ServiceRef
+	46, // 72: ambit.v1alpha1.RouteBackend.filters:type_name -> ambit.v1alpha1.RouteFilter
+	8,  // 73: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	9,  // 74: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	74, // [74:75] is the sub-list for method output_type
+	73, // [73:74] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -4570,6 +4961,7 @@ func file_config_proto_init() {
 		(*Resource_Gateway)(nil),
 		(*Resource_TlsRoute)(nil),
 		(*Resource_TcpRoute)(nil),
+		(*Resource_ExternalBackend)(nil),
 	}
 	file_config_proto_msgTypes[14].OneofWrappers = []any{
 		(*PolicyHeaderMatch_Exact)(nil),
@@ -4577,14 +4969,14 @@ func file_config_proto_init() {
 		(*PolicyHeaderMatch_Regex)(nil),
 		(*PolicyHeaderMatch_Present)(nil),
 	}
-	file_config_proto_msgTypes[44].OneofWrappers = []any{}
+	file_config_proto_msgTypes[48].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   53,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

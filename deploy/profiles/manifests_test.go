@@ -540,7 +540,7 @@ func applyInstall(c *kubetest.Cluster) error {
 	kubectl("apply", "-k", "default")
 	again := kubectl("apply", "-k", "default")
 	kubectl("wait", "--for=condition=Established", "--timeout=60s",
-		"crd/waypoints.ambit.dev", "crd/accesspolicies.ambit.dev", "crd/trafficpolicies.ambit.dev",
+		"crd/waypoints.ambit.dev", "crd/accesspolicies.ambit.dev", "crd/trafficpolicies.ambit.dev", "crd/externalbackends.ambit.dev",
 		"crd/httproutes.gateway.networking.k8s.io", "crd/grpcroutes.gateway.networking.k8s.io",
 		"crd/gatewayclasses.gateway.networking.k8s.io", "crd/gateways.gateway.networking.k8s.io")
 	if err != nil {
@@ -609,11 +609,16 @@ func TestApplyToAPIServer(t *testing.T) {
 		{"create", "", "services", "", "shop", true},
 		{"create", "", "serviceaccounts", "", "shop", true},
 		{"create", "", "serviceaccounts", "token", "shop", false},
+		// ConfigMaps are read (the CA bundles of ExternalBackends), never
+		// written.
 		{"create", "", "configmaps", "", "shop", false},
-		{"get", "", "configmaps", "", "shop", false},
+		{"get", "", "configmaps", "", "shop", true},
 		{"update", "", "configmaps", "", "shop", false},
 		{"delete", "", "configmaps", "", "shop", false},
-		{"list", "", "configmaps", "", "", false},
+		{"list", "", "configmaps", "", "", true},
+		{"watch", "ambit.dev", "externalbackends", "", "", true},
+		{"patch", "ambit.dev", "externalbackends", "status", "shop", true},
+		{"update", "ambit.dev", "externalbackends", "", "shop", false},
 		{"create", "authentication.k8s.io", "tokenreviews", "", "", true},
 		{"get", "", "secrets", "", namespace, true},
 		{"list", "", "secrets", "", "", true},

@@ -5,12 +5,17 @@
 // pair of nginx stream proxies doing the same mutual-TLS hop between the
 // nodes. For each it measures iperf3 throughput (one and N streams),
 // request/response latency at a fixed rate, new connections per second, and
-// the proxies' CPU time and peak memory. With Config.Rounds it measures the
-// whole mode list several times, interleaved, and reports each metric's
-// median and range over the rounds beside every round's results.
+// the proxies' CPU time and peak memory. Its L7 modes (l7.go) measure
+// HTTP through a waypoint beside nginx as an HTTP proxy, and HTTPS from
+// outside the mesh through an ingress gateway beside nginx terminating
+// TLS: latency at a fixed rate and requests per second per proxy core.
+// With Config.Rounds it measures the whole mode list several times,
+// interleaved, and reports each metric's median and range over the rounds
+// beside every round's results.
 //
-// The programs that run inside the pods (rr-server, rr-client, probe) are
-// HelperMain, reached through the ambit-bench binary.
+// The programs that run inside the pods (rr-server, http-server,
+// rr-client, probe) are HelperMain, reached through the ambit-bench
+// binary.
 package bench
 
 import (
@@ -96,12 +101,13 @@ type Config struct {
 	// of the machine for both).
 	ProxyCPUs string
 	// AccessLog makes the L7 modes' HTTP proxies log one line per
-	// request: the waypoint (its --access-log, on by default outside the
-	// benchmark) and nginx http (access_log). Off: neither logs.
+	// request: the waypoint and the gateway (their --access-log, on by
+	// default outside the benchmark) and nginx http (access_log). Off:
+	// none logs.
 	AccessLog bool
 	// ProfileDir, when set, receives CPU and allocation profiles (pprof,
-	// from their admin endpoints) of the node proxies and the waypoint
-	// during the waypoint mode's max run.
+	// from their admin endpoints) of the node proxies and the waypoint or
+	// gateway during the waypoint and gateway modes' max runs.
 	ProfileDir string
 	// SamplesDir, when set, receives every fixed-rate run's requests
 	// (rr-client -samples), one file per mode, round and run.
@@ -175,15 +181,17 @@ func ParseModes(s string) ([]string, error) {
 	return out, nil
 }
 
-// isMesh: the mode's pods are mesh pods, in a lab of its own with node
-// proxies capturing their traffic (the waypoint mode too).
+// isMesh: the mode runs in a lab of its own with node proxies capturing
+// the mesh pods' traffic (the waypoint and gateway modes too).
 func isMesh(mode string) bool {
 	mode = meshMode(mode)
-	return mode == ModeMeshH2 || mode == ModeMeshQUIC || mode == ModeWaypoint
+	return mode == ModeMeshH2 || mode == ModeMeshQUIC || mode == ModeWaypoint || mode == ModeGateway
 }
 
 // isNginx: the mode needs nginx.
-func isNginx(mode string) bool { return mode == ModeNginx || mode == ModeNginxHTTP }
+func isNginx(mode string) bool {
+	return mode == ModeNginx || mode == ModeNginxHTTP || mode == ModeNginxTLS
+}
 
 type harness struct {
 	cfg   Config
@@ -357,6 +365,7 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 			opts.NodeProxyEnv = []string{"GOMAXPROCS=" + cfg.ProxyCPUs}
 		}
 		opts.WaypointArgs = []string{"--access-log=" + strconv.FormatBool(cfg.AccessLog)}
+		opts.GatewayArgs = opts.WaypointArgs
 		if err := h.withLab(ctx, m, opts, func(l *lab.Lab) { results[m] = h.runMode(ctx, l, m) }); err != nil {
 			failAll([]string{m}, err)
 		}
@@ -865,11 +874,7 @@ func (h *harness) startNginxes(ctx context.Context, l *lab.Lab, instances []ngin
 	if err != nil {
 		return nil, nil, err
 	}
-	ca, err := identity.LoadCA(td, l.CACertPath(), l.CAKeyPath(), nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	caPEM, err := os.ReadFile(l.CACertPath())
+	ca, caPEM, err := labCA(l)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -928,6 +933,24 @@ func (h *harness) startNginxes(ctx context.Context, l *lab.Lab, instances []ngin
 		roots = append(roots, ProxyProcess{PID: p.cmd.Process.Pid, Role: role, Node: in.node})
 	}
 	return newProxySet(roots), stop, nil
+}
+
+// labCA is l's CA (to sign the harness's own certificates) and its
+// certificate in PEM.
+func labCA(l *lab.Lab) (*identity.CA, []byte, error) {
+	td, err := spiffeid.TrustDomainFromString(l.TrustDomain())
+	if err != nil {
+		return nil, nil, err
+	}
+	ca, err := identity.LoadCA(td, l.CACertPath(), l.CAKeyPath(), nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	caPEM, err := os.ReadFile(l.CACertPath())
+	if err != nil {
+		return nil, nil, err
+	}
+	return ca, caPEM, nil
 }
 
 func hostPort(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }

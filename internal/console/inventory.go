@@ -85,8 +85,11 @@ type Policy struct {
 	Action    string            `json:"action"`
 	DryRun    bool              `json:"dryRun,omitempty"`
 	Selector  map[string]string `json:"selector"`
-	Rules     int               `json:"rules"`
-	L7        bool              `json:"l7,omitempty"`
+	// ExternalBackends, when set, are what the policy applies to instead
+	// of workloads (its targetRefs).
+	ExternalBackends []string `json:"externalBackends,omitempty"`
+	Rules            int      `json:"rules"`
+	L7               bool     `json:"l7,omitempty"`
 }
 
 // Inventory is the configuration in force, as far as the console needs it.
@@ -136,7 +139,7 @@ func ParseInventory(d ConfigDump) (*Inventory, error) {
 		case *pb.Resource_AccessPolicy:
 			p := k.AccessPolicy
 			inv.Kinds["AccessPolicy"]++
-			x := Policy{Namespace: p.Namespace, Name: p.Name, Action: strings.TrimPrefix(p.Action.String(), "POLICY_ACTION_"), DryRun: p.DryRun, Selector: p.Selector, Rules: len(p.Rules)}
+			x := Policy{Namespace: p.Namespace, Name: p.Name, Action: strings.TrimPrefix(p.Action.String(), "POLICY_ACTION_"), DryRun: p.DryRun, Selector: p.Selector, ExternalBackends: p.ExternalBackends, Rules: len(p.Rules)}
 			for _, r := range p.Rules {
 				x.L7 = x.L7 || r.L7
 			}
@@ -192,11 +195,12 @@ func (inv *Inventory) service(ns, name string) (Service, bool) {
 }
 
 // PoliciesFor lists the AccessPolicies whose selector matches w (in its
-// namespace; an empty selector selects the whole namespace).
+// namespace; an empty selector selects the whole namespace; a policy with
+// targetRefs selects no workload).
 func (inv *Inventory) PoliciesFor(w Workload) []Policy {
 	var out []Policy
 	for _, p := range inv.Policies {
-		if p.Namespace != w.Namespace {
+		if p.Namespace != w.Namespace || len(p.ExternalBackends) > 0 {
 			continue
 		}
 		ok := true

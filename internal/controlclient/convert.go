@@ -125,6 +125,12 @@ func addResource(b *meshconfig.Builder, r *pb.Resource, all map[Ref]*pb.Resource
 			return err
 		}
 		return b.AddGateway(g)
+	case *pb.Resource_ExternalBackend:
+		x, err := externalFromPB(k.ExternalBackend)
+		if err != nil {
+			return err
+		}
+		return b.AddExternalBackend(x)
 	case nil:
 		return errors.New("resource has no kind set")
 	}
@@ -139,7 +145,7 @@ func fromUnixNano(n int64) time.Time {
 }
 
 func policyFromPB(in *pb.AccessPolicy) (policy.Policy, error) {
-	p := policy.Policy{Namespace: in.Namespace, Name: in.Name, Selector: in.Selector, DryRun: in.DryRun, CaseInsensitivePaths: in.CaseInsensitivePaths}
+	p := policy.Policy{Namespace: in.Namespace, Name: in.Name, Selector: in.Selector, ExternalBackends: in.ExternalBackends, DryRun: in.DryRun, CaseInsensitivePaths: in.CaseInsensitivePaths}
 	switch in.Action {
 	case pb.PolicyAction_POLICY_ACTION_ALLOW:
 		p.Action = policy.Allow
@@ -299,6 +305,8 @@ func typeName(t pb.ResourceType) string {
 		return "TLSRoute"
 	case pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE:
 		return "TCPRoute"
+	case pb.ResourceType_RESOURCE_TYPE_EXTERNAL_BACKEND:
+		return "ExternalBackend"
 	}
 	return t.String()
 }
@@ -332,6 +340,8 @@ func kindMatches(r *pb.Resource) bool {
 		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TLS_ROUTE
 	case *pb.Resource_TcpRoute:
 		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE
+	case *pb.Resource_ExternalBackend:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_EXTERNAL_BACKEND
 	}
 	return false
 }

@@ -159,7 +159,7 @@ func serviceRefFromPB(in *pb.ServiceRef) meshconfig.ServiceRef {
 	if in == nil {
 		return meshconfig.ServiceRef{}
 	}
-	return meshconfig.ServiceRef{Namespace: in.Namespace, Name: in.Name, Port: port16(in.Port)}
+	return meshconfig.ServiceRef{Kind: in.Kind, Namespace: in.Namespace, Name: in.Name, Port: port16(in.Port)}
 }
 
 func trafficPolicyFromPB(in *pb.TrafficPolicy) meshconfig.TrafficPolicy {
@@ -207,4 +207,34 @@ func gatewayFromPB(in *pb.Gateway) (meshconfig.Gateway, error) {
 		g.Listeners = append(g.Listeners, ml)
 	}
 	return g, nil
+}
+
+// externalFromPB reads an external backend with its resolved CA bundle
+// and its Egress.
+func externalFromPB(in *pb.ExternalBackend) (meshconfig.ExternalBackend, error) {
+	ips, err := addrs(in.Addresses)
+	if err != nil {
+		return meshconfig.ExternalBackend{}, err
+	}
+	x := meshconfig.ExternalBackend{Namespace: in.Namespace, Name: in.Name, Hostname: in.Hostname, Resolution: in.Resolution, Addresses: ips}
+	for _, p := range in.Ports {
+		if p.Port == 0 || p.Port > 65535 {
+			return x, fmt.Errorf("port %d out of range 1-65535", p.Port)
+		}
+		x.Ports = append(x.Ports, meshconfig.ExternalPort{Name: p.Name, Port: uint16(p.Port), Protocol: p.Protocol})
+	}
+	if t := in.Tls; t != nil {
+		x.TLS = meshconfig.ExternalTLS{ServerName: t.ServerName, System: t.System, CAPEM: t.CaPem, Problem: t.Problem}
+	}
+	for _, e := range in.Egress {
+		if e.Port == 0 || e.Port > 65535 {
+			return x, fmt.Errorf("egress port %d out of range 1-65535", e.Port)
+		}
+		gips, err := addrs(e.Addresses)
+		if err != nil {
+			return x, err
+		}
+		x.Egress = append(x.Egress, meshconfig.Egress{Port: uint16(e.Port), Gateway: e.Gateway, Listener: e.Listener, Addresses: gips})
+	}
+	return x, nil
 }

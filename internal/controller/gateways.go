@@ -55,6 +55,27 @@ func gatewayToPB(g *meshconfig.Gateway) *pb.Gateway {
 	return out
 }
 
+// externalToPB sends an external backend with its CA bundle resolved and
+// its Egress derived.
+func externalToPB(x *meshconfig.ExternalBackend) *pb.ExternalBackend {
+	out := &pb.ExternalBackend{Namespace: x.Namespace, Name: x.Name, Hostname: x.Hostname, Resolution: x.Resolution,
+		Tls: &pb.ExternalTLS{ServerName: x.TLS.ServerName, System: x.TLS.System, CaPem: x.TLS.CAPEM, Problem: x.TLS.Problem}}
+	for _, p := range x.Ports {
+		out.Ports = append(out.Ports, &pb.ExternalPort{Name: p.Name, Port: uint32(p.Port), Protocol: p.Protocol})
+	}
+	for _, a := range x.Addresses {
+		out.Addresses = append(out.Addresses, a.AsSlice())
+	}
+	for _, e := range x.Egress {
+		pe := &pb.Egress{Port: uint32(e.Port), Gateway: e.Gateway, Listener: e.Listener}
+		for _, a := range e.Addresses {
+			pe.Addresses = append(pe.Addresses, a.AsSlice())
+		}
+		out.Egress = append(out.Egress, pe)
+	}
+	return out
+}
+
 // routeOnGateway reports whether r has gateway key gw as a parent.
 func routeOnGateway(r *meshconfig.Route, gw string) bool {
 	for _, p := range r.Parents {

@@ -149,7 +149,7 @@ func pathModifierToPB(pm *meshconfig.PathModifier) *pb.PathModifier {
 }
 
 func serviceRefToPB(s meshconfig.ServiceRef) *pb.ServiceRef {
-	return &pb.ServiceRef{Namespace: s.Namespace, Name: s.Name, Port: uint32(s.Port)}
+	return &pb.ServiceRef{Namespace: s.Namespace, Name: s.Name, Port: uint32(s.Port), Kind: s.Kind}
 }
 
 // trafficPolicyToPB sends the policy with the Services it is in force for

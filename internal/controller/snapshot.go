@@ -135,6 +135,9 @@ func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate
 		}
 		add(k, &pb.Resource{Kind: &pb.Resource_Service{Service: serviceToPB(svc)}})
 	}
+	for _, x := range cfg.ExternalBackends {
+		add(resKey{pb.ResourceType_RESOURCE_TYPE_EXTERNAL_BACKEND, x.Key()}, &pb.Resource{Kind: &pb.Resource_ExternalBackend{ExternalBackend: externalToPB(x)}})
+	}
 	for _, wp := range cfg.Waypoints {
 		k := resKey{pb.ResourceType_RESOURCE_TYPE_WAYPOINT, wp.Key()}
 		if old := prev.cfg.Waypoint(wp.Namespace, wp.Name); old != nil && sameWaypoint(old, wp) {
@@ -223,10 +226,11 @@ func (s *snapshot) supersede() {
 // applicablePolicies are the keys of the scoped resources a viewer
 // receives. A node proxy (viewer: its node) gets the access policies that
 // select a workload on its node. A waypoint (viewer: its principal,
-// "waypoint/<ns>/<name>") gets the access policies of its namespace and
-// the traffic policies and routes of the Services it serves. A gateway
-// (viewer "gateway/<ns>/<name>") gets its own Gateway, the routes attached
-// to it and every traffic policy.
+// "waypoint/<ns>/<name>") gets the access policies of its namespace that
+// select workloads and the traffic policies and routes of the Services it
+// serves. A gateway (viewer "gateway/<ns>/<name>") gets its own Gateway,
+// the routes attached to it, every traffic policy and the access policies
+// that name ExternalBackends (it applies them to what it sends out).
 func (s *snapshot) applicablePolicies(node string) map[resKey]bool {
 	s.mu.Lock()
 	if m, ok := s.applicable[node]; ok {
@@ -239,7 +243,9 @@ func (s *snapshot) applicablePolicies(node string) map[resKey]bool {
 	if wp, ok := ParseWaypointPrincipal(node); ok {
 		ns, _, _ := strings.Cut(wp, "/")
 		for _, pe := range byNS[ns] {
-			m[resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, pe.p.Key()}] = true
+			if pe.p.SelectsWorkloads() {
+				m[resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, pe.p.Key()}] = true
+			}
 		}
 		served := servedBy(s.cfg, wp)
 		for _, tp := range s.cfg.TrafficPolicies {
@@ -265,10 +271,15 @@ func (s *snapshot) applicablePolicies(node string) map[resKey]bool {
 				m[resKey{routeType(r), r.Key()}] = true
 			}
 		}
+		for _, pe := range s.policies {
+			if !pe.p.SelectsWorkloads() {
+				m[resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, pe.p.Key()}] = true
+			}
+		}
 	}
 	for _, e := range s.byNode[node] {
 		for _, pe := range byNS[e.w.Namespace] {
-			if selects(pe.p.Selector, e.w.Labels) {
+			if pe.p.SelectsWorkloads() && selects(pe.p.Selector, e.w.Labels) {
 				m[resKey{pb.ResourceType_RESOURCE_TYPE_ACCESS_POLICY, pe.p.Key()}] = true
 			}
 		}
@@ -499,7 +510,7 @@ func serviceToPB(s *meshconfig.Service) *pb.Service {
 }
 
 func policyToPB(p policy.Policy) *pb.AccessPolicy {
-	out := &pb.AccessPolicy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, DryRun: p.DryRun, CaseInsensitivePaths: p.CaseInsensitivePaths}
+	out := &pb.AccessPolicy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, DryRun: p.DryRun, CaseInsensitivePaths: p.CaseInsensitivePaths, ExternalBackends: p.ExternalBackends}
 	switch p.Action {
 	case policy.Allow:
 		out.Action = pb.PolicyAction_POLICY_ACTION_ALLOW

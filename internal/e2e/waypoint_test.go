@@ -18,7 +18,7 @@ import (
 
 // E2E_GET=url makes the test binary an HTTP client (run inside a pod by
 // the tests): it prints the status line and the body. E2E_HEADER="k: v"
-// adds a request header.
+// adds a request header, E2E_HOST sets the Host.
 func init() {
 	url := os.Getenv("E2E_GET")
 	if url == "" {
@@ -31,6 +31,9 @@ func init() {
 	}
 	if k, v, ok := strings.Cut(os.Getenv("E2E_HEADER"), ":"); ok {
 		req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	if h := os.Getenv("E2E_HOST"); h != "" {
+		req.Host = h
 	}
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 // The Gateway is the admin.Source of its admin endpoint.
@@ -12,7 +13,7 @@ var _ admin.Source = (*Gateway)(nil)
 // ConfigDump is the configuration in force: the gateway's listeners
 // (never their keys), the routes it received and what is not served.
 func (g *Gateway) ConfigDump() admin.ConfigDump {
-	d := admin.ConfigDump{Node: g.opts.Node, Workloads: []admin.Workload{}, Services: g.Services(), Policies: []admin.Policy{}}
+	d := admin.ConfigDump{Node: g.opts.Node, Workloads: []admin.Workload{}, Services: g.Services(), Policies: g.Policies()}
 	cfg := g.cfg.Load()
 	if cfg == nil {
 		return d
@@ -41,7 +42,24 @@ func (g *Gateway) ConfigDump() admin.ConfigDump {
 	for _, r := range cfg.Routes {
 		routes = append(routes, r.Kind+" "+r.Key())
 	}
-	d.Mesh = map[string]any{"gateway": g.Key(), "identity": g.Identity().String(), "listeners": ls, "routes": routes, "problems": g.Problems()}
+	type external struct {
+		Backend    string                    `json:"backend"`
+		Hostname   string                    `json:"hostname"`
+		ServerName string                    `json:"serverName"`
+		Ports      []meshconfig.ExternalPort `json:"ports"`
+		Egress     []meshconfig.Egress       `json:"egress,omitempty"`
+		CAProblem  string                    `json:"caProblem,omitempty"`
+	}
+	var ext []external
+	for _, x := range cfg.ExternalBackends {
+		ext = append(ext, external{Backend: x.Key(), Hostname: x.Hostname, ServerName: x.ServerName(), Ports: x.Ports, Egress: x.Egress, CAProblem: x.TLS.Problem})
+	}
+	var tunnelAddr string
+	if a := g.TunnelAddr(); a != nil {
+		tunnelAddr = a.String()
+	}
+	d.Mesh = map[string]any{"gateway": g.Key(), "identity": g.Identity().String(), "listeners": ls, "routes": routes, "problems": g.Problems(),
+		"externalBackends": ext, "tunnel": tunnelAddr}
 	return d
 }
 
@@ -69,8 +87,22 @@ func (g *Gateway) Services() []admin.Service {
 	return out
 }
 
-// Policies: a gateway applies none (the destinations do, to its identity).
-func (g *Gateway) Policies() []admin.Policy { return []admin.Policy{} }
+// Policies are those the gateway applies: the AccessPolicies that name
+// ExternalBackends (the destinations in the mesh apply theirs, to the
+// gateway's identity).
+func (g *Gateway) Policies() []admin.Policy {
+	out := []admin.Policy{}
+	cfg := g.cfg.Load()
+	if cfg == nil {
+		return out
+	}
+	for _, p := range cfg.Policies {
+		if !p.SelectsWorkloads() {
+			out = append(out, admin.Policy{Namespace: p.Namespace, Name: p.Name, Action: string(p.Action), DryRun: p.DryRun, Rules: p.Rules})
+		}
+	}
+	return out
+}
 
 // Certs lists the gateway's mesh certificate.
 func (g *Gateway) Certs() []admin.Cert {

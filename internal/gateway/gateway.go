@@ -1,17 +1,25 @@
-// Package gateway runs an ingress gateway: the proxy of one Gateway API
-// Gateway (of a GatewayClass with controllerName
-// ambit.dev/gateway-controller). It owns the listeners (HTTP; HTTPS
-// terminating TLS with the certificate chosen by SNI among the listener's
-// Secrets, swapped in place when a Secret changes; TLS passed through to
-// the TLSRoute its ClientHello's server name selects; TCP to its
-// TCPRoute), hands each accepted connection to the same L7 engine as the
-// waypoint (internal/l7, with l7.GatewayRoutes for the routes attached to
-// the Gateway; Engine.ServeTCPTo for TLS and TCP), and sends
-// requests into the mesh through the tunnel (HBONE) with the gateway's own
-// SPIFFE identity, spiffe://<td>/ns/<ns>/sa/<name>, so AccessPolicies can
-// name it. Its configuration, listener key pairs included, and its
-// certificate come from the controller over its own authenticated stream
-// (controlclient, ProxyKind GATEWAY).
+// Package gateway runs a gateway: the proxy of one Gateway API Gateway
+// (of a GatewayClass with controllerName ambit.dev/gateway-controller),
+// for traffic into the mesh (ingress) and out of it (egress). It owns the
+// listeners (HTTP; HTTPS terminating TLS with the certificate chosen by
+// SNI among the listener's Secrets, swapped in place when a Secret
+// changes; TLS passed through to the TLSRoute its ClientHello's server
+// name selects; TCP to its TCPRoute), hands each accepted connection to
+// the same L7 engine as the waypoint (internal/l7, with l7.GatewayRoutes
+// for the routes attached to the Gateway; Engine.ServeTCPToBackend for TLS
+// and TCP), and sends requests into the mesh through the tunnel (HBONE)
+// with the gateway's own SPIFFE identity, spiffe://<td>/ns/<ns>/sa/<name>,
+// so AccessPolicies can name it. For egress it also serves the tunnel on
+// 15008: a mesh workload's node proxy sends a connection to an
+// ExternalBackend there, the stream is served by the listener on the
+// stream's port as if it had arrived on it, with the client's verified
+// identity, and the gateway connects to the external host itself
+// (egress.go: TLS originated on the host's TLS ports, checked against the
+// backend's CA bundle or the system's roots; the AccessPolicies that name
+// the backend applied per request or connection). Its configuration,
+// listener key pairs included, and its certificate come from the
+// controller over its own authenticated stream (controlclient, ProxyKind
+// GATEWAY).
 package gateway
 
 import (
@@ -66,6 +74,17 @@ type Options struct {
 	// TrustedProxies are the client addresses whose X-Forwarded-For the
 	// gateway keeps (l7.GatewayRoutes).
 	TrustedProxies []netip.Prefix
+	// TunnelPort is where the gateway serves the tunnel (HBONE) that mesh
+	// workloads' egress arrives on, on ListenHost: 0 is TunnelPort
+	// (15008), -1 serves none.
+	TunnelPort int
+	// Resolver looks ExternalBackends' host names up (resolution DNS);
+	// nil is the system's.
+	Resolver *net.Resolver
+	// DialExternal, if set, opens the TCP connections to external hosts
+	// (tests send them to a local server); nil dials with a net.Dialer
+	// that refuses loopback, link-local and mesh addresses.
+	DialExternal func(ctx context.Context, network, address string) (net.Conn, error)
 	// Telemetry takes request metrics, the access log and spans.
 	Telemetry *telemetry.Telemetry
 	// Registerer takes the resilience metrics.
@@ -84,17 +103,21 @@ type Gateway struct {
 	dialer *tunnel.Dialer
 	engine *l7.Engine
 	routes *l7.GatewayRoutes
+	tunnel *tunnel.Server           // the egress tunnel, once the identity is known
+	pools  atomic.Pointer[sync.Map] // *meshconfig.ExternalBackend -> its roots, per configuration
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	id       spiffeid.ID
-	certOK   bool
-	lastErr  string
-	ports    map[uint16]*portListener
-	problems []string // listeners not served, and why
-	shutdown bool
+	mu        sync.Mutex
+	id        spiffeid.ID
+	certOK    bool
+	lastErr   string
+	ports     map[uint16]*portListener
+	problems  []string     // listeners not served, and why
+	tunnelErr string       // why the tunnel is not open
+	tunnelLn  net.Listener // where it is served
+	shutdown  bool
 }
 
 // New makes a Gateway; listeners open with the first configuration that
@@ -117,7 +140,7 @@ func New(opts Options) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.certs = identity.NewManager(opts.Signer, opts.Clock, g.log)
 	g.dialer = &tunnel.Dialer{Bundle: opts.Bundle, Log: g.log}
-	g.routes = &l7.GatewayRoutes{Namespace: opts.Namespace, Name: opts.Name, TrustedProxies: opts.TrustedProxies}
+	g.routes = &l7.GatewayRoutes{Namespace: opts.Namespace, Name: opts.Name, TrustedProxies: opts.TrustedProxies, Access: l7.NewAccessPolicies(g.log)}
 	res := l7.NewResilient(resilience.Options{Clock: opts.Clock})
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(l7.NewResilienceCollector(res.Manager())); err != nil {
@@ -135,6 +158,7 @@ func New(opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	g.engine = e
+	g.pools.Store(new(sync.Map))
 	return g, nil
 }
 
@@ -173,6 +197,7 @@ func (g *Gateway) Update(cfg *meshconfig.Config) error {
 		return err
 	}
 	g.cfg.Store(cfg)
+	g.pools.Store(new(sync.Map))
 	g.mu.Lock()
 	changed := g.id != id
 	g.id = id
@@ -180,6 +205,7 @@ func (g *Gateway) Update(cfg *meshconfig.Config) error {
 	g.mu.Unlock()
 	if changed {
 		go g.ensureCert(id)
+		g.serveTunnel(cfg.Mesh.TrustDomain, id)
 	}
 	if gw == nil {
 		g.log.Warn("this gateway is not declared in the configuration; it serves nothing until it is", "version", cfg.Version)
@@ -337,6 +363,9 @@ func (g *Gateway) Ready() (bool, []string) {
 	cfg := g.cfg.Load()
 	g.mu.Lock()
 	certOK, lastErr, shutdown, problems := g.certOK, g.lastErr, g.shutdown, slices.Clone(g.problems)
+	if g.tunnelErr != "" && cfg != nil && g.servesEgress(cfg) {
+		problems = append(problems, g.tunnelErr)
+	}
 	g.mu.Unlock()
 	var why []string
 	switch {
@@ -368,7 +397,22 @@ func (g *Gateway) Ready() (bool, []string) {
 func (g *Gateway) Problems() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return slices.Clone(g.problems)
+	out := slices.Clone(g.problems)
+	if g.tunnelErr != "" {
+		out = append(out, g.tunnelErr)
+	}
+	return out
+}
+
+// TunnelAddr is the address of the tunnel mesh workloads' egress
+// arrives on, nil while it is not open.
+func (g *Gateway) TunnelAddr() net.Addr {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.tunnel == nil {
+		return nil
+	}
+	return g.tunnelLn.Addr()
 }
 
 // Addrs lists the open listeners' addresses by port.
@@ -387,6 +431,14 @@ func (g *Gateway) Addrs() map[uint16]net.Addr {
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	g.shutdown = true
+	srv := g.tunnel
+	g.mu.Unlock()
+	if srv != nil {
+		g.tunnelLn.Close()
+		srv.Shutdown(ctx) // streams from the mesh finish first
+		srv.Close()
+	}
+	g.mu.Lock()
 	for port, pl := range g.ports {
 		pl.ln.Close()
 		delete(g.ports, port)
@@ -414,6 +466,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 // address outside the mesh is refused: a gateway sends only into the
 // mesh.
 func (g *Gateway) dialEndpoint(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
+	if b, h2 := l7.BackendFrom(ctx); b != nil && b.External != nil {
+		return g.dialExternal(ctx, b, h2, ep)
+	}
 	cfg := g.cfg.Load()
 	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
 	wl := cfg.WorkloadByIP(ep.Addr())
@@ -462,13 +517,19 @@ func (pl *portListener) serveConn(c net.Conn) {
 		Dst: netip.AddrPortFrom(local.Addr().Unmap(), pl.port),
 		Src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()),
 	}
+	pl.serveWith(c, info)
+}
+
+// serveWith serves c, accepted on this listener's port or carried to it
+// by the tunnel (info.SrcIdentity set), as the listener's protocol says.
+func (pl *portListener) serveWith(c net.Conn, info l7.ConnInfo) {
 	switch pl.protocol {
 	case meshconfig.ProtocolTLS, meshconfig.ProtocolTCP:
 		pl.serveL4(c, info)
 		return
 	case meshconfig.ProtocolHTTPS:
 		tc := tls.Server(c, &tls.Config{
-			MinVersion:     tls.VersionTLS12,
+			MinVersion:     tls.VersionTLS13,
 			NextProtos:     []string{"h2", "http/1.1"},
 			GetCertificate: pl.certs.Load().get,
 		})
@@ -507,6 +568,18 @@ func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
 	if rt != nil {
 		be = rt.Pick(nil)
 	}
+	ctx := pl.g.ctx
+	if be != nil && be.External() {
+		if reason, ok := pl.g.allowExternalConn(info, be); !ok {
+			pl.g.log.Info("connection denied", "log", "access", "client", info.Src.String(), "src_identity", info.SrcIdentity,
+				"port", pl.port, "sni", sni, "external_backend", be.Key(), "reason", reason)
+			c.Close()
+			return
+		}
+		if pl.protocol == meshconfig.ProtocolTLS {
+			ctx = context.WithValue(ctx, passthroughKey{}, true) // the client's own TLS: none originated
+		}
+	}
 	if be == nil {
 		what := "listener"
 		if l != nil {
@@ -517,7 +590,7 @@ func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
 		c.Close()
 		return
 	}
-	pl.g.engine.ServeTCPTo(pl.g.ctx, c, info, be.Key(), be.Port)
+	pl.g.engine.ServeTCPToBackend(ctx, c, info, be.ServiceRef)
 }
 
 // peekSNI reads c's TLS ClientHello (without answering it) and returns

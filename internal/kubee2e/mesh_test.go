@@ -290,6 +290,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	t.Run("smuggling", func(t *testing.T) { e.t = t; checkSmuggling(e, client) })
 	t.Run("path normalization", func(t *testing.T) { e.t = t; checkPathNormalization(e, client) })
 	t.Run("ingress gateway", func(t *testing.T) { e.t = t; checkGateway(e, repo, client) })
+	t.Run("egress gateway", func(t *testing.T) { e.t = t; checkEgress(e, repo, client) })
 	t.Run("forwarded claims", func(t *testing.T) { e.t = t; checkForwardedClaims(e, client, server) })
 	t.Run("hostile config", func(t *testing.T) { e.t = t; checkHostileConfig(e, client, clients[1], server) })
 	t.Run("setup failure", func(t *testing.T) { e.t = t; checkSetupFailure(e, client, server) })

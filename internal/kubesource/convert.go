@@ -34,7 +34,7 @@ type state struct {
 	// programmed is each Waypoint's Programmed condition, by objKey.
 	programmed map[string]programmed
 	// objects of Ambit's kinds as listed, for status and reconciling.
-	waypoints, accessPolicies, trafficPolicies []*unstructured.Unstructured
+	waypoints, accessPolicies, trafficPolicies, externalBackends []*unstructured.Unstructured
 	// routes are the Gateway API routes as listed, for their status.
 	routes []routeObject
 	// gatewayClasses and gateways are Ambit's (controllerName
@@ -186,6 +186,7 @@ func (s *Source) build() *state {
 	}
 
 	gateways := s.readGateways(b, st)
+	s.readExternalBackends(b, st)
 	// parents splits a route's parentRefs; the builder gets the Service
 	// parents first (their status indexes them), then the Gateway ones.
 	parents := func(ro *routeObject, ns string, refs []gatewayv1.ParentReference) []gatewayv1.ParentReference {

@@ -36,6 +36,14 @@ func convertCR(u *unstructured.Unstructured, kind string) (*meshconfig.Config, e
 		err = addAccessPolicy(b, u)
 	case meshconfig.KindTrafficPolicy:
 		err = addTrafficPolicy(b, u)
+	case meshconfig.KindExternalBackend:
+		var eb crd.ExternalBackend
+		if err = fromUnstructured(u, &eb); err == nil {
+			var x meshconfig.ExternalBackend
+			if x, err = meshspec.ExternalBackendFromSpec(eb.Namespace, eb.Name, eb.Spec); err == nil {
+				err = b.AddExternalBackend(x)
+			}
+		}
 	}
 	cfg, _ := b.BuildLenient()
 	return cfg, err
@@ -46,8 +54,8 @@ func convertCR(u *unstructured.Unstructured, kind string) (*meshconfig.Config, e
 // namespace condition).
 func model(c *meshconfig.Config) string {
 	b, _ := json.Marshal(struct {
-		P, T, W any
-	}{c.Policies, c.TrafficPolicies, c.Waypoints})
+		P, T, W, X any
+	}{c.Policies, c.TrafficPolicies, c.Waypoints, c.ExternalBackends})
 	return strings.NewReplacer("[]", "null", "{}", "null").Replace(string(b))
 }
 
@@ -91,9 +99,10 @@ func FuzzCustomResource(f *testing.F) {
 			return // a list
 		}
 		for kind, typed := range map[string]func() any{
-			meshconfig.KindWaypoint:      func() any { return new(crd.Waypoint) },
-			meshconfig.KindAccessPolicy:  func() any { return new(crd.AccessPolicy) },
-			meshconfig.KindTrafficPolicy: func() any { return new(crd.TrafficPolicy) },
+			meshconfig.KindWaypoint:        func() any { return new(crd.Waypoint) },
+			meshconfig.KindAccessPolicy:    func() any { return new(crd.AccessPolicy) },
+			meshconfig.KindTrafficPolicy:   func() any { return new(crd.TrafficPolicy) },
+			meshconfig.KindExternalBackend: func() any { return new(crd.ExternalBackend) },
 		} {
 			cfg, err := convertCR(u, kind)
 			if err != nil {

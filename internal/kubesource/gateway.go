@@ -294,6 +294,12 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 		sports = append(sports, corev1.ServicePort{Name: portName(l.Port), Port: int32(l.Port), TargetPort: intstr.FromInt32(int32(l.Port)), Protocol: corev1.ProtocolTCP})
 	}
 	sort.Slice(sports, func(i, j int) bool { return sports[i].Port < sports[j].Port })
+	// The tunnel, on which mesh workloads' node proxies send egress: mutual
+	// TLS with mesh identities only, so no one else gets through it.
+	if !seen[gatewayTunnelPort] {
+		sports = append(sports, corev1.ServicePort{Name: "tunnel", Port: gatewayTunnelPort, TargetPort: intstr.FromInt32(gatewayTunnelPort), Protocol: corev1.ProtocolTCP})
+		cports = append(cports, corev1.ContainerPort{Name: "tunnel", ContainerPort: gatewayTunnelPort, Protocol: corev1.ProtocolTCP})
+	}
 	cports = append(cports,
 		corev1.ContainerPort{Name: "status", ContainerPort: WaypointReadyPort, Protocol: corev1.ProtocolTCP},
 		corev1.ContainerPort{Name: "metrics", ContainerPort: WaypointMetricsPort, Protocol: corev1.ProtocolTCP})
@@ -372,6 +378,10 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 }
 
 func portName(p uint16) string { return fmt.Sprintf("port-%d", p) }
+
+// gatewayTunnelPort is where a gateway serves the tunnel (egress from the
+// mesh arrives there).
+const gatewayTunnelPort = 15008
 
 // writeGatewayStatus writes the conditions of Ambit's GatewayClasses and
 // Gateways: the class Accepted; the Gateway Accepted and Programmed with
@@ -551,15 +561,25 @@ func gatewayParentStatuses(cfg *meshconfig.Config, r *meshconfig.Route, refused 
 			var missing []string
 			for _, rule := range r.Rules {
 				for _, be := range rule.Backends {
-					if cfg.Service(be.Key()) == nil && !slices.Contains(missing, be.Key()) {
-						missing = append(missing, be.Key())
+					what, ok := "Service "+be.Key(), cfg.Service(be.Key()) != nil
+					if be.External() {
+						x := cfg.ExternalBackend(be.Key())
+						what, ok = meshconfig.KindExternalBackend+" "+be.Key(), x != nil
+						if ok {
+							if _, has := x.Port(be.Port); !has {
+								what, ok = fmt.Sprintf("%s port %d", what, be.Port), false
+							}
+						}
+					}
+					if !ok && !slices.Contains(missing, what) {
+						missing = append(missing, what)
 					}
 				}
 			}
 			if len(missing) > 0 {
-				ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionResolvedRefs), false, string(gatewayv1.RouteReasonBackendNotFound), "backend Services not found: "+strings.Join(missing, ", ")))
+				ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionResolvedRefs), false, string(gatewayv1.RouteReasonBackendNotFound), "backends not found: "+strings.Join(missing, ", ")))
 			} else {
-				ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionResolvedRefs), true, string(gatewayv1.RouteReasonResolvedRefs), "every backend Service exists"))
+				ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionResolvedRefs), true, string(gatewayv1.RouteReasonResolvedRefs), "every backend exists"))
 			}
 		}
 		out = append(out, ps)

@@ -133,7 +133,7 @@ func TestPrivilegedGatewayReconciler(t *testing.T) {
 		for _, p := range svc.Spec.Ports {
 			ports = append(ports, p.Port)
 		}
-		if svc.Spec.Type != corev1.ServiceTypeClusterIP || fmt.Sprint(ports) != "[80 443 8443]" {
+		if svc.Spec.Type != corev1.ServiceTypeClusterIP || fmt.Sprint(ports) != "[80 443 8443 15008]" {
 			return false, fmt.Sprintf("Service type %s ports %v", svc.Spec.Type, ports)
 		}
 		return true, ""

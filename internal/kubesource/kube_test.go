@@ -86,7 +86,7 @@ func installCRDs(t *testing.T, c *kubetest.Cluster, files ...string) {
 
 func ambitCRDs(t *testing.T) []string {
 	files, err := filepath.Glob("../../deploy/base/control-plane/crds/*.yaml")
-	if err != nil || len(files) != 3 {
+	if err != nil || len(files) != 4 {
 		t.Fatalf("CRD files: %v %v", files, err)
 	}
 	return files

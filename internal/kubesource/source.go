@@ -34,7 +34,7 @@ var (
 
 // optional are the resources whose CRDs may be missing.
 var optional = []schema.GroupVersionResource{
-	crd.WaypointsResource, crd.AccessPoliciesResource, crd.TrafficPoliciesResource,
+	crd.WaypointsResource, crd.AccessPoliciesResource, crd.TrafficPoliciesResource, crd.ExternalBackendsResource,
 	HTTPRoutesResource, GRPCRoutesResource,
 	GatewayClassesResource, GatewaysResource, TLSRoutesResource, TCPRoutesResource,
 }
@@ -152,6 +152,9 @@ type Source struct {
 	// secrets are the kubernetes.io/tls Secrets (gateway listeners'
 	// certificates); nil until Run starts.
 	secrets corelisters.SecretLister
+	// configMaps are the ConfigMaps with only their ca.crt (the CA
+	// bundles of ExternalBackends); nil until Run starts.
+	configMaps corelisters.ConfigMapLister
 
 	mu      sync.Mutex
 	dynamic map[schema.GroupVersionResource]cache.GenericLister // started optional resources
@@ -238,6 +241,8 @@ func (s *Source) Run(ctx context.Context, update func(*meshconfig.Config)) error
 		o.FieldSelector = "type=" + meshspec.SecretTypeTLS
 	}))
 	s.secrets = tlsSecrets.Core().V1().Secrets().Lister()
+	caBundles := informers.NewSharedInformerFactoryWithOptions(s.kube, s.opts.Resync, informers.WithTransform(keepCABundle))
+	s.configMaps = caBundles.Core().V1().ConfigMaps().Lister()
 	var synced []cache.InformerSynced
 	for _, inf := range []cache.SharedIndexInformer{
 		factory.Core().V1().Namespaces().Informer(), factory.Core().V1().Pods().Informer(),
@@ -255,10 +260,17 @@ func (s *Source) Run(ctx context.Context, update func(*meshconfig.Config)) error
 	if _, err := tlsSecrets.Core().V1().Secrets().Informer().AddEventHandler(s.handler()); err != nil {
 		return err
 	}
+	// Not waited for either: ExternalBackends report a CA bundle not
+	// found until it is listed.
+	if _, err := caBundles.Core().V1().ConfigMaps().Informer().AddEventHandler(s.handler()); err != nil {
+		return err
+	}
 	factory.Start(ctx.Done())
 	owned.Start(ctx.Done())
 	gwOwned.Start(ctx.Done())
 	tlsSecrets.Start(ctx.Done())
+	caBundles.Start(ctx.Done())
+	defer caBundles.Shutdown()
 	defer factory.Shutdown()
 	defer owned.Shutdown()
 	defer gwOwned.Shutdown()

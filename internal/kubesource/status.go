@@ -28,8 +28,11 @@ func (s *Source) writeStatus(ctx context.Context, st *state) (failed bool) {
 		problems[k] = append(problems[k], p)
 	}
 	for _, u := range st.accessPolicies {
-		c := accessPolicyCondition(st, u)
+		c := accessPolicyCondition(st, u, problems[objKey(meshconfig.KindAccessPolicy, u.GetNamespace(), u.GetName())])
 		failed = s.setStatus(ctx, crd.AccessPoliciesResource, u, []metav1.Condition{c}, nil) || failed
+	}
+	for _, u := range st.externalBackends {
+		failed = s.setStatus(ctx, crd.ExternalBackendsResource, u, externalBackendConditions(st, u), nil) || failed
 	}
 	for _, u := range st.trafficPolicies {
 		c := trafficPolicyCondition(st, u, problems[objKey(meshconfig.KindTrafficPolicy, u.GetNamespace(), u.GetName())])
@@ -66,12 +69,23 @@ func (s *Source) writeStatus(ctx context.Context, st *state) (failed bool) {
 	return s.writeRouteStatus(ctx, st) || failed
 }
 
-func accessPolicyCondition(st *state, u *unstructured.Unstructured) metav1.Condition {
+func accessPolicyCondition(st *state, u *unstructured.Unstructured, problems []meshconfig.Problem) metav1.Condition {
 	if why, bad := st.invalid[objKey(meshconfig.KindAccessPolicy, u.GetNamespace(), u.GetName())]; bad {
 		return metav1.Condition{Type: crd.ConditionAccepted, Status: metav1.ConditionFalse, Reason: crd.ReasonInvalid, Message: why}
 	}
+	if len(problems) > 0 {
+		var msgs []string
+		for _, p := range problems {
+			msgs = append(msgs, p.Message)
+		}
+		return metav1.Condition{Type: crd.ConditionAccepted, Status: metav1.ConditionFalse, Reason: crd.ReasonTargetNotFound, Message: strings.Join(msgs, "; ")}
+	}
 	msg := "enforced by the node proxies of the workloads it selects"
 	for _, p := range st.config.Policies {
+		if p.Namespace == u.GetNamespace() && p.Name == u.GetName() && !p.SelectsWorkloads() {
+			return metav1.Condition{Type: crd.ConditionAccepted, Status: metav1.ConditionTrue, Reason: crd.ReasonAccepted,
+				Message: "enforced by the gateways that send to ExternalBackend " + strings.Join(p.ExternalBackends, ", ")}
+		}
 		if p.Namespace == u.GetNamespace() && p.Name == u.GetName() {
 			for i, r := range p.Rules {
 				if r.L7 {

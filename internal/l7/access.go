@@ -145,6 +145,32 @@ func (a *AccessPolicies) Authorize(r *http.Request, info ConnInfo, dst *Destinat
 	return &AccessDenied{Decision: d}
 }
 
+// AuthorizeExternal evaluates r, which an egress gateway is about to
+// send to port of ExternalBackend x, against the policies that name x
+// (targetRefs), with the stream's client identity and address. The path
+// is matched at the mesh's normalization level (authz does it) and the
+// request goes out as the client sent it: an external host's API is not
+// the mesh's to rewrite, and a path that normalizes to something a policy
+// allows cannot name something else on a server that resolves less.
+func (a *AccessPolicies) AuthorizeExternal(r *http.Request, info ConnInfo, x *meshconfig.ExternalBackend, port uint16) error {
+	st := a.cur.Load()
+	if st == nil || st.set.Len() == 0 {
+		return nil
+	}
+	req := authz.FromHTTP(r, sourceID(info.SrcIdentity), info.Src.Addr(), authz.Destination{Namespace: x.Namespace, ExternalBackend: x.Name, Port: port})
+	d := st.set.Evaluate(&req)
+	if len(d.DryRun) > 0 {
+		a.log.Info("dry-run access policy", "src", info.SrcIdentity, "src_ip", info.Src.Addr().String(), "external_backend", x.Key(),
+			"method", r.Method, "host", r.Host, "path", r.URL.Path, "dry_run", d.DryRun, "allowed", d.Allowed)
+	}
+	if d.Allowed {
+		return nil
+	}
+	a.log.Info("request denied", "src", info.SrcIdentity, "src_ip", info.Src.Addr().String(), "external_backend", x.Key(),
+		"method", r.Method, "host", r.Host, "path", r.URL.Path, "policy", d.Policy, "reason", d.Reason)
+	return &AccessDenied{Decision: d}
+}
+
 // normalizePath rewrites r's path to its normalized form at level n
 // (authz.NormalizePath), the form routes and policies see and the
 // backend gets, so that "/admin/../public" cannot be allowed as "/public"

@@ -83,15 +83,29 @@ type Backend struct {
 	Endpoints []netip.AddrPort
 	// Policy is the service's TrafficPolicy, or nil.
 	Policy *meshconfig.TrafficPolicy
+	// External, when set, is the host outside the mesh the backend is (a
+	// gateway's route to an ExternalBackend, Port one of its ports):
+	// Service is nil, and Endpoints are its Static addresses, or, with DNS
+	// resolution, the unspecified address on Port (the Upstream looks the
+	// host name up). Its upstream connections are pooled apart from every
+	// other backend's, so one is never reused for another host.
+	External *meshconfig.ExternalBackend
 
 	name string // Name, kept by the snapshot's backends
+	// pool names an ExternalBackend's upstream connections: its Name and
+	// a digest of how they are made (server name, CA bundle), so a
+	// changed CA gets connections of its own.
+	pool string
 }
 
-// Name is "namespace/name:port", or the address for a backend without a
-// service.
+// Name is "namespace/name:port", "external/namespace/name:port" for an
+// ExternalBackend, or the address for a backend without a service.
 func (b *Backend) Name() string {
 	if b.name != "" {
 		return b.name
+	}
+	if b.External != nil {
+		return "external/" + b.External.Key() + ":" + strconv.Itoa(int(b.Port))
 	}
 	if b.Service == nil {
 		if len(b.Endpoints) == 1 {
@@ -148,7 +162,9 @@ type WeightedBackend struct {
 	// destination's port).
 	Service string
 	Port    uint16
-	Weight  int
+	// External: Service names an ExternalBackend, not a Service.
+	External bool
+	Weight   int
 	// Filters that apply only when this backend is chosen (after the
 	// route's).
 	RequestFilter  func(*http.Request)

@@ -2,6 +2,7 @@ package l7
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -192,10 +193,22 @@ func (e *Engine) poolName(info ConnInfo) string {
 	return ""
 }
 
-// transport is the round tripper for a request on info's stream: h2c or
-// HTTP/1.1, from info's pool.
-func (e *Engine) transport(info ConnInfo, h2 bool) http.RoundTripper {
+// poolFor is the upstream pool of a request on info's stream to b: the
+// stream's (poolName), and for an ExternalBackend one of its own within
+// it, so a connection opened (with TLS) to one host is never given to a
+// request for another that shares an address.
+func (e *Engine) poolFor(info ConnInfo, b *Backend) string {
 	k := e.poolName(info)
+	if b != nil && b.External != nil {
+		k += "\x00" + b.pool
+	}
+	return k
+}
+
+// transport is the round tripper for a request on info's stream to b:
+// h2c or HTTP/1.1, from the pool of poolFor.
+func (e *Engine) transport(info ConnInfo, b *Backend, h2 bool) http.RoundTripper {
+	k := e.poolFor(info, b)
 	p, ok := e.pools.Load(k)
 	if !ok {
 		p, _ = e.pools.LoadOrStore(k, e.newPool())
@@ -325,6 +338,22 @@ func socketPair() (net.Conn, net.Conn, error) {
 	return a, b, nil
 }
 
+// BackendFrom tells an Upstream which backend the connection it is asked
+// to open is for (nil when the engine does not say: a mirror), and
+// whether the engine will speak HTTP/2 on it (prior knowledge, or ALPN
+// h2 for TLS the Upstream originates).
+func BackendFrom(ctx context.Context) (b *Backend, h2 bool) {
+	if st, ok := ctx.Value(stateKey{}).(*reqState); ok && st.backend != nil {
+		return st.backend, st.h2
+	}
+	if b, ok := ctx.Value(tcpBackendKey{}).(*Backend); ok {
+		return b, false
+	}
+	return nil, false
+}
+
+type tcpBackendKey struct{}
+
 // dial opens an upstream connection to addr ("ip:port"), counted against
 // the caps of the backend of the request it is opened for (UpstreamConns).
 func (e *Engine) dial(ctx context.Context, _, addr string) (net.Conn, error) {
@@ -385,8 +414,9 @@ type snapshot struct {
 }
 
 type backendKey struct {
-	svc  string
-	port uint16
+	svc      string
+	port     uint16
+	external bool
 }
 
 func newSnapshot(cfg *meshconfig.Config) *snapshot {
@@ -412,7 +442,24 @@ func newSnapshot(cfg *meshconfig.Config) *snapshot {
 					b.Endpoints = append(b.Endpoints, netip.AddrPortFrom(ip, target))
 				}
 			}
-			s.backends[backendKey{svc.Key(), p.Port}] = b
+			s.backends[backendKey{svc.Key(), p.Port, false}] = b
+		}
+	}
+	for _, x := range cfg.ExternalBackends {
+		for _, p := range x.Ports {
+			b := &Backend{External: x, Port: p.Port}
+			b.name = b.Name()
+			h := sha256.New()
+			fmt.Fprintf(h, "%s\x00%s\x00%t\x00%s\x00", x.Hostname, x.ServerName(), x.TLS.System, x.TLS.Problem)
+			h.Write(x.TLS.CAPEM)
+			b.pool = fmt.Sprintf("%s@%x", b.name, h.Sum(nil)[:8])
+			for _, a := range x.Addresses {
+				b.Endpoints = append(b.Endpoints, netip.AddrPortFrom(a, p.Port))
+			}
+			if x.Resolution == meshconfig.ResolutionDNS {
+				b.Endpoints = []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), p.Port)}
+			}
+			s.backends[backendKey{x.Key(), p.Port, true}] = b
 		}
 	}
 	return s
@@ -448,11 +495,14 @@ func (s *snapshot) resolve(addr netip.AddrPort) *Destination {
 }
 
 // backend is the backend for service key svc ("": the destination) on
-// port (0: the destination's). It is nil for a service that does not
-// exist or lacks the port.
-func (s *snapshot) backend(dst *Destination, svc string, port uint16) *Backend {
+// port (0: the destination's), or for ExternalBackend svc when external.
+// It is nil for a service that does not exist or lacks the port.
+func (s *snapshot) backend(dst *Destination, svc string, port uint16, external bool) *Backend {
 	if port == 0 {
 		port = dst.Addr.Port()
+	}
+	if external {
+		return s.backends[backendKey{svc, port, true}]
 	}
 	if svc == "" {
 		if dst.Service == nil {
@@ -462,5 +512,5 @@ func (s *snapshot) backend(dst *Destination, svc string, port uint16) *Backend {
 		}
 		svc = dst.Service.Key()
 	}
-	return s.backends[backendKey{svc, port}]
+	return s.backends[backendKey{svc, port, false}]
 }

@@ -649,7 +649,7 @@ func (e *Engine) reapIdle(l *upList) {
 
 // getUp takes an idle connection to ep or opens one; reused tells which.
 func (e *Engine) getUp(ctx context.Context, st *reqState, ep netip.AddrPort) (uc *upConn, reused bool, err error) {
-	k := upKey{e.poolName(st.ri.Conn), ep}
+	k := upKey{e.poolFor(st.ri.Conn, st.backend), ep}
 	if l, ok := e.fastIdle.Load(k); ok {
 		l := l.(*upList)
 		now := time.Now()

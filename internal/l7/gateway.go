@@ -10,13 +10,20 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
-// GatewayRoutes is the Router of an ingress gateway: the routes attached
-// to Gateway Namespace/Name (route.GatewayTable), looked up by the
-// listener port the request came in on (ConnInfo.Dst's port) and its
-// Host. It sets X-Forwarded-For and X-Forwarded-Proto on what it
-// forwards.
+// GatewayRoutes is the Router of a gateway: the routes attached to
+// Gateway Namespace/Name (route.GatewayTable), looked up by the listener
+// port the request came in on (ConnInfo.Dst's port) and its Host. On a
+// stream from outside the mesh it sets X-Forwarded-For and
+// X-Forwarded-Proto on what it forwards; on one from a mesh workload
+// (ConnInfo.SrcIdentity set: the egress gateway's tunnel) it adds nothing,
+// so the mesh's addresses do not leave it. A request routed to an
+// ExternalBackend is first checked against the AccessPolicies that name
+// it (Access), and answered 403 when they deny it.
 type GatewayRoutes struct {
 	Namespace, Name string
+	// Access evaluates the AccessPolicies that name ExternalBackends;
+	// nil allows every request.
+	Access *AccessPolicies
 	// TrustedProxies are the client addresses whose X-Forwarded-For is
 	// kept and appended to (a load balancer in front of the gateway).
 	// From any other client the header is replaced by its address alone,
@@ -27,11 +34,18 @@ type GatewayRoutes struct {
 	Rand route.Rand
 
 	table atomic.Pointer[route.GatewayTable]
+	cfg   atomic.Pointer[meshconfig.Config]
 }
 
 // Update compiles the gateway's routes from cfg (none when cfg does not
 // declare the gateway).
 func (g *GatewayRoutes) Update(cfg *meshconfig.Config) error {
+	if g.Access != nil {
+		if err := g.Access.Update(cfg); err != nil {
+			return err
+		}
+	}
+	g.cfg.Store(cfg)
 	gw := cfg.Gateway(g.Namespace, g.Name)
 	if gw == nil {
 		g.table.Store(nil)
@@ -71,6 +85,15 @@ func (g *GatewayRoutes) Route(r *http.Request, info ConnInfo, dst *Destination) 
 	if out.Direct != nil {
 		return out
 	}
+	if be := out.Backends[0]; be.External {
+		if d := g.authorizeExternal(r, info, be); d != nil {
+			out.Direct, out.Backends, out.Mirrors = d, nil, nil
+			return out
+		}
+	}
+	if info.SrcIdentity != "" {
+		return out // from the mesh: nothing of it is added
+	}
 	xff := g.forwardedFor(r, info)
 	inner := out.RequestFilter
 	out.RequestFilter = func(o *http.Request) {
@@ -82,6 +105,31 @@ func (g *GatewayRoutes) Route(r *http.Request, info ConnInfo, dst *Destination) 
 		o.Header.Set("X-Forwarded-Proto", scheme)
 	}
 	return out
+}
+
+// authorizeExternal is the answer to a request to ExternalBackend be that
+// the policies naming it deny (nil when they allow it).
+func (g *GatewayRoutes) authorizeExternal(r *http.Request, info ConnInfo, be WeightedBackend) *DirectResponse {
+	cfg := g.cfg.Load()
+	if g.Access == nil || cfg == nil {
+		return nil
+	}
+	x := cfg.ExternalBackend(be.Service)
+	if x == nil {
+		return nil // the engine answers 500 for the missing backend
+	}
+	err := g.Access.AuthorizeExternal(r, info, x, be.Port)
+	if err == nil {
+		return nil
+	}
+	var d *DirectResponse
+	if rs, ok := err.(Responder); ok {
+		d = rs.Response()
+	} else {
+		d = &DirectResponse{Status: http.StatusForbidden, Body: "denied by access policy: " + err.Error()}
+	}
+	d.Reason = ReasonDenied
+	return d
 }
 
 // forwardedFor is the X-Forwarded-For to send: the client's address,

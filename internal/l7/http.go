@@ -287,15 +287,16 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var svc string
 	var port uint16
+	external := false
 	if len(rt.Backends) > 0 {
 		st.wb = pickWeighted(rt.Backends)
 		if st.wb == nil {
 			e.answer(rec, st, &DirectResponse{Status: http.StatusInternalServerError, Body: "route " + rt.Name + " has no backend with weight above 0", Reason: ReasonNoBackend})
 			return
 		}
-		svc, port = st.wb.Service, st.wb.Port
+		svc, port, external = st.wb.Service, st.wb.Port, st.wb.External
 	}
-	b := snap.backend(dst, svc, port)
+	b := snap.backend(dst, svc, port, external)
 	if b == nil {
 		if svc == "" {
 			svc = dst.Service.Key()
@@ -303,7 +304,11 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if port == 0 {
 			port = dst.Addr.Port()
 		}
-		e.answer(rec, st, &DirectResponse{Status: http.StatusInternalServerError, Body: fmt.Sprintf("backend Service %s has no port %d", svc, port), Reason: ReasonNoBackend})
+		what := "Service"
+		if external {
+			what = "ExternalBackend"
+		}
+		e.answer(rec, st, &DirectResponse{Status: http.StatusInternalServerError, Body: fmt.Sprintf("backend %s %s has no port %d", what, svc, port), Reason: ReasonNoBackend})
 		return
 	}
 	st.backend = b
@@ -358,6 +363,11 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func upstreamH2(r *http.Request, grpc, upgrade, terminated bool, b *Backend) bool {
 	if upgrade {
 		return false
+	}
+	if b.External != nil {
+		// Outside the mesh: HTTP/1.1 (ALPN http/1.1 over TLS), HTTP/2
+		// only for gRPC.
+		return grpc
 	}
 	var declared Protocol
 	if b.Service != nil {
@@ -499,7 +509,7 @@ type roundTripper struct{ e *Engine }
 
 func (t roundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 	st := out.Context().Value(stateKey{}).(*reqState)
-	tr := t.e.transport(st.ri.Conn, st.h2)
+	tr := t.e.transport(st.ri.Conn, st.backend, st.h2)
 	reqCtx := out.Context()
 	var a *http.Request
 	for {
@@ -850,7 +860,7 @@ func (e *Engine) mirror(r *http.Request, snap *snapshot, dst *Destination, m Mir
 	if st.in != nil && st.body == nil {
 		return
 	}
-	b := snap.backend(dst, m.Service, m.Port)
+	b := snap.backend(dst, m.Service, m.Port, false)
 	if b == nil || len(b.Endpoints) == 0 {
 		return
 	}
@@ -868,7 +878,7 @@ func (e *Engine) mirror(r *http.Request, snap *snapshot, dst *Destination, m Mir
 			mr.Header.Del(k)
 		}
 	}
-	tr := e.transport(st.ri.Conn, upstreamH2(r, st.grpc, false, st.ri.Conn.TLS, b))
+	tr := e.transport(st.ri.Conn, b, upstreamH2(r, st.grpc, false, st.ri.Conn.TLS, b))
 	e.bg.Add(1)
 	go func() {
 		defer e.bg.Done()

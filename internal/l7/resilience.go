@@ -49,6 +49,11 @@ func (x *Resilient) Update(cfg *meshconfig.Config) error {
 			keep[(&Backend{Service: svc, Port: p.Port}).Name()] = true
 		}
 	}
+	for _, x := range cfg.ExternalBackends {
+		for _, p := range x.Ports {
+			keep[(&Backend{External: x, Port: p.Port}).Name()] = true
+		}
+	}
 	x.m.Retain(func(key string) bool {
 		if keep[key] {
 			return true

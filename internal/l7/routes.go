@@ -85,7 +85,7 @@ func decide(rnd route.Rand, r *http.Request, m *route.Match, scheme string, port
 	if redirect(be.Filters) {
 		return out
 	}
-	out.Backends = []WeightedBackend{{Service: be.Service(), Port: be.Port, Weight: 1}}
+	out.Backends = []WeightedBackend{{Service: be.Service(), Port: be.Port, External: be.External, Weight: 1}}
 	if rule.Timeouts.HasRequest {
 		out.Timeout = rule.Timeouts.Request
 	}

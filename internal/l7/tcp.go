@@ -4,9 +4,11 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
@@ -14,7 +16,7 @@ import (
 // trying other endpoints when a connection cannot be opened, and relays
 // bytes both ways (package relay).
 func (e *Engine) serveTCP(ctx context.Context, c net.Conn, info ConnInfo, dst *Destination) {
-	e.serveTCPTo(ctx, c, info, dst, "", 0)
+	e.serveTCPTo(ctx, c, info, dst, meshconfig.ServiceRef{})
 }
 
 // ServeTCPTo serves c as a TCP stream (bytes passed through, as for a
@@ -24,15 +26,22 @@ func (e *Engine) serveTCP(ctx context.Context, c net.Conn, info ConnInfo, dst *D
 // c when done. An ingress gateway serves its TLS passthrough and TCP
 // listeners with it.
 func (e *Engine) ServeTCPTo(ctx context.Context, c net.Conn, info ConnInfo, service string, port uint16) {
+	ns, name, _ := strings.Cut(service, "/")
+	e.ServeTCPToBackend(ctx, c, info, meshconfig.ServiceRef{Namespace: ns, Name: name, Port: port})
+}
+
+// ServeTCPToBackend is ServeTCPTo for a route's backend: a Service port,
+// or an ExternalBackend's (an egress gateway's TCP and TLS listeners).
+func (e *Engine) ServeTCPToBackend(ctx context.Context, c net.Conn, info ConnInfo, ref meshconfig.ServiceRef) {
 	defer c.Close()
 	ctx = context.WithValue(ctx, connInfoKey{}, info)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	dst := e.snap.Load().resolve(info.Dst)
-	e.serveTCPTo(ctx, c, info, dst, service, port)
+	e.serveTCPTo(ctx, c, info, dst, ref)
 }
 
-func (e *Engine) serveTCPTo(ctx context.Context, c net.Conn, info ConnInfo, dst *Destination, service string, port uint16) {
+func (e *Engine) serveTCPTo(ctx context.Context, c net.Conn, info ConnInfo, dst *Destination, ref meshconfig.ServiceRef) {
 	snap := e.snap.Load()
 	ri := &RequestInfo{Conn: info, Dst: dst, Protocol: ProtocolTCP, GRPCStatus: -1, Start: time.Now()}
 	if info.Src.IsValid() {
@@ -44,12 +53,17 @@ func (e *Engine) serveTCPTo(ctx context.Context, c net.Conn, info ConnInfo, dst 
 			o.Observe(ri)
 		}
 	}()
-	b := snap.backend(dst, service, port)
+	service := ""
+	if ref.Name != "" {
+		service = ref.Key()
+	}
+	b := snap.backend(dst, service, ref.Port, ref.External())
 	if b == nil {
 		ri.Error = ReasonNoBackend
 		return
 	}
 	ri.Backend = b.Name()
+	ctx = context.WithValue(ctx, tcpBackendKey{}, b)
 	call, direct := e.res.Begin(ctx, b, nil)
 	if direct != nil {
 		ri.Error = direct.Reason

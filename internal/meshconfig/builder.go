@@ -34,6 +34,8 @@ type Builder struct {
 	routes     []*Route
 	gateways   []*Gateway
 	secrets    map[string]*TLSSecret
+	externals  []*ExternalBackend
+	caBundles  map[string]*CABundle
 	seen       map[string]pos // kind/namespace/name of the newer kinds
 }
 
@@ -363,6 +365,16 @@ func (b *Builder) addRoute(in Route, at pos) error {
 			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: a %s attaches to a Gateway's listener, not to a Service", r.Kind, r.Key(), i, r.Kind)
 		}
 	}
+	for i, rule := range r.Rules {
+		for j, be := range rule.Backends {
+			if be.Kind != "" && be.Kind != KindExternalBackend {
+				return fieldErr(fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, j), "%s %s: backend kind %q; use a Service or an %s", r.Kind, r.Key(), be.Kind, KindExternalBackend)
+			}
+			if be.External() && slices.ContainsFunc(r.Parents, func(p RouteParent) bool { return p.Gateway == "" }) {
+				return fieldErr(fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, j), "%s %s: backend %s %s is outside the mesh: a route to it needs Gateway parents only (the egress gateway), not a Service", r.Kind, r.Key(), KindExternalBackend, be.Key())
+			}
+		}
+	}
 	for i, h := range r.Hostnames {
 		if err := CheckHostname(h); err != nil {
 			return fieldErr(fmt.Sprintf("spec.hostnames[%d]", i), "%s %s: spec.hostnames[%d]: %v", r.Kind, r.Key(), i, err)
@@ -376,7 +388,8 @@ func (b *Builder) addRoute(in Route, at pos) error {
 }
 
 // AddAt adds one resource (a Mesh, Namespace, Workload, Service,
-// policy.Policy, Waypoint, TrafficPolicy or Route) as declared at
+// policy.Policy, Waypoint, TrafficPolicy, Route, Gateway, TLSSecret,
+// ExternalBackend or CABundle) as declared at
 // file:line, which Build's errors name. It is for sources that read files;
 // the other Add methods are the same without a place.
 func (b *Builder) AddAt(file string, line int, resource any) error {
@@ -412,6 +425,12 @@ func (b *Builder) AddAt(file string, line int, resource any) error {
 	case TLSSecret:
 		b.hash(KindSecret, r)
 		return b.addSecret(r, at)
+	case ExternalBackend:
+		b.hash(KindExternalBackend, r)
+		return b.addExternalBackend(r, at)
+	case CABundle:
+		b.hash(KindConfigMap, r)
+		return b.addCABundle(r, at)
 	}
 	return fmt.Errorf("%s:%d: %T is not a mesh resource", file, line, resource)
 }

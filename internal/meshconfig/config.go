@@ -29,9 +29,12 @@ type Config struct {
 	Waypoints       []*Waypoint
 	TrafficPolicies []*TrafficPolicy
 	Routes          []*Route
-	// Gateways are the ingress gateways, sorted by key, their listeners'
-	// certificates resolved.
+	// Gateways are the ingress and egress gateways, sorted by key, their
+	// listeners' certificates resolved.
 	Gateways []*Gateway
+	// ExternalBackends are the hosts outside the mesh, sorted by key, their
+	// CA bundles resolved and their Egress derived.
+	ExternalBackends []*ExternalBackend
 
 	byIP       map[netip.Addr]*Workload
 	byKey      map[string]*Workload
@@ -42,6 +45,8 @@ type Config struct {
 	trafficFor map[string]*TrafficPolicy
 	routesFor  map[string][]*Route
 	gateways   map[string]*Gateway
+	externals  map[string]*ExternalBackend
+	extByAddr  map[netip.Addr][]*ExternalBackend
 }
 
 // Build checks the resources against each other and indexes them; the
@@ -75,6 +80,8 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 		trafficFor: map[string]*TrafficPolicy{},
 		routesFor:  map[string][]*Route{},
 		gateways:   map[string]*Gateway{},
+		externals:  map[string]*ExternalBackend{},
+		extByAddr:  map[netip.Addr][]*ExternalBackend{},
 	}
 	if b.mesh != nil {
 		c.Mesh = *b.mesh
@@ -89,7 +96,7 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 		c.Waypoints = append(c.Waypoints, wp)
 	}
 	bs := &buildState{c: c, lenient: lenient}
-	for _, step := range []func(*buildState) error{b.buildWorkloads, b.buildServices, b.buildTraffic, b.buildGateways, b.buildRoutes} {
+	for _, step := range []func(*buildState) error{b.buildWorkloads, b.buildServices, b.buildTraffic, b.buildGateways, b.buildExternal, b.buildRoutes, b.checkPolicyTargets} {
 		if err := step(bs); err != nil {
 			return nil, nil, err
 		}
@@ -101,6 +108,8 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 	sort.Slice(c.TrafficPolicies, func(i, j int) bool { return c.TrafficPolicies[i].Key() < c.TrafficPolicies[j].Key() })
 	sortRoutes(c.Routes)
 	sort.Slice(c.Gateways, func(i, j int) bool { return c.Gateways[i].Key() < c.Gateways[j].Key() })
+	sort.Slice(c.ExternalBackends, func(i, j int) bool { return c.ExternalBackends[i].Key() < c.ExternalBackends[j].Key() })
+	b.buildEgress(bs)
 	return c, bs.problems, nil
 }
 
@@ -324,8 +333,16 @@ func (b *Builder) buildRoutes(bs *buildState) error {
 			parents = append(parents, p)
 		}
 		for _, be := range routeBackends(r) {
-			if c.svcByKey[be] == nil {
-				if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: backend Service %s is not defined (requests to it will fail with 500)", r.Kind, r.Key(), be); err != nil {
+			if be.External() {
+				if c.externals[be.Key()] == nil {
+					if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: backend %s %s is not defined (requests to it will fail with 500)", r.Kind, r.Key(), KindExternalBackend, be.Key()); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			if c.svcByKey[be.Key()] == nil {
+				if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: backend Service %s is not defined (requests to it will fail with 500)", r.Kind, r.Key(), be.Key()); err != nil {
 					return err
 				}
 			}
@@ -361,17 +378,36 @@ func sortRoutes(rs []*Route) {
 	})
 }
 
-// routeBackends lists the keys of the services a route sends to.
-func routeBackends(r *Route) []string {
-	var out []string
+// routeBackends lists the Services and ExternalBackends a route sends
+// to (ports aside), each once.
+func routeBackends(r *Route) []ServiceRef {
+	var out []ServiceRef
 	for _, rule := range r.Rules {
 		for _, be := range rule.Backends {
-			if k := be.Key(); !slices.Contains(out, k) {
+			k := ServiceRef{Kind: be.Kind, Namespace: be.Namespace, Name: be.Name}
+			if !slices.Contains(out, k) {
 				out = append(out, k)
 			}
 		}
 	}
 	return out
+}
+
+// checkPolicyTargets reports access policies whose targetRefs name an
+// ExternalBackend that is not defined (the policy then applies to
+// nothing).
+func (b *Builder) checkPolicyTargets(bs *buildState) error {
+	c := bs.c
+	for _, p := range c.Policies {
+		for _, n := range p.ExternalBackends {
+			if c.externals[p.Namespace+"/"+n] == nil {
+				if err := bs.fail(b.policyAt[p.Key()], KindAccessPolicy, p.Namespace, p.Name, ReasonTargetNotFound, false, "AccessPolicy %s: spec.targetRefs: %s %s/%s is not defined", p.Key(), KindExternalBackend, p.Namespace, n); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func selects(sel, labels map[string]string) bool {

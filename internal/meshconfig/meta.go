@@ -64,6 +64,9 @@ func CheckMeta(kind, name, namespace string) error {
 	return nil
 }
 
+// CheckName checks a resource name that must be a DNS label.
+func CheckName(s string) error { return checkDNSLabel(s) }
+
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
 func checkDNSLabel(s string) error {

@@ -171,14 +171,21 @@ type MirrorFilter struct {
 	Numerator, Denominator int64
 }
 
-// ServiceRef is a Service port.
+// ServiceRef is a Service port, or a port of an ExternalBackend (Kind
+// KindExternalBackend: a route with a Gateway parent sends to a host
+// outside the mesh).
 type ServiceRef struct {
+	// Kind is "" (a Service) or KindExternalBackend.
+	Kind            string
 	Namespace, Name string
 	Port            uint16
 }
 
 // Key is "namespace/name".
 func (s ServiceRef) Key() string { return s.Namespace + "/" + s.Name }
+
+// External reports whether s names an ExternalBackend.
+func (s ServiceRef) External() bool { return s.Kind == KindExternalBackend }
 
 // RouteBackend is a weighted backend of a rule, with the filters that
 // apply when it is chosen.

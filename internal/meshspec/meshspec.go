@@ -3,7 +3,8 @@
 // with errors that name file, line and fix), and the conversion of the
 // resources users write (the ambit.dev CRDs' specs, the Gateway API's
 // HTTPRoute, GRPCRoute, GatewayClass and Gateway, kubernetes.io/tls
-// Secrets) into the model of internal/meshconfig, with
+// Secrets, ExternalBackends and the ConfigMaps of their CA bundles) into
+// the model of internal/meshconfig, with
 // the API's defaults applied and the checks the CRDs' schemas make. The
 // file source and the Kubernetes source both convert through it, so a
 // file and a cluster agree on what a field means.

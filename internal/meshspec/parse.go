@@ -159,20 +159,22 @@ var kinds = map[string]struct {
 	doc        func() any
 	json       bool // decoded through JSON into API types
 }{
-	meshconfig.KindMeshConfig:    {AmbitAPIVersion, func() any { return new(meshDoc) }, false},
-	meshconfig.KindNamespace:     {CoreAPIVersion, func() any { return new(namespaceDoc) }, false},
-	meshconfig.KindService:       {CoreAPIVersion, func() any { return new(serviceDoc) }, false},
-	meshconfig.KindWorkload:      {AmbitAPIVersion, func() any { return new(workloadDoc) }, false},
-	meshconfig.KindAccessPolicy:  {AmbitAPIVersion, func() any { return new(accessPolicyDoc) }, true},
-	meshconfig.KindWaypoint:      {AmbitAPIVersion, func() any { return new(waypointDoc) }, true},
-	meshconfig.KindTrafficPolicy: {AmbitAPIVersion, func() any { return new(trafficPolicyDoc) }, true},
-	meshconfig.KindHTTPRoute:     {GatewayAPIVersion, func() any { return new(httpRouteDoc) }, true},
-	meshconfig.KindGRPCRoute:     {GatewayAPIVersion, func() any { return new(grpcRouteDoc) }, true},
-	meshconfig.KindTLSRoute:      {GatewayAPIVersion, func() any { return new(tlsRouteDoc) }, true},
-	meshconfig.KindTCPRoute:      {GatewayAPIVersion, func() any { return new(tcpRouteDoc) }, true},
-	KindGatewayClass:             {GatewayAPIVersion, func() any { return new(gatewayClassDoc) }, true},
-	meshconfig.KindGateway:       {GatewayAPIVersion, func() any { return new(gatewayDoc) }, true},
-	meshconfig.KindSecret:        {CoreAPIVersion, func() any { return new(secretDoc) }, false},
+	meshconfig.KindMeshConfig:      {AmbitAPIVersion, func() any { return new(meshDoc) }, false},
+	meshconfig.KindNamespace:       {CoreAPIVersion, func() any { return new(namespaceDoc) }, false},
+	meshconfig.KindService:         {CoreAPIVersion, func() any { return new(serviceDoc) }, false},
+	meshconfig.KindWorkload:        {AmbitAPIVersion, func() any { return new(workloadDoc) }, false},
+	meshconfig.KindAccessPolicy:    {AmbitAPIVersion, func() any { return new(accessPolicyDoc) }, true},
+	meshconfig.KindWaypoint:        {AmbitAPIVersion, func() any { return new(waypointDoc) }, true},
+	meshconfig.KindTrafficPolicy:   {AmbitAPIVersion, func() any { return new(trafficPolicyDoc) }, true},
+	meshconfig.KindHTTPRoute:       {GatewayAPIVersion, func() any { return new(httpRouteDoc) }, true},
+	meshconfig.KindGRPCRoute:       {GatewayAPIVersion, func() any { return new(grpcRouteDoc) }, true},
+	meshconfig.KindTLSRoute:        {GatewayAPIVersion, func() any { return new(tlsRouteDoc) }, true},
+	meshconfig.KindTCPRoute:        {GatewayAPIVersion, func() any { return new(tcpRouteDoc) }, true},
+	KindGatewayClass:               {GatewayAPIVersion, func() any { return new(gatewayClassDoc) }, true},
+	meshconfig.KindGateway:         {GatewayAPIVersion, func() any { return new(gatewayDoc) }, true},
+	meshconfig.KindSecret:          {CoreAPIVersion, func() any { return new(secretDoc) }, false},
+	meshconfig.KindExternalBackend: {AmbitAPIVersion, func() any { return new(externalBackendDoc) }, true},
+	meshconfig.KindConfigMap:       {CoreAPIVersion, func() any { return new(configMapDoc) }, false},
 }
 
 // LoadPath reads a configuration file, or every *.yaml/*.yml file of a
@@ -506,6 +508,10 @@ func fromDoc(file string, n *yaml.Node, doc any) (any, error) {
 		return fileGateway(file, n, d)
 	case *secretDoc:
 		return fileSecret(d)
+	case *externalBackendDoc:
+		return ExternalBackendFromSpec(d.Metadata.Namespace, d.Metadata.Name, d.Spec)
+	case *configMapDoc:
+		return CABundleFrom(d.Metadata.Namespace, d.Metadata.Name, d.Data), nil
 	}
 	return nil, fmt.Errorf("%T is not a document Ambit reads", doc)
 }

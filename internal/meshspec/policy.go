@@ -26,6 +26,26 @@ func AccessPolicyFromSpec(namespace, name string, spec crd.AccessPolicySpec) (po
 			p.Selector = spec.Selector.MatchLabels
 		}
 	}
+	if spec.Selector != nil && len(spec.TargetRefs) > 0 {
+		return p, fieldErr("spec.targetRefs", "AccessPolicy %s: set selector (workloads) or targetRefs (ExternalBackends), not both", p.Key())
+	}
+	if len(spec.TargetRefs) > 16 {
+		return p, fieldErr("spec.targetRefs", "AccessPolicy %s: spec.targetRefs has %d entries, at most 16", p.Key(), len(spec.TargetRefs))
+	}
+	for i, t := range spec.TargetRefs {
+		f := fmt.Sprintf("spec.targetRefs[%d]", i)
+		group, kind := t.Group, t.Kind
+		if group == "" && kind == "" {
+			group, kind = crd.Group, meshconfig.KindExternalBackend // the CRD's defaults
+		}
+		if group != crd.Group || kind != meshconfig.KindExternalBackend {
+			return p, fieldErr(f, "AccessPolicy %s: %s is a %s (group %q); targetRefs name ExternalBackends (group %s, kind %s); select workloads with selector", p.Key(), f, kind, group, crd.Group, meshconfig.KindExternalBackend)
+		}
+		if err := meshconfig.CheckName(t.Name); err != nil {
+			return p, fieldErr(f+".name", "AccessPolicy %s: %s.name %q: %v", p.Key(), f, t.Name, err)
+		}
+		p.ExternalBackends = append(p.ExternalBackends, t.Name)
+	}
 	// The CRD's limits (they bound the cost of its CEL rules).
 	tooMany := func(field string, n, most int) error {
 		if n > most {

@@ -9,6 +9,7 @@ import (
 
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
@@ -228,7 +229,7 @@ func (rc *routeConv) service(field string, ref *gatewayv1.BackendObjectReference
 		kind = string(*ref.Kind)
 	}
 	if group != "" || kind != "Service" {
-		return meshconfig.ServiceRef{}, rc.err(field, "backend is a %s (group %q); Ambit routes to Services only", kind, group)
+		return meshconfig.ServiceRef{}, rc.err(field, "backend is a %s (group %q); Ambit routes to Services (and, from a Gateway, to ExternalBackends of group %s)", kind, group, crd.Group)
 	}
 	if ref.Namespace != nil && string(*ref.Namespace) != rc.namespace {
 		return meshconfig.ServiceRef{}, rc.err(field+".namespace", "backend in namespace %q; Ambit routes only to Services in the route's own namespace", *ref.Namespace)
@@ -246,9 +247,16 @@ func (rc *routeConv) service(field string, ref *gatewayv1.BackendObjectReference
 }
 
 // backend converts a weighted backendRef (weight 1 by default) and its
-// filters.
+// filters: a Service, or an ExternalBackend (group ambit.dev) for a route
+// with Gateway parents.
 func (rc *routeConv) backend(field string, ref *gatewayv1.BackendObjectReference, weight *int32, filters func(string) ([]meshconfig.RouteFilter, error)) (meshconfig.RouteBackend, error) {
-	svc, err := rc.service(field, ref)
+	var svc meshconfig.ServiceRef
+	var err error
+	if ref.Group != nil && string(*ref.Group) == crd.Group {
+		svc, err = rc.external(field, ref)
+	} else {
+		svc, err = rc.service(field, ref)
+	}
 	if err != nil {
 		return meshconfig.RouteBackend{}, err
 	}
@@ -261,6 +269,31 @@ func (rc *routeConv) backend(field string, ref *gatewayv1.BackendObjectReference
 	}
 	be.Filters, err = filters(field + ".filters")
 	return be, err
+}
+
+// external converts a backend reference to an ExternalBackend port in the
+// route's namespace.
+func (rc *routeConv) external(field string, ref *gatewayv1.BackendObjectReference) (meshconfig.ServiceRef, error) {
+	if ref.Kind == nil || string(*ref.Kind) != meshconfig.KindExternalBackend {
+		kind := ""
+		if ref.Kind != nil {
+			kind = string(*ref.Kind)
+		}
+		return meshconfig.ServiceRef{}, rc.err(field+".kind", "%q of group %s; the %s kind Ambit routes to is %s", kind, crd.Group, crd.Group, meshconfig.KindExternalBackend)
+	}
+	if ref.Namespace != nil && string(*ref.Namespace) != rc.namespace {
+		return meshconfig.ServiceRef{}, rc.err(field+".namespace", "backend in namespace %q; Ambit routes only to ExternalBackends in the route's own namespace", *ref.Namespace)
+	}
+	if ref.Name == "" {
+		return meshconfig.ServiceRef{}, rc.err(field+".name", "empty; name the ExternalBackend")
+	}
+	if ref.Port == nil {
+		return meshconfig.ServiceRef{}, rc.err(field+".port", "missing; give the external host's port to connect to")
+	}
+	if *ref.Port < 1 || *ref.Port > 65535 {
+		return meshconfig.ServiceRef{}, rc.err(field+".port", "%d is out of range 1-65535", *ref.Port)
+	}
+	return meshconfig.ServiceRef{Kind: meshconfig.KindExternalBackend, Namespace: rc.namespace, Name: string(ref.Name), Port: uint16(*ref.Port)}, nil
 }
 
 func (rc *routeConv) headers(field string, h *gatewayv1.HTTPHeaderFilter) (*meshconfig.HeaderFilter, error) {

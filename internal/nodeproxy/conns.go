@@ -189,6 +189,7 @@ const (
 	reasonNotLocal    = "not_local"        // a tunnel stream for an address this pod does not have
 	reasonNoOrigin    = "no_original_dst"  // capture had no record for the connection
 	reasonNoWaypoint  = "no_waypoint"      // the destination uses a waypoint that is not there
+	reasonNoGateway   = "no_gateway"       // the egress gateway a destination goes through has no address yet
 	reasonProxyPort   = "proxy_port"       // a target port the proxy itself listens on in pods
 	reasonSourceAddr  = "source_address"   // no acceptable client address for a tunnel stream
 )

@@ -31,6 +31,7 @@ const (
 	routeDirect                  // to a destination outside the mesh
 	routeRefuse
 	routeWaypoint // to the waypoint the destination uses, through the tunnel
+	routeEgress   // to an ExternalBackend, through the tunnel to its egress gateway
 )
 
 // route is where an outbound connection goes.
@@ -42,17 +43,23 @@ type route struct {
 	reason     string // for refusals
 	reasonCode string
 	// For routeWaypoint: the waypoint, its tunnel endpoint and identity;
-	// dst stays the original destination (the tunnel's :authority).
+	// dst stays the original destination (the tunnel's :authority). For
+	// routeEgress, wpProxy and wpID are the egress gateway's.
 	wp      *meshconfig.Waypoint
 	wpProxy netip.AddrPort
 	wpID    spiffeid.ID
+	// For routeEgress: the ExternalBackend and the gateway ("ns/name").
+	ext     *meshconfig.ExternalBackend
+	gateway string
 }
 
 // resolve decides where a connection from src to dst goes: a service
 // address is load balanced over its ready endpoints (round robin, same node
 // first), a workload address is used as is; mesh workloads are reached
-// through the tunnel, everything else directly or not at all, as src's
-// namespace says.
+// through the tunnel; an ExternalBackend's address on a port a route sends
+// through an egress gateway goes through the tunnel to that gateway;
+// everything else directly or not at all, as src's namespace says
+// (ambit.dev/outbound: refuse leaves the gateways as the only way out).
 func (p *Proxy) resolve(cfg *meshconfig.Config, src *meshconfig.Workload, dst netip.AddrPort) route {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	if rt, ok := viaWaypoint(cfg, src, dst); ok {
@@ -77,8 +84,20 @@ func (p *Proxy) resolve(cfg *meshconfig.Config, src *meshconfig.Workload, dst ne
 		rt.kind = routeTunnel
 		return rt
 	}
+	var ext *meshconfig.ExternalBackend
+	if rt.svc == nil { // an address outside the mesh (a pod outside it too)
+		x, e, ok := p.egressFor(cfg, dst)
+		if ok {
+			return viaEgress(cfg, x, e, dst)
+		}
+		ext = x
+	}
 	if cfg.Namespace(src.Namespace).Outbound == meshconfig.OutboundRefuse {
-		return route{kind: routeRefuse, dst: rt.dst, w: rt.w, svc: rt.svc, reasonCode: reasonOutsideMesh, reason: fmt.Sprintf("%s is outside the mesh and namespace %s refuses such destinations (%s=%s)", rt.dst, src.Namespace, meshconfig.OutboundAnnotation, meshconfig.OutboundRefuse)}
+		why := fmt.Sprintf("%s is outside the mesh and namespace %s refuses such destinations (%s=%s); only an egress gateway's route leads out", rt.dst, src.Namespace, meshconfig.OutboundAnnotation, meshconfig.OutboundRefuse)
+		if ext != nil {
+			why = fmt.Sprintf("%s is ExternalBackend %s, but no route sends its port %d through an egress gateway, and namespace %s refuses direct connections (%s=%s)", rt.dst, ext.Key(), dst.Port(), src.Namespace, meshconfig.OutboundAnnotation, meshconfig.OutboundRefuse)
+		}
+		return route{kind: routeRefuse, dst: rt.dst, w: rt.w, svc: rt.svc, reasonCode: reasonOutsideMesh, reason: why}
 	}
 	rt.kind = routeDirect
 	return rt
@@ -214,6 +233,19 @@ func (pd *pod) outbound(c *net.TCPConn) {
 	case routeDirect:
 		info.Transport = admin.TransportPlaintext
 		up, err = pd.dialFrom(ctx, "tcp", rt.dst.String())
+	case routeEgress:
+		// The gateway's own tunnel: HTTP/2 (it serves no QUIC).
+		info.Transport = admin.TransportHBONEH2
+		info.DstIdentity = rt.wpID.String()
+		up, err = p.dialer.Dial(ctx, p.certs.Source(src.Identity), tunnel.Target{
+			Proxy:    rt.wpProxy.String(),
+			Identity: rt.wpID,
+			Dst:      rt.dst,
+			Src:      srcAP,
+			Via:      src.Key(),
+			NetDial:  pd.dialFrom,
+			Protocol: tunnel.ProtocolH2,
+		})
 	case routeWaypoint:
 		info.Transport = admin.TransportHBONEH2
 		info.DstIdentity = rt.wpID.String()

@@ -59,8 +59,11 @@ type Options struct {
 	PodNet podnet.Network
 	// DrainTimeout bounds how long Shutdown waits for connections.
 	DrainTimeout time.Duration
-	Log          *slog.Logger
-	Clock        clock.Clock
+	// Resolver looks up the host names of ExternalBackends that go
+	// through an egress gateway (egress.go); nil is the system's.
+	Resolver *net.Resolver
+	Log      *slog.Logger
+	Clock    clock.Clock
 }
 
 // Proxy is a running node proxy.
@@ -91,6 +94,8 @@ type Proxy struct {
 	located  map[string]*located             // pods found by UID (Kubernetes), by UID
 	// unlocated counts the pods the last reconcile could not find yet.
 	unlocated int
+	// egress holds the addresses of ExternalBackends' host names.
+	egress egressNames
 }
 
 // New makes a Proxy; it serves nothing until Update gives it a
@@ -175,6 +180,7 @@ func (p *Proxy) Update(cfg *meshconfig.Config) {
 		return
 	}
 	p.cfg.Store(cfg)
+	p.startEgressLookups(cfg)
 	p.reconcile(cfg)
 }
 

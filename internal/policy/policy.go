@@ -32,9 +32,15 @@ const (
 type Policy struct {
 	Namespace, Name string
 	// Selector picks workloads in Namespace by label; empty means every
-	// workload in the namespace.
+	// workload in the namespace. A policy with ExternalBackends selects
+	// no workload.
 	Selector map[string]string
-	Action   Action
+	// ExternalBackends, when set (spec.targetRefs), are the names of the
+	// ExternalBackends in Namespace the policy applies to instead of
+	// workloads: an egress gateway evaluates it for connections and
+	// requests it sends to them.
+	ExternalBackends []string
+	Action           Action
 	// DryRun policies only report what they would have done.
 	DryRun bool
 	// CaseInsensitivePaths: the waypoint compares the rules' paths with
@@ -138,6 +144,11 @@ type Request struct {
 	Namespace string
 	Labels    map[string]string
 	Port      uint16
+	// ExternalBackend, when set, makes the destination the
+	// ExternalBackend of that name in Namespace (an egress gateway's
+	// request; Labels are ignored): only the policies that name it in
+	// ExternalBackends apply.
+	ExternalBackend string
 	// L7Checked says the connection comes through the waypoint the
 	// destination uses, which applies the HTTP attributes of L7 rules to
 	// each request (internal/l7/authz). An L7 rule is then decided here on
@@ -170,6 +181,14 @@ func (p Policy) Validate() error {
 	if p.Action != Allow && p.Action != Deny {
 		return fmt.Errorf("access policy %s: action %q must be ALLOW or DENY", p.Key(), p.Action)
 	}
+	if len(p.ExternalBackends) > 0 && len(p.Selector) > 0 {
+		return fmt.Errorf("access policy %s: set a selector (workloads) or targetRefs (ExternalBackends), not both", p.Key())
+	}
+	for _, n := range p.ExternalBackends {
+		if n == "" || strings.Contains(n, "/") {
+			return fmt.Errorf("access policy %s: targetRefs name %q: give the name of an ExternalBackend in the policy's namespace", p.Key(), n)
+		}
+	}
 	for i, r := range p.Rules {
 		for _, s := range r.From {
 			for _, pr := range s.Principals {
@@ -199,7 +218,7 @@ func (p Policy) Validate() error {
 func Evaluate(policies []Policy, req Request) Decision {
 	var applicable []Policy
 	for _, p := range policies {
-		if p.Namespace == req.Namespace && selects(p.Selector, req.Labels) {
+		if p.Applies(req) {
 			applicable = append(applicable, p)
 		}
 	}
@@ -237,6 +256,23 @@ func Evaluate(policies []Policy, req Request) Decision {
 	d.Allowed, d.Reason = true, "no policy applies"
 	return d
 }
+
+// Applies reports whether p is one of the policies of req's destination:
+// a workload its selector picks, or an ExternalBackend its targetRefs
+// name.
+func (p Policy) Applies(req Request) bool {
+	if p.Namespace != req.Namespace {
+		return false
+	}
+	if req.ExternalBackend != "" || len(p.ExternalBackends) > 0 {
+		return req.ExternalBackend != "" && contains(p.ExternalBackends, req.ExternalBackend)
+	}
+	return selects(p.Selector, req.Labels)
+}
+
+// SelectsWorkloads reports whether p applies to workloads (not to
+// ExternalBackends).
+func (p Policy) SelectsWorkloads() bool { return len(p.ExternalBackends) == 0 }
 
 func selects(sel, labels map[string]string) bool {
 	for k, v := range sel {

@@ -102,3 +102,35 @@ func TestValidate(t *testing.T) {
 }
 
 func viaWaypoint(r Request) Request { r.L7Checked = true; return r }
+
+// A policy with targetRefs (ExternalBackends) applies only to requests to
+// those backends, never to workloads, even with no selector; a workload
+// policy never applies to an ExternalBackend.
+func TestExternalBackendPolicies(t *testing.T) {
+	toAPI := Policy{Namespace: "demo", Name: "api-callers", ExternalBackends: []string{"api"}, Action: Allow,
+		Rules: []Rule{{From: []Source{{ServiceAccounts: []string{"demo/client"}}}}}}
+	denyAllWorkloads := Policy{Namespace: "demo", Name: "deny-all", Action: Deny, Rules: []Rule{{}}}
+	ext := func(name string, src spiffeid.ID) Request {
+		return Request{Source: src, Namespace: "demo", ExternalBackend: name, Port: 443}
+	}
+	for _, tc := range []struct {
+		name    string
+		req     Request
+		allowed bool
+		reason  string
+	}{
+		{"allowed caller", ext("api", client), true, "allowed by ALLOW policy demo/api-callers"},
+		{"other caller", ext("api", other), false, "no ALLOW policy matched"},
+		{"caller outside the mesh", ext("api", spiffeid.ID{}), false, "no ALLOW policy matched"},
+		{"another backend", ext("search", other), true, "no policy applies"},
+		{"a workload", with(toWeb80, func(r *Request) { r.Source = other }), false, "denied by DENY policy demo/deny-all"},
+	} {
+		d := Evaluate([]Policy{toAPI, denyAllWorkloads}, tc.req)
+		if d.Allowed != tc.allowed || d.Reason != tc.reason {
+			t.Errorf("%s: allowed=%v %q; want %v %q", tc.name, d.Allowed, d.Reason, tc.allowed, tc.reason)
+		}
+	}
+	if err := (Policy{Namespace: "demo", Name: "p", Action: Allow, Selector: map[string]string{"a": "b"}, ExternalBackends: []string{"api"}}).Validate(); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("selector and targetRefs: %v", err)
+	}
+}

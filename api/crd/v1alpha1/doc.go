@@ -1,5 +1,6 @@
 // Package v1alpha1 owns the Go types of Ambit's custom resources in the
-// ambit.dev/v1alpha1 API group (Waypoint, AccessPolicy, TrafficPolicy). The
+// ambit.dev/v1alpha1 API group (Waypoint, AccessPolicy, TrafficPolicy,
+// ExternalBackend). The
 // CRDs in deploy/base/control-plane/crds/ are generated from them (`make crds`, which
 // runs controller-gen), the Kubernetes source (internal/kubesource) reads
 // them, and the file-mode parser (internal/meshconfig) decodes the same
@@ -32,9 +33,10 @@ var GroupVersion = schema.GroupVersion{Group: Group, Version: Version}
 
 // Resources (plural, lower case) as the API server serves them.
 var (
-	WaypointsResource       = GroupVersion.WithResource("waypoints")
-	AccessPoliciesResource  = GroupVersion.WithResource("accesspolicies")
-	TrafficPoliciesResource = GroupVersion.WithResource("trafficpolicies")
+	WaypointsResource        = GroupVersion.WithResource("waypoints")
+	AccessPoliciesResource   = GroupVersion.WithResource("accesspolicies")
+	TrafficPoliciesResource  = GroupVersion.WithResource("trafficpolicies")
+	ExternalBackendsResource = GroupVersion.WithResource("externalbackends")
 )
 
 // AddToScheme registers the types with a scheme.
@@ -43,6 +45,7 @@ func AddToScheme(s *runtime.Scheme) error {
 		&Waypoint{}, &WaypointList{},
 		&AccessPolicy{}, &AccessPolicyList{},
 		&TrafficPolicy{}, &TrafficPolicyList{},
+		&ExternalBackend{}, &ExternalBackendList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil

@@ -122,11 +122,22 @@ type AccessPolicy struct {
 }
 
 // AccessPolicySpec: a policy matches a connection that matches any rule.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.selector) || !has(self.targetRefs)",message="set selector (workloads) or targetRefs (ExternalBackends), not both"
 type AccessPolicySpec struct {
 	// Selector picks workloads in the policy's namespace by label; without
-	// it the policy applies to every workload of the namespace.
+	// it (and without targetRefs) the policy applies to every workload of
+	// the namespace.
 	// +optional
 	Selector *Selector `json:"selector,omitempty"`
+	// TargetRefs, instead of a selector, name the ExternalBackends of the
+	// policy's namespace it applies to: the egress gateway that sends to
+	// one evaluates the policy with the client's identity, for each
+	// connection and request (HTTP attributes included).
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +optional
+	TargetRefs []PolicyTargetRef `json:"targetRefs,omitempty"`
 	// Action: ALLOW or DENY. A matching DENY wins; when any ALLOW applies to
 	// a workload, connections that match none are denied.
 	// +kubebuilder:validation:Enum=ALLOW;DENY;Allow;Deny;allow;deny
@@ -145,6 +156,23 @@ type AccessPolicySpec struct {
 	// +kubebuilder:validation:MaxItems=32
 	// +optional
 	Rules []AccessRule `json:"rules,omitempty"`
+}
+
+// PolicyTargetRef names an ExternalBackend in the policy's namespace.
+//
+// +kubebuilder:validation:XValidation:rule="self.group == 'ambit.dev' && self.kind == 'ExternalBackend'",message="targetRefs may only name an ExternalBackend (group ambit.dev, kind ExternalBackend)"
+type PolicyTargetRef struct {
+	// +kubebuilder:default=ambit.dev
+	// +optional
+	Group string `json:"group"`
+	// +kubebuilder:default=ExternalBackend
+	// +optional
+	Kind string `json:"kind"`
+	// Name of the ExternalBackend.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
 }
 
 // Selector selects by labels.
@@ -488,4 +516,143 @@ type TrafficPolicyList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []TrafficPolicy `json:"items"`
+}
+
+// ExternalBackend is a host outside the mesh that mesh workloads reach
+// through an egress gateway: its DNS name, the ports it serves and what
+// it speaks on each, how its addresses are found, and how a gateway checks
+// its certificate when it originates TLS (the Gateway API's
+// BackendTLSPolicy validation). A route (HTTPRoute, TCPRoute, TLSRoute)
+// whose parentRef is a Gateway of Ambit's class and whose backendRef is
+// the ExternalBackend (group ambit.dev) sends it through that gateway;
+// AccessPolicies name it in targetRefs.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:categories=ambit,shortName=eb
+// +kubebuilder:printcolumn:name="Hostname",type=string,JSONPath=`.spec.hostname`
+// +kubebuilder:printcolumn:name="Resolution",type=string,JSONPath=`.spec.resolution`
+// +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ExternalBackend struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ExternalBackendSpec `json:"spec"`
+	Status PolicyStatus        `json:"status,omitempty"`
+}
+
+// ExternalBackendSpec is the external host.
+//
+// +kubebuilder:validation:XValidation:rule="self.resolution != 'Static' || (has(self.addresses) && self.addresses.size() > 0)",message="resolution Static needs addresses, the host's IP addresses"
+// +kubebuilder:validation:XValidation:rule="self.resolution == 'Static' || !has(self.addresses)",message="addresses are for resolution Static; with DNS the addresses come from DNS"
+type ExternalBackendSpec struct {
+	// Hostname is the host's DNS name: what DNS resolution looks up, the
+	// TLS server name the gateway sends and the name it checks in the
+	// host's certificate. Not an IP address, not a wildcard, not a
+	// cluster-local name.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	// +kubebuilder:validation:XValidation:rule="!self.endsWith('.cluster.local') && self != 'cluster.local'",message="hostname must not be a cluster-local name"
+	Hostname string `json:"hostname"`
+	// Ports the host serves and what it speaks on each: HTTP, HTTPS (HTTP
+	// over TLS), TLS or TCP. The gateway originates TLS on HTTPS and TLS
+	// ports.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=map
+	// +listMapKey=port
+	Ports []ExternalPort `json:"ports"`
+	// Resolution is how the host's addresses are found: DNS (the
+	// hostname is looked up) or Static (addresses).
+	// +kubebuilder:validation:Enum=DNS;Static
+	// +kubebuilder:default=DNS
+	// +optional
+	Resolution string `json:"resolution,omitempty"`
+	// Addresses are the host's IP addresses (resolution Static).
+	// +kubebuilder:validation:MaxItems=32
+	// +optional
+	Addresses []IPAddress `json:"addresses,omitempty"`
+	// TLS is how the gateway checks the host's certificate on its TLS
+	// ports; without it, against the system's roots, for the hostname.
+	// +optional
+	TLS *ExternalTLS `json:"tls,omitempty"`
+}
+
+// ExternalPort is one port of an external host.
+type ExternalPort struct {
+	// Name of the port (a DNS label).
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$`
+	// +optional
+	Name string `json:"name,omitempty"`
+	// Port number.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port"`
+	// Protocol the host speaks there.
+	// +kubebuilder:validation:Enum=HTTP;HTTPS;TLS;TCP
+	// +kubebuilder:default=TCP
+	// +optional
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// IPAddress is an IPv4 or IPv6 address.
+// +kubebuilder:validation:MaxLength=64
+// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IP address"
+type IPAddress string
+
+// ExternalTLS is the validation of an external host's certificate, named
+// as the Gateway API's BackendTLSPolicy names it.
+type ExternalTLS struct {
+	// +optional
+	Validation ExternalTLSValidation `json:"validation,omitempty"`
+}
+
+// ExternalTLSValidation says what the host's certificate is checked
+// against: the CA certificates in ConfigMaps (key ca.crt) of the
+// ExternalBackend's namespace, or the system's roots.
+//
+// +kubebuilder:validation:XValidation:rule="!(has(self.caCertificateRefs) && has(self.wellKnownCACertificates))",message="set caCertificateRefs or wellKnownCACertificates, not both"
+type ExternalTLSValidation struct {
+	// CACertificateRefs name ConfigMaps (group "", kind ConfigMap) whose
+	// ca.crt holds the PEM certificates to trust.
+	// +kubebuilder:validation:MaxItems=8
+	// +optional
+	CACertificateRefs []LocalObjectReference `json:"caCertificateRefs,omitempty"`
+	// WellKnownCACertificates: System trusts the system's roots (the
+	// default when no CA certificate is named).
+	// +kubebuilder:validation:Enum=System
+	// +optional
+	WellKnownCACertificates string `json:"wellKnownCACertificates,omitempty"`
+	// Hostname, if set, is the TLS server name sent and checked instead of
+	// spec.hostname.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	// +optional
+	Hostname string `json:"hostname,omitempty"`
+}
+
+// LocalObjectReference names an object of the referrer's namespace.
+//
+// +kubebuilder:validation:XValidation:rule="self.group.size() == 0 && self.kind == 'ConfigMap'",message="a CA certificate reference names a ConfigMap (group \"\", kind ConfigMap)"
+type LocalObjectReference struct {
+	// +kubebuilder:default=""
+	// +optional
+	Group string `json:"group"`
+	// +kubebuilder:default=ConfigMap
+	// +optional
+	Kind string `json:"kind"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// ExternalBackendList is a list of ExternalBackends.
+// +kubebuilder:object:root=true
+type ExternalBackendList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ExternalBackend `json:"items"`
 }

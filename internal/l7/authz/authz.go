@@ -5,7 +5,9 @@
 // attributes checked instead of failing closed:
 //
 //   - Policies apply to a destination when they are in its namespace and
-//     their selector is empty or matches its labels (see Destination).
+//     their selector is empty or matches its labels (see Destination); a
+//     policy with targetRefs applies only to the ExternalBackends it
+//     names (an egress gateway's requests).
 //   - A matching DENY wins. When any ALLOW policy applies, a request that
 //     matches none is denied. With no applicable policy it is allowed.
 //   - Dry-run policies are evaluated and reported, never enforced.
@@ -81,10 +83,15 @@ const (
 // FromL4 from the configuration's model.
 type Policy struct {
 	Namespace, Name string
-	// Selector picks destinations in Namespace by label; empty picks all.
+	// Selector picks destinations in Namespace by label; empty picks all
+	// (but never an ExternalBackend).
 	Selector map[string]string
-	Action   policy.Action
-	DryRun   bool
+	// ExternalBackends, when set, are the ExternalBackends (names in
+	// Namespace) the policy applies to instead of workloads: an egress
+	// gateway's requests to them.
+	ExternalBackends []string
+	Action           policy.Action
+	DryRun           bool
 	// CaseInsensitivePaths: the rules' paths are compared without ASCII
 	// case.
 	CaseInsensitivePaths bool
@@ -150,6 +157,10 @@ type Destination struct {
 	ServiceLabels   map[string]string
 	// Port is the workload's (target) port.
 	Port uint16
+	// ExternalBackend, when set, makes the destination the ExternalBackend
+	// of that name in Namespace (an egress gateway's request); only the
+	// policies naming it apply, and the labels are not looked at.
+	ExternalBackend string
 }
 
 // Decision is the outcome, with what decided it for the access log.

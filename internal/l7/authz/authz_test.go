@@ -433,3 +433,32 @@ func TestHeadersFromSpec(t *testing.T) {
 		t.Errorf("node proxy did not fail closed on a DENY rule with headers: %+v", d)
 	}
 }
+
+// At an egress gateway: a policy with targetRefs applies to requests to
+// the ExternalBackends it names (with HTTP attributes), never to a
+// workload; a workload policy never to an ExternalBackend.
+func TestExternalBackendDestination(t *testing.T) {
+	getOnly := Policy{Namespace: "demo", Name: "api-get", ExternalBackends: []string{"api"}, Action: Allow, Rules: []Rule{to(Target{Methods: []string{"GET"}})}}
+	denyAll := pol("deny-all", Deny, Rule{})
+	s := NewSet([]Policy{getOnly, denyAll})
+	req := func(method string, d Destination) *Request {
+		return &Request{Method: method, Path: "/", Host: "api.example.com", Destination: d}
+	}
+	api := Destination{Namespace: "demo", ExternalBackend: "api", Port: 443}
+	for _, tc := range []struct {
+		name    string
+		req     *Request
+		allowed bool
+		reason  string
+	}{
+		{"GET to the backend", req("GET", api), true, "allowed by ALLOW policy demo/api-get"},
+		{"POST to the backend", req("POST", api), false, ReasonNoAllow},
+		{"another backend", req("POST", Destination{Namespace: "demo", ExternalBackend: "search"}), true, ReasonNoPolicy},
+		{"a workload", req("GET", Destination{Namespace: "demo", WorkloadLabels: map[string]string{"app": "web"}}), false, "denied by DENY policy demo/deny-all"},
+	} {
+		d := s.Evaluate(tc.req)
+		if d.Allowed != tc.allowed || d.Reason != tc.reason {
+			t.Errorf("%s: allowed=%v %q; want %v %q", tc.name, d.Allowed, d.Reason, tc.allowed, tc.reason)
+		}
+	}
+}

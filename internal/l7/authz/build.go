@@ -12,7 +12,7 @@ import (
 // at L4: a DENY matches, an ALLOW does not. Rules without HTTP attributes
 // mean exactly what they mean at L4.
 func FromL4(p policy.Policy) Policy {
-	out := Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: p.Action, DryRun: p.DryRun, CaseInsensitivePaths: p.CaseInsensitivePaths}
+	out := Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, ExternalBackends: p.ExternalBackends, Action: p.Action, DryRun: p.DryRun, CaseInsensitivePaths: p.CaseInsensitivePaths}
 	for _, r := range p.Rules {
 		rule := Rule{From: r.From}
 		switch {

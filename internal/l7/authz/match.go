@@ -325,6 +325,14 @@ func (p *strPattern) matchFold(s string) bool {
 }
 
 func (c *compiled) appliesTo(d *Destination) bool {
+	if d.ExternalBackend != "" || len(c.ExternalBackends) > 0 {
+		for _, n := range c.ExternalBackends {
+			if n == d.ExternalBackend {
+				return true
+			}
+		}
+		return false
+	}
 	if len(c.selector) == 0 {
 		return true
 	}

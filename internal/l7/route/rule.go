@@ -30,10 +30,16 @@ type Rule struct {
 
 	cum   []int64 // cumulative weights of Backends
 	total int64
+	id    string // ID, made once when the rule is compiled
 }
 
 // ID is "kind ns/name rule i" for logs and metrics.
-func (r *Rule) ID() string { return r.Route + " rule " + strconv.Itoa(r.Index) }
+func (r *Rule) ID() string {
+	if r.id != "" {
+		return r.id
+	}
+	return r.Route + " rule " + strconv.Itoa(r.Index)
+}
 
 // Pick chooses a backend by weight: backend i with probability
 // weight_i/sum. A backend of weight 0 is never chosen. nil means there is
@@ -53,7 +59,10 @@ func (r *Rule) Pick(rnd Rand) *Backend {
 type Backend struct {
 	Namespace, Name string
 	Port            uint16
-	Weight          int32
+	// External: the backend is an ExternalBackend (a gateway's route to
+	// a host outside the mesh), not a Service.
+	External bool
+	Weight   int32
 	// Filters that apply only when this backend is chosen (after the
 	// rule's); nil when none.
 	Filters *Filters
@@ -61,10 +70,17 @@ type Backend struct {
 	// the ResolvedRefs reason. Requests sent to it get 500.
 	Invalid string
 	Reason  string
+
+	svc string // Service, made once when the backend is compiled
 }
 
 // Service is "namespace/name".
-func (b *Backend) Service() string { return b.Namespace + "/" + b.Name }
+func (b *Backend) Service() string {
+	if b.svc != "" {
+		return b.svc
+	}
+	return b.Namespace + "/" + b.Name
+}
 
 // Timeouts of a rule. A zero duration is no timeout; Has* say whether the
 // route set the field at all (when not, the TrafficPolicy's apply).
@@ -185,6 +201,9 @@ func (c *compiledRoute) addRule(cfg *meshconfig.Config, i int, spec *meshconfig.
 }
 
 func (c *compiledRoute) finishRule(rule *Rule, entries []*entry) {
+	// Each request names its rule and backend (Route.Name, the
+	// backend's key): made here once, not per request.
+	rule.id = rule.ID()
 	for _, b := range rule.Backends {
 		rule.total += int64(b.Weight)
 		rule.cum = append(rule.cum, rule.total)
@@ -199,13 +218,24 @@ func (c *compiledRoute) finishRule(rule *Rule, entries []*entry) {
 // backend resolves a backendRef. GEP-1426: mesh routes may send to
 // Services in any namespace without a ReferenceGrant.
 func (c *compiledRoute) backend(cfg *meshconfig.Config, field string, ref meshconfig.ServiceRef, weight int32) Backend {
-	b := Backend{Namespace: ref.Namespace, Name: ref.Name, Port: ref.Port, Weight: max(weight, 0)}
+	b := Backend{Namespace: ref.Namespace, Name: ref.Name, Port: ref.Port, External: ref.External(), Weight: max(weight, 0)}
 	if b.Namespace == "" {
 		b.Namespace = c.route.Namespace
 	}
+	b.svc = b.Service()
 	fail := func(reason string, format string, args ...any) Backend {
 		b.Invalid, b.Reason = fmt.Sprintf(field+": "+format, args...), reason
 		c.refs = append(c.refs, problem{reason, b.Invalid})
+		return b
+	}
+	if b.External {
+		x := cfg.ExternalBackend(b.Service())
+		if x == nil {
+			return fail(ReasonBackendNotFound, "ExternalBackend %s not found", b.Service())
+		}
+		if _, ok := x.Port(b.Port); !ok {
+			return fail(ReasonBackendNotFound, "ExternalBackend %s has no port %d (list it in spec.ports)", b.Service(), b.Port)
+		}
 		return b
 	}
 	svc := cfg.Service(b.Service())
