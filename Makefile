@@ -76,7 +76,7 @@ jaeger-tools: ## build the Jaeger all-in-one that the tracing test exports the w
 	@GO=$(GO) tools/jaeger/build.sh >/dev/null
 
 .PHONY: test
-test: lint check-generate kube-tools cluster-tools cluster-images jaeger-tools ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
+test: lint check-generate kube-tools cluster-tools cluster-images conformance-images jaeger-tools ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
 	$(GO) test -count=1 -timeout 20m ./...
 
 FUZZTIME ?= 30s
@@ -161,6 +161,38 @@ cluster-images: images ## the local cluster's images: `make images` plus CoreDNS
 	@dir=$$(GO=$(GO) tools/coredns/build.sh) && \
 	$(BIN)/ambit-image build --binary=$$dir/coredns --ref=ghcr.io/ambit-mesh/coredns:$(COREDNS_VERSION) \
 		--user=65532:65532 -o $(BIN)/images/coredns.tar
+
+# Gateway API conformance (tools/gwconformance, docs/conformance): the
+# upstream suite, built with Ambit's claims into /var/cache/ambit, and the
+# images its manifests name, built here: meshecho (Ambit's own MESH test
+# application) as echo-advanced; for the GATEWAY profiles the suite's
+# echo-basic and CoreDNS 1.12.2 (tools/gwconformance/coredns).
+# GWC_PROFILES picks the profiles: add GATEWAY-HTTP once the ingress
+# gateway's GatewayClass `ambit` exists (docs/conformance/README.md).
+GWC_PROFILES ?= MESH-HTTP,MESH-GRPC
+
+.PHONY: conformance-tools
+conformance-tools: ## build the Gateway API conformance suite with Ambit's options and its test applications (cached; cold about 3 min)
+	@GO=$(GO) tools/gwconformance/build.sh >/dev/null
+	@GO=$(GO) tools/gwconformance/coredns/build.sh >/dev/null
+
+.PHONY: conformance-images
+conformance-images: images conformance-tools ## the conformance suite's images under the names its manifests use (bin/images/gwc-*.tar)
+	@set -e; dir=$$(GO=$(GO) tools/gwconformance/build.sh); \
+	$(BIN)/ambit-image build --binary=$$dir/meshecho --name=client --ref=registry.k8s.io/gateway-api/echo-advanced:v1.5.1 \
+		--user=65532:65532 -o $(BIN)/images/gwc-echo-advanced.tar; \
+	$(BIN)/ambit-image build --binary=$$dir/echo-basic --ref=registry.k8s.io/gateway-api/echo-basic:v1.5.1 \
+		--user=65532:65532 -o $(BIN)/images/gwc-echo-basic.tar; \
+	$(BIN)/ambit-image build --binary=$$dir/echo-basic --ref=registry.k8s.io/gateway-api/echo-basic:v1.6.0-dev.3 \
+		--user=65532:65532 -o $(BIN)/images/gwc-echo-basic-dev.tar; \
+	dir=$$(GO=$(GO) tools/gwconformance/coredns/build.sh); \
+	$(BIN)/ambit-image build --binary=$$dir/coredns --ref=registry.k8s.io/coredns/coredns:v1.12.2 \
+		--user=65532:65532 -o $(BIN)/images/gwc-coredns.tar
+
+.PHONY: gateway-conformance
+gateway-conformance: cluster-tools cluster-images conformance-images ## run the Gateway API conformance suite (GWC_PROFILES, default MESH-HTTP,MESH-GRPC) on the local cluster and write its report to docs/conformance/ (as root)
+	CI=true AMBIT_GWC_PROFILES=$(GWC_PROFILES) AMBIT_GWC_UPDATE=1 $(GO) test -count=1 -timeout 45m -v \
+		-run '^TestPrivilegedGatewayConformance$$' ./internal/kubee2e
 
 .PHONY: cluster-up
 cluster-up: cluster-tools cluster-images ## bring up a real two-node Kubernetes on this machine, offline (as root; see `bin/ambit-cluster help`)

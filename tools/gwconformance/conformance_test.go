@@ -1,0 +1,139 @@
+// Package gwconformance runs the Gateway API's conformance suite
+// (sigs.k8s.io/gateway-api/conformance, the version in go.mod) against
+// Ambit with Ambit's options: the features it claims (ambit_test.go), the
+// profiles asked for, the implementation's details, and the namespace
+// labels and Waypoints that put the suite's MESH namespaces in the mesh.
+// It is a module of its own so the main module never requires the suite;
+// tools/gwconformance/build.sh compiles it once into /var/cache/ambit, and
+// internal/kubee2e's TestPrivilegedGatewayConformance runs it against the
+// local cluster. Run by hand (KUBECONFIG names the cluster):
+//
+//	gwconformance.test -test.v -ambit.profiles=MESH-HTTP -ambit.report=report.yaml
+package gwconformance
+
+import (
+	"context"
+	"flag"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"sigs.k8s.io/gateway-api/conformance"
+	confv1 "sigs.k8s.io/gateway-api/conformance/apis/v1"
+	"sigs.k8s.io/gateway-api/conformance/utils/suite"
+	"sigs.k8s.io/gateway-api/pkg/features"
+)
+
+var (
+	profiles     = flag.String("ambit.profiles", "MESH-HTTP,MESH-GRPC", "conformance profiles to run, comma-separated (MESH-HTTP, MESH-GRPC, GATEWAY-HTTP)")
+	reportPath   = flag.String("ambit.report", "", "write the suite's ConformanceReport (YAML) here")
+	gatewayClass = flag.String("ambit.gateway-class", "ambit", "the GatewayClass the GATEWAY profiles use")
+	waypointName = flag.String("ambit.waypoint", "waypoint", "the Waypoint that serves the MESH namespaces")
+	version      = flag.String("ambit.version", "dev", "Ambit's version, for the report")
+	runTest      = flag.String("ambit.run-test", "", "run only this test (by its short name), for debugging")
+	extraSkips   = flag.String("ambit.skip", "", "more tests to skip, comma-separated")
+	debug        = flag.Bool("ambit.debug", false, "the suite's debug logging")
+)
+
+// meshNamespaces are the suite's MESH namespaces (mesh/manifests.yaml).
+var meshNamespaces = []string{suite.MeshNamespace, suite.MeshConsumerNamespace}
+
+func TestAmbit(t *testing.T) {
+	opts := conformance.DefaultOptions(t)
+	names := suite.ParseConformanceProfilesSlice(*profiles)
+	if len(names) == 0 {
+		t.Fatalf("-ambit.profiles %q names no profile", *profiles)
+	}
+	supported := sets.New[features.FeatureName]()
+	mesh := false
+	for _, p := range names {
+		c, ok := claims[p]
+		if !ok {
+			t.Fatalf("profile %s: Ambit claims nothing for it; known: %v", p, sets.KeySet(claims).UnsortedList())
+		}
+		supported.Insert(c...)
+		mesh = mesh || strings.HasPrefix(string(p), "MESH")
+	}
+	skip := sets.KeySet(skips)
+	for _, s := range strings.Split(*extraSkips, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			skip.Insert(s)
+		}
+	}
+	opts.ConformanceProfiles = names
+	opts.SupportedFeatures = sortedFeatures(supported)
+	opts.EnableAllSupportedFeatures = false
+	opts.GatewayClassName = *gatewayClass
+	opts.SkipTests = sets.List(skip)
+	opts.RunTest = *runTest
+	opts.Debug = *debug
+	opts.CleanupBaseResources = true
+	opts.CleanupTestResources = true
+	opts.ReportOutputPath = *reportPath
+	opts.Mode = "default"
+	opts.Implementation = confv1.Implementation{
+		Organization: "ambit-mesh",
+		Project:      "ambit",
+		URL:          "https://github.com/ambit-mesh/ambit",
+		Version:      *version,
+		Contact:      []string{"https://github.com/ambit-mesh/ambit/issues"},
+	}
+	if mesh {
+		// The suite labels every namespace it makes with these: both MESH
+		// namespaces join the mesh, and their traffic goes through the
+		// Waypoint named here, which this test declares in each of them
+		// before the suite applies its manifests.
+		opts.NamespaceLabels = map[string]string{
+			"ambit.dev/dataplane":    "ambient",
+			"ambit.dev/use-waypoint": *waypointName,
+		}
+		prepareMesh(t, opts.Client)
+	}
+	t.Logf("Ambit %s: profiles %v, features %v, skipped %v", *version, names, opts.SupportedFeatures, opts.SkipTests)
+	for _, s := range opts.SkipTests {
+		if why, ok := skips[s]; ok {
+			t.Logf("skip %s: %s", s, why)
+		}
+	}
+	conformance.RunConformanceWithOptions(t, opts)
+}
+
+// prepareMesh makes the MESH namespaces with Ambit's labels and a Waypoint
+// in each; the suite then updates the namespaces from its manifests (adding
+// the same labels) and deletes them when it ends.
+func prepareMesh(t *testing.T, c client.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, ns := range meshNamespaces {
+		n := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
+			"ambit.dev/dataplane":    "ambient",
+			"ambit.dev/use-waypoint": *waypointName,
+		}}}
+		if err := c.Create(ctx, n); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("namespace %s: %v", ns, err)
+		}
+		wp := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "ambit.dev/v1alpha1",
+			"kind":       "Waypoint",
+			"metadata":   map[string]any{"name": *waypointName, "namespace": ns},
+			"spec":       map[string]any{"trafficType": "service"},
+		}}
+		if err := c.Create(ctx, wp); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("Waypoint %s/%s: %v", ns, *waypointName, err)
+		}
+	}
+}
+
+func sortedFeatures(s sets.Set[features.FeatureName]) []features.FeatureName {
+	out := s.UnsortedList()
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
