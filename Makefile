@@ -166,7 +166,9 @@ cluster-images: images ## the local cluster's images: `make images` plus CoreDNS
 # upstream suite, built with Ambit's claims into /var/cache/ambit, and the
 # images its manifests name, built here: meshecho (Ambit's own MESH test
 # application) as echo-advanced; for the GATEWAY profiles the suite's
-# echo-basic and CoreDNS 1.12.2 (tools/gwconformance/coredns).
+# echo-basic and CoreDNS 1.12.2 (tools/gwconformance/coredns; as root: the
+# suite's manifest gives it NET_BIND_SERVICE alone for port 53, and an
+# image of ours carries no file capabilities).
 # GWC_PROFILES picks the profiles: add GATEWAY-HTTP once the ingress
 # gateway's GatewayClass `ambit` exists (docs/conformance/README.md).
 GWC_PROFILES ?= MESH-HTTP,MESH-GRPC
@@ -187,7 +189,7 @@ conformance-images: images conformance-tools ## the conformance suite's images u
 		--user=65532:65532 -o $(BIN)/images/gwc-echo-basic-dev.tar; \
 	dir=$$(GO=$(GO) tools/gwconformance/coredns/build.sh); \
 	$(BIN)/ambit-image build --binary=$$dir/coredns --ref=registry.k8s.io/coredns/coredns:v1.12.2 \
-		--user=65532:65532 -o $(BIN)/images/gwc-coredns.tar
+		--user=0:0 -o $(BIN)/images/gwc-coredns.tar
 
 .PHONY: gateway-conformance
 gateway-conformance: cluster-tools cluster-images conformance-images ## run the Gateway API conformance suite (GWC_PROFILES, default MESH-HTTP,MESH-GRPC) on the local cluster and write its report to docs/conformance/ (as root)

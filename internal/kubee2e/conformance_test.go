@@ -20,7 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/privtest"
 )
 
-// conformanceReport is docs/conformance/report.yaml: the Gateway API
+// conformanceReport is docs/conformance/report-*.yaml: the Gateway API
 // conformance suite's ConformanceReport as the suite writes it, read here
 // only as far as the test compares it.
 type conformanceReport struct {
@@ -60,40 +60,61 @@ var conformanceImages = map[string][]string{
 
 // TestPrivilegedGatewayConformance runs the Gateway API conformance suite
 // (tools/gwconformance) against Ambit on the local cluster, for the
-// profiles in $AMBIT_GWC_PROFILES (default MESH-HTTP,MESH-GRPC), and checks that
-// every profile's result is the one published in
-// docs/conformance/report.yaml: the same tests pass, the same are skipped,
-// none fails. With AMBIT_GWC_UPDATE=1 (`make gateway-conformance`) it
-// writes the new report there instead of comparing.
+// profiles in $AMBIT_GWC_PROFILES (default MESH-HTTP,MESH-GRPC), and checks
+// that every profile's result is the one published in docs/conformance:
+// the same tests pass, the same are skipped, none fails. The GATEWAY and
+// the MESH profiles run one after the other, each kind with its own report
+// (report-gateway.yaml, report-mesh.yaml). With AMBIT_GWC_UPDATE=1 (`make
+// gateway-conformance`) it writes the new reports there instead of
+// comparing.
 func TestPrivilegedGatewayConformance(t *testing.T) {
 	profiles := os.Getenv("AMBIT_GWC_PROFILES")
 	if profiles == "" {
 		profiles = "MESH-HTTP,MESH-GRPC"
 	}
 	update := os.Getenv("AMBIT_GWC_UPDATE") == "1"
-	want := []string{"ambit-controller", "ambit-nodeproxy", "ambit-cni"}
-	for prefix, ims := range conformanceImages {
-		if strings.Contains(profiles, prefix) {
-			want = append(want, ims...)
+	// The profiles by kind, GATEWAY first.
+	for _, p := range strings.Split(profiles, ",") {
+		if p = strings.TrimSpace(p); !strings.HasPrefix(p, "GATEWAY-") && !strings.HasPrefix(p, "MESH-") {
+			t.Fatalf("AMBIT_GWC_PROFILES=%q: %q is not a GATEWAY-* or MESH-* profile", profiles, p)
 		}
+	}
+	var kinds []conformanceRun
+	for _, kind := range []string{"GATEWAY", "MESH"} {
+		r := conformanceRun{kind: kind}
+		for _, p := range strings.Split(profiles, ",") {
+			if p = strings.TrimSpace(p); strings.HasPrefix(p, kind+"-") {
+				r.profiles = append(r.profiles, p)
+			}
+		}
+		if len(r.profiles) > 0 {
+			kinds = append(kinds, r)
+		}
+	}
+	want := []string{"ambit-controller", "ambit-nodeproxy", "ambit-cni"}
+	for _, k := range kinds {
+		want = append(want, conformanceImages[k.kind]...)
 	}
 	conformanceImagesBuilt(t, want)
 	bins, images := kubecluster.Require(t, want...)
 	repo := repoRoot(t)
 	suiteBin := conformanceSuite(t, repo)
-	published := filepath.Join(repo, "docs", "conformance", "report.yaml")
-	var expected conformanceReport
-	if !update {
-		b, err := os.ReadFile(published)
+	for i := range kinds {
+		k := &kinds[i]
+		k.published = filepath.Join(repo, "docs", "conformance", "report-"+strings.ToLower(k.kind)+".yaml")
+		if update {
+			continue
+		}
+		b, err := os.ReadFile(k.published)
 		if err != nil {
 			t.Fatalf("the published report: %v (`make gateway-conformance` writes it)", err)
 		}
-		if err := yaml.Unmarshal(b, &expected); err != nil {
-			t.Fatalf("%s: %v", published, err)
+		if err := yaml.Unmarshal(b, &k.expected); err != nil {
+			t.Fatalf("%s: %v", k.published, err)
 		}
-		for _, p := range strings.Split(profiles, ",") {
-			if expected.profile(p) == nil {
-				t.Fatalf("%s has no profile %s: run `make gateway-conformance GWC_PROFILES=%s` to publish it", published, p, profiles)
+		for _, p := range k.profiles {
+			if k.expected.profile(p) == nil {
+				t.Fatalf("%s has no profile %s: run `make gateway-conformance GWC_PROFILES=%s` to publish it", k.published, p, profiles)
 			}
 		}
 	}
@@ -144,19 +165,36 @@ func TestPrivilegedGatewayConformance(t *testing.T) {
 	e.kubectl("-n", "ambit-system", "rollout", "status", "daemonset/ambit-nodeproxy", "--timeout=3m")
 	t.Logf("Ambit %s installed in %v", tag, time.Since(start).Round(time.Second))
 
-	// The suite, from the control plane's network namespace (where the API
-	// server is), as the cluster's admin.
+	for _, k := range kinds {
+		t.Run(k.kind, func(t *testing.T) { k.run(ctx, t, c, bins.Nsenter, suiteBin, tag, update) })
+	}
+}
+
+// conformanceRun is one run of the suite: the profiles of one kind
+// (GATEWAY or MESH) and their published report.
+type conformanceRun struct {
+	kind      string
+	profiles  []string
+	published string
+	expected  conformanceReport
+}
+
+// run runs the suite from the control plane's network namespace (where the
+// API server is), as the cluster's admin, and compares its report with the
+// published one (or, with update, publishes it).
+func (k conformanceRun) run(ctx context.Context, t *testing.T, c *kubecluster.Cluster, nsenter, suiteBin, tag string, update bool) {
+	profiles := strings.Join(k.profiles, ",")
 	work := t.TempDir()
 	reportFile := filepath.Join(work, "report.yaml")
-	start = time.Now()
-	cmd := exec.CommandContext(ctx, bins.Nsenter, "--net="+c.ControlPlaneNetNS(), "--", suiteBin,
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, nsenter, "--net="+c.ControlPlaneNetNS(), "--", suiteBin,
 		"-test.v", "-test.timeout=35m", "-test.run=^TestAmbit$",
 		"-ambit.profiles="+profiles, "-ambit.report="+reportFile, "-ambit.version="+tag)
 	cmd.Dir = work
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig())
 	// Its output goes to a file as it runs (to follow a long run with tail
 	// -f) and stays there.
-	logFile := filepath.Join(os.TempDir(), "ambit-gwconformance.log")
+	logFile := filepath.Join(os.TempDir(), "ambit-gwconformance-"+strings.ToLower(k.kind)+".log")
 	lf, err := os.Create(logFile)
 	if err != nil {
 		t.Fatal(err)
@@ -167,8 +205,7 @@ func TestPrivilegedGatewayConformance(t *testing.T) {
 	cmd.Stderr = cmd.Stdout
 	t.Logf("running the conformance suite (%s); its output goes to %s", profiles, logFile)
 	runErr := cmd.Run()
-	took := time.Since(start).Round(time.Second)
-	t.Logf("conformance suite (%s) ran in %v: %v", profiles, took, errOr(runErr, "passed"))
+	t.Logf("conformance suite (%s) ran in %v: %v", profiles, time.Since(start).Round(time.Second), errOr(runErr, "passed"))
 	// Each test the suite ran, with its result (not its subtests, nor the
 	// tests of other profiles, which it skips).
 	for _, line := range strings.Split(out.String(), "\n") {
@@ -199,14 +236,14 @@ func TestPrivilegedGatewayConformance(t *testing.T) {
 		t.Errorf("the conformance suite failed (%v); its output ends:\n%s", runErr, tail(out.Bytes(), 8000))
 	}
 	if update {
-		if err := os.WriteFile(published, b, 0o644); err != nil {
+		if err := os.WriteFile(k.published, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("wrote %s", published)
+		t.Logf("wrote %s", k.published)
 		return
 	}
-	for _, p := range strings.Split(profiles, ",") {
-		g, w := got.profile(p), expected.profile(p)
+	for _, p := range k.profiles {
+		g, w := got.profile(p), k.expected.profile(p)
 		if g == nil {
 			t.Errorf("profile %s: not in the suite's report", p)
 			continue

@@ -8,26 +8,37 @@
 // internal/kubee2e's TestPrivilegedGatewayConformance runs it against the
 // local cluster. Run by hand (KUBECONFIG names the cluster):
 //
-//	gwconformance.test -test.v -ambit.profiles=MESH-HTTP -ambit.report=report.yaml
+//	gwconformance.test -test.v -ambit.profiles=MESH-HTTP,MESH-GRPC -ambit.report=report-mesh.yaml
+//	gwconformance.test -test.v -ambit.profiles=GATEWAY-HTTP -ambit.report=report-gateway.yaml
+//
+// The GATEWAY and the MESH profiles run separately: the suite gives every
+// namespace it makes the same labels, and only the MESH namespaces have a
+// Waypoint. The GATEWAY profiles' backends run outside the mesh.
 package gwconformance
 
 import (
 	"context"
 	"flag"
+	"fmt"
+	"io/fs"
+	"os"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"sigs.k8s.io/gateway-api/conformance"
 	confv1 "sigs.k8s.io/gateway-api/conformance/apis/v1"
+	"sigs.k8s.io/gateway-api/conformance/tests"
 	"sigs.k8s.io/gateway-api/conformance/utils/suite"
 	"sigs.k8s.io/gateway-api/pkg/features"
 )
@@ -53,7 +64,7 @@ func TestAmbit(t *testing.T) {
 		t.Fatalf("-ambit.profiles %q names no profile", *profiles)
 	}
 	supported := sets.New[features.FeatureName]()
-	mesh := false
+	mesh, gateway := false, false
 	for _, p := range names {
 		c, ok := claims[p]
 		if !ok {
@@ -61,6 +72,13 @@ func TestAmbit(t *testing.T) {
 		}
 		supported.Insert(c...)
 		mesh = mesh || strings.HasPrefix(string(p), "MESH")
+		gateway = gateway || strings.HasPrefix(string(p), "GATEWAY")
+	}
+	if mesh && gateway {
+		// The suite labels every namespace it makes alike: the MESH
+		// namespaces' waypoint label would send the GATEWAY backends'
+		// traffic to a waypoint they do not have.
+		t.Fatalf("profiles %v: run the GATEWAY and the MESH profiles in separate runs (separate reports)", names)
 	}
 	skip := sets.KeySet(skips)
 	for _, s := range strings.Split(*extraSkips, ",") {
@@ -103,7 +121,82 @@ func TestAmbit(t *testing.T) {
 			t.Logf("skip %s: %s", s, why)
 		}
 	}
-	conformance.RunConformanceWithOptions(t, opts)
+	run(t, opts, mesh)
+}
+
+// run is conformance.RunConformanceWithOptions with one step more: after
+// the suite's set-up, the MESH namespaces' Deployments are waited for.
+// The suite waits only until every pod that exists is ready, and the
+// Waypoint's pod, made before the suite's manifests, can be the only one
+// when it looks.
+func run(t *testing.T, opts suite.ConformanceOptions, mesh bool) {
+	if err := opts.Implementation.Validate(); err != nil {
+		t.Fatalf("implementation: %v", err)
+	}
+	if opts.ManifestFS == nil {
+		opts.ManifestFS = []fs.FS{&conformance.Manifests}
+	}
+	cs, err := suite.NewConformanceTestSuite(opts)
+	if err != nil {
+		t.Fatalf("conformance suite: %v", err)
+	}
+	if opts.ReportOutputPath != "" {
+		t.Cleanup(func() {
+			report, err := cs.Report()
+			if err != nil {
+				t.Errorf("report: %v", err)
+				return
+			}
+			b, err := yaml.Marshal(report)
+			if err != nil {
+				t.Errorf("report: %v", err)
+				return
+			}
+			if err := os.WriteFile(opts.ReportOutputPath, b, 0o644); err != nil {
+				t.Errorf("report: %v", err)
+			}
+			t.Logf("Conformance report:\n%s", b)
+		})
+	}
+	cs.Setup(t, tests.ConformanceTests)
+	if mesh {
+		deploymentsAvailable(t, opts.Client, meshNamespaces)
+	}
+	if err := cs.Run(t, tests.ConformanceTests); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deploymentsAvailable waits until every Deployment of the namespaces has
+// all its replicas updated and available.
+func deploymentsAvailable(t *testing.T, c client.Client, namespaces []string) {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		why := ""
+		for _, ns := range namespaces {
+			var l appsv1.DeploymentList
+			if err := c.List(context.Background(), &l, client.InNamespace(ns)); err != nil {
+				why = err.Error()
+				continue
+			}
+			for _, d := range l.Items {
+				want := int32(1)
+				if d.Spec.Replicas != nil {
+					want = *d.Spec.Replicas
+				}
+				if d.Status.ObservedGeneration < d.Generation || d.Status.UpdatedReplicas != want || d.Status.AvailableReplicas != want {
+					why = fmt.Sprintf("Deployment %s/%s: %d of %d replicas available", ns, d.Name, d.Status.AvailableReplicas, want)
+				}
+			}
+		}
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the MESH namespaces' Deployments are not available after 3 minutes: %s", why)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // prepareMesh makes the MESH namespaces with Ambit's labels and a Waypoint
