@@ -36,6 +36,8 @@ const (
 	ProxyKind_PROXY_KIND_NODE ProxyKind = 1
 	// A waypoint (L7) proxy.
 	ProxyKind_PROXY_KIND_WAYPOINT ProxyKind = 2
+	// An ingress gateway: a Gateway API Gateway's proxy.
+	ProxyKind_PROXY_KIND_GATEWAY ProxyKind = 3
 )
 
 // Enum value maps for ProxyKind.
@@ -44,11 +46,13 @@ var (
 		0: "PROXY_KIND_UNSPECIFIED",
 		1: "PROXY_KIND_NODE",
 		2: "PROXY_KIND_WAYPOINT",
+		3: "PROXY_KIND_GATEWAY",
 	}
 	ProxyKind_value = map[string]int32{
 		"PROXY_KIND_UNSPECIFIED": 0,
 		"PROXY_KIND_NODE":        1,
 		"PROXY_KIND_WAYPOINT":    2,
+		"PROXY_KIND_GATEWAY":     3,
 	}
 )
 
@@ -97,6 +101,12 @@ const (
 	ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY ResourceType = 8
 	ResourceType_RESOURCE_TYPE_HTTP_ROUTE     ResourceType = 9
 	ResourceType_RESOURCE_TYPE_GRPC_ROUTE     ResourceType = 10
+	// An ingress gateway with its listeners' key pairs: sent only to that
+	// gateway's own proxy.
+	ResourceType_RESOURCE_TYPE_GATEWAY ResourceType = 11
+	// A gateway's TLSRoutes (passthrough by SNI) and TCPRoutes.
+	ResourceType_RESOURCE_TYPE_TLS_ROUTE ResourceType = 12
+	ResourceType_RESOURCE_TYPE_TCP_ROUTE ResourceType = 13
 )
 
 // Enum value maps for ResourceType.
@@ -113,6 +123,9 @@ var (
 		8:  "RESOURCE_TYPE_TRAFFIC_POLICY",
 		9:  "RESOURCE_TYPE_HTTP_ROUTE",
 		10: "RESOURCE_TYPE_GRPC_ROUTE",
+		11: "RESOURCE_TYPE_GATEWAY",
+		12: "RESOURCE_TYPE_TLS_ROUTE",
+		13: "RESOURCE_TYPE_TCP_ROUTE",
 	}
 	ResourceType_value = map[string]int32{
 		"RESOURCE_TYPE_UNSPECIFIED":    0,
@@ -126,6 +139,9 @@ var (
 		"RESOURCE_TYPE_TRAFFIC_POLICY": 8,
 		"RESOURCE_TYPE_HTTP_ROUTE":     9,
 		"RESOURCE_TYPE_GRPC_ROUTE":     10,
+		"RESOURCE_TYPE_GATEWAY":        11,
+		"RESOURCE_TYPE_TLS_ROUTE":      12,
+		"RESOURCE_TYPE_TCP_ROUTE":      13,
 	}
 )
 
@@ -721,6 +737,9 @@ type Resource struct {
 	//	*Resource_TrafficPolicy
 	//	*Resource_HttpRoute
 	//	*Resource_GrpcRoute
+	//	*Resource_Gateway
+	//	*Resource_TlsRoute
+	//	*Resource_TcpRoute
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -860,6 +879,33 @@ func (x *Resource) GetGrpcRoute() *Route {
 	return nil
 }
 
+func (x *Resource) GetGateway() *Gateway {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_Gateway); ok {
+			return x.Gateway
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetTlsRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_TlsRoute); ok {
+			return x.TlsRoute
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetTcpRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_TcpRoute); ok {
+			return x.TcpRoute
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -904,6 +950,18 @@ type Resource_GrpcRoute struct {
 	GrpcRoute *Route `protobuf:"bytes,19,opt,name=grpc_route,json=grpcRoute,proto3,oneof"`
 }
 
+type Resource_Gateway struct {
+	Gateway *Gateway `protobuf:"bytes,20,opt,name=gateway,proto3,oneof"`
+}
+
+type Resource_TlsRoute struct {
+	TlsRoute *Route `protobuf:"bytes,21,opt,name=tls_route,json=tlsRoute,proto3,oneof"`
+}
+
+type Resource_TcpRoute struct {
+	TcpRoute *Route `protobuf:"bytes,22,opt,name=tcp_route,json=tcpRoute,proto3,oneof"`
+}
+
 func (*Resource_Mesh) isResource_Kind() {}
 
 func (*Resource_Namespace) isResource_Kind() {}
@@ -923,6 +981,12 @@ func (*Resource_TrafficPolicy) isResource_Kind() {}
 func (*Resource_HttpRoute) isResource_Kind() {}
 
 func (*Resource_GrpcRoute) isResource_Kind() {}
+
+func (*Resource_Gateway) isResource_Kind() {}
+
+func (*Resource_TlsRoute) isResource_Kind() {}
+
+func (*Resource_TcpRoute) isResource_Kind() {}
 
 // Mesh is the mesh-wide settings (kind MeshConfig).
 type Mesh struct {
@@ -2572,8 +2636,10 @@ type Route struct {
 	// go to the older route.
 	CreatedUnixNano int64 `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	// The route's Service parentRefs, in the order declared.
-	Parents       []*RouteParent `protobuf:"bytes,5,rep,name=parents,proto3" json:"parents,omitempty"`
-	Rules         []*RouteRule   `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	Parents []*RouteParent `protobuf:"bytes,5,rep,name=parents,proto3" json:"parents,omitempty"`
+	Rules   []*RouteRule   `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	// spec.hostnames: the hosts a route on a Gateway serves.
+	Hostnames     []string `protobuf:"bytes,7,rep,name=hostnames,proto3" json:"hostnames,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2643,13 +2709,24 @@ func (x *Route) GetRules() []*RouteRule {
 	return nil
 }
 
-// RouteParent is a Service a route attaches to.
+func (x *Route) GetHostnames() []string {
+	if x != nil {
+		return x.Hostnames
+	}
+	return nil
+}
+
+// RouteParent is a Service or a Gateway a route attaches to.
 type RouteParent struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// 0: every port of the Service.
-	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// 0: every port of the Service (or every listener port of the Gateway).
+	Port uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// True when the parent is a Gateway, not a Service.
+	Gateway bool `protobuf:"varint,4,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// A Gateway listener's name; empty: any.
+	SectionName   string `protobuf:"bytes,5,opt,name=section_name,json=sectionName,proto3" json:"section_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2705,6 +2782,247 @@ func (x *RouteParent) GetPort() uint32 {
 	return 0
 }
 
+func (x *RouteParent) GetGateway() bool {
+	if x != nil {
+		return x.Gateway
+	}
+	return false
+}
+
+func (x *RouteParent) GetSectionName() string {
+	if x != nil {
+		return x.SectionName
+	}
+	return ""
+}
+
+// Gateway is an ingress gateway (a Gateway API Gateway of Ambit's
+// GatewayClass). Its certificates' keys travel only to its own proxy.
+type Gateway struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Listeners []*GatewayListener     `protobuf:"bytes,3,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	// IPv4 (4 bytes) or IPv6 (16 bytes) addresses of the gateway.
+	Addresses     [][]byte `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gateway) Reset() {
+	*x = Gateway{}
+	mi := &file_config_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gateway) ProtoMessage() {}
+
+func (x *Gateway) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
+func (*Gateway) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Gateway) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Gateway) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Gateway) GetListeners() []*GatewayListener {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
+func (x *Gateway) GetAddresses() [][]byte {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+type GatewayListener struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Port  uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// "HTTP", "HTTPS", "TLS" (passthrough) or "TCP".
+	Protocol string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Hostname string `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// allowedRoutes.namespaces.from: "Same" or "All".
+	RoutesFrom   string                `protobuf:"bytes,5,opt,name=routes_from,json=routesFrom,proto3" json:"routes_from,omitempty"`
+	Certificates []*GatewayCertificate `protobuf:"bytes,6,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	// What is wrong with the listener's references, if anything.
+	Problem       string `protobuf:"bytes,7,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayListener) Reset() {
+	*x = GatewayListener{}
+	mi := &file_config_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayListener) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayListener) ProtoMessage() {}
+
+func (x *GatewayListener) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayListener.ProtoReflect.Descriptor instead.
+func (*GatewayListener) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GatewayListener) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GatewayListener) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *GatewayListener) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *GatewayListener) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *GatewayListener) GetRoutesFrom() string {
+	if x != nil {
+		return x.RoutesFrom
+	}
+	return ""
+}
+
+func (x *GatewayListener) GetCertificates() []*GatewayCertificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *GatewayListener) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+type GatewayCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Secret, "namespace/name".
+	Secret        string `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	CertPem       []byte `protobuf:"bytes,2,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	KeyPem        []byte `protobuf:"bytes,3,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayCertificate) Reset() {
+	*x = GatewayCertificate{}
+	mi := &file_config_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayCertificate) ProtoMessage() {}
+
+func (x *GatewayCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_config_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayCertificate.ProtoReflect.Descriptor instead.
+func (*GatewayCertificate) Descriptor() ([]byte, []int) {
+	return file_config_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *GatewayCertificate) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *GatewayCertificate) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *GatewayCertificate) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
 type RouteRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The rule's sectionName, if any.
@@ -2725,7 +3043,7 @@ type RouteRule struct {
 
 func (x *RouteRule) Reset() {
 	*x = RouteRule{}
-	mi := &file_config_proto_msgTypes[27]
+	mi := &file_config_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +3055,7 @@ func (x *RouteRule) String() string {
 func (*RouteRule) ProtoMessage() {}
 
 func (x *RouteRule) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[27]
+	mi := &file_config_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +3068,7 @@ func (x *RouteRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
 func (*RouteRule) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{27}
+	return file_config_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RouteRule) GetName() string {
@@ -2820,7 +3138,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_config_proto_msgTypes[28]
+	mi := &file_config_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +3150,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[28]
+	mi := &file_config_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +3163,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{28}
+	return file_config_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RouteMatch) GetPath() *PathMatch {
@@ -2893,7 +3211,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_config_proto_msgTypes[29]
+	mi := &file_config_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2905,7 +3223,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[29]
+	mi := &file_config_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2918,7 +3236,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{29}
+	return file_config_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PathMatch) GetType() MatchType {
@@ -2948,7 +3266,7 @@ type ValueMatch struct {
 
 func (x *ValueMatch) Reset() {
 	*x = ValueMatch{}
-	mi := &file_config_proto_msgTypes[30]
+	mi := &file_config_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2960,7 +3278,7 @@ func (x *ValueMatch) String() string {
 func (*ValueMatch) ProtoMessage() {}
 
 func (x *ValueMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[30]
+	mi := &file_config_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2973,7 +3291,7 @@ func (x *ValueMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValueMatch.ProtoReflect.Descriptor instead.
 func (*ValueMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{30}
+	return file_config_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ValueMatch) GetType() MatchType {
@@ -3008,7 +3326,7 @@ type GRPCMethodMatch struct {
 
 func (x *GRPCMethodMatch) Reset() {
 	*x = GRPCMethodMatch{}
-	mi := &file_config_proto_msgTypes[31]
+	mi := &file_config_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3020,7 +3338,7 @@ func (x *GRPCMethodMatch) String() string {
 func (*GRPCMethodMatch) ProtoMessage() {}
 
 func (x *GRPCMethodMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[31]
+	mi := &file_config_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3033,7 +3351,7 @@ func (x *GRPCMethodMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GRPCMethodMatch.ProtoReflect.Descriptor instead.
 func (*GRPCMethodMatch) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{31}
+	return file_config_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GRPCMethodMatch) GetType() MatchType {
@@ -3072,7 +3390,7 @@ type RouteFilter struct {
 
 func (x *RouteFilter) Reset() {
 	*x = RouteFilter{}
-	mi := &file_config_proto_msgTypes[32]
+	mi := &file_config_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3084,7 +3402,7 @@ func (x *RouteFilter) String() string {
 func (*RouteFilter) ProtoMessage() {}
 
 func (x *RouteFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[32]
+	mi := &file_config_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3097,7 +3415,7 @@ func (x *RouteFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteFilter.ProtoReflect.Descriptor instead.
 func (*RouteFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{32}
+	return file_config_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RouteFilter) GetType() FilterType {
@@ -3146,7 +3464,7 @@ type HeaderFilter struct {
 
 func (x *HeaderFilter) Reset() {
 	*x = HeaderFilter{}
-	mi := &file_config_proto_msgTypes[33]
+	mi := &file_config_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3158,7 +3476,7 @@ func (x *HeaderFilter) String() string {
 func (*HeaderFilter) ProtoMessage() {}
 
 func (x *HeaderFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[33]
+	mi := &file_config_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3171,7 +3489,7 @@ func (x *HeaderFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderFilter.ProtoReflect.Descriptor instead.
 func (*HeaderFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{33}
+	return file_config_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *HeaderFilter) GetSet() []*HeaderValue {
@@ -3205,7 +3523,7 @@ type HeaderValue struct {
 
 func (x *HeaderValue) Reset() {
 	*x = HeaderValue{}
-	mi := &file_config_proto_msgTypes[34]
+	mi := &file_config_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3217,7 +3535,7 @@ func (x *HeaderValue) String() string {
 func (*HeaderValue) ProtoMessage() {}
 
 func (x *HeaderValue) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[34]
+	mi := &file_config_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3230,7 +3548,7 @@ func (x *HeaderValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderValue.ProtoReflect.Descriptor instead.
 func (*HeaderValue) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{34}
+	return file_config_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *HeaderValue) GetName() string {
@@ -3262,7 +3580,7 @@ type RedirectFilter struct {
 
 func (x *RedirectFilter) Reset() {
 	*x = RedirectFilter{}
-	mi := &file_config_proto_msgTypes[35]
+	mi := &file_config_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3274,7 +3592,7 @@ func (x *RedirectFilter) String() string {
 func (*RedirectFilter) ProtoMessage() {}
 
 func (x *RedirectFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[35]
+	mi := &file_config_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3287,7 +3605,7 @@ func (x *RedirectFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedirectFilter.ProtoReflect.Descriptor instead.
 func (*RedirectFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{35}
+	return file_config_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RedirectFilter) GetScheme() string {
@@ -3335,7 +3653,7 @@ type RewriteFilter struct {
 
 func (x *RewriteFilter) Reset() {
 	*x = RewriteFilter{}
-	mi := &file_config_proto_msgTypes[36]
+	mi := &file_config_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3347,7 +3665,7 @@ func (x *RewriteFilter) String() string {
 func (*RewriteFilter) ProtoMessage() {}
 
 func (x *RewriteFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[36]
+	mi := &file_config_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3360,7 +3678,7 @@ func (x *RewriteFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewriteFilter.ProtoReflect.Descriptor instead.
 func (*RewriteFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{36}
+	return file_config_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RewriteFilter) GetHostname() string {
@@ -3387,7 +3705,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_config_proto_msgTypes[37]
+	mi := &file_config_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3399,7 +3717,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[37]
+	mi := &file_config_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3412,7 +3730,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{37}
+	return file_config_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PathModifier) GetType() PathModifierType {
@@ -3442,7 +3760,7 @@ type MirrorFilter struct {
 
 func (x *MirrorFilter) Reset() {
 	*x = MirrorFilter{}
-	mi := &file_config_proto_msgTypes[38]
+	mi := &file_config_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3454,7 +3772,7 @@ func (x *MirrorFilter) String() string {
 func (*MirrorFilter) ProtoMessage() {}
 
 func (x *MirrorFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[38]
+	mi := &file_config_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3467,7 +3785,7 @@ func (x *MirrorFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorFilter.ProtoReflect.Descriptor instead.
 func (*MirrorFilter) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{38}
+	return file_config_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MirrorFilter) GetBackend() *ServiceRef {
@@ -3502,7 +3820,7 @@ type ServiceRef struct {
 
 func (x *ServiceRef) Reset() {
 	*x = ServiceRef{}
-	mi := &file_config_proto_msgTypes[39]
+	mi := &file_config_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3514,7 +3832,7 @@ func (x *ServiceRef) String() string {
 func (*ServiceRef) ProtoMessage() {}
 
 func (x *ServiceRef) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[39]
+	mi := &file_config_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3527,7 +3845,7 @@ func (x *ServiceRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRef.ProtoReflect.Descriptor instead.
 func (*ServiceRef) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{39}
+	return file_config_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ServiceRef) GetNamespace() string {
@@ -3562,7 +3880,7 @@ type RouteBackend struct {
 
 func (x *RouteBackend) Reset() {
 	*x = RouteBackend{}
-	mi := &file_config_proto_msgTypes[40]
+	mi := &file_config_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3574,7 +3892,7 @@ func (x *RouteBackend) String() string {
 func (*RouteBackend) ProtoMessage() {}
 
 func (x *RouteBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[40]
+	mi := &file_config_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3587,7 +3905,7 @@ func (x *RouteBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteBackend.ProtoReflect.Descriptor instead.
 func (*RouteBackend) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{40}
+	return file_config_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RouteBackend) GetService() *ServiceRef {
@@ -3622,7 +3940,7 @@ type RouteTimeouts struct {
 
 func (x *RouteTimeouts) Reset() {
 	*x = RouteTimeouts{}
-	mi := &file_config_proto_msgTypes[41]
+	mi := &file_config_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3634,7 +3952,7 @@ func (x *RouteTimeouts) String() string {
 func (*RouteTimeouts) ProtoMessage() {}
 
 func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[41]
+	mi := &file_config_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3647,7 +3965,7 @@ func (x *RouteTimeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTimeouts.ProtoReflect.Descriptor instead.
 func (*RouteTimeouts) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{41}
+	return file_config_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RouteTimeouts) GetRequestNanos() int64 {
@@ -3677,7 +3995,7 @@ type RouteRetry struct {
 
 func (x *RouteRetry) Reset() {
 	*x = RouteRetry{}
-	mi := &file_config_proto_msgTypes[42]
+	mi := &file_config_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3689,7 +4007,7 @@ func (x *RouteRetry) String() string {
 func (*RouteRetry) ProtoMessage() {}
 
 func (x *RouteRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_config_proto_msgTypes[42]
+	mi := &file_config_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3702,7 +4020,7 @@ func (x *RouteRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRetry.ProtoReflect.Descriptor instead.
 func (*RouteRetry) Descriptor() ([]byte, []int) {
-	return file_config_proto_rawDescGZIP(), []int{42}
+	return file_config_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RouteRetry) GetAttempts() int32 {
@@ -3749,7 +4067,7 @@ const file_config_proto_rawDesc = "" +
 	"\aremoved\x18\x05 \x03(\v2\x1b.ambit.v1alpha1.ResourceRefR\aremoved\"S\n" +
 	"\vResourceRef\x120\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1c.ambit.v1alpha1.ResourceTypeR\x04type\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x8c\x05\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xad\x06\n" +
 	"\bResource\x12-\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1b.ambit.v1alpha1.ResourceRefR\x03ref\x12*\n" +
 	"\x04mesh\x18\n" +
@@ -3764,7 +4082,10 @@ const file_config_proto_rawDesc = "" +
 	"\n" +
 	"http_route\x18\x12 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\thttpRoute\x126\n" +
 	"\n" +
-	"grpc_route\x18\x13 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\tgrpcRouteB\x06\n" +
+	"grpc_route\x18\x13 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\tgrpcRoute\x123\n" +
+	"\agateway\x18\x14 \x01(\v2\x17.ambit.v1alpha1.GatewayH\x00R\agateway\x124\n" +
+	"\ttls_route\x18\x15 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\btlsRoute\x124\n" +
+	"\ttcp_route\x18\x16 \x01(\v2\x15.ambit.v1alpha1.RouteH\x00R\btcpRouteB\x06\n" +
 	"\x04kind\"\xa6\x02\n" +
 	"\x04Mesh\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
@@ -3915,17 +4236,38 @@ const file_config_proto_rawDesc = "" +
 	"delayNanos\x12#\n" +
 	"\rabort_percent\x18\x03 \x01(\x05R\fabortPercent\x12*\n" +
 	"\x11abort_http_status\x18\x04 \x01(\x05R\x0fabortHttpStatus\x12*\n" +
-	"\x11abort_grpc_status\x18\x05 \x01(\x05R\x0fabortGrpcStatus\"\xde\x01\n" +
+	"\x11abort_grpc_status\x18\x05 \x01(\x05R\x0fabortGrpcStatus\"\xfc\x01\n" +
 	"\x05Route\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
 	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x125\n" +
 	"\aparents\x18\x05 \x03(\v2\x1b.ambit.v1alpha1.RouteParentR\aparents\x12/\n" +
-	"\x05rules\x18\x06 \x03(\v2\x19.ambit.v1alpha1.RouteRuleR\x05rulesJ\x04\b\x04\x10\x05R\tspec_json\"S\n" +
+	"\x05rules\x18\x06 \x03(\v2\x19.ambit.v1alpha1.RouteRuleR\x05rules\x12\x1c\n" +
+	"\thostnames\x18\a \x03(\tR\thostnamesJ\x04\b\x04\x10\x05R\tspec_json\"\x90\x01\n" +
 	"\vRouteParent\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04port\x18\x03 \x01(\rR\x04port\"\xd5\x02\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x18\n" +
+	"\agateway\x18\x04 \x01(\bR\agateway\x12!\n" +
+	"\fsection_name\x18\x05 \x01(\tR\vsectionName\"\x98\x01\n" +
+	"\aGateway\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12=\n" +
+	"\tlisteners\x18\x03 \x03(\v2\x1f.ambit.v1alpha1.GatewayListenerR\tlisteners\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\fR\taddresses\"\xf4\x01\n" +
+	"\x0fGatewayListener\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x1a\n" +
+	"\bhostname\x18\x04 \x01(\tR\bhostname\x12\x1f\n" +
+	"\vroutes_from\x18\x05 \x01(\tR\n" +
+	"routesFrom\x12F\n" +
+	"\fcertificates\x18\x06 \x03(\v2\".ambit.v1alpha1.GatewayCertificateR\fcertificates\x12\x18\n" +
+	"\aproblem\x18\a \x01(\tR\aproblem\"`\n" +
+	"\x12GatewayCertificate\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x19\n" +
+	"\bcert_pem\x18\x02 \x01(\fR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x03 \x01(\fR\x06keyPem\"\xd5\x02\n" +
 	"\tRouteRule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\amatches\x18\x02 \x03(\v2\x1a.ambit.v1alpha1.RouteMatchR\amatches\x125\n" +
@@ -4002,11 +4344,12 @@ const file_config_proto_rawDesc = "" +
 	"RouteRetry\x12\x1a\n" +
 	"\battempts\x18\x01 \x01(\x05R\battempts\x12#\n" +
 	"\rbackoff_nanos\x18\x02 \x01(\x03R\fbackoffNanos\x12\x14\n" +
-	"\x05codes\x18\x03 \x03(\x05R\x05codes*U\n" +
+	"\x05codes\x18\x03 \x03(\x05R\x05codes*m\n" +
 	"\tProxyKind\x12\x1a\n" +
 	"\x16PROXY_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROXY_KIND_NODE\x10\x01\x12\x17\n" +
-	"\x13PROXY_KIND_WAYPOINT\x10\x02*\xd4\x02\n" +
+	"\x13PROXY_KIND_WAYPOINT\x10\x02\x12\x16\n" +
+	"\x12PROXY_KIND_GATEWAY\x10\x03*\xa9\x03\n" +
 	"\fResourceType\x12\x1d\n" +
 	"\x19RESOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RESOURCE_TYPE_MESH\x10\x01\x12\x1b\n" +
@@ -4019,7 +4362,10 @@ const file_config_proto_rawDesc = "" +
 	"\x1cRESOURCE_TYPE_TRAFFIC_POLICY\x10\b\x12\x1c\n" +
 	"\x18RESOURCE_TYPE_HTTP_ROUTE\x10\t\x12\x1c\n" +
 	"\x18RESOURCE_TYPE_GRPC_ROUTE\x10\n" +
-	"*\xc8\x01\n" +
+	"\x12\x19\n" +
+	"\x15RESOURCE_TYPE_GATEWAY\x10\v\x12\x1b\n" +
+	"\x17RESOURCE_TYPE_TLS_ROUTE\x10\f\x12\x1b\n" +
+	"\x17RESOURCE_TYPE_TCP_ROUTE\x10\r*\xc8\x01\n" +
 	"\x11PathNormalization\x12\"\n" +
 	"\x1ePATH_NORMALIZATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17PATH_NORMALIZATION_NONE\x10\x01\x12\x1b\n" +
@@ -4063,65 +4409,68 @@ func file_config_proto_rawDescGZIP() []byte {
 }
 
 var file_config_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_config_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_config_proto_goTypes = []any{
-	(ProxyKind)(0),            // 0: ambit.v1alpha1.ProxyKind
-	(ResourceType)(0),         // 1: ambit.v1alpha1.ResourceType
-	(PathNormalization)(0),    // 2: ambit.v1alpha1.PathNormalization
-	(PolicyAction)(0),         // 3: ambit.v1alpha1.PolicyAction
-	(MatchType)(0),            // 4: ambit.v1alpha1.MatchType
-	(FilterType)(0),           // 5: ambit.v1alpha1.FilterType
-	(PathModifierType)(0),     // 6: ambit.v1alpha1.PathModifierType
-	(*ProxyInfo)(nil),         // 7: ambit.v1alpha1.ProxyInfo
-	(*ConfigRequest)(nil),     // 8: ambit.v1alpha1.ConfigRequest
-	(*ConfigResponse)(nil),    // 9: ambit.v1alpha1.ConfigResponse
-	(*ResourceRef)(nil),       // 10: ambit.v1alpha1.ResourceRef
-	(*Resource)(nil),          // 11: ambit.v1alpha1.Resource
-	(*Mesh)(nil),              // 12: ambit.v1alpha1.Mesh
-	(*Namespace)(nil),         // 13: ambit.v1alpha1.Namespace
-	(*Workload)(nil),          // 14: ambit.v1alpha1.Workload
-	(*LocalWorkload)(nil),     // 15: ambit.v1alpha1.LocalWorkload
-	(*Service)(nil),           // 16: ambit.v1alpha1.Service
-	(*ServicePort)(nil),       // 17: ambit.v1alpha1.ServicePort
-	(*AccessPolicy)(nil),      // 18: ambit.v1alpha1.AccessPolicy
-	(*PolicyRule)(nil),        // 19: ambit.v1alpha1.PolicyRule
-	(*PolicyTarget)(nil),      // 20: ambit.v1alpha1.PolicyTarget
-	(*PolicyHeaderMatch)(nil), // 21: ambit.v1alpha1.PolicyHeaderMatch
-	(*PolicySource)(nil),      // 22: ambit.v1alpha1.PolicySource
-	(*TrustBundle)(nil),       // 23: ambit.v1alpha1.TrustBundle
-	(*Waypoint)(nil),          // 24: ambit.v1alpha1.Waypoint
-	(*TrafficPolicy)(nil),     // 25: ambit.v1alpha1.TrafficPolicy
-	(*TrafficRetries)(nil),    // 26: ambit.v1alpha1.TrafficRetries
-	(*TrafficTimeouts)(nil),   // 27: ambit.v1alpha1.TrafficTimeouts
-	(*CircuitBreaker)(nil),    // 28: ambit.v1alpha1.CircuitBreaker
-	(*OutlierDetection)(nil),  // 29: ambit.v1alpha1.OutlierDetection
-	(*RateLimit)(nil),         // 30: ambit.v1alpha1.RateLimit
-	(*Fault)(nil),             // 31: ambit.v1alpha1.Fault
-	(*Route)(nil),             // 32: ambit.v1alpha1.Route
-	(*RouteParent)(nil),       // 33: ambit.v1alpha1.RouteParent
-	(*RouteRule)(nil),         // 34: ambit.v1alpha1.RouteRule
-	(*RouteMatch)(nil),        // 35: ambit.v1alpha1.RouteMatch
-	(*PathMatch)(nil),         // 36: ambit.v1alpha1.PathMatch
-	(*ValueMatch)(nil),        // 37: ambit.v1alpha1.ValueMatch
-	(*GRPCMethodMatch)(nil),   // 38: ambit.v1alpha1.GRPCMethodMatch
-	(*RouteFilter)(nil),       // 39: ambit.v1alpha1.RouteFilter
-	(*HeaderFilter)(nil),      // 40: ambit.v1alpha1.HeaderFilter
-	(*HeaderValue)(nil),       // 41: ambit.v1alpha1.HeaderValue
-	(*RedirectFilter)(nil),    // 42: ambit.v1alpha1.RedirectFilter
-	(*RewriteFilter)(nil),     // 43: ambit.v1alpha1.RewriteFilter
-	(*PathModifier)(nil),      // 44: ambit.v1alpha1.PathModifier
-	(*MirrorFilter)(nil),      // 45: ambit.v1alpha1.MirrorFilter
-	(*ServiceRef)(nil),        // 46: ambit.v1alpha1.ServiceRef
-	(*RouteBackend)(nil),      // 47: ambit.v1alpha1.RouteBackend
-	(*RouteTimeouts)(nil),     // 48: ambit.v1alpha1.RouteTimeouts
-	(*RouteRetry)(nil),        // 49: ambit.v1alpha1.RouteRetry
-	nil,                       // 50: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	nil,                       // 51: ambit.v1alpha1.Namespace.LabelsEntry
-	nil,                       // 52: ambit.v1alpha1.Namespace.AnnotationsEntry
-	nil,                       // 53: ambit.v1alpha1.Workload.LabelsEntry
-	nil,                       // 54: ambit.v1alpha1.Service.LabelsEntry
-	nil,                       // 55: ambit.v1alpha1.Service.SelectorEntry
-	nil,                       // 56: ambit.v1alpha1.AccessPolicy.SelectorEntry
+	(ProxyKind)(0),             // 0: ambit.v1alpha1.ProxyKind
+	(ResourceType)(0),          // 1: ambit.v1alpha1.ResourceType
+	(PathNormalization)(0),     // 2: ambit.v1alpha1.PathNormalization
+	(PolicyAction)(0),          // 3: ambit.v1alpha1.PolicyAction
+	(MatchType)(0),             // 4: ambit.v1alpha1.MatchType
+	(FilterType)(0),            // 5: ambit.v1alpha1.FilterType
+	(PathModifierType)(0),      // 6: ambit.v1alpha1.PathModifierType
+	(*ProxyInfo)(nil),          // 7: ambit.v1alpha1.ProxyInfo
+	(*ConfigRequest)(nil),      // 8: ambit.v1alpha1.ConfigRequest
+	(*ConfigResponse)(nil),     // 9: ambit.v1alpha1.ConfigResponse
+	(*ResourceRef)(nil),        // 10: ambit.v1alpha1.ResourceRef
+	(*Resource)(nil),           // 11: ambit.v1alpha1.Resource
+	(*Mesh)(nil),               // 12: ambit.v1alpha1.Mesh
+	(*Namespace)(nil),          // 13: ambit.v1alpha1.Namespace
+	(*Workload)(nil),           // 14: ambit.v1alpha1.Workload
+	(*LocalWorkload)(nil),      // 15: ambit.v1alpha1.LocalWorkload
+	(*Service)(nil),            // 16: ambit.v1alpha1.Service
+	(*ServicePort)(nil),        // 17: ambit.v1alpha1.ServicePort
+	(*AccessPolicy)(nil),       // 18: ambit.v1alpha1.AccessPolicy
+	(*PolicyRule)(nil),         // 19: ambit.v1alpha1.PolicyRule
+	(*PolicyTarget)(nil),       // 20: ambit.v1alpha1.PolicyTarget
+	(*PolicyHeaderMatch)(nil),  // 21: ambit.v1alpha1.PolicyHeaderMatch
+	(*PolicySource)(nil),       // 22: ambit.v1alpha1.PolicySource
+	(*TrustBundle)(nil),        // 23: ambit.v1alpha1.TrustBundle
+	(*Waypoint)(nil),           // 24: ambit.v1alpha1.Waypoint
+	(*TrafficPolicy)(nil),      // 25: ambit.v1alpha1.TrafficPolicy
+	(*TrafficRetries)(nil),     // 26: ambit.v1alpha1.TrafficRetries
+	(*TrafficTimeouts)(nil),    // 27: ambit.v1alpha1.TrafficTimeouts
+	(*CircuitBreaker)(nil),     // 28: ambit.v1alpha1.CircuitBreaker
+	(*OutlierDetection)(nil),   // 29: ambit.v1alpha1.OutlierDetection
+	(*RateLimit)(nil),          // 30: ambit.v1alpha1.RateLimit
+	(*Fault)(nil),              // 31: ambit.v1alpha1.Fault
+	(*Route)(nil),              // 32: ambit.v1alpha1.Route
+	(*RouteParent)(nil),        // 33: ambit.v1alpha1.RouteParent
+	(*Gateway)(nil),            // 34: ambit.v1alpha1.Gateway
+	(*GatewayListener)(nil),    // 35: ambit.v1alpha1.GatewayListener
+	(*GatewayCertificate)(nil), // 36: ambit.v1alpha1.GatewayCertificate
+	(*RouteRule)(nil),          // 37: ambit.v1alpha1.RouteRule
+	(*RouteMatch)(nil),         // 38: ambit.v1alpha1.RouteMatch
+	(*PathMatch)(nil),          // 39: ambit.v1alpha1.PathMatch
+	(*ValueMatch)(nil),         // 40: ambit.v1alpha1.ValueMatch
+	(*GRPCMethodMatch)(nil),    // 41: ambit.v1alpha1.GRPCMethodMatch
+	(*RouteFilter)(nil),        // 42: ambit.v1alpha1.RouteFilter
+	(*HeaderFilter)(nil),       // 43: ambit.v1alpha1.HeaderFilter
+	(*HeaderValue)(nil),        // 44: ambit.v1alpha1.HeaderValue
+	(*RedirectFilter)(nil),     // 45: ambit.v1alpha1.RedirectFilter
+	(*RewriteFilter)(nil),      // 46: ambit.v1alpha1.RewriteFilter
+	(*PathModifier)(nil),       // 47: ambit.v1alpha1.PathModifier
+	(*MirrorFilter)(nil),       // 48: ambit.v1alpha1.MirrorFilter
+	(*ServiceRef)(nil),         // 49: ambit.v1alpha1.ServiceRef
+	(*RouteBackend)(nil),       // 50: ambit.v1alpha1.RouteBackend
+	(*RouteTimeouts)(nil),      // 51: ambit.v1alpha1.RouteTimeouts
+	(*RouteRetry)(nil),         // 52: ambit.v1alpha1.RouteRetry
+	nil,                        // 53: ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	nil,                        // 54: ambit.v1alpha1.Namespace.LabelsEntry
+	nil,                        // 55: ambit.v1alpha1.Namespace.AnnotationsEntry
+	nil,                        // 56: ambit.v1alpha1.Workload.LabelsEntry
+	nil,                        // 57: ambit.v1alpha1.Service.LabelsEntry
+	nil,                        // 58: ambit.v1alpha1.Service.SelectorEntry
+	nil,                        // 59: ambit.v1alpha1.AccessPolicy.SelectorEntry
 }
 var file_config_proto_depIdxs = []int32{
 	0,  // 0: ambit.v1alpha1.ProxyInfo.kind:type_name -> ambit.v1alpha1.ProxyKind
@@ -4140,61 +4489,66 @@ var file_config_proto_depIdxs = []int32{
 	25, // 13: ambit.v1alpha1.Resource.traffic_policy:type_name -> ambit.v1alpha1.TrafficPolicy
 	32, // 14: ambit.v1alpha1.Resource.http_route:type_name -> ambit.v1alpha1.Route
 	32, // 15: ambit.v1alpha1.Resource.grpc_route:type_name -> ambit.v1alpha1.Route
-	50, // 16: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
-	2,  // 17: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
-	51, // 18: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
-	52, // 19: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
-	53, // 20: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
-	15, // 21: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
-	54, // 22: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
-	55, // 23: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
-	17, // 24: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
-	56, // 25: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
-	3,  // 26: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
-	19, // 27: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
-	22, // 28: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
-	20, // 29: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
-	21, // 30: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
-	26, // 31: ambit.v1alpha1.TrafficPolicy.retries:type_name -> ambit.v1alpha1.TrafficRetries
-	27, // 32: ambit.v1alpha1.TrafficPolicy.timeouts:type_name -> ambit.v1alpha1.TrafficTimeouts
-	28, // 33: ambit.v1alpha1.TrafficPolicy.circuit_breaker:type_name -> ambit.v1alpha1.CircuitBreaker
-	29, // 34: ambit.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambit.v1alpha1.OutlierDetection
-	30, // 35: ambit.v1alpha1.TrafficPolicy.rate_limit:type_name -> ambit.v1alpha1.RateLimit
-	31, // 36: ambit.v1alpha1.TrafficPolicy.fault:type_name -> ambit.v1alpha1.Fault
-	33, // 37: ambit.v1alpha1.Route.parents:type_name -> ambit.v1alpha1.RouteParent
-	34, // 38: ambit.v1alpha1.Route.rules:type_name -> ambit.v1alpha1.RouteRule
-	35, // 39: ambit.v1alpha1.RouteRule.matches:type_name -> ambit.v1alpha1.RouteMatch
-	39, // 40: ambit.v1alpha1.RouteRule.filters:type_name -> ambit.v1alpha1.RouteFilter
-	47, // 41: ambit.v1alpha1.RouteRule.backends:type_name -> ambit.v1alpha1.RouteBackend
-	48, // 42: ambit.v1alpha1.RouteRule.timeouts:type_name -> ambit.v1alpha1.RouteTimeouts
-	49, // 43: ambit.v1alpha1.RouteRule.retry:type_name -> ambit.v1alpha1.RouteRetry
-	36, // 44: ambit.v1alpha1.RouteMatch.path:type_name -> ambit.v1alpha1.PathMatch
-	37, // 45: ambit.v1alpha1.RouteMatch.query_params:type_name -> ambit.v1alpha1.ValueMatch
-	37, // 46: ambit.v1alpha1.RouteMatch.headers:type_name -> ambit.v1alpha1.ValueMatch
-	38, // 47: ambit.v1alpha1.RouteMatch.grpc_method:type_name -> ambit.v1alpha1.GRPCMethodMatch
-	4,  // 48: ambit.v1alpha1.PathMatch.type:type_name -> ambit.v1alpha1.MatchType
-	4,  // 49: ambit.v1alpha1.ValueMatch.type:type_name -> ambit.v1alpha1.MatchType
-	4,  // 50: ambit.v1alpha1.GRPCMethodMatch.type:type_name -> ambit.v1alpha1.MatchType
-	5,  // 51: ambit.v1alpha1.RouteFilter.type:type_name -> ambit.v1alpha1.FilterType
-	40, // 52: ambit.v1alpha1.RouteFilter.headers:type_name -> ambit.v1alpha1.HeaderFilter
-	42, // 53: ambit.v1alpha1.RouteFilter.redirect:type_name -> ambit.v1alpha1.RedirectFilter
-	43, // 54: ambit.v1alpha1.RouteFilter.rewrite:type_name -> ambit.v1alpha1.RewriteFilter
-	45, // 55: ambit.v1alpha1.RouteFilter.mirror:type_name -> ambit.v1alpha1.MirrorFilter
-	41, // 56: ambit.v1alpha1.HeaderFilter.set:type_name -> ambit.v1alpha1.HeaderValue
-	41, // 57: ambit.v1alpha1.HeaderFilter.add:type_name -> ambit.v1alpha1.HeaderValue
-	44, // 58: ambit.v1alpha1.RedirectFilter.path:type_name -> ambit.v1alpha1.PathModifier
-	44, // 59: ambit.v1alpha1.RewriteFilter.path:type_name -> ambit.v1alpha1.PathModifier
-	6,  // 60: ambit.v1alpha1.PathModifier.type:type_name -> ambit.v1alpha1.PathModifierType
-	46, // 61: ambit.v1alpha1.MirrorFilter.backend:type_name -> ambit.v1alpha1.ServiceRef
-	46, // 62: ambit.v1alpha1.RouteBackend.service:type_name -> ambit.v1alpha1.ServiceRef
-	39, // 63: ambit.v1alpha1.RouteBackend.filters:type_name -> ambit.v1alpha1.RouteFilter
-	8,  // 64: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
-	9,  // 65: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
-	65, // [65:66] is the sub-list for method output_type
-	64, // [64:65] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	34, // 16: ambit.v1alpha1.Resource.gateway:type_name -> ambit.v1alpha1.Gateway
+	32, // 17: ambit.v1alpha1.Resource.tls_route:type_name -> ambit.v1alpha1.Route
+	32, // 18: ambit.v1alpha1.Resource.tcp_route:type_name -> ambit.v1alpha1.Route
+	53, // 19: ambit.v1alpha1.Mesh.tunnel_per_node:type_name -> ambit.v1alpha1.Mesh.TunnelPerNodeEntry
+	2,  // 20: ambit.v1alpha1.Mesh.path_normalization:type_name -> ambit.v1alpha1.PathNormalization
+	54, // 21: ambit.v1alpha1.Namespace.labels:type_name -> ambit.v1alpha1.Namespace.LabelsEntry
+	55, // 22: ambit.v1alpha1.Namespace.annotations:type_name -> ambit.v1alpha1.Namespace.AnnotationsEntry
+	56, // 23: ambit.v1alpha1.Workload.labels:type_name -> ambit.v1alpha1.Workload.LabelsEntry
+	15, // 24: ambit.v1alpha1.Workload.local:type_name -> ambit.v1alpha1.LocalWorkload
+	57, // 25: ambit.v1alpha1.Service.labels:type_name -> ambit.v1alpha1.Service.LabelsEntry
+	58, // 26: ambit.v1alpha1.Service.selector:type_name -> ambit.v1alpha1.Service.SelectorEntry
+	17, // 27: ambit.v1alpha1.Service.ports:type_name -> ambit.v1alpha1.ServicePort
+	59, // 28: ambit.v1alpha1.AccessPolicy.selector:type_name -> ambit.v1alpha1.AccessPolicy.SelectorEntry
+	3,  // 29: ambit.v1alpha1.AccessPolicy.action:type_name -> ambit.v1alpha1.PolicyAction
+	19, // 30: ambit.v1alpha1.AccessPolicy.rules:type_name -> ambit.v1alpha1.PolicyRule
+	22, // 31: ambit.v1alpha1.PolicyRule.from:type_name -> ambit.v1alpha1.PolicySource
+	20, // 32: ambit.v1alpha1.PolicyRule.to:type_name -> ambit.v1alpha1.PolicyTarget
+	21, // 33: ambit.v1alpha1.PolicyTarget.headers:type_name -> ambit.v1alpha1.PolicyHeaderMatch
+	26, // 34: ambit.v1alpha1.TrafficPolicy.retries:type_name -> ambit.v1alpha1.TrafficRetries
+	27, // 35: ambit.v1alpha1.TrafficPolicy.timeouts:type_name -> ambit.v1alpha1.TrafficTimeouts
+	28, // 36: ambit.v1alpha1.TrafficPolicy.circuit_breaker:type_name -> ambit.v1alpha1.CircuitBreaker
+	29, // 37: ambit.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambit.v1alpha1.OutlierDetection
+	30, // 38: ambit.v1alpha1.TrafficPolicy.rate_limit:type_name -> ambit.v1alpha1.RateLimit
+	31, // 39: ambit.v1alpha1.TrafficPolicy.fault:type_name -> ambit.v1alpha1.Fault
+	33, // 40: ambit.v1alpha1.Route.parents:type_name -> ambit.v1alpha1.RouteParent
+	37, // 41: ambit.v1alpha1.Route.rules:type_name -> ambit.v1alpha1.RouteRule
+	35, // 42: ambit.v1alpha1.Gateway.listeners:type_name -> ambit.v1alpha1.GatewayListener
+	36, // 43: ambit.v1alpha1.GatewayListener.certificates:type_name -> ambit.v1alpha1.GatewayCertificate
+	38, // 44: ambit.v1alpha1.RouteRule.matches:type_name -> ambit.v1alpha1.RouteMatch
+	42, // 45: ambit.v1alpha1.RouteRule.filters:type_name -> ambit.v1alpha1.RouteFilter
+	50, // 46: ambit.v1alpha1.RouteRule.backends:type_name -> ambit.v1alpha1.RouteBackend
+	51, // 47: ambit.v1alpha1.RouteRule.timeouts:type_name -> ambit.v1alpha1.RouteTimeouts
+	52, // 48: ambit.v1alpha1.RouteRule.retry:type_name -> ambit.v1alpha1.RouteRetry
+	39, // 49: ambit.v1alpha1.RouteMatch.path:type_name -> ambit.v1alpha1.PathMatch
+	40, // 50: ambit.v1alpha1.RouteMatch.query_params:type_name -> ambit.v1alpha1.ValueMatch
+	40, // 51: ambit.v1alpha1.RouteMatch.headers:type_name -> ambit.v1alpha1.ValueMatch
+	41, // 52: ambit.v1alpha1.RouteMatch.grpc_method:type_name -> ambit.v1alpha1.GRPCMethodMatch
+	4,  // 53: ambit.v1alpha1.PathMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 54: ambit.v1alpha1.ValueMatch.type:type_name -> ambit.v1alpha1.MatchType
+	4,  // 55: ambit.v1alpha1.GRPCMethodMatch.type:type_name -> ambit.v1alpha1.MatchType
+	5,  // 56: ambit.v1alpha1.RouteFilter.type:type_name -> ambit.v1alpha1.FilterType
+	43, // 57: ambit.v1alpha1.RouteFilter.headers:type_name -> ambit.v1alpha1.HeaderFilter
+	45, // 58: ambit.v1alpha1.RouteFilter.redirect:type_name -> ambit.v1alpha1.RedirectFilter
+	46, // 59: ambit.v1alpha1.RouteFilter.rewrite:type_name -> ambit.v1alpha1.RewriteFilter
+	48, // 60: ambit.v1alpha1.RouteFilter.mirror:type_name -> ambit.v1alpha1.MirrorFilter
+	44, // 61: ambit.v1alpha1.HeaderFilter.set:type_name -> ambit.v1alpha1.HeaderValue
+	44, // 62: ambit.v1alpha1.HeaderFilter.add:type_name -> ambit.v1alpha1.HeaderValue
+	47, // 63: ambit.v1alpha1.RedirectFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	47, // 64: ambit.v1alpha1.RewriteFilter.path:type_name -> ambit.v1alpha1.PathModifier
+	6,  // 65: ambit.v1alpha1.PathModifier.type:type_name -> ambit.v1alpha1.PathModifierType
+	49, // 66: ambit.v1alpha1.MirrorFilter.backend:type_name -> ambit.v1alpha1.ServiceRef
+	49, // 67: ambit.v1alpha1.RouteBackend.service:type_name -> ambit.v1alpha1.ServiceRef
+	42, // 68: ambit.v1alpha1.RouteBackend.filters:type_name -> ambit.v1alpha1.RouteFilter
+	8,  // 69: ambit.v1alpha1.Config.Stream:input_type -> ambit.v1alpha1.ConfigRequest
+	9,  // 70: ambit.v1alpha1.Config.Stream:output_type -> ambit.v1alpha1.ConfigResponse
+	70, // [70:71] is the sub-list for method output_type
+	69, // [69:70] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_config_proto_init() }
@@ -4213,6 +4567,9 @@ func file_config_proto_init() {
 		(*Resource_TrafficPolicy)(nil),
 		(*Resource_HttpRoute)(nil),
 		(*Resource_GrpcRoute)(nil),
+		(*Resource_Gateway)(nil),
+		(*Resource_TlsRoute)(nil),
+		(*Resource_TcpRoute)(nil),
 	}
 	file_config_proto_msgTypes[14].OneofWrappers = []any{
 		(*PolicyHeaderMatch_Exact)(nil),
@@ -4220,14 +4577,14 @@ func file_config_proto_init() {
 		(*PolicyHeaderMatch_Regex)(nil),
 		(*PolicyHeaderMatch_Present)(nil),
 	}
-	file_config_proto_msgTypes[41].OneofWrappers = []any{}
+	file_config_proto_msgTypes[44].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_config_proto_rawDesc), len(file_config_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   50,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

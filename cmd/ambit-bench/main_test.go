@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/bench"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func ambitBench(t *testing.T, args ...string) (int, string, string) {
@@ -91,22 +92,20 @@ func TestHelpers(t *testing.T) {
 	// rr-server stops when its context ends.
 	srvCtx, srvCancel := context.WithCancel(ctx)
 	done := make(chan int)
-	var srvOut bytes.Buffer
+	var srvOut testutil.SyncBuffer
 	go func() { done <- run(srvCtx, []string{"rr-server", "127.0.0.1:0"}, &srvOut, &srvOut) }()
-	time.Sleep(100 * time.Millisecond)
+	testutil.WaitFor(t, "rr-server to listen", func() bool { return strings.Contains(srvOut.String(), "listening on 127.0.0.1:") })
 	srvCancel()
 	select {
 	case code := <-done:
-		if code != 0 || !strings.Contains(srvOut.String(), "listening on 127.0.0.1:") {
+		if code != 0 {
 			t.Errorf("rr-server: %d %q", code, srvOut.String())
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("rr-server did not stop")
 	}
 
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := testutil.FreeAddr(t)
 	if code, _, errs := ambitBench(t, "probe", "-timeout", "300ms", deadAddr); code != 1 || !strings.Contains(errs, "no answer") {
 		t.Errorf("probe of a closed port: %d %q", code, errs)
 	}

@@ -164,6 +164,8 @@ func TestInstallerLifecycle(t *testing.T) {
 	}
 	testutil.WaitFor(t, "the malformed file logged", func() bool { return strings.Contains(logs.String(), bad+": invalid JSON") })
 	testutil.WaitFor(t, "not ready", func() bool { return !exists(in.readyFile) })
+	// A deliberate hold, not a wait: five of the installer's rounds with
+	// the malformed file in place must neither rewrite it nor log it again.
 	time.Sleep(5 * in.poll)
 	if got := readFile(t, bad); got != badContent {
 		t.Errorf("malformed file changed to %s", got)
@@ -207,7 +209,7 @@ func TestInstallerLastInstallerRule(t *testing.T) {
 	// A rolling update: the new pod starts before the old one stops.
 	_, stopOld := startInstaller(t, d, "ambit-cni-old", logs)
 	testutil.WaitFor(t, "the entry", func() bool { return hasEntryLast(list) })
-	_, stopNew := startInstaller(t, d, "ambit-cni-new", logs)
+	inNew, stopNew := startInstaller(t, d, "ambit-cni-new", logs)
 	testutil.WaitFor(t, "the new marker", func() bool { return exists(filepath.Join(d.markers, "ambit-cni-new")) })
 	if err := stopOld(); err != nil {
 		t.Fatal(err)
@@ -218,8 +220,9 @@ func TestInstallerLastInstallerRule(t *testing.T) {
 	if !strings.Contains(logs.String(), "leaving ambit-cni installed") {
 		t.Error("keeping the installation not logged")
 	}
-	// The new one keeps it in place (its loop does not fight anything).
-	time.Sleep(5 * 20 * time.Millisecond)
+	// The new one keeps it in place (its loop does not fight anything): a
+	// deliberate hold of five of its rounds, in which the entry must stay.
+	time.Sleep(5 * inNew.poll)
 	if !hasEntryLast(list) {
 		t.Fatal("entry gone while an installer runs")
 	}

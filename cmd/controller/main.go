@@ -60,32 +60,51 @@ type files []string
 func (f *files) String() string     { return strings.Join(*f, ",") }
 func (f *files) Set(s string) error { *f = append(*f, s); return nil }
 
-func runController(args []string, stderr io.Writer) int {
+// runFlags are controller run's flags.
+type runFlags struct {
+	source, config, caCert, caKey string
+	roots                         files // --trust-bundle
+	trustDomain, identity         string
+	listen, tokens                string
+	adminAddr, metricsAddr        string
+	readyAddr                     string
+	certTTL, maxTTL               time.Duration
+	certBurst                     int
+	certRate                      float64
+	poll                          time.Duration
+	logFormat                     string
+	console                       consoleFlags
+	kube                          kubeFlags
+}
+
+// parseRunFlags parses controller run's command line. It returns nil and
+// the exit code when the command should end here (bad flags, -h, or no
+// CA).
+func parseRunFlags(args []string, stderr io.Writer) (*runFlags, int) {
+	var f runFlags
 	fs := flag.NewFlagSet("controller run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	source := fs.String("source", "file", "where the mesh configuration comes from: file (YAML, --config) or kubernetes")
-	config := fs.String("config", "", "file source: a YAML file or a directory of them (Kubernetes shape), re-read on change")
-	caCert := fs.String("ca-cert", "", "signing CA certificate (PEM); intermediates may follow it in the file")
-	caKey := fs.String("ca-key", "", "the signing CA's private key (PEM)")
-	var roots files
-	fs.Var(&roots, "trust-bundle", "PEM file of roots proxies trust besides the signing CA's root (repeatable; during a rotation: the old root); re-read on change")
-	fs.Var(&roots, "root-ca-bundle", "same as --trust-bundle")
-	tdFlag := fs.String("trust-domain", "", "trust domain (default: the one in the CA certificate's SPIFFE URI, else cluster.local)")
-	idFlag := fs.String("identity", "", "SPIFFE ID of the controller's serving certificate (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
-	listen := fs.String("listen", ":15010", "gRPC control API (TLS 1.3)")
-	tokens := fs.String("bootstrap-tokens", "", "file source: YAML file mapping node name to its node proxy's bearer token")
-	adminAddr := fs.String("admin", admin.DefaultAdminAddr, "admin endpoint: loopback ip:port or unix:/path (empty: off)")
-	metricsAddr := fs.String("metrics", admin.DefaultMetricsAddr, "Prometheus metrics listener (empty: off)")
-	readyAddr := fs.String("ready", admin.DefaultReadyAddr, "readiness listener, /healthz/ready (empty: off)")
-	certTTL := fs.Duration("cert-ttl", identity.DefaultTTL, "lifetime of workload certificates")
-	maxTTL := fs.Duration("max-cert-ttl", identity.DefaultTTL, "longest lifetime a proxy may ask for")
-	certBurst := fs.Int("cert-burst", controller.DefaultSignBurst, "certificate requests one node may make at once (a node proxy asks for one per service account on its node at startup)")
-	certRate := fs.Float64("cert-rate", float64(controller.DefaultSignRate), "certificate requests per second one node may make after its burst")
-	poll := fs.Duration("poll-interval", controller.DefaultPollInterval, "file source: how often the configuration is checked for changes")
-	logFormat := fs.String("log-format", "text", "log format: text or json")
-	var cf consoleFlags
-	cf.register(fs, "console", "")
-	var kf kubeFlags
+	fs.StringVar(&f.source, "source", "file", "where the mesh configuration comes from: file (YAML, --config) or kubernetes")
+	fs.StringVar(&f.config, "config", "", "file source: a YAML file or a directory of them (Kubernetes shape), re-read on change")
+	fs.StringVar(&f.caCert, "ca-cert", "", "signing CA certificate (PEM); intermediates may follow it in the file")
+	fs.StringVar(&f.caKey, "ca-key", "", "the signing CA's private key (PEM)")
+	fs.Var(&f.roots, "trust-bundle", "PEM file of roots proxies trust besides the signing CA's root (repeatable; during a rotation: the old root); re-read on change")
+	fs.Var(&f.roots, "root-ca-bundle", "same as --trust-bundle")
+	fs.StringVar(&f.trustDomain, "trust-domain", "", "trust domain (default: the one in the CA certificate's SPIFFE URI, else cluster.local)")
+	fs.StringVar(&f.identity, "identity", "", "SPIFFE ID of the controller's serving certificate (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
+	fs.StringVar(&f.listen, "listen", ":15010", "gRPC control API (TLS 1.3)")
+	fs.StringVar(&f.tokens, "bootstrap-tokens", "", "file source: YAML file mapping node name to its node proxy's bearer token")
+	fs.StringVar(&f.adminAddr, "admin", admin.DefaultAdminAddr, "admin endpoint: loopback ip:port or unix:/path (empty: off)")
+	fs.StringVar(&f.metricsAddr, "metrics", admin.DefaultMetricsAddr, "Prometheus metrics listener (empty: off)")
+	fs.StringVar(&f.readyAddr, "ready", admin.DefaultReadyAddr, "readiness listener, /healthz/ready (empty: off)")
+	fs.DurationVar(&f.certTTL, "cert-ttl", identity.DefaultTTL, "lifetime of workload certificates")
+	fs.DurationVar(&f.maxTTL, "max-cert-ttl", identity.DefaultTTL, "longest lifetime a proxy may ask for")
+	fs.IntVar(&f.certBurst, "cert-burst", controller.DefaultSignBurst, "certificate requests one node may make at once (a node proxy asks for one per service account on its node at startup)")
+	fs.Float64Var(&f.certRate, "cert-rate", float64(controller.DefaultSignRate), "certificate requests per second one node may make after its burst")
+	fs.DurationVar(&f.poll, "poll-interval", controller.DefaultPollInterval, "file source: how often the configuration is checked for changes")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	f.console.register(fs, "console", "")
+	kf := &f.kube
 	fs.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubernetes source: kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&kf.waypointImage, "waypoint-image", "", "kubernetes source: image of waypoint proxies (none: Waypoints are accepted, not deployed)")
 	fs.StringVar(&kf.tunnel, "tunnel", meshconfig.TunnelH2, "kubernetes source: tunnel protocol between proxies, h2 or quic")
@@ -94,87 +113,62 @@ func runController(args []string, stderr io.Writer) int {
 	fs.StringVar(&kf.otlpEndpoint, "waypoint-otlp-endpoint", "", "kubernetes source: OpenTelemetry collector (OTLP/gRPC, host:port or http(s)://host:port) the waypoints export request spans to (none: no export)")
 	fs.Float64Var(&kf.sampleRatio, "waypoint-trace-sample-ratio", 1, "kubernetes source: fraction of new traces the waypoints sample for export")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return nil, 2
+	}
+	if f.caCert == "" || f.caKey == "" {
+		fmt.Fprintln(stderr, "controller run: --ca-cert and --ca-key are required")
+		fs.Usage()
+		return nil, 2
+	}
+	return &f, 0
+}
+
+func runController(args []string, stderr io.Writer) int {
+	f, code := parseRunFlags(args, stderr)
+	if f == nil {
+		return code
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "controller run: "+format+"\n", a...)
 		return 1
 	}
-	if *caCert == "" || *caKey == "" {
-		fmt.Fprintln(stderr, "controller run: --ca-cert and --ca-key are required")
-		fs.Usage()
-		return 2
-	}
-	if *certBurst < 1 || !(*certRate > 0) {
-		return fail("--cert-burst %d and --cert-rate %g must be positive", *certBurst, *certRate)
+	if f.certBurst < 1 || !(f.certRate > 0) {
+		return fail("--cert-burst %d and --cert-rate %g must be positive", f.certBurst, f.certRate)
 	}
 	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
-	if *logFormat == "json" {
+	if f.logFormat == "json" {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
 	log := slog.New(handler)
 
-	td, err := trustDomain(*tdFlag, *caCert)
+	td, err := trustDomain(f.trustDomain, f.caCert)
 	if err != nil {
 		return fail("%v", err)
 	}
-	ca, err := controller.LoadCA(td, *caCert, *caKey, roots, nil)
+	ca, err := controller.LoadCA(td, f.caCert, f.caKey, f.roots, nil)
 	if err != nil {
 		return fail("%v", err)
 	}
 	var id spiffeid.ID
-	if *idFlag != "" {
-		if id, err = spiffeid.FromString(*idFlag); err != nil {
-			return fail("--identity %q: %v", *idFlag, err)
+	if f.identity != "" {
+		if id, err = spiffeid.FromString(f.identity); err != nil {
+			return fail("--identity %q: %v", f.identity, err)
 		}
 	}
-
-	var src controller.Source
-	var auth controller.NodeAuthenticator
-	var rootsChanged func() // besides the controller's own (c.RootsChanged)
-	switch *source {
-	case "file":
-		if *config == "" || *tokens == "" {
-			return fail("--source file needs --config (the mesh YAML) and --bootstrap-tokens (node proxies' tokens)")
-		}
-		if _, err := os.Stat(*config); err != nil {
-			return fail("--config: %v", err)
-		}
-		src = &controller.FileSource{Path: *config, Interval: *poll, Log: log}
-		if auth, err = controller.NewTokenFileAuthenticator(*tokens); err != nil {
-			return fail("--bootstrap-tokens: %v", err)
-		}
-	case "kubernetes":
-		kf.controllerCA = rootsPEM(ca)
-		if *idFlag != "" {
-			kf.controllerID = id.String()
-		}
-		ks, err := kubernetesSource(kf, td, log)
-		if err != nil {
-			return fail("--source kubernetes: %v", err)
-		}
-		src, auth = ks, ks
-		// Waypoints check the controller with the roots in their
-		// Deployment: a reloaded trust bundle updates them.
-		rootsChanged = func() {
-			if err := ks.SetWaypointControllerCA(rootsPEM(ca)); err != nil {
-				log.Error("waypoints keep the CA roots they have", "err", err)
-			}
-		}
-	default:
-		return fail("--source %q: use file or kubernetes", *source)
-	}
-
-	c, err := controller.New(controller.Options{Source: src, Auth: auth, CA: ca, CertTTL: *certTTL, MaxCertTTL: *maxTTL,
-		SignBurst: *certBurst, SignRate: rate.Limit(*certRate), Log: log})
+	src, auth, rootsChanged, err := f.meshSource(td, ca, id, log)
 	if err != nil {
 		return fail("%v", err)
 	}
-	lis, err := net.Listen("tcp", *listen)
+	c, err := controller.New(controller.Options{Source: src, Auth: auth, CA: ca, CertTTL: f.certTTL, MaxCertTTL: f.maxTTL,
+		SignBurst: f.certBurst, SignRate: rate.Limit(f.certRate), Log: log})
+	if err != nil {
+		return fail("%v", err)
+	}
+	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fail("--listen: %v", err)
 	}
-	servers, err := serveOps(c, *adminAddr, *metricsAddr, *readyAddr, log)
+	servers, err := serveOps(c, f.adminAddr, f.metricsAddr, f.readyAddr, log)
 	if err != nil {
 		lis.Close()
 		return fail("%v", err)
@@ -182,18 +176,71 @@ func runController(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := cf.startInProcess(ctx, c.AdminHandler(), log); err != nil {
+	if err := f.console.startInProcess(ctx, c.AdminHandler(), log); err != nil {
 		for _, s := range servers {
 			s.Close()
 		}
 		lis.Close()
 		return fail("%v", err)
 	}
-	log.Info("controller starting", "source", *source, "config", *config, "trustDomain", td.Name(), "roots", len(ca.Roots()))
+	log.Info("controller starting", "source", f.source, "config", f.config, "trustDomain", td.Name(), "roots", len(ca.Roots()))
+	code = serveUntilStopped(ctx, stop, c, lis, id, func() { watchRoots(ctx, ca, c, f.roots, rootsChanged, log) }, log)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		s.Shutdown(sctx)
+	}
+	return code
+}
+
+// meshSource is the configuration source and node authenticator that
+// --source names, and what else must follow a change of the CA's roots
+// (nil: nothing besides the controller itself).
+func (f *runFlags) meshSource(td spiffeid.TrustDomain, ca *controller.CA, id spiffeid.ID, log *slog.Logger) (controller.Source, controller.NodeAuthenticator, func(), error) {
+	switch f.source {
+	case "file":
+		if f.config == "" || f.tokens == "" {
+			return nil, nil, nil, errors.New("--source file needs --config (the mesh YAML) and --bootstrap-tokens (node proxies' tokens)")
+		}
+		if _, err := os.Stat(f.config); err != nil {
+			return nil, nil, nil, fmt.Errorf("--config: %w", err)
+		}
+		auth, err := controller.NewTokenFileAuthenticator(f.tokens)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--bootstrap-tokens: %w", err)
+		}
+		return &controller.FileSource{Path: f.config, Interval: f.poll, Log: log}, auth, nil, nil
+	case "kubernetes":
+		kf := f.kube
+		kf.controllerCA = rootsPEM(ca)
+		if f.identity != "" {
+			kf.controllerID = id.String()
+		}
+		ks, err := kubernetesSource(kf, td, log)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--source kubernetes: %w", err)
+		}
+		// Waypoints check the controller with the roots in their
+		// Deployment: a reloaded trust bundle updates them.
+		rootsChanged := func() {
+			if err := ks.SetWaypointControllerCA(rootsPEM(ca)); err != nil {
+				log.Error("waypoints keep the CA roots they have", "err", err)
+			}
+		}
+		return ks, ks, rootsChanged, nil
+	default:
+		return nil, nil, nil, fmt.Errorf("--source %q: use file or kubernetes", f.source)
+	}
+}
+
+// serveUntilStopped runs the controller, its gRPC API on lis and watch
+// until ctx ends or one of them fails (which stops the others through
+// stop), and returns the exit code: 1 if any failed.
+func serveUntilStopped(ctx context.Context, stop func(), c *controller.Controller, lis net.Listener, id spiffeid.ID, watch func(), log *slog.Logger) int {
 	errc := make(chan error, 3)
 	go func() { errc <- c.Run(ctx) }()
 	go func() { errc <- c.Serve(ctx, lis, id) }()
-	go func() { watchRoots(ctx, ca, c, roots, rootsChanged, log); errc <- nil }()
+	go func() { watch(); errc <- nil }()
 	code := 0
 	for range 3 {
 		if err := <-errc; err != nil {
@@ -201,11 +248,6 @@ func runController(args []string, stderr io.Writer) int {
 			code = 1
 			stop()
 		}
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for _, s := range servers {
-		s.Shutdown(sctx)
 	}
 	return code
 }

@@ -2,7 +2,7 @@ package main
 
 import (
 	"bytes"
-	"net"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,29 +11,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
-// caFiles writes a fresh root CA for cluster.local.
-func caFiles(t *testing.T, dir string) (cert, key string) {
-	t.Helper()
-	ca, err := identity.GenerateCA(spiffeid.RequireTrustDomainFromString("cluster.local"), time.Hour, nil)
+func TestRunRefusesBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, err := testutil.WriteCA(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, _ := identity.EncodeKey(ca.Key())
-	cert, key = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-	os.WriteFile(cert, identity.EncodeCert(ca.Certificate()), 0o644)
-	os.WriteFile(key, keyPEM, 0o600)
-	return cert, key
-}
-
-func TestRunRefusesBadFlags(t *testing.T) {
-	dir := t.TempDir()
-	cert, key := caFiles(t, dir)
 	tokens := filepath.Join(dir, "tokens.yaml")
 	os.WriteFile(tokens, []byte("node-1: 0123456789abcdef0123\n"), 0o600)
 	for name, c := range map[string]struct {
@@ -57,48 +43,38 @@ func TestRunRefusesBadFlags(t *testing.T) {
 	}
 }
 
-// freePort is a loopback address nothing listens on.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestRunServesAndStops runs the controller on a mesh directory until it
 // is ready, then stops it with SIGTERM.
 func TestRunServesAndStops(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := caFiles(t, dir)
+	cert, key, err := testutil.WriteCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mesh := filepath.Join(dir, "mesh")
 	os.Mkdir(mesh, 0o755)
 	os.WriteFile(filepath.Join(mesh, "ns.yaml"), []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n"), 0o644)
 	tokens := filepath.Join(dir, "tokens.yaml")
 	os.WriteFile(tokens, []byte("node-1: 0123456789abcdef0123\n"), 0o600)
-	ready, admin := freePort(t), freePort(t)
+	addrs := testutil.FreeAddrs(t, 2)
+	ready, admin := addrs[0], addrs[1]
 	done := make(chan int, 1)
 	var stderr testutil.SyncBuffer
 	go func() {
 		done <- run([]string{"run", "--config", mesh, "--ca-cert", cert, "--ca-key", key, "--bootstrap-tokens", tokens,
 			"--listen", "127.0.0.1:0", "--admin", admin, "--metrics", "", "--ready", ready}, &bytes.Buffer{}, &stderr)
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, testutil.Timeout, "the controller to be ready", func() string {
 		resp, err := http.Get("http://" + ready + "/healthz/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+		if err != nil {
+			return fmt.Sprintf("%v\n%s", err, stderr.String())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v\n%s", err, stderr.String())
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Sprintf("%s\n%s", resp.Status, stderr.String())
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ""
+	})
 	resp, err := http.Get("http://" + admin + "/debug/proxies")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("admin: %v", err)

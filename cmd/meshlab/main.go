@@ -172,19 +172,8 @@ func (c *cli) exec(ctx context.Context, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	rest := fs.Args()
-	if len(rest) > 0 && rest[0] == "--" { // "exec -- POD -- CMD"
-		rest = rest[1:]
-	}
-	if len(rest) < 2 {
-		fs.Usage()
-		return 2
-	}
-	pod, argv := rest[0], rest[1:]
-	if argv[0] == "--" {
-		argv = argv[1:]
-	}
-	if len(argv) == 0 {
+	pod, argv, ok := splitExecArgs(fs.Args())
+	if !ok {
 		fs.Usage()
 		return 2
 	}
@@ -204,6 +193,40 @@ func (c *cli) exec(ctx context.Context, args []string) int {
 	if err := l.Start(cmd); err != nil {
 		return c.fail(err)
 	}
+	err = waitForwarding(cmd, sigc)
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return exitErr.ExitCode()
+	}
+	if err != nil {
+		return c.fail(err)
+	}
+	return 0
+}
+
+// splitExecArgs takes exec's arguments apart: POD [--] CMD [ARGS...],
+// also after a leading "--" (exec -- POD -- CMD). ok is false when the
+// pod or the command is missing.
+func splitExecArgs(rest []string) (pod string, argv []string, ok bool) {
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	if len(rest) < 2 {
+		return "", nil, false
+	}
+	pod, argv = rest[0], rest[1:]
+	if argv[0] == "--" {
+		argv = argv[1:]
+	}
+	return pod, argv, len(argv) > 0
+}
+
+// waitForwarding waits for the started cmd, passing it every signal that
+// arrives on sigc meanwhile.
+func waitForwarding(cmd *exec.Cmd, sigc <-chan os.Signal) error {
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -216,18 +239,7 @@ func (c *cli) exec(ctx context.Context, args []string) int {
 			}
 		}
 	}()
-	err = cmd.Wait()
-	var exitErr *exec.ExitError
-	if errors.As(err, &exitErr) {
-		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return exitErr.ExitCode()
-	}
-	if err != nil {
-		return c.fail(err)
-	}
-	return 0
+	return cmd.Wait()
 }
 
 func (c *cli) status(args []string) int {

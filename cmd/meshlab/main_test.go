@@ -17,6 +17,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/privtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // TestMain lets a test run the CLI as a child process (to kill it):
@@ -178,14 +179,10 @@ func TestPrivilegedUpKilled(t *testing.T) {
 			}
 			// Kill it as soon as the journal shows the marker.
 			var state []byte
-			deadline := time.Now().Add(10 * time.Second)
-			for time.Now().Before(deadline) {
+			testutil.Poll(10*time.Second, 200*time.Microsecond, func() bool {
 				state, _ = os.ReadFile(lab.StatePath(dir))
-				if bytes.Contains(state, []byte(marker)) {
-					break
-				}
-				time.Sleep(200 * time.Microsecond)
-			}
+				return bytes.Contains(state, []byte(marker))
+			})
 			_ = cmd.Process.Signal(syscall.SIGKILL)
 			_ = cmd.Wait()
 			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {

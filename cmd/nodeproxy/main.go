@@ -2,6 +2,7 @@
 //
 //	nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE   serve the node's pods
 //	nodeproxy waypoint --name NS/NAME --controller ADDR --controller-ca FILE --token-file FILE   a waypoint (L7) proxy
+//	nodeproxy gateway --name NS/NAME --controller ADDR --controller-ca FILE --token-file FILE    an ingress gateway
 //	nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json]
 //	nodeproxy capture list [-o json]   what capture has attached, per pod
 //	nodeproxy capture uninstall        remove every program, link and pin
@@ -28,6 +29,7 @@ func main() {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: nodeproxy run --node NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
        nodeproxy waypoint --name NAMESPACE/NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
+       nodeproxy gateway --name NAMESPACE/NAME --controller ADDR --controller-ca FILE --token-file FILE [flags]
        nodeproxy debug workloads|services|policies|certs|connections|redirect|config [-o json] [--admin ADDR]
        nodeproxy debug top [-o json] [--interval 1s] [--admin ADDR] [--metrics URL]
        nodeproxy capture list [--pin-path DIR] [-o json]
@@ -41,6 +43,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) >= 1 && args[0] == "waypoint" {
 		return runWaypoint(args[1:], stdout, stderr)
+	}
+	if len(args) >= 1 && args[0] == "gateway" {
+		return runGateway(args[1:], stdout, stderr)
 	}
 	if len(args) >= 2 && args[0] == "debug" && args[1] == "top" {
 		return runTop(args[2:], stdout, stderr)

@@ -1,19 +1,16 @@
 package observability
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 )
 
 // TestMain doubles as the clients the lab test runs inside pods (in the
@@ -22,30 +19,12 @@ import (
 // response's status code.
 func TestMain(m *testing.M) {
 	if addr := os.Getenv("OBS_DIAL"); addr != "" {
-		os.Exit(helperDial(addr))
+		os.Exit(labtest.DialLine(addr, "hello"))
 	}
 	if url := os.Getenv("OBS_GET"); url != "" {
 		os.Exit(helperGet(url))
 	}
 	os.Exit(m.Run())
-}
-
-func helperDial(addr string) int {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		fmt.Println("dial error:", err)
-		return 1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintln(c, "hello")
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		fmt.Println("read error:", err)
-		return 1
-	}
-	fmt.Print(line)
-	return 0
 }
 
 func helperGet(url string) int {
@@ -65,63 +44,9 @@ func helperGet(url string) int {
 	return 0
 }
 
-// inPod runs this test binary as a client process of pod with env.
-func inPod(t *testing.T, l *lab.Lab, pod string, env ...string) (string, bool) {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), env...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err = l.Run(cmd)
-	return strings.TrimSpace(out.String()), err == nil
-}
-
-// listenIn opens a TCP listener on port inside pod's network namespace.
-func listenIn(t *testing.T, l *lab.Lab, pod string, port int) net.Listener {
-	t.Helper()
-	var ln net.Listener
-	err := l.DoInPod(pod, func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-// serveEcho answers each connection's first line with "<pod> got=<line>".
-func serveEcho(t *testing.T, l *lab.Lab, pod string, port int) {
-	ln := listenIn(t, l, pod, port)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err == nil {
-					fmt.Fprintf(c, "%s got=%s\n", pod, strings.TrimSpace(line))
-				}
-			}()
-		}
-	}()
-}
-
 // serveHTTP answers 200, except /fail (503) and /slow (200 after 30 ms).
 func serveHTTP(t *testing.T, l *lab.Lab, pod string, port int) {
-	ln := listenIn(t, l, pod, port)
+	ln := labtest.ListenIn(t, l, pod, port)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/fail":

@@ -73,16 +73,16 @@ func upPromLab(t *testing.T) *promLab {
 		lab.Pod{Name: "db-2", Namespace: "demo", Node: "node-2", ServiceAccount: "db", Labels: map[string]string{"app": "db"}})
 	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serveEcho(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 		serveHTTP(t, l, p, 8081)
 	}
-	serveEcho(t, l, "db-2", 8080)
+	labtest.ServeEcho(t, l, "db-2", 8080)
 	if err := l.ApplyConfig(t.Context(), "waypoint", []byte(waypointFiles)); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("lab up with its waypoint in %v", time.Since(start).Round(time.Millisecond))
 	p := startPrometheus(t, l)
-	if v, err := p.waitSeries(t, `count(up == 1) == 4`, time.Now().Add(15*time.Second)); err != nil || len(v) == 0 {
+	if v, err := p.WaitQuery(t.Context(), `count(up == 1) == 4`, time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
 		all, _ := p.Query(t.Context(), "up")
 		t.Fatalf("prometheus does not scrape all 4 targets of the lab: %v %v", err, all)
 	}
@@ -96,7 +96,7 @@ func upPromLab(t *testing.T) *promLab {
 	// Every target scraped at least a second after the first round (the
 	// proxies count a connection as it closes).
 	after := time.Now().Add(time.Second)
-	if v, err := p.waitSeries(t, fmt.Sprintf(`count(timestamp(up) > %.3f) == 4`, float64(after.UnixMilli())/1000), time.Now().Add(15*time.Second)); err != nil || len(v) == 0 {
+	if v, err := p.WaitQuery(t.Context(), fmt.Sprintf(`count(timestamp(up) > %.3f) == 4`, float64(after.UnixMilli())/1000), time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
 		t.Fatalf("prometheus did not scrape the 4 targets after the first round of traffic: %v", err)
 	}
 	traffic := time.Now()
@@ -121,7 +121,7 @@ func sendTraffic(t *testing.T, l *lab.Lab) {
 		path, code string
 		n          int
 	}{{"/hello", "200", 20}, {"/slow", "200", 5}, {"/fail", "503", 4}, {"/admin/x", "403", 3}} {
-		out, ok := inPod(t, l, "client-1", "OBS_GET=http://10.96.0.20:81"+c.path, fmt.Sprint("OBS_COUNT=", c.n))
+		out, ok := labtest.RunSelf(t, l, "client-1", "OBS_GET=http://10.96.0.20:81"+c.path, fmt.Sprint("OBS_COUNT=", c.n))
 		if got := codes(out); !ok || got[c.code] != c.n {
 			t.Errorf("client-1 GET %s x%d through the waypoint: %q, want %d x %s", c.path, c.n, out, c.n, c.code)
 		}
@@ -130,17 +130,17 @@ func sendTraffic(t *testing.T, l *lab.Lab) {
 	// tunnel to a pod (db-2, no policy) on the other and on the same node.
 	for _, dst := range []string{"10.96.0.20:80", db2.IPv4.String() + ":8080"} {
 		for _, pod := range []string{"client-1", "client-2"} {
-			if out, ok := inPod(t, l, pod, "OBS_DIAL="+dst); !ok || !strings.Contains(out, "got=hello") {
+			if out, ok := labtest.RunSelf(t, l, pod, "OBS_DIAL="+dst); !ok || !strings.Contains(out, "got=hello") {
 				t.Errorf("%s -> %s: %q", pod, dst, out)
 			}
 		}
 	}
 	// server-1 as a client too, so its outbound side has traffic.
-	if out, ok := inPod(t, l, "server-1", "OBS_DIAL="+db2.IPv4.String()+":8080"); !ok || !strings.Contains(out, "got=hello") {
+	if out, ok := labtest.RunSelf(t, l, "server-1", "OBS_DIAL="+db2.IPv4.String()+":8080"); !ok || !strings.Contains(out, "got=hello") {
 		t.Errorf("server-1 -> db-2: %q", out)
 	}
 	// A connection the servers' node proxy refuses (AccessPolicy no-other).
-	if out, ok := inPod(t, l, "other-1", "OBS_DIAL="+server1.IPv4.String()+":8080"); ok && strings.Contains(out, "got=") {
+	if out, ok := labtest.RunSelf(t, l, "other-1", "OBS_DIAL="+server1.IPv4.String()+":8080"); ok && strings.Contains(out, "got=") {
 		t.Errorf("other-1 -> server-1 was not denied: %q", out)
 	}
 }
@@ -262,23 +262,16 @@ func startPrometheus(t *testing.T, l *lab.Lab) *promServer {
 	return p
 }
 
+// hasSeries is the condition of a query that holds when it has an answer
+// at all (a comparison such as count(...) == 4 has none while false).
+func hasSeries(ss []promtest.Sample) bool { return len(ss) > 0 }
+
 func mustAbs(t *testing.T, p string) string {
 	a, err := filepath.Abs(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return a
-}
-
-// waitSeries polls q until it has a series or the deadline passes.
-func (p *promServer) waitSeries(t *testing.T, q string, until time.Time) ([]promtest.Sample, error) {
-	for {
-		v, err := p.Query(t.Context(), q)
-		if err != nil || len(v) > 0 || time.Now().After(until) {
-			return v, err
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
 }
 
 // quietRules are the recording rules the lab's traffic leaves at zero.
@@ -317,15 +310,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			ok := func(ss []promtest.Sample) bool {
 				return slices.ContainsFunc(ss, func(s promtest.Sample) bool { return promtest.IsNumber(s.Val()) && (mayBeZero || s.Val() != "0") })
 			}
-			var got []promtest.Sample
-			var err error
-			for {
-				got, err = p.Query(t.Context(), q)
-				if err != nil || ok(got) || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
+			got, err := p.WaitQuery(t.Context(), q, deadline, ok)
 			if err != nil {
 				t.Errorf("%s: %v", q, err)
 				continue
@@ -387,38 +372,18 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			}
 			for _, pn := range panels(d) {
 				panelsRun++
-				var nonZero, failed bool
-				var n int
-				for !failed {
-					nonZero, n = false, 0
-					for _, qy := range pn.Queries {
-						q := resolve(d.UID, qy.Expr)
-						ss, err := p.QueryRange(t.Context(), q, from, time.Second)
-						if err != nil {
-							t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
-							failed = true
-							continue
-						}
-						n += len(ss)
-						for _, s := range ss {
-							for _, v := range s.Values {
-								if str, _ := v[1].(string); promtest.IsNumber(str) && str != "0" {
-									nonZero = true
-								}
-							}
-						}
-					}
-					if n > 0 && (nonZero || pn.Quiet) || time.Now().After(deadline) {
-						break
-					}
-					time.Sleep(500 * time.Millisecond)
+				qs := make([]string, len(pn.Queries))
+				for i, qy := range pn.Queries {
+					qs[i] = resolve(d.UID, qy.Expr)
 				}
+				got, err := p.WaitRangeData(t.Context(), qs, from, time.Second, pn.Quiet, deadline)
 				switch {
-				case failed:
-				case n == 0:
-					t.Errorf("%s / %s: no series after the lab's traffic (%s)", d.Title, pn.Title, resolve(d.UID, pn.Queries[0].Expr))
-				case !nonZero && !pn.Quiet:
-					t.Errorf("%s / %s: %d series, all zero over the lab's traffic (%s)", d.Title, pn.Title, n, resolve(d.UID, pn.Queries[0].Expr))
+				case err != nil:
+					t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
+				case got.Series == 0:
+					t.Errorf("%s / %s: no series after the lab's traffic (%s)", d.Title, pn.Title, qs[0])
+				case got.NonZero == "" && !pn.Quiet:
+					t.Errorf("%s / %s: %d series, all zero over the lab's traffic (%s)", d.Title, pn.Title, got.Series, qs[0])
 				}
 			}
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // The iperf3 samples in testdata are real output of iperf3 3.12 (-J) on
@@ -259,6 +260,7 @@ func TestRRLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sticky.Close()
+	checked := make(chan struct{})
 	go func() {
 		c, err := sticky.Accept()
 		if err != nil {
@@ -268,16 +270,15 @@ func TestRRLoopback(t *testing.T) {
 		buf := make([]byte, rrHeader+1)
 		if _, err := io.ReadFull(c, buf); err == nil {
 			_, _ = c.Write([]byte{0})
-			time.Sleep(time.Second)
+			<-checked // keeps the connection until CloseCheck has given up
 		}
 	}()
 	if _, err := CloseCheck(ctx, sticky.Addr().String(), 200*time.Millisecond); err == nil || !strings.Contains(err.Error(), "did not reach the client") {
 		t.Errorf("CloseCheck against a proxy that keeps the connection: %v", err)
 	}
+	close(checked)
 	// Nothing listens here any more.
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := dead.Addr().String()
-	dead.Close()
+	addr := testutil.FreeAddr(t)
 	if _, err := Probe(ctx, addr, 300*time.Millisecond, false); err == nil {
 		t.Error("Probe of a closed port succeeded")
 	}

@@ -115,6 +115,16 @@ func addResource(b *meshconfig.Builder, r *pb.Resource, all map[Ref]*pb.Resource
 		return b.AddRoute(routeFromPB(meshconfig.KindHTTPRoute, k.HttpRoute))
 	case *pb.Resource_GrpcRoute:
 		return b.AddRoute(routeFromPB(meshconfig.KindGRPCRoute, k.GrpcRoute))
+	case *pb.Resource_TlsRoute:
+		return b.AddRoute(routeFromPB(meshconfig.KindTLSRoute, k.TlsRoute))
+	case *pb.Resource_TcpRoute:
+		return b.AddRoute(routeFromPB(meshconfig.KindTCPRoute, k.TcpRoute))
+	case *pb.Resource_Gateway:
+		g, err := gatewayFromPB(k.Gateway)
+		if err != nil {
+			return err
+		}
+		return b.AddGateway(g)
 	case nil:
 		return errors.New("resource has no kind set")
 	}
@@ -283,6 +293,12 @@ func typeName(t pb.ResourceType) string {
 		return "HTTPRoute"
 	case pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE:
 		return "GRPCRoute"
+	case pb.ResourceType_RESOURCE_TYPE_GATEWAY:
+		return "Gateway"
+	case pb.ResourceType_RESOURCE_TYPE_TLS_ROUTE:
+		return "TLSRoute"
+	case pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE:
+		return "TCPRoute"
 	}
 	return t.String()
 }
@@ -310,6 +326,12 @@ func kindMatches(r *pb.Resource) bool {
 		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE
 	case *pb.Resource_GrpcRoute:
 		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE
+	case *pb.Resource_Gateway:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_GATEWAY
+	case *pb.Resource_TlsRoute:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TLS_ROUTE
+	case *pb.Resource_TcpRoute:
+		return r.Ref.Type == pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE
 	}
 	return false
 }

@@ -1,6 +1,8 @@
 package controlclient
 
 import (
+	"fmt"
+
 	"time"
 
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
@@ -15,8 +17,13 @@ import (
 func routeFromPB(kind string, in *pb.Route) meshconfig.Route {
 	r := meshconfig.Route{Kind: kind, Namespace: in.Namespace, Name: in.Name, Created: fromUnixNano(in.CreatedUnixNano)}
 	for _, p := range in.Parents {
+		if p.Gateway {
+			r.Parents = append(r.Parents, meshconfig.RouteParent{Gateway: p.Namespace + "/" + p.Name, SectionName: p.SectionName, Port: port16(p.Port)})
+			continue
+		}
 		r.Parents = append(r.Parents, meshconfig.RouteParent{Service: p.Namespace + "/" + p.Name, Port: port16(p.Port)})
 	}
+	r.Hostnames = in.Hostnames
 	for _, rule := range in.Rules {
 		r.Rules = append(r.Rules, ruleFromPB(rule))
 	}
@@ -180,4 +187,24 @@ func trafficPolicyFromPB(in *pb.TrafficPolicy) meshconfig.TrafficPolicy {
 			AbortHTTPStatus: int(f.AbortHttpStatus), AbortGRPCStatus: int(f.AbortGrpcStatus)}
 	}
 	return p
+}
+
+// gatewayFromPB reads a Gateway with its listeners' key pairs.
+func gatewayFromPB(in *pb.Gateway) (meshconfig.Gateway, error) {
+	ips, err := addrs(in.Addresses)
+	if err != nil {
+		return meshconfig.Gateway{}, err
+	}
+	g := meshconfig.Gateway{Namespace: in.Namespace, Name: in.Name, Addresses: ips}
+	for _, l := range in.Listeners {
+		if l.Port == 0 || l.Port > 65535 {
+			return g, fmt.Errorf("gateway %s/%s: listener %s: port %d out of range 1-65535", in.Namespace, in.Name, l.Name, l.Port)
+		}
+		ml := meshconfig.Listener{Name: l.Name, Port: uint16(l.Port), Protocol: l.Protocol, Hostname: l.Hostname, RoutesFrom: l.RoutesFrom, Problem: l.Problem}
+		for _, c := range l.Certificates {
+			ml.Certificates = append(ml.Certificates, meshconfig.Certificate{Secret: c.Secret, CertPEM: c.CertPem, KeyPEM: c.KeyPem})
+		}
+		g.Listeners = append(g.Listeners, ml)
+	}
+	return g, nil
 }

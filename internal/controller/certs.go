@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/ambit-mesh/ambit/api/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
 // certServer implements the Certificates service.
@@ -54,7 +55,17 @@ func (s certServer) CreateCertificate(ctx context.Context, req *pb.CreateCertifi
 	if cfg == nil {
 		return refuse(codes.Unavailable, "the controller has no mesh configuration yet; cannot tell which workloads run on node %s", node)
 	}
-	if wpKey, ok := ParseWaypointPrincipal(node); ok {
+	if gwKey, ok := ParseGatewayPrincipal(node); ok {
+		ns, name, _ := strings.Cut(gwKey, "/")
+		if cfg.Gateway(ns, name) == nil {
+			return refuse(codes.PermissionDenied, "gateway %s is not declared (configuration %s); declare the Gateway (of a GatewayClass with controllerName %s) first", gwKey, cfg.Version, meshconfig.GatewayControllerName)
+		}
+		// A gateway's service account has the Gateway's name, as a
+		// waypoint's has the Waypoint's.
+		if want := WaypointID(id.TrustDomain(), ns, name); id != want {
+			return refuse(codes.PermissionDenied, "gateway %s gets certificates only for its own identity %s, not %s", gwKey, want, id)
+		}
+	} else if wpKey, ok := ParseWaypointPrincipal(node); ok {
 		ns, name, _ := strings.Cut(wpKey, "/")
 		if cfg.Waypoint(ns, name) == nil {
 			return refuse(codes.PermissionDenied, "waypoint %s is not declared (configuration %s); declare the Waypoint first", wpKey, cfg.Version)

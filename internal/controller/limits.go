@@ -184,6 +184,9 @@ func describePrincipal(p string) string {
 	if key, ok := ParseWaypointPrincipal(p); ok {
 		return "waypoint " + key
 	}
+	if key, ok := ParseGatewayPrincipal(p); ok {
+		return "gateway " + key
+	}
 	return "node " + p
 }
 

@@ -13,21 +13,37 @@ import (
 func routeToPB(r *meshconfig.Route) *pb.Resource {
 	out := &pb.Route{Namespace: r.Namespace, Name: r.Name, CreatedUnixNano: unixNano(r.Created)}
 	for _, p := range r.Parents {
+		if p.Gateway != "" {
+			ns, name, _ := strings.Cut(p.Gateway, "/")
+			out.Parents = append(out.Parents, &pb.RouteParent{Namespace: ns, Name: name, Port: uint32(p.Port), Gateway: true, SectionName: p.SectionName})
+			continue
+		}
 		ns, name, _ := strings.Cut(p.Service, "/")
 		out.Parents = append(out.Parents, &pb.RouteParent{Namespace: ns, Name: name, Port: uint32(p.Port)})
 	}
+	out.Hostnames = r.Hostnames
 	for i := range r.Rules {
 		out.Rules = append(out.Rules, ruleToPB(&r.Rules[i]))
 	}
-	if r.GRPC() {
+	switch r.Kind {
+	case meshconfig.KindGRPCRoute:
 		return &pb.Resource{Kind: &pb.Resource_GrpcRoute{GrpcRoute: out}}
+	case meshconfig.KindTLSRoute:
+		return &pb.Resource{Kind: &pb.Resource_TlsRoute{TlsRoute: out}}
+	case meshconfig.KindTCPRoute:
+		return &pb.Resource{Kind: &pb.Resource_TcpRoute{TcpRoute: out}}
 	}
 	return &pb.Resource{Kind: &pb.Resource_HttpRoute{HttpRoute: out}}
 }
 
 func routeType(r *meshconfig.Route) pb.ResourceType {
-	if r.GRPC() {
+	switch r.Kind {
+	case meshconfig.KindGRPCRoute:
 		return pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE
+	case meshconfig.KindTLSRoute:
+		return pb.ResourceType_RESOURCE_TYPE_TLS_ROUTE
+	case meshconfig.KindTCPRoute:
+		return pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE
 	}
 	return pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE
 }

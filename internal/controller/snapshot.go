@@ -153,6 +153,10 @@ func buildSnapshot(seq uint64, cfg *meshconfig.Config, roots []*x509.Certificate
 		msg.Ref = &pb.ResourceRef{Type: k.typ, Name: k.name}
 		s.scoped[k] = newRes(msg)
 	}
+	for _, g := range cfg.Gateways {
+		k := resKey{pb.ResourceType_RESOURCE_TYPE_GATEWAY, g.Key()}
+		s.scoped[k] = newRes(&pb.Resource{Ref: &pb.ResourceRef{Type: k.typ, Name: k.name}, Kind: &pb.Resource_Gateway{Gateway: gatewayToPB(g)}})
+	}
 	for _, w := range cfg.Workloads {
 		k := resKey{pb.ResourceType_RESOURCE_TYPE_WORKLOAD, w.Key()}
 		e := &workloadEntry{w: w}
@@ -220,7 +224,9 @@ func (s *snapshot) supersede() {
 // receives. A node proxy (viewer: its node) gets the access policies that
 // select a workload on its node. A waypoint (viewer: its principal,
 // "waypoint/<ns>/<name>") gets the access policies of its namespace and
-// the traffic policies and routes of the Services it serves.
+// the traffic policies and routes of the Services it serves. A gateway
+// (viewer "gateway/<ns>/<name>") gets its own Gateway, the routes attached
+// to it and every traffic policy.
 func (s *snapshot) applicablePolicies(node string) map[resKey]bool {
 	s.mu.Lock()
 	if m, ok := s.applicable[node]; ok {
@@ -243,6 +249,19 @@ func (s *snapshot) applicablePolicies(node string) map[resKey]bool {
 		}
 		for _, r := range s.cfg.Routes {
 			if slices.ContainsFunc(r.Parents, func(p meshconfig.RouteParent) bool { return served[p.Service] }) {
+				m[resKey{routeType(r), r.Key()}] = true
+			}
+		}
+	}
+	if gw, ok := ParseGatewayPrincipal(node); ok {
+		if ns, name, _ := strings.Cut(gw, "/"); s.cfg.Gateway(ns, name) != nil {
+			m[resKey{pb.ResourceType_RESOURCE_TYPE_GATEWAY, gw}] = true
+		}
+		for _, tp := range s.cfg.TrafficPolicies {
+			m[resKey{pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, tp.Key()}] = true
+		}
+		for _, r := range s.cfg.Routes {
+			if routeOnGateway(r, gw) {
 				m[resKey{routeType(r), r.Key()}] = true
 			}
 		}
@@ -299,7 +318,8 @@ func (s *snapshot) view(node string, k resKey, pols map[resKey]bool) (*res, bool
 			return nil, false
 		}
 		return s.policies[k.name].res, true
-	case pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE, pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE:
+	case pb.ResourceType_RESOURCE_TYPE_TRAFFIC_POLICY, pb.ResourceType_RESOURCE_TYPE_HTTP_ROUTE, pb.ResourceType_RESOURCE_TYPE_GRPC_ROUTE, pb.ResourceType_RESOURCE_TYPE_GATEWAY,
+		pb.ResourceType_RESOURCE_TYPE_TLS_ROUTE, pb.ResourceType_RESOURCE_TYPE_TCP_ROUTE:
 		if !pols[k] {
 			return nil, false
 		}

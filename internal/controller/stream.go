@@ -89,9 +89,10 @@ func (s configServer) Stream(stream pb.Config_StreamServer) error {
 		return err
 	}
 	_, isWaypoint := ParseWaypointPrincipal(node)
+	_, isGateway := ParseGatewayPrincipal(node)
 	pc := c.register(info, ctx)
 	pc.viewer = info.Node
-	if isWaypoint {
+	if isWaypoint || isGateway {
 		pc.viewer = node
 	}
 	defer c.unregister(pc)
@@ -225,9 +226,18 @@ func (c *Controller) answer(pc *proxyConn, req *pb.ConfigRequest, log interface 
 // principal).
 func (c *Controller) admitProxy(node string, info *pb.ProxyInfo) error {
 	wpKey, isWaypoint := ParseWaypointPrincipal(node)
+	gwKey, isGateway := ParseGatewayPrincipal(node)
 	switch {
 	case info == nil:
 		return status.Error(codes.InvalidArgument, "the first request of a Config stream must carry ProxyInfo")
+	case isGateway && (info.Kind != pb.ProxyKind_PROXY_KIND_GATEWAY || info.Name != gwKey):
+		c.metrics.authFailures.Inc()
+		return status.Errorf(codes.PermissionDenied, "the credential belongs to gateway %s, but the proxy says it is %v %q; check --name and --token-file", gwKey, info.Kind, info.Name)
+	case isGateway:
+		return nil
+	case info.Kind == pb.ProxyKind_PROXY_KIND_GATEWAY:
+		c.metrics.authFailures.Inc()
+		return status.Errorf(codes.PermissionDenied, "credential %q cannot run a gateway; give the gateway its own credential (bootstrap token %q, or its service account token)", node, GatewayPrincipal("<namespace>", "<name>"))
 	case isWaypoint && (info.Kind != pb.ProxyKind_PROXY_KIND_WAYPOINT || info.Name != wpKey):
 		c.metrics.authFailures.Inc()
 		return status.Errorf(codes.PermissionDenied, "the credential belongs to waypoint %s, but the proxy says it is %v %q; check --name and --token-file", wpKey, info.Kind, info.Name)
@@ -304,6 +314,8 @@ func kindName(k pb.ProxyKind) string {
 		return "node"
 	case pb.ProxyKind_PROXY_KIND_WAYPOINT:
 		return "waypoint"
+	case pb.ProxyKind_PROXY_KIND_GATEWAY:
+		return "gateway"
 	}
 	return k.String()
 }

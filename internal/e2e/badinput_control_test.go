@@ -19,6 +19,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/admin"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/meshspec"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // Bad input, part of TestPrivilegedBadInput (badinput_test.go): the
@@ -50,13 +51,7 @@ func (s *badLab) restartController(t *testing.T, between func()) {
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for processAlive(old) {
-		if time.Now().After(deadline) {
-			t.Fatal("the controller is still running 5s after SIGKILL")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitForWithin(t, 5*time.Second, "the controller to end after SIGKILL", func() bool { return !processAlive(old) })
 	between()
 	logf, err := os.OpenFile(lab.ControllerLog(s.l.StateDir()), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -88,20 +83,16 @@ func (s *badLab) restartController(t *testing.T, between func()) {
 		t.Fatal(err)
 	}
 	client := lab.NodeHTTPClient(s.ctl.NetNSPath, 2*time.Second)
-	deadline = time.Now().Add(15 * time.Second)
-	for {
+	testutil.Eventually(t, 15*time.Second, "the restarted controller to be ready", func() string {
 		resp, err := client.Get("http://" + s.addr(s.ctl.IPv4, 15021) + "/healthz/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return
+				return ""
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the restarted controller is not ready after 15s:\n%s", tailFile(lab.ControllerLog(s.l.StateDir()), 20))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return "its log ends:\n" + tailFile(lab.ControllerLog(s.l.StateDir()), 20)
+	})
 }
 
 func tailFile(path string, n int) string {
@@ -213,7 +204,6 @@ spec:
 	// Existing connections were not touched.
 	s.say(t, "controller back")
 	// The new controller process is the one to watch from now on.
-	time.Sleep(300 * time.Millisecond)
 	s.baseline(t, "controller")
 }
 
@@ -294,7 +284,7 @@ func (s *badLab) tunnels(t *testing.T) map[uint16]bool {
 func (s *badLab) certExpiry(t *testing.T) {
 	wait := time.Until(s.certsNotAfter) + time.Second
 	t.Logf("waiting %s for every certificate of the start (latest NotAfter %s) to expire", wait.Round(time.Millisecond), s.certsNotAfter.Format(time.TimeOnly))
-	time.Sleep(wait)
+	time.Sleep(wait) // the condition is the wall clock passing NotAfter
 	// The connection opened at the start rides a tunnel whose
 	// certificates (both ends) have expired: it keeps working.
 	s.say(t, "after expiry")

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 )
 
 // Tools of the bad-input suite (badinput_test.go): a frame-level HTTP/2
@@ -404,16 +405,7 @@ type probeConn struct {
 func serveProbe(t *testing.T, l *lab.Lab, pod string, port int) *probeServer {
 	t.Helper()
 	ps := &probeServer{pod: pod, changed: make(chan struct{}), conns: map[string]*probeConn{}}
-	var ln net.Listener
-	err := l.DoInPod(pod, func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := labtest.ListenIn(t, l, pod, port)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -547,15 +539,7 @@ type podClient struct {
 // startBadClient starts the vanishing client in pod towards addr.
 func startBadClient(t *testing.T, l *lab.Lab, pod, addr, id string, linger0 bool) *podClient {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_BAD_DIAL="+addr, "E2E_BAD_ID="+id)
+	cmd := labtest.SelfCommand(t, l, pod, "E2E_BAD_DIAL="+addr, "E2E_BAD_ID="+id)
 	if linger0 {
 		cmd.Env = append(cmd.Env, "E2E_BAD_LINGER0=1")
 	}

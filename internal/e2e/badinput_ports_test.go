@@ -23,6 +23,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // Bad input, part of TestPrivilegedBadInput (badinput_test.go): garbage
@@ -481,17 +482,11 @@ func (s *badLab) proxyPorts(t *testing.T) {
 	}
 	// No descriptor growth: back to where it was before the connection
 	// opened (give or take the pool's own), however many attempts.
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		u, err := s.usage("node-2")
-		if err == nil && u.fds <= fds0.fds+2 {
-			t.Logf("node-2 descriptors: %d before %d attempts, %d after", fds0.fds, 3*len(targets), u.fds)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("node-2 holds %d descriptors 3s after %d refused attempts; %d before (%v)\n%s", u.fds, 3*len(targets), fds0.fds, err, s.fdSummary("node-2"))
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	var u usage
+	var err error
+	if testutil.Poll(3*time.Second, 100*time.Millisecond, func() bool { u, err = s.usage("node-2"); return err == nil && u.fds <= fds0.fds+2 }) {
+		t.Logf("node-2 descriptors: %d before %d attempts, %d after", fds0.fds, 3*len(targets), u.fds)
+	} else {
+		t.Errorf("node-2 holds %d descriptors 3s after %d refused attempts; %d before (%v)\n%s", u.fds, 3*len(targets), fds0.fds, err, s.fdSummary("node-2"))
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const (
@@ -150,7 +151,7 @@ func newBadLab(t *testing.T) *badLab {
 	s.clientSVID = svid(t, s.labCA, s.clientID)
 
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 	}
 	s.probe = serveProbe(t, l, "server-2", probePort)
 	s.held = hold(t, l, "client-1", s.addr(s.server2, probePort))
@@ -165,7 +166,6 @@ func newBadLab(t *testing.T) *badLab {
 	if len(s.earlyTunnels) == 0 {
 		t.Fatal("client-1 has no tunnel connection to server-2 although the held connection is open")
 	}
-	time.Sleep(500 * time.Millisecond)
 	for _, d := range daemons {
 		s.baseline(t, d)
 	}
@@ -176,12 +176,24 @@ func newBadLab(t *testing.T) *badLab {
 // checks: the node proxies and the controller.
 var daemons = []string{"node-1", "node-2", "controller"}
 
-// baseline records daemon's descriptors and goroutines now.
+// baseline records daemon's descriptors and goroutines once they stop
+// changing.
 func (s *badLab) baseline(t *testing.T, daemon string) {
 	t.Helper()
-	u, err := s.usage(daemon)
+	// What the warm-up or a restart set going (closing connections,
+	// finishing goroutines) is over once two readings in a row agree.
+	var u, prev usage
+	var err error
+	steady := testutil.Poll(settleWithin, 200*time.Millisecond, func() bool {
+		prev = u
+		u, err = s.usage(daemon)
+		return err != nil || u == prev
+	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !steady {
+		t.Logf("%s still changing after %v (last %d descriptors, %d goroutines before): the baseline is the last reading", daemon, settleWithin, prev.fds, prev.goroutines)
 	}
 	s.base[daemon] = u
 	t.Logf("%s baseline: %d descriptors, %d goroutines", daemon, u.fds, u.goroutines)
@@ -276,19 +288,12 @@ func (s *badLab) settle(t *testing.T) {
 	t.Helper()
 	for _, node := range daemons {
 		base := s.base[node]
-		deadline := time.Now().Add(settleWithin)
 		var u usage
 		var err error
-		for {
+		testutil.Poll(settleWithin, 200*time.Millisecond, func() bool {
 			u, err = s.usage(node)
-			if err == nil && u.fds <= base.fds+fdSlack && u.goroutines <= base.goroutines+goroutineSlack {
-				break
-			}
-			if time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return err == nil && u.fds <= base.fds+fdSlack && u.goroutines <= base.goroutines+goroutineSlack
+		})
 		switch {
 		case err != nil:
 			t.Errorf("%s: %v", node, err)
@@ -357,18 +362,17 @@ func (s *badLab) logSince(node string, mark int64) string {
 // waitLogLine waits up to 3s for a line after mark in node's log that
 // contains every one of subs, and returns it.
 func (s *badLab) waitLogLine(node string, mark int64, subs ...string) (string, bool) {
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	var found string
+	ok := testutil.Poll(3*time.Second, 50*time.Millisecond, func() bool {
 		for _, line := range strings.Split(s.logSince(node, mark), "\n") {
 			if containsAll(line, subs...) {
-				return line, true
+				found = line
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			return "", false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	})
+	return found, ok
 }
 
 func containsAll(s string, subs ...string) bool {
@@ -401,14 +405,9 @@ func (s *badLab) denied(t *testing.T, node, reason string) float64 {
 // want, and returns the last count.
 func (s *badLab) waitDenied(t *testing.T, node, reason string, want float64) float64 {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		got := s.denied(t, node, reason)
-		if got >= want || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var got float64
+	testutil.Poll(3*time.Second, 50*time.Millisecond, func() bool { got = s.denied(t, node, reason); return got >= want })
+	return got
 }
 
 // meshTLS is a client configuration with a mesh certificate of the lab

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // Bad input, part of TestPrivilegedBadInput (badinput_test.go): peers
@@ -36,18 +37,10 @@ func (s *badLab) connsTo(t *testing.T, node, dst string) []admin.Connection {
 // dst other than the held one.
 func (s *badLab) noneLeft(t *testing.T, dst string, keep int) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
 	for _, node := range []string{"node-1", "node-2"} {
-		for {
-			cs := s.connsTo(t, node, dst)
-			if len(cs) <= keep {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%s still lists %d connections to %s (want %d): %+v", node, len(cs), dst, keep, cs)
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
+		var cs []admin.Connection
+		if !testutil.Poll(3*time.Second, 50*time.Millisecond, func() bool { cs = s.connsTo(t, node, dst); return len(cs) <= keep }) {
+			t.Errorf("%s still lists %d connections to %s (want %d): %+v", node, len(cs), dst, keep, cs)
 		}
 	}
 }

@@ -61,8 +61,8 @@ func TestPrivilegedConsole(t *testing.T) {
 	}
 	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
-		serve(t, l, p, 8083)
+		labtest.ServeEcho(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8083)
 		serveHTTP(t, l, p, 8081)
 	}
 	if err := l.ApplyConfig(t.Context(), "console", []byte(consoleFiles)); err != nil {

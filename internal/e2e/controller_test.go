@@ -24,7 +24,7 @@ import (
 // the proxies keep serving when the controller is gone.
 func TestPrivilegedControllerFeedsTheLab(t *testing.T) {
 	l := labtest.New(t, nil, labtest.WithMesh())
-	serve(t, l, "server-2", 8080)
+	labtest.ServeEcho(t, l, "server-2", 8080)
 	server2 := net.JoinHostPort(ip4(t, l, "server-2").String(), "8080")
 	ctl, ok := l.Controller()
 	if !ok {
@@ -122,13 +122,12 @@ spec:
 
 	// A broken edit is refused by the controller and changes nothing.
 	writeAtomic(t, deny, []byte("apiVersion: ambit.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: x, namespace: demo}\nspec: {action: MAYBE}\n"))
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(admin("/config_dump"), "50-deny.yaml:") {
-		if time.Now().After(deadline) {
-			t.Fatalf("controller does not report the broken file: %s", admin("/config_dump"))
+	testutil.Eventually(t, testutil.Timeout, "the controller to report the broken file", func() string {
+		if dump := admin("/config_dump"); !strings.Contains(dump, "50-deny.yaml:") {
+			return dump
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ""
+	})
 	os.Remove(deny)
 
 	// The controller goes away: the proxies keep their configuration and
@@ -155,14 +154,10 @@ spec:
 // waitVersions waits until both node proxies run configuration v.
 func waitVersions(t *testing.T, l *lab.Lab, v string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
 	for _, node := range []string{"node-1", "node-2"} {
-		for !strings.Contains(get(t, l, node, "http://127.0.0.1:15000/config_dump"), `"version": "`+v+`"`) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s does not run version %s", node, v)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.WaitFor(t, node+" to run configuration version "+v, func() bool {
+			return strings.Contains(get(t, l, node, "http://127.0.0.1:15000/config_dump"), `"version": "`+v+`"`)
+		})
 	}
 }
 

@@ -12,9 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,13 +25,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/net/http2"
 
 	"github.com/ambit-mesh/ambit/internal/clock"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
-	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -42,30 +38,12 @@ import (
 // newline, and prints the server's one-line answer.
 func TestMain(m *testing.M) {
 	if addr := os.Getenv("E2E_DIAL"); addr != "" {
-		os.Exit(helperDial(addr, os.Getenv("E2E_SEND")))
+		os.Exit(labtest.DialLine(addr, os.Getenv("E2E_SEND")))
 	}
 	if addr := os.Getenv("E2E_HOLD"); addr != "" {
 		os.Exit(helperHold(addr))
 	}
 	os.Exit(m.Run())
-}
-
-func helperDial(addr, send string) int {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		fmt.Println("dial error:", err)
-		return 1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintln(c, send)
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		fmt.Println("read error:", err)
-		return 1
-	}
-	fmt.Print(line)
-	return 0
 }
 
 // helperHold keeps one connection open: for each line on stdin it sends
@@ -105,61 +83,10 @@ func topology() *lab.Topology {
 	return t
 }
 
-// serve runs an echo server inside pod on port: each connection gets
-// "<pod> remote=<client ip> got=<line>".
-func serve(t *testing.T, l *lab.Lab, pod string, port int) {
-	t.Helper()
-	var lns []net.Listener
-	err := l.DoInPod(pod, func() error {
-		ln, err := net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		lns = append(lns, ln)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ln := range lns {
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(30 * time.Second))
-					r := bufio.NewReader(c)
-					ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-					for {
-						line, err := r.ReadString('\n')
-						if err != nil {
-							return
-						}
-						fmt.Fprintf(c, "%s remote=%s got=%s\n", pod, ra, strings.TrimSpace(line))
-					}
-				}()
-			}
-		}()
-	}
-}
-
 // dial runs the client helper as a process of pod.
 func dial(t *testing.T, l *lab.Lab, pod string, dst string, send string) (string, bool) {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_DIAL="+dst, "E2E_SEND="+send)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err = l.Run(cmd)
-	return strings.TrimSpace(out.String()), err == nil
+	return labtest.RunSelf(t, l, pod, "E2E_DIAL="+dst, "E2E_SEND="+send)
 }
 
 func ip4(t *testing.T, l *lab.Lab, pod string) netip.Addr {
@@ -173,7 +100,7 @@ func ip4(t *testing.T, l *lab.Lab, pod string) netip.Addr {
 func TestPrivilegedMesh(t *testing.T) {
 	l := labtest.New(t, topology(), labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2", "safe-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 	}
 	client1 := ip4(t, l, "client-1")
 	server2 := ip4(t, l, "server-2")
@@ -198,14 +125,8 @@ func TestPrivilegedMesh(t *testing.T) {
 		}
 		// The access log line is written when the connection has closed on
 		// both sides, which may come just after the client's exit.
-		var log []byte
-		for range 40 {
-			if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1")); bytes.Contains(log, []byte("direction=inbound src="+client1.String())) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if !bytes.Contains(log, []byte("direction=inbound src="+client1.String())) || !bytes.Contains(log, []byte("transport=hbone-h2")) {
+		log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "direction=inbound src="+client1.String())
+		if !strings.Contains(log, "direction=inbound src="+client1.String()) || !strings.Contains(log, "transport=hbone-h2") {
 			t.Errorf("node-1's access log shows no tunnelled inbound connection from client-1:\n%s", log)
 		}
 	})
@@ -224,14 +145,7 @@ func TestPrivilegedMesh(t *testing.T) {
 				t.Errorf("client-1 -> %s answered %q; want it refused", dst, out)
 			}
 		}
-		var log []byte
-		for range 40 {
-			if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-1")); bytes.Contains(log, []byte("reason=proxy_port")) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if !bytes.Contains(log, []byte("reason=proxy_port")) {
+		if log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "reason=proxy_port"); !strings.Contains(log, "reason=proxy_port") {
 			t.Errorf("node-1's access log gives no proxy_port refusal")
 		}
 		// Both nodes keep serving.
@@ -412,7 +326,7 @@ func TestPrivilegedMeshQUIC(t *testing.T) {
 	topo := lab.DefaultTopology()
 	topo.Mesh.Tunnel = lab.TunnelQUIC
 	l := labtest.New(t, topo, labtest.WithMesh())
-	serve(t, l, "server-2", 8080)
+	labtest.ServeEcho(t, l, "server-2", 8080)
 	client1 := ip4(t, l, "client-1")
 	secret := "quic-secret-" + fmt.Sprint(time.Now().UnixNano())
 	var out string
@@ -435,14 +349,8 @@ func TestPrivilegedMeshQUIC(t *testing.T) {
 	if len(udp) == 0 || len(tcp) != 0 {
 		t.Errorf("want QUIC on UDP 15008 and no tunnel TCP on the underlay; udp:\n%s\ntcp:\n%s", udp, tcp)
 	}
-	var log []byte
-	for range 40 {
-		if log, _ = os.ReadFile(lab.NodeProxyLog(l.StateDir(), "node-2")); bytes.Contains(log, []byte("transport=hbone-quic")) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !bytes.Contains(log, []byte("direction=inbound src="+client1.String())) || !bytes.Contains(log, []byte("transport=hbone-quic")) {
+	log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-2"), "transport=hbone-quic")
+	if !strings.Contains(log, "direction=inbound src="+client1.String()) || !strings.Contains(log, "transport=hbone-quic") {
 		t.Errorf("node-2's access log shows no QUIC inbound connection:\n%s", log)
 	}
 }
@@ -452,14 +360,9 @@ func TestPrivilegedMeshQUIC(t *testing.T) {
 // drain deadline (2s in the lab), then closes them.
 func TestPrivilegedGracefulDrain(t *testing.T) {
 	l := labtest.New(t, nil, labtest.WithMesh())
-	serve(t, l, "server-2", 8080)
+	labtest.ServeEcho(t, l, "server-2", 8080)
 	server2 := net.JoinHostPort(ip4(t, l, "server-2").String(), "8080")
-	self, _ := os.Executable()
-	cmd, err := l.Command(t.Context(), "client-1", self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_HOLD="+server2)
+	cmd := labtest.SelfCommand(t, l, "client-1", "E2E_HOLD="+server2)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := l.Start(cmd); err != nil {
@@ -501,13 +404,7 @@ func TestPrivilegedGracefulDrain(t *testing.T) {
 		t.Errorf("the open connection did not survive the start of the drain: %q", got)
 	}
 	// After the deadline the proxy has closed it and exited.
-	deadline := time.Now().Add(10 * time.Second)
-	for processAlive(proxy.PID) && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if processAlive(proxy.PID) {
-		t.Fatal("node proxy still running 10s after SIGTERM")
-	}
+	testutil.WaitFor(t, "the node proxy to exit after SIGTERM", func() bool { return !processAlive(proxy.PID) })
 	if got := say("three"); strings.HasSuffix(got, "got=three") {
 		t.Errorf("connection still carried data after the proxy exited: %q", got)
 	}
@@ -542,49 +439,14 @@ func connectHBONE(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrP
 // address (Forwarded: for=); it returns the server's answer.
 func connectHBONEFrom(l *lab.Lab, pod, addr string, cfg *tls.Config, dst netip.AddrPort, forwarded, send string) (string, error) {
 	p, _ := l.Pod(pod)
-	tr := &http2.Transport{TLSClientConfig: cfg, DialTLSContext: func(ctx context.Context, network, a string, c *tls.Config) (net.Conn, error) {
-		var raw net.Conn
-		err := netnsx.Do(p.NetNSPath, func() error {
-			var err error
-			raw, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, network, a)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		tc := tls.Client(raw, c)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
-			return nil, err
-		}
-		return tc, nil
-	}}
-	defer tr.CloseIdleConnections()
-	target := dst.String()
-	pr, pw := io.Pipe()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodConnect, "https://"+addr, pr)
-	req.Host, req.URL = target, &url.URL{Scheme: "https", Host: addr}
-	req.Header.Set("Forwarded", fmt.Sprintf("for=%q", forwarded))
-	go func() { fmt.Fprintln(pw, send) }()
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %d", resp.StatusCode)
-	}
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	line, err := testutil.HBONEConnect(p.NetNSPath, cfg, addr, dst.String(), forwarded, send, 5*time.Second)
 	if err != nil {
 		return "", err
 	}
 	if !strings.Contains(line, "got="+send) {
 		return line, fmt.Errorf("answer %q", line)
 	}
-	pw.Close()
-	return strings.TrimSpace(line), nil
+	return line, nil
 }
 
 // plaintext speaks HTTP/1.1 to addr from pod and returns what came back.
@@ -639,6 +501,28 @@ func get(t *testing.T, l *lab.Lab, node, url string) string {
 	return string(body)
 }
 
+// logWait is how long a test waits for a log line: a connection's access
+// log line comes when it has closed on both sides, which may be just after
+// the client's exit.
+const logWait = 3 * time.Second
+
+// waitLog reads the log file at path until ok holds of its content, for
+// at most logWait, and returns the last content read.
+func waitLog(path string, ok func(log string) bool) string {
+	var log string
+	testutil.Poll(logWait, 50*time.Millisecond, func() bool {
+		data, _ := os.ReadFile(path)
+		log = string(data)
+		return ok(log)
+	})
+	return log
+}
+
+// waitLogFor is waitLog until the log contains want.
+func waitLogFor(path, want string) string {
+	return waitLog(path, func(log string) bool { return strings.Contains(log, want) })
+}
+
 func grep(s, sub string) string {
 	var out []string
 	for _, line := range strings.Split(s, "\n") {
@@ -675,11 +559,11 @@ func sniffFilter(t *testing.T, l *lab.Lab, filter string, fn func()) []byte {
 		})
 	}
 	t.Cleanup(stop)
-	// Wait until tcpdump listens.
-	for i := 0; i < 100 && !strings.Contains(stderr.String(), "listening on"); i++ {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.WaitFor(t, "tcpdump to listen", func() bool { return strings.Contains(stderr.String(), "listening on") })
 	fn()
+	// A grace, not a wait on an event: packets fn's traffic put on the
+	// wire are written out before tcpdump is interrupted (nothing tells
+	// when tcpdump has read the last of them).
 	time.Sleep(200 * time.Millisecond)
 	stop()
 	data, err := os.ReadFile(file)

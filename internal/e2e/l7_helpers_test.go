@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -27,6 +26,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 )
 
 // The L7 tests' clients and servers. Clients run inside a pod (the test
@@ -260,12 +260,7 @@ func runWSJob(job l7Job) l7Result {
 func runL7(t *testing.T, l *lab.Lab, pod string, job l7Job) l7Result {
 	t.Helper()
 	spec, _ := json.Marshal(job)
-	self, _ := os.Executable()
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_L7="+string(spec))
+	cmd := labtest.SelfCommand(t, l, pod, "E2E_L7="+string(spec))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := l.Run(cmd); err != nil {
@@ -363,27 +358,14 @@ func serveL7(t *testing.T, l *lab.Lab, pod string) *l7Server {
 			s.mu.Unlock()
 			h(w, r)
 		})}
-		go srv.Serve(listenIn(t, l, pod, port))
+		go srv.Serve(labtest.ListenIn(t, l, pod, port))
 		t.Cleanup(func() { srv.Close() })
 	}
 	gs := grpc.NewServer()
 	testpb.RegisterTestServiceServer(gs, &testService{s: s})
-	go gs.Serve(listenIn(t, l, pod, portGRPC))
+	go gs.Serve(labtest.ListenIn(t, l, pod, portGRPC))
 	t.Cleanup(gs.Stop)
 	return s
-}
-
-func listenIn(t *testing.T, l *lab.Lab, pod string, port int) net.Listener {
-	t.Helper()
-	var ln net.Listener
-	if err := l.DoInPod(pod, func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
 }
 
 // Hits is how many requests the server got on port.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // l7Files is the mesh configuration of TestPrivilegedL7: a waypoint for
@@ -297,12 +298,10 @@ func TestPrivilegedL7(t *testing.T) {
 			t.Errorf("client saw %v first %q, want only the primary's (web-v1) answers", res.Counts, res.Body)
 		}
 		var seen []string
-		for range 100 {
-			if seen = servers["server-2"].Seen()[mirrored:]; len(seen) >= 5 {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.Poll(2*time.Second, 20*time.Millisecond, func() bool {
+			seen = servers["server-2"].Seen()[mirrored:]
+			return len(seen) >= 5
+		})
 		if len(seen) != 5 || seen[0] != "GET /mirror/x x-mirror-test=m1" {
 			t.Errorf("mirror backend saw %q, want the 5 requests with their header", seen)
 		}

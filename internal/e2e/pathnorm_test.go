@@ -21,6 +21,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/meshspec"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // The raw HTTP/1.1 client of the path normalization test, run inside a pod
@@ -94,12 +95,7 @@ func pathRequest(addr, host, target string) pathAnswer {
 func pathGets(t *testing.T, l *lab.Lab, pod, addr string, targets ...string) []pathAnswer {
 	t.Helper()
 	spec, _ := json.Marshal(pathJob{Addr: addr, Host: "pathnorm.demo", Targets: targets})
-	self, _ := os.Executable()
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), pathNormEnv+"="+string(spec))
+	cmd := labtest.SelfCommand(t, l, pod, pathNormEnv+"="+string(spec))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := l.Run(cmd); err != nil {
@@ -122,7 +118,7 @@ type uriRecorder struct {
 
 func (u *uriRecorder) serve(t *testing.T, l *lab.Lab, pod string, port int) {
 	t.Helper()
-	ln := listenIn(t, l, pod, port)
+	ln := labtest.ListenIn(t, l, pod, port)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		u.seen = append(u.seen, pod+" "+r.RequestURI)
@@ -261,7 +257,10 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 			}
 		}
 		// The backend received the one allowed request, normalized, and
-		// nothing of the others.
+		// nothing of the others. It records a request before it answers,
+		// so the 200 means the allowed one is in; the sleep is a
+		// deliberate hold in which a denied request that the waypoint
+		// passed on anyway (answering 403 all the same) would arrive too.
 		time.Sleep(200 * time.Millisecond)
 		seen := backend.take()
 		if len(seen) != 1 || !strings.HasSuffix(seen[0], " /public/a/b/c") {
@@ -269,15 +268,11 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 		}
 		// The waypoint's access log: the 403s are denials (DENY, the
 		// policy), the 400 is not.
-		var logData []byte
-		for range 60 {
-			logData, _ = os.ReadFile(wpLog)
-			if strings.Count(grep(string(logData), "msg=request"), "code=403") >= len(denied) && strings.Contains(grep(string(logData), "msg=request"), "code=400") {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		for _, line := range strings.Split(grep(string(logData), "msg=request"), "\n") {
+		logData := waitLog(wpLog, func(log string) bool {
+			requests := grep(log, "msg=request")
+			return strings.Count(requests, "code=403") >= len(denied) && strings.Contains(requests, "code=400")
+		})
+		for _, line := range strings.Split(grep(logData, "msg=request"), "\n") {
 			switch {
 			case strings.Contains(line, "code=400") && (!strings.Contains(line, "flags=-") || strings.Contains(line, "DENY")):
 				t.Errorf("waypoint access log counts the 400 for %%00 as a denial: %s", line)
@@ -285,11 +280,11 @@ func TestPrivilegedPathNormalization(t *testing.T) {
 				t.Errorf("waypoint access log: a 403 without flags=DENY and the policy: %s", line)
 			}
 		}
-		if n := strings.Count(grep(string(logData), "msg=request"), "code=400"); n != 1 {
-			t.Errorf("waypoint access log has %d lines with code=400; want 1:\n%s", n, grep(string(logData), "msg=request"))
+		if n := strings.Count(grep(logData, "msg=request"), "code=400"); n != 1 {
+			t.Errorf("waypoint access log has %d lines with code=400; want 1:\n%s", n, grep(logData, "msg=request"))
 		}
 		for _, code := range []string{"code=400", "code=403"} {
-			line, _, _ := strings.Cut(grep(grep(string(logData), "msg=request"), code), "\n")
+			line, _, _ := strings.Cut(grep(grep(logData, "msg=request"), code), "\n")
 			flags, policy := logField(line, "flags"), logField(line, "policy")
 			t.Logf("waypoint access log, first %s line: flags=%s policy=%s", code, flags, policy)
 		}
@@ -427,13 +422,12 @@ func withPathNormalization(t *testing.T, data []byte, level string) []byte {
 // version v.
 func waitWaypointVersion(t *testing.T, l *lab.Lab, v string) {
 	t.Helper()
-	var got string
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	testutil.Eventually(t, 15*time.Second, "the waypoint to run configuration version "+v, func() string {
 		var d struct{ Version string }
 		json.Unmarshal([]byte(waypointGet(t, l, "http://127.0.0.1:15000/config_dump")), &d)
-		if got = d.Version; got == v {
-			return
+		if d.Version != v {
+			return fmt.Sprintf("it runs version %q", d.Version)
 		}
-	}
-	t.Fatalf("the waypoint runs configuration version %q, not %q", got, v)
+		return ""
+	})
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,11 +17,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 
 	"github.com/ambit-mesh/ambit/internal/jaegertest"
 	"github.com/ambit-mesh/ambit/internal/lab"
@@ -116,7 +111,8 @@ func TestPrivilegedTracingJaeger(t *testing.T) {
 		t.Fatal("no waypoint demo/wp after applying the files")
 	}
 	jq := startJaeger(t, l, w, jaegerBin)
-	clientTracer := newClientTracer(t, w)
+	// The client's spans go to the Jaeger in the waypoint pod.
+	clientTracer, flushClient := jaegertest.ClientTracer(t, w.NetNSPath, "127.0.0.1:4317", "github.com/ambit-mesh/ambit/internal/e2e")
 	td := l.TrustDomain()
 	clientID := "spiffe://" + td + "/ns/demo/sa/client"
 	serverID := "spiffe://" + td + "/ns/demo/sa/server"
@@ -128,7 +124,7 @@ func TestPrivilegedTracingJaeger(t *testing.T) {
 		res := runL7(t, l, "client-2", l7Job{Mode: "http", URL: "http://10.96.7.10/api/hello", Header: map[string]string{"traceparent": tp, "tracestate": "e2e=1"}})
 		span.SetAttributes(attribute.Int("http.response.status_code", res.Status))
 		span.End()
-		if err := clientTracer.flush(); err != nil {
+		if err := flushClient(); err != nil {
 			t.Errorf("export the client's span: %v", err)
 		}
 		if res.Status != 200 || res.Body != "front\n" || res.Header["x-echo-forward"] != "200 back" {
@@ -209,7 +205,7 @@ func TestPrivilegedTracingJaeger(t *testing.T) {
 		tp := fmt.Sprintf("00-%s-%s-01", sc.TraceID(), sc.SpanID())
 		res := runL7(t, l, "client-2", l7Job{Mode: "http", URL: "http://10.96.7.10/nowhere", Header: map[string]string{"traceparent": tp}})
 		span.End()
-		if err := clientTracer.flush(); err != nil {
+		if err := flushClient(); err != nil {
 			t.Errorf("export the client's span: %v", err)
 		}
 		if res.Status != 404 || res.Header["x-echo-name"] != "" {
@@ -329,46 +325,6 @@ func splitTraceparent(t *testing.T, tp string) (traceID, spanID string) {
 		t.Fatalf("traceparent %q is not W3C's", tp)
 	}
 	return f[1], f[2]
-}
-
-// clientTracer is the test's own tracer, service e2e-client, exporting by
-// OTLP to the Jaeger in the waypoint pod: the client's span is the
-// trace's root.
-type clientTracer struct {
-	trace.Tracer
-	p *sdktrace.TracerProvider
-}
-
-func (c clientTracer) flush() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return c.p.ForceFlush(ctx)
-}
-
-func newClientTracer(t *testing.T, w lab.WaypointInfo) clientTracer {
-	t.Helper()
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := netnsx.Do(w.NetNSPath, func() (err error) {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
-	exp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint("127.0.0.1:4317"), otlptracegrpc.WithInsecure(),
-		otlptracegrpc.WithDialOption(grpc.WithContextDialer(dial)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp),
-		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "e2e-client"))))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
-	return clientTracer{Tracer: p.Tracer("github.com/ambit-mesh/ambit/internal/e2e"), p: p}
 }
 
 // startJaeger runs Jaeger in the waypoint pod's network namespace (in the

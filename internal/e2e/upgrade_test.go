@@ -18,6 +18,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // held is a long-lived connection from a pod (the E2E_HOLD helper).
@@ -31,15 +32,7 @@ type held struct {
 // ends; say sends a line on it and returns the answer.
 func hold(t *testing.T, l *lab.Lab, pod, dst string) *held {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_HOLD="+dst)
+	cmd := labtest.SelfCommand(t, l, pod, "E2E_HOLD="+dst)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := l.Start(cmd); err != nil {
@@ -159,7 +152,7 @@ func dialOK(l *lab.Lab, self, pod, dst, send, want string) (string, bool) {
 func TestPrivilegedRollingUpgrade(t *testing.T) {
 	l := labtest.New(t, nil, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -243,10 +236,19 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 	}
 
 	t.Run("both run: new connections succeed, both processes serve", func(t *testing.T) {
+		dst := "dst=" + server2
+		logged := func() int {
+			return countAccess(oldLog, "direction=outbound", dst) + countAccess(newLog, "direction=outbound", dst)
+		}
+		before := logged()
 		checkNew(t, "both run", 12)
 		// The access log line comes at close, just after the client's exit.
-		time.Sleep(300 * time.Millisecond)
-		dst := "dst=" + server2
+		testutil.Eventually(t, testutil.Timeout, "the 12 outbound connections to server-2 in the access logs", func() string {
+			if got := logged() - before; got < 12 {
+				return fmt.Sprintf("%d logged", got)
+			}
+			return ""
+		})
 		o, n := countAccess(oldLog, "direction=outbound", dst), countAccess(newLog, "direction=outbound", dst)
 		t.Logf("client-1 -> server-2 connections closed while both run: old %d, new %d", o, n)
 		if n == 0 {
@@ -290,15 +292,37 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	made := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return total
+	}
+	// burst lets the workers make n more connections, for at most within.
+	burst := func(n int, within time.Duration) bool {
+		from := made()
+		return testutil.Poll(within, 5*time.Millisecond, func() bool { return made() >= from+n })
+	}
+	// Connections before the SIGTERM, while the old process closes its
+	// listeners (it logs "draining" just before), and after.
+	burstOK := burst(8, 5*time.Second)
 	sigterm := time.Now()
 	if err := syscall.Kill(old.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	drainLogged := testutil.Poll(time.Second, 5*time.Millisecond, func() bool {
+		log, _ := os.ReadFile(oldLog)
+		return bytes.Contains(log, []byte("msg=draining"))
+	})
+	burstOK = burstOK && burst(8, time.Second)
 	close(stop)
 	wg.Wait()
 	t.Logf("%d connections around the SIGTERM, %d failed", total, len(failures))
+	if !drainLogged {
+		t.Errorf("the old node proxy did not log the start of its drain within 1s of SIGTERM")
+	}
+	if !burstOK {
+		t.Errorf("too few connections around the SIGTERM (%d) to show none fails", total)
+	}
 	for _, f := range failures {
 		t.Errorf("connection around the SIGTERM failed: %s", f)
 	}
@@ -309,10 +333,14 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 		}
 		before := countAccess(newLog, "direction=outbound", "dst="+server2)
 		checkNew(t, "old draining", 3)
-		time.Sleep(300 * time.Millisecond)
-		if after := countAccess(newLog, "direction=outbound", "dst="+server2); after < before+3 {
-			t.Errorf("the new node proxy logged %d of the 3 new outbound connections", after-before)
-		}
+		// Within a second: the next check must still fall inside the
+		// old process's drain.
+		testutil.Eventually(t, time.Second, "the new node proxy to log the 3 new outbound connections", func() string {
+			if got := countAccess(newLog, "direction=outbound", "dst="+server2) - before; got < 3 {
+				return fmt.Sprintf("%d logged", got)
+			}
+			return ""
+		})
 	})
 
 	t.Run("held connections carry data until the old drain deadline", func(t *testing.T) {
@@ -324,13 +352,7 @@ func TestPrivilegedRollingUpgrade(t *testing.T) {
 				t.Errorf("%s, held connection %s after SIGTERM: %q", f.name, time.Since(sigterm).Round(time.Millisecond), got)
 			}
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for processAlive(old.PID) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if processAlive(old.PID) {
-			t.Fatal("the old node proxy still runs 10s after SIGTERM")
-		}
+		testutil.WaitFor(t, "the old node proxy to exit after SIGTERM", func() bool { return !processAlive(old.PID) })
 		t.Logf("old node proxy exited %s after SIGTERM", time.Since(sigterm).Round(time.Millisecond))
 		// They were the old process's: its deadline closed them.
 		for i, f := range flows {

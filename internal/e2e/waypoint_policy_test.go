@@ -33,7 +33,7 @@ func TestPrivilegedWaypointPolicy(t *testing.T) {
 	topo.Pods = append(topo.Pods, lab.Pod{Name: "other-1", Namespace: "demo", Node: "node-1", ServiceAccount: "other", Labels: map[string]string{"app": "other"}})
 	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 		serveHTTP(t, l, p, 8081)
 	}
 	td := l.TrustDomain()

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // E2E_GET=url makes the test binary an HTTP client (run inside a pod by
@@ -47,7 +47,7 @@ func init() {
 // "<pod> <method> <path> x-via=<header>".
 func serveHTTP(t *testing.T, l *lab.Lab, pod string, port int) {
 	t.Helper()
-	ln := listenIn(t, l, pod, port)
+	ln := labtest.ListenIn(t, l, pod, port)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s %s x-via=%s", pod, r.Method, r.URL.Path, r.Header.Get("x-via"))
 	})}
@@ -57,16 +57,7 @@ func serveHTTP(t *testing.T, l *lab.Lab, pod string, port int) {
 
 func httpGet(t *testing.T, l *lab.Lab, pod, url, header string) (string, bool) {
 	t.Helper()
-	self, _ := os.Executable()
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "E2E_GET="+url, "E2E_HEADER="+header)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err = l.Run(cmd)
-	return strings.TrimSpace(out.String()), err == nil
+	return labtest.RunSelf(t, l, pod, "E2E_GET="+url, "E2E_HEADER="+header)
 }
 
 // waypointGet fetches a path of the waypoint's admin (127.0.0.1:15000) or
@@ -133,7 +124,7 @@ func TestPrivilegedWaypoint(t *testing.T) {
 	}
 	l := labtest.New(t, topo, labtest.WithMesh())
 	for _, p := range []string{"server-1", "server-2"} {
-		serve(t, l, p, 8080)
+		labtest.ServeEcho(t, l, p, 8080)
 		serveHTTP(t, l, p, 8081)
 	}
 	if err := l.ApplyConfig(t.Context(), "waypoint", []byte(waypointFiles)); err != nil {
@@ -171,24 +162,14 @@ func TestPrivilegedWaypoint(t *testing.T) {
 		// waypoint's identity; the servers' node proxies got the stream
 		// from the waypoint's identity, relaying for the client's (policy
 		// applies to the client: TestPrivilegedWaypointPolicy).
-		waitLog := func(path, want string) string {
-			var data []byte
-			for range 60 {
-				if data, _ = os.ReadFile(path); bytes.Contains(data, []byte(want)) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			return string(data)
-		}
 		wantWP := "src_identity=spiffe://" + l.TrustDomain() + "/ns/demo/sa/client"
-		if log := waitLog(wpLog, wantWP); !strings.Contains(grep(log, "log=access"), "dst=10.96.0.20:80") || !strings.Contains(log, wantWP) {
+		if log := waitLogFor(wpLog, wantWP); !strings.Contains(grep(log, "log=access"), "dst=10.96.0.20:80") || !strings.Contains(log, wantWP) {
 			t.Errorf("waypoint access log has no stream from client-1 to 10.96.0.20:80:\n%s", grep(log, "log=access"))
 		}
-		if log := waitLog(lab.NodeProxyLog(l.StateDir(), "node-1"), "dst_identity="+wpID); !strings.Contains(log, "dst=10.96.0.20:80") || !strings.Contains(log, "dst_identity="+wpID) {
+		if log := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "dst_identity="+wpID); !strings.Contains(log, "dst=10.96.0.20:80") || !strings.Contains(log, "dst_identity="+wpID) {
 			t.Errorf("client node proxy did not tunnel to the waypoint:\n%s", grep(log, "10.96.0.20"))
 		}
-		servers := waitLog(lab.NodeProxyLog(l.StateDir(), "node-1"), "waypoint="+wpID) + waitLog(lab.NodeProxyLog(l.StateDir(), "node-2"), "waypoint="+wpID)
+		servers := waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-1"), "waypoint="+wpID) + waitLogFor(lab.NodeProxyLog(l.StateDir(), "node-2"), "waypoint="+wpID)
 		if !strings.Contains(grep(servers, "waypoint="+wpID), "src_identity=spiffe://"+l.TrustDomain()+"/ns/demo/sa/client ") {
 			t.Errorf("no server node proxy received a stream from the waypoint's identity relaying for client-1's:\n%s", grep(servers, "inbound"))
 		}
@@ -242,12 +223,7 @@ spec:
 	})
 
 	t.Run("removing the label takes new traffic off the waypoint, established connections stay", func(t *testing.T) {
-		self, _ := os.Executable()
-		cmd, err := l.Command(t.Context(), "client-1", self, "-test.run=^$")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Env = append(os.Environ(), "E2E_HOLD=10.96.0.20:80")
+		cmd := labtest.SelfCommand(t, l, "client-1", "E2E_HOLD=10.96.0.20:80")
 		stdin, _ := cmd.StdinPipe()
 		stdout, _ := cmd.StdoutPipe()
 		if err := l.Start(cmd); err != nil {
@@ -296,13 +272,7 @@ spec:
 		if _, ok := l.Waypoint("demo", "wp"); ok {
 			t.Error("the lab still lists the waypoint")
 		}
-		for range 100 {
-			if !processAlive(wp.PID) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if processAlive(wp.PID) {
+		if !testutil.Poll(2*time.Second, 20*time.Millisecond, func() bool { return !processAlive(wp.PID) }) {
 			t.Errorf("waypoint process %d still runs", wp.PID)
 		}
 		if _, err := os.Stat(netnsx.Path(wp.NetNS)); err == nil {

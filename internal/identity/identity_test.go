@@ -177,7 +177,9 @@ func TestManagerRenewsAtHalfLifeAndBacksOff(t *testing.T) {
 		}
 		return nil
 	}
-	// Just before half-life nothing happens; at half-life it renews.
+	// Just before half-life nothing happens; at half-life it renews. The
+	// sleep is a deliberate hold: a renewal that the early Advance set
+	// off wrongly would show within it.
 	clk.BlockUntil(1)
 	clk.Advance(12*time.Hour - 2*time.Minute)
 	time.Sleep(20 * time.Millisecond)

@@ -1,6 +1,7 @@
 // Package jaegertest runs the Jaeger all-in-one that tests export spans to
 // and reads traces back from its query API (API v3, OTLP JSON): the
-// configuration both the lab's and the real cluster's tracing tests use.
+// configuration, the trace wait and the test's own client tracer that both
+// the lab's and the real cluster's tracing tests use.
 package jaegertest
 
 import (

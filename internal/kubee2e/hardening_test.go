@@ -14,7 +14,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +27,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/net/http2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -37,6 +35,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // The hardening items of issue 17 on the real cluster (the lab and unit
@@ -383,7 +382,7 @@ func checkForwardedClaims(e *env, client, server corev1.Pod) {
 		claims = append(claims, n.IP)
 	}
 	seen := func(forwarded string) (string, error) {
-		line, err := hboneConnect(netns, cfg, tunnel, target, forwarded)
+		line, err := testutil.HBONEConnect(netns, cfg, tunnel, target, forwarded, "", 10*time.Second)
 		if err != nil {
 			return "", err
 		}
@@ -439,52 +438,6 @@ spec:
 		_, err := seen(client.Status.PodIP)
 		return err == nil, fmt.Sprint(err)
 	})
-}
-
-// hboneConnect opens a tunnel stream (HTTP/2 CONNECT over mutual TLS) from
-// inside netns to the tunnel at addr for target, claiming forwarded as the
-// client's address, and returns the first line the target sends.
-func hboneConnect(netns string, cfg *tls.Config, addr, target, forwarded string) (string, error) {
-	tr := &http2.Transport{TLSClientConfig: cfg, DialTLSContext: func(ctx context.Context, network, a string, c *tls.Config) (net.Conn, error) {
-		var raw net.Conn
-		if err := netnsx.Do(netns, func() error {
-			var err error
-			raw, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, network, a)
-			return err
-		}); err != nil {
-			return nil, err
-		}
-		tc := tls.Client(raw, c)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
-			return nil, err
-		}
-		return tc, nil
-	}}
-	defer tr.CloseIdleConnections()
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, "https://"+addr, pr)
-	if err != nil {
-		return "", err
-	}
-	req.Host, req.URL = target, &url.URL{Scheme: "https", Host: addr}
-	req.Header.Set("Forwarded", fmt.Sprintf("for=%q", forwarded))
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %d", resp.StatusCode)
-	}
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("read: %v (got %q)", err, line)
-	}
-	return strings.TrimSpace(line), nil
 }
 
 // controllerSVID gets a certificate for id from the controller, as node's
@@ -949,6 +902,14 @@ func checkFailedPodDeleted(e *env, node kubecluster.Node) {
 		}
 		return strings.Join(strings.Fields(string(out)), " ")
 	}
+	// pinsWithout waits up to within for pins to lose name (the node
+	// proxy releases a pod's pins when it learns the pod is gone) and
+	// returns the last listing.
+	pinsWithout := func(name string, within time.Duration) string {
+		var left string
+		testutil.Poll(within, 200*time.Millisecond, func() bool { left = pins(); return !strings.Contains(left, name) })
+		return left
+	}
 	pod := strings.ReplaceAll(strings.ReplaceAll(`apiVersion: v1
 kind: Pod
 metadata: {name: squatter2, namespace: shop, labels: {app: squatter2, ambit.dev/dataplane: none}}
@@ -988,8 +949,7 @@ spec:
 		code, b, err := nodeGet(node, 15021, "/healthz/ready")
 		return err == nil && code == http.StatusOK, fmt.Sprintf("%d %q %v", code, b, err)
 	})
-	time.Sleep(2 * time.Second)
-	left := pins()
+	left := pinsWithout("shop_squatter2", 10*time.Second)
 	t.Logf("setup failure: %s's capture pins while squatter2's setup failed: %s; after it was deleted: %s", node.Name, during, left)
 	if !strings.Contains(left, "shop_squatter2") {
 		return
@@ -1004,8 +964,7 @@ spec:
 		return got[node.Name+"/squatter2"], why
 	})
 	e.kubectl("-n", "shop", "delete", "pod", "squatter2", "--wait=true", "--timeout=90s")
-	time.Sleep(2 * time.Second)
-	if left := pins(); strings.Contains(left, "shop_squatter2") {
+	if left := pinsWithout("shop_squatter2", 10*time.Second); strings.Contains(left, "shop_squatter2") {
 		t.Errorf("cleanup: %s still pins shop_squatter2 (%s); the uninstall check may find capture left", node.Name, left)
 	}
 }

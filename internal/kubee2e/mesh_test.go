@@ -1,7 +1,6 @@
 package kubee2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +24,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/kubenode"
 	"github.com/ambit-mesh/ambit/internal/netnsx"
 	"github.com/ambit-mesh/ambit/internal/ociimage"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // marker is what the server pods answer with; it must never cross the
@@ -289,6 +289,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	}
 	t.Run("smuggling", func(t *testing.T) { e.t = t; checkSmuggling(e, client) })
 	t.Run("path normalization", func(t *testing.T) { e.t = t; checkPathNormalization(e, client) })
+	t.Run("ingress gateway", func(t *testing.T) { e.t = t; checkGateway(e, repo, client) })
 	t.Run("forwarded claims", func(t *testing.T) { e.t = t; checkForwardedClaims(e, client, server) })
 	t.Run("hostile config", func(t *testing.T) { e.t = t; checkHostileConfig(e, client, clients[1], server) })
 	t.Run("setup failure", func(t *testing.T) { e.t = t; checkSetupFailure(e, client, server) })
@@ -326,8 +327,7 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var captured strings.Builder
-	var mu sync.Mutex
+	var captured testutil.SyncBuffer
 	listening := make(chan struct{})
 	dump.Stderr = &lineWatch{want: "listening on", ch: listening}
 	if err := dump.Start(); err != nil {
@@ -336,16 +336,7 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r := bufio.NewReader(stdout)
-		for {
-			line, err := r.ReadString('\n')
-			mu.Lock()
-			captured.WriteString(line)
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
+		io.Copy(&captured, stdout)
 	}()
 	select {
 	case <-listening:
@@ -361,13 +352,13 @@ func checkTunnel(e *env, client, server corev1.Pod) {
 			t.Errorf("the server answered %q and saw %s; want %s and the client pod's own address %s", name, remote, marker, client.Status.PodIP)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // the last packets reach tcpdump
+	// A grace, not a wait on an event: the last packets reach tcpdump
+	// (nothing tells when it has read them).
+	time.Sleep(500 * time.Millisecond)
 	stop()
 	dump.Wait()
 	<-done
-	mu.Lock()
 	text := captured.String()
-	mu.Unlock()
 	if strings.Contains(text, marker) {
 		t.Errorf("the payload crossed the link between the nodes in the clear")
 	}
@@ -608,12 +599,26 @@ func checkRollout(e *env, repo string, client, server corev1.Pod) {
 		out string
 		err error
 	}
+	// The client's connections open at the server's node proxy: opened
+	// minus closed, by the client's identity.
+	sn := e.node(server.Spec.NodeName)
+	clientID := `source_identity="spiffe://cluster.local/ns/shop/sa/` + client.Spec.ServiceAccountName + `"`
+	openFromClient := func() float64 {
+		body := e.nodeMetrics(sn)
+		opened, _ := metricSum(body, "ambit_tcp_connections_opened_total", `direction="inbound"`, clientID)
+		closed, _ := metricSum(body, "ambit_tcp_connections_closed_total", `direction="inbound"`, clientID)
+		return opened - closed
+	}
+	open0 := openFromClient()
 	res := make(chan result, 1)
 	go func() {
 		out, err := e.exec("shop", client.Name, "", "/ambit-echo", "hold", "-conns", "50", "-for", holdFor.String(), server.Status.PodIP+":8080")
 		res <- result{out, err}
 	}()
-	time.Sleep(5 * time.Second) // the long-lived connections are open
+	e.waitFor(30*time.Second, "the 50 long-lived connections open at the server's node proxy", func() (bool, string) {
+		n := openFromClient() - open0
+		return n >= 50, fmt.Sprintf("%v open", n)
+	})
 	start := time.Now()
 	e.kubectl("-n", "ambit-system", "set", "image", "daemonset/ambit-nodeproxy", "nodeproxy="+next)
 	// The new proxies take over on both nodes while the load runs.

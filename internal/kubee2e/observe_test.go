@@ -19,12 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -169,7 +164,16 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 	// first round makes the series and the second, after a scrape, moves
 	// them.
 	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr)
-	time.Sleep(2500 * time.Millisecond)
+	firstRound := time.Now()
+	e.waitFor(time.Minute, "Prometheus scrapes every target after the first round", func() (bool, string) {
+		ts := prom.targets()
+		for _, tg := range ts {
+			if !tg.LastScrape.After(firstRound) {
+				return false, fmt.Sprintf("%s last scraped %s", tg.ScrapeURL, tg.LastScrape.Format(time.StampMilli))
+			}
+		}
+		return len(ts) > 0, "no targets"
+	})
 	traffic := time.Now()
 	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr)
 	t.Logf("prometheus: traffic sent twice (second round %v)", time.Since(traffic).Round(time.Millisecond))
@@ -192,7 +196,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		{`namespace_workload:ambit_tcp_connections_denied:rate5m{destination_namespace="shop", destination_workload="obs-fail", reason="policy"}`, false},
 		{"ambit:tcp_bytes:rate5m", false},
 	} {
-		ss, err := prom.waitQuery(c.q, 30*time.Second, func(ss []promtest.Sample) bool {
+		ss, err := prom.WaitQuery(context.Background(), c.q, time.Now().Add(30*time.Second), func(ss []promtest.Sample) bool {
 			return len(ss) == 1 && promtest.IsNumber(ss[0].Val()) && (ss[0].Val() == "0") == c.zero
 		})
 		if err != nil {
@@ -224,7 +228,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		ok := func(ss []promtest.Sample) bool {
 			return slices.ContainsFunc(ss, func(s promtest.Sample) bool { return promtest.IsNumber(s.Val()) && (quiet[r.Record] || s.Val() != "0") })
 		}
-		ss, err := prom.waitQuery(q, time.Until(deadline), ok)
+		ss, err := prom.WaitQuery(context.Background(), q, deadline, ok)
 		if err != nil {
 			t.Errorf("%s: %v", q, err)
 			continue
@@ -323,43 +327,22 @@ func checkDashboards(e *env, prom *promProc, vars map[string]map[string]string, 
 		for _, r := range d.Rows {
 			for _, pn := range r.Panels {
 				panels++
-				var nonZero, failed bool
-				var n int
-				var last string
-				for !failed {
-					nonZero, n = false, 0
-					for _, qy := range pn.Queries {
-						q := resolve(d.UID, qy.Expr)
-						ss, err := prom.QueryRange(context.Background(), q, from, time.Second)
-						if err != nil {
-							t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
-							failed = true
-							break
-						}
-						n += len(ss)
-						for _, s := range ss {
-							for _, v := range s.Values {
-								if str, _ := v[1].(string); promtest.IsNumber(str) && str != "0" {
-									nonZero, last = true, str
-								}
-							}
-						}
-					}
-					if n > 0 && (nonZero || pn.Quiet) || time.Now().After(deadline) {
-						break
-					}
-					time.Sleep(500 * time.Millisecond)
+				qs := make([]string, len(pn.Queries))
+				for i, qy := range pn.Queries {
+					qs[i] = resolve(d.UID, qy.Expr)
 				}
+				got, err := prom.WaitRangeData(context.Background(), qs, from, time.Second, pn.Quiet, deadline)
 				switch {
-				case failed:
-				case n == 0:
-					t.Errorf("%s / %s: no series after the traffic (%s)", d.Title, pn.Title, resolve(d.UID, pn.Queries[0].Expr))
-				case !nonZero && !pn.Quiet:
-					t.Errorf("%s / %s: %d series, all zero over the traffic (%s)", d.Title, pn.Title, n, resolve(d.UID, pn.Queries[0].Expr))
+				case err != nil:
+					t.Errorf("%s / %s: %v", d.Title, pn.Title, err)
+				case got.Series == 0:
+					t.Errorf("%s / %s: no series after the traffic (%s)", d.Title, pn.Title, qs[0])
+				case got.NonZero == "" && !pn.Quiet:
+					t.Errorf("%s / %s: %d series, all zero over the traffic (%s)", d.Title, pn.Title, got.Series, qs[0])
 				default:
 					withData++
 					if strings.Contains(pn.Title, "p99") || pn.Title == "Requests" || pn.Title == "TCP throughput" {
-						t.Logf("dashboard %s / %s: %d series, last value above zero %s", d.Title, pn.Title, n, last)
+						t.Logf("dashboard %s / %s: %d series, last value above zero %s", d.Title, pn.Title, got.Series, got.NonZero)
 					}
 				}
 			}
@@ -563,9 +546,10 @@ func expectedTargets(e *env) []string {
 
 // promTarget is an active target of /api/v1/targets.
 type promTarget struct {
-	Labels    map[string]string `json:"labels"`
-	ScrapeURL string            `json:"scrapeUrl"`
-	Health    string            `json:"health"`
+	Labels     map[string]string `json:"labels"`
+	ScrapeURL  string            `json:"scrapeUrl"`
+	Health     string            `json:"health"`
+	LastScrape time.Time         `json:"lastScrape"`
 }
 
 func (p promTarget) key() string {
@@ -586,19 +570,6 @@ func (p *promProc) targets() []promTarget {
 	defer resp.Body.Close()
 	json.NewDecoder(resp.Body).Decode(&r)
 	return r.Data.ActiveTargets
-}
-
-// waitQuery runs q until ok holds of its answer or wait passes; it
-// returns the last answer.
-func (p *promProc) waitQuery(q string, wait time.Duration, ok func([]promtest.Sample) bool) ([]promtest.Sample, error) {
-	until := time.Now().Add(wait)
-	for {
-		ss, err := p.Query(context.Background(), q)
-		if err != nil || ok(ss) || time.Now().After(until) {
-			return ss, err
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
 }
 
 // recordingRule is a recording rule of the checked-in rule files.
@@ -725,7 +696,7 @@ func checkTraces(e *env, client corev1.Pod) {
 	t.Logf("traces: controller restarted with --waypoint-otlp-endpoint=%s; waypoint pod %s on %s exports, serving %v after the patch", endpoint, wp.Name, wp.Spec.NodeName, time.Since(start).Round(100*time.Millisecond))
 
 	// The client's span, exported by the test to the same Jaeger.
-	tracer, flush := obsClientTracer(t, node)
+	tracer, flush := jaegertest.ClientTracer(t, node.NetNS, net.JoinHostPort(node.IP, "4317"), "github.com/ambit-mesh/ambit/internal/kubee2e")
 	_, span := tracer.Start(context.Background(), "GET /obs/trace", trace.WithSpanKind(trace.SpanKindClient))
 	sc := span.SpanContext()
 	tp := fmt.Sprintf("00-%s-%s-01", sc.TraceID(), sc.SpanID())
@@ -831,41 +802,6 @@ func (e *env) waitWaypointArgs(ok func([]string) bool) corev1.Pod {
 		return true, ""
 	})
 	return pod
-}
-
-// obsClientTracer is the test's own tracer (service e2e-client) exporting
-// by OTLP to the Jaeger on node's IP, dialled from node's namespace.
-func obsClientTracer(t interface {
-	Fatal(...any)
-	Cleanup(func())
-}, node kubecluster.Node) (trace.Tracer, func() error) {
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := netnsx.Do(node.NetNS, func() (err error) {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
-	exp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(net.JoinHostPort(node.IP, "4317")), otlptracegrpc.WithInsecure(),
-		otlptracegrpc.WithDialOption(grpc.WithContextDialer(dial)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp),
-		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "e2e-client"))))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-	})
-	flush := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return p.ForceFlush(ctx)
-	}
-	return p.Tracer("github.com/ambit-mesh/ambit/internal/kubee2e"), flush
 }
 
 // checkConsole: `controller console` (the repository's build of the

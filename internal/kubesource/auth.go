@@ -151,27 +151,36 @@ func (a *NodeAuthenticator) authenticateWaypoint(ctx context.Context, ns, sa str
 		return "", fmt.Errorf("service account %s/%s cannot be read: %v", ns, sa, err)
 	}
 	var owner *metav1.OwnerReference
+	kind, gvr, principal := meshconfig.KindWaypoint, crd.WaypointsResource, controller.WaypointPrincipal(ns, sa)
 	for i, r := range account.OwnerReferences {
-		if r.Kind == meshconfig.KindWaypoint && r.APIVersion == crd.GroupVersion.String() && r.Name == sa && r.Controller != nil && *r.Controller {
+		if r.Name != sa || r.Controller == nil || !*r.Controller {
+			continue
+		}
+		switch {
+		case r.Kind == meshconfig.KindWaypoint && r.APIVersion == crd.GroupVersion.String():
 			owner = &account.OwnerReferences[i]
+		case r.Kind == meshconfig.KindGateway && r.APIVersion == GatewaysResource.GroupVersion().String():
+			// An ingress gateway's: the same checks, its own principal.
+			owner = &account.OwnerReferences[i]
+			kind, gvr, principal = meshconfig.KindGateway, GatewaysResource, controller.GatewayPrincipal(ns, sa)
 		}
 	}
 	if owner == nil {
-		return "", fmt.Errorf("service account %s/%s is not one the controller made for a Waypoint", ns, sa)
+		return "", fmt.Errorf("service account %s/%s is not one the controller made for a Waypoint or a Gateway", ns, sa)
 	}
-	wp, err := a.dyn.Resource(crd.WaypointsResource).Namespace(ns).Get(ctx, sa, metav1.GetOptions{})
+	wp, err := a.dyn.Resource(gvr).Namespace(ns).Get(ctx, sa, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("the Waypoint %s/%s, which service account %s/%s belongs to, no longer exists", ns, sa, ns, sa)
+		return "", fmt.Errorf("the %s %s/%s, which service account %s/%s belongs to, no longer exists", kind, ns, sa, ns, sa)
 	}
 	if err != nil {
-		return "", fmt.Errorf("look up Waypoint %s/%s: %v", ns, sa, err)
+		return "", fmt.Errorf("look up %s %s/%s: %v", kind, ns, sa, err)
 	}
 	if wp.GetUID() != owner.UID {
-		return "", fmt.Errorf("service account %s/%s belongs to an earlier Waypoint of that name", ns, sa)
+		return "", fmt.Errorf("service account %s/%s belongs to an earlier %s of that name", ns, sa, kind)
 	}
 	pod := first(user.Extra[extraPodName])
 	if pod == "" {
-		return "", fmt.Errorf("the waypoint's token is not bound to a pod: give it a projected service account token (audience %q)", a.audience)
+		return "", fmt.Errorf("the %s's token is not bound to a pod: give it a projected service account token (audience %q)", strings.ToLower(kind), a.audience)
 	}
 	p, err := a.kube.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -183,5 +192,5 @@ func (a *NodeAuthenticator) authenticateWaypoint(ctx context.Context, ns, sa str
 	if uid := first(user.Extra[extraPodUID]); (uid != "" && uid != string(p.UID)) || p.Spec.ServiceAccountName != sa {
 		return "", fmt.Errorf("the token is bound to pod %s/%s, which is not a pod of service account %s now", ns, pod, sa)
 	}
-	return controller.WaypointPrincipal(ns, sa), nil
+	return principal, nil
 }

@@ -37,6 +37,12 @@ type state struct {
 	waypoints, accessPolicies, trafficPolicies []*unstructured.Unstructured
 	// routes are the Gateway API routes as listed, for their status.
 	routes []routeObject
+	// gatewayClasses and gateways are Ambit's (controllerName
+	// ambit.dev/gateway-controller) as listed; gatewayProgrammed each
+	// Gateway's Programmed condition, by objKey.
+	gatewayClasses    []*unstructured.Unstructured
+	gateways          []gatewayObject
+	gatewayProgrammed map[string]programmed
 }
 
 // routeObject is an HTTPRoute or GRPCRoute as listed.
@@ -46,8 +52,9 @@ type routeObject struct {
 	u    *unstructured.Unstructured
 	// refused is why the Config's builder refused the route ("" if not).
 	refused string
-	// parents are its Service parentRefs (none: a Gateway's route).
-	parents []gatewayv1.ParentReference
+	// parents are its Service parentRefs; gwParents those naming one of
+	// Ambit's Gateways (none of either: another implementation's route).
+	parents, gwParents []gatewayv1.ParentReference
 }
 
 func objKey(kind, ns, name string) string { return kind + " " + ns + "/" + name }
@@ -178,6 +185,13 @@ func (s *Source) build() *state {
 		}
 	}
 
+	gateways := s.readGateways(b, st)
+	// parents splits a route's parentRefs; the builder gets the Service
+	// parents first (their status indexes them), then the Gateway ones.
+	parents := func(ro *routeObject, ns string, refs []gatewayv1.ParentReference) []gatewayv1.ParentReference {
+		ro.parents, ro.gwParents = routeParents(ns, refs, gateways)
+		return append(slices.Clone(ro.parents), ro.gwParents...)
+	}
 	for _, u := range s.list(HTTPRoutesResource) {
 		var r gatewayv1.HTTPRoute
 		if err := fromUnstructured(u, &r); err != nil {
@@ -185,11 +199,10 @@ func (s *Source) build() *state {
 			continue
 		}
 		ro := routeObject{gvr: HTTPRoutesResource, kind: meshconfig.KindHTTPRoute, u: u}
-		if r.Spec.ParentRefs = serviceParents(r.Spec.ParentRefs); len(r.Spec.ParentRefs) == 0 {
-			st.routes = append(st.routes, ro) // a Gateway's route: not Ambit's (status only loses Ambit's entries)
+		if r.Spec.ParentRefs = parents(&ro, r.Namespace, r.Spec.ParentRefs); len(r.Spec.ParentRefs) == 0 {
+			st.routes = append(st.routes, ro) // another implementation's route (status only loses Ambit's entries)
 			continue
 		}
-		ro.parents = r.Spec.ParentRefs
 		if err := b.AddHTTPRoute(&r); err != nil {
 			s.log.Warn("HTTPRoute left out", "route", r.Namespace+"/"+r.Name, "err", err)
 			ro.refused = err.Error()
@@ -203,13 +216,52 @@ func (s *Source) build() *state {
 			continue
 		}
 		ro := routeObject{gvr: GRPCRoutesResource, kind: meshconfig.KindGRPCRoute, u: u}
-		if r.Spec.ParentRefs = serviceParents(r.Spec.ParentRefs); len(r.Spec.ParentRefs) == 0 {
+		if r.Spec.ParentRefs = parents(&ro, r.Namespace, r.Spec.ParentRefs); len(r.Spec.ParentRefs) == 0 {
 			st.routes = append(st.routes, ro)
 			continue
 		}
-		ro.parents = r.Spec.ParentRefs
 		if err := b.AddGRPCRoute(&r); err != nil {
 			s.log.Warn("GRPCRoute left out", "route", r.Namespace+"/"+r.Name, "err", err)
+			ro.refused = err.Error()
+		}
+		st.routes = append(st.routes, ro)
+	}
+	for _, u := range s.list(TLSRoutesResource) {
+		var r gatewayv1.TLSRoute
+		if err := fromUnstructured(u, &r); err != nil {
+			continue
+		}
+		ro := routeObject{gvr: TLSRoutesResource, kind: meshconfig.KindTLSRoute, u: u}
+		if r.Spec.ParentRefs = parents(&ro, r.Namespace, r.Spec.ParentRefs); len(ro.gwParents) == 0 {
+			st.routes = append(st.routes, routeObject{gvr: ro.gvr, kind: ro.kind, u: u})
+			continue
+		}
+		r.Spec.ParentRefs, ro.parents = ro.gwParents, nil
+		m, err := meshspec.TLSRoute(&r)
+		if err == nil {
+			err = b.AddRoute(m)
+		}
+		if err != nil {
+			ro.refused = err.Error()
+		}
+		st.routes = append(st.routes, ro)
+	}
+	for _, u := range s.list(TCPRoutesResource) {
+		var r gatewayv1.TCPRoute
+		if err := fromUnstructured(u, &r); err != nil {
+			continue
+		}
+		ro := routeObject{gvr: TCPRoutesResource, kind: meshconfig.KindTCPRoute, u: u}
+		if r.Spec.ParentRefs = parents(&ro, r.Namespace, r.Spec.ParentRefs); len(ro.gwParents) == 0 {
+			st.routes = append(st.routes, routeObject{gvr: ro.gvr, kind: ro.kind, u: u})
+			continue
+		}
+		r.Spec.ParentRefs, ro.parents = ro.gwParents, nil
+		m, err := meshspec.TCPRoute(&r)
+		if err == nil {
+			err = b.AddRoute(m)
+		}
+		if err != nil {
 			ro.refused = err.Error()
 		}
 		st.routes = append(st.routes, ro)
@@ -412,17 +464,6 @@ func serviceAddresses(svc *corev1.Service) []netip.Addr {
 	for _, ip := range ips {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			out = append(out, a.Unmap())
-		}
-	}
-	return out
-}
-
-// serviceParents keeps the parentRefs that name a Service.
-func serviceParents(refs []gatewayv1.ParentReference) []gatewayv1.ParentReference {
-	var out []gatewayv1.ParentReference
-	for _, r := range refs {
-		if r.Group != nil && *r.Group == "" && r.Kind != nil && *r.Kind == "Service" {
-			out = append(out, r)
 		}
 	}
 	return out

@@ -699,7 +699,8 @@ func testRouteStatus(t *testing.T, c *kubetest.Cluster, ns string) {
 	waitStatus(HTTPRoutesResource, "orphan", "nowhere:80 Accepted=False/NoMatchingParent@1")
 
 	// Written only when it changed: the source's own writes bring new
-	// rounds, which write nothing.
+	// rounds, which write nothing. The sleep is a deliberate hold: rounds
+	// that wrongly wrote again would do so within it.
 	before := map[string]string{}
 	for _, n := range []string{"canary", "api-http", "orphan"} {
 		_, _, u := routeParentStatus(t, dyn, HTTPRoutesResource, ns, n)

@@ -48,7 +48,7 @@ func (s *Source) writeRouteStatus(ctx context.Context, st *state) (failed bool) 
 		var want []gatewayv1.RouteParentStatus
 		switch r := inConfig[key]; {
 		case len(ro.parents) == 0:
-			// A Gateway's route (now): Ambit's entries, if any, go.
+			// No Service parent: Ambit's mesh entries, if any, go.
 		case r != nil:
 			want = parentStatuses(table.Status(r), ro.parents, gen, now)
 		default:
@@ -67,6 +67,9 @@ func (s *Source) writeRouteStatus(ctx context.Context, st *state) (failed bool) 
 					ObservedGeneration: gen, LastTransitionTime: metav1.NewTime(now),
 				}}})
 			}
+		}
+		if len(ro.gwParents) > 0 {
+			want = append(want, gatewayParentStatuses(st.config, inConfig[key], ro.refused, ro.u.GetNamespace(), ro.gwParents, gen, now)...)
 		}
 		failed = s.setRouteStatus(ctx, ro, want) || failed
 	}
@@ -111,15 +114,18 @@ func (s *Source) setRouteStatus(ctx context.Context, ro routeObject, want []gate
 		_ = runtime.DefaultUnstructuredConverter.FromUnstructured(st, &cur)
 	}
 	var next []gatewayv1.RouteParentStatus
+	ambit := func(p gatewayv1.RouteParentStatus) bool {
+		return p.ControllerName == ControllerName || p.ControllerName == meshconfig.GatewayControllerName
+	}
 	for _, p := range cur.Parents {
-		if p.ControllerName != ControllerName {
+		if !ambit(p) {
 			next = append(next, p)
 		}
 	}
 	for _, w := range want {
 		var conds []metav1.Condition
 		for _, p := range cur.Parents {
-			if p.ControllerName == ControllerName && reflect.DeepEqual(normalize(p.ParentRef), normalize(w.ParentRef)) {
+			if ambit(p) && reflect.DeepEqual(normalize(p.ParentRef), normalize(w.ParentRef)) {
 				conds = slices.Clone(p.Conditions)
 			}
 		}

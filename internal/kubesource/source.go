@@ -23,6 +23,7 @@ import (
 
 	crd "github.com/ambit-mesh/ambit/api/crd/v1alpha1"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
 
 // Gateway API routes.
@@ -35,6 +36,7 @@ var (
 var optional = []schema.GroupVersionResource{
 	crd.WaypointsResource, crd.AccessPoliciesResource, crd.TrafficPoliciesResource,
 	HTTPRoutesResource, GRPCRoutesResource,
+	GatewayClassesResource, GatewaysResource, TLSRoutesResource, TCPRoutesResource,
 }
 
 // Options configure a Source. The zero value works; Mesh.TrustDomain
@@ -147,6 +149,9 @@ type Source struct {
 	services   corelisters.ServiceLister
 	slices     discoverylisters.EndpointSliceLister
 	deploys    appslisters.DeploymentLister
+	// secrets are the kubernetes.io/tls Secrets (gateway listeners'
+	// certificates); nil until Run starts.
+	secrets corelisters.SecretLister
 
 	mu      sync.Mutex
 	dynamic map[schema.GroupVersionResource]cache.GenericLister // started optional resources
@@ -223,21 +228,41 @@ func (s *Source) Run(ctx context.Context, update func(*meshconfig.Config)) error
 	s.services = factory.Core().V1().Services().Lister()
 	s.slices = factory.Discovery().V1().EndpointSlices().Lister()
 	s.deploys = owned.Apps().V1().Deployments().Lister()
+	// What the controller made for Gateways (their readiness is the
+	// Gateway's Programmed), and the TLS Secrets their listeners name:
+	// only Secrets of type kubernetes.io/tls are listed and kept.
+	gwOwned := informers.NewSharedInformerFactoryWithOptions(s.kube, s.opts.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.LabelSelector = GatewayLabel
+	}))
+	tlsSecrets := informers.NewSharedInformerFactoryWithOptions(s.kube, s.opts.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = "type=" + meshspec.SecretTypeTLS
+	}))
+	s.secrets = tlsSecrets.Core().V1().Secrets().Lister()
 	var synced []cache.InformerSynced
 	for _, inf := range []cache.SharedIndexInformer{
 		factory.Core().V1().Namespaces().Informer(), factory.Core().V1().Pods().Informer(),
 		factory.Core().V1().Services().Informer(), factory.Discovery().V1().EndpointSlices().Informer(),
-		owned.Apps().V1().Deployments().Informer(),
+		owned.Apps().V1().Deployments().Informer(), gwOwned.Apps().V1().Deployments().Informer(),
 	} {
 		if _, err := inf.AddEventHandler(s.handler()); err != nil {
 			return err
 		}
 		synced = append(synced, inf.HasSynced)
 	}
+	// Not waited for: without the right to list Secrets (an older RBAC)
+	// the rest of the mesh still runs; HTTPS listeners then report their
+	// Secrets as not found.
+	if _, err := tlsSecrets.Core().V1().Secrets().Informer().AddEventHandler(s.handler()); err != nil {
+		return err
+	}
 	factory.Start(ctx.Done())
 	owned.Start(ctx.Done())
+	gwOwned.Start(ctx.Done())
+	tlsSecrets.Start(ctx.Done())
 	defer factory.Shutdown()
 	defer owned.Shutdown()
+	defer gwOwned.Shutdown()
+	defer tlsSecrets.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		if ctx.Err() != nil {
 			return nil
@@ -277,6 +302,7 @@ func (s *Source) Run(ctx context.Context, update func(*meshconfig.Config)) error
 			update(st.config)
 		}
 		failed := s.reconcileWaypoints(ctx, st)
+		failed = s.reconcileGateways(ctx, st) || failed
 		failed = s.writeStatus(ctx, st) || failed
 		retry = nil
 		if failed {

@@ -62,6 +62,7 @@ func (s *Source) writeStatus(ctx context.Context, st *state) (failed bool) {
 		}
 		failed = s.setStatus(ctx, crd.WaypointsResource, u, []metav1.Condition{accepted, prog}, extra) || failed
 	}
+	failed = s.writeGatewayStatus(ctx, st) || failed
 	return s.writeRouteStatus(ctx, st) || failed
 }
 

@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/toolcache"
 )
 
@@ -169,11 +170,8 @@ func TestPodBoundTokenReview(t *testing.T) {
 		t.Fatal(err)
 	}
 	deleted := time.Now()
-	for review(audience).Authenticated {
-		if time.Since(deleted) > 20*time.Second {
-			t.Fatal("token bound to a deleted pod still authenticates 20 s later")
-		}
-		time.Sleep(200 * time.Millisecond)
+	if !testutil.Poll(20*time.Second, 200*time.Millisecond, func() bool { return !review(audience).Authenticated }) {
+		t.Fatal("token bound to a deleted pod still authenticates 20 s later")
 	}
 	t.Logf("token refused %v after its pod was deleted", time.Since(deleted).Round(100*time.Millisecond))
 }
@@ -203,14 +201,10 @@ func TestServiceAccountHasOnlyWhatRBACGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	// RBAC changes reach the authorizer through an informer: allow a moment.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Poll(10*time.Second, 50*time.Millisecond, func() bool {
 		_, err = sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil
+	})
 	if err != nil {
 		t.Fatalf("list pods with a role: %v", err)
 	}
@@ -409,13 +403,9 @@ func TestServersDieWithACrashedTestBinary(t *testing.T) {
 	dir := lines[len(lines)-1]
 	for _, l := range lines[:len(lines)-1] {
 		pid, _ := strconv.Atoi(l)
-		deadline := time.Now().Add(10 * time.Second)
-		for alive(pid) {
-			if time.Now().After(deadline) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				t.Fatalf("server %d outlived its crashed test binary by 10 s", pid)
-			}
-			time.Sleep(50 * time.Millisecond)
+		if !testutil.Poll(10*time.Second, 50*time.Millisecond, func() bool { return !alive(pid) }) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("server %d outlived its crashed test binary by 10 s", pid)
 		}
 	}
 	if _, err := os.Stat(dir); err != nil {

@@ -20,6 +20,12 @@ type ConnInfo struct {
 	Src netip.AddrPort
 	// SrcIdentity is the tunnel peer's SPIFFE ID, as a string.
 	SrcIdentity string
+	// AppProtocol is the stream's protocol when its destination does not
+	// declare one (an ingress gateway's listener: "http"); "" detects.
+	AppProtocol string
+	// TLS is true when the client's connection was TLS the proxy
+	// terminated (an HTTPS listener).
+	TLS bool
 }
 
 // Upstream opens connections to endpoints. In a waypoint it opens a tunnel

@@ -273,6 +273,9 @@ func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info ConnInfo) {
 	snap := e.snap.Load()
 	dst := snap.resolve(info.Dst)
 	declared := appProtocol(dst.Port.AppProtocol)
+	if declared == "" {
+		declared = appProtocol(info.AppProtocol)
+	}
 	pc, proto := detect(c, declared, e.opts.DetectTimeout, e.clientIdle())
 	switch proto {
 	case ProtocolTCP:

@@ -332,7 +332,7 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if st.perTry == 0 {
 		st.perTry = call.PerTryTimeout()
 	}
-	st.h2 = upstreamH2(r, st.grpc, upgrade, b)
+	st.h2 = upstreamH2(r, st.grpc, upgrade, st.ri.Conn.TLS, b)
 	_, fast := w.(*fastWriter)
 	fast = fast && !st.h2
 	if !upgrade {
@@ -351,8 +351,11 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // upstreamH2 decides the upstream protocol: the client's, unless the
 // backend port's appProtocol says otherwise (h2 for http2/grpc ports, h1
-// for http ports except for gRPC). Upgrades are HTTP/1.1.
-func upstreamH2(r *http.Request, grpc, upgrade bool, b *Backend) bool {
+// for http ports except for gRPC). Upgrades are HTTP/1.1. A client whose
+// TLS the proxy terminated (a gateway's HTTPS listener) negotiated its
+// protocol with the proxy, not with the backend: for an undeclared port
+// it is HTTP/1.1, except for gRPC.
+func upstreamH2(r *http.Request, grpc, upgrade, terminated bool, b *Backend) bool {
 	if upgrade {
 		return false
 	}
@@ -366,6 +369,9 @@ func upstreamH2(r *http.Request, grpc, upgrade bool, b *Backend) bool {
 	case ProtocolHTTP2, ProtocolGRPC:
 		return true
 	case ProtocolHTTP1:
+		return grpc
+	}
+	if terminated {
 		return grpc
 	}
 	return r.ProtoMajor == 2
@@ -862,7 +868,7 @@ func (e *Engine) mirror(r *http.Request, snap *snapshot, dst *Destination, m Mir
 			mr.Header.Del(k)
 		}
 	}
-	tr := e.transport(st.ri.Conn, upstreamH2(r, st.grpc, false, b))
+	tr := e.transport(st.ri.Conn, upstreamH2(r, st.grpc, false, st.ri.Conn.TLS, b))
 	e.bg.Add(1)
 	go func() {
 		defer e.bg.Done()

@@ -51,6 +51,14 @@ func (rs *Routes) Route(r *http.Request, info ConnInfo, dst *Destination) *Route
 	if m == nil {
 		return &Route{Name: strings.Join(rt.Routes, ","), Direct: &DirectResponse{Status: http.StatusNotFound, Body: "no route of " + dst.Service.Key() + " matches " + r.Method + " " + r.URL.Path, Reason: ReasonNoRouteMatch}}
 	}
+	return decide(rs.Rand, r, m, "http", dst.Addr.Port())
+}
+
+// decide turns the matched rule m into the engine's decision for r: a
+// redirect (scheme and port are those the request came in on), 500 for a
+// rule or backend that cannot be served, else the chosen backend with the
+// rule's and the backend's filters, mirrors and timeouts.
+func decide(rnd route.Rand, r *http.Request, m *route.Match, scheme string, port uint16) *Route {
 	rule := m.Rule
 	out := &Route{Name: rule.ID()}
 	fail := func(msg string) *Route {
@@ -58,7 +66,7 @@ func (rs *Routes) Route(r *http.Request, info ConnInfo, dst *Destination) *Route
 		return out
 	}
 	redirect := func(f *route.Filters) bool {
-		loc, code, ok := f.RedirectLocation(r, m, "http", dst.Addr.Port())
+		loc, code, ok := f.RedirectLocation(r, m, scheme, port)
 		if ok {
 			out.Direct = &DirectResponse{Status: code, Header: http.Header{"Location": {loc}}}
 		}
@@ -67,7 +75,7 @@ func (rs *Routes) Route(r *http.Request, info ConnInfo, dst *Destination) *Route
 	if redirect(rule.Filters) {
 		return out
 	}
-	be := rule.Pick(rs.Rand)
+	be := rule.Pick(rnd)
 	if be == nil {
 		return fail("no backend to send to")
 	}
@@ -100,7 +108,7 @@ func (rs *Routes) Route(r *http.Request, info ConnInfo, dst *Destination) *Route
 			continue
 		}
 		for i := range f.Mirrors {
-			if mr := &f.Mirrors[i]; mr.Sample(rs.Rand) {
+			if mr := &f.Mirrors[i]; mr.Sample(rnd) {
 				out.Mirrors = append(out.Mirrors, Mirror{Service: mr.Backend.Service(), Port: mr.Backend.Port})
 			}
 		}

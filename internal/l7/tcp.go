@@ -13,6 +13,25 @@ import (
 // trying other endpoints when a connection cannot be opened, and relays
 // bytes both ways with half-closes.
 func (e *Engine) serveTCP(ctx context.Context, c net.Conn, info ConnInfo, dst *Destination) {
+	e.serveTCPTo(ctx, c, info, dst, "", 0)
+}
+
+// ServeTCPTo serves c as a TCP stream (bytes passed through, as for a
+// stream the engine detects as TCP) to Service port service
+// ("namespace/name") and port, with the Service's TrafficPolicy
+// (admission, endpoint choice, connect retries) and telemetry; it closes
+// c when done. An ingress gateway serves its TLS passthrough and TCP
+// listeners with it.
+func (e *Engine) ServeTCPTo(ctx context.Context, c net.Conn, info ConnInfo, service string, port uint16) {
+	defer c.Close()
+	ctx = context.WithValue(ctx, connInfoKey{}, info)
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	dst := e.snap.Load().resolve(info.Dst)
+	e.serveTCPTo(ctx, c, info, dst, service, port)
+}
+
+func (e *Engine) serveTCPTo(ctx context.Context, c net.Conn, info ConnInfo, dst *Destination, service string, port uint16) {
 	snap := e.snap.Load()
 	ri := &RequestInfo{Conn: info, Dst: dst, Protocol: ProtocolTCP, GRPCStatus: -1, Start: time.Now()}
 	if info.Src.IsValid() {
@@ -24,7 +43,7 @@ func (e *Engine) serveTCP(ctx context.Context, c net.Conn, info ConnInfo, dst *D
 			o.Observe(ri)
 		}
 	}()
-	b := snap.backend(dst, "", 0)
+	b := snap.backend(dst, service, port)
 	if b == nil {
 		ri.Error = ReasonNoBackend
 		return

@@ -2,7 +2,6 @@ package lab_test
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -22,46 +21,16 @@ import (
 // pod's cgroup, where capture applies): LAB_TEST_DIAL=ip:port.
 func TestMain(m *testing.M) {
 	if addr := os.Getenv("LAB_TEST_DIAL"); addr != "" {
-		os.Exit(helperDial(addr))
+		os.Exit(labtest.DialLine(addr, "hello"))
 	}
 	os.Exit(m.Run())
-}
-
-func helperDial(addr string) int {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		fmt.Println("dial error:", err)
-		return 1
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintln(c, "hello")
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		fmt.Println("read error:", err)
-		return 1
-	}
-	fmt.Print(line)
-	return 0
 }
 
 // dialFromPod runs the dial helper as a process of pod and returns its
 // output and whether it succeeded.
 func dialFromPod(t *testing.T, l *lab.Lab, pod string, dst netip.AddrPort) (string, bool) {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := l.Command(t.Context(), pod, self, "-test.run=^$")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), "LAB_TEST_DIAL="+dst.String())
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err = l.Run(cmd)
-	return out.String(), err == nil
+	return labtest.RunSelf(t, l, pod, "LAB_TEST_DIAL="+dst.String())
 }
 
 // With capture on, processes of enrolled pods are steered to the node

@@ -95,8 +95,8 @@ func (s Status) WritePods(w io.Writer) error {
 	for _, p := range s.Pods {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s,%s\t%s\t%t\n", p.Name, p.Namespace, p.Node, p.IPv4, p.IPv6, p.Identity, p.Enrolled)
 	}
-	for _, w := range s.Waypoints { // a waypoint's pod: its own identity, never captured
-		fmt.Fprintf(tw, "waypoint/%s\t%s\t%s\t%s,%s\t%s\t%t\n", w.Name, w.Namespace, w.Node, w.IPv4, w.IPv6, w.Identity, false)
+	for _, w := range s.Waypoints { // a waypoint's or gateway's pod: its own identity, never captured
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s,%s\t%s\t%t\n", w.role(), w.Name, w.Namespace, w.Node, w.IPv4, w.IPv6, w.Identity, false)
 	}
 	return tw.Flush()
 }

@@ -36,12 +36,23 @@ import (
 // never captured (no loop through a node proxy), and it is not a Workload.
 // A Waypoint that leaves the mesh files has its pod stopped and removed;
 // Down removes what is left.
+//
+// A Gateway (gateway.networking.k8s.io/v1) gets a pod the same way, with
+// `nodeproxy gateway` in it and the bootstrap token gateway/<ns>/<name>:
+// its listeners are reached at the pod's address, from any pod of the
+// lab, inside or outside the mesh.
 
 // RoleWaypoint is the role of waypoint processes in Processes.
 const RoleWaypoint = "waypoint"
 
+// RoleGateway is the role of ingress gateway processes in Processes.
+const RoleGateway = "gateway"
+
 // WaypointInfo is a waypoint pod the lab runs.
 type WaypointInfo struct {
+	// Kind is RoleWaypoint ("" in journals written before gateways) or
+	// RoleGateway.
+	Kind      string `json:"kind,omitempty"`
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
 	Node      string `json:"node"`
@@ -60,6 +71,28 @@ type WaypointInfo struct {
 // Key is "namespace/name".
 func (w WaypointInfo) Key() string { return w.Namespace + "/" + w.Name }
 
+// role is RoleWaypoint or RoleGateway.
+func (w WaypointInfo) role() string {
+	if w.Kind == RoleGateway {
+		return RoleGateway
+	}
+	return RoleWaypoint
+}
+
+// logPath and tokenPath are where w's process logs and its token.
+func (w WaypointInfo) logPath(stateDir string) string {
+	return filepath.Join(stateDir, logsDir, w.role()+"-"+w.Namespace+"-"+w.Name+".log")
+}
+
+func (w WaypointInfo) tokenPath(stateDir string) string {
+	return filepath.Join(stateDir, tokensDir, w.role()+"-"+w.Namespace+"-"+w.Name+".token")
+}
+
+// GatewayLog is where a gateway writes its log.
+func GatewayLog(stateDir, namespace, name string) string {
+	return WaypointInfo{Kind: RoleGateway, Namespace: namespace, Name: name}.logPath(stateDir)
+}
+
 // WaypointLog is where a waypoint writes its log.
 func WaypointLog(stateDir, namespace, name string) string {
 	return filepath.Join(stateDir, logsDir, "waypoint-"+namespace+"-"+name+".log")
@@ -72,10 +105,19 @@ func WaypointTokenPath(stateDir, namespace, name string) string {
 
 // Waypoint returns the waypoint pod the lab runs for namespace/name.
 func (l *Lab) Waypoint(namespace, name string) (WaypointInfo, bool) {
+	return l.proxyPod(RoleWaypoint, namespace, name)
+}
+
+// Gateway returns the gateway pod the lab runs for Gateway namespace/name.
+func (l *Lab) Gateway(namespace, name string) (WaypointInfo, bool) {
+	return l.proxyPod(RoleGateway, namespace, name)
+}
+
+func (l *Lab) proxyPod(role, namespace, name string) (WaypointInfo, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, w := range l.st.Waypoints {
-		if w.Namespace == namespace && w.Name == name {
+		if w.role() == role && w.Namespace == namespace && w.Name == name {
 			return w, true
 		}
 	}
@@ -116,7 +158,13 @@ func (l *Lab) withWaypointAddresses(ctx context.Context, data []byte) ([]byte, [
 			continue
 		}
 		m := d.Content[0]
-		if field(m, "kind").scalar() != meshconfig.KindWaypoint || field(m, "apiVersion").scalar() != meshspec.AmbitAPIVersion {
+		role := ""
+		switch kind, api := field(m, "kind").scalar(), field(m, "apiVersion").scalar(); {
+		case kind == meshconfig.KindWaypoint && api == meshspec.AmbitAPIVersion:
+			role = RoleWaypoint
+		case kind == meshconfig.KindGateway && api == meshspec.GatewayAPIVersion:
+			role = RoleGateway
+		default:
 			continue
 		}
 		meta := field(m, "metadata")
@@ -128,10 +176,10 @@ func (l *Lab) withWaypointAddresses(ctx context.Context, data []byte) ([]byte, [
 		if st.get("addresses").n != nil {
 			continue // addresses given: the user runs it
 		}
-		w, ok := l.Waypoint(ns, name)
+		w, ok := l.proxyPod(role, ns, name)
 		if !ok {
 			var err error
-			if w, err = l.addWaypointPod(ctx, ns, name); err != nil {
+			if w, err = l.addWaypointPod(ctx, role, ns, name); err != nil {
 				return nil, made, err
 			}
 			made = append(made, w)
@@ -188,9 +236,13 @@ func (y ynode) scalar() string {
 // node: network namespace, veth to the node, the node's next free pod
 // addresses, routes, a cgroup and a bootstrap token. Everything is
 // journaled first, so Down removes it.
-func (l *Lab) addWaypointPod(ctx context.Context, namespace, name string) (WaypointInfo, error) {
+func (l *Lab) addWaypointPod(ctx context.Context, role, namespace, name string) (WaypointInfo, error) {
 	if l.st.Controller == nil || l.st.NodeProxyBin == "" || len(l.st.Nodes) == 0 {
-		return WaypointInfo{}, errors.New("waypoints need a lab that runs the mesh (node proxies and the controller)")
+		return WaypointInfo{}, errors.New(role + "s need a lab that runs the mesh (node proxies and the controller)")
+	}
+	short := "wp-"
+	if role == RoleGateway {
+		short = "gw-"
 	}
 	node := l.st.Nodes[0]
 	used := map[int]bool{0: true, 1: true}
@@ -214,22 +266,25 @@ func (l *Lab) addWaypointPod(ctx context.Context, namespace, name string) (Waypo
 		}
 	}
 	if host == 0 {
-		return WaypointInfo{}, fmt.Errorf("node %s has no free pod address for waypoint %s/%s", node.Name, namespace, name)
+		return WaypointInfo{}, fmt.Errorf("node %s has no free pod address for %s %s/%s", node.Name, role, namespace, name)
 	}
-	nsName := netnsName(l.st.ID, "wp-"+namespace+"-"+name)
+	nsName := netnsName(l.st.ID, short+namespace+"-"+name)
 	w := WaypointInfo{
 		Namespace: namespace, Name: name, Node: node.Name, Host: host,
 		Identity: "spiffe://" + l.st.Topology.TrustDomain + "/ns/" + namespace + "/sa/" + name,
 		IPv4:     pod4(node.Index, host), IPv6: pod6(node.Index, host),
 		NetNS: nsName, NetNSPath: netnsPath(nsName),
-		Cgroup:   filepath.Join(node.CgroupPath, "wp-"+namespace+"-"+name),
+		Cgroup:   filepath.Join(node.CgroupPath, short+namespace+"-"+name),
 		NodeVeth: fmt.Sprintf("m%sw%d", l.st.ID, host),
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	j := openJournal(l.dir, l.st)
-	tokPath := WaypointTokenPath(l.dir, namespace, name)
-	logPath := WaypointLog(l.dir, namespace, name)
+	if role == RoleGateway {
+		w.Kind = RoleGateway
+	}
+	tokPath := w.tokenPath(l.dir)
+	logPath := w.logPath(l.dir)
 	if err := j.add(
 		Object{Kind: objNetNS, Name: nsName}, Object{Kind: objLink, Name: w.NodeVeth, NetNS: node.NetNS},
 		Object{Kind: objCgroup, Name: w.Cgroup}, Object{Kind: objFile, Name: tokPath}, Object{Kind: objFile, Name: logPath},
@@ -243,12 +298,12 @@ func (l *Lab) addWaypointPod(ctx context.Context, namespace, name string) (Waypo
 	b := &builder{ctx: ctx, log: l.log, j: j, st: l.st, h: newNSHandles()}
 	defer b.h.close()
 	if err := b.netns(nsName, baseSysctls); err != nil {
-		return w, fmt.Errorf("waypoint %s: %w", w.Key(), err)
+		return w, fmt.Errorf("%s %s: %w", role, w.Key(), err)
 	}
-	pp := podPlan{PodInfo: PodInfo{Name: "wp-" + name, Namespace: namespace, Node: node.Name, IPv4: w.IPv4, IPv6: w.IPv6, NetNSPath: w.NetNSPath, CgroupPath: w.Cgroup},
+	pp := podPlan{PodInfo: PodInfo{Name: short + name, Namespace: namespace, Node: node.Name, IPv4: w.IPv4, IPv6: w.IPv6, NetNSPath: w.NetNSPath, CgroupPath: w.Cgroup},
 		Index: host - 1, NodeIndex: node.Index, NetNS: nsName, NodeVeth: w.NodeVeth}
 	if err := b.pod(pp); err != nil {
-		return w, fmt.Errorf("wire waypoint %s: %w", w.Key(), err)
+		return w, fmt.Errorf("wire %s %s: %w", role, w.Key(), err)
 	}
 	if err := b.mkdirCgroup(w.Cgroup); err != nil {
 		return w, err
@@ -284,50 +339,54 @@ func (l *Lab) addWaypointPod(ctx context.Context, namespace, name string) (Waypo
 	if err != nil {
 		return w, err
 	}
+	principal := role + "/" + namespace + "/" + name // waypoint/<ns>/<name> or gateway/<ns>/<name>
 	lines := slices.DeleteFunc(strings.SplitAfter(string(old), "\n"), func(s string) bool {
-		return strings.HasPrefix(s, "waypoint/"+namespace+"/"+name+":")
+		return strings.HasPrefix(s, principal+":")
 	})
-	next := strings.Join(lines, "") + fmt.Sprintf("waypoint/%s/%s: %s\n", namespace, name, tok)
+	next := strings.Join(lines, "") + fmt.Sprintf("%s: %s\n", principal, tok)
 	if err := os.WriteFile(boot+".tmp", []byte(next), 0o600); err != nil {
 		return w, err
 	}
 	if err := os.Rename(boot+".tmp", boot); err != nil {
 		return w, err
 	}
-	l.log.Info("waypoint pod", "waypoint", w.Key(), "node", w.Node, "ip", w.IPv4, "ipv6", w.IPv6)
+	l.log.Info(role+" pod", role, w.Key(), "node", w.Node, "ip", w.IPv4, "ipv6", w.IPv6)
 	return w, nil
 }
 
-// startWaypoint starts `nodeproxy waypoint` in w's pod.
+// startWaypoint starts `nodeproxy waypoint` (or `nodeproxy gateway`) in
+// w's pod.
 func (l *Lab) startWaypoint(w WaypointInfo) error {
-	logPath := WaypointLog(l.dir, w.Namespace, w.Name)
+	logPath := w.logPath(l.dir)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(l.st.NodeProxyBin, "waypoint",
+	cmd := exec.Command(l.st.NodeProxyBin, w.role(),
 		"--name", w.Key(),
 		"--node", w.Node,
 		"--controller", l.st.Controller.Addr(),
 		"--controller-ca", l.CACertPath(),
-		"--token-file", WaypointTokenPath(l.dir, w.Namespace, w.Name),
+		"--token-file", w.tokenPath(l.dir),
 		"--drain-timeout", "2s",
 	)
-	cmd.Args = append(cmd.Args, l.st.WaypointArgs...)
+	if w.role() == RoleWaypoint {
+		cmd.Args = append(cmd.Args, l.st.WaypointArgs...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), l.st.NodeProxyEnv...)
 	if err := StartInNode(cmd, w.NetNSPath, w.Cgroup); err != nil {
-		return fmt.Errorf("start waypoint %s: %w", w.Key(), err)
+		return fmt.Errorf("start %s %s: %w", w.role(), w.Key(), err)
 	}
 	go cmd.Wait()
-	if err := l.Track(RoleWaypoint, w.Node, cmd.Process.Pid); err != nil {
+	if err := l.Track(w.role(), w.Node, cmd.Process.Pid); err != nil {
 		cmd.Process.Kill()
 		return err
 	}
 	l.mu.Lock()
 	for i := range l.st.Waypoints {
-		if l.st.Waypoints[i].Key() == w.Key() {
+		if l.st.Waypoints[i].Key() == w.Key() && l.st.Waypoints[i].role() == w.role() {
 			l.st.Waypoints[i].PID = cmd.Process.Pid
 		}
 	}
@@ -338,11 +397,11 @@ func (l *Lab) startWaypoint(w WaypointInfo) error {
 
 // waitWaypoint waits until w is ready and runs configuration version v.
 func (l *Lab) waitWaypoint(ctx context.Context, w WaypointInfo, v string) error {
-	logPath := WaypointLog(l.dir, w.Namespace, w.Name)
-	if err := waitReady(ctx, "the waypoint "+w.Key(), w.NetNSPath, w.IPv4, logPath); err != nil {
+	logPath := w.logPath(l.dir)
+	if err := waitReady(ctx, "the "+w.role()+" "+w.Key(), w.NetNSPath, w.IPv4, logPath); err != nil {
 		return err
 	}
-	return waitAdminVersion(ctx, "waypoint "+w.Key(), w.NetNSPath, v, logPath)
+	return waitAdminVersion(ctx, w.role()+" "+w.Key(), w.NetNSPath, v, logPath)
 }
 
 // stopWaypoint stops w's process and removes its pod.
@@ -352,7 +411,7 @@ func (l *Lab) stopWaypoint(w WaypointInfo) error {
 	var errs []error
 	keep := l.st.Processes[:0]
 	for _, p := range l.st.Processes {
-		if p.Role == RoleWaypoint && p.PID == w.PID && w.PID != 0 {
+		if p.Role == w.role() && p.PID == w.PID && w.PID != 0 {
 			errs = append(errs, killProcess(p, killTimeout))
 			continue
 		}
@@ -361,14 +420,14 @@ func (l *Lab) stopWaypoint(w WaypointInfo) error {
 	l.st.Processes = keep
 	node, _ := l.nodeLocked(w.Node)
 	errs = append(errs, deleteNetns(w.NetNS), removeCgroup(w.Cgroup))
-	os.Remove(WaypointTokenPath(l.dir, w.Namespace, w.Name))
-	l.st.Waypoints = slices.DeleteFunc(l.st.Waypoints, func(x WaypointInfo) bool { return x.Key() == w.Key() })
+	os.Remove(w.tokenPath(l.dir))
+	l.st.Waypoints = slices.DeleteFunc(l.st.Waypoints, func(x WaypointInfo) bool { return x.Key() == w.Key() && x.role() == w.role() })
 	l.st.Created = slices.DeleteFunc(l.st.Created, func(o Object) bool {
 		return (o.Kind == objNetNS && o.Name == w.NetNS) || (o.Kind == objLink && o.Name == w.NodeVeth && o.NetNS == node.NetNS) ||
-			(o.Kind == objCgroup && o.Name == w.Cgroup) || (o.Kind == objFile && o.Name == WaypointTokenPath(l.dir, w.Namespace, w.Name))
+			(o.Kind == objCgroup && o.Name == w.Cgroup) || (o.Kind == objFile && o.Name == w.tokenPath(l.dir))
 	})
 	errs = append(errs, openJournal(l.dir, l.st).Save())
-	l.log.Info("waypoint stopped", "waypoint", w.Key())
+	l.log.Info(w.role()+" stopped", w.role(), w.Key())
 	return errors.Join(errs...)
 }
 
@@ -395,12 +454,16 @@ func (l *Lab) syncWaypoints(ctx context.Context, cfg *meshconfig.Config, made []
 	l.mu.Unlock()
 	var errs []error
 	for _, w := range running {
-		if cfg.Waypoint(w.Namespace, w.Name) == nil {
+		declared := cfg.Waypoint(w.Namespace, w.Name) != nil
+		if w.role() == RoleGateway {
+			declared = cfg.Gateway(w.Namespace, w.Name) != nil
+		}
+		if !declared {
 			errs = append(errs, l.stopWaypoint(w))
 			continue
 		}
 		if w.PID == 0 {
-			w, _ = l.Waypoint(w.Namespace, w.Name)
+			w, _ = l.proxyPod(w.role(), w.Namespace, w.Name)
 		}
 		errs = append(errs, l.waitWaypoint(ctx, w, cfg.Version))
 	}

@@ -32,6 +32,8 @@ type Builder struct {
 	waypoints  []*Waypoint
 	traffic    []*TrafficPolicy
 	routes     []*Route
+	gateways   []*Gateway
+	secrets    map[string]*TLSSecret
 	seen       map[string]pos // kind/namespace/name of the newer kinds
 }
 
@@ -335,8 +337,10 @@ func (b *Builder) AddRoute(r Route) error {
 }
 
 func (b *Builder) addRoute(in Route, at pos) error {
-	if in.Kind != KindHTTPRoute && in.Kind != KindGRPCRoute {
-		return fieldErr("kind", "route %s/%s: kind %q; use %s or %s", in.Namespace, in.Name, in.Kind, KindHTTPRoute, KindGRPCRoute)
+	switch in.Kind {
+	case KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute:
+	default:
+		return fieldErr("kind", "route %s/%s: kind %q; use %s, %s, %s or %s", in.Namespace, in.Name, in.Kind, KindHTTPRoute, KindGRPCRoute, KindTLSRoute, KindTCPRoute)
 	}
 	if err := CheckMeta(in.Kind, in.Name, in.Namespace); err != nil {
 		return fieldErr("metadata", "%v", err)
@@ -347,9 +351,21 @@ func (b *Builder) addRoute(in Route, at pos) error {
 		return fieldErr("spec.parentRefs", "%s %s: spec.parentRefs: empty; attach the route to a Service with parentRefs: [{group: \"\", kind: Service, name: <service>}]", r.Kind, r.Key())
 	}
 	for i, p := range r.Parents {
-		ns, name, ok := strings.Cut(p.Service, "/")
-		if !ok || ns == "" || name == "" {
-			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: Service %q is not namespace/name", r.Kind, r.Key(), i, p.Service)
+		what, key := "Service", p.Service
+		if p.Gateway != "" {
+			what, key = "Gateway", p.Gateway
+		}
+		ns, name, ok := strings.Cut(key, "/")
+		if !ok || ns == "" || name == "" || (p.Gateway != "" && p.Service != "") {
+			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: %s %q is not namespace/name", r.Kind, r.Key(), i, what, key)
+		}
+		if r.L4() && p.Gateway == "" {
+			return fieldErr(fmt.Sprintf("spec.parentRefs[%d]", i), "%s %s: spec.parentRefs[%d]: a %s attaches to a Gateway's listener, not to a Service", r.Kind, r.Key(), i, r.Kind)
+		}
+	}
+	for i, h := range r.Hostnames {
+		if err := CheckHostname(h); err != nil {
+			return fieldErr(fmt.Sprintf("spec.hostnames[%d]", i), "%s %s: spec.hostnames[%d]: %v", r.Kind, r.Key(), i, err)
 		}
 	}
 	if err := b.claim(r.Kind, r.Key(), at); err != nil {
@@ -390,6 +406,12 @@ func (b *Builder) AddAt(file string, line int, resource any) error {
 	case Route:
 		b.hash(r.Kind, r)
 		return b.addRoute(r, at)
+	case Gateway:
+		b.hash(KindGateway, r)
+		return b.addGateway(r, at)
+	case TLSSecret:
+		b.hash(KindSecret, r)
+		return b.addSecret(r, at)
 	}
 	return fmt.Errorf("%s:%d: %T is not a mesh resource", file, line, resource)
 }

@@ -29,6 +29,9 @@ type Config struct {
 	Waypoints       []*Waypoint
 	TrafficPolicies []*TrafficPolicy
 	Routes          []*Route
+	// Gateways are the ingress gateways, sorted by key, their listeners'
+	// certificates resolved.
+	Gateways []*Gateway
 
 	byIP       map[netip.Addr]*Workload
 	byKey      map[string]*Workload
@@ -38,6 +41,7 @@ type Config struct {
 	waypoints  map[string]*Waypoint
 	trafficFor map[string]*TrafficPolicy
 	routesFor  map[string][]*Route
+	gateways   map[string]*Gateway
 }
 
 // Build checks the resources against each other and indexes them; the
@@ -70,6 +74,7 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 		waypoints:  map[string]*Waypoint{},
 		trafficFor: map[string]*TrafficPolicy{},
 		routesFor:  map[string][]*Route{},
+		gateways:   map[string]*Gateway{},
 	}
 	if b.mesh != nil {
 		c.Mesh = *b.mesh
@@ -84,7 +89,7 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 		c.Waypoints = append(c.Waypoints, wp)
 	}
 	bs := &buildState{c: c, lenient: lenient}
-	for _, step := range []func(*buildState) error{b.buildWorkloads, b.buildServices, b.buildTraffic, b.buildRoutes} {
+	for _, step := range []func(*buildState) error{b.buildWorkloads, b.buildServices, b.buildTraffic, b.buildGateways, b.buildRoutes} {
 		if err := step(bs); err != nil {
 			return nil, nil, err
 		}
@@ -95,6 +100,7 @@ func (b *Builder) build(lenient bool) (*Config, []Problem, error) {
 	sort.Slice(c.Waypoints, func(i, j int) bool { return c.Waypoints[i].Key() < c.Waypoints[j].Key() })
 	sort.Slice(c.TrafficPolicies, func(i, j int) bool { return c.TrafficPolicies[i].Key() < c.TrafficPolicies[j].Key() })
 	sortRoutes(c.Routes)
+	sort.Slice(c.Gateways, func(i, j int) bool { return c.Gateways[i].Key() < c.Gateways[j].Key() })
 	return c, bs.problems, nil
 }
 
@@ -292,6 +298,16 @@ func (b *Builder) buildRoutes(bs *buildState) error {
 	for _, r := range b.routes {
 		var parents []RouteParent
 		for i, p := range r.Parents {
+			if p.Gateway != "" {
+				if c.gateways[p.Gateway] == nil {
+					if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Gateway %s is not defined (or not of a GatewayClass with controllerName %s)", r.Kind, r.Key(), i, p.Gateway, GatewayControllerName); err != nil {
+						return err
+					}
+					continue
+				}
+				parents = append(parents, p)
+				continue
+			}
 			s := c.svcByKey[p.Service]
 			if s == nil {
 				if err := bs.fail(r.at, r.Kind, r.Namespace, r.Name, ReasonTargetNotFound, false, "%s %s: spec.parentRefs[%d]: Service %s is not defined", r.Kind, r.Key(), i, p.Service); err != nil {
@@ -320,6 +336,9 @@ func (b *Builder) buildRoutes(bs *buildState) error {
 		}
 		c.Routes = append(c.Routes, r)
 		for _, p := range parents {
+			if p.Service == "" {
+				continue
+			}
 			if !slices.Contains(c.routesFor[p.Service], r) {
 				c.routesFor[p.Service] = append(c.routesFor[p.Service], r)
 			}

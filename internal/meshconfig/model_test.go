@@ -70,7 +70,8 @@ func TestRoutesIndexedByExistingParents(t *testing.T) {
 		r    Route
 		want string
 	}{
-		{Route{Kind: "TCPRoute", Namespace: "shop", Name: "t"}, `kind "TCPRoute"`},
+		{Route{Kind: "UDPRoute", Namespace: "shop", Name: "u"}, `kind "UDPRoute"`},
+		{Route{Kind: KindTCPRoute, Namespace: "shop", Name: "t", Parents: []RouteParent{{Service: "shop/cart"}}}, "a TCPRoute attaches to a Gateway's listener, not to a Service"},
 		{Route{Kind: KindGRPCRoute, Namespace: "shop", Name: "g"}, "spec.parentRefs: empty"},
 		{Route{Kind: KindGRPCRoute, Namespace: "shop", Name: "g", Parents: []RouteParent{{Service: "cart"}}}, "not namespace/name"},
 		{r, "defined twice"},

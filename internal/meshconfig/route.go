@@ -9,12 +9,19 @@ import "time"
 // the API's defaults applied; the waypoint's L7 engine compiles it
 // (internal/l7/route).
 type Route struct {
-	Kind            string // KindHTTPRoute or KindGRPCRoute
+	// Kind is KindHTTPRoute or KindGRPCRoute, or KindTLSRoute or
+	// KindTCPRoute (Gateway parents only; their rules have backends
+	// only).
+	Kind            string
 	Namespace, Name string
-	// Parents are the route's Service parentRefs in the order declared;
-	// Build indexes the route under those that exist (RoutesFor).
+	// Parents are the route's Service and Gateway parentRefs in the
+	// order declared; Build indexes the route under the Services that
+	// exist (RoutesFor).
 	Parents []RouteParent
-	Rules   []RouteRule
+	// Hostnames (spec.hostnames) limit the Host a route on a Gateway
+	// serves; mesh (Service) parents ignore them, as GAMMA asks.
+	Hostnames []string
+	Rules     []RouteRule
 	// Created orders routes whose rules tie (the older wins, then the
 	// name), as the Gateway API asks.
 	Created time.Time
@@ -28,10 +35,19 @@ func (r *Route) Key() string { return r.Namespace + "/" + r.Name }
 // GRPC reports whether r is a GRPCRoute.
 func (r *Route) GRPC() bool { return r.Kind == KindGRPCRoute }
 
-// RouteParent is a Service a route attaches to, on one port or all.
+// L4 reports whether r is a TLSRoute or a TCPRoute: routed by SNI or by
+// listener, never at the request level.
+func (r *Route) L4() bool { return r.Kind == KindTLSRoute || r.Kind == KindTCPRoute }
+
+// RouteParent is a Service or a Gateway a route attaches to: a Service
+// on one port or all; a Gateway on one listener (SectionName), the
+// listeners of one port, or all.
 type RouteParent struct {
-	Service string // "namespace/name"
-	Port    uint16 // 0: every port of the service
+	Service string // "namespace/name", for a Service parent
+	Gateway string // "namespace/name", for a Gateway parent
+	// SectionName is a Gateway listener's name ("": any).
+	SectionName string
+	Port        uint16 // 0: every port
 }
 
 // RouteRule is one rule of a route.

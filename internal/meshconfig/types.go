@@ -34,6 +34,10 @@ const (
 	// Gateway API routes (GAMMA: attached to a Service).
 	KindHTTPRoute = "HTTPRoute"
 	KindGRPCRoute = "GRPCRoute"
+	// Gateway API routes of an ingress gateway's TLS (passthrough) and
+	// TCP listeners.
+	KindTLSRoute = "TLSRoute"
+	KindTCPRoute = "TCPRoute"
 )
 
 // Labels and annotations Ambit reads (docs/configuration.md describes

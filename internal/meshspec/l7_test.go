@@ -213,7 +213,8 @@ func TestL7Errors(t *testing.T) {
 	ns := "apiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {ports: [{port: 80}]}\n---\n"
 	route := "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n"
 	for _, tc := range []struct{ name, doc, want string }{
-		{"gateway parent", route + "  parentRefs: [{name: cart}]\n", `x.yaml:5: HTTPRoute shop/r: spec.parentRefs[0]: parent is a Gateway (group "gateway.networking.k8s.io"); Ambit serves routes attached to a Service`},
+		{"gateway parent", route + "  parentRefs: [{name: cart}]\n", "x.yaml:1: HTTPRoute shop/r: spec.parentRefs[0]: Gateway shop/cart is not defined (or not of a GatewayClass with controllerName ambit.dev/gateway-controller)"},
+		{"parent kind", route + "  parentRefs: [{group: x.io, kind: Mesh, name: cart}]\n", `x.yaml:5: HTTPRoute shop/r: spec.parentRefs[0]: parent is a Mesh (group "x.io"); Ambit serves routes attached to a Service`},
 		{"no parents", route + "  rules: []\n", "spec.parentRefs: empty; attach the route to a Service"},
 		{"missing parent", route + "  parentRefs: [{group: \"\", kind: Service, name: kart}]\n", "x.yaml:1: HTTPRoute shop/r: spec.parentRefs[0]: Service shop/kart is not defined"},
 		{"parent port", ns + route + "  parentRefs: [{group: \"\", kind: Service, name: cart, port: 81}]\n", "Service shop/cart has no port 81"},

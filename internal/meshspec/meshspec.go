@@ -2,7 +2,8 @@
 // which only the controller links: the YAML files of file mode (parsing,
 // with errors that name file, line and fix), and the conversion of the
 // resources users write (the ambit.dev CRDs' specs, the Gateway API's
-// HTTPRoute and GRPCRoute) into the model of internal/meshconfig, with
+// HTTPRoute, GRPCRoute, GatewayClass and Gateway, kubernetes.io/tls
+// Secrets) into the model of internal/meshconfig, with
 // the API's defaults applied and the checks the CRDs' schemas make. The
 // file source and the Kubernetes source both convert through it, so a
 // file and a cluster agree on what a field means.
@@ -22,10 +23,14 @@ import (
 // shape: YAML files (AddYAML), CRD specs and Gateway API routes.
 type Builder struct {
 	*meshconfig.Builder
+	classes  map[string]gatewayClass // GatewayClasses of the files, by name
+	gateways []pendingGateway        // Gateways of the files, added at Build
 }
 
 // NewBuilder returns an empty Builder.
-func NewBuilder() *Builder { return &Builder{meshconfig.NewBuilder()} }
+func NewBuilder() *Builder {
+	return &Builder{Builder: meshconfig.NewBuilder(), classes: map[string]gatewayClass{}}
+}
 
 // AddAccessPolicySpec adds an AccessPolicy resource's spec.
 func (b *Builder) AddAccessPolicySpec(namespace, name string, spec crd.AccessPolicySpec) error {
@@ -68,6 +73,17 @@ func (b *Builder) AddGRPCRoute(r *gatewayv1.GRPCRoute) error {
 		return err
 	}
 	return b.AddRoute(m)
+}
+
+// TLSRoute converts a TLSRoute (a gateway's TLS passthrough) into the
+// model, or says what is wrong with it.
+func TLSRoute(r *gatewayv1.TLSRoute) (meshconfig.Route, error) {
+	return tlsRoute(r.Namespace, r.Name, r.CreationTimestamp.Time, &r.Spec)
+}
+
+// TCPRoute converts a TCPRoute into the model, as TLSRoute.
+func TCPRoute(r *gatewayv1.TCPRoute) (meshconfig.Route, error) {
+	return tcpRoute(r.Namespace, r.Name, r.CreationTimestamp.Time, &r.Spec)
 }
 
 // HTTPRoute converts an HTTPRoute into the model, with the Gateway API's

@@ -136,6 +136,18 @@ type httpRouteDoc struct {
 	Spec     gatewayv1.HTTPRouteSpec `yaml:"spec" json:"spec"`
 }
 
+type tlsRouteDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta                   `yaml:"metadata" json:"metadata"`
+	Spec     gatewayv1.TLSRouteSpec `yaml:"spec" json:"spec"`
+}
+
+type tcpRouteDoc struct {
+	header   `yaml:",inline"`
+	Metadata meta                   `yaml:"metadata" json:"metadata"`
+	Spec     gatewayv1.TCPRouteSpec `yaml:"spec" json:"spec"`
+}
+
 type grpcRouteDoc struct {
 	header   `yaml:",inline"`
 	Metadata meta                    `yaml:"metadata" json:"metadata"`
@@ -156,6 +168,11 @@ var kinds = map[string]struct {
 	meshconfig.KindTrafficPolicy: {AmbitAPIVersion, func() any { return new(trafficPolicyDoc) }, true},
 	meshconfig.KindHTTPRoute:     {GatewayAPIVersion, func() any { return new(httpRouteDoc) }, true},
 	meshconfig.KindGRPCRoute:     {GatewayAPIVersion, func() any { return new(grpcRouteDoc) }, true},
+	meshconfig.KindTLSRoute:      {GatewayAPIVersion, func() any { return new(tlsRouteDoc) }, true},
+	meshconfig.KindTCPRoute:      {GatewayAPIVersion, func() any { return new(tcpRouteDoc) }, true},
+	KindGatewayClass:             {GatewayAPIVersion, func() any { return new(gatewayClassDoc) }, true},
+	meshconfig.KindGateway:       {GatewayAPIVersion, func() any { return new(gatewayDoc) }, true},
+	meshconfig.KindSecret:        {CoreAPIVersion, func() any { return new(secretDoc) }, false},
 }
 
 // LoadPath reads a configuration file, or every *.yaml/*.yml file of a
@@ -428,7 +445,17 @@ func (b *Builder) addDoc(file string, n *yaml.Node) error {
 	}
 	res, err := fromDoc(file, n, doc)
 	if err == nil {
-		err = b.AddAt(file, n.Line, res)
+		switch r := res.(type) {
+		case pendingGateway:
+			b.gateways = append(b.gateways, r) // once every class is known (Build)
+		case gatewayClassDoc:
+			if _, dup := b.classes[r.Metadata.Name]; dup {
+				return at(n, "GatewayClass %s is defined twice", r.Metadata.Name)
+			}
+			b.classes[r.Metadata.Name] = gatewayClass{controller: string(r.Spec.ControllerName)}
+		default:
+			err = b.AddAt(file, n.Line, res)
+		}
 	}
 	var fe *meshconfig.FieldError
 	if errors.As(err, &fe) {
@@ -466,6 +493,19 @@ func fromDoc(file string, n *yaml.Node, doc any) (any, error) {
 		return httpRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
 	case *grpcRouteDoc:
 		return grpcRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
+	case *tlsRouteDoc:
+		return tlsRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
+	case *tcpRouteDoc:
+		return tcpRoute(d.Metadata.Namespace, d.Metadata.Name, time.Time{}, &d.Spec)
+	case *gatewayClassDoc:
+		if d.Metadata.Name == "" {
+			return nil, fieldErr("metadata.name", "GatewayClass has no metadata.name")
+		}
+		return *d, nil
+	case *gatewayDoc:
+		return fileGateway(file, n, d)
+	case *secretDoc:
+		return fileSecret(d)
 	}
 	return nil, fmt.Errorf("%T is not a document Ambit reads", doc)
 }

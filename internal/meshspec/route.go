@@ -54,6 +54,7 @@ func httpRoute(namespace, name string, created time.Time, spec *gatewayv1.HTTPRo
 	if r.Parents, err = rc.parents(spec.ParentRefs); err != nil {
 		return r, err
 	}
+	r.Hostnames = hostnames(spec.Hostnames)
 	for ri := range spec.Rules {
 		rule, err := rc.httpRule(fmt.Sprintf("spec.rules[%d]", ri), &spec.Rules[ri])
 		if err != nil {
@@ -73,6 +74,7 @@ func grpcRoute(namespace, name string, created time.Time, spec *gatewayv1.GRPCRo
 	if r.Parents, err = rc.parents(spec.ParentRefs); err != nil {
 		return r, err
 	}
+	r.Hostnames = hostnames(spec.Hostnames)
 	for ri := range spec.Rules {
 		rule, err := rc.grpcRule(fmt.Sprintf("spec.rules[%d]", ri), &spec.Rules[ri])
 		if err != nil {
@@ -83,12 +85,66 @@ func grpcRoute(namespace, name string, created time.Time, spec *gatewayv1.GRPCRo
 	return r, nil
 }
 
-// parents keeps the parentRefs that are Services (GAMMA), with the
-// Gateway API's defaults: a parentRef without group and kind names a
-// Gateway, which Ambit does not serve.
+// l4Route converts a TLSRoute's or TCPRoute's parents, hostnames and
+// rules: Gateway parents only, one rule of weighted backends.
+func l4Route(kind, namespace, name string, created time.Time, refs []gatewayv1.ParentReference, hosts []gatewayv1.Hostname, backends [][]gatewayv1.BackendRef) (meshconfig.Route, error) {
+	r, rc, err := newRoute(kind, namespace, name, created)
+	if err != nil {
+		return r, err
+	}
+	if r.Parents, err = rc.parents(refs); err != nil {
+		return r, err
+	}
+	for i, p := range r.Parents {
+		if p.Gateway == "" {
+			return r, rc.err(fmt.Sprintf("spec.parentRefs[%d]", i), "a %s attaches to a Gateway's listener; drop group and kind (or use kind: Gateway)", kind)
+		}
+	}
+	r.Hostnames = hostnames(hosts)
+	if len(backends) != 1 {
+		return r, rc.err("spec.rules", "%d rules; a %s takes exactly one rule with its backendRefs", len(backends), kind)
+	}
+	var rule meshconfig.RouteRule
+	for i := range backends[0] {
+		ref := &backends[0][i]
+		be, err := rc.backend(fmt.Sprintf("spec.rules[0].backendRefs[%d]", i), &ref.BackendObjectReference, ref.Weight, func(string) ([]meshconfig.RouteFilter, error) { return nil, nil })
+		if err != nil {
+			return r, err
+		}
+		rule.Backends = append(rule.Backends, be)
+	}
+	if len(rule.Backends) == 0 {
+		return r, rc.err("spec.rules[0].backendRefs", "empty; name the Service (and port) to send the connections to")
+	}
+	r.Rules = []meshconfig.RouteRule{rule}
+	return r, nil
+}
+
+// tlsRoute converts a TLSRoute's spec (passthrough, routed by SNI).
+func tlsRoute(namespace, name string, created time.Time, spec *gatewayv1.TLSRouteSpec) (meshconfig.Route, error) {
+	var bs [][]gatewayv1.BackendRef
+	for _, rule := range spec.Rules {
+		bs = append(bs, rule.BackendRefs)
+	}
+	return l4Route(meshconfig.KindTLSRoute, namespace, name, created, spec.ParentRefs, spec.Hostnames, bs)
+}
+
+// tcpRoute converts a TCPRoute's spec.
+func tcpRoute(namespace, name string, created time.Time, spec *gatewayv1.TCPRouteSpec) (meshconfig.Route, error) {
+	var bs [][]gatewayv1.BackendRef
+	for _, rule := range spec.Rules {
+		bs = append(bs, rule.BackendRefs)
+	}
+	return l4Route(meshconfig.KindTCPRoute, namespace, name, created, spec.ParentRefs, nil, bs)
+}
+
+// parents converts the parentRefs: Services (GAMMA: the waypoint serves
+// the route) and Gateways (an ingress gateway serves it), with the
+// Gateway API's defaults (a parentRef without group and kind names a
+// Gateway).
 func (rc *routeConv) parents(refs []gatewayv1.ParentReference) ([]meshconfig.RouteParent, error) {
 	if len(refs) == 0 {
-		return nil, rc.err("spec.parentRefs", "empty; attach the route to a Service with parentRefs: [{group: \"\", kind: Service, name: <service>}]")
+		return nil, rc.err("spec.parentRefs", "empty; attach the route to a Service with parentRefs: [{group: \"\", kind: Service, name: <service>}], or to a Gateway with parentRefs: [{name: <gateway>}]")
 	}
 	var out []meshconfig.RouteParent
 	for i, p := range refs {
@@ -100,29 +156,47 @@ func (rc *routeConv) parents(refs []gatewayv1.ParentReference) ([]meshconfig.Rou
 		if p.Kind != nil {
 			kind = string(*p.Kind)
 		}
-		if group != "" || kind != "Service" {
-			return nil, rc.err(f, "parent is a %s (group %q); Ambit serves routes attached to a Service: set group: \"\" and kind: Service (a parentRef without them names a Gateway)", kind, group)
+		isGateway := group == gatewayv1.GroupName && kind == "Gateway"
+		if !isGateway && (group != "" || kind != "Service") {
+			return nil, rc.err(f, "parent is a %s (group %q); Ambit serves routes attached to a Service (group: \"\", kind: Service) or to a Gateway (the default)", kind, group)
 		}
-		if p.SectionName != nil {
-			return nil, rc.err(f+".sectionName", "a Service parent takes port, not sectionName")
+		if p.Name == "" {
+			return nil, rc.err(f+".name", "empty; name the %s", kind)
 		}
 		ns := rc.namespace
 		if p.Namespace != nil && *p.Namespace != "" {
 			ns = string(*p.Namespace)
 		}
-		rp := meshconfig.RouteParent{Service: ns + "/" + string(p.Name)}
+		var rp meshconfig.RouteParent
+		if isGateway {
+			rp.Gateway = ns + "/" + string(p.Name)
+			if p.SectionName != nil {
+				rp.SectionName = string(*p.SectionName)
+			}
+		} else {
+			if p.SectionName != nil {
+				return nil, rc.err(f+".sectionName", "a Service parent takes port, not sectionName")
+			}
+			rp.Service = ns + "/" + string(p.Name)
+		}
 		if p.Port != nil {
 			if *p.Port < 1 || *p.Port > 65535 {
 				return nil, rc.err(f+".port", "%d is out of range 1-65535", *p.Port)
 			}
 			rp.Port = uint16(*p.Port)
 		}
-		if p.Name == "" {
-			return nil, rc.err(f+".name", "empty; name the Service")
-		}
 		out = append(out, rp)
 	}
 	return out, nil
+}
+
+// hostnames converts spec.hostnames (checked again by the model).
+func hostnames(hs []gatewayv1.Hostname) []string {
+	var out []string
+	for _, h := range hs {
+		out = append(out, string(h))
+	}
+	return out
 }
 
 func (rc *routeConv) regexp(field, expr string) error {

@@ -1,6 +1,7 @@
 // Package promtest queries a real Prometheus's HTTP API from tests: the
-// instant and range queries the lab's and the real cluster's
-// observability tests check rules and dashboards with.
+// instant and range queries, and the waits for their answers, that the
+// lab's and the real cluster's observability tests check rules and
+// dashboards with.
 package promtest
 
 import (
@@ -102,6 +103,63 @@ func (c Client) QueryRange(ctx context.Context, q string, from time.Time, step t
 		return nil, fmt.Errorf("query %q: %w", q, err)
 	}
 	return ss, nil
+}
+
+// WaitQuery runs the instant query q until ok holds of its answer, or
+// until deadline, and returns the last answer. A query's error ends the
+// wait.
+func (c Client) WaitQuery(ctx context.Context, q string, deadline time.Time, ok func([]Sample) bool) ([]Sample, error) {
+	for {
+		ss, err := c.Query(ctx, q)
+		if err != nil || ok(ss) || time.Now().After(deadline) {
+			return ss, err
+		}
+		select {
+		case <-ctx.Done():
+			return ss, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// RangeData is what a round of range queries found: how many series, and
+// the last value above zero among them ("" when none was).
+type RangeData struct {
+	Series  int
+	NonZero string
+}
+
+// WaitRangeData runs queries over [from, now] at step until their series
+// hold a value above zero (with anyValue: until there are series at all),
+// or until deadline, and returns what the last round found. Prometheus
+// shows a scrape's samples only after it, so a dashboard panel's queries
+// are polled rather than asked once. A query's error ends the wait.
+func (c Client) WaitRangeData(ctx context.Context, queries []string, from time.Time, step time.Duration, anyValue bool, deadline time.Time) (RangeData, error) {
+	for {
+		var got RangeData
+		for _, q := range queries {
+			ss, err := c.QueryRange(ctx, q, from, step)
+			if err != nil {
+				return got, err
+			}
+			got.Series += len(ss)
+			for _, s := range ss {
+				for _, v := range s.Values {
+					if str, _ := v[1].(string); IsNumber(str) && str != "0" {
+						got.NonZero = str
+					}
+				}
+			}
+		}
+		if got.Series > 0 && (got.NonZero != "" || anyValue) || time.Now().After(deadline) {
+			return got, nil
+		}
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // IsNumber reports whether a sample value is a number (not NaN or ±Inf).

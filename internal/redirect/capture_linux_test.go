@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // fakeProxy listens where the node proxy would, on the pod's loopback, and
@@ -417,19 +418,17 @@ func TestPrivilegedReleaseAndUninstallLeaveNothing(t *testing.T) {
 	}
 	// The programs are gone from the kernel (the kernel frees them once
 	// unreferenced, which can take a grace period).
-	deadline := time.Now().Add(5 * time.Second)
 	for _, id := range ids {
-		for {
+		gone := testutil.Poll(5*time.Second, 50*time.Millisecond, func() bool {
 			p, err := ebpf.NewProgramFromID(id)
 			if err != nil {
-				break
+				return true
 			}
 			p.Close()
-			if time.Now().After(deadline) {
-				t.Errorf("program %d still loaded after uninstall", id)
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
+			return false
+		})
+		if !gone {
+			t.Errorf("program %d still loaded after uninstall", id)
 		}
 	}
 	if r := f.podDial("tcp4", "10.77.0.1:8080"); !strings.HasPrefix(r.Reply, "server ") {

@@ -1,6 +1,6 @@
 // Package testutil holds the helpers tests share: waiting for a condition
-// instead of sleeping, and a buffer that a server's goroutines can log into
-// while the test reads it.
+// instead of sleeping, a buffer that a server's goroutines can log into
+// while the test reads it, free loopback ports and a mesh CA in files.
 package testutil
 
 import (
@@ -52,6 +52,21 @@ func Eventually(tb testing.TB, timeout time.Duration, what string, check func() 
 		}
 		time.Sleep(pollInterval)
 	}
+}
+
+// Poll checks cond every interval until it holds, for at most within, and
+// reports whether it held. It is the wait for a test that reports the
+// failure itself (t.Errorf, and goes on) or looks at what was last seen;
+// WaitFor and Eventually end the test instead.
+func Poll(within, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+	return true
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent use: a log sink that

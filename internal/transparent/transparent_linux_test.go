@@ -466,10 +466,8 @@ func TestPrivilegedDialNeedsSetup(t *testing.T) {
 				if !v6 {
 					// The SYN-ACKs went to the gateway, which dropped them
 					// (the first may still wait for ARP).
-					for deadline := time.Now().Add(3 * time.Second); f.peerIPv4("InAddrErrors") == 0; time.Sleep(20 * time.Millisecond) {
-						if time.Now().After(deadline) {
-							t.Fatal("no SYN-ACK reached the gateway: the failure has another cause")
-						}
+					if !testutil.Poll(3*time.Second, 20*time.Millisecond, func() bool { return f.peerIPv4("InAddrErrors") > 0 }) {
+						t.Fatal("no SYN-ACK reached the gateway: the failure has another cause")
 					}
 				}
 				if err := Check(f.pod); err == nil {

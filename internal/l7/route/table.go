@@ -98,28 +98,34 @@ func Compile(cfg *meshconfig.Config) *Table {
 			rt.Routes = append(rt.Routes, c.route.Key())
 			rt.entries = append(rt.entries, c.entries...)
 		}
-		sort.SliceStable(rt.entries, func(i, j int) bool {
-			a, b := rt.entries[i], rt.entries[j]
-			if less(a, b) {
-				return true
-			}
-			if less(b, a) {
-				return false
-			}
-			if !a.created.Equal(b.created) {
-				return a.created.Before(b.created)
-			}
-			if a.route != b.route {
-				return a.route < b.route
-			}
-			if a.rule.Index != b.rule.Index {
-				return a.rule.Index < b.rule.Index
-			}
-			return a.match.Index < b.match.Index
-		})
+		sortEntries(rt.entries)
 		t.routers[b] = rt
 	}
 	return t
+}
+
+// sortEntries orders matches by the Gateway API's precedence, then the
+// older route, the route's name, the rule's and the match's index.
+func sortEntries(es []*entry) {
+	sort.SliceStable(es, func(i, j int) bool {
+		a, b := es[i], es[j]
+		if less(a, b) {
+			return true
+		}
+		if less(b, a) {
+			return false
+		}
+		if !a.created.Equal(b.created) {
+			return a.created.Before(b.created)
+		}
+		if a.route != b.route {
+			return a.route < b.route
+		}
+		if a.rule.Index != b.rule.Index {
+			return a.rule.Index < b.rule.Index
+		}
+		return a.match.Index < b.match.Index
+	})
 }
 
 func containsRoute(cs []*compiledRoute, c *compiledRoute) bool {
@@ -193,6 +199,9 @@ type parent struct {
 func parentsOf(cfg *meshconfig.Config, r *meshconfig.Route) []parent {
 	var out []parent
 	for i, ref := range r.Parents {
+		if ref.Gateway != "" {
+			continue // a gateway's route (CompileGateway)
+		}
 		p := parent{index: i}
 		if ns, _, _ := strings.Cut(ref.Service, "/"); ns != r.Namespace {
 			p.group = r.Namespace // a consumer route

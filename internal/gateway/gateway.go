@@ -1,0 +1,619 @@
+// Package gateway runs an ingress gateway: the proxy of one Gateway API
+// Gateway (of a GatewayClass with controllerName
+// ambit.dev/gateway-controller). It owns the listeners (HTTP; HTTPS
+// terminating TLS with the certificate chosen by SNI among the listener's
+// Secrets, swapped in place when a Secret changes; TLS passed through to
+// the TLSRoute its ClientHello's server name selects; TCP to its
+// TCPRoute), hands each accepted connection to the same L7 engine as the
+// waypoint (internal/l7, with l7.GatewayRoutes for the routes attached to
+// the Gateway; Engine.ServeTCPTo for TLS and TCP), and sends
+// requests into the mesh through the tunnel (HBONE) with the gateway's own
+// SPIFFE identity, spiffe://<td>/ns/<ns>/sa/<name>, so AccessPolicies can
+// name it. Its configuration, listener key pairs included, and its
+// certificate come from the controller over its own authenticated stream
+// (controlclient, ProxyKind GATEWAY).
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/admin"
+	"github.com/ambit-mesh/ambit/internal/clock"
+	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/l7"
+	"github.com/ambit-mesh/ambit/internal/l7/resilience"
+	"github.com/ambit-mesh/ambit/internal/l7/route"
+	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
+	"github.com/ambit-mesh/ambit/internal/meshconfig"
+	"github.com/ambit-mesh/ambit/internal/tunnel"
+)
+
+// TunnelPort is where mesh workloads' node proxies serve the tunnel.
+const TunnelPort = 15008
+
+// HandshakeTimeout bounds a client's TLS handshake on an HTTPS listener.
+const HandshakeTimeout = 10 * time.Second
+
+// Options configure a Gateway.
+type Options struct {
+	// Namespace and Name of the Gateway resource.
+	Namespace, Name string
+	// Node it runs on, for operators.
+	Node string
+	// Signer certifies the gateway's mesh identity (the controller).
+	Signer identity.Signer
+	// Bundle holds the trust anchors for mesh peers.
+	Bundle x509bundle.Source
+	// ListenHost is the address listeners bind ("" all: "::").
+	ListenHost string
+	// TrustedProxies are the client addresses whose X-Forwarded-For the
+	// gateway keeps (l7.GatewayRoutes).
+	TrustedProxies []netip.Prefix
+	// Telemetry takes request metrics, the access log and spans.
+	Telemetry *telemetry.Telemetry
+	// Registerer takes the resilience metrics.
+	Registerer prometheus.Registerer
+	Metrics    *admin.Metrics
+	Log        *slog.Logger
+	Clock      clock.Clock
+}
+
+// Gateway is a running ingress gateway.
+type Gateway struct {
+	opts   Options
+	log    *slog.Logger
+	cfg    atomic.Pointer[meshconfig.Config]
+	certs  *identity.Manager
+	dialer *tunnel.Dialer
+	engine *l7.Engine
+	routes *l7.GatewayRoutes
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	id       spiffeid.ID
+	certOK   bool
+	lastErr  string
+	ports    map[uint16]*portListener
+	problems []string // listeners not served, and why
+	shutdown bool
+}
+
+// New makes a Gateway; listeners open with the first configuration that
+// declares it (Update).
+func New(opts Options) (*Gateway, error) {
+	if opts.Namespace == "" || opts.Name == "" || opts.Signer == nil || opts.Bundle == nil {
+		return nil, errors.New("gateway needs its namespace and name, a signer and a trust bundle")
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = admin.NewMetrics("")
+	}
+	g := &Gateway{opts: opts, ports: map[uint16]*portListener{}}
+	g.log = opts.Log.With("gateway", g.Key())
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.certs = identity.NewManager(opts.Signer, opts.Clock, g.log)
+	g.dialer = &tunnel.Dialer{Bundle: opts.Bundle, Log: g.log}
+	g.routes = &l7.GatewayRoutes{Namespace: opts.Namespace, Name: opts.Name, TrustedProxies: opts.TrustedProxies}
+	res := l7.NewResilient(resilience.Options{Clock: opts.Clock})
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(l7.NewResilienceCollector(res.Manager())); err != nil {
+			return nil, fmt.Errorf("gateway resilience metrics: %w", err)
+		}
+	}
+	e, err := l7.New(l7.Options{
+		Upstream:   l7.UpstreamFunc(g.dialEndpoint),
+		Router:     g.routes,
+		Resilience: res,
+		Observer:   l7.NewTelemetryObserver(opts.Telemetry),
+		Log:        g.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.engine = e
+	return g, nil
+}
+
+// Key is "namespace/name".
+func (g *Gateway) Key() string { return g.opts.Namespace + "/" + g.opts.Name }
+
+// Identity is the gateway's SPIFFE ID, known once a configuration is in
+// force.
+func (g *Gateway) Identity() spiffeid.ID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.id
+}
+
+// Config is the configuration in force, nil before the first.
+func (g *Gateway) Config() *meshconfig.Config { return g.cfg.Load() }
+
+// Routes is the gateway's router (for tests and the admin endpoint).
+func (g *Gateway) Routes() *l7.GatewayRoutes { return g.routes }
+
+// Update puts cfg in force: the engine compiles the routes, the
+// gateway's certificate is asked for, and the listeners are opened,
+// closed or given their new certificates. Connections already open keep
+// the certificate they were served with; new handshakes get the new one.
+func (g *Gateway) Update(cfg *meshconfig.Config) error {
+	id, err := spiffeid.FromSegments(cfg.Mesh.TrustDomain, "ns", g.opts.Namespace, "sa", g.opts.Name)
+	if err != nil {
+		return fmt.Errorf("gateway %s makes no SPIFFE ID: %v", g.Key(), err)
+	}
+	gw := cfg.Gateway(g.opts.Namespace, g.opts.Name)
+	want, problems, err := desiredPorts(gw)
+	if err != nil {
+		return err
+	}
+	if err := g.engine.Update(cfg); err != nil {
+		return err
+	}
+	g.cfg.Store(cfg)
+	g.mu.Lock()
+	changed := g.id != id
+	g.id = id
+	g.problems = problems
+	g.mu.Unlock()
+	if changed {
+		go g.ensureCert(id)
+	}
+	if gw == nil {
+		g.log.Warn("this gateway is not declared in the configuration; it serves nothing until it is", "version", cfg.Version)
+	}
+	for _, p := range problems {
+		g.log.Warn("listener not served", "problem", p, "version", cfg.Version)
+	}
+	return g.reconcile(want)
+}
+
+// portSpec is what one port serves: plaintext HTTP, HTTPS with the
+// certificates of the HTTPS listeners on it, TLS passed through, or TCP.
+type portSpec struct {
+	protocol string // a meshconfig.Protocol*
+	certs    *certSet
+}
+
+// desiredPorts groups gw's listeners by port. Listeners on one port must
+// agree on the protocol (else the later ones are Conflicted and not
+// served); an HTTPS listener without a usable certificate is not served.
+func desiredPorts(gw *meshconfig.Gateway) (map[uint16]portSpec, []string, error) {
+	want := map[uint16]portSpec{}
+	var problems []string
+	if gw == nil {
+		return want, nil, nil
+	}
+	for _, l := range gw.Listeners {
+		if l.Problem != "" {
+			problems = append(problems, fmt.Sprintf("listener %s: %s", l.Name, l.Problem))
+		}
+		prev, ok := want[l.Port]
+		if ok && prev.protocol != l.Protocol {
+			problems = append(problems, fmt.Sprintf("listener %s: port %d is already %s (another listener); Conflicted", l.Name, l.Port, prev.protocol))
+			continue
+		}
+		if l.Protocol != meshconfig.ProtocolHTTPS {
+			want[l.Port] = portSpec{protocol: l.Protocol}
+			continue
+		}
+		var pairs []tls.Certificate
+		for _, c := range l.Certificates {
+			kp, err := tls.X509KeyPair(c.CertPEM, c.KeyPEM)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("listener %s: Secret %s: %v", l.Name, c.Secret, err))
+				continue
+			}
+			pairs = append(pairs, kp)
+		}
+		if len(pairs) == 0 {
+			continue
+		}
+		cs := prev.certs
+		if cs == nil {
+			cs = &certSet{}
+		}
+		cs.listeners = append(cs.listeners, certListener{hostname: l.Hostname, certs: pairs})
+		want[l.Port] = portSpec{protocol: l.Protocol, certs: cs}
+	}
+	for _, spec := range want {
+		if spec.certs != nil {
+			sort.SliceStable(spec.certs.listeners, func(i, j int) bool {
+				return route.MoreSpecific(spec.certs.listeners[i].hostname, spec.certs.listeners[j].hostname)
+			})
+		}
+	}
+	return want, problems, nil
+}
+
+// reconcile opens the ports wanted and not open, gives open TLS ports
+// their new certificates, and closes the ports no longer wanted (their
+// connections finish).
+func (g *Gateway) reconcile(want map[uint16]portSpec) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.shutdown {
+		return nil
+	}
+	var errs []error
+	for port, pl := range g.ports {
+		if spec, ok := want[port]; !ok || spec.protocol != pl.protocol {
+			pl.ln.Close()
+			delete(g.ports, port)
+			g.log.Info("listener closed", "port", port)
+		}
+	}
+	for port, spec := range want {
+		if pl, ok := g.ports[port]; ok {
+			if spec.certs != nil {
+				pl.certs.Store(spec.certs)
+			}
+			continue
+		}
+		addr := net.JoinHostPort(g.listenHost(), fmt.Sprint(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("gateway listener %s: %w", addr, err))
+			continue
+		}
+		pl := &portListener{g: g, port: port, protocol: spec.protocol, ln: ln}
+		if spec.certs != nil {
+			pl.certs.Store(spec.certs)
+		}
+		g.ports[port] = pl
+		g.wg.Add(1)
+		go pl.serve()
+		g.log.Info("listener open", "addr", ln.Addr().String(), "protocol", spec.protocol)
+	}
+	// A port that cannot be opened is reported by readiness and the log,
+	// not by refusing the configuration: the other listeners serve.
+	if err := errors.Join(errs...); err != nil {
+		g.problems = append(g.problems, err.Error())
+		g.log.Error("listener not open", "err", err)
+	}
+	return nil
+}
+
+func (g *Gateway) listenHost() string {
+	if g.opts.ListenHost != "" {
+		return g.opts.ListenHost
+	}
+	return "::"
+}
+
+// ensureCert gets the gateway's mesh certificate, retrying with backoff.
+func (g *Gateway) ensureCert(id spiffeid.ID) {
+	backoff := 200 * time.Millisecond
+	for {
+		err := g.certs.Ensure(g.ctx, id)
+		g.mu.Lock()
+		if err == nil {
+			g.certOK, g.lastErr = true, ""
+		} else {
+			g.lastErr = fmt.Sprintf("certificate for %s: %v", id, err)
+		}
+		g.mu.Unlock()
+		if err == nil || g.ctx.Err() != nil {
+			return
+		}
+		g.log.Warn("gateway certificate not issued yet; retrying", "id", id.String(), "err", err, "retryIn", backoff)
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// Run renews the gateway's certificate until ctx ends.
+func (g *Gateway) Run(ctx context.Context) { g.certs.Run(ctx) }
+
+// Ready reports whether the gateway serves: a configuration that declares
+// it, its mesh certificate, and every listener open.
+func (g *Gateway) Ready() (bool, []string) {
+	cfg := g.cfg.Load()
+	g.mu.Lock()
+	certOK, lastErr, shutdown, problems := g.certOK, g.lastErr, g.shutdown, slices.Clone(g.problems)
+	g.mu.Unlock()
+	var why []string
+	switch {
+	case shutdown:
+		why = append(why, "shutting down")
+	case cfg == nil:
+		why = append(why, "no mesh configuration yet")
+	default:
+		if cfg.Gateway(g.opts.Namespace, g.opts.Name) == nil {
+			why = append(why, fmt.Sprintf("gateway %s is not declared in configuration %s", g.Key(), cfg.Version))
+		}
+		if !certOK {
+			msg := "certificate for " + g.Identity().String() + " not issued yet"
+			if lastErr != "" {
+				msg = lastErr
+			}
+			why = append(why, msg)
+		}
+		for _, p := range problems {
+			if strings.HasPrefix(p, "gateway listener ") {
+				why = append(why, p) // a port that could not be opened
+			}
+		}
+	}
+	return len(why) == 0, why
+}
+
+// Problems lists the listeners not served and why.
+func (g *Gateway) Problems() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.problems)
+}
+
+// Addrs lists the open listeners' addresses by port.
+func (g *Gateway) Addrs() map[uint16]net.Addr {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := map[uint16]net.Addr{}
+	for p, pl := range g.ports {
+		out[p] = pl.ln.Addr()
+	}
+	return out
+}
+
+// Shutdown closes the listeners, lets the connections being served
+// finish until ctx ends, then closes them.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.shutdown = true
+	for port, pl := range g.ports {
+		pl.ln.Close()
+		delete(g.ports, port)
+	}
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	g.cancel()
+	g.engine.Close()
+	g.dialer.Close()
+	return err
+}
+
+// dialEndpoint opens a connection to a mesh endpoint: through the tunnel
+// to the endpoint's node proxy, as the gateway's own identity. It claims
+// no source address (no Forwarded): the destination takes the tunnel's
+// own source, the gateway's address, since pooled connections carry many
+// clients' requests; the client's address is in X-Forwarded-For. An
+// address outside the mesh is refused: a gateway sends only into the
+// mesh.
+func (g *Gateway) dialEndpoint(ctx context.Context, ep netip.AddrPort) (net.Conn, error) {
+	cfg := g.cfg.Load()
+	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	wl := cfg.WorkloadByIP(ep.Addr())
+	if wl == nil || !wl.Captured {
+		return nil, fmt.Errorf("endpoint %s is not a workload of the mesh; gateway %s sends only into the mesh", ep, g.Key())
+	}
+	return g.dialer.Dial(ctx, g.certs.Source(g.Identity()), tunnel.Target{
+		Proxy:    netip.AddrPortFrom(ep.Addr(), TunnelPort).String(),
+		Identity: wl.Identity,
+		Dst:      ep,
+		Via:      "gateway",
+		Protocol: tunnel.Protocol(cfg.TunnelFor(wl.Node)),
+	})
+}
+
+// portListener serves one listener port.
+type portListener struct {
+	g        *Gateway
+	port     uint16
+	protocol string // a meshconfig.Protocol*
+	ln       net.Listener
+	certs    atomic.Pointer[certSet]
+}
+
+func (pl *portListener) serve() {
+	defer pl.g.wg.Done()
+	for {
+		c, err := pl.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		pl.g.wg.Add(1)
+		go pl.serveConn(c)
+	}
+}
+
+func (pl *portListener) serveConn(c net.Conn) {
+	defer pl.g.wg.Done()
+	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	local, _ := netip.ParseAddrPort(c.LocalAddr().String())
+	info := l7.ConnInfo{
+		Dst: netip.AddrPortFrom(local.Addr().Unmap(), pl.port),
+		Src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()),
+	}
+	switch pl.protocol {
+	case meshconfig.ProtocolTLS, meshconfig.ProtocolTCP:
+		pl.serveL4(c, info)
+		return
+	case meshconfig.ProtocolHTTPS:
+		tc := tls.Server(c, &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			NextProtos:     []string{"h2", "http/1.1"},
+			GetCertificate: pl.certs.Load().get,
+		})
+		ctx, cancel := context.WithTimeout(pl.g.ctx, HandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			pl.g.log.Debug("TLS handshake failed", "client", info.Src, "port", pl.port, "err", err)
+			c.Close()
+			return
+		}
+		info.TLS = true
+		c = tc
+	}
+	info.AppProtocol = "http"
+	pl.g.engine.ServeConn(pl.g.ctx, c, info)
+}
+
+// serveL4 serves a connection to a TLS (passthrough) or TCP listener: the
+// route is chosen by the ClientHello's server name (TLS, read without
+// answering it) or by the listener (TCP), and the bytes, the ClientHello
+// included, go untouched to a backend of the route.
+func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
+	sni := ""
+	if pl.protocol == meshconfig.ProtocolTLS {
+		var err error
+		sni, c, err = peekSNI(c, HandshakeTimeout)
+		if err != nil {
+			pl.g.log.Debug("no TLS ClientHello", "client", info.Src, "port", pl.port, "err", err)
+			c.Close()
+			return
+		}
+	}
+	l, rt := pl.g.routes.Table().LookupL4(pl.port, sni)
+	var be *meshconfig.RouteBackend
+	if rt != nil {
+		be = rt.Pick(nil)
+	}
+	if be == nil {
+		what := "listener"
+		if l != nil {
+			what = "route of listener " + l.Name
+		}
+		pl.g.log.Info("connection refused", "log", "access", "gateway", pl.g.Key(), "client", info.Src.String(), "port", pl.port, "sni", sni,
+			"reason", fmt.Sprintf("no %s of gateway %s takes port %d, server name %q", what, pl.g.Key(), pl.port, sni))
+		c.Close()
+		return
+	}
+	pl.g.engine.ServeTCPTo(pl.g.ctx, c, info, be.Key(), be.Port)
+}
+
+// peekSNI reads c's TLS ClientHello (without answering it) and returns
+// its server name and a connection that replays what was read.
+func peekSNI(c net.Conn, timeout time.Duration) (string, net.Conn, error) {
+	rec := &recordingConn{Conn: c}
+	var sni string
+	errDone := errors.New("ClientHello read")
+	c.SetReadDeadline(time.Now().Add(timeout))
+	err := tls.Server(rec, &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		sni = h.ServerName
+		return nil, errDone
+	}}).Handshake()
+	c.SetReadDeadline(time.Time{})
+	pc := &prefixConn{Conn: c, prefix: rec.buf.Bytes()}
+	if !errors.Is(err, errDone) {
+		return "", pc, fmt.Errorf("not a TLS ClientHello: %v", err)
+	}
+	return sni, pc, nil
+}
+
+// recordingConn keeps what is read and writes nothing (the TLS server
+// that reads the ClientHello must not answer it).
+type recordingConn struct {
+	net.Conn
+	buf bytes.Buffer
+}
+
+func (r *recordingConn) Read(b []byte) (int, error) {
+	n, err := r.Conn.Read(b)
+	r.buf.Write(b[:n])
+	return n, err
+}
+
+func (r *recordingConn) Write(b []byte) (int, error) { return len(b), nil }
+
+// prefixConn reads prefix before the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// CloseWrite half-closes the connection underneath.
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+// certSet is the certificates of the HTTPS listeners on one port, the
+// most specific hostname first. It is replaced whole when a Secret
+// changes.
+type certSet struct {
+	listeners []certListener
+}
+
+type certListener struct {
+	hostname string // "" any
+	certs    []tls.Certificate
+}
+
+// get picks the certificate for a handshake: the listener whose hostname
+// matches the SNI most specifically (a client without SNI gets the
+// listener without hostname, else the first), then among its
+// certificates the first the client supports for that name (several
+// Secrets: one per name or key type).
+func (cs *certSet) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	sni := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	var pick *certListener
+	for i := range cs.listeners {
+		cl := &cs.listeners[i]
+		if route.HostMatches(cl.hostname, sni) || (sni == "" && cl.hostname == "") {
+			pick = cl
+			break
+		}
+	}
+	if pick == nil {
+		if sni != "" {
+			return nil, fmt.Errorf("no HTTPS listener serves %q", sni)
+		}
+		pick = &cs.listeners[0]
+	}
+	for i := range pick.certs {
+		if hello.SupportsCertificate(&pick.certs[i]) == nil {
+			return &pick.certs[i], nil
+		}
+	}
+	return &pick.certs[0], nil
+}
