@@ -4,12 +4,15 @@
 // nginx stream proxies doing the same mutual-TLS hop; and HTTP/1.1 through a
 // waypoint (client node proxy -> waypoint -> server node proxy) beside
 // nginx as an HTTP reverse proxy doing the same hop (modes waypoint,
-// nginx-http: latency at a fixed rate, most requests per second per proxy
-// core). It prints a table
-// (metrics by mode) and writes it as JSON. Run it as root; it builds its own
-// labs and removes them, also on Ctrl-C.
+// nginx-http); and HTTPS from a client outside the mesh through Ambit's
+// ingress gateway, terminating TLS and sending into the mesh over HBONE,
+// beside nginx terminating TLS and proxying the same requests (modes
+// gateway, nginx-tls). The L7 modes measure latency at a fixed rate and
+// the most requests per second per proxy core. It prints a table (metrics
+// by mode) and writes it as JSON. Run it as root; it builds its own labs
+// and removes them, also on Ctrl-C.
 //
-//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx,waypoint,nginx-http] [-duration 8s] [-rounds 1] [-o bench/out/bench.json]
+//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx,waypoint,nginx-http,gateway,nginx-tls] [-duration 8s] [-rounds 4] [-o bench/out/bench.json]
 //
 // With -rounds N the whole mode list is measured N times, interleaved, and
 // each cell of the table is the median (min–max) over the rounds.
@@ -17,9 +20,9 @@
 // The same binary is what the harness runs inside the pods:
 //
 //	ambit-bench rr-server ADDR
-//	ambit-bench http-server ADDR
+//	ambit-bench http-server [-tls-cert FILE -tls-key FILE] ADDR
 //	ambit-bench rr-client [flags] ADDR
-//	ambit-bench probe [-timeout D] ADDR
+//	ambit-bench probe [-http] [-tls-ca FILE -tls-name NAME] [-timeout D] ADDR
 package main
 
 import (
@@ -116,10 +119,10 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.IntVar(&cfg.MaxConns, "max-conns", 8, "L7 modes: connections sending HTTP requests back to back for the most requests per second")
 	fs.IntVar(&cfg.ConnectWorkers, "connect-workers", 4, "connection rate: workers that connect, send one request and wait for the close, in a loop")
 	fs.StringVar(&cfg.NodeProxy, "nodeproxy", "", "nodeproxy binary for the mesh modes (default: next to this binary)")
-	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies' GOMAXPROCS (auto: one per CPU of the machine for both)")
-	fs.BoolVar(&cfg.AccessLog, "access-log", false, "L7 modes: the waypoint and nginx http log one line per request (the waypoint's default outside the benchmark); off: neither does")
+	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies', waypoint's and gateway's GOMAXPROCS (auto: one per CPU of the machine for all)")
+	fs.BoolVar(&cfg.AccessLog, "access-log", false, "L7 modes: the waypoint, the gateway and nginx http log one line per request (the waypoint's and gateway's default outside the benchmark); off: none does")
 	fs.StringVar(&cfg.SamplesDir, "samples", "", "write every request of the fixed-rate runs (when it was due, latency and service time, tab-separated) to this directory, one file per mode, round and run")
-	fs.StringVar(&cfg.ProfileDir, "profile", "", "write CPU and allocation profiles (pprof) of the node proxies and the waypoint during the waypoint mode's most-requests run to this directory (one set per round with -rounds)")
+	fs.StringVar(&cfg.ProfileDir, "profile", "", "write CPU and allocation profiles (pprof) of the node proxies and the waypoint or gateway during the waypoint and gateway modes' most-requests runs to this directory (one set per round with -rounds)")
 	fs.StringVar(&cfg.StateRoot, "state-root", "", "directory for the labs' temporary state directories (default $TMPDIR)")
 	fs.StringVar(&out, "o", filepath.Join("bench", "out", "bench.json"), "write the results as JSON here")
 	fs.BoolVar(&strict, "strict", false, "exit 1 when a mode or a measurement failed")

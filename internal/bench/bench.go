@@ -93,12 +93,13 @@ type Config struct {
 	// of the machine for both).
 	ProxyCPUs string
 	// AccessLog makes the L7 modes' HTTP proxies log one line per
-	// request: the waypoint (its --access-log, on by default outside the
-	// benchmark) and nginx http (access_log). Off: neither logs.
+	// request: the waypoint and the gateway (their --access-log, on by
+	// default outside the benchmark) and nginx http (access_log). Off:
+	// none logs.
 	AccessLog bool
 	// ProfileDir, when set, receives CPU and allocation profiles (pprof,
-	// from their admin endpoints) of the node proxies and the waypoint
-	// during the waypoint mode's max run.
+	// from their admin endpoints) of the node proxies and the waypoint or
+	// gateway during the waypoint and gateway modes' max runs.
 	ProfileDir string
 	// SamplesDir, when set, receives every fixed-rate run's requests
 	// (rr-client -samples), one file per mode, round and run.
@@ -172,14 +173,16 @@ func ParseModes(s string) ([]string, error) {
 	return out, nil
 }
 
-// isMesh: the mode's pods are mesh pods, in a lab of its own with node
-// proxies capturing their traffic (the waypoint mode too).
+// isMesh: the mode runs in a lab of its own with node proxies capturing
+// the mesh pods' traffic (the waypoint and gateway modes too).
 func isMesh(mode string) bool {
-	return mode == ModeMeshH2 || mode == ModeMeshQUIC || mode == ModeWaypoint
+	return mode == ModeMeshH2 || mode == ModeMeshQUIC || mode == ModeWaypoint || mode == ModeGateway
 }
 
 // isNginx: the mode needs nginx.
-func isNginx(mode string) bool { return mode == ModeNginx || mode == ModeNginxHTTP }
+func isNginx(mode string) bool {
+	return mode == ModeNginx || mode == ModeNginxHTTP || mode == ModeNginxTLS
+}
 
 type harness struct {
 	cfg   Config
@@ -340,6 +343,7 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 			opts.NodeProxyEnv = []string{"GOMAXPROCS=" + cfg.ProxyCPUs}
 		}
 		opts.WaypointArgs = []string{"--access-log=" + strconv.FormatBool(cfg.AccessLog)}
+		opts.GatewayArgs = opts.WaypointArgs
 		if err := h.withLab(ctx, m, opts, func(l *lab.Lab) { results[m] = h.runMode(ctx, l, m) }); err != nil {
 			failAll([]string{m}, err)
 		}
@@ -848,11 +852,7 @@ func (h *harness) startNginxes(ctx context.Context, l *lab.Lab, instances []ngin
 	if err != nil {
 		return nil, nil, err
 	}
-	ca, err := identity.LoadCA(td, l.CACertPath(), l.CAKeyPath(), nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	caPEM, err := os.ReadFile(l.CACertPath())
+	ca, caPEM, err := labCA(l)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -911,6 +911,24 @@ func (h *harness) startNginxes(ctx context.Context, l *lab.Lab, instances []ngin
 		roots = append(roots, ProxyProcess{PID: p.cmd.Process.Pid, Role: role, Node: in.node})
 	}
 	return newProxySet(roots), stop, nil
+}
+
+// labCA is l's CA (to sign the harness's own certificates) and its
+// certificate in PEM.
+func labCA(l *lab.Lab) (*identity.CA, []byte, error) {
+	td, err := spiffeid.TrustDomainFromString(l.TrustDomain())
+	if err != nil {
+		return nil, nil, err
+	}
+	ca, err := identity.LoadCA(td, l.CACertPath(), l.CAKeyPath(), nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	caPEM, err := os.ReadFile(l.CACertPath())
+	if err != nil {
+		return nil, nil, err
+	}
+	return ca, caPEM, nil
 }
 
 func hostPort(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }

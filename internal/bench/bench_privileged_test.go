@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -140,16 +141,17 @@ func TestPrivilegedUDPCounter(t *testing.T) {
 }
 
 // TestPrivilegedL7 runs the L7 modes end to end with short measurements:
-// HTTP through a lab waypoint and through the nginx http path, each with
-// its direct baseline, latency and closed-loop runs, and the proxies'
-// CPU, the waypoint's included.
+// HTTP through a lab waypoint and through the nginx http path, HTTPS from
+// outside the mesh through a lab ingress gateway and through nginx
+// terminating TLS, each with its direct baseline, latency and closed-loop
+// runs, and the proxies' CPU, the waypoint's and gateway's included.
 func TestPrivilegedL7(t *testing.T) {
 	privtest.Require(t)
-	modes := []string{ModeWaypoint}
+	modes := []string{ModeWaypoint, ModeGateway}
 	if _, err := exec.LookPath("nginx"); err == nil {
-		modes = append(modes, ModeNginxHTTP)
+		modes = append(modes, ModeNginxHTTP, ModeNginxTLS)
 	} else if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
-		modes = append(modes, ModeNginxHTTP)
+		modes = append(modes, ModeNginxHTTP, ModeNginxTLS)
 	}
 	nodeProxy := labtest.BuildNodeProxy(t)
 	self, err := os.Executable()
@@ -157,7 +159,7 @@ func TestPrivilegedL7(t *testing.T) {
 		t.Fatal(err)
 	}
 	root, profiles, samples := t.TempDir(), t.TempDir(), t.TempDir()
-	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 240*time.Second)
 	defer cancel()
 	rep, err := Run(ctx, Config{
 		Modes: modes, Duration: time.Second, Warmup: 200 * time.Millisecond, Rate: 100, Conns: 2, MaxConns: 2,
@@ -189,8 +191,19 @@ func TestPrivilegedL7(t *testing.T) {
 		if p := m.Proxy.phase(PhaseHTTPLatency); p == nil || p.CPUSeconds <= 0 || h.Latency == nil || h.Latency.Answered <= h.Latency.Count {
 			t.Errorf("%s: fixed-rate run's proxy CPU %+v, requests %+v", mode, p, h.Latency)
 		}
-		if len(h.CPUByProxy) != 3 || m.Proxy == nil || len(m.Proxy.Processes) < 3 {
+		// Three proxies on each path but nginx-tls's: two node proxies and
+		// the waypoint or gateway; three nginx; two nginx.
+		want := 3
+		if mode == ModeNginxTLS {
+			want = 2
+		}
+		if len(h.CPUByProxy) != want || m.Proxy == nil || len(m.Proxy.Processes) < want {
 			t.Errorf("%s: proxies %v, %+v", mode, h.CPUByProxy, m.Proxy)
+		}
+		// The HTTPS modes: the client spoke TLS to the proxy and to the
+		// direct baseline's TLS server.
+		if isTLSMode(mode) && (!strings.Contains(m.Path, "HTTPS (TLS 1.3, "+EdgeHost+")") || !strings.Contains(m.Path, fmt.Sprintf(":%d", PortHTTPSDirect))) {
+			t.Errorf("%s: path %q", mode, m.Path)
 		}
 		for _, n := range m.Notes {
 			if strings.Contains(n, "is the traffic going through") {
@@ -210,7 +223,8 @@ func TestPrivilegedL7(t *testing.T) {
 	}
 	// CPU and allocation profiles of the waypoint and both node proxies
 	// (pprof from their admin endpoints) during the waypoint's max run.
-	for _, name := range []string{"waypoint-waypoint-node-1", "waypoint-nodeproxy-node-1", "waypoint-nodeproxy-node-2"} {
+	for _, name := range []string{"waypoint-waypoint-node-1", "waypoint-nodeproxy-node-1", "waypoint-nodeproxy-node-2",
+		"gateway-gateway-node-1", "gateway-nodeproxy-node-2"} {
 		for _, f := range []string{name + ".pprof", name + "-allocs.pprof"} {
 			if st, err := os.Stat(filepath.Join(profiles, f)); err != nil || st.Size() == 0 {
 				t.Errorf("profile %s: %v", f, err)

@@ -248,7 +248,7 @@ func TestRRLoopback(t *testing.T) {
 	if c.Kind != "connect" || c.Errors != 0 || c.Count < 10 || c.PerSecond <= 0 || c.Answered < c.Count {
 		t.Errorf("connect run: %+v", c)
 	}
-	if n, err := Probe(ctx, ln.Addr().String(), time.Second, false); err != nil || n != 1 {
+	if n, err := Probe(ctx, ln.Addr().String(), time.Second, false, nil); err != nil || n != 1 {
 		t.Errorf("Probe = %d, %v", n, err)
 	}
 	if d, err := CloseCheck(ctx, ln.Addr().String(), time.Second); err != nil || d > time.Second {
@@ -279,7 +279,7 @@ func TestRRLoopback(t *testing.T) {
 	close(checked)
 	// Nothing listens here any more.
 	addr := testutil.FreeAddr(t)
-	if _, err := Probe(ctx, addr, 300*time.Millisecond, false); err == nil {
+	if _, err := Probe(ctx, addr, 300*time.Millisecond, false, nil); err == nil {
 		t.Error("Probe of a closed port succeeded")
 	}
 	if r, err := RRRun(ctx, RRConfig{Addr: addr, Conns: 1, Rate: 100, Duration: 200 * time.Millisecond}); err == nil || r.Errors == 0 {

@@ -2,20 +2,25 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 )
 
 // HelperUsage lists the subcommands HelperMain runs.
 const HelperUsage = `  rr-server ADDR                          answer request/response clients on ADDR
-  http-server ADDR                        answer HTTP/1.1 clients (keep-alive) on ADDR
+  http-server [-tls-cert F -tls-key F] ADDR
+                                          answer HTTP/1.1 clients (keep-alive) on ADDR, over TLS 1.3 with a key pair
   rr-client [flags] ADDR                  measure request/response latency, most requests/s or connection rate, print JSON
   idle-client -conns N ADDR               open N connections to an rr-server, one request each, print "ready N", hold them
-  probe [-http] [-timeout D] [-close-check D] ADDR
+  probe [-http] [-tls-ca F -tls-name N] [-timeout D] [-close-check D] ADDR
                                           wait until one request/response to ADDR works
                                           (exit 3: the server's close did not reach the client)
 `
@@ -50,6 +55,15 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if name == "probe" {
 		fs.BoolVar(&probeHTTP, "http", false, "an HTTP/1.1 request to an http-server instead of the rr protocol")
 	}
+	var tlsCA, tlsName, tlsCert, tlsKey string
+	if name == "probe" || name == "rr-client" {
+		fs.StringVar(&tlsCA, "tls-ca", "", "connect with TLS 1.3, checking the server's certificate against the PEM roots in this file (with -tls-name)")
+		fs.StringVar(&tlsName, "tls-name", "", "with -tls-ca: the server name to ask for (SNI), check in its certificate and send as the HTTP Host")
+	}
+	if name == "http-server" {
+		fs.StringVar(&tlsCert, "tls-cert", "", "serve HTTPS (TLS 1.3) with this PEM certificate chain (with -tls-key)")
+		fs.StringVar(&tlsKey, "tls-key", "", "the PEM private key of -tls-cert")
+	}
 	if name == "rr-client" {
 		fs.BoolVar(&cfg.Connect, "connect", false, "a new connection per request (connect, request, response, server closes) instead of persistent connections at a fixed rate")
 		fs.IntVar(&cfg.Conns, "conns", 4, "persistent connections (or, with -connect, workers)")
@@ -76,6 +90,25 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 	addr := fs.Arg(0)
+	tlsCfg, err := clientTLS(tlsCA, tlsName)
+	if err != nil {
+		fmt.Fprintf(stderr, "ambit-bench %s: %v\n", name, err)
+		return 2
+	}
+	cfg.TLS = tlsCfg
+	var cert *tls.Certificate
+	if (tlsCert == "") != (tlsKey == "") {
+		fmt.Fprintf(stderr, "ambit-bench %s: -tls-cert and -tls-key go together\n", name)
+		return 2
+	}
+	if tlsCert != "" {
+		kp, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+		if err != nil {
+			fmt.Fprintf(stderr, "ambit-bench %s: -tls-cert/-tls-key: %v\n", name, err)
+			return 2
+		}
+		cert = &kp
+	}
 	switch name {
 	case "rr-server", "http-server":
 		ln, err := net.Listen("tcp", addr)
@@ -90,7 +123,7 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
 		serve := RRServe
 		if name == "http-server" {
-			serve = HTTPServe
+			serve = func(ln net.Listener) error { return HTTPServe(ln, cert) }
 		}
 		if err := serve(ln); err != nil {
 			fmt.Fprintf(stderr, "ambit-bench %s: %v\n", name, err)
@@ -119,7 +152,7 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		return 0
 	default: // probe
-		n, err := Probe(ctx, addr, *timeout, probeHTTP)
+		n, err := Probe(ctx, addr, *timeout, probeHTTP, tlsCfg)
 		if err != nil {
 			fmt.Fprintf(stderr, "ambit-bench probe: %v\n", err)
 			return 1
@@ -135,4 +168,29 @@ func HelperMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		return 0
 	}
+}
+
+// clientTLS is the TLS configuration of -tls-ca and -tls-name: TLS 1.3,
+// the server's certificate checked against the roots in the file for the
+// name, HTTP/1.1 (ALPN), sessions resumed on reconnects as a browser
+// would; nil when neither is given.
+func clientTLS(caFile, name string) (*tls.Config, error) {
+	if caFile == "" && name == "" {
+		return nil, nil
+	}
+	if caFile == "" || name == "" {
+		return nil, errors.New("-tls-ca and -tls-name go together")
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("-tls-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("-tls-ca %s: no PEM certificate in it", caFile)
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13, RootCAs: pool, ServerName: name, NextProtos: []string{"http/1.1"},
+		ClientSessionCache: tls.NewLRUClientSessionCache(64),
+	}, nil
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,13 +24,13 @@ import (
 // HTTPPath is the path http-server answers.
 const HTTPPath = "/rr"
 
-// HTTPRequest is the HTTP/1.1 request rr-client sends to addr: a POST of
-// reqSize bytes asking for respSize bytes, with Connection: close when
-// closeAfter.
-func HTTPRequest(addr string, reqSize, respSize int, closeAfter bool) []byte {
+// HTTPRequest is the HTTP/1.1 request rr-client sends, Host: host (the
+// address it dials, or over TLS the server name): a POST of reqSize bytes
+// asking for respSize bytes, with Connection: close when closeAfter.
+func HTTPRequest(host string, reqSize, respSize int, closeAfter bool) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "POST %s?resp=%d HTTP/1.1\r\nHost: %s\r\nUser-Agent: ambit-bench\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n",
-		HTTPPath, respSize, addr, reqSize)
+		HTTPPath, respSize, host, reqSize)
 	if closeAfter {
 		b.WriteString("Connection: close\r\n")
 	}
@@ -120,9 +121,13 @@ func HTTPHandler() http.Handler {
 }
 
 // HTTPServe serves HTTPHandler on ln (keep-alive, as Go's server does by
-// default) until ln is closed.
-func HTTPServe(ln net.Listener) error {
+// default) until ln is closed; with cert, over TLS 1.3 (HTTP/1.1 only: the
+// direct baseline of the modes whose clients speak HTTPS).
+func HTTPServe(ln net.Listener, cert *tls.Certificate) error {
 	srv := &http.Server{Handler: HTTPHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
+	if cert != nil {
+		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+	}
 	err := srv.Serve(ln)
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -3,14 +3,20 @@ package bench
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/meshspec"
 )
@@ -86,6 +92,77 @@ func TestHTTPHandler(t *testing.T) {
 	}
 }
 
+// rr-client -http with -tls-ca/-tls-name against http-server with
+// -tls-cert/-tls-key on loopback: HTTPS with the certificate checked for
+// the name, which is also the Host; a wrong name or root fails.
+func TestHTTPSLoopback(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	ca, err := identity.GenerateCA(td, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := issueCert(ca, spiffeid.RequireFromSegments(td, "ns", "bench", "sa", "edge"), EdgeHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := identity.GenerateCA(td, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := map[string][]byte{"ca.pem": identity.EncodeCert(ca.Certificate()), "cert.pem": certPEM, "key.pem": keyPEM, "other.pem": identity.EncodeCert(other.Certificate())}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := func(name string) string { return filepath.Join(dir, name) }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A free port for http-server, which listens itself.
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pl.Addr().String()
+	pl.Close()
+	var srvOut strings.Builder
+	done := make(chan int)
+	go func() {
+		done <- HelperMain(ctx, []string{"http-server", "-tls-cert", f("cert.pem"), "-tls-key", f("key.pem"), addr}, io.Discard, &srvOut)
+	}()
+	defer func() { cancel(); <-done }()
+	var out strings.Builder
+	if code := HelperMain(ctx, []string{"probe", "-http", "-tls-ca", f("ca.pem"), "-tls-name", EdgeHost, "-timeout", "5s", addr}, &out, &out); code != 0 {
+		t.Fatalf("probe over TLS: exit %d: %s %s", code, out.String(), srvOut.String())
+	}
+	out.Reset()
+	if code := HelperMain(ctx, []string{"rr-client", "-http", "-tls-ca", f("ca.pem"), "-tls-name", EdgeHost, "-conns", "2", "-rate", "200",
+		"-duration", "300ms", "-warmup", "50ms", addr}, &out, &out); code != 0 {
+		t.Fatalf("rr-client over TLS: exit %d: %s", code, out.String())
+	}
+	if r, err := ParseRR([]byte(out.String())); err != nil || r.Errors != 0 || r.Count < 40 {
+		t.Errorf("rate run over TLS: %+v, %v", r, err)
+	}
+	// The certificate is checked: another name, or a root that did not
+	// sign it, fails the handshake.
+	for _, args := range [][]string{{"-tls-ca", f("ca.pem"), "-tls-name", "other.example"}, {"-tls-ca", f("other.pem"), "-tls-name", EdgeHost}} {
+		out.Reset()
+		if code := HelperMain(ctx, append(append([]string{"probe", "-http", "-timeout", "300ms"}, args...), addr), &out, &out); code == 0 || !strings.Contains(out.String(), "TLS handshake") {
+			t.Errorf("probe %v: exit %d: %s", args, code, out.String())
+		}
+	}
+	// Plaintext to the TLS server gets no HTTP answer.
+	if _, err := Probe(ctx, addr, 300*time.Millisecond, true, nil); err == nil {
+		t.Error("plaintext probe of the TLS server succeeded")
+	}
+	// Half a pair is refused with a word on what to give.
+	out.Reset()
+	if code := HelperMain(ctx, []string{"probe", "-tls-name", EdgeHost, addr}, &out, &out); code != 2 || !strings.Contains(out.String(), "-tls-ca and -tls-name go together") {
+		t.Errorf("probe with -tls-name alone: exit %d: %s", code, out.String())
+	}
+}
+
 // rr-client -http against http-server on loopback: a fixed rate, the
 // closed loop, and the probe, through the command line as the harness runs
 // them.
@@ -94,7 +171,7 @@ func TestHTTPLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = HTTPServe(ln) }()
+	go func() { _ = HTTPServe(ln, nil) }()
 	defer ln.Close()
 	ctx := context.Background()
 	addr := ln.Addr().String()
@@ -113,14 +190,14 @@ func TestHTTPLoopback(t *testing.T) {
 	if err != nil || m.Kind != "max" || !m.HTTP || m.Errors != 0 || m.Count < 50 || m.Answered <= m.Count || m.PerSecond <= 0 || m.Service != nil || m.TargetRate != 0 {
 		t.Errorf("max run: %+v, %v", m, err)
 	}
-	if n, err := Probe(ctx, addr, time.Second, true); err != nil || n != 1 {
+	if n, err := Probe(ctx, addr, time.Second, true, nil); err != nil || n != 1 {
 		t.Errorf("Probe -http = %d, %v", n, err)
 	}
 	// The rr protocol's server does not answer HTTP.
 	rl, _ := net.Listen("tcp", "127.0.0.1:0")
 	go func() { _ = RRServe(rl) }()
 	defer rl.Close()
-	if _, err := Probe(ctx, rl.Addr().String(), 300*time.Millisecond, true); err == nil {
+	if _, err := Probe(ctx, rl.Addr().String(), 300*time.Millisecond, true, nil); err == nil {
 		t.Error("Probe -http of an rr-server succeeded")
 	}
 	if _, err := RRRun(ctx, RRConfig{Addr: addr, Connect: true, Max: true, Conns: 1, Duration: time.Second}); err == nil {
@@ -147,6 +224,39 @@ func TestWaypointConfig(t *testing.T) {
 	}
 }
 
+// The gateway mode's mesh file: a Gateway of Ambit's class in the
+// enrolled namespace, an HTTPS listener for EdgeHost with the Secret's key
+// pair, an HTTPRoute from it to the server's Service.
+func TestGatewayConfig(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	ca, err := identity.GenerateCA(td, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := issueCert(ca, spiffeid.RequireFromSegments(td, "ns", NamespaceMesh, "sa", GatewayName), EdgeHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := meshspec.Parse("bench-gateway.yaml", []byte(GatewayConfig(certPEM, keyPEM)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := cfg.Gateway(NamespaceMesh, GatewayName)
+	if gw == nil || len(gw.Listeners) != 1 {
+		t.Fatalf("gateway: %+v", gw)
+	}
+	l := gw.Listeners[0]
+	if l.Port != PortHTTPS || l.Protocol != meshconfig.ProtocolHTTPS || l.Hostname != EdgeHost || len(l.Certificates) != 1 || l.Problem != "" {
+		t.Errorf("listener: %+v", l)
+	}
+	if len(cfg.Services) != 1 || cfg.Services[0].Waypoint != "" || cfg.Services[0].Selector["app"] != PodServer {
+		t.Errorf("services: %+v", cfg.Services)
+	}
+	if len(cfg.Routes) != 1 || len(cfg.Routes[0].Parents) != 1 || cfg.Routes[0].Parents[0].Gateway != NamespaceMesh+"/"+GatewayName {
+		t.Errorf("routes: %+v", cfg.Routes)
+	}
+}
+
 func TestNginxHTTPConfig(t *testing.T) {
 	c := NginxHTTP{Dir: "/x/mid", Workers: "2", Listen: "192.168.251.1:18080", Upstream: "192.168.251.2:28080", PeerName: "nginx-node-2.bench.ambit"}.Config()
 	for _, want := range []string{"worker_processes 2;", "http {", "access_log off;", "proxy_temp_path /x/mid/proxy_temp;",
@@ -166,6 +276,19 @@ func TestNginxHTTPConfig(t *testing.T) {
 	}
 	if strings.Count(c, "{") != strings.Count(c, "}") {
 		t.Errorf("unbalanced braces:\n%s", c)
+	}
+	// nginx-tls's edge: TLS from clients outside the mesh with the edge
+	// key pair, no client certificate; mutual TLS upstream as before.
+	e := NginxHTTP{Dir: "/x/mid", Workers: "1", Listen: "10.244.1.5:443", ServerCert: "/e/cert.pem", ServerKey: "/e/key.pem",
+		Upstream: "192.168.251.2:28080", PeerName: "nginx-node-2.bench.ambit"}.Config()
+	for _, want := range []string{"listen 10.244.1.5:443 ssl;", "ssl_certificate /e/cert.pem;", "ssl_certificate_key /e/key.pem;",
+		"ssl_protocols TLSv1.3;", "proxy_ssl_certificate /x/mid/cert.pem;", "proxy_ssl_name nginx-node-2.bench.ambit;"} {
+		if !strings.Contains(e, want) {
+			t.Errorf("nginx-tls config lacks %q:\n%s", want, e)
+		}
+	}
+	if strings.Contains(e, "ssl_verify_client") || strings.Contains(e, "ssl_client_certificate") {
+		t.Errorf("nginx-tls asks its clients for a certificate:\n%s", e)
 	}
 }
 
@@ -245,5 +368,41 @@ func TestWriteTableHTTP(t *testing.T) {
 	}
 	if !strings.Contains(out, "nginx-http: http max failed: boom") {
 		t.Errorf("table:\n%s", out)
+	}
+}
+
+// The gateway and nginx terminating TLS are a compared pair: the table
+// says round by round which was ahead.
+func TestGatewayVerdicts(t *testing.T) {
+	mode := func(name string, p50, perSec, cores float64) ModeResult {
+		h := &HTTPResult{
+			Direct:  &RRResult{Kind: "rate", HTTP: true, Latency: Latency{P50: 100, P90: 150, P99: 200}},
+			Latency: &RRResult{Kind: "rate", HTTP: true, Latency: Latency{P50: p50, P90: p50 + 50, P99: p50 + 100}},
+			Max:     &RRResult{Kind: "max", HTTP: true, PerSecond: perSec},
+		}
+		h.derive(&PhaseCPU{CorePercent: 100 * cores})
+		return ModeResult{Mode: name, HTTP: h, Proxy: &ProxyUsage{}}
+	}
+	rep := &Report{
+		Settings: Settings{Rate: 1000, MaxConns: 8, Rounds: 2},
+		Rounds: []RoundResult{
+			{Round: 1, Modes: []ModeResult{mode(ModeGateway, 300, 8000, 1), mode(ModeNginxTLS, 350, 9000, 1)}},
+			{Round: 2, Modes: []ModeResult{mode(ModeGateway, 320, 9500, 1), mode(ModeNginxTLS, 310, 9000, 1)}},
+		},
+	}
+	rep.Modes = mergeRounds(rep.Settings, []string{ModeGateway, ModeNginxTLS}, rep.Rounds)
+	var b strings.Builder
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"\ngateway vs nginx-tls, rounds in which gateway was ahead:\n",
+		"\n  HTTP p50 added (µs): ahead in 1 of 2\n",
+		"\n  HTTP req/s per proxy core: ahead in 1 of 2\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -197,6 +197,11 @@ type NginxHTTP struct {
 	// Keepalive is the idle upstream connections each worker keeps.
 	Keepalive int
 	AccessLog bool
+	// ServerCert and ServerKey, when set, make the listener the edge of
+	// the nginx-tls path: it terminates TLS 1.3 from clients outside the
+	// mesh with this key pair (PEM files) and asks for no client
+	// certificate, as an ingress gateway does, instead of mutual TLS.
+	ServerCert, ServerKey string
 }
 
 // Config renders its nginx.conf; certificates as for NginxSide.
@@ -227,7 +232,13 @@ func (s NginxHTTP) Config() string {
 	c.p("    }")
 	c.p("    server {")
 	c.p("        listen %s ssl;", s.Listen)
-	c.tlsIn("        ")
+	if s.ServerCert != "" {
+		c.p("        ssl_protocols TLSv1.3;")
+		c.p("        ssl_certificate %s;", s.ServerCert)
+		c.p("        ssl_certificate_key %s;", s.ServerKey)
+	} else {
+		c.tlsIn("        ")
+	}
 	c.p("        location / {")
 	c.p("            proxy_pass https://server;")
 	c.p("            proxy_http_version 1.1;")

@@ -15,7 +15,8 @@ import (
 	"github.com/ambit-mesh/ambit/internal/lab"
 )
 
-// AdminPort is the node proxies' and waypoints' local admin port (pprof).
+// AdminPort is the node proxies', waypoints' and gateways' local admin
+// port (pprof).
 const AdminPort = 15000
 
 // profiler fetches CPU and allocation profiles from the mesh proxies'
@@ -27,10 +28,10 @@ type profiler struct {
 	errs []string
 }
 
-// start asks every node proxy and waypoint of l for a CPU profile and an
-// allocation profile (what was allocated during the same time: pprof's
-// delta) of d, and writes them to dir/<prefix>-<role>-<node>.pprof and
-// ...-allocs.pprof when they arrive.
+// start asks every node proxy, waypoint and gateway of l for a CPU
+// profile and an allocation profile (what was allocated during the same
+// time: pprof's delta) of d, and writes them to
+// dir/<prefix>-<role>-<node>.pprof and ...-allocs.pprof when they arrive.
 func (p *profiler) start(l *lab.Lab, dir, prefix string, d time.Duration) {
 	secs := max(1, int(d.Round(time.Second)/time.Second))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -82,6 +83,10 @@ func (p *profiler) start(l *lab.Lab, dir, prefix string, d time.Duration) {
 		both(prefix+"-nodeproxy-"+n, func(fn func() error) error { return l.DoInNode(n, fn) })
 	}
 	for _, w := range l.Status().Waypoints {
+		if w.Kind == lab.RoleGateway {
+			both(prefix+"-gateway-"+w.Node, func(fn func() error) error { return l.DoInGateway(w.Namespace, w.Name, fn) })
+			continue
+		}
 		both(prefix+"-waypoint-"+w.Node, func(fn func() error) error { return l.DoInWaypoint(w.Namespace, w.Name, fn) })
 	}
 }

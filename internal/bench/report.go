@@ -22,10 +22,15 @@ const (
 	// nginx as an HTTP reverse proxy doing the same hop.
 	ModeWaypoint  = "waypoint"
 	ModeNginxHTTP = "nginx-http"
+	// HTTPS from a client outside the mesh through Ambit's ingress
+	// gateway (TLS terminated there, then HBONE into the mesh), and
+	// through nginx terminating TLS in its place.
+	ModeGateway  = "gateway"
+	ModeNginxTLS = "nginx-tls"
 )
 
 // AllModes is every mode, in table order.
-var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshQUIC, ModeNginx, ModeWaypoint, ModeNginxHTTP}
+var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshQUIC, ModeNginx, ModeWaypoint, ModeNginxHTTP, ModeGateway, ModeNginxTLS}
 
 // Measurement names, used for per-phase CPU and failures. PhaseStreamsN
 // is the multi-stream run (Settings.Streams streams).
@@ -138,7 +143,8 @@ type ModeResult struct {
 	// ServerClose says whether a close by the server (after its response)
 	// reached the client within 2 s; nil when not checked.
 	ServerClose *bool `json:"serverCloseReachesClient,omitempty"`
-	// HTTP is what an L7 mode (waypoint, nginx-http) measured.
+	// HTTP is what an L7 mode (waypoint, nginx-http, gateway, nginx-tls)
+	// measured.
 	HTTP  *HTTPResult `json:"http,omitempty"`
 	Notes []string    `json:"notes,omitempty"`
 	// Medians is set in the summary of several rounds only (where the
@@ -728,8 +734,8 @@ func modeNames(ms []ModeResult) []string {
 
 // comparedPairs are the modes the table sets side by side: the mesh's
 // tunnel against the nginx pair, QUIC against HTTP/2, the waypoint against
-// nginx's HTTP proxy.
-var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP}}
+// nginx's HTTP proxy, the ingress gateway against nginx terminating TLS.
+var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP}, {ModeGateway, ModeNginxTLS}}
 
 // verdicts says, for each compared pair both measured and each metric
 // with a better direction, in how many of the rounds that measured both

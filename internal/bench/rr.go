@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -118,6 +119,19 @@ type RRConfig struct {
 	// Samples, for a fixed-rate run, is a file to write every measured
 	// request to (see writeSamples).
 	Samples string
+	// TLS, when set, makes every connection TLS (with HTTP: HTTPS), the
+	// handshake part of the dial; its ServerName is the name asked for
+	// (SNI), checked in the server's certificate and sent as the HTTP
+	// Host.
+	TLS *tls.Config
+}
+
+// host is the HTTP Host header: the TLS name, else the address.
+func (c RRConfig) host() string {
+	if c.TLS != nil && c.TLS.ServerName != "" {
+		return c.TLS.ServerName
+	}
+	return c.Addr
 }
 
 // Latency summarizes latencies in microseconds.
@@ -276,7 +290,7 @@ func RRRun(ctx context.Context, cfg RRConfig) (RRResult, error) {
 	}
 	req := rrRequest(cfg.ReqSize, cfg.RespSize, cfg.Connect)
 	if cfg.HTTP {
-		req = HTTPRequest(cfg.Addr, cfg.ReqSize, cfg.RespSize, cfg.Connect)
+		req = HTTPRequest(cfg.host(), cfg.ReqSize, cfg.RespSize, cfg.Connect)
 	}
 
 	start := time.Now()
@@ -358,10 +372,23 @@ func newRRConn(c net.Conn, http bool) *rrConn {
 	return rc
 }
 
-func dialRR(ctx context.Context, addr string, timeout time.Duration, http bool) (*rrConn, error) {
+// dialRR connects to addr and, with tlsCfg, completes a TLS handshake,
+// both within timeout.
+func dialRR(ctx context.Context, addr string, timeout time.Duration, http bool, tlsCfg *tls.Config) (*rrConn, error) {
 	c, err := dial(ctx, addr, timeout)
 	if err != nil {
 		return nil, err
+	}
+	if tlsCfg != nil {
+		hctx, cancel := context.WithTimeout(ctx, timeout)
+		tc := tls.Client(c, tlsCfg)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+		}
+		c = tc
 	}
 	return newRRConn(c, http), nil
 }
@@ -447,7 +474,7 @@ func rateWorker(ctx context.Context, cfg RRConfig, req []byte, next time.Time, i
 		}
 		if c == nil {
 			var err error
-			if c, err = dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP); err != nil {
+			if c, err = dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP, cfg.TLS); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -493,7 +520,7 @@ func connectWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, e
 		if !t0.Before(end) {
 			return
 		}
-		c, err := dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP)
+		c, err := dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP, cfg.TLS)
 		if err == nil {
 			err = c.roundTrip(req, buf, cfg.Timeout)
 			if err == nil && cfg.WaitClose {
@@ -532,7 +559,7 @@ func maxWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, end t
 	for ctx.Err() == nil {
 		if c == nil {
 			var err error
-			if c, err = dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP); err != nil {
+			if c, err = dialRR(ctx, cfg.Addr, cfg.Timeout, cfg.HTTP, cfg.TLS); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -562,17 +589,18 @@ func maxWorker(ctx context.Context, cfg RRConfig, req []byte, measureFrom, end t
 }
 
 // Probe dials addr and completes one request/response until that works or
-// timeout passes; it returns the number of attempts.
-func Probe(ctx context.Context, addr string, timeout time.Duration, http bool) (int, error) {
+// timeout passes; it returns the number of attempts. With tlsCfg, over TLS
+// (see RRConfig.TLS).
+func Probe(ctx context.Context, addr string, timeout time.Duration, http bool, tlsCfg *tls.Config) (int, error) {
 	req := rrRequest(1, 1, false)
 	if http {
-		req = HTTPRequest(addr, 1, 1, false)
+		req = HTTPRequest(RRConfig{Addr: addr, TLS: tlsCfg}.host(), 1, 1, false)
 	}
 	buf := make([]byte, 1)
 	deadline := time.Now().Add(timeout)
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		c, err := dialRR(ctx, addr, time.Second, http)
+		c, err := dialRR(ctx, addr, time.Second, http, tlsCfg)
 		if err == nil {
 			err = c.roundTrip(req, buf, time.Second)
 			c.Close()

@@ -1,6 +1,10 @@
 package kubee2e
 
 import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"time"
 )
@@ -9,7 +13,8 @@ import (
 // default install leaves the install as it is and adds the store sample,
 // whose frontend answers through the mesh: it calls the catalog through
 // the catalog's waypoint, which sends "x-canary: true" to v2 and splits the
-// rest 90/10, and the sample's AccessPolicy refuses /admin/.
+// rest 90/10, and the sample's AccessPolicy refuses /admin/; from outside
+// the mesh it answers through the sample's ingress Gateway.
 func checkDemoProfile(e *env) {
 	t := e.t
 	generations := func() string {
@@ -53,4 +58,28 @@ func checkDemoProfile(e *env) {
 	if r := e.echoGet("ambit-demo", front.Name, "-n", "1", catalog+"admin/users"); r.Statuses["403"] != 1 {
 		t.Errorf("GET /admin/users on the catalog: %+v; want 403 from the sample's AccessPolicy", r)
 	}
+
+	// From outside the mesh (a node's network) through the store's
+	// ingress Gateway to the frontend.
+	e.waitFor(2*time.Minute, "the controller makes the store's gateway", func() (bool, string) {
+		out, err := e.try("-n", "ambit-demo", "get", "deployment", "store")
+		return err == nil, out
+	})
+	e.kubectl("-n", "ambit-demo", "rollout", "status", "deployment/store", "--timeout=3m")
+	gws := e.waitPods("ambit-demo", "ambit.dev/gateway=store", 1, time.Minute)
+	addr := forwardFromNode(t, e.node(gws[0].Spec.NodeName).NetNS, net.JoinHostPort(gws[0].Status.PodIP, "80"))
+	hc := &http.Client{Timeout: 5 * time.Second}
+	e.waitFor(time.Minute, "the store answers through its ingress Gateway", func() (bool, string) {
+		res, err := hc.Get("http://" + addr + "/")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode == 200 && strings.HasPrefix(strings.TrimSpace(string(b)), "frontend"), fmt.Sprintf("%d %s", res.StatusCode, b)
+	})
+	e.waitFor(time.Minute, "the store's Gateway Programmed", func() (bool, string) {
+		out, err := e.try("-n", "ambit-demo", "get", "gateway", "store", "-o", `jsonpath={.status.conditions[?(@.type=="Programmed")].status}`)
+		return err == nil && strings.TrimSpace(out) == "True", out
+	})
 }

@@ -143,6 +143,7 @@ func (b *builder) proxies() error {
 	b.st.NodeProxyBin = bin
 	b.st.NodeProxyEnv = b.opts.NodeProxyEnv
 	b.st.WaypointArgs = b.opts.WaypointArgs
+	b.st.GatewayArgs = b.opts.GatewayArgs
 	ctlBin := b.opts.Controller
 	if ctlBin == "" {
 		ctlBin = filepath.Join(filepath.Dir(bin), "controller")

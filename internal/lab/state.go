@@ -81,10 +81,13 @@ type State struct {
 	// NodeProxyBin is the nodeproxy binary the lab runs (node proxies and
 	// waypoints).
 	NodeProxyBin string `json:"nodeProxyBin,omitempty"`
-	// NodeProxyEnv is Options.NodeProxyEnv, given to waypoints too.
+	// NodeProxyEnv is Options.NodeProxyEnv, given to waypoints and
+	// gateways too.
 	NodeProxyEnv []string `json:"nodeProxyEnv,omitempty"`
-	// WaypointArgs is Options.WaypointArgs.
+	// WaypointArgs and GatewayArgs are Options.WaypointArgs and
+	// Options.GatewayArgs.
 	WaypointArgs []string `json:"waypointArgs,omitempty"`
+	GatewayArgs  []string `json:"gatewayArgs,omitempty"`
 	// Waypoints are the waypoint pods the lab runs for Waypoint resources
 	// in its mesh files.
 	Waypoints []WaypointInfo `json:"waypoints,omitempty"`

@@ -40,13 +40,16 @@ type Options struct {
 	// means no proxies: enrolled pods are captured but their traffic is
 	// refused (fail closed). Requires Capture.
 	NodeProxy string
-	// NodeProxyEnv is added to the node proxies' and the waypoints'
-	// environment (the benchmark sets GOMAXPROCS there, as a DaemonSet's
-	// CPU limit would).
+	// NodeProxyEnv is added to the node proxies', the waypoints' and the
+	// gateways' environment (the benchmark sets GOMAXPROCS there, as a
+	// DaemonSet's or Deployment's CPU limit would).
 	NodeProxyEnv []string
 	// WaypointArgs are added to the waypoints' command line (`nodeproxy
 	// waypoint ...`; the benchmark turns the access log off with them).
 	WaypointArgs []string
+	// GatewayArgs are added to the ingress gateways' command line
+	// (`nodeproxy gateway ...`), as WaypointArgs to the waypoints'.
+	GatewayArgs []string
 	// Controller is the controller binary, run in a network namespace of
 	// its own on the underlay whenever node proxies run: they get their
 	// configuration and certificates from it. Empty means "controller"

@@ -134,6 +134,16 @@ func (l *Lab) DoInWaypoint(namespace, name string, fn func() error) error {
 	return netnsx.Do(w.NetNSPath, fn)
 }
 
+// DoInGateway runs fn on a thread inside the gateway pod's network
+// namespace (its admin endpoint is on 127.0.0.1:15000 there).
+func (l *Lab) DoInGateway(namespace, name string, fn func() error) error {
+	w, ok := l.Gateway(namespace, name)
+	if !ok {
+		return fmt.Errorf("the lab runs no gateway %s/%s", namespace, name)
+	}
+	return netnsx.Do(w.NetNSPath, fn)
+}
+
 // withWaypointAddresses gives every Waypoint document of data that has no
 // status.addresses a waypoint pod (made now if the lab has none for it
 // yet) and writes the pod's addresses there. It returns data unchanged
@@ -373,6 +383,8 @@ func (l *Lab) startWaypoint(w WaypointInfo) error {
 	)
 	if w.role() == RoleWaypoint {
 		cmd.Args = append(cmd.Args, l.st.WaypointArgs...)
+	} else {
+		cmd.Args = append(cmd.Args, l.st.GatewayArgs...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), l.st.NodeProxyEnv...)
