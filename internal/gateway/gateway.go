@@ -507,13 +507,16 @@ func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
 	if rt != nil {
 		be = rt.Pick(nil)
 	}
-	if be == nil {
+	if be == nil || be.Unresolved != "" {
 		what := "listener"
 		if l != nil {
 			what = "route of listener " + l.Name
 		}
-		pl.g.log.Info("connection refused", "log", "access", "gateway", pl.g.Key(), "client", info.Src.String(), "port", pl.port, "sni", sni,
-			"reason", fmt.Sprintf("no %s of gateway %s takes port %d, server name %q", what, pl.g.Key(), pl.port, sni))
+		reason := fmt.Sprintf("no %s of gateway %s takes port %d, server name %q", what, pl.g.Key(), pl.port, sni)
+		if be != nil {
+			reason = "backend not usable: " + be.Unresolved
+		}
+		pl.g.log.Info("connection refused", "log", "access", "gateway", pl.g.Key(), "client", info.Src.String(), "port", pl.port, "sni", sni, "reason", reason)
 		c.Close()
 		return
 	}
