@@ -13,7 +13,9 @@
 //
 // The GATEWAY and the MESH profiles run separately: the suite gives every
 // namespace it makes the same labels, and only the MESH namespaces have a
-// Waypoint. The GATEWAY profiles' backends run outside the mesh.
+// Waypoint. The GATEWAY profiles' namespaces are in the mesh without one
+// (Ambit's gateway sends only into the mesh), and the GatewayClass they
+// use is declared here.
 package gwconformance
 
 import (
@@ -114,6 +116,13 @@ func TestAmbit(t *testing.T) {
 			"ambit.dev/use-waypoint": *waypointName,
 		}
 		prepareMesh(t, opts.Client)
+	}
+	if gateway {
+		// The GATEWAY namespaces' pods join the mesh without a waypoint:
+		// Ambit's gateway sends only into the mesh (over the tunnel, as
+		// its own identity), never to a pod outside it.
+		opts.NamespaceLabels = map[string]string{"ambit.dev/dataplane": "ambient"}
+		prepareGateway(t, opts.Client)
 	}
 	t.Logf("Ambit %s: profiles %v, features %v, skipped %v", *version, names, opts.SupportedFeatures, opts.SkipTests)
 	for _, s := range opts.SkipTests {
@@ -222,6 +231,23 @@ func prepareMesh(t *testing.T, c client.Client) {
 		if err := c.Create(ctx, wp); err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatalf("Waypoint %s/%s: %v", ns, *waypointName, err)
 		}
+	}
+}
+
+// prepareGateway declares the GatewayClass the GATEWAY profiles use, of
+// Ambit's controller, as a user installing Ambit's gateway does (the
+// suite expects it to exist and waits for it to be Accepted).
+func prepareGateway(t *testing.T, c client.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	gc := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "gateway.networking.k8s.io/v1",
+		"kind":       "GatewayClass",
+		"metadata":   map[string]any{"name": *gatewayClass},
+		"spec":       map[string]any{"controllerName": "ambit.dev/gateway-controller"},
+	}}
+	if err := c.Create(ctx, gc); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("GatewayClass %s: %v", *gatewayClass, err)
 	}
 }
 
