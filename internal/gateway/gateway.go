@@ -480,7 +480,7 @@ func (pl *portListener) serveConn(c net.Conn) {
 			c.Close()
 			return
 		}
-		info.TLS = true
+		info.TLS, info.ServerName = true, tc.ConnectionState().ServerName
 		c = tc
 	}
 	info.AppProtocol = "http"

@@ -59,6 +59,9 @@ type gatewayObject struct {
 	spec gatewayv1.GatewaySpec
 	// rejected are the listeners left out of the model, with why.
 	rejected []meshspec.RejectedListener
+	// badParameters says why spec.infrastructure.parametersRef cannot be
+	// used (Ambit takes none): the Gateway is not accepted.
+	badParameters string
 }
 
 // readGateways adds the Gateways of Ambit's classes, and the Secrets their
@@ -84,7 +87,15 @@ func (s *Source) readGateways(b *meshspec.Builder, st *state, gs grants) map[str
 		}
 		key := objKey(meshconfig.KindGateway, u.GetNamespace(), u.GetName())
 		g, rejected, err := meshspec.GatewayFromCluster(u.GetNamespace(), u.GetName(), &gw.Spec, s.gatewayRefs(gs))
-		st.gateways = append(st.gateways, gatewayObject{u: u, spec: gw.Spec, rejected: rejected})
+		o := gatewayObject{u: u, spec: gw.Spec, rejected: rejected}
+		if inf := gw.Spec.Infrastructure; inf != nil && inf.ParametersRef != nil {
+			p := inf.ParametersRef
+			o.badParameters = fmt.Sprintf("spec.infrastructure.parametersRef names %s %s/%s: Ambit's gateway takes no parameters resource; remove it (the gateway Service's type is the %s annotation)", p.Kind, p.Group, p.Name, ServiceTypeAnnotation)
+			if err == nil {
+				err = fmt.Errorf("%s", o.badParameters)
+			}
+		}
+		st.gateways = append(st.gateways, o)
 		if err == nil && len(g.Listeners) == 0 {
 			err = fmt.Errorf("no listener of Gateway %s/%s can be served (see status.listeners)", g.Namespace, g.Name)
 		}
@@ -209,6 +220,9 @@ func (s *Source) reconcileGateway(ctx context.Context, o gatewayObject, g *meshc
 		Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true),
 	}
 	sa, deploy, svc := s.gatewayObjects(o, g, owner, ca)
+	// The ServiceAccount is made, never updated (the controller may not
+	// update service accounts): its infrastructure labels and annotations
+	// are the Gateway's when it was made.
 	if err := s.ensure(ctx, "ServiceAccount", sa, func() (metav1.Object, error) {
 		return s.kube.CoreV1().ServiceAccounts(g.Namespace).Get(ctx, g.Name, metav1.GetOptions{})
 	}, func() error {
@@ -275,9 +289,9 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 		}
 	}
 	meta := func() metav1.ObjectMeta {
-		l := map[string]string{GatewayLabel: g.Name}
+		l := map[string]string{GatewayLabel: g.Name, gatewayv1.GatewayNameLabelKey: g.Name}
 		for k, v := range infraLabels {
-			if k != GatewayLabel {
+			if _, fixed := l[k]; !fixed {
 				l[k] = v
 			}
 		}
@@ -303,7 +317,7 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 	cports = append(cports,
 		corev1.ContainerPort{Name: "status", ContainerPort: WaypointReadyPort, Protocol: corev1.ProtocolTCP},
 		corev1.ContainerPort{Name: "metrics", ContainerPort: WaypointMetricsPort, Protocol: corev1.ProtocolTCP})
-	podLabels := map[string]string{GatewayLabel: g.Name, meshconfig.DataplaneLabel: meshconfig.DataplaneNone}
+	podLabels := map[string]string{GatewayLabel: g.Name, gatewayv1.GatewayNameLabelKey: g.Name, meshconfig.DataplaneLabel: meshconfig.DataplaneNone}
 	podMeta := metav1.ObjectMeta{Labels: podLabels, Annotations: map[string]string{}}
 	for k, v := range infraLabels {
 		if _, fixed := podLabels[k]; !fixed {
@@ -372,6 +386,7 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 		}
 		o.SetAnnotations(ann)
 	}
+	annotate(sa, sa.Labels)
 	annotate(deploy, deploy.Spec)
 	annotate(svc, svc.Spec)
 	return sa, deploy, svc
@@ -403,6 +418,9 @@ func (s *Source) writeGatewayStatus(ctx context.Context, st *state) (failed bool
 			left = append(left, r.Message)
 		}
 		switch why, bad := st.invalid[key]; {
+		case o.badParameters != "":
+			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalidParameters), o.badParameters
+			prog.Status, prog.Reason, prog.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalid), "not accepted"
 		case bad:
 			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonListenersNotValid), why
 			prog.Status, prog.Reason, prog.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalid), "not accepted"
