@@ -100,7 +100,7 @@ demo: build ## bring the lab up, show capture at work, tear it down (as root)
 	./scripts/demo.sh
 
 .PHONY: bench
-bench: build ## Go benchmarks, then the lab benchmark: direct vs mesh (h2, QUIC) vs nginx mTLS, and 10,000 idle connections (as root)
+bench: build ## Go benchmarks, then the lab benchmark: direct vs mesh (h2, QUIC) vs nginx mTLS, waypoint vs nginx http, ingress gateway vs nginx terminating TLS, and 10,000 idle connections (as root)
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./internal/redirect/
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 3 ./internal/tunnel/
 	$(BIN)/ambit-bench -o bench/out/bench.json $(BENCH_FLAGS)

@@ -102,7 +102,7 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 	}
 	defer client.Close()
 	metrics := admin.NewMetrics(nodeproxy.Version)
-	tcfg := telemetry.Config{Registerer: metrics.Registry()}
+	tcfg := telemetry.Config{Reporter: telemetry.ReporterGateway, Registerer: metrics.Registry()}
 	if *accessLog {
 		tcfg.AccessLog = log.With("log", "access", "gateway", *name)
 	}

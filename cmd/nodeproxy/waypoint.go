@@ -91,7 +91,7 @@ func runWaypoint(args []string, stdout, stderr io.Writer) int {
 	}
 	defer client.Close()
 	metrics := admin.NewMetrics(nodeproxy.Version)
-	tcfg := telemetry.Config{Registerer: metrics.Registry()}
+	tcfg := telemetry.Config{Reporter: telemetry.ReporterWaypoint, Registerer: metrics.Registry()}
 	if *accessLog {
 		tcfg.AccessLog = log.With("log", "access")
 	}

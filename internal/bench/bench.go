@@ -5,12 +5,17 @@
 // pair of nginx stream proxies doing the same mutual-TLS hop between the
 // nodes. For each it measures iperf3 throughput (one and N streams),
 // request/response latency at a fixed rate, new connections per second, and
-// the proxies' CPU time and peak memory. With Config.Rounds it measures the
-// whole mode list several times, interleaved, and reports each metric's
-// median and range over the rounds beside every round's results.
+// the proxies' CPU time and peak memory. Its L7 modes (l7.go) measure
+// HTTP through a waypoint beside nginx as an HTTP proxy, and HTTPS from
+// outside the mesh through an ingress gateway beside nginx terminating
+// TLS: latency at a fixed rate and requests per second per proxy core.
+// With Config.Rounds it measures the whole mode list several times,
+// interleaved, and reports each metric's median and range over the rounds
+// beside every round's results.
 //
-// The programs that run inside the pods (rr-server, rr-client, probe) are
-// HelperMain, reached through the ambit-bench binary.
+// The programs that run inside the pods (rr-server, http-server,
+// rr-client, probe) are HelperMain, reached through the ambit-bench
+// binary.
 package bench
 
 import (

@@ -413,10 +413,42 @@ func TestPrivilegedGateway(t *testing.T) {
 		}
 	})
 
-	t.Run("the gateway's access log names it", func(t *testing.T) {
+	t.Run("the gateway's access log and metrics say gateway", func(t *testing.T) {
 		data, _ := os.ReadFile(lab.GatewayLog(l.StateDir(), "demo", "ingress"))
-		if !strings.Contains(grep(string(data), "log=access"), "gateway=demo/ingress") {
-			t.Errorf("no access line labelled gateway=demo/ingress in the gateway's log:\n%s", tailLines(string(data), 10))
+		if access := grep(string(data), "log=access"); !strings.Contains(access, "gateway=demo/ingress") || !strings.Contains(access, "reporter=gateway") {
+			t.Errorf("no access line labelled gateway=demo/ingress, reporter=gateway in the gateway's log:\n%s", tailLines(string(data), 10))
+		}
+		// Its request metrics on :15020, from inside its pod, are the
+		// waypoint's with reporter="gateway".
+		resp, err := lab.NodeHTTPClient(gw.NetNSPath, 3*time.Second).Get("http://" + gw.IPv4.String() + ":15020/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// The split's requests by the Service and workload that answered.
+		by := map[string]int{}
+		for _, line := range strings.Split(string(body), "\n") {
+			if !strings.HasPrefix(line, "ambit_requests_total{") {
+				continue
+			}
+			if !strings.Contains(line, `reporter="gateway"`) {
+				t.Errorf("a request series of the gateway without reporter=\"gateway\": %s", line)
+			}
+			if strings.Contains(line, `route="HTTPRoute demo/shop rule 1"`) && strings.Contains(line, `response_code="200"`) {
+				var v int
+				fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+				for _, dst := range []string{`destination_service="stable.demo.svc.cluster.local",destination_workload="server-1"`,
+					`destination_service="canary.demo.svc.cluster.local",destination_workload="server-2"`} {
+					if strings.Contains(line, dst) {
+						by[dst] += v
+					}
+				}
+			}
+		}
+		if len(by) != 2 || by[`destination_service="stable.demo.svc.cluster.local",destination_workload="server-1"`]+by[`destination_service="canary.demo.svc.cluster.local",destination_workload="server-2"`] < 500 {
+			t.Errorf("the gateway's ambit_requests_total of HTTPRoute demo/shop rule 1 by destination: %v; want the split's 500 at least, to stable/server-1 and canary/server-2, with reporter=\"gateway\":\n%s",
+				by, grep(string(body), "ambit_requests_total"))
 		}
 	})
 }

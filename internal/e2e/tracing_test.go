@@ -40,6 +40,12 @@ import (
 //	client-2 --(traceparent: e2e-client's span)--> waypoint (span A)
 //	  --> front on server-1 --(traceparent: A, unchanged)--> waypoint (span B)
 //	  --> back on server-2
+//
+// An ingress gateway exports its spans the same way, to a Jaeger in its
+// own pod:
+//
+//	outside-1 --(traceparent)--> gateway (span G, service ambit-gateway)
+//	  --> front --(traceparent: G)--> waypoint (span B) --> back
 
 // jaegerTool is tools/jaeger; tools/jaeger/build.sh builds into its
 // CacheDir (see toolcache: change both together).
@@ -87,6 +93,30 @@ spec:
   - backendRefs: [{name: back, port: 80}]
 `
 
+// tracingGatewayFiles is an ingress Gateway in demo with an HTTP listener
+// whose HTTPRoute sends /api to front.
+const tracingGatewayFiles = `apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ambit}
+spec: {controllerName: ambit.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: demo}
+spec:
+  gatewayClassName: ambit
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: front-ingress, namespace: demo}
+spec:
+  parentRefs: [{name: ingress}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: front, port: 80}]
+`
+
 func TestPrivilegedTracingJaeger(t *testing.T) {
 	privtest.Require(t) // before a Jaeger build that a skip would waste
 	jaegerBin := jaegerBinary(t)
@@ -99,6 +129,7 @@ func TestPrivilegedTracingJaeger(t *testing.T) {
 	}
 	exportToJaeger := func(o *lab.Options) {
 		o.WaypointArgs = append(o.WaypointArgs, "--otlp-endpoint", "http://127.0.0.1:4317")
+		o.GatewayArgs = append(o.GatewayArgs, "--otlp-endpoint", "http://127.0.0.1:4317")
 	}
 	l := labtest.New(t, topo, labtest.WithMesh(), exportToJaeger)
 	startEcho(t, l, echoBin, "server-1", "front", "http://10.96.7.20/back/hop")
@@ -231,6 +262,51 @@ func TestPrivilegedTracingJaeger(t *testing.T) {
 		if wp.StatusCode != 0 {
 			t.Errorf("404 span: status code %d, want unset (a 4xx is no server error)", wp.StatusCode)
 		}
+	})
+
+	t.Run("ingress gateway: its span, service ambit-gateway, continues into the mesh", func(t *testing.T) {
+		// An ingress Gateway with its own Jaeger on its pod's loopback,
+		// as the waypoint has; outside-1, not in the mesh, calls front
+		// through it.
+		if err := l.ApplyConfig(t.Context(), "tracing-gateway", []byte(tracingGatewayFiles)); err != nil {
+			t.Fatal(err)
+		}
+		gw, ok := l.Gateway("demo", "ingress")
+		if !ok {
+			t.Fatal("no gateway demo/ingress after applying the files")
+		}
+		gq := startJaeger(t, l, gw, jaegerBin)
+		_, span := clientTracer.Start(context.Background(), "GET /api/edge", trace.WithSpanKind(trace.SpanKindClient))
+		sc := span.SpanContext()
+		span.End()
+		tp := fmt.Sprintf("00-%s-%s-01", sc.TraceID(), sc.SpanID())
+		res := runL7(t, l, "outside-1", l7Job{Mode: "http", URL: "http://" + gw.IPv4.String() + "/api/edge", Header: map[string]string{"traceparent": tp}})
+		if res.Status != 200 || res.Body != "front\n" || res.Header["x-echo-forward"] != "200 back" {
+			t.Fatalf("outside-1 through the gateway got %d %q %v (%v), want front's 200 after back's", res.Status, res.Body, res.Header, res.Errors)
+		}
+		tid, spanG := splitTraceparent(t, res.Header["x-echo-traceparent"])
+		tidB, spanB := splitTraceparent(t, res.Header["x-echo-forward-traceparent"])
+		if tid != sc.TraceID().String() || tidB != tid || spanG == sc.SpanID().String() {
+			t.Fatalf("front got trace %s span %s, back trace %s; want the client's trace %s with a new span", tid, spanG, tidB, sc.TraceID())
+		}
+		gspans := gq.waitTrace(t, tid, 1)
+		logTrace(t, gspans)
+		g := spanByID(t, gspans, spanG)
+		if g.Service != "ambit-gateway" || g.Resource["ambit.gateway"] != "ingress" || g.Resource["k8s.namespace.name"] != "demo" || g.Kind != 2 || g.Parent != sc.SpanID().String() {
+			t.Errorf("gateway span: service %q resource %v kind %d parent %q; want a server span of ambit-gateway (gateway ingress in demo), child of the client's %s",
+				g.Service, g.Resource, g.Kind, g.Parent, sc.SpanID())
+		}
+		for k, want := range map[string]string{"url.path": "/api/edge", "http.response.status_code": "200", "ambit.route": "HTTPRoute demo/front-ingress rule 0",
+			"ambit.destination.workload": "server-1", "ambit.destination.principal": serverID} {
+			if got := g.Attrs[k]; got != want {
+				t.Errorf("gateway span: %s = %q, want %q", k, got, want)
+			}
+		}
+		// front's call to back, through the waypoint, is in the same
+		// trace, a child of the gateway's span.
+		wspans := jq.waitTrace(t, tid, 1)
+		logTrace(t, wspans)
+		checkWaypointSpan(t, "front -> back after the gateway", spanByID(t, wspans, spanB), spanG, map[string]string{"url.path": "/back/hop", "ambit.route": "HTTPRoute demo/back rule 0"})
 	})
 
 	t.Run("query API lists the services", func(t *testing.T) {

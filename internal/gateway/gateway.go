@@ -468,7 +468,7 @@ func (pl *portListener) serveConn(c net.Conn) {
 		return
 	case meshconfig.ProtocolHTTPS:
 		tc := tls.Server(c, &tls.Config{
-			MinVersion:     tls.VersionTLS12,
+			MinVersion:     tls.VersionTLS13,
 			NextProtos:     []string{"h2", "http/1.1"},
 			GetCertificate: pl.certs.Load().get,
 		})

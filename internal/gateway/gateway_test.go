@@ -206,6 +206,13 @@ func TestGatewayHTTPS(t *testing.T) {
 	if code, _, _ := get(wwwClient, "api.example.com"); code != 404 {
 		t.Errorf("a host no route serves: %d, want 404", code)
 	}
+	// TLS 1.3 only: a client that cannot go past TLS 1.2 is refused at
+	// the handshake.
+	if c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(gwIP, strconv.Itoa(int(httpsPort))),
+		&tls.Config{ServerName: "shop.example.com", RootCAs: pool, MaxVersion: tls.VersionTLS12}); err == nil {
+		c.Close()
+		t.Errorf("a TLS 1.2 client completed a handshake with the HTTPS listener")
+	}
 	mu.Lock()
 	for _, p := range peers {
 		if p != gwID {

@@ -144,7 +144,9 @@ func checkGateway(e *env, repo string, client corev1.Pod) {
 				s.mu.Unlock()
 				return nil
 			}},
-			DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) },
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			},
 			DisableKeepAlives: !keepAlive,
 		}
 		t.Cleanup(tr.CloseIdleConnections)

@@ -11,11 +11,11 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 )
 
-// TelemetryObserver is the Observer (and Tracer) of a waypoint over
-// internal/l7/telemetry: every HTTP request gets a span of its own (a
-// child of the client's traceparent, or a new trace), forwarded upstream
-// as traceparent; when it ends, its metrics, access log line and, when
-// exporting, its span. TCP passthrough connections are left to the node
+// TelemetryObserver is the Observer (and Tracer) of a waypoint or an
+// ingress gateway over internal/l7/telemetry: every HTTP request gets a
+// span of its own (a child of the client's traceparent, or a new trace),
+// forwarded upstream as traceparent; when it ends, its metrics, access log
+// line and, when exporting, its span. TCP passthrough connections are left to the node
 // proxies' connection metrics.
 type TelemetryObserver struct {
 	t *telemetry.Telemetry
@@ -87,6 +87,19 @@ func (o *TelemetryObserver) Observe(ri *RequestInfo) {
 			}
 		case d.Workload != nil:
 			w = d.Workload
+		case ri.Backend != "" && d.Config != nil:
+			// An ingress gateway's request: the connection was addressed
+			// to the gateway itself; the destination is the Service its
+			// route chose ("namespace/name:port") and the endpoint tried.
+			if key, _, ok := strings.Cut(ri.Backend, ":"); ok {
+				if svc := d.Config.Service(key); svc != nil {
+					r.Destination.Namespace = svc.Namespace
+					r.Destination.Service = svc.Name + "." + svc.Namespace + ".svc." + o.ClusterDomain
+				}
+			}
+			if ri.Endpoint.IsValid() {
+				w = d.Config.WorkloadByIP(ri.Endpoint.Addr())
+			}
 		}
 		if w != nil {
 			r.Destination.Workload, r.Destination.Namespace = w.Name, w.Namespace

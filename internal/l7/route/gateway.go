@@ -218,8 +218,12 @@ func (t *GatewayTable) Lookup(port uint16, host string) (*meshconfig.Listener, *
 	if t == nil {
 		return nil, nil
 	}
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+	// Only a host with a port is split: SplitHostPort's error for one
+	// without (the usual Host) would cost an allocation per request.
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && i > strings.LastIndexByte(host, ']') {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
 	}
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
 	for _, gl := range t.ports[port] {

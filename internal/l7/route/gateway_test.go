@@ -56,6 +56,9 @@ func TestCompileGateway(t *testing.T) {
 	}{
 		{80, "shop.example.com", "shop", "edge/shop"},
 		{80, "SHOP.example.com:80", "shop", "edge/shop"},
+		{80, "shop.example.com.", "shop", "edge/shop"},
+		{8080, "[fd00::1]:8080", "alt", "edge/on-8080"},
+		{8080, "[fd00::1]", "alt", "edge/on-8080"},
 		{80, "www.example.com", "any", "other/foreign"},
 		{80, "api.example.com", "any", ""},
 		{8080, "anything", "alt", "edge/on-8080"},
@@ -75,6 +78,11 @@ func TestCompileGateway(t *testing.T) {
 		if gotL != tc.listener || gotR != tc.routes {
 			t.Errorf("port %d host %q: listener %q routes %q; want %q %q", tc.port, tc.host, gotL, gotR, tc.listener, tc.routes)
 		}
+	}
+	// A lookup by a Host without a port allocates nothing (it runs for
+	// every request).
+	if n := testing.AllocsPerRun(100, func() { tb.Lookup(80, "shop.example.com") }); n != 0 {
+		t.Errorf("Lookup allocates %v times per request", n)
 	}
 }
 

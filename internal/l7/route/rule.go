@@ -30,10 +30,16 @@ type Rule struct {
 
 	cum   []int64 // cumulative weights of Backends
 	total int64
+	id    string // ID, made once when the rule is compiled
 }
 
 // ID is "kind ns/name rule i" for logs and metrics.
-func (r *Rule) ID() string { return r.Route + " rule " + strconv.Itoa(r.Index) }
+func (r *Rule) ID() string {
+	if r.id != "" {
+		return r.id
+	}
+	return r.Route + " rule " + strconv.Itoa(r.Index)
+}
 
 // Pick chooses a backend by weight: backend i with probability
 // weight_i/sum. A backend of weight 0 is never chosen. nil means there is
@@ -61,10 +67,17 @@ type Backend struct {
 	// the ResolvedRefs reason. Requests sent to it get 500.
 	Invalid string
 	Reason  string
+
+	svc string // Service, made once when the backend is compiled
 }
 
 // Service is "namespace/name".
-func (b *Backend) Service() string { return b.Namespace + "/" + b.Name }
+func (b *Backend) Service() string {
+	if b.svc != "" {
+		return b.svc
+	}
+	return b.Namespace + "/" + b.Name
+}
 
 // Timeouts of a rule. A zero duration is no timeout; Has* say whether the
 // route set the field at all (when not, the TrafficPolicy's apply).
@@ -197,6 +210,9 @@ func (c *compiledRoute) addRule(cfg *meshconfig.Config, i int, spec *meshconfig.
 }
 
 func (c *compiledRoute) finishRule(rule *Rule, entries []*entry) {
+	// Each request names its rule and backend (Route.Name, the
+	// backend's key): made here once, not per request.
+	rule.id = rule.ID()
 	for _, b := range rule.Backends {
 		rule.total += int64(b.Weight)
 		rule.cum = append(rule.cum, rule.total)
@@ -215,6 +231,7 @@ func (c *compiledRoute) backend(cfg *meshconfig.Config, field string, ref meshco
 	if b.Namespace == "" {
 		b.Namespace = c.route.Namespace
 	}
+	b.svc = b.Service()
 	fail := func(reason string, format string, args ...any) Backend {
 		b.Invalid, b.Reason = fmt.Sprintf(field+": "+format, args...), reason
 		c.refs = append(c.refs, problem{reason, b.Invalid})

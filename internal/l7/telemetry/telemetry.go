@@ -1,7 +1,10 @@
-// Package telemetry owns the waypoint's per-request observability: the
-// Prometheus request metrics, the access log line, and W3C trace context
-// (a child span per hop, propagated always, exported over OTLP/gRPC when
-// an endpoint is configured).
+// Package telemetry owns the L7 proxies' (waypoint's and ingress
+// gateway's) per-request observability: the Prometheus request metrics,
+// the access log line, and W3C trace context (a child span per hop,
+// propagated always, exported over OTLP/gRPC when an endpoint is
+// configured). Each says which kind of proxy reported it (Config.Reporter):
+// the metrics' reporter label, the access line's reporter, the spans'
+// service.name (ambit-waypoint, ambit-gateway).
 //
 // Per request the engine calls, in order:
 //
@@ -23,9 +26,11 @@
 //	ambit_request_bytes_total              counter, request body bytes
 //	ambit_response_bytes_total             counter, response body bytes
 //
-// each with source_workload, source_namespace, source_principal,
-// destination_workload, destination_namespace, destination_service,
-// route, response_code, grpc_status ("" when the request is not gRPC).
+// each with reporter (Config.Reporter: waypoint or gateway, as Istio's
+// reporter label says which proxy measured), source_workload,
+// source_namespace, source_principal, destination_workload,
+// destination_namespace, destination_service, route, response_code,
+// grpc_status ("" when the request is not gRPC).
 // A label set's series are resolved once and cached: a request costs one
 // map lookup under a read lock and allocates nothing for metrics.
 //
@@ -67,6 +72,9 @@ import (
 // Config says what to produce. The zero Config produces nothing but trace
 // propagation.
 type Config struct {
+	// Reporter is the kind of proxy: ReporterWaypoint (the default) or
+	// ReporterGateway.
+	Reporter string
 	// Registerer takes the metrics; nil: no metrics.
 	Registerer prometheus.Registerer
 	// AccessLog takes one Info line per request; nil: no access log. Use
@@ -87,7 +95,7 @@ type Tracing struct {
 	// Headers sent with each export (authentication to a vendor).
 	Headers map[string]string
 	// ServiceName is the resource's service.name; default
-	// "ambit-waypoint".
+	// "ambit-<reporter>" (ambit-waypoint, ambit-gateway).
 	ServiceName string
 	// Attributes are added to the resource (k8s.namespace.name,
 	// ambit.waypoint, ...).
@@ -98,9 +106,16 @@ type Tracing struct {
 	SampleRatio float64
 }
 
+// Reporters: the kinds of proxy that produce request telemetry.
+const (
+	ReporterWaypoint = "waypoint"
+	ReporterGateway  = "gateway"
+)
+
 // Telemetry produces the per-request telemetry. Build it with New; stop it
 // with Shutdown, which flushes spans.
 type Telemetry struct {
+	reporter    string
 	m           *metrics
 	log         *slog.Logger
 	sampleRatio float64
@@ -113,12 +128,19 @@ type Telemetry struct {
 // so an unreachable collector does not fail New (exports fail, are
 // retried and dropped).
 func New(ctx context.Context, cfg Config) (*Telemetry, error) {
-	t := &Telemetry{log: cfg.AccessLog, sampleRatio: cfg.Tracing.SampleRatio}
+	switch cfg.Reporter {
+	case "":
+		cfg.Reporter = ReporterWaypoint
+	case ReporterWaypoint, ReporterGateway:
+	default:
+		return nil, fmt.Errorf("telemetry: reporter %q; want %s or %s", cfg.Reporter, ReporterWaypoint, ReporterGateway)
+	}
+	t := &Telemetry{reporter: cfg.Reporter, log: cfg.AccessLog, sampleRatio: cfg.Tracing.SampleRatio}
 	if t.sampleRatio == 0 {
 		t.sampleRatio = 1
 	}
 	if cfg.Registerer != nil {
-		m, err := newMetrics(cfg.Registerer)
+		m, err := newMetrics(prometheus.WrapRegistererWith(prometheus.Labels{"reporter": cfg.Reporter}, cfg.Registerer))
 		if err != nil {
 			return nil, err
 		}
@@ -138,7 +160,7 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 		}
 		name := tc.ServiceName
 		if name == "" {
-			name = "ambit-waypoint"
+			name = "ambit-" + cfg.Reporter
 		}
 		attrs := []attribute.KeyValue{attribute.String("service.name", name)}
 		for k, v := range tc.Attributes {
@@ -286,6 +308,7 @@ func (t *Telemetry) logRequest(r *Request) {
 		traceID, spanID = r.Span.TraceID.String(), r.Span.SpanID.String()
 	}
 	attrs := [...]slog.Attr{
+		slog.String("reporter", t.reporter),
 		slog.String("method", r.Method),
 		slog.String("authority", r.Authority),
 		slog.String("path", r.Path),
@@ -417,11 +440,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		series: map[seriesKey]*series{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ambit_requests_total",
-			Help: "Requests the waypoint answered, by source, destination, route and response.",
+			Help: "Requests the proxy (reporter: waypoint or gateway) answered, by source, destination, route and response.",
 		}, LabelNames),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ambit_request_duration_seconds",
-			Help:    "Time from a request's first byte to its response's last byte at the waypoint.",
+			Help:    "Time from a request's first byte to its response's last byte at the proxy (reporter: waypoint or gateway).",
 			Buckets: DurationBuckets,
 		}, LabelNames),
 		reqBytes: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -54,24 +54,26 @@ func TestMetrics(t *testing.T) {
 	tel.Observe(&g)
 
 	// Labels in the exposition's (sorted) order.
+	// A waypoint's (the default reporter).
 	const dst = `destination_namespace="demo",destination_service="web.demo.svc.cluster.local",destination_workload="web",`
 	const src = `,source_namespace="demo",source_principal="spiffe://cluster.local/ns/demo/sa/client",source_workload="client"`
+	const wp = `reporter="waypoint",`
 	want := `
-# HELP ambit_requests_total Requests the waypoint answered, by source, destination, route and response.
+# HELP ambit_requests_total Requests the proxy (reporter: waypoint or gateway) answered, by source, destination, route and response.
 # TYPE ambit_requests_total counter
-ambit_requests_total{` + dst + `grpc_status="",response_code="200",route="demo/web"` + src + `} 3
-ambit_requests_total{` + dst + `grpc_status="",response_code="503",route="demo/web"` + src + `} 1
-ambit_requests_total{` + dst + `grpc_status="7",response_code="200",route="demo/cart-grpc"` + src + `} 1
+ambit_requests_total{` + dst + `grpc_status="",` + wp + `response_code="200",route="demo/web"` + src + `} 3
+ambit_requests_total{` + dst + `grpc_status="",` + wp + `response_code="503",route="demo/web"` + src + `} 1
+ambit_requests_total{` + dst + `grpc_status="7",` + wp + `response_code="200",route="demo/cart-grpc"` + src + `} 1
 # HELP ambit_request_bytes_total Request body bytes received from clients.
 # TYPE ambit_request_bytes_total counter
-ambit_request_bytes_total{` + dst + `grpc_status="",response_code="200",route="demo/web"` + src + `} 30
-ambit_request_bytes_total{` + dst + `grpc_status="",response_code="503",route="demo/web"` + src + `} 10
-ambit_request_bytes_total{` + dst + `grpc_status="7",response_code="200",route="demo/cart-grpc"` + src + `} 10
+ambit_request_bytes_total{` + dst + `grpc_status="",` + wp + `response_code="200",route="demo/web"` + src + `} 30
+ambit_request_bytes_total{` + dst + `grpc_status="",` + wp + `response_code="503",route="demo/web"` + src + `} 10
+ambit_request_bytes_total{` + dst + `grpc_status="7",` + wp + `response_code="200",route="demo/cart-grpc"` + src + `} 10
 # HELP ambit_response_bytes_total Response body bytes sent to clients.
 # TYPE ambit_response_bytes_total counter
-ambit_response_bytes_total{` + dst + `grpc_status="",response_code="200",route="demo/web"` + src + `} 600
-ambit_response_bytes_total{` + dst + `grpc_status="",response_code="503",route="demo/web"` + src + `} 200
-ambit_response_bytes_total{` + dst + `grpc_status="7",response_code="200",route="demo/cart-grpc"` + src + `} 200
+ambit_response_bytes_total{` + dst + `grpc_status="",` + wp + `response_code="200",route="demo/web"` + src + `} 600
+ambit_response_bytes_total{` + dst + `grpc_status="",` + wp + `response_code="503",route="demo/web"` + src + `} 200
+ambit_response_bytes_total{` + dst + `grpc_status="7",` + wp + `response_code="200",route="demo/cart-grpc"` + src + `} 200
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "ambit_requests_total", "ambit_request_bytes_total", "ambit_response_bytes_total"); err != nil {
 		t.Fatal(err)
@@ -121,6 +123,27 @@ ambit_response_bytes_total{` + dst + `grpc_status="7",response_code="200",route=
 	if _, err := New(context.Background(), Config{Registerer: reg}); err == nil || !strings.Contains(err.Error(), "already registered") {
 		t.Errorf("second registration: %v", err)
 	}
+
+	// An ingress gateway's requests are labelled reporter="gateway".
+	greg := prometheus.NewRegistry()
+	gtel, err := New(context.Background(), Config{Reporter: ReporterGateway, Registerer: greg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gr := sample(200)
+	gtel.Observe(&gr)
+	gwant := `
+# HELP ambit_requests_total Requests the proxy (reporter: waypoint or gateway) answered, by source, destination, route and response.
+# TYPE ambit_requests_total counter
+ambit_requests_total{` + dst + `grpc_status="",reporter="gateway",response_code="200",route="demo/web"` + src + `} 1
+`
+	if err := testutil.GatherAndCompare(greg, strings.NewReader(gwant), "ambit_requests_total"); err != nil {
+		t.Fatal(err)
+	}
+	// Any other reporter is refused.
+	if _, err := New(context.Background(), Config{Reporter: "sidecar"}); err == nil || !strings.Contains(err.Error(), `reporter "sidecar"`) {
+		t.Errorf("reporter sidecar: %v", err)
+	}
 }
 
 func TestAccessLog(t *testing.T) {
@@ -149,7 +172,7 @@ func TestAccessLog(t *testing.T) {
 		t.Fatalf("%d lines", len(lines))
 	}
 	want := map[string]any{
-		"level": "INFO", "msg": "request", "method": "GET", "authority": "web.demo.svc.cluster.local:8080", "path": "/api/items",
+		"level": "INFO", "msg": "request", "reporter": "waypoint", "method": "GET", "authority": "web.demo.svc.cluster.local:8080", "path": "/api/items",
 		"protocol": "HTTP/1.1", "code": 503.0, "grpc_status": "", "duration_ms": 1.5, "bytes_received": 10.0, "bytes_sent": 200.0,
 		"upstream": "10.244.1.7:8080", "route": "demo/web", "src_workload": "client", "src_namespace": "demo",
 		"src_principal": "spiffe://cluster.local/ns/demo/sa/client", "dst_workload": "web", "dst_namespace": "demo",
@@ -169,6 +192,19 @@ func TestAccessLog(t *testing.T) {
 	}
 	if dr, _ := lines[1]["policy_dry_run"].([]any); len(dr) != 1 || dr[0] != "demo/audit would DENY" {
 		t.Errorf("dry run: %v", lines[1]["policy_dry_run"])
+	}
+
+	// A gateway's lines say so.
+	buf.Reset()
+	gtel, err := New(context.Background(), Config{Reporter: ReporterGateway, AccessLog: slog.New(slog.NewJSONHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := sample(200)
+	gtel.Observe(&g)
+	var gl map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &gl); err != nil || gl["reporter"] != "gateway" || gl["msg"] != "request" {
+		t.Errorf("gateway's access line %q: %v", buf.String(), err)
 	}
 }
 
@@ -397,5 +433,50 @@ func TestConcurrentObserve(t *testing.T) {
 	wg.Wait()
 	if n := testutil.ToFloat64(tel.m.requests.WithLabelValues("client", "demo", "spiffe://cluster.local/ns/demo/sa/client", "web", "demo", "web.demo.svc.cluster.local", "demo/web", "200", "")); n != 800 {
 		t.Fatalf("%v requests with 200, want 800", n)
+	}
+}
+
+// An ingress gateway's spans come from service ambit-gateway.
+func TestOTLPExportGateway(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := &collector{got: make(chan struct{}, 1)}
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, col)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tel, err := New(ctx, Config{Reporter: ReporterGateway, Tracing: Tracing{
+		OTLPEndpoint: lis.Addr().String(), Insecure: true, Attributes: map[string]string{"ambit.gateway": "ingress"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	r := sample(200)
+	r.Span = tel.StartSpan(parentTP, "", r.Start)
+	tel.Observe(&r)
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-col.got:
+	case <-ctx.Done():
+		t.Fatal("collector received nothing")
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	if len(col.spans) != 1 {
+		t.Fatalf("%d resource spans", len(col.spans))
+	}
+	res := map[string]string{}
+	for _, kv := range col.spans[0].GetResource().GetAttributes() {
+		res[kv.GetKey()] = kv.GetValue().GetStringValue()
+	}
+	if res["service.name"] != "ambit-gateway" || res["ambit.gateway"] != "ingress" {
+		t.Errorf("resource %v", res)
 	}
 }
