@@ -55,12 +55,13 @@ type conformanceStatus struct {
 // builds, by the profiles that need them.
 var conformanceImages = map[string][]string{
 	"MESH":    {"gwc-echo-advanced"},
-	"GATEWAY": {"gwc-echo-basic", "gwc-echo-basic-dev", "gwc-coredns"},
+	"GATEWAY": {"gwc-echo-basic", "gwc-echo-basic-dev", "gwc-echo-basic-dev2", "gwc-coredns"},
 }
 
 // TestPrivilegedGatewayConformance runs the Gateway API conformance suite
 // (tools/gwconformance) against Ambit on the local cluster, for the
-// profiles in $AMBIT_GWC_PROFILES (default MESH-HTTP,MESH-GRPC), and checks
+// profiles in $AMBIT_GWC_PROFILES (default: every GATEWAY profile but
+// GATEWAY-UDP, and MESH-HTTP, MESH-GRPC), and checks
 // that every profile's result is the one published in docs/conformance:
 // the same tests pass, the same are skipped, none fails. The GATEWAY and
 // the MESH profiles run one after the other, each kind with its own report
@@ -70,7 +71,7 @@ var conformanceImages = map[string][]string{
 func TestPrivilegedGatewayConformance(t *testing.T) {
 	profiles := os.Getenv("AMBIT_GWC_PROFILES")
 	if profiles == "" {
-		profiles = "MESH-HTTP,MESH-GRPC"
+		profiles = "GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP,MESH-HTTP,MESH-GRPC"
 	}
 	update := os.Getenv("AMBIT_GWC_UPDATE") == "1"
 	// The profiles by kind, GATEWAY first.

@@ -46,7 +46,7 @@ import (
 )
 
 var (
-	profiles     = flag.String("ambit.profiles", "MESH-HTTP,MESH-GRPC", "conformance profiles to run, comma-separated (MESH-HTTP, MESH-GRPC, GATEWAY-HTTP)")
+	profiles     = flag.String("ambit.profiles", "MESH-HTTP,MESH-GRPC", "conformance profiles to run, comma-separated (MESH-HTTP, MESH-GRPC; or GATEWAY-HTTP, GATEWAY-GRPC, GATEWAY-TLS, GATEWAY-TCP)")
 	reportPath   = flag.String("ambit.report", "", "write the suite's ConformanceReport (YAML) here")
 	gatewayClass = flag.String("ambit.gateway-class", "ambit", "the GatewayClass the GATEWAY profiles use")
 	waypointName = flag.String("ambit.waypoint", "waypoint", "the Waypoint that serves the MESH namespaces")
