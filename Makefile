@@ -75,9 +75,12 @@ kube-tools: ## build kube-apiserver and kubectl for the Kubernetes tests (cached
 jaeger-tools: ## build the Jaeger all-in-one that the tracing test exports the waypoint's spans to (tools/jaeger; cached per version; cold about 6 min)
 	@GO=$(GO) tools/jaeger/build.sh >/dev/null
 
+# The slowest package, internal/kubee2e (the mesh on the real cluster, then
+# the Gateway API conformance suite on another, taking turns with
+# internal/kubecluster), takes about 10 minutes on 2 cores: 30m leaves room.
 .PHONY: test
-test: lint check-generate kube-tools cluster-tools cluster-images jaeger-tools ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
-	$(GO) test -count=1 -timeout 20m ./...
+test: lint check-generate kube-tools cluster-tools cluster-images conformance-images jaeger-tools ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
+	$(GO) test -count=1 -timeout 30m ./...
 
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./internal/l7:FuzzParseRequestHead ./internal/l7:FuzzParseResponseHead ./internal/meshspec:FuzzParse ./internal/tunnel:FuzzParseForwarded
@@ -161,6 +164,41 @@ cluster-images: images ## the local cluster's images: `make images` plus CoreDNS
 	@dir=$$(GO=$(GO) tools/coredns/build.sh) && \
 	$(BIN)/ambit-image build --binary=$$dir/coredns --ref=ghcr.io/ambit-mesh/coredns:$(COREDNS_VERSION) \
 		--user=65532:65532 -o $(BIN)/images/coredns.tar
+
+# Gateway API conformance (tools/gwconformance, docs/conformance): the
+# upstream suite, built with Ambit's claims into /var/cache/ambit, and the
+# images its manifests name, built here: meshecho (Ambit's own MESH test
+# application) as echo-advanced; for the GATEWAY profiles the suite's
+# echo-basic and CoreDNS 1.12.2 (tools/gwconformance/coredns; as root: the
+# suite's manifest gives it NET_BIND_SERVICE alone for port 53, and an
+# image of ours carries no file capabilities).
+# GWC_PROFILES picks the profiles (docs/conformance/README.md).
+GWC_PROFILES ?= GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP,MESH-HTTP,MESH-GRPC
+
+.PHONY: conformance-tools
+conformance-tools: ## build the Gateway API conformance suite with Ambit's options and its test applications (cached; cold about 3 min)
+	@GO=$(GO) tools/gwconformance/build.sh >/dev/null
+	@GO=$(GO) tools/gwconformance/coredns/build.sh >/dev/null
+
+.PHONY: conformance-images
+conformance-images: images conformance-tools ## the conformance suite's images under the names its manifests use (bin/images/gwc-*.tar)
+	@set -e; dir=$$(GO=$(GO) tools/gwconformance/build.sh); \
+	$(BIN)/ambit-image build --binary=$$dir/meshecho --name=client --ref=registry.k8s.io/gateway-api/echo-advanced:v1.5.1 \
+		--user=65532:65532 -o $(BIN)/images/gwc-echo-advanced.tar; \
+	$(BIN)/ambit-image build --binary=$$dir/echo-basic --ref=registry.k8s.io/gateway-api/echo-basic:v1.5.1 \
+		--user=65532:65532 -o $(BIN)/images/gwc-echo-basic.tar; \
+	$(BIN)/ambit-image build --binary=$$dir/echo-basic --ref=registry.k8s.io/gateway-api/echo-basic:v1.6.0-dev.3 \
+		--user=65532:65532 -o $(BIN)/images/gwc-echo-basic-dev.tar; \
+	$(BIN)/ambit-image build --binary=$$dir/echo-basic --ref=registry.k8s.io/gateway-api/echo-basic:v1.6.0-dev.2 \
+		--user=65532:65532 -o $(BIN)/images/gwc-echo-basic-dev2.tar; \
+	dir=$$(GO=$(GO) tools/gwconformance/coredns/build.sh); \
+	$(BIN)/ambit-image build --binary=$$dir/coredns --ref=registry.k8s.io/coredns/coredns:v1.12.2 \
+		--user=0:0 -o $(BIN)/images/gwc-coredns.tar
+
+.PHONY: gateway-conformance
+gateway-conformance: cluster-tools cluster-images conformance-images ## run the Gateway API conformance suite (GWC_PROFILES, default GATEWAY-HTTP/GRPC/TLS/TCP and MESH-HTTP/GRPC) on the local cluster and write its report to docs/conformance/ (as root)
+	CI=true AMBIT_GWC_PROFILES=$(GWC_PROFILES) AMBIT_GWC_UPDATE=1 $(GO) test -count=1 -timeout 45m -v \
+		-run '^TestPrivilegedGatewayConformance$$' ./internal/kubee2e
 
 .PHONY: cluster-up
 cluster-up: cluster-tools cluster-images ## bring up a real two-node Kubernetes on this machine, offline (as root; see `bin/ambit-cluster help`)

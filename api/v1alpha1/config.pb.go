@@ -2907,11 +2907,15 @@ type GatewayListener struct {
 	// "HTTP", "HTTPS", "TLS" (passthrough) or "TCP".
 	Protocol string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	Hostname string `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	// allowedRoutes.namespaces.from: "Same" or "All".
+	// allowedRoutes.namespaces.from: "Same", "All" or "Selector".
 	RoutesFrom   string                `protobuf:"bytes,5,opt,name=routes_from,json=routesFrom,proto3" json:"routes_from,omitempty"`
 	Certificates []*GatewayCertificate `protobuf:"bytes,6,rep,name=certificates,proto3" json:"certificates,omitempty"`
 	// What is wrong with the listener's references, if anything.
-	Problem       string `protobuf:"bytes,7,opt,name=problem,proto3" json:"problem,omitempty"`
+	Problem string `protobuf:"bytes,7,opt,name=problem,proto3" json:"problem,omitempty"`
+	// routes_from "Selector": the namespaces its label selector selected.
+	RoutesNamespaces []string `protobuf:"bytes,8,rep,name=routes_namespaces,json=routesNamespaces,proto3" json:"routes_namespaces,omitempty"`
+	// allowedRoutes.kinds; empty: every kind its protocol carries.
+	RouteKinds    []string `protobuf:"bytes,9,rep,name=route_kinds,json=routeKinds,proto3" json:"route_kinds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2993,6 +2997,20 @@ func (x *GatewayListener) GetProblem() string {
 		return x.Problem
 	}
 	return ""
+}
+
+func (x *GatewayListener) GetRoutesNamespaces() []string {
+	if x != nil {
+		return x.RoutesNamespaces
+	}
+	return nil
+}
+
+func (x *GatewayListener) GetRouteKinds() []string {
+	if x != nil {
+		return x.RouteKinds
+	}
+	return nil
 }
 
 // ExternalBackend is a host outside the mesh (kind ExternalBackend).
@@ -4223,12 +4241,17 @@ func (x *ServiceRef) GetKind() string {
 }
 
 type RouteBackend struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *ServiceRef            `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Weight        int32                  `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
-	Filters       []*RouteFilter         `protobuf:"bytes,3,rep,name=filters,proto3" json:"filters,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service *ServiceRef            `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Weight  int32                  `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	Filters []*RouteFilter         `protobuf:"bytes,3,rep,name=filters,proto3" json:"filters,omitempty"`
+	// Set when the controller found the reference unusable (a kind that is
+	// not a Service, another namespace without a ReferenceGrant): requests
+	// sent to it get 500. unresolved_reason is the Gateway API's reason.
+	Unresolved       string `protobuf:"bytes,4,opt,name=unresolved,proto3" json:"unresolved,omitempty"`
+	UnresolvedReason string `protobuf:"bytes,5,opt,name=unresolved_reason,json=unresolvedReason,proto3" json:"unresolved_reason,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RouteBackend) Reset() {
@@ -4280,6 +4303,20 @@ func (x *RouteBackend) GetFilters() []*RouteFilter {
 		return x.Filters
 	}
 	return nil
+}
+
+func (x *RouteBackend) GetUnresolved() string {
+	if x != nil {
+		return x.Unresolved
+	}
+	return ""
+}
+
+func (x *RouteBackend) GetUnresolvedReason() string {
+	if x != nil {
+		return x.UnresolvedReason
+	}
+	return ""
 }
 
 // RouteTimeouts: an unset field is not set by the route; 0 is no timeout.
@@ -4609,7 +4646,7 @@ const file_config_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12=\n" +
 	"\tlisteners\x18\x03 \x03(\v2\x1f.ambit.v1alpha1.GatewayListenerR\tlisteners\x12\x1c\n" +
-	"\taddresses\x18\x04 \x03(\fR\taddresses\"\xf4\x01\n" +
+	"\taddresses\x18\x04 \x03(\fR\taddresses\"\xc2\x02\n" +
 	"\x0fGatewayListener\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
@@ -4618,7 +4655,10 @@ const file_config_proto_rawDesc = "" +
 	"\vroutes_from\x18\x05 \x01(\tR\n" +
 	"routesFrom\x12F\n" +
 	"\fcertificates\x18\x06 \x03(\v2\".ambit.v1alpha1.GatewayCertificateR\fcertificates\x12\x18\n" +
-	"\aproblem\x18\a \x01(\tR\aproblem\"\xb0\x02\n" +
+	"\aproblem\x18\a \x01(\tR\aproblem\x12+\n" +
+	"\x11routes_namespaces\x18\b \x03(\tR\x10routesNamespaces\x12\x1f\n" +
+	"\vroute_kinds\x18\t \x03(\tR\n" +
+	"routeKinds\"\xb0\x02\n" +
 	"\x0fExternalBackend\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -4712,11 +4752,15 @@ const file_config_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12\x12\n" +
-	"\x04kind\x18\x04 \x01(\tR\x04kind\"\x93\x01\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\"\xe0\x01\n" +
 	"\fRouteBackend\x124\n" +
 	"\aservice\x18\x01 \x01(\v2\x1a.ambit.v1alpha1.ServiceRefR\aservice\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\x05R\x06weight\x125\n" +
-	"\afilters\x18\x03 \x03(\v2\x1b.ambit.v1alpha1.RouteFilterR\afilters\"\x9e\x01\n" +
+	"\afilters\x18\x03 \x03(\v2\x1b.ambit.v1alpha1.RouteFilterR\afilters\x12\x1e\n" +
+	"\n" +
+	"unresolved\x18\x04 \x01(\tR\n" +
+	"unresolved\x12+\n" +
+	"\x11unresolved_reason\x18\x05 \x01(\tR\x10unresolvedReason\"\x9e\x01\n" +
 	"\rRouteTimeouts\x12(\n" +
 	"\rrequest_nanos\x18\x01 \x01(\x03H\x00R\frequestNanos\x88\x01\x01\x127\n" +
 	"\x15backend_request_nanos\x18\x02 \x01(\x03H\x01R\x13backendRequestNanos\x88\x01\x01B\x10\n" +

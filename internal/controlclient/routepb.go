@@ -45,7 +45,7 @@ func ruleFromPB(in *pb.RouteRule) meshconfig.RouteRule {
 		out.Matches = append(out.Matches, matchFromPB(m))
 	}
 	for _, be := range in.Backends {
-		out.Backends = append(out.Backends, meshconfig.RouteBackend{ServiceRef: serviceRefFromPB(be.Service), Weight: be.Weight, Filters: filtersFromPB(be.Filters)})
+		out.Backends = append(out.Backends, meshconfig.RouteBackend{ServiceRef: serviceRefFromPB(be.Service), Weight: be.Weight, Filters: filtersFromPB(be.Filters), Unresolved: be.Unresolved, UnresolvedReason: be.UnresolvedReason})
 	}
 	if t := in.Timeouts; t != nil {
 		out.Timeouts = &meshconfig.RouteTimeouts{}
@@ -200,7 +200,7 @@ func gatewayFromPB(in *pb.Gateway) (meshconfig.Gateway, error) {
 		if l.Port == 0 || l.Port > 65535 {
 			return g, fmt.Errorf("gateway %s/%s: listener %s: port %d out of range 1-65535", in.Namespace, in.Name, l.Name, l.Port)
 		}
-		ml := meshconfig.Listener{Name: l.Name, Port: uint16(l.Port), Protocol: l.Protocol, Hostname: l.Hostname, RoutesFrom: l.RoutesFrom, Problem: l.Problem}
+		ml := meshconfig.Listener{Name: l.Name, Port: uint16(l.Port), Protocol: l.Protocol, Hostname: l.Hostname, RoutesFrom: l.RoutesFrom, Problem: l.Problem, RoutesNamespaces: l.RoutesNamespaces, RouteKinds: l.RouteKinds}
 		for _, c := range l.Certificates {
 			ml.Certificates = append(ml.Certificates, meshconfig.Certificate{Secret: c.Secret, CertPEM: c.CertPem, KeyPEM: c.KeyPem})
 		}

@@ -46,7 +46,7 @@ func gatewayToPB(g *meshconfig.Gateway) *pb.Gateway {
 		out.Addresses = append(out.Addresses, a.AsSlice())
 	}
 	for _, l := range g.Listeners {
-		pl := &pb.GatewayListener{Name: l.Name, Port: uint32(l.Port), Protocol: l.Protocol, Hostname: l.Hostname, RoutesFrom: l.RoutesFrom, Problem: l.Problem}
+		pl := &pb.GatewayListener{Name: l.Name, Port: uint32(l.Port), Protocol: l.Protocol, Hostname: l.Hostname, RoutesFrom: l.RoutesFrom, Problem: l.Problem, RoutesNamespaces: l.RoutesNamespaces, RouteKinds: l.RouteKinds}
 		for _, c := range l.Certificates {
 			pl.Certificates = append(pl.Certificates, &pb.GatewayCertificate{Secret: c.Secret, CertPem: c.CertPEM, KeyPem: c.KeyPEM})
 		}

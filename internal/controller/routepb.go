@@ -54,7 +54,7 @@ func ruleToPB(r *meshconfig.RouteRule) *pb.RouteRule {
 		out.Matches = append(out.Matches, matchToPB(m))
 	}
 	for _, be := range r.Backends {
-		out.Backends = append(out.Backends, &pb.RouteBackend{Service: serviceRefToPB(be.ServiceRef), Weight: be.Weight, Filters: filtersToPB(be.Filters)})
+		out.Backends = append(out.Backends, &pb.RouteBackend{Service: serviceRefToPB(be.ServiceRef), Weight: be.Weight, Filters: filtersToPB(be.Filters), Unresolved: be.Unresolved, UnresolvedReason: be.UnresolvedReason})
 	}
 	if t := r.Timeouts; t != nil {
 		out.Timeouts = &pb.RouteTimeouts{}

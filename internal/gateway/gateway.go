@@ -541,7 +541,7 @@ func (pl *portListener) serveWith(c net.Conn, info l7.ConnInfo) {
 			c.Close()
 			return
 		}
-		info.TLS = true
+		info.TLS, info.ServerName = true, tc.ConnectionState().ServerName
 		c = tc
 	}
 	info.AppProtocol = "http"
@@ -569,7 +569,7 @@ func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
 		be = rt.Pick(nil)
 	}
 	ctx := pl.g.ctx
-	if be != nil && be.External() {
+	if be != nil && be.Unresolved == "" && be.External() {
 		if reason, ok := pl.g.allowExternalConn(info, be); !ok {
 			pl.g.log.Info("connection denied", "log", "access", "client", info.Src.String(), "src_identity", info.SrcIdentity,
 				"port", pl.port, "sni", sni, "external_backend", be.Key(), "reason", reason)
@@ -580,13 +580,16 @@ func (pl *portListener) serveL4(c net.Conn, info l7.ConnInfo) {
 			ctx = context.WithValue(ctx, passthroughKey{}, true) // the client's own TLS: none originated
 		}
 	}
-	if be == nil {
+	if be == nil || be.Unresolved != "" {
 		what := "listener"
 		if l != nil {
 			what = "route of listener " + l.Name
 		}
-		pl.g.log.Info("connection refused", "log", "access", "gateway", pl.g.Key(), "client", info.Src.String(), "port", pl.port, "sni", sni,
-			"reason", fmt.Sprintf("no %s of gateway %s takes port %d, server name %q", what, pl.g.Key(), pl.port, sni))
+		reason := fmt.Sprintf("no %s of gateway %s takes port %d, server name %q", what, pl.g.Key(), pl.port, sni)
+		if be != nil {
+			reason = "backend not usable: " + be.Unresolved
+		}
+		pl.g.log.Info("connection refused", "log", "access", "gateway", pl.g.Key(), "client", info.Src.String(), "port", pl.port, "sni", sni, "reason", reason)
 		c.Close()
 		return
 	}

@@ -185,7 +185,8 @@ func (s *Source) build() *state {
 		}
 	}
 
-	gateways := s.readGateways(b, st)
+	gs := s.referenceGrants()
+	gateways := s.readGateways(b, st, gs)
 	s.readExternalBackends(b, st)
 	// parents splits a route's parentRefs; the builder gets the Service
 	// parents first (their status indexes them), then the Gateway ones.
@@ -204,7 +205,14 @@ func (s *Source) build() *state {
 			st.routes = append(st.routes, ro) // another implementation's route (status only loses Ambit's entries)
 			continue
 		}
-		if err := b.AddHTTPRoute(&r); err != nil {
+		m, err := meshspec.HTTPRoute(&r)
+		if err == nil {
+			if len(ro.gwParents) > 0 {
+				checkBackendGrants(&m, gs)
+			}
+			err = b.AddRoute(m)
+		}
+		if err != nil {
 			s.log.Warn("HTTPRoute left out", "route", r.Namespace+"/"+r.Name, "err", err)
 			ro.refused = err.Error()
 		}
@@ -221,7 +229,14 @@ func (s *Source) build() *state {
 			st.routes = append(st.routes, ro)
 			continue
 		}
-		if err := b.AddGRPCRoute(&r); err != nil {
+		m, err := meshspec.GRPCRoute(&r)
+		if err == nil {
+			if len(ro.gwParents) > 0 {
+				checkBackendGrants(&m, gs)
+			}
+			err = b.AddRoute(m)
+		}
+		if err != nil {
 			s.log.Warn("GRPCRoute left out", "route", r.Namespace+"/"+r.Name, "err", err)
 			ro.refused = err.Error()
 		}
@@ -240,6 +255,7 @@ func (s *Source) build() *state {
 		r.Spec.ParentRefs, ro.parents = ro.gwParents, nil
 		m, err := meshspec.TLSRoute(&r)
 		if err == nil {
+			checkBackendGrants(&m, gs)
 			err = b.AddRoute(m)
 		}
 		if err != nil {
@@ -260,6 +276,7 @@ func (s *Source) build() *state {
 		r.Spec.ParentRefs, ro.parents = ro.gwParents, nil
 		m, err := meshspec.TCPRoute(&r)
 		if err == nil {
+			checkBackendGrants(&m, gs)
 			err = b.AddRoute(m)
 		}
 		if err != nil {

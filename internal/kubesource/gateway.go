@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -14,8 +13,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -56,11 +57,16 @@ const ServiceTypeAnnotation = "ambit.dev/service-type"
 type gatewayObject struct {
 	u    *unstructured.Unstructured
 	spec gatewayv1.GatewaySpec
+	// rejected are the listeners left out of the model, with why.
+	rejected []meshspec.RejectedListener
+	// badParameters says why spec.infrastructure.parametersRef cannot be
+	// used (Ambit takes none): the Gateway is not accepted.
+	badParameters string
 }
 
 // readGateways adds the Gateways of Ambit's classes, and the Secrets their
 // listeners name, to b; it returns the keys ("ns/name") of those Gateways.
-func (s *Source) readGateways(b *meshspec.Builder, st *state) map[string]bool {
+func (s *Source) readGateways(b *meshspec.Builder, st *state, gs grants) map[string]bool {
 	ours := map[string]bool{}
 	st.gatewayClasses = nil
 	for _, u := range s.list(GatewayClassesResource) {
@@ -79,9 +85,20 @@ func (s *Source) readGateways(b *meshspec.Builder, st *state) map[string]bool {
 		if !ours[string(gw.Spec.GatewayClassName)] {
 			continue
 		}
-		st.gateways = append(st.gateways, gatewayObject{u: u, spec: gw.Spec})
 		key := objKey(meshconfig.KindGateway, u.GetNamespace(), u.GetName())
-		g, err := meshspec.GatewayFromSpec(u.GetNamespace(), u.GetName(), &gw.Spec)
+		g, rejected, err := meshspec.GatewayFromCluster(u.GetNamespace(), u.GetName(), &gw.Spec, s.gatewayRefs(gs))
+		o := gatewayObject{u: u, spec: gw.Spec, rejected: rejected}
+		if inf := gw.Spec.Infrastructure; inf != nil && inf.ParametersRef != nil {
+			p := inf.ParametersRef
+			o.badParameters = fmt.Sprintf("spec.infrastructure.parametersRef names %s %s/%s: Ambit's gateway takes no parameters resource; remove it (the gateway Service's type is the %s annotation)", p.Kind, p.Group, p.Name, ServiceTypeAnnotation)
+			if err == nil {
+				err = fmt.Errorf("%s", o.badParameters)
+			}
+		}
+		st.gateways = append(st.gateways, o)
+		if err == nil && len(g.Listeners) == 0 {
+			err = fmt.Errorf("no listener of Gateway %s/%s can be served (see status.listeners)", g.Namespace, g.Name)
+		}
 		if err != nil {
 			st.invalid[key] = err.Error()
 			continue
@@ -203,6 +220,9 @@ func (s *Source) reconcileGateway(ctx context.Context, o gatewayObject, g *meshc
 		Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true),
 	}
 	sa, deploy, svc := s.gatewayObjects(o, g, owner, ca)
+	// The ServiceAccount is made, never updated (the controller may not
+	// update service accounts): its infrastructure labels and annotations
+	// are the Gateway's when it was made.
 	if err := s.ensure(ctx, "ServiceAccount", sa, func() (metav1.Object, error) {
 		return s.kube.CoreV1().ServiceAccounts(g.Namespace).Get(ctx, g.Name, metav1.GetOptions{})
 	}, func() error {
@@ -269,9 +289,9 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 		}
 	}
 	meta := func() metav1.ObjectMeta {
-		l := map[string]string{GatewayLabel: g.Name}
+		l := map[string]string{GatewayLabel: g.Name, gatewayv1.GatewayNameLabelKey: g.Name}
 		for k, v := range infraLabels {
-			if k != GatewayLabel {
+			if _, fixed := l[k]; !fixed {
 				l[k] = v
 			}
 		}
@@ -303,7 +323,7 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 	cports = append(cports,
 		corev1.ContainerPort{Name: "status", ContainerPort: WaypointReadyPort, Protocol: corev1.ProtocolTCP},
 		corev1.ContainerPort{Name: "metrics", ContainerPort: WaypointMetricsPort, Protocol: corev1.ProtocolTCP})
-	podLabels := map[string]string{GatewayLabel: g.Name, meshconfig.DataplaneLabel: meshconfig.DataplaneNone}
+	podLabels := map[string]string{GatewayLabel: g.Name, gatewayv1.GatewayNameLabelKey: g.Name, meshconfig.DataplaneLabel: meshconfig.DataplaneNone}
 	podMeta := metav1.ObjectMeta{Labels: podLabels, Annotations: map[string]string{}}
 	for k, v := range infraLabels {
 		if _, fixed := podLabels[k]; !fixed {
@@ -372,6 +392,7 @@ func (s *Source) gatewayObjects(o gatewayObject, g *meshconfig.Gateway, owner me
 		}
 		o.SetAnnotations(ann)
 	}
+	annotate(sa, sa.Labels)
 	annotate(deploy, deploy.Spec)
 	annotate(svc, svc.Spec)
 	return sa, deploy, svc
@@ -384,9 +405,10 @@ func portName(p uint16) string { return fmt.Sprintf("port-%d", p) }
 const gatewayTunnelPort = 15008
 
 // writeGatewayStatus writes the conditions of Ambit's GatewayClasses and
-// Gateways: the class Accepted; the Gateway Accepted and Programmed with
-// its addresses; per listener Accepted, Programmed, ResolvedRefs,
-// Conflicted and the routes attached.
+// Gateways: the class Accepted; the Gateway Accepted (reason
+// ListenersNotValid when a listener was left out) and Programmed with its
+// addresses; per listener Accepted, Programmed, ResolvedRefs, Conflicted,
+// the route kinds it takes and the routes attached.
 func (s *Source) writeGatewayStatus(ctx context.Context, st *state) (failed bool) {
 	for _, u := range st.gatewayClasses {
 		c := metav1.Condition{Type: string(gatewayv1.GatewayClassConditionStatusAccepted), Status: metav1.ConditionTrue,
@@ -401,7 +423,14 @@ func (s *Source) writeGatewayStatus(ctx context.Context, st *state) (failed bool
 		prog := metav1.Condition{Type: string(gatewayv1.GatewayConditionProgrammed)}
 		extra := map[string]any{}
 		g := st.config.Gateway(u.GetNamespace(), u.GetName())
+		var left []string
+		for _, r := range o.rejected {
+			left = append(left, r.Message)
+		}
 		switch why, bad := st.invalid[key]; {
+		case o.badParameters != "":
+			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalidParameters), o.badParameters
+			prog.Status, prog.Reason, prog.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalid), "not accepted"
 		case bad:
 			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonListenersNotValid), why
 			prog.Status, prog.Reason, prog.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalid), "not accepted"
@@ -409,6 +438,9 @@ func (s *Source) writeGatewayStatus(ctx context.Context, st *state) (failed bool
 			accepted.Status, accepted.Reason, accepted.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalid), problemText(st, meshconfig.KindGateway, u)
 			prog.Status, prog.Reason, prog.Message = metav1.ConditionFalse, string(gatewayv1.GatewayReasonInvalid), "not accepted"
 		default:
+			if len(left) > 0 {
+				accepted.Reason, accepted.Message = string(gatewayv1.GatewayReasonListenersNotValid), "serving the other listeners; left out: "+strings.Join(left, "; ")
+			}
 			p, ok := st.gatewayProgrammed[key]
 			if !ok {
 				p = programmed{metav1.ConditionUnknown, reasonPending, "not reconciled yet"}
@@ -419,8 +451,8 @@ func (s *Source) writeGatewayStatus(ctx context.Context, st *state) (failed bool
 				addrs = append(addrs, map[string]any{"type": string(gatewayv1.IPAddressType), "value": a.String()})
 			}
 			extra["addresses"] = addrs
-			extra["listeners"] = listenerStatuses(st.config, g, u.GetGeneration(), now, p.status == metav1.ConditionTrue)
 		}
+		extra["listeners"] = listenerStatuses(st.config, g, &o, now, prog.Status == metav1.ConditionTrue)
 		failed = s.setStatus(ctx, GatewaysResource, u, []metav1.Condition{accepted, prog}, extra) || failed
 	}
 	return failed
@@ -440,71 +472,114 @@ func problemText(st *state, kind string, u *unstructured.Unstructured) string {
 	return strings.Join(msgs, "; ")
 }
 
-// listenerStatuses are status.listeners of g: conditions and attached
-// routes per listener.
-func listenerStatuses(cfg *meshconfig.Config, g *meshconfig.Gateway, gen int64, now metav1.Time, running bool) []any {
+// listenerStatuses are status.listeners of Gateway o, in the order of its
+// spec: conditions, the route kinds each takes and the routes attached.
+// g is o in the Config (nil when it was left out: then every listener
+// is reported as not served). A condition keeps its lastTransitionTime
+// while its status does not change.
+func listenerStatuses(cfg *meshconfig.Config, g *meshconfig.Gateway, o *gatewayObject, now metav1.Time, running bool) []any {
+	gen := o.u.GetGeneration()
+	var cur struct {
+		Listeners []gatewayv1.ListenerStatus `json:"listeners"`
+	}
+	if st, ok := o.u.Object["status"].(map[string]any); ok {
+		_ = runtime.DefaultUnstructuredConverter.FromUnstructured(st, &cur)
+	}
+	model := map[string]*meshconfig.Listener{}
+	if g != nil {
+		for i := range g.Listeners {
+			model[g.Listeners[i].Name] = &g.Listeners[i]
+		}
+	}
+	rejected := map[string]meshspec.RejectedListener{}
+	for _, r := range o.rejected {
+		rejected[r.Name] = r
+	}
 	first := map[uint16]string{} // the protocol a port serves: its first listener's
-	var out []any
-	for _, l := range g.Listeners {
-		cond := func(typ string, ok bool, reason, msg string) map[string]any {
+	var out []gatewayv1.ListenerStatus
+	for _, sl := range o.spec.Listeners {
+		name := string(sl.Name)
+		var conds []metav1.Condition
+		for _, c := range cur.Listeners {
+			if string(c.Name) == name {
+				conds = c.Conditions
+			}
+		}
+		set := func(typ string, ok bool, reason, msg string) {
 			st := metav1.ConditionFalse
 			if ok {
 				st = metav1.ConditionTrue
 			}
-			return map[string]any{"type": typ, "status": string(st), "reason": reason, "message": msg, "observedGeneration": gen, "lastTransitionTime": now.UTC().Format(time.RFC3339)}
+			meta.SetStatusCondition(&conds, metav1.Condition{Type: typ, Status: st, Reason: reason, Message: msg, ObservedGeneration: gen, LastTransitionTime: now})
 		}
-		conflicted := false
-		if p, ok := first[l.Port]; ok && p != l.Protocol {
-			conflicted = true
-		} else {
-			first[l.Port] = l.Protocol
-		}
-		attached := int64(0)
-		for _, r := range cfg.Routes {
-			if route.Attaches(g, &l, r) {
-				attached++
+		ls := gatewayv1.ListenerStatus{Name: sl.Name, SupportedKinds: []gatewayv1.RouteGroupKind{}}
+		l := model[name]
+		switch r, bad := rejected[name]; {
+		case bad && r.Reason == meshspec.ReasonInvalidRouteKinds:
+			set(string(gatewayv1.ListenerConditionAccepted), true, string(gatewayv1.ListenerReasonAccepted), "listener accepted")
+			set(string(gatewayv1.ListenerConditionResolvedRefs), false, r.Reason, r.Message)
+			set(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: it takes no route kind")
+			set(string(gatewayv1.ListenerConditionConflicted), false, string(gatewayv1.ListenerReasonNoConflicts), "no conflicts")
+		case bad:
+			set(string(gatewayv1.ListenerConditionAccepted), false, r.Reason, r.Message)
+			set(string(gatewayv1.ListenerConditionResolvedRefs), true, string(gatewayv1.ListenerReasonResolvedRefs), "no references")
+			set(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: see Accepted")
+			set(string(gatewayv1.ListenerConditionConflicted), false, string(gatewayv1.ListenerReasonNoConflicts), "no conflicts")
+		case l == nil:
+			set(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerReasonPending), "the Gateway is not accepted (see its conditions)")
+			set(string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "not served: the Gateway is not accepted")
+		default:
+			conflicted := false
+			if p, ok := first[l.Port]; ok && p != l.Protocol {
+				conflicted = true
+			} else {
+				first[l.Port] = l.Protocol
+			}
+			for _, r := range cfg.Routes {
+				if route.Attaches(g, l, r) {
+					ls.AttachedRoutes++
+				}
+			}
+			for _, k := range l.Kinds() {
+				ls.SupportedKinds = append(ls.SupportedKinds, gatewayv1.RouteGroupKind{Group: ptr.To(gatewayv1.Group(gatewayv1.GroupName)), Kind: gatewayv1.Kind(k)})
+			}
+			if l.Problem == "" {
+				set(string(gatewayv1.ListenerConditionResolvedRefs), true, string(gatewayv1.ListenerReasonResolvedRefs), "references resolved")
+			} else {
+				reason := l.ProblemReason
+				if reason == "" {
+					reason = string(gatewayv1.ListenerReasonInvalidCertificateRef)
+				}
+				set(string(gatewayv1.ListenerConditionResolvedRefs), false, reason, l.Problem)
+			}
+			servable := !conflicted && (l.Protocol != meshconfig.ProtocolHTTPS || len(l.Certificates) > 0)
+			progMsg, progReason := "served by the gateway proxy", string(gatewayv1.ListenerReasonProgrammed)
+			switch {
+			case !servable:
+				progMsg, progReason = "not served: see ResolvedRefs and Conflicted", string(gatewayv1.ListenerReasonInvalid)
+			case !running:
+				progMsg, progReason = "the gateway proxy is not ready yet", string(gatewayv1.ListenerReasonPending)
+			}
+			set(string(gatewayv1.ListenerConditionProgrammed), servable && running, progReason, progMsg)
+			if conflicted {
+				set(string(gatewayv1.ListenerConditionAccepted), false, string(gatewayv1.ListenerReasonProtocolConflict), fmt.Sprintf("port %d is %s (an earlier listener)", l.Port, first[l.Port]))
+				set(string(gatewayv1.ListenerConditionConflicted), true, string(gatewayv1.ListenerReasonProtocolConflict), fmt.Sprintf("port %d is %s (an earlier listener)", l.Port, first[l.Port]))
+			} else {
+				set(string(gatewayv1.ListenerConditionAccepted), true, string(gatewayv1.ListenerReasonAccepted), "listener accepted")
+				set(string(gatewayv1.ListenerConditionConflicted), false, string(gatewayv1.ListenerReasonNoConflicts), "no conflicts")
 			}
 		}
-		resolved := cond(string(gatewayv1.ListenerConditionResolvedRefs), l.Problem == "", string(gatewayv1.ListenerReasonResolvedRefs), "certificates resolved")
-		if l.Problem != "" {
-			resolved = cond(string(gatewayv1.ListenerConditionResolvedRefs), false, string(gatewayv1.ListenerReasonInvalidCertificateRef), l.Problem)
-		}
-		servable := !conflicted && (l.Protocol != meshconfig.ProtocolHTTPS || len(l.Certificates) > 0)
-		progMsg, progReason := "served by the gateway proxy", string(gatewayv1.ListenerReasonProgrammed)
-		switch {
-		case !servable:
-			progMsg, progReason = "not served: see ResolvedRefs and Conflicted", string(gatewayv1.ListenerReasonInvalid)
-		case !running:
-			progMsg, progReason = "the gateway proxy is not ready yet", string(gatewayv1.ListenerReasonPending)
-		}
-		conflict := cond(string(gatewayv1.ListenerConditionConflicted), false, string(gatewayv1.ListenerReasonNoConflicts), "no conflicts")
-		if conflicted {
-			conflict = cond(string(gatewayv1.ListenerConditionConflicted), true, string(gatewayv1.ListenerReasonProtocolConflict), fmt.Sprintf("port %d is %s (an earlier listener)", l.Port, first[l.Port]))
-		}
-		var kinds []any
-		for _, k := range routeKinds(l.Protocol) {
-			kinds = append(kinds, map[string]any{"group": gatewayv1.GroupName, "kind": k})
-		}
-		out = append(out, map[string]any{
-			"name": l.Name, "attachedRoutes": attached, "supportedKinds": kinds,
-			"conditions": []any{
-				cond(string(gatewayv1.ListenerConditionAccepted), !conflicted, map[bool]string{true: string(gatewayv1.ListenerReasonAccepted), false: string(gatewayv1.ListenerReasonProtocolConflict)}[!conflicted], "listener accepted"),
-				cond(string(gatewayv1.ListenerConditionProgrammed), servable && running, progReason, progMsg),
-				resolved, conflict,
-			},
-		})
+		ls.Conditions = conds
+		out = append(out, ls)
 	}
-	return out
-}
-
-func routeKinds(protocol string) []string {
-	switch protocol {
-	case meshconfig.ProtocolTLS:
-		return []string{meshconfig.KindTLSRoute}
-	case meshconfig.ProtocolTCP:
-		return []string{meshconfig.KindTCPRoute}
+	list, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&struct {
+		Listeners []gatewayv1.ListenerStatus `json:"listeners"`
+	}{out})
+	if err != nil {
+		return nil
 	}
-	return []string{meshconfig.KindHTTPRoute, meshconfig.KindGRPCRoute}
+	l, _ := list["listeners"].([]any)
+	return l
 }
 
 // gatewayParentStatuses are a route's status.parents entries for its
@@ -557,29 +632,13 @@ func gatewayParentStatuses(cfg *meshconfig.Config, r *meshconfig.Route, refused 
 					accepted, reason, msg = true, string(gatewayv1.RouteReasonAccepted), "attached to listener "+l.Name
 				}
 			}
-			ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionAccepted), accepted, reason, msg))
-			var missing []string
-			for _, rule := range r.Rules {
-				for _, be := range rule.Backends {
-					what, ok := "Service "+be.Key(), cfg.Service(be.Key()) != nil
-					if be.External() {
-						x := cfg.ExternalBackend(be.Key())
-						what, ok = meshconfig.KindExternalBackend+" "+be.Key(), x != nil
-						if ok {
-							if _, has := x.Port(be.Port); !has {
-								what, ok = fmt.Sprintf("%s port %d", what, be.Port), false
-							}
-						}
-					}
-					if !ok && !slices.Contains(missing, what) {
-						missing = append(missing, what)
-					}
-				}
+			refusedRules, conds := route.GatewayConditions(cfg, r)
+			if refusedRules != nil && accepted {
+				accepted, reason, msg = false, refusedRules.Reason, refusedRules.Message
 			}
-			if len(missing) > 0 {
-				ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionResolvedRefs), false, string(gatewayv1.RouteReasonBackendNotFound), "backends not found: "+strings.Join(missing, ", ")))
-			} else {
-				ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionResolvedRefs), true, string(gatewayv1.RouteReasonResolvedRefs), "every backend exists"))
+			ps.Conditions = append(ps.Conditions, cond(string(gatewayv1.RouteConditionAccepted), accepted, reason, msg))
+			for _, c := range conds {
+				ps.Conditions = append(ps.Conditions, cond(c.Type, c.True, c.Reason, c.Message))
 			}
 		}
 		out = append(out, ps)

@@ -37,6 +37,7 @@ var optional = []schema.GroupVersionResource{
 	crd.WaypointsResource, crd.AccessPoliciesResource, crd.TrafficPoliciesResource, crd.ExternalBackendsResource,
 	HTTPRoutesResource, GRPCRoutesResource,
 	GatewayClassesResource, GatewaysResource, TLSRoutesResource, TCPRoutesResource,
+	ReferenceGrantsResource,
 }
 
 // Options configure a Source. The zero value works; Mesh.TrustDomain

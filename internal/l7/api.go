@@ -24,8 +24,10 @@ type ConnInfo struct {
 	// declare one (an ingress gateway's listener: "http"); "" detects.
 	AppProtocol string
 	// TLS is true when the client's connection was TLS the proxy
-	// terminated (an HTTPS listener).
-	TLS bool
+	// terminated (an HTTPS listener); ServerName is then the server name
+	// (SNI) the client asked for, if any.
+	TLS        bool
+	ServerName string
 }
 
 // Upstream opens connections to endpoints. In a waypoint it opens a tunnel

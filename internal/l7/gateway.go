@@ -70,6 +70,12 @@ func (g *GatewayRoutes) Route(r *http.Request, info ConnInfo, dst *Destination) 
 	switch {
 	case l == nil:
 		return notFound("", "gateway "+g.Namespace+"/"+g.Name+" has no listener on port "+itoa(port)+" for host "+r.Host)
+	case info.TLS && info.ServerName != "" && g.misdirected(port, info.ServerName, l):
+		// The TLS handshake chose the certificate of another listener than
+		// the one that serves this Host: the connection is not meant for
+		// this host (RFC 9110 421; clients that coalesce HTTP/2
+		// connections retry on a new one).
+		return &Route{Direct: &DirectResponse{Status: http.StatusMisdirectedRequest, Body: "host " + r.Host + " is not served on a connection for " + info.ServerName + "; open a connection for it", Reason: ReasonMisdirected}}
 	case rt == nil:
 		return notFound("", "no route of listener "+l.Name+" of gateway "+g.Namespace+"/"+g.Name+" serves host "+r.Host)
 	}
@@ -130,6 +136,13 @@ func (g *GatewayRoutes) authorizeExternal(r *http.Request, info ConnInfo, be Wei
 	}
 	d.Reason = ReasonDenied
 	return d
+}
+
+// misdirected reports whether the listener the TLS server name sni
+// selects on port is another than l, the one the request's Host selects.
+func (g *GatewayRoutes) misdirected(port uint16, sni string, l *meshconfig.Listener) bool {
+	byName, _ := g.table.Load().Lookup(port, sni)
+	return byName != nil && byName.Name != l.Name
 }
 
 // forwardedFor is the X-Forwarded-For to send: the client's address,

@@ -32,6 +32,9 @@ func (rs *Routes) Update(cfg *meshconfig.Config) error {
 const (
 	ReasonNoRouteMatch     = "no-route-match"
 	ReasonRouteUnsupported = "route-unsupported"
+	// ReasonMisdirected: an ingress gateway's HTTPS request whose Host
+	// another listener serves than the one its TLS server name chose (421).
+	ReasonMisdirected = "misdirected-request"
 )
 
 // Route looks the request up: nil when no route attaches to the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -32,6 +33,9 @@ const (
 const (
 	RoutesFromSame = "Same"
 	RoutesFromAll  = "All"
+	// RoutesFromSelector: the namespaces in the listener's
+	// RoutesNamespaces (those its label selector selected).
+	RoutesFromSelector = "Selector"
 )
 
 // Gateway is an ingress gateway: a Gateway API Gateway of a GatewayClass
@@ -59,8 +63,15 @@ type Listener struct {
 	// Hostname, if set, is the only host (exact, or "*.suffix") the
 	// listener serves.
 	Hostname string
-	// RoutesFrom is RoutesFromSame (the default) or RoutesFromAll.
+	// RoutesFrom is RoutesFromSame (the default), RoutesFromAll or
+	// RoutesFromSelector.
 	RoutesFrom string
+	// RoutesNamespaces are the namespaces whose routes a RoutesFromSelector
+	// listener takes (the source resolved its label selector).
+	RoutesNamespaces []string
+	// RouteKinds are the route kinds the listener takes
+	// (allowedRoutes.kinds); empty: every kind its protocol carries.
+	RouteKinds []string
 	// CertificateRefs name the Secrets ("namespace/name") an HTTPS
 	// listener terminates TLS with. Build resolves them into
 	// Certificates; a proxy receives only Certificates.
@@ -72,6 +83,46 @@ type Listener struct {
 	// references (ResolvedRefs false). An HTTPS listener without any
 	// certificate is not served; the others keep serving.
 	Problem string
+	// ProblemReason is the Gateway API's reason for the first of them
+	// when the source knows it (RefNotPermitted, InvalidRouteKinds);
+	// empty: InvalidCertificateRef.
+	ProblemReason string
+}
+
+// Takes reports whether the listener takes routes of kind (RouteKinds, or
+// the kinds its protocol carries: HTTPRoute and GRPCRoute on HTTP and
+// HTTPS, TLSRoute on TLS, TCPRoute on TCP).
+func (l *Listener) Takes(kind string) bool {
+	if len(l.RouteKinds) > 0 {
+		return slices.Contains(l.RouteKinds, kind)
+	}
+	return slices.Contains(l.Kinds(), kind)
+}
+
+// Kinds are the route kinds the listener takes.
+func (l *Listener) Kinds() []string {
+	if len(l.RouteKinds) > 0 {
+		return l.RouteKinds
+	}
+	switch l.Protocol {
+	case ProtocolTLS:
+		return []string{KindTLSRoute}
+	case ProtocolTCP:
+		return []string{KindTCPRoute}
+	}
+	return []string{KindHTTPRoute, KindGRPCRoute}
+}
+
+// TakesNamespace reports whether the listener, on a gateway of namespace
+// gw, takes routes of namespace ns (allowedRoutes.namespaces).
+func (l *Listener) TakesNamespace(gw, ns string) bool {
+	switch l.RoutesFrom {
+	case RoutesFromAll:
+		return true
+	case RoutesFromSelector:
+		return slices.Contains(l.RoutesNamespaces, ns)
+	}
+	return ns == gw
 }
 
 // Certificate is a TLS key pair from a Secret.
@@ -155,10 +206,12 @@ func (b *Builder) addGateway(in Gateway, at pos) error {
 		switch l.RoutesFrom {
 		case "":
 			l.RoutesFrom = RoutesFromSame
-		case RoutesFromSame, RoutesFromAll:
+		case RoutesFromSame, RoutesFromAll, RoutesFromSelector:
 		default:
-			return fieldErr(f+".allowedRoutes.namespaces.from", "Gateway %s: %s.allowedRoutes.namespaces.from %q; use %s or %s", g.Key(), f, l.RoutesFrom, RoutesFromSame, RoutesFromAll)
+			return fieldErr(f+".allowedRoutes.namespaces.from", "Gateway %s: %s.allowedRoutes.namespaces.from %q; use %s, %s or %s", g.Key(), f, l.RoutesFrom, RoutesFromSame, RoutesFromAll, RoutesFromSelector)
 		}
+		l.RoutesNamespaces = append([]string(nil), l.RoutesNamespaces...)
+		l.RouteKinds = append([]string(nil), l.RouteKinds...)
 		if l.Protocol != ProtocolHTTPS && len(l.CertificateRefs)+len(l.Certificates) > 0 {
 			return fieldErr(f+".tls", "Gateway %s: %s is %s and has certificates; use protocol HTTPS to terminate TLS", g.Key(), f, l.Protocol)
 		}
@@ -236,6 +289,9 @@ func (b *Builder) buildGateways(bs *buildState) error {
 				l.Certificates = append(l.Certificates, Certificate{Secret: ref, CertPEM: s.CertPEM, KeyPEM: s.KeyPEM})
 			}
 			if len(problems) > 0 {
+				if l.Problem != "" {
+					problems = append([]string{l.Problem}, problems...)
+				}
 				l.Problem = strings.Join(problems, "; ")
 			}
 			if l.Protocol == ProtocolHTTPS && len(l.Certificates) == 0 && l.Problem == "" {

@@ -193,6 +193,12 @@ type RouteBackend struct {
 	ServiceRef
 	Weight  int32
 	Filters []RouteFilter
+	// Unresolved, when set, says why the source could not use the
+	// reference (a kind that is not a Service, a Service of another
+	// namespace that no ReferenceGrant lets a Gateway's route use):
+	// requests sent to it get 500. UnresolvedReason is the Gateway API's
+	// reason (InvalidKind, RefNotPermitted).
+	Unresolved, UnresolvedReason string
 }
 
 // RouteTimeouts are a rule's timeouts; nil is not set (the TrafficPolicy's

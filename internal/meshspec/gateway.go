@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
@@ -67,69 +68,216 @@ type pendingGateway struct {
 }
 
 // GatewayFromSpec converts a Gateway's spec into the model, or says what
-// Ambit's gateway cannot serve as written.
+// Ambit's gateway cannot serve as written: files are strict, any listener
+// it cannot serve as written is an error.
 func GatewayFromSpec(namespace, name string, spec *gatewayv1.GatewaySpec) (meshconfig.Gateway, error) {
+	g, _, err := gatewayFromSpec(namespace, name, spec, GatewayRefs{}, true)
+	return g, err
+}
+
+// GatewayRefs resolve, for GatewayFromCluster, what a Gateway's listeners
+// refer to outside the Gateway.
+type GatewayRefs struct {
+	// SecretPermitted reports whether a ReferenceGrant in namespace lets
+	// Gateways of namespace from use Secret namespace/name; nil: none
+	// does.
+	SecretPermitted func(from, namespace, name string) bool
+	// SelectNamespaces lists the namespaces whose labels sel selects
+	// (allowedRoutes.namespaces.from: Selector); nil: Selector is not
+	// supported.
+	SelectNamespaces func(sel *metav1.LabelSelector) ([]string, error)
+}
+
+// RejectedListener is a listener GatewayFromCluster left out of the
+// model, with the Gateway API's reason: UnsupportedProtocol or
+// UnsupportedValue (the listener is not Accepted), InvalidRouteKinds
+// (Accepted, but allowedRoutes.kinds names no kind it can take).
+type RejectedListener struct {
+	Name, Reason, Message string
+}
+
+// Listener reasons of RejectedListener.
+const (
+	ReasonUnsupportedProtocol = string(gatewayv1.ListenerReasonUnsupportedProtocol)
+	ReasonUnsupportedValue    = string(gatewayv1.ListenerReasonUnsupportedValue)
+	ReasonInvalidRouteKinds   = string(gatewayv1.ListenerReasonInvalidRouteKinds)
+	ReasonRefNotPermitted     = string(gatewayv1.ListenerReasonRefNotPermitted)
+	ReasonInvalidCertRef      = string(gatewayv1.ListenerReasonInvalidCertificateRef)
+)
+
+// GatewayFromCluster converts a Gateway's spec as the Gateway API asks of
+// a controller: a listener it cannot serve is left out and reported (the
+// others are served); a reference that does not resolve (a certificate of
+// another kind, of another namespace without a ReferenceGrant, a route
+// kind it cannot take) is the listener's Problem, with ProblemReason.
+// The error is for a Gateway that cannot be taken at all.
+func GatewayFromCluster(namespace, name string, spec *gatewayv1.GatewaySpec, refs GatewayRefs) (meshconfig.Gateway, []RejectedListener, error) {
+	return gatewayFromSpec(namespace, name, spec, refs, false)
+}
+
+func gatewayFromSpec(namespace, name string, spec *gatewayv1.GatewaySpec, refs GatewayRefs, strict bool) (meshconfig.Gateway, []RejectedListener, error) {
 	g := meshconfig.Gateway{Namespace: namespace, Name: name}
 	key := namespace + "/" + name
+	var rejected []RejectedListener
 	for i, l := range spec.Listeners {
 		f := fmt.Sprintf("spec.listeners[%d]", i)
 		ml := meshconfig.Listener{Name: string(l.Name), Protocol: string(l.Protocol)}
 		if l.Port < 1 || l.Port > 65535 {
-			return g, fieldErr(f+".port", "Gateway %s: %s.port %d is out of range 1-65535", key, f, l.Port)
+			return g, nil, fieldErr(f+".port", "Gateway %s: %s.port %d is out of range 1-65535", key, f, l.Port)
 		}
 		ml.Port = uint16(l.Port)
 		if l.Hostname != nil {
 			ml.Hostname = string(*l.Hostname)
 		}
+		// reject leaves the listener out (files: the Gateway is refused).
+		reject := func(field, reason, format string, args ...any) error {
+			err := fieldErr(field, format, args...)
+			if strict {
+				return err
+			}
+			rejected = append(rejected, RejectedListener{Name: ml.Name, Reason: reason, Message: err.Msg})
+			return nil
+		}
+		// problem marks a reference of the listener that does not resolve.
+		problem := func(field, reason, format string, args ...any) error {
+			err := fieldErr(field, format, args...)
+			if strict {
+				return err
+			}
+			if ml.Problem != "" {
+				ml.Problem += "; "
+			}
+			ml.Problem += err.Msg
+			if ml.ProblemReason == "" {
+				ml.ProblemReason = reason
+			}
+			return nil
+		}
+		before := len(rejected)
+		var err error
 		switch l.Protocol {
 		case gatewayv1.HTTPProtocolType, gatewayv1.HTTPSProtocolType, gatewayv1.TCPProtocolType:
 		case gatewayv1.TLSProtocolType:
 			if l.TLS == nil || l.TLS.Mode == nil || *l.TLS.Mode != gatewayv1.TLSModePassthrough || len(l.TLS.CertificateRefs) > 0 {
-				return g, fieldErr(f+".tls", "Gateway %s: %s is TLS: Ambit's gateway passes TLS through (tls: {mode: Passthrough}, no certificateRefs) to the backends of TLSRoutes; to terminate TLS use protocol HTTPS", key, f)
+				err = reject(f+".tls", ReasonUnsupportedValue, "Gateway %s: %s is TLS: Ambit's gateway passes TLS through (tls: {mode: Passthrough}, no certificateRefs) to the backends of TLSRoutes; to terminate TLS use protocol HTTPS", key, f)
 			}
 		default:
-			return g, fieldErr(f+".protocol", "Gateway %s: %s.protocol %q is not served by Ambit's gateway; use HTTP, HTTPS, TLS (passthrough) or TCP", key, f, l.Protocol)
+			err = reject(f+".protocol", ReasonUnsupportedProtocol, "Gateway %s: %s.protocol %q is not served by Ambit's gateway; use HTTP, HTTPS, TLS (passthrough) or TCP", key, f, l.Protocol)
+		}
+		if err != nil {
+			return g, nil, err
+		}
+		if len(rejected) > before {
+			continue
 		}
 		if t := l.TLS; t != nil && l.Protocol != gatewayv1.TLSProtocolType {
-			if l.Protocol != gatewayv1.HTTPSProtocolType {
-				return g, fieldErr(f+".tls", "Gateway %s: %s is %s and has tls; only HTTPS (terminate) and TLS (passthrough) listeners take it", key, f, l.Protocol)
+			switch {
+			case l.Protocol != gatewayv1.HTTPSProtocolType:
+				err = reject(f+".tls", ReasonUnsupportedValue, "Gateway %s: %s is %s and has tls; only HTTPS (terminate) and TLS (passthrough) listeners take it", key, f, l.Protocol)
+			case t.Mode != nil && *t.Mode != gatewayv1.TLSModeTerminate:
+				err = reject(f+".tls.mode", ReasonUnsupportedValue, "Gateway %s: %s.tls.mode %q: an HTTPS listener terminates TLS; leave mode unset or Terminate (for passthrough use protocol TLS)", key, f, *t.Mode)
 			}
-			if t.Mode != nil && *t.Mode != gatewayv1.TLSModeTerminate {
-				return g, fieldErr(f+".tls.mode", "Gateway %s: %s.tls.mode %q: an HTTPS listener terminates TLS; leave mode unset or Terminate (for passthrough use protocol TLS)", key, f, *t.Mode)
+			if err != nil {
+				return g, nil, err
+			}
+			if len(rejected) > before {
+				continue
 			}
 			for j, ref := range t.CertificateRefs {
 				rf := fmt.Sprintf("%s.tls.certificateRefs[%d]", f, j)
 				if (ref.Group != nil && *ref.Group != "") || (ref.Kind != nil && *ref.Kind != "Secret") {
-					return g, fieldErr(rf, "Gateway %s: %s names a %v/%v; Ambit reads certificates from Secrets (group \"\", kind Secret)", key, rf, deref(ref.Group), deref(ref.Kind))
+					if err := problem(rf, ReasonInvalidCertRef, "Gateway %s: %s names a %v/%v; Ambit reads certificates from Secrets (group \"\", kind Secret)", key, rf, deref(ref.Group), deref(ref.Kind)); err != nil {
+						return g, nil, err
+					}
+					continue
 				}
 				ns := namespace
 				if ref.Namespace != nil && string(*ref.Namespace) != namespace {
-					return g, fieldErr(rf+".namespace", "Gateway %s: %s is in namespace %q; Ambit's gateway reads Secrets of its own namespace (ReferenceGrant is not supported yet)", key, rf, *ref.Namespace)
+					ns = string(*ref.Namespace)
+					if refs.SecretPermitted == nil {
+						if err := problem(rf+".namespace", ReasonRefNotPermitted, "Gateway %s: %s is Secret %s/%s: a Secret of another namespace needs a ReferenceGrant, which is not supported in files; put the Secret in the Gateway's namespace", key, rf, ns, ref.Name); err != nil {
+							return g, nil, err
+						}
+						continue
+					}
+					if !refs.SecretPermitted(namespace, ns, string(ref.Name)) {
+						if err := problem(rf+".namespace", ReasonRefNotPermitted, "Gateway %s: %s is Secret %s/%s: no ReferenceGrant in namespace %s lets Gateways of namespace %s use it", key, rf, ns, ref.Name, ns, namespace); err != nil {
+							return g, nil, err
+						}
+						continue
+					}
 				}
 				ml.CertificateRefs = append(ml.CertificateRefs, ns+"/"+string(ref.Name))
 			}
 		}
 		if l.Protocol == gatewayv1.HTTPSProtocolType && (l.TLS == nil || len(l.TLS.CertificateRefs) == 0) {
-			return g, fieldErr(f+".tls", "Gateway %s: %s is HTTPS: give it tls.certificateRefs naming a kubernetes.io/tls Secret", key, f)
+			if err := problem(f+".tls", ReasonInvalidCertRef, "Gateway %s: %s is HTTPS: give it tls.certificateRefs naming a kubernetes.io/tls Secret", key, f); err != nil {
+				return g, nil, err
+			}
 		}
 		if ar := l.AllowedRoutes; ar != nil {
 			if ar.Namespaces != nil && ar.Namespaces.From != nil {
-				switch *ar.Namespaces.From {
+				switch from := *ar.Namespaces.From; from {
 				case gatewayv1.NamespacesFromSame, gatewayv1.NamespacesFromAll:
-					ml.RoutesFrom = string(*ar.Namespaces.From)
+					ml.RoutesFrom = string(from)
+				case gatewayv1.NamespacesFromSelector:
+					var nss []string
+					var serr error
+					switch {
+					case refs.SelectNamespaces == nil:
+						serr = fmt.Errorf("not supported here (only on Kubernetes, where namespaces have labels); use Same or All")
+					case ar.Namespaces.Selector == nil:
+						serr = fmt.Errorf("needs allowedRoutes.namespaces.selector")
+					default:
+						nss, serr = refs.SelectNamespaces(ar.Namespaces.Selector)
+					}
+					if serr != nil {
+						if err := reject(f+".allowedRoutes.namespaces", ReasonUnsupportedValue, "Gateway %s: %s.allowedRoutes.namespaces.from Selector: %v", key, f, serr); err != nil {
+							return g, nil, err
+						}
+						continue
+					}
+					ml.RoutesFrom, ml.RoutesNamespaces = meshconfig.RoutesFromSelector, nss
 				default:
-					return g, fieldErr(f+".allowedRoutes.namespaces.from", "Gateway %s: %s.allowedRoutes.namespaces.from %q is not supported yet; use Same or All", key, f, *ar.Namespaces.From)
+					if err := reject(f+".allowedRoutes.namespaces.from", ReasonUnsupportedValue, "Gateway %s: %s.allowedRoutes.namespaces.from %q; use Same, All or Selector", key, f, from); err != nil {
+						return g, nil, err
+					}
+					continue
 				}
 			}
-			for j, k := range ar.Kinds {
-				if want := routeKindsFor(string(l.Protocol)); !slices.Contains(want, string(k.Kind)) {
-					return g, fieldErr(fmt.Sprintf("%s.allowedRoutes.kinds[%d]", f, j), "Gateway %s: route kind %q cannot attach to a %s listener; use %s", key, k.Kind, l.Protocol, strings.Join(want, " or "))
+			if len(ar.Kinds) > 0 {
+				can := routeKindsFor(string(l.Protocol))
+				var bad []string
+				ml.RouteKinds = []string{}
+				for _, k := range ar.Kinds {
+					if (k.Group == nil || *k.Group == gatewayv1.GroupName) && slices.Contains(can, string(k.Kind)) {
+						if !slices.Contains(ml.RouteKinds, string(k.Kind)) {
+							ml.RouteKinds = append(ml.RouteKinds, string(k.Kind))
+						}
+					} else {
+						bad = append(bad, string(k.Kind))
+					}
+				}
+				if len(bad) > 0 {
+					msg := fmt.Sprintf("Gateway %s: %s.allowedRoutes.kinds: %s cannot attach to a %s listener; use %s", key, f, strings.Join(bad, ", "), l.Protocol, strings.Join(can, " or "))
+					if len(ml.RouteKinds) == 0 {
+						if err := reject(f+".allowedRoutes.kinds", ReasonInvalidRouteKinds, "%s", msg); err != nil {
+							return g, nil, err
+						}
+						continue
+					}
+					if err := problem(f+".allowedRoutes.kinds", ReasonInvalidRouteKinds, "%s", msg); err != nil {
+						return g, nil, err
+					}
+				}
+				if len(ml.RouteKinds) == len(can) {
+					ml.RouteKinds = nil // the protocol's own: the default
 				}
 			}
 		}
 		g.Listeners = append(g.Listeners, ml)
 	}
-	return g, nil
+	return g, rejected, nil
 }
 
 // routeKindsFor lists the route kinds a listener of protocol takes.

@@ -218,8 +218,10 @@ func (rc *routeConv) duration(field string, d *gatewayv1.Duration) (*time.Durati
 	return &v, nil
 }
 
-// service converts a backend reference: a Service port in the route's
-// namespace.
+// service converts a backend reference: a Service port, in the route's
+// namespace unless it names another (a mesh route may send to any
+// namespace, GEP-1426; on Kubernetes the source checks the ReferenceGrants
+// a Gateway's route needs).
 func (rc *routeConv) service(field string, ref *gatewayv1.BackendObjectReference) (meshconfig.ServiceRef, error) {
 	group, kind := "", "Service"
 	if ref.Group != nil {
@@ -231,8 +233,9 @@ func (rc *routeConv) service(field string, ref *gatewayv1.BackendObjectReference
 	if group != "" || kind != "Service" {
 		return meshconfig.ServiceRef{}, rc.err(field, "backend is a %s (group %q); Ambit routes to Services (and, from a Gateway, to ExternalBackends of group %s)", kind, group, crd.Group)
 	}
-	if ref.Namespace != nil && string(*ref.Namespace) != rc.namespace {
-		return meshconfig.ServiceRef{}, rc.err(field+".namespace", "backend in namespace %q; Ambit routes only to Services in the route's own namespace", *ref.Namespace)
+	ns := rc.namespace
+	if ref.Namespace != nil && *ref.Namespace != "" {
+		ns = string(*ref.Namespace)
 	}
 	if ref.Name == "" {
 		return meshconfig.ServiceRef{}, rc.err(field+".name", "empty; name the Service")
@@ -243,30 +246,44 @@ func (rc *routeConv) service(field string, ref *gatewayv1.BackendObjectReference
 	if *ref.Port < 1 || *ref.Port > 65535 {
 		return meshconfig.ServiceRef{}, rc.err(field+".port", "%d is out of range 1-65535", *ref.Port)
 	}
-	return meshconfig.ServiceRef{Namespace: rc.namespace, Name: string(ref.Name), Port: uint16(*ref.Port)}, nil
+	return meshconfig.ServiceRef{Namespace: ns, Name: string(ref.Name), Port: uint16(*ref.Port)}, nil
 }
 
 // backend converts a weighted backendRef (weight 1 by default) and its
 // filters: a Service, or an ExternalBackend (group ambit.dev) for a route
 // with Gateway parents.
 func (rc *routeConv) backend(field string, ref *gatewayv1.BackendObjectReference, weight *int32, filters func(string) ([]meshconfig.RouteFilter, error)) (meshconfig.RouteBackend, error) {
-	var svc meshconfig.ServiceRef
-	var err error
+	var be meshconfig.RouteBackend
 	if ref.Group != nil && string(*ref.Group) == crd.Group {
-		svc, err = rc.external(field, ref)
+		svc, err := rc.external(field, ref)
+		if err != nil {
+			return meshconfig.RouteBackend{}, err
+		}
+		be.ServiceRef = svc
+	} else if group, kind := deref(ref.Group), deref(ref.Kind); group != "" || (kind != "" && kind != "Service") {
+		// Not a Service: the route stands, requests sent to this backend
+		// get 500 (ResolvedRefs: InvalidKind), as the Gateway API asks.
+		be.ServiceRef = meshconfig.ServiceRef{Namespace: rc.namespace, Name: string(ref.Name)}
+		if ref.Namespace != nil && *ref.Namespace != "" {
+			be.Namespace = string(*ref.Namespace)
+		}
+		be.Unresolved = fmt.Sprintf("backend is a %s (group %q); Ambit routes to Services (and, from a Gateway, to ExternalBackends of group %s)", kind, group, crd.Group)
+		be.UnresolvedReason = "InvalidKind"
 	} else {
-		svc, err = rc.service(field, ref)
+		svc, err := rc.service(field, ref)
+		if err != nil {
+			return meshconfig.RouteBackend{}, err
+		}
+		be.ServiceRef = svc
 	}
-	if err != nil {
-		return meshconfig.RouteBackend{}, err
-	}
-	be := meshconfig.RouteBackend{ServiceRef: svc, Weight: 1}
+	be.Weight = 1
 	if weight != nil {
 		if *weight < 0 || *weight > 1000000 {
 			return be, rc.err(field+".weight", "%d is out of range 0-1000000", *weight)
 		}
 		be.Weight = *weight
 	}
+	var err error
 	be.Filters, err = filters(field + ".filters")
 	return be, err
 }

@@ -10,6 +10,8 @@
 #   goflags   extra `go build` flags (array; -tags, -ldflags)
 #   cgo       CGO_ENABLED value (default 0)
 #   hashed    files the cache key covers (array; default go.mod go.sum)
+#   testbin   optional: also compile the test of package testpkg (default .)
+#             with `go test -c` into this file name
 #
 # The directory is $AMBIT_CACHE (default /var/cache/ambit) /
 # <name>-<version>-<12 hex of sha256 of the hashed files>, so a change of
@@ -55,6 +57,9 @@ cached_build() {
 	echo "building ${bins[*]} $version into $dir..." >&2
 	start=$(date +%s)
 	CGO_ENABLED="${cgo:-0}" "$go" build -trimpath "${goflags[@]}" -o "$tmp/" "${pkgs[@]}"
+	if [ -n "${testbin:-}" ]; then
+		CGO_ENABLED="${cgo:-0}" "$go" test -c -trimpath "${goflags[@]}" -o "$tmp/$testbin" "${testpkg:-.}"
+	fi
 	echo "built $name in $(($(date +%s) - start))s" >&2
 	rm -rf "$dir"
 	mv "$tmp" "$dir"

@@ -15,7 +15,8 @@ import (
 //
 // The Gateway API's attachment rules: a parentRef names the Gateway and
 // optionally a listener (sectionName) and a port; a listener takes routes
-// of its own namespace unless allowedRoutes.namespaces.from is All; a
+// of its own namespace unless allowedRoutes.namespaces.from is All or
+// Selector, and of the kinds allowedRoutes.kinds lists; a
 // route serves on a listener the intersection of its hostnames and the
 // listener's hostname (a route without hostnames takes the listener's; no
 // intersection: the route does not attach there). A request is served by
@@ -142,20 +143,12 @@ func Attaches(gw *meshconfig.Gateway, l *meshconfig.Listener, r *meshconfig.Rout
 }
 
 // RoutesAllowed reports whether listener l of gw takes routes of r's
-// namespace and kind (allowedRoutes; the kinds its protocol carries:
+// namespace and kind (allowedRoutes: namespaces Same, All or those its
+// selector selected; kinds listed, else those its protocol carries:
 // HTTPRoute and GRPCRoute on HTTP and HTTPS, TLSRoute on TLS, TCPRoute
 // on TCP).
 func RoutesAllowed(gw *meshconfig.Gateway, l *meshconfig.Listener, r *meshconfig.Route) bool {
-	if l.RoutesFrom != meshconfig.RoutesFromAll && r.Namespace != gw.Namespace {
-		return false
-	}
-	switch l.Protocol {
-	case meshconfig.ProtocolTLS:
-		return r.Kind == meshconfig.KindTLSRoute
-	case meshconfig.ProtocolTCP:
-		return r.Kind == meshconfig.KindTCPRoute
-	}
-	return r.Kind == meshconfig.KindHTTPRoute || r.Kind == meshconfig.KindGRPCRoute
+	return l.TakesNamespace(gw.Namespace, r.Namespace) && l.Takes(r.Kind)
 }
 
 // IntersectHostnames is the Gateway API's intersection of a listener's

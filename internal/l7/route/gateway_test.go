@@ -125,3 +125,43 @@ func TestLookupL4(t *testing.T) {
 		t.Errorf("an HTTPRoute attached to a TLS listener")
 	}
 }
+
+// allowedRoutes: a Selector listener takes the namespaces its selector
+// selected, a listener with kinds only those kinds; a backend the source
+// found unusable fails its share of requests and says why in ResolvedRefs.
+func TestGatewayAllowedRoutesAndUnresolved(t *testing.T) {
+	gw := &meshconfig.Gateway{Namespace: "edge", Name: "gw", Listeners: []meshconfig.Listener{
+		{Name: "sel", Port: 80, Protocol: "HTTP", RoutesFrom: meshconfig.RoutesFromSelector, RoutesNamespaces: []string{"team-a"}},
+		{Name: "grpc-only", Port: 8080, Protocol: "HTTP", RoutesFrom: meshconfig.RoutesFromAll, RouteKinds: []string{meshconfig.KindGRPCRoute}},
+	}}
+	web := meshconfig.RouteBackend{ServiceRef: meshconfig.ServiceRef{Namespace: "team-a", Name: "web", Port: 80}, Weight: 1}
+	route := func(ns string, bes ...meshconfig.RouteBackend) *meshconfig.Route {
+		return &meshconfig.Route{Kind: meshconfig.KindHTTPRoute, Namespace: ns, Name: "r", Parents: []meshconfig.RouteParent{{Gateway: "edge/gw"}}, Rules: []meshconfig.RouteRule{{Backends: bes}}}
+	}
+	for _, tc := range []struct {
+		r        *meshconfig.Route
+		listener int
+		want     bool
+	}{
+		{route("team-a", web), 0, true},
+		{route("team-b", web), 0, false},
+		{route("team-a", web), 1, false},
+	} {
+		if got := Attaches(gw, &gw.Listeners[tc.listener], tc.r); got != tc.want {
+			t.Errorf("route of %s on listener %s: attaches %v, want %v", tc.r.Namespace, gw.Listeners[tc.listener].Name, got, tc.want)
+		}
+	}
+	cfg := &meshconfig.Config{}
+	for _, reason := range []string{ReasonRefNotPermitted, ReasonInvalidKind} {
+		bad := web
+		bad.Unresolved, bad.UnresolvedReason = "not usable", reason
+		refused, conds := GatewayConditions(cfg, route("team-a", bad))
+		if refused != nil || len(conds) == 0 || conds[0].Type != ConditionResolvedRefs || conds[0].True || conds[0].Reason != reason {
+			t.Errorf("unresolved backend (%s): refused %v, conditions %+v; want ResolvedRefs false %s", reason, refused, conds, reason)
+		}
+		c := compileRoute(cfg, route("team-a", bad))
+		if be := c.rules[0].Pick(nil); be == nil || be.Invalid == "" {
+			t.Errorf("unresolved backend (%s): picked %+v; want it invalid (500)", reason, be)
+		}
+	}
+}

@@ -165,7 +165,19 @@ func (c *compiledRoute) addRule(cfg *meshconfig.Config, i int, spec *meshconfig.
 	}
 	for bi := range spec.Backends {
 		be := &spec.Backends[bi]
-		b := c.backend(cfg, fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, bi), be.ServiceRef, be.Weight)
+		field := fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, bi)
+		var b Backend
+		if be.Unresolved != "" {
+			// The source found the reference unusable (its kind, or a
+			// namespace no ReferenceGrant opens).
+			b = Backend{Namespace: be.Namespace, Name: be.Name, Port: be.Port, Weight: max(be.Weight, 0), Invalid: field + ": " + be.Unresolved, Reason: be.UnresolvedReason}
+			if b.Reason == "" {
+				b.Reason = ReasonInvalidKind
+			}
+			c.refs = append(c.refs, problem{b.Reason, b.Invalid})
+		} else {
+			b = c.backend(cfg, field, be.ServiceRef, be.Weight)
+		}
 		bf, p := c.filters(cfg, be.Filters, onePrefix)
 		if p != nil {
 			c.ruleInvalid(i, p.reason, "backendRefs[%d].filters: %s", bi, p.msg)

@@ -20,6 +20,8 @@ const (
 	ReasonNotAllowedByListeners = "NotAllowedByListeners"
 	ReasonUnsupportedValue      = "UnsupportedValue"
 	ReasonBackendNotFound       = "BackendNotFound"
+	ReasonInvalidKind           = "InvalidKind"
+	ReasonRefNotPermitted       = "RefNotPermitted"
 	ReasonIncompatibleFilters   = "IncompatibleFilters"
 	// ReasonConflicted: an HTTPRoute on a Service port that a GRPCRoute
 	// also attaches to (GEP-1426: the GRPCRoute wins).
@@ -76,6 +78,26 @@ func (t *Table) Status(r *meshconfig.Route) []ParentStatus {
 		out = append(out, ps)
 	}
 	return out
+}
+
+// GatewayConditions judges r, whose parent is a Gateway, against cfg:
+// refused is an Accepted condition (false) when none of its rules can be
+// served, else nil; conds are ResolvedRefs and, when some rules were left
+// out, PartiallyInvalid.
+func GatewayConditions(cfg *meshconfig.Config, r *meshconfig.Route) (refused *Condition, conds []Condition) {
+	c := compileRoute(cfg, r)
+	if len(c.rules) == 0 && len(c.invalid) > 0 {
+		refused = &Condition{ConditionAccepted, false, c.invalid[0].reason, "no valid rule: " + joinProblems(c.invalid)}
+	}
+	if len(c.refs) > 0 {
+		conds = append(conds, Condition{ConditionResolvedRefs, false, c.refs[0].reason, joinProblems(c.refs) + " (requests sent to it get 500)"})
+	} else {
+		conds = append(conds, Condition{ConditionResolvedRefs, true, ReasonResolvedRefs, "all references resolved"})
+	}
+	if len(c.rules) > 0 && len(c.invalid) > 0 {
+		conds = append(conds, Condition{ConditionPartiallyInvalid, true, c.invalid[0].reason, "rules left out: " + joinProblems(c.invalid)})
+	}
+	return refused, conds
 }
 
 // accepted is the Accepted condition of a route with valid rules on a
