@@ -192,6 +192,19 @@ func TestPrivilegedL7(t *testing.T) {
 		if len(h.CPUByProxy) != 3 || m.Proxy == nil || len(m.Proxy.Processes) < 3 {
 			t.Errorf("%s: proxies %v, %+v", mode, h.CPUByProxy, m.Proxy)
 		}
+		// Each of the three proxies' memory at rest and in each run:
+		// resident, a Go binary or nginx's libraries mapped, a peak no
+		// lower than what it held at the end.
+		if m.Proxy != nil && len(m.Proxy.Memory) != 3 {
+			t.Errorf("%s: memory of %d proxies, want 3", mode, len(m.Proxy.Memory))
+		}
+		for _, pm := range m.Proxy.Memory {
+			at := pm.atRate()
+			if pm.Rest == nil || pm.Rest.RSSBytes < 1<<20 || pm.Rest.FileBytes == 0 || pm.Rest.AnonBytes == 0 || pm.Processes < 1 ||
+				at == nil || at.PeakRSSBytes < at.End.RSSBytes || len(pm.Phases) != 2 || pm.PeakRSSBytes < at.PeakRSSBytes {
+				t.Errorf("%s: memory of %s on %s: %+v (at rest %+v)", mode, pm.Role, pm.Node, pm, pm.Rest)
+			}
+		}
 		for _, n := range m.Notes {
 			if strings.Contains(n, "is the traffic going through") {
 				t.Errorf("%s: %s", mode, n)
