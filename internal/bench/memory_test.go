@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -106,5 +107,27 @@ func TestProxySetMemory(t *testing.T) {
 	procs, sum := s.usage()
 	if len(procs) == 0 || sum < bigP.PeakRSSBytes {
 		t.Errorf("usage = %d processes, %d MiB; want at least the first phase's peak %d MiB", len(procs), sum>>20, bigP.PeakRSSBytes>>20)
+	}
+}
+
+// The idle table says whether every node proxy kept within the target.
+func TestIdleTableTarget(t *testing.T) {
+	for _, tt := range []struct {
+		perConn []float64
+		want    string
+	}{
+		{[]float64{2552, 2806}, "heap+stacks per idle connection within the target of 4 KiB on every node proxy\n"},
+		{[]float64{2552, 4097}, "heap+stacks per idle connection OVER the target of 4 KiB on every node proxy\n"},
+		{nil, "OVER"},
+	} {
+		r := &IdleResult{Conns: 10000, Tunnel: "h2"}
+		for i, b := range tt.perConn {
+			r.Sides = append(r.Sides, IdleSide{Node: fmt.Sprintf("node-%d", i+1), Role: "client", BytesPerConn: b})
+		}
+		var out strings.Builder
+		r.WriteTable(&out)
+		if !strings.HasSuffix(out.String(), tt.want) && !strings.Contains(out.String(), tt.want) {
+			t.Errorf("%v:\n%s\nwant %q", tt.perConn, out.String(), tt.want)
+		}
 	}
 }
