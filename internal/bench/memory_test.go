@@ -79,8 +79,7 @@ func TestProxySetMemory(t *testing.T) {
 	}
 	b := ballast(big)
 	s.memPhaseEnd("big")
-	runtime.KeepAlive(b)
-	b = nil
+	runtime.KeepAlive(b) // dead from here: the collection below frees it
 	runtime.GC()
 	debug.FreeOSMemory()
 	if err := s.memPhaseStart(); err != nil {
