@@ -17,7 +17,8 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -buildvcs=false \
+# grpcnotrace: see GO_TAGS in the Makefile.
+RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -buildvcs=false \
     -ldflags "-s -w -X github.com/ambit-mesh/ambit/internal/nodeproxy.Version=${VERSION}" \
     -o /out/ ./cmd/controller ./cmd/nodeproxy ./cmd/ambit-cni
 

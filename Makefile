@@ -41,9 +41,20 @@ deps: ## install the system packages the build and tests need (Debian/Ubuntu, as
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# How every binary is built, in bin/ as in the images: static (CGO off,
+# no libc mapped next to it), and with the build tag grpcnotrace, which
+# leaves out grpc's golang.org/x/net/trace and with it text/template and
+# html/template: their reflect.Value.MethodByName makes the linker keep
+# every exported method of every type, a seventh of the node proxy's
+# binary, all of it mapped into memory (docs/benchmarks.md, 2026-12-07
+# "node proxy memory"). internal/fence checks that the tag keeps them
+# out.
+GO_TAGS   := grpcnotrace
+GO_BUILD  := CGO_ENABLED=0 $(GO) build -tags $(GO_TAGS)
+
 .PHONY: build
 build: ## build nodeproxy, meshlab and the lab tools into bin/
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO_BUILD) -o $(BIN)/ ./cmd/...
 
 .PHONY: generate
 generate: ## regenerate eBPF objects and Go bindings (clang, libbpf-dev), the control API's protobuf code (protoc) and the CRDs (controller-gen)
@@ -136,7 +147,7 @@ images: ## build OCI image archives (bin/images/*.tar) without Docker: controlle
 	$(foreach i,$(IMAGES),$(if $(IMAGE_BIN_$(i)),,$(error IMAGES: unknown image "$(i)"; Ambit's are ambit-controller ambit-nodeproxy ambit-cni ambit-echo ambit-pause)))
 	@set -e; tag='$(TAG)'; rev='$(REVISION)'; \
 	echo "static binaries (linux/$(IMAGE_ARCH), version $$tag) -> $(BIN)/static/"; \
-	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath \
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -tags $(GO_TAGS) -trimpath \
 		-ldflags "-s -w -X github.com/ambit-mesh/ambit/internal/nodeproxy.Version=$$tag" \
 		-o $(BIN)/static/ $(foreach i,$(IMAGES),./cmd/$(IMAGE_BIN_$(i))); \
 	GOOS= GOARCH= $(GO) build -o $(BIN)/ambit-image ./cmd/ambit-image; \

@@ -513,6 +513,12 @@ func (h *harness) helper(sub string, args ...string) []string {
 type proxySet struct {
 	roots []ProxyProcess
 	start map[int]uint64
+	// peak is each process's most resident memory seen so far (its
+	// VmHWM is reset before each measurement, memory.go); mem is each
+	// root's memory at rest and per measurement, from memRest on.
+	peak        map[int]uint64
+	mem         []ProxyMemory
+	resetFailed bool
 }
 
 func (s *proxySet) pids() []int {
@@ -534,7 +540,9 @@ func (s *proxySet) gone() []string {
 	return out
 }
 
-// usage is the processes with their peak memory, descendants included.
+// usage is the processes with their peak memory, descendants included:
+// the most of their high-water mark now (since the last reset) and every
+// reading before.
 func (s *proxySet) usage() ([]ProxyProcess, uint64) {
 	var out []ProxyProcess
 	var sum uint64
@@ -544,8 +552,9 @@ func (s *proxySet) usage() ([]ProxyProcess, uint64) {
 			if st, err := ReadStat(pid); err == nil {
 				p.Comm = st.Comm
 			}
+			p.PeakRSSBytes = s.peak[pid]
 			if hwm, err := PeakRSS(pid); err == nil {
-				p.PeakRSSBytes = hwm
+				p.PeakRSSBytes = max(p.PeakRSSBytes, hwm)
 			}
 			sum += p.PeakRSSBytes
 			out = append(out, p)
@@ -555,7 +564,7 @@ func (s *proxySet) usage() ([]ProxyProcess, uint64) {
 }
 
 func newProxySet(roots []ProxyProcess) *proxySet {
-	s := &proxySet{roots: roots, start: map[int]uint64{}}
+	s := &proxySet{roots: roots, start: map[int]uint64{}, peak: map[int]uint64{}}
 	for i, r := range roots {
 		if st, err := ReadStat(r.PID); err == nil {
 			s.start[r.PID] = st.StartTime
@@ -653,6 +662,8 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 	}
 	if proxies != nil {
 		res.Proxy = &ProxyUsage{}
+		// At rest: up, ready, the path not yet used.
+		proxies.memRest()
 	}
 
 	rrAddr := net.JoinHostPort(target.String(), strconv.Itoa(PortRR))
@@ -674,6 +685,9 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 		}
 		var before CPUSample
 		if proxies != nil {
+			if err := proxies.memPhaseStart(); err != nil {
+				res.Notes = append(res.Notes, err.Error()+": peaks are since the proxies started")
+			}
 			before = SampleCPU(proxies.pids())
 		}
 		start := time.Now()
@@ -681,29 +695,16 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 		wall := time.Since(start)
 		if proxies != nil {
 			res.Proxy.addPhase(name, wall, CPUUsed(before, SampleCPU(proxies.pids())))
+			proxies.memPhaseEnd(name)
 		}
 		if err != nil {
 			res.fail(name, err)
 			h.logf("%s: %s failed: %v", mode, name, err)
 		}
 	}
-	phase(PhaseStream1, func() error {
-		h.logf("%s: iperf3, 1 stream, %s", mode, h.iperfTime())
-		udp0, uerr := h.udpOut(l, client)
-		t, err := h.iperf(ctx, l, client, target, 1)
-		if udp1, uerr2 := h.udpOut(l, client); uerr == nil && uerr2 == nil {
-			d := udp1 - udp0
-			res.UDPDatagrams1 = &d
-		}
-		res.Throughput1 = t
-		return err
-	})
-	phase(PhaseStreamsN, func() error {
-		h.logf("%s: iperf3, %d streams, %s", mode, h.cfg.Streams, h.iperfTime())
-		t, err := h.iperf(ctx, l, client, target, h.cfg.Streams)
-		res.ThroughputN = t
-		return err
-	})
+	// The fixed-rate and connection runs come before the throughput
+	// runs, so that what a proxy holds at 1,000 requests per second is
+	// not what bulk transfers left behind.
 	phase(PhaseLatency, func() error {
 		h.logf("%s: request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
 		r, err := h.rr(ctx, l, client, rrAddr, false, h.filePrefix(mode)+"-rr")
@@ -722,8 +723,26 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 		}
 		return err
 	})
+	phase(PhaseStream1, func() error {
+		h.logf("%s: iperf3, 1 stream, %s", mode, h.iperfTime())
+		udp0, uerr := h.udpOut(l, client)
+		t, err := h.iperf(ctx, l, client, target, 1)
+		if udp1, uerr2 := h.udpOut(l, client); uerr == nil && uerr2 == nil {
+			d := udp1 - udp0
+			res.UDPDatagrams1 = &d
+		}
+		res.Throughput1 = t
+		return err
+	})
+	phase(PhaseStreamsN, func() error {
+		h.logf("%s: iperf3, %d streams, %s", mode, h.cfg.Streams, h.iperfTime())
+		t, err := h.iperf(ctx, l, client, target, h.cfg.Streams)
+		res.ThroughputN = t
+		return err
+	})
 	if proxies != nil {
 		res.Proxy.Processes, res.Proxy.PeakRSSBytes = proxies.usage()
+		res.Proxy.Memory = proxies.mem
 		if gone := proxies.gone(); len(gone) > 0 {
 			res.Notes = append(res.Notes, "proxy exited during the run: "+strings.Join(gone, ", "))
 		}

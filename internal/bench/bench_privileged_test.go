@@ -205,6 +205,19 @@ func TestPrivilegedL7(t *testing.T) {
 		if isTLSMode(mode) && (!strings.Contains(m.Path, "HTTPS (TLS 1.3, "+EdgeHost+")") || !strings.Contains(m.Path, fmt.Sprintf(":%d", PortHTTPSDirect))) {
 			t.Errorf("%s: path %q", mode, m.Path)
 		}
+		// Each proxy's memory at rest and in each run: resident, a Go
+		// binary or nginx's libraries mapped, a peak no lower than what it
+		// held at the end.
+		if m.Proxy != nil && len(m.Proxy.Memory) != want {
+			t.Errorf("%s: memory of %d proxies, want %d", mode, len(m.Proxy.Memory), want)
+		}
+		for _, pm := range m.Proxy.Memory {
+			at := pm.atRate()
+			if pm.Rest == nil || pm.Rest.RSSBytes < 1<<20 || pm.Rest.FileBytes == 0 || pm.Rest.AnonBytes == 0 || pm.Processes < 1 ||
+				at == nil || at.PeakRSSBytes < at.End.RSSBytes || len(pm.Phases) != 2 || pm.PeakRSSBytes < at.PeakRSSBytes {
+				t.Errorf("%s: memory of %s on %s: %+v (at rest %+v)", mode, pm.Role, pm.Node, pm, pm.Rest)
+			}
+		}
 		for _, n := range m.Notes {
 			if strings.Contains(n, "is the traffic going through") {
 				t.Errorf("%s: %s", mode, n)

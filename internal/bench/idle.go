@@ -65,7 +65,20 @@ func (r *IdleResult) WriteTable(w io.Writer) {
 	for _, s := range r.Sides {
 		fmt.Fprintf(w, "%-8s %-7s %12.0f B %10.0f B %11.2f %8.2f\n", s.Node, s.Role, s.BytesPerConn, s.RSSPerConn, s.GoroutinesPerConn, s.FDsPerConn)
 	}
+	within := len(r.Sides) > 0
+	for _, s := range r.Sides {
+		within = within && s.BytesPerConn <= TargetIdleBytesPerConn
+	}
+	verdict := "within"
+	if !within {
+		verdict = "OVER"
+	}
+	fmt.Fprintf(w, "heap+stacks per idle connection %s the target of %d KiB on every node proxy\n", verdict, TargetIdleBytesPerConn>>10)
 }
+
+// TargetIdleBytesPerConn is the most heap and stacks an idle connection
+// may cost each node proxy (issue 21).
+const TargetIdleBytesPerConn = 4 << 10
 
 // IdleRun builds the bench lab with capture and the node proxies, holds
 // cfg.Conns idle connections from the mesh client to the mesh server and
@@ -81,6 +94,7 @@ func IdleRun(ctx context.Context, cfg Config, conns int) (*IdleResult, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("idle: needs root (it builds a lab of network namespaces and cgroups)")
 	}
+	cfg.Rounds = 1 // one measure: no round in its progress lines
 	h := &harness{cfg: cfg, t0: time.Now()}
 	res := &IdleResult{Conns: conns, Tunnel: lab.TunnelH2}
 	var runErr error

@@ -412,6 +412,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		return res
 	}
 	res.Proxy = &ProxyUsage{}
+	proxies.memRest()
 	if err := probe(client, target); err != nil {
 		res.Error = "the path does not answer: " + err.Error()
 		return res
@@ -419,6 +420,9 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	phase := func(name string, fn func() error) {
 		if ctx.Err() != nil {
 			return
+		}
+		if err := proxies.memPhaseStart(); err != nil {
+			res.Notes = append(res.Notes, err.Error()+": peaks are since the proxies started")
 		}
 		before := SampleCPU(proxies.pids())
 		var perBefore []CPUSample
@@ -429,6 +433,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 		err := fn()
 		wall := time.Since(start)
 		res.Proxy.addPhase(name, wall, CPUUsed(before, SampleCPU(proxies.pids())))
+		proxies.memPhaseEnd(name)
 		if name == PhaseHTTPMax {
 			res.HTTP.CPUByProxy = map[string]float64{}
 			for i, r := range proxies.roots {
@@ -477,6 +482,7 @@ func (h *harness) runHTTPMode(ctx context.Context, l *lab.Lab, mode string) (res
 	}
 	res.HTTP.derive(res.Proxy.phase(PhaseHTTPMax))
 	res.Proxy.Processes, res.Proxy.PeakRSSBytes = proxies.usage()
+	res.Proxy.Memory = proxies.mem
 	if gone := proxies.gone(); len(gone) > 0 {
 		res.Notes = append(res.Notes, "proxy exited during the run: "+strings.Join(gone, ", "))
 	}

@@ -205,8 +205,12 @@ type ProxyUsage struct {
 	CPUSeconds  float64 `json:"cpuSeconds"`
 	WallSeconds float64 `json:"wallSeconds"`
 	CorePercent float64 `json:"corePercent"`
-	// PeakRSSBytes is the sum of the processes' VmHWM at the end.
+	// PeakRSSBytes is the sum of the processes' peak resident memory over
+	// the whole run.
 	PeakRSSBytes uint64 `json:"peakRSSBytes"`
+	// Memory is each proxy's memory at rest and per measurement
+	// (memory.go).
+	Memory []ProxyMemory `json:"memory,omitempty"`
 }
 
 // ProxyProcess is one proxy process.
@@ -357,6 +361,11 @@ func tableRows(s Settings) []row {
 	proxy := func(v func(p *ProxyUsage) float64) func(m, _ *ModeResult) (float64, bool) {
 		return func(m, _ *ModeResult) (float64, bool) { return v(m.Proxy), true }
 	}
+	// mem is the most of a proxy's memory figure over the mode's proxies
+	// (the node proxies on both nodes, the nginx of each side), in MiB.
+	mem := func(v func(p *ProxyMemory) (uint64, bool)) func(m, _ *ModeResult) (float64, bool) {
+		return func(m, _ *ModeResult) (float64, bool) { return largestMem(m.Proxy, v) }
+	}
 	return []row{
 		{label: "throughput, 1 stream (Gbit/s)", key: "throughput1StreamGbps", better: +1, format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.Throughput1 })},
 		{label: fmt.Sprintf("throughput, %d streams (Gbit/s)", s.Streams), key: "throughputNStreamsGbps", better: +1, format: "%.2f", value: gbit(func(m *ModeResult) *Throughput { return m.ThroughputN })},
@@ -405,6 +414,26 @@ func tableRows(s Settings) []row {
 			value: proxy(func(p *ProxyUsage) float64 { return p.CPUSeconds })},
 		{label: "proxy CPU, all runs (% of a core)", key: "proxyCPUPercent", format: "%.0f", scope: scopeAll, na: noProxy,
 			value: proxy(func(p *ProxyUsage) float64 { return p.CorePercent })},
+		{label: "proxy RSS at rest, largest proxy (MiB)", key: "proxyRestRSSMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
+			value: mem(func(p *ProxyMemory) (uint64, bool) { return restOf(p, func(m MemSample) uint64 { return m.RSSBytes }) })},
+		{label: "  anonymous (MiB)", key: "proxyRestAnonMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
+			value: mem(func(p *ProxyMemory) (uint64, bool) { return restOf(p, func(m MemSample) uint64 { return m.AnonBytes }) })},
+		{label: "  file-backed (MiB)", key: "proxyRestFileMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
+			value: mem(func(p *ProxyMemory) (uint64, bool) { return restOf(p, func(m MemSample) uint64 { return m.FileBytes }) })},
+		{label: fmt.Sprintf("proxy peak RSS at %d req/s, largest (MiB)", s.Rate), key: "proxyRatePeakRSSMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
+			value: mem(func(p *ProxyMemory) (uint64, bool) {
+				return atRateOf(p, func(pm *PhaseMemory) uint64 { return pm.PeakRSSBytes })
+			})},
+		{label: "  anonymous at its end (MiB)", key: "proxyRateAnonMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
+			value: mem(func(p *ProxyMemory) (uint64, bool) {
+				return atRateOf(p, func(pm *PhaseMemory) uint64 { return pm.End.AnonBytes })
+			})},
+		{label: "  file-backed at its end (MiB)", key: "proxyRateFileMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
+			value: mem(func(p *ProxyMemory) (uint64, bool) {
+				return atRateOf(p, func(pm *PhaseMemory) uint64 { return pm.End.FileBytes })
+			})},
+		{label: "proxy peak RSS, throughput, largest (MiB)", key: "proxyThroughputPeakRSSMiB", better: -1, format: "%.1f", na: noProxy,
+			value: mem((*ProxyMemory).throughputPeak)},
 		{label: "proxy peak RSS, sum (MiB)", key: "proxyPeakRSSMiB", better: -1, format: "%.1f", scope: scopeAll, na: noProxy,
 			value: proxy(func(p *ProxyUsage) float64 { return float64(p.PeakRSSBytes) / (1 << 20) })},
 		{label: "server's close reaches the client", text: func(m *ModeResult) string {
@@ -693,6 +722,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 			b.WriteString(st + "\n")
 		}
 	}
+	b.WriteString(memoryTargets(cols))
 	for _, m := range r.Modes {
 		if m.Path != "" {
 			fmt.Fprintf(&b, "%s: %s\n", m.Mode, m.Path)

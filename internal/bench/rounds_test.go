@@ -64,6 +64,23 @@ func threeRounds() *Report {
 		u.addPhase(PhaseStream1, time.Second, cpu1)
 		return u
 	}
+	// withMem gives u two proxies' memory: at rest, the peak at the
+	// fixed rate and in the throughput runs of the larger one, in MiB (the
+	// other holds 1 MiB less).
+	withMem := func(u *ProxyUsage, restMiB, rateMiB, tputMiB uint64) *ProxyUsage {
+		mib := func(n uint64) uint64 { return n << 20 }
+		for i, node := range []string{NodeClient, NodeServer} {
+			d := uint64(i)
+			u.Memory = append(u.Memory, ProxyMemory{Role: "proxy", Node: node, Processes: 1,
+				Rest: &MemSample{RSSBytes: mib(restMiB - d), AnonBytes: mib(4 - d), FileBytes: mib(restMiB - 4)},
+				Phases: []PhaseMemory{
+					{Phase: PhaseLatency, PeakRSSBytes: mib(rateMiB - d), End: MemSample{RSSBytes: mib(rateMiB - d - 1), AnonBytes: mib(6 - d), FileBytes: mib(rateMiB - 7)}},
+					{Phase: PhaseStream1, PeakRSSBytes: mib(tputMiB - d)},
+					{Phase: PhaseStreamsN, PeakRSSBytes: mib(tputMiB - d - 2)},
+				}})
+		}
+		return u
+	}
 	yes, no := true, false
 	wp := func(perCore float64) *HTTPResult {
 		return &HTTPResult{Direct: rr(100, 300), Latency: rr(400, 1300), Max: &RRResult{Kind: "max", PerSecond: 9000}, RequestsPerCore: perCore,
@@ -74,23 +91,23 @@ func threeRounds() *Report {
 	rounds := []RoundResult{
 		{Round: 1, Modes: []ModeResult{
 			{Mode: ModeDirect, Path: "a -> b", Throughput1: gbit(10), ThroughputN: gbit(18), Latency: rr(100, 900), ServerClose: &yes},
-			{Mode: ModeMeshH2, Path: "a -> mesh -> b", Throughput1: gbit(5), Latency: rr(300, 1000), ServerClose: &yes, Proxy: usage(1500*time.Millisecond, 100)},
+			{Mode: ModeMeshH2, Path: "a -> mesh -> b", Throughput1: gbit(5), Latency: rr(300, 1000), ServerClose: &yes, Proxy: withMem(usage(1500*time.Millisecond, 100), 24, 26, 40)},
 			quicErr,
-			{Mode: ModeNginx, Throughput1: gbit(3), ThroughputN: gbit(4), Latency: rr(400, 2000), ServerClose: &yes, Proxy: usage(time.Second, 30), Notes: []string{"a note"}},
+			{Mode: ModeNginx, Throughput1: gbit(3), ThroughputN: gbit(4), Latency: rr(400, 2000), ServerClose: &yes, Proxy: withMem(usage(time.Second, 30), 8, 9, 12), Notes: []string{"a note"}},
 			{Mode: ModeWaypoint, HTTP: wp(6000), Proxy: usage(0, 90)},
 		}},
 		{Round: 2, Modes: []ModeResult{
 			{Mode: ModeDirect, Path: "a -> b", Throughput1: gbit(14), ThroughputN: gbit(18), Latency: rr(120, 1000), ServerClose: &yes},
 			{Mode: ModeMeshH2, Error: "lab up: boom"},
 			quicErr,
-			{Mode: ModeNginx, Throughput1: gbit(4), ThroughputN: gbit(5), Latency: rr(380, 1500), ServerClose: &no, Proxy: usage(time.Second, 31)},
+			{Mode: ModeNginx, Throughput1: gbit(4), ThroughputN: gbit(5), Latency: rr(380, 1500), ServerClose: &no, Proxy: withMem(usage(time.Second, 31), 8, 10, 13)},
 			{Mode: ModeWaypoint, HTTP: wp(5000), Proxy: usage(0, 92)},
 		}},
 		{Round: 3, Modes: []ModeResult{
 			{Mode: ModeDirect, Path: "a -> b", Throughput1: gbit(12), ThroughputN: gbit(18), Latency: rr(110, 800), ServerClose: &yes},
-			{Mode: ModeMeshH2, Path: "a -> mesh -> b", Throughput1: gbit(7), Latency: rr(250, 1100), ServerClose: &yes, Proxy: usage(1700*time.Millisecond, 110)},
+			{Mode: ModeMeshH2, Path: "a -> mesh -> b", Throughput1: gbit(7), Latency: rr(250, 1100), ServerClose: &yes, Proxy: withMem(usage(1700*time.Millisecond, 110), 23, 24, 38)},
 			quicErr,
-			{Mode: ModeNginx, Throughput1: gbit(3.5), Latency: rr(500, 1800), ServerClose: &yes, Proxy: usage(1200*time.Millisecond, 32),
+			{Mode: ModeNginx, Throughput1: gbit(3.5), Latency: rr(500, 1800), ServerClose: &yes, Proxy: withMem(usage(1200*time.Millisecond, 32), 9, 11, 14),
 				Failures: map[string]string{PhaseStreamsN: "iperf3: boom"}, Notes: []string{"a note"}},
 			{Mode: ModeWaypoint, HTTP: wp(7000), Proxy: usage(0, 91)},
 		}},
@@ -183,15 +200,20 @@ func TestWriteTableRounds(t *testing.T) {
 		return ""
 	}
 	for label, want := range map[string]string{
-		"throughput, 1 stream (Gbit/s)":     "12.00 (10.00–14.00) | 6.00 (5.00–7.00) | ERROR | 3.50 (3.00–4.00) | -",
-		"throughput, 8 streams (Gbit/s)":    "18.00 (18.00–18.00) | fail | ERROR | 4.50 (4.00–5.00) | -",
-		"latency p50 at 1000 req/s (µs)":    "110 (100–120) | 275 (250–300) | ERROR | 400 (380–500) | -",
-		"  p50 added vs direct (µs)":        "- | +170 (+140–+200) | ERROR | +300 (+260–+390) | -",
-		"proxy CPU, 1 stream (% of a core)": "- | 160 (150–170) | ERROR | 100 (100–120) | -",
-		"  HTTP req/s per proxy core":       "- | - | - | - | 6000 (5000–7000)",
-		"proxy peak RSS, sum (MiB)":         "- | 105.0 (100.0–110.0) | ERROR | 31.0 (30.0–32.0) | 91.0 (90.0–92.0)",
-		"server's close reaches the client": "yes | yes | ERROR | yes/NO/yes | -",
-		"UDP datagrams sent, 1 stream":      "fail | fail | ERROR | fail | -",
+		"throughput, 1 stream (Gbit/s)":               "12.00 (10.00–14.00) | 6.00 (5.00–7.00) | ERROR | 3.50 (3.00–4.00) | -",
+		"throughput, 8 streams (Gbit/s)":              "18.00 (18.00–18.00) | fail | ERROR | 4.50 (4.00–5.00) | -",
+		"latency p50 at 1000 req/s (µs)":              "110 (100–120) | 275 (250–300) | ERROR | 400 (380–500) | -",
+		"  p50 added vs direct (µs)":                  "- | +170 (+140–+200) | ERROR | +300 (+260–+390) | -",
+		"proxy CPU, 1 stream (% of a core)":           "- | 160 (150–170) | ERROR | 100 (100–120) | -",
+		"  HTTP req/s per proxy core":                 "- | - | - | - | 6000 (5000–7000)",
+		"proxy peak RSS, sum (MiB)":                   "- | 105.0 (100.0–110.0) | ERROR | 31.0 (30.0–32.0) | 91.0 (90.0–92.0)",
+		"proxy RSS at rest, largest proxy (MiB)":      "- | 23.5 (23.0–24.0) | ERROR | 8.0 (8.0–9.0) | fail",
+		"  anonymous (MiB)":                           "- | 4.0 (4.0–4.0) | ERROR | 4.0 (4.0–4.0) | fail",
+		"proxy peak RSS at 1000 req/s, largest (MiB)": "- | 25.0 (24.0–26.0) | ERROR | 10.0 (9.0–11.0) | fail",
+		"  file-backed at its end (MiB)":              "- | 18.0 (17.0–19.0) | ERROR | 3.0 (2.0–4.0) | fail",
+		"proxy peak RSS, throughput, largest (MiB)":   "- | 39.0 (38.0–40.0) | ERROR | 13.0 (12.0–14.0) | -",
+		"server's close reaches the client":           "yes | yes | ERROR | yes/NO/yes | -",
+		"UDP datagrams sent, 1 stream":                "fail | fail | ERROR | fail | -",
 	} {
 		if got := rowOf(label); got != want {
 			t.Errorf("row %q = %q, want %q", label, got, want)
@@ -209,6 +231,8 @@ func TestWriteTableRounds(t *testing.T) {
 		"\nmesh-h2 vs nginx, rounds in which mesh-h2 was ahead:\n  throughput, 1 stream (Gbit/s): ahead in 2 of 2\n",
 		"\n  p50 added vs direct (µs): ahead in 2 of 2\n",
 		"\n  proxy CPU, 1 stream (% of a core): ahead in 0 of 2\n",
+		"\n  proxy peak RSS at 1000 req/s, largest (MiB): ahead in 0 of 2\n",
+		"\nmesh-h2: peak RSS per node proxy at the fixed rate within the target of 25 MiB in 1 of 2 rounds (most 26.0 MiB)\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

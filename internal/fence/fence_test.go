@@ -4,8 +4,11 @@ package fence
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/lab/labtest"
 )
 
 // deps lists every package pkg links, with `go list -deps`.
@@ -73,6 +76,28 @@ func TestNodeProxyLinksNoKubernetesTypes(t *testing.T) {
 					t.Errorf("%s links %s; Kubernetes-shaped configuration belongs to the controller (internal/meshspec)", pkg, d)
 				}
 			}
+		}
+	}
+}
+
+// The node proxy as `make build` and the images build it (with the build
+// tags labtest.BuildTags) links none of the template packages: their
+// reflect.Value.MethodByName, with a name known only at run time, makes
+// the linker keep every exported method of every type, a seventh of the
+// binary, and the whole binary is mapped into the node proxy's memory
+// (docs/benchmarks.md, "node proxy memory"). gRPC brings them in through
+// golang.org/x/net/trace unless built with grpcnotrace.
+func TestNodeProxyLinksNoTemplates(t *testing.T) {
+	pkg := "github.com/ambit-mesh/ambit/cmd/nodeproxy"
+	out, err := exec.Command("go", "list", "-tags", labtest.BuildTags, "-deps", pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+	}
+	deps := strings.Fields(string(out))
+	for _, banned := range []string{"text/template", "html/template", "golang.org/x/net/trace"} {
+		if slices.Contains(deps, banned) {
+			t.Errorf("the node proxy links %s (built with -tags %s); find what imports it with `go list -tags %s -deps -f '{{.ImportPath}}: {{.Imports}}' ./cmd/nodeproxy | grep %s` and keep it out",
+				banned, labtest.BuildTags, labtest.BuildTags, banned)
 		}
 	}
 }

@@ -64,9 +64,15 @@ func New(tb testing.TB, topo *lab.Topology, opts ...Option) *lab.Lab {
 	return l
 }
 
+// BuildTags are the build tags the Makefile builds every binary with
+// (GO_TAGS there): grpcnotrace leaves golang.org/x/net/trace and the
+// template packages out of the binaries.
+const BuildTags = "grpcnotrace"
+
 // BuildNodeProxy builds cmd/nodeproxy and cmd/controller into a temporary
-// directory of tb and returns the node proxy's path (the controller is
-// next to it, where the lab looks for it).
+// directory of tb, as `make build` does (static, BuildTags), and returns
+// the node proxy's path (the controller is next to it, where the lab
+// looks for it).
 func BuildNodeProxy(tb testing.TB) string {
 	tb.Helper()
 	gomod, err := exec.Command(goTool(), "env", "GOMOD").Output()
@@ -75,8 +81,9 @@ func BuildNodeProxy(tb testing.TB) string {
 	}
 	root := filepath.Dir(strings.TrimSpace(string(gomod)))
 	dir := tb.TempDir()
-	cmd := exec.Command(goTool(), "build", "-o", dir+"/", "./cmd/nodeproxy", "./cmd/controller")
+	cmd := exec.Command(goTool(), "build", "-tags", BuildTags, "-o", dir+"/", "./cmd/nodeproxy", "./cmd/controller")
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("labtest: build nodeproxy and controller: %v\n%s", err, msg)
 	}
