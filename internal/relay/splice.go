@@ -56,9 +56,13 @@ type Sink interface {
 
 // Fill buffers: small for a connection that has not shown it needs more
 // (an idle one parks with none), large once a read fills a small one.
+// Large is a quarter of a maximal frame: each connection that streams
+// holds one, and against 1 MiB it cut the sending node proxy's peak in
+// the benchmark's 8-stream run by 6 MiB with the same throughput
+// (docs/benchmarks.md, 2026-12-07 "node proxy memory").
 const (
 	smallFill = 16 << 10
-	largeFill = 1 << 20
+	largeFill = 256 << 10
 )
 
 var (
