@@ -110,7 +110,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 		return errServerClosed
 	}
 	tr := &quic.Transport{
-		Conn: pc,
+		Conn: newQUICSocket(pc),
 		// In graceful shutdown new connections are refused in the
 		// handshake (CONNECTION_REFUSED), which a client tells apart from
 		// UDP not getting through.

@@ -338,7 +338,7 @@ func (d *Dialer) openQUIC(ctx context.Context, k poolKey, t Target, svid x509svi
 	// Until the handshake is done, ICMP errors reach the socket, so a
 	// refused port fails the dial at once instead of after the bound.
 	setRecvErr(pc, true)
-	tr := &quic.Transport{Conn: pc}
+	tr := &quic.Transport{Conn: newQUICSocket(pc)}
 	cfg := quicTLS(tlsconfig.MTLSClientConfig(svid, d.Bundle, tlsconfig.AuthorizeID(k.dst)))
 	hctx, cancel := context.WithTimeout(ctx, d.fallbackAfter())
 	conn, err := tr.Dial(hctx, raddr, cfg, quicConfig(false))
