@@ -3,6 +3,7 @@ package tunnel
 import (
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -62,6 +63,18 @@ type quicSocket struct {
 	addrs [groBatch]*net.UDPAddr
 	cur   int // datagram being handed out
 	off   int // its next segment's offset
+
+	family int // the socket's address family: AF_INET or AF_INET6
+	wmu    sync.Mutex
+	send   struct {
+		msg   unix.Msghdr
+		iov   unix.Iovec
+		sa4   unix.RawSockaddrInet4
+		sa6   unix.RawSockaddrInet6
+		n     int
+		errno syscall.Errno
+	}
+	sendFn func(fd uintptr) bool // sendmsg, bound once
 }
 
 // newQUICSocket wraps pc for quic-go: a *net.UDPConn on which UDP_GRO can
@@ -75,15 +88,102 @@ func newQUICSocket(pc net.PacketConn) net.PacketConn {
 	if err != nil {
 		return pc
 	}
-	var serr error
+	var family int
+	var serr, ferr error
 	if err := rc.Control(func(fd uintptr) {
+		family, ferr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
 		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
-	}); err != nil || serr != nil {
+	}); err != nil || serr != nil || ferr != nil {
 		return pc
 	}
-	s := &quicSocket{UDPConn: uc, rc: rc}
+	s := &quicSocket{UDPConn: uc, rc: rc, family: family}
 	s.recvFn = s.recv
+	s.sendFn = s.sendmsg
 	return s
+}
+
+// Which datagrams are sent with a raw sendmsg (see internal/relay's
+// socket.go): one packet carrying data, such as a request or an answer.
+// A burst of packets in one GSO write crosses the whole path to the peer's
+// socket within the call, and an acknowledgement-only packet is all the
+// receiving end of a bulk transfer sends: both stay ordinary system calls,
+// which let the runtime run the connection's Go code on another thread
+// meanwhile.
+const (
+	rawSendMin = 200
+	rawSendMax = 1500
+)
+
+// WriteMsgUDP sends one datagram, or a burst of them with a UDP_SEGMENT
+// control message (GSO), as quic-go does.
+func (s *quicSocket) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	if len(b) > rawSendMax || len(b) < rawSendMin || addr == nil || addr.Zone != "" {
+		return s.UDPConn.WriteMsgUDP(b, oob, addr)
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	m := &s.send.msg
+	*m = unix.Msghdr{}
+	switch {
+	case s.family == unix.AF_INET6:
+		s.send.sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Port: netPort(addr.Port)}
+		ip := addr.IP.To16()
+		if ip == nil {
+			return s.UDPConn.WriteMsgUDP(b, oob, addr)
+		}
+		copy(s.send.sa6.Addr[:], ip)
+		m.Name = (*byte)(unsafe.Pointer(&s.send.sa6))
+		m.Namelen = unix.SizeofSockaddrInet6
+	case s.family == unix.AF_INET && addr.IP.To4() != nil:
+		s.send.sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Port: netPort(addr.Port)}
+		copy(s.send.sa4.Addr[:], addr.IP.To4())
+		m.Name = (*byte)(unsafe.Pointer(&s.send.sa4))
+		m.Namelen = unix.SizeofSockaddrInet4
+	default:
+		return s.UDPConn.WriteMsgUDP(b, oob, addr)
+	}
+	s.send.iov.Base = &b[0]
+	s.send.iov.SetLen(len(b))
+	m.Iov = &s.send.iov
+	m.SetIovlen(1)
+	if len(oob) > 0 {
+		m.Control = &oob[0]
+		m.SetControllen(len(oob))
+	}
+	s.send.n, s.send.errno = 0, 0
+	err = s.rc.Write(s.sendFn)
+	m.Iov, m.Control, s.send.iov.Base = nil, nil, nil // keep no reference to b and oob
+	switch {
+	case err != nil:
+		return 0, 0, &net.OpError{Op: "write", Net: "udp", Source: s.LocalAddr(), Addr: addr, Err: err}
+	case s.send.errno != 0:
+		return 0, 0, &net.OpError{Op: "write", Net: "udp", Source: s.LocalAddr(), Addr: addr, Err: os.NewSyscallError("sendmsg", s.send.errno)}
+	}
+	return s.send.n, len(oob), nil
+}
+
+// sendmsg is the raw system call of WriteMsgUDP; EAGAIN waits in the
+// netpoller.
+func (s *quicSocket) sendmsg(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&s.send.msg)), unix.MSG_DONTWAIT)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		s.send.n, s.send.errno = int(r), e
+		return true
+	}
+}
+
+// netPort stores a port in network byte order.
+func netPort(p int) uint16 {
+	var v uint16
+	b := (*[2]byte)(unsafe.Pointer(&v))
+	b[0], b[1] = byte(p>>8), byte(p)
+	return v
 }
 
 // recv reads up to groBatch datagrams with a raw recvmmsg, taking buffers
@@ -202,9 +302,7 @@ func sockaddrUDP(sa *unix.RawSockaddrInet6, n uint32) *net.UDPAddr {
 		a := &net.UDPAddr{IP: make(net.IP, 16), Port: port(sa.Port)}
 		copy(a.IP, sa.Addr[:])
 		if sa.Scope_id != 0 {
-			if ifi, err := net.InterfaceByIndex(int(sa.Scope_id)); err == nil {
-				a.Zone = ifi.Name
-			}
+			a.Zone = strconv.Itoa(int(sa.Scope_id)) // the net package takes an index as a zone
 		}
 		return a
 	case unix.AF_INET:

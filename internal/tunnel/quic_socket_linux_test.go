@@ -110,3 +110,46 @@ func TestQUICSocketSplitsCoalescedDatagrams(t *testing.T) {
 		t.Error("the socket still holds receive buffers with nothing left to hand out")
 	}
 }
+
+// TestQUICSocketSends sends from the socket quic-go gets, on an IPv4
+// socket and on a dual-stack one to an IPv4 peer, datagrams of the sizes
+// that take either kind of system call: the peer gets each.
+func TestQUICSocketSends(t *testing.T) {
+	for _, network := range []string{"udp4", "udp"} {
+		t.Run(network, func(t *testing.T) {
+			uc, err := net.ListenUDP(network, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer uc.Close()
+			qs, ok := newQUICSocket(uc).(*quicSocket)
+			if !ok {
+				t.Fatal("not wrapped")
+			}
+			peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			to := peer.LocalAddr().(*net.UDPAddr)
+			for _, size := range []int{40, rawSendMin, rawSendMax, rawSendMax + 1} {
+				msg := bytes.Repeat([]byte{byte(size)}, size)
+				if n, _, err := qs.WriteMsgUDP(msg, nil, to); err != nil || n != size {
+					t.Fatalf("%d bytes: sent %d, %v", size, n, err)
+				}
+				buf := make([]byte, 2000)
+				peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, from, err := peer.ReadFromUDP(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(buf[:n], msg) {
+					t.Errorf("%d bytes sent, %d arrived", size, n)
+				}
+				if from.Port != uc.LocalAddr().(*net.UDPAddr).Port {
+					t.Errorf("from port %d, want %d", from.Port, uc.LocalAddr().(*net.UDPAddr).Port)
+				}
+			}
+		})
+	}
+}
