@@ -36,7 +36,7 @@ func TestQUICSocketSplitsCoalescedDatagrams(t *testing.T) {
 	}
 	defer sc.Close()
 	ssc, _ := sc.SyscallConn()
-	ssc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, 0x02) }) // ECT(0)
+	ssc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, 0x02) }) // ECN-capable, codepoint 0
 
 	const seg = 1000
 	burst := make([]byte, 2*seg+500)
@@ -100,7 +100,7 @@ func TestQUICSocketSplitsCoalescedDatagrams(t *testing.T) {
 			rest = next
 		}
 		if tos&3 != 0x02 {
-			t.Errorf("datagram %d: TOS %#x, want the ECT(0) mark", i, tos)
+			t.Errorf("datagram %d: TOS %#x, want the ECN-capable mark", i, tos)
 		}
 		if gro {
 			t.Errorf("datagram %d still carries the segment size", i)
