@@ -515,3 +515,7 @@ func (c *quicStreamConn) RemoteAddr() net.Addr { return hboneAddr(c.remote.Dst.S
 func (c *quicStreamConn) SetDeadline(t time.Time) error      { return c.rs.SetDeadline(t) }
 func (c *quicStreamConn) SetReadDeadline(t time.Time) error  { return c.rs.SetReadDeadline(t) }
 func (c *quicStreamConn) SetWriteDeadline(t time.Time) error { return c.rs.SetWriteDeadline(t) }
+
+// ReadFrom sends what r yields until r ends (io.EOF is no error). It does
+// not send the FIN.
+func (c *quicStreamConn) ReadFrom(r io.Reader) (int64, error) { return readFrom(c, r) }
