@@ -127,7 +127,7 @@ func parseFlags(args []string, stderr io.Writer) (cfg bench.Config, out string, 
 	fs.StringVar(&cfg.ProxyCPUs, "proxy-cpus", "1", "CPUs each proxy may use: nginx worker_processes on each side, and the node proxies', waypoint's and gateway's GOMAXPROCS (auto: one per CPU of the machine for all)")
 	fs.BoolVar(&cfg.AccessLog, "access-log", false, "L7 modes: the waypoint, the gateway and nginx http log one line per request (the waypoint's and gateway's default outside the benchmark); off: none does")
 	fs.StringVar(&cfg.SamplesDir, "samples", "", "write every request of the fixed-rate runs (when it was due, latency and service time, tab-separated) to this directory, one file per mode, round and run")
-	fs.StringVar(&cfg.ProfileDir, "profile", "", "write CPU and allocation profiles (pprof) of the node proxies and the waypoint or gateway during the waypoint and gateway modes' most-requests runs to this directory (one set per round with -rounds)")
+	fs.StringVar(&cfg.ProfileDir, "profile", "", "write CPU and allocation profiles (pprof) of the node proxies and the waypoint or gateway during the waypoint and gateway modes' most-requests runs, and of the node proxies during the mesh modes' 1-stream and request/response runs, to this directory (one set per round with -rounds)")
 	fs.StringVar(&cfg.StateRoot, "state-root", "", "directory for the labs' temporary state directories (default $TMPDIR)")
 	fs.StringVar(&out, "o", filepath.Join("bench", "out", "bench.json"), "write the results as JSON here")
 	fs.BoolVar(&strict, "strict", false, "exit 1 when a mode or a measurement failed")

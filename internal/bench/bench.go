@@ -107,7 +107,9 @@ type Config struct {
 	AccessLog bool
 	// ProfileDir, when set, receives CPU and allocation profiles (pprof,
 	// from their admin endpoints) of the node proxies and the waypoint or
-	// gateway during the waypoint and gateway modes' max runs.
+	// gateway during the waypoint and gateway modes' max runs, and of the
+	// node proxies during the L4 mesh modes' 1-stream and request/response
+	// runs.
 	ProfileDir string
 	// SamplesDir, when set, receives every fixed-rate run's requests
 	// (rr-client -samples), one file per mode, round and run.
@@ -705,8 +707,19 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 	// The fixed-rate and connection runs come before the throughput
 	// runs, so that what a proxy holds at 1,000 requests per second is
 	// not what bulk transfers left behind.
+	// profile records the node proxies' CPU and allocation profiles of
+	// one run of an L4 mesh mode (-profile), until the returned function.
+	profile := func(run string, d time.Duration) func() {
+		if h.cfg.ProfileDir == "" || !isMesh(mode) {
+			return func() {}
+		}
+		var p profiler
+		p.start(l, h.cfg.ProfileDir, h.filePrefix(mode)+"-"+run, d)
+		return func() { res.Notes = append(res.Notes, p.wait()...) }
+	}
 	phase(PhaseLatency, func() error {
 		h.logf("%s: request/response, %d req/s over %d connections, %s", mode, h.cfg.Rate, h.cfg.Conns, h.cfg.Duration)
+		defer profile("rr", h.cfg.Warmup+h.cfg.Duration)()
 		r, err := h.rr(ctx, l, client, rrAddr, false, h.filePrefix(mode)+"-rr")
 		res.Latency = r
 		if r != nil && r.Errors > 0 {
@@ -725,6 +738,7 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 	})
 	phase(PhaseStream1, func() error {
 		h.logf("%s: iperf3, 1 stream, %s", mode, h.iperfTime())
+		defer profile("stream1", time.Duration(h.iperfSeconds())*time.Second)()
 		udp0, uerr := h.udpOut(l, client)
 		t, err := h.iperf(ctx, l, client, target, 1)
 		if udp1, uerr2 := h.udpOut(l, client); uerr == nil && uerr2 == nil {

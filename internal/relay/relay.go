@@ -169,7 +169,9 @@ func copyHalf(dst, src net.Conn, count func(int)) (rerr, werr error) {
 	}
 	if _, ok := dst.(Stream); ok {
 		if rf, ok := dst.(io.ReaderFrom); ok {
-			cr := &errReader{r: src}
+			// Counted as the stream reads it: what it reads, it sends
+			// (or fails the stream).
+			cr := &errReader{r: src, count: count}
 			_, err := rf.ReadFrom(cr)
 			if cr.err != nil && cr.err != io.EOF {
 				return cr.err, nil
@@ -274,14 +276,18 @@ func (c *countingTryWriter) TryWrite(p []byte) (int, error) {
 	return n, err
 }
 
-// errReader keeps the read error of r.
+// errReader keeps the read error of r, and counts what it reads.
 type errReader struct {
-	r   io.Reader
-	err error
+	r     io.Reader
+	count func(int)
+	err   error
 }
 
 func (e *errReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
+	if n > 0 && e.count != nil {
+		e.count(n)
+	}
 	if err != nil {
 		e.err = err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -110,7 +111,7 @@ func (s *Server) ServeQUIC(pc net.PacketConn) error {
 		return errServerClosed
 	}
 	tr := &quic.Transport{
-		Conn: pc,
+		Conn: newQUICSocket(pc),
 		// In graceful shutdown new connections are refused in the
 		// handshake (CONNECTION_REFUSED), which a client tells apart from
 		// UDP not getting through.
@@ -363,3 +364,64 @@ func (s *Server) closeQUIC() {
 		h3.Close()
 	}
 }
+
+// QUIC streams read what they send into buffers of their own (ReadFrom,
+// which the relay uses): a socket is read 16 KiB at a time until a read
+// fills the buffer, a bulk transfer, and 256 KiB at a time from then on.
+// quic-go's Write returns once it has packed what it was given, so each
+// read ends with a short burst of packets (GSO) and a goroutine switch
+// between the reader and the connection's loop: fewer, larger reads send
+// fuller bursts.
+const (
+	quicSmallRead = 16 << 10
+	quicBulkRead  = 256 << 10
+)
+
+var (
+	quicSmallBufs = sync.Pool{New: func() any { b := make([]byte, quicSmallRead); return &b }}
+	quicBulkBufs  = sync.Pool{New: func() any { b := make([]byte, quicBulkRead); return &b }}
+)
+
+// quicReadFrom writes what r yields to w until r ends, and reports the
+// read error (io.EOF at a clean end) and the write error apart.
+func quicReadFrom(w io.Writer, r io.Reader) (total int64, rerr, werr error) {
+	pool := &quicSmallBufs
+	bp := pool.Get().(*[]byte)
+	defer func() { pool.Put(bp) }()
+	buf := *bp
+	for {
+		m, err := r.Read(buf)
+		if m > 0 {
+			k, werr := w.Write(buf[:m])
+			total += int64(k)
+			if werr != nil {
+				return total, nil, werr
+			}
+		}
+		if err != nil {
+			return total, err, nil
+		}
+		if m == len(buf) && pool == &quicSmallBufs {
+			pool.Put(bp)
+			pool = &quicBulkBufs
+			bp = pool.Get().(*[]byte)
+			buf = *bp
+		}
+	}
+}
+
+// readFrom is ReadFrom for either end's stream.
+func readFrom(w io.Writer, r io.Reader) (int64, error) {
+	n, rerr, werr := quicReadFrom(w, r)
+	if werr != nil {
+		return n, werr
+	}
+	if rerr == io.EOF {
+		rerr = nil
+	}
+	return n, rerr
+}
+
+// ReadFrom sends what r yields until r ends (io.EOF is no error). It does
+// not send the FIN.
+func (s *quicServerStream) ReadFrom(r io.Reader) (int64, error) { return readFrom(s, r) }

@@ -338,7 +338,7 @@ func (d *Dialer) openQUIC(ctx context.Context, k poolKey, t Target, svid x509svi
 	// Until the handshake is done, ICMP errors reach the socket, so a
 	// refused port fails the dial at once instead of after the bound.
 	setRecvErr(pc, true)
-	tr := &quic.Transport{Conn: pc}
+	tr := &quic.Transport{Conn: newQUICSocket(pc)}
 	cfg := quicTLS(tlsconfig.MTLSClientConfig(svid, d.Bundle, tlsconfig.AuthorizeID(k.dst)))
 	hctx, cancel := context.WithTimeout(ctx, d.fallbackAfter())
 	conn, err := tr.Dial(hctx, raddr, cfg, quicConfig(false))
@@ -515,3 +515,7 @@ func (c *quicStreamConn) RemoteAddr() net.Addr { return hboneAddr(c.remote.Dst.S
 func (c *quicStreamConn) SetDeadline(t time.Time) error      { return c.rs.SetDeadline(t) }
 func (c *quicStreamConn) SetReadDeadline(t time.Time) error  { return c.rs.SetReadDeadline(t) }
 func (c *quicStreamConn) SetWriteDeadline(t time.Time) error { return c.rs.SetWriteDeadline(t) }
+
+// ReadFrom sends what r yields until r ends (io.EOF is no error). It does
+// not send the FIN.
+func (c *quicStreamConn) ReadFrom(r io.Reader) (int64, error) { return readFrom(c, r) }
