@@ -13,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/cgroup2"
 )
@@ -81,26 +83,37 @@ func openHop(cfg Config) (_ *hopState, err error) {
 	return h, nil
 }
 
+// attachMsg adopts the pinned sk_msg link or makes it. Node proxies
+// sharing the pins (an upgrade; the lab's nodes) may start together: the
+// map takes one program, so the one that finds it taken waits for the
+// other's pin and adopts that.
 func (h *hopState) attachMsg(pin string) error {
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		defer l.Close()
-		same, err := sameProgram(l, h.objs.AmbitHopMsg)
-		if err == nil && !same {
-			err = l.Update(h.objs.AmbitHopMsg)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			defer l.Close()
+			same, err := sameProgram(l, h.objs.AmbitHopMsg)
+			if err == nil && !same {
+				err = l.Update(h.objs.AmbitHopMsg)
+			}
+			return err
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("load pinned link %s: %w", pin, err)
 		}
-		return err
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("load pinned link %s: %w", pin, err)
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: h.objs.AmbitHopApps.FD(), Program: h.objs.AmbitHopMsg, Attach: ebpf.AttachSkMsgVerdict})
+		if errors.Is(err, unix.EBUSY) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		if err := l.Pin(pin); err != nil {
+			return fmt.Errorf("pin %s: %w", pin, err)
+		}
+		return nil
 	}
-	l, err := link.AttachRawLink(link.RawLinkOptions{Target: h.objs.AmbitHopApps.FD(), Program: h.objs.AmbitHopMsg, Attach: ebpf.AttachSkMsgVerdict})
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	if err := l.Pin(pin); err != nil {
-		return fmt.Errorf("pin %s: %w", pin, err)
-	}
-	return nil
 }
 
 func (h *hopState) close() error {
