@@ -31,8 +31,8 @@ type connRecord struct {
 	// otherwise. Set before the relay starts.
 	clientHop, upHop redirect.Hop
 	closers          []io.Closer
-	mu      sync.Mutex
-	closed  bool
+	mu               sync.Mutex
+	closed           bool
 }
 
 // connTable tracks live connections so Shutdown can drain them.
