@@ -341,7 +341,7 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 			continue
 		}
 		bin, flagName := cfg.NodeProxy, "-nodeproxy"
-		if m != meshMode(m) {
+		if slices.Contains(BaselineModes, m) {
 			bin, flagName = cfg.BaselineNodeProxy, "-baseline-nodeproxy"
 		}
 		if _, err := os.Stat(bin); bin == "" || err != nil {
@@ -357,6 +357,9 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 			opts.NodeProxyEnv = []string{"GOMAXPROCS=" + cfg.ProxyCPUs}
 		}
 		opts.WaypointArgs = []string{"--access-log=" + strconv.FormatBool(cfg.AccessLog)}
+		if m == ModeMeshH2Sockmap {
+			opts.NodeProxyArgs = []string{"--sockmap"}
+		}
 		if err := h.withLab(ctx, m, opts, func(l *lab.Lab) { results[m] = h.runMode(ctx, l, m) }); err != nil {
 			failAll([]string{m}, err)
 		}
@@ -664,6 +667,11 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 			return
 		}
 		var before CPUSample
+		var smBefore SockmapPhase
+		var smErr error
+		if mode == ModeMeshH2Sockmap {
+			smBefore, smErr = sockmapSample(l)
+		}
 		if proxies != nil {
 			before = SampleCPU(proxies.pids())
 		}
@@ -672,6 +680,19 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 		wall := time.Since(start)
 		if proxies != nil {
 			res.Proxy.addPhase(name, wall, CPUUsed(before, SampleCPU(proxies.pids())))
+		}
+		if mode == ModeMeshH2Sockmap {
+			smAfter, err2 := sockmapSample(l)
+			if smErr == nil && err2 == nil {
+				d := smAfter.minus(smBefore)
+				d.Phase = name
+				res.Sockmap = append(res.Sockmap, d)
+				if d.Shortcut == 0 {
+					res.Notes = append(res.Notes, name+": the sockmap shortcut moved nothing")
+				}
+			} else if smErr = errors.Join(smErr, err2); !slices.ContainsFunc(res.Notes, func(n string) bool { return strings.HasPrefix(n, "sockmap: ") }) {
+				res.Notes = append(res.Notes, "sockmap: "+smErr.Error())
+			}
 		}
 		if err != nil {
 			res.fail(name, err)

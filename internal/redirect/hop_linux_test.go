@@ -63,6 +63,7 @@ func TestPrivilegedSockmapShortcut(t *testing.T) {
 	}
 	stats := openHopStats(t, f)
 
+	// The client sends with sendfile(2) and reads with splice(2).
 	t.Run("both ways, in order, original destination kept", func(t *testing.T) {
 		before := stats.read(t)
 		// Within the backlog: however far the client runs ahead, all of
@@ -463,12 +464,20 @@ func hopHelperMain(args []string) (code int, ok bool) {
 			r.FirstPhase, _ = tc.Write(p)
 			tc.SetWriteDeadline(time.Time{})
 			p = p[r.FirstPhase:]
-		}
-		if _, err := tc.Write(p); err != nil {
+			if _, err := tc.Write(p); err != nil {
+				r.Err = err.Error()
+			}
+		} else if err := sendFile(tc, p); err != nil {
 			r.Err = err.Error()
 		}
 		tc.CloseWrite()
-		r.Got, r.GotSha = readPattern(tc, nil)
+		// The answer is read with splice(2), as io.Copy from a socket to
+		// a file does: it sees only TCP's queue, which is why nothing is
+		// ever moved into an application's socket.
+		r.Got, r.GotSha, err = spliceToFile(tc)
+		if err != nil {
+			r.Err = err.Error()
+		}
 		enc.Encode(r)
 		return 0, true
 	case "hopserver": // hopserver PORT SIZE
@@ -490,6 +499,44 @@ func hopHelperMain(args []string) (code int, ok bool) {
 		return 0, true
 	}
 	return 0, false
+}
+
+// sendFile sends p with sendfile(2), as io.Copy from a file to a socket
+// does (a web server's static files).
+func sendFile(c *net.TCPConn, p []byte) error {
+	f, err := os.CreateTemp("", "hop-send")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.Write(p); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	_, err = c.ReadFrom(f) // sendfile
+	return err
+}
+
+// spliceToFile reads c to its end into a file with splice(2) and returns
+// the count and hash.
+func spliceToFile(c *net.TCPConn) (int, string, error) {
+	f, err := os.CreateTemp("", "hop-recv")
+	if err != nil {
+		return 0, "", err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.ReadFrom(c); err != nil { // splice
+		return 0, "", err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return 0, "", err
+	}
+	n, sha := readPattern(f, nil)
+	return n, sha, nil
 }
 
 // hopDeliver delivers one connection to the pod's application on 8080
