@@ -122,7 +122,9 @@ func checkShortcut(t *testing.T, l *lab.Lab, node string, on bool) {
 	}
 	for _, series := range []string{`ambit_sockmap_sockets_total{end="app"}`, `ambit_sockmap_sockets_total{end="proxy"}`, `ambit_sockmap_sends_total{path="shortcut"}`, "ambit_sockmap_bytes_total"} {
 		if v := metricValue(metrics, series); v <= 0 {
-			t.Errorf("%s: %s = %v, want > 0: the shortcut carried nothing\n%s", node, series, v, grep(metrics, "ambit_sockmap_"))
+			log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), node))
+			t.Errorf("%s: %s = %v, want > 0: the shortcut carried nothing\n%s\nits log says:\n%s", node, series, v, grep(metrics, "ambit_sockmap_"), grep(string(log), "sockmap"))
+			return
 		}
 	}
 }

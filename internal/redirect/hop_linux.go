@@ -58,7 +58,16 @@ func openHop(cfg Config) (_ *hopState, err error) {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
 	h := &hopState{}
-	if err := spec.LoadAndAssign(&h.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapsDir(cfg)}}); err != nil {
+	// Node proxies that share the pins and start together (the lab's
+	// nodes) race to pin the maps: the loser finds a pin made meanwhile
+	// and loads again, reusing it.
+	for range 3 {
+		if err = spec.LoadAndAssign(&h.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapsDir(cfg)}}); !errors.Is(err, os.ErrExist) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("the kernel's verifier refused the programs (sockmap, sk_msg and BTF socket access need Linux 6.6+): %+v", ve)
