@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -294,7 +295,7 @@ type hopHelper struct {
 	events chan hopEvent
 }
 
-func (h *hopHelper) next(t *testing.T) hopEvent {
+func (h *hopHelper) next(t testing.TB) hopEvent {
 	t.Helper()
 	select {
 	case ev, ok := <-h.events:
@@ -311,12 +312,12 @@ func (h *hopHelper) next(t *testing.T) hopEvent {
 	return hopEvent{}
 }
 
-func (h *hopHelper) stop(t *testing.T) {
+func (h *hopHelper) stop(t testing.TB) {
 	h.cmd.Process.Kill()
 	h.cmd.Wait()
 }
 
-func startHelper(t *testing.T, cmd *exec.Cmd, start func() error) *hopHelper {
+func startHelper(t testing.TB, cmd *exec.Cmd, start func() error) *hopHelper {
 	t.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -344,7 +345,7 @@ func startHelper(t *testing.T, cmd *exec.Cmd, start func() error) *hopHelper {
 
 // startHopProxy runs the proxy helper in cgroup cg, in this process's
 // network namespace (its sockets are made in the pod's).
-func (f *fixture) startHopProxy(t *testing.T, cg, mode string) *hopHelper {
+func (f *fixture) startHopProxy(t testing.TB, cg, mode string) *hopHelper {
 	t.Helper()
 	pod, _ := json.Marshal(f.pod)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -409,7 +410,7 @@ func hopHelperMain(args []string) (code int, ok bool) {
 		if err := json.Unmarshal([]byte(os.Getenv("AMBIT_TEST_POD")), &pod); err != nil {
 			return fail(err)
 		}
-		c, err := New(Config{PinPath: args[1], Sockmap: true}, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+		c, err := New(Config{PinPath: args[1], Sockmap: args[2] != "echo-plain"}, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 		if err != nil {
 			return fail(err)
 		}
@@ -428,6 +429,15 @@ func hopHelperMain(args []string) (code int, ok bool) {
 			return fail(err)
 		}
 		enc.Encode(hopEvent{Enabled: c.ShortcutStats().Enabled})
+		if strings.HasPrefix(args[2], "echo") {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return fail(err)
+				}
+				go hopEcho(c, conn.(*net.TCPConn))
+			}
+		}
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
@@ -480,6 +490,37 @@ func hopHelperMain(args []string) (code int, ok bool) {
 		}
 		enc.Encode(r)
 		return 0, true
+	case "hopbench": // hopbench rr|conn N ADDR SIZE: N exchanges of SIZE bytes, print ns
+		n, _ := strconv.Atoi(args[2])
+		size, _ := strconv.Atoi(args[4])
+		buf := make([]byte, size)
+		exchange := func(c net.Conn) error {
+			if _, err := c.Write(buf); err != nil {
+				return err
+			}
+			_, err := io.ReadFull(c, buf)
+			return err
+		}
+		start := time.Now()
+		var c net.Conn
+		var err error
+		for i := 0; i < n && err == nil; i++ {
+			if c == nil || args[1] == "conn" {
+				if c, err = net.Dial("tcp", args[3]); err != nil {
+					break
+				}
+			}
+			err = exchange(c)
+			if args[1] == "conn" {
+				c.Close()
+			}
+		}
+		if err != nil {
+			fmt.Println("error", err)
+			return 1, true
+		}
+		fmt.Println(time.Since(start).Nanoseconds())
+		return 0, true
 	case "hopserver": // hopserver PORT SIZE
 		size, _ := strconv.Atoi(args[2])
 		ln, err := net.Listen("tcp", ":"+args[1])
@@ -499,6 +540,30 @@ func hopHelperMain(args []string) (code int, ok bool) {
 		return 0, true
 	}
 	return 0, false
+}
+
+// hopEcho writes back what it reads, as a relay would, until the end.
+func hopEcho(c Capture, tc *net.TCPConn) {
+	defer tc.Close()
+	if _, err := c.OriginalDst(tc); err != nil {
+		return
+	}
+	hop := c.Hop(tc)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := tc.Read(buf)
+		if n > 0 {
+			if hop != nil {
+				hop.Read(n)
+			}
+			if _, err := tc.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // sendFile sends p with sendfile(2), as io.Copy from a file to a socket
