@@ -63,7 +63,9 @@ func sockmapSample(l *lab.Lab) (SockmapPhase, error) {
 			for _, s := range sockmapSeries {
 				if v, ok := strings.CutPrefix(line, s.series+" "); ok {
 					var f float64
-					fmt.Sscan(v, &f)
+					if _, err := fmt.Sscan(v, &f); err != nil {
+						return total, fmt.Errorf("the node proxy on %s: %s: %w", node, line, err)
+					}
 					*s.field(&total) += f
 					found = true
 				}
