@@ -3,9 +3,9 @@
 package redirect
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -135,38 +135,54 @@ func (h *hopState) close() error {
 
 // ownCgroup is the cgroup v2 directory this process runs in: the node
 // proxy's own (its container's on Kubernetes, a cgroup the lab made for
-// it). Never the root cgroup: a proxy there, or in a cgroup namespace
-// that shows it only "/", gets no shortcut.
+// it). /proc/self/cgroup names it relative to the process's cgroup
+// namespace; in a namespace of its own (a container's, with the host's
+// cgroup tree mounted) that path does not lead to it, and the tree is
+// searched for the cgroup whose cgroup.procs lists this process. Never
+// the root cgroup: a proxy there gets no shortcut.
 func ownCgroup() (string, error) {
-	f, err := os.Open("/proc/self/cgroup")
+	data, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return "", fmt.Errorf("find the node proxy's cgroup: %w", err)
 	}
-	defer f.Close()
 	var rel string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+	for _, line := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
 			rel = p
 		}
 	}
-	switch {
-	case rel == "":
+	if rel == "" {
 		return "", errors.New("find the node proxy's cgroup: no cgroup v2 entry in /proc/self/cgroup")
-	case rel == "/":
-		return "", errors.New("the node proxy runs in the root cgroup (or a cgroup namespace shows it only \"/\"); the shortcut attaches to the proxy's own cgroup, never the root: run the proxy in a cgroup of its own")
 	}
 	mount, err := cgroup2.Mount()
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(mount, rel)
-	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	if err != nil {
-		return "", fmt.Errorf("the node proxy's cgroup %s: %w", dir, err)
+	pid := strconv.Itoa(os.Getpid())
+	lists := func(dir string) bool {
+		data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		return err == nil && slices.Contains(strings.Fields(string(data)), pid)
 	}
-	if !slices.Contains(strings.Fields(string(data)), strconv.Itoa(os.Getpid())) {
-		return "", fmt.Errorf("the node proxy's cgroup: %s does not list this process (a cgroup namespace?); run the proxy in the host's cgroup namespace", dir)
+	dir := filepath.Join(mount, rel)
+	if !lists(dir) {
+		dir = ""
+		errFound := errors.New("found")
+		_ = filepath.WalkDir(mount, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return nil
+			}
+			if lists(path) {
+				dir = path
+				return errFound
+			}
+			return nil
+		})
+		if dir == "" {
+			return "", fmt.Errorf("find the node proxy's cgroup: no cgroup under %s lists this process", mount)
+		}
+	}
+	if filepath.Clean(dir) == filepath.Clean(mount) {
+		return "", errors.New("the node proxy runs in the root cgroup; the shortcut attaches to the proxy's own cgroup, never the root: run the proxy in a cgroup of its own")
 	}
 	return dir, nil
 }

@@ -121,7 +121,9 @@ func TestPrivilegedSockmapShortcut(t *testing.T) {
 	t.Run("delivery: the application's answer takes the shortcut, the client's address kept", func(t *testing.T) {
 		before := stats.read(t)
 		server := f.startHopServer(t, 8080, 1<<20)
-		deliver := f.startHopProxy(t, proxyCG, "deliver")
+		// In a cgroup namespace of its own: the proxy finds its cgroup
+		// in the host's tree all the same.
+		deliver := f.startHopProxy(t, proxyCG, "deliver-cgroupns")
 		dev := deliver.next(t) // ready
 		if !dev.Enabled {
 			t.Fatalf("the delivering helper has no shortcut: %+v", dev)
@@ -344,7 +346,9 @@ func startHelper(t testing.TB, cmd *exec.Cmd, start func() error) *hopHelper {
 }
 
 // startHopProxy runs the proxy helper in cgroup cg, in this process's
-// network namespace (its sockets are made in the pod's).
+// network namespace (its sockets are made in the pod's). A mode ending in
+// "-cgroupns" runs it in a cgroup namespace of its own, as a container
+// is, where /proc/self/cgroup says only "/".
 func (f *fixture) startHopProxy(t testing.TB, cg, mode string) *hopHelper {
 	t.Helper()
 	pod, _ := json.Marshal(f.pod)
@@ -357,6 +361,9 @@ func (f *fixture) startHopProxy(t testing.TB, cg, mode string) *hopHelper {
 		}
 		defer fd.Close()
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(fd.Fd())}
+		if strings.HasSuffix(mode, "-cgroupns") {
+			cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWCGROUP
+		}
 		return cmd.Start()
 	})
 }
@@ -418,7 +425,7 @@ func hopHelperMain(args []string) (code int, ok bool) {
 		if err := c.Enroll(pod); err != nil {
 			return fail(err)
 		}
-		if args[2] == "deliver" {
+		if strings.HasPrefix(args[2], "deliver") {
 			return hopDeliver(c, pod, enc), true
 		}
 		var ln net.Listener
