@@ -743,6 +743,9 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 			res.Notes = append(res.Notes, "the proxies used almost no CPU while carrying a stream: is the traffic going through them?")
 		}
 	}
+	if len(res.Sockmap) > 0 {
+		res.Notes = append(res.Notes, "sockmap shortcut: "+sockmapSummary(res.Sockmap))
+	}
 	// A QUIC tunnel sends its stream as UDP datagrams from the client's
 	// pod or node; an HTTP/2 one sends none.
 	if u := res.UDPDatagrams1; u != nil && res.Throughput1 != nil {

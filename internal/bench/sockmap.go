@@ -82,3 +82,18 @@ func (p SockmapPhase) minus(q SockmapPhase) SockmapPhase {
 	return SockmapPhase{Phase: p.Phase, Bytes: p.Bytes - q.Bytes, Shortcut: p.Shortcut - q.Shortcut,
 		NoPeer: p.NoPeer - q.NoPeer, BacklogFull: p.BacklogFull - q.BacklogFull, TCP: p.TCP - q.TCP}
 }
+
+// sockmapSummary says, per measurement, what the shortcut moved and what
+// share of the applications' sends it took.
+func sockmapSummary(phases []SockmapPhase) string {
+	var parts []string
+	for _, p := range phases {
+		sends := p.Shortcut + p.NoPeer + p.BacklogFull + p.TCP
+		share := 0.0
+		if sends > 0 {
+			share = 100 * p.Shortcut / sends
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f MiB, %.0f%% of %.0f sends", p.Phase, p.Bytes/(1<<20), share, sends))
+	}
+	return strings.Join(parts, "; ")
+}
