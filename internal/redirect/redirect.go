@@ -18,6 +18,11 @@
 //     connection carries the original destination and source; while no such
 //     listener exists the SYN is dropped (fail closed). Tunnel traffic to
 //     15008 is left alone.
+//   - the sockmap shortcut (Config.Sockmap, bpf/hop.c): sockops programs
+//     on the pod's cgroup and on the node proxy's own put both ends of the
+//     plaintext hop between them into sockhashes, and an sk_msg program
+//     moves the application's sends straight into the proxy's socket
+//     while the proxy keeps up (Hop); otherwise they take TCP.
 //
 // The proxy opens its listeners inside the pod's network namespace (see
 // package netnsx): 127.0.0.1:15001 and [::1]:15001 for outbound, [::]:15006
