@@ -22,7 +22,7 @@ APT_PKGS  += skopeo
 APT_PKGS  += prometheus
 # headless Chromium for the mesh console's browser test (internal/e2e/console_test.go)
 APT_PKGS  += chromium
-GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o
+GENERATED := internal/redirect/capture_bpfel.go internal/redirect/capture_bpfel.o internal/redirect/hop_bpfel.go internal/redirect/hop_bpfel.o
 GENERATED += $(wildcard api/v1alpha1/*.pb.go)
 # CRDs and deep-copy functions from api/crd (controller-gen, pinned in go.mod)
 GENERATED += deploy/base/control-plane/crds $(wildcard api/crd/*/zz_generated.deepcopy.go)

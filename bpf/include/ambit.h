@@ -65,3 +65,49 @@ struct ambit_pod {
 	__u32 ip_count;
 	__u32 _pad0;
 };
+
+/* The sockmap shortcut for the plaintext hop between an enrolled pod's
+ * socket and the node proxy's socket in the pod (bpf/hop.c). */
+enum ambit_hop {
+	/* The mark (under the mask) of the node proxy's delivery sockets
+	 * (internal/transparent Mark, Mask); the application's accepted
+	 * socket inherits it (net.ipv4.tcp_fwmark_accept). */
+	AMBIT_DELIVERY_MARK = 0x4d0,
+	AMBIT_DELIVERY_MASK = 0xfff,
+	/* Bytes an application may have moved into the proxy's socket that
+	 * the proxy has not read yet; past it the socket goes back to TCP,
+	 * whose window holds the application back. */
+	AMBIT_HOP_BACKLOG = 4 << 20,
+};
+
+/* One socket of a plaintext hop, as its own end sees it: the key of the
+ * sockets' maps. The peer's key swaps local and remote. */
+struct ambit_hop_key {
+	__u64 netns_cookie;
+	struct ambit_addr local;
+	struct ambit_addr remote;
+	__u16 local_port;  /* host byte order */
+	__u16 remote_port; /* host byte order */
+	__u32 _pad0;
+};
+
+/* A byte count: what the node proxy has read from its socket of a hop
+ * (written by the proxy), or what an application's socket has moved
+ * through the shortcut (socket storage). */
+struct ambit_hop_bytes {
+	__u64 bytes;
+};
+
+/* Counters of the shortcut, indexes of the per-CPU ambit_hop_stats. */
+enum ambit_hop_stat {
+	AMBIT_HOP_APP_SOCKETS,      /* application sockets put on the shortcut */
+	AMBIT_HOP_PROXY_SOCKETS,    /* node proxy sockets put on the shortcut */
+	AMBIT_HOP_INSERT_FAILED,    /* sockets the kernel refused (map full) */
+	AMBIT_HOP_MESSAGES,         /* sends moved by the shortcut */
+	AMBIT_HOP_BYTES,            /* bytes moved by the shortcut */
+	AMBIT_HOP_NO_PEER,          /* sends that found no proxy socket (TCP) */
+	AMBIT_HOP_BACKLOG_FULL,     /* sends past AMBIT_HOP_BACKLOG (TCP) */
+	AMBIT_HOP_TCP_SENDS,        /* sends on a socket that used TCP before */
+	AMBIT_HOP_RELEASED,         /* application sockets taken off after TCP */
+	AMBIT_HOP_NSTATS,
+};

@@ -1,6 +1,7 @@
 // Command ambit-bench runs the lab benchmark (`make bench`): the same client
 // and server pods on two lab nodes, talking directly, through Ambit's node
-// proxies with the tunnel over HTTP/2 and over QUIC, and through a pair of
+// proxies with the tunnel over HTTP/2 (also with the sockmap shortcut for
+// the hop between pods and proxies, mesh-h2-sockmap) and over QUIC, and through a pair of
 // nginx stream proxies doing the same mutual-TLS hop; and HTTP/1.1 through a
 // waypoint (client node proxy -> waypoint -> server node proxy) beside
 // nginx as an HTTP reverse proxy doing the same hop (modes waypoint,
@@ -12,7 +13,7 @@
 // by mode) and writes it as JSON. Run it as root; it builds its own labs
 // and removes them, also on Ctrl-C.
 //
-//	ambit-bench [-modes direct,mesh-h2,mesh-quic,nginx,waypoint,nginx-http,gateway,nginx-tls] [-duration 8s] [-rounds 4] [-o bench/out/bench.json]
+//	ambit-bench [-modes direct,mesh-h2,mesh-h2-sockmap,mesh-quic,nginx,waypoint,nginx-http,gateway,nginx-tls] [-duration 8s] [-rounds 4] [-o bench/out/bench.json]
 //
 // With -rounds N the whole mode list is measured N times, interleaved, and
 // each cell of the table is the median (min–max) over the rounds. With

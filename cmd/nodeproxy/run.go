@@ -41,7 +41,7 @@ type runFlags struct {
 	logFormat                                  string
 	ctrlAddr, ctrlCA, tokenFile, ctrlID        string
 	cniSocket, procSys, lockFile               string
-	excludeNode                                bool
+	excludeNode, sockmap                       bool
 }
 
 // parseRunFlags reads and checks the flags; a non-zero code means exit
@@ -68,6 +68,7 @@ func parseRunFlags(args []string, stderr io.Writer) (runFlags, int) {
 	fs.StringVar(&f.procSys, "proc-sys", "/proc/sys", "where per-pod sysctls are written (from inside each pod's network namespace); a container sees /proc/sys read-only, so the DaemonSet mounts the host's /proc/sys/net writable elsewhere")
 	fs.BoolVar(&f.excludeNode, "exclude-node-addresses", false, "Kubernetes: connections to pods from the node's own addresses (the kubelet's probes) bypass inbound capture; the list follows the node's interfaces")
 	fs.StringVar(&f.lockFile, "node-lock", "", "Kubernetes: a file every node proxy of the node holds a shared lock on; the last one to stop with no pod enrolled removes capture's pins (kubectl delete leaves nothing behind, a rollout keeps them)")
+	fs.BoolVar(&f.sockmap, "sockmap", false, "the sockmap shortcut: an enrolled pod's sends to the node proxy skip the pod's loopback TCP (eBPF sk_msg; attaches to the proxy's own cgroup, never the root); the kernel refusing it leaves the plain path, logged once")
 	fs.StringVar(&f.ctrlID, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)")
 	if err := fs.Parse(args); err != nil {
 		return f, 2
@@ -93,7 +94,7 @@ func parseRunFlags(args []string, stderr io.Writer) (runFlags, int) {
 
 // captureConfig is capture's configuration from the flags.
 func (f *runFlags) captureConfig() (redirect.Config, error) {
-	rcfg := redirect.Config{PinPath: f.pinPath}
+	rcfg := redirect.Config{PinPath: f.pinPath, Sockmap: f.sockmap}
 	var err error
 	if rcfg.ExcludePorts, err = parsePorts(f.excludePorts); err != nil {
 		return rcfg, fmt.Errorf("--exclude-ports: %v", err)

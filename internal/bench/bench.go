@@ -351,7 +351,7 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 			continue
 		}
 		bin, flagName := cfg.NodeProxy, "-nodeproxy"
-		if m != meshMode(m) {
+		if slices.Contains(BaselineModes, m) {
 			bin, flagName = cfg.BaselineNodeProxy, "-baseline-nodeproxy"
 		}
 		if _, err := os.Stat(bin); bin == "" || err != nil {
@@ -368,6 +368,9 @@ func (h *harness) runRound(ctx context.Context) []ModeResult {
 		}
 		opts.WaypointArgs = []string{"--access-log=" + strconv.FormatBool(cfg.AccessLog)}
 		opts.GatewayArgs = opts.WaypointArgs
+		if m == ModeMeshH2Sockmap {
+			opts.NodeProxyArgs = []string{"--sockmap"}
+		}
 		if err := h.withLab(ctx, m, opts, func(l *lab.Lab) { results[m] = h.runMode(ctx, l, m) }); err != nil {
 			failAll([]string{m}, err)
 		}
@@ -686,6 +689,11 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 			return
 		}
 		var before CPUSample
+		var smBefore SockmapPhase
+		var smErr error
+		if mode == ModeMeshH2Sockmap {
+			smBefore, smErr = sockmapSample(l)
+		}
 		if proxies != nil {
 			if err := proxies.memPhaseStart(); err != nil {
 				res.Notes = append(res.Notes, err.Error()+": peaks are since the proxies started")
@@ -698,6 +706,19 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 		if proxies != nil {
 			res.Proxy.addPhase(name, wall, CPUUsed(before, SampleCPU(proxies.pids())))
 			proxies.memPhaseEnd(name)
+		}
+		if mode == ModeMeshH2Sockmap {
+			smAfter, err2 := sockmapSample(l)
+			if smErr == nil && err2 == nil {
+				d := smAfter.minus(smBefore)
+				d.Phase = name
+				res.Sockmap = append(res.Sockmap, d)
+				if d.Shortcut == 0 {
+					res.Notes = append(res.Notes, name+": the sockmap shortcut moved nothing")
+				}
+			} else if smErr = errors.Join(smErr, err2); !slices.ContainsFunc(res.Notes, func(n string) bool { return strings.HasPrefix(n, "sockmap: ") }) {
+				res.Notes = append(res.Notes, "sockmap: "+smErr.Error())
+			}
 		}
 		if err != nil {
 			res.fail(name, err)
@@ -763,6 +784,9 @@ func (h *harness) runMode(ctx context.Context, l *lab.Lab, mode string) (res Mod
 		if p := res.Proxy.phase(PhaseStream1); p != nil && res.Throughput1 != nil && p.CorePercent < 1 {
 			res.Notes = append(res.Notes, "the proxies used almost no CPU while carrying a stream: is the traffic going through them?")
 		}
+	}
+	if len(res.Sockmap) > 0 {
+		res.Notes = append(res.Notes, "sockmap shortcut: "+sockmapSummary(res.Sockmap))
 	}
 	// A QUIC tunnel sends its stream as UDP datagrams from the client's
 	// pod or node; an HTTP/2 one sends none.

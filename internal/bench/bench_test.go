@@ -546,3 +546,14 @@ func TestRRSamples(t *testing.T) {
 		}
 	}
 }
+
+func TestSockmapSummary(t *testing.T) {
+	got := sockmapSummary([]SockmapPhase{
+		{Phase: PhaseStream1, Bytes: 4 << 20, Shortcut: 10, BacklogFull: 1, TCP: 89},
+		{Phase: PhaseLatency, Bytes: 1 << 20, Shortcut: 1024},
+	})
+	want := "1 stream 4.0 MiB, 10% of 100 sends; request/response 1.0 MiB, 100% of 1024 sends"
+	if got != want {
+		t.Errorf("sockmapSummary:\n got %q\nwant %q", got, want)
+	}
+}

@@ -14,10 +14,13 @@ import (
 
 // Modes, in the order the table shows them by default.
 const (
-	ModeDirect   = "direct"
-	ModeMeshH2   = "mesh-h2"
-	ModeMeshQUIC = "mesh-quic"
-	ModeNginx    = "nginx"
+	ModeDirect = "direct"
+	ModeMeshH2 = "mesh-h2"
+	// ModeMeshH2Sockmap is mesh-h2 with the node proxies' sockmap
+	// shortcut for the plaintext hop between pods and proxies (--sockmap).
+	ModeMeshH2Sockmap = "mesh-h2-sockmap"
+	ModeMeshQUIC      = "mesh-quic"
+	ModeNginx         = "nginx"
 	// The L7 modes (l7.go): HTTP/1.1 through a waypoint, and through
 	// nginx as an HTTP reverse proxy doing the same hop.
 	ModeWaypoint  = "waypoint"
@@ -39,7 +42,7 @@ const (
 )
 
 // AllModes is every mode, in table order.
-var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshQUIC, ModeNginx, ModeWaypoint, ModeNginxHTTP, ModeGateway, ModeNginxTLS}
+var AllModes = []string{ModeDirect, ModeMeshH2, ModeMeshH2Sockmap, ModeMeshQUIC, ModeNginx, ModeWaypoint, ModeNginxHTTP, ModeGateway, ModeNginxTLS}
 
 // BaselineModes are the modes that need Config.BaselineNodeProxy; they
 // are not in AllModes, so they run only when asked for.
@@ -50,11 +53,11 @@ func knownMode(m string) bool {
 	return slices.Contains(AllModes, m) || slices.Contains(BaselineModes, m)
 }
 
-// meshMode is the mode a baseline mode measures with the baseline binary,
-// and any other mode itself.
+// meshMode is the mode a baseline mode measures with the baseline binary
+// (and mesh-h2-sockmap with the shortcut on), and any other mode itself.
 func meshMode(m string) string {
 	switch m {
-	case ModeMeshH2Base:
+	case ModeMeshH2Base, ModeMeshH2Sockmap:
 		return ModeMeshH2
 	case ModeMeshQUICBase:
 		return ModeMeshQUIC
@@ -179,8 +182,11 @@ type ModeResult struct {
 	ServerClose *bool `json:"serverCloseReachesClient,omitempty"`
 	// HTTP is what an L7 mode (waypoint, nginx-http, gateway, nginx-tls)
 	// measured.
-	HTTP  *HTTPResult `json:"http,omitempty"`
-	Notes []string    `json:"notes,omitempty"`
+	HTTP *HTTPResult `json:"http,omitempty"`
+	// Sockmap is what the sockmap shortcut did in each measurement of
+	// mesh-h2-sockmap.
+	Sockmap []SockmapPhase `json:"sockmap,omitempty"`
+	Notes   []string       `json:"notes,omitempty"`
 	// Medians is set in the summary of several rounds only (where the
 	// measurements above are left out: they are in Report.Rounds): each
 	// metric of the table (by a stable key, see tableRows) over the
@@ -797,10 +803,11 @@ func modeNames(ms []ModeResult) []string {
 }
 
 // comparedPairs are the modes the table sets side by side: the mesh's
-// tunnel against the nginx pair, QUIC against HTTP/2, the waypoint against
-// nginx's HTTP proxy, the ingress gateway against nginx terminating TLS,
-// and each tunnel against its baseline binary.
-var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP}, {ModeGateway, ModeNginxTLS},
+// tunnel against the nginx pair, the sockmap shortcut against the plain
+// hop, QUIC against HTTP/2, the waypoint against nginx's HTTP proxy, the
+// ingress gateway against nginx terminating TLS, and each tunnel against
+// its baseline binary.
+var comparedPairs = [][2]string{{ModeMeshH2, ModeNginx}, {ModeMeshH2Sockmap, ModeMeshH2}, {ModeMeshQUIC, ModeMeshH2}, {ModeWaypoint, ModeNginxHTTP}, {ModeGateway, ModeNginxTLS},
 	{ModeMeshH2, ModeMeshH2Base}, {ModeMeshQUIC, ModeMeshQUICBase}, {ModeWaypoint, ModeWaypointBase}}
 
 // verdicts says, for each compared pair both measured and each metric

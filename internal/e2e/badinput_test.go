@@ -95,8 +95,14 @@ type usage struct{ fds, goroutines int }
 // built controller), so the last case can see the certificates of the
 // held connection expire.
 func TestPrivilegedBadInput(t *testing.T) {
+	for _, dp := range dataPaths {
+		t.Run(dp.name, func(t *testing.T) { testBadInput(t, dp.args) })
+	}
+}
+
+func testBadInput(t *testing.T, args []string) {
 	start := time.Now()
-	s := newBadLab(t)
+	s := newBadLab(t, args)
 	t.Logf("lab ready in %s", time.Since(start).Round(time.Millisecond))
 	for _, c := range []struct {
 		name string
@@ -119,17 +125,22 @@ func TestPrivilegedBadInput(t *testing.T) {
 			t.Logf("case took %s", time.Since(began).Round(time.Millisecond))
 		})
 	}
+	t.Run("the plaintext hops took the path asked for", func(t *testing.T) {
+		for _, node := range []string{"node-1", "node-2"} {
+			checkShortcut(t, s.l, node, len(args) > 0)
+		}
+	})
 	t.Logf("suite took %s", time.Since(start).Round(time.Millisecond))
 }
 
-func newBadLab(t *testing.T) *badLab {
+func newBadLab(t *testing.T, args []string) *badLab {
 	bin := labtest.BuildNodeProxy(t)
 	wrapper := filepath.Join(t.TempDir(), "controller-short-ttl")
 	script := fmt.Sprintf("#!/bin/sh\nexec %q \"$@\" --cert-ttl=%s\n", filepath.Join(filepath.Dir(bin), "controller"), badCertTTL)
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	l := labtest.New(t, nil, labtest.WithMesh(), func(o *lab.Options) { o.NodeProxy, o.Controller = bin, wrapper })
+	l := labtest.New(t, nil, labtest.WithMesh(), labtest.WithNodeProxyArgs(args...), func(o *lab.Options) { o.NodeProxy, o.Controller = bin, wrapper })
 	s := &badLab{suite: t, l: l, base: map[string]usage{}}
 	var err error
 	s.client1, s.client2 = ip4(t, l, "client-1"), ip4(t, l, "client-2")

@@ -97,8 +97,60 @@ func ip4(t *testing.T, l *lab.Lab, pod string) netip.Addr {
 	return p.IPv4
 }
 
+// dataPaths are the two ways the plaintext hop between a pod and its node
+// proxy can go; the tests of the data path run both. With the sockmap
+// shortcut, sockets on the hop skip the pod's loopback TCP (bpf/hop.c),
+// and everything a user checks must hold the same.
+var dataPaths = []struct {
+	name string
+	args []string
+}{
+	{"plain", nil},
+	{"sockmap", []string{"--sockmap"}},
+}
+
+// checkShortcut checks what node's metrics say of the sockmap shortcut:
+// with it on, sockets on it and sends it moved; off, no such metric.
+func checkShortcut(t *testing.T, l *lab.Lab, node string, on bool) {
+	t.Helper()
+	metrics := get(t, l, node, "http://"+nodeIP(t, l, node)+":15020/metrics")
+	if !on {
+		if strings.Contains(metrics, "ambit_sockmap_") {
+			t.Errorf("%s exports sockmap metrics with the shortcut off:\n%s", node, grep(metrics, "ambit_sockmap_"))
+		}
+		return
+	}
+	for _, series := range []string{`ambit_sockmap_sockets_total{end="app"}`, `ambit_sockmap_sockets_total{end="proxy"}`, `ambit_sockmap_sends_total{path="shortcut"}`, "ambit_sockmap_bytes_total"} {
+		if v := metricValue(metrics, series); v <= 0 {
+			log, _ := os.ReadFile(lab.NodeProxyLog(l.StateDir(), node))
+			t.Errorf("%s: %s = %v, want > 0: the shortcut carried nothing\n%s\nits log says:\n%s", node, series, v, grep(metrics, "ambit_sockmap_"), grep(string(log), "sockmap"))
+			return
+		}
+	}
+}
+
+// metricValue is the value of the series (name and labels as exposed) in
+// a text exposition, -1 when absent.
+func metricValue(exposition, series string) float64 {
+	for _, line := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
 func TestPrivilegedMesh(t *testing.T) {
-	l := labtest.New(t, topology(), labtest.WithMesh())
+	for _, dp := range dataPaths {
+		t.Run(dp.name, func(t *testing.T) { testMesh(t, dp.args) })
+	}
+}
+
+func testMesh(t *testing.T, args []string) {
+	l := labtest.New(t, topology(), labtest.WithMesh(), labtest.WithNodeProxyArgs(args...))
 	for _, p := range []string{"server-1", "server-2", "safe-2"} {
 		labtest.ServeEcho(t, l, p, 8080)
 	}
@@ -317,6 +369,13 @@ spec:
 			t.Error("TLS 1.2 CONNECT accepted")
 		}
 	})
+
+	// Outbound hops on node-1 (client-1's), deliveries on both nodes.
+	t.Run("the plaintext hops took the path asked for", func(t *testing.T) {
+		for _, node := range []string{"node-1", "node-2"} {
+			checkShortcut(t, l, node, len(args) > 0)
+		}
+	})
 }
 
 // With the mesh set to QUIC, node proxies tunnel over HTTP/3 on UDP 15008:
@@ -359,7 +418,13 @@ func TestPrivilegedMeshQUIC(t *testing.T) {
 // connections fail closed) and lets open connections finish until its
 // drain deadline (2s in the lab), then closes them.
 func TestPrivilegedGracefulDrain(t *testing.T) {
-	l := labtest.New(t, nil, labtest.WithMesh())
+	for _, dp := range dataPaths {
+		t.Run(dp.name, func(t *testing.T) { testGracefulDrain(t, dp.args) })
+	}
+}
+
+func testGracefulDrain(t *testing.T, args []string) {
+	l := labtest.New(t, nil, labtest.WithMesh(), labtest.WithNodeProxyArgs(args...))
 	labtest.ServeEcho(t, l, "server-2", 8080)
 	server2 := net.JoinHostPort(ip4(t, l, "server-2").String(), "8080")
 	cmd := labtest.SelfCommand(t, l, "client-1", "E2E_HOLD="+server2)

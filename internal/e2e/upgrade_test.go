@@ -150,7 +150,13 @@ func dialOK(l *lab.Lab, self, pod, dst, send, want string) (string, bool) {
 // made around the moment its listeners close), and the connections it
 // holds keep carrying data until its drain deadline (2s in the lab).
 func TestPrivilegedRollingUpgrade(t *testing.T) {
-	l := labtest.New(t, nil, labtest.WithMesh())
+	for _, dp := range dataPaths {
+		t.Run(dp.name, func(t *testing.T) { testRollingUpgrade(t, dp.args) })
+	}
+}
+
+func testRollingUpgrade(t *testing.T, args []string) {
+	l := labtest.New(t, nil, labtest.WithMesh(), labtest.WithNodeProxyArgs(args...))
 	for _, p := range []string{"server-1", "server-2"} {
 		labtest.ServeEcho(t, l, p, 8080)
 	}

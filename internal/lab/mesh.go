@@ -207,6 +207,7 @@ func (b *builder) proxies() error {
 			"--exclude-inbound-sources", strings.Join(excl, ","),
 			"--drain-timeout", "2s",
 		)
+		cmd.Args = append(cmd.Args, b.opts.NodeProxyArgs...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), b.opts.NodeProxyEnv...)
 		if err := StartInNode(cmd, n.NetNSPath, cg); err != nil {

@@ -44,6 +44,10 @@ type Options struct {
 	// gateways' environment (the benchmark sets GOMAXPROCS there, as a
 	// DaemonSet's or Deployment's CPU limit would).
 	NodeProxyEnv []string
+	// NodeProxyArgs are added to the node proxies' command line (`nodeproxy
+	// run ...`; tests and the benchmark turn the sockmap shortcut on with
+	// --sockmap).
+	NodeProxyArgs []string
 	// WaypointArgs are added to the waypoints' command line (`nodeproxy
 	// waypoint ...`; the benchmark turns the access log off with them).
 	WaypointArgs []string

@@ -24,9 +24,15 @@ type connRecord struct {
 	up      atomic.Uint64 // from the client (the side that opened it) towards the destination
 	down    atomic.Uint64 // from the destination back to the client
 	stats   *admin.ConnStats
-	closers []io.Closer
-	mu      sync.Mutex
-	closed  bool
+	// hops are the node proxy's ends of the connection's plaintext hops
+	// on the sockmap shortcut, told what the proxy reads from them: the
+	// client's side (a connection accepted on a pod's outbound listener)
+	// and the upstream's (a delivery to a pod's application). Nil
+	// otherwise. Set before the relay starts.
+	clientHop, upHop redirect.Hop
+	closers          []io.Closer
+	mu               sync.Mutex
+	closed           bool
 }
 
 // connTable tracks live connections so Shutdown can drain them.
@@ -219,16 +225,24 @@ func isClosedErr(err error) bool {
 }
 
 // counts are the relay's byte counters for r: towards the destination
-// (sent) and back to the client (received).
+// (sent) and back to the client (received). Bytes towards the
+// destination were read from the client's side, bytes back from the
+// upstream's: a hop on the sockmap shortcut hears of them.
 func (r *connRecord) counts() relay.Counts {
 	return relay.Counts{
 		ToB: func(k int) {
 			r.up.Add(uint64(k))
 			r.stats.AddSent(k)
+			if r.clientHop != nil {
+				r.clientHop.Read(k)
+			}
 		},
 		ToA: func(k int) {
 			r.down.Add(uint64(k))
 			r.stats.AddReceived(k)
+			if r.upHop != nil {
+				r.upHop.Read(k)
+			}
 		},
 	}
 }

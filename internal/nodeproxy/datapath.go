@@ -288,7 +288,9 @@ func (pd *pod) outbound(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	p.relay(p.begin(info, l()), c, up)
+	r := p.begin(info, l())
+	r.clientHop = p.opts.Capture.Hop(c)
+	p.relay(r, c, up)
 }
 
 // inboundTunnel is the tunnel server's callback for a stream to this pod:
@@ -357,6 +359,7 @@ func (pd *pod) inboundTunnel(ctx context.Context, req tunnel.Request) (tunnel.Se
 		return nil, fmt.Errorf("deliver to %s: %w", target, err)
 	}
 	r := p.begin(info, l)
+	r.upHop = p.opts.Capture.Hop(up)
 	return func(st tunnel.Stream) { p.relay(r, st, up) }, nil
 }
 
@@ -416,5 +419,7 @@ func (pd *pod) inboundPlaintext(c *net.TCPConn) {
 		reset(c)
 		return
 	}
-	p.relay(p.begin(info, l), c, up)
+	r := p.begin(info, l)
+	r.upHop = p.opts.Capture.Hop(up)
+	p.relay(r, c, up)
 }

@@ -145,6 +145,7 @@ func New(opts Options) (*Proxy, error) {
 		CapturedPods: p.servedPods,
 	})
 	registerTunnelLimits(p.metrics)
+	registerSockmap(p.metrics, opts.Capture)
 	go p.certs.Run(ctx)
 	if opts.Finder != nil {
 		go p.rescanLoop(ctx)

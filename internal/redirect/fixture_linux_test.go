@@ -269,6 +269,9 @@ func TestMain(m *testing.M) {
 }
 
 func helperMain(args []string) int {
+	if code, ok := hopHelperMain(args); ok {
+		return code
+	}
 	switch args[0] {
 	case "dial": // dial NETWORK ADDR: connect, print the first line received
 		json.NewEncoder(os.Stdout).Encode(dialOnce(args[1], args[2]))

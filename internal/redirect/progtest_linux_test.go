@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/ambit-mesh/ambit/internal/netnsx"
+	"github.com/ambit-mesh/ambit/internal/transparent"
 )
 
 // The Go constants that build anywhere must match the C enum.
@@ -19,6 +20,9 @@ func TestPortsMatchPrograms(t *testing.T) {
 		{InboundPlaintextPort, int(captureAmbitPortAMBIT_PORT_INBOUND)},
 		{TunnelPort, int(captureAmbitPortAMBIT_PORT_TUNNEL)},
 		{MaxExclusions, int(captureAmbitLimitAMBIT_MAX_EXCLUSIONS)},
+		// The shortcut knows delivery sockets by transparent's mark.
+		{int(transparent.Mark), int(hopAmbitHopAMBIT_DELIVERY_MARK)},
+		{int(transparent.Mask), int(hopAmbitHopAMBIT_DELIVERY_MASK)},
 	} {
 		if c.go_ != c.c {
 			t.Errorf("Go constant %d != C enum %d", c.go_, c.c)

@@ -18,6 +18,11 @@
 //     connection carries the original destination and source; while no such
 //     listener exists the SYN is dropped (fail closed). Tunnel traffic to
 //     15008 is left alone.
+//   - the sockmap shortcut (Config.Sockmap, bpf/hop.c): sockops programs
+//     on the pod's cgroup and on the node proxy's own put both ends of the
+//     plaintext hop between them into sockhashes, and an sk_msg program
+//     moves the application's sends straight into the proxy's socket
+//     while the proxy keeps up (Hop); otherwise they take TCP.
 //
 // The proxy opens its listeners inside the pod's network namespace (see
 // package netnsx): 127.0.0.1:15001 and [::1]:15001 for outbound, [::]:15006
@@ -59,6 +64,14 @@ type Config struct {
 	// ExcludeInboundSources are sources whose connections to pods bypass
 	// capture: the node's own address, so kubelet health probes keep working.
 	ExcludeInboundSources []netip.Prefix
+	// Sockmap turns on the sockmap shortcut for the plaintext hop between
+	// an enrolled pod's application and the node proxy (bpf/hop.c): the
+	// application's bytes reach the proxy's socket without a round through
+	// the pod's loopback TCP. It attaches a program to the node proxy's
+	// own cgroup and, in Enroll, one to each pod's; with it off, Enroll
+	// takes the pod's off again. When the kernel refuses it, capture logs
+	// why once and goes on without it.
+	Sockmap bool
 }
 
 // MaxExclusions bounds each exclusion list; the maps are sized for it.
@@ -182,4 +195,47 @@ type Capture interface {
 	// Uninstall releases every pod and removes all pinned maps and
 	// directories: afterwards nothing Ambit made is left in the kernel.
 	Uninstall() error
+	// Hop returns the sockmap shortcut's handle for c, the node proxy's
+	// end of a pod's plaintext hop (a connection accepted on a pod's
+	// outbound listener, or one delivered to a pod's application), or nil
+	// when the shortcut is off. The proxy counts through it what it reads
+	// from c.
+	Hop(c *net.TCPConn) Hop
+	// ShortcutStats reports the sockmap shortcut's counters.
+	ShortcutStats() ShortcutStats
+}
+
+// Hop is the node proxy's end of a plaintext hop on the sockmap shortcut.
+type Hop interface {
+	// Read counts n more bytes the proxy read from the socket. The
+	// shortcut moves an application's bytes into the socket only while
+	// the proxy has read all but a bounded backlog of them (1 MiB); past
+	// it the application's socket goes back to TCP, whose window holds it
+	// back. Calls for one socket must not overlap.
+	Read(n int)
+}
+
+// ShortcutStats are the sockmap shortcut's counters on this node, since
+// its maps were created. Enabled is false when the shortcut is off or the
+// kernel refused it; the counters are zero then.
+type ShortcutStats struct {
+	Enabled bool `json:"enabled"`
+	// AppSockets and ProxySockets are the sockets put on the shortcut:
+	// applications' (captured connects, accepted deliveries) and the node
+	// proxy's (accepted on 15001, delivery sockets). InsertFailed are
+	// those the kernel refused (a full map).
+	AppSockets   uint64 `json:"appSockets"`
+	ProxySockets uint64 `json:"proxySockets"`
+	InsertFailed uint64 `json:"insertFailed"`
+	// Messages and Bytes are the sends the shortcut moved.
+	Messages uint64 `json:"messages"`
+	Bytes    uint64 `json:"bytes"`
+	// Sends that took TCP: NoPeer found no proxy socket on the shortcut,
+	// BacklogFull found the proxy too far behind, TCPSends were on a
+	// socket that had used TCP before. Released counts application
+	// sockets given back to plain TCP once they had used it.
+	NoPeer      uint64 `json:"noPeer"`
+	BacklogFull uint64 `json:"backlogFull"`
+	TCPSends    uint64 `json:"tcpSends"`
+	Released    uint64 `json:"released"`
 }

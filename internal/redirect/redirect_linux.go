@@ -44,15 +44,19 @@ const ingressPrefix = "ingress-"
 
 const ingressHook = "tcx/ingress"
 
-// progForPin tells which program a pin in a pod directory runs.
-func progForPin(o *captureObjects, file string) *ebpf.Program {
+// progForPin tells which program a pin in a pod directory runs (nil for
+// the shortcut's when it is off).
+func (c *linuxCapture) progForPin(file string) *ebpf.Program {
 	for _, h := range cgroupHooks {
 		if h.file == file {
-			return h.prog(o)
+			return h.prog(&c.objs)
 		}
 	}
 	if strings.HasPrefix(file, ingressPrefix) {
-		return o.AmbitInbound
+		return c.objs.AmbitInbound
+	}
+	if file == hopPodPin && c.hop != nil {
+		return c.hop.objs.AmbitHopPod
 	}
 	return nil
 }
@@ -62,6 +66,9 @@ type linuxCapture struct {
 	log  *slog.Logger
 	mu   sync.Mutex
 	objs captureObjects
+	hop  *hopState // the sockmap shortcut; nil when off or refused
+
+	hopWarned bool // a pod's shortcut failed to attach, logged once
 }
 
 var _ Capture = (*linuxCapture)(nil)
@@ -109,11 +116,31 @@ func New(cfg Config, log *slog.Logger) (Capture, error) {
 		c.objs.Close()
 		return nil, err
 	}
+	if cfg.Sockmap {
+		if c.hop, err = openHop(cfg); err != nil {
+			// The plain path works without it: pods stay captured.
+			c.log.Warn("sockmap shortcut unavailable; the plaintext hop between pods and the node proxy stays on TCP", "err", err)
+			c.hop = nil
+		} else {
+			c.log.Info("sockmap shortcut on", "proxyCgroup", c.hop.cgroup)
+		}
+	}
 	if err := c.adoptLinks(); err != nil {
-		c.objs.Close()
+		c.close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// close releases the loaded objects (and the shortcut's link on this
+// process's cgroup).
+func (c *linuxCapture) close() error {
+	var errs []error
+	if c.hop != nil {
+		errs = append(errs, c.hop.close())
+		c.hop = nil
+	}
+	return errors.Join(append(errs, c.objs.Close())...)
 }
 
 func mapsDir(cfg Config) string { return filepath.Join(cfg.PinPath, "maps") }
@@ -234,7 +261,7 @@ func (c *linuxCapture) adoptLinks() error {
 			return fmt.Errorf("read %s: %w", dir, err)
 		}
 		for _, pin := range pins {
-			prog := progForPin(&c.objs, pin.Name())
+			prog := c.progForPin(pin.Name())
 			if prog == nil {
 				continue
 			}
@@ -322,20 +349,39 @@ func (c *linuxCapture) Enroll(pod Pod) error {
 		return fmt.Errorf("pod %s: %w", pod.Key(), err)
 	}
 	for _, h := range cgroupHooks {
-		if err := c.ensureCgroupLink(pod, h, filepath.Join(dir, h.file), cgroupID); err != nil {
+		if err := c.ensureCgroupLink(pod, h.prog(&c.objs), h.attach, filepath.Join(dir, h.file), cgroupID); err != nil {
 			return fmt.Errorf("pod %s: %s: %w", pod.Key(), h.name, err)
 		}
 	}
 	if err := c.ensureIngressLinks(pod, dir); err != nil {
 		return fmt.Errorf("pod %s: %s: %w", pod.Key(), ingressHook, err)
 	}
+	c.ensureHopLink(pod, filepath.Join(dir, hopPodPin), cgroupID)
 	c.log.Info("enrolled pod", "pod", pod.Key(), "cgroup", pod.CgroupPath, "netns", pod.NetNSPath, "netnsCookie", cookie)
 	return nil
 }
 
+// ensureHopLink attaches the shortcut's sockops to the pod's cgroup, or
+// takes it off when the shortcut is off. A failure leaves the pod on the
+// plain path (logged once): capture does not depend on it.
+func (c *linuxCapture) ensureHopLink(pod Pod, pin string, cgroupID uint64) {
+	if c.hop == nil {
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if err := detach(l); err != nil {
+				c.log.Warn("detach the sockmap shortcut", "pod", pod.Key(), "err", err)
+			}
+		}
+		return
+	}
+	if err := c.ensureCgroupLink(pod, c.hop.objs.AmbitHopPod, ebpf.AttachCGroupSockOps, pin, cgroupID); err != nil && !c.hopWarned {
+		c.hopWarned = true
+		c.log.Warn("sockmap shortcut not attached to a pod; its plaintext hop stays on TCP (logged once)", "pod", pod.Key(), "err", err)
+	}
+}
+
 // ensureCgroupLink leaves a correct pinned link alone and replaces a wrong
 // one (a pod recreated under the same name has a new cgroup).
-func (c *linuxCapture) ensureCgroupLink(pod Pod, h cgroupHook, pin string, cgroupID uint64) error {
+func (c *linuxCapture) ensureCgroupLink(pod Pod, prog *ebpf.Program, attach ebpf.AttachType, pin string, cgroupID uint64) error {
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		if info, err := l.Info(); err == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgroupID {
 			l.Close()
@@ -348,7 +394,7 @@ func (c *linuxCapture) ensureCgroupLink(pod Pod, h cgroupHook, pin string, cgrou
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("load pinned link: %w", err)
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: pod.CgroupPath, Attach: h.attach, Program: h.prog(&c.objs)})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: pod.CgroupPath, Attach: attach, Program: prog})
 	if err != nil {
 		return fmt.Errorf("attach to %s: %w", pod.CgroupPath, err)
 	}
@@ -657,6 +703,9 @@ func (c *linuxCapture) Pods() ([]EnrolledPod, error) {
 			if name, ok := strings.CutPrefix(pin.Name(), ingressPrefix); ok {
 				a.Hook, a.Target = ingressHook, getString(e.rec.Netns[:])+" dev "+name
 			}
+			if pin.Name() == hopPodPin {
+				a.Hook, a.Target = hopPodHook, getString(e.rec.Cgroup[:])
+			}
 			if a.Hook == "" {
 				continue
 			}
@@ -680,7 +729,7 @@ func (c *linuxCapture) Pods() ([]EnrolledPod, error) {
 func (c *linuxCapture) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.objs.Close()
+	return c.close()
 }
 
 func (c *linuxCapture) Uninstall() error {
@@ -711,7 +760,7 @@ func (c *linuxCapture) Uninstall() error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, c.objs.Close())
+	errs = append(errs, c.removeHop(), c.unpinHopMaps(), c.close())
 	for _, d := range []string{podsDir(c.cfg), mapsDir(c.cfg), c.cfg.PinPath} {
 		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

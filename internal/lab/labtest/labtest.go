@@ -29,6 +29,12 @@ func WithCapture() Option { return func(o *lab.Options) { o.Capture = true } }
 // this module's cmd/nodeproxy and cmd/controller for the test.
 func WithMesh() Option { return func(o *lab.Options) { o.Capture = true; o.NodeProxy = "build" } }
 
+// WithNodeProxyArgs adds args to every node proxy's command line
+// (`nodeproxy run`), e.g. --sockmap.
+func WithNodeProxyArgs(args ...string) Option {
+	return func(o *lab.Options) { o.NodeProxyArgs = append(o.NodeProxyArgs, args...) }
+}
+
 // WithLogger sends the lab's log to log instead of the test log.
 func WithLogger(log *slog.Logger) Option { return func(o *lab.Options) { o.Logger = log } }
 

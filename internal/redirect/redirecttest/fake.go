@@ -113,3 +113,9 @@ func (f *Fake) Uninstall() error {
 	f.pods = map[string]redirect.Pod{}
 	return nil
 }
+
+// Hop returns nil: the fake has no sockmap shortcut.
+func (f *Fake) Hop(*net.TCPConn) redirect.Hop { return nil }
+
+// ShortcutStats reports the shortcut off.
+func (f *Fake) ShortcutStats() redirect.ShortcutStats { return redirect.ShortcutStats{} }
