@@ -221,7 +221,7 @@ func hasHook(pods []EnrolledPod, hook string) bool {
 // hopStatsMap reads the shortcut's pinned counters.
 type hopStatsMap struct{ m *ebpf.Map }
 
-func openHopStats(t *testing.T, f *fixture) hopStatsMap {
+func openHopStats(t testing.TB, f *fixture) hopStatsMap {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(Config{PinPath: f.pinPath}), hopMapAmbitHopStats), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ func openHopStats(t *testing.T, f *fixture) hopStatsMap {
 	return hopStatsMap{m}
 }
 
-func (s hopStatsMap) read(t *testing.T) ShortcutStats {
+func (s hopStatsMap) read(t testing.TB) ShortcutStats {
 	t.Helper()
 	c := &linuxCapture{hop: &hopState{}}
 	c.hop.objs.AmbitHopStats = s.m
@@ -417,7 +417,7 @@ func hopHelperMain(args []string) (code int, ok bool) {
 		if err := json.Unmarshal([]byte(os.Getenv("AMBIT_TEST_POD")), &pod); err != nil {
 			return fail(err)
 		}
-		c, err := New(Config{PinPath: args[1], Sockmap: args[2] != "echo-plain"}, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		c, err := New(Config{PinPath: args[1], Sockmap: !strings.HasSuffix(args[2], "-plain")}, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 		if err != nil {
 			return fail(err)
 		}
@@ -436,13 +436,17 @@ func hopHelperMain(args []string) (code int, ok bool) {
 			return fail(err)
 		}
 		enc.Encode(hopEvent{Enabled: c.ShortcutStats().Enabled})
-		if strings.HasPrefix(args[2], "echo") {
+		if strings.HasPrefix(args[2], "echo") || strings.HasPrefix(args[2], "sink") {
+			handle := hopEcho
+			if strings.HasPrefix(args[2], "sink") {
+				handle = hopSink
+			}
 			for {
 				conn, err := ln.Accept()
 				if err != nil {
 					return fail(err)
 				}
-				go hopEcho(c, conn.(*net.TCPConn))
+				go handle(c, conn.(*net.TCPConn))
 			}
 		}
 		for {
@@ -497,9 +501,31 @@ func hopHelperMain(args []string) (code int, ok bool) {
 		}
 		enc.Encode(r)
 		return 0, true
-	case "hopbench": // hopbench rr|conn N ADDR SIZE: N exchanges of SIZE bytes, print ns
+	case "hopbench": // hopbench rr|conn|bulk N ADDR SIZE: N exchanges of SIZE bytes (bulk: N writes of SIZE, one answer byte), print ns
 		n, _ := strconv.Atoi(args[2])
 		size, _ := strconv.Atoi(args[4])
+		if args[1] == "bulk" {
+			c, err := net.Dial("tcp", args[3])
+			if err != nil {
+				fmt.Println("error", err)
+				return 1, true
+			}
+			buf := pattern(size)
+			start := time.Now()
+			for i := 0; i < n; i++ {
+				if _, err := c.Write(buf); err != nil {
+					fmt.Println("error", err)
+					return 1, true
+				}
+			}
+			c.(*net.TCPConn).CloseWrite()
+			if _, err := io.ReadFull(c, buf[:1]); err != nil {
+				fmt.Println("error", err)
+				return 1, true
+			}
+			fmt.Println(time.Since(start).Nanoseconds())
+			return 0, true
+		}
 		buf := make([]byte, size)
 		exchange := func(c net.Conn) error {
 			if _, err := c.Write(buf); err != nil {
@@ -571,6 +597,17 @@ func hopEcho(c Capture, tc *net.TCPConn) {
 			return
 		}
 	}
+}
+
+// hopSink reads to the end, hashing what it reads (a consumer slower
+// than a sender's memory copy, as a tunnel is), and writes back one byte.
+func hopSink(c Capture, tc *net.TCPConn) {
+	defer tc.Close()
+	if _, err := c.OriginalDst(tc); err != nil {
+		return
+	}
+	readPattern(tc, c.Hop(tc))
+	tc.Write([]byte{1})
 }
 
 // sendFile sends p with sendfile(2), as io.Copy from a file to a socket
