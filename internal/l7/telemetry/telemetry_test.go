@@ -480,3 +480,21 @@ func TestOTLPExportGateway(t *testing.T) {
 		t.Errorf("resource %v", res)
 	}
 }
+
+// Inject's keys are the canonical forms of the W3C names.
+func TestInjectCanonicalKeys(t *testing.T) {
+	if http.CanonicalHeaderKey(HeaderTraceparent) != canonicalTraceparent || http.CanonicalHeaderKey(HeaderTracestate) != canonicalTracestate {
+		t.Fatal("canonical trace header keys")
+	}
+	h := http.Header{}
+	h.Set(HeaderTracestate, "old")
+	tel, _ := New(context.Background(), Config{})
+	s := tel.StartSpan(parentTP, "", time.Now())
+	s.Inject(h)
+	if h.Get(HeaderTraceparent) != s.Traceparent() || h.Get(HeaderTracestate) != "" || len(h) != 1 {
+		t.Errorf("after Inject: %v", h)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.Inject(h) }); n > 2 {
+		t.Errorf("Inject allocates %v times; want the value and its slice only", n)
+	}
+}

@@ -60,18 +60,27 @@ func (s *Span) appendTraceparent(b []byte) []byte {
 // the request the waypoint sends on, replacing what was there. A zero
 // Span removes them.
 func (s *Span) Inject(h http.Header) {
+	// By their canonical keys, written out: Set and Del would make them
+	// from the lower-case names on every request.
 	if !s.Valid() {
-		h.Del(HeaderTraceparent)
-		h.Del(HeaderTracestate)
+		delete(h, canonicalTraceparent)
+		delete(h, canonicalTracestate)
 		return
 	}
-	h.Set(HeaderTraceparent, s.Traceparent())
+	h[canonicalTraceparent] = []string{s.Traceparent()}
 	if s.TraceState != "" {
-		h.Set(HeaderTracestate, s.TraceState)
+		h[canonicalTracestate] = []string{s.TraceState}
 	} else {
-		h.Del(HeaderTracestate)
+		delete(h, canonicalTracestate)
 	}
 }
+
+// The canonical forms (textproto.CanonicalMIMEHeaderKey) of
+// HeaderTraceparent and HeaderTracestate.
+const (
+	canonicalTraceparent = "Traceparent"
+	canonicalTracestate  = "Tracestate"
+)
 
 // ParseTraceparent reads a W3C traceparent value. Version 00 must be
 // exactly 55 characters; a higher version may carry more after a '-'
