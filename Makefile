@@ -88,7 +88,8 @@ jaeger-tools: ## build the Jaeger all-in-one that the tracing test exports the w
 
 # The slowest package, internal/kubee2e (the mesh on the real cluster, then
 # the Gateway API conformance suite on another, taking turns with
-# internal/kubecluster), takes about 10 minutes on 2 cores: 30m leaves room.
+# internal/kubecluster), takes about 15 minutes on 2 shared cores (8 + 7 on
+# 2026-12-07): 30m leaves room.
 .PHONY: test
 test: lint check-generate kube-tools cluster-tools cluster-images conformance-images jaeger-tools ## lint, check generated code, run every test (as root: privileged tests run, the local cluster too)
 	$(GO) test -count=1 -timeout 30m ./...
