@@ -151,43 +151,12 @@ func RoutesAllowed(gw *meshconfig.Gateway, l *meshconfig.Listener, r *meshconfig
 	return l.TakesNamespace(gw.Namespace, r.Namespace) && l.Takes(r.Kind)
 }
 
-// IntersectHostnames is the Gateway API's intersection of a listener's
-// hostname ("" any) with a route's hostnames (none: any): the hostnames
-// the route serves on the listener, "" meaning any; empty when they do
-// not intersect.
-func IntersectHostnames(listener string, route []string) []string {
-	if len(route) == 0 {
-		return []string{listener}
-	}
-	if listener == "" {
-		return route
-	}
-	var out []string
-	for _, h := range route {
-		switch {
-		case h == listener:
-			out = append(out, h)
-		case HostMatches(listener, h):
-			out = append(out, h) // the route's is the narrower
-		case HostMatches(h, listener):
-			out = append(out, listener)
-		}
-	}
-	return out
-}
-
-// HostMatches reports whether pattern ("" any, "*.suffix" or exact)
-// takes host; a wildcard matches one or more labels, not the suffix
-// itself.
-func HostMatches(pattern, host string) bool {
-	switch {
-	case pattern == "":
-		return true
-	case strings.HasPrefix(pattern, "*."):
-		return strings.HasSuffix(host, pattern[1:]) && len(host) > len(pattern)-1
-	}
-	return pattern == host
-}
+// IntersectHostnames and HostMatches are meshconfig's (the controller's
+// status code and the gateway use them through this package too).
+var (
+	IntersectHostnames = meshconfig.IntersectHostnames
+	HostMatches        = meshconfig.HostMatches
+)
 
 // MoreSpecific reports whether hostname a comes before b in the Gateway
 // API's order of specificity: exact ones first, then wildcards with
