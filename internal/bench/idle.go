@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/lab"
+	"github.com/ambit-mesh/ambit/internal/relay"
 )
 
 // The idle benchmark: what an open connection that carries nothing costs
@@ -170,9 +171,10 @@ func (h *harness) idle(ctx context.Context, l *lab.Lab, conns int, res *IdleResu
 		hold.stop()
 		return ctx.Err()
 	}
-	// Let the proxies' connection set-up garbage go and their pools
-	// drain: two GCs apart empty sync.Pools.
-	time.Sleep(time.Second)
+	// Let every connection park (quiet for 1.5 relay.ParkAfter), the
+	// proxies' connection set-up garbage go and their pools drain: two
+	// GCs apart empty sync.Pools.
+	time.Sleep(relay.ParkAfter*3/2 + time.Second)
 	_ = measure(func(s *IdleSide) *ProxyFootprint { return &s.Open })
 	err = measure(func(s *IdleSide) *ProxyFootprint { return &s.Open })
 	hold.stop()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // Splicing: a socket and an HTTP/2 tunnel stream relayed both ways with
@@ -64,6 +65,16 @@ const (
 	smallFill = 16 << 10
 	largeFill = 256 << 10
 )
+
+// ParkAfter is how long a direction waits for its socket in Go's
+// netpoller, holding its goroutine but no buffer, before it parks (see
+// park.go): a socket quiet for ParkAfter to 1.5 ParkAfter parks. A
+// connection that carries a request more often than this never parks:
+// parking and waking again cost the two node proxies about 60 µs of CPU
+// and 250 µs of latency per request in the benchmark's 1000 requests/s
+// run (docs/benchmarks.md, 2026-12-07 "parking only the quiet"). One that
+// stays quiet longer holds no goroutine.
+const ParkAfter = time.Second
 
 var (
 	smallBuffers = sync.Pool{New: func() any { b := make([]byte, Headroom+smallFill); return &b }}
@@ -145,6 +156,11 @@ func (s *spliced) fill() {
 		m, err := s.sock.TryRead(buf[Headroom:])
 		if m == 0 && err == nil {
 			pool.Put(bp)
+			if s.sock.WaitReadable() {
+				bp = pool.Get().(*[]byte)
+				buf = *bp
+				continue
+			}
 			if perr := s.sock.Park(s.fillFn); perr != nil {
 				s.fillEnd(net.ErrClosed, nil)
 			}
