@@ -17,6 +17,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
+	"github.com/ambit-mesh/ambit/internal/tunnel/tunneltest"
 )
 
 // BenchmarkGatewayHTTPS is one keep-alive HTTPS connection to the
@@ -27,9 +28,9 @@ import (
 // server, backend): compare them before and after a change to the
 // gateway or the engine.
 func BenchmarkGatewayHTTPS(b *testing.B) {
-	webID := testID("demo", "web")
-	ca, certs := testCA(b, webID)
-	startNodeProxy(b, ca, certs, webID, podIP, func(tunnel.Request) {})
+	webID := tunneltest.ID("demo", "web")
+	ca, certs := tunneltest.CA(b, webID)
+	tunneltest.NodeProxy(b, ca, certs, webID, podIP, TunnelPort, func(tunnel.Request) {})
 	ln, err := net.Listen("tcp", podIP+":0")
 	if err != nil {
 		b.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
+	"github.com/ambit-mesh/ambit/internal/tunnel/tunneltest"
 )
 
 // The external host: 192.0.2.10 in the model, served on loopback (the
@@ -101,8 +102,8 @@ spec:
 // ways; a host whose certificate the CA bundle does not vouch for gets
 // nothing; a port without a listener is refused at the tunnel.
 func TestGatewayEgress(t *testing.T) {
-	gwID, checkoutID, otherID := testID("demo", "egress"), testID("demo", "checkout"), testID("demo", "other")
-	ca, certs := testCA(t, checkoutID, otherID)
+	gwID, checkoutID, otherID := tunneltest.ID("demo", "egress"), tunneltest.ID("demo", "checkout"), tunneltest.ID("demo", "other")
+	ca, certs := tunneltest.CA(t, checkoutID, otherID)
 	ext := newCert(t, "api.example.com")
 	kp, err := tls.X509KeyPair([]byte(ext.cert), []byte(ext.key))
 	if err != nil {

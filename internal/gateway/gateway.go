@@ -331,9 +331,7 @@ func (g *Gateway) listenHost() string {
 
 // ensureCert gets the gateway's mesh certificate, retrying with backoff.
 func (g *Gateway) ensureCert(id spiffeid.ID) {
-	backoff := 200 * time.Millisecond
-	for {
-		err := g.certs.Ensure(g.ctx, id)
+	_ = g.certs.EnsureRetrying(g.ctx, id, 10*time.Second, func(err error, retryIn time.Duration) {
 		g.mu.Lock()
 		if err == nil {
 			g.certOK, g.lastErr = true, ""
@@ -341,17 +339,10 @@ func (g *Gateway) ensureCert(id spiffeid.ID) {
 			g.lastErr = fmt.Sprintf("certificate for %s: %v", id, err)
 		}
 		g.mu.Unlock()
-		if err == nil || g.ctx.Err() != nil {
-			return
+		if err != nil && g.ctx.Err() == nil {
+			g.log.Warn("gateway certificate not issued yet; retrying", "id", id.String(), "err", err, "retryIn", retryIn)
 		}
-		g.log.Warn("gateway certificate not issued yet; retrying", "id", id.String(), "err", err, "retryIn", backoff)
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 10*time.Second)
-	}
+	})
 }
 
 // Run renews the gateway's certificate until ctx ends.

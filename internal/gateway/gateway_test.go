@@ -22,14 +22,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambit-mesh/ambit/internal/clock"
-	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/meshspec"
-	"github.com/ambit-mesh/ambit/internal/privtest"
-	"github.com/ambit-mesh/ambit/internal/relay"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
+	"github.com/ambit-mesh/ambit/internal/tunnel/tunneltest"
 )
 
 // The test's "pods" are loopback addresses: the gateway listens on
@@ -106,12 +103,12 @@ spec:
 // is missing is reported while the others serve; a rotated Secret is
 // served to new handshakes while an open connection keeps working.
 func TestGatewayHTTPS(t *testing.T) {
-	gwID, webID := testID("demo", "ingress"), testID("demo", "web")
-	ca, certs := testCA(t, webID)
+	gwID, webID := tunneltest.ID("demo", "ingress"), tunneltest.ID("demo", "web")
+	ca, certs := tunneltest.CA(t, webID)
 	v1, v2 := startApp(t, "v1"), startApp(t, "v2")
 	var mu sync.Mutex
 	var peers []spiffeid.ID
-	startNodeProxy(t, ca, certs, webID, podIP, func(req tunnel.Request) {
+	tunneltest.NodeProxy(t, ca, certs, webID, podIP, TunnelPort, func(req tunnel.Request) {
 		mu.Lock()
 		peers = append(peers, req.Peer)
 		mu.Unlock()
@@ -324,55 +321,6 @@ func newCert(tb testing.TB, name string) keyPair {
 	}
 }
 
-var testTD = spiffeid.RequireTrustDomainFromString("cluster.local")
-
-func testID(ns, sa string) spiffeid.ID {
-	return spiffeid.RequireFromSegments(testTD, "ns", ns, "sa", sa)
-}
-
-func testCA(tb testing.TB, ids ...spiffeid.ID) (*identity.CA, *identity.Manager) {
-	tb.Helper()
-	ca, err := identity.GenerateCA(testTD, time.Hour, clock.Real{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	certs := identity.NewManager(ca, clock.Real{}, nil)
-	for _, id := range ids {
-		if err := certs.Ensure(context.Background(), id); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return ca, certs
-}
-
-// startNodeProxy runs the backends' node proxy: a tunnel server on ip:15008
-// as id, dialling each stream's target after telling seen.
-func startNodeProxy(tb testing.TB, ca *identity.CA, certs *identity.Manager, id spiffeid.ID, ip string, seen func(tunnel.Request)) {
-	tb.Helper()
-	node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(id), Bundle: ca.Bundle(), TrustDomain: testTD,
-		Accept: func(ctx context.Context, req tunnel.Request) (tunnel.ServeFunc, error) {
-			seen(req)
-			var d net.Dialer
-			up, err := d.DialContext(ctx, "tcp", req.Target.String())
-			if err != nil {
-				return nil, err
-			}
-			return func(st tunnel.Stream) { relay.Start(st, up, relay.Counts{}, func(error) {}) }, nil
-		}})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, TunnelPort))
-	if err != nil {
-		if privtest.Demanded() {
-			tb.Fatalf("%s:%d is taken: %v", ip, TunnelPort, err)
-		}
-		tb.Skipf("%s:%d is taken: %v", ip, TunnelPort, err)
-	}
-	go node.Serve(ln)
-	tb.Cleanup(func() { node.Close(); ln.Close() })
-}
-
 const l4YAML = `apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {ambit.dev/dataplane: ambient}}
@@ -427,9 +375,9 @@ spec:
 // with the backend's own certificate); an SNI no route takes is closed; a
 // TCP listener sends its bytes to the TCPRoute's backend.
 func TestGatewayPassthrough(t *testing.T) {
-	webID := testID("demo", "web")
-	ca, certs := testCA(t, webID)
-	startNodeProxy(t, ca, certs, webID, podIP, func(tunnel.Request) {})
+	webID := tunneltest.ID("demo", "web")
+	ca, certs := tunneltest.CA(t, webID)
+	tunneltest.NodeProxy(t, ca, certs, webID, podIP, TunnelPort, func(tunnel.Request) {})
 	backendCert := newCert(t, "secure.example.com")
 	kp, err := tls.X509KeyPair([]byte(backendCert.cert), []byte(backendCert.key))
 	if err != nil {

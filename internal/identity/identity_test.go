@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -245,5 +246,63 @@ func TestManagerHalfLifeOfAShortLifetime(t *testing.T) {
 	st := m.Statuses()[0]
 	if want := clk.Now().Add(20 * time.Second); !st.RenewAt.Equal(want) {
 		t.Fatalf("a 40s certificate issued now renews at %v, want %v (half of its 40s)", st.RenewAt, want)
+	}
+}
+
+// The first certificate, while the signer is down: attempts 200 ms, 400,
+// 800 ms ... apart, capped at maxWait, each reported; issued once the
+// signer is back; given up (with the last error) when ctx ends.
+func TestEnsureRetrying(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	ca, _ := GenerateCA(td, 365*24*time.Hour, clk)
+	signer := &flakySigner{ca: ca, down: true}
+	m := NewManager(signer, clk, nil)
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client")
+	var mu sync.Mutex
+	var waits []time.Duration
+	var errs int
+	done := make(chan error, 1)
+	go func() {
+		done <- m.EnsureRetrying(context.Background(), id, time.Second, func(err error, retryIn time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs++
+				waits = append(waits, retryIn)
+			}
+		})
+	}()
+	for range 5 {
+		clk.BlockUntil(1)
+		mu.Lock()
+		next := waits[len(waits)-1]
+		mu.Unlock()
+		clk.Advance(next)
+	}
+	clk.BlockUntil(1)
+	signer.set(false)
+	mu.Lock()
+	clk.Advance(waits[len(waits)-1])
+	mu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatalf("EnsureRetrying after the signer came back: %v", err)
+	}
+	want := []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second, time.Second}
+	if !slices.Equal(waits, want) || errs != 6 {
+		t.Errorf("waits %v (%d failures), want %v", waits, errs, want)
+	}
+	if _, err := m.SVID(id); err != nil {
+		t.Errorf("certificate not held: %v", err)
+	}
+
+	// A context that ends stops the retries with the last error.
+	signer.set(true)
+	other := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/other")
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { done <- m.EnsureRetrying(ctx, other, time.Second, nil) }()
+	clk.BlockUntil(1)
+	cancel()
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "controller unreachable") {
+		t.Errorf("cancelled: %v, want the signer's error", err)
 	}
 }

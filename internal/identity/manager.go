@@ -88,6 +88,30 @@ func (m *Manager) Ensure(ctx context.Context, id spiffeid.ID) error {
 	return nil
 }
 
+// EnsureRetrying is Ensure until it succeeds or ctx ends, waiting 200 ms
+// after the first failure and doubling the wait up to maxWait. report, if
+// not nil, hears every attempt: its error (nil once issued) and the wait
+// before the next. It returns nil once the certificate is held, else the
+// last attempt's error.
+func (m *Manager) EnsureRetrying(ctx context.Context, id spiffeid.ID, maxWait time.Duration, report func(err error, retryIn time.Duration)) error {
+	wait := 200 * time.Millisecond
+	for {
+		err := m.Ensure(ctx, id)
+		if report != nil {
+			report(err, wait)
+		}
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-m.clock.After(wait):
+		}
+		wait = min(2*wait, maxWait)
+	}
+}
+
 // Forget drops id (its last pod left the node).
 func (m *Manager) Forget(id spiffeid.ID) {
 	m.mu.Lock()

@@ -298,23 +298,18 @@ func (p *Proxy) reconcile(cfg *meshconfig.Config) {
 
 // obtain gets the first certificate for id, retrying with backoff.
 func (p *Proxy) obtain(ctx context.Context, id spiffeid.ID) {
-	backoff := 200 * time.Millisecond
-	for {
-		err := p.certs.Ensure(ctx, id)
+	err := p.certs.EnsureRetrying(ctx, id, time.Minute, func(err error, retryIn time.Duration) {
 		if err == nil {
 			p.log.Info("certificate issued", "identity", id.String())
-			break
+			return
 		}
-		p.log.Warn("certificate request failed", "identity", id.String(), "retryIn", backoff, "err", err)
+		p.log.Warn("certificate request failed", "identity", id.String(), "retryIn", retryIn, "err", err)
 		p.mu.Lock()
 		p.lastErrs["cert:"+id.String()] = err.Error()
 		p.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return
-		case <-p.opts.Clock.After(backoff):
-		}
-		backoff = min(backoff*2, time.Minute)
+	})
+	if err != nil {
+		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -285,29 +285,9 @@ func TestQUICPoolSharesConnection(t *testing.T) {
 	f := newQUICFixture(t, nil)
 	dst := echo(t)
 	svid := issue(t, f.ca, clientID)
-	var wg sync.WaitGroup
-	errs := make(chan error, 100)
-	for i := 0; i < 100; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			c, err := f.dialer.Dial(context.Background(), svid, f.target(dst))
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			msg := fmt.Sprintf("stream %d", i)
-			if got := roundTrip(t, c, msg); got != msg {
-				errs <- fmt.Errorf("stream %d got %q", i, got)
-			}
-		}(i)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	concurrentRoundTrips(t, 100, func() (net.Conn, error) {
+		return f.dialer.Dial(context.Background(), svid, f.target(dst))
+	})
 	if st := f.dialer.PoolStats(); st.Conns[ProtocolQUIC] != 1 || st.Conns[ProtocolH2] != 0 {
 		t.Errorf("100 streams to one peer: pool %+v; want one QUIC connection", st)
 	}

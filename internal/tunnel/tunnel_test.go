@@ -335,13 +335,23 @@ func TestPoolSharesConnections(t *testing.T) {
 	f := newFixture(t, nil)
 	dst := echo(t)
 	svid := issue(t, f.ca, clientID)
+	concurrentRoundTrips(t, 50, func() (net.Conn, error) {
+		return f.dialer.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+	})
+	if n := f.dialer.PoolSize(); n < 1 || n > maxConnsPerPeer {
+		t.Errorf("50 streams to one peer used %d connections; want them pooled on at most %d", n, maxConnsPerPeer)
+	}
+}
+
+// concurrentRoundTrips opens n streams with dial at once and checks that
+// each echoes its own message.
+func concurrentRoundTrips(t *testing.T, n int, dial func() (net.Conn, error)) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, 50)
-	for i := 0; i < 50; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			c, err := f.dialer.Dial(context.Background(), svid, Target{Proxy: f.addr, Identity: serverID, Dst: dst})
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			c, err := dial()
 			if err != nil {
 				errs <- err
 				return
@@ -351,15 +361,12 @@ func TestPoolSharesConnections(t *testing.T) {
 			if got := roundTrip(t, c, msg); got != msg {
 				errs <- fmt.Errorf("stream %d got %q", i, got)
 			}
-		}(i)
+		})
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Error(err)
-	}
-	if n := f.dialer.PoolSize(); n < 1 || n > maxConnsPerPeer {
-		t.Errorf("50 streams to one peer used %d connections; want them pooled on at most %d", n, maxConnsPerPeer)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
+	"github.com/ambit-mesh/ambit/internal/tunnel/tunneltest"
 )
 
 const benchMesh = `apiVersion: v1
@@ -59,8 +60,8 @@ func BenchmarkWaypointHTTP1(b *testing.B) {
 }
 
 func benchWaypoint(b *testing.B, pipe bool) {
-	serverID, clientID := testID("demo", "server"), testID("demo", "client")
-	ca, certs := testCA(b, serverID, clientID)
+	serverID, clientID := tunneltest.ID("demo", "server"), tunneltest.ID("demo", "client")
+	ca, certs := tunneltest.CA(b, serverID, clientID)
 	resp := strings.Repeat("r", 1024)
 	app, err := net.Listen("tcp", "127.88.1.2:0")
 	if err != nil {
@@ -77,7 +78,7 @@ func benchWaypoint(b *testing.B, pipe bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	startNodeProxy(b, ca, certs, serverID, "127.88.1.2", nil)
+	tunneltest.NodeProxy(b, ca, certs, serverID, "127.88.1.2", TunnelPort, nil)
 
 	var w *Waypoint
 	eng, err := NewEngine(func() *Waypoint { return w }, EngineOptions{})
@@ -96,7 +97,7 @@ func benchWaypoint(b *testing.B, pipe bool) {
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: addr, Identity: testID("demo", "wp"),
+	c, err := client.Dial(ctx, certs.Source(clientID), tunnel.Target{Proxy: addr, Identity: tunneltest.ID("demo", "wp"),
 		Dst: netip.MustParseAddrPort("10.96.1.1:80"), Src: netip.MustParseAddrPort("127.88.1.9:4321")})
 	if err != nil {
 		b.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
+	"github.com/ambit-mesh/ambit/internal/tunnel/tunneltest"
 )
 
 // Two endpoints of Service web behind the waypoint (loopback "pods", each
@@ -83,8 +84,8 @@ spec:
 // requests in ambit_requests_total on its metrics endpoint, with an access
 // log line each.
 func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
-	webID, clientID, otherID := testID("demo", "web"), testID("demo", "client"), testID("other", "client")
-	ca, certs := testCA(t, webID, clientID, otherID)
+	webID, clientID, otherID := tunneltest.ID("demo", "web"), tunneltest.ID("demo", "client"), tunneltest.ID("other", "client")
+	ca, certs := tunneltest.CA(t, webID, clientID, otherID)
 
 	// The applications: web-1 fails, web-2 answers; on one port number.
 	var failed, served atomic.Int32
@@ -96,7 +97,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 	app2, err := net.Listen("tcp", fmt.Sprintf("127.88.7.3:%d", port))
 	if err != nil {
 		app1.Close()
-		portTaken(t, "127.88.7.3:%d is taken: %v", port, err)
+		tunneltest.PortTaken(t, "127.88.7.3:%d is taken: %v", port, err)
 	}
 	srv1 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		failed.Add(1)
@@ -112,7 +113,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 
 	// Their node proxies: tunnel servers that dial the target.
 	for _, ip := range []string{"127.88.7.2", "127.88.7.3"} {
-		startNodeProxy(t, ca, certs, webID, ip, nil)
+		tunneltest.NodeProxy(t, ca, certs, webID, ip, TunnelPort, nil)
 	}
 
 	cfg, err := meshspec.Parse("mesh.yaml", []byte(fmt.Sprintf(l7Mesh, port)))
@@ -145,7 +146,7 @@ func TestL7PolicyRetriesAndTelemetry(t *testing.T) {
 	// as a client's node proxy opens them.
 	dialer := &tunnel.Dialer{Bundle: ca.Bundle()}
 	t.Cleanup(func() { dialer.Close() })
-	wpID := testID("demo", "wp")
+	wpID := tunneltest.ID("demo", "wp")
 	httpClient := func(id spiffeid.ID) *http.Client {
 		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -175,9 +175,7 @@ func (w *Waypoint) Update(cfg *meshconfig.Config) error {
 // ensureCert gets the waypoint's certificate, retrying with backoff until
 // it has one or the waypoint stops.
 func (w *Waypoint) ensureCert(id spiffeid.ID) {
-	backoff := 200 * time.Millisecond
-	for {
-		err := w.certs.Ensure(w.ctx, id)
+	_ = w.certs.EnsureRetrying(w.ctx, id, 10*time.Second, func(err error, retryIn time.Duration) {
 		w.mu.Lock()
 		if err == nil {
 			w.certOK, w.lastErr = true, ""
@@ -185,17 +183,10 @@ func (w *Waypoint) ensureCert(id spiffeid.ID) {
 			w.lastErr = fmt.Sprintf("certificate for %s: %v", id, err)
 		}
 		w.mu.Unlock()
-		if err == nil || w.ctx.Err() != nil {
-			return
+		if err != nil && w.ctx.Err() == nil {
+			w.log.Warn("waypoint certificate not issued yet; retrying", "id", id.String(), "err", err, "retryIn", retryIn)
 		}
-		w.log.Warn("waypoint certificate not issued yet; retrying", "id", id.String(), "err", err, "retryIn", backoff)
-		select {
-		case <-w.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 10*time.Second)
-	}
+	})
 }
 
 // Ready reports whether the waypoint can serve: a configuration that

@@ -12,16 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/ambit-mesh/ambit/internal/clock"
-	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/meshspec"
-	"github.com/ambit-mesh/ambit/internal/privtest"
-	"github.com/ambit-mesh/ambit/internal/relay"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/tunnel"
+	"github.com/ambit-mesh/ambit/internal/tunnel/tunneltest"
 )
 
 // Loopback addresses of the test's "pods".
@@ -54,8 +49,8 @@ spec: {clusterIP: 10.96.0.2, selector: {app: server}, ports: [{port: 80, targetP
 // endpoint's node proxy, through the tunnel, as the waypoint's identity,
 // with the client's address; a stream for anything else is refused.
 func TestPassthrough(t *testing.T) {
-	serverID, clientID := testID("demo", "server"), testID("demo", "client")
-	ca, certs := testCA(t, serverID, clientID)
+	serverID, clientID := tunneltest.ID("demo", "server"), tunneltest.ID("demo", "client")
+	ca, certs := tunneltest.CA(t, serverID, clientID)
 	// The application, and the endpoint's "node proxy" in front of it.
 	app, err := net.Listen("tcp", "127.88.0.2:0")
 	if err != nil {
@@ -81,7 +76,7 @@ func TestPassthrough(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var seen []tunnel.Request
-	startNodeProxy(t, ca, certs, serverID, "127.88.0.2", func(req tunnel.Request) {
+	tunneltest.NodeProxy(t, ca, certs, serverID, "127.88.0.2", TunnelPort, func(req tunnel.Request) {
 		mu.Lock()
 		seen = append(seen, req)
 		mu.Unlock()
@@ -95,7 +90,7 @@ func TestPassthrough(t *testing.T) {
 
 	client := &tunnel.Dialer{Bundle: ca.Bundle()}
 	defer client.Close()
-	wpID := testID("demo", "wp")
+	wpID := tunneltest.ID("demo", "wp")
 	src := netip.MustParseAddrPort("127.88.0.9:4321")
 	dial := func(dst string) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -157,59 +152,6 @@ func TestPassthrough(t *testing.T) {
 	}
 }
 
-var testTD = spiffeid.RequireTrustDomainFromString("cluster.local")
-
-// testID is the SPIFFE ID of service account sa in namespace ns.
-func testID(ns, sa string) spiffeid.ID {
-	return spiffeid.RequireFromSegments(testTD, "ns", ns, "sa", sa)
-}
-
-// testCA makes a test's mesh CA and a certificate manager holding an SVID
-// for each of ids.
-func testCA(tb testing.TB, ids ...spiffeid.ID) (*identity.CA, *identity.Manager) {
-	tb.Helper()
-	ca, err := identity.GenerateCA(testTD, time.Hour, clock.Real{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	certs := identity.NewManager(ca, clock.Real{}, nil)
-	for _, id := range ids {
-		if err := certs.Ensure(context.Background(), id); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return ca, certs
-}
-
-// startNodeProxy runs the node proxy of the test "pod" at ip until the
-// test ends: a tunnel server on TunnelPort, as id, that dials each
-// stream's target (telling seen first, if not nil). It skips the test if
-// the port is taken.
-func startNodeProxy(tb testing.TB, ca *identity.CA, certs *identity.Manager, id spiffeid.ID, ip string, seen func(tunnel.Request)) {
-	tb.Helper()
-	node, err := tunnel.NewServer(tunnel.ServerConfig{SVID: certs.Source(id), Bundle: ca.Bundle(), TrustDomain: testTD,
-		Accept: func(ctx context.Context, req tunnel.Request) (tunnel.ServeFunc, error) {
-			if seen != nil {
-				seen(req)
-			}
-			var d net.Dialer
-			up, err := d.DialContext(ctx, "tcp", req.Target.String())
-			if err != nil {
-				return nil, err
-			}
-			return func(st tunnel.Stream) { relay.Start(st, up, relay.Counts{}, func(error) {}) }, nil
-		}})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, TunnelPort))
-	if err != nil {
-		portTaken(tb, "%s:%d is taken: %v", ip, TunnelPort, err)
-	}
-	go node.Serve(ln)
-	tb.Cleanup(func() { node.Close(); ln.Close() })
-}
-
 // serveWaypoint puts cfg in force on w and serves it on a port of ip
 // until the test ends, once it is ready: the address it listens on.
 func serveWaypoint(tb testing.TB, w *Waypoint, cfg *meshconfig.Config, ip string) string {
@@ -230,15 +172,4 @@ func serveWaypoint(tb testing.TB, w *Waypoint, cfg *meshconfig.Config, ip string
 		return ""
 	})
 	return ln.Addr().String()
-}
-
-// portTaken skips a test whose fixed loopback port another process holds,
-// on a developer's machine; in CI (privtest.Demanded) it fails instead, so
-// that a green CI means the test ran.
-func portTaken(tb testing.TB, format string, args ...any) {
-	tb.Helper()
-	if privtest.Demanded() {
-		tb.Fatalf(format, args...)
-	}
-	tb.Skipf(format, args...)
 }
