@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -176,6 +177,11 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 		return fail("%v", err)
 	}
 	defer capture.Close()
+	// Loading the eBPF programs parsed the kernel's BTF (for the sockmap
+	// programs' CO-RE relocations): several MiB of heap that is garbage
+	// from here on. Hand it back to the kernel now, not when the
+	// scavenger gets to it.
+	debug.FreeOSMemory()
 	// Pods found by UID (Kubernetes): the controller names them, the node
 	// proxy finds their cgroups and network namespaces.
 	finder, err := kubenode.New()
