@@ -15,7 +15,7 @@ import (
 // The model is Grafana's dashboard JSON (schemaVersion 39), written with
 // plain structs: Grafana reads the files as they are, no SDK needed.
 func Dashboards() []Dashboard {
-	return []Dashboard{meshOverview(), serviceDashboard(), workloadDashboard(), nodeProxyDashboard(), waypointDashboard(), controllerDashboard()}
+	return []Dashboard{meshOverview(), serviceDashboard(), workloadDashboard(), nodeProxyDashboard(), waypointDashboard(), gatewayDashboard(), controllerDashboard()}
 }
 
 // Dashboard is one Grafana dashboard.
@@ -58,7 +58,7 @@ const rate = "$__rate_interval"
 func meshOverview() Dashboard {
 	return Dashboard{
 		UID: "ambit-mesh", Title: "Ambit / Mesh overview",
-		Description: "The whole mesh: L7 golden signals from the waypoints, L4 from the node proxies, denials, and the health of the proxies and the controller.",
+		Description: "The whole mesh: L7 golden signals from the waypoints and the gateways, L4 from the node proxies, denials, and the health of the proxies and the controller.",
 		Rows: []Row{
 			{"Mesh", []Panel{
 				{Title: "Requests", Unit: "reqps", Stat: true, Queries: []Query{{"ambit:requests:rate5m", "requests/s"}}},
@@ -74,6 +74,10 @@ func meshOverview() Dashboard {
 				{Title: "p99 latency by service", Unit: "s", Queries: []Query{{`namespace_service:ambit_request_duration_seconds:histogram_quantile{quantile="0.99"}`, "{{destination_service}}"}}},
 				{Title: "Waypoint denials by service", Unit: "reqps", Queries: []Query{{"namespace_service:ambit_request_denials:rate5m", "{{destination_service}}"}}},
 			}},
+			{"Gateways", []Panel{
+				{Title: "Requests by gateway", Unit: "reqps", Queries: []Query{{"namespace_gateway:ambit_requests:rate5m", "{{namespace}}/{{gateway}}"}}},
+				{Title: "Error ratio by gateway", Unit: "percentunit", Queries: []Query{{"namespace_gateway:ambit_request_error_ratio:rate5m", "{{namespace}}/{{gateway}}"}}},
+			}},
 			{"Workloads (node proxies)", []Panel{
 				{Title: "TCP bytes received by workload", Unit: "Bps", Queries: []Query{{"namespace_workload:ambit_tcp_sent_bytes:rate5m", "{{destination_namespace}}/{{destination_workload}}"}}},
 				{Title: "New connections by workload", Unit: "cps", Queries: []Query{{"namespace_workload:ambit_tcp_connections_opened:rate5m", "{{destination_namespace}}/{{destination_workload}}"}}},
@@ -86,9 +90,13 @@ func meshOverview() Dashboard {
 
 func serviceDashboard() Dashboard {
 	sel := `destination_namespace="$namespace", destination_service="$service"`
+	// The raw request metrics of the waypoint only, as the rules count
+	// them: a gateway's reports of the Service are on the gateway's
+	// dashboard.
+	wp := `reporter="waypoint", ` + sel
 	return Dashboard{
 		UID: "ambit-service", Title: "Ambit / Service",
-		Description: "One Service's golden signals, measured by the waypoint it uses.",
+		Description: "One Service's golden signals, measured by the waypoint it uses (requests through a gateway: see the gateway's dashboard).",
 		Vars: []Var{
 			{"namespace", "destination_namespace", "namespace_service:ambit_requests:rate5m"},
 			{"service", "destination_service", `namespace_service:ambit_requests:rate5m{destination_namespace="$namespace"}`},
@@ -101,10 +109,10 @@ func serviceDashboard() Dashboard {
 				{Title: "Denied by policy (403 at the waypoint)", Unit: "reqps", Queries: []Query{{"namespace_service:ambit_request_denials:rate5m{" + sel + "}", "denied/s"}}},
 			}},
 			{"Breakdown", []Panel{
-				{Title: "Requests by response code", Unit: "reqps", Queries: []Query{{"sum by (response_code) (rate(ambit_requests_total{" + sel + "}[" + rate + "]))", "{{response_code}}"}}},
-				{Title: "Requests by client workload", Unit: "reqps", Queries: []Query{{"sum by (source_namespace, source_workload) (rate(ambit_requests_total{" + sel + "}[" + rate + "]))", "{{source_namespace}}/{{source_workload}}"}}},
-				{Title: "Requests by serving workload", Unit: "reqps", Queries: []Query{{"sum by (destination_workload) (rate(ambit_requests_total{" + sel + `, destination_workload!=""}[` + rate + "]))", "{{destination_workload}}"}}},
-				{Title: "p99 latency by route", Unit: "s", Queries: []Query{{"histogram_quantile(0.99, sum by (route, le) (rate(ambit_request_duration_seconds_bucket{" + sel + "}[" + rate + "])))", "{{route}}"}}},
+				{Title: "Requests by response code", Unit: "reqps", Queries: []Query{{"sum by (response_code) (rate(ambit_requests_total{" + wp + "}[" + rate + "]))", "{{response_code}}"}}},
+				{Title: "Requests by client workload", Unit: "reqps", Queries: []Query{{"sum by (source_namespace, source_workload) (rate(ambit_requests_total{" + wp + "}[" + rate + "]))", "{{source_namespace}}/{{source_workload}}"}}},
+				{Title: "Requests by serving workload", Unit: "reqps", Queries: []Query{{"sum by (destination_workload) (rate(ambit_requests_total{" + wp + `, destination_workload!=""}[` + rate + "]))", "{{destination_workload}}"}}},
+				{Title: "p99 latency by route", Unit: "s", Queries: []Query{{"histogram_quantile(0.99, sum by (route, le) (rate(ambit_request_duration_seconds_bucket{" + wp + "}[" + rate + "])))", "{{route}}"}}},
 				{Title: "Request and response bytes", Unit: "Bps", Queries: []Query{
 					{"namespace_service:ambit_request_bytes:rate5m{" + sel + "}", "request"},
 					{"namespace_service:ambit_response_bytes:rate5m{" + sel + "}", "response"},
@@ -185,7 +193,7 @@ func waypointDashboard() Dashboard {
 	wp := `job="ambit-waypoint", namespace="$namespace", waypoint="$waypoint"`
 	return Dashboard{
 		UID: "ambit-waypoint", Title: "Ambit / Waypoint",
-		Description: "One waypoint's L7 traffic and its resilience machinery (retries, circuit breakers, outlier ejection, rate limits). Gateways (pending: they do not exist yet) will get a dashboard of the same shape.",
+		Description: "One waypoint's L7 traffic and its resilience machinery (retries, circuit breakers, outlier ejection, rate limits).",
 		Vars: []Var{
 			{"namespace", "namespace", `up{job="ambit-waypoint"}`},
 			{"waypoint", "waypoint", `up{job="ambit-waypoint", namespace="$namespace"}`},
@@ -208,6 +216,45 @@ func waypointDashboard() Dashboard {
 				{Title: "Ejected endpoints", Quiet: true, Queries: []Query{{"sum by (destination) (ambit_upstream_ejected_endpoints{" + wp + "})", "{{destination}}"}}},
 			}},
 			{"Process", processPanels(wp)},
+		},
+	}
+}
+
+func gatewayDashboard() Dashboard {
+	gw := `namespace="$namespace", gateway="$gateway"`
+	raw := `job="ambit-gateway", ` + gw
+	quantiles := func(by, legend string) []Query {
+		var qs []Query
+		for _, q := range [][2]string{{"0.5", "p50"}, {"0.9", "p90"}, {"0.99", "p99"}} {
+			qs = append(qs, Query{"histogram_quantile(" + q[0] + ", sum by (" + by + "le) (rate(ambit_request_duration_seconds_bucket{" + raw + "}[" + rate + "])))", legend + " " + q[1]})
+		}
+		return qs
+	}
+	return Dashboard{
+		UID: "ambit-gateway", Title: "Ambit / Gateway",
+		Description: "One Gateway's proxy (ingress or egress): its requests, errors and latency, by the destination Service its routes chose and by route.",
+		Vars: []Var{
+			{"namespace", "namespace", `up{job="ambit-gateway"}`},
+			{"gateway", "gateway", `up{job="ambit-gateway", namespace="$namespace"}`},
+		},
+		Rows: []Row{
+			{"Golden signals", []Panel{
+				{Title: "Requests", Unit: "reqps", Queries: []Query{{"namespace_gateway:ambit_requests:rate5m{" + gw + "}", "requests/s"}}},
+				{Title: "Error ratio", Unit: "percentunit", Queries: []Query{{"namespace_gateway:ambit_request_error_ratio:rate5m{" + gw + "}", "errors"}}},
+				{Title: "Latency", Unit: "s", Queries: []Query{{"namespace_gateway:ambit_request_duration_seconds:histogram_quantile{" + gw + "}", "p{{quantile}}"}}},
+				{Title: "Requests by response code", Unit: "reqps", Queries: []Query{{"sum by (response_code) (rate(ambit_requests_total{" + raw + "}[" + rate + "]))", "{{response_code}}"}}},
+			}},
+			{"By destination service", []Panel{
+				{Title: "Requests by service", Unit: "reqps", Queries: []Query{{"namespace_gateway_service:ambit_requests:rate5m{" + gw + "}", "{{destination_service}}"}}},
+				{Title: "Error ratio by service", Unit: "percentunit", Queries: []Query{{"namespace_gateway_service:ambit_request_error_ratio:rate5m{" + gw + "}", "{{destination_service}}"}}},
+				{Title: "Latency by service", Unit: "s", Queries: []Query{{"namespace_gateway_service:ambit_request_duration_seconds:histogram_quantile{" + gw + "}", "{{destination_service}} p{{quantile}}"}}},
+				{Title: "Requests by serving workload", Unit: "reqps", Queries: []Query{{"sum by (destination_namespace, destination_workload) (rate(ambit_requests_total{" + raw + `, destination_workload!=""}[` + rate + "]))", "{{destination_namespace}}/{{destination_workload}}"}}},
+			}},
+			{"By route", []Panel{
+				{Title: "Requests by route and response code", Unit: "reqps", Queries: []Query{{"sum by (route, response_code) (rate(ambit_requests_total{" + raw + "}[" + rate + "]))", "{{route}} {{response_code}}"}}},
+				{Title: "Latency by route", Unit: "s", Queries: quantiles("route, ", "{{route}}")},
+			}},
+			{"Process", processPanels(raw)},
 		},
 	}
 }

@@ -2,11 +2,13 @@ package observability
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,9 +35,38 @@ spec:
   ports: [{name: tcp, port: 80, targetPort: 8080}, {name: http, port: 81, targetPort: 8081, appProtocol: http}]
 `
 
+// gatewayFiles is an ingress Gateway demo/ingress with an HTTP listener on
+// 80 and an HTTPRoute that sends everything to Service server's HTTP port.
+// The gateway sends to server's pods itself, through the tunnel to their
+// node proxies, not through the Service's waypoint: the waypoint and the
+// gateway each report the requests they served, both naming Service
+// server.
+const gatewayFiles = `apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ambit}
+spec: {controllerName: ambit.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: demo}
+spec:
+  gatewayClassName: ambit
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: front, namespace: demo}
+spec:
+  parentRefs: [{name: ingress}]
+  rules: [{backendRefs: [{name: server, port: 81}]}]
+`
+
 // Applied once Prometheus watches the lab (so it sees the push and its
 // ACK): an L4 DENY for the "other" identity at the servers' node proxies
-// and an L7 DENY of /admin/* at the waypoint.
+// and an L7 DENY of /admin/* from the clients at the waypoint. (From the
+// clients only: the gateway's connections reach the servers' node
+// proxies directly, and there a rule with paths fails closed, so a DENY
+// of /admin/* from anyone would refuse every request of the gateway.)
 func policyFiles(td string) string {
 	return fmt.Sprintf(`apiVersion: ambit.dev/v1alpha1
 kind: AccessPolicy
@@ -51,7 +82,7 @@ metadata: {name: no-admin, namespace: demo}
 spec:
   selector: {matchLabels: {app: server}}
   action: DENY
-  rules: [{to: [{paths: ["/admin/*"]}]}]
+  rules: [{from: [{serviceAccounts: [demo/client]}], to: [{paths: ["/admin/*"]}]}]
 `, td)
 }
 
@@ -80,11 +111,14 @@ func upPromLab(t *testing.T) *promLab {
 	if err := l.ApplyConfig(t.Context(), "waypoint", []byte(waypointFiles)); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("lab up with its waypoint in %v", time.Since(start).Round(time.Millisecond))
+	if err := l.ApplyConfig(t.Context(), "gateway", []byte(gatewayFiles)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lab up with its waypoint and gateway in %v", time.Since(start).Round(time.Millisecond))
 	p := startPrometheus(t, l)
-	if v, err := p.WaitQuery(t.Context(), `count(up == 1) == 4`, time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
+	if v, err := p.WaitQuery(t.Context(), fmt.Sprintf(`count(up == 1) == %d`, p.targets), time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
 		all, _ := p.Query(t.Context(), "up")
-		t.Fatalf("prometheus does not scrape all 4 targets of the lab: %v %v", err, all)
+		t.Fatalf("prometheus does not scrape all %d targets of the lab: %v %v", p.targets, err, all)
 	}
 	if err := l.ApplyConfig(t.Context(), "policy", []byte(policyFiles(l.TrustDomain()))); err != nil {
 		t.Fatal(err)
@@ -96,14 +130,20 @@ func upPromLab(t *testing.T) *promLab {
 	// Every target scraped at least a second after the first round (the
 	// proxies count a connection as it closes).
 	after := time.Now().Add(time.Second)
-	if v, err := p.WaitQuery(t.Context(), fmt.Sprintf(`count(timestamp(up) > %.3f) == 4`, float64(after.UnixMilli())/1000), time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
-		t.Fatalf("prometheus did not scrape the 4 targets after the first round of traffic: %v", err)
+	if v, err := p.WaitQuery(t.Context(), fmt.Sprintf(`count(timestamp(up) > %.3f) == %d`, float64(after.UnixMilli())/1000, p.targets), time.Now().Add(15*time.Second), hasSeries); err != nil || len(v) == 0 {
+		t.Fatalf("prometheus did not scrape the %d targets after the first round of traffic: %v", p.targets, err)
 	}
 	traffic := time.Now()
 	sendTraffic(t, l)
 	t.Logf("traffic sent in %v", time.Since(traffic).Round(time.Millisecond))
 	return &promLab{lab: l, prom: p, start: start, traffic: traffic}
 }
+
+// gatewayRequests are the requests each round sends through the gateway.
+var gatewayRequests = []struct {
+	path, code string
+	n          int
+}{{"/hello", "200", 20}, {"/slow", "200", 5}, {"/fail", "503", 4}}
 
 func sendTraffic(t *testing.T, l *lab.Lab) {
 	t.Helper()
@@ -124,6 +164,15 @@ func sendTraffic(t *testing.T, l *lab.Lab) {
 		out, ok := labtest.RunSelf(t, l, "client-1", "OBS_GET=http://10.96.0.20:81"+c.path, fmt.Sprint("OBS_COUNT=", c.n))
 		if got := codes(out); !ok || got[c.code] != c.n {
 			t.Errorf("client-1 GET %s x%d through the waypoint: %q, want %d x %s", c.path, c.n, out, c.n, c.code)
+		}
+	}
+	// HTTP from outside the mesh through the ingress gateway to the same
+	// Service: successes, slow ones, failures.
+	gw, _ := l.Gateway("demo", "ingress")
+	for _, c := range gatewayRequests {
+		out, ok := labtest.RunSelf(t, l, "outside-1", "OBS_GET=http://"+gw.IPv4.String()+c.path, fmt.Sprint("OBS_COUNT=", c.n))
+		if got := codes(out); !ok || got[c.code] != c.n {
+			t.Errorf("outside-1 GET %s x%d through the gateway: %q, want %d x %s", c.path, c.n, out, c.n, c.code)
 		}
 	}
 	// TCP through the waypoint (Service port 80) and straight through the
@@ -151,51 +200,64 @@ type promServer struct {
 	promtest.Client
 	cmd *exec.Cmd
 	dir string
+	// targets is how many targets it scrapes.
+	targets int
 }
 
 const promListen = "127.0.0.1:19090"
 
 // labScrapeConfig is the lab's stand-in for kubernetes_sd: static targets
 // with the labels the Kubernetes relabeling in prometheus/prometheus.yaml
-// gives (job, namespace, pod, node).
-func labScrapeConfig(t *testing.T, l *lab.Lab, rules []string) string {
+// gives (job, namespace, pod, node; waypoint, gateway). It returns the
+// configuration and how many targets it has.
+func labScrapeConfig(t *testing.T, l *lab.Lab, rules []string) (string, int) {
 	t.Helper()
-	type target struct{ addr, ns, pod, node, waypoint string }
-	var proxies, waypoints, ctrl []target
+	type target struct {
+		addr, ns, pod, node string
+		name                [2]string // waypoint or gateway label and value
+	}
+	var proxies, waypoints, gateways, ctrl []target
 	st := l.Status()
 	for _, n := range st.Nodes {
-		proxies = append(proxies, target{n.IPv4.String() + ":15020", "ambit-system", "ambit-nodeproxy-" + n.Name, n.Name, ""})
+		proxies = append(proxies, target{n.IPv4.String() + ":15020", "ambit-system", "ambit-nodeproxy-" + n.Name, n.Name, [2]string{}})
 	}
 	wp, ok := l.Waypoint("demo", "wp")
 	if !ok {
 		t.Fatal("the lab runs no waypoint demo/wp")
 	}
-	waypoints = append(waypoints, target{wp.IPv4.String() + ":15020", wp.Namespace, wp.Name + "-0", wp.Node, wp.Name})
+	waypoints = append(waypoints, target{wp.IPv4.String() + ":15020", wp.Namespace, wp.Name + "-0", wp.Node, [2]string{"waypoint", wp.Name}})
+	gw, ok := l.Gateway("demo", "ingress")
+	if !ok {
+		t.Fatal("the lab runs no gateway demo/ingress")
+	}
+	gateways = append(gateways, target{gw.IPv4.String() + ":15020", gw.Namespace, gw.Name + "-0", gw.Node, [2]string{"gateway", gw.Name}})
 	c, ok := l.Controller()
 	if !ok {
 		t.Fatal("the lab runs no controller")
 	}
-	ctrl = append(ctrl, target{c.IPv4.String() + ":15020", "ambit-system", "ambit-controller-0", "", ""})
+	ctrl = append(ctrl, target{c.IPv4.String() + ":15020", "ambit-system", "ambit-controller-0", "", [2]string{}})
 	var b strings.Builder
 	fmt.Fprintf(&b, "global: {scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 900ms}\nrule_files:\n")
 	for _, r := range rules {
 		fmt.Fprintf(&b, "  - %q\n", r)
 	}
 	b.WriteString("scrape_configs:\n")
+	n := 0
 	for _, job := range []struct {
 		name string
 		ts   []target
-	}{{"ambit-nodeproxy", proxies}, {"ambit-waypoint", waypoints}, {"ambit-controller", ctrl}} {
+	}{{"ambit-nodeproxy", proxies}, {"ambit-waypoint", waypoints}, {"ambit-gateway", gateways}, {"ambit-controller", ctrl}} {
 		fmt.Fprintf(&b, "  - job_name: %s\n    static_configs:\n", job.name)
 		for _, tg := range job.ts {
+			n++
 			fmt.Fprintf(&b, "      - targets: [%q]\n        labels: {namespace: %q, pod: %q, node: %q", tg.addr, tg.ns, tg.pod, tg.node)
-			if tg.waypoint != "" {
-				fmt.Fprintf(&b, ", waypoint: %q", tg.waypoint)
+			if tg.name[0] != "" {
+				fmt.Fprintf(&b, ", %s: %q", tg.name[0], tg.name[1])
 			}
 			b.WriteString("}\n")
 		}
 	}
-	return b.String()
+	return b.String(), n
 }
 
 func startPrometheus(t *testing.T, l *lab.Lab) *promServer {
@@ -210,7 +272,8 @@ func startPrometheus(t *testing.T, l *lab.Lab) *promServer {
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(labScrapeConfig(t, l, rules)), 0o644); err != nil {
+	conf, targets := labScrapeConfig(t, l, rules)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	node, _ := l.Node("node-1")
@@ -227,7 +290,7 @@ func startPrometheus(t *testing.T, l *lab.Lab) *promServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start prometheus: %v", err)
 	}
-	p := &promServer{Client: promtest.Client{HTTP: lab.NodeHTTPClient(node.NetNSPath, 5*time.Second), Base: "http://" + promListen}, cmd: cmd, dir: dir}
+	p := &promServer{Client: promtest.Client{HTTP: lab.NodeHTTPClient(node.NetNSPath, 5*time.Second), Base: "http://" + promListen}, cmd: cmd, dir: dir, targets: targets}
 	t.Cleanup(func() {
 		// nsenter execs prometheus: the PID is Prometheus's own.
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -280,13 +343,16 @@ var quietRules = map[string]bool{
 	"ambit:controller_refused:rate5m":              true, // nothing misbehaves
 }
 
-// A real Prometheus scrapes a lab's node proxies, waypoint and controller
-// under traffic (HTTP through the waypoint with successes, 503s and
-// policy denials; TCP through the waypoint and straight through the
-// tunnel; a connection refused by an AccessPolicy), evaluating the rules of
-// prometheus/rules. Every recording rule yields a real series, and every
-// panel of every dashboard in grafana/ answers its query with series
-// (non-zero over the traffic, except panels marked Quiet).
+// A real Prometheus scrapes a lab's node proxies, waypoint, ingress
+// gateway and controller under traffic (HTTP through the waypoint with
+// successes, 503s and policy denials; HTTP from outside the mesh through
+// the gateway to the same Service; TCP through the waypoint and straight
+// through the tunnel; a connection refused by an AccessPolicy), evaluating
+// the rules of prometheus/rules. Every recording rule yields a real
+// series; the gateway's requests are its own series and are not added to
+// the Service's; every panel of every dashboard in grafana/ answers its
+// query with series (non-zero over the traffic, except panels marked
+// Quiet).
 func TestPrivilegedPrometheusLab(t *testing.T) {
 	pl := upPromLab(t)
 	p := pl.prom
@@ -333,6 +399,68 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 		}
 	})
 
+	// The gateway's requests are its own series (job, namespace and gateway
+	// from its target, reporter from the gateway), and the per-service rule
+	// counts the waypoint's requests to Service server alone: the
+	// gateway's requests to it, as many again, are not added.
+	t.Run("gateway", func(t *testing.T) {
+		deadline := time.Now().Add(30 * time.Second)
+		svc := `destination_namespace="demo", destination_service="server.demo.svc.cluster.local"`
+		gw := `job="ambit-gateway", reporter="gateway", namespace="demo", gateway="ingress", ` + svc
+		sent, failed := 0, 0
+		for _, c := range gatewayRequests {
+			sent += 2 * c.n // two rounds
+			if c.code == "503" {
+				failed += 2 * c.n
+			}
+		}
+		for q, want := range map[string]int{
+			"sum(ambit_requests_total{" + gw + "})":                                      sent,
+			`sum(ambit_requests_total{` + gw + `, response_code="503"})`:                 failed,
+			`sum(ambit_request_duration_seconds_count{` + gw + `})`:                      sent,
+			`sum(ambit_requests_total{` + gw + `, destination_workload=~"server-[12]"})`: sent,
+		} {
+			ok := func(ss []promtest.Sample) bool { return len(ss) == 1 && ss[0].Val() == fmt.Sprint(want) }
+			got, err := p.WaitQuery(t.Context(), q, deadline, ok)
+			if err != nil || !ok(got) {
+				t.Errorf("%s = %v (%v); want %d, the requests sent through the gateway", q, got, err, want)
+			}
+		}
+		// Not added to the Service: its rule over the waypoint's own rate
+		// is 1. The rule was evaluated up to a second before the query,
+		// and rate() extrapolates over a series' short life, so the two
+		// agree within a few percent only once the traffic is some
+		// seconds old: polled.
+		by := func(sel string) string {
+			return "namespace_service:ambit_requests:rate5m{" + svc + "} / on (destination_namespace, destination_service) " +
+				"sum by (destination_namespace, destination_service) (rate(ambit_requests_total{" + sel + svc + "}[5m]))"
+		}
+		ratio := func(ss []promtest.Sample) float64 {
+			if len(ss) != 1 {
+				return -1
+			}
+			v, err := strconv.ParseFloat(ss[0].Val(), 64)
+			if err != nil {
+				return -1
+			}
+			return v
+		}
+		q := by(`reporter="waypoint", `)
+		got, err := p.WaitQuery(t.Context(), q, deadline, func(ss []promtest.Sample) bool { return math.Abs(ratio(ss)-1) < 0.03 })
+		if r := ratio(got); err != nil || math.Abs(r-1) >= 0.03 {
+			t.Errorf("namespace_service:ambit_requests:rate5m for server over the waypoint's rate: %v (%v); want 1", got, err)
+		}
+		// Over both reporters' rate (the gateway's about as many requests
+		// again) it is about a half: summed, they would count twice.
+		q = by("")
+		got, err = p.Query(t.Context(), q)
+		if r := ratio(got); err != nil || r <= 0 || r > 0.75 {
+			t.Errorf("namespace_service:ambit_requests:rate5m for server over the waypoint's and the gateway's rate: %v (%v); want about 0.5", got, err)
+		} else {
+			t.Logf("namespace_service:ambit_requests:rate5m for server: the waypoint's rate, %.2f of the waypoint's and the gateway's", r)
+		}
+	})
+
 	t.Run("dashboards", func(t *testing.T) {
 		// The lab's values for the dashboards' variables.
 		labVars := map[string]map[string]string{
@@ -340,6 +468,7 @@ func TestPrivilegedPrometheusLab(t *testing.T) {
 			"ambit-workload":  {"namespace": "demo", "workload": "server-1"},
 			"ambit-nodeproxy": {"node": "node-1"},
 			"ambit-waypoint":  {"namespace": "demo", "waypoint": "wp"},
+			"ambit-gateway":   {"namespace": "demo", "gateway": "ingress"},
 		}
 		resolve := func(uid, expr string) string {
 			return varRef.ReplaceAllStringFunc(expr, func(m string) string {

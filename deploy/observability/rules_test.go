@@ -17,7 +17,7 @@ import (
 )
 
 // The jobs the rules select on; prometheus.yaml and operator/ set them.
-var jobs = []string{"ambit-nodeproxy", "ambit-waypoint", "ambit-controller"}
+var jobs = []string{"ambit-nodeproxy", "ambit-waypoint", "ambit-gateway", "ambit-controller"}
 
 // promtool finds Debian's promtool (package prometheus). Without it the
 // test skips, or fails when CI demands every test.
@@ -318,9 +318,29 @@ func manifestPod(t *testing.T, file, name string) podSpec {
 	}
 }
 
+// port is a container port of a pod template.
+type port struct {
+	name  string
+	port  int
+	proto string
+}
+
+func withPorts(name string, ps []port) container {
+	c := container{Name: name}
+	for _, p := range ps {
+		c.Ports = append(c.Ports, struct {
+			Name          string `yaml:"name"`
+			ContainerPort int    `yaml:"containerPort"`
+			Protocol      string `yaml:"protocol"`
+		}{p.name, p.port, p.proto})
+	}
+	return c
+}
+
 // prometheus.yaml's relabeling, run on the pods the default profile and the
-// controller's waypoints make, keeps exactly one target per pod, on port
-// 15020, with the labels the rules use; and leaves other pods alone.
+// controller's waypoints and gateways make, keeps exactly one target per
+// pod, on port 15020, with the labels the rules use; and leaves other pods
+// alone.
 func TestScrapeConfigTargets(t *testing.T) {
 	data, err := os.ReadFile("prometheus/prometheus.yaml")
 	if err != nil {
@@ -341,27 +361,23 @@ func TestScrapeConfigTargets(t *testing.T) {
 	ctl.Namespace, ctl.Name, ctl.Node, ctl.IP = "ambit-system", "ambit-controller-5d8f-abcde", "node-b", "10.244.1.7"
 	// What kubesource's waypoint Deployment declares (waypoint.go).
 	wp := podSpec{Namespace: "shop", Name: "wp-6b7c-xyz", Node: "node-a", IP: "10.244.0.9",
-		Labels: map[string]string{kubesource.WaypointLabel: "wp", "ambit.dev/dataplane": "none"}}
-	var wc container
-	wc.Name = "waypoint"
-	for _, p := range []struct {
-		n     string
-		port  int
-		proto string
-	}{{"tunnel", kubesource.WaypointTunnelPort, "TCP"}, {"tunnel-quic", kubesource.WaypointTunnelPort, "UDP"}, {"status", kubesource.WaypointReadyPort, "TCP"}, {"metrics", kubesource.WaypointMetricsPort, "TCP"}} {
-		wc.Ports = append(wc.Ports, struct {
-			Name          string `yaml:"name"`
-			ContainerPort int    `yaml:"containerPort"`
-			Protocol      string `yaml:"protocol"`
-		}{p.n, p.port, p.proto})
-	}
-	wp.Containers = []container{wc}
+		Labels:     map[string]string{kubesource.WaypointLabel: "wp", "ambit.dev/dataplane": "none"},
+		Containers: []container{withPorts("waypoint", []port{{"tunnel", kubesource.WaypointTunnelPort, "TCP"}, {"tunnel-quic", kubesource.WaypointTunnelPort, "UDP"}, {"status", kubesource.WaypointReadyPort, "TCP"}, {"metrics", kubesource.WaypointMetricsPort, "TCP"}})}}
+	// What kubesource's gateway Deployment declares (gateway.go) for a
+	// Gateway with listeners on 80 and 443: a port named port-<n> per
+	// listener port, the tunnel, status and metrics; the Gateway API's
+	// gateway-name label beside Ambit's.
+	gw := podSpec{Namespace: "shop", Name: "ingress-5f6d-abc", Node: "node-b", IP: "10.244.1.12",
+		Labels: map[string]string{kubesource.GatewayLabel: "ingress", "gateway.networking.k8s.io/gateway-name": "ingress", "ambit.dev/dataplane": "none"},
+		Containers: []container{withPorts("gateway", []port{{"port-80", 80, "TCP"}, {"port-443", 443, "TCP"}, {"tunnel", kubesource.WaypointTunnelPort, "TCP"},
+			{"status", kubesource.WaypointReadyPort, "TCP"}, {"metrics", kubesource.WaypointMetricsPort, "TCP"}})}}
 	app := podSpec{Namespace: "ambit-system", Name: "someone-else", Node: "node-a", IP: "10.244.0.50",
 		Labels: map[string]string{"app": "metrics-thing"}, Containers: []container{{Name: "x"}}}
 
 	want := map[string]map[string]string{
 		"ambit-nodeproxy":  {"__address__": "192.0.2.10:15020", "namespace": "ambit-system", "pod": np.Name, "node": "node-a"},
 		"ambit-waypoint":   {"__address__": "10.244.0.9:15020", "namespace": "shop", "pod": wp.Name, "node": "node-a", "waypoint": "wp"},
+		"ambit-gateway":    {"__address__": "10.244.1.12:15020", "namespace": "shop", "pod": gw.Name, "node": "node-b", "gateway": "ingress"},
 		"ambit-controller": {"__address__": "10.244.1.7:15020", "namespace": "ambit-system", "pod": ctl.Name, "node": "node-b"},
 	}
 	var names []string
@@ -371,7 +387,7 @@ func TestScrapeConfigTargets(t *testing.T) {
 			t.Errorf("job %s: want one kubernetes_sd_configs of role pod", sc.JobName)
 		}
 		var kept []map[string]string
-		for _, p := range []podSpec{np, ctl, wp, app} {
+		for _, p := range []podSpec{np, ctl, wp, gw, app} {
 			for _, tg := range discover(p) {
 				if out, ok := apply(sc.RelabelConfig, tg); ok {
 					kept = append(kept, out)
@@ -385,6 +401,12 @@ func TestScrapeConfigTargets(t *testing.T) {
 		for k, v := range want[sc.JobName] {
 			if kept[0][k] != v {
 				t.Errorf("job %s: target label %s=%q, want %q", sc.JobName, k, kept[0][k], v)
+			}
+		}
+		// Only the job's own name label: a waypoint is no gateway.
+		for _, other := range []string{"waypoint", "gateway"} {
+			if _, ok := want[sc.JobName][other]; !ok && kept[0][other] != "" {
+				t.Errorf("job %s: target has label %s=%q", sc.JobName, other, kept[0][other])
 			}
 		}
 	}
@@ -426,8 +448,14 @@ func TestPromtoolCheckConfig(t *testing.T) {
 }
 
 // The Prometheus Operator resources select the same pods and set the same
-// jobs.
+// jobs; the waypoints' and gateways' PodMonitors select their pods by the
+// label kubesource puts on them, in every namespace, scrape the port
+// named metrics and copy the label's value as prometheus.yaml does.
 func TestOperatorMonitors(t *testing.T) {
+	byLabel := map[string]struct{ key, target string }{
+		"ambit-waypoint": {kubesource.WaypointLabel, "waypoint"},
+		"ambit-gateway":  {kubesource.GatewayLabel, "gateway"},
+	}
 	data, err := os.ReadFile("prometheus/operator/monitors.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -447,14 +475,39 @@ func TestOperatorMonitors(t *testing.T) {
 			t.Errorf("%s: want one endpoint under %s", kind, key)
 			continue
 		}
-		for _, r := range eps[0].(map[string]any)["relabelings"].([]any) {
+		ep := eps[0].(map[string]any)
+		job := ""
+		copied := map[string]string{} // target label <- source label
+		for _, r := range ep["relabelings"].([]any) {
 			m := r.(map[string]any)
 			if m["targetLabel"] == "job" {
-				got = append(got, kind+"/"+m["replacement"].(string))
+				job = m["replacement"].(string)
+				got = append(got, kind+"/"+job)
+			}
+			if src, ok := m["sourceLabels"].([]any); ok && len(src) == 1 {
+				copied[fmt.Sprint(m["targetLabel"])] = fmt.Sprint(src[0])
 			}
 		}
+		bl, ok := byLabel[job]
+		if !ok {
+			continue
+		}
+		if ns, _ := spec["namespaceSelector"].(map[string]any); ns["any"] != true {
+			t.Errorf("PodMonitor %s: namespaceSelector %v, want any: true (%ss run in their own namespaces)", job, spec["namespaceSelector"], bl.target)
+		}
+		sel, _ := spec["selector"].(map[string]any)
+		exprs, _ := sel["matchExpressions"].([]any)
+		if len(exprs) != 1 || fmt.Sprint(exprs[0]) != fmt.Sprintf("map[key:%s operator:Exists]", bl.key) {
+			t.Errorf("PodMonitor %s: selector %v, want the one expression {key: %s, operator: Exists}", job, sel, bl.key)
+		}
+		if ep["port"] != "metrics" {
+			t.Errorf("PodMonitor %s: port %v, want metrics", job, ep["port"])
+		}
+		if src := "__meta_kubernetes_pod_label_" + nonLabel.ReplaceAllString(bl.key, "_"); copied[bl.target] != src {
+			t.Errorf("PodMonitor %s: label %s from %q, want from %s", job, bl.target, copied[bl.target], src)
+		}
 	}
-	want := []string{"PodMonitor/ambit-nodeproxy", "PodMonitor/ambit-waypoint", "ServiceMonitor/ambit-controller"}
+	want := []string{"PodMonitor/ambit-nodeproxy", "PodMonitor/ambit-waypoint", "PodMonitor/ambit-gateway", "ServiceMonitor/ambit-controller"}
 	if !slices.Equal(got, want) {
 		t.Errorf("monitors set jobs %v, want %v", got, want)
 	}

@@ -147,11 +147,13 @@ func New(opts Options) (*Gateway, error) {
 			return nil, fmt.Errorf("gateway resilience metrics: %w", err)
 		}
 	}
+	obs := l7.NewTelemetryObserver(opts.Telemetry)
+	obs.Gateway = true // the destination is the route's backend, not the gateway's own pod
 	e, err := l7.New(l7.Options{
 		Upstream:   l7.UpstreamFunc(g.dialEndpoint),
 		Router:     g.routes,
 		Resilience: res,
-		Observer:   l7.NewTelemetryObserver(opts.Telemetry),
+		Observer:   obs,
 		Log:        g.log,
 	})
 	if err != nil {

@@ -20,8 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambit-mesh/ambit/internal/l7/telemetry"
 	"github.com/ambit-mesh/ambit/internal/meshconfig"
 	"github.com/ambit-mesh/ambit/internal/meshspec"
 	"github.com/ambit-mesh/ambit/internal/testutil"
@@ -74,6 +76,13 @@ kind: Workload
 metadata: {name: web-1, namespace: demo, labels: {app: web}}
 spec: {serviceAccount: web, node: node-1, addresses: [` + podIP + `]}
 ---
+# The gateway's own pod: on Kubernetes every pod is a Workload of the
+# configuration, the gateway's too (outside the mesh).
+apiVersion: ambit.dev/v1alpha1
+kind: Workload
+metadata: {name: ingress-7c9d-x, namespace: demo, labels: {ambit.dev/gateway: ingress, ambit.dev/dataplane: none}}
+spec: {serviceAccount: ingress, node: node-1, addresses: [` + gwIP + `]}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: web-v1, namespace: demo}
@@ -99,9 +108,12 @@ spec:
 // An HTTPS client of the gateway gets the certificate of the listener
 // its SNI names (exact before wildcard), its requests are routed by the
 // HTTPRoute (a header match) through the tunnel as the gateway's
-// identity with its address in X-Forwarded-For; a listener whose Secret
-// is missing is reported while the others serve; a rotated Secret is
-// served to new handshakes while an open connection keeps working.
+// identity with its address in X-Forwarded-For, and counted in its
+// request metrics by the Service and workload that answered (not by the
+// gateway's own pod, a Workload of the configuration as on Kubernetes); a
+// listener whose Secret is missing is reported while the others serve; a
+// rotated Secret is served to new handshakes while an open connection
+// keeps working.
 func TestGatewayHTTPS(t *testing.T) {
 	gwID, webID := tunneltest.ID("demo", "ingress"), tunneltest.ID("demo", "web")
 	ca, certs := tunneltest.CA(t, webID)
@@ -124,7 +136,12 @@ func TestGatewayHTTPS(t *testing.T) {
 		}
 		return cfg
 	}
-	g, err := New(Options{Namespace: "demo", Name: "ingress", Signer: ca, Bundle: ca.Bundle(), ListenHost: gwIP})
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(context.Background(), telemetry.Config{Reporter: telemetry.ReporterGateway, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Namespace: "demo", Name: "ingress", Signer: ca, Bundle: ca.Bundle(), ListenHost: gwIP, Telemetry: tel})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +228,37 @@ func TestGatewayHTTPS(t *testing.T) {
 		c.Close()
 		t.Errorf("a TLS 1.2 client completed a handshake with the HTTPS listener")
 	}
+	// The metrics name the destination the route chose: v1's three
+	// requests (shop and www) and v2's one, served by web-1; the 404 for
+	// a host no route serves names none.
+	want := map[string]float64{
+		"web-v1.demo.svc.cluster.local web-1 200": 3,
+		"web-v2.demo.svc.cluster.local web-1 200": 1,
+		"  404": 1,
+	}
+	testutil.Eventually(t, testutil.Timeout, "the gateway's request metrics by destination", func() string {
+		got := map[string]float64{}
+		mfs, err := reg.Gather()
+		if err != nil {
+			return err.Error()
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "ambit_requests_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				l := map[string]string{}
+				for _, lp := range m.GetLabel() {
+					l[lp.GetName()] = lp.GetValue()
+				}
+				got[l["destination_service"]+" "+l["destination_workload"]+" "+l["response_code"]] += m.GetCounter().GetValue()
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Sprintf("ambit_requests_total by destination_service, destination_workload, response_code: %v; want %v", got, want)
+		}
+		return ""
+	})
 	mu.Lock()
 	for _, p := range peers {
 		if p != gwID {

@@ -68,6 +68,34 @@ spec:
   ports: [{name: tcp, port: 80, targetPort: 8080}]
 `
 
+// obsGateway is an ingress Gateway in shop for the Prometheus check (HTTP
+// on 80, its Service a ClusterIP): /obs-fail to obs-fail (the app's
+// 502s), the rest to web. It sends to their pods itself, not through their
+// waypoint, so its requests are reported by the gateway alone.
+const obsGateway = `apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ambit}
+spec: {controllerName: ambit.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: obs-gateway, namespace: shop}
+spec:
+  gatewayClassName: ambit
+  infrastructure: {annotations: {ambit.dev/service-type: ClusterIP}}
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: obs-gateway, namespace: shop}
+spec:
+  parentRefs: [{name: obs-gateway}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /obs-fail}}]
+    backendRefs: [{name: obs-fail, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+`
+
 // obsPolicies are applied once Prometheus watches the cluster, so that it
 // sees the controller push them and the proxies ACK: two DENYs of the
 // client for obs-fail, /obs-denied (a 403 at the waypoint) and its port
@@ -106,18 +134,55 @@ const promAddr = "127.0.0.1:19099"
 // gives, since Debian's build has no kubernetes_sd), evaluating the
 // checked-in rules. After L4 through the tunnel, TCP and HTTP through the
 // waypoint (200s, the app's 502s, a policy's 403s) and a connection a
-// policy refuses, every recording rule has a real series (above zero where
-// the traffic moves it) and every dashboard panel answers with data.
+// policy refuses, and HTTP from outside the mesh through an ingress
+// gateway (200s, the app's 502s), every recording rule has a real series
+// (above zero where the traffic moves it) and every dashboard panel
+// answers with data.
 func checkPrometheus(e *env, client, server corev1.Pod) {
 	t := e.t
 	repo := repoRoot(t)
 	e.apply(strings.ReplaceAll(obsApp, "TAG", e.tag))
+	crds := gatewayCRDs(t, repo)
+	e.kubectl("apply", "-f", filepath.Join(crds, "gateway.networking.k8s.io_gatewayclasses.yaml"), "-f", filepath.Join(crds, "gateway.networking.k8s.io_gateways.yaml"))
+	e.apply(obsGateway)
 	defer func() {
 		e.try("-n", "shop", "delete", "accesspolicy", "obs-deny-path", "obs-deny-8081", "--ignore-not-found")
+		e.try("-n", "shop", "delete", "httproute", "obs-gateway", "--ignore-not-found")
+		e.try("-n", "shop", "delete", "gateway", "obs-gateway", "--ignore-not-found")
 		e.try("-n", "shop", "delete", "service", "obs-fail", "obs-tcp", "--ignore-not-found")
 		e.try("-n", "shop", "delete", "pod", "obs-fail", "--ignore-not-found", "--wait=true", "--timeout=90s")
+		e.waitFor(2*time.Minute, "the obs gateway's pods gone with the Gateway", func() (bool, string) {
+			ps := e.pods("shop", "ambit.dev/gateway=obs-gateway")
+			return len(ps) == 0, fmt.Sprintf("%d pods", len(ps))
+		})
 	}()
 	fail := e.waitPods("shop", "app=obs-fail", 1, 2*time.Minute)[0]
+	// The controller finds the Gateway CRDs within its discovery interval.
+	e.waitFor(2*time.Minute, "the controller makes the obs gateway's Deployment", func() (bool, string) {
+		out, err := e.try("-n", "shop", "get", "deployment", "obs-gateway")
+		return err == nil, out
+	})
+	e.kubectl("-n", "shop", "rollout", "status", "deployment/obs-gateway", "--timeout=3m")
+	// The relabeling keeps every gateway pod: wait until the earlier
+	// subtests' are gone, so the targets are the ones expected.
+	var gwPod corev1.Pod
+	e.waitFor(2*time.Minute, "the obs gateway's pod the only gateway pod, ready", func() (bool, string) {
+		ps := e.pods("", "ambit.dev/gateway")
+		var names []string
+		for _, p := range ps {
+			names = append(names, p.Namespace+"/"+p.Name)
+		}
+		if len(ps) != 1 || ps[0].Labels["ambit.dev/gateway"] != "obs-gateway" || !ready(ps[0]) {
+			return false, strings.Join(names, " ")
+		}
+		gwPod = ps[0]
+		return true, ""
+	})
+	gwAddr := forwardFromNode(t, e.node(gwPod.Spec.NodeName).NetNS, net.JoinHostPort(gwPod.Status.PodIP, "80"))
+	e.waitFor(time.Minute, "HTTP through the obs gateway", func() (bool, string) {
+		got := gatewayGet(gwAddr, "/obs", 1)
+		return got[200] == 1, fmt.Sprint(got)
+	})
 
 	start := time.Now()
 	node := e.c.Nodes()[0]
@@ -163,7 +228,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 	// Twice: Prometheus takes a series' first sample as its start, so the
 	// first round makes the series and the second, after a scrape, moves
 	// them.
-	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr)
+	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr, gwAddr)
 	firstRound := time.Now()
 	e.waitFor(time.Minute, "Prometheus scrapes every target after the first round", func() (bool, string) {
 		ts := prom.targets()
@@ -175,7 +240,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		return len(ts) > 0, "no targets"
 	})
 	traffic := time.Now()
-	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr)
+	obsTraffic(e, client, server, fail, webVIP, failVIP, tcpVIP, failAddr, gwAddr)
 	t.Logf("prometheus: traffic sent twice (second round %v)", time.Since(traffic).Round(time.Millisecond))
 
 	// The golden signals, by name and labels.
@@ -195,6 +260,10 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		{`namespace_workload:ambit_tcp_received_bytes:rate5m{destination_namespace="shop", destination_workload="` + server.Name + `"}`, false},
 		{`namespace_workload:ambit_tcp_connections_denied:rate5m{destination_namespace="shop", destination_workload="obs-fail", reason="policy"}`, false},
 		{"ambit:tcp_bytes:rate5m", false},
+		{`namespace_gateway:ambit_requests:rate5m{namespace="shop", gateway="obs-gateway"}`, false},
+		{`namespace_gateway:ambit_request_error_ratio:rate5m{namespace="shop", gateway="obs-gateway"}`, false},
+		{`namespace_gateway_service:ambit_request_error_ratio:rate5m{namespace="shop", gateway="obs-gateway", ` + web + "}", true},
+		{`namespace_gateway_service:ambit_request_duration_seconds:histogram_quantile{quantile="0.99", namespace="shop", gateway="obs-gateway", ` + web + "}", false},
 	} {
 		ss, err := prom.WaitQuery(context.Background(), c.q, time.Now().Add(30*time.Second), func(ss []promtest.Sample) bool {
 			return len(ss) == 1 && promtest.IsNumber(ss[0].Val()) && (ss[0].Val() == "0") == c.zero
@@ -245,6 +314,7 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 		"ambit-workload":  {"namespace": "shop", "workload": "obs-fail"},
 		"ambit-nodeproxy": {"node": fail.Spec.NodeName},
 		"ambit-waypoint":  {"namespace": "shop", "waypoint": "waypoint"},
+		"ambit-gateway":   {"namespace": "shop", "gateway": "obs-gateway"},
 	}
 	// Over the whole traffic, from the policies' push on.
 	checkDashboards(e, prom, vars, pushed.Add(-5*time.Second))
@@ -254,9 +324,36 @@ func checkPrometheus(e *env, client, server corev1.Pod) {
 	t.Logf("prometheus check: %v", time.Since(start).Round(time.Millisecond))
 }
 
+// gatewayGet sends n GETs of path to the gateway at addr (forwarded from
+// its node) and counts the answers by status code (0: no answer).
+func gatewayGet(addr, path string, n int) map[int]int {
+	c := &http.Client{Timeout: 5 * time.Second}
+	defer c.CloseIdleConnections()
+	got := map[int]int{}
+	for range n {
+		res, err := c.Get("http://" + addr + path)
+		if err != nil {
+			got[0]++
+			continue
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		got[res.StatusCode]++
+	}
+	return got
+}
+
 // obsTraffic is one round of the Prometheus check's traffic.
-func obsTraffic(e *env, client, server, fail corev1.Pod, webVIP, failVIP, tcpVIP, failAddr string) {
+func obsTraffic(e *env, client, server, fail corev1.Pod, webVIP, failVIP, tcpVIP, failAddr, gwAddr string) {
 	t := e.t
+	// From outside the mesh through the ingress gateway: web's 200s and
+	// obs-fail's 502s.
+	if got := gatewayGet(gwAddr, "/obs", 20); got[200] != 20 {
+		t.Errorf("GET /obs x20 through the obs gateway: %v; want 20 x 200", got)
+	}
+	if got := gatewayGet(gwAddr, "/obs-fail/x", 5); got[502] != 5 {
+		t.Errorf("GET /obs-fail/x x5 through the obs gateway: %v; want five 502s from the app", got)
+	}
 	for range 3 { // L4 through the tunnel
 		if name, _, err := e.dial("shop", client.Name, server.Status.PodIP+":8080"); err != nil || name != marker {
 			t.Errorf("client -> server:8080: %q %v", name, err)
@@ -525,20 +622,25 @@ func podTargets(p corev1.Pod) []map[string]string {
 
 // expectedTargets are the targets the scrape jobs should keep, from the
 // API server's pods (promTarget.key form): each node proxy on its node's
-// IP, the waypoint and the controller on their pod IPs, port 15020.
+// IP, the waypoints, gateways and the controller on their pod IPs, port
+// 15020.
 func expectedTargets(e *env) []string {
 	var out []string
-	key := func(job string, p corev1.Pod, waypoint string) string {
-		return fmt.Sprintf("job=%s namespace=%s pod=%s node=%s waypoint=%s address=%s", job, p.Namespace, p.Name, p.Spec.NodeName, waypoint, net.JoinHostPort(p.Status.PodIP, "15020"))
+	key := func(job string, p corev1.Pod) string {
+		return fmt.Sprintf("job=%s namespace=%s pod=%s node=%s waypoint=%s gateway=%s address=%s", job, p.Namespace, p.Name, p.Spec.NodeName,
+			p.Labels["ambit.dev/waypoint"], p.Labels["ambit.dev/gateway"], net.JoinHostPort(p.Status.PodIP, "15020"))
 	}
 	for _, p := range e.pods("ambit-system", "app.kubernetes.io/name=ambit-nodeproxy") {
-		out = append(out, key("ambit-nodeproxy", p, ""))
+		out = append(out, key("ambit-nodeproxy", p))
 	}
 	for _, p := range e.pods("", "ambit.dev/waypoint") {
-		out = append(out, key("ambit-waypoint", p, p.Labels["ambit.dev/waypoint"]))
+		out = append(out, key("ambit-waypoint", p))
+	}
+	for _, p := range e.pods("", "ambit.dev/gateway") {
+		out = append(out, key("ambit-gateway", p))
 	}
 	for _, p := range e.pods("ambit-system", "app.kubernetes.io/name=ambit-controller") {
-		out = append(out, key("ambit-controller", p, ""))
+		out = append(out, key("ambit-controller", p))
 	}
 	slices.Sort(out)
 	return out
@@ -554,7 +656,7 @@ type promTarget struct {
 
 func (p promTarget) key() string {
 	l := p.Labels
-	return fmt.Sprintf("job=%s namespace=%s pod=%s node=%s waypoint=%s address=%s", l["job"], l["namespace"], l["pod"], l["node"], l["waypoint"], l["instance"])
+	return fmt.Sprintf("job=%s namespace=%s pod=%s node=%s waypoint=%s gateway=%s address=%s", l["job"], l["namespace"], l["pod"], l["node"], l["waypoint"], l["gateway"], l["instance"])
 }
 
 func (p *promProc) targets() []promTarget {

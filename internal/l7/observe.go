@@ -22,6 +22,12 @@ type TelemetryObserver struct {
 	// ClusterDomain names destination Services in telemetry
 	// ("name.namespace.svc.<domain>"); default cluster.local.
 	ClusterDomain string
+	// Gateway says the connections are addressed to the proxy itself (a
+	// gateway's listeners): the destination is only ever the backend the
+	// route chose, never what the connection's address resolves to (on
+	// Kubernetes the gateway's own pod is a Workload of the
+	// configuration).
+	Gateway bool
 }
 
 // NewTelemetryObserver returns the Observer for t.
@@ -79,21 +85,17 @@ func (o *TelemetryObserver) Observe(ri *RequestInfo) {
 	if d := ri.Dst; d != nil {
 		var w *meshconfig.Workload
 		switch {
-		case d.Service != nil:
-			r.Destination.Namespace = d.Service.Namespace
-			r.Destination.Service = d.Service.Name + "." + d.Service.Namespace + ".svc." + o.ClusterDomain
-			if ri.Endpoint.IsValid() && d.Config != nil {
-				w = d.Config.WorkloadByIP(ri.Endpoint.Addr())
-			}
-		case d.Workload != nil:
-			w = d.Workload
-		case ri.Backend != "" && d.Config != nil:
+		case o.Gateway || (d.Service == nil && d.Workload == nil):
 			// An ingress gateway's request: the connection was addressed
 			// to the gateway itself; the destination is the Service its
-			// route chose ("namespace/name:port") and the endpoint tried.
-			// An egress gateway's, to an ExternalBackend
-			// ("external/namespace/name:port"): the destination service is
-			// the external host's name, and no workload.
+			// route chose ("namespace/name:port") and the endpoint tried,
+			// none when no route matched. An egress gateway's, to an
+			// ExternalBackend ("external/namespace/name:port"): the
+			// destination service is the external host's name, and no
+			// workload.
+			if ri.Backend == "" || d.Config == nil {
+				break
+			}
 			key, _, _ := strings.Cut(ri.Backend, ":")
 			if ext, ok := strings.CutPrefix(key, "external/"); ok {
 				if x := d.Config.ExternalBackend(ext); x != nil {
@@ -108,6 +110,14 @@ func (o *TelemetryObserver) Observe(ri *RequestInfo) {
 			if ri.Endpoint.IsValid() {
 				w = d.Config.WorkloadByIP(ri.Endpoint.Addr())
 			}
+		case d.Service != nil:
+			r.Destination.Namespace = d.Service.Namespace
+			r.Destination.Service = d.Service.Name + "." + d.Service.Namespace + ".svc." + o.ClusterDomain
+			if ri.Endpoint.IsValid() && d.Config != nil {
+				w = d.Config.WorkloadByIP(ri.Endpoint.Addr())
+			}
+		case d.Workload != nil:
+			w = d.Workload
 		}
 		if w != nil {
 			r.Destination.Workload, r.Destination.Namespace = w.Name, w.Namespace
