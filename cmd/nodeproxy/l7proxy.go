@@ -45,7 +45,7 @@ type l7Proxy struct {
 // the controller's Deployment sets to the resource's name (beside
 // POD_NAMESPACE); drainWhat says what the drain timeout lets finish.
 func newL7Proxy(fs *flag.FlagSet, cmd string, kind pb.ProxyKind, reporter, nameEnv, drainWhat string) *l7Proxy {
-	resource := map[string]string{"waypoint": "Waypoint", "gateway": "Gateway"}[cmd]
+	resource := strings.ToUpper(cmd[:1]) + cmd[1:] // the kind it serves: Waypoint, Gateway
 	return &l7Proxy{
 		cmd: cmd, kind: kind, reporter: reporter,
 		name:        fs.String("name", envName(nameEnv), "the "+resource+" this proxy is, namespace/name (default $POD_NAMESPACE/$"+nameEnv+")"),

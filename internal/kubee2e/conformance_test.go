@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,49 +121,17 @@ func TestPrivilegedGatewayConformance(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
-	ref, err := kubecluster.ImageRef(images["ambit-nodeproxy"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	tag := ref[strings.LastIndex(ref, ":")+1:]
-	state, err := os.MkdirTemp("/run", "ambit-gwc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	start := time.Now()
-	c, err := kubecluster.Up(ctx, kubecluster.Options{StateDir: state, Images: images.Paths(), Binaries: &bins, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
-	if err != nil {
-		t.Fatalf("cluster up: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for name, file := range c.Logs() {
-				if b, err := os.ReadFile(file); err == nil && len(b) > 0 {
-					t.Logf("--- %s (last 3000 bytes)\n%s", name, tail(b, 3000))
-				}
-			}
-		}
-		if err := c.Down(); err != nil {
-			t.Errorf("cluster down: %v", err)
-		}
-	})
-	t.Logf("cluster up in %v", time.Since(start).Round(time.Second))
-	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "deploy")}
-	copyDeploy(t, repo, e.deploy, tag)
+	e := upCluster(t, ctx, bins, images, "ambit-gwc-")
 
 	// Install as docs/kubernetes.md says, with the Gateway API's standard
 	// CRDs of the version Ambit builds against.
-	start = time.Now()
-	caCert, caKey := writeCA(t, t.TempDir())
-	e.kubectl("apply", "-f", filepath.Join(e.deploy, "base", "control-plane", "namespace.yaml"))
-	e.kubectl("-n", "ambit-system", "create", "secret", "tls", "ambit-ca", "--cert="+caCert, "--key="+caKey)
-	e.kubectl("-n", "ambit-system", "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+caCert)
+	start := time.Now()
+	e.installCA()
 	e.kubectl("apply", "--server-side", "-f", gatewayCRDs(t, repo))
 	e.kubectl("apply", "-k", e.profile("default"))
 	e.kubectl("-n", "ambit-system", "rollout", "status", "deployment/ambit-controller", "--timeout=3m")
 	e.kubectl("-n", "ambit-system", "rollout", "status", "daemonset/ambit-nodeproxy", "--timeout=3m")
-	t.Logf("Ambit %s installed in %v", tag, time.Since(start).Round(time.Second))
+	t.Logf("Ambit %s installed in %v", e.tag, time.Since(start).Round(time.Second))
 
 	// AMBIT_GWC_ARGS: more flags for the suite while debugging (say
 	// -ambit.run-test=HTTPRouteWeight); its report is then neither
@@ -172,7 +139,7 @@ func TestPrivilegedGatewayConformance(t *testing.T) {
 	extra := strings.Fields(os.Getenv("AMBIT_GWC_ARGS"))
 	for _, k := range kinds {
 		t.Run(k.kind, func(t *testing.T) {
-			k.run(ctx, t, c, bins.Nsenter, suiteBin, tag, update, extra)
+			k.run(ctx, t, e.c, bins.Nsenter, suiteBin, e.tag, update, extra)
 			// The controller's log of the run, to read what it made of the
 			// suite's resources.
 			logFile := filepath.Join(os.TempDir(), "ambit-gwconformance-"+strings.ToLower(k.kind)+"-controller.log")

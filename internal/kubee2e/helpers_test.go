@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net/url"
 	"os"
@@ -36,6 +37,56 @@ type env struct {
 	// every kustomization.
 	deploy string
 	tag    string
+}
+
+// upCluster brings a two-node cluster up for the test (its state in
+// /run/<prefix>*), down again when the test ends, with the nodes' logs if
+// it failed; the env has deploy/ copied with the node proxy image's tag.
+func upCluster(t *testing.T, ctx context.Context, bins kubecluster.Binaries, images kubecluster.Images, prefix string) *env {
+	t.Helper()
+	ref, err := kubecluster.ImageRef(images["ambit-nodeproxy"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := ref[strings.LastIndex(ref, ":")+1:]
+	state, err := os.MkdirTemp("/run", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	start := time.Now()
+	c, err := kubecluster.Up(ctx, kubecluster.Options{StateDir: state, Images: images.Paths(), Binaries: &bins, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatalf("cluster up: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for name, file := range c.Logs() {
+				if b, err := os.ReadFile(file); err == nil && len(b) > 0 {
+					t.Logf("--- %s (last 3000 bytes)\n%s", name, tail(b, 3000))
+				}
+			}
+		}
+		if err := c.Down(); err != nil {
+			t.Errorf("cluster down: %v", err)
+		}
+	})
+	t.Logf("cluster up in %v (2 nodes: %v)", time.Since(start).Round(time.Second), c.NodeNames())
+	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "deploy")}
+	copyDeploy(t, repoRoot(t), e.deploy, tag)
+	return e
+}
+
+// installCA makes the mesh CA and puts it where the controller reads it:
+// the ambit-system namespace, the ambit-ca Secret and the ambit-ca-bundle
+// ConfigMap (docs/kubernetes.md).
+func (e *env) installCA() {
+	t := e.t
+	t.Helper()
+	caCert, caKey := writeCA(t, t.TempDir())
+	e.kubectl("apply", "-f", filepath.Join(e.deploy, "base", "control-plane", "namespace.yaml"))
+	e.kubectl("-n", "ambit-system", "create", "secret", "tls", "ambit-ca", "--cert="+caCert, "--key="+caKey)
+	e.kubectl("-n", "ambit-system", "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+caCert)
 }
 
 // kubectl runs kubectl and fails the test on error.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -187,45 +186,13 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	bins, images := kubecluster.Require(t, "ambit-controller", "ambit-nodeproxy", "ambit-cni", "ambit-echo")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	ref, err := kubecluster.ImageRef(images["ambit-nodeproxy"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	tag := ref[strings.LastIndex(ref, ":")+1:]
-	state, err := os.MkdirTemp("/run", "ambit-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	start := time.Now()
-	c, err := kubecluster.Up(ctx, kubecluster.Options{StateDir: state, Images: images.Paths(), Binaries: &bins, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
-	if err != nil {
-		t.Fatalf("cluster up: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for name, file := range c.Logs() {
-				if b, err := os.ReadFile(file); err == nil && len(b) > 0 {
-					t.Logf("--- %s (last 3000 bytes)\n%s", name, tail(b, 3000))
-				}
-			}
-		}
-		if err := c.Down(); err != nil {
-			t.Errorf("cluster down: %v", err)
-		}
-	})
-	t.Logf("cluster up in %v (2 nodes: %v)", time.Since(start).Round(time.Second), c.NodeNames())
-	e := &env{t: t, c: c, ctx: ctx, tag: tag, deploy: filepath.Join(t.TempDir(), "deploy")}
+	e := upCluster(t, ctx, bins, images, "ambit-e2e-")
 	repo := repoRoot(t)
-	copyDeploy(t, repo, e.deploy, tag)
 
 	// Install: the CA, then `kubectl apply -k` of profile minimal (the
 	// control plane alone), then of default (the node proxies join).
-	start = time.Now()
-	caCert, caKey := writeCA(t, t.TempDir())
-	e.kubectl("apply", "-f", filepath.Join(e.deploy, "base", "control-plane", "namespace.yaml"))
-	e.kubectl("-n", "ambit-system", "create", "secret", "tls", "ambit-ca", "--cert="+caCert, "--key="+caKey)
-	e.kubectl("-n", "ambit-system", "create", "configmap", "ambit-ca-bundle", "--from-file=ca.crt="+caCert)
+	start := time.Now()
+	e.installCA()
 	gw := gatewayCRDs(t, repo)
 	e.kubectl("apply", "-f", filepath.Join(gw, "gateway.networking.k8s.io_httproutes.yaml"), "-f", filepath.Join(gw, "gateway.networking.k8s.io_grpcroutes.yaml"))
 	e.kubectl("apply", "-k", e.profile("minimal"))
@@ -243,7 +210,7 @@ func TestPrivilegedMeshOnKubernetes(t *testing.T) {
 	t.Logf("Ambit installed and ready on both nodes in %v", time.Since(start).Round(time.Second))
 
 	// The applications, then the namespace joins the mesh.
-	e.apply(strings.ReplaceAll(apps, "TAG", tag))
+	e.apply(strings.ReplaceAll(apps, "TAG", e.tag))
 	servers := e.waitPods("shop", "app=server", 2, 3*time.Minute)
 	clients := e.waitPods("shop", "app=client", 2, 3*time.Minute)
 	e.waitPods("shop", "app=web", 2, 3*time.Minute)

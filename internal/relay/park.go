@@ -20,17 +20,17 @@ import (
 // in a copy loop, the buffer it reads into (16 KiB): a node proxy holding
 // ten thousand quiet connections would spend hundreds of megabytes on
 // nothing. Instead, a relay direction that finds its socket empty (a read
-// says EAGAIN) returns its buffer, asks the parker to call it back when
-// the socket is readable, and ends its goroutine. The parker is one epoll
-// instance of Ambit's own (the socket stays in Go's netpoller too, which
-// is harmless) and one goroutine that waits on it and starts a fresh
-// goroutine per ready socket. The registration is one-shot (EPOLLONESHOT)
-// and level-checked when armed, so data that came between the EAGAIN and
-// the arming is not missed. The parker's goroutine waits for the epoll
-// instance in Go's netpoller (see loop). Closing a parked socket through
-// its rawConn takes it out of the epoll set before the descriptor closes,
-// then runs the callback, which finds the socket closed and ends the
-// relay.
+// says EAGAIN) returns its buffer and waits in Go's netpoller
+// (WaitReadable); once the socket has been quiet for ParkAfter, it asks
+// the parker to call it back when the socket is readable, and ends its
+// goroutine. The parker is one epoll instance of Ambit's own (the socket
+// stays in Go's netpoller too, which is harmless) and one goroutine that
+// waits for it in Go's netpoller (see loop) and starts a fresh goroutine
+// per ready socket. The registration is one-shot (EPOLLONESHOT) and
+// level-checked when armed, so data that came between the EAGAIN and the
+// arming is not missed. Closing a parked socket through its rawConn takes
+// it out of the epoll set before the descriptor closes, then runs the
+// callback, which finds the socket closed and ends the relay.
 //
 // The other direction needs no parking of its own: the stream's receiver
 // (the HTTP/2 read loop) writes arriving bytes to the socket itself, and
@@ -93,14 +93,15 @@ func (p *parker) start() error {
 // thread in a system call, and each wake-up had to win a P back from the
 // scheduler: on a node proxy with GOMAXPROCS=1 that added 130 µs of CPU
 // and 300 µs of latency to every request/response exchange
-// (docs/benchmarks.md, 2026-12-07 "parking in Go's netpoller"). Should
-// the netpoller refuse the descriptor, loop waits in epoll_wait itself.
+// (docs/benchmarks.md, 2026-12-07 "parking only the quiet"). Should the
+// netpoller refuse the descriptor, loop waits in epoll_wait itself.
 func (p *parker) loop() {
 	events := make([]unix.EpollEvent, 256)
 	if err := unix.SetNonblock(p.epfd, true); err == nil {
 		p.file = os.NewFile(uintptr(p.epfd), "ambit-relay-parker")
 		if rc, err := p.file.SyscallConn(); err == nil {
-			err = rc.Read(func(fd uintptr) bool {
+			// Read returns only if the netpoller cannot watch the descriptor.
+			_ = rc.Read(func(fd uintptr) bool {
 				p.netpolled.Store(true)
 				for {
 					n, err := unix.EpollWait(int(fd), events, 0)
@@ -113,8 +114,6 @@ func (p *parker) loop() {
 					p.dispatch(events[:n])
 				}
 			})
-			// Only a descriptor the netpoller cannot watch gets here.
-			_ = err
 		}
 		p.netpolled.Store(false)
 		_ = unix.SetNonblock(p.epfd, false)
@@ -318,14 +317,8 @@ func (c *rawConn) Park(fn func()) error {
 // waitReadable waits in Go's netpoller until the socket is readable, then
 // runs fn: Park's way when epoll is not there.
 func (c *rawConn) waitReadable(fn func()) {
-	first := true
-	_ = c.rc.Read(func(uintptr) bool {
-		if first {
-			first = false
-			return false // wait
-		}
-		return true
-	})
+	for !c.WaitReadable() {
+	}
 	fn()
 }
 

@@ -70,10 +70,11 @@ const (
 // netpoller, holding its goroutine but no buffer, before it parks (see
 // park.go): a socket quiet for ParkAfter to 1.5 ParkAfter parks. A
 // connection that carries a request more often than this never parks:
-// parking and waking again cost the two node proxies about 60 µs of CPU
-// and 250 µs of latency per request in the benchmark's 1000 requests/s
-// run (docs/benchmarks.md, 2026-12-07 "parking only the quiet"). One that
-// stays quiet longer holds no goroutine.
+// parking and waking on every request cost the two node proxies about
+// 70 µs of CPU and 45 µs of latency per request in the benchmark's 1000
+// requests/s run, with the parker in the netpoller (docs/benchmarks.md,
+// 2026-12-07 "parking only the quiet"). One that stays quiet longer
+// holds no goroutine.
 const ParkAfter = time.Second
 
 var (
