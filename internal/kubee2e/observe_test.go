@@ -891,16 +891,13 @@ func (e *env) waitWaypointArgs(ok func([]string) bool) corev1.Pod {
 		if d.Status.ObservedGeneration < d.Generation || d.Status.UpdatedReplicas != *d.Spec.Replicas || d.Status.Replicas != *d.Spec.Replicas || d.Status.AvailableReplicas != *d.Spec.Replicas {
 			return false, fmt.Sprintf("rolling out: %+v", d.Status)
 		}
-		var live []corev1.Pod
-		for _, p := range e.pods("shop", "ambit.dev/waypoint=waypoint") {
-			if p.DeletionTimestamp == nil {
-				live = append(live, p)
-			}
+		// Only the new pod: an old one still draining may take a request
+		// (its node proxies' pooled tunnels), with the old flags.
+		pods := e.pods("shop", "ambit.dev/waypoint=waypoint")
+		if len(pods) != 1 || pods[0].DeletionTimestamp != nil || !ready(pods[0]) || !ok(pods[0].Spec.Containers[0].Args) {
+			return false, "waypoint pods: " + podSummary(pods)
 		}
-		if len(live) != 1 || !ready(live[0]) || !ok(live[0].Spec.Containers[0].Args) {
-			return false, "waypoint pods: " + podSummary(live)
-		}
-		pod = live[0]
+		pod = pods[0]
 		return true, ""
 	})
 	return pod
